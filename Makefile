@@ -1,0 +1,49 @@
+# Surat — quick start: `make run` (dev server with a demo domain) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEVDIR := var
+
+.PHONY: run test lint typecheck unit venv dev bench clean
+
+$(BIN)/surat: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(BIN)/surat
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/surat
+dev: $(VENV)/.dev-installed
+
+# First run writes a dev setup (loopback, unprivileged ports, self-signed CA) into var/.
+run: $(BIN)/surat
+	@if [ ! -f $(DEVDIR)/surat.toml ]; then \
+		$(BIN)/surat quickstart --dev --domain example.test --dir $(DEVDIR); \
+	fi
+	exec $(BIN)/surat --config $(DEVDIR)/surat.toml serve
+
+lint: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: dev
+	$(BIN)/mypy
+
+unit: dev
+	$(BIN)/pytest -q tests/unit
+
+test: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q -ra
+
+bench: $(BIN)/surat
+	$(BIN)/python bench/smtp_accept.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from surat.cli import main
+
+raise SystemExit(main())

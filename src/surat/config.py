@@ -1,0 +1,281 @@
+"""surat.toml -> frozen dataclasses, validated.
+
+Every problem is reported as one ConfigError naming the key, so `surat serve` and `surat check`
+can print a single clear line (exit code 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_NAME = "surat.toml"
+
+
+class ConfigError(Exception):
+    """A bad configuration: `key` names the offending setting."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, key: str) -> HostPort:
+        """Parse "host:port", "[v6]:port"; a bad value raises ConfigError(key)."""
+        if not isinstance(text, str):
+            raise ConfigError(key, f"expected a \"host:port\" string, got {text!r}")
+        if text.startswith("["):
+            host, sep, port_text = text[1:].partition("]:")
+        else:
+            host, sep, port_text = text.rpartition(":")
+        if not sep or not host or not port_text.isdigit():
+            raise ConfigError(key, f"{text!r} is not of the form \"host:port\"")
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ConfigError(key, f"port {port} out of range 0-65535")
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ConfigError(key, f"{host!r} is not an IPv6 address") from None
+        return cls(host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None  # informational: the dev CA that signed `cert`, printed by quickstart
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    smtp: tuple[HostPort, ...] = ()
+    submission: tuple[HostPort, ...] = ()
+    submissions: tuple[HostPort, ...] = ()
+    imap: tuple[HostPort, ...] = ()
+    imaps: tuple[HostPort, ...] = ()
+    pop3: tuple[HostPort, ...] = ()
+    pop3s: tuple[HostPort, ...] = ()
+
+    def tls_needed(self) -> bool:
+        return any((self.submission, self.submissions, self.imaps, self.pop3s))
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    nameservers: tuple[HostPort, ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    message_size: int = 50 * 1024 * 1024
+    recipients: int = 1000  # RFC 5321 §4.5.3.1.8 asks for at least 100
+    smtp_idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7
+    bad_commands: int = 10
+    auth_failure_delay: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    routes: Mapping[str, HostPort] = field(default_factory=dict)
+    smarthost: HostPort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    hostname: str
+    data_dir: Path
+    tls: TLSConfig = TLSConfig()
+    listen: ListenConfig = ListenConfig()
+    dns: DnsConfig = DnsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    path: Path | None = None  # the file this was loaded from, if any
+
+
+def config_path(explicit: str | None) -> Path:
+    """--config, else $SURAT_CONFIG, else ./surat.toml."""
+    return Path(explicit or os.environ.get("SURAT_CONFIG") or DEFAULT_CONFIG_NAME)
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {path} not found (run `surat quickstart` to create one)") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, base_dir=path.resolve().parent, path=path)
+
+
+def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> Config:
+    """Validate a parsed TOML document. Relative paths are resolved against base_dir."""
+    reader = _Table(data, "")
+    hostname = reader.string("hostname", required=True)
+    _check_hostname(hostname, "hostname")
+    data_dir = base_dir / reader.string("data_dir", default="data")
+
+    tls_table = reader.table("tls")
+    tls = TLSConfig(
+        cert=_opt_path(tls_table.string("cert"), base_dir),
+        key=_opt_path(tls_table.string("key"), base_dir),
+        ca=_opt_path(tls_table.string("ca"), base_dir),
+    )
+    tls_table.finish()
+
+    listen_table = reader.table("listen")
+    listen = ListenConfig(
+        **{
+            name: listen_table.host_ports(name)
+            for name in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+        }
+    )
+    listen_table.finish()
+
+    dns_table = reader.table("dns")
+    dns = DnsConfig(
+        nameservers=dns_table.host_ports("nameservers"),
+        timeout=dns_table.number("timeout", DnsConfig.timeout, minimum=0.1),
+    )
+    dns_table.finish()
+
+    limits_table = reader.table("limits")
+    defaults = LimitsConfig()
+    limits = LimitsConfig(
+        message_size=int(limits_table.number("message_size", defaults.message_size, minimum=1024)),
+        recipients=int(limits_table.number("recipients", defaults.recipients, minimum=100)),
+        smtp_idle_timeout=limits_table.number("smtp_idle_timeout", defaults.smtp_idle_timeout, minimum=1),
+        bad_commands=int(limits_table.number("bad_commands", defaults.bad_commands, minimum=1)),
+        auth_failure_delay=limits_table.number("auth_failure_delay", defaults.auth_failure_delay, minimum=0),
+    )
+    limits_table.finish()
+
+    delivery_table = reader.table("delivery")
+    routes_table = delivery_table.table("routes")
+    routes = {
+        domain.lower().rstrip("."): HostPort.parse(value, f"delivery.routes.{domain}")
+        for domain, value in routes_table.items()
+    }
+    smarthost_text = delivery_table.string("smarthost")
+    delivery = DeliveryConfig(
+        routes=routes,
+        smarthost=HostPort.parse(smarthost_text, "delivery.smarthost") if smarthost_text else None,
+    )
+    delivery_table.finish()
+    reader.finish()
+
+    config = Config(
+        hostname=hostname.lower(),
+        data_dir=data_dir,
+        tls=tls,
+        listen=listen,
+        dns=dns,
+        limits=limits,
+        delivery=delivery,
+        path=path,
+    )
+    _check_tls_files(config)
+    return config
+
+
+def _check_tls_files(config: Config) -> None:
+    tls = config.tls
+    if config.listen.tls_needed() and (tls.cert is None or tls.key is None):
+        raise ConfigError("tls.cert", "a certificate and key are required by the TLS listeners")
+    for key, file in (("tls.cert", tls.cert), ("tls.key", tls.key)):
+        if file is not None and not file.is_file():
+            raise ConfigError(key, f"file {file} does not exist")
+
+
+def _check_hostname(name: str, key: str) -> None:
+    labels = name.rstrip(".").split(".")
+    if not name or any(
+        not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label) for label in labels
+    ):
+        raise ConfigError(key, f"{name!r} is not a valid host name")
+
+
+def _opt_path(text: str | None, base_dir: Path) -> Path | None:
+    return None if text is None else base_dir / text
+
+
+class _Table:
+    """Reads one TOML table, tracking consumed keys so that unknown keys are errors."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(prefix.rstrip("."), "expected a table")
+        self._data = data
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    def _get(self, name: str) -> Any:
+        self._seen.add(name)
+        return self._data.get(name)
+
+    def string(self, name: str, default: str | None = None, required: bool = False) -> Any:
+        value = self._get(name)
+        if value is None:
+            if required:
+                raise ConfigError(self._key(name), "missing")
+            return default
+        if not isinstance(value, str) or not value:
+            raise ConfigError(self._key(name), f"expected a non-empty string, got {value!r}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> Any:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self._key(name), f"expected a number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(self._key(name), f"must be at least {minimum}, got {value}")
+        return value
+
+    def host_ports(self, name: str) -> tuple[HostPort, ...]:
+        value = self._get(name)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(self._key(name), f"expected a list of \"host:port\", got {value!r}")
+        return tuple(HostPort.parse(item, self._key(name)) for item in value)
+
+    def table(self, name: str) -> _Table:
+        value = self._get(name)
+        return _Table(value if value is not None else {}, self._key(name) + ".")
+
+    def items(self) -> list[tuple[str, Any]]:
+        self._seen.update(self._data)
+        return list(self._data.items())
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise ConfigError(self._key(unknown[0]), "unknown setting")

@@ -1,0 +1,431 @@
+"""The storage boundary: Protocols and value types.
+
+Protocol handlers (smtpd, imapd, pop3d, delivery, cli) only ever see these. The embedded backend
+(`sqlite.py`: SQLite in WAL mode + message files) implements them now; a PostgreSQL backend will
+implement the same Protocols for several nodes, so:
+- every operation is async;
+- UIDs and MODSEQs are allocated inside the store's own transaction;
+- nothing here assumes shared process memory (the change feed is an interface, not a global).
+
+Metadata (this module's `Store`) and message bodies (`BlobStore`) are separate roles so that bodies
+can later live in PostgreSQL or an object store while metadata stays relational.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from surat.store.messageinfo import MessageInfo
+
+# The six mailboxes every new account gets, with their RFC 6154 special-use attribute.
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+HIERARCHY_DELIMITER = "/"
+
+
+class StoreError(Exception):
+    """Base of errors the store raises on purpose; protocol layers map them to replies."""
+
+
+class NotFound(StoreError):
+    """The named domain, account, alias, mailbox, message or queue entry does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """Creating something that exists already (domain, account, alias, mailbox)."""
+
+
+class InvalidName(StoreError):
+    """A mailbox or address that is not acceptable (empty, bad hierarchy, path tricks)."""
+
+
+class QuotaExceeded(StoreError):
+    """Delivering or appending would exceed the account's quota (RFC 9208)."""
+
+
+# ----------------------------------------------------------------------------------------- directory
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    address: str  # lower-cased local@domain, domain in A-label (IDNA) form
+    quota_bytes: int | None = None  # None: unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class ScramCredentials:
+    """RFC 5802 §3 stored values for one hash (SCRAM-SHA-256, RFC 7677)."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    password_hash: str  # argon2id encoded hash
+    scram_sha256: ScramCredentials | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    source: str  # "user@domain" or "@domain" (catch-all)
+    target: str  # an address; local or remote
+
+
+# ----------------------------------------------------------------------------------------- mailboxes
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    account_id: int
+    name: str  # UTF-8, "/" as hierarchy delimiter; "INBOX" is always spelled so
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None = None
+    subscribed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    mailbox: Mailbox
+    messages: int
+    unseen: int
+    size: int  # RFC 8438 STATUS=SIZE: sum of message sizes
+    deleted: int
+
+
+# ----------------------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """What an IMAP session keeps per message, and POP3 needs for a maildrop."""
+
+    uid: int
+    modseq: int
+    flags: frozenset[str]  # system flags with backslash ("\\Seen"), keywords as given
+    size: int
+    internal_date: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    mailbox_id: int
+    uid: int
+    modseq: int
+    flags: frozenset[str]
+    size: int
+    internal_date: datetime
+    blob_id: str
+    info: MessageInfo  # ENVELOPE/BODYSTRUCTURE/header data computed once at delivery
+
+
+class FlagMode(enum.Enum):
+    SET = "set"  # STORE FLAGS
+    ADD = "add"  # STORE +FLAGS
+    REMOVE = "remove"  # STORE -FLAGS
+
+
+@dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFlagsResult:
+    updated: list[FlagUpdate]
+    # RFC 7162 §3.1.3: UIDs whose MODSEQ was above UNCHANGEDSINCE, left untouched
+    modified: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    uidvalidity: int  # of the destination, for RFC 4315 COPYUID
+    pairs: list[tuple[int, int]]  # (source uid, destination uid)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxChanges:
+    """RFC 7162 QRESYNC: what changed in a mailbox after a MODSEQ."""
+
+    changed: list[MessageSummary]
+    vanished: list[int]  # UIDs expunged with a MODSEQ above the one asked about
+    highestmodseq: int
+
+
+# ------------------------------------------------------------------------------ delivery and queue
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxTarget:
+    """One local copy of a delivered message."""
+
+    account_id: int
+    mailbox: str = "INBOX"
+    flags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecipient:
+    address: str
+    notify: tuple[str, ...] = ()  # RFC 3461 NOTIFY values (SUCCESS, FAILURE, DELAY, NEVER); () = default
+    orcpt: str | None = None  # RFC 3461 ORCPT, as "addr-type;xtext"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """Remote recipients of one received message, to be relayed from the queue."""
+
+    sender: str  # envelope sender, "" for the null reverse-path <>
+    recipients: tuple[OutboundRecipient, ...]
+    envid: str | None = None  # RFC 3461 ENVID
+    ret: str | None = None  # RFC 3461 RET: "FULL" or "HDRS"
+    smtputf8: bool = False
+    eight_bit: bool = False  # BODY=8BITMIME (or BINARYMIME) was declared
+    authenticated_user: str | None = None  # who submitted it, if anyone
+    # Bytes at the start of the stored message that are for local copies only (Return-Path).
+    body_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One accepted SMTP transaction, ready to be made durable.
+
+    `spool_path` holds the complete message as it is to be stored in local mailboxes (Return-Path
+    first, then our Received header, then the message with CRLF line endings). The store takes the
+    file over (it moves it into the blob area); the caller must not touch it afterwards.
+    """
+
+    spool_path: Path
+    size: int
+    internal_date: datetime
+    local: tuple[MailboxTarget, ...] = ()
+    remote: OutboundMessage | None = None
+    info: MessageInfo | None = None  # computed by the store when None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    # (account_id, mailbox_id, uid) for each local copy, in the order of Delivery.local
+    local: list[tuple[int, int, int]]
+    queue_id: str | None
+
+
+class RecipientState(enum.Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # permanently; a DSN is owed unless NOTIFY says otherwise
+    RELAYED = "relayed"  # handed to a next hop that supports DSN (RFC 3461 §6.2.1)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecipient:
+    address: str
+    state: RecipientState
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+    last_reply: str | None = None  # the last reply or error, e.g. "550 5.1.1 no such user"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueAttempt:
+    number: int
+    started_at: datetime
+    host: str | None
+    result: str | None  # None while in flight
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    id: str
+    sender: str
+    recipients: tuple[QueueRecipient, ...]
+    size: int
+    blob_id: str
+    body_offset: int
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: tuple[QueueAttempt, ...] = ()
+    envid: str | None = None
+    ret: str | None = None
+    smtputf8: bool = False
+    eight_bit: bool = False
+    authenticated_user: str | None = None
+
+
+# ----------------------------------------------------------------------------------------- change feed
+
+
+class ChangeKind(enum.Enum):
+    MESSAGES_ADDED = "messages_added"
+    FLAGS_CHANGED = "flags_changed"
+    MESSAGES_EXPUNGED = "messages_expunged"
+    MAILBOX_CREATED = "mailbox_created"
+    MAILBOX_DELETED = "mailbox_deleted"
+    MAILBOX_RENAMED = "mailbox_renamed"
+    QUEUE_CHANGED = "queue_changed"  # account_id 0: the outbound queue has new or due work
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: ChangeKind
+    account_id: int
+    mailbox_id: int | None = None
+    uids: tuple[int, ...] = ()
+    modseq: int = 0
+
+
+class Subscription(Protocol):
+    """Changes of one account, published after commit, in commit order."""
+
+    def __aiter__(self) -> AsyncIterator[Change]: ...
+
+    def pending(self) -> list[Change]:
+        """Changes that arrived since the last call, without waiting (for IMAP between commands)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ChangeFeed(Protocol):
+    def subscribe(self, account_id: int) -> Subscription: ...
+
+    def publish(self, changes: Iterable[Change]) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------- blobs
+
+
+class BlobStore(Protocol):
+    """Message bodies, immutable once written, addressed by an opaque id."""
+
+    def open(self, blob_id: str) -> BinaryIO:
+        """A binary file object positioned at 0; the caller closes it."""
+        ...
+
+    def path(self, blob_id: str) -> Path | None:
+        """The file holding the blob, for backends that have one (sendfile, mmap)."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------- the store
+
+
+class Store(Protocol):
+    blobs: BlobStore
+    changes: ChangeFeed
+
+    async def open(self) -> None:
+        """Create or migrate the schema, recover from a crash (orphan files), start workers."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # -- domains
+    async def add_domain(self, name: str) -> None: ...
+    async def delete_domain(self, name: str) -> None: ...
+    async def list_domains(self) -> list[str]: ...
+    async def is_local_domain(self, name: str) -> bool: ...
+
+    # -- accounts (creating one creates DEFAULT_MAILBOXES too)
+    async def add_account(self, address: str, credentials: Credentials) -> Account: ...
+    async def delete_account(self, address: str) -> None: ...
+    async def get_account(self, address: str) -> Account | None: ...
+    async def get_account_by_id(self, account_id: int) -> Account | None: ...
+    async def list_accounts(self, domain: str | None = None) -> list[Account]: ...
+    async def get_credentials(self, address: str) -> tuple[Account, Credentials] | None: ...
+    async def set_credentials(self, address: str, credentials: Credentials) -> None: ...
+    async def set_quota(self, address: str, quota_bytes: int | None) -> None: ...
+    async def account_usage(self, account_id: int) -> int:
+        """Bytes used by all messages of the account (RFC 9208 STORAGE)."""
+        ...
+
+    # -- aliases
+    async def add_alias(self, source: str, target: str) -> None: ...
+    async def delete_alias(self, source: str, target: str | None = None) -> None: ...
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
+    async def alias_targets(self, source: str) -> list[str]:
+        """Targets of `source` exactly as stored ("user@domain" or "@domain")."""
+        ...
+
+    async def aliases_of(self, target: str) -> list[str]:
+        """Sources whose target is `target` (the addresses a user may send as)."""
+        ...
+
+    # -- mailboxes
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
+    async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox: ...
+    async def delete_mailbox(self, account_id: int, name: str) -> None: ...
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Renaming INBOX moves its messages to `new` and leaves INBOX empty (RFC 9051 §6.3.6)."""
+        ...
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # -- messages
+    async def list_messages(self, mailbox_id: int) -> list[MessageSummary]:
+        """All messages of a mailbox in UID order (what SELECT and a POP3 login need)."""
+        ...
+
+    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRecord]: ...
+    async def append(
+        self,
+        account_id: int,
+        mailbox_id: int,
+        spool_path: Path,
+        size: int,
+        flags: frozenset[str],
+        internal_date: datetime,
+    ) -> tuple[int, int]:
+        """Store a message durably (IMAP APPEND); returns (uidvalidity, uid)."""
+        ...
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: FlagMode,
+        flags: frozenset[str],
+        unchanged_since: int | None = None,
+    ) -> StoreFlagsResult: ...
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Remove messages durably; returns the UIDs actually removed. Their UIDs are remembered."""
+        ...
+
+    async def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult: ...
+    async def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult: ...
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges: ...
+
+    # -- delivery (SMTP): one call per accepted transaction; concurrent calls share one commit
+    async def deliver(self, delivery: Delivery) -> DeliveryResult: ...
+
+    # -- outbound queue
+    async def list_queue(self) -> list[QueueEntry]: ...
+    async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
+    async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]: ...
+    async def reschedule(self, queue_id: str, next_attempt_at: datetime) -> None: ...
+    async def drop_queue_entry(self, queue_id: str) -> None: ...
+    async def flush_queue(self, now: datetime) -> int:
+        """Make every entry due now; returns how many."""
+        ...
