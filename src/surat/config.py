@@ -38,13 +38,13 @@ class HostPort:
     def parse(cls, text: str, key: str) -> HostPort:
         """Parse "host:port", "[v6]:port"; a bad value raises ConfigError(key)."""
         if not isinstance(text, str):
-            raise ConfigError(key, f"expected a \"host:port\" string, got {text!r}")
+            raise ConfigError(key, f'expected a "host:port" string, got {text!r}')
         if text.startswith("["):
             host, sep, port_text = text[1:].partition("]:")
         else:
             host, sep, port_text = text.rpartition(":")
         if not sep or not host or not port_text.isdigit():
-            raise ConfigError(key, f"{text!r} is not of the form \"host:port\"")
+            raise ConfigError(key, f'{text!r} is not of the form "host:port"')
         port = int(port_text)
         if not 0 <= port <= 65535:
             raise ConfigError(key, f"port {port} out of range 0-65535")
@@ -74,7 +74,9 @@ class ListenConfig:
     pop3s: tuple[HostPort, ...] = ()
 
     def tls_needed(self) -> bool:
-        return any((self.submission, self.submissions, self.imaps, self.pop3s))
+        # Port 25 works without TLS (STARTTLS is then not offered); every other role logs users in,
+        # which is only allowed under TLS, so it needs a certificate.
+        return any((self.submission, self.submissions, self.imap, self.imaps, self.pop3, self.pop3s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,9 @@ def load_config(path: Path) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError("", f"config file {path} not found (run `surat quickstart` to create one)") from None
+        raise ConfigError(
+            "", f"config file {path} not found (run `surat quickstart` to create one)"
+        ) from None
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
     try:
@@ -132,8 +136,7 @@ def load_config(path: Path) -> Config:
 def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> Config:
     """Validate a parsed TOML document. Relative paths are resolved against base_dir."""
     reader = _Table(data, "")
-    hostname = reader.string("hostname", required=True)
-    _check_hostname(hostname, "hostname")
+    hostname = _normalize_hostname(reader.string("hostname", required=True), "hostname")
     data_dir = base_dir / reader.string("data_dir", default="data")
 
     tls_table = reader.table("tls")
@@ -156,7 +159,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     dns_table = reader.table("dns")
     dns = DnsConfig(
         nameservers=dns_table.host_ports("nameservers"),
-        timeout=dns_table.number("timeout", DnsConfig.timeout, minimum=0.1),
+        timeout=dns_table.number("timeout", DnsConfig().timeout, minimum=0.1),
     )
     dns_table.finish()
 
@@ -186,7 +189,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     reader.finish()
 
     config = Config(
-        hostname=hostname.lower(),
+        hostname=hostname,
         data_dir=data_dir,
         tls=tls,
         listen=listen,
@@ -208,12 +211,24 @@ def _check_tls_files(config: Config) -> None:
             raise ConfigError(key, f"file {file} does not exist")
 
 
-def _check_hostname(name: str, key: str) -> None:
-    labels = name.rstrip(".").split(".")
-    if not name or any(
-        not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label) for label in labels
+def _normalize_hostname(name: str, key: str) -> str:
+    """Lower-case A-label form without a trailing dot (it goes into banners, EHLO and Received)."""
+    try:
+        ascii_name = name.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise ConfigError(key, f"{name!r} is not a valid host name") from None
+    labels = ascii_name.split(".")
+    # RFC 1123 §2.1 host name syntax: letters, digits and inner hyphens, 63 octets a label.
+    if not ascii_name or any(
+        not label
+        or len(label) > 63
+        or label.startswith("-")
+        or label.endswith("-")
+        or not all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+        for label in labels
     ):
         raise ConfigError(key, f"{name!r} is not a valid host name")
+    return ascii_name
 
 
 def _opt_path(text: str | None, base_dir: Path) -> Path | None:
@@ -264,7 +279,7 @@ class _Table:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            raise ConfigError(self._key(name), f"expected a list of \"host:port\", got {value!r}")
+            raise ConfigError(self._key(name), f'expected a list of "host:port", got {value!r}')
         return tuple(HostPort.parse(item, self._key(name)) for item in value)
 
     def table(self, name: str) -> _Table:

@@ -283,6 +283,9 @@ class ChangeKind(enum.Enum):
     MAILBOX_DELETED = "mailbox_deleted"
     MAILBOX_RENAMED = "mailbox_renamed"
     QUEUE_CHANGED = "queue_changed"  # account_id 0: the outbound queue has new or due work
+    # The subscriber fell too far behind and changes were dropped: resynchronise from the store
+    # (IMAP: re-read the mailbox; the session cannot trust its view any more).
+    OVERFLOW = "overflow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,8 +334,14 @@ class BlobStore(Protocol):
 
 
 class Store(Protocol):
-    blobs: BlobStore
-    changes: ChangeFeed
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    @property
+    def changes(self) -> ChangeFeed: ...
+    # Where callers write spool files for `deliver`/`append`: on the blob area's filesystem, so
+    # that taking a file over is a rename. Files left there are removed by `open()`.
+    spool_dir: Path
 
     async def open(self) -> None:
         """Create or migrate the schema, recover from a crash (orphan files), start workers."""

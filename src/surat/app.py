@@ -1,0 +1,141 @@
+"""Composition root: config -> store -> TLS -> listeners; clean shutdown on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from surat.config import Config
+from surat.log import fields, setup_logging
+from surat.net.listener import Handler, Listeners, ListenerSpec
+from surat.net.tls import TLSSetupError, server_context
+from surat.pop3d.service import POP3Service
+from surat.smtpd.service import SMTPService
+from surat.store.base import Store
+from surat.store.sqlite import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is one line for the operator."""
+
+
+class SuratServer:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        self.config = config
+        self._own_store = store is None
+        self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
+        self.tls_context: ssl.SSLContext | None = None
+        self._listeners = Listeners()
+        self._started = False
+
+    async def start(self) -> None:
+        config = self.config
+        if config.tls.cert is not None and config.tls.key is not None:
+            try:
+                self.tls_context = server_context(config.tls.cert, config.tls.key)
+            except TLSSetupError as exc:
+                raise StartupError(str(exc)) from None
+        if self._own_store:
+            await self.store.open()
+        self._started = True
+        secret = load_or_create_secret(config.data_dir)
+        smtp = SMTPService(config, self.store, self.tls_context)
+        pop3 = POP3Service(config, self.store, self.tls_context, scram_secret=secret)
+        roles: list[tuple[str, Callable[[], Handler], bool, bytes]] = [
+            ("smtp", lambda: smtp.handler("smtp"), False, b"421 4.7.0 Too many connections, try later\r\n"),
+            ("submission", lambda: smtp.handler("submission"), False, b"421 4.7.0 Too many connections\r\n"),
+            ("submissions", lambda: smtp.handler("submissions"), True, b"421 4.7.0 Too many connections\r\n"),
+            ("pop3", lambda: pop3.handler("pop3"), False, b"-ERR [SYS/TEMP] Too many connections\r\n"),
+            ("pop3s", lambda: pop3.handler("pop3s"), True, b"-ERR [SYS/TEMP] Too many connections\r\n"),
+        ]
+        try:
+            for role, make_handler, implicit_tls, refusal in roles:
+                addresses = getattr(config.listen, role)
+                if not addresses:
+                    continue
+                if implicit_tls and self.tls_context is None:
+                    raise StartupError(f"tls.cert: listener {role} needs a TLS certificate")
+                spec = ListenerSpec(
+                    role=role,
+                    addresses=addresses,
+                    handler=make_handler(),
+                    implicit_tls=self.tls_context if implicit_tls else None,
+                    refusal=refusal,
+                )
+                await self._listeners.start(spec)
+            for role in ("imap", "imaps"):
+                if getattr(config.listen, role):
+                    log.warning("listener.unavailable", extra=fields(role=role, reason="not in this version"))
+        except OSError as exc:
+            await self.stop()
+            raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None
+
+    def bound(self, role: str) -> list[tuple[str, int]]:
+        return self._listeners.bound(role)
+
+    async def stop(self) -> None:
+        await self._listeners.stop()
+        if self._own_store and self._started:
+            await self.store.close()
+            self._started = False
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """A per-installation secret that survives restarts.
+
+    SASL uses it to derive stable fake SCRAM salts for unknown users, so that probing names cannot tell
+    which accounts exist (the answer for a name must not change between restarts either).
+    """
+    path = data_dir / "server.secret"
+    try:
+        secret = path.read_bytes()
+        if len(secret) >= 32:
+            return secret
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    return secret
+
+
+async def _serve(config: Config) -> None:
+    server = SuratServer(config)
+    await server.start()
+    log.info("started", extra=fields(hostname=config.hostname, data_dir=config.data_dir))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await server.stop()
+        log.info("stopped")
+
+
+def run(config: Config) -> int:
+    """`surat serve`: run until SIGINT/SIGTERM. Returns the process exit code."""
+    setup_logging()
+    try:
+        asyncio.run(_serve(config))
+    except StartupError as exc:
+        log.error("startup.failed", extra=fields(reason=str(exc)))
+        return 1
+    return 0

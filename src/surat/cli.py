@@ -1,0 +1,835 @@
+"""The `surat` command: quickstart, serve, domain, user, alias, queue, dns, check.
+
+Every failure ends as one line on stderr (`surat: ...`) and a non-zero exit status: 2 for usage
+and configuration errors, 1 for everything else. Passwords are never taken from the command line
+(they would show in `ps` and shell history): they are prompted for, or read as one line from stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import shutil
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from surat import __version__, certs
+from surat.config import Config, ConfigError, ListenConfig, config_path, load_config
+from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
+from surat.net.tls import TLSSetupError, server_context
+from surat.passwords import SASLprepError, generate_password, make_credentials
+from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
+from surat.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from surat.store.base import Store
+
+MIN_PASSWORD_LENGTH = 8
+LISTEN_ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+DEV_PORTS = {
+    "smtp": 2525,
+    "submission": 5870,
+    "submissions": 4650,
+    "imap": 1430,
+    "imaps": 9930,
+    "pop3": 1100,
+    "pop3s": 9950,
+}
+ROLE_DESCRIPTIONS = {
+    "smtp": "MX: mail from the internet for local domains (STARTTLS offered, no AUTH)",
+    "submission": "mail clients sending: STARTTLS, AUTH required",
+    "submissions": "mail clients sending: implicit TLS, AUTH required",
+    "imap": "IMAP, STARTTLS",
+    "imaps": "IMAP, implicit TLS",
+    "pop3": "POP3, STLS",
+    "pop3s": "POP3, implicit TLS",
+}
+
+
+class CliError(Exception):
+    """A failure to report as one line; exit_code 2 for usage/config problems, 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class UsageError(CliError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage block on an error; we want one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog.removeprefix('surat').strip() or 'usage'}: {message} (see --help)")
+
+
+# ----------------------------------------------------------------------------------------- names
+
+
+def normalize_domain(text: str, what: str = "domain") -> str:
+    """Lower-case A-label (IDNA) form of a domain; raises UsageError if it is not a host name."""
+    name = text.strip().rstrip(".")
+    try:
+        # Python's codec implements IDNA 2003 (RFC 3490); it maps U-labels to xn-- A-labels.
+        ascii_name = name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise UsageError(f"{what} {text!r} is not a valid domain name") from None
+    labels = ascii_name.split(".")
+    # RFC 1035 §2.3.1 / RFC 1123 §2.1: letters, digits, hyphens; no hyphen at either end.
+    if (
+        not ascii_name
+        or len(ascii_name) > 253
+        or any(
+            not 1 <= len(label) <= 63
+            or label.startswith("-")
+            or label.endswith("-")
+            or not all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+            for label in labels
+        )
+        or labels[-1].isdigit()
+    ):
+        raise UsageError(f"{what} {text!r} is not a valid domain name")
+    return ascii_name
+
+
+# RFC 5322 §3.2.3 atext; RFC 6531 §3.3 adds any non-ASCII UTF-8 character.
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+
+
+def normalize_address(text: str, what: str = "address") -> str:
+    """`local@domain` with the local part lower-cased and the domain in A-label form."""
+    local, at, domain = text.strip().rpartition("@")
+    if not at or not local:
+        raise UsageError(f"{what} {text!r} is not of the form local@domain")
+    local = local.lower()
+    if (
+        len(local.encode()) > 64  # RFC 5321 §4.5.3.1.1
+        or local.startswith(".")
+        or local.endswith(".")
+        or ".." in local
+        or not all(c in _ATEXT or c == "." or ord(c) > 127 for c in local)
+    ):
+        raise UsageError(f"{what} {text!r}: the local part {local!r} is not a valid dot-atom")
+    return f"{local}@{normalize_domain(domain, what + ' domain')}"
+
+
+def normalize_alias_source(text: str) -> str:
+    """An address, or `@domain` for a catch-all."""
+    if text.strip().startswith("@"):
+        return "@" + normalize_domain(text.strip()[1:], "alias source domain")
+    return normalize_address(text, "alias source")
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def parse_size(text: str) -> int:
+    """Bytes, optionally with a binary suffix K, M, G or T (1K = 1024)."""
+    value = text.strip().upper().removesuffix("B")
+    multiplier = 1
+    for suffix, factor in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if value.endswith(suffix):
+            value, multiplier = value[:-1], factor
+            break
+    if not value.isdigit():
+        raise UsageError(f"{text!r} is not a size in bytes (e.g. 1073741824, 500M, 2G)")
+    return int(value) * multiplier
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return "unlimited"
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(config_path(args.config))
+    except ConfigError as exc:
+        raise CliError(f"config: {exc}", 2) from None
+
+
+def _with_store(data_dir: Path, action: Callable[[Store], Awaitable[int]]) -> int:
+    async def run() -> int:
+        store = SQLiteStore(data_dir)
+        try:
+            await store.open()
+        except (OSError, StoreError, sqlite3.Error) as exc:
+            raise CliError(f"cannot open the store in {data_dir}: {exc}") from None
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise CliError("no password on standard input (expected one line)")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password on; use --password-stdin")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password (again): ") != password:
+            raise CliError("the two passwords differ")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise CliError(f"the password is too short (at least {MIN_PASSWORD_LENGTH} characters)")
+    return password
+
+
+def _listener_lines(listen: ListenConfig) -> list[str]:
+    lines = []
+    for role in LISTEN_ROLES:
+        addresses = getattr(listen, role)
+        if addresses:
+            where = ", ".join(str(address) for address in addresses)
+            lines.append(f"  {role:<12} {where:<22} {ROLE_DESCRIPTIONS[role]}")
+    return lines or ["  (none: every [listen] list is empty)"]
+
+
+def _client_ports(listen: ListenConfig) -> dict[str, int]:
+    """The port clients should use per role: the first listener's, for DNS SRV records."""
+    return {role: getattr(listen, role)[0].port for role in LISTEN_ROLES if getattr(listen, role)}
+
+
+# ----------------------------------------------------------------------------------------- quickstart
+
+_CONFIG_TEMPLATE = """\
+# Surat configuration, written by `surat quickstart` on {date}.
+# Every key and its default: README.md, "Configuration reference".
+# Relative paths are relative to the directory of this file.
+
+hostname = "{hostname}"  # SMTP banner and EHLO name; the MX record and the certificate name it
+data_dir = "data"  # accounts, mailboxes, queue: SQLite database + message files
+
+[tls]
+cert = "{cert}"  # PEM: the certificate, then its chain
+key  = "{key}"  # PEM private key, readable only by the user running surat
+{ca_line}
+
+[listen]  # each a list of "host:port"; [] disables that service; IPv6: "[::]:25"
+smtp        = {smtp}  # MX: mail from the internet for local domains; no AUTH
+submission  = {submission}  # mail clients sending: STARTTLS, then AUTH
+submissions = {submissions}  # the same with implicit TLS (RFC 8314)
+imap        = {imap}  # STARTTLS
+imaps       = {imaps}  # implicit TLS
+pop3        = {pop3}  # STLS
+pop3s       = {pop3s}  # implicit TLS
+
+[dns]
+nameservers = []  # [] = the system resolver; e.g. ["127.0.0.1:53"]
+# timeout = 5.0  # seconds per DNS query
+
+[limits]
+message_size = 52428800  # bytes (50 MiB); announced with SIZE (RFC 1870)
+# recipients = 1000  # per message; RFC 5321 §4.5.3.1.8 asks for at least 100
+# smtp_idle_timeout = 300.0  # seconds without a command before 421 (RFC 5321 §4.5.3.2.7)
+# bad_commands = 10  # bad commands in a row before 421 and close
+# auth_failure_delay = 1.0  # seconds before answering a failed AUTH
+
+[delivery]
+# routes = {{ "example.net" = "127.0.0.1:2526" }}  # static next hop per domain (transport map)
+# smarthost = "smtp.provider.example:587"  # relay all outbound mail through a provider
+"""
+_COMMENT_COLUMN = 36
+
+
+def _align_comments(text: str) -> str:
+    """Line up the trailing `# ...` comments of the template in one column."""
+    lines = []
+    for line in text.splitlines():
+        code, sep, comment = line.partition("  # ")
+        lines.append(f"{code:<{_COMMENT_COLUMN - 1}} # {comment}" if sep else line)
+    return "\n".join(lines) + "\n"
+
+
+def render_config(
+    hostname: str, *, host: str, ports: Mapping[str, int], cert: str, key: str, ca: str | None
+) -> str:
+    """The commented surat.toml that quickstart writes."""
+    values = {role: f'["{host}:{ports[role]}"]' for role in LISTEN_ROLES}
+    ca_line = (
+        f'ca   = "{ca}"  # the dev CA that signed cert: give it to test clients'
+        if ca
+        else '# ca = "tls/ca.pem"  # informational: the CA that signed cert, if it is a private one'
+    )
+    return _align_comments(
+        _CONFIG_TEMPLATE.format(
+            date=datetime.now(UTC).strftime("%Y-%m-%d"),
+            hostname=hostname,
+            cert=cert,
+            key=key,
+            ca_line=ca_line,
+            **values,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    config_file: Path
+    password: str
+    ca: Path | None
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    domain = normalize_domain(args.domain)
+    hostname = normalize_domain(args.hostname, "hostname") if args.hostname else f"mail.{domain}"
+    directory = Path(args.dir)
+    config_file = directory / "surat.toml"
+    data_dir = directory / "data"
+    tls_dir = directory / "tls"
+    if config_file.exists():
+        raise CliError(
+            f"{config_file} already exists; quickstart never overwrites a setup (use another --dir)"
+        )
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise CliError(
+            f"{data_dir} already holds data; quickstart never overwrites a setup (use another --dir)"
+        )
+    if tls_dir.exists() and any(tls_dir.iterdir()):
+        raise CliError(
+            f"{tls_dir} is not empty; quickstart never overwrites certificates (use another --dir)"
+        )
+
+    created = [d for d in (directory, tls_dir, data_dir) if not d.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tls_dir.mkdir(mode=0o700, exist_ok=True)
+        if args.dev:
+            # Clients of a dev server connect to localhost, so the certificate names it too.
+            paths = certs.write_dev_certificates(tls_dir, [hostname, "localhost"])
+        else:
+            paths = certs.write_self_signed_certificate(tls_dir, [hostname])
+        password = generate_password()
+        credentials = make_credentials(password)
+        postmaster = f"postmaster@{domain}"
+
+        async def populate(store: Store) -> int:
+            await store.add_domain(domain)
+            await store.add_account(postmaster, credentials)
+            return 0
+
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        _with_store(data_dir, populate)
+
+        def relative(path: Path) -> str:
+            return os.path.relpath(path.resolve(), directory.resolve())
+
+        text = render_config(
+            hostname,
+            host="127.0.0.1" if args.dev else "0.0.0.0",  # noqa: S104 - a mail server listens on all addresses
+            ports=DEV_PORTS if args.dev else PRODUCTION_PORTS,
+            cert=relative(paths.cert),
+            key=relative(paths.key),
+            ca=relative(paths.ca) if paths.ca else None,
+        )
+        # "x": never replace a config that appeared meanwhile.
+        with config_file.open("x", encoding="utf-8") as out:
+            out.write(text)
+        config_file.chmod(0o640)
+    except BaseException:
+        # Leave nothing half-made behind, so that quickstart can simply be run again.
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:  # a bug in the template; say so rather than leave a broken setup silently
+        raise CliError(f"quickstart wrote a config that does not load ({exc}); please report this") from None
+
+    _print_quickstart(args, config, _Setup(config_file, password, paths.ca), postmaster)
+    return 0
+
+
+def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, postmaster: str) -> None:
+    domain = domain_of(postmaster)
+    config_arg = "" if setup.config_file == Path("surat.toml") else f" --config {setup.config_file}"
+    out = [
+        f"Wrote {setup.config_file} for domain {domain}, server name {config.hostname}.",
+        "",
+        f"Account {postmaster}, password (shown only this once, note it now):",
+        f"    {setup.password}",
+        f"Change it with: surat{config_arg} user passwd {postmaster}",
+        "",
+        "Listeners:",
+        *_listener_lines(config.listen),
+        "",
+    ]
+    if args.dev and setup.ca is not None:
+        ca = setup.ca
+        out += [
+            f"Dev CA: {ca.resolve()}",
+            "The server certificate is signed by this CA and valid for localhost and "
+            f"{config.hostname}; tell test clients to trust it:",
+            f"  swaks --server localhost:{DEV_PORTS['submission']} --tls --tls-verify --tls-ca-path {ca} \\",
+            f"        --auth-user {postmaster} --from {postmaster} --to {postmaster}",
+            f"  curl --cacert {ca} --user {postmaster} imaps://localhost:{DEV_PORTS['imaps']}/INBOX",
+            f'  python: ssl.create_default_context(cafile="{ca}")',
+            "",
+        ]
+    else:
+        out += [
+            f"TLS: {config.tls.cert} is a self-signed placeholder. Install a real certificate for",
+            f"{config.hostname}, e.g. from Let's Encrypt:",
+            f"    certbot certonly --standalone -d {config.hostname}",
+            "then point [tls] cert at fullchain.pem and key at privkey.pem (readable by the surat user)",
+            "and restart surat (it reads the certificate at start).",
+            "",
+        ]
+    out += [
+        f"Start the server: surat{config_arg} serve",
+        "",
+        format_records(records_for(domain, config.hostname, _client_ports(config.listen))).rstrip("\n"),
+    ]
+    print("\n".join(out))
+
+
+# ----------------------------------------------------------------------------------------- serve, check, dns
+
+
+def run_server(config: Config) -> int:
+    # Imported here so that the admin commands neither load nor depend on the whole server.
+    from surat.app import run  # noqa: PLC0415
+
+    return run(config)  # sets up logging itself
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _check_tls(config)  # one clear line and exit 2 rather than a failed start
+    return run_server(config)
+
+
+def _check_tls(config: Config) -> None:
+    if config.tls.cert is None or config.tls.key is None:
+        return
+    try:
+        server_context(config.tls.cert, config.tls.key)
+    except TLSSetupError as exc:
+        raise CliError(f"config: tls.cert: {exc}", 2) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _check_tls(config)
+
+    async def inspect(store: Store) -> int:
+        domains = await store.list_domains()
+        accounts = await store.list_accounts()
+        queue = await store.list_queue()
+        lines = [
+            f"config:   {config.path}",
+            f"hostname: {config.hostname}",
+            f"tls:      {config.tls.cert or '(none)'}",
+            f"data_dir: {config.data_dir}: {len(domains)} domain(s), {len(accounts)} account(s), "
+            f"{len(queue)} queued message(s)",
+            "listeners:",
+            *_listener_lines(config.listen),
+        ]
+        if not domains:
+            lines.append("note: no local domains yet; add one with `surat domain add DOMAIN`")
+        lines.append("OK")
+        print("\n".join(lines))
+        return 0
+
+    return _with_store(config.data_dir, inspect)
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    domain = normalize_domain(args.domain)
+    if args.hostname:
+        hostname = normalize_domain(args.hostname, "hostname")
+        ports = PRODUCTION_PORTS
+    else:
+        config = _load(args)
+        hostname = config.hostname
+        ports = _client_ports(config.listen)
+    print(format_records(records_for(domain, hostname, ports)), end="")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- domains
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    config = _load(args)
+    action: str = args.action
+
+    async def act(store: Store) -> int:
+        if action == "list":
+            for name in sorted(await store.list_domains()):
+                print(name)
+            return 0
+        domain = normalize_domain(args.domain)
+        if action == "add":
+            if await store.is_local_domain(domain):
+                raise CliError(f"domain {domain} already exists")
+            await store.add_domain(domain)
+            print(f"added domain {domain}")
+        else:
+            if not await store.is_local_domain(domain):
+                raise CliError(f"domain {domain} does not exist")
+            accounts = await store.list_accounts(domain)
+            if accounts:
+                raise CliError(
+                    f"domain {domain} still has {len(accounts)} account(s); delete them first "
+                    f"(surat user list {domain})"
+                )
+            for alias in await store.list_aliases(domain):
+                await store.delete_alias(alias.source, alias.target)
+            await store.delete_domain(domain)
+            print(f"deleted domain {domain}")
+        return 0
+
+    return _with_store(config.data_dir, act)
+
+
+# ----------------------------------------------------------------------------------------- users
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    config = _load(args)
+    action: str = args.action
+    address = normalize_address(args.address) if action in ("add", "passwd", "del", "quota") else ""
+    quota: int | None = None
+    if action == "quota":
+        quota = None if args.bytes.strip().lower() in ("none", "unlimited") else parse_size(args.bytes)
+    elif action == "add" and args.quota is not None:
+        quota = parse_size(args.quota)
+    if action == "add" and "+" in address.partition("@")[0]:
+        raise UsageError(
+            f"address {address}: '+' is reserved for plus-addressing (user+tag@ delivers to user@)"
+        )
+
+    credentials = None
+    if action in ("add", "passwd"):
+        # Check what can be checked before asking for a password nobody will use.
+        def precheck(exists_wanted: bool) -> Callable[[Store], Awaitable[int]]:
+            async def check(store: Store) -> int:
+                if action == "add" and not await store.is_local_domain(domain_of(address)):
+                    raise CliError(
+                        f"{domain_of(address)} is not a local domain; add it first: "
+                        f"surat domain add {domain_of(address)}"
+                    )
+                exists = await store.get_account(address) is not None
+                if exists and not exists_wanted:
+                    raise CliError(f"account {address} already exists")
+                if not exists and exists_wanted:
+                    raise CliError(f"account {address} does not exist")
+                return 0
+
+            return check
+
+        _with_store(config.data_dir, precheck(action == "passwd"))
+        try:
+            credentials = make_credentials(_read_password(args))
+        except SASLprepError as exc:
+            raise CliError(str(exc)) from None
+
+    async def act(store: Store) -> int:
+        if action == "list":
+            domain = normalize_domain(args.domain) if args.domain else None
+            for account in sorted(await store.list_accounts(domain), key=lambda a: a.address):
+                used = await store.account_usage(account.id)
+                print(f"{account.address}  quota={format_size(account.quota_bytes)}  used={used}")
+        elif action == "add":
+            assert credentials is not None
+            if not await store.is_local_domain(domain_of(address)):
+                raise CliError(f"{domain_of(address)} is not a local domain")
+            if await store.alias_targets(address):
+                raise CliError(f"{address} is an alias; delete the alias first")
+            await store.add_account(address, credentials)
+            if quota is not None:
+                await store.set_quota(address, quota)
+            print(f"added account {address}")
+        elif action == "passwd":
+            assert credentials is not None
+            await store.set_credentials(address, credentials)
+            print(f"changed the password of {address}")
+        elif action == "del":
+            if await store.get_account(address) is None:
+                raise CliError(f"account {address} does not exist")
+            await store.delete_account(address)
+            print(f"deleted account {address} and its mail")
+            dangling = await store.aliases_of(address)
+            if dangling:
+                print(f"note: aliases still point to it: {', '.join(sorted(dangling))}", file=sys.stderr)
+        else:
+            if await store.get_account(address) is None:
+                raise CliError(f"account {address} does not exist")
+            await store.set_quota(address, quota)
+            print(f"quota of {address}: {format_size(quota)}")
+        return 0
+
+    return _with_store(config.data_dir, act)
+
+
+# ----------------------------------------------------------------------------------------- aliases
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    config = _load(args)
+    action: str = args.action
+
+    async def act(store: Store) -> int:
+        if action == "list":
+            domain = normalize_domain(args.domain) if args.domain else None
+            for alias in sorted(await store.list_aliases(domain), key=lambda a: (a.source, a.target)):
+                print(f"{alias.source} -> {alias.target}")
+            return 0
+        source = normalize_alias_source(args.source)
+        target = normalize_address(args.target, "alias target") if args.target else None
+        if action == "add":
+            assert target is not None
+            if not await store.is_local_domain(domain_of(source)):
+                raise CliError(f"{domain_of(source)} is not a local domain; an alias source must be in one")
+            if await store.get_account(source) is not None:
+                raise CliError(f"{source} is an account; an alias cannot have the same address")
+            if source == target:
+                raise CliError("an alias cannot point to itself")
+            if await store.is_local_domain(domain_of(target)):
+                base = target.partition("+")[0] + "@" + domain_of(target) if "+" in target else target
+                if await store.get_account(base) is None and not await store.alias_targets(base):
+                    raise CliError(f"target {target} is in a local domain but is no account or alias")
+            if target in await store.alias_targets(source):
+                raise CliError(f"alias {source} -> {target} already exists")
+            await store.add_alias(source, target)
+            print(f"added alias {source} -> {target}")
+        else:
+            existing = await store.alias_targets(source)
+            if not existing or (target is not None and target not in existing):
+                shown = f"{source} -> {target}" if target else source
+                raise CliError(f"alias {shown} does not exist")
+            await store.delete_alias(source, target)
+            print(f"deleted alias {source}" + (f" -> {target}" if target else ""))
+        return 0
+
+    return _with_store(config.data_dir, act)
+
+
+# ----------------------------------------------------------------------------------------- queue
+
+
+def _queue_line(entry: QueueEntry) -> str:
+    recipients = ", ".join(f"{r.address} ({r.state.value})" for r in entry.recipients)
+    return (
+        f"{entry.id}  {_format_time(entry.created_at)}  {entry.size:>9}  "
+        f"next {_format_time(entry.next_attempt_at)}  <{entry.sender}> -> {recipients}"
+    )
+
+
+def _queue_details(entry: QueueEntry) -> list[str]:
+    lines = [
+        f"id:           {entry.id}",
+        f"sender:       <{entry.sender}>",
+        f"size:         {entry.size}",
+        f"created:      {_format_time(entry.created_at)}",
+        f"next attempt: {_format_time(entry.next_attempt_at)}",
+    ]
+    if entry.authenticated_user:
+        lines.append(f"submitted by: {entry.authenticated_user}")
+    dsn = [f"envid={entry.envid}" if entry.envid else "", f"ret={entry.ret}" if entry.ret else ""]
+    if any(dsn):
+        lines.append("dsn:          " + " ".join(part for part in dsn if part))
+    lines.append("recipients:")
+    for recipient in entry.recipients:
+        extra = f"  notify={','.join(recipient.notify)}" if recipient.notify else ""
+        lines.append(f"  {recipient.address}  {recipient.state.value}{extra}")
+        if recipient.last_reply:
+            lines.append(f"    last reply: {recipient.last_reply}")
+    lines.append(f"attempts:     {len(entry.attempts)}")
+    for attempt in entry.attempts:
+        lines.append(
+            f"  #{attempt.number} {_format_time(attempt.started_at)} {attempt.host or '-'}: "
+            f"{attempt.result or '(in progress)'}"
+        )
+    return lines
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    config = _load(args)
+    action: str = args.action
+
+    async def act(store: Store) -> int:
+        # The server may be running: SQLite in WAL mode lets this process read and write beside it.
+        now = datetime.now(UTC)
+        if action == "list":
+            entries = await store.list_queue()
+            for queued in entries:
+                print(_queue_line(queued))
+            print(f"{len(entries)} message(s) queued", file=sys.stderr)
+            return 0
+        if action == "flush":
+            count = await store.flush_queue(now)
+            print(f"{count} message(s) due now")
+            return 0
+        entry = await store.get_queue_entry(args.id)
+        if entry is None:
+            raise CliError(f"no queued message {args.id}")
+        if action == "show":
+            print("\n".join(_queue_details(entry)))
+        elif action == "retry":
+            await store.reschedule(entry.id, now)
+            print(f"{entry.id} due now")
+        else:
+            await store.drop_queue_entry(entry.id)
+            print(f"dropped {entry.id} (no bounce sent)")
+        return 0
+
+    return _with_store(config.data_dir, act)
+
+
+# ----------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="surat", description="Surat, an all-in-one mail server.")
+    parser.add_argument("--version", action="version", version=f"surat {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the config file (default: $SURAT_CONFIG, else ./surat.toml)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    quickstart = commands.add_parser("quickstart", help="write a config, a certificate and a first account")
+    quickstart.add_argument("--domain", required=True, help="the first mail domain, e.g. example.com")
+    quickstart.add_argument("--hostname", help="this server's name (default: mail.DOMAIN)")
+    quickstart.add_argument(
+        "--dir", default=".", help="where to write surat.toml, tls/ and data/ (default: .)"
+    )
+    quickstart.add_argument(
+        "--dev",
+        action="store_true",
+        help="loopback listeners on unprivileged ports and a dev CA, for trying Surat out",
+    )
+    quickstart.set_defaults(handler=cmd_quickstart)
+
+    serve = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve.set_defaults(handler=cmd_serve)
+
+    domain = commands.add_parser("domain", help="local mail domains")
+    domain_actions = domain.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("add", "add a local domain"), ("del", "delete a domain without accounts")):
+        domain_actions.add_parser(name, help=text).add_argument("domain", metavar="DOMAIN")
+    domain_actions.add_parser("list", help="list the local domains")
+    domain.set_defaults(handler=cmd_domain)
+
+    user = commands.add_parser("user", help="accounts (mailboxes with a password)")
+    user_actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    user_add = user_actions.add_parser("add", help="add an account (asks for its password)")
+    user_add.add_argument("address", metavar="ADDRESS")
+    user_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password as one line from stdin"
+    )
+    user_add.add_argument("--quota", metavar="BYTES", help="storage quota, e.g. 2G (default: unlimited)")
+    user_passwd = user_actions.add_parser("passwd", help="set an account's password")
+    user_passwd.add_argument("address", metavar="ADDRESS")
+    user_passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password as one line from stdin"
+    )
+    user_actions.add_parser("del", help="delete an account and all its mail").add_argument(
+        "address", metavar="ADDRESS"
+    )
+    user_actions.add_parser("list", help="list accounts").add_argument("domain", metavar="DOMAIN", nargs="?")
+    user_quota = user_actions.add_parser("quota", help="set an account's quota")
+    user_quota.add_argument("address", metavar="ADDRESS")
+    user_quota.add_argument("bytes", metavar="BYTES|none", help="e.g. 1073741824, 500M, 2G, or none")
+    user.set_defaults(handler=cmd_user)
+
+    alias = commands.add_parser("alias", help="aliases; SOURCE may be @domain (catch-all)")
+    alias_actions = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
+    alias_add = alias_actions.add_parser("add", help="deliver mail for SOURCE to TARGET")
+    alias_add.add_argument("source", metavar="SOURCE")
+    alias_add.add_argument("target", metavar="TARGET")
+    alias_del = alias_actions.add_parser("del", help="delete an alias (all its targets if TARGET is omitted)")
+    alias_del.add_argument("source", metavar="SOURCE")
+    alias_del.add_argument("target", metavar="TARGET", nargs="?")
+    alias_actions.add_parser("list", help="list aliases").add_argument("domain", metavar="DOMAIN", nargs="?")
+    alias.set_defaults(handler=cmd_alias)
+
+    queue = commands.add_parser("queue", help="the outbound queue")
+    queue_actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    queue_actions.add_parser("list", help="list queued messages")
+    for name, text in (
+        ("show", "show one queued message"),
+        ("retry", "make a message due now"),
+        ("drop", "remove a message from the queue without a bounce"),
+    ):
+        queue_actions.add_parser(name, help=text).add_argument("id", metavar="ID")
+    queue_actions.add_parser("flush", help="make every queued message due now")
+    queue.set_defaults(handler=cmd_queue)
+
+    dns = commands.add_parser("dns", help="print the DNS records to publish for a domain")
+    dns.add_argument("domain", metavar="DOMAIN")
+    dns.add_argument("--hostname", help="the MX host name (default: hostname from the config)")
+    dns.set_defaults(handler=cmd_dns)
+
+    check = commands.add_parser("check", help="validate the config, the TLS files and the store")
+    check.set_defaults(handler=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    except CliError as exc:
+        print(f"surat: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except (NotFound, AlreadyExists) as exc:
+        print(f"surat: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"surat: store: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"surat:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("surat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("SURAT_DEBUG"):
+            raise
+        print(
+            f"surat: unexpected error: {type(exc).__name__}: {exc} (SURAT_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,67 @@
+"""Logging: one line per event, key=value fields, the connection id from a contextvar.
+
+Usage in protocol code:
+    log.info("smtp.transaction", extra=fields(sender=..., rcpts=..., result="250"))
+which renders as
+    2026-11-26T14:45:00Z INFO surat.smtpd conn=Ab12 smtp.transaction sender=a@b rcpts=2 result=250
+
+Secrets never reach this module: callers pass only the fields they mean to log, and `fields()` refuses
+the names that would carry them (password, pass, secret, body).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+connection_id: contextvars.ContextVar[str] = contextvars.ContextVar("connection_id", default="-")
+
+_FORBIDDEN_FIELDS = frozenset({"password", "pass", "passwd", "secret", "body", "data", "credentials"})
+
+
+def new_connection_id() -> str:
+    """A short random id that ties together every line of one connection."""
+    return secrets.token_urlsafe(6)
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """Wrap key=value fields for `extra=`; rejects keys that would log secrets or bodies."""
+    bad = _FORBIDDEN_FIELDS.intersection(values)
+    if bad:
+        raise ValueError(f"refusing to log field(s) {sorted(bad)}")
+    return {"kv": values}
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\\') or not text.isprintable():
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+        return f'"{escaped}"'
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        parts = [stamp, record.levelname, record.name, f"conn={connection_id.get()}", record.getMessage()]
+        kv: dict[str, Any] = getattr(record, "kv", {})
+        parts.extend(f"{key}={_quote(value)}" for key, value in kv.items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # asyncio logs every client that drops a TLS connection at ERROR; those are the clients' doing.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)

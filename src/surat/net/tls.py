@@ -1,0 +1,115 @@
+"""TLS contexts for the listeners (implicit TLS and STARTTLS/STLS) and for outbound connections.
+
+`server_context` checks the certificate and key with `cryptography` before handing them to the ssl
+module, because OpenSSL's own errors ("[SSL] PEM lib (_ssl.c:3874)", "key values mismatch") do not
+say which file is wrong, and OpenSSL happily serves an expired certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+__all__ = ["TLSSetupError", "client_context", "server_context"]
+
+log = logging.getLogger(__name__)
+
+EXPIRY_WARNING = timedelta(days=14)
+_SIGNING_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
+class TLSSetupError(Exception):
+    """The TLS certificate or key cannot be used; the message is one sentence naming the file."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TLSSetupError(f"cannot read TLS {what} {path}: {exc.strerror or exc}") from None
+
+
+def _check_pair(cert_path: Path, key_path: Path, now: datetime) -> None:
+    try:
+        chain = x509.load_pem_x509_certificates(_read(cert_path, "certificate"))
+    except ValueError:
+        raise TLSSetupError(f"TLS certificate {cert_path} contains no valid PEM certificate") from None
+    leaf = chain[0]  # a PEM chain starts with the server's own certificate
+    not_after = leaf.not_valid_after_utc
+    if not_after <= now:
+        raise TLSSetupError(f"TLS certificate {cert_path} expired on {not_after:%Y-%m-%d %H:%M} UTC")
+    if leaf.not_valid_before_utc > now:
+        # A clock slightly behind the CA's is not worth refusing to start over; clients may object.
+        log.warning(
+            "event=tls_cert_not_yet_valid cert=%s not_before=%s", cert_path, leaf.not_valid_before_utc
+        )
+    if not_after - now < EXPIRY_WARNING:
+        log.warning("event=tls_cert_expires_soon cert=%s not_after=%s", cert_path, not_after)
+
+    try:
+        key = serialization.load_pem_private_key(_read(key_path, "private key"), password=None)
+    except TypeError:
+        raise TLSSetupError(
+            f"TLS private key {key_path} is encrypted; Surat needs it without a passphrase"
+        ) from None
+    except ValueError:
+        raise TLSSetupError(f"TLS private key {key_path} contains no valid PEM private key") from None
+    except UnsupportedAlgorithm:
+        raise TLSSetupError(f"TLS private key {key_path} is of a type this system does not support") from None
+    if not isinstance(key, _SIGNING_KEYS):
+        raise TLSSetupError(f"TLS private key {key_path} is not a signing key (RSA, ECDSA or EdDSA)")
+
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise TLSSetupError(f"TLS private key {key_path} does not match the certificate {cert_path}")
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context: TLS 1.2 minimum, OpenSSL's default ciphers, no compression.
+
+    Raises TLSSetupError when a file is unreadable or not PEM, the certificate has expired, or the
+    key does not belong to the certificate.
+    """
+    _check_pair(cert, key, datetime.now(UTC))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8996, RFC 9325 §3.1.1
+    # No compression (CRIME, RFC 9325 §3.3); client-initiated renegotiation costs us CPU for nothing.
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSetupError(f"TLS certificate {cert} and key {key} were refused by OpenSSL: {exc}") from None
+    return context
+
+
+def client_context(verify: bool, ca_file: Path | None = None) -> ssl.SSLContext:
+    """A client context: TLS 1.2 minimum.
+
+    verify=True checks the chain and the host name, against `ca_file` only when given, else against
+    the system's trust store. verify=False encrypts without authenticating (opportunistic TLS for
+    SMTP between MTAs, RFC 7435), and ignores `ca_file`.
+    """
+    if verify:
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSSetupError(f"cannot load TLS CA file {ca_file}: {exc}") from None
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    return context

@@ -1,0 +1,144 @@
+"""A message being received: streamed to a spool file, with the trace headers in front.
+
+The file is what `Store.deliver` takes over: `Return-Path:` (local copies only), our `Received:`,
+for submission any `Date:`/`Message-ID:` we add (RFC 6409 §8), then the message as received. The
+header section is held in memory (bounded) until its end, so the additions can be decided before
+anything is written and the message is never copied; the body goes straight to the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import email.policy
+import email.utils
+import os
+import secrets
+import tempfile
+from datetime import datetime
+from email.message import Message
+from pathlib import Path
+
+# A header section larger than this is written through without being parsed.
+MAX_HEADER_SECTION = 256 * 1024
+
+
+def _clean(text: str) -> str:
+    """Client-supplied text in a header comment: printable, no parentheses or line breaks."""
+    return "".join(c if c.isprintable() and c not in "()\\" else "?" for c in text)[:255]
+
+
+def return_path(sender: str) -> bytes:
+    """RFC 5321 §4.4: the final delivery adds Return-Path with the envelope sender."""
+    return f"Return-Path: <{sender}>\r\n".encode()
+
+
+def received_header(
+    *,
+    helo: str,
+    peer_ip: str,
+    hostname: str,
+    protocol: str,
+    transaction_id: str,
+    tls: tuple[str, str] | None,
+    auth_user: str | None,
+    recipient: str | None,
+    when: datetime,
+) -> bytes:
+    """RFC 5321 §4.4 Received: trace header (protocol names from RFC 3848 / RFC 6531 §3.7.3)."""
+    lines = [f"Received: from {_clean(helo)} ([{peer_ip}])"]
+    lines.append(f"\tby {hostname} (Surat) with {protocol} id {transaction_id}")
+    if tls is not None:
+        lines.append(f"\t(version={_clean(tls[0])} cipher={_clean(tls[1])})")
+    if auth_user is not None:
+        lines.append(f"\t(authenticated as {_clean(auth_user)})")
+    if recipient is not None:
+        lines.append(f"\tfor <{recipient}>")
+    lines[-1] += ";"
+    lines.append(f"\t{email.utils.format_datetime(when)}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def protocol_name(*, extended: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:
+    if not extended:
+        return "SMTP"
+    suffix = ("S" if tls else "") + ("A" if authenticated else "")
+    return ("UTF8SMTP" if smtputf8 else "ESMTP") + suffix
+
+
+class Spool:
+    """The spool file of one message. Not thread-safe; one per transaction."""
+
+    def __init__(self, directory: Path, prefix: bytes, *, add_missing_for: str | None = None) -> None:
+        """`add_missing_for`: the host name for Message-ID if Date/Message-ID may be added (submission)."""
+        fd, name = tempfile.mkstemp(prefix="smtp-", suffix=".msg", dir=directory)
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._prefix = prefix
+        self._add_for = add_missing_for
+        self._held: bytearray | None = bytearray()  # header section until its end, then None
+        self.headers: Message | None = None  # parsed header section, if it fit the bound
+        self.size = 0
+        self.added: list[str] = []  # names of the header fields we added
+
+    def write(self, chunk: bytes) -> None:
+        if self._held is None:
+            self._put(chunk)
+            return
+        held = self._held
+        start = max(0, len(held) - 3)
+        held += chunk
+        if held.startswith(b"\r\n"):
+            end = 0  # no header section at all
+        else:
+            found = held.find(b"\r\n\r\n", start)
+            end = found + 2 if found >= 0 else -1
+        if end >= 0:
+            self._release(end)
+        elif len(held) > MAX_HEADER_SECTION:
+            self._held = None
+            self._put(self._prefix)
+            self._put(bytes(held))
+
+    def _release(self, end: int) -> None:
+        """The header section is held[:end]: parse it, write prefix, additions, the rest."""
+        held = self._held
+        assert held is not None
+        self._held = None
+        section = bytes(held[:end])
+        self.headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(section)
+        additions = b""
+        if self._add_for is not None:
+            # RFC 6409 §8.3 (Date) and §8.3 (Message-ID): the MSA may add what the client left out.
+            if self.headers.get("Date") is None:
+                additions += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+                self.added.append("Date")
+            if self.headers.get("Message-ID") is None:
+                message_id = f"<{secrets.token_hex(16)}@{self._add_for}>"
+                additions += f"Message-ID: {message_id}\r\n".encode()
+                self.added.append("Message-ID")
+        self._put(self._prefix + additions)
+        self._put(bytes(held))
+
+    def _put(self, data: bytes) -> None:
+        self._file.write(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """All text received: write what is held (a message with no body), close the file."""
+        if self._held is not None:
+            self._release(len(self._held))
+        self._file.close()
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def from_addresses(self) -> list[str] | None:
+        """Addresses in From: (lower-cased), or None when the header section was not parsed."""
+        if self.headers is None:
+            return None
+        values = [str(value) for value in self.headers.get_all("From", [])]
+        return [addr.lower() for _, addr in email.utils.getaddresses(values) if addr]

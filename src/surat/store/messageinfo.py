@@ -1,0 +1,989 @@
+"""Parse a message once, at delivery, into what IMAP asks for again and again (ARCHITECTURE decision 5).
+
+`compute_message_info` streams the message through a line-based, boundary-aware MIME scanner with
+bounded memory (it reads in chunks; one header line and one header block are capped), and records:
+
+- the RFC 9051 §7.5.2 ENVELOPE, with header values kept raw (RFC 2047 encoded words are NOT
+  decoded there, as IMAP requires);
+- the BODYSTRUCTURE tree, with the byte offsets of every part in the file (`header_start`,
+  `body_start`, `end`), so that BODY[1.2.MIME], BODY[2.TEXT] or BINARY[3] are served by reading a
+  byte range, never by parsing again;
+- decoded (RFC 2047, Unicode) values of the fields SEARCH, SORT and THREAD need.
+
+Raw header text is bytes in the message; it is kept here as `str` decoded from UTF-8 with
+`surrogateescape`, so `value.encode("utf-8", "surrogateescape")` gives back the exact octets.
+
+Malformed input never raises: a missing closing boundary ends the parts at end of file, a header
+block without its empty line ends at the first line that is not a header field, and so on, much
+like Dovecot and mox degrade.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import email.errors
+import email.header
+import email.utils
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+__all__ = [
+    "Address",
+    "BodyPart",
+    "Envelope",
+    "MessageInfo",
+    "compute_message_info",
+]
+
+_CHUNK = 64 * 1024
+MAX_LINE = 64 * 1024  # octets of one line kept; longer lines are scanned but not kept
+MAX_HEADER = 256 * 1024  # octets of one header block kept
+MAX_DEPTH = 32  # nesting of multipart and message/rfc822 parts
+MAX_PARTS = 5000  # beyond this, multiparts are treated as opaque leaves
+
+# Dovecot's spelling for an address whose domain or local part is missing: a NIL host would read
+# as the start of a group in an IMAP ENVELOPE (RFC 9051 §7.5.2).
+MISSING_DOMAIN = "MISSING_DOMAIN"
+MISSING_MAILBOX = "MISSING_MAILBOX"
+
+_JSON_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One ENVELOPE address: (name, adl, mailbox, host), raw (RFC 9051 §7.5.2).
+
+    Group syntax (RFC 5322 §3.4): the start is (None, None, group-name, None), the end is
+    (None, None, None, None).
+    """
+
+    name: str | None
+    adl: str | None
+    mailbox: str | None
+    host: str | None
+
+    @property
+    def is_group_start(self) -> bool:
+        return self.host is None and self.mailbox is not None
+
+    @property
+    def is_group_end(self) -> bool:
+        return self.host is None and self.mailbox is None
+
+
+GROUP_END = Address(None, None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    date: str | None
+    subject: str | None
+    from_: tuple[Address, ...]
+    sender: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    bcc: tuple[Address, ...]
+    in_reply_to: str | None
+    message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BodyPart:
+    """One MIME entity (RFC 9051 §7.5.2 BODYSTRUCTURE) and where it lies in the file.
+
+    `type`, `subtype`, parameter names and the disposition are lower-cased; values are raw.
+    Offsets: the entity's header is [header_start, body_start) (including the empty line that ends
+    it), its body is [body_start, end). For a part inside a multipart, `end` stops before the CRLF
+    that belongs to the next boundary delimiter (RFC 2046 §5.1.1).
+    """
+
+    type: str
+    subtype: str
+    params: tuple[tuple[str, str], ...]
+    id: str | None
+    description: str | None
+    encoding: str  # Content-Transfer-Encoding, upper-cased; "7BIT" by default
+    size: int  # octets of the body
+    lines: int  # text lines of the body (meaningful for text/* and message/rfc822)
+    disposition: str | None
+    disposition_params: tuple[tuple[str, str], ...]
+    language: tuple[str, ...]
+    location: str | None
+    header_start: int
+    body_start: int
+    end: int
+    parts: tuple[BodyPart, ...] = ()  # children of a multipart
+    envelope: Envelope | None = None  # of the embedded message, for message/rfc822 and message/global
+    message: BodyPart | None = None  # root entity of the embedded message (its header starts at body_start)
+    md5: str | None = None  # Content-MD5 is not computed (RFC 9051 allows NIL)
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.type == "multipart"
+
+    def part(self, section: tuple[int, ...]) -> BodyPart | None:
+        """The part that IMAP section numbers (e.g. (1, 2) for "1.2") name, or None.
+
+        RFC 9051 §6.4.5: a non-multipart message has a part 1 (itself); inside a message/rfc822
+        part, numbers continue into the embedded message's parts.
+        """
+        node: BodyPart = self
+        for number in section:
+            if node.message is not None:
+                node = node.message
+            if node.is_multipart:
+                if not 1 <= number <= len(node.parts):
+                    return None
+                node = node.parts[number - 1]
+            elif number != 1:
+                return None
+        return node
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    envelope: Envelope
+    body: BodyPart  # the whole message: header_start 0, end = size
+    # Decoded values (RFC 2047 words decoded, whitespace unfolded) for SEARCH, SORT and THREAD.
+    subject: str | None
+    from_: str | None
+    to: str | None
+    cc: str | None
+    bcc: str | None
+    date: float | None  # Date: as a UTC timestamp
+    message_id: str | None  # "<id>" form
+    in_reply_to: str | None  # the first "<id>" of In-Reply-To
+    references: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return self.body.end
+
+    def to_json(self) -> str:
+        obj = [
+            _JSON_VERSION,
+            _envelope_to_obj(self.envelope),
+            _part_to_obj(self.body),
+            self.subject,
+            self.from_,
+            self.to,
+            self.cc,
+            self.bcc,
+            self.date,
+            self.message_id,
+            self.in_reply_to,
+            list(self.references),
+        ]
+        # ensure_ascii keeps surrogate escapes (raw 8-bit header octets) representable.
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MessageInfo:
+        obj = json.loads(text)
+        if not isinstance(obj, list) or obj[0] != _JSON_VERSION:
+            raise ValueError("unknown MessageInfo encoding")
+        return cls(
+            envelope=_envelope_from_obj(obj[1]),
+            body=_part_from_obj(obj[2]),
+            subject=obj[3],
+            from_=obj[4],
+            to=obj[5],
+            cc=obj[6],
+            bcc=obj[7],
+            date=obj[8],
+            message_id=obj[9],
+            in_reply_to=obj[10],
+            references=tuple(obj[11]),
+        )
+
+
+# ----------------------------------------------------------------------------------------- JSON
+
+
+def _addresses_to_obj(addresses: tuple[Address, ...]) -> list[list[str | None]]:
+    return [[a.name, a.adl, a.mailbox, a.host] for a in addresses]
+
+
+def _addresses_from_obj(obj: list[list[str | None]]) -> tuple[Address, ...]:
+    return tuple(Address(a[0], a[1], a[2], a[3]) for a in obj)
+
+
+def _envelope_to_obj(env: Envelope) -> list[Any]:
+    return [
+        env.date,
+        env.subject,
+        _addresses_to_obj(env.from_),
+        _addresses_to_obj(env.sender),
+        _addresses_to_obj(env.reply_to),
+        _addresses_to_obj(env.to),
+        _addresses_to_obj(env.cc),
+        _addresses_to_obj(env.bcc),
+        env.in_reply_to,
+        env.message_id,
+    ]
+
+
+def _envelope_from_obj(obj: list[Any]) -> Envelope:
+    return Envelope(
+        date=obj[0],
+        subject=obj[1],
+        from_=_addresses_from_obj(obj[2]),
+        sender=_addresses_from_obj(obj[3]),
+        reply_to=_addresses_from_obj(obj[4]),
+        to=_addresses_from_obj(obj[5]),
+        cc=_addresses_from_obj(obj[6]),
+        bcc=_addresses_from_obj(obj[7]),
+        in_reply_to=obj[8],
+        message_id=obj[9],
+    )
+
+
+def _part_to_obj(part: BodyPart) -> list[Any]:
+    return [
+        part.type,
+        part.subtype,
+        [list(p) for p in part.params],
+        part.id,
+        part.description,
+        part.encoding,
+        part.size,
+        part.lines,
+        part.disposition,
+        [list(p) for p in part.disposition_params],
+        list(part.language),
+        part.location,
+        part.header_start,
+        part.body_start,
+        part.end,
+        [_part_to_obj(p) for p in part.parts],
+        _envelope_to_obj(part.envelope) if part.envelope is not None else None,
+        _part_to_obj(part.message) if part.message is not None else None,
+    ]
+
+
+def _part_from_obj(obj: list[Any]) -> BodyPart:
+    return BodyPart(
+        type=obj[0],
+        subtype=obj[1],
+        params=tuple((p[0], p[1]) for p in obj[2]),
+        id=obj[3],
+        description=obj[4],
+        encoding=obj[5],
+        size=obj[6],
+        lines=obj[7],
+        disposition=obj[8],
+        disposition_params=tuple((p[0], p[1]) for p in obj[9]),
+        language=tuple(obj[10]),
+        location=obj[11],
+        header_start=obj[12],
+        body_start=obj[13],
+        end=obj[14],
+        parts=tuple(_part_from_obj(p) for p in obj[15]),
+        envelope=_envelope_from_obj(obj[16]) if obj[16] is not None else None,
+        message=_part_from_obj(obj[17]) if obj[17] is not None else None,
+    )
+
+
+# ----------------------------------------------------------------------------------------- reader
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    start: int
+    content: bytes  # without the LF, at most MAX_LINE octets; may end with CR
+    truncated: bool
+    has_newline: bool
+    end: int  # offset after the LF
+
+
+@dataclass(frozen=True, slots=True)
+class _Term:
+    """What ended a stretch of content: a boundary delimiter line, or the end of the file."""
+
+    pos: int  # offset of the delimiter line (or of end of file)
+    newlines: int  # LFs consumed before `pos`
+    last: bytes  # up to 4 octets just before `pos`
+    depth: int = -1  # index of the matched boundary in the stack; -1 for end of file
+    close: bool = False  # a close delimiter ("--boundary--")
+    line_end: int = 0  # offset after the delimiter line
+
+    @property
+    def eof(self) -> bool:
+        return self.depth < 0
+
+
+class _Reader:
+    """Buffered reading over a binary file, counting LFs and remembering the last octets read."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._buf = b""
+        self._pos = 0
+        self._base = 0  # file offset of _buf[0]
+        self._eof = False
+        self.newlines = 0
+        self.last = b""  # up to 4 octets most recently consumed
+
+    @property
+    def offset(self) -> int:
+        return self._base + self._pos
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._file.read(_CHUNK)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos :] + chunk
+        self._base += self._pos
+        self._pos = 0
+        return True
+
+    def _consume(self, to: int) -> None:
+        buf = self._buf
+        pos = self._pos
+        self.newlines += buf.count(b"\n", pos, to)
+        self.last = (self.last + buf[max(pos, to - 4) : to])[-4:]
+        self._pos = to
+
+    def at_eof(self) -> bool:
+        return self._pos >= len(self._buf) and not self._fill()
+
+    def readline(self) -> _Line | None:
+        start = self.offset
+        kept: list[bytes] = []
+        kept_len = 0
+        truncated = False
+        while True:
+            buf = self._buf
+            pos = self._pos
+            i = buf.find(b"\n", pos)
+            stop = i if i >= 0 else len(buf)
+            if stop > pos and not truncated:
+                room = MAX_LINE - kept_len
+                if stop - pos > room:
+                    truncated = True
+                    kept.append(buf[pos : pos + room])
+                    kept_len = MAX_LINE
+                else:
+                    kept.append(buf[pos:stop])
+                    kept_len += stop - pos
+            if i >= 0:
+                self._consume(i + 1)
+                return _Line(start, b"".join(kept), truncated, True, self.offset)
+            self._consume(len(buf))
+            if not self._fill():
+                if self.offset == start:
+                    return None
+                return _Line(start, b"".join(kept), truncated, False, self.offset)
+
+    def peek2(self) -> bytes:
+        while len(self._buf) - self._pos < 2 and self._fill():
+            pass
+        return self._buf[self._pos : self._pos + 2]
+
+    def skip_to_boundary(self, stack: list[bytes], at_line_start: bool = True) -> _Term:
+        """Skip body octets up to the next delimiter line of a boundary in `stack`, or EOF.
+
+        Fast path: only lines that begin with "--" are examined, found with bytes.find.
+        """
+        while True:
+            if at_line_start and stack and self.peek2() == b"--":
+                newlines, last = self.newlines, self.last
+                line = self.readline()
+                assert line is not None
+                match = _match_boundary(line, stack)
+                if match is not None:
+                    depth, close = match
+                    return _Term(line.start, newlines, last, depth, close, line.end)
+                at_line_start = line.has_newline
+                continue
+            buf = self._buf
+            if self._pos >= len(buf):
+                if not self._fill():
+                    return _Term(self.offset, self.newlines, self.last)
+                continue
+            if not stack:
+                self._consume(len(buf))
+                continue
+            i = buf.find(b"\n--", self._pos)
+            if i >= 0:
+                self._consume(i + 1)
+                at_line_start = True
+                continue
+            # Keep the last two octets: they may be the start of "\n--" split across reads.
+            keep = max(self._pos, len(buf) - 2)
+            if keep > self._pos:
+                self._consume(keep)
+                at_line_start = buf[keep - 1 : keep] == b"\n"
+            if not self._fill():
+                self._consume(len(self._buf))
+                return _Term(self.offset, self.newlines, self.last)
+
+
+def _match_boundary(line: _Line, stack: list[bytes]) -> tuple[int, bool] | None:
+    # RFC 2046 §5.1.1: "--" boundary ["--"] transport-padding CRLF. The innermost boundary wins;
+    # an outer one also ends the inner multiparts (a missing close delimiter).
+    if line.truncated or not line.content.startswith(b"--"):
+        return None
+    text = line.content.rstrip(b" \t\r")
+    for depth in range(len(stack) - 1, -1, -1):
+        boundary = stack[depth]
+        if text == b"--" + boundary:
+            return depth, False
+        if text == b"--" + boundary + b"--":
+            return depth, True
+    return None
+
+
+def _span(start: int, newlines_at_start: int, term: _Term) -> tuple[int, int]:
+    """(end, lines) of content from `start` to the terminator."""
+    last = term.last
+    if term.eof:
+        end = term.pos
+        newlines = term.newlines - newlines_at_start
+        last_octet = last[-1:]
+    else:
+        # RFC 2046 §5.1.1: the CRLF before a delimiter belongs to the delimiter.
+        prev_nl = 2 if last.endswith(b"\r\n") else 1 if last.endswith(b"\n") else 0
+        end = term.pos - prev_nl
+        if end <= start:
+            return start, 0
+        newlines = term.newlines - newlines_at_start - (1 if prev_nl else 0)
+        index = len(last) - prev_nl - 1
+        last_octet = last[index : index + 1] if index >= 0 else b""
+    if end <= start:
+        return start, 0
+    return end, newlines + (1 if last_octet != b"\n" else 0)
+
+
+# ----------------------------------------------------------------------------------------- headers
+
+_Headers = list[tuple[str, bytes]]  # (lower-cased name, unfolded raw value)
+
+
+def _raw(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _first_values(headers: _Headers) -> dict[str, bytes]:
+    """The first occurrence of each field (the one ENVELOPE and BODYSTRUCTURE use)."""
+    first: dict[str, bytes] = {}
+    for key, value in headers:
+        first.setdefault(key, value)
+    return first
+
+
+_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 §3.6.8 ftext
+
+
+def _header_name(content: bytes) -> str | None:
+    colon = content.find(b":")
+    if colon <= 0:
+        return None
+    name = content[:colon].rstrip(b" \t")  # RFC 5322 §4.5.3 obsolete: WSP before the colon
+    if not _FIELD_NAME.match(name):
+        return None
+    return name.decode("ascii").lower()
+
+
+# ----------------------------------------------------------------------------------------- structured values
+
+
+def _strip_comments(text: str) -> str:
+    out: list[str] = []
+    depth = 0
+    quoted = False
+    escape = False
+    for ch in text:
+        if escape:
+            escape = False
+            if depth == 0:
+                out.append(ch)
+            continue
+        if ch == "\\":
+            escape = True
+            if depth == 0:
+                out.append(ch)
+            continue
+        if quoted:
+            out.append(ch)
+            if ch == '"':
+                quoted = False
+            continue
+        if ch == "(":
+            depth += 1
+            continue
+        if ch == ")" and depth > 0:
+            depth -= 1
+            continue
+        if depth == 0:
+            if ch == '"':
+                quoted = True
+            out.append(ch)
+    return "".join(out)
+
+
+def _split_semicolons(text: str) -> list[str]:
+    segments: list[str] = []
+    current: list[str] = []
+    quoted = False
+    escape = False
+    for ch in text:
+        if escape:
+            escape = False
+        elif ch == "\\" and quoted:
+            escape = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            segments.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    segments.append("".join(current))
+    return segments
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 1 and value[0] == '"':
+        body = value[1:-1] if len(value) >= 2 and value.endswith('"') else value[1:]
+        return re.sub(r"\\(.)", r"\1", body)
+    return value
+
+
+def _parse_params(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """RFC 2045 §5.1 `value *(";" parameter)`: the value, lower-cased, and raw parameters.
+
+    RFC 2231 continuations and charsets are left as written (as Dovecot does in BODYSTRUCTURE).
+    """
+    segments = _split_semicolons(_strip_comments(text))
+    main = segments[0].strip().lower()
+    params: list[tuple[str, str]] = []
+    for segment in segments[1:]:
+        name, eq, value = segment.partition("=")
+        name = name.strip().lower()
+        if not eq or not name or any(c.isspace() for c in name):
+            continue
+        params.append((name, _unquote(value.strip())))
+    return main, tuple(params)
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
+
+
+def _content_type(
+    value: bytes | None, default: tuple[str, str]
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    if value is not None:
+        main, params = _parse_params(_raw(value))
+        kind, slash, sub = main.partition("/")
+        kind, sub = kind.strip(), sub.strip()
+        if slash and _TOKEN.match(kind) and _TOKEN.match(sub):
+            return kind, sub, params
+    # RFC 2045 §5.2: no (or an unusable) Content-Type means text/plain; charset=us-ascii.
+    if default == ("text", "plain"):
+        return "text", "plain", (("charset", "us-ascii"),)
+    return default[0], default[1], ()
+
+
+# ----------------------------------------------------------------------------------------- addresses
+
+_ADDR_SPECIALS = '()<>[]:;@\\,"'
+
+
+def _tokenize_addresses(text: str) -> list[tuple[str, str, str]]:
+    """(kind, raw, value) tokens: atom, qs (quoted string), comment, dlit, or a special char."""
+    tokens: list[tuple[str, str, str]] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch in " \t\r\n":
+            i += 1
+        elif ch == '"':
+            j = i + 1
+            chars: list[str] = []
+            while j < n and text[j] != '"':
+                if text[j] == "\\" and j + 1 < n:
+                    j += 1
+                chars.append(text[j])
+                j += 1
+            tokens.append(("qs", text[i : j + 1], "".join(chars)))
+            i = j + 1
+        elif ch == "(":
+            depth = 0
+            j = i
+            while j < n:
+                if text[j] == "\\":
+                    j += 2
+                    continue
+                if text[j] == "(":
+                    depth += 1
+                elif text[j] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            tokens.append(("comment", text[i : j + 1], text[i + 1 : j].strip()))
+            i = j + 1
+        elif ch == "[":
+            j = text.find("]", i)
+            j = n - 1 if j < 0 else j
+            tokens.append(("dlit", text[i : j + 1], text[i : j + 1]))
+            i = j + 1
+        elif ch in "<>:;@,":
+            tokens.append((ch, ch, ch))
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in _ADDR_SPECIALS and text[j] not in " \t\r\n":
+                j += 1
+            if j == i:  # a lone ")", "]" or "\\"
+                j = i + 1
+            tokens.append(("atom", text[i:j], text[i:j]))
+            i = j
+    return tokens
+
+
+class _AddressParser:
+    """RFC 5322 §3.4 address-list, leniently; names and local parts stay raw (not RFC 2047 decoded)."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokenize_addresses(text)
+        self.i = 0
+
+    def _peek(self) -> str | None:
+        while self.i < len(self.tokens) and self.tokens[self.i][0] == "comment":
+            self.i += 1
+        return self.tokens[self.i][0] if self.i < len(self.tokens) else None
+
+    def parse(self) -> tuple[Address, ...]:
+        out: list[Address] = []
+        while self._peek() is not None:
+            self._address(out, in_group=False)
+            if self._peek() in (",", ";", ">"):
+                self.i += 1
+        return tuple(out)
+
+    def _words(self, stops: str) -> tuple[list[tuple[str, str, str]], str | None]:
+        """Tokens up to a stop character; also the text of the last comment seen."""
+        words: list[tuple[str, str, str]] = []
+        comment: str | None = None
+        while self.i < len(self.tokens):
+            token = self.tokens[self.i]
+            if token[0] == "comment":
+                comment = token[2] or comment
+            elif token[0] in stops:
+                break
+            else:
+                words.append(token)
+            self.i += 1
+        return words, comment
+
+    @staticmethod
+    def _phrase(words: list[tuple[str, str, str]]) -> str | None:
+        text = " ".join(w[2] for w in words if w[0] in ("atom", "qs", "dlit"))
+        return text or None
+
+    @staticmethod
+    def _joined(words: list[tuple[str, str, str]]) -> str:
+        return "".join(w[1] for w in words)
+
+    def _address(self, out: list[Address], in_group: bool) -> None:
+        words, comment = self._words("<:;@,>" if not in_group else "<;@,>")
+        kind = self._peek()
+        if kind == "<":
+            self.i += 1
+            out.append(self._angle(self._phrase(words)))
+        elif kind == ":" and not in_group:
+            self.i += 1
+            # RFC 5322 §3.4 group: display-name ":" [group-list] ";"
+            out.append(Address(None, None, self._phrase(words) or "", None))
+            while self._peek() not in (";", None):
+                if self._peek() == ",":
+                    self.i += 1
+                    continue
+                before = self.i
+                self._address(out, in_group=True)
+                if self.i == before:
+                    self.i += 1
+            if self._peek() == ";":
+                self.i += 1
+            out.append(GROUP_END)
+        elif kind == "@":
+            self.i += 1
+            domain, comment2 = self._words(",;<>")
+            local = self._joined(words) or MISSING_MAILBOX
+            host = self._joined(domain) or MISSING_DOMAIN
+            # "user@host (Name)": the comment serves as the name, as Dovecot does.
+            out.append(Address(comment2 or comment, None, local, host))
+        elif words:
+            out.append(Address(comment, None, self._joined(words), MISSING_DOMAIN))
+
+    def _angle(self, name: str | None) -> Address:
+        adl: str | None = None
+        if self._peek() == "@":
+            # RFC 5322 §4.4 obsolete route: "@a,@b:" before the addr-spec.
+            route, _ = self._words(":>")
+            if self._peek() == ":":
+                self.i += 1
+                adl = self._joined(route) or None
+        local_words, _ = self._words("@>")
+        host_words: list[tuple[str, str, str]] = []
+        if self._peek() == "@":
+            self.i += 1
+            host_words, _ = self._words(">")
+        if self._peek() == ">":
+            self.i += 1
+        local = self._joined(local_words)
+        host = self._joined(host_words)
+        if not local and not host:
+            return Address(name, adl, "", "")  # "<>", the null address
+        return Address(name, adl, local or MISSING_MAILBOX, host or MISSING_DOMAIN)
+
+
+def _parse_address_list(value: bytes | None) -> tuple[Address, ...]:
+    if value is None:
+        return ()
+    return _AddressParser(_raw(value)).parse()
+
+
+# ----------------------------------------------------------------------------------------- decoding
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        # Unlabelled 8-bit header octets that are not UTF-8: most often Latin-1 or CP1252.
+        return value.decode("cp1252", "replace")
+
+
+def _decoded(value: bytes | None) -> str | None:
+    """RFC 2047 encoded words decoded (RFC 6532: raw UTF-8 accepted), whitespace unfolded."""
+    if value is None:
+        return None
+    text = _text(value)
+    if "=?" in text:
+        with contextlib.suppress(LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+            text = str(email.header.make_header(email.header.decode_header(text)))
+    return text
+
+
+_MSGID = re.compile(r"<[^<>\s]*>")
+
+
+def _first_msgid(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    found = _MSGID.search(_text(value))
+    return found.group(0) if found else None
+
+
+def _timestamp(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(_text(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        # RFC 5322 §3.3: "-0000" (parsed as None) means UTC with no local information.
+        return float(calendar.timegm((*parsed[:6], 0, 1, -1)) - (parsed[9] or 0))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _raw_or_none(value: bytes | None) -> str | None:
+    return _raw(value) if value is not None else None
+
+
+def _envelope(first: dict[str, bytes]) -> Envelope:
+    from_ = _parse_address_list(first.get("from"))
+    sender = _parse_address_list(first.get("sender"))
+    reply_to = _parse_address_list(first.get("reply-to"))
+    return Envelope(
+        date=_raw_or_none(first.get("date")),
+        subject=_raw_or_none(first.get("subject")),
+        from_=from_,
+        # RFC 9051 §7.5.2: absent or empty Sender and Reply-To take the value of From.
+        sender=sender or from_,
+        reply_to=reply_to or from_,
+        to=_parse_address_list(first.get("to")),
+        cc=_parse_address_list(first.get("cc")),
+        bcc=_parse_address_list(first.get("bcc")),
+        in_reply_to=_raw_or_none(first.get("in-reply-to")),
+        message_id=_raw_or_none(first.get("message-id")),
+    )
+
+
+# ----------------------------------------------------------------------------------------- the scanner
+
+
+class _Scanner:
+    def __init__(self, file: BinaryIO) -> None:
+        self.reader = _Reader(file)
+        self.parts = 0
+
+    def _read_header(self, start: int, stack: list[bytes]) -> tuple[_Headers, int, _Term | None]:
+        """Header fields, the body's start, and the terminator if one cut the header short."""
+        reader = self.reader
+        headers: _Headers = []
+        kept = 0
+        name: str | None = None
+        value: list[bytes] = []
+
+        def flush() -> None:
+            nonlocal name, value, kept
+            if name is not None:
+                joined = b"".join(value).strip(b" \t")
+                kept += len(joined)
+                if kept <= MAX_HEADER:
+                    headers.append((name, joined))
+            name, value = None, []
+
+        while True:
+            newlines, last = reader.newlines, reader.last
+            line = reader.readline()
+            if line is None:
+                flush()
+                return headers, reader.offset, _Term(reader.offset, reader.newlines, reader.last)
+            match = _match_boundary(line, stack) if stack else None
+            if match is not None:
+                # A delimiter inside a header: the entity has no body.
+                flush()
+                depth, close = match
+                term = _Term(line.start, newlines, last, depth, close, line.end)
+                end = max(start, _span(start, newlines, term)[0])
+                return headers, end, term
+            content = line.content[:-1] if line.content.endswith(b"\r") else line.content
+            if not content and not line.truncated:
+                flush()  # RFC 5322 §2.1: the empty line ends the header section
+                return headers, line.end, None
+            if content[:1] in (b" ", b"\t"):
+                if name is not None:
+                    value.append(content)  # RFC 5322 §2.2.3 unfolding
+                continue
+            field = _header_name(content)
+            if field is None:
+                # Not a header field: the header ended without its empty line; this is body.
+                flush()
+                return headers, line.start, None
+            flush()
+            name = field
+            value = [content[content.index(b":") + 1 :]]
+
+    def entity(
+        self, start: int, stack: list[bytes], default: tuple[str, str], depth: int
+    ) -> tuple[BodyPart, _Term, dict[str, bytes]]:
+        reader = self.reader
+        self.parts += 1
+        headers, body_start, term = self._read_header(start, stack)
+        first = _first_values(headers)
+        nl_body = reader.newlines
+        if term is None and body_start < reader.offset:
+            # The line read last belongs to the body (no empty line after the header).
+            nl_body = reader.newlines - (1 if reader.last.endswith(b"\n") else 0)
+        kind, subtype, params = _content_type(first.get("content-type"), default)
+        encoding = _raw(first.get("content-transfer-encoding") or b"7BIT").strip().upper() or "7BIT"
+        parts: tuple[BodyPart, ...] = ()
+        envelope: Envelope | None = None
+        message: BodyPart | None = None
+        opaque = depth >= MAX_DEPTH or self.parts >= MAX_PARTS
+        boundary = dict(params).get("boundary", "").encode("utf-8", "surrogateescape")
+        if term is not None:
+            pass  # the header was cut short: empty body
+        elif kind == "multipart" and boundary and not opaque:
+            child_default = ("message", "rfc822") if subtype == "digest" else ("text", "plain")
+            parts, term = self._multipart(boundary, stack, child_default, depth)
+        elif (
+            kind == "message"
+            and subtype in ("rfc822", "global")
+            and encoding in ("7BIT", "8BIT", "BINARY")
+            and not opaque
+        ):
+            # RFC 9051 §7.5.2: the embedded message's envelope and structure are part of ours.
+            message, term, inner_headers = self.entity(body_start, stack, ("text", "plain"), depth + 1)
+            envelope = _envelope(inner_headers)
+        else:
+            term = reader.skip_to_boundary(stack, at_line_start=True)
+        end, lines = _span(body_start, nl_body, term)
+        disposition_value = first.get("content-disposition")
+        disposition: str | None = None
+        disposition_params: tuple[tuple[str, str], ...] = ()
+        if disposition_value is not None:
+            disposition, disposition_params = _parse_params(_raw(disposition_value))
+            disposition = disposition or None
+        language_value = first.get("content-language")
+        language: tuple[str, ...] = ()
+        if language_value is not None:
+            language = tuple(
+                t for t in (s.strip() for s in _strip_comments(_raw(language_value)).split(",")) if t
+            )
+        part = BodyPart(
+            type=kind,
+            subtype=subtype,
+            params=params,
+            id=_raw_or_none(first.get("content-id")),
+            description=_raw_or_none(first.get("content-description")),
+            encoding=encoding,
+            size=end - body_start,
+            lines=lines,
+            disposition=disposition,
+            disposition_params=disposition_params,
+            language=language,
+            location=_raw_or_none(first.get("content-location")),
+            header_start=start,
+            body_start=body_start,
+            end=end,
+            parts=parts,
+            envelope=envelope,
+            message=message,
+        )
+        return part, term, first
+
+    def _multipart(
+        self, boundary: bytes, stack: list[bytes], child_default: tuple[str, str], depth: int
+    ) -> tuple[tuple[BodyPart, ...], _Term]:
+        reader = self.reader
+        inner = [*stack, boundary]
+        mine = len(stack)
+        children: list[BodyPart] = []
+        term = reader.skip_to_boundary(inner)  # the preamble
+        while not term.eof and term.depth == mine and not term.close:
+            child, term, _ = self.entity(term.line_end, inner, child_default, depth + 1)
+            children.append(child)
+        if term.eof or term.depth != mine:
+            # EOF or an enclosing delimiter without our close delimiter: the parts end here.
+            return tuple(children), term
+        return tuple(children), reader.skip_to_boundary(stack)  # the epilogue
+
+
+def compute_message_info(file: BinaryIO) -> MessageInfo:
+    """Scan a message from the file's current position (offsets count from there)."""
+    scanner = _Scanner(file)
+    body, _term, first = scanner.entity(0, [], ("text", "plain"), 0)
+    return MessageInfo(
+        envelope=_envelope(first),
+        body=body,
+        subject=_decoded(first.get("subject")),
+        from_=_decoded(first.get("from")),
+        to=_decoded(first.get("to")),
+        cc=_decoded(first.get("cc")),
+        bcc=_decoded(first.get("bcc")),
+        date=_timestamp(first.get("date")),
+        message_id=_first_msgid(first.get("message-id")),
+        in_reply_to=_first_msgid(first.get("in-reply-to")),
+        references=tuple(_MSGID.findall(_text(first.get("references") or b""))),
+    )

@@ -1,0 +1,148 @@
+"""SQLite schema migrations for the embedded store, applied in order at `SQLiteStore.open()`.
+
+`PRAGMA user_version` holds the number of migrations applied. Never edit a released migration:
+append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE domains (
+        name TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        address TEXT NOT NULL UNIQUE,
+        domain TEXT NOT NULL REFERENCES domains(name),
+        password_hash TEXT NOT NULL,
+        scram_salt BLOB,
+        scram_iterations INTEGER,
+        scram_stored_key BLOB,
+        scram_server_key BLOB,
+        quota_bytes INTEGER,
+        used_bytes INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX accounts_domain ON accounts(domain);
+
+    CREATE TABLE aliases (
+        source TEXT NOT NULL,
+        target TEXT NOT NULL,
+        domain TEXT NOT NULL REFERENCES domains(name),
+        PRIMARY KEY (source, target)
+    ) WITHOUT ROWID;
+    CREATE INDEX aliases_target ON aliases(target);
+    CREATE INDEX aliases_domain ON aliases(domain);
+
+    CREATE TABLE mailboxes (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL DEFAULT 1,
+        highestmodseq INTEGER NOT NULL DEFAULT 1,
+        special_use TEXT,
+        subscribed INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (account_id, name)
+    );
+
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        flags TEXT NOT NULL DEFAULT '',
+        seen INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        internal_date REAL NOT NULL,
+        internal_tz INTEGER NOT NULL DEFAULT 0,
+        size INTEGER NOT NULL,
+        blob_id TEXT NOT NULL,
+        info TEXT NOT NULL,
+        UNIQUE (mailbox_id, uid)
+    );
+    CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
+    CREATE INDEX messages_blob ON messages(blob_id);
+
+    CREATE TABLE expunged (
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX expunged_modseq ON expunged(mailbox_id, modseq);
+
+    CREATE TABLE queue (
+        id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        blob_id TEXT NOT NULL,
+        body_offset INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        envid TEXT,
+        ret TEXT,
+        smtputf8 INTEGER NOT NULL DEFAULT 0,
+        eight_bit INTEGER NOT NULL DEFAULT 0,
+        authenticated_user TEXT
+    );
+    CREATE INDEX queue_due ON queue(next_attempt_at);
+    CREATE INDEX queue_blob ON queue(blob_id);
+
+    CREATE TABLE queue_recipients (
+        queue_id TEXT NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL,
+        notify TEXT NOT NULL DEFAULT '',
+        orcpt TEXT,
+        last_reply TEXT,
+        PRIMARY KEY (queue_id, position)
+    );
+
+    CREATE TABLE queue_attempts (
+        queue_id TEXT NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        host TEXT,
+        result TEXT,
+        PRIMARY KEY (queue_id, number)
+    );
+    """,
+)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer Surat than this one."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations, each in its own transaction; returns the resulting version."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise SchemaTooNew(f"database schema version {version} is newer than this Surat ({len(MIGRATIONS)})")
+    for number in range(version, len(MIGRATIONS)):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit on its own; split so that a migration is one transaction.
+    return [s.strip() for s in script.split(";") if s.strip()]

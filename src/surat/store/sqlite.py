@@ -1,0 +1,1687 @@
+"""The embedded store: SQLite (WAL) for metadata, one file per message body.
+
+Layout under `data_dir`: `index.sqlite3` (+ -wal, -shm), `blobs/xx/<id>` (message bodies, see
+`blobs.py`), `tmp/` (spool files written by callers before `deliver`/`append`).
+
+Threads:
+- one writer thread owns the only read-write connection; every mutation runs there, so UIDs and
+  MODSEQs are allocated inside its transactions and writes never contend for SQLite's lock;
+- `deliver()` and `append()` go through a group commit (ARCHITECTURE decision 4): the writer takes
+  every pending message at once, inserts all their rows in one transaction, moves the spool files
+  into the blob area and makes them durable (fsync of each file, then of each touched directory),
+  commits (one WAL fsync: `synchronous=FULL`), and only then answers every caller;
+- small indexed reads on hot paths (account, domain, alias, credential and mailbox lookups) run
+  inline on a read-only connection (measured well under 0.1 ms, cheaper than a thread hop); larger
+  reads and MIME parsing run in a small worker pool with one read-only connection per thread.
+
+Crash safety: a message becomes visible only with its committed row, and its file is durable
+before that commit. `open()` removes files left in `tmp/` and blob files no row refers to (a crash
+between the file move and the commit, or between a commit that dropped the last reference and the
+unlink).
+
+Changes are published on the feed from the writer, in commit order, via the event loop.
+"""
+
+# ruff: noqa: S608 -- SQL text is built only from constant column lists and "?" placeholders.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from surat.store.base import (
+    DEFAULT_MAILBOXES,
+    HIERARCHY_DELIMITER,
+    Account,
+    Alias,
+    AlreadyExists,
+    Change,
+    ChangeFeed,
+    ChangeKind,
+    CopyResult,
+    Credentials,
+    Delivery,
+    DeliveryResult,
+    FlagMode,
+    FlagUpdate,
+    InvalidName,
+    Mailbox,
+    MailboxChanges,
+    MailboxStatus,
+    MessageRecord,
+    MessageSummary,
+    NotFound,
+    QueueAttempt,
+    QueueEntry,
+    QueueRecipient,
+    QuotaExceeded,
+    RecipientState,
+    ScramCredentials,
+    StoreError,
+    StoreFlagsResult,
+)
+from surat.store.blobs import FileBlobStore, new_blob_id
+from surat.store.feed import InProcessChangeFeed
+from surat.store.messageinfo import MessageInfo, compute_message_info
+from surat.store.schema import migrate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+INDEX_FILE = "index.sqlite3"
+_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
+
+# RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
+_SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+
+
+class SyncMode:
+    FSYNC = "fsync"  # fsync each new file, then each directory that got one
+    SYNCFS = "syncfs"  # one syncfs(2) for the whole batch (Linux)
+    NONE = "none"  # no file syncs, synchronous=NORMAL: for throwaway test stores only
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def normalize_domain(name: str) -> str:
+    """Lower-case A-label form (IDNA), without a trailing dot."""
+    text = name.strip().rstrip(".").lower()
+    if not text:
+        raise InvalidName("empty domain")
+    if not text.isascii():
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidName(f"invalid domain {name!r}") from None
+    labels = text.split(".")
+    if any(not label or len(label) > 63 for label in labels) or len(text) > 253:
+        raise InvalidName(f"invalid domain {name!r}")
+    if any(not (c.isalnum() or c in "-_") for c in text.replace(".", "")):
+        raise InvalidName(f"invalid domain {name!r}")
+    return text
+
+
+def normalize_address(address: str, allow_catchall: bool = False) -> str:
+    """ "local@domain" lower-cased with the domain in A-label form; "@domain" if allowed."""
+    text = address.strip()
+    local, at, domain = text.rpartition("@")
+    if not at or (not local and not allow_catchall):
+        raise InvalidName(f"invalid address {address!r}")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in local) or len(local) > 64:
+        raise InvalidName(f"invalid address {address!r}")
+    return f"{local.lower()}@{normalize_domain(domain)}"
+
+
+def normalize_mailbox_name(name: str) -> str:
+    """Validate a mailbox name; "INBOX" (any case) as first component is spelled "INBOX".
+
+    Names are never used as paths, but odd ones are refused anyway: they make LIST patterns and
+    clients misbehave.
+    """
+    if not name or len(name.encode("utf-8", "surrogatepass")) > 1000:
+        raise InvalidName("mailbox name empty or too long")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "*%" for c in name):
+        raise InvalidName("mailbox name has control or wildcard characters")
+    parts = name.split(HIERARCHY_DELIMITER)
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidName("mailbox name has an empty, '.' or '..' component")
+    if parts[0].upper() == "INBOX":  # RFC 9051 §5.1: INBOX is case-insensitive
+        parts[0] = "INBOX"
+    return HIERARCHY_DELIMITER.join(parts)
+
+
+def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
+    out: set[str] = set()
+    for flag in flags:
+        if flag.startswith("\\"):
+            canonical = _SYSTEM_FLAGS.get(flag.lower())
+            if canonical is not None:
+                out.add(canonical)
+            # \Recent is not stored (RFC 9051 removed it); other \-names are not flags.
+        elif flag:
+            out.add(flag)
+    return frozenset(out)
+
+
+def _flags_text(flags: frozenset[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def _flags_of(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def _timestamp(moment: datetime) -> tuple[float, int]:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    offset = moment.utcoffset()
+    return moment.timestamp(), int(offset.total_seconds()) if offset is not None else 0
+
+
+def _datetime(ts: float, offset: int = 0) -> datetime:
+    return datetime.fromtimestamp(ts, timezone(timedelta(seconds=offset)) if offset else UTC)
+
+
+def _new_queue_id() -> str:
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(4)}"
+
+
+def _chunks(items: Sequence[int]) -> Iterator[Sequence[int]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        if directory:
+            os.fsync(fd)
+        else:
+            os.fdatasync(fd)  # a new file's size is flushed with its data
+    finally:
+        os.close(fd)
+
+
+class _SyncFS:
+    """syncfs(2) through libc: flushes the whole filesystem holding `path` with one call."""
+
+    def __init__(self) -> None:
+        libc_name = ctypes.util.find_library("c")
+        self._libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+
+    def available(self) -> bool:
+        return self._libc is not None and hasattr(self._libc, "syncfs")
+
+    def __call__(self, path: Path) -> None:
+        assert self._libc is not None
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if self._libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------- pending writes
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One deliver() or append() waiting for the group commit."""
+
+    spool_path: Path
+    size: int
+    info: MessageInfo
+    future: asyncio.Future[Any]
+    delivery: Delivery | None = None
+    # append():
+    account_id: int = 0
+    mailbox_id: int = 0
+    flags: frozenset[str] = frozenset()
+    internal_date: datetime | None = None
+    # filled by the writer
+    blob_id: str = ""
+    placements: list[tuple[Mailbox, frozenset[str], tuple[float, int]]] = field(default_factory=list)
+    keep: bool = False  # some row refers to the file: move it in rather than delete it
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    batches: int  # group commits done
+    items: int  # deliveries and appends committed by them
+    largest: int  # the most items one commit carried
+
+
+# ----------------------------------------------------------------------------------------- the store
+
+
+class SQLiteStore:
+    """`Store` over SQLite + message files. `await open()` before use, `await close()` after."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        sync: str = SyncMode.FSYNC,
+        feed: ChangeFeed | None = None,
+        workers: int = 3,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.spool_dir = self.data_dir / "tmp"
+        self.blob_dir = self.data_dir / "blobs"
+        self.blobs = FileBlobStore(self.blob_dir)
+        self.changes: ChangeFeed = feed if feed is not None else InProcessChangeFeed()
+        if sync not in (SyncMode.FSYNC, SyncMode.SYNCFS, SyncMode.NONE):
+            raise ValueError(f"unknown sync mode {sync!r}")
+        self._sync = sync
+        self._syncfs = _SyncFS() if sync == SyncMode.SYNCFS else None
+        if self._syncfs is not None and not self._syncfs.available():
+            raise ValueError("syncfs(2) is not available on this system")
+        self._workers_count = workers
+        self._writer: ThreadPoolExecutor | None = None
+        self._workers: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # writer thread only
+        self._ro: sqlite3.Connection | None = None  # event loop thread only
+        self._local = threading.local()
+        self._worker_conns: list[sqlite3.Connection] = []
+        self._worker_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._batch_scheduled = False
+        self._batches = 0
+        self._batched_items = 0
+        self._largest_batch = 0
+        self._open = False
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surat-store-writer")
+        self._workers = ThreadPoolExecutor(
+            max_workers=self._workers_count, thread_name_prefix="surat-store-worker"
+        )
+        try:
+            await self._loop.run_in_executor(self._writer, self._open_writer)
+            self._ro = self._connect_ro()
+        except BaseException:
+            self._writer.shutdown(wait=False)
+            self._workers.shutdown(wait=False)
+            raise
+        self._open = True
+
+    def _open_writer(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(exist_ok=True)
+        self.blob_dir.mkdir(exist_ok=True)
+        # Create every blob directory up front: a batch then never needs to sync a new one.
+        created = False
+        for i in range(256):
+            sub = self.blob_dir / f"{i:02x}"
+            if not sub.is_dir():
+                sub.mkdir()
+                created = True
+        if created and self._sync != SyncMode.NONE:
+            _fsync_path(self.blob_dir, directory=True)
+            _fsync_path(self.data_dir, directory=True)
+        conn = sqlite3.connect(self.data_dir / INDEX_FILE, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'NORMAL' if self._sync == SyncMode.NONE else 'FULL'}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        self._conn = conn
+        migrate(conn)
+        self._recover()
+
+    def _connect_ro(self) -> sqlite3.Connection:
+        path = (self.data_dir / INDEX_FILE).resolve()
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    def _recover(self) -> None:
+        """Remove what a crash can leave behind: spool files and blobs without a row."""
+        assert self._conn is not None
+        spool_removed = 0
+        for entry in os.scandir(self.spool_dir):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                spool_removed += 1
+        referenced = {
+            row[0]
+            for row in self._conn.execute("SELECT blob_id FROM messages UNION SELECT blob_id FROM queue")
+        }
+        orphans = 0
+        for blob_id, path in self.blobs.scan():
+            if not blob_id or blob_id not in referenced:
+                path.unlink()
+                orphans += 1
+        if spool_removed or orphans:
+            log.info("store.recovered spool_files=%d orphan_blobs=%d", spool_removed, orphans)
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        while True:  # let the group commit drain
+            with self._lock:
+                busy = bool(self._pending) or self._batch_scheduled
+            if not busy:
+                break
+            await asyncio.sleep(0.002)
+        assert self._writer is not None and self._workers is not None and self._loop is not None
+        await self._loop.run_in_executor(self._writer, self._close_writer)
+        self._writer.shutdown(wait=True)
+        self._workers.shutdown(wait=True)
+        with self._worker_lock:
+            for conn in self._worker_conns:
+                conn.close()
+            self._worker_conns.clear()
+        if self._ro is not None:
+            self._ro.close()
+            self._ro = None
+
+    def _close_writer(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._conn.close()
+            self._conn = None
+
+    def commit_stats(self) -> CommitStats:
+        """How many group commits carried how many deliveries/appends (for tests and benchmarks)."""
+        with self._lock:
+            return CommitStats(self._batches, self._batched_items, self._largest_batch)
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _read(self) -> sqlite3.Connection:
+        if self._ro is None:
+            raise StoreError("store is not open")
+        return self._ro
+
+    def _worker_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect_ro()
+            self._local.conn = conn
+            with self._worker_lock:
+                self._worker_conns.append(conn)
+        return conn
+
+    async def _in_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on a worker thread with its own read-only connection."""
+        if self._workers is None or self._loop is None:
+            raise StoreError("store is not open")
+        return await self._loop.run_in_executor(self._workers, lambda: fn(self._worker_conn()))
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], tuple[T, list[Change], set[str]]]) -> T:
+        """Run `fn` in one write transaction on the writer thread.
+
+        `fn` returns (result, changes to publish, blob ids whose last reference it may have
+        removed). Blobs no longer referenced are deleted after the commit.
+        """
+        if self._writer is None or self._loop is None or not self._open:
+            raise StoreError("store is not open")
+        loop = self._loop
+        future: asyncio.Future[T] = loop.create_future()
+
+        def job() -> None:
+            conn = self._conn
+            assert conn is not None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result, changes, blobs = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, future, None, exc, None, None)
+                return
+            try:
+                self._collect_blobs(blobs)
+            except (OSError, sqlite3.Error):
+                log.exception("store.blob_cleanup_failed")  # open() removes what is left
+            loop.call_soon_threadsafe(_settle, future, result, None, self.changes, changes)
+
+        self._writer.submit(job)
+        return await future
+
+    def _collect_blobs(self, blob_ids: Iterable[str]) -> None:
+        """Delete blobs that no message or queue entry refers to any more (after commit)."""
+        conn = self._conn
+        assert conn is not None
+        for blob_id in set(blob_ids):
+            row = conn.execute(
+                "SELECT EXISTS(SELECT 1 FROM messages WHERE blob_id = ?)"
+                " OR EXISTS(SELECT 1 FROM queue WHERE blob_id = ?)",
+                (blob_id, blob_id),
+            ).fetchone()
+            if not row[0]:
+                self.blobs.delete(blob_id)
+
+    # ------------------------------------------------------------------------------ domains
+
+    async def add_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            try:
+                conn.execute("INSERT INTO domains (name) VALUES (?)", (domain,))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"domain {domain}") from None
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def delete_domain(self, name: str) -> None:
+        domain = normalize_domain(name)
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is None:
+                raise NotFound(f"domain {domain}")
+            (accounts,) = conn.execute("SELECT count(*) FROM accounts WHERE domain = ?", (domain,)).fetchone()
+            if accounts:
+                raise StoreError(f"domain {domain} still has {accounts} account(s)")
+            conn.execute("DELETE FROM aliases WHERE domain = ?", (domain,))
+            conn.execute("DELETE FROM domains WHERE name = ?", (domain,))
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def list_domains(self) -> list[str]:
+        return [r[0] for r in self._read().execute("SELECT name FROM domains ORDER BY name")]
+
+    async def is_local_domain(self, name: str) -> bool:
+        try:
+            domain = normalize_domain(name)
+        except InvalidName:
+            return False
+        return self._read().execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is not None
+
+    # ------------------------------------------------------------------------------ accounts
+
+    _ACCOUNT_COLUMNS = "id, address, quota_bytes"
+
+    @staticmethod
+    def _account(row: sqlite3.Row | tuple[Any, ...]) -> Account:
+        return Account(id=row[0], address=row[1], quota_bytes=row[2])
+
+    async def add_account(self, address: str, credentials: Credentials) -> Account:
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+
+        def fn(conn: sqlite3.Connection) -> tuple[Account, list[Change], set[str]]:
+            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is None:
+                raise NotFound(f"domain {domain} is not a local domain")
+            scram = credentials.scram_sha256
+            try:
+                cur = conn.execute(
+                    "INSERT INTO accounts (address, domain, password_hash, scram_salt, scram_iterations,"
+                    " scram_stored_key, scram_server_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        addr,
+                        domain,
+                        credentials.password_hash,
+                        scram.salt if scram else None,
+                        scram.iterations if scram else None,
+                        scram.stored_key if scram else None,
+                        scram.server_key if scram else None,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"account {addr}") from None
+            account_id = cur.lastrowid
+            assert account_id is not None
+            changes = []
+            for name, special_use in DEFAULT_MAILBOXES:
+                mailbox = self._insert_mailbox(conn, account_id, name, special_use)
+                changes.append(Change(ChangeKind.MAILBOX_CREATED, account_id, mailbox.id))
+            return Account(account_id, addr, None), changes, set()
+
+        return await self._write(fn)
+
+    async def delete_account(self, address: str) -> None:
+        addr = normalize_address(address)
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            row = conn.execute("SELECT id FROM accounts WHERE address = ?", (addr,)).fetchone()
+            if row is None:
+                raise NotFound(f"account {addr}")
+            blobs = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+                    " WHERE b.account_id = ?",
+                    (row[0],),
+                )
+            }
+            conn.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
+            return None, [], blobs
+
+        await self._write(fn)
+
+    async def get_account(self, address: str) -> Account | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        row = (
+            self._read()
+            .execute(f"SELECT {self._ACCOUNT_COLUMNS} FROM accounts WHERE address = ?", (addr,))
+            .fetchone()
+        )
+        return self._account(row) if row else None
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        row = (
+            self._read()
+            .execute(f"SELECT {self._ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,))
+            .fetchone()
+        )
+        return self._account(row) if row else None
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+        if domain is None:
+            rows = self._read().execute(f"SELECT {self._ACCOUNT_COLUMNS} FROM accounts ORDER BY address")
+        else:
+            rows = self._read().execute(
+                f"SELECT {self._ACCOUNT_COLUMNS} FROM accounts WHERE domain = ? ORDER BY address",
+                (normalize_domain(domain),),
+            )
+        return [self._account(r) for r in rows]
+
+    async def get_credentials(self, address: str) -> tuple[Account, Credentials] | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        row = (
+            self._read()
+            .execute(
+                "SELECT id, address, quota_bytes, password_hash, scram_salt, scram_iterations,"
+                " scram_stored_key, scram_server_key FROM accounts WHERE address = ?",
+                (addr,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        scram = None
+        if row[4] is not None:
+            scram = ScramCredentials(salt=row[4], iterations=row[5], stored_key=row[6], server_key=row[7])
+        return self._account(row), Credentials(password_hash=row[3], scram_sha256=scram)
+
+    async def set_credentials(self, address: str, credentials: Credentials) -> None:
+        addr = normalize_address(address)
+        scram = credentials.scram_sha256
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            cur = conn.execute(
+                "UPDATE accounts SET password_hash = ?, scram_salt = ?, scram_iterations = ?,"
+                " scram_stored_key = ?, scram_server_key = ? WHERE address = ?",
+                (
+                    credentials.password_hash,
+                    scram.salt if scram else None,
+                    scram.iterations if scram else None,
+                    scram.stored_key if scram else None,
+                    scram.server_key if scram else None,
+                    addr,
+                ),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"account {addr}")
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def set_quota(self, address: str, quota_bytes: int | None) -> None:
+        addr = normalize_address(address)
+        if quota_bytes is not None and quota_bytes < 0:
+            raise ValueError("quota must be >= 0")
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            cur = conn.execute("UPDATE accounts SET quota_bytes = ? WHERE address = ?", (quota_bytes, addr))
+            if cur.rowcount == 0:
+                raise NotFound(f"account {addr}")
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def account_usage(self, account_id: int) -> int:
+        row = self._read().execute("SELECT used_bytes FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"account {account_id}")
+        return int(row[0])
+
+    # ------------------------------------------------------------------------------ aliases
+
+    async def add_alias(self, source: str, target: str) -> None:
+        src = normalize_address(source, allow_catchall=True)
+        dst = normalize_address(target)
+        domain = src.rpartition("@")[2]
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is None:
+                raise NotFound(f"domain {domain} is not a local domain")
+            try:
+                conn.execute(
+                    "INSERT INTO aliases (source, target, domain) VALUES (?, ?, ?)", (src, dst, domain)
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"alias {src} -> {dst}") from None
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def delete_alias(self, source: str, target: str | None = None) -> None:
+        src = normalize_address(source, allow_catchall=True)
+        dst = normalize_address(target) if target is not None else None
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            if dst is None:
+                cur = conn.execute("DELETE FROM aliases WHERE source = ?", (src,))
+            else:
+                cur = conn.execute("DELETE FROM aliases WHERE source = ? AND target = ?", (src, dst))
+            if cur.rowcount == 0:
+                raise NotFound(f"alias {src}" + (f" -> {dst}" if dst else ""))
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]:
+        if domain is None:
+            rows = self._read().execute("SELECT source, target FROM aliases ORDER BY source, target")
+        else:
+            rows = self._read().execute(
+                "SELECT source, target FROM aliases WHERE domain = ? ORDER BY source, target",
+                (normalize_domain(domain),),
+            )
+        return [Alias(r[0], r[1]) for r in rows]
+
+    async def alias_targets(self, source: str) -> list[str]:
+        try:
+            src = normalize_address(source, allow_catchall=True)
+        except InvalidName:
+            return []
+        rows = self._read().execute("SELECT target FROM aliases WHERE source = ? ORDER BY target", (src,))
+        return [r[0] for r in rows]
+
+    async def aliases_of(self, target: str) -> list[str]:
+        try:
+            dst = normalize_address(target)
+        except InvalidName:
+            return []
+        rows = self._read().execute("SELECT source FROM aliases WHERE target = ? ORDER BY source", (dst,))
+        return [r[0] for r in rows]
+
+    # ------------------------------------------------------------------------------ mailboxes
+
+    _MAILBOX_COLUMNS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+
+    @staticmethod
+    def _mailbox(row: tuple[Any, ...]) -> Mailbox:
+        return Mailbox(
+            id=row[0],
+            account_id=row[1],
+            name=row[2],
+            uidvalidity=row[3],
+            uidnext=row[4],
+            highestmodseq=row[5],
+            special_use=row[6],
+            subscribed=bool(row[7]),
+        )
+
+    @staticmethod
+    def _next_uidvalidity(conn: sqlite3.Connection) -> int:
+        # RFC 9051 §2.3.1.1: a recreated name must get a new UIDVALIDITY; time-based values also
+        # stay unique if the database is ever rebuilt. Must fit in 32 bits.
+        row = conn.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+        value = max((row[0] + 1) if row else 1, int(time.time()))
+        value = value if value < 2**32 else (row[0] % (2**32 - 1)) + 1
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('uidvalidity', ?)", (value,))
+        return value
+
+    def _insert_mailbox(
+        self, conn: sqlite3.Connection, account_id: int, name: str, special_use: str | None
+    ) -> Mailbox:
+        uidvalidity = self._next_uidvalidity(conn)
+        try:
+            cur = conn.execute(
+                "INSERT INTO mailboxes (account_id, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
+                (account_id, name, uidvalidity, special_use),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"mailbox {name}") from None
+        mailbox_id = cur.lastrowid
+        assert mailbox_id is not None
+        return Mailbox(mailbox_id, account_id, name, uidvalidity, 1, 1, special_use, True)
+
+    def _ensure_parents(self, conn: sqlite3.Connection, account_id: int, name: str) -> list[Change]:
+        # RFC 9051 §6.3.4: CREATE SHOULD create superior names that are needed.
+        changes = []
+        parts = name.split(HIERARCHY_DELIMITER)
+        for i in range(1, len(parts)):
+            parent = HIERARCHY_DELIMITER.join(parts[:i])
+            exists = conn.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, parent)
+            ).fetchone()
+            if exists is None:
+                mailbox = self._insert_mailbox(conn, account_id, parent, None)
+                changes.append(Change(ChangeKind.MAILBOX_CREATED, account_id, mailbox.id))
+        return changes
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = self._read().execute(
+            f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? ORDER BY name", (account_id,)
+        )
+        return [self._mailbox(r) for r in rows]
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        try:
+            normalized = normalize_mailbox_name(name)
+        except InvalidName:
+            return None
+        row = (
+            self._read()
+            .execute(
+                f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? AND name = ?",
+                (account_id, normalized),
+            )
+            .fetchone()
+        )
+        return self._mailbox(row) if row else None
+
+    async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        normalized = normalize_mailbox_name(name)
+
+        def fn(conn: sqlite3.Connection) -> tuple[Mailbox, list[Change], set[str]]:
+            if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise NotFound(f"account {account_id}")
+            changes = self._ensure_parents(conn, account_id, normalized)
+            mailbox = self._insert_mailbox(conn, account_id, normalized, special_use)
+            changes.append(Change(ChangeKind.MAILBOX_CREATED, account_id, mailbox.id))
+            return mailbox, changes, set()
+
+        return await self._write(fn)
+
+    def _mailbox_by_name(self, conn: sqlite3.Connection, account_id: int, name: str) -> Mailbox:
+        row = conn.execute(
+            f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? AND name = ?",
+            (account_id, name),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {name}")
+        return self._mailbox(row)
+
+    def _mailbox_by_id(self, conn: sqlite3.Connection, mailbox_id: int) -> Mailbox:
+        row = conn.execute(
+            f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id}")
+        return self._mailbox(row)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        normalized = normalize_mailbox_name(name)
+        if normalized == "INBOX":
+            raise InvalidName("INBOX cannot be deleted")  # RFC 9051 §6.3.5
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            mailbox = self._mailbox_by_name(conn, account_id, normalized)
+            blobs = {
+                r[0] for r in conn.execute("SELECT blob_id FROM messages WHERE mailbox_id = ?", (mailbox.id,))
+            }
+            (size,) = conn.execute(
+                "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?", (mailbox.id,)
+            ).fetchone()
+            conn.execute("UPDATE accounts SET used_bytes = used_bytes - ? WHERE id = ?", (size, account_id))
+            conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox.id,))
+            conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox.id,))
+            return None, [Change(ChangeKind.MAILBOX_DELETED, account_id, mailbox.id)], blobs
+
+        await self._write(fn)
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        source = normalize_mailbox_name(old)
+        target = normalize_mailbox_name(new)
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            mailbox = self._mailbox_by_name(conn, account_id, source)
+            if conn.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, target)
+            ).fetchone():
+                raise AlreadyExists(f"mailbox {target}")
+            if target.startswith(source + HIERARCHY_DELIMITER):
+                raise InvalidName("cannot rename a mailbox into itself")
+            changes = self._ensure_parents(conn, account_id, target)
+            if source == "INBOX":
+                # RFC 9051 §6.3.6: renaming INBOX moves its messages to a new mailbox and leaves
+                # INBOX (and its inferiors) in place, empty.
+                created = self._insert_mailbox(conn, account_id, target, None)
+                changes.append(Change(ChangeKind.MAILBOX_CREATED, account_id, created.id))
+                uids = [
+                    r[0] for r in conn.execute("SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox.id,))
+                ]
+                if uids:
+                    _, copy_changes = self._copy_rows(conn, mailbox, uids, created, check_quota=False)
+                    changes += copy_changes
+                    changes += self._expunge_rows(conn, mailbox, uids)[1]
+                return None, changes, set()
+            prefix = source + HIERARCHY_DELIMITER
+            children = conn.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ? AND substr(name, 1, ?) = ?",
+                (account_id, len(prefix), prefix),
+            ).fetchall()
+            renames = [(mailbox.id, target)] + [
+                (cid, target + cname[len(source) :]) for cid, cname in children
+            ]
+            for mailbox_id, new_name in renames:
+                try:
+                    conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (new_name, mailbox_id))
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(f"mailbox {new_name}") from None
+                changes.append(Change(ChangeKind.MAILBOX_RENAMED, account_id, mailbox_id))
+            return None, changes, set()
+
+        await self._write(fn)
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        normalized = normalize_mailbox_name(name)
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            cur = conn.execute(
+                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
+                (int(subscribed), account_id, normalized),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"mailbox {normalized}")
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        def fn(conn: sqlite3.Connection) -> MailboxStatus:
+            conn.execute("BEGIN")  # one snapshot for both queries
+            try:
+                mailbox = self._mailbox_by_id(conn, mailbox_id)
+                row = conn.execute(
+                    "SELECT count(*), coalesce(sum(1 - seen), 0), coalesce(sum(size), 0),"
+                    " coalesce(sum(deleted), 0) FROM messages WHERE mailbox_id = ?",
+                    (mailbox_id,),
+                ).fetchone()
+            finally:
+                conn.execute("COMMIT")
+            return MailboxStatus(mailbox, messages=row[0], unseen=row[1], size=row[2], deleted=row[3])
+
+        return await self._in_worker(fn)
+
+    # ------------------------------------------------------------------------------ messages
+
+    @staticmethod
+    def _summary(row: tuple[Any, ...]) -> MessageSummary:
+        return MessageSummary(
+            uid=row[0],
+            modseq=row[1],
+            flags=_flags_of(row[2]),
+            size=row[3],
+            internal_date=_datetime(row[4], row[5]),
+        )
+
+    async def list_messages(self, mailbox_id: int) -> list[MessageSummary]:
+        def fn(conn: sqlite3.Connection) -> list[MessageSummary]:
+            rows = conn.execute(
+                "SELECT uid, modseq, flags, size, internal_date, internal_tz FROM messages"
+                " WHERE mailbox_id = ? ORDER BY uid",
+                (mailbox_id,),
+            )
+            return [self._summary(r) for r in rows]
+
+        return await self._in_worker(fn)
+
+    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRecord]:
+        wanted = sorted(set(uids))
+
+        def fn(conn: sqlite3.Connection) -> list[MessageRecord]:
+            out = []
+            for chunk in _chunks(wanted):
+                rows = conn.execute(
+                    "SELECT uid, modseq, flags, size, internal_date, internal_tz, blob_id, info FROM messages"
+                    f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))}) ORDER BY uid",
+                    (mailbox_id, *chunk),
+                )
+                for r in rows:
+                    out.append(
+                        MessageRecord(
+                            mailbox_id=mailbox_id,
+                            uid=r[0],
+                            modseq=r[1],
+                            flags=_flags_of(r[2]),
+                            size=r[3],
+                            internal_date=_datetime(r[4], r[5]),
+                            blob_id=r[6],
+                            info=MessageInfo.from_json(r[7]),
+                        )
+                    )
+            return out
+
+        return await self._in_worker(fn)
+
+    def _allocate(self, conn: sqlite3.Connection, mailbox_id: int, count: int = 1) -> tuple[int, int]:
+        """Reserve `count` UIDs and one new MODSEQ: (first uid, modseq). UIDs are never reused."""
+        row = conn.execute(
+            "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1 WHERE id = ?"
+            " RETURNING uidnext - ?, highestmodseq",
+            (count, mailbox_id, count),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id}")
+        return int(row[0]), int(row[1])
+
+    def _bump_modseq(self, conn: sqlite3.Connection, mailbox_id: int) -> int:
+        row = conn.execute(
+            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING highestmodseq",
+            (mailbox_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id}")
+        return int(row[0])
+
+    @staticmethod
+    def _charge(conn: sqlite3.Connection, account_id: int, size: int, check_quota: bool = True) -> None:
+        row = conn.execute(
+            "SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?", (account_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"account {account_id}")
+        quota, used = row
+        # RFC 9208 §5.1: refuse what would take the account over its STORAGE limit.
+        if check_quota and quota is not None and used + size > quota:
+            raise QuotaExceeded(f"quota of {quota} bytes exceeded")
+        conn.execute("UPDATE accounts SET used_bytes = used_bytes + ? WHERE id = ?", (size, account_id))
+
+    @staticmethod
+    def _insert_message(
+        conn: sqlite3.Connection,
+        mailbox_id: int,
+        uid: int,
+        modseq: int,
+        *,
+        flags: frozenset[str],
+        internal_date: tuple[float, int],
+        size: int,
+        blob_id: str,
+        info_json: str,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO messages (mailbox_id, uid, modseq, flags, seen, deleted, internal_date, internal_tz,"
+            " size, blob_id, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                mailbox_id,
+                uid,
+                modseq,
+                _flags_text(flags),
+                int("\\Seen" in flags),
+                int("\\Deleted" in flags),
+                internal_date[0],
+                internal_date[1],
+                size,
+                blob_id,
+                info_json,
+            ),
+        )
+
+    async def append(  # noqa: PLR0917 -- the Store Protocol's signature
+        self,
+        account_id: int,
+        mailbox_id: int,
+        spool_path: Path,
+        size: int,
+        flags: frozenset[str],
+        internal_date: datetime,
+    ) -> tuple[int, int]:
+        info = await self._compute_info(spool_path)
+        item = _Pending(
+            spool_path=spool_path,
+            size=size,
+            info=info,
+            future=self._new_future(),
+            account_id=account_id,
+            mailbox_id=mailbox_id,
+            flags=normalize_flags(flags),
+            internal_date=internal_date,
+        )
+        result: tuple[int, int] = await self._submit(item)
+        return result
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: FlagMode,
+        flags: frozenset[str],
+        unchanged_since: int | None = None,
+    ) -> StoreFlagsResult:
+        """`updated` lists every existing message the command applied to, with its flags after
+        the command; only those whose flags changed get the new MODSEQ (the others keep theirs)."""
+        given = normalize_flags(flags)
+        wanted = sorted(set(uids))
+
+        def fn(conn: sqlite3.Connection) -> tuple[StoreFlagsResult, list[Change], set[str]]:
+            mailbox = self._mailbox_by_id(conn, mailbox_id)
+            rows: list[tuple[int, int, str]] = []
+            for chunk in _chunks(wanted):
+                rows += conn.execute(
+                    "SELECT uid, modseq, flags FROM messages"
+                    f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))})"
+                    " ORDER BY uid",
+                    (mailbox_id, *chunk),
+                ).fetchall()
+            updated: list[FlagUpdate] = []
+            modified: list[int] = []
+            changed_uids: list[int] = []
+            modseq = 0
+            for uid, old_modseq, text in rows:
+                if unchanged_since is not None and old_modseq > unchanged_since:
+                    modified.append(uid)  # RFC 7162 §3.1.3
+                    continue
+                old = _flags_of(text)
+                if mode is FlagMode.SET:
+                    new = given
+                elif mode is FlagMode.ADD:
+                    new = old | given
+                else:
+                    new = old - given
+                if new == old:
+                    updated.append(FlagUpdate(uid, old, old_modseq))
+                    continue
+                if not modseq:
+                    modseq = self._bump_modseq(conn, mailbox_id)
+                conn.execute(
+                    "UPDATE messages SET flags = ?, seen = ?, deleted = ?, modseq = ?"
+                    " WHERE mailbox_id = ? AND uid = ?",
+                    (
+                        _flags_text(new),
+                        int("\\Seen" in new),
+                        int("\\Deleted" in new),
+                        modseq,
+                        mailbox_id,
+                        uid,
+                    ),
+                )
+                updated.append(FlagUpdate(uid, new, modseq))
+                changed_uids.append(uid)
+            changes = []
+            if changed_uids:
+                changes.append(
+                    Change(
+                        ChangeKind.FLAGS_CHANGED, mailbox.account_id, mailbox_id, tuple(changed_uids), modseq
+                    )
+                )
+            return StoreFlagsResult(updated=updated, modified=modified), changes, set()
+
+        return await self._write(fn)
+
+    def _expunge_rows(
+        self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int]
+    ) -> tuple[list[int], list[Change], set[str]]:
+        rows: list[tuple[int, int, str]] = []
+        for chunk in _chunks(sorted(set(uids))):
+            rows += conn.execute(
+                "SELECT uid, size, blob_id FROM messages"
+                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))})"
+                " ORDER BY uid",
+                (mailbox.id, *chunk),
+            ).fetchall()
+        if not rows:
+            return [], [], set()
+        modseq = self._bump_modseq(conn, mailbox.id)
+        removed = [r[0] for r in rows]
+        for chunk in _chunks(removed):
+            conn.execute(
+                f"DELETE FROM messages WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))})",
+                (mailbox.id, *chunk),
+            )
+        # RFC 7162 §3.2.7: remember expunged UIDs with their MODSEQ for VANISHED (EARLIER).
+        conn.executemany(
+            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+            [(mailbox.id, uid, modseq) for uid in removed],
+        )
+        conn.execute(
+            "UPDATE accounts SET used_bytes = used_bytes - ? WHERE id = ?",
+            (sum(r[1] for r in rows), mailbox.account_id),
+        )
+        change = Change(ChangeKind.MESSAGES_EXPUNGED, mailbox.account_id, mailbox.id, tuple(removed), modseq)
+        return removed, [change], {r[2] for r in rows}
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        def fn(conn: sqlite3.Connection) -> tuple[list[int], list[Change], set[str]]:
+            mailbox = self._mailbox_by_id(conn, mailbox_id)
+            return self._expunge_rows(conn, mailbox, uids)
+
+        return await self._write(fn)
+
+    def _copy_rows(
+        self,
+        conn: sqlite3.Connection,
+        source: Mailbox,
+        uids: Sequence[int],
+        dest: Mailbox,
+        check_quota: bool = True,
+    ) -> tuple[CopyResult, list[Change]]:
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(sorted(set(uids))):
+            rows += conn.execute(
+                "SELECT uid, flags, internal_date, internal_tz, size, blob_id, info FROM messages"
+                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))}) ORDER BY uid",
+                (source.id, *chunk),
+            ).fetchall()
+        if not rows:
+            return CopyResult(dest.uidvalidity, []), []
+        self._charge(conn, dest.account_id, sum(r[4] for r in rows), check_quota)
+        first, modseq = self._allocate(conn, dest.id, len(rows))
+        pairs = []
+        for offset, (uid, flags, date, tz, size, blob_id, info) in enumerate(rows):
+            self._insert_message(
+                conn,
+                dest.id,
+                first + offset,
+                modseq,
+                flags=_flags_of(flags),
+                internal_date=(date, tz),
+                size=size,
+                blob_id=blob_id,
+                info_json=info,
+            )
+            pairs.append((uid, first + offset))
+        change = Change(
+            ChangeKind.MESSAGES_ADDED, dest.account_id, dest.id, tuple(p[1] for p in pairs), modseq
+        )
+        return CopyResult(dest.uidvalidity, pairs), [change]
+
+    async def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+        def fn(conn: sqlite3.Connection) -> tuple[CopyResult, list[Change], set[str]]:
+            source = self._mailbox_by_id(conn, mailbox_id)
+            dest = self._mailbox_by_id(conn, dest_mailbox_id)
+            result, changes = self._copy_rows(conn, source, uids, dest)
+            return result, changes, set()
+
+        return await self._write(fn)
+
+    async def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+        def fn(conn: sqlite3.Connection) -> tuple[CopyResult, list[Change], set[str]]:
+            source = self._mailbox_by_id(conn, mailbox_id)
+            dest = self._mailbox_by_id(conn, dest_mailbox_id)
+            # RFC 6851 §3.3: a move within one account does not change usage, so no quota check.
+            result, changes = self._copy_rows(
+                conn, source, uids, dest, check_quota=source.account_id != dest.account_id
+            )
+            _, expunge_changes, blobs = self._expunge_rows(conn, source, [p[0] for p in result.pairs])
+            return result, changes + expunge_changes, blobs
+
+        return await self._write(fn)
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        def fn(conn: sqlite3.Connection) -> MailboxChanges:
+            conn.execute("BEGIN")
+            try:
+                mailbox = self._mailbox_by_id(conn, mailbox_id)
+                changed = [
+                    self._summary(r)
+                    for r in conn.execute(
+                        "SELECT uid, modseq, flags, size, internal_date, internal_tz FROM messages"
+                        " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                        (mailbox_id, modseq),
+                    )
+                ]
+                vanished = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                        (mailbox_id, modseq),
+                    )
+                ]
+            finally:
+                conn.execute("COMMIT")
+            return MailboxChanges(changed=changed, vanished=vanished, highestmodseq=mailbox.highestmodseq)
+
+        return await self._in_worker(fn)
+
+    # ------------------------------------------------------------------------------ delivery (group commit)
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        if self._loop is None or not self._open:
+            raise StoreError("store is not open")
+        return self._loop.create_future()
+
+    async def _compute_info(self, spool_path: Path) -> MessageInfo:
+        def parse() -> MessageInfo:
+            with spool_path.open("rb") as f:
+                return compute_message_info(f)
+
+        if self._workers is None or self._loop is None:
+            raise StoreError("store is not open")
+        # Parsing runs beside the writer, so it never serialises with commits.
+        return await self._loop.run_in_executor(self._workers, parse)
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        info = delivery.info if delivery.info is not None else await self._compute_info(delivery.spool_path)
+        item = _Pending(
+            spool_path=delivery.spool_path,
+            size=delivery.size,
+            info=info,
+            future=self._new_future(),
+            delivery=delivery,
+        )
+        result: DeliveryResult = await self._submit(item)
+        return result
+
+    async def _submit(self, item: _Pending) -> Any:
+        assert self._writer is not None
+        with self._lock:
+            self._pending.append(item)
+            schedule = not self._batch_scheduled
+            self._batch_scheduled = True
+        if schedule:
+            self._writer.submit(self._batch_job)
+        # The commit goes on even if the caller is cancelled: shield so that it still settles.
+        return await asyncio.shield(item.future)
+
+    def _batch_job(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        try:
+            if batch:
+                self._commit_batch(batch)
+        finally:
+            with self._lock:
+                again = bool(self._pending)
+                self._batch_scheduled = again
+            if again:
+                assert self._writer is not None
+                self._writer.submit(self._batch_job)
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        conn = self._conn
+        loop = self._loop
+        assert conn is not None and loop is not None
+        installed: list[str] = []
+        changes: list[Change] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                stored, changes = self._insert_batch(conn, batch)
+                # The rows are not visible before COMMIT: make the files durable first.
+                for item in stored:
+                    self.blobs.install(item.spool_path, item.blob_id)
+                    installed.append(item.blob_id)
+                self._sync_blobs(installed)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            log.exception("store.commit_failed items=%d", len(batch))
+            for blob_id in installed:
+                self.blobs.delete(blob_id)
+            for item in batch:
+                item.error = exc
+            changes = []
+        for item in batch:
+            if item.error is not None or not item.keep:
+                with contextlib.suppress(OSError):
+                    item.spool_path.unlink()
+        committed = sum(1 for item in batch if item.error is None)
+        with self._lock:
+            if committed:
+                self._batches += 1
+                self._batched_items += committed
+                self._largest_batch = max(self._largest_batch, committed)
+        loop.call_soon_threadsafe(_settle_batch, batch, self.changes, changes)
+
+    def _sync_blobs(self, blob_ids: list[str]) -> None:
+        if not blob_ids or self._sync == SyncMode.NONE:
+            return
+        if self._syncfs is not None:
+            self._syncfs(self.blob_dir)
+            return
+        directories = set()
+        for blob_id in blob_ids:
+            path = self.blobs.path(blob_id)
+            assert path is not None
+            _fsync_path(path)
+            directories.add(path.parent)
+        for directory in directories:
+            _fsync_path(directory, directory=True)
+
+    def _insert_batch(
+        self, conn: sqlite3.Connection, batch: list[_Pending]
+    ) -> tuple[list[_Pending], list[Change]]:
+        """Validate every item, allocate UIDs once per mailbox, insert all rows with executemany.
+
+        Few statements per batch rather than several per message: each statement is a GIL
+        round-trip for the writer thread. Returns the items that need their file, and the changes.
+        """
+        mailboxes: dict[tuple[int, str | int], Mailbox | None] = {}
+        usage: dict[int, tuple[int | None, int]] = {}  # account id -> (quota, used)
+
+        def account_usage(account_id: int) -> tuple[int | None, int]:
+            if account_id not in usage:
+                row = conn.execute(
+                    "SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?", (account_id,)
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"account {account_id}")
+                usage[account_id] = (row[0], row[1])
+            return usage[account_id]
+
+        def mailbox(account_id: int, key: str | int) -> Mailbox:
+            if (account_id, key) not in mailboxes:
+                if isinstance(key, int):
+                    sql = f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? AND id = ?"
+                else:
+                    sql = f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = ? AND name = ?"
+                row = conn.execute(sql, (account_id, key)).fetchone()
+                mailboxes[(account_id, key)] = self._mailbox(row) if row else None
+            found = mailboxes[(account_id, key)]
+            if found is None:
+                raise NotFound(f"mailbox {key}")
+            return found
+
+        accepted: list[_Pending] = []
+        millis = time.time_ns() // 1_000_000
+        for item in batch:
+            item.blob_id = new_blob_id(millis)
+            try:
+                placements: list[tuple[Mailbox, frozenset[str], tuple[float, int]]] = []
+                if item.delivery is None:  # IMAP APPEND
+                    assert item.internal_date is not None
+                    target = mailbox(item.account_id, item.mailbox_id)
+                    placements.append((target, item.flags, _timestamp(item.internal_date)))
+                else:
+                    date = _timestamp(item.delivery.internal_date)
+                    for local in item.delivery.local:
+                        try:
+                            target = mailbox(local.account_id, normalize_mailbox_name(local.mailbox))
+                        except (NotFound, InvalidName):
+                            target = mailbox(local.account_id, "INBOX")  # NotFound: no such account
+                        placements.append((target, normalize_flags(local.flags), date))
+                needed: dict[int, int] = {}
+                for target, _, _ in placements:
+                    needed[target.account_id] = needed.get(target.account_id, 0) + item.size
+                for account_id, size in needed.items():
+                    quota, used = account_usage(account_id)
+                    # RFC 9208 §5.1: refuse what would take the account over its STORAGE limit.
+                    if quota is not None and used + size > quota:
+                        raise QuotaExceeded(f"quota of {quota} bytes exceeded")
+                for account_id, size in needed.items():
+                    quota, used = usage[account_id]
+                    usage[account_id] = (quota, used + size)
+            except StoreError as exc:
+                item.error = exc
+                continue
+            item.placements = placements
+            accepted.append(item)
+
+        counts: dict[int, int] = {}
+        owners: dict[int, int] = {}
+        for item in accepted:
+            for target, _, _ in item.placements:
+                counts[target.id] = counts.get(target.id, 0) + 1
+                owners[target.id] = target.account_id
+        # One MODSEQ per mailbox per batch: all of it is one commit (RFC 7162 allows sharing).
+        allocated = {mailbox_id: self._allocate(conn, mailbox_id, n) for mailbox_id, n in counts.items()}
+        next_uid = {mailbox_id: first for mailbox_id, (first, _) in allocated.items()}
+        added: dict[int, list[int]] = {}
+        rows: list[tuple[Any, ...]] = []
+        queue_rows: list[tuple[Any, ...]] = []
+        recipient_rows: list[tuple[Any, ...]] = []
+        for item in accepted:
+            info_json = item.info.to_json()
+            local_result: list[tuple[int, int, int]] = []
+            for target, flags, date in item.placements:
+                uid = next_uid[target.id]
+                next_uid[target.id] = uid + 1
+                rows.append(
+                    (
+                        target.id,
+                        uid,
+                        allocated[target.id][1],
+                        _flags_text(flags),
+                        int("\\Seen" in flags),
+                        int("\\Deleted" in flags),
+                        date[0],
+                        date[1],
+                        item.size,
+                        item.blob_id,
+                        info_json,
+                    )
+                )
+                local_result.append((target.account_id, target.id, uid))
+                added.setdefault(target.id, []).append(uid)
+            if item.delivery is None:
+                item.keep = True
+                item.result = (item.placements[0][0].uidvalidity, local_result[0][2])
+                continue
+            queue_id: str | None = None
+            remote = item.delivery.remote
+            if remote is not None and remote.recipients:
+                queue_id = _new_queue_id()
+                now = time.time()
+                queue_rows.append(
+                    (
+                        queue_id,
+                        remote.sender,
+                        item.size,
+                        item.blob_id,
+                        remote.body_offset,
+                        now,
+                        now,
+                        remote.envid,
+                        remote.ret,
+                        int(remote.smtputf8),
+                        int(remote.eight_bit),
+                        remote.authenticated_user,
+                    )
+                )
+                recipient_rows += [
+                    (queue_id, i, r.address, RecipientState.PENDING.value, " ".join(r.notify), r.orcpt)
+                    for i, r in enumerate(remote.recipients)
+                ]
+            item.keep = bool(local_result) or queue_id is not None
+            item.result = DeliveryResult(local=local_result, queue_id=queue_id)
+        conn.executemany(
+            "INSERT INTO messages (mailbox_id, uid, modseq, flags, seen, deleted, internal_date, internal_tz,"
+            " size, blob_id, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.executemany(
+            "UPDATE accounts SET used_bytes = ? WHERE id = ?",
+            [(used, account_id) for account_id, (_, used) in usage.items()],
+        )
+        if queue_rows:
+            conn.executemany(
+                "INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
+                " envid, ret, smtputf8, eight_bit, authenticated_user)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                queue_rows,
+            )
+            conn.executemany(
+                "INSERT INTO queue_recipients (queue_id, position, address, state, notify, orcpt)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                recipient_rows,
+            )
+        changes = [
+            Change(
+                ChangeKind.MESSAGES_ADDED,
+                owners[mailbox_id],
+                mailbox_id,
+                tuple(uids),
+                allocated[mailbox_id][1],
+            )
+            for mailbox_id, uids in added.items()
+        ]
+        if queue_rows:
+            changes.append(Change(ChangeKind.QUEUE_CHANGED, 0))
+        return [item for item in accepted if item.keep], changes
+
+    # ------------------------------------------------------------------------------ outbound queue
+
+    def _queue_entries(
+        self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...]
+    ) -> list[QueueEntry]:
+        rows = conn.execute(
+            "SELECT id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret,"
+            f" smtputf8, eight_bit, authenticated_user FROM queue {where}",
+            params,
+        ).fetchall()
+        entries = []
+        for r in rows:
+            recipients = tuple(
+                QueueRecipient(
+                    address=q[0],
+                    state=RecipientState(q[1]),
+                    notify=tuple(q[2].split()) if q[2] else (),
+                    orcpt=q[3],
+                    last_reply=q[4],
+                )
+                for q in conn.execute(
+                    "SELECT address, state, notify, orcpt, last_reply FROM queue_recipients"
+                    " WHERE queue_id = ? ORDER BY position",
+                    (r[0],),
+                )
+            )
+            attempts = tuple(
+                QueueAttempt(number=a[0], started_at=_datetime(a[1]), host=a[2], result=a[3])
+                for a in conn.execute(
+                    "SELECT number, started_at, host, result FROM queue_attempts"
+                    " WHERE queue_id = ? ORDER BY number",
+                    (r[0],),
+                )
+            )
+            entries.append(
+                QueueEntry(
+                    id=r[0],
+                    sender=r[1],
+                    recipients=recipients,
+                    size=r[2],
+                    blob_id=r[3],
+                    body_offset=r[4],
+                    created_at=_datetime(r[5]),
+                    next_attempt_at=_datetime(r[6]),
+                    attempts=attempts,
+                    envid=r[7],
+                    ret=r[8],
+                    smtputf8=bool(r[9]),
+                    eight_bit=bool(r[10]),
+                    authenticated_user=r[11],
+                )
+            )
+        return entries
+
+    def _read_txn(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+        def wrapped(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return wrapped
+
+    async def list_queue(self) -> list[QueueEntry]:
+        return await self._in_worker(
+            self._read_txn(lambda conn: self._queue_entries(conn, "ORDER BY created_at, id", ()))
+        )
+
+    async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
+        entries = await self._in_worker(
+            self._read_txn(lambda conn: self._queue_entries(conn, "WHERE id = ?", (queue_id,)))
+        )
+        return entries[0] if entries else None
+
+    async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]:
+        ts = _timestamp(now)[0]
+        return await self._in_worker(
+            self._read_txn(
+                lambda conn: self._queue_entries(
+                    conn, "WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?", (ts, limit)
+                )
+            )
+        )
+
+    async def reschedule(self, queue_id: str, next_attempt_at: datetime) -> None:
+        ts = _timestamp(next_attempt_at)[0]
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            cur = conn.execute("UPDATE queue SET next_attempt_at = ? WHERE id = ?", (ts, queue_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"queue entry {queue_id}")
+            return None, [Change(ChangeKind.QUEUE_CHANGED, 0)], set()
+
+        await self._write(fn)
+
+    async def drop_queue_entry(self, queue_id: str) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            row = conn.execute("DELETE FROM queue WHERE id = ? RETURNING blob_id", (queue_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"queue entry {queue_id}")
+            return None, [Change(ChangeKind.QUEUE_CHANGED, 0)], {row[0]}
+
+        await self._write(fn)
+
+    async def flush_queue(self, now: datetime) -> int:
+        ts = _timestamp(now)[0]
+
+        def fn(conn: sqlite3.Connection) -> tuple[int, list[Change], set[str]]:
+            cur = conn.execute("UPDATE queue SET next_attempt_at = ?", (ts,))
+            changes = [Change(ChangeKind.QUEUE_CHANGED, 0)] if cur.rowcount else []
+            return cur.rowcount, changes, set()
+
+        return await self._write(fn)
+
+
+# ------------------------------------------------------------------------------------ loop-side callbacks
+
+
+def _settle(
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+    feed: ChangeFeed | None,
+    changes: list[Change] | None,
+) -> None:
+    if feed is not None and changes:
+        feed.publish(changes)
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _settle_batch(batch: list[_Pending], feed: ChangeFeed, changes: list[Change]) -> None:
+    if changes:
+        feed.publish(changes)
+    for item in batch:
+        if item.future.done():
+            continue
+        if item.error is not None:
+            item.future.set_exception(item.error)
+        else:
+            item.future.set_result(item.result)

@@ -1,0 +1,135 @@
+"""The real server, started in-process on ephemeral loopback ports, for tests that drive it with real clients.
+
+The server runs on its own event loop in a background thread, so blocking clients (smtplib, imaplib,
+poplib, subprocess tools) can be used directly from the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import ssl
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from surat.app import SuratServer
+from surat.certs import CertificatePaths, write_dev_certificates
+from surat.config import Config, parse_config
+from surat.passwords import make_credentials
+
+T = TypeVar("T")
+
+DOMAIN = "example.test"
+USER = "alice@example.test"
+PASSWORD = "correct horse battery staple"
+
+ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+
+def require_tool(name: str) -> str:
+    """The path of a third-party tool; skipped with the reason if missing, a failure under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it from Debian's packages)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+_DEV_TLS: dict[str, CertificatePaths] = {}
+_DEV_TLS_LOCK = threading.Lock()
+
+
+def dev_certificates(tmp_root: Path) -> CertificatePaths:
+    """One dev CA + server certificate per test session (key generation is the slow part)."""
+    with _DEV_TLS_LOCK:
+        if "paths" not in _DEV_TLS:
+            _DEV_TLS["paths"] = write_dev_certificates(tmp_root / "dev-tls", ["mail.example.test"])
+        return _DEV_TLS["paths"]
+
+
+def make_config(base: Path, **sections: dict[str, Any]) -> Config:
+    tls = dev_certificates(base.parent)
+    data: dict[str, Any] = {
+        "hostname": "mail.example.test",
+        "data_dir": "data",
+        "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
+        "listen": {role: ["127.0.0.1:0"] for role in ROLES},
+        "limits": {"auth_failure_delay": 0.05},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data, base_dir=base)
+
+
+class RunningServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="surat-test-server", daemon=True)
+        self._thread.start()
+        self.server = SuratServer(config)
+        self.call(self.server.start())
+
+    @property
+    def store(self) -> Any:
+        return self.server.store
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.config.tls.ca is not None
+        return self.config.tls.ca
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def port(self, role: str) -> int:
+        return self.server.bound(role)[0][1]
+
+    def client_tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return context
+
+    def add_domain(self, domain: str) -> None:
+        self.call(self.store.add_domain(domain))
+
+    def add_user(self, address: str, password: str = PASSWORD) -> None:
+        self.call(self.store.add_account(address, make_credentials(password)))
+
+    def add_alias(self, source: str, target: str) -> None:
+        self.call(self.store.add_alias(source, target))
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def server_config(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    dev_certificates(tmp_path_factory.getbasetemp())
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+def server(server_config: Config) -> Iterator[RunningServer]:
+    """A running server with domain example.test and user alice@example.test (password PASSWORD)."""
+    running = RunningServer(server_config)
+    try:
+        running.add_domain(DOMAIN)
+        running.add_user(USER)
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,717 @@
+"""The `surat` command, run through `main([...])` against real files, certificates and the SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from surat import cli
+from surat.cli import main, normalize_address, normalize_domain, parse_size
+from surat.config import Config, HostPort, load_config
+from surat.net.tls import server_context
+from surat.passwords import verify_password
+from surat.store.base import Delivery, OutboundMessage, OutboundRecipient, QueueEntry, Store
+from surat.store.sqlite import SQLiteStore
+
+DOMAIN = "example.test"
+POSTMASTER = f"postmaster@{DOMAIN}"
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def surat(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    """Run `surat ARGS...`, with optional stdin text; returns exit code, stdout and stderr."""
+    monkeypatch.delenv("SURAT_CONFIG", raising=False)
+    monkeypatch.delenv("SURAT_DEBUG", raising=False)
+
+    def run(*args: str, stdin: str | None = None) -> Run:
+        capsys.readouterr()
+        if stdin is not None:
+            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+def _one_line_error(result: Run, code: int, *words: str) -> None:
+    assert result.code == code, result
+    assert result.err.startswith("surat: "), result.err
+    assert result.err.count("\n") == 1, result.err
+    assert "Traceback" not in result.err
+    for word in words:
+        assert word in result.err, (word, result.err)
+
+
+def _password_from(output: str) -> str:
+    lines = output.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith(f"Account {POSTMASTER}, password"))
+    return lines[index + 1].strip()
+
+
+@dataclass
+class Setup:
+    dir: Path
+    config_file: Path
+    password: str
+    output: str
+
+    def config(self) -> Config:
+        return load_config(self.config_file)
+
+
+@pytest.fixture(scope="module")
+def dev_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    # Key generation and password hashing are slow-ish: make one dev setup, copy it per test.
+    directory = tmp_path_factory.mktemp("template") / "srv"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SURAT_CONFIG", raising=False)
+        out = io.StringIO()
+        mp.setattr("sys.stdout", out)
+        code = main(["quickstart", "--dev", "--domain", DOMAIN, "--dir", str(directory)])
+    assert code == 0
+    yield Setup(directory, directory / "surat.toml", _password_from(out.getvalue()), out.getvalue())
+
+
+@pytest.fixture
+def dev(dev_template: Setup, tmp_path: Path) -> Setup:
+    directory = tmp_path / "srv"
+    shutil.copytree(dev_template.dir, directory)
+    return Setup(directory, directory / "surat.toml", dev_template.password, dev_template.output)
+
+
+def _in_store(config: Config, action: Callable[[Store], object]) -> object:
+    async def go() -> object:
+        store = SQLiteStore(config.data_dir)
+        await store.open()
+        try:
+            result = action(store)
+            return await result if asyncio.iscoroutine(result) else result
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _verify(config: Config, address: str, password: str) -> bool:
+    async def check(store: Store) -> bool:
+        found = await store.get_credentials(address)
+        assert found is not None, address
+        return verify_password(found[1], password)
+
+    result = _in_store(config, check)
+    assert isinstance(result, bool)
+    return result
+
+
+# ----------------------------------------------------------------------------------------- quickstart
+
+
+def test_quickstart_dev_writes_a_working_setup(dev: Setup) -> None:
+    config = dev.config()
+    assert config.hostname == f"mail.{DOMAIN}"
+    assert config.data_dir == dev.dir.resolve() / "data"
+    ports = {role: [str(hp) for hp in getattr(config.listen, role)] for role in cli.LISTEN_ROLES}
+    assert ports == {role: [f"127.0.0.1:{port}"] for role, port in cli.DEV_PORTS.items()}
+    assert ports["smtp"] == ["127.0.0.1:2525"]
+    assert ports["pop3s"] == ["127.0.0.1:9950"]
+    assert config.tls.cert is not None
+    assert config.tls.key is not None
+    assert config.tls.ca is not None
+    assert config.tls.ca.is_file()
+    server_context(config.tls.cert, config.tls.key)  # a usable pair
+    assert (config.tls.key.stat().st_mode & 0o077) == 0
+    # The password printed once is the postmaster's; a wrong one is refused.
+    assert re.fullmatch(r"\S{12,}", dev.password)
+    assert _verify(config, POSTMASTER, dev.password)
+    assert not _verify(config, POSTMASTER, dev.password + "x")
+    # The output tells how to trust the dev CA and what to publish in DNS.
+    assert str(config.tls.ca.name) in dev.output
+    assert "--tls-ca-path" in dev.output
+    assert "--cacert" in dev.output
+    assert "127.0.0.1:5870" in dev.output
+    assert f"IN  MX   10 mail.{DOMAIN}." in dev.output
+    assert f"_submissions._tcp.{DOMAIN}." in dev.output
+
+
+def test_quickstart_dev_config_is_relocatable(dev: Setup) -> None:
+    text = dev.config_file.read_text()
+    assert str(dev.dir) not in text  # paths are relative to the config file
+    assert 'cert = "tls/cert.pem"' in text
+
+
+def test_quickstart_config_documents_every_key(dev: Setup) -> None:
+    # Uncommenting every commented-out setting must still give a valid config with those values.
+    text = dev.config_file.read_text()
+    uncommented = re.sub(r"(?m)^# ?([a-z_]+ *=)", r"\1", text)
+    assert uncommented != text
+    dev.config_file.write_text(uncommented)
+    config = dev.config()
+    assert config.limits.recipients == 1000
+    assert config.limits.smtp_idle_timeout == 300
+    assert config.limits.bad_commands == 10
+    assert config.dns.timeout == 5.0
+    assert config.delivery.smarthost == HostPort("smtp.provider.example", 587)
+    assert dict(config.delivery.routes) == {"example.net": HostPort("127.0.0.1", 2526)}
+    for section in ("[tls]", "[listen]", "[dns]", "[limits]", "[delivery]"):
+        assert section in text
+
+
+def test_quickstart_production(surat: Callable[..., Run], tmp_path: Path) -> None:
+    directory = tmp_path / "prod"
+    result = surat("quickstart", "--domain", "Example.COM", "--dir", str(directory))
+    assert result.code == 0, result.err
+    config = load_config(directory / "surat.toml")
+    assert config.hostname == "mail.example.com"
+    assert config.listen.smtp == (HostPort("0.0.0.0", 25),)
+    assert config.listen.submission == (HostPort("0.0.0.0", 587),)
+    assert config.listen.submissions == (HostPort("0.0.0.0", 465),)
+    assert config.listen.imaps == (HostPort("0.0.0.0", 993),)
+    assert config.listen.pop3s == (HostPort("0.0.0.0", 995),)
+    assert config.tls.ca is None
+    assert not (directory / "tls" / "ca.pem").exists()
+    assert config.tls.cert is not None and config.tls.key is not None
+    server_context(config.tls.cert, config.tls.key)
+    assert "real certificate" in result.out
+    assert "--tls-ca-path" not in result.out
+    assert '"v=spf1 mx -all"' in result.out
+    assert "_dmarc.example.com." in result.out
+
+
+def test_quickstart_hostname_and_idn_domain(surat: Callable[..., Run], tmp_path: Path) -> None:
+    directory = tmp_path / "idn"
+    result = surat(
+        "quickstart",
+        "--domain",
+        "Bücher.example",
+        "--hostname",
+        "MX1.bücher.example",
+        "--dir",
+        str(directory),
+    )
+    assert result.code == 0, result.err
+    config = load_config(directory / "surat.toml")
+    assert config.hostname == "mx1.xn--bcher-kva.example"
+    account = _in_store(config, lambda store: store.get_account("postmaster@xn--bcher-kva.example"))
+    assert account is not None
+
+
+def test_quickstart_refuses_to_overwrite(surat: Callable[..., Run], dev: Setup) -> None:
+    before = dev.config_file.read_bytes()
+    cert_before = (dev.dir / "tls" / "cert.pem").read_bytes()
+    result = surat("quickstart", "--dev", "--domain", "other.test", "--dir", str(dev.dir))
+    _one_line_error(result, 1, "surat.toml", "already exists")
+    assert dev.config_file.read_bytes() == before
+    assert (dev.dir / "tls" / "cert.pem").read_bytes() == cert_before
+    assert _verify(dev.config(), POSTMASTER, dev.password)
+
+
+def test_quickstart_refuses_existing_data(surat: Callable[..., Run], tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "something").write_text("x")
+    result = surat("quickstart", "--domain", DOMAIN, "--dir", str(tmp_path))
+    _one_line_error(result, 1, "data")
+    assert not (tmp_path / "surat.toml").exists()
+    assert not (tmp_path / "tls").exists()
+
+
+@pytest.mark.parametrize("domain", ["not a domain", "-bad.example", "a..b", "example.123", ""])
+def test_quickstart_bad_domain(surat: Callable[..., Run], tmp_path: Path, domain: str) -> None:
+    result = surat("quickstart", "--domain", domain, "--dir", str(tmp_path / "x"))
+    _one_line_error(result, 2, "domain")
+    assert not (tmp_path / "x").exists()
+
+
+def test_quickstart_cleans_up_after_a_failure(
+    surat: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(password: str) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "make_credentials", broken)
+    directory = tmp_path / "new"
+    result = surat("quickstart", "--domain", DOMAIN, "--dir", str(directory))
+    _one_line_error(result, 1, "No space left")
+    assert not directory.exists()  # so that quickstart can simply run again
+
+
+# ----------------------------------------------------------------------------------------- domains
+
+
+def test_domain_round_trip(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    assert surat("--config", c, "domain", "list").out == f"{DOMAIN}\n"
+    assert surat("--config", c, "domain", "add", "Other.TEST.").code == 0
+    assert surat("--config", c, "domain", "add", "bücher.example").code == 0
+    assert surat("--config", c, "domain", "list").out == f"{DOMAIN}\nother.test\nxn--bcher-kva.example\n"
+    _one_line_error(surat("--config", c, "domain", "add", "other.test"), 1, "already exists")
+    assert surat("--config", c, "domain", "del", "other.test").code == 0
+    _one_line_error(surat("--config", c, "domain", "del", "other.test"), 1, "does not exist")
+    assert surat("--config", c, "domain", "list").out == f"{DOMAIN}\nxn--bcher-kva.example\n"
+
+
+def test_domain_del_refuses_a_domain_with_accounts(surat: Callable[..., Run], dev: Setup) -> None:
+    result = surat("--config", str(dev.config_file), "domain", "del", DOMAIN)
+    _one_line_error(result, 1, "1 account")
+    assert surat("--config", str(dev.config_file), "domain", "list").out == f"{DOMAIN}\n"
+
+
+def test_domain_add_bad_name(surat: Callable[..., Run], dev: Setup) -> None:
+    _one_line_error(surat("--config", str(dev.config_file), "domain", "add", "under_score.test"), 2, "domain")
+
+
+def test_config_from_environment(
+    surat: Callable[..., Run], dev: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SURAT_CONFIG", str(dev.config_file))
+    assert surat("domain", "list").out == f"{DOMAIN}\n"
+
+
+# ----------------------------------------------------------------------------------------- users
+
+
+def test_user_round_trip(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    result = surat(
+        "--config", c, "user", "add", "Alice@Example.TEST", "--password-stdin", stdin="correct horse\n"
+    )
+    assert result.code == 0, result.err
+    config = dev.config()
+    assert _verify(config, f"alice@{DOMAIN}", "correct horse")
+    listing = surat("--config", c, "user", "list").out.splitlines()
+    assert [line.split()[0] for line in listing] == [f"alice@{DOMAIN}", POSTMASTER]
+    assert "quota=unlimited" in listing[0]
+
+    result = surat(
+        "--config", c, "user", "passwd", f"alice@{DOMAIN}", "--password-stdin", stdin="battery staple\r\n"
+    )
+    assert result.code == 0, result.err
+    assert _verify(config, f"alice@{DOMAIN}", "battery staple")
+    assert not _verify(config, f"alice@{DOMAIN}", "correct horse")
+
+    assert surat("--config", c, "user", "quota", f"alice@{DOMAIN}", "2G").code == 0
+    assert "quota=2G" in surat("--config", c, "user", "list", DOMAIN).out
+    account = _in_store(config, lambda store: store.get_account(f"alice@{DOMAIN}"))
+    assert account is not None
+    assert getattr(account, "quota_bytes", None) == 2 << 30
+    assert surat("--config", c, "user", "quota", f"alice@{DOMAIN}", "none").code == 0
+    assert "alice@example.test  quota=unlimited" in surat("--config", c, "user", "list").out
+
+    assert surat("--config", c, "user", "del", f"alice@{DOMAIN}").code == 0
+    assert surat("--config", c, "user", "list").out.split()[0] == POSTMASTER
+    _one_line_error(surat("--config", c, "user", "del", f"alice@{DOMAIN}"), 1, "does not exist")
+    _one_line_error(surat("--config", c, "user", "quota", f"alice@{DOMAIN}", "1G"), 1, "does not exist")
+
+
+def test_user_add_with_quota(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    result = surat(
+        "--config",
+        c,
+        "user",
+        "add",
+        f"bob@{DOMAIN}",
+        "--quota",
+        "500M",
+        "--password-stdin",
+        stdin="s3cret-pw\n",
+    )
+    assert result.code == 0, result.err
+    assert f"bob@{DOMAIN}  quota=500M  used=0" in surat("--config", c, "user", "list").out
+
+
+def test_user_add_errors(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    _one_line_error(
+        surat(
+            "--config", c, "user", "add", "carol@elsewhere.test", "--password-stdin", stdin="long enough\n"
+        ),
+        1,
+        "elsewhere.test is not a local domain",
+    )
+    _one_line_error(
+        surat("--config", c, "user", "add", POSTMASTER, "--password-stdin", stdin="long enough\n"),
+        1,
+        "already exists",
+    )
+    _one_line_error(
+        surat("--config", c, "user", "add", "no-at-sign", "--password-stdin", stdin="x\n"), 2, "local@domain"
+    )
+    _one_line_error(
+        surat("--config", c, "user", "add", f"a..b@{DOMAIN}", "--password-stdin", stdin="x\n"), 2, "dot-atom"
+    )
+    _one_line_error(
+        surat("--config", c, "user", "add", f"a+b@{DOMAIN}", "--password-stdin", stdin="x\n"), 2, "plus"
+    )
+    _one_line_error(
+        surat("--config", c, "user", "add", f"d@{DOMAIN}", "--password-stdin", stdin="short\n"), 1, "short"
+    )
+    _one_line_error(
+        surat("--config", c, "user", "add", f"d@{DOMAIN}", "--password-stdin", stdin=""), 1, "no password"
+    )
+    _one_line_error(
+        surat("--config", c, "user", "add", f"d@{DOMAIN}", "--password-stdin", stdin="bad\x07password\n"),
+        1,
+        "password",
+    )
+    _one_line_error(surat("--config", c, "user", "add", f"d@{DOMAIN}", "--quota", "lots"), 2, "size")
+    # Without a terminal and without --password-stdin there is nobody to ask.
+    _one_line_error(
+        surat("--config", c, "user", "add", f"d@{DOMAIN}", stdin="ignored\n"), 2, "--password-stdin"
+    )
+    _one_line_error(
+        surat("--config", c, "user", "passwd", f"nobody@{DOMAIN}", "--password-stdin", stdin="x" * 9),
+        1,
+        "does not exist",
+    )
+    assert f"d@{DOMAIN}" not in surat("--config", c, "user", "list").out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_user_add_prompts_twice(
+    surat: Callable[..., Run], dev: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = str(dev.config_file)
+    answers = iter(["typed password", "typed password", "first try!", "second try"])
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    monkeypatch.setattr("getpass.getpass", fake_getpass)
+    assert surat("--config", c, "user", "add", f"eve@{DOMAIN}").code == 0
+    assert len(prompts) == 2
+    assert _verify(dev.config(), f"eve@{DOMAIN}", "typed password")
+    _one_line_error(surat("--config", c, "user", "passwd", f"eve@{DOMAIN}"), 1, "differ")
+    assert _verify(dev.config(), f"eve@{DOMAIN}", "typed password")
+
+
+# ----------------------------------------------------------------------------------------- aliases
+
+
+def test_alias_round_trip(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    assert surat("--config", c, "alias", "add", f"Abuse@{DOMAIN}", POSTMASTER).code == 0
+    assert surat("--config", c, "alias", "add", f"abuse@{DOMAIN}", "someone@remote.example").code == 0
+    assert surat("--config", c, "alias", "add", f"@{DOMAIN.upper()}", POSTMASTER).code == 0
+    assert surat("--config", c, "alias", "list").out.splitlines() == [
+        f"@{DOMAIN} -> {POSTMASTER}",
+        f"abuse@{DOMAIN} -> {POSTMASTER}",
+        f"abuse@{DOMAIN} -> someone@remote.example",
+    ]
+    assert surat("--config", c, "alias", "list", "other.test").out == ""
+    _one_line_error(surat("--config", c, "alias", "add", f"abuse@{DOMAIN}", POSTMASTER), 1, "already exists")
+    assert surat("--config", c, "alias", "del", f"abuse@{DOMAIN}", "someone@remote.example").code == 0
+    assert surat("--config", c, "alias", "list", DOMAIN).out.splitlines() == [
+        f"@{DOMAIN} -> {POSTMASTER}",
+        f"abuse@{DOMAIN} -> {POSTMASTER}",
+    ]
+    assert surat("--config", c, "alias", "del", f"abuse@{DOMAIN}").code == 0
+    assert surat("--config", c, "alias", "del", f"@{DOMAIN}").code == 0
+    assert surat("--config", c, "alias", "list").out == ""
+    _one_line_error(surat("--config", c, "alias", "del", f"abuse@{DOMAIN}"), 1, "does not exist")
+
+
+def test_alias_errors(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    _one_line_error(
+        surat("--config", c, "alias", "add", "x@remote.example", POSTMASTER), 1, "not a local domain"
+    )
+    _one_line_error(
+        surat("--config", c, "alias", "add", f"x@{DOMAIN}", f"typo@{DOMAIN}"), 1, "no account or alias"
+    )
+    _one_line_error(surat("--config", c, "alias", "add", POSTMASTER, f"x@{DOMAIN}"), 1, "is an account")
+    _one_line_error(surat("--config", c, "alias", "add", "@", POSTMASTER), 2, "domain")
+    _one_line_error(surat("--config", c, "alias", "add", f"x@{DOMAIN}", "not-an-address"), 2, "target")
+    _one_line_error(surat("--config", c, "alias", "add", f"x@{DOMAIN}"), 2, "TARGET")
+    # A plus-address of an account is a valid target.
+    assert surat("--config", c, "alias", "add", f"x@{DOMAIN}", f"postmaster+x@{DOMAIN}").code == 0
+
+
+# ----------------------------------------------------------------------------------------- queue
+
+
+def _queue_one(config: Config) -> str:
+    body = b"From: postmaster@example.test\r\nTo: bob@remote.example\r\nSubject: hi\r\n\r\nhello\r\n"
+
+    async def deliver(store: Store) -> str:
+        spool = store.spool_dir / "cli-test.eml"
+        spool.write_bytes(body)
+        result = await store.deliver(
+            Delivery(
+                spool_path=spool,
+                size=len(body),
+                internal_date=datetime.now(UTC),
+                remote=OutboundMessage(
+                    sender=POSTMASTER,
+                    recipients=(OutboundRecipient("bob@remote.example"),),
+                    authenticated_user=POSTMASTER,
+                ),
+            )
+        )
+        assert result.queue_id is not None
+        return result.queue_id
+
+    queue_id = _in_store(config, deliver)
+    assert isinstance(queue_id, str)
+    return queue_id
+
+
+def test_queue_commands(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    config = dev.config()
+    result = surat("--config", c, "queue", "list")
+    assert (result.code, result.out) == (0, "")
+    queue_id = _queue_one(config)
+
+    listing = surat("--config", c, "queue", "list")
+    assert listing.code == 0
+    assert listing.out.startswith(queue_id)
+    assert "bob@remote.example (pending)" in listing.out
+    shown = surat("--config", c, "queue", "show", queue_id).out
+    assert f"sender:       <{POSTMASTER}>" in shown
+    assert "bob@remote.example  pending" in shown
+    assert f"submitted by: {POSTMASTER}" in shown
+
+    assert surat("--config", c, "queue", "retry", queue_id).code == 0
+    entry = _in_store(config, lambda store: store.get_queue_entry(queue_id))
+    assert isinstance(entry, QueueEntry)
+    due = entry.next_attempt_at if entry.next_attempt_at.tzinfo else entry.next_attempt_at.replace(tzinfo=UTC)
+    assert due <= datetime.now(UTC)
+
+    assert surat("--config", c, "queue", "flush").out == "1 message(s) due now\n"
+    assert surat("--config", c, "queue", "drop", queue_id).code == 0
+    assert surat("--config", c, "queue", "list").out == ""
+    for action in ("show", "retry", "drop"):
+        _one_line_error(surat("--config", c, "queue", action, queue_id), 1, queue_id)
+
+
+# ----------------------------------------------------------------------------------------- dns
+
+
+def test_dns_uses_config_hostname_and_ports(surat: Callable[..., Run], dev: Setup) -> None:
+    result = surat("--config", str(dev.config_file), "dns", DOMAIN)
+    assert result.code == 0
+    assert f"IN  MX   10 mail.{DOMAIN}." in result.out
+    assert f"SRV  0 1 4650 mail.{DOMAIN}." in result.out
+    # Quickstart printed the very same records.
+    assert result.out.strip() in dev.output
+
+
+def test_dns_with_hostname_needs_no_config(
+    surat: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = surat("dns", "Example.COM", "--hostname", "mail.example.com")
+    assert result.code == 0
+    assert re.search(r"(?m)^example\.com\.\s+3600\s+IN\s+MX\s+10 mail\.example\.com\.$", result.out)
+    assert "SRV  0 1 993 mail.example.com." in result.out
+    _one_line_error(surat("dns", "example.com"), 2, "config", "not found")
+    _one_line_error(surat("dns", "exa mple.com", "--hostname", "mail.example.com"), 2, "domain")
+
+
+# ----------------------------------------------------------------------------------------- check
+
+
+def test_check_good_config(surat: Callable[..., Run], dev: Setup) -> None:
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0, result.err
+    assert result.out.endswith("OK\n")
+    assert "1 domain(s), 1 account(s), 0 queued" in result.out
+
+
+def _edit(setup: Setup, old: str, new: str) -> None:
+    text = setup.config_file.read_text()
+    assert old in text
+    setup.config_file.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("[dns]\n", "[dns]\nresolver = 1\n", "dns.resolver", "unknown setting"),
+        ("smtp        = [", "smpt = []\nsmtp = [", "listen.smpt", "unknown setting"),
+        ('"127.0.0.1:2525"', '"127.0.0.1"', "listen.smtp", "host:port"),
+        ('"127.0.0.1:1430"', '"127.0.0.1:99999"', "listen.imap", "range"),
+        ('cert = "tls/cert.pem"', 'cert = "tls/missing.pem"', "tls.cert", "does not exist"),
+        ('hostname = "', 'hostname = "bad_name', "hostname", "host name"),
+    ],
+)
+def test_check_broken_config(surat: Callable[..., Run], dev: Setup, case: tuple[str, str, str, str]) -> None:
+    old, new, key, word = case
+    _edit(dev, old, new)
+    result = surat("--config", str(dev.config_file), "check")
+    _one_line_error(result, 2, f"surat: config: {key}: ", word)
+    assert result.out == ""
+
+
+def test_check_mismatched_key(surat: Callable[..., Run], dev: Setup) -> None:
+    _edit(dev, 'key  = "tls/key.pem"', 'key  = "tls/ca-key.pem"')
+    _one_line_error(
+        surat("--config", str(dev.config_file), "check"), 2, "surat: config: tls.cert: ", "does not match"
+    )
+
+
+def test_check_garbage_cert(surat: Callable[..., Run], dev: Setup) -> None:
+    (dev.dir / "tls" / "cert.pem").write_text("not a certificate\n")
+    _one_line_error(surat("--config", str(dev.config_file), "check"), 2, "tls.cert")
+
+
+def test_check_invalid_toml_and_missing_file(surat: Callable[..., Run], dev: Setup, tmp_path: Path) -> None:
+    dev.config_file.write_text("hostname = \n")
+    _one_line_error(surat("--config", str(dev.config_file), "check"), 2, "config", "TOML")
+    _one_line_error(surat("--config", str(tmp_path / "none.toml"), "check"), 2, "not found", "quickstart")
+
+
+def test_check_unusable_data_dir(surat: Callable[..., Run], dev: Setup) -> None:
+    shutil.rmtree(dev.dir / "data")
+    (dev.dir / "data").write_text("a file, not a directory\n")
+    _one_line_error(surat("--config", str(dev.config_file), "check"), 1, "cannot open the store")
+
+
+def test_user_del_mentions_aliases_left_behind(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    added = surat("--config", c, "user", "add", f"zoe@{DOMAIN}", "--password-stdin", stdin="zoe's password\n")
+    assert added.code == 0
+    assert surat("--config", c, "alias", "add", f"info@{DOMAIN}", f"zoe@{DOMAIN}").code == 0
+    result = surat("--config", c, "user", "del", f"zoe@{DOMAIN}")
+    assert result.code == 0
+    assert f"info@{DOMAIN}" in result.err
+
+
+def test_serve_with_a_broken_config_exits_2(surat: Callable[..., Run], dev: Setup) -> None:
+    _edit(dev, "message_size = 52428800", "message_size = 12")
+    _one_line_error(surat("--config", str(dev.config_file), "serve"), 2, "limits.message_size")
+
+
+def test_serve_with_a_bad_certificate_exits_2(surat: Callable[..., Run], dev: Setup) -> None:
+    (dev.dir / "tls" / "key.pem").write_text("junk\n")
+    _one_line_error(surat("--config", str(dev.config_file), "serve"), 2, "tls.cert")
+
+
+# ----------------------------------------------------------------------------------------- usage
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["user"],
+        ["user", "add"],
+        ["user", "quota", "a@b.test"],
+        ["queue", "show"],
+        ["quickstart"],
+        ["domain", "add", "a.test", "b.test"],
+        ["--config"],
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(surat: Callable[..., Run], argv: list[str]) -> None:
+    _one_line_error(surat(*argv), 2, "--help")
+
+
+def test_help_and_version(surat: Callable[..., Run]) -> None:
+    result = surat("--help")
+    assert result.code == 0
+    for command in ("quickstart", "serve", "domain", "user", "alias", "queue", "dns", "check"):
+        assert command in result.out
+    assert surat("user", "add", "--help").code == 0
+    assert surat("--version").out.startswith("surat ")
+
+
+def test_unexpected_errors_are_one_line(
+    surat: Callable[..., Run], dev: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(config: Config) -> int:
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(cli, "run_server", boom)
+    _one_line_error(surat("--config", str(dev.config_file), "serve"), 1, "RuntimeError", "something broke")
+
+
+# ----------------------------------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Example.COM", "example.com"),
+        ("example.com.", "example.com"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+        ("localhost", "localhost"),
+        ("a-b.c1.test", "a-b.c1.test"),
+    ],
+)
+def test_normalize_domain(text: str, expected: str) -> None:
+    assert normalize_domain(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", ".", "a..b", "-a.test", "a-.test", "a_b.test", "a b.test", "1.2.3.4", "a" * 64 + ".test", "é" * 70],
+)
+def test_normalize_domain_rejects(text: str) -> None:
+    with pytest.raises(cli.UsageError):
+        normalize_domain(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Alice@Example.COM", "alice@example.com"),
+        ("first.last@example.com", "first.last@example.com"),
+        ("o'brien@example.com", "o'brien@example.com"),
+        ("jürgen@bücher.example", "jürgen@xn--bcher-kva.example"),
+        ("a@b@example.com", None),
+        ("@example.com", None),
+        ("user@", None),
+        (".user@example.com", None),
+        ("user.@example.com", None),
+        ("us er@example.com", None),
+        ('"quoted"@example.com', None),
+        ("x" * 65 + "@example.com", None),
+    ],
+)
+def test_normalize_address(text: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(cli.UsageError):
+            normalize_address(text)
+    else:
+        assert normalize_address(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1024", 1024), ("1K", 1024), ("500M", 500 << 20), ("2G", 2 << 30), ("1t", 1 << 40), ("3GB", 3 << 30)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+    assert parse_size(cli.format_size(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1", "1.5G", "ten"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(cli.UsageError):
+        parse_size(text)

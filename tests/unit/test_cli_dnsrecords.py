@@ -1,0 +1,117 @@
+"""surat.dnsrecords: the records `surat dns` prints, checked as data and as a parsed zone file."""
+
+from __future__ import annotations
+
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.SRV
+import dns.zone
+import pytest
+
+from surat.dnsrecords import PRODUCTION_PORTS, DnsRecord, format_records, records_for
+
+
+def _by(records: tuple[DnsRecord, ...], name: str, rtype: str) -> list[str]:
+    return [r.value for r in records if r.name == name and r.type == rtype]
+
+
+def test_mx_spf_dmarc_values() -> None:
+    rs = records_for("example.com", "mail.example.com")
+    assert rs.domain == "example.com"
+    assert rs.hostname == "mail.example.com"
+    assert _by(rs.records, "example.com.", "MX") == ["10 mail.example.com."]
+    assert _by(rs.records, "example.com.", "TXT") == ['"v=spf1 mx -all"']
+    # The HELO name gets its own SPF record, for bounces (empty MAIL FROM).
+    assert _by(rs.records, "mail.example.com.", "TXT") == ['"v=spf1 a -all"']
+    assert _by(rs.records, "_dmarc.example.com.", "TXT") == [
+        '"v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com"'
+    ]
+    assert _by(rs.records, "_smtp._tls.example.com.", "TXT") == [
+        '"v=TLSRPTv1; rua=mailto:postmaster@example.com"'
+    ]
+    assert _by(rs.records, "_mta-sts.example.com.", "TXT") == ['"v=STSv1; id=1"']
+    optional = {r.name for r in rs.records if r.optional}
+    assert optional == {"_mta-sts.example.com.", "_smtp._tls.example.com."}
+
+
+def test_dmarc_note_says_why_quarantine() -> None:
+    rs = records_for("example.com", "mail.example.com")
+    text = " ".join(rs.notes["DMARC"])
+    assert "quarantine" in text
+    assert "DKIM" in text
+    assert "postmaster@example.com" in text
+    assert "not sign" in " ".join(rs.notes["DKIM"])
+
+
+def test_srv_records_prefer_implicit_tls_and_imap() -> None:
+    rs = records_for("example.com", "mail.example.com")
+    srv = {r.name: r.value for r in rs.records if r.type == "SRV"}
+    assert srv == {
+        "_submissions._tcp.example.com.": "0 1 465 mail.example.com.",
+        "_submission._tcp.example.com.": "10 1 587 mail.example.com.",
+        "_imaps._tcp.example.com.": "0 1 993 mail.example.com.",
+        "_imap._tcp.example.com.": "10 1 143 mail.example.com.",
+        "_pop3s._tcp.example.com.": "20 1 995 mail.example.com.",
+        "_pop3._tcp.example.com.": "30 1 110 mail.example.com.",
+    }
+
+
+def test_srv_follows_configured_ports_and_omits_disabled_roles() -> None:
+    rs = records_for("example.com", "mx.example.com", {"smtp": 25, "submissions": 4650, "imaps": 9930})
+    srv = {r.name: r.value for r in rs.records if r.type == "SRV"}
+    assert srv == {
+        "_submissions._tcp.example.com.": "0 1 4650 mx.example.com.",
+        "_imaps._tcp.example.com.": "0 1 9930 mx.example.com.",
+    }
+
+
+def test_hostname_equal_to_domain_gets_one_spf_record() -> None:
+    rs = records_for("Example.COM.", "example.com")
+    assert _by(rs.records, "example.com.", "TXT") == ['"v=spf1 mx -all"']
+    assert _by(rs.records, "example.com.", "MX") == ["10 example.com."]
+
+
+def test_long_txt_is_split_into_255_octet_strings() -> None:
+    rs = records_for("example.com", "mail.example.com", sts_id="x" * 300)
+    value = _by(rs.records, "_mta-sts.example.com.", "TXT")[0]
+    parts = value.split('" "')
+    assert len(parts) == 2
+    assert len(parts[0].lstrip('"')) == 255
+
+
+@pytest.mark.parametrize(
+    ("domain", "hostname"),
+    [("example.com", "mail.example.com"), ("xn--bcher-kva.example", "mx.xn--bcher-kva.example")],
+)
+def test_formatted_text_is_a_valid_zone_file(domain: str, hostname: str) -> None:
+    text = format_records(records_for(domain, hostname, sts_id="20240101"), ttl=300)
+    zone = dns.zone.from_text(text, origin=domain, relativize=False, check_origin=False)
+    origin = dns.name.from_text(domain)
+    mx = zone.find_rdataset(origin, dns.rdatatype.MX)
+    assert mx.ttl == 300
+    assert [(r.preference, r.exchange.to_text()) for r in mx] == [(10, hostname + ".")]
+    spf = zone.find_rdataset(origin, dns.rdatatype.TXT)
+    assert [b"".join(r.strings) for r in spf if isinstance(r, dns.rdtypes.ANY.TXT.TXT)] == [b"v=spf1 mx -all"]
+    dmarc = zone.find_rdataset(dns.name.from_text("_dmarc." + domain), dns.rdatatype.TXT)
+    assert [b"".join(r.strings) for r in dmarc if isinstance(r, dns.rdtypes.ANY.TXT.TXT)] == [
+        f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}".encode()
+    ]
+    srv = zone.find_rdataset(dns.name.from_text("_imaps._tcp." + domain), dns.rdatatype.SRV)
+    assert [
+        (r.priority, r.weight, r.port, r.target.to_text())
+        for r in srv
+        if isinstance(r, dns.rdtypes.IN.SRV.SRV)
+    ] == [(0, 1, PRODUCTION_PORTS["imaps"], hostname + ".")]
+    # Every record of the set is in the zone, nothing more.
+    count = sum(len(rdataset) for _, rdataset in zone.iterate_rdatasets())
+    assert count == len(records_for(domain, hostname).records)
+
+
+def test_formatted_text_has_comments_for_every_section() -> None:
+    text = format_records(records_for("example.com", "mail.example.com"))
+    for heading in ("MX", "SPF", "DKIM", "DMARC", "Client autoconfiguration", "MTA-STS"):
+        assert f"; --- {heading}" in text
+    assert "PTR" in text  # reverse DNS is not ours to publish, but must be explained
+    assert "/.well-known/mta-sts.txt" in text

@@ -1,0 +1,291 @@
+"""surat.config: tables of good and bad configurations, as TOML text and as parsed dicts."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from surat.config import (
+    Config,
+    ConfigError,
+    HostPort,
+    LimitsConfig,
+    config_path,
+    load_config,
+    parse_config,
+)
+
+
+@pytest.fixture
+def tls_dir(tmp_path: Path) -> Path:
+    # The loader only checks that the files exist; their contents are `surat check`'s business.
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "cert.pem").write_text("cert")
+    (tmp_path / "tls" / "key.pem").write_text("key")
+    return tmp_path
+
+
+def _load(directory: Path, text: str) -> Config:
+    path = directory / "surat.toml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_config(path)
+
+
+FULL = """
+    hostname = "Mail.Example.COM"
+    data_dir = "var/data"
+    [tls]
+    cert = "tls/cert.pem"
+    key = "tls/key.pem"
+    ca = "tls/ca.pem"
+    [listen]
+    smtp = ["0.0.0.0:25", "[::]:25"]
+    submission = ["127.0.0.1:587"]
+    submissions = ["0.0.0.0:465"]
+    imap = []
+    imaps = ["[2001:db8::1]:993"]
+    pop3 = "0.0.0.0:110"
+    pop3s = ["0.0.0.0:0"]
+    [dns]
+    nameservers = ["127.0.0.1:5353"]
+    timeout = 2.5
+    [limits]
+    message_size = 1048576
+    recipients = 100
+    smtp_idle_timeout = 60
+    bad_commands = 3
+    auth_failure_delay = 0
+    [delivery]
+    routes = { "Example.NET." = "127.0.0.1:2526" }
+    smarthost = "smtp.provider.example:587"
+"""
+
+
+def test_full_config(tls_dir: Path) -> None:
+    config = _load(tls_dir, FULL)
+    assert config.hostname == "mail.example.com"
+    assert config.data_dir == tls_dir.resolve() / "var" / "data"
+    assert config.path == tls_dir / "surat.toml"
+    assert config.tls.cert == tls_dir.resolve() / "tls" / "cert.pem"
+    assert config.tls.key == tls_dir.resolve() / "tls" / "key.pem"
+    assert config.tls.ca == tls_dir.resolve() / "tls" / "ca.pem"  # informational: need not exist
+    assert config.listen.smtp == (HostPort("0.0.0.0", 25), HostPort("::", 25))
+    assert config.listen.submission == (HostPort("127.0.0.1", 587),)
+    assert config.listen.imap == ()
+    assert config.listen.imaps == (HostPort("2001:db8::1", 993),)
+    assert config.listen.pop3 == (HostPort("0.0.0.0", 110),)  # a single string is accepted
+    assert config.listen.pop3s == (HostPort("0.0.0.0", 0),)  # port 0: tests bind ephemeral ports
+    assert config.dns.nameservers == (HostPort("127.0.0.1", 5353),)
+    assert config.dns.timeout == 2.5
+    assert config.limits == LimitsConfig(
+        message_size=1048576, recipients=100, smtp_idle_timeout=60, bad_commands=3, auth_failure_delay=0
+    )
+    assert dict(config.delivery.routes) == {"example.net": HostPort("127.0.0.1", 2526)}
+    assert config.delivery.smarthost == HostPort("smtp.provider.example", 587)
+
+
+def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
+    config = _load(tmp_path, 'hostname = "mx.example.org"\n')
+    assert config.data_dir == tmp_path.resolve() / "data"
+    assert config.tls.cert is None
+    assert config.listen.smtp == ()
+    assert config.dns.nameservers == ()
+    assert config.limits == LimitsConfig()
+    assert config.limits.message_size == 52428800
+    assert config.limits.recipients == 1000
+    assert dict(config.delivery.routes) == {}
+    assert config.delivery.smarthost is None
+
+
+def test_default_dns_timeout(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).dns.timeout == 5.0
+
+
+def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
+    config = _load(tmp_path, f'hostname = "mx.example.org"\ndata_dir = "{tmp_path / "elsewhere"}"\n')
+    assert config.data_dir == tmp_path / "elsewhere"
+
+
+def test_hostport_str_round_trip() -> None:
+    for text in ("0.0.0.0:25", "[::1]:993", "mail.example.com:587"):
+        assert str(HostPort.parse(text, "k")) == text
+
+
+BASE: dict[str, Any] = {"hostname": "mail.example.com"}
+WITH_TLS: dict[str, Any] = {**BASE, "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem"}}
+
+# (name, document, key the error must name, a word of the problem)
+BAD: list[tuple[str, dict[str, Any], str, str]] = [
+    ("no hostname", {}, "hostname", "missing"),
+    ("empty hostname", {"hostname": ""}, "hostname", "non-empty"),
+    ("hostname not a string", {"hostname": 5}, "hostname", "string"),
+    ("hostname with underscore", {"hostname": "mail_1.example.com"}, "hostname", "valid host name"),
+    ("hostname with space", {"hostname": "mail example.com"}, "hostname", "valid host name"),
+    ("hostname empty label", {"hostname": "mail..example.com"}, "hostname", "valid host name"),
+    ("hostname long label", {"hostname": "a" * 64 + ".example.com"}, "hostname", "valid host name"),
+    ("imap without a certificate", {**BASE, "listen": {"imap": ["0.0.0.0:143"]}}, "tls.cert", "required"),
+    ("unknown top-level key", {**BASE, "hostnme": "x"}, "hostnme", "unknown"),
+    ("unknown listen role", {**BASE, "listen": {"smtpx": ["0.0.0.0:25"]}}, "listen.smtpx", "unknown"),
+    ("unknown limits key", {**BASE, "limits": {"size": 5}}, "limits.size", "unknown"),
+    ("unknown tls key", {**WITH_TLS, "tls": {**WITH_TLS["tls"], "chain": "x"}}, "tls.chain", "unknown"),
+    ("unknown delivery key", {**BASE, "delivery": {"relay": "x"}}, "delivery.relay", "unknown"),
+    ("listen is not a table", {**BASE, "listen": "0.0.0.0:25"}, "listen", "table"),
+    ("address without port", {**BASE, "listen": {"smtp": ["0.0.0.0"]}}, "listen.smtp", "host:port"),
+    ("address without host", {**BASE, "listen": {"smtp": [":25"]}}, "listen.smtp", "host:port"),
+    ("port not a number", {**BASE, "listen": {"smtp": ["0.0.0.0:smtp"]}}, "listen.smtp", "host:port"),
+    ("port out of range", {**BASE, "listen": {"smtp": ["0.0.0.0:65536"]}}, "listen.smtp", "range"),
+    ("negative port", {**BASE, "listen": {"imap": ["0.0.0.0:-1"]}}, "listen.imap", "host:port"),
+    ("bad IPv6", {**BASE, "listen": {"imap": ["[::g]:143"]}}, "listen.imap", "IPv6"),
+    ("listener not a string", {**BASE, "listen": {"imap": [143]}}, "listen.imap", "host:port"),
+    ("listen list is a number", {**BASE, "listen": {"imap": 143}}, "listen.imap", "list"),
+    ("bad nameserver", {**BASE, "dns": {"nameservers": ["8.8.8.8"]}}, "dns.nameservers", "host:port"),
+    ("dns timeout too small", {**BASE, "dns": {"timeout": 0}}, "dns.timeout", "at least"),
+    ("message_size a string", {**BASE, "limits": {"message_size": "50M"}}, "limits.message_size", "number"),
+    ("message_size a bool", {**BASE, "limits": {"message_size": True}}, "limits.message_size", "number"),
+    ("message_size too small", {**BASE, "limits": {"message_size": 10}}, "limits.message_size", "at least"),
+    ("recipients below 100", {**BASE, "limits": {"recipients": 99}}, "limits.recipients", "at least"),
+    ("bad_commands zero", {**BASE, "limits": {"bad_commands": 0}}, "limits.bad_commands", "at least"),
+    (
+        "negative auth delay",
+        {**BASE, "limits": {"auth_failure_delay": -1}},
+        "limits.auth_failure_delay",
+        "least",
+    ),
+    (
+        "TLS listener without cert",
+        {**BASE, "listen": {"submissions": ["0.0.0.0:465"]}},
+        "tls.cert",
+        "required",
+    ),
+    (
+        "cert file missing",
+        {**BASE, "tls": {"cert": "nope.pem", "key": "tls/key.pem"}},
+        "tls.cert",
+        "not exist",
+    ),
+    (
+        "key file missing",
+        {**BASE, "tls": {"cert": "tls/cert.pem", "key": "nope.pem"}},
+        "tls.key",
+        "not exist",
+    ),
+    ("cert path empty", {**BASE, "tls": {"cert": ""}}, "tls.cert", "non-empty"),
+    (
+        "bad route",
+        {**BASE, "delivery": {"routes": {"example.net": "relay"}}},
+        "delivery.routes.example.net",
+        "",
+    ),
+    (
+        "route not a string",
+        {**BASE, "delivery": {"routes": {"example.net": 25}}},
+        "delivery.routes.example.net",
+        "",
+    ),
+    ("bad smarthost", {**BASE, "delivery": {"smarthost": "provider"}}, "delivery.smarthost", "host:port"),
+    ("data_dir not a string", {**BASE, "data_dir": 1}, "data_dir", "string"),
+]
+
+
+@pytest.mark.parametrize(("document", "key", "problem"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_names_the_key(tls_dir: Path, document: dict[str, Any], key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(document, tls_dir)
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert str(info.value).startswith(f"{key}: ")
+    assert "\n" not in str(info.value)
+
+
+GOOD: list[tuple[str, dict[str, Any]]] = [
+    ("only hostname", BASE),
+    ("hostname with trailing dot", {"hostname": "mail.example.com."}),
+    ("hostname single label", {"hostname": "localhost"}),
+    ("port 25 alone needs no cert", {**BASE, "listen": {"smtp": ["0.0.0.0:25"]}}),
+    ("every role disabled", {**BASE, "listen": {r: [] for r in ("smtp", "submission", "imaps")}}),
+    (
+        "TLS listeners with cert",
+        {**WITH_TLS, "listen": {"submissions": ["0.0.0.0:465"], "imaps": ["[::]:993"]}},
+    ),
+    ("float sizes", {**BASE, "limits": {"message_size": 1e6, "smtp_idle_timeout": 0.5 + 1}}),
+    ("empty tables", {**BASE, "tls": {}, "listen": {}, "dns": {}, "limits": {}, "delivery": {"routes": {}}}),
+]
+
+
+@pytest.mark.parametrize("document", [g[1] for g in GOOD], ids=[g[0] for g in GOOD])
+def test_good_config(tls_dir: Path, document: dict[str, Any]) -> None:
+    config = parse_config(document, tls_dir)
+    assert config.hostname.rstrip(".") == document["hostname"].lower().rstrip(".")
+    assert config.data_dir == tls_dir / "data"
+
+
+def test_hostname_trailing_dot_is_dropped(tmp_path: Path) -> None:
+    assert parse_config({"hostname": "mail.example.com."}, tmp_path).hostname == "mail.example.com"
+
+
+def test_hostname_is_stored_as_a_label(tmp_path: Path) -> None:
+    # RFC 5321 §2.3.5: the EHLO domain is in A-label form (RFC 6531 §3.3 keeps it so with SMTPUTF8).
+    config = parse_config({"hostname": "mail.bücher.example"}, tmp_path)
+    assert config.hostname == "mail.xn--bcher-kva.example"
+
+
+def test_hostname_label_with_edge_hyphen_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        parse_config({"hostname": "-mail.example.com"}, tmp_path)
+
+
+def test_missing_file_suggests_quickstart(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "surat.toml")
+    assert info.value.key == ""
+    assert "not found" in str(info.value)
+    assert "quickstart" in str(info.value)
+
+
+def test_invalid_toml_is_one_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, 'hostname = "unterminated\n')
+    assert "not valid TOML" in str(info.value)
+
+
+def test_non_utf8_file_is_one_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "surat.toml"
+    path.write_bytes(b'hostname = "\xff"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not valid TOML" in str(info.value)
+
+
+def test_unreadable_path_is_one_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)  # a directory
+    assert "cannot read" in str(info.value)
+
+
+def test_relative_paths_are_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "c.pem").write_text("c")
+    (tmp_path / "etc" / "k.pem").write_text("k")
+    monkeypatch.chdir(tmp_path)
+    config = _load(tmp_path / "etc", 'hostname = "a.example"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+    assert config.tls.cert == (tmp_path / "etc" / "c.pem").resolve()
+    assert config.data_dir == (tmp_path / "etc" / "data").resolve()
+
+
+def test_unknown_keys_reported_in_sorted_order(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "zeta": 1, "alpha": 2}, tmp_path)
+    assert info.value.key == "alpha"
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SURAT_CONFIG", raising=False)
+    assert config_path(None) == Path("surat.toml")
+    monkeypatch.setenv("SURAT_CONFIG", "/etc/surat/surat.toml")
+    assert config_path(None) == Path("/etc/surat/surat.toml")
+    assert config_path("other.toml") == Path("other.toml")
