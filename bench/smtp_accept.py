@@ -50,8 +50,8 @@ class Result:
 def make_message(size: int, sender: str, rcpt: str) -> bytes:
     head = f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: bench\r\nMessage-ID: <{{n}}@bench.test>\r\n\r\n"
     line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuvwxyz\r\n"
-    body = (line * (size // len(line) + 1))[: max(0, size - len(head))]
-    return head.encode() + body
+    body = (line * (size // len(line) + 1))[: max(0, size - len(head) - 2)]
+    return head.encode() + body + b"\r\n"  # the final dot must follow a CRLF
 
 
 class SMTPError(Exception):
@@ -230,6 +230,7 @@ async def main_async(args: argparse.Namespace) -> None:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="surat-bench-") as tmp:
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # Postfix's unprivileged daemons must reach their queue below it
         if args.target:
             host, _, port = args.target.rpartition(":")
             results.append(await run_load("target", host, int(port), args))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from surat.config import Config
+from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
 from surat.net.tls import TLSSetupError, server_context
@@ -47,14 +48,17 @@ class SuratServer:
             await self.store.open()
         self._started = True
         secret = load_or_create_secret(config.data_dir)
-        smtp = SMTPService(config, self.store, self.tls_context)
+        smtp = SMTPService(config, self.store, self.tls_context, scram_secret=secret)
         pop3 = POP3Service(config, self.store, self.tls_context, scram_secret=secret)
+        imap = IMAPService(config, self.store, self.tls_context, scram_secret=secret)
         roles: list[tuple[str, Callable[[], Handler], bool, bytes]] = [
             ("smtp", lambda: smtp.handler("smtp"), False, b"421 4.7.0 Too many connections, try later\r\n"),
             ("submission", lambda: smtp.handler("submission"), False, b"421 4.7.0 Too many connections\r\n"),
             ("submissions", lambda: smtp.handler("submissions"), True, b"421 4.7.0 Too many connections\r\n"),
             ("pop3", lambda: pop3.handler("pop3"), False, b"-ERR [SYS/TEMP] Too many connections\r\n"),
             ("pop3s", lambda: pop3.handler("pop3s"), True, b"-ERR [SYS/TEMP] Too many connections\r\n"),
+            ("imap", lambda: imap.handler("imap"), False, b"* BYE [UNAVAILABLE] Too many connections\r\n"),
+            ("imaps", lambda: imap.handler("imaps"), True, b"* BYE [UNAVAILABLE] Too many connections\r\n"),
         ]
         try:
             for role, make_handler, implicit_tls, refusal in roles:
@@ -71,9 +75,6 @@ class SuratServer:
                     refusal=refusal,
                 )
                 await self._listeners.start(spec)
-            for role in ("imap", "imaps"):
-                if getattr(config.listen, role):
-                    log.warning("listener.unavailable", extra=fields(role=role, reason="not in this version"))
         except OSError as exc:
             await self.stop()
             raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None

@@ -7,6 +7,7 @@ depend on how TCP cut the stream (LiteralChunk boundaries aside, which are merge
 from __future__ import annotations
 
 import datetime
+import time
 
 import pytest
 
@@ -186,6 +187,19 @@ def test_line_too_long_closes() -> None:
     assert events[-1].close
 
 
+def test_trickled_long_line_is_linear() -> None:
+    # A client sending one byte per segment must not make each read rescan the whole pending line.
+    line = b"a LOGIN u " + b"p" * 60_000 + b"\r\n"
+    reader = CommandReader()
+    start = time.perf_counter()
+    for i in range(len(line) - 1):
+        reader.receive_data(line[i : i + 1])
+        assert reader.next_event() is NEED_DATA
+    reader.receive_data(line[-1:])
+    assert reader.next_event() == c.Login("a", "u", "p" * 60_000)
+    assert time.perf_counter() - start < 2.0
+
+
 def test_parse_errors_do_not_stop_the_session() -> None:
     events = run_all_splits(b"garbage\r\na FOO\r\n* NOOP\r\nb NOOP\r\n")
     assert [type(e) for e in events] == [ParseError, ParseError, ParseError, c.Noop]
@@ -236,7 +250,7 @@ def test_multiappend_with_mailbox_literal_and_literal_plus() -> None:
         b' "01-Jan-2024 00:00:00 +0000" {0}\r\n\r\nA004 NOOP\r\n'
     )
     events = run_all_splits(data)
-    utc = datetime.timezone.utc
+    utc = datetime.UTC
     assert events == [
         NeedLiteral(5, True, "A003"),
         c.AppendMessage("A003", "INBOX", (), None, 3, False, False, 0),

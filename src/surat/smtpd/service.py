@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
-import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from surat.config import Config
 from surat.delivery.local import owns, resolve
@@ -83,11 +80,19 @@ Handler = Callable[[Connection], Awaitable[None]]
 class SMTPService:
     """Shared by every SMTP connection of a server: config, store, TLS context, SCRAM secret."""
 
-    def __init__(self, config: Config, store: Store, tls_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        tls_context: ssl.SSLContext | None,
+        *,
+        scram_secret: bytes | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.tls_context = tls_context
-        self.scram_secret = _scram_secret(config.data_dir)
+        # Stable across restarts when the app passes its installation secret (see proto.sasl).
+        self.scram_secret = scram_secret
 
     def settings(self, role: Role) -> ServerSettings:
         limits = self.config.limits
@@ -115,23 +120,6 @@ class SMTPService:
 
     async def handle(self, conn: Connection, role: Role) -> None:
         await _Session(self, conn, role).run()
-
-
-def _scram_secret(data_dir: Path) -> bytes:
-    """A per-installation secret for SCRAM's fake salts, stable across restarts (see proto.sasl)."""
-    path = data_dir / "scram-secret"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_bytes(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes()  # another process made it first
-        with os.fdopen(fd, "wb") as file:
-            file.write(secret)
-        return secret
 
 
 @dataclass

@@ -339,9 +339,12 @@ class Store(Protocol):
 
     @property
     def changes(self) -> ChangeFeed: ...
-    # Where callers write spool files for `deliver`/`append`: on the blob area's filesystem, so
-    # that taking a file over is a rename. Files left there are removed by `open()`.
-    spool_dir: Path
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where callers write spool files for `deliver`/`append`: on the blob area's filesystem,
+        so that taking a file over is a rename. Files left there are removed by `open()`."""
+        ...
 
     async def open(self) -> None:
         """Create or migrate the schema, recover from a crash (orphan files), start workers."""

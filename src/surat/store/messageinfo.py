@@ -111,7 +111,7 @@ class BodyPart:
     description: str | None
     encoding: str  # Content-Transfer-Encoding, upper-cased; "7BIT" by default
     size: int  # octets of the body
-    lines: int  # text lines of the body (meaningful for text/* and message/rfc822)
+    lines: int  # text lines of the body (IMAP shows it for text/* and message/rfc822); 0 for multiparts
     disposition: str | None
     disposition_params: tuple[tuple[str, str], ...]
     language: tuple[str, ...]
@@ -775,7 +775,8 @@ def _decoded(value: bytes | None) -> str | None:
     text = _text(value)
     if "=?" in text:
         with contextlib.suppress(LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-            text = str(email.header.make_header(email.header.decode_header(text)))
+            # make_header() doubles spaces next to encoded words; collapse runs of whitespace.
+            text = " ".join(str(email.header.make_header(email.header.decode_header(text))).split())
     return text
 
 
@@ -919,6 +920,8 @@ class _Scanner:
         else:
             term = reader.skip_to_boundary(stack, at_line_start=True)
         end, lines = _span(body_start, nl_body, term)
+        if kind == "multipart" and parts:
+            lines = 0  # RFC 9051 §7.5.2 has no line count for multiparts
         disposition_value = first.get("content-disposition")
         disposition: str | None = None
         disposition_params: tuple[tuple[str, str], ...] = ()

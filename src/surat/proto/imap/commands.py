@@ -550,8 +550,9 @@ FetchItem = FetchSimple | FetchBody
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """``changedsince``/``vanished``: RFC 7162 §3.1.4.1 and §3.2.6 modifiers. ``macro`` records ALL/FAST/FULL
-    (already expanded into ``items``)."""
+    """``changedsince``/``vanished``: RFC 7162 §3.1.4.1 and §3.2.6 modifiers (CHANGEDSINCE implies MODSEQ in
+    every response, which the shell adds). ``macro`` records ALL/FAST/FULL (already expanded into ``items``).
+    The parser already rejects VANISHED without UID and CHANGEDSINCE."""
 
     tag: str
     uid: bool

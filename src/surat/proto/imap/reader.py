@@ -161,6 +161,7 @@ class CommandReader:
     def __init__(self, limits: ReaderLimits | None = None) -> None:
         self.limits = limits or ReaderLimits()
         self._buf = bytearray()
+        self._scan_from = 0  # bytes of _buf already searched for a line end
         self._state = _State.LINE
         self._cmd = bytearray()  # wire bytes of the command so far (inline literals included)
         self._line_len = 0
@@ -251,12 +252,15 @@ class CommandReader:
         self._reset()
         self._state = _State.CLOSED
         self._buf.clear()
+        self._scan_from = 0
         return ParseError(tag, message, close=True)
 
     def _take_line(self, limit: int) -> bytes | ParseError | None:
         """The next line without its terminator, None if incomplete, or a closing error if too long."""
-        idx = self._buf.find(b"\n", 0, limit + 2)
+        # Resume the search where the last one stopped: a line trickling in byte by byte costs O(n), not O(n²).
+        idx = self._buf.find(b"\n", self._scan_from, limit + 2)
         if idx < 0:
+            self._scan_from = len(self._buf)
             if len(self._buf) > limit + 1:
                 # Without a line end within the limit the next command boundary cannot be found safely.
                 if self._state is _State.LINE and not self._cmd:
@@ -266,6 +270,7 @@ class CommandReader:
         end = idx - 1 if idx > 0 and self._buf[idx - 1] == 0x0D else idx  # bare LF tolerated
         line = bytes(self._buf[:end])
         del self._buf[: idx + 1]
+        self._scan_from = 0
         if len(line) > limit:
             if self._state is _State.LINE and not self._cmd:
                 self._cmd += line[:256]
@@ -353,6 +358,7 @@ class CommandReader:
             if not synchronizing:
                 self._state = _State.CLOSED
                 self._buf.clear()
+                self._scan_from = 0
             return LiteralTooBig(tag, size, limit, synchronizing, is_append)
         need = NeedLiteral(size, synchronizing, tag, is_append, binary)
         self._remaining = size
@@ -421,6 +427,7 @@ class CommandReader:
         n = self._remaining
         self._cmd += self._buf[:n]
         del self._buf[:n]
+        self._scan_from = 0
         self._remaining = 0
         self._state = _State.LINE
         return None
@@ -436,6 +443,7 @@ class CommandReader:
         n = min(self._remaining, len(self._buf), self.limits.chunk_size)
         chunk = bytes(self._buf[:n])
         del self._buf[:n]
+        self._scan_from = 0
         self._remaining -= n
         return LiteralChunk(chunk)
 

@@ -1,0 +1,417 @@
+"""POP3 download benchmark: one session logs in, RETRs and DELEs every message, then QUITs.
+
+Prints messages/s and MB/s (wire octets of the RETR responses) from connect to the QUIT reply,
+which includes the login (where the server takes its snapshot of the maildrop).
+
+    .venv/bin/python bench/pop3_fetch.py                   # Surat in a subprocess on a temp dir
+    .venv/bin/python bench/pop3_fetch.py --peer dovecot    # and Dovecot (../shared/peers), same run
+
+Both servers are measured over STLS on loopback with the same certificate: Surat refuses logins
+before TLS, and the Dovecot of ../shared/peers/dovecot-up.sh (ssl = no) is reconfigured with
+Surat's dev certificate and reloaded; its static passdb is given the argon2id hash of the same
+password Surat stores (what Surat verifies at every login), unless --dovecot-plaintext. Each run fills the mailbox afresh (Surat: through its store
+while the server is stopped; Dovecot: `dovecot-up.sh fill`, indexed at login); runs alternate
+between the servers and the median of --runs is reported.
+Bounded: at most --messages messages and --timeout seconds per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from surat.config import load_config
+from surat.passwords import make_credentials
+from surat.store.base import Delivery, MailboxTarget
+from surat.store.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+DOMAIN = "example.test"
+USER = f"bench@{DOMAIN}"
+PASSWORD = "bench-password"
+DOVECOT_PASSWORD = "test"
+
+
+def make_message(n: int, size: int, newline: bytes = b"\r\n") -> bytes:
+    head = (
+        f"From: <sender@example.net>\r\nTo: <{USER}>\r\nSubject: bench {n}\r\n"
+        f"Message-ID: <bench-{n}@bench.test>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
+    ).encode()
+    line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuvwxyz\r\n"
+    body = (line * (size // len(line) + 1))[: max(0, size - len(head) - 2)] + b"\r\n"
+    message = head + body
+    return message if newline == b"\r\n" else message.replace(b"\r\n", newline)
+
+
+# ------------------------------------------------------------------------------------------ client
+
+
+class POP3Error(Exception):
+    pass
+
+
+class Client:
+    """A lean blocking POP3 client, so the figures measure the server rather than poplib."""
+
+    def __init__(self, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout
+        )
+        self.buf = bytearray()
+        self.expect_ok()
+        if tls is not None:
+            self.command(b"STLS")
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
+
+    def _fill(self) -> None:
+        data = self.sock.recv(262144)
+        if not data:
+            raise POP3Error("connection closed")
+        self.buf += data
+
+    def line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        out = bytes(self.buf[:end])
+        del self.buf[: end + 2]
+        return out
+
+    def expect_ok(self) -> bytes:
+        reply = self.line()
+        if not reply.startswith(b"+OK"):
+            raise POP3Error(reply.decode(errors="replace"))
+        return reply
+
+    def command(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.expect_ok()
+
+    def multiline(self) -> bytes:
+        """The body of a multi-line response as sent (still dot-stuffed), without the terminator."""
+        start = 0
+        while True:
+            if self.buf[:3] == b".\r\n":  # empty body
+                del self.buf[:3]
+                return b""
+            end = self.buf.find(b"\r\n.\r\n", start)
+            if end >= 0:
+                out = bytes(self.buf[: end + 2])
+                del self.buf[: end + 5]
+                return out
+            start = max(0, len(self.buf) - 4)
+            self._fill()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Run:
+    name: str
+    messages: int
+    octets: int
+    seconds: float
+    login_seconds: float
+    mismatches: int  # RETR size differing from the LIST size
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<14} messages={self.messages} MB={self.octets / 1e6:.1f} secs={self.seconds:.3f} "
+            f"login_ms={self.login_seconds * 1000:.0f} msgs_per_sec={self.rate:.0f} "
+            f"MB_per_sec={self.octets / self.seconds / 1e6:.1f} size_mismatch={self.mismatches}"
+        )
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+def fetch_all(
+    name: str, port: int, user: str, password: str, tls: ssl.SSLContext | None, args: argparse.Namespace
+) -> Run:
+    deadline = time.monotonic() + args.timeout
+    start = time.perf_counter()
+    client = Client(port, tls, args.timeout)
+    try:
+        client.command(b"USER " + user.encode())
+        client.command(b"PASS " + password.encode())
+        login = time.perf_counter() - start
+        client.command(b"LIST")
+        sizes = [int(entry.split()[1]) for entry in client.multiline().splitlines()]
+        count = min(len(sizes), args.messages)
+        octets = mismatches = 0
+        for n in range(1, count + 1):
+            client.command(b"RETR %d" % n)
+            body = client.multiline()
+            octets += len(body)
+            # No stuffed lines in these messages: what came is the message itself.
+            if len(body) != sizes[n - 1]:
+                mismatches += 1
+            client.command(b"DELE %d" % n)
+            if time.monotonic() > deadline:
+                print(f"{name}: timeout after {n} messages", file=sys.stderr)
+                count = n
+                break
+        client.command(b"QUIT")
+        seconds = time.perf_counter() - start
+    finally:
+        client.close()
+    return Run(name, count, octets, seconds, login, mismatches)
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+class SuratProcess:
+    """Surat in a subprocess with a fresh data dir and only the pop3 listener, on a free port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.surat = [sys.executable, "-m", "surat"]
+        subprocess.run(
+            [*self.surat, "quickstart", "--dev", "--domain", DOMAIN, "--dir", str(workdir)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.config_file = workdir / "surat.toml"
+        lines = []
+        for line in self.config_file.read_text().splitlines():
+            role = line.split("=")[0].strip()
+            if role == "pop3":
+                lines.append(f'pop3 = ["127.0.0.1:{self.port}"]')
+            elif role in ("smtp", "submission", "submissions", "imap", "imaps", "pop3s"):
+                # Only the pop3 listener: the dev ports may be taken by a developer's `make run`.
+                lines.append(f"{role} = []")
+            else:
+                lines.append(line)
+        self.config_file.write_text("\n".join(lines) + "\n")
+        self.env = {**os.environ, "SURAT_CONFIG": str(self.config_file)}
+        subprocess.run(
+            [*self.surat, "user", "add", USER, "--password-stdin"],
+            input=PASSWORD + "\n",
+            check=True,
+            text=True,
+            env=self.env,
+            capture_output=True,
+        )
+        self.config = load_config(self.config_file)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def tls(self) -> ssl.SSLContext:
+        assert self.config.tls.ca is not None
+        return ssl.create_default_context(cafile=str(self.config.tls.ca))
+
+    def fill(self, count: int, size: int) -> None:
+        """Deliver straight into the store while the server is stopped (one group commit)."""
+
+        async def run() -> None:
+            store = SQLiteStore(self.config.data_dir)
+            await store.open()
+            try:
+                account = await store.get_account(USER)
+                assert account is not None
+
+                async def one(n: int) -> None:
+                    raw = make_message(n, size)
+                    path = store.spool_dir / f"bench-{secrets.token_hex(8)}"
+                    path.write_bytes(raw)
+                    target = (MailboxTarget(account.id),)
+                    await store.deliver(Delivery(path, len(raw), datetime.now(UTC), local=target))
+
+                await asyncio.gather(*(one(n) for n in range(count)))
+            finally:
+                await store.close()
+
+        asyncio.run(run())
+
+    def start(self) -> None:
+        self.log = (self.workdir / "server.log").open("a")
+        self.proc = subprocess.Popen(
+            [*self.surat, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+
+class DovecotProcess:
+    def __init__(self, workdir: Path, cert: Path, key: Path, password_hash: str | None) -> None:
+        self.root = workdir / "dovecot"
+        self.port = free_port()
+        imap_port = free_port()
+        self.user = "bench"
+        subprocess.run(
+            ["bash", str(PEERS / "dovecot-up.sh"), "start", str(imap_port), str(self.port), str(self.root)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        # The script's instance has no TLS; later settings override earlier ones, SIGHUP reloads.
+        config = self.root / "dovecot.conf"
+        text = config.read_text() + f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+        self.password = DOVECOT_PASSWORD
+        if password_hash is not None:
+            # The same argon2id hash Surat verifies, so both servers do the same work at login
+            # (the script's static passdb compares a plaintext password).
+            text = text.replace(
+                f"args = password={DOVECOT_PASSWORD}\n", f"args = password={{ARGON2ID}}{password_hash}\n"
+            )
+            self.password = PASSWORD
+        config.write_text(text)
+        subprocess.run(["/usr/sbin/dovecot", "-c", str(config), "reload"], check=True)
+        self._wait_stls()
+        self.mbox = workdir / "dovecot-source.mbox"
+
+    def _wait_stls(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.recv(512)
+                sock.sendall(b"CAPA\r\n")
+                caps = b""
+                while not caps.endswith(b"\r\n.\r\n"):
+                    data = sock.recv(4096)
+                    if not data:
+                        break
+                    caps += data
+            if b"\r\nSTLS\r\n" in caps:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("dovecot did not offer STLS after the reload")
+
+    def fill(self, count: int, size: int) -> None:
+        with self.mbox.open("wb") as f:
+            for n in range(count):
+                # Maildir files hold LF line ends; Dovecot sends CRLF, as Surat does.
+                f.write(b"From sender@example.net Mon Jan  1 00:00:00 2024\n")
+                f.write(make_message(n, size, b"\n") + b"\n")
+        subprocess.run(
+            ["bash", str(PEERS / "dovecot-up.sh"), "fill", str(self.root), self.user, str(self.mbox)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["bash", str(PEERS / "dovecot-up.sh"), "stop", str(self.root)],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def summary(runs: list[Run]) -> Run:
+    best = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=10240, help="octets per message")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--peer", choices=["dovecot"], help="also run the same download against this peer")
+    parser.add_argument(
+        "--dovecot-plaintext",
+        action="store_true",
+        help="keep the script's plaintext static password for Dovecot (default: Surat's argon2id hash)",
+    )
+    parser.add_argument("--timeout", type=float, default=120, help="seconds per run")
+    args = parser.parse_args()
+    if args.messages < 1 or args.messages > 100_000:
+        parser.error("--messages must be between 1 and 100000")
+    print(
+        f"load: {args.messages} messages x {args.size} B, RETR + DELE each, one session over STLS, "
+        f"{args.runs} runs"
+    )
+    results: dict[str, list[Run]] = {}
+    with tempfile.TemporaryDirectory(prefix="surat-bench-pop3-") as tmp:
+        workdir = Path(tmp)
+        # Dovecot's unprivileged processes must reach their Maildir under this directory.
+        workdir.chmod(0o755)
+        surat = SuratProcess(workdir / "surat")
+        dovecot: DovecotProcess | None = None
+        if args.peer == "dovecot":
+            if shutil.which("dovecot") is None and not Path("/usr/sbin/dovecot").exists():
+                print("dovecot: not installed (run ../shared/peers/install.sh)")
+            else:
+                cert, key = surat.config.tls.cert, surat.config.tls.key
+                assert cert is not None and key is not None
+                password_hash = None if args.dovecot_plaintext else make_credentials(PASSWORD).password_hash
+                dovecot = DovecotProcess(workdir, cert, key, password_hash)
+        tls = surat.tls()
+        try:
+            for _ in range(args.runs):
+                surat.fill(args.messages, args.size)
+                surat.start()
+                try:
+                    run = fetch_all("surat", surat.port, USER, PASSWORD, tls, args)
+                finally:
+                    surat.stop()
+                print(run.line())
+                results.setdefault("surat", []).append(run)
+                if dovecot is not None:
+                    dovecot.fill(args.messages, args.size)
+                    run = fetch_all("dovecot", dovecot.port, dovecot.user, dovecot.password, tls, args)
+                    print(run.line())
+                    results.setdefault("dovecot", []).append(run)
+        finally:
+            surat.stop()
+            if dovecot is not None:
+                dovecot.stop()
+    print("median of runs:")
+    medians = {name: summary(runs) for name, runs in results.items()}
+    for run in medians.values():
+        print(" ", run.line())
+    if len(medians) == 2:
+        mine, peer = medians.values()
+        print(f"ratio {mine.name}/{peer.name} = {mine.rate / peer.rate:.2f}x (messages/s)")
+
+
+if __name__ == "__main__":
+    main()

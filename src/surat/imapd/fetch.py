@@ -1,0 +1,261 @@
+"""FETCH (RFC 9051 §6.4.5, RFC 3516 BINARY, RFC 7162 CHANGEDSINCE/VANISHED/MODSEQ).
+
+Flags, sizes, dates, UIDs and MODSEQs come from the session's view; ENVELOPE and BODYSTRUCTURE from the
+``MessageInfo`` computed at delivery; body sections are byte ranges of the message file, streamed in
+chunks when large, so a 50 MiB BODY[] never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from surat.imapd.errors import CommandError, UserError
+from surat.imapd.messages import resolve
+from surat.imapd.sections import (
+    MAX_HEADER_READ,
+    ByteRange,
+    HeaderFields,
+    UnknownEncoding,
+    binary_part,
+    decode_transfer_encoding,
+    filter_header,
+    locate,
+    read_range,
+)
+from surat.imapd.state import Done
+from surat.imapd.view import MessageState
+from surat.proto.imap import commands as c
+from surat.proto.imap.seqset import SequenceSet
+from surat.proto.imap.structure import body_structure, envelope
+from surat.proto.imap.writer import Code, flag_list, format_date_time, literal, literal8, quoted, vanished
+from surat.store.base import FlagMode, MessageRecord
+
+if TYPE_CHECKING:
+    from surat.imapd.session import Session
+
+__all__ = ["fetch_cmd"]
+
+BATCH = 200  # records fetched from the store at a time
+STREAM_THRESHOLD = 64 * 1024  # body values larger than this are streamed from the file
+CHUNK = 64 * 1024
+
+_A = c.FetchAttr
+_NEEDS_RECORD = frozenset(
+    {_A.ENVELOPE, _A.BODY, _A.BODYSTRUCTURE, _A.RFC822, _A.RFC822_HEADER, _A.RFC822_TEXT}
+)
+_SETS_SEEN = frozenset({_A.RFC822, _A.RFC822_TEXT})
+_UID = c.FetchSimple(_A.UID)
+_MODSEQ = c.FetchSimple(_A.MODSEQ)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """Bytes of the message file sent as they are read."""
+
+    file: BinaryIO
+    range: ByteRange
+
+
+def _needs_record(item: c.FetchItem) -> bool:
+    return isinstance(item, c.FetchBody) or item.attr in _NEEDS_RECORD
+
+
+def _sets_seen(item: c.FetchItem) -> bool:
+    if isinstance(item, c.FetchBody):
+        return not item.peek and not item.size_only
+    return item.attr in _SETS_SEEN
+
+
+async def fetch_cmd(s: Session, cmd: c.Fetch) -> Done:
+    view = s.require_view()
+    pairs = resolve(s, cmd.seqset, uid=cmd.uid)
+    items = list(cmd.items)
+    if cmd.uid and _UID not in items:
+        items.insert(0, _UID)  # RFC 9051 §6.4.9: UID FETCH always returns the UID
+    if cmd.changedsince is not None and _MODSEQ not in items:
+        items.append(_MODSEQ)  # RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ
+    if _MODSEQ in items:
+        s.enable_condstore()
+    if cmd.vanished:
+        if not s.qresync:
+            raise CommandError("VANISHED needs ENABLE QRESYNC")  # RFC 7162 §3.2.6
+        assert cmd.changedsince is not None
+        await _send_vanished(s, cmd.seqset, cmd.changedsince)
+    if cmd.changedsince is not None:
+        since = cmd.changedsince
+        pairs = [(seq, uid) for seq, uid in pairs if view.state[uid].modseq > since]
+    pairs = [(seq, uid) for seq, uid in pairs if uid not in view.expunged]
+    needs_record = any(_needs_record(i) for i in items)
+    seen_now: set[int] = set()
+    if not view.read_only and any(_sets_seen(i) for i in items):
+        # RFC 9051 §6.4.5: a non-PEEK body fetch sets \Seen; the FETCH response then carries FLAGS.
+        unseen = [uid for _, uid in pairs if "\\Seen" not in view.state[uid].flags]
+        if unseen:
+            result = await s.store.store_flags(view.mailbox_id, unseen, FlagMode.ADD, frozenset({"\\Seen"}))
+            for update in result.updated:
+                view.set_flags(update.uid, update.flags, update.modseq)
+                seen_now.add(update.uid)
+    for start in range(0, len(pairs), BATCH):
+        chunk = pairs[start : start + BATCH]
+        records: dict[int, MessageRecord] = {}
+        if needs_record:
+            records = {r.uid: r for r in await s.store.get_messages(view.mailbox_id, [u for _, u in chunk])}
+        for seq, uid in chunk:
+            st = view.state.get(uid)
+            if st is None:
+                continue
+            record = records.get(uid)
+            if needs_record and record is None:
+                continue  # expunged by another session: its EXPUNGE comes when it may (RFC 9051 §7.5.1)
+            add_flags = uid in seen_now and c.FetchSimple(_A.FLAGS) not in items
+            await _fetch_one(s, seq, uid, st, record, items, add_flags)
+            await s.maybe_flush()
+    return Done()
+
+
+async def _send_vanished(s: Session, seqset: SequenceSet, since: int) -> None:
+    view = s.require_view()
+    changes = await s.store.changes_since(view.mailbox_id, since)
+    top = max(view.uids[-1] if view.uids else 0, max(changes.vanished, default=0))
+    gone = [u for u in changes.vanished if u not in view.state and (seqset.saved or seqset.contains(u, top))]
+    if gone:
+        s.send(vanished(SequenceSet.from_numbers(gone), earlier=True))
+
+
+def _partial(r: ByteRange, partial: tuple[int, int] | None) -> ByteRange:
+    if partial is None:
+        return r
+    offset, length = partial
+    start = min(r.start + offset, r.end)
+    return ByteRange(start, min(start + length, r.end))
+
+
+def _slice(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    if partial is None:
+        return data
+    offset, length = partial
+    return data[offset : offset + length]
+
+
+async def _fetch_one(
+    s: Session,
+    seq: int,
+    uid: int,
+    st: MessageState,
+    record: MessageRecord | None,
+    items: Sequence[c.FetchItem],
+    add_flags: bool,
+) -> None:
+    file: BinaryIO | None = None
+    if record is not None and any(
+        isinstance(i, c.FetchBody) or i.attr in (_A.RFC822, _A.RFC822_HEADER, _A.RFC822_TEXT) for i in items
+    ):
+        try:
+            file = s.store.blobs.open(record.blob_id)
+        except OSError:
+            return  # removed with its message since the records were read
+    try:
+        parts: list[bytes | _Stream] = [b"* %d FETCH (" % seq]
+        first = True
+
+        def add(name: str, value: bytes | _Stream) -> None:
+            nonlocal first
+            prefix = b"" if first else b" "
+            first = False
+            if isinstance(value, _Stream):
+                parts.append(prefix + name.encode("ascii") + b" {%d}\r\n" % value.range.size)
+                parts.append(value)
+            else:
+                parts.append(prefix + name.encode("ascii") + b" " + value)
+
+        for item in items:
+            if isinstance(item, c.FetchBody):
+                assert record is not None and file is not None
+                add(item.response_name(), await _body_value(s, file, record, item))
+                continue
+            attr = item.attr
+            if attr is _A.UID:
+                add("UID", b"%d" % uid)
+            elif attr is _A.FLAGS:
+                add("FLAGS", flag_list(sorted(st.flags)))
+            elif attr is _A.INTERNALDATE:
+                add("INTERNALDATE", quoted(format_date_time(st.internal_date)))
+            elif attr is _A.RFC822_SIZE:
+                add("RFC822.SIZE", b"%d" % st.size)
+            elif attr is _A.MODSEQ:
+                add("MODSEQ", b"(%d)" % st.modseq)
+            else:
+                assert record is not None
+                info = record.info
+                if attr is _A.ENVELOPE:
+                    add("ENVELOPE", envelope(info.envelope, utf8=s.utf8))
+                elif attr is _A.BODYSTRUCTURE:
+                    add("BODYSTRUCTURE", body_structure(info.body, extensible=True, utf8=s.utf8))
+                elif attr is _A.BODY:
+                    add("BODY", body_structure(info.body, extensible=False, utf8=s.utf8))
+                else:
+                    assert file is not None
+                    # RFC 3501 §6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER], RFC822.TEXT = BODY[TEXT].
+                    text = {_A.RFC822: None, _A.RFC822_HEADER: "HEADER", _A.RFC822_TEXT: "TEXT"}[attr]
+                    body = c.FetchBody(c.Section((), text), peek=True)
+                    add(attr.value, await _body_value(s, file, record, body))
+        if add_flags:
+            add("FLAGS", flag_list(sorted(st.flags)))
+        parts.append(b")\r\n")
+        for part in parts:
+            if isinstance(part, bytes):
+                s.send(part)
+            else:
+                await _stream(s, part)
+    finally:
+        if file is not None:
+            file.close()
+
+
+async def _stream(s: Session, stream: _Stream) -> None:
+    await s.flush()
+    position, end = stream.range.start, stream.range.end
+    stream.file.seek(position)
+    while position < end:
+        data = stream.file.read(min(CHUNK, end - position))
+        if not data:
+            # The file is shorter than recorded (damaged): pad so the literal keeps its announced size.
+            data = b" " * (end - position)
+        position += len(data)
+        s.send(data)
+        await s.flush()
+
+
+async def _body_value(
+    s: Session, file: BinaryIO, record: MessageRecord, item: c.FetchBody
+) -> bytes | _Stream:
+    info = record.info
+    if item.binary:
+        located = binary_part(info, item.section.part)
+        if located is None:
+            return b"0" if item.size_only else b"NIL"
+        rng, encoding = located
+
+        def decode() -> bytes:
+            return decode_transfer_encoding(read_range(file, rng), encoding)
+
+        try:
+            data = await asyncio.to_thread(decode) if rng.size > STREAM_THRESHOLD else decode()
+        except UnknownEncoding:
+            raise UserError(f"cannot decode Content-Transfer-Encoding {encoding}", Code.UNKNOWN_CTE) from None
+        if item.size_only:
+            return b"%d" % len(data)
+        data = _slice(data, item.partial)
+        # RFC 3516 §4.3: literal8 when the content holds NUL.
+        return literal8(data) if b"\x00" in data else literal(data)
+    where = locate(info, item.section)
+    if isinstance(where, HeaderFields):
+        block = read_range(file, where.header, MAX_HEADER_READ)
+        return literal(_slice(filter_header(block, where.fields, exclude=where.exclude), item.partial))
+    rng = _partial(where, item.partial)
+    if rng.size > STREAM_THRESHOLD:
+        return _Stream(file, rng)
+    return literal(read_range(file, rng))

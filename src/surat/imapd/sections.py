@@ -1,0 +1,157 @@
+"""Where a FETCH body section lies in the message file (RFC 9051 §6.4.5), from the part offsets that
+``store.messageinfo`` recorded at delivery; no message is parsed again.
+
+Most sections are a byte range of the file, streamed as is. HEADER.FIELDS(.NOT) reads just the header
+block and filters it. BINARY (RFC 3516) decodes one part's content transfer encoding.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from surat.proto.imap.commands import Section
+from surat.store.messageinfo import BodyPart, MessageInfo
+
+__all__ = [
+    "MAX_HEADER_READ",
+    "ByteRange",
+    "HeaderFields",
+    "UnknownEncoding",
+    "decode_transfer_encoding",
+    "filter_header",
+    "locate",
+    "read_range",
+]
+
+MAX_HEADER_READ = 1024 * 1024  # a header block larger than this is cut (messageinfo keeps 256 KiB)
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderFields:
+    """HEADER.FIELDS (``exclude`` False) or HEADER.FIELDS.NOT of the header block at ``header``."""
+
+    header: ByteRange
+    fields: frozenset[str]  # lower-cased
+    exclude: bool
+
+
+class UnknownEncoding(Exception):
+    """BINARY of a part whose Content-Transfer-Encoding we cannot decode (RFC 3516 §4.2: UNKNOWN-CTE)."""
+
+
+_EMPTY = ByteRange(0, 0)
+
+
+def _message_root(info: MessageInfo, part: tuple[int, ...]) -> BodyPart | None:
+    """The entity whose HEADER/TEXT a section names: the message itself for (), else the message embedded
+    in a message/rfc822 part (RFC 9051 §6.4.5: HEADER, TEXT and HEADER.FIELDS of a part apply only to
+    message/rfc822 parts)."""
+    if not part:
+        return info.body
+    node = info.body.part(part)
+    if node is None:
+        return None
+    return node.message
+
+
+def locate(info: MessageInfo, section: Section) -> ByteRange | HeaderFields:
+    """The bytes a section names. A part that does not exist gives an empty range, as Dovecot does:
+    clients probing a structure they misparsed get an empty string rather than an error."""
+    text = section.text
+    if text in (None, "MIME"):
+        if not section.part:
+            # BODY[] is the whole message (MIME needs a part: the parser guarantees it).
+            return ByteRange(0, info.body.end)
+        node = info.body.part(section.part)
+        if node is None:
+            return _EMPTY
+        if text == "MIME":
+            return ByteRange(node.header_start, node.body_start)
+        return ByteRange(node.body_start, node.end)
+    root = _message_root(info, section.part)
+    if root is None:
+        return _EMPTY
+    if text == "TEXT":
+        return ByteRange(root.body_start, root.end)
+    header = ByteRange(root.header_start, root.body_start)
+    if text == "HEADER":
+        return header
+    return HeaderFields(header, frozenset(f.lower() for f in section.fields), text == "HEADER.FIELDS.NOT")
+
+
+def read_range(file: BinaryIO, r: ByteRange, limit: int | None = None) -> bytes:
+    size = r.size if limit is None else min(r.size, limit)
+    if size <= 0:
+        return b""
+    file.seek(r.start)
+    return file.read(size)
+
+
+def filter_header(block: bytes, fields: frozenset[str], *, exclude: bool) -> bytes:
+    """The header fields named (or, with ``exclude``, not named), each with its continuation lines, then
+    the empty line (RFC 9051 §6.4.5: the result includes the blank line that ends the header)."""
+    out: list[bytes] = []
+    keep = False
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        colon = line.find(b":")
+        name = line[:colon].strip().decode("latin-1").lower() if colon > 0 else ""
+        keep = bool(name) and ((name in fields) != exclude)
+        if keep:
+            out.append(line if line.endswith(b"\n") else line + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def decode_transfer_encoding(data: bytes, encoding: str) -> bytes:
+    """RFC 3516 §4.2: BINARY returns the part's content with its transfer encoding removed."""
+    enc = encoding.upper()
+    if enc in ("7BIT", "8BIT", "BINARY", ""):
+        return data
+    if enc == "BASE64":
+        # Lenient like every mail client: characters outside the alphabet (line breaks) are skipped.
+        try:
+            return binascii.a2b_base64(data)
+        except binascii.Error:
+            # Truncated input: decode what forms whole quanta.
+            clean = bytes(b for b in data if b in _B64_CHARS)
+            return binascii.a2b_base64(clean[: len(clean) - len(clean) % 4] or b"")
+    if enc == "QUOTED-PRINTABLE":
+        # a2b_qp removes "=\r\n" soft line breaks and keeps hard CRLFs (RFC 2045 §6.7).
+        return binascii.a2b_qp(data)
+    raise UnknownEncoding(encoding)
+
+
+_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def binary_part(info: MessageInfo, part: tuple[int, ...]) -> tuple[ByteRange, str] | None:
+    """The body range and transfer encoding of the part BINARY[part] names; None if it does not exist.
+    BINARY[] is the whole message, taken as it is."""
+    if not part:
+        return ByteRange(0, info.body.end), "BINARY"
+    node = info.body.part(part)
+    if node is None:
+        return None
+    if node.is_multipart or node.message is not None:
+        # A container: its content has no single transfer encoding to remove (RFC 2045 §6.4 forbids
+        # encoded multiparts), so it is returned as it is.
+        return ByteRange(node.body_start, node.end), "BINARY"
+    return ByteRange(node.body_start, node.end), node.encoding

@@ -1,0 +1,181 @@
+"""What one IMAP session believes about its selected mailbox (RFC 9051 §2.3.1).
+
+Sequence numbers exist only here: the view holds the UIDs in the order the client knows them, their
+flags and MODSEQs as last announced, and the HIGHESTMODSEQ up to which the store's changes were read.
+``apply`` merges a ``MailboxChanges`` from the store and returns what must be announced. Expunges may
+have to wait (RFC 9051 §7.5.1: none during FETCH, STORE or SEARCH, and none between commands): the
+messages stay in the view, with their sequence numbers, until ``take_expunged`` hands them out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from surat.proto.imap.seqset import SequenceSet
+from surat.store.base import MailboxChanges, MessageSummary
+
+__all__ = ["Announcements", "MessageState", "SelectedView"]
+
+
+@dataclass(slots=True)
+class MessageState:
+    flags: frozenset[str]
+    modseq: int
+    size: int
+    internal_date: datetime.datetime
+
+
+@dataclass(slots=True)
+class Announcements:
+    """Untagged responses owed to the client after ``SelectedView.apply``."""
+
+    exists: int | None = None  # new EXISTS count, if messages arrived
+    flag_changes: list[int] = field(default_factory=list)  # UIDs whose flags (or MODSEQ) changed
+    new_keywords: bool = False  # a keyword appeared: send FLAGS again
+
+
+class SelectedView:
+    def __init__(
+        self,
+        mailbox_id: int,
+        name: str,
+        uidvalidity: int,
+        messages: Sequence[MessageSummary],
+        highestmodseq: int,
+        *,
+        read_only: bool,
+    ) -> None:
+        self.mailbox_id = mailbox_id
+        self.name = name
+        self.uidvalidity = uidvalidity
+        self.read_only = read_only
+        self.highestmodseq = highestmodseq
+        self.uids: list[int] = [m.uid for m in messages]
+        self.state: dict[int, MessageState] = {
+            m.uid: MessageState(m.flags, m.modseq, m.size, m.internal_date) for m in messages
+        }
+        self.expunged: set[int] = set()  # gone from the store, not yet announced
+        self.keywords: set[str] = set()
+        for m in messages:
+            self.keywords.update(f for f in m.flags if not f.startswith("\\"))
+        self.saved: list[int] | None = None  # RFC 5182 SEARCHRES result, as UIDs
+        self.condstore = False  # RFC 7162 §3.1: a CONDSTORE-enabling command was used this session
+
+    # ------------------------------------------------------------------------------------ lookups
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def resolve(self, seqset: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) pairs of the messages a sequence set names, in ascending order.
+
+        ``$`` must have been replaced by the caller (``substitute_saved``). Sequence numbers beyond EXISTS
+        are the caller's to reject (RFC 9051 §9: `seq-number` must be a valid message number)."""
+        uids = self.uids
+        out: list[tuple[int, int]] = []
+        if uid:
+            for start, stop in seqset.resolve_uids(uids):
+                out.extend((i + 1, uids[i]) for i in range(start, stop))
+        else:
+            for lo, hi in seqset.resolve_seq(len(uids)):
+                out.extend((n, uids[n - 1]) for n in range(lo, hi + 1))
+        return out
+
+    def flags(self, uid: int) -> frozenset[str]:
+        return self.state[uid].flags
+
+    # ------------------------------------------------------------------------------------ changes
+
+    def set_flags(self, uid: int, flags: frozenset[str], modseq: int) -> bool:
+        """Record flags this session changed itself; True when a new keyword appeared."""
+        st = self.state.get(uid)
+        if st is None:
+            return False
+        st.flags = flags
+        st.modseq = modseq
+        return self._learn_keywords(flags)
+
+    def _learn_keywords(self, flags: Iterable[str]) -> bool:
+        new = {f for f in flags if not f.startswith("\\")} - self.keywords
+        if new:
+            self.keywords |= new
+            return True
+        return False
+
+    def add_messages(self, messages: Iterable[MessageSummary]) -> bool:
+        """Messages with UIDs above every known one; True when any was added."""
+        added = False
+        for m in messages:
+            if self.uids and m.uid <= self.uids[-1]:
+                continue
+            self.uids.append(m.uid)
+            self.state[m.uid] = MessageState(m.flags, m.modseq, m.size, m.internal_date)
+            self._learn_keywords(m.flags)
+            added = True
+        return added
+
+    def apply(self, changes: MailboxChanges) -> Announcements:
+        out = Announcements()
+        last = self.uids[-1] if self.uids else 0
+        new: list[MessageSummary] = []
+        for s in changes.changed:
+            st = self.state.get(s.uid)
+            if st is not None:
+                if st.flags != s.flags or st.modseq != s.modseq:
+                    flags_changed = st.flags != s.flags
+                    st.flags, st.modseq = s.flags, s.modseq
+                    if flags_changed or self.condstore:
+                        out.flag_changes.append(s.uid)
+                    if self._learn_keywords(s.flags):
+                        out.new_keywords = True
+            elif s.uid > last:
+                new.append(s)
+        for uid in changes.vanished:
+            if uid in self.state:
+                self.expunged.add(uid)
+        if new:
+            if self._learn_keywords(f for s in new for f in s.flags):
+                out.new_keywords = True
+            self.add_messages(new)
+            out.exists = len(self.uids)
+        out.flag_changes = [u for u in out.flag_changes if u not in self.expunged]
+        self.highestmodseq = max(self.highestmodseq, changes.highestmodseq)
+        return out
+
+    def mark_expunged(self, uids: Iterable[int]) -> None:
+        """Messages this session removed itself (EXPUNGE, MOVE): announced by ``take_expunged``."""
+        for uid in uids:
+            if uid in self.state:
+                self.expunged.add(uid)
+
+    def take_expunged(self) -> list[tuple[int, int]]:
+        """Remove the expunged messages; (seq, uid) pairs in *descending* order, so that a client that
+        applies `* n EXPUNGE` lines one after the other sees each number as it was sent (RFC 9051 §7.5.1)."""
+        if not self.expunged:
+            return []
+        gone = self.expunged
+        pairs = [(i + 1, u) for i, u in enumerate(self.uids) if u in gone]
+        self.uids = [u for u in self.uids if u not in gone]
+        for u in gone:
+            self.state.pop(u, None)
+        self.expunged = set()
+        if self.saved is not None:
+            self.saved = [u for u in self.saved if u not in gone]
+        pairs.reverse()
+        return pairs
+
+    def first_unseen(self) -> int | None:
+        for i, uid in enumerate(self.uids):
+            if "\\Seen" not in self.state[uid].flags:
+                return i + 1
+        return None

@@ -1,0 +1,93 @@
+"""smtpd's spool file: trace headers in front, submission additions, header section found in any split."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from surat.smtpd.message import MAX_HEADER_SECTION, Spool, protocol_name, received_header, return_path
+
+PREFIX = return_path("a@example.org") + b"Received: test\r\n"
+
+
+def spool_bytes(directory: Path, pieces: list[bytes], add: bool) -> tuple[bytes, Spool]:
+    spool = Spool(directory, PREFIX, add_missing_for="mail.example.test" if add else None)
+    for piece in pieces:
+        spool.write(piece)
+    spool.finish()
+    content = spool.path.read_bytes()
+    assert len(content) == spool.size
+    spool.discard()
+    assert not spool.path.exists()
+    return content, spool
+
+
+MESSAGE = b"From: Alice <Alice@Example.test>, bob@example.test\r\nSubject: x\r\n\r\nbody\r\n\r\nmore\r\n"
+
+
+def test_mx_spool_is_prefix_plus_message(tmp_path: Path) -> None:
+    for cut in range(len(MESSAGE) + 1):
+        content, spool = spool_bytes(tmp_path, [MESSAGE[:cut], MESSAGE[cut:]], add=False)
+        assert content == PREFIX + MESSAGE
+        assert spool.from_addresses() == ["alice@example.test", "bob@example.test"]
+        assert spool.added == []
+
+
+def test_submission_adds_date_and_message_id(tmp_path: Path) -> None:
+    for cut in range(len(MESSAGE) + 1):
+        content, spool = spool_bytes(tmp_path, [MESSAGE[:cut], MESSAGE[cut:]], add=True)
+        assert spool.added == ["Date", "Message-ID"]
+        assert content.startswith(PREFIX + b"Date: ")
+        head, _, body = content.partition(b"\r\n\r\n")
+        assert b"\r\nMessage-ID: <" in head and head.endswith(b"\r\nSubject: x")
+        assert body == b"body\r\n\r\nmore\r\n"
+
+
+def test_present_fields_are_not_added(tmp_path: Path) -> None:
+    message = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nmessage-id: <a@b>\r\n\r\nx\r\n"
+    content, spool = spool_bytes(tmp_path, [message], add=True)
+    assert spool.added == []
+    assert content == PREFIX + message
+
+
+@pytest.mark.parametrize("message", [b"", b"\r\nno headers\r\n", b"Subject: only headers\r\n"])
+def test_odd_messages(tmp_path: Path, message: bytes) -> None:
+    content, spool = spool_bytes(tmp_path, [message], add=False)
+    assert content == PREFIX + message
+    assert spool.from_addresses() == []
+
+
+def test_huge_header_section_is_written_through(tmp_path: Path) -> None:
+    big = b"X-Filler: " + b"y" * 900 + b"\r\n"
+    message = big * (MAX_HEADER_SECTION // len(big) + 20) + b"\r\nbody\r\n"
+    content, spool = spool_bytes(
+        tmp_path, [message[i : i + 4096] for i in range(0, len(message), 4096)], add=True
+    )
+    assert content == PREFIX + message
+    assert spool.from_addresses() is None
+
+
+def test_received_header() -> None:
+    header = received_header(
+        helo="client(evil)\x00",
+        peer_ip="192.0.2.1",
+        hostname="mail.example.test",
+        protocol=protocol_name(extended=True, tls=True, authenticated=True, smtputf8=False),
+        transaction_id="abc.1",
+        tls=("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+        auth_user="alice@example.test",
+        recipient="bob@example.test",
+        when=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    assert header == (
+        b"Received: from client?evil?? ([192.0.2.1])\r\n"
+        b"\tby mail.example.test (Surat) with ESMTPSA id abc.1\r\n"
+        b"\t(version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384)\r\n"
+        b"\t(authenticated as alice@example.test)\r\n"
+        b"\tfor <bob@example.test>;\r\n"
+        b"\tTue, 02 Jan 2024 03:04:05 +0000\r\n"
+    )
+    assert protocol_name(extended=False, tls=False, authenticated=False, smtputf8=False) == "SMTP"
+    assert protocol_name(extended=True, tls=False, authenticated=False, smtputf8=True) == "UTF8SMTP"
