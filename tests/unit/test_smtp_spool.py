@@ -17,10 +17,15 @@ def spool_bytes(directory: Path, pieces: list[bytes], add: bool) -> tuple[bytes,
     for piece in pieces:
         spool.write(piece)
     spool.finish()
-    content = spool.path.read_bytes()
+    if spool.path is None:
+        content = spool.content
+        assert content is not None
+    else:
+        assert spool.content is None
+        content = spool.path.read_bytes()
     assert len(content) == spool.size
     spool.discard()
-    assert not spool.path.exists()
+    assert spool.path is None or not spool.path.exists()
     return content, spool
 
 
@@ -31,14 +36,26 @@ def test_mx_spool_is_prefix_plus_message(tmp_path: Path) -> None:
     for cut in range(len(MESSAGE) + 1):
         content, spool = spool_bytes(tmp_path, [MESSAGE[:cut], MESSAGE[cut:]], add=False)
         assert content == PREFIX + MESSAGE
-        assert spool.from_addresses() == ["alice@example.test", "bob@example.test"]
+        assert spool.from_addresses() is None  # MX never parses the header section
         assert spool.added == []
+        assert spool.path is None  # small messages stay in memory
+
+
+def test_large_message_moves_to_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Spool, "MEMORY_LIMIT", 100)
+    message = MESSAGE + b"z" * 150 + b"\r\n"
+    for cut in (0, 10, len(message) - 1):
+        content, spool = spool_bytes(tmp_path, [message[:cut], message[cut:]], add=False)
+        assert spool.path is not None and spool.path.parent == tmp_path
+        assert content == PREFIX + message
+    assert list(tmp_path.iterdir()) == []  # discard() removed every spool file
 
 
 def test_submission_adds_date_and_message_id(tmp_path: Path) -> None:
     for cut in range(len(MESSAGE) + 1):
         content, spool = spool_bytes(tmp_path, [MESSAGE[:cut], MESSAGE[cut:]], add=True)
         assert spool.added == ["Date", "Message-ID"]
+        assert spool.from_addresses() == ["alice@example.test", "bob@example.test"]
         assert content.startswith(PREFIX + b"Date: ")
         head, _, body = content.partition(b"\r\n\r\n")
         assert b"\r\nMessage-ID: <" in head and head.endswith(b"\r\nSubject: x")
@@ -54,8 +71,8 @@ def test_present_fields_are_not_added(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("message", [b"", b"\r\nno headers\r\n", b"Subject: only headers\r\n"])
 def test_odd_messages(tmp_path: Path, message: bytes) -> None:
-    content, spool = spool_bytes(tmp_path, [message], add=False)
-    assert content == PREFIX + message
+    content, spool = spool_bytes(tmp_path, [message], add=True)
+    assert content.endswith(message)
     assert spool.from_addresses() == []
 
 

@@ -86,6 +86,9 @@ async def dispatch(s: Session, cmd: c.Command) -> None:
         name = "UID " + name
     tag = cmd.tag
     if s.state not in states:
+        if isinstance(cmd, c.Append) and s.append is not None:
+            s.append.discard()  # its non-synchronizing literals were read and dropped
+            s.append = None
         s.send(tagged(tag, Status.BAD, f"{name} is not allowed in this state"))
         await s.count_error(True)
         return

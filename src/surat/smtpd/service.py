@@ -416,6 +416,7 @@ class _Session:
             )
         delivery = Delivery(
             spool_path=spool.path,
+            content=spool.content,
             size=spool.size,
             internal_date=datetime.now(UTC),
             local=tuple(txn.local.values()),

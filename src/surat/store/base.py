@@ -210,17 +210,20 @@ class OutboundMessage:
 class Delivery:
     """One accepted SMTP transaction, ready to be made durable.
 
-    `spool_path` holds the complete message as it is to be stored in local mailboxes (Return-Path
-    first, then our Received header, then the message with CRLF line endings). The store takes the
-    file over (it moves it into the blob area); the caller must not touch it afterwards.
+    The message is either in `content` (small messages: the store writes the file itself, off the
+    event loop) or in the file `spool_path`, which the store takes over (it moves it into the blob
+    area); the caller must not touch it afterwards. Either holds the complete message as it is to be
+    stored in local mailboxes: Return-Path first, then our Received header, then the message with
+    CRLF line endings.
     """
 
-    spool_path: Path
+    spool_path: Path | None
     size: int
     internal_date: datetime
     local: tuple[MailboxTarget, ...] = ()
     remote: OutboundMessage | None = None
     info: MessageInfo | None = None  # computed by the store when None
+    content: bytes | None = None  # the message itself, instead of spool_path
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,13 @@ class FileBlobStore:
             source.unlink()
         return target
 
+    def write(self, blob_id: str, data: bytes) -> Path:
+        """Write a new blob from memory. Not yet durable: the store's commit syncs it."""
+        target = self._path(blob_id)
+        with target.open("xb") as file:
+            file.write(data)
+        return target
+
     def delete(self, blob_id: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotFound):
             self._path(blob_id).unlink()
