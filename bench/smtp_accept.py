@@ -252,7 +252,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     # Maildir follows. Surat's 250 means "in the mailbox", so also report the time
                     # until Postfix has delivered everything.
                     deadline = time.monotonic() + args.timeout
-                    while postfix.delivered() < result.messages and time.monotonic() < deadline:  # noqa: ASYNC110
+                    while postfix.delivered() < result.messages and time.monotonic() < deadline:
                         await asyncio.sleep(0.05)
                     delivered_secs = time.perf_counter() - started
                     results.append(result)
