@@ -171,6 +171,18 @@ def test_mx_unknown_user(server: RunningServer) -> None:
         assert (code, text[:5]) == (550, b"5.1.1")
 
 
+def test_mx_over_quota_is_a_temporary_failure(server: RunningServer) -> None:
+    server.call(server.store.set_quota(USER, 1000))
+    big = message("x@remote.example", USER, body="y" * 2000 + "\n")
+    with mx(server) as client:
+        client.ehlo()
+        client.mail("x@remote.example")
+        assert client.rcpt(USER)[0] == 250
+        code, text = client.data(big.as_bytes())
+        assert (code, text[:5]) == (452, b"4.2.2")  # the sender retries once the user made room
+    assert inbox(server, USER) == []
+
+
 def test_mx_relay_denied(server: RunningServer) -> None:
     with mx(server) as client:
         client.ehlo()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -40,7 +41,11 @@ class Listeners:
 
     async def start(self, spec: ListenerSpec) -> None:
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._accept(spec, reader, writer)
+            # This is the root of the connection's task, which asyncio's stream server reads the
+            # result of: a cancellation (server stop) ends here instead of being logged as an
+            # "exception in callback". Nothing above us waits for it.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept(spec, reader, writer)
 
         for address in spec.addresses:
             server = await asyncio.start_server(

@@ -12,7 +12,8 @@ from surat.store.base import InvalidName, NotFound, QuotaExceeded, StoreError
 
 log = logging.getLogger(__name__)
 
-MAILBOX_FULL = Reply(552, "5.2.2", "Mailbox full")
+# Temporary: the user can make room, and the sender retries meanwhile (issue 3: 452 4.2.2).
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full, try again later")
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 
 
