@@ -1,0 +1,267 @@
+"""DKIM keys, their DNS records, and signatures checked by dkimpy's verifier against those records."""
+
+from __future__ import annotations
+
+import base64
+import re
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dkim as dkimpy
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from surat.delivery.dkim import (
+    DkimAlgorithm,
+    DkimError,
+    DkimKey,
+    ensure_keys,
+    generate_key,
+    generate_keys,
+    headers_to_sign,
+    key_dir,
+    key_from_pem,
+    load_keys,
+    normalize_domain,
+    save_keys,
+    selector_for,
+    sign,
+    txt_lookup,
+)
+
+NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+
+MESSAGE = (
+    b"Received: from client by mail.example.com; Thu, 26 Nov 2026 09:30:00 +0000\r\n"
+    b"From: Alice <alice@example.com>\r\n"
+    b"To: Bob <bob@example.org>\r\n"
+    b"Subject: Quarterly numbers\r\n"
+    b"Date: Thu, 26 Nov 2026 09:30:00 +0000\r\n"
+    b"Message-ID: <1@example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"X-Mailer: test\r\n"
+    b"\r\n"
+    b"Hello Bob,\r\n"
+    b"the numbers are fine.\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[DkimKey, DkimKey]:
+    return generate_keys("Example.COM.", NOW)
+
+
+def _verify_all(message: bytes, lookup: object) -> list[bool]:
+    count = len(re.findall(rb"(?im)^dkim-signature:", message.split(b"\r\n\r\n", 1)[0]))
+    results = []
+    for index in range(count):
+        try:
+            results.append(bool(dkimpy.DKIM(message).verify(idx=index, dnsfunc=lookup)))
+        except dkimpy.DKIMException:
+            results.append(False)
+    return results
+
+
+def _tags(field: bytes) -> dict[str, str]:
+    value = field.split(b":", 1)[1].decode("ascii")
+    value = re.sub(r"\s+", "", value)
+    return dict(part.split("=", 1) for part in value.split(";") if part)
+
+
+def _fields(signature: bytes) -> list[bytes]:
+    return [b"DKIM-Signature:" + part for part in signature.split(b"DKIM-Signature:")[1:]]
+
+
+# ----------------------------------------------------------------------------------------- keys
+
+
+def test_generated_keys_and_selectors(keys: tuple[DkimKey, DkimKey]) -> None:
+    rsa_key, ed_key = keys
+    assert (rsa_key.algorithm, ed_key.algorithm) == (DkimAlgorithm.RSA, DkimAlgorithm.ED25519)
+    assert rsa_key.domain == ed_key.domain == "example.com"
+    assert (rsa_key.selector, ed_key.selector) == ("s20261126r", "s20261126e")
+    assert selector_for(DkimAlgorithm.ED25519, datetime(2027, 1, 2, tzinfo=UTC)) == "s20270102e"
+    assert rsa_key.record_name == "s20261126r._domainkey.example.com."
+    assert b"BEGIN RSA PRIVATE KEY" in rsa_key.private_pem
+    assert b"BEGIN PRIVATE KEY" in ed_key.private_pem
+    assert "PRIVATE" not in repr(rsa_key)
+    assert rsa_key.private_pem.decode().splitlines()[1] not in repr(rsa_key)
+
+
+def test_rsa_txt_record_is_split_into_255_octet_strings(keys: tuple[DkimKey, DkimKey]) -> None:
+    rsa_key = keys[0]
+    assert rsa_key.txt_record == f"v=DKIM1; k=rsa; p={rsa_key.public_key}"
+    assert len(rsa_key.txt_strings) == 2
+    assert all(len(part.encode()) <= 255 for part in rsa_key.txt_strings)
+    assert "".join(rsa_key.txt_strings) == rsa_key.txt_record
+    public = serialization.load_der_public_key(base64.b64decode(rsa_key.public_key))
+    assert isinstance(public, rsa.RSAPublicKey)
+    assert public.key_size == 2048
+    private = serialization.load_pem_private_key(rsa_key.private_pem, password=None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    assert private.public_key().public_numbers() == public.public_numbers()
+
+
+def test_ed25519_txt_record(keys: tuple[DkimKey, DkimKey]) -> None:
+    ed_key = keys[1]
+    assert ed_key.txt_record == f"v=DKIM1; k=ed25519; p={ed_key.public_key}"
+    assert ed_key.txt_strings == (ed_key.txt_record,)
+    assert len(base64.b64decode(ed_key.public_key)) == 32  # RFC 8463 §4: the raw public key
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", "exa mple.com", "a/b.com", "-x.com", "bücher.de", "x..com"])
+def test_bad_domains_rejected(bad: str) -> None:
+    with pytest.raises(DkimError):
+        normalize_domain(bad)
+
+
+def test_key_from_pem_detects_algorithm_and_rejects_others(keys: tuple[DkimKey, DkimKey]) -> None:
+    for key in keys:
+        assert key_from_pem("example.com", key.selector, key.private_pem) == key
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(DkimError, match="neither RSA nor Ed25519"):
+        key_from_pem("example.com", "s20261126e", ec_pem)
+    with pytest.raises(DkimError, match="unreadable"):
+        key_from_pem(
+            "example.com", "s20261126e", b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n"
+        )
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def test_save_and_load_with_private_permissions(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+    paths = save_keys(tmp_path, keys)
+    directory = key_dir(tmp_path, "example.com")
+    assert directory == tmp_path / "dkim" / "example.com"
+    assert sorted(p.name for p in paths) == ["s20261126e.pem", "s20261126r.pem"]
+    assert sorted(p.name for p in directory.iterdir()) == ["s20261126e.pem", "s20261126r.pem"]
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert load_keys(tmp_path, "EXAMPLE.com") == keys
+    assert load_keys(tmp_path, "other.example") == ()
+
+
+def test_save_never_overwrites(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+    save_keys(tmp_path, keys[:1])
+    before = (key_dir(tmp_path, "example.com") / "s20261126r.pem").read_bytes()
+    with pytest.raises(DkimError, match="already exists"):
+        save_keys(tmp_path, [generate_key("example.com", DkimAlgorithm.ED25519, NOW, "s20261126r")])
+    assert (key_dir(tmp_path, "example.com") / "s20261126r.pem").read_bytes() == before
+    assert [p.name for p in key_dir(tmp_path, "example.com").iterdir()] == ["s20261126r.pem"]
+
+
+def test_load_picks_the_newest_key_per_algorithm(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+    newer_ed = generate_key("example.com", DkimAlgorithm.ED25519, datetime(2027, 3, 1, tzinfo=UTC))
+    same_day_ed = generate_key("example.com", DkimAlgorithm.ED25519, NOW, "s20261126e2")
+    save_keys(tmp_path, [*keys, same_day_ed])
+    assert load_keys(tmp_path, "example.com") == (keys[0], same_day_ed)
+    save_keys(tmp_path, [newer_ed])
+    (key_dir(tmp_path, "example.com") / "notes.pem").write_text("not a key")
+    assert load_keys(tmp_path, "example.com") == (keys[0], newer_ed)
+
+
+def test_ensure_keys_creates_what_is_missing_once(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+    save_keys(tmp_path, keys[:1])  # RSA only: Ed25519 is missing
+    ensured = ensure_keys(tmp_path, "example.com", NOW)
+    assert ensured[0] == keys[0]
+    # Same day, but the Ed25519 selector is free: it gets the plain dated name.
+    assert ensured[1].algorithm is DkimAlgorithm.ED25519
+    assert ensured[1].selector == "s20261126e"
+    assert ensure_keys(tmp_path, "example.com", NOW) == ensured
+    # A selector whose name is taken (here by a stray directory) is never reused: a suffix is added.
+    other_dir = tmp_path / "other"
+    key_dir(other_dir, "example.com").mkdir(parents=True)
+    (key_dir(other_dir, "example.com") / "s20261126e.pem").mkdir()
+    fresh = ensure_keys(other_dir, "example.com", NOW)
+    assert [key.selector for key in fresh] == ["s20261126r", "s20261126e2"]
+
+
+# ----------------------------------------------------------------------------------------- signing
+
+
+def test_headers_to_sign_counts_occurrences_and_oversigns_from() -> None:
+    assert headers_to_sign(MESSAGE) == [
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "from",
+    ]
+    two_to = (
+        b"To: a@x\r\nFrom: b@y\r\nTo: c@z\r\n\tcontinued: not a field\r\nReceived: x\r\n\r\nFrom: body\r\n"
+    )
+    assert headers_to_sign(two_to) == ["to", "from", "to", "from"]
+
+
+def test_sign_produces_two_verifiable_signatures(keys: tuple[DkimKey, DkimKey]) -> None:
+    signature = sign(MESSAGE, "example.com", keys)
+    assert signature.endswith(b"\r\n")
+    assert re.search(rb"[^\r]\n", signature) is None  # CRLF only
+    fields = _fields(signature)
+    assert len(fields) == 2
+    tags = [_tags(field) for field in fields]
+    assert [t["a"] for t in tags] == ["rsa-sha256", "ed25519-sha256"]
+    assert [t["s"] for t in tags] == ["s20261126r", "s20261126e"]
+    for t in tags:
+        assert t["d"] == "example.com"
+        assert t["c"] == "relaxed/relaxed"
+        assert t["h"].lower().split(":") == headers_to_sign(MESSAGE)
+    signed = signature + MESSAGE
+    assert _verify_all(signed, txt_lookup(keys)) == [True, True]
+
+
+def test_verification_uses_the_published_records(keys: tuple[DkimKey, DkimKey]) -> None:
+    signed = sign(MESSAGE, "example.com", keys) + MESSAGE
+    other = generate_key("example.com", DkimAlgorithm.ED25519, NOW)  # same selector, other key
+    assert _verify_all(signed, txt_lookup([keys[0], other])) == [True, False]
+    assert _verify_all(signed, txt_lookup([])) == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"the numbers are fine.", b"the numbers are FINE."),  # body
+        (b"Subject: Quarterly numbers", b"Subject: Quarterly numberz"),  # signed header
+        (b"From: Alice", b"From: Mallory <m@evil.example>\r\nFrom: Alice"),  # a second From on top
+        (b"Content-Type: text/plain", b"Content-Type: text/html"),
+    ],
+)
+def test_tampering_breaks_both_signatures(keys: tuple[DkimKey, DkimKey], old: bytes, new: bytes) -> None:
+    signed = sign(MESSAGE, "example.com", keys) + MESSAGE
+    assert old in signed
+    assert _verify_all(signed.replace(old, new, 1), txt_lookup(keys)) == [False, False]
+
+
+def test_relaxed_canonicalization_survives_whitespace_changes(keys: tuple[DkimKey, DkimKey]) -> None:
+    signed = sign(MESSAGE, "example.com", keys) + MESSAGE
+    changed = (
+        signed.replace(b"Subject: Quarterly numbers", b"Subject:  Quarterly\r\n  numbers")
+        .replace(b"the numbers are fine.", b"the  numbers are fine.   ")
+        .replace(b"X-Mailer: test", b"X-Mailer: changed by a relay")  # not signed
+    )
+    assert _verify_all(changed, txt_lookup(keys)) == [True, True]
+
+
+def test_message_without_from_is_not_signed(keys: tuple[DkimKey, DkimKey]) -> None:
+    assert sign(b"To: bob@example.org\r\nSubject: x\r\n\r\nbody\r\n", "example.com", keys) == b""
+
+
+def test_key_for_another_domain_is_refused(keys: tuple[DkimKey, DkimKey]) -> None:
+    with pytest.raises(DkimError, match=r"belongs to example\.com"):
+        sign(MESSAGE, "example.net", keys)
+
+
+def test_single_key_signs_once(keys: tuple[DkimKey, DkimKey]) -> None:
+    signature = sign(MESSAGE, "example.com", keys[1:])
+    assert len(_fields(signature)) == 1
+    assert _verify_all(signature + MESSAGE, txt_lookup(keys)) == [True]
