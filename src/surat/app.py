@@ -11,11 +11,15 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from surat.authlimit import InMemoryAuthLimiter
 from surat.config import Config
+from surat.delivery.queue import QueueRunner, RunnerSettings
+from surat.dns.base import Resolver
+from surat.dns.resolver import DnsResolver
 from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
-from surat.net.tls import TLSSetupError, server_context
+from surat.net.tls import TLSSetupError, client_context, server_context
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
@@ -29,13 +33,18 @@ class StartupError(Exception):
 
 
 class SuratServer:
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store | None = None, *, resolver: Resolver | None = None
+    ) -> None:
         self.config = config
+        # Tests inject a FakeResolver; the server asks the configured nameservers.
+        self.resolver: Resolver = resolver or DnsResolver(config.dns.nameservers, config.dns.timeout)
         self._own_store = store is None
         self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
         self.tls_context: ssl.SSLContext | None = None
         self._listeners = Listeners()
         self._started = False
+        self.queue: QueueRunner | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -48,9 +57,22 @@ class SuratServer:
             await self.store.open()
         self._started = True
         secret = load_or_create_secret(config.data_dir)
-        smtp = SMTPService(config, self.store, self.tls_context, scram_secret=secret)
-        pop3 = POP3Service(config, self.store, self.tls_context, scram_secret=secret)
-        imap = IMAPService(config, self.store, self.tls_context, scram_secret=secret)
+        # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
+        auth_limiter = InMemoryAuthLimiter.from_config(config.limits)
+        smtp = SMTPService(
+            config,
+            self.store,
+            self.tls_context,
+            scram_secret=secret,
+            resolver=self.resolver,
+            auth_limiter=auth_limiter,
+        )
+        pop3 = POP3Service(
+            config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
+        )
+        imap = IMAPService(
+            config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
+        )
         roles: list[tuple[str, Callable[[], Handler], bool, bytes]] = [
             ("smtp", lambda: smtp.handler("smtp"), False, b"421 4.7.0 Too many connections, try later\r\n"),
             ("submission", lambda: smtp.handler("submission"), False, b"421 4.7.0 Too many connections\r\n"),
@@ -73,16 +95,30 @@ class SuratServer:
                     handler=make_handler(),
                     implicit_tls=self.tls_context if implicit_tls else None,
                     refusal=refusal,
+                    max_per_ip=config.limits.connections_per_ip,
+                    max_total=config.limits.connections_total,
                 )
                 await self._listeners.start(spec)
         except OSError as exc:
             await self.stop()
             raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None
+        # The outbound queue; STARTTLS to peers is opportunistic, certificates unchecked (RFC 7435).
+        self.queue = QueueRunner(
+            self.store,
+            self.resolver,
+            RunnerSettings.from_config(config),
+            data_dir=config.data_dir,
+            tls_context=client_context(verify=False),
+        )
+        await self.queue.start()
 
     def bound(self, role: str) -> list[tuple[str, int]]:
         return self._listeners.bound(role)
 
     async def stop(self) -> None:
+        if self.queue is not None:
+            await self.queue.stop()
+            self.queue = None
         await self._listeners.stop()
         if self._own_store and self._started:
             await self.store.close()

@@ -92,12 +92,37 @@ class LimitsConfig:
     smtp_idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7
     bad_commands: int = 10
     auth_failure_delay: float = 1.0
+    # Abuse protection (issue 6). Connections are counted per listener.
+    connections_per_ip: int = 20
+    connections_total: int = 1000
+    # After auth_max_failures failed logins from one IP within auth_failure_window seconds, that IP may
+    # not try again for auth_block seconds, doubled at each repeat up to auth_block_max (SMTP, IMAP, POP3).
+    auth_max_failures: int = 5
+    auth_failure_window: float = 900.0
+    auth_block: float = 300.0
+    auth_block_max: float = 86400.0
+    # Per authenticated user, over any sliding hour: past them submission answers 451 4.7.1.
+    messages_per_hour: int = 500
+    recipients_per_hour: int = 2000
+    # Port 25: seconds to wait before the greeting; a client that talks meanwhile is rejected. 0 = off.
+    greet_pause: float = 1.0
+    # Port 25: RCPT to this many unknown local users in one session ends it (directory harvesting).
+    unknown_recipients: int = 10
+    # Port 25: DNS blocklist zones (RFC 5782) to look the client up in; a listed client gets 554 5.7.1.
+    dnsbl: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     routes: Mapping[str, HostPort] = field(default_factory=dict)
     smarthost: HostPort | None = None
+    # Seconds to wait after the 1st, 2nd... failed attempt; the last repeats (issue 5's default).
+    retry_delays: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    expire_after: float = 5 * 86400.0  # RFC 5321 §4.5.4.1: give up after 4-5 days at least
+    max_connections: int = 100  # outbound SMTP connections at once, all domains together
+    max_connections_per_domain: int = 10  # ... and to one destination domain
+    queue_poll_interval: float = 5.0  # also see `surat queue retry/flush` run by another process
+    connect_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +196,31 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smtp_idle_timeout=limits_table.number("smtp_idle_timeout", defaults.smtp_idle_timeout, minimum=1),
         bad_commands=int(limits_table.number("bad_commands", defaults.bad_commands, minimum=1)),
         auth_failure_delay=limits_table.number("auth_failure_delay", defaults.auth_failure_delay, minimum=0),
+        connections_per_ip=int(
+            limits_table.number("connections_per_ip", defaults.connections_per_ip, minimum=1)
+        ),
+        connections_total=int(
+            limits_table.number("connections_total", defaults.connections_total, minimum=1)
+        ),
+        auth_max_failures=int(
+            limits_table.number("auth_max_failures", defaults.auth_max_failures, minimum=1)
+        ),
+        auth_failure_window=limits_table.number(
+            "auth_failure_window", defaults.auth_failure_window, minimum=1
+        ),
+        auth_block=limits_table.number("auth_block", defaults.auth_block, minimum=1),
+        auth_block_max=limits_table.number("auth_block_max", defaults.auth_block_max, minimum=1),
+        messages_per_hour=int(
+            limits_table.number("messages_per_hour", defaults.messages_per_hour, minimum=1)
+        ),
+        recipients_per_hour=int(
+            limits_table.number("recipients_per_hour", defaults.recipients_per_hour, minimum=1)
+        ),
+        greet_pause=limits_table.number("greet_pause", defaults.greet_pause, minimum=0),
+        unknown_recipients=int(
+            limits_table.number("unknown_recipients", defaults.unknown_recipients, minimum=1)
+        ),
+        dnsbl=_dnsbl_zones(limits_table._get("dnsbl")),
     )
     limits_table.finish()
 
@@ -181,9 +231,34 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         for domain, value in routes_table.items()
     }
     smarthost_text = delivery_table.string("smarthost")
+    delivery_defaults = DeliveryConfig()
+    delays = delivery_table._get("retry_delays")
+    if delays is None:
+        delays = list(delivery_defaults.retry_delays)
+    if not isinstance(delays, list) or not delays:
+        raise ConfigError("delivery.retry_delays", f"expected a non-empty list of seconds, got {delays!r}")
+    for delay in delays:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay <= 0:
+            raise ConfigError("delivery.retry_delays", f"expected positive numbers of seconds, got {delay!r}")
     delivery = DeliveryConfig(
         routes=routes,
         smarthost=HostPort.parse(smarthost_text, "delivery.smarthost") if smarthost_text else None,
+        retry_delays=tuple(float(delay) for delay in delays),
+        expire_after=delivery_table.number("expire_after", delivery_defaults.expire_after, minimum=1),
+        max_connections=int(
+            delivery_table.number("max_connections", delivery_defaults.max_connections, minimum=1)
+        ),
+        max_connections_per_domain=int(
+            delivery_table.number(
+                "max_connections_per_domain", delivery_defaults.max_connections_per_domain, minimum=1
+            )
+        ),
+        queue_poll_interval=delivery_table.number(
+            "queue_poll_interval", delivery_defaults.queue_poll_interval, minimum=0.01
+        ),
+        connect_timeout=delivery_table.number(
+            "connect_timeout", delivery_defaults.connect_timeout, minimum=0.1
+        ),
     )
     delivery_table.finish()
     reader.finish()
@@ -209,6 +284,19 @@ def _check_tls_files(config: Config) -> None:
     for key, file in (("tls.cert", tls.cert), ("tls.key", tls.key)):
         if file is not None and not file.is_file():
             raise ConfigError(key, f"file {file} does not exist")
+
+
+def _dnsbl_zones(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError("limits.dnsbl", f"expected a list of DNS zones, got {value!r}")
+    zones = []
+    for zone in value:
+        if not isinstance(zone, str):
+            raise ConfigError("limits.dnsbl", f"expected a DNS zone name, got {zone!r}")
+        zones.append(_normalize_hostname(zone, "limits.dnsbl"))
+    return tuple(zones)
 
 
 def _normalize_hostname(name: str, key: str) -> str:

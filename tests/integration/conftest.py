@@ -21,6 +21,8 @@ import pytest
 from surat.app import SuratServer
 from surat.certs import CertificatePaths, write_dev_certificates
 from surat.config import Config, parse_config
+from surat.dns.base import Resolver
+from surat.dns.fake import FakeResolver
 from surat.passwords import make_credentials
 
 T = TypeVar("T")
@@ -62,7 +64,8 @@ def make_config(base: Path, **sections: dict[str, Any]) -> Config:
         "data_dir": "data",
         "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
         "listen": {role: ["127.0.0.1:0"] for role in ROLES},
-        "limits": {"auth_failure_delay": 0.05},
+        # greet_pause: the port-25 early-talker wait (issue 6) would add a second to every MX connection
+        "limits": {"auth_failure_delay": 0.05, "greet_pause": 0},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -70,12 +73,14 @@ def make_config(base: Path, **sections: dict[str, Any]) -> Config:
 
 
 class RunningServer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, resolver: Resolver | None = None) -> None:
         self.config = config
+        # Never the internet: an empty FakeResolver answers NXDOMAIN for everything unless a test passes one.
+        self.resolver = resolver if resolver is not None else FakeResolver()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="surat-test-server", daemon=True)
         self._thread.start()
-        self.server = SuratServer(config)
+        self.server = SuratServer(config, resolver=self.resolver)
         self.call(self.server.start())
 
     @property

@@ -155,6 +155,46 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "least",
     ),
     (
+        "connections_per_ip zero",
+        {**BASE, "limits": {"connections_per_ip": 0}},
+        "limits.connections_per_ip",
+        "least",
+    ),
+    (
+        "connections_total a string",
+        {**BASE, "limits": {"connections_total": "9"}},
+        "limits.connections_total",
+        "number",
+    ),
+    (
+        "auth_max_failures zero",
+        {**BASE, "limits": {"auth_max_failures": 0}},
+        "limits.auth_max_failures",
+        "least",
+    ),
+    ("auth_block zero", {**BASE, "limits": {"auth_block": 0}}, "limits.auth_block", "least"),
+    (
+        "messages_per_hour zero",
+        {**BASE, "limits": {"messages_per_hour": 0}},
+        "limits.messages_per_hour",
+        "least",
+    ),
+    (
+        "recipients_per_hour bool",
+        {**BASE, "limits": {"recipients_per_hour": True}},
+        "limits.recipients_per_hour",
+        "number",
+    ),
+    ("greet_pause negative", {**BASE, "limits": {"greet_pause": -1}}, "limits.greet_pause", "least"),
+    (
+        "unknown_recipients zero",
+        {**BASE, "limits": {"unknown_recipients": 0}},
+        "limits.unknown_recipients",
+        "least",
+    ),
+    ("dnsbl a string", {**BASE, "limits": {"dnsbl": "zen.example"}}, "limits.dnsbl", "list"),
+    ("dnsbl bad zone", {**BASE, "limits": {"dnsbl": ["bad zone"]}}, "limits.dnsbl", "host name"),
+    (
         "TLS listener without cert",
         {**BASE, "listen": {"submissions": ["0.0.0.0:465"]}},
         "tls.cert",
@@ -220,6 +260,39 @@ def test_good_config(tls_dir: Path, document: dict[str, Any]) -> None:
     config = parse_config(document, tls_dir)
     assert config.hostname.rstrip(".") == document["hostname"].lower().rstrip(".")
     assert config.data_dir == tls_dir / "data"
+
+
+def test_abuse_limits(tmp_path: Path) -> None:
+    text = """hostname = "mx.example.org"
+[limits]
+connections_per_ip = 5
+connections_total = 50
+auth_max_failures = 3
+auth_failure_window = 60
+auth_block = 30
+auth_block_max = 3600
+messages_per_hour = 10
+recipients_per_hour = 40
+greet_pause = 0
+unknown_recipients = 4
+dnsbl = ["Zen.Example.", "bl.example"]
+"""
+    limits = _load(tmp_path, text).limits
+    assert (limits.connections_per_ip, limits.connections_total) == (5, 50)
+    assert (limits.auth_max_failures, limits.auth_failure_window) == (3, 60)
+    assert (limits.auth_block, limits.auth_block_max) == (30, 3600)
+    assert (limits.messages_per_hour, limits.recipients_per_hour) == (10, 40)
+    assert (limits.greet_pause, limits.unknown_recipients) == (0, 4)
+    assert limits.dnsbl == ("zen.example", "bl.example")
+
+
+def test_abuse_limit_defaults() -> None:
+    # issue 6's documented defaults
+    limits = LimitsConfig()
+    assert (limits.connections_per_ip, limits.connections_total) == (20, 1000)
+    assert (limits.auth_max_failures, limits.auth_failure_window) == (5, 900)
+    assert (limits.messages_per_hour, limits.recipients_per_hour) == (500, 2000)
+    assert limits.dnsbl == ()  # DNSBL lookups are off unless zones are configured
 
 
 def test_hostname_trailing_dot_is_dropped(tmp_path: Path) -> None:
@@ -289,3 +362,48 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SURAT_CONFIG", "/etc/surat/surat.toml")
     assert config_path(None) == Path("/etc/surat/surat.toml")
     assert config_path("other.toml") == Path("other.toml")
+
+
+def test_delivery_queue_settings(tmp_path: Path) -> None:
+    defaults = parse_config(BASE, tmp_path).delivery
+    assert defaults.retry_delays == (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    assert (defaults.expire_after, defaults.max_connections, defaults.max_connections_per_domain) == (
+        432000.0,
+        100,
+        10,
+    )
+    delivery = {
+        "retry_delays": [1, 2.5],
+        "expire_after": 60,
+        "max_connections": 5,
+        "max_connections_per_domain": 2,
+        "queue_poll_interval": 0.5,
+        "connect_timeout": 3,
+    }
+    config = parse_config({**BASE, "delivery": delivery}, tmp_path).delivery
+    assert config.retry_delays == (1.0, 2.5)
+    assert (config.expire_after, config.max_connections, config.max_connections_per_domain) == (60, 5, 2)
+    assert (config.queue_poll_interval, config.connect_timeout) == (0.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("delivery", "key", "problem"),
+    [
+        ({"retry_delays": []}, "delivery.retry_delays", "non-empty list"),
+        ({"retry_delays": "60"}, "delivery.retry_delays", "non-empty list"),
+        ({"retry_delays": [60, 0]}, "delivery.retry_delays", "positive"),
+        ({"retry_delays": [True]}, "delivery.retry_delays", "positive"),
+        ({"expire_after": 0}, "delivery.expire_after", "at least"),
+        ({"max_connections": 0}, "delivery.max_connections", "at least"),
+        ({"max_connections_per_domain": "2"}, "delivery.max_connections_per_domain", "number"),
+        ({"queue_poll_interval": 0}, "delivery.queue_poll_interval", "at least"),
+        ({"connect_timeout": -1}, "delivery.connect_timeout", "at least"),
+    ],
+)
+def test_bad_delivery_queue_settings(
+    tmp_path: Path, delivery: dict[str, Any], key: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "delivery": delivery}, tmp_path)
+    assert info.value.key == key
+    assert problem in info.value.problem

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from surat.proto.pop3.multiline import MessageEncoder, encode_message, retr_octets, stuff_line
+from surat.proto.pop3.multiline import MessageEncoder, encode_message, retr_octets, retr_size, stuff_line
 
 SAMPLES: list[bytes] = [
     b"",
@@ -108,6 +108,20 @@ def test_retr_octets_equals_what_retr_sends_before_stuffing(message: bytes) -> N
         assert received == message
     else:
         assert received == message + b"\r\n"
+
+
+@pytest.mark.parametrize("message", SAMPLES)
+def test_retr_size_from_the_stored_flag_equals_what_retr_sends(message: bytes) -> None:
+    received = client_decode(encode_message(message)) if message else b""
+    ends_with_crlf = message.endswith(b"\r\n") or not message  # what the store records
+    assert retr_size(len(message), ends_with_crlf) == len(received)
+
+
+def test_retr_size_cases() -> None:
+    assert retr_size(0, True) == 0
+    assert retr_size(0, False) == 0  # nothing to terminate
+    assert retr_size(10, True) == 10
+    assert retr_size(10, False) == 12
 
 
 def test_retr_octets_cases() -> None:

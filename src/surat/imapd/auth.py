@@ -13,6 +13,7 @@ from surat import __version__
 from surat.imapd.compress import Deflate
 from surat.imapd.errors import CommandError, Disconnect, UserError
 from surat.imapd.state import Done, State
+from surat.imapd.transport import tune_transport
 from surat.log import fields
 from surat.net.connection import ConnectionTimeout
 from surat.proto import sasl
@@ -91,12 +92,14 @@ async def starttls(s: Session, cmd: c.StartTLS) -> Done:
             s.state = State.LOGOUT
             raise Disconnect from exc
         s.tls = True
+        tune_transport(s.conn)
 
     return Done("begin TLS negotiation now", after=after)
 
 
 async def login(s: Session, cmd: c.Login) -> Done:
     s.refuse_plaintext()
+    await s.refuse_blocked()
     account = await s.check_password(cmd.username, cmd.password)
     if account is None:
         raise await s.login_failed(cmd.username, "LOGIN")
@@ -105,6 +108,7 @@ async def login(s: Session, cmd: c.Login) -> Done:
 
 async def authenticate(s: Session, cmd: c.Authenticate) -> Done:
     s.refuse_plaintext()
+    await s.refuse_blocked()
     name = cmd.mechanism.upper()
     mechanism = (
         sasl.server_mechanism(name, secret=s.service.scram_secret)

@@ -8,6 +8,7 @@ chunks when large, so a 50 MiB BODY[] never sits in memory whole.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -31,12 +32,12 @@ from surat.proto.imap import commands as c
 from surat.proto.imap.seqset import SequenceSet
 from surat.proto.imap.structure import body_structure, envelope
 from surat.proto.imap.writer import Code, flag_list, format_date_time, literal, literal8, quoted, vanished
-from surat.store.base import FlagMode, MessageRecord
+from surat.store.base import BlobStore, FlagMode, MessageRecord, NotFound
 
 if TYPE_CHECKING:
     from surat.imapd.session import Session
 
-__all__ = ["fetch_cmd"]
+__all__ = ["HeaderCache", "fetch_cmd"]
 
 BATCH = 200  # records fetched from the store at a time
 STREAM_THRESHOLD = 64 * 1024  # body values larger than this are streamed from the file
@@ -57,6 +58,80 @@ class _Stream:
 
     file: BinaryIO
     range: ByteRange
+
+
+class _Gone(Exception):
+    """The message file was removed with its message since the records were read."""
+
+
+class _Blob:
+    """The message file, opened on first use: header sections often come from the header cache."""
+
+    __slots__ = ("_blobs", "_file", "blob_id")
+
+    def __init__(self, blobs: BlobStore, blob_id: str) -> None:
+        self._blobs = blobs
+        self.blob_id = blob_id
+        self._file: BinaryIO | None = None
+
+    def file(self) -> BinaryIO:
+        if self._file is None:
+            try:
+                self._file = self._blobs.open(self.blob_id)
+            except (OSError, NotFound):
+                raise _Gone from None
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class HeaderCache:
+    """Header blocks of recently fetched messages, shared by all sessions of a server.
+
+    Clients list a mailbox by fetching a few header fields of its newest messages, over and over, from
+    every device: those blocks are served from memory instead of opening a file per message (Dovecot
+    keeps the same in its index cache file). Message files never change, so entries never go stale;
+    the least recently used go first once ``max_bytes`` is reached."""
+
+    def __init__(self, max_bytes: int = 4 * 1024 * 1024, max_entry: int = 32 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self.size = 0
+        self._blocks: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def get(self, blob_id: str, rng: ByteRange) -> bytes | None:
+        key = (blob_id, rng.start, rng.end)
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+        return block
+
+    def put(self, blob_id: str, rng: ByteRange, block: bytes) -> None:
+        key = (blob_id, rng.start, rng.end)
+        if len(block) > self.max_entry or key in self._blocks:
+            return
+        self._blocks[key] = block
+        self.size += len(block)
+        while self.size > self.max_bytes:
+            _, old = self._blocks.popitem(last=False)
+            self.size -= len(old)
+
+
+def _header_block(s: Session, blob: _Blob, rng: ByteRange) -> bytes:
+    if rng.size <= 0:
+        return b""  # a part that does not exist
+    cache = s.service.header_cache
+    block = cache.get(blob.blob_id, rng)
+    if block is None:
+        block = read_range(blob.file(), rng, MAX_HEADER_READ)
+        cache.put(blob.blob_id, rng, block)
+    return block
 
 
 def _needs_record(item: c.FetchItem) -> bool:
@@ -149,70 +224,81 @@ async def _fetch_one(
     items: Sequence[c.FetchItem],
     add_flags: bool,
 ) -> None:
-    file: BinaryIO | None = None
-    if record is not None and any(
-        isinstance(i, c.FetchBody) or i.attr in (_A.RFC822, _A.RFC822_HEADER, _A.RFC822_TEXT) for i in items
-    ):
-        try:
-            file = s.store.blobs.open(record.blob_id)
-        except OSError:
-            return  # removed with its message since the records were read
+    blob = _Blob(s.store.blobs, record.blob_id) if record is not None else None
     try:
-        parts: list[bytes | _Stream] = [b"* %d FETCH (" % seq]
-        first = True
-
-        def add(name: str, value: bytes | _Stream) -> None:
-            nonlocal first
-            prefix = b"" if first else b" "
-            first = False
-            if isinstance(value, _Stream):
-                parts.append(prefix + name.encode("ascii") + b" {%d}\r\n" % value.range.size)
-                parts.append(value)
-            else:
-                parts.append(prefix + name.encode("ascii") + b" " + value)
-
-        for item in items:
-            if isinstance(item, c.FetchBody):
-                assert record is not None and file is not None
-                add(item.response_name(), await _body_value(s, file, record, item))
-                continue
-            attr = item.attr
-            if attr is _A.UID:
-                add("UID", b"%d" % uid)
-            elif attr is _A.FLAGS:
-                add("FLAGS", flag_list(sorted(st.flags)))
-            elif attr is _A.INTERNALDATE:
-                add("INTERNALDATE", quoted(format_date_time(st.internal_date)))
-            elif attr is _A.RFC822_SIZE:
-                add("RFC822.SIZE", b"%d" % st.size)
-            elif attr is _A.MODSEQ:
-                add("MODSEQ", b"(%d)" % st.modseq)
-            else:
-                assert record is not None
-                info = record.info
-                if attr is _A.ENVELOPE:
-                    add("ENVELOPE", envelope(info.envelope, utf8=s.utf8))
-                elif attr is _A.BODYSTRUCTURE:
-                    add("BODYSTRUCTURE", body_structure(info.body, extensible=True, utf8=s.utf8))
-                elif attr is _A.BODY:
-                    add("BODY", body_structure(info.body, extensible=False, utf8=s.utf8))
-                else:
-                    assert file is not None
-                    # RFC 3501 §6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER], RFC822.TEXT = BODY[TEXT].
-                    text = {_A.RFC822: None, _A.RFC822_HEADER: "HEADER", _A.RFC822_TEXT: "TEXT"}[attr]
-                    body = c.FetchBody(c.Section((), text), peek=True)
-                    add(attr.value, await _body_value(s, file, record, body))
-        if add_flags:
-            add("FLAGS", flag_list(sorted(st.flags)))
-        parts.append(b")\r\n")
+        try:
+            parts = await _fetch_parts(s, seq, uid, st, record, blob, items, add_flags)
+        except _Gone:
+            return  # its EXPUNGE comes when it may (RFC 9051 §7.5.1)
         for part in parts:
             if isinstance(part, bytes):
                 s.send(part)
             else:
                 await _stream(s, part)
     finally:
-        if file is not None:
-            file.close()
+        if blob is not None:
+            blob.close()
+
+
+async def _fetch_parts(
+    s: Session,
+    seq: int,
+    uid: int,
+    st: MessageState,
+    record: MessageRecord | None,
+    blob: _Blob | None,
+    items: Sequence[c.FetchItem],
+    add_flags: bool,
+) -> list[bytes | _Stream]:
+    """The pieces of one `* n FETCH (...)` response, literals that are streamed kept apart."""
+    parts: list[bytes | _Stream] = [b"* %d FETCH (" % seq]
+    first = True
+
+    def add(name: str, value: bytes | _Stream) -> None:
+        nonlocal first
+        prefix = b"" if first else b" "
+        first = False
+        if isinstance(value, _Stream):
+            parts.append(prefix + name.encode("ascii") + b" {%d}\r\n" % value.range.size)
+            parts.append(value)
+        else:
+            parts.append(prefix + name.encode("ascii") + b" " + value)
+
+    for item in items:
+        if isinstance(item, c.FetchBody):
+            assert record is not None and blob is not None
+            add(item.response_name(), await _body_value(s, blob, record, item))
+            continue
+        attr = item.attr
+        if attr is _A.UID:
+            add("UID", b"%d" % uid)
+        elif attr is _A.FLAGS:
+            add("FLAGS", flag_list(sorted(st.flags)))
+        elif attr is _A.INTERNALDATE:
+            add("INTERNALDATE", quoted(format_date_time(st.internal_date)))
+        elif attr is _A.RFC822_SIZE:
+            add("RFC822.SIZE", b"%d" % st.size)
+        elif attr is _A.MODSEQ:
+            add("MODSEQ", b"(%d)" % st.modseq)
+        else:
+            assert record is not None
+            info = record.info
+            if attr is _A.ENVELOPE:
+                add("ENVELOPE", envelope(info.envelope, utf8=s.utf8))
+            elif attr is _A.BODYSTRUCTURE:
+                add("BODYSTRUCTURE", body_structure(info.body, extensible=True, utf8=s.utf8))
+            elif attr is _A.BODY:
+                add("BODY", body_structure(info.body, extensible=False, utf8=s.utf8))
+            else:
+                assert blob is not None
+                # RFC 3501 §6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER], RFC822.TEXT = BODY[TEXT].
+                text = {_A.RFC822: None, _A.RFC822_HEADER: "HEADER", _A.RFC822_TEXT: "TEXT"}[attr]
+                body = c.FetchBody(c.Section((), text), peek=True)
+                add(attr.value, await _body_value(s, blob, record, body))
+    if add_flags:
+        add("FLAGS", flag_list(sorted(st.flags)))
+    parts.append(b")\r\n")
+    return parts
 
 
 async def _stream(s: Session, stream: _Stream) -> None:
@@ -229,15 +315,15 @@ async def _stream(s: Session, stream: _Stream) -> None:
         await s.flush()
 
 
-async def _body_value(
-    s: Session, file: BinaryIO, record: MessageRecord, item: c.FetchBody
-) -> bytes | _Stream:
+async def _body_value(s: Session, blob: _Blob, record: MessageRecord, item: c.FetchBody) -> bytes | _Stream:
     info = record.info
     if item.binary:
         located = binary_part(info, item.section.part)
         if located is None:
             return b"0" if item.size_only else b"NIL"
         rng, encoding = located
+
+        file = blob.file()
 
         def decode() -> bytes:
             return decode_transfer_encoding(read_range(file, rng), encoding)
@@ -253,9 +339,11 @@ async def _body_value(
         return literal8(data) if b"\x00" in data else literal(data)
     where = locate(info, item.section)
     if isinstance(where, HeaderFields):
-        block = read_range(file, where.header, MAX_HEADER_READ)
+        block = _header_block(s, blob, where.header)
         return literal(_slice(filter_header(block, where.fields, exclude=where.exclude), item.partial))
+    if item.section.text == "HEADER" and where.size <= STREAM_THRESHOLD:
+        return literal(_slice(_header_block(s, blob, where), item.partial))
     rng = _partial(where, item.partial)
     if rng.size > STREAM_THRESHOLD:
-        return _Stream(file, rng)
-    return literal(read_range(file, rng))
+        return _Stream(blob.file(), rng)
+    return literal(read_range(blob.file(), rng))

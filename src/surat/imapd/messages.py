@@ -8,7 +8,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from surat.imapd.errors import CommandError, PreparedReply, UserError
-from surat.imapd.search import SUPPORTED_CHARSETS, BadCharset, search
+from surat.imapd.search import SUPPORTED_CHARSETS, BadCharset, check_charset, search
 from surat.imapd.sorting import sort
 from surat.imapd.state import Done
 from surat.imapd.threading import format_threads, thread
@@ -251,7 +251,11 @@ async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
     if modseq_key:
         s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ is a CONDSTORE-enabling command
     try:
-        uids = await search(s.store, view.mailbox_id, view, cmd.key, charset=cmd.charset)
+        check_charset(cmd.charset)
+        if isinstance(cmd.key, c.SearchFlag) and cmd.key.flag.startswith("\\"):
+            uids = view.uids_by_system_flag(cmd.key.flag, cmd.key.present)  # SEARCH UNSEEN and the like
+        else:
+            uids = await search(s.store, view.mailbox_id, view, cmd.key, charset=cmd.charset)
     except BadCharset as exc:
         raise _bad_charset(exc) from None
     uids = [u for u in uids if u in view.state]

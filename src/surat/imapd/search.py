@@ -643,6 +643,17 @@ def _narrow(key: SearchKey, view: SearchView) -> Iterable[int] | None:
     return None
 
 
+def _system_flag_scan(key: SearchKey, view: SearchView) -> list[int] | None:
+    """A lone system-flag key (UNSEEN, SEEN, FLAGGED, DELETED, ANSWERED, DRAFT and their UN- forms), the
+    searches clients send most, in one pass without the predicate machinery; None for any other key."""
+    if not isinstance(key, SearchFlag) or not key.flag.startswith("\\"):
+        return None
+    flag, state = key.flag, view.state
+    if key.present:
+        return [i for i, u in enumerate(view.uids) if flag in state[u].flags]
+    return [i for i, u in enumerate(view.uids) if flag not in state[u].flags]
+
+
 # ------------------------------------------------------------------------------------------- running
 
 
@@ -658,6 +669,9 @@ async def matching_indexes(
     source: MessageSource, mailbox_id: int, view: SearchView, key: SearchKey
 ) -> list[int]:
     """Indexes into ``view.uids`` (sequence number - 1) of the messages matching ``key``, ascending."""
+    fast = _system_flag_scan(key, view)
+    if fast is not None:
+        return fast
     compiler = _Compiler(view)
     pred, level = compiler.compile(key)
     uids = view.uids

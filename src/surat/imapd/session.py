@@ -21,11 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
 from surat.config import Config
 from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
 from surat.imapd.errors import CommandError, Disconnect, UserError
+from surat.imapd.fetch import HeaderCache
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
+from surat.imapd.transport import tune_transport
 from surat.imapd.view import SelectedView
 from surat.log import fields
 from surat.net.connection import Connection, ConnectionTimeout
@@ -67,7 +70,7 @@ log = logging.getLogger(__name__)
 # RFC 9051 §5.4: an inactivity autologout timer must be at least 30 minutes.
 AUTOLOGOUT = 30 * 60.0
 PREAUTH_TIMEOUT = 120.0  # before login: clients log in at once, idle strangers need not be kept
-FLUSH_THRESHOLD = 256 * 1024
+FLUSH_THRESHOLD = 64 * 1024  # handed to the transport in pieces, so the client reads while we write
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Every extension implemented, advertised after login. SEARCH-related ones are added by ``capabilities``.
@@ -147,12 +150,15 @@ class IMAPService:
         *,
         scram_secret: bytes | None = None,
         autologout: float = AUTOLOGOUT,
+        auth_limiter: AuthLimiter | None = None,
     ) -> None:
         self.config = config
+        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
         self.store = store
         self.tls_context = tls_context
         self.scram_secret = scram_secret
         self.autologout = autologout
+        self.header_cache = HeaderCache()
 
     def handler(self, role: str) -> Handler:
         if role not in ("imap", "imaps"):
@@ -320,6 +326,7 @@ class Session:
 
     async def run(self) -> None:
         log.info("imap.connect", extra=fields(peer=self.conn.peer_host, role=self.conn.role))
+        tune_transport(self.conn)
         greeting = untagged_status(
             Status.OK, "Surat IMAP server ready", ResponseCode.capability(self.capabilities())
         )
@@ -616,7 +623,14 @@ class Session:
         ok = await loop.run_in_executor(None, verify_password, credentials, password)
         return account if ok else None
 
+    async def refuse_blocked(self) -> None:
+        """Too many failures from this address (surat.authlimit): refuse without checking."""
+        if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
+            self.auth_failures += 1  # spends the connection's budget like a failed login
+            raise UserError("too many failed logins from your address, try later", Code.UNAVAILABLE)
+
     async def login_failed(self, user: str | None, mechanism: str) -> UserError:
+        await self.service.auth_limiter.failure(self.conn.peer_host, user, "imap")
         self.auth_failures += 1
         log.info(
             "imap.login_failed",

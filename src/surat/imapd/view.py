@@ -10,7 +10,6 @@ messages stay in the view, with their sequence numbers, until ``take_expunged`` 
 from __future__ import annotations
 
 import bisect
-import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,12 +19,9 @@ from surat.store.base import MailboxChanges, MessageSummary
 __all__ = ["Announcements", "MessageState", "SelectedView"]
 
 
-@dataclass(slots=True)
-class MessageState:
-    flags: frozenset[str]
-    modseq: int
-    size: int
-    internal_date: datetime.datetime
+# What the view keeps per message is the store's own summary: SELECT of a large mailbox then builds no
+# second object per message, and a change replaces the entry (summaries are immutable).
+MessageState = MessageSummary
 
 
 @dataclass(slots=True)
@@ -54,15 +50,22 @@ class SelectedView:
         self.read_only = read_only
         self.highestmodseq = highestmodseq
         self.uids: list[int] = [m.uid for m in messages]
-        self.state: dict[int, MessageState] = {
-            m.uid: MessageState(m.flags, m.modseq, m.size, m.internal_date) for m in messages
-        }
+        self.state: dict[int, MessageState] = {m.uid: m for m in messages}
         self.expunged: set[int] = set()  # gone from the store, not yet announced
         self.keywords: set[str] = set()
+        seen_sets: set[frozenset[str]] = set()
         for m in messages:
-            self.keywords.update(f for f in m.flags if not f.startswith("\\"))
+            # Few distinct flag sets occur in a mailbox: look at each once.
+            if m.flags and m.flags not in seen_sets:
+                seen_sets.add(m.flags)
+                self.keywords.update(f for f in m.flags if not f.startswith("\\"))
         self.saved: list[int] | None = None  # RFC 5182 SEARCHRES result, as UIDs
         self.condstore = False  # RFC 7162 §3.1: a CONDSTORE-enabling command was used this session
+        # Results of lone system-flag searches (SEARCH UNSEEN, which clients send again and again), each
+        # valid while the message list and that flag's changes counter stay as they were.
+        self._membership = 0  # bumped when messages come or go
+        self._flag_changes: dict[str, int] = {}  # system flag -> times some message gained or lost it
+        self._flag_results: dict[tuple[str, bool], tuple[int, int, list[int]]] = {}
 
     # ------------------------------------------------------------------------------------ lookups
 
@@ -94,6 +97,29 @@ class SelectedView:
     def flags(self, uid: int) -> frozenset[str]:
         return self.state[uid].flags
 
+    def uids_by_system_flag(self, flag: str, present: bool) -> list[int]:
+        """UIDs (ascending) of the messages with (``present``) or without a system flag, expunged but not
+        yet announced ones included, as any other search sees them."""
+        key = (flag, present)
+        changes = self._flag_changes.get(flag, 0)
+        cached = self._flag_results.get(key)
+        if cached is not None and cached[0] == self._membership and cached[1] == changes:
+            return list(cached[2])
+        state = self.state
+        if present:
+            uids = [u for u in self.uids if flag in state[u].flags]
+        else:
+            uids = [u for u in self.uids if flag not in state[u].flags]
+        self._flag_results[key] = (self._membership, changes, uids)
+        return list(uids)
+
+    def _replace(self, uid: int, old: MessageState, new: MessageState) -> None:
+        self.state[uid] = new
+        if old.flags is not new.flags:
+            for flag in old.flags ^ new.flags:
+                if flag.startswith("\\"):
+                    self._flag_changes[flag] = self._flag_changes.get(flag, 0) + 1
+
     # ------------------------------------------------------------------------------------ changes
 
     def set_flags(self, uid: int, flags: frozenset[str], modseq: int) -> bool:
@@ -101,8 +127,7 @@ class SelectedView:
         st = self.state.get(uid)
         if st is None:
             return False
-        st.flags = flags
-        st.modseq = modseq
+        self._replace(uid, st, MessageState(uid, modseq, flags, st.size, st.internal_date))
         return self._learn_keywords(flags)
 
     def _learn_keywords(self, flags: Iterable[str]) -> bool:
@@ -119,9 +144,11 @@ class SelectedView:
             if self.uids and m.uid <= self.uids[-1]:
                 continue
             self.uids.append(m.uid)
-            self.state[m.uid] = MessageState(m.flags, m.modseq, m.size, m.internal_date)
+            self.state[m.uid] = m
             self._learn_keywords(m.flags)
             added = True
+        if added:
+            self._membership += 1
         return added
 
     def apply(self, changes: MailboxChanges) -> Announcements:
@@ -133,7 +160,7 @@ class SelectedView:
             if st is not None:
                 if st.flags != s.flags or st.modseq != s.modseq:
                     flags_changed = st.flags != s.flags
-                    st.flags, st.modseq = s.flags, s.modseq
+                    self._replace(s.uid, st, s)
                     if flags_changed or self.condstore:
                         out.flag_changes.append(s.uid)
                     if self._learn_keywords(s.flags):
@@ -168,6 +195,7 @@ class SelectedView:
         self.uids = [u for u in self.uids if u not in gone]
         for u in gone:
             self.state.pop(u, None)
+        self._membership += 1
         self.expunged = set()
         if self.saved is not None:
             self.saved = [u for u in self.saved if u not in gone]

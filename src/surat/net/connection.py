@@ -43,7 +43,10 @@ class Connection:
     async def read(self, timeout: float) -> bytes:
         """Up to READ_SIZE bytes; b"" at end of stream; ConnectionTimeout when idle too long."""
         try:
-            return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            # asyncio.timeout, not wait_for: wait_for (3.11) wraps the read in a new Task, which
+            # costs a Task and extra event-loop turns on every command of every session.
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(READ_SIZE)
         except TimeoutError:
             raise ConnectionTimeout from None
         except (ConnectionError, ssl.SSLError):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
 from surat.config import Config
 from surat.log import fields
 from surat.net.connection import Connection, ConnectionTimeout
@@ -51,9 +51,9 @@ from surat.proto.pop3 import (
     Uidl,
     User,
     Utf8,
-    retr_octets,
+    retr_size,
 )
-from surat.store.base import Account, BlobStore, Mailbox, NotFound, Store
+from surat.store.base import Account, Mailbox, NotFound, Store
 
 log = logging.getLogger(__name__)
 
@@ -69,39 +69,7 @@ class _Message:
     uid: int
     blob_id: str
     stored: int  # octets in the store
-    size: int  # as RETR sends them, see retr_octets
-    path: str | None  # the blob's file, resolved once at login, when the backend has files
-
-
-def _read_tail(path: str, size: int) -> bytes:
-    # One pread on a raw descriptor: this runs for every message at login.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.pread(fd, 2, max(0, size - 2))
-    finally:
-        os.close(fd)
-
-
-def _snapshot_sizes(blobs: BlobStore, records: list[tuple[int, str, int]]) -> list[_Message]:
-    """Sizes as RETR sends them: the stored size plus a CRLF for an unterminated last line."""
-    out = []
-    for uid, blob_id, size in records:
-        path: str | None = None
-        try:
-            found = blobs.path(blob_id)
-            path = str(found) if found is not None else None
-            if size == 0:
-                tail = b""
-            elif path is not None:
-                tail = _read_tail(path, size)
-            else:  # a backend without files
-                with blobs.open(blob_id) as f:
-                    f.seek(max(0, size - 2))
-                    tail = f.read(2)
-        except (OSError, NotFound):
-            tail = b"\r\n"  # gone (expunged elsewhere); RETR will say so
-        out.append(_Message(uid, blob_id, size, retr_octets(size, tail), path))
-    return out
+    size: int  # as RETR sends them, see retr_size
 
 
 class POP3Service:
@@ -116,8 +84,10 @@ class POP3Service:
         locks: MaildropLocks | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         scram_secret: bytes | None = None,
+        auth_limiter: AuthLimiter | None = None,
     ) -> None:
         self.config = config
+        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
         self.store = store
         self.tls_context = tls_context
         self.locks: MaildropLocks = locks if locks is not None else InProcessMaildropLocks()
@@ -221,6 +191,8 @@ class POP3Session:
             case User():
                 # No lookup here: USER must not reveal which accounts exist.
                 engine.ok()
+            case Pass() | Auth() if await self._auth_blocked():
+                pass
             case Pass(user=user, password=password):
                 account = await self._check_password(user, password)
                 if account is None:
@@ -355,7 +327,15 @@ class POP3Session:
             return
         await self._login(account, "AUTH")
 
+    async def _auth_blocked(self) -> bool:
+        """Too many failures from this address (surat.authlimit): refuse without checking."""
+        if await self.service.auth_limiter.retry_after(self.conn.peer_host) <= 0:
+            return False
+        self.engine.login_failed("too many failed logins from your address, try later", RespCode.SYS_TEMP)
+        return True
+
     async def _login_failed(self, user: str | None) -> None:
+        await self.service.auth_limiter.failure(self.conn.peer_host, user, "pop3")
         self._failures += 1
         log.info("pop3.login_failed", extra=fields(user=user or "-", failures=self._failures))
         # Slow down guessing: the delay grows with each failure on this connection (and the
@@ -376,11 +356,12 @@ class POP3Session:
             engine.err("maildrop is in use by another session", RespCode.IN_USE)
             return
         try:
-            summaries = await self.store.list_messages(mailbox.id)
-            records = await self.store.get_messages(mailbox.id, [s.uid for s in summaries])
-            rows = [(r.uid, r.blob_id, r.size) for r in records]
-            loop = asyncio.get_running_loop()
-            messages = await loop.run_in_executor(None, _snapshot_sizes, self.store.blobs, rows)
+            # One indexed query; no message file is read (the store recorded at delivery whether
+            # each message ends with CRLF, which the sizes depend on).
+            messages = [
+                _Message(b.uid, b.blob_id, b.size, retr_size(b.size, b.ends_with_crlf))
+                for b in await self.store.list_message_blobs(mailbox.id)
+            ]
         except BaseException:
             await lease.release()
             raise
@@ -410,16 +391,21 @@ class POP3Session:
         assert self._mailbox is not None
         return f"{self._mailbox.uidvalidity}.{message.uid}"
 
+    def _open_message(self, message: _Message) -> BinaryIO:
+        """The message's file; OSError or NotFound when it is gone (expunged by IMAP since the
+        snapshot)."""
+        path = self.store.blobs.path(message.blob_id)
+        if path is None:  # a backend without files
+            return self.store.blobs.open(message.blob_id)
+        # Unbuffered: reads below ask for exactly what is left, and a buffered file object costs
+        # more than the read itself for a typical message.
+        return open(path, "rb", buffering=0)
+
     async def _send_message(self, message: _Message) -> None:
         engine = self.engine
         try:
-            f: BinaryIO = (
-                open(message.path, "rb")  # noqa: ASYNC230, SIM115 -- page-cache read, closed below
-                if message.path is not None
-                else self.store.blobs.open(message.blob_id)
-            )
+            f = self._open_message(message)
         except (OSError, NotFound):
-            # Expunged by another protocol (IMAP) since the snapshot and already removed.
             engine.err("message is no longer available")
             return
         with f:
@@ -429,7 +415,7 @@ class POP3Session:
             # status line, the message and the terminator of a message that fits in one read
             # leave in one write (one TLS record, one syscall).
             sent = 0
-            while chunk := f.read(READ_CHUNK):
+            while chunk := f.read(min(READ_CHUNK, message.stored - sent)):
                 sent += len(chunk)
                 if not engine.message_data(chunk) or sent >= message.stored:
                     break
@@ -446,7 +432,11 @@ class POP3Session:
         assert self._mailbox is not None
         uids = [self._messages[n - 1].uid for n in sorted(self._deleted)]
         try:
-            removed = await self.store.expunge(self._mailbox.id, uids) if uids else []
+            # Committed is durable (RFC 1939 §6): the reply need not wait for the files to be
+            # unlinked, which costs ~0.1 ms each on ext4 (100 ms for a 1 000-message maildrop).
+            removed = (
+                await self.store.expunge(self._mailbox.id, uids, files_in_background=True) if uids else []
+            )
         except asyncio.CancelledError:
             raise
         except Exception:

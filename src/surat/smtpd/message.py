@@ -156,6 +156,32 @@ class Spool:
         if self._file is not None:
             self._file.close()
 
+    def message(self) -> bytes:
+        """The message as the client sent it, without our prefix (after finish()).
+
+        Reads the spool file when the message outgrew memory: call it from an executor then.
+        """
+        skip = len(self._prefix)
+        if self._memory is not None:
+            return bytes(self._memory[skip:])
+        assert self.path is not None
+        with self.path.open("rb") as file:
+            file.seek(skip)
+            return file.read()
+
+    def rewrite(self, prefix: bytes, message: bytes) -> None:
+        """Replace the content with `prefix` + `message` (after finish(); MX only, where no header
+        field is added after the prefix). Writes the spool file when there is one: executor then."""
+        if self._memory is not None:
+            self._memory = bytearray(prefix + message)
+        else:
+            assert self.path is not None
+            with self.path.open("wb") as file:
+                file.write(prefix)
+                file.write(message)
+        self._prefix = prefix
+        self.size = len(prefix) + len(message)
+
     def discard(self) -> None:
         self._memory = None
         if self._file is not None and not self._file.closed:

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
+import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
 from surat.config import Config
 from surat.delivery.local import owns, resolve
+from surat.dns.base import Resolver
 from surat.log import connection_id, fields
+from surat.mailauth.spf import SPFResult
 from surat.net.connection import Connection, ConnectionTimeout
 from surat.passwords import verify_nonexistent, verify_password
 from surat.proto import sasl
@@ -47,8 +52,16 @@ from surat.proto.smtp.server import (
     StartTLS,
     State,
 )
+from surat.smtpd.dnsbl import listing_zone
 from surat.smtpd.errors import SMTPPolicyError, reply_for
+from surat.smtpd.inbound import DMARC_REJECT, Disposition, InboundChecks
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
+from surat.smtpd.ratelimit import (
+    TOO_MANY_MESSAGES,
+    TOO_MANY_RECIPIENTS,
+    InMemorySendingLimiter,
+    SendingLimiter,
+)
 from surat.store.base import (
     Account,
     Credentials,
@@ -66,6 +79,12 @@ MAX_AUTH_FAILURES = 3  # per connection, then 421
 TLS_HANDSHAKE_TIMEOUT = 30.0
 FROM_MISSING = Reply(550, "5.7.1", "Message has no usable From: header")
 TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0", "Too many authentication failures")
+# RFC 4954 §6: 454 4.7.0 temporary authentication failure; the client's address is refused for now.
+AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed authentication attempts from your address, try later")
+# RFC 5321 §3.1: a server may answer the connection with 554 instead of its greeting.
+EARLY_TALKER = Reply(554, "5.5.0", "Protocol error: client sent data before the greeting")
+HARVESTING = Reply(421, "4.7.0", "Too many unknown recipients, closing connection")
+INVALID_HELO = Reply(501, "5.5.2", "Invalid domain name in EHLO/HELO")
 
 
 class Role(enum.Enum):
@@ -75,6 +94,18 @@ class Role(enum.Enum):
 
 
 Handler = Callable[[Connection], Awaitable[None]]
+
+
+PREGREET_TTL = 24 * 3600.0
+PREGREET_CACHE_SIZE = 100_000
+
+
+def _is_loopback(address: str) -> bool:
+    """Local clients (scripts, a webmail on the same host) are not spambots: no greeting pause."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class SMTPService:
@@ -87,12 +118,29 @@ class SMTPService:
         tls_context: ssl.SSLContext | None,
         *,
         scram_secret: bytes | None = None,
+        resolver: Resolver | None = None,
+        trusted_arc_sealers: Sequence[str] = (),
+        auth_limiter: AuthLimiter | None = None,
+        sending_limiter: SendingLimiter | None = None,
     ) -> None:
+        """Without a `resolver` the MX runs no SPF/DKIM/DMARC checks and adds no Authentication-Results."""
         self.config = config
         self.store = store
         self.tls_context = tls_context
         # Stable across restarts when the app passes its installation secret (see proto.sasl).
         self.scram_secret = scram_secret
+        self.resolver = resolver
+        self.pregreet_passed: dict[str, float] = {}  # peer address -> until when it need not wait
+        self.inbound = (
+            InboundChecks(resolver, config.hostname, trusted_sealers=trusted_arc_sealers)
+            if resolver is not None
+            else None
+        )
+        # The app shares one auth limiter between SMTP, IMAP and POP3.
+        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
+        self.sending_limiter: SendingLimiter = sending_limiter or InMemorySendingLimiter.from_config(
+            config.limits
+        )
 
     def settings(self, role: Role) -> ServerSettings:
         limits = self.config.limits
@@ -132,6 +180,9 @@ class _Transaction:
     spool: Spool | None = None
     failure: Reply | None = None  # a local error while spooling, answered at the end
     size: int = 0  # of the spooled message, for the log line
+    received: bytes = b""  # our Received: field
+    spf: asyncio.Task[SPFResult] | None = None  # MX: started at MAIL FROM, awaited at the end of DATA
+    auth_log: dict[str, str] = field(default_factory=dict)  # the checks' results, for the log line
 
 
 class _Session:
@@ -150,6 +201,8 @@ class _Session:
         self.sasl_account: str | None = None
         self.sasl_success: sasl.Success | None = None
         self.auth_failures = 0
+        self.sasl_authcid: str | None = None  # the name the client tried, for the failure log
+        self.unknown_recipients = 0
 
     # ----------------------------------------------------------------------------- the loop
 
@@ -158,8 +211,13 @@ class _Session:
         conn = self.conn
         started = time.monotonic()
         result = "quit"
-        engine.send(engine.greeting())
         try:
+            refused = await self._screen() if self.role is Role.MX else None
+            if refused is not None:
+                engine.send(refused[0])
+                result = refused[1]
+                return
+            engine.send(engine.greeting())
             while True:
                 event = engine.next_event()
                 if event is NEED_DATA:
@@ -208,6 +266,49 @@ class _Session:
                 ),
             )
 
+    async def _screen(self) -> tuple[Reply, str] | None:
+        """Port 25 before the greeting: the early-talker pause and DNSBL lookups, side by side."""
+        zones = self.config.limits.dnsbl
+        resolver = self.service.resolver
+        peer = self.conn.peer_host
+        lookup = None
+        if zones and resolver is not None:
+            lookup = asyncio.create_task(listing_zone(resolver, peer, zones), name="dnsbl")
+        try:
+            if await self._talks_before_greeting():
+                return EARLY_TALKER, "early_talker"
+            zone = await lookup if lookup is not None else None
+        finally:
+            if lookup is not None and not lookup.done():
+                lookup.cancel()
+        if zone is None:
+            return None
+        log.info("smtp.dnsbl_listed", extra=fields(peer=peer, zone=zone))
+        # RFC 5321 §3.1: 554 instead of the greeting; the text names the list, as Postfix does
+        return Reply(554, "5.7.1", f"Service unavailable; client [{peer}] blocked using {zone}"), "dnsbl"
+
+    async def _talks_before_greeting(self) -> bool:
+        """Pause before the greeting; a client that sends anything meanwhile does not wait for replies,
+        as spam software often does not (Postfix's postscreen "pregreet" test)."""
+        pause = self.config.limits.greet_pause
+        peer = self.conn.peer_host
+        if pause <= 0 or _is_loopback(peer) or self.service.pregreet_passed.get(peer, 0.0) > time.monotonic():
+            return False
+        try:
+            data = await self.conn.read(pause)
+        except ConnectionTimeout:
+            # Like postscreen's cache: a client that waited once is not made to wait again for a
+            # day, so a real MTA pays the pause once, not on every connection.
+            passed = self.service.pregreet_passed
+            if len(passed) >= PREGREET_CACHE_SIZE:
+                passed.pop(next(iter(passed)))  # the oldest entry (dicts keep insertion order)
+            passed.pop(peer, None)
+            passed[peer] = time.monotonic() + PREGREET_TTL
+            return False
+        if data:
+            log.info("smtp.early_talker", extra=fields(peer=self.conn.peer_host))
+        return True  # data, or the client already went away
+
     async def _start_tls(self) -> bool:
         context = self.service.tls_context
         assert context is not None  # the engine offers STARTTLS only with a context
@@ -244,6 +345,8 @@ class _Session:
                     txn.spool.write(event.chunk)
                 return None
             case Hello():
+                if not valid_helo(event.domain):
+                    return INVALID_HELO
                 self.helo = event.domain
                 self._abort_transaction()  # RFC 5321 §4.1.4
                 return self.engine.ehlo_reply(event)
@@ -289,7 +392,13 @@ class _Session:
             assert self.user is not None  # the engine requires AUTH before MAIL here
             if not sender or not await owns(self.store, self.user, sender):
                 return R.SENDER_NOT_OWNED
+            if not await self.service.sending_limiter.may_send(self.user):
+                log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="messages"))
+                return TOO_MANY_MESSAGES
         self.txn = _Transaction(sender, event.params)
+        inbound = self.service.inbound
+        if self.role is Role.MX and inbound is not None:
+            self.txn.spf = inbound.start_spf(self.conn.peer_host, self.helo, sender)
         return R.SENDER_OK
 
     async def _rcpt(self, event: RcptTo) -> Reply:
@@ -305,10 +414,15 @@ class _Session:
                 return R.NO_SUCH_USER
             address, domain = postmaster, postmaster.rpartition("@")[2]
         notify, orcpt = event.params.notify, event.params.orcpt
+        if self.user is not None and not await self.service.sending_limiter.may_add_recipients(
+            self.user, len(txn.recipients) + 1
+        ):
+            log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="recipients"))
+            return TOO_MANY_RECIPIENTS
         if not domain.startswith("[") and await self.store.is_local_domain(domain):
             resolution = await resolve(self.store, address)
             if not resolution.found:
-                return R.NO_SUCH_USER
+                return self._unknown_recipient(address)
             for target in resolution.local:
                 txn.local.setdefault(target.account_id, target)
             for remote in resolution.remote:
@@ -321,6 +435,17 @@ class _Session:
             txn.remote.setdefault(address.lower(), OutboundRecipient(address, notify, orcpt))
         txn.recipients.append(address)
         return R.RECIPIENT_OK
+
+    def _unknown_recipient(self, address: str) -> Reply:
+        self.unknown_recipients += 1
+        if self.role is Role.MX and self.unknown_recipients >= self.config.limits.unknown_recipients:
+            # Directory harvesting: guessing which addresses exist. The 421 ends the session.
+            log.warning(
+                "smtp.harvesting",
+                extra=fields(peer=self.conn.peer_host, unknown=self.unknown_recipients, last=address),
+            )
+            return HARVESTING
+        return R.NO_SUCH_USER
 
     async def _postmaster(self) -> str | None:
         """RFC 5321 §4.1.1.3 <Postmaster>: our host name's domain, or the nearest parent we serve."""
@@ -355,6 +480,7 @@ class _Session:
             recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
             when=datetime.now(UTC).astimezone(),
         )
+        txn.received = received
         txn.spool = Spool(
             self.store.spool_dir,
             return_path(txn.sender) + received,
@@ -371,6 +497,8 @@ class _Session:
         except Exception as exc:
             reply = reply_for(exc, "MessageEnd")
         self._discard_spool()
+        if txn.spf is not None:  # the message failed before the checks ran
+            txn.spf.cancel()
         log.info(
             "smtp.transaction",
             extra=fields(
@@ -381,8 +509,11 @@ class _Session:
                 rcpts=",".join(txn.recipients),
                 size=txn.size,
                 result=f"{reply.code} {reply.enhanced or ''}".strip(),
+                **txn.auth_log,
             ),
         )
+        if reply.is_positive and self.user is not None:
+            await self.service.sending_limiter.sent(self.user, len(txn.recipients))
         self.txn = None
         return reply
 
@@ -402,6 +533,15 @@ class _Session:
                     return R.FROM_NOT_OWNED  # issue 2: 550 5.7.1 at the end of DATA
         if not txn.local and not txn.remote:
             raise SMTPPolicyError(R.NO_VALID_RECIPIENTS)
+        if self.role is Role.MX and self.service.inbound is not None:
+            disposition = await self._authenticate_message(txn, spool)
+            if disposition is Disposition.REJECT:
+                return DMARC_REJECT  # RFC 7489 §6.6.4 / §10.3: refuse in the SMTP session
+            if disposition is Disposition.QUARANTINE:
+                txn.local = {
+                    key: MailboxTarget(target.account_id, "Junk", target.flags)
+                    for key, target in txn.local.items()
+                }
         remote = None
         if txn.remote:
             remote = OutboundMessage(
@@ -429,6 +569,28 @@ class _Session:
             return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
         return R.QUEUED
 
+    async def _authenticate_message(self, txn: _Transaction, spool: Spool) -> Disposition:
+        """SPF/DKIM/ARC/DMARC; prepends Authentication-Results (ours only) to the spooled message."""
+        inbound = self.service.inbound
+        assert inbound is not None
+        loop = asyncio.get_running_loop()
+        in_file = spool.content is None
+        message = await loop.run_in_executor(None, spool.message) if in_file else spool.message()
+        spf, txn.spf = txn.spf, None
+        verdict = await inbound.evaluate(spf, message)
+        txn.auth_log = verdict.log_fields
+        if verdict.disposition is not Disposition.REJECT:
+            # RFC 8601 §5: remove fields claiming our authserv-id, then add ours on top of the
+            # message as received (under our own Received:, where Postfix puts milter results too)
+            prefix = return_path(txn.sender) + txn.received + verdict.header
+            cleaned = inbound.strip_forged(message)
+            if in_file:
+                await loop.run_in_executor(None, spool.rewrite, prefix, cleaned)
+            else:
+                spool.rewrite(prefix, cleaned)
+            txn.size = spool.size
+        return verdict.disposition
+
     def _discard_spool(self) -> None:
         txn = self.txn
         if txn is not None and txn.spool is not None:
@@ -438,13 +600,19 @@ class _Session:
     def _abort_transaction(self) -> None:
         if self.txn is not None and self.txn.spool is not None:
             self._discard_spool()
+        if self.txn is not None and self.txn.spf is not None:
+            self.txn.spf.cancel()
         self.txn = None
 
     # ----------------------------------------------------------------------------- AUTH
 
     async def _auth_start(self, event: AuthStart) -> Reply:
+        if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
+            log.info("smtp.auth", extra=fields(peer=self.conn.peer_host, result="blocked"))
+            return AUTH_BLOCKED
         self.sasl = sasl.server_mechanism(event.mechanism, secret=self.service.scram_secret)
         self.sasl_account = None
+        self.sasl_authcid = None
         self.sasl_success = None
         if self.sasl is None:
             return R.UNKNOWN_MECHANISM
@@ -471,6 +639,7 @@ class _Session:
                 case sasl.Challenge():
                     return R.auth_challenge(step.data)
                 case sasl.VerifyPassword():
+                    self.sasl_authcid = step.authcid
                     found = await self._credentials(step.authcid)
                     loop = asyncio.get_running_loop()
                     if found is None:
@@ -480,6 +649,7 @@ class _Session:
                         ok = await loop.run_in_executor(None, verify_password, found[1], step.password)
                     step = mechanism.password_result(ok)
                 case sasl.NeedScram():
+                    self.sasl_authcid = step.authcid
                     found = await self._credentials(step.authcid)
                     if found is not None:
                         self.sasl_account = found[0].address
@@ -507,14 +677,49 @@ class _Session:
     async def _auth_failed(self, reason: str) -> Reply:
         self.sasl = None
         self.auth_failures += 1
+        user = self.sasl_account or self.sasl_authcid
         log.info(
             "smtp.auth",
-            extra=fields(
-                peer=self.conn.peer_host, user=self.sasl_account or "-", result="failed", reason=reason
-            ),
+            extra=fields(peer=self.conn.peer_host, user=user or "-", result="failed", reason=reason),
         )
+        await self.service.auth_limiter.failure(self.conn.peer_host, user, self.role.value)
         # RFC 4954 §4 leaves the delay to us: slow down password guessing.
         await asyncio.sleep(self.config.limits.auth_failure_delay)
         if self.auth_failures >= MAX_AUTH_FAILURES:
             return TOO_MANY_AUTH_FAILURES
         return R.AUTH_FAILED
+
+
+_HELO_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def valid_helo(domain: str) -> bool:
+    """RFC 5321 §4.1.1.1: EHLO/HELO take a Domain or an address-literal.
+
+    Syntax only (§4.1.4: a server must not refuse a name because it does not match the client's
+    address). Lenient where real clients are sloppy: a single label and "_" are accepted, and
+    internationalized names are checked in their A-label form (RFC 6531 §3.3).
+    """
+    if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1]
+        if literal[:5].lower() == "ipv6:":
+            literal = literal[5:]
+            try:
+                ipaddress.IPv6Address(literal)
+            except ValueError:
+                return False
+            return True
+        try:
+            ipaddress.IPv4Address(literal)
+        except ValueError:
+            return False
+        return True
+    name = domain.removesuffix(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    if not name or len(name) > 255:
+        return False
+    return all(_HELO_LABEL.fullmatch(label) for label in name.split("."))

@@ -126,6 +126,19 @@ class MessageSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageBlob:
+    """Where a message's octets are, without its MessageInfo: all a POP3 maildrop needs."""
+
+    uid: int
+    size: int
+    blob_id: str
+    # Whether the last line ends with CRLF (true for an empty message). POP3 sizes count the CRLF
+    # that RETR adds to an unterminated last line (RFC 1939 §3, §5), so a login needs this for
+    # every message; the store records it at delivery so that nobody reads message files for it.
+    ends_with_crlf: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     mailbox_id: int
     uid: int
@@ -255,6 +268,15 @@ class QueueAttempt:
     started_at: datetime
     host: str | None
     result: str | None  # None while in flight
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """The outcome of an attempt for one recipient, by its index in `QueueEntry.recipients`."""
+
+    index: int
+    state: RecipientState
+    last_reply: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +425,11 @@ class Store(Protocol):
         """All messages of a mailbox in UID order (what SELECT and a POP3 login need)."""
         ...
 
+    async def list_message_blobs(self, mailbox_id: int) -> list[MessageBlob]:
+        """All messages of a mailbox in UID order with their blob ids (a POP3 login's snapshot);
+        cheaper than get_messages, which decodes every MessageInfo."""
+        ...
+
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRecord]: ...
     async def append(
         self,
@@ -424,8 +451,14 @@ class Store(Protocol):
         flags: frozenset[str],
         unchanged_since: int | None = None,
     ) -> StoreFlagsResult: ...
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        """Remove messages durably; returns the UIDs actually removed. Their UIDs are remembered."""
+    async def expunge(
+        self, mailbox_id: int, uids: Sequence[int], *, files_in_background: bool = False
+    ) -> list[int]:
+        """Remove messages durably; returns the UIDs actually removed. Their UIDs are remembered.
+
+        The message files nothing refers to any more are deleted before this returns, or with
+        `files_in_background` right after (the removal is committed either way; a crash before
+        the files are gone leaves them to `open()`'s recovery)."""
         ...
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult: ...
@@ -443,4 +476,31 @@ class Store(Protocol):
     async def drop_queue_entry(self, queue_id: str) -> None: ...
     async def flush_queue(self, now: datetime) -> int:
         """Make every entry due now; returns how many."""
+        ...
+
+    async def record_attempt(
+        self, queue_id: str, started_at: datetime, host: str | None, lease_until: datetime
+    ) -> int:
+        """Record an attempt before connecting (result None: in flight) and claim the entry by
+        moving its next attempt to `lease_until`, so a crashed runner's claim expires by itself.
+        Returns the attempt's number (1, 2, ...)."""
+        ...
+
+    async def finish_attempt(
+        self,
+        queue_id: str,
+        number: int,
+        result: str,
+        updates: Sequence[RecipientUpdate],
+        next_attempt_at: datetime | None,
+        host: str | None = None,
+    ) -> None:
+        """Record an attempt's result and its recipients' states in one transaction; then either
+        schedule the next attempt or, with `next_attempt_at` None, remove the finished entry.
+        `host`, when given, replaces the host recorded at the start."""
+        ...
+
+    async def recover_queue(self, now: datetime) -> int:
+        """After a crash: attempts left in flight are marked interrupted and their entries made
+        due at `now`; returns how many entries."""
         ...

@@ -118,6 +118,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (queue_id, number)
     );
     """,
+    # 2: whether a message's last line ends with CRLF, recorded at delivery so that a POP3 login
+    # (whose sizes count the CRLF RETR adds otherwise, RFC 1939 §3) reads no message file. NULL
+    # for rows stored before: SQLiteStore.list_message_blobs computes and records those once.
+    """
+    ALTER TABLE messages ADD COLUMN ends_crlf INTEGER
+    """,
 )
 
 

@@ -33,7 +33,7 @@ from surat.proto.pop3.events import (
     User,
     Utf8,
 )
-from surat.proto.pop3.multiline import MessageEncoder, encode_message, retr_octets
+from surat.proto.pop3.multiline import MessageEncoder, encode_message, retr_octets, retr_size
 
 __all__ = [
     "MAX_AUTH_LINE",
@@ -68,4 +68,5 @@ __all__ = [
     "Utf8",
     "encode_message",
     "retr_octets",
+    "retr_size",
 ]

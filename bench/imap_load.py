@@ -1,0 +1,744 @@
+"""IMAP load benchmark: N sessions on one 10 000-message INBOX doing what mail clients do.
+
+Each client connects, upgrades with STARTTLS, logs in, SELECTs INBOX and then, until the time is up,
+repeats this cycle (message numbers drawn at random):
+
+    header  FETCH of the latest 50: (UID FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])
+    body    FETCH BODY[] of 3 messages (sets \\Seen, as a client opening mail does)
+    store   STORE +FLAGS or -FLAGS (\\Flagged) on one message (the other sessions hear of it)
+    search  SEARCH UNSEEN
+    idle    IDLE, then DONE as soon as the server's continuation arrives
+
+It prints operations/s and p50/p99 latency per operation kind and overall, with the CPU the server and
+the client used; the time of `FETCH 1:* ENVELOPE` over the whole mailbox (the first one, then the best
+of two more, no other load); the SELECT time; and the memory per idle authenticated connection
+(server RSS before and after opening --idle connections, divided by their number, after a first
+batch has warmed up the password-hashing threads; for Dovecot the PSS summed over all its processes,
+as each connection gets its own imap process).
+
+    .venv/bin/python bench/imap_load.py                      # Surat in a subprocess on a temp dir
+    .venv/bin/python bench/imap_load.py --peer dovecot       # and Dovecot (../shared/peers), same run
+
+Both servers get the same messages (../shared/peers/gen-mbox.py, a mix of plain, alternative and
+attachment messages, cached in /tmp/surat-bench-cache), the same STARTTLS with Surat's dev
+certificate and the same argon2id password hash (Dovecot's static passdb is given the hash Surat
+stores), and 100 unseen messages (the others get \\Seen before the run). Dovecot runs in its
+high-performance login mode (PERF=1 in dovecot-up.sh: login processes serve many connections).
+
+The load client is one asyncio process with a minimal IMAP reader; its CPU use is printed so that one
+can see whether it, rather than the server, was the limit (2 cores shared by client and server).
+Bounded: --duration seconds of load, --timeout seconds for any single phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import mailbox
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from surat.config import load_config
+from surat.passwords import make_credentials
+from surat.store.base import Delivery, MailboxTarget
+from surat.store.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+CACHE = Path("/tmp/surat-bench-cache")
+DOMAIN = "example.test"
+USER = f"bench@{DOMAIN}"
+PASSWORD = "bench-password"
+UNSEEN = 100
+KINDS = ("header", "body", "store", "search", "idle")
+HEADER_ITEMS = b"(UID FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])"
+_LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
+_EXISTS = re.compile(rb"^\* (\d+) EXISTS\r\n$")
+# Sessions per source address: Surat allows 20 connections per IP and listener by default.
+PER_SOURCE = 16
+
+
+# ------------------------------------------------------------------------------------------ messages
+
+
+def message_source(count: int) -> Path:
+    """The gen-mbox.py mailbox of `count` messages, generated once and cached (it takes minutes)."""
+    CACHE.mkdir(exist_ok=True)
+    for cached in CACHE.glob("gen-*-seed1.mbox"):
+        if int(cached.name.split("-")[1]) >= count:
+            return cached  # the same generator and seed: its first `count` messages are the same
+    path = CACHE / f"gen-{count}-seed1.mbox"
+    if not path.exists():
+        print(f"generating {count} messages with gen-mbox.py into {path} (once) ...", flush=True)
+        tmp = path.with_suffix(".tmp")
+        subprocess.run(
+            [sys.executable, str(PEERS / "gen-mbox.py"), str(tmp), str(count), "--seed", "1"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        tmp.rename(path)
+    return path
+
+
+def read_messages(path: Path, count: int) -> Iterator[bytes]:
+    """The messages as a server stores them (CRLF line ends), as dovecot-up.sh fill reads them."""
+    box = mailbox.mbox(str(path), create=False)
+    for n, key in enumerate(box.iterkeys()):
+        if n >= count:
+            break
+        raw = box.get_bytes(key)
+        if raw.startswith(b"From "):
+            raw = raw.split(b"\n", 1)[1]
+        yield raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# ------------------------------------------------------------------------------------------ client
+
+
+class IMAPError(Exception):
+    pass
+
+
+class Client:
+    """A lean asyncio IMAP client: reads lines and literals, nothing more (imaplib is blocking and slow)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.counter = 0
+        self.exists = 0
+
+    @classmethod
+    async def connect(cls, port: int, tls: ssl.SSLContext, source: str = "127.0.0.1") -> Client:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0), limit=16 * 1024 * 1024
+        )
+        client = cls(reader, writer)
+        await client.reader.readline()  # greeting
+        await client.command(b"STARTTLS")
+        await writer.start_tls(tls, server_hostname="localhost")
+        return client
+
+    def _tag(self) -> bytes:
+        self.counter += 1
+        return b"a%d" % self.counter
+
+    async def _response(self, tag: bytes) -> int:
+        """Read up to the tagged reply; the octets received. Keeps EXISTS up to date."""
+        octets = 0
+        readline = self.reader.readline
+        prefix = tag + b" "
+        while True:
+            line = await readline()
+            if not line:
+                raise IMAPError("connection closed")
+            octets += len(line)
+            while line.endswith(b"}\r\n") and (m := _LITERAL.search(line)):
+                await self.reader.readexactly(int(m.group(1)))
+                octets += int(m.group(1))
+                line = await readline()
+                octets += len(line)
+            if line.startswith(prefix):
+                if line[len(prefix) : len(prefix) + 2] != b"OK":
+                    raise IMAPError(line.decode(errors="replace").strip())
+                return octets
+            if line.endswith(b" EXISTS\r\n") and (m := _EXISTS.match(line)):
+                self.exists = int(m.group(1))
+
+    async def command(self, text: bytes) -> int:
+        tag = self._tag()
+        self.writer.write(tag + b" " + text + b"\r\n")
+        return await self._response(tag)
+
+    async def login(self, user: str, password: str) -> None:
+        await self.command(b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+
+    async def idle(self) -> None:
+        tag = self._tag()
+        self.writer.write(tag + b" IDLE\r\n")
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise IMAPError("connection closed")
+            if line.startswith(b"+"):
+                break
+            if line.startswith(tag + b" "):
+                raise IMAPError(line.decode(errors="replace").strip())
+        self.writer.write(b"DONE\r\n")
+        await self._response(tag)
+
+    async def close(self) -> None:
+        with contextlib.suppress(IMAPError, OSError, TimeoutError, asyncio.IncompleteReadError):
+            await asyncio.wait_for(self.command(b"LOGOUT"), 5)
+        self.writer.close()
+        with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+
+async def session(port: int, user: str, password: str, tls: ssl.SSLContext, source: str) -> Client:
+    client = await Client.connect(port, tls, source)
+    await client.login(user, password)
+    return client
+
+
+def source_address(n: int) -> str:
+    return f"127.0.0.{2 + n // PER_SOURCE}"
+
+
+# ------------------------------------------------------------------------------------------ phases
+
+
+@dataclass
+class Load:
+    seconds: float = 0.0
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    errors: int = 0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+    select_ms: list[float] = field(default_factory=list)
+    octets: int = 0
+
+    @property
+    def ops(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Result:
+    name: str
+    load: Load
+    first_select_ms: float = 0.0
+    envelope_ms: float = 0.0  # the first FETCH 1:* ENVELOPE
+    envelope_again_ms: float = 0.0  # the best of the next two
+    envelope_octets: int = 0
+    idle_conns: int = 0
+    idle_kib_per_conn: float = 0.0
+    idle_note: str = ""
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+async def run_client(
+    n: int, port: int, user: str, password: str, tls: ssl.SSLContext, load: Load, stop_at: float, seed: int
+) -> None:
+    rng = random.Random(seed)
+    client = await session(port, user, password, tls, source_address(n))
+    try:
+        t0 = time.perf_counter()
+        await client.command(b"SELECT INBOX")
+        load.select_ms.append((time.perf_counter() - t0) * 1000)
+        lat = load.latencies
+        perf = time.perf_counter
+        while perf() < stop_at:
+            total = client.exists
+            for kind in KINDS:
+                t0 = perf()
+                if kind == "header":
+                    octets = await client.command(
+                        b"FETCH %d:%d %s" % (max(1, total - 49), total, HEADER_ITEMS)
+                    )
+                    load.octets += octets
+                elif kind == "body":
+                    picks = sorted({rng.randint(1, total) for _ in range(3)})
+                    octets = await client.command(b"FETCH %s BODY[]" % b",".join(b"%d" % p for p in picks))
+                    load.octets += octets
+                elif kind == "store":
+                    sign = b"+" if rng.random() < 0.5 else b"-"
+                    await client.command(b"STORE %d %sFLAGS (\\Flagged)" % (rng.randint(1, total), sign))
+                elif kind == "search":
+                    await client.command(b"SEARCH UNSEEN")
+                else:
+                    await client.idle()
+                lat[kind].append(perf() - t0)
+    except (IMAPError, OSError, asyncio.IncompleteReadError) as exc:
+        load.errors += 1
+        print(f"  client {n}: {exc}", file=sys.stderr)
+    finally:
+        await client.close()
+
+
+async def run_load(
+    port: int, user: str, password: str, tls: ssl.SSLContext, clients: int, duration: float
+) -> Load:
+    load = Load()
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    stop_at = start + duration
+    await asyncio.gather(
+        *(run_client(n, port, user, password, tls, load, stop_at, seed=n) for n in range(clients))
+    )
+    load.seconds = time.perf_counter() - start
+    load.client_cpu = time.process_time() - cpu0
+    return load
+
+
+async def prepare(port: int, user: str, password: str, tls: ssl.SSLContext) -> tuple[float, int]:
+    """SELECT once (Dovecot builds its index here) and mark all but the last UNSEEN messages \\Seen."""
+    client = await session(port, user, password, tls, source_address(0))
+    try:
+        t0 = time.perf_counter()
+        await client.command(b"SELECT INBOX")
+        first = (time.perf_counter() - t0) * 1000
+        total = client.exists
+        if total > UNSEEN:
+            await client.command(b"STORE 1:%d +FLAGS.SILENT (\\Seen)" % (total - UNSEEN))
+    finally:
+        await client.close()
+    return first, total
+
+
+async def time_envelopes(
+    port: int, user: str, password: str, tls: ssl.SSLContext
+) -> tuple[float, float, int]:
+    """The first FETCH 1:* ENVELOPE (what a new client's first sync costs) and the best of two more
+    (with whatever the server cached from the first: Dovecot keeps envelopes in its index cache)."""
+    client = await session(port, user, password, tls, source_address(0))
+    times = []
+    octets = 0
+    try:
+        await client.command(b"SELECT INBOX")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            octets = await client.command(b"FETCH 1:* ENVELOPE")
+            times.append(time.perf_counter() - t0)
+    finally:
+        await client.close()
+    return times[0] * 1000, min(times[1:]) * 1000, octets
+
+
+async def open_idle(
+    port: int, user: str, password: str, tls: ssl.SSLContext, count: int, first_source: int
+) -> list[Client]:
+    """`count` authenticated sessions, PER_SOURCE at a time from each source address."""
+    clients: list[Client] = []
+    for start in range(0, count, PER_SOURCE):
+        batch = range(start, min(count, start + PER_SOURCE))
+        base = (first_source + 1) * PER_SOURCE * 64  # clear of the load sessions' addresses
+        clients += await asyncio.gather(
+            *(session(port, user, password, tls, source_address(base + n)) for n in batch)
+        )
+    return clients
+
+
+async def close_all(clients: list[Client]) -> None:
+    await asyncio.gather(*(c.close() for c in clients))
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time of a process (and, with ``children``, of its exited, reaped children)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0  # gone meanwhile
+    fields = text[text.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / CLOCK_TICKS
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0  # gone meanwhile
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+class SuratProcess:
+    """Surat in a subprocess with a fresh data dir and only the imap listener, on a free port."""
+
+    name = "surat"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.surat = [sys.executable, "-m", "surat"]
+        subprocess.run(
+            [*self.surat, "quickstart", "--dev", "--domain", DOMAIN, "--dir", str(workdir)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.config_file = workdir / "surat.toml"
+        lines = []
+        for line in self.config_file.read_text().splitlines():
+            role = line.split("=")[0].strip()
+            if role == "imap":
+                lines.append(f'imap = ["127.0.0.1:{self.port}"]')
+            elif role in ("smtp", "submission", "submissions", "imaps", "pop3", "pop3s"):
+                # Only the imap listener: the dev ports may be taken by a developer's `make run`.
+                lines.append(f"{role} = []")
+            else:
+                lines.append(line)
+        self.config_file.write_text("\n".join(lines) + "\n")
+        self.env = {**os.environ, "SURAT_CONFIG": str(self.config_file)}
+        subprocess.run(
+            [*self.surat, "user", "add", USER, "--password-stdin"],
+            input=PASSWORD + "\n",
+            check=True,
+            text=True,
+            env=self.env,
+            capture_output=True,
+        )
+        self.config = load_config(self.config_file)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.user, self.password = USER, PASSWORD
+
+    def tls(self) -> ssl.SSLContext:
+        assert self.config.tls.ca is not None
+        return ssl.create_default_context(cafile=str(self.config.tls.ca))
+
+    def fill(self, source: Path, count: int) -> None:
+        """Deliver straight into the store while the server is stopped (group commits)."""
+
+        async def run() -> None:
+            store = SQLiteStore(self.config.data_dir)
+            await store.open()
+            try:
+                account = await store.get_account(USER)
+                assert account is not None
+                target = (MailboxTarget(account.id),)
+                pending: set[asyncio.Task[object]] = set()
+                for raw in read_messages(source, count):
+                    delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
+                    pending.add(asyncio.ensure_future(store.deliver(delivery)))
+                    if len(pending) >= 200:
+                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    await asyncio.gather(*pending)
+            finally:
+                await store.close()
+
+        asyncio.run(run())
+
+    def start(self) -> None:
+        self.log = (self.workdir / "server.log").open("a")
+        self.proc = subprocess.Popen(
+            [*self.surat, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_port(self.port)
+
+    def memory_kib(self) -> int:
+        assert self.proc is not None
+        return rss_kib(self.proc.pid)
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+
+class DovecotProcess:
+    name = "dovecot"
+
+    def __init__(self, workdir: Path, cert: Path, key: Path, password_hash: str) -> None:
+        self.root = workdir / "dovecot"
+        self.port = free_port()
+        pop3_port = free_port()
+        self.user = "bench"
+        self.password = PASSWORD
+        subprocess.run(
+            ["bash", str(PEERS / "dovecot-up.sh"), "start", str(self.port), str(pop3_port), str(self.root)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PERF": "1"},
+        )
+        config = self.root / "dovecot.conf"
+        # The script's instance has no TLS and a plaintext static password; later settings override
+        # earlier ones and SIGHUP reloads. The same argon2id hash Surat verifies at every login.
+        text = config.read_text().replace(
+            "args = password=test\n", f"args = password={{ARGON2ID}}{password_hash}\n"
+        )
+        text += (
+            f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+            # One imap process per connection: the default limit of 100 would stop the idle phase.
+            "default_process_limit = 2000\ndefault_client_limit = 4000\n"
+        )
+        config.write_text(text)
+        subprocess.run(["/usr/sbin/dovecot", "-c", str(config), "reload"], check=True)
+        self.master = int((self.root / "run" / "master.pid").read_text().strip())
+        self._wait_starttls()
+
+    def _wait_starttls(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                greeting = sock.recv(4096)
+            if b"STARTTLS" in greeting:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("dovecot did not offer STARTTLS after the reload")
+
+    def fill(self, source: Path, count: int) -> None:
+        subprocess.run(
+            [
+                "bash",
+                str(PEERS / "dovecot-up.sh"),
+                "fill",
+                str(self.root),
+                self.user,
+                str(source),
+                str(count),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def _processes(self) -> list[int]:
+        """The master and every process under it."""
+        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True)
+        children: dict[int, list[int]] = {}
+        for line in out.stdout.splitlines():
+            pid, ppid = (int(x) for x in line.split())
+            children.setdefault(ppid, []).append(pid)
+        found, todo = [], [self.master]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
+
+    def memory_kib(self) -> int:
+        """PSS summed over all processes (shared pages counted once)."""
+        return sum(pss_kib(pid) for pid in self._processes())
+
+    def cpu(self) -> float:
+        """CPU of the live processes, plus what the master's exited children used."""
+        return sum(cpu_seconds(pid, children=pid == self.master) for pid in self._processes())
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["bash", str(PEERS / "dovecot-up.sh"), "stop", str(self.root)],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+async def measure(
+    server: SuratProcess | DovecotProcess, tls: ssl.SSLContext, args: argparse.Namespace
+) -> Result:
+    user, password, port = server.user, server.password, server.port
+    first, total = await asyncio.wait_for(prepare(port, user, password, tls), args.timeout)
+    if total != args.messages:
+        print(f"  {server.name}: INBOX holds {total} messages, not {args.messages}", file=sys.stderr)
+    envelope_ms, envelope_again_ms, envelope_octets = await asyncio.wait_for(
+        time_envelopes(port, user, password, tls), args.timeout
+    )
+    profiler = None
+    if args.profile and isinstance(server, SuratProcess):
+        assert server.proc is not None
+        profiler = subprocess.Popen(
+            [
+                args.py_spy,
+                "record",
+                "--pid",
+                str(server.proc.pid),
+                "--duration",
+                str(int(args.duration)),
+                "--format",
+                "raw",
+                "--output",
+                args.profile,
+                "--rate",
+                "200",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    cpu0 = server.cpu()
+    load = await asyncio.wait_for(
+        run_load(port, user, password, tls, args.clients, args.duration), args.duration + args.timeout
+    )
+    load.server_cpu = server.cpu() - cpu0
+    if profiler is not None:
+        profiler.wait(30)
+    result = Result(server.name, load, first, envelope_ms, envelope_again_ms, envelope_octets)
+    if args.idle:
+        # A first batch of logins warms up what does not grow with connections (password-hashing
+        # threads and their allocator arenas, Dovecot's login processes); then the measured ones.
+        warm = await asyncio.wait_for(open_idle(port, user, password, tls, PER_SOURCE, 0), args.timeout)
+        await asyncio.sleep(1)
+        before = server.memory_kib()
+        clients = await asyncio.wait_for(open_idle(port, user, password, tls, args.idle, 1), args.timeout)
+        await asyncio.sleep(1)
+        after = server.memory_kib()
+        await close_all(clients + warm)
+        result.idle_conns = len(clients)
+        result.idle_kib_per_conn = (after - before) / len(clients)
+        kind = "RSS" if isinstance(server, SuratProcess) else "PSS of all processes"
+        result.idle_note = f"{kind} {before / 1024:.1f} -> {after / 1024:.1f} MiB"
+    return result
+
+
+def report(result: Result, duration: float) -> None:
+    load = result.load
+    print(
+        f"{result.name}: {load.ops} ops in {load.seconds:.1f} s = {load.rate:.0f} ops/s, errors={load.errors}, "
+        f"server CPU {load.server_cpu / load.seconds * 100:.0f}% and client CPU "
+        f"{load.client_cpu / load.seconds * 100:.0f}% of a core, "
+        f"{load.octets / load.seconds / 1e6:.1f} MB/s of FETCH responses"
+    )
+    everything = [x for v in load.latencies.values() for x in v]
+    for kind, values in [*load.latencies.items(), ("all", everything)]:
+        print(
+            f"  {kind:<7} n={len(values):>6} ops/s={len(values) / load.seconds:>7.0f} "
+            f"p50_ms={_pct(values, 0.5):7.2f} p99_ms={_pct(values, 0.99):7.2f}"
+        )
+    selects = load.select_ms
+    print(
+        f"  SELECT of the mailbox: first {result.first_select_ms:.0f} ms, "
+        f"then median {statistics.median(selects) if selects else 0:.0f} ms over {len(selects)} sessions"
+    )
+    print(
+        f"  FETCH 1:* ENVELOPE: first {result.envelope_ms:.0f} ms, again {result.envelope_again_ms:.0f} ms "
+        f"({result.envelope_octets / 1e6:.1f} MB)"
+    )
+    if result.idle_conns:
+        print(
+            f"  idle connections: {result.idle_conns}, {result.idle_kib_per_conn:.0f} KiB each ({result.idle_note})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=20, help="seconds of load")
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument(
+        "--idle", type=int, default=200, help="idle connections for the memory figure (0: skip)"
+    )
+    parser.add_argument("--peer", choices=["dovecot"], help="also run the same load against this peer")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds for any phase but the load")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy Surat during the load (collapsed stacks)")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/probe/bin/py-spy")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= 200 or not 1 <= args.duration <= 600:
+        parser.error("--clients must be 1..200 and --duration 1..600")
+    if not 100 < args.messages <= 100_000 or not 0 <= args.idle <= 1000:
+        parser.error("--messages must be 101..100000 and --idle 0..1000")
+    # Enough descriptors for the idle connections and the load sessions.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
+    source = message_source(args.messages)
+    print(
+        f"load: {args.clients} sessions x {args.duration:.0f} s on a {args.messages}-message INBOX over STARTTLS; "
+        f"cycle: {', '.join(KINDS)}"
+    )
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="surat-bench-imap-") as tmp:
+        workdir = Path(tmp)
+        # Dovecot's unprivileged processes must reach their Maildir under this directory.
+        workdir.chmod(0o755)
+        surat = SuratProcess(workdir / "surat")
+        tls = surat.tls()
+        t0 = time.perf_counter()
+        surat.fill(source, args.messages)
+        print(f"surat: filled in {time.perf_counter() - t0:.1f} s", flush=True)
+        surat.start()
+        try:
+            result = asyncio.run(measure(surat, tls, args))
+        finally:
+            surat.stop()
+        report(result, args.duration)
+        results.append(result)
+        if args.peer == "dovecot":
+            if not Path("/usr/sbin/dovecot").exists():
+                print("dovecot: not installed (run ../shared/peers/install.sh)")
+            else:
+                cert, key = surat.config.tls.cert, surat.config.tls.key
+                assert cert is not None and key is not None
+                password_hash = make_credentials(PASSWORD).password_hash
+                dovecot = DovecotProcess(workdir, cert, key, password_hash)
+                try:
+                    dovecot.fill(source, args.messages)
+                    result = asyncio.run(measure(dovecot, tls, args))
+                finally:
+                    dovecot.stop()
+                report(result, args.duration)
+                results.append(result)
+    if len(results) == 2:
+        mine, peer = results
+        print(
+            f"ratio {mine.name}/{peer.name}: ops/s {mine.load.rate / peer.load.rate:.2f}x, "
+            f"FETCH ENVELOPE time first {mine.envelope_ms / peer.envelope_ms:.2f}x, "
+            f"again {mine.envelope_again_ms / peer.envelope_again_ms:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

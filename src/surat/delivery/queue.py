@@ -1,0 +1,572 @@
+"""The outbound queue runner: claims due entries, delivers them per domain, retries, bounces.
+
+One loop wakes on the store's QUEUE_CHANGED (account 0) or every `queue_poll_interval` seconds
+(so `surat queue retry/flush` run by another process is seen), and starts a task per due entry.
+A task:
+
+1. reads the message (from `body_offset`: the Return-Path is for local copies only) and signs it
+   with DKIM when the sender's domain is local (in an executor: RSA signing is CPU-bound);
+2. groups the still pending recipients by domain; local domains are never sent out (delivered
+   here instead), too many Received fields is a loop (RFC 5321 §6.3, 5.4.6);
+3. resolves every domain's route, then records the attempt before connecting (mox's order): the
+   record also moves the entry's next attempt to a lease, so a crashed runner's claim expires;
+4. sends one transaction per domain, domains in parallel, under a global and a per-domain
+   connection limit; hosts in route order, a failed STARTTLS retried once in clear;
+5. stores the per-recipient results with the next attempt time (`RetrySchedule`), or removes the
+   entry when nobody is pending; a DSN (from <>) goes to the sender for permanent failures and
+   expiry, delivered locally when the sender is local, else queued like any mail.
+
+Crash safety: attempts left in flight (result NULL) are marked interrupted and made due by
+`Store.recover_queue` when the runner starts; at most the in-flight transaction is repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from surat.config import Config, HostPort
+from surat.delivery import dkim
+from surat.delivery.dsn import (
+    Action,
+    DsnReport,
+    ReportedRecipient,
+    Ret,
+    build_dsn,
+    should_send_dsn,
+    status_from_reply,
+)
+from surat.delivery.local import resolve as resolve_local
+from surat.delivery.mx import Route, RouteFailure, resolve_targets
+from surat.delivery.schedule import DEFAULT_SCHEDULE, RetrySchedule, next_attempt
+from surat.delivery.smtp_client import SessionOutcome, send_transaction
+from surat.dns.base import Resolver
+from surat.log import fields
+from surat.proto.smtp.address import Address, SMTPSyntaxError, parse_path
+from surat.proto.smtp.client import ClientSettings, Envelope, Recipient, RecipientResult, Timeouts
+from surat.proto.smtp.replies import Reply
+from surat.store.base import (
+    ChangeKind,
+    Delivery,
+    NotFound,
+    OutboundMessage,
+    OutboundRecipient,
+    QueueEntry,
+    RecipientState,
+    RecipientUpdate,
+    Store,
+    StoreError,
+    Subscription,
+)
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 §6.3: a message with more Received fields than this is looping (Postfix: 50, the RFC
+# suggests at least 100).
+MAX_RECEIVED = 100
+# How long a claim (a recorded attempt) holds an entry: longer than a transaction can take with
+# the RFC 5321 §4.5.3.2 timeouts on a big message, so no second runner takes it meanwhile.
+LEASE = timedelta(minutes=30)
+
+LOCAL_LOOP = Reply(550, "5.4.6", "Too many Received header fields: mail loop")
+NO_SUCH_LOCAL_USER = Reply(550, "5.1.1", "No such local recipient")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Local error in processing")
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    hostname: str
+    schedule: RetrySchedule = DEFAULT_SCHEDULE
+    routes: Mapping[str, HostPort] = field(default_factory=dict)
+    smarthost: HostPort | None = None
+    max_connections: int = 100
+    max_connections_per_domain: int = 10
+    poll_interval: float = 5.0
+    connect_timeout: float = 30.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    mx_port: int = 25
+    batch: int = 100  # due entries fetched per wake-up
+    lease: timedelta = LEASE
+
+    @classmethod
+    def from_config(cls, config: Config) -> RunnerSettings:
+        delivery = config.delivery
+        return cls(
+            hostname=config.hostname,
+            schedule=RetrySchedule.from_seconds(delivery.retry_delays, delivery.expire_after),
+            routes=delivery.routes,
+            smarthost=delivery.smarthost,
+            max_connections=delivery.max_connections,
+            max_connections_per_domain=delivery.max_connections_per_domain,
+            poll_interval=delivery.queue_poll_interval,
+            connect_timeout=delivery.connect_timeout,
+        )
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What happened to one recipient in this attempt."""
+
+    state: RecipientState
+    reply: Reply
+    remote_mta: str | None = None
+    dsn_passed: bool = False
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _address(text: str) -> Address:
+    try:
+        parsed, _ = parse_path(f"<{text}>", sender=False)
+    except SMTPSyntaxError:
+        parsed = None
+    if parsed is None:
+        local, _, domain = text.rpartition("@")
+        return Address(local, domain.lower())
+    return parsed
+
+
+def _count_received(message: bytes) -> int:
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    return sum(1 for line in head.split(b"\r\n") if line[:9].lower() == b"received:")
+
+
+class QueueRunner:
+    def __init__(
+        self,
+        store: Store,
+        resolver: Resolver,
+        settings: RunnerSettings,
+        *,
+        data_dir: Path,
+        tls_context: ssl.SSLContext | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        local_hostnames: Collection[str] = (),
+    ) -> None:
+        self.store = store
+        self.resolver = resolver
+        self.settings = settings
+        self.data_dir = data_dir
+        self.tls_context = tls_context
+        self.clock = clock
+        self.local_hostnames = {settings.hostname, *local_hostnames}
+        self._wake = asyncio.Event()
+        self._connections = asyncio.Semaphore(settings.max_connections)
+        self._per_domain: dict[str, asyncio.Semaphore] = {}
+        self._domain_users: dict[str, int] = {}
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._keys: dict[str, tuple[dkim.DkimKey, ...]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rng = random.Random()
+        self._subscription: Subscription | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = self.clock()
+        for domain in await self.store.list_domains():
+            self._keys[domain] = await loop.run_in_executor(
+                None, dkim.ensure_keys, self.data_dir, domain, now
+            )
+        recovered = await self.store.recover_queue(now)
+        if recovered:
+            log.info("queue.recovered", extra=fields(entries=recovered))
+        subscription = self._subscription = self.store.changes.subscribe(0)
+        self._tasks = [
+            asyncio.create_task(self._watch(subscription), name="queue-watch"),
+            asyncio.create_task(self._run(), name="queue-run"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel everything; attempts cut short are recovered by the next start."""
+        tasks = [*self._tasks, *self._in_flight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        self._in_flight.clear()
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _watch(self, subscription: Subscription) -> None:
+        async for change in subscription:
+            if change.kind in (ChangeKind.QUEUE_CHANGED, ChangeKind.OVERFLOW):
+                self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except (StoreError, OSError):
+                log.exception("queue.dispatch_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    async def run_once(self) -> int:
+        """Start a task for every due entry not already in flight; returns how many were started."""
+        limit = self.settings.batch + len(self._in_flight)
+        started = 0
+        for entry in await self.store.due_queue_entries(self.clock(), limit):
+            if entry.id in self._in_flight:
+                continue
+            task = asyncio.create_task(self._process_logged(entry), name=f"queue-{entry.id}")
+            self._in_flight[entry.id] = task
+            task.add_done_callback(functools.partial(self._done, entry.id))
+            started += 1
+        return started
+
+    def _done(self, queue_id: str, _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(queue_id, None)
+
+    async def idle(self) -> None:
+        """Wait until no entry is in flight (for tests and benchmarks)."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    # ------------------------------------------------------------------------------ one entry
+
+    async def _process_logged(self, entry: QueueEntry) -> None:
+        try:
+            await self.process(entry)
+        except NotFound:
+            log.info("queue.entry_gone", extra=fields(id=entry.id))  # dropped while in flight
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("queue.process_failed", extra=fields(id=entry.id))
+            with contextlib.suppress(StoreError):
+                await self.store.reschedule(entry.id, self.clock() + self.settings.schedule.delays[0])
+
+    async def process(self, entry: QueueEntry) -> None:
+        loop = asyncio.get_running_loop()
+        original = await loop.run_in_executor(None, self._read_message, entry)
+        outcomes: dict[int, _Outcome] = {}
+        remote: dict[str, list[int]] = {}
+        for index, recipient in enumerate(entry.recipients):
+            if recipient.state is RecipientState.PENDING:
+                remote.setdefault(_domain_of(recipient.address), []).append(index)
+
+        if remote and _count_received(original) > MAX_RECEIVED:
+            for indexes in remote.values():
+                for index in indexes:
+                    outcomes[index] = _Outcome(RecipientState.FAILED, LOCAL_LOOP)
+            remote = {}
+
+        # Never sent out: a domain that became local after the message was queued.
+        local = [i for d in list(remote) if await self.store.is_local_domain(d) for i in remote.pop(d)]
+
+        routes: dict[str, Route] = {}
+        for domain, indexes in remote.items():
+            route = await resolve_targets(
+                self.resolver,
+                domain,
+                local_hostnames=self.local_hostnames,
+                routes=self.settings.routes,
+                smarthost=self.settings.smarthost,
+                rng=self._rng,
+                port=self.settings.mx_port,
+            )
+            if isinstance(route, RouteFailure):
+                state = RecipientState.FAILED if route.permanent else RecipientState.PENDING
+                for index in indexes:
+                    outcomes[index] = _Outcome(state, route.reply)
+            else:
+                routes[domain] = route
+
+        now = self.clock()
+        planned = ", ".join(f"{d}: {r.hosts[0].name}" for d, r in routes.items()) or None
+        number = await self.store.record_attempt(entry.id, now, planned, now + self.settings.lease)
+
+        for index in local:
+            outcomes[index] = await self._deliver_locally(entry, index, original)
+
+        if routes:
+            message = await self._signed(entry, original)
+            results = await asyncio.gather(
+                *(
+                    self._deliver_domain(entry, route, remote[domain], message)
+                    for domain, route in routes.items()
+                )
+            )
+            for domain_outcomes in results:
+                outcomes.update(domain_outcomes)
+
+        await self._finish(entry, number, original, outcomes)
+
+    def _read_message(self, entry: QueueEntry) -> bytes:
+        with self.store.blobs.open(entry.blob_id) as file:
+            file.seek(entry.body_offset)
+            return file.read()
+
+    async def _signed(self, entry: QueueEntry, message: bytes) -> bytes:
+        domain = _domain_of(entry.sender) if entry.sender else ""
+        if not domain or not await self.store.is_local_domain(domain):
+            return message
+        loop = asyncio.get_running_loop()
+        keys = self._keys.get(domain)
+        if keys is None:  # a domain added while running
+            keys = await loop.run_in_executor(None, dkim.ensure_keys, self.data_dir, domain, self.clock())
+            self._keys[domain] = keys
+        try:
+            header = await loop.run_in_executor(None, dkim.sign, message, domain, keys)
+        except dkim.DkimError:
+            log.exception("queue.dkim_failed", extra=fields(id=entry.id, domain=domain))
+            return message
+        return header + message
+
+    async def _deliver_locally(self, entry: QueueEntry, index: int, message: bytes) -> _Outcome:
+        address = entry.recipients[index].address
+        resolution = await resolve_local(self.store, address)
+        if not resolution.local:
+            return _Outcome(RecipientState.FAILED, NO_SUCH_LOCAL_USER)
+        content = f"Return-Path: <{entry.sender}>\r\n".encode() + message
+        await self.store.deliver(
+            Delivery(
+                spool_path=None,
+                size=len(content),
+                internal_date=self.clock(),
+                local=resolution.local,
+                content=content,
+            )
+        )
+        return _Outcome(
+            RecipientState.DELIVERED, Reply(250, "2.0.0", "Delivered locally"), self.settings.hostname
+        )
+
+    # ------------------------------------------------------------------------------ one domain
+
+    @contextlib.asynccontextmanager
+    async def _connection_slot(self, domain: str) -> AsyncIterator[None]:
+        """A per-domain then a global connection slot; a domain's semaphore lives while in use."""
+        semaphore = self._per_domain.get(domain)
+        if semaphore is None:
+            semaphore = self._per_domain[domain] = asyncio.Semaphore(self.settings.max_connections_per_domain)
+        self._domain_users[domain] = self._domain_users.get(domain, 0) + 1
+        try:
+            async with semaphore, self._connections:
+                yield
+        finally:
+            self._domain_users[domain] -= 1
+            if not self._domain_users[domain]:
+                del self._domain_users[domain], self._per_domain[domain]
+
+    async def _deliver_domain(
+        self, entry: QueueEntry, route: Route, indexes: Sequence[int], message: bytes
+    ) -> dict[int, _Outcome]:
+        recipients = tuple(
+            Recipient(
+                _address(entry.recipients[i].address),
+                notify=entry.recipients[i].notify,
+                orcpt=entry.recipients[i].orcpt,
+            )
+            for i in indexes
+        )
+        envelope = Envelope(
+            sender=_address(entry.sender) if entry.sender else None,
+            recipients=recipients,
+            size=len(message),
+            eight_bit=entry.eight_bit,
+            smtputf8=entry.smtputf8,
+            ret=entry.ret,
+            envid=entry.envid,
+        )
+        settings = ClientSettings(hostname=self.settings.hostname, timeouts=self.settings.timeouts)
+        last_failure = INTERNAL_ERROR
+        last_host: str | None = None
+        async with self._connection_slot(route.domain):
+            for target in route.targets:
+                outcome = await send_transaction(
+                    target,
+                    envelope,
+                    message,
+                    settings,
+                    tls_context=self.tls_context,
+                    connect_timeout=self.settings.connect_timeout,
+                )
+                if outcome.results is None and outcome.tls_failed:
+                    # Opportunistic TLS: a peer whose TLS is broken still gets the mail in clear.
+                    clear = ClientSettings(
+                        hostname=self.settings.hostname, starttls=False, timeouts=self.settings.timeouts
+                    )
+                    outcome = await send_transaction(
+                        target,
+                        envelope,
+                        message,
+                        clear,
+                        tls_context=None,
+                        connect_timeout=self.settings.connect_timeout,
+                    )
+                log.info(
+                    "queue.session",
+                    extra=fields(
+                        id=entry.id,
+                        domain=route.domain,
+                        target=outcome.describe,
+                        tls=outcome.tls,
+                        result=outcome.failure or "transaction",
+                    ),
+                )
+                if outcome.results is not None:
+                    return self._recipient_outcomes(indexes, outcome, outcome.results)
+                assert outcome.failure is not None
+                last_failure, last_host = outcome.failure, target.host
+        # RFC 5321 §4.5.4.1: no host took the mail. Like the engine's AUTH note says, a session that
+        # could not be set up (even with a 5xx greeting) is retried, not bounced.
+        return {i: _Outcome(RecipientState.PENDING, last_failure, last_host) for i in indexes}
+
+    @staticmethod
+    def _recipient_outcomes(
+        indexes: Sequence[int], outcome: SessionOutcome, results: Sequence[RecipientResult]
+    ) -> dict[int, _Outcome]:
+        outcomes: dict[int, _Outcome] = {}
+        host = outcome.target.host
+        for index, result in zip(indexes, results, strict=True):
+            if result.delivered:
+                state = RecipientState.RELAYED if outcome.dsn_passed else RecipientState.DELIVERED
+            elif result.permanent:
+                state = RecipientState.FAILED
+            else:
+                state = RecipientState.PENDING
+            outcomes[index] = _Outcome(
+                state, result.reply, host if result.remote else None, outcome.dsn_passed
+            )
+        return outcomes
+
+    # ------------------------------------------------------------------------------ results
+
+    async def _finish(
+        self, entry: QueueEntry, number: int, original: bytes, outcomes: dict[int, _Outcome]
+    ) -> None:
+        now = self.clock()
+        pending = [i for i, r in enumerate(entry.recipients) if r.state is RecipientState.PENDING]
+        still = [i for i in pending if i not in outcomes or outcomes[i].state is RecipientState.PENDING]
+        when = next_attempt(entry.created_at, number, now, self.settings.schedule) if still else None
+        expired = bool(still) and when is None
+        if expired:
+            for i in still:
+                previous = outcomes.get(i, _Outcome(RecipientState.PENDING, INTERNAL_ERROR))
+                outcomes[i] = _Outcome(RecipientState.FAILED, previous.reply, previous.remote_mta)
+        await self._send_dsns(entry, original, outcomes, now, expired)
+        updates = [
+            RecipientUpdate(i, outcome.state, str(outcome.reply)) for i, outcome in sorted(outcomes.items())
+        ]
+        summary = "; ".join(f"{entry.recipients[i].address}: {o.reply}" for i, o in sorted(outcomes.items()))
+        hosts = sorted({o.remote_mta for o in outcomes.values() if o.remote_mta})
+        await self.store.finish_attempt(
+            entry.id,
+            number,
+            summary[:2000],
+            updates,
+            when if not expired else None,
+            host=", ".join(hosts) or None,
+        )
+        log.info(
+            "queue.attempt",
+            extra=fields(
+                id=entry.id,
+                number=number,
+                delivered=sum(
+                    o.state in (RecipientState.DELIVERED, RecipientState.RELAYED) for o in outcomes.values()
+                ),
+                failed=sum(o.state is RecipientState.FAILED for o in outcomes.values()),
+                pending=0 if expired else len(still),
+                next=when.isoformat() if when and not expired else "-",
+            ),
+        )
+
+    async def _send_dsns(
+        self, entry: QueueEntry, original: bytes, outcomes: dict[int, _Outcome], now: datetime, expired: bool
+    ) -> None:
+        authenticated = entry.authenticated_user is not None
+        reported: list[ReportedRecipient] = []
+        for index, outcome in sorted(outcomes.items()):
+            recipient = entry.recipients[index]
+            if outcome.state is RecipientState.FAILED:
+                action = Action.FAILED
+            elif outcome.state is RecipientState.DELIVERED and outcome.remote_mta == self.settings.hostname:
+                action = Action.DELIVERED  # delivered here, to a mailbox
+            elif outcome.state is RecipientState.DELIVERED:
+                # RFC 3461 §6.2.1: a next hop without DSN support: we report "relayed" ourselves.
+                action = Action.RELAYED
+            else:
+                continue
+            if not should_send_dsn(entry.sender, recipient.notify, action, authenticated=authenticated):
+                continue
+            reply = str(outcome.reply)
+            reported.append(
+                ReportedRecipient(
+                    address=recipient.address,
+                    orcpt=recipient.orcpt,
+                    action=action,
+                    status=status_from_reply(reply, permanent=True if action is Action.FAILED else None),
+                    remote_mta=outcome.remote_mta,
+                    diagnostic=reply,
+                    last_attempt=now,
+                )
+            )
+        if not reported:
+            return
+        report = DsnReport(
+            reporting_mta=self.settings.hostname,
+            sender=entry.sender,
+            recipients=tuple(reported),
+            arrival_date=entry.created_at,
+            envid=entry.envid,
+            ret=Ret.FULL if (entry.ret or "").upper() == "FULL" else None,
+            smtputf8=entry.smtputf8,
+        )
+        dsn = build_dsn(report, io.BytesIO(original), now=now)
+        await self._submit_dsn(dsn.recipient, dsn.message, smtputf8=dsn.smtputf8, eight_bit=dsn.eight_bit)
+        log.info(
+            "queue.dsn",
+            extra=fields(id=entry.id, to=dsn.recipient, recipients=len(reported), expired=expired),
+        )
+
+    async def _submit_dsn(self, recipient: str, message: bytes, *, smtputf8: bool, eight_bit: bool) -> None:
+        """RFC 3461 §6.2: from the null reverse-path; local senders get it in their INBOX."""
+        now = self.clock()
+        if await self.store.is_local_domain(_domain_of(recipient)):
+            resolution = await resolve_local(self.store, recipient)
+            if not resolution.local and not resolution.remote:
+                log.warning("queue.dsn_undeliverable", extra=fields(to=recipient))  # never bounce a bounce
+                return
+            content = b"Return-Path: <>\r\n" + message
+            remote = None
+            if resolution.remote:
+                remote = OutboundMessage(
+                    sender="",
+                    recipients=tuple(OutboundRecipient(a) for a in resolution.remote),
+                    smtputf8=smtputf8,
+                    eight_bit=eight_bit,
+                    body_offset=len(b"Return-Path: <>\r\n"),
+                )
+            await self.store.deliver(
+                Delivery(None, len(content), now, local=resolution.local, remote=remote, content=content)
+            )
+            return
+        outbound = OutboundMessage(
+            sender="", recipients=(OutboundRecipient(recipient),), smtputf8=smtputf8, eight_bit=eight_bit
+        )
+        await self.store.deliver(Delivery(None, len(message), now, remote=outbound, content=message))

@@ -1,0 +1,108 @@
+"""ARC override of a DMARC reject (surat.smtpd.inbound): a mailing list we trust broke DKIM, not a forger.
+
+The MX's InboundChecks are driven directly: which sealers are trusted is not a config key yet.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from surat.dns.fake import FakeResolver
+from surat.smtpd.inbound import Disposition, InboundChecks
+
+ORIGINAL = (
+    b"From: Alice <alice@sender.example>\r\n"
+    b"To: list@lists.example\r\n"
+    b"Subject: meeting\r\n"
+    b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+    b"Message-ID: <1@sender.example>\r\n"
+    b"\r\n"
+    b"See you at ten.\r\n"
+)
+
+
+class Key:
+    def __init__(self) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        public_der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public_der).decode()
+
+
+@pytest.fixture(scope="module")
+def key() -> Key:
+    return Key()
+
+
+def resolver(key: Key) -> FakeResolver:
+    return FakeResolver(
+        {
+            ("s1._domainkey.sender.example", "TXT"): [key.record],
+            ("sender.example", "TXT"): ["v=spf1 ip4:192.0.2.1 -all"],
+            ("_dmarc.sender.example", "TXT"): ["v=DMARC1; p=reject"],
+            ("arc._domainkey.lists.example", "TXT"): [key.record],
+            ("lists.example", "TXT"): ["v=spf1 ip4:198.51.100.7 -all"],
+        }
+    )
+
+
+def through_the_list(key: Key, list_results: str) -> bytes:
+    """Signed by sender.example, then changed by the list (DKIM breaks) and ARC-sealed by it."""
+    signed: bytes = dkim.sign(ORIGINAL, b"s1", b"sender.example", key.private_pem) + ORIGINAL
+    changed = signed.replace(b"Subject: meeting", b"Subject: [list] meeting")
+    with_results = f"Authentication-Results: lists.example; {list_results}\r\n".encode() + changed
+    arc_set: list[bytes] = dkim.arc_sign(
+        with_results, b"arc", b"lists.example", key.private_pem, b"lists.example", timestamp="1700000000"
+    )
+    assert arc_set, "dkimpy produced no ARC set"
+    return b"".join(arc_set) + with_results
+
+
+async def verdict(key: Key, message: bytes, trusted: tuple[str, ...]) -> Disposition:
+    checks = InboundChecks(resolver(key), "mail.example.test", trusted_sealers=trusted)
+    # the list's server delivers: SPF passes for its own bounce domain, which is not aligned with From
+    spf = checks.start_spf("198.51.100.7", "mx.lists.example", "bounce@lists.example")
+    result = await checks.evaluate(spf, message)
+    assert result.dmarc is not None and result.dmarc.status.value == "fail"
+    assert [r.status.value for r in result.dkim] == ["fail"]
+    return result.disposition
+
+
+async def test_trusted_sealer_that_saw_dmarc_pass_overrides_reject(key: Key) -> None:
+    message = through_the_list(
+        key, "dkim=pass header.d=sender.example; dmarc=pass header.from=sender.example"
+    )
+    assert await verdict(key, message, ("lists.example",)) is Disposition.ACCEPT
+
+
+async def test_untrusted_sealer_does_not_override(key: Key) -> None:
+    message = through_the_list(
+        key, "dkim=pass header.d=sender.example; dmarc=pass header.from=sender.example"
+    )
+    assert await verdict(key, message, ()) is Disposition.REJECT
+    assert await verdict(key, message, ("other.example",)) is Disposition.REJECT
+
+
+async def test_trusted_sealer_that_saw_dmarc_fail_does_not_override(key: Key) -> None:
+    message = through_the_list(
+        key, "dkim=fail header.d=sender.example; dmarc=fail header.from=sender.example"
+    )
+    assert await verdict(key, message, ("lists.example",)) is Disposition.REJECT
+
+
+async def test_broken_chain_does_not_override(key: Key) -> None:
+    message = through_the_list(key, "dmarc=pass header.from=sender.example").replace(
+        b"See you at ten.", b"See you at noon."
+    )
+    assert await verdict(key, message, ("lists.example",)) is Disposition.REJECT

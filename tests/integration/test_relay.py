@@ -1,0 +1,419 @@
+"""Outbound relay end to end: server A's queue delivers to a second in-process Surat (B, remote.test)
+or to scripted peers, all on 127.0.0.1 through `[delivery] routes`; no public address is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import shutil
+import smtplib
+import socket
+import socketserver
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage, Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, require_tool
+
+from surat.app import SuratServer
+from surat.config import Config, parse_config
+from surat.delivery import dkim
+from surat.dns.fake import FakeResolver
+from surat.mailauth.dkim_verify import DKIMStatus, verify_dkim
+
+ALICE = "alice@example.test"
+BOB = "bob@remote.test"
+
+
+class Peer(RunningServer):
+    """RunningServer with its own host name and an injected resolver (no system DNS in tests)."""
+
+    def __init__(self, config: Config, resolver: FakeResolver) -> None:
+        self.config = config
+        self.fake_dns = resolver
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="surat-relay-peer", daemon=True)
+        self._thread.start()
+        self.server = SuratServer(config, resolver=resolver)
+        self.call(self.server.start())
+
+
+def peer_config(base: Path, hostname: str, **sections: dict[str, Any]) -> Config:
+    tls = dev_certificates(base.parent)
+    data: dict[str, Any] = {
+        "hostname": hostname,
+        "data_dir": "data",
+        "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
+        "listen": {role: ["127.0.0.1:0"] for role in ROLES},
+        "limits": {"auth_failure_delay": 0.05},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data, base_dir=base)
+
+
+def fast_delivery(routes: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "routes": routes,
+        "retry_delays": [0.2],
+        "expire_after": 60,
+        "queue_poll_interval": 0.1,
+        "connect_timeout": 2,
+        **extra,
+    }
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def inbox(server: RunningServer, address: str) -> list[bytes]:
+    async def read() -> list[bytes]:
+        store = server.store
+        account = await store.get_account(address)
+        assert account is not None
+        mailbox = await store.get_mailbox(account.id, "INBOX")
+        out = []
+        for summary in await store.list_messages(mailbox.id):
+            (record,) = await store.get_messages(mailbox.id, [summary.uid])
+            with store.blobs.open(record.blob_id) as blob:
+                out.append(blob.read())
+        return out
+
+    return server.call(read())
+
+
+def queue(server: RunningServer) -> list[Any]:
+    return list(server.call(server.store.list_queue()))
+
+
+def submit(server: RunningServer, recipients: list[str], subject: str = "hello") -> None:
+    msg = EmailMessage()
+    msg["From"] = ALICE
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = subject
+    msg.set_content("Hi there.\n")
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    context.check_hostname = False
+    with smtplib.SMTP(
+        "127.0.0.1", server.port("submission"), local_hostname="client.test", timeout=10
+    ) as client:
+        client.starttls(context=context)
+        client.ehlo()
+        client.login(ALICE, PASSWORD)
+        assert client.send_message(msg, ALICE, recipients) == {}
+
+
+def start_sender(tmp_path: Path, routes: dict[str, str], **extra: Any) -> Peer:
+    config = peer_config(tmp_path / "a", "mail.example.test", delivery=fast_delivery(routes, **extra))
+    sender = Peer(config, FakeResolver())
+    sender.add_domain("example.test")
+    sender.add_user(ALICE)
+    return sender
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[Peer]:
+    """Server B: remote.test with bob, resolving through a fake DNS that will carry A's DKIM keys."""
+    config = peer_config(tmp_path / "b", "mx.remote.test")
+    running = Peer(config, FakeResolver({("remote.test", "MX"): []}))
+    try:
+        running.add_domain("remote.test")
+        running.add_user(BOB)
+        yield running
+    finally:
+        running.stop()
+
+
+def publish_dkim_keys(sender: Peer, resolver: FakeResolver) -> None:
+    keys = dkim.ensure_keys(sender.config.data_dir, "example.test", datetime.now(UTC))
+    for key in keys:
+        resolver.set(key.record_name, "TXT", ["".join(key.txt_strings)])
+
+
+def dsn_parts(raw: bytes) -> tuple[Message, list[Message]]:
+    report = email.message_from_bytes(raw)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    status = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
+    assert len(status) == 1
+    payload = status[0].get_payload()
+    assert isinstance(payload, list)
+    blocks = [block for block in payload if isinstance(block, Message)]
+    assert len(blocks) == len(payload)
+    return report, blocks
+
+
+def test_mail_to_a_remote_surat_arrives_signed_over_tls(tmp_path: Path, remote: Peer) -> None:
+    sender = start_sender(tmp_path, {"remote.test": f"127.0.0.1:{remote.port('smtp')}"})
+    try:
+        publish_dkim_keys(sender, remote.fake_dns)
+        submit(sender, [BOB])
+        (received,) = wait_for(lambda: inbox(remote, BOB))
+        wait_for(lambda: not queue(sender))
+    finally:
+        sender.stop()
+    head = received.split(b"\r\n\r\n", 1)[0]
+    assert received.startswith(b"Return-Path: <alice@example.test>\r\n")
+    assert b"Subject: hello" in head and b"Hi there." in received
+    # Opportunistic STARTTLS happened: B's Received field names the TLS version.
+    assert b"by mx.remote.test" in head and b"version=TLSv1." in head
+    assert head.count(b"DKIM-Signature:") == 2
+    results = asyncio.run(verify_dkim(remote.fake_dns, received))
+    assert sorted(r.algorithm for r in results) == ["ed25519-sha256", "rsa-sha256"]
+    assert all(r.status is DKIMStatus.PASS and r.domain == "example.test" for r in results), results
+    # B's inbound checks saw the same signatures pass.
+    assert b"dkim=pass" in head
+
+
+def test_unknown_remote_user_bounces_to_the_local_sender(tmp_path: Path, remote: Peer) -> None:
+    sender = start_sender(tmp_path, {"remote.test": f"127.0.0.1:{remote.port('smtp')}"})
+    try:
+        submit(sender, ["nobody@remote.test", BOB])
+        wait_for(lambda: inbox(remote, BOB))
+        (bounce,) = wait_for(lambda: inbox(sender, ALICE))
+        wait_for(lambda: not queue(sender))
+    finally:
+        sender.stop()
+    assert bounce.startswith(b"Return-Path: <>\r\n")
+    report, blocks = dsn_parts(bounce.split(b"\r\n", 1)[1])
+    assert report["To"] == ALICE
+    per_recipient = blocks[1:]
+    assert len(per_recipient) == 1  # bob was delivered: only nobody is reported
+    (block,) = per_recipient
+    assert block["Final-Recipient"] == "rfc822; nobody@remote.test"
+    assert block["Action"] == "failed"
+    assert block["Status"] == "5.1.1"
+    assert "mx.remote.test" in block["Remote-MTA"] or "127.0.0.1" in block["Remote-MTA"]
+    assert block["Diagnostic-Code"].startswith("smtp; 550")
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_dead_peer_is_retried_then_bounced(tmp_path: Path) -> None:
+    sender = start_sender(tmp_path, {"dead.test": f"127.0.0.1:{closed_port()}"}, expire_after=1.5)
+    try:
+        submit(sender, ["someone@dead.test"])
+        attempts = wait_for(lambda: [len(e.attempts) for e in queue(sender) if len(e.attempts) >= 2])
+        assert attempts
+        (bounce,) = wait_for(lambda: inbox(sender, ALICE))
+        assert queue(sender) == []
+    finally:
+        sender.stop()
+    _, blocks = dsn_parts(bounce.split(b"\r\n", 1)[1])
+    (block,) = blocks[1:]
+    assert block["Final-Recipient"] == "rfc822; someone@dead.test"
+    assert block["Action"] == "failed"
+    assert block["Status"] == "5.4.1"  # the connection failure's 4.4.1, made permanent by expiry
+    assert "Cannot connect" in block["Diagnostic-Code"]
+
+
+class ScriptedPeer(socketserver.ThreadingTCPServer):
+    """A scripted SMTP peer (one thread per session), no PIPELINING, so every command is a line.
+
+    `greylist`: the first session's RCPT gets 451, later sessions accept. `broken_tls`: STARTTLS is
+    offered and answered 220, then the connection is dropped (a failed handshake). `greeting_delay`
+    holds each session open a while, so concurrent sessions overlap and can be counted.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, *, greylist: bool = False, broken_tls: bool = False, greeting_delay: float = 0
+    ) -> None:
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        self.greylist = greylist
+        self.broken_tls = broken_tls
+        self.greeting_delay = greeting_delay
+        self.sessions = 0
+        self.active = 0
+        self.max_active = 0
+        self.messages: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> ScriptedPeer:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+    @property
+    def port(self) -> int:
+        port: int = self.server_address[1]
+        return port
+
+
+class _ScriptedHandler(socketserver.StreamRequestHandler):
+    server: ScriptedPeer
+
+    def handle(self) -> None:
+        peer = self.server
+        with peer.lock:
+            peer.sessions += 1
+            session = peer.sessions
+            peer.active += 1
+            peer.max_active = max(peer.max_active, peer.active)
+        try:
+            time.sleep(peer.greeting_delay)
+            self.session(session)
+        finally:
+            with peer.lock:
+                peer.active -= 1
+
+    def session(self, number: int) -> None:
+        peer = self.server
+        self.wfile.write(b"220 peer.test ESMTP\r\n")
+        while line := self.rfile.readline(4096):
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                starttls = b"250-STARTTLS\r\n" if peer.broken_tls else b""
+                self.wfile.write(b"250-peer.test\r\n" + starttls + b"250 8BITMIME\r\n")
+            elif verb == b"STAR":
+                self.wfile.write(b"220 2.0.0 go ahead\r\n")
+                return  # no handshake: the client's TLS setup fails
+            elif verb == b"RCPT":
+                greylisted = peer.greylist and number == 1
+                self.wfile.write(
+                    b"451 4.7.1 Greylisted, try again\r\n" if greylisted else b"250 2.1.5 OK\r\n"
+                )
+            elif verb == b"DATA":
+                self.wfile.write(b"354 go ahead\r\n")
+                data = b""
+                while (chunk := self.rfile.readline(65536)) not in (b".\r\n", b""):
+                    data += chunk
+                with peer.lock:
+                    peer.messages.append(data)
+                self.wfile.write(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 2.0.0 bye\r\n")
+                return
+            else:  # MAIL, RSET, NOOP
+                self.wfile.write(b"250 2.0.0 OK\r\n")
+
+
+def test_temporary_failure_then_success_delivers_exactly_once(tmp_path: Path) -> None:
+    with ScriptedPeer(greylist=True) as peer:
+        sender = start_sender(tmp_path, {"grey.test": f"127.0.0.1:{peer.port}"})
+        try:
+            submit(sender, ["user@grey.test"], subject="greylisted")
+            wait_for(lambda: peer.messages)
+            wait_for(lambda: not queue(sender))
+            time.sleep(0.5)  # several poll intervals: nothing else may arrive
+            assert peer.sessions == 2
+            assert len(peer.messages) == 1
+            assert b"Subject: greylisted" in peer.messages[0]
+            assert inbox(sender, ALICE) == []  # no bounce
+        finally:
+            sender.stop()
+
+
+def test_failed_starttls_is_retried_once_in_clear(tmp_path: Path) -> None:
+    with ScriptedPeer(broken_tls=True) as peer:
+        sender = start_sender(tmp_path, {"tls.test": f"127.0.0.1:{peer.port}"})
+        try:
+            submit(sender, ["user@tls.test"], subject="in clear")
+            wait_for(lambda: peer.messages)
+            wait_for(lambda: not queue(sender))
+        finally:
+            sender.stop()
+    assert peer.sessions == 2  # the failed handshake, then the same host without STARTTLS
+    assert len(peer.messages) == 1 and b"Subject: in clear" in peer.messages[0]
+
+
+def test_connections_per_domain_are_limited(tmp_path: Path) -> None:
+    with ScriptedPeer(greeting_delay=0.5) as peer:
+        sender = start_sender(tmp_path, {"busy.test": f"127.0.0.1:{peer.port}"}, max_connections_per_domain=2)
+        try:
+            for n in range(5):
+                submit(sender, [f"user{n}@busy.test"], subject=f"busy {n}")
+            wait_for(lambda: len(peer.messages) == 5)
+            wait_for(lambda: not queue(sender))
+        finally:
+            sender.stop()
+    assert peer.sessions == 5
+    assert peer.max_active == 2
+
+
+def test_an_attempt_cut_short_is_resumed_after_a_restart(tmp_path: Path) -> None:
+    """The server stops while a session hangs (like a crash, the attempt has no result): the next
+    start makes the entry due at once instead of waiting for the claim's lease to run out."""
+    with ScriptedPeer(greeting_delay=30) as hanging:
+        sender = start_sender(tmp_path, {"slow.test": f"127.0.0.1:{hanging.port}"})
+        try:
+            submit(sender, ["user@slow.test"], subject="resumed")
+            wait_for(lambda: [e for e in queue(sender) if e.attempts and e.attempts[-1].result is None])
+        finally:
+            sender.stop()
+    with ScriptedPeer() as peer:
+        config = peer_config(
+            tmp_path / "a",
+            "mail.example.test",
+            delivery=fast_delivery({"slow.test": f"127.0.0.1:{peer.port}"}),
+        )
+        restarted = Peer(config, FakeResolver())
+        try:
+            wait_for(lambda: peer.messages, timeout=10)
+            wait_for(lambda: not queue(restarted))
+        finally:
+            restarted.stop()
+    assert len(peer.messages) == 1 and b"Subject: resumed" in peer.messages[0]
+
+
+PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers"
+
+
+def test_mail_to_postfix_arrives_in_its_maildir(tmp_path: Path) -> None:
+    require_tool("postconf")
+    script = PEERS / "postfix-up.sh"
+    if not script.is_file():
+        pytest.skip(f"{script} not found")
+    port = closed_port()
+    # Postfix's daemons run as other users and must reach the queue and Maildirs: pytest's tmp
+    # tree is private to root (0700), so the instance lives in its own world-readable directory.
+    root = Path(tempfile.mkdtemp(prefix="surat-postfix-"))
+    root.chmod(0o755)
+    started = subprocess.run(
+        [str(script), "start", str(port), str(root), "remote.test"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    sender = start_sender(tmp_path, {"remote.test": f"127.0.0.1:{port}"})
+    try:
+        submit(sender, ["test@remote.test"], subject="to postfix")
+        new = root / "mail" / "test" / "Maildir" / "new"
+        (path,) = wait_for(lambda: list(new.glob("*")) if new.is_dir() else [])
+        wait_for(lambda: not queue(sender))
+        delivered = path.read_bytes()
+    finally:
+        sender.stop()
+        subprocess.run([str(script), "stop", str(root)], check=False, capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+    assert b"Subject: to postfix" in delivered
+    assert delivered.count(b"DKIM-Signature:") == 2
+    assert b"by peers-postfix.remote.test" in delivered  # Postfix's Received field

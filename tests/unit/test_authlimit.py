@@ -1,0 +1,188 @@
+"""The shared auth-failure limiter (surat.authlimit) and the per-user sending limiter (surat.smtpd.ratelimit)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from surat.authlimit import InMemoryAuthLimiter, client_key
+from surat.config import LimitsConfig
+from surat.smtpd.ratelimit import InMemorySendingLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(clock: Clock, **kw: float) -> InMemoryAuthLimiter:
+    options: dict[str, float] = {"max_failures": 5, "window": 900, "block": 300, "block_max": 1000}
+    options.update(kw)
+    return InMemoryAuthLimiter(
+        max_failures=int(options["max_failures"]),
+        window=options["window"],
+        block=options["block"],
+        block_max=options["block_max"],
+        clock=clock,
+    )
+
+
+async def fail(lim: InMemoryAuthLimiter, ip: str, times: int, user: str = "alice@example.test") -> None:
+    for _ in range(times):
+        await lim.failure(ip, user, "imap")
+
+
+async def test_four_failures_do_not_block_the_fifth_does() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    await fail(lim, "192.0.2.1", 4)
+    assert await lim.retry_after("192.0.2.1") == 0
+    await fail(lim, "192.0.2.1", 1)
+    assert await lim.retry_after("192.0.2.1") == 300
+
+
+async def test_block_is_per_address_not_per_account() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    await fail(lim, "192.0.2.1", 5)
+    assert await lim.retry_after("192.0.2.1") > 0
+    assert await lim.retry_after("192.0.2.2") == 0
+    assert await lim.retry_after("127.0.0.1") == 0
+
+
+async def test_failures_outside_the_window_are_forgotten() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    await fail(lim, "192.0.2.1", 4)
+    clock.now += 901
+    await fail(lim, "192.0.2.1", 4)
+    assert await lim.retry_after("192.0.2.1") == 0
+    await fail(lim, "192.0.2.1", 1)
+    assert await lim.retry_after("192.0.2.1") == 300
+
+
+async def test_block_expires_and_grows_on_repeat_up_to_the_maximum() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    expected = [300, 600, 1000, 1000]
+    for period in expected:
+        await fail(lim, "192.0.2.1", 5)
+        assert await lim.retry_after("192.0.2.1") == period
+        clock.now += period - 1
+        assert await lim.retry_after("192.0.2.1") == 1
+        clock.now += 1
+        assert await lim.retry_after("192.0.2.1") == 0
+
+
+async def test_failures_during_a_block_do_not_extend_it() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    await fail(lim, "192.0.2.1", 5)
+    clock.now += 100
+    await fail(lim, "192.0.2.1", 10)
+    assert await lim.retry_after("192.0.2.1") == 200
+
+
+async def test_strikes_are_forgotten_after_a_quiet_day() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    await fail(lim, "192.0.2.1", 5)
+    clock.now += 300
+    await fail(lim, "192.0.2.1", 5)
+    assert await lim.retry_after("192.0.2.1") == 600
+    clock.now += 2 * 86400
+    await fail(lim, "192.0.2.1", 5)
+    assert await lim.retry_after("192.0.2.1") == 300
+
+
+async def test_ipv6_counts_per_64() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    for host in range(5):
+        await lim.failure(f"2001:db8:1:2::{host + 1}", "bob", "pop3")
+    assert await lim.retry_after("2001:db8:1:2:ffff::9") == 300
+    assert await lim.retry_after("2001:db8:1:3::1") == 0
+
+
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("2001:db8::1", "2001:db8::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_client_key(ip: str, key: str) -> None:
+    assert client_key(ip) == key
+
+
+async def test_tracked_addresses_are_bounded() -> None:
+    clock = Clock()
+    lim = InMemoryAuthLimiter(max_failures=2, clock=clock, max_tracked=3)
+    await lim.failure("192.0.2.1", None, "smtp")
+    for n in range(2, 6):
+        await lim.failure(f"192.0.2.{n}", None, "smtp")
+    # 192.0.2.1 was forgotten (least recently seen): one more failure does not block it
+    await lim.failure("192.0.2.1", None, "smtp")
+    assert await lim.retry_after("192.0.2.1") == 0
+    await lim.failure("192.0.2.5", None, "smtp")
+    assert await lim.retry_after("192.0.2.5") > 0
+
+
+async def test_log_lines_name_ip_and_user_for_fail2ban(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    lim = limiter(clock, max_failures=2)
+    with caplog.at_level(logging.INFO, logger="surat.authlimit"):
+        await lim.failure("192.0.2.7", "alice@example.test", "imap")
+        await lim.failure("192.0.2.7", None, "smtp")
+    records = [(r.getMessage(), getattr(r, "kv", {})) for r in caplog.records]
+    assert records[0] == ("auth.failed", {"ip": "192.0.2.7", "user": "alice@example.test", "service": "imap"})
+    assert records[1] == ("auth.failed", {"ip": "192.0.2.7", "user": "-", "service": "smtp"})
+    assert records[2][0] == "auth.blocked"
+    assert records[2][1]["ip"] == "192.0.2.7"
+    assert records[2][1]["seconds"] == 300
+
+
+def test_from_config() -> None:
+    limits = LimitsConfig(auth_max_failures=3, auth_failure_window=60, auth_block=10, auth_block_max=20)
+    lim = InMemoryAuthLimiter.from_config(limits)
+    assert (lim.max_failures, lim.window, lim.block, lim.block_max) == (3, 60, 10, 20)
+
+
+# ----------------------------------------------------------------------------- sending limits
+
+
+async def test_messages_per_hour() -> None:
+    clock = Clock()
+    lim = InMemorySendingLimiter(messages_per_hour=3, recipients_per_hour=100, clock=clock)
+    for _ in range(3):
+        assert await lim.may_send("alice")
+        await lim.sent("alice", 1)
+        clock.now += 60
+    assert not await lim.may_send("alice")
+    assert await lim.may_send("bob")
+    clock.now = 1000 + 3600  # the first message leaves the window
+    assert await lim.may_send("alice")
+
+
+async def test_recipients_per_hour() -> None:
+    clock = Clock()
+    lim = InMemorySendingLimiter(messages_per_hour=100, recipients_per_hour=10, clock=clock)
+    await lim.sent("alice", 7)
+    assert await lim.may_add_recipients("alice", 3)
+    assert not await lim.may_add_recipients("alice", 4)
+    assert await lim.may_add_recipients("bob", 10)
+    assert not await lim.may_add_recipients("bob", 11)
+    clock.now += 3600
+    assert await lim.may_add_recipients("alice", 10)
+
+
+def test_sending_limiter_from_config() -> None:
+    lim = InMemorySendingLimiter.from_config(LimitsConfig(messages_per_hour=7, recipients_per_hour=9))
+    assert (lim.messages_per_hour, lim.recipients_per_hour) == (7, 9)

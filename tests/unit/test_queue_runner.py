@@ -1,0 +1,240 @@
+"""The queue runner's decisions without sockets: DNS outcomes from a FakeResolver, a settable clock,
+the real SQLite store. What reaches a remote server is tested in tests/integration/test_relay.py."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from surat.delivery.queue import QueueRunner, RunnerSettings
+from surat.delivery.schedule import RetrySchedule
+from surat.dns.base import DNSErrorKind, MXRecord
+from surat.dns.fake import FakeResolver
+from surat.store.base import (
+    Account,
+    Credentials,
+    Delivery,
+    OutboundMessage,
+    OutboundRecipient,
+    QueueEntry,
+    RecipientState,
+)
+from surat.store.sqlite import SQLiteStore
+
+SCHEDULE = RetrySchedule(delays=(timedelta(minutes=1), timedelta(minutes=5)), expire_after=timedelta(days=1))
+CREDS = Credentials("$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")
+
+
+@dataclass
+class Clock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def alice(store: SQLiteStore) -> Account:
+    await store.add_domain("example.test")
+    return await store.add_account("alice@example.test", CREDS)
+
+
+def dns() -> FakeResolver:
+    return FakeResolver(
+        {
+            ("null.test", "MX"): [MXRecord(0, ".")],
+            ("flaky.test", "MX"): DNSErrorKind.TEMPORARY,
+            ("other.test", "MX"): DNSErrorKind.TEMPORARY,
+        }
+    )
+
+
+def runner(
+    store: SQLiteStore, tmp_path: Path, clock: Clock, resolver: FakeResolver | None = None
+) -> QueueRunner:
+    settings = RunnerSettings(hostname="mail.example.test", schedule=SCHEDULE)
+    return QueueRunner(store, resolver or dns(), settings, data_dir=tmp_path / "data", clock=clock)
+
+
+async def enqueue(
+    store: SQLiteStore,
+    recipients: list[OutboundRecipient],
+    sender: str = "alice@example.test",
+    headers: bytes = b"",
+) -> QueueEntry:
+    prefix = f"Return-Path: <{sender}>\r\n".encode()
+    content = prefix + headers + b"From: alice@example.test\r\nSubject: test\r\n\r\nbody\r\n"
+    remote = OutboundMessage(sender=sender, recipients=tuple(recipients), body_offset=len(prefix))
+    result = await store.deliver(
+        Delivery(None, len(content), datetime.now(UTC), remote=remote, content=content)
+    )
+    assert result.queue_id is not None
+    entry = await store.get_queue_entry(result.queue_id)
+    assert entry is not None
+    return entry
+
+
+async def inbox(store: SQLiteStore, account: Account) -> list[bytes]:
+    mailbox = await store.get_mailbox(account.id, "INBOX")
+    assert mailbox is not None
+    out = []
+    for summary in await store.list_messages(mailbox.id):
+        (record,) = await store.get_messages(mailbox.id, [summary.uid])
+        with store.blobs.open(record.blob_id) as blob:
+            out.append(blob.read())
+    return out
+
+
+def status_blocks(raw: bytes) -> list[Message]:
+    report = email.message_from_bytes(raw)
+    (part,) = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
+    payload = part.get_payload()
+    assert isinstance(payload, list)
+    return [block for block in payload if isinstance(block, Message)][1:]
+
+
+async def test_null_mx_bounces_at_once_to_the_local_sender(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    entry = await enqueue(store, [OutboundRecipient("x@null.test")])
+    await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    assert await store.get_queue_entry(entry.id) is None
+    (dsn,) = await inbox(store, alice)
+    assert dsn.startswith(b"Return-Path: <>\r\n")
+    (block,) = status_blocks(dsn)
+    assert (block["Final-Recipient"], block["Action"], block["Status"]) == (
+        "rfc822; x@null.test",
+        "failed",
+        "5.1.10",
+    )
+
+
+async def test_temporary_dns_failure_is_retried_per_schedule(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    entry = await enqueue(store, [OutboundRecipient("x@flaky.test")])
+    clock = Clock(datetime.now(UTC))
+    queue = runner(store, tmp_path, clock)
+    await queue.process(entry)
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None
+    assert again.next_attempt_at == clock.now + timedelta(minutes=1)
+    assert [(a.number, a.result is not None) for a in again.attempts] == [(1, True)]
+    assert again.recipients[0].state is RecipientState.PENDING
+    assert again.recipients[0].last_reply is not None and again.recipients[0].last_reply.startswith(
+        "451 4.4.3"
+    )
+    clock.now += timedelta(minutes=1)
+    await queue.process(again)
+    third = await store.get_queue_entry(entry.id)
+    assert third is not None and third.next_attempt_at == clock.now + timedelta(minutes=5)
+    assert await inbox(store, alice) == []
+
+
+async def test_expiry_bounces_the_pending_recipients(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    entry = await enqueue(store, [OutboundRecipient("x@flaky.test")])
+    await runner(store, tmp_path, Clock(datetime.now(UTC) + timedelta(days=2))).process(entry)
+    assert await store.get_queue_entry(entry.id) is None
+    (dsn,) = await inbox(store, alice)
+    (block,) = status_blocks(dsn)
+    assert block["Action"] == "failed"
+    assert block["Status"] == "5.4.3"  # the temporary DNS failure's 4.4.3, final now
+
+
+async def test_domains_are_decided_separately(store: SQLiteStore, alice: Account, tmp_path: Path) -> None:
+    entry = await enqueue(store, [OutboundRecipient("x@null.test"), OutboundRecipient("y@other.test")])
+    await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None
+    assert [r.state for r in again.recipients] == [RecipientState.FAILED, RecipientState.PENDING]
+    (dsn,) = await inbox(store, alice)
+    assert [b["Final-Recipient"] for b in status_blocks(dsn)] == ["rfc822; x@null.test"]
+
+
+async def test_no_dsn_to_the_null_sender_or_with_notify_never(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    queue = runner(store, tmp_path, Clock(datetime.now(UTC)))
+    bounce = await enqueue(store, [OutboundRecipient("x@null.test")], sender="")
+    never = await enqueue(store, [OutboundRecipient("x@null.test", notify=("NEVER",))])
+    await queue.process(bounce)
+    await queue.process(never)
+    assert await store.list_queue() == []
+    assert await inbox(store, alice) == []
+
+
+async def test_dsn_for_a_remote_sender_is_queued_from_the_null_sender(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    entry = await enqueue(store, [OutboundRecipient("x@null.test")], sender="someone@other.test")
+    await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    (dsn,) = await store.list_queue()
+    assert dsn.sender == ""
+    assert [r.address for r in dsn.recipients] == ["someone@other.test"]
+    with store.blobs.open(dsn.blob_id) as blob:
+        report = email.message_from_bytes(blob.read())
+    assert report.get_content_type() == "multipart/report"
+    assert report["To"] == "someone@other.test"
+    (block,) = status_blocks(report.as_bytes())
+    assert block["Status"] == "5.1.10"
+
+
+async def test_local_domains_are_never_sent_out(store: SQLiteStore, alice: Account, tmp_path: Path) -> None:
+    resolver = dns()
+    entry = await enqueue(
+        store, [OutboundRecipient("alice@example.test"), OutboundRecipient("ghost@example.test")]
+    )
+    await runner(store, tmp_path, Clock(datetime.now(UTC)), resolver).process(entry)
+    assert resolver.queries == []  # no MX lookup for our own domain
+    assert await store.get_queue_entry(entry.id) is None
+    messages = await inbox(store, alice)
+    assert len(messages) == 2
+    delivered = next(m for m in messages if b"Subject: test" in m and b"delivery-status" not in m)
+    assert delivered.startswith(b"Return-Path: <alice@example.test>\r\n")
+    bounce = next(m for m in messages if b"delivery-status" in m)
+    (block,) = status_blocks(bounce)
+    assert (block["Final-Recipient"], block["Status"]) == ("rfc822; ghost@example.test", "5.1.1")
+
+
+async def test_too_many_received_fields_is_a_loop(store: SQLiteStore, alice: Account, tmp_path: Path) -> None:
+    resolver = dns()
+    headers = b"Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n" * 101
+    entry = await enqueue(store, [OutboundRecipient("x@other.test")], headers=headers)
+    await runner(store, tmp_path, Clock(datetime.now(UTC)), resolver).process(entry)
+    assert resolver.queries == []
+    (dsn,) = await inbox(store, alice)
+    (block,) = status_blocks(dsn)
+    assert block["Status"] == "5.4.6"
+
+
+async def test_run_once_claims_each_due_entry_once(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    first = await enqueue(store, [OutboundRecipient("x@flaky.test")])
+    second = await enqueue(store, [OutboundRecipient("y@flaky.test")])
+    queue = runner(store, tmp_path, Clock(datetime.now(UTC) + timedelta(seconds=1)))
+    assert await queue.run_once() == 2
+    assert await queue.run_once() == 0  # in flight or claimed: not started twice
+    await queue.idle()
+    assert await queue.run_once() == 0  # rescheduled a minute ahead
+    for queue_id in (first.id, second.id):
+        entry = await store.get_queue_entry(queue_id)
+        assert entry is not None and len(entry.attempts) == 1
