@@ -109,6 +109,7 @@ class SuratServer:
             RunnerSettings.from_config(config),
             data_dir=config.data_dir,
             tls_context=client_context(verify=False),
+            smarthost_tls_context=client_context(verify=True),  # it gets our AUTH credentials
         )
         await self.queue.start()
 

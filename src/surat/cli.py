@@ -255,6 +255,7 @@ message_size = 52428800  # bytes (50 MiB); announced with SIZE (RFC 1870)
 # smtp_idle_timeout = 300.0  # seconds without a command before 421 (RFC 5321 §4.5.3.2.7)
 # bad_commands = 10  # bad commands in a row before 421 and close
 # auth_failure_delay = 1.0  # seconds before answering a failed AUTH
+{mail_auth_line}
 
 [delivery]
 # routes = {{ "example.net" = "127.0.0.1:2526" }}  # static next hop per domain (transport map)
@@ -273,7 +274,14 @@ def _align_comments(text: str) -> str:
 
 
 def render_config(
-    hostname: str, *, host: str, ports: Mapping[str, int], cert: str, key: str, ca: str | None
+    hostname: str,
+    *,
+    host: str,
+    ports: Mapping[str, int],
+    cert: str,
+    key: str,
+    ca: str | None,
+    dev: bool = False,
 ) -> str:
     """The commented surat.toml that quickstart writes."""
     values = {role: f'["{host}:{ports[role]}"]' for role in LISTEN_ROLES}
@@ -289,6 +297,11 @@ def render_config(
             cert=cert,
             key=key,
             ca_line=ca_line,
+            mail_auth_line=(
+                "mail_auth = false  # dev: no SPF/DKIM/DMARC lookups, DNS may be out of reach; true in production"
+                if dev
+                else "# mail_auth = true  # SPF, DKIM, ARC and DMARC checks on port 25 (needs working DNS)"
+            ),
             **values,
         )
     )
@@ -352,6 +365,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             cert=relative(paths.cert),
             key=relative(paths.key),
             ca=relative(paths.ca) if paths.ca else None,
+            dev=args.dev,
         )
         # "x": never replace a config that appeared meanwhile.
         with config_file.open("x", encoding="utf-8") as out:

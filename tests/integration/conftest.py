@@ -21,7 +21,7 @@ import pytest
 from surat.app import SuratServer
 from surat.certs import CertificatePaths, write_dev_certificates
 from surat.config import Config, parse_config
-from surat.dns.base import Resolver
+from surat.dns.base import DNSErrorKind, Resolver
 from surat.dns.fake import FakeResolver
 from surat.passwords import make_credentials
 
@@ -76,7 +76,13 @@ class RunningServer:
     def __init__(self, config: Config, resolver: Resolver | None = None) -> None:
         self.config = config
         # Never the internet: an empty FakeResolver answers NXDOMAIN for everything unless a test passes one.
-        self.resolver = resolver if resolver is not None else FakeResolver()
+        # remote.example (the tests' remote domain) fails temporarily, so the relay keeps such mail
+        # queued while a test looks at the queue instead of bouncing it at once.
+        self.resolver = (
+            resolver
+            if resolver is not None
+            else FakeResolver({("remote.example", "MX"): DNSErrorKind.TEMPORARY})
+        )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="surat-test-server", daemon=True)
         self._thread.start()

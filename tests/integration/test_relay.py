@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import os
 import shutil
 import smtplib
 import socket
@@ -15,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from surat.config import Config, parse_config
 from surat.delivery import dkim
 from surat.dns.fake import FakeResolver
 from surat.mailauth.dkim_verify import DKIMStatus, verify_dkim
+from surat.store.base import RecipientState
+from surat.store.sqlite import SQLiteStore
 
 ALICE = "alice@example.test"
 BOB = "bob@remote.test"
@@ -357,6 +360,58 @@ def test_connections_per_domain_are_limited(tmp_path: Path) -> None:
     assert peer.max_active == 2
 
 
+def test_notify_success_to_a_peer_without_dsn_is_reported_as_relayed(tmp_path: Path) -> None:
+    with ScriptedPeer() as peer:  # announces no DSN: we owe the success notice ourselves
+        sender = start_sender(tmp_path, {"plain.test": f"127.0.0.1:{peer.port}"})
+        try:
+            context = ssl.create_default_context(cafile=str(sender.ca_file))
+            context.check_hostname = False
+            with smtplib.SMTP("127.0.0.1", sender.port("submission"), timeout=10) as client:
+                client.starttls(context=context)
+                client.ehlo()
+                client.login(ALICE, PASSWORD)
+                body = b"From: alice@example.test\r\nSubject: tell me\r\n\r\nhi\r\n"
+                client.sendmail(ALICE, ["user@plain.test"], body, rcpt_options=["NOTIFY=SUCCESS"])
+            (notice,) = wait_for(lambda: inbox(sender, ALICE))
+            wait_for(lambda: not queue(sender))
+        finally:
+            sender.stop()
+    assert len(peer.messages) == 1
+    _, blocks = dsn_parts(notice.split(b"\r\n", 1)[1])
+    (block,) = blocks[1:]
+    assert (block["Final-Recipient"], block["Action"], block["Status"]) == (
+        "rfc822; user@plain.test",
+        "relayed",
+        "2.0.0",
+    )
+
+
+def test_flush_by_another_process_is_seen_by_polling(tmp_path: Path) -> None:
+    """`surat queue flush` opens the store itself: its change never reaches the server's feed."""
+    sender = start_sender(
+        tmp_path, {"dead.test": f"127.0.0.1:{closed_port()}"}, retry_delays=[3600], expire_after=7200
+    )
+    try:
+        submit(sender, ["someone@dead.test"])
+        wait_for(lambda: [e for e in queue(sender) if e.attempts and e.attempts[-1].result])
+
+        async def flush() -> int:
+            other = SQLiteStore(sender.config.data_dir)
+            await other.open()
+            try:
+                return await other.flush_queue(datetime.now(UTC))
+            finally:
+                await other.close()
+
+        assert asyncio.run(flush()) == 1
+        (entry,) = wait_for(
+            lambda: [e for e in queue(sender) if len(e.attempts) == 2 and e.attempts[-1].result]
+        )
+        assert entry.next_attempt_at > datetime.now(UTC) + timedelta(minutes=50)
+    finally:
+        sender.stop()
+
+
 def test_an_attempt_cut_short_is_resumed_after_a_restart(tmp_path: Path) -> None:
     """The server stops while a session hangs (like a crash, the attempt has no result): the next
     start makes the entry due at once instead of waiting for the claim's lease to run out."""
@@ -382,6 +437,54 @@ def test_an_attempt_cut_short_is_resumed_after_a_restart(tmp_path: Path) -> None
     assert len(peer.messages) == 1 and b"Subject: resumed" in peer.messages[0]
 
 
+def start_smarthost_client(tmp_path: Path, smarthost: Peer) -> Peer:
+    """Server A relaying everything through B's submission port, as alice@example.test on B."""
+    password_file = tmp_path / "smarthost.password"
+    password_file.write_text(PASSWORD + "\n")
+    delivery = fast_delivery(
+        {},
+        smarthost=f"127.0.0.1:{smarthost.port('submission')}",
+        smarthost_user=ALICE,
+        smarthost_password_file=str(password_file),
+    )
+    return start_sender(tmp_path, {}, **{k: v for k, v in delivery.items() if k != "routes"})
+
+
+def test_smarthost_gets_auth_over_verified_tls(tmp_path: Path, remote: Peer) -> None:
+    remote.add_domain("example.test")
+    remote.add_user(ALICE)  # the account A logs in with at the smarthost
+    sender = start_smarthost_client(tmp_path, remote)
+    try:
+        # The dev CA signed B's certificate for mail.example.test, not for 127.0.0.1: check the chain only.
+        trusted = ssl.create_default_context(cafile=str(remote.ca_file))
+        trusted.check_hostname = False
+        assert sender.server.queue is not None
+        sender.server.queue.smarthost_tls_context = trusted
+        submit(sender, [BOB], subject="via smarthost")
+        (received,) = wait_for(lambda: inbox(remote, BOB))
+        wait_for(lambda: not queue(sender))
+    finally:
+        sender.stop()
+    head = received.split(b"\r\n\r\n", 1)[0]
+    assert b"Subject: via smarthost" in head
+    assert b"with ESMTPSA" in head and b"(authenticated as alice@example.test)" in head
+
+
+def test_smarthost_with_an_untrusted_certificate_gets_no_credentials(tmp_path: Path, remote: Peer) -> None:
+    remote.add_domain("example.test")
+    remote.add_user(ALICE)
+    sender = start_smarthost_client(tmp_path, remote)  # the system trust store: the dev CA is unknown
+    try:
+        submit(sender, [BOB], subject="kept")
+        (entry,) = wait_for(lambda: [e for e in queue(sender) if e.recipients[0].last_reply])
+        time.sleep(0.5)
+        assert inbox(remote, BOB) == []
+    finally:
+        sender.stop()
+    assert entry.recipients[0].state is RecipientState.PENDING
+    assert entry.recipients[0].last_reply.startswith("451 4.7.5")  # TLS failed, and no retry in clear
+
+
 PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers"
 
 
@@ -389,7 +492,10 @@ def test_mail_to_postfix_arrives_in_its_maildir(tmp_path: Path) -> None:
     require_tool("postconf")
     script = PEERS / "postfix-up.sh"
     if not script.is_file():
-        pytest.skip(f"{script} not found")
+        message = f"{script} not found (the peers scripts sit beside the checkout, in ../shared)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     port = closed_port()
     # Postfix's daemons run as other users and must reach the queue and Maildirs: pytest's tmp
     # tree is private to root (0700), so the instance lives in its own world-readable directory.

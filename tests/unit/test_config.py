@@ -186,6 +186,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "number",
     ),
     ("greet_pause negative", {**BASE, "limits": {"greet_pause": -1}}, "limits.greet_pause", "least"),
+    ("mail_auth not a boolean", {**BASE, "limits": {"mail_auth": "no"}}, "limits.mail_auth", "true or false"),
     (
         "unknown_recipients zero",
         {**BASE, "limits": {"unknown_recipients": 0}},
@@ -407,3 +408,48 @@ def test_bad_delivery_queue_settings(
         parse_config({**BASE, "delivery": delivery}, tmp_path)
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_smarthost_credentials(tmp_path: Path) -> None:
+    (tmp_path / "relay.pw").write_text("s3cret\n")
+    delivery = {
+        "smarthost": "smtp.provider.example:587",
+        "smarthost_user": "me",
+        "smarthost_password_file": "relay.pw",
+    }
+    config = parse_config({**BASE, "delivery": delivery}, tmp_path).delivery
+    assert (config.smarthost_user, config.smarthost_password) == ("me", "s3cret")
+    assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("delivery", "key", "problem"),
+    [
+        ({"smarthost": "relay.example:587", "smarthost_user": "me"}, "delivery.smarthost_user", "together"),
+        (
+            {"smarthost_user": "me", "smarthost_password_file": "relay.pw"},
+            "delivery.smarthost_user",
+            "smarthost",
+        ),
+        (
+            {
+                "smarthost": "relay.example:587",
+                "smarthost_user": "me",
+                "smarthost_password_file": "missing.pw",
+            },
+            "delivery.smarthost_password_file",
+            "cannot read",
+        ),
+    ],
+)
+def test_bad_smarthost_credentials(tmp_path: Path, delivery: dict[str, Any], key: str, problem: str) -> None:
+    (tmp_path / "relay.pw").write_text("pw")
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "delivery": delivery}, tmp_path)
+    assert info.value.key == key
+    assert problem in info.value.problem
+
+
+def test_mail_auth_defaults_on_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).limits.mail_auth is True
+    assert parse_config({**BASE, "limits": {"mail_auth": False}}, tmp_path).limits.mail_auth is False

@@ -16,8 +16,15 @@ A task:
    entry when nobody is pending; a DSN (from <>) goes to the sender for permanent failures and
    expiry, delivered locally when the sender is local, else queued like any mail.
 
+A `[delivery] smarthost` with credentials gets AUTH only under verified TLS (STARTTLS required,
+or implicit TLS on port 465), never retried in clear.
+
 Crash safety: attempts left in flight (result NULL) are marked interrupted and made due by
 `Store.recover_queue` when the runner starts; at most the in-flight transaction is repeated.
+
+Not yet: delay notices (NOTIFY=DELAY; the store has no per-recipient "notice sent" mark), reusing
+a connection for several entries to one domain, a bound on entries in flight (each holds its
+message in memory while it waits for a connection slot).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import logging
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,13 +53,20 @@ from surat.delivery.dsn import (
     status_from_reply,
 )
 from surat.delivery.local import resolve as resolve_local
-from surat.delivery.mx import Route, RouteFailure, resolve_targets
+from surat.delivery.mx import Route, RouteFailure, RouteKind, resolve_targets
 from surat.delivery.schedule import DEFAULT_SCHEDULE, RetrySchedule, next_attempt
 from surat.delivery.smtp_client import SessionOutcome, send_transaction
 from surat.dns.base import Resolver
 from surat.log import fields
 from surat.proto.smtp.address import Address, SMTPSyntaxError, parse_path
-from surat.proto.smtp.client import ClientSettings, Envelope, Recipient, RecipientResult, Timeouts
+from surat.proto.smtp.client import (
+    ClientSettings,
+    Credentials,
+    Envelope,
+    Recipient,
+    RecipientResult,
+    Timeouts,
+)
 from surat.proto.smtp.replies import Reply
 from surat.store.base import (
     ChangeKind,
@@ -77,6 +91,8 @@ MAX_RECEIVED = 100
 # the RFC 5321 §4.5.3.2 timeouts on a big message, so no second runner takes it meanwhile.
 LEASE = timedelta(minutes=30)
 
+SUBMISSIONS_PORT = 465
+
 LOCAL_LOOP = Reply(550, "5.4.6", "Too many Received header fields: mail loop")
 NO_SUCH_LOCAL_USER = Reply(550, "5.1.1", "No such local recipient")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Local error in processing")
@@ -88,6 +104,7 @@ class RunnerSettings:
     schedule: RetrySchedule = DEFAULT_SCHEDULE
     routes: Mapping[str, HostPort] = field(default_factory=dict)
     smarthost: HostPort | None = None
+    smarthost_credentials: Credentials | None = None
     max_connections: int = 100
     max_connections_per_domain: int = 10
     poll_interval: float = 5.0
@@ -105,6 +122,11 @@ class RunnerSettings:
             schedule=RetrySchedule.from_seconds(delivery.retry_delays, delivery.expire_after),
             routes=delivery.routes,
             smarthost=delivery.smarthost,
+            smarthost_credentials=(
+                Credentials(delivery.smarthost_user, delivery.smarthost_password)
+                if delivery.smarthost_user is not None and delivery.smarthost_password is not None
+                else None
+            ),
             max_connections=delivery.max_connections,
             max_connections_per_domain=delivery.max_connections_per_domain,
             poll_interval=delivery.queue_poll_interval,
@@ -156,6 +178,7 @@ class QueueRunner:
         *,
         data_dir: Path,
         tls_context: ssl.SSLContext | None = None,
+        smarthost_tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], datetime] = _utc_now,
         local_hostnames: Collection[str] = (),
     ) -> None:
@@ -164,6 +187,8 @@ class QueueRunner:
         self.settings = settings
         self.data_dir = data_dir
         self.tls_context = tls_context
+        # Credentials go only to a smarthost whose certificate checks out (RFC 8314 §4.2 for 465).
+        self.smarthost_tls_context = smarthost_tls_context
         self.clock = clock
         self.local_hostnames = {settings.hostname, *local_hostnames}
         self._wake = asyncio.Event()
@@ -392,7 +417,7 @@ class QueueRunner:
             ret=entry.ret,
             envid=entry.envid,
         )
-        settings = ClientSettings(hostname=self.settings.hostname, timeouts=self.settings.timeouts)
+        settings, tls_context, implicit_tls = self._client_settings(route)
         last_failure = INTERNAL_ERROR
         last_host: str | None = None
         async with self._connection_slot(route.domain):
@@ -402,19 +427,17 @@ class QueueRunner:
                     envelope,
                     message,
                     settings,
-                    tls_context=self.tls_context,
+                    tls_context=tls_context,
                     connect_timeout=self.settings.connect_timeout,
+                    implicit_tls=implicit_tls,
                 )
-                if outcome.results is None and outcome.tls_failed:
+                if outcome.results is None and outcome.tls_failed and not settings.require_tls:
                     # Opportunistic TLS: a peer whose TLS is broken still gets the mail in clear.
-                    clear = ClientSettings(
-                        hostname=self.settings.hostname, starttls=False, timeouts=self.settings.timeouts
-                    )
                     outcome = await send_transaction(
                         target,
                         envelope,
                         message,
-                        clear,
+                        replace(settings, starttls=False),
                         tls_context=None,
                         connect_timeout=self.settings.connect_timeout,
                     )
@@ -435,6 +458,21 @@ class QueueRunner:
         # RFC 5321 §4.5.4.1: no host took the mail. Like the engine's AUTH note says, a session that
         # could not be set up (even with a 5xx greeting) is retried, not bounced.
         return {i: _Outcome(RecipientState.PENDING, last_failure, last_host) for i in indexes}
+
+    def _client_settings(self, route: Route) -> tuple[ClientSettings, ssl.SSLContext | None, bool]:
+        """(settings, TLS context, implicit TLS) for a session on `route`."""
+        settings = ClientSettings(hostname=self.settings.hostname, timeouts=self.settings.timeouts)
+        credentials = self.settings.smarthost_credentials
+        if route.kind is not RouteKind.SMARTHOST or credentials is None:
+            return settings, self.tls_context, False
+        context = self.smarthost_tls_context or self.tls_context
+        # RFC 8314 §3.3: port 465 is TLS from the first byte; elsewhere STARTTLS, required.
+        implicit = route.hosts[0].port == SUBMISSIONS_PORT
+        return (
+            replace(settings, credentials=credentials, require_tls=True, tls_active=implicit),
+            context,
+            implicit,
+        )
 
     @staticmethod
     def _recipient_outcomes(

@@ -64,15 +64,23 @@ async def send_transaction(
     *,
     tls_context: ssl.SSLContext | None,
     connect_timeout: float,
+    implicit_tls: bool = False,
 ) -> SessionOutcome:
-    """Deliver `message` to the recipients of `envelope` through one SMTP session with `target`."""
+    """Deliver `message` to the recipients of `envelope` through one SMTP session with `target`.
+
+    `implicit_tls`: TLS from the first byte (port 465, RFC 8314), with `tls_context`."""
     if tls_context is None:
         settings = replace(settings, starttls=False)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.address, target.port), connect_timeout
-        )
-    except (OSError, TimeoutError) as exc:
+        if implicit_tls:
+            assert tls_context is not None
+            connection = asyncio.open_connection(
+                target.address, target.port, ssl=tls_context, server_hostname=target.host
+            )
+        else:
+            connection = asyncio.open_connection(target.address, target.port)
+        reader, writer = await asyncio.wait_for(connection, connect_timeout)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
         return SessionOutcome(target, None, connect_failure(target, exc), tls=False)
     engine = SMTPClientEngine(settings)
     results: tuple[RecipientResult, ...] | None = None

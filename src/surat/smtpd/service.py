@@ -133,7 +133,7 @@ class SMTPService:
         self.pregreet_passed: dict[str, float] = {}  # peer address -> until when it need not wait
         self.inbound = (
             InboundChecks(resolver, config.hostname, trusted_sealers=trusted_arc_sealers)
-            if resolver is not None
+            if resolver is not None and config.limits.mail_auth
             else None
         )
         # The app shares one auth limiter between SMTP, IMAP and POP3.
