@@ -190,6 +190,8 @@ class SuratProcess:
         self.log = (workdir / "server.log").open("w")
         self.proc = subprocess.Popen([*surat, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
+        # Let the server see the probe connection close: it counts toward the 20-per-IP limit.
+        time.sleep(0.5)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
