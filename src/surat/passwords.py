@@ -6,6 +6,7 @@ event loop.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import stringprep
 import unicodedata
@@ -14,7 +15,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import Argon2Error
 
 from surat.proto.sasl import SCRAM_ITERATIONS, SCRAM_SALT_BYTES, scram_sha256_keys
-from surat.store.base import Credentials, ScramCredentials
+from surat.store.base import Account, Credentials, InvalidName, ScramCredentials, Store
 
 __all__ = [
     "ARGON2_MEMORY_KIB",
@@ -168,3 +169,21 @@ def needs_rehash(credentials: Credentials) -> bool:
 def generate_password() -> str:
     """A random password of 20 unambiguous letters and digits (~115 bits), for quickstart."""
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(_PASSWORD_LENGTH))
+
+
+async def authenticate(store: Store, address: str, password: str) -> Account | None:
+    """The account if `password` is its password, else None: the one password check of SMTP, IMAP
+    and POP3. The hash check runs in an executor (it is CPU-bound by design), and an unknown or
+    malformed address costs the same as a wrong password, so timing does not tell which accounts exist.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        found = await store.get_credentials(address)
+    except InvalidName:
+        found = None
+    if found is None:
+        await loop.run_in_executor(None, verify_nonexistent, password)
+        return None
+    account, credentials = found
+    ok = await loop.run_in_executor(None, verify_password, credentials, password)
+    return account if ok else None

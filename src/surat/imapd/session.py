@@ -33,7 +33,7 @@ from surat.imapd.view import SelectedView
 from surat.log import fields
 from surat.net.connection import Connection, ConnectionTimeout
 from surat.net.listener import Handler
-from surat.passwords import verify_nonexistent, verify_password
+from surat.passwords import authenticate
 from surat.proto.imap import commands as c
 from surat.proto.imap import mutf7
 from surat.proto.imap.reader import (
@@ -613,15 +613,7 @@ class Session:
     # ------------------------------------------------------------------------------ authentication
 
     async def check_password(self, address: str, password: str) -> Account | None:
-        found = await self.store.get_credentials(address)
-        loop = asyncio.get_running_loop()
-        if found is None:
-            # Same cost as a real check, so timing does not tell which accounts exist.
-            await loop.run_in_executor(None, verify_nonexistent, password)
-            return None
-        account, credentials = found
-        ok = await loop.run_in_executor(None, verify_password, credentials, password)
-        return account if ok else None
+        return await authenticate(self.store, address, password)
 
     async def refuse_blocked(self) -> None:
         """Too many failures from this address (surat.authlimit): refuse without checking."""

@@ -23,7 +23,7 @@ from surat.config import Config
 from surat.log import fields
 from surat.net.connection import Connection, ConnectionTimeout
 from surat.net.listener import Handler
-from surat.passwords import verify_nonexistent, verify_password
+from surat.passwords import authenticate
 from surat.pop3d.locks import InProcessMaildropLocks, MaildropLease, MaildropLocks
 from surat.proto import sasl
 from surat.proto.pop3 import (
@@ -260,15 +260,7 @@ class POP3Session:
     # ----------------------------------------------------------------------------- authentication
 
     async def _check_password(self, address: str, password: str) -> Account | None:
-        found = await self.store.get_credentials(address)
-        loop = asyncio.get_running_loop()
-        if found is None:
-            # Same cost as a real check, so timing does not tell which accounts exist.
-            await loop.run_in_executor(None, verify_nonexistent, password)
-            return None
-        account, credentials = found
-        ok = await loop.run_in_executor(None, verify_password, credentials, password)
-        return account if ok else None
+        return await authenticate(self.store, address, password)
 
     async def _sasl_step(self, step: sasl.Step) -> None:
         mechanism = self._mechanism

@@ -26,7 +26,7 @@ from surat.dns.base import Resolver
 from surat.log import connection_id, fields
 from surat.mailauth.spf import SPFResult
 from surat.net.connection import Connection, ConnectionTimeout
-from surat.passwords import verify_nonexistent, verify_password
+from surat.passwords import authenticate
 from surat.proto import sasl
 from surat.proto.smtp import replies as R
 from surat.proto.smtp.address import MailParams, xtext_encode
@@ -640,14 +640,10 @@ class _Session:
                     return R.auth_challenge(step.data)
                 case sasl.VerifyPassword():
                     self.sasl_authcid = step.authcid
-                    found = await self._credentials(step.authcid)
-                    loop = asyncio.get_running_loop()
-                    if found is None:
-                        ok = await loop.run_in_executor(None, verify_nonexistent, step.password)
-                    else:
-                        self.sasl_account = found[0].address
-                        ok = await loop.run_in_executor(None, verify_password, found[1], step.password)
-                    step = mechanism.password_result(ok)
+                    account = await authenticate(self.store, step.authcid, step.password)
+                    if account is not None:
+                        self.sasl_account = account.address
+                    step = mechanism.password_result(account is not None)
                 case sasl.NeedScram():
                     self.sasl_authcid = step.authcid
                     found = await self._credentials(step.authcid)
