@@ -5,6 +5,14 @@ Prints messages/s and p50/p99 acceptance latency (MAIL FROM sent -> 250 after th
     .venv/bin/python bench/smtp_accept.py                      # starts Surat in a subprocess on a temp dir
     .venv/bin/python bench/smtp_accept.py --peer postfix       # also Postfix (../shared/peers), same load, same run
     .venv/bin/python bench/smtp_accept.py --target 127.0.0.1:2525 --rcpt test@example.test
+    .venv/bin/python bench/smtp_accept.py --signed --checks   # issue 6: cost of SPF/DKIM/DMARC checks
+
+--signed DKIM-signs the message (RSA 2048, relaxed/relaxed) for the --sender domain, whose SPF, DKIM key and
+DMARC (p=reject) records a DNS server inside this script serves on 127.0.0.1; Surat is pointed at it.
+--checks runs Surat twice on the same load, with `limits.mail_auth` off and then on, and prints both rates and
+their ratio (--rounds N: N times each, alternating, the best of each reported, for a machine that is busy).
+With both, every message passes SPF, DKIM and DMARC (counted from the server log). server_cpu_ms_per_msg is
+the Surat process's CPU time per message, steadier than msgs/s on a shared machine.
 
 Bounded: at most --messages messages and --timeout seconds per target.
 """
@@ -14,12 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +45,10 @@ class Result:
     seconds: float
     latencies: list[float]
     errors: int
+    cpu_seconds: float | None = None  # the server process's CPU time during the load, when known
+
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
         lat = sorted(self.latencies) or [0.0]
@@ -44,6 +58,11 @@ class Result:
         return (
             f"{self.name:<10} messages={self.messages} errors={self.errors} secs={self.seconds:.2f} "
             f"msgs_per_sec={rate:.0f} p50_ms={p50:.1f} p99_ms={p99:.1f}"
+            + (
+                f" server_cpu_ms_per_msg={1000 * self.cpu_seconds / self.messages:.2f}"
+                if self.cpu_seconds is not None and self.messages
+                else ""
+            )
         )
 
 
@@ -52,6 +71,91 @@ def make_message(size: int, sender: str, rcpt: str) -> bytes:
     line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuvwxyz\r\n"
     body = (line * (size // len(line) + 1))[: max(0, size - len(head) - 2)]
     return head.encode() + body + b"\r\n"  # the final dot must follow a CRLF
+
+
+DKIM_SELECTOR = "bench"
+
+
+def sign_message(message: bytes, domain: str) -> tuple[bytes, str]:
+    """`message` with a DKIM-Signature for `domain`, and the key record (RFC 6376 §3.6.1) to publish."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signature = dkim.sign(
+        message,
+        DKIM_SELECTOR.encode(),
+        domain.encode(),
+        pem,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[b"from", b"to", b"subject", b"message-id"],
+    )
+    return signature + message, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+
+
+class LocalDNS:
+    """A UDP DNS server on 127.0.0.1 (a thread) answering TXT queries from a dict; other names NXDOMAIN."""
+
+    def __init__(self, txt: dict[str, str], ttl: int = 300) -> None:
+        self.txt = {name.lower(): value for name, value in txt.items()}
+        self.ttl = ttl
+        self.queries = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, name="bench-dns", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import dns.message
+        import dns.rcode
+        import dns.rdataclass
+        import dns.rdatatype
+        import dns.rdtypes.ANY.TXT
+        import dns.rrset
+
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return  # closed
+            try:
+                query = dns.message.from_wire(data)
+            except Exception:
+                continue
+            self.queries += 1
+            response = dns.message.make_response(query)
+            question = query.question[0]
+            name = question.name.to_text().rstrip(".").lower()
+            if name not in self.txt:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            elif question.rdtype == dns.rdatatype.TXT:
+                value = self.txt[name].encode()
+                chunks = [value[i : i + 255] for i in range(0, len(value), 255)]  # RFC 1035 §3.3.14
+                rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, chunks)
+                response.answer.append(dns.rrset.from_rdata(question.name, self.ttl, rdata))
+            self.sock.sendto(response.to_wire(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def sender_records(domain: str, key_record: str) -> dict[str, str]:
+    records = {domain: "v=spf1 ip4:127.0.0.1 -all", f"_dmarc.{domain}": "v=DMARC1; p=reject"}
+    if key_record:
+        records[f"{DKIM_SELECTOR}._domainkey.{domain}"] = key_record
+    return records
 
 
 class SMTPError(Exception):
@@ -122,8 +226,7 @@ async def session(
     return errors
 
 
-async def run_load(name: str, host: str, port: int, args: argparse.Namespace) -> Result:
-    message = make_message(args.size, args.sender, args.rcpt)
+async def run_load(name: str, host: str, port: int, args: argparse.Namespace, message: bytes) -> Result:
     latencies: list[float] = []
     per_session = [args.messages // args.sessions] * args.sessions
     for i in range(args.messages % args.sessions):
@@ -158,7 +261,9 @@ def wait_port(port: int, timeout: float = 30) -> None:
 class SuratProcess:
     """Surat in a subprocess with a fresh data dir and the MX listener on a free port."""
 
-    def __init__(self, workdir: Path, domain: str, rcpt: str) -> None:
+    def __init__(
+        self, workdir: Path, domain: str, rcpt: str, *, mail_auth: bool = False, dns_port: int | None = None
+    ) -> None:
         self.port = free_port()
         surat = [sys.executable, "-m", "surat"]
         subprocess.run(
@@ -175,7 +280,18 @@ class SuratProcess:
                 f"{role} = []" if line.strip().startswith(f"{role} ") else line for line in text.splitlines()
             )
         # The --dev config has mail_auth = false: issue 2 measures acceptance alone (issue 6 the checks).
-        config.write_text(text + "\n")
+        lines = text.splitlines()
+        if dns_port is not None:
+            lines = [
+                f'nameservers = ["127.0.0.1:{dns_port}"]' if ln.startswith("nameservers ") else ln
+                for ln in lines
+            ]
+        if mail_auth:
+            lines = ["mail_auth = true" if ln.startswith("mail_auth ") else ln for ln in lines]
+            if "mail_auth = true" not in lines:
+                raise RuntimeError("quickstart config has no mail_auth line to switch on")
+        config.write_text("\n".join(lines) + "\n")
+        self.server_log = workdir / "server.log"
         env = {**os.environ, "SURAT_CONFIG": str(config)}
         user = subprocess.run(
             [*surat, "user", "add", rcpt, "--password-stdin"],
@@ -187,11 +303,27 @@ class SuratProcess:
         )
         if user.returncode != 0 and "exists" not in user.stderr:
             raise RuntimeError(user.stderr)
-        self.log = (workdir / "server.log").open("w")
+        self.log = self.server_log.open("w")
         self.proc = subprocess.Popen([*surat, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
         # Let the server see the probe connection close: it counts toward the 20-per-IP limit.
         time.sleep(0.5)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc; 0 elsewhere)."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        ticks = stat.rpartition(")")[2].split()
+        return (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: proc(5)
+
+    def log_count(self, check: str, result: str) -> int:
+        """Transaction log lines whose `check` field starts with `result` (values with spaces are quoted)."""
+        pattern = re.compile(rf'\b{check}="?{result}\b')
+        return sum(
+            1 for line in self.server_log.read_text(errors="replace").splitlines() if pattern.search(line)
+        )
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -231,18 +363,60 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{'one connection per message' if args.new_connections else 'connections reused'}"
     )
     results: list[Result] = []
+    message = make_message(args.size, args.sender, args.rcpt)
+    local_dns: LocalDNS | None = None
+    if args.signed or args.checks:
+        sender_domain = args.sender.rpartition("@")[2]
+        key_record = ""
+        if args.signed:
+            message, key_record = sign_message(message, sender_domain)
+        local_dns = LocalDNS(sender_records(sender_domain, key_record))
+        print(
+            (
+                f"signed: DKIM rsa-sha256 d={sender_domain} s={DKIM_SELECTOR}, {len(message)} B; "
+                if args.signed
+                else ""
+            )
+            + f"SPF/DKIM/DMARC records for {sender_domain} served by DNS on 127.0.0.1:{local_dns.port}"
+        )
+    dns_port = local_dns.port if local_dns is not None else None
     with tempfile.TemporaryDirectory(prefix="surat-bench-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # Postfix's unprivileged daemons must reach their queue below it
         if args.target:
             host, _, port = args.target.rpartition(":")
-            results.append(await run_load("target", host, int(port), args))
+            results.append(await run_load("target", host, int(port), args, message))
         else:
-            surat = SuratProcess(workdir / "surat", domain, args.rcpt)
-            try:
-                results.append(await run_load("surat", "127.0.0.1", surat.port, args))
-            finally:
-                surat.stop()
+            # --checks: off and on alternately, --rounds times; the best round of each counts, as the
+            # one least disturbed by whatever else the machine was doing
+            runs = (
+                [("surat", False), ("surat+checks", True)] * args.rounds
+                if args.checks
+                else [("surat", False)]
+            )
+            best: dict[bool, Result] = {}
+            for index, (name, mail_auth) in enumerate(runs):
+                surat = SuratProcess(
+                    workdir / f"{name}-{index}", domain, args.rcpt, mail_auth=mail_auth, dns_port=dns_port
+                )
+                try:
+                    cpu_before = surat.cpu_seconds()
+                    result = await run_load(name, "127.0.0.1", surat.port, args, message)
+                    result.cpu_seconds = surat.cpu_seconds() - cpu_before
+                finally:
+                    surat.stop()
+                if len(runs) > 2:
+                    print(f"round {index // 2 + 1}: {result.line()}")
+                if mail_auth not in best or result.rate() > best[mail_auth].rate():
+                    best[mail_auth] = result
+                if mail_auth:
+                    # the per-transaction log line carries the checks' results
+                    print(
+                        f"{name}: log lines with spf=pass {surat.log_count('spf', 'pass')}, "
+                        f"dkim=pass {surat.log_count('dkim', 'pass')}, dmarc=pass {surat.log_count('dmarc', 'pass')}"
+                        + (f"; DNS queries answered {local_dns.queries}" if local_dns is not None else "")
+                    )
+            results.extend(best[mode] for mode in (False, True) if mode in best)
         if args.peer == "postfix":
             if not shutil.which("postconf"):
                 print("postfix: not installed (run ../shared/peers/install.sh)")
@@ -250,7 +424,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 postfix = PostfixProcess(workdir, domain, args.rcpt.partition("@")[0])
                 try:
                     started = time.perf_counter()
-                    result = await run_load("postfix", "127.0.0.1", postfix.port, args)
+                    result = await run_load("postfix", "127.0.0.1", postfix.port, args, message)
                     # Postfix says 250 once the message is in its queue (fsynced); delivery to the
                     # Maildir follows. Surat's 250 means "in the mailbox", so also report the time
                     # until Postfix has delivered everything.
@@ -265,8 +439,18 @@ async def main_async(args: argparse.Namespace) -> None:
                     )
                 finally:
                     postfix.stop()
+    if local_dns is not None:
+        local_dns.close()
     for result in results:
         print(result.line())
+    if args.checks and len(results) >= 2 and results[0].messages and results[1].messages:
+        without = results[0].messages / results[0].seconds
+        with_checks = results[1].messages / results[1].seconds
+        print(
+            f"checks: {with_checks:.0f} msgs/s with, {without:.0f} without = {with_checks / without:.2f} "
+            f"of the throughput (cost {100 * (1 - with_checks / without):.0f}%)"
+        )
+        results = [results[0], *results[2:]]  # compare the peer with Surat as configured by default
     if len(results) == 2 and results[1].seconds and results[0].seconds:
         ratio = (results[0].messages / results[0].seconds) / (results[1].messages / results[1].seconds)
         print(f"ratio {results[0].name}/{results[1].name} = {ratio:.2f}x")
@@ -285,6 +469,20 @@ def main() -> None:
     parser.add_argument("--peer", choices=["postfix"], help="also run the same load against this peer")
     parser.add_argument("--new-connections", action="store_true", help="one connection per message")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="DKIM-sign the message; serve the sender's records from a local DNS",
+    )
+    parser.add_argument(
+        "--checks", action="store_true", help="run Surat with mail_auth off, then on (SPF/DKIM/ARC/DMARC)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --checks: alternate off/on this often, report the best of each",
+    )
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

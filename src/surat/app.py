@@ -66,6 +66,7 @@ class SuratServer:
             scram_secret=secret,
             resolver=self.resolver,
             auth_limiter=auth_limiter,
+            trusted_arc_sealers=config.limits.trusted_arc_sealers,
         )
         pop3 = POP3Service(
             config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
 from surat.config import Config, ConfigError, ListenConfig, config_path, load_config
+from surat.delivery import dkim
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.net.tls import TLSSetupError, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
@@ -312,6 +313,7 @@ class _Setup:
     config_file: Path
     password: str
     ca: Path | None
+    dkim_keys: tuple[dkim.DkimKey, ...] = ()
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -354,6 +356,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
         data_dir.mkdir(mode=0o700, exist_ok=True)
         _with_store(data_dir, populate)
+        keys = _ensure_dkim_keys(data_dir, domain)
 
         def relative(path: Path) -> str:
             return os.path.relpath(path.resolve(), directory.resolve())
@@ -382,7 +385,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a bug in the template; say so rather than leave a broken setup silently
         raise CliError(f"quickstart wrote a config that does not load ({exc}); please report this") from None
 
-    _print_quickstart(args, config, _Setup(config_file, password, paths.ca), postmaster)
+    _print_quickstart(args, config, _Setup(config_file, password, paths.ca, keys), postmaster)
     return 0
 
 
@@ -424,7 +427,9 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
     out += [
         f"Start the server: surat{config_arg} serve",
         "",
-        format_records(records_for(domain, config.hostname, _client_ports(config.listen))).rstrip("\n"),
+        format_records(
+            records_for(domain, config.hostname, _client_ports(config.listen), dkim_keys=setup.dkim_keys)
+        ).rstrip("\n"),
     ]
     print("\n".join(out))
 
@@ -480,16 +485,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     return _with_store(config.data_dir, inspect)
 
 
+def _ensure_dkim_keys(data_dir: Path, domain: str) -> tuple[dkim.DkimKey, ...]:
+    """The domain's DKIM keys (RSA-2048 and Ed25519), created when missing."""
+    try:
+        return dkim.ensure_keys(data_dir, domain, datetime.now(UTC))
+    except (dkim.DkimError, OSError) as exc:
+        raise CliError(f"DKIM keys for {domain}: {exc}") from None
+
+
+def _load_dkim_keys(data_dir: Path, domain: str) -> tuple[dkim.DkimKey, ...]:
+    try:
+        return dkim.load_keys(data_dir, domain)
+    except (dkim.DkimError, OSError) as exc:
+        raise CliError(f"DKIM keys for {domain}: {exc}") from None
+
+
 def cmd_dns(args: argparse.Namespace) -> int:
     domain = normalize_domain(args.domain)
+    config: Config | None
     if args.hostname:
         hostname = normalize_domain(args.hostname, "hostname")
         ports = PRODUCTION_PORTS
+        # The DKIM keys are in the data directory: read them when a config is at hand, but a
+        # missing or broken one is no error here (--hostname is for use without a setup).
+        path = config_path(args.config)
+        try:
+            config = load_config(path) if path.is_file() else None
+        except ConfigError:
+            config = None
     else:
         config = _load(args)
         hostname = config.hostname
         ports = _client_ports(config.listen)
-    print(format_records(records_for(domain, hostname, ports)), end="")
+    keys = _load_dkim_keys(config.data_dir, domain) if config is not None else None
+    print(format_records(records_for(domain, hostname, ports, dkim_keys=keys)), end="")
     return 0
 
 
@@ -510,7 +539,12 @@ def cmd_domain(args: argparse.Namespace) -> int:
             if await store.is_local_domain(domain):
                 raise CliError(f"domain {domain} already exists")
             await store.add_domain(domain)
+            keys = _ensure_dkim_keys(config.data_dir, domain)
             print(f"added domain {domain}")
+            print(
+                f"DKIM keys (selectors {', '.join(key.selector for key in keys)}) are in "
+                f"{dkim.key_dir(config.data_dir, domain)}; publish them: surat dns {domain}"
+            )
         else:
             if not await store.is_local_domain(domain):
                 raise CliError(f"domain {domain} does not exist")
@@ -524,6 +558,11 @@ def cmd_domain(args: argparse.Namespace) -> int:
                 await store.delete_alias(alias.source, alias.target)
             await store.delete_domain(domain)
             print(f"deleted domain {domain}")
+            directory = dkim.key_dir(config.data_dir, domain)
+            if directory.is_dir():
+                # Kept: re-adding the domain signs with the key DNS may still publish, and a
+                # private key is the operator's to destroy.
+                print(f"note: its DKIM keys stay in {directory}; delete them yourself", file=sys.stderr)
         return 0
 
     return _with_store(config.data_dir, act)
@@ -679,6 +718,8 @@ def _queue_details(entry: QueueEntry) -> list[str]:
     lines.append("recipients:")
     for recipient in entry.recipients:
         extra = f"  notify={','.join(recipient.notify)}" if recipient.notify else ""
+        if recipient.delay_notified:
+            extra += "  (delay notice sent)"
         lines.append(f"  {recipient.address}  {recipient.state.value}{extra}")
         if recipient.last_reply:
             lines.append(f"    last reply: {recipient.last_reply}")
@@ -755,7 +796,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     domain = commands.add_parser("domain", help="local mail domains")
     domain_actions = domain.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, text in (("add", "add a local domain"), ("del", "delete a domain without accounts")):
+    for name, text in (
+        ("add", "add a local domain"),
+        ("del", "delete a domain without accounts (its DKIM keys stay on disk)"),
+    ):
         domain_actions.add_parser(name, help=text).add_argument("domain", metavar="DOMAIN")
     domain_actions.add_parser("list", help="list the local domains")
     domain.set_defaults(handler=cmd_domain)

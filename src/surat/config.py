@@ -113,6 +113,9 @@ class LimitsConfig:
     # Port 25: SPF, DKIM, ARC and DMARC checks with an Authentication-Results header (issue 6).
     # Off only where DNS cannot be reached (an offline dev setup, a benchmark of acceptance alone).
     mail_auth: bool = True
+    # Port 25: ARC sealers (RFC 8617 §7.2) whose recorded dmarc=pass overrides a DMARC reject, e.g. the
+    # mailing lists users read that rewrite messages and so break DKIM. Domains (ARC-Seal d=).
+    trusted_arc_sealers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,7 @@ class DeliveryConfig:
     # Seconds to wait after the 1st, 2nd... failed attempt; the last repeats (issue 5's default).
     retry_delays: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
     expire_after: float = 5 * 86400.0  # RFC 5321 §4.5.4.1: give up after 4-5 days at least
+    delay_notice_after: float = 4 * 3600.0  # RFC 3461 NOTIFY=DELAY: tell the sender once, after this long
     max_connections: int = 100  # outbound SMTP connections at once, all domains together
     max_connections_per_domain: int = 10  # ... and to one destination domain
     queue_poll_interval: float = 5.0  # also see `surat queue retry/flush` run by another process
@@ -227,8 +231,11 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         unknown_recipients=int(
             limits_table.number("unknown_recipients", defaults.unknown_recipients, minimum=1)
         ),
-        dnsbl=_dnsbl_zones(limits_table._get("dnsbl")),
+        dnsbl=_domain_names(limits_table._get("dnsbl"), "limits.dnsbl", "DNS zones"),
         mail_auth=limits_table.boolean("mail_auth", defaults.mail_auth),
+        trusted_arc_sealers=_domain_names(
+            limits_table._get("trusted_arc_sealers"), "limits.trusted_arc_sealers", "domains"
+        ),
     )
     limits_table.finish()
 
@@ -267,6 +274,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smarthost=HostPort.parse(smarthost_text, "delivery.smarthost") if smarthost_text else None,
         retry_delays=tuple(float(delay) for delay in delays),
         expire_after=delivery_table.number("expire_after", delivery_defaults.expire_after, minimum=1),
+        delay_notice_after=delivery_table.number(
+            "delay_notice_after", delivery_defaults.delay_notice_after, minimum=1
+        ),
         max_connections=int(
             delivery_table.number("max_connections", delivery_defaults.max_connections, minimum=1)
         ),
@@ -310,17 +320,17 @@ def _check_tls_files(config: Config) -> None:
             raise ConfigError(key, f"file {file} does not exist")
 
 
-def _dnsbl_zones(value: Any) -> tuple[str, ...]:
+def _domain_names(value: Any, key: str, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise ConfigError("limits.dnsbl", f"expected a list of DNS zones, got {value!r}")
-    zones = []
-    for zone in value:
-        if not isinstance(zone, str):
-            raise ConfigError("limits.dnsbl", f"expected a DNS zone name, got {zone!r}")
-        zones.append(_normalize_hostname(zone, "limits.dnsbl"))
-    return tuple(zones)
+        raise ConfigError(key, f"expected a list of {what}, got {value!r}")
+    names = []
+    for name in value:
+        if not isinstance(name, str):
+            raise ConfigError(key, f"expected a DNS name, got {name!r}")
+        names.append(_normalize_hostname(name, key))
+    return tuple(names)
 
 
 def _normalize_hostname(name: str, key: str) -> str:

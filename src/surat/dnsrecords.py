@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from surat.delivery.dkim import DkimAlgorithm, DkimKey
+
 DEFAULT_TTL = 3600
 
 # RFC 6186 §3.1/RFC 8314 §5.1 service names, with the listener role that provides each.
@@ -66,12 +68,15 @@ def records_for(
     hostname: str,
     ports: Mapping[str, int] | None = None,
     sts_id: str = "1",
+    dkim_keys: Sequence[DkimKey] | None = None,
 ) -> RecordSet:
     """The records for `domain` whose mail is handled by the server `hostname`.
 
     `domain` and `hostname` must already be in A-label (IDNA) form. `ports` maps listener roles
     (as in `[listen]`) to the port clients should use; a role that is missing is not advertised.
     `sts_id` is the MTA-STS policy id (RFC 8461 §3.1): change it whenever the policy changes.
+    `dkim_keys` are the domain's signing keys (`delivery.dkim.load_keys`); None when no data
+    directory was at hand to read them from, () when the domain has none.
     """
     ports = PRODUCTION_PORTS if ports is None else ports
     zone = fqdn(domain)
@@ -99,16 +104,36 @@ def records_for(
     if host != zone:
         add(host, "TXT", _txt("v=spf1 a -all"), "SPF")
 
-    notes["DKIM"] = [
-        "DKIM: Surat does not sign outbound mail yet. Keys come with outbound delivery; then",
-        "`surat dns` will print the selector._domainkey record to publish here.",
-    ]
+    if dkim_keys:
+        algorithms = " and ".join(
+            "RSA-2048" if key.algorithm is DkimAlgorithm.RSA else "Ed25519" for key in dkim_keys
+        )
+        notes["DKIM"] = [
+            f"DKIM (RFC 6376): Surat signs outbound mail from {zone.rstrip('.')} with {algorithms}",
+            "(RFC 8463); publish every record below. Verifiers join a TXT record's strings without",
+            "separators (RFC 6376 §3.6.2.2): a 2048-bit RSA key does not fit one 255-octet string.",
+            "Keys live in the data directory (dkim/); a newer key gets a new dated selector, so",
+            "keep the old record until mail signed with it has been read.",
+        ]
+        for key in dkim_keys:
+            add(key.record_name, "TXT", _txt(key.txt_record), "DKIM")
+    elif dkim_keys is None:
+        notes["DKIM"] = [
+            "DKIM: the signing keys are in the server's data directory; run `surat dns` with the",
+            "server's config (without --hostname, or with --config) to print their records.",
+        ]
+    else:
+        notes["DKIM"] = [
+            f"DKIM: {zone.rstrip('.')} has no signing key yet; `surat domain add` creates one, and",
+            "the server creates missing keys when it starts. Run `surat dns` again afterwards.",
+        ]
 
     notes["DMARC"] = [
-        "DMARC (RFC 7489): p=quarantine, not reject, while mail is not DKIM-signed: SPF alone breaks",
-        "on forwarding, and quarantine sends such mail to spam instead of bouncing it. Aggregate",
-        f"reports (rua) go to {postmaster}, so you see who sends mail in your domain's name.",
-        "Move to p=reject once DKIM is published and the reports look clean.",
+        "DMARC (RFC 7489): p=quarantine to start with, not reject: until the DKIM record is",
+        "published, only SPF can pass, and SPF breaks on forwarding; quarantine sends such mail to",
+        f"spam instead of bouncing it. Aggregate reports (rua) go to {postmaster}, so you see who",
+        "sends mail in your domain's name. Move to p=reject once DKIM is published and the reports",
+        "look clean.",
     ]
     add(f"_dmarc.{zone}", "TXT", _txt(f"v=DMARC1; p=quarantine; rua=mailto:{postmaster}"), "DMARC")
 

@@ -91,3 +91,69 @@ def test_body_fetches_and_flags_across_sessions(server: RunningServer) -> None:
         for client in (first, second):
             with contextlib.suppress(imaplib.IMAP4.error):
                 client.logout()
+
+
+def joined(data: list[object]) -> bytes:
+    """imaplib's FETCH data as one byte string (lines and literals in order)."""
+    out = b""
+    for item in data:
+        if isinstance(item, tuple):
+            out += b"".join(x for x in item if isinstance(x, bytes))
+        elif isinstance(item, bytes):
+            out += item
+    return out
+
+
+STRUCTURES = "(ENVELOPE BODY BODYSTRUCTURE)"
+
+
+def test_cached_envelopes_and_structures_name_the_right_message(server: RunningServer) -> None:
+    """The ENVELOPE/BODY/BODYSTRUCTURE cache is keyed by mailbox, UIDVALIDITY and UID: UID 1 of another
+    mailbox, or of a mailbox deleted and created again under the same name, is another message."""
+    client = login(server)
+    try:
+        client.create("Other")
+        deliver(server, [SIMPLE])
+        deliver(server, [MULTIPART], mailbox="Other")
+        client.select("INBOX")
+        first = joined(fetch(client, "1", STRUCTURES)[1])
+        assert b'"hello"' in first and b'BODY ("text" "plain" ' in first
+        # BODY has no extension data, BODYSTRUCTURE has: two entries, not one.
+        assert (
+            b'BODYSTRUCTURE ("text" "plain" ("charset" "us-ascii") NIL NIL "7BIT" 11 1 NIL NIL NIL NIL)'
+            in first
+        )
+        assert joined(fetch(client, "1", STRUCTURES)[1]) == first  # now from the cache
+        client.select("Other")
+        other = joined(fetch(client, "1", STRUCTURES)[1])
+        assert b'"parts"' in other and b'"hello"' not in other and b'"mixed"' in other
+        client.select("INBOX")
+        client.delete("Other")
+        client.create("Other")
+        deliver(server, [NESTED], mailbox="Other")
+        client.select("Other")
+        again = joined(fetch(client, "1", STRUCTURES)[1])
+        assert b'"forwarded"' in again and b'"parts"' not in again
+        # Mixed with an item that needs the message file: the cached values and the header agree.
+        mixed = joined(fetch(client, "1", "(ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1])
+        assert b'"forwarded"' in mixed and b"Subject: forwarded\r\n" in mixed
+    finally:
+        client.logout()
+
+
+def test_cached_envelope_follows_each_sessions_utf8_mode(server: RunningServer) -> None:
+    """RFC 6855 §3: raw UTF-8 goes quoted only to a session that enabled UTF8=ACCEPT; a value cached
+    for one kind of session is never served to the other."""
+    deliver(server, [b"From: a@example.net\r\nSubject: caf\xc3\xa9\r\n\r\nbody\r\n"])
+    plain, utf8 = login(server), login(server)
+    try:
+        utf8.enable("UTF8=ACCEPT")
+        for _ in range(2):
+            for client in (plain, utf8):
+                client.select("INBOX")
+            assert b"{5}caf\xc3\xa9" in joined(fetch(plain, "1", "(ENVELOPE)")[1])
+            assert b'"caf\xc3\xa9"' in joined(fetch(utf8, "1", "(ENVELOPE)")[1])
+    finally:
+        for client in (plain, utf8):
+            with contextlib.suppress(imaplib.IMAP4.error):
+                client.logout()

@@ -1,14 +1,18 @@
 """ARC override of a DMARC reject (surat.smtpd.inbound): a mailing list we trust broke DKIM, not a forger.
 
-The MX's InboundChecks are driven directly: which sealers are trusted is not a config key yet.
+The MX's InboundChecks are driven directly, and a real server is configured with `limits.trusted_arc_sealers`.
 """
 
 from __future__ import annotations
 
 import base64
+import smtplib
+from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
+from conftest import DOMAIN, USER, RunningServer, dev_certificates, make_config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -106,3 +110,54 @@ async def test_broken_chain_does_not_override(key: Key) -> None:
         b"See you at ten.", b"See you at noon."
     )
     assert await verdict(key, message, ("lists.example",)) is Disposition.REJECT
+
+
+def list_server_resolver(key: Key) -> FakeResolver:
+    dns = resolver(key)
+    dns.set("lists.example", "TXT", ["v=spf1 ip4:127.0.0.1 -all"])  # the test client is the list's server
+    return dns
+
+
+def inbox(server: RunningServer) -> list[bytes]:
+    async def read() -> list[bytes]:
+        store: Any = server.store
+        account = await store.get_account(USER)
+        box = await store.get_mailbox(account.id, "INBOX")
+        out = []
+        for summary in await store.list_messages(box.id):
+            (record,) = await store.get_messages(box.id, [summary.uid])
+            with store.blobs.open(record.blob_id) as blob:
+                out.append(blob.read())
+        return out
+
+    result: list[bytes] = server.call(read())
+    return result
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_trusted_arc_sealers_config_key(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: Key, trusted: bool
+) -> None:
+    dev_certificates(tmp_path_factory.getbasetemp())
+    sealers = ["Lists.Example"] if trusted else []
+    config = make_config(tmp_path, limits={"greet_pause": 0, "trusted_arc_sealers": sealers})
+    running = RunningServer(config, resolver=list_server_resolver(key))
+    try:
+        running.add_domain(DOMAIN)
+        running.add_user(USER)
+        message = through_the_list(
+            key, "dkim=pass header.d=sender.example; dmarc=pass header.from=sender.example"
+        )
+        with smtplib.SMTP("127.0.0.1", running.port("smtp"), local_hostname="mx.lists.example") as client:
+            if trusted:
+                client.sendmail("bounce@lists.example", [USER], message)
+            else:
+                with pytest.raises(smtplib.SMTPDataError) as refused:
+                    client.sendmail("bounce@lists.example", [USER], message)
+                assert refused.value.smtp_code == 550
+        stored = inbox(running)
+        assert len(stored) == (1 if trusted else 0)
+        if trusted:
+            assert b"arc=pass" in stored[0] and b"dmarc=fail" in stored[0]
+    finally:
+        running.stop()

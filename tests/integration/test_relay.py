@@ -356,7 +356,8 @@ def test_connections_per_domain_are_limited(tmp_path: Path) -> None:
             wait_for(lambda: not queue(sender))
         finally:
             sender.stop()
-    assert peer.sessions == 5
+    # The three entries that waited for a slot go over the two sessions kept open (RFC 5321 §3.3).
+    assert peer.sessions == 2
     assert peer.max_active == 2
 
 

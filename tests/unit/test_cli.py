@@ -11,14 +11,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dkim as dkimpy
+import dns.rdatatype
+import dns.rdtypes.ANY.TXT
+import dns.zone
 import pytest
 
 from surat import cli
 from surat.cli import main, normalize_address, normalize_domain, parse_size
 from surat.config import Config, HostPort, load_config
+from surat.delivery import dkim
 from surat.net.tls import server_context
 from surat.passwords import verify_password
-from surat.store.base import Delivery, OutboundMessage, OutboundRecipient, QueueEntry, Store
+from surat.store.base import (
+    Delivery,
+    OutboundMessage,
+    OutboundRecipient,
+    QueueEntry,
+    RecipientState,
+    RecipientUpdate,
+    Store,
+)
 from surat.store.sqlite import SQLiteStore
 
 DOMAIN = "example.test"
@@ -493,6 +506,16 @@ def test_queue_commands(surat: Callable[..., Run], dev: Setup) -> None:
     assert f"sender:       <{POSTMASTER}>" in shown
     assert "bob@remote.example  pending" in shown
     assert f"submitted by: {POSTMASTER}" in shown
+    assert "delay notice" not in shown
+
+    async def notified(store: Store) -> None:
+        number = await store.record_attempt(queue_id, datetime.now(UTC), None, datetime.now(UTC))
+        update = RecipientUpdate(0, RecipientState.PENDING, "421 4.4.1 down", delay_notified=True)
+        await store.finish_attempt(queue_id, number, "421 4.4.1 down", [update], datetime.now(UTC))
+
+    _in_store(config, notified)
+    shown = surat("--config", c, "queue", "show", queue_id).out
+    assert "bob@remote.example  pending  (delay notice sent)" in shown
 
     assert surat("--config", c, "queue", "retry", queue_id).code == 0
     entry = _in_store(config, lambda store: store.get_queue_entry(queue_id))
@@ -529,6 +552,95 @@ def test_dns_with_hostname_needs_no_config(
     assert "SRV  0 1 993 mail.example.com." in result.out
     _one_line_error(surat("dns", "example.com"), 2, "config", "not found")
     _one_line_error(surat("dns", "exa mple.com", "--hostname", "mail.example.com"), 2, "domain")
+
+
+def _published_txt(output: str, domain: str) -> dict[bytes, bytes]:
+    """The TXT records of `surat dns` output as a zone file, parsed by dnspython: name -> text."""
+    zone = dns.zone.from_text(output, origin=domain, relativize=False, check_origin=False)
+    records: dict[bytes, bytes] = {}
+    for name, rdataset in zone.iterate_rdatasets(dns.rdatatype.TXT):
+        for rdata in rdataset:
+            assert isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
+            assert all(len(part) <= 255 for part in rdata.strings)  # RFC 1035 §3.3.14
+            records[name.to_text().encode()] = b"".join(rdata.strings)
+    return records
+
+
+def _verify_with(records: dict[bytes, bytes], message: bytes) -> list[bool]:
+    """dkimpy's verdict on each DKIM-Signature of `message`, keys looked up in `records` only."""
+
+    def lookup(name: bytes, timeout: float = 5, **_: object) -> bytes | None:
+        return records.get(name if name.endswith(b".") else name + b".")
+
+    verifier = dkimpy.DKIM(message)
+    count = message.split(b"\r\n\r\n", 1)[0].count(b"DKIM-Signature:")
+    return [bool(verifier.verify(idx=i, dnsfunc=lookup)) for i in range(count)]
+
+
+MESSAGE = (
+    b"From: Postmaster <postmaster@example.test>\r\nTo: someone@elsewhere.test\r\n"
+    b"Subject: signed\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n"
+    b"\r\nHello.\r\n"
+)
+
+
+def test_quickstart_creates_dkim_keys_and_prints_their_records(dev: Setup) -> None:
+    config = dev.config()
+    keys = dkim.load_keys(config.data_dir, DOMAIN)
+    assert [k.algorithm for k in keys] == [dkim.DkimAlgorithm.RSA, dkim.DkimAlgorithm.ED25519]
+    for path in dkim.key_dir(config.data_dir, DOMAIN).glob("*.pem"):
+        assert (path.stat().st_mode & 0o077) == 0  # private keys: owner only
+    records = _published_txt(dev.output[dev.output.index("; DNS records") :], DOMAIN)
+    for key in keys:
+        assert records[key.record_name.encode()] == key.txt_record.encode()
+
+
+def test_dns_prints_dkim_records_that_verify_a_signed_message(surat: Callable[..., Run], dev: Setup) -> None:
+    result = surat("--config", str(dev.config_file), "dns", DOMAIN)
+    assert result.code == 0, result.err
+    records = _published_txt(result.out, DOMAIN)
+    keys = dkim.load_keys(dev.config().data_dir, DOMAIN)
+    assert {k.record_name.encode() for k in keys} <= records.keys()
+    signed = dkim.sign(MESSAGE, DOMAIN, keys) + MESSAGE
+    assert _verify_with(records, signed) == [True, True]  # RSA and Ed25519
+    # The check can fail: a record for another key does not verify the signature.
+    other = dkim.generate_keys(DOMAIN, datetime.now(UTC))
+    wrong = {k.record_name.encode(): o.txt_record.encode() for k, o in zip(keys, other, strict=True)}
+    assert _verify_with(wrong, signed) == [False, False]
+
+
+def test_dns_with_hostname_reads_keys_only_with_a_config(
+    surat: Callable[..., Run], dev: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_config = surat("--config", str(dev.config_file), "dns", DOMAIN, "--hostname", "mx.example.test")
+    assert with_config.code == 0
+    assert len([k for k in _published_txt(with_config.out, DOMAIN) if b"._domainkey." in k]) == 2
+    monkeypatch.chdir(tmp_path)
+    without = surat("dns", DOMAIN, "--hostname", "mx.example.test")
+    assert without.code == 0
+    assert "_domainkey" not in without.out and "--config" in without.out
+
+
+def test_domain_add_creates_dkim_keys_and_del_keeps_them(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    data_dir = dev.config().data_dir
+    added = surat("--config", c, "domain", "add", "other.test")
+    assert added.code == 0, added.err
+    keys = dkim.load_keys(data_dir, "other.test")
+    assert len(keys) == 2
+    for key in keys:
+        assert key.selector in added.out
+    assert "surat dns other.test" in added.out
+    records = _published_txt(surat("--config", c, "dns", "other.test").out, "other.test")
+    message = MESSAGE.replace(b"example.test", b"other.test")
+    assert _verify_with(records, dkim.sign(message, "other.test", keys) + message) == [True, True]
+    deleted = surat("--config", c, "domain", "del", "other.test")
+    assert deleted.code == 0
+    assert "DKIM keys stay" in deleted.err and str(dkim.key_dir(data_dir, "other.test")) in deleted.err
+    assert dkim.load_keys(data_dir, "other.test") == keys  # still on disk
+    # Added again: the same keys, so records already published keep verifying.
+    assert surat("--config", c, "domain", "add", "other.test").code == 0
+    assert dkim.load_keys(data_dir, "other.test") == keys
 
 
 # ----------------------------------------------------------------------------------------- check

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
@@ -10,6 +12,7 @@ import dns.rdtypes.IN.SRV
 import dns.zone
 import pytest
 
+from surat.delivery.dkim import DkimKey, generate_keys
 from surat.dnsrecords import PRODUCTION_PORTS, DnsRecord, format_records, records_for
 
 
@@ -42,7 +45,11 @@ def test_dmarc_note_says_why_quarantine() -> None:
     assert "quarantine" in text
     assert "DKIM" in text
     assert "postmaster@example.com" in text
-    assert "not sign" in " ".join(rs.notes["DKIM"])
+    # Without keys at hand the DKIM section says where they are instead of printing nothing.
+    assert "--config" in " ".join(rs.notes["DKIM"])
+    assert "domain add" in " ".join(
+        records_for("example.com", "mail.example.com", dkim_keys=()).notes["DKIM"]
+    )
 
 
 def test_srv_records_prefer_implicit_tls_and_imap() -> None:
@@ -115,3 +122,28 @@ def test_formatted_text_has_comments_for_every_section() -> None:
         assert f"; --- {heading}" in text
     assert "PTR" in text  # reverse DNS is not ours to publish, but must be explained
     assert "/.well-known/mta-sts.txt" in text
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[DkimKey, DkimKey]:
+    return generate_keys("example.com", datetime(2026, 11, 26, tzinfo=UTC))
+
+
+def test_dkim_records_parse_as_a_zone_and_carry_each_key(keys: tuple[DkimKey, DkimKey]) -> None:
+    rs = records_for("example.com", "mail.example.com", dkim_keys=keys)
+    names = [r.name for r in rs.records if r.section == "DKIM"]
+    assert names == ["s20261126r._domainkey.example.com.", "s20261126e._domainkey.example.com."]
+    zone = dns.zone.from_text(format_records(rs), origin="example.com", relativize=False, check_origin=False)
+    for key in keys:
+        (rdata,) = zone.find_rdataset(dns.name.from_text(key.record_name), dns.rdatatype.TXT)
+        assert isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
+        # RFC 1035 §3.3.14: no character-string over 255 octets; joined, they are the record.
+        assert all(len(part) <= 255 for part in rdata.strings)
+        assert b"".join(rdata.strings).decode() == key.txt_record
+    rsa, ed25519 = (zone.find_rdataset(dns.name.from_text(k.record_name), dns.rdatatype.TXT) for k in keys)
+    assert len(next(iter(rsa)).strings) == 2  # RSA-2048 does not fit one string
+    assert len(next(iter(ed25519)).strings) == 1
+    assert b"k=ed25519" in b"".join(next(iter(ed25519)).strings)
+    assert "RSA-2048 and Ed25519" in " ".join(rs.notes["DKIM"])
+    count = sum(len(rdataset) for _, rdataset in zone.iterate_rdatasets())
+    assert count == len(rs.records)

@@ -196,6 +196,24 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("dnsbl a string", {**BASE, "limits": {"dnsbl": "zen.example"}}, "limits.dnsbl", "list"),
     ("dnsbl bad zone", {**BASE, "limits": {"dnsbl": ["bad zone"]}}, "limits.dnsbl", "host name"),
     (
+        "trusted_arc_sealers a string",
+        {**BASE, "limits": {"trusted_arc_sealers": "lists.example"}},
+        "limits.trusted_arc_sealers",
+        "list",
+    ),
+    (
+        "trusted_arc_sealers bad name",
+        {**BASE, "limits": {"trusted_arc_sealers": ["lists example"]}},
+        "limits.trusted_arc_sealers",
+        "host name",
+    ),
+    (
+        "trusted_arc_sealers not a string",
+        {**BASE, "limits": {"trusted_arc_sealers": [1]}},
+        "limits.trusted_arc_sealers",
+        "DNS name",
+    ),
+    (
         "TLS listener without cert",
         {**BASE, "listen": {"submissions": ["0.0.0.0:465"]}},
         "tls.cert",
@@ -450,6 +468,22 @@ def test_bad_smarthost_credentials(tmp_path: Path, delivery: dict[str, Any], key
     assert problem in info.value.problem
 
 
+def test_trusted_arc_sealers(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).limits.trusted_arc_sealers == ()  # no override unless configured
+    limits = {"trusted_arc_sealers": ["Lists.Example.", "groups.example"]}
+    parsed = parse_config({**BASE, "limits": limits}, tmp_path).limits
+    assert parsed.trusted_arc_sealers == ("lists.example", "groups.example")
+
+
 def test_mail_auth_defaults_on_and_can_be_turned_off(tmp_path: Path) -> None:
     assert parse_config(BASE, tmp_path).limits.mail_auth is True
     assert parse_config({**BASE, "limits": {"mail_auth": False}}, tmp_path).limits.mail_auth is False
+
+
+def test_delay_notice_after(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).delivery.delay_notice_after == 4 * 3600
+    config = parse_config({**BASE, "delivery": {"delay_notice_after": 600}}, tmp_path)
+    assert config.delivery.delay_notice_after == 600
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "delivery": {"delay_notice_after": 0}}, tmp_path)
+    assert info.value.key == "delivery.delay_notice_after"

@@ -46,6 +46,57 @@ def test_string(value: str | bytes, utf8: bool, expected: bytes) -> None:
         assert read_back(out) == raw
 
 
+QUOTING_CASES = [
+    "",
+    "plain text",
+    'say "hi"',
+    "back\\slash",
+    '\\"',
+    "tab\there",
+    "del\x7f",
+    "x" * 1024,  # the longest quoted value
+    "x" * 1025,
+    "a\rb",
+    "a\nb",
+    "a\x00b",
+    "caf\u00e9",
+    "x" * 1022 + "\u00e9",  # 1024 octets in UTF-8
+    "x" * 1023 + "\u00e9",  # 1025 octets: a literal even for UTF-8 clients
+    "raw\udce9",  # a surrogate-escaped raw octet
+    "\u00e9\udcff",
+]
+
+
+def valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("utf8", [False, True])
+@pytest.mark.parametrize("value", QUOTING_CASES)
+def test_text_fast_path_agrees_with_the_octet_path(value: str, utf8: bool) -> None:
+    """Plain ASCII str values are quoted without the bytes round trip; every str must still come out
+    exactly as its octets do, and read back as those octets."""
+    raw = value.encode("utf-8", "surrogateescape")
+    out = writer.string(value, utf8=utf8)
+    assert out == writer.string(raw, utf8=utf8)
+    assert writer.nstring(value, utf8=utf8) == out
+    if out.startswith(b"~"):
+        assert b"\x00" in raw
+    else:
+        assert read_back(out) == raw
+    if out.startswith(b'"'):
+        assert writer.quoted(value) == out and writer.quoted(raw) == out
+    assert out.startswith(b'"') == (
+        len(raw) <= writer.MAX_QUOTED
+        and not any(c in raw for c in b"\r\n\x00")
+        and (raw.isascii() or (utf8 and valid_utf8(raw)))
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -237,6 +288,20 @@ def test_envelope_groups_and_8bit() -> None:
     assert b'((NIL NIL "undisclosed" NIL)(NIL NIL NIL NIL))' in out
     assert out.startswith(b"(NIL {7}\r\nGr\xc3\xbc\xc3\x9fe ")
     assert structure.envelope(env, utf8=True).startswith(b'(NIL "Gr\xc3\xbc\xc3\x9fe" ')
+
+
+def test_envelope_sender_and_reply_to_shared_with_from_or_not() -> None:
+    """The store shares From's tuple with an absent Sender/Reply-To; a copy or another value must give
+    the same bytes as it would alone."""
+    from_ = (TERRY,)
+    shared = dataclasses.replace(RFC_ENVELOPE, from_=from_, sender=from_, reply_to=from_)
+    copied = dataclasses.replace(RFC_ENVELOPE, from_=from_, sender=tuple([TERRY]), reply_to=tuple([TERRY]))
+    assert structure.envelope(shared) == structure.envelope(copied) == structure.envelope(RFC_ENVELOPE)
+    own = dataclasses.replace(shared, sender=(IMAP,), reply_to=())
+    assert structure.envelope(own).startswith(
+        b'("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" "IMAP4rev2 WG mtg summary and minutes" '
+        b'(("Terry Gray" NIL "gray" "cac.washington.edu")) ((NIL NIL "imap" "cac.washington.edu")) NIL '
+    )
 
 
 def leaf(type_: str, subtype: str, **kw: object) -> BodyPart:

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from surat.delivery.dkim import DkimAlgorithm, generate_key
+from surat.delivery.dkim import sign as outbound_sign
 from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
-from surat.mailauth.dkim_verify import ARCStatus, DKIMStatus, verify_arc, verify_dkim
+from surat.mailauth.dkim_verify import (
+    ARCStatus,
+    DKIMStatus,
+    MessageFormatError,
+    _load_key,
+    canonical_body,
+    parse_message,
+    verify_arc,
+    verify_dkim,
+)
 
 MESSAGE = (
     b"From: Alice <alice@example.org>\r\n"
@@ -336,3 +348,155 @@ async def test_arc_truncated_at_every_offset_never_passes(rsa_key: RSAKey) -> No
         seen.add(result.status)
         assert result.status is not ARCStatus.PASS, offset
     assert seen == {ARCStatus.NONE, ARCStatus.FAIL}
+
+
+# --- our own verifier (RFC 6376 §3.4 canonicalization, cryptography for the signature) ---------------
+
+WHITESPACE_MESSAGE = (
+    b"From: Alice <alice@example.org>\r\n"
+    b"To:  bob@example.net \t\r\n"
+    b"Subject:  folded\r\n"
+    b"\tsubject  line \r\n"
+    b"Message-ID: <2@example.org>\r\n"
+    b"\r\n"
+    b" C \r\n"
+    b"D \t E\r\n"
+    b"tabs\tand  spaces  \t\r\n"
+    b"\r\n"
+    b"\r\n"
+)
+
+
+def test_canonical_body_rfc6376_example() -> None:
+    body = b" C \r\nD \t E\r\n\r\n\r\n"  # RFC 6376 §3.4.5
+    assert canonical_body(body, relaxed=True) == b" C\r\nD E\r\n"
+    assert canonical_body(body, relaxed=False) == b" C \r\nD \t E\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "simple", "relaxed"),
+    [
+        (
+            b"",
+            b"\r\n",
+            b"",
+        ),  # §3.4.3: empty simple body is one CRLF; §3.4.4 (erratum 1384): relaxed stays empty
+        (b"\r\n", b"\r\n", b""),
+        (b"\r\n\r\n", b"\r\n", b""),
+        (b" \t \r\n\r\n", b" \t \r\n", b""),
+        (b"abc", b"abc\r\n", b"abc\r\n"),  # a missing final CRLF is added
+        (b"abc  ", b"abc  \r\n", b"abc\r\n"),
+        (b"a\tb", b"a\tb\r\n", b"a b\r\n"),
+        (b"a\r\n\r\nb\r\n\r\n", b"a\r\n\r\nb\r\n", b"a\r\n\r\nb\r\n"),  # only trailing empty lines go
+        (b"x\r\r\n", b"x\r\r\n", b"x\r\r\n"),  # a lone CR is not a line end
+    ],
+)
+def test_canonical_body_edges(body: bytes, simple: bytes, relaxed: bytes) -> None:
+    assert canonical_body(body, relaxed=False) == simple
+    assert canonical_body(body, relaxed=True) == relaxed
+
+
+def test_parse_message_fields_and_body() -> None:
+    parsed = parse_message(b"A: X\r\nB : Y\t\r\n\tZ  \r\n\r\n C \r\n")  # RFC 6376 §3.4.5's header
+    assert parsed.fields == ((b"A", b" X\r\n"), (b"B ", b" Y\t\r\n\tZ  \r\n"))
+    assert parsed.body == b" C \r\n"
+    assert parsed.values(b"b") == [b" Y\t\r\n\tZ  \r\n"]
+    assert parse_message(b"A: 1\nB: 2\n\nbody\n") == parse_message(b"A: 1\r\nB: 2\r\n\r\nbody\r\n")
+    assert parse_message(b"A: 1").fields == ((b"A", b" 1\r\n"),)
+    assert parse_message(b"\r\nbody").fields == ()
+    with pytest.raises(MessageFormatError):
+        parse_message(b" continuation first\r\n\r\n")
+    with pytest.raises(MessageFormatError):
+        parse_message(b"no colon here\r\n\r\n")
+
+
+@pytest.mark.parametrize("header_c", [b"simple", b"relaxed"])
+@pytest.mark.parametrize("body_c", [b"simple", b"relaxed"])
+@pytest.mark.parametrize("length", [False, True])
+async def test_verifies_what_dkimpy_signs(
+    rsa_key: RSAKey, header_c: bytes, body_c: bytes, length: bool
+) -> None:
+    signed = sign_rsa(
+        WHITESPACE_MESSAGE,
+        rsa_key,
+        canonicalize=(header_c, body_c),
+        include_headers=[b"from", b"to", b"subject", b"message-id", b"subject"],
+        length=length,
+    )
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [rsa_key.record]})
+    [result] = await verify_dkim(resolver, signed)
+    assert result.status is DKIMStatus.PASS, result.reason
+    # and the verdicts agree with dkimpy's on changes that only one canonicalization tolerates
+    changed = signed.replace(b"To:  bob@example.net \t", b"To: bob@example.net")
+    changed = changed.replace(b"D \t E", b"D E")
+    [ours] = await verify_dkim(resolver, changed)
+    theirs = dkim.verify(changed, dnsfunc=lambda *_a, **_k: rsa_key.record.encode())
+    assert (ours.status is DKIMStatus.PASS) == theirs == (header_c == body_c == b"relaxed")
+
+
+async def test_length_tag_allows_appended_text_only(rsa_key: RSAKey) -> None:
+    signed = sign_rsa(MESSAGE, rsa_key, length=True)
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [rsa_key.record]})
+    [appended] = await verify_dkim(resolver, signed + b"-- \r\nlist footer\r\n")
+    assert appended.status is DKIMStatus.PASS
+    [changed] = await verify_dkim(resolver, signed.replace(b"Hello Bob", b"Hello Eve"))
+    assert changed.status is DKIMStatus.FAIL
+
+
+async def test_second_from_above_the_signed_one_fails(rsa_key: RSAKey) -> None:
+    signed = sign_rsa(MESSAGE, rsa_key)
+    end = signed.index(b"From: Alice")
+    forged = signed[:end] + b"From: Mallory <boss@example.org>\r\n" + signed[end:]
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [rsa_key.record]})
+    [result] = await verify_dkim(resolver, forged)
+    assert result.status is DKIMStatus.FAIL
+
+
+@pytest.mark.parametrize("algorithm", [DkimAlgorithm.RSA, DkimAlgorithm.ED25519])
+async def test_verifies_our_outbound_signer(algorithm: DkimAlgorithm) -> None:
+    key = generate_key("example.org", algorithm, datetime(2026, 1, 1, tzinfo=UTC))
+    signed = outbound_sign(WHITESPACE_MESSAGE, "example.org", [key]) + WHITESPACE_MESSAGE
+    resolver = FakeResolver({(key.record_name.rstrip("."), "TXT"): ["".join(key.txt_strings)]})
+    [result] = await verify_dkim(resolver, signed)
+    assert result.status is DKIMStatus.PASS, result.reason
+    assert result.algorithm == algorithm.signature_algorithm
+    [tampered] = await verify_dkim(resolver, signed.replace(b"tabs", b"tab"))
+    assert tampered.status is DKIMStatus.FAIL
+
+
+async def test_rsa_sha1_is_not_accepted(rsa_key: RSAKey) -> None:
+    signed = sign_rsa(MESSAGE, rsa_key, signature_algorithm=b"rsa-sha1")
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [rsa_key.record]})
+    [result] = await verify_dkim(resolver, signed)
+    assert result.status is DKIMStatus.PERMERROR  # RFC 8301 §3.1
+    assert "rsa-sha1" in result.reason
+
+
+async def test_bare_rsa_public_key_record(rsa_key: RSAKey) -> None:
+    private = serialization.load_pem_private_key(rsa_key.private_pem, password=None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    pkcs1 = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    record = "v=DKIM1; p=" + base64.b64encode(pkcs1).decode()
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [record]})
+    [result] = await verify_dkim(resolver, sign_rsa(MESSAGE, rsa_key))
+    assert result.status is DKIMStatus.PASS
+
+
+async def test_parsed_keys_are_cached_by_record_text(rsa_key: RSAKey) -> None:
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [rsa_key.record]})
+    signed = sign_rsa(MESSAGE, rsa_key)
+    await verify_dkim(resolver, signed)
+    hits = _load_key.cache_info().hits
+    [result] = await verify_dkim(resolver, signed)
+    assert result.status is DKIMStatus.PASS
+    assert _load_key.cache_info().hits == hits + 1
+
+
+async def test_shared_parse_gives_the_same_results(rsa_key: RSAKey) -> None:
+    signed = sign_rsa(MESSAGE, rsa_key)
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [rsa_key.record]})
+    parsed = parse_message(signed)
+    assert await verify_dkim(resolver, signed, parsed=parsed) == await verify_dkim(resolver, signed)
+    arc = await verify_arc(resolver, signed, parsed=parsed)
+    assert arc.status is ARCStatus.NONE
+    assert resolver.queries == [("s1._domainkey.example.org", "TXT")] * 2  # ARC asked DNS nothing

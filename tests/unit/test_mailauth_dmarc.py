@@ -6,7 +6,7 @@ import pytest
 
 from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
-from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus
+from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus, parse_message
 from surat.mailauth.dmarc import (
     DMARCRecordError,
     DMARCStatus,
@@ -285,10 +285,17 @@ async def test_pct_sampling_rate() -> None:
         (b"To: x@example.com\r\n\r\n", []),
         (b"From: undisclosed\r\n\r\n", []),
         ("From: a@bücher.example\r\n\r\n".encode(), ["xn--bcher-kva.example"]),
+        (b"From: <bench@Sender.Test>\r\n\r\n", ["sender.test"]),
+        (b"From: Plain Name <a@example.com.>\r\n\r\n", ["example.com"]),
+        (b"From: x@a.example (comment <y@b.example>)\r\n\r\n", ["a.example"]),
+        (b'From: "a@evil.example" <a@good.example>\r\n\r\n', ["good.example"]),
+        (b"From: Name <a@one.example> <b@two.example>\r\n\r\n", ["one.example", "two.example"]),
     ],
 )
 def test_from_domains(header: bytes, domains: list[str]) -> None:
     assert from_domains(header) == domains
+    # the header section split once for DKIM gives the same answer (and the plain forms skip the full parser)
+    assert from_domains(header, parse_message(header)) == domains
 
 
 async def test_multiple_from_domains_take_the_most_severe() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.message
 import email.policy
 import io
+import json
 import tracemalloc
 
 import pytest
@@ -501,3 +503,110 @@ def test_long_line_without_newline_is_bounded() -> None:
     data = b"Subject: x\r\n\r\n" + b"a" * 300_000
     info = info_of(data)
     assert info.body.size == 300_000 and info.body.lines == 1
+
+
+# ----------------------------------------------------------------------------------------- stored JSON
+
+STORED = (
+    b"From: Alice Example <alice@example.org>\r\n"
+    b"Subject: caf\xc3\xa9 \xe9t\xe9\r\n"
+    b"Message-ID: <x@example.org>\r\n"
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Language: en, fr\r\n\r\nhi\r\n"
+    b"--b\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment; filename=x.eml\r\n\r\n"
+    b"From: Bob <bob@example.net>\r\nTo: a@x, b@y\r\nSubject: inner\r\n\r\nbody\r\n"
+    b"--b--\r\n"
+)
+# What the first release's to_json wrote for STORED, as it sits in existing databases.
+STORED_JSON = (
+    '[1,[null,"caf\\u00e9 \\udce9t\\udce9",[["Alice Example",null,"alice","example.org"]],[["Alice Example",'
+    'null,"alice","example.org"]],[["Alice Example",null,"alice","example.org"]],[],[],[],null,"<x@example.org>"],'
+    '["multipart","mixed",[["boundary","b"]],null,null,"7BIT",238,0,null,[],[],null,0,135,373,[["text","plain",'
+    '[["charset","utf-8"]],null,null,"7BIT",2,1,null,[],["en","fr"],null,140,209,211,[],null,null],["message",'
+    '"rfc822",[],null,null,"7BIT",65,5,"attachment",[["filename","x.eml"]],[],null,218,299,364,[],[null,"inner",'
+    '[["Bob",null,"bob","example.net"]],[["Bob",null,"bob","example.net"]],[["Bob",null,"bob","example.net"]],'
+    '[[null,null,"a","x"],[null,null,"b","y"]],[],[],null,null],["text","plain",[["charset","us-ascii"]],null,'
+    'null,"7BIT",4,1,null,[],[],null,299,360,364,[],null,null]]],null,null],"caf\\u00c3\\u00a9 \\u00e9t\\u00e9",'
+    '"Alice Example <alice@example.org>",null,null,null,null,"<x@example.org>",null,[]]'
+)
+FIELDS = (
+    "envelope",
+    "body",
+    "subject",
+    "from_",
+    "to",
+    "cc",
+    "bcc",
+    "date",
+    "message_id",
+    "in_reply_to",
+    "references",
+)
+
+
+def test_stored_json_still_loads() -> None:
+    info = info_of(STORED)
+    loaded = MessageInfo.from_json(STORED_JSON)
+    assert loaded == info and hash(loaded) == hash(info)
+    assert loaded.to_json() == STORED_JSON == info.to_json()
+    assert loaded.envelope.subject == "caf\u00e9 \udce9t\udce9"  # raw octets kept exactly
+    assert loaded.body.part((2,)) == info.body.part((2,))
+
+
+@pytest.mark.parametrize("first", FIELDS)
+def test_each_field_decodes_alone_and_first(first: str) -> None:
+    """Fields are decoded on first use, each from its part of the text: whichever comes first, every
+    field ends up equal to the eagerly decoded one."""
+    info = info_of(STORED)
+    lazy = MessageInfo.from_json(STORED_JSON)
+    assert getattr(lazy, first) == getattr(info, first)
+    for name in FIELDS:
+        assert getattr(lazy, name) == getattr(info, name), name
+    assert lazy.size == len(STORED)
+
+
+def test_other_json_layouts_load() -> None:
+    info = info_of(STORED)
+    obj = json.loads(STORED_JSON)
+    # Whitespace between the values, after the usual start: the lazy path skips it.
+    spaced = "[1," + json.dumps(obj[1]) + " ,\n " + json.dumps(obj[2]) + " , " + json.dumps(obj[3:])[1:]
+    # Pretty-printed: decoded and checked at once.
+    pretty = json.dumps(obj, indent=2)
+    for text in (spaced, pretty):
+        for name in FIELDS:
+            assert getattr(MessageInfo.from_json(text), name) == getattr(info, name)
+
+
+@pytest.mark.parametrize("text", ['{"v": 1}', "[2,[],[]]", "[1, [], []]", "[]", "[1,{}]"])
+def test_unknown_encodings_are_refused_at_once(text: str) -> None:
+    with pytest.raises(ValueError, match="unknown MessageInfo encoding"):
+        MessageInfo.from_json(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[1,[null", "envelope"),  # cut inside the envelope
+        ("[1,[],[]]", "envelope"),  # JSON, but not the layout
+        ("[1,[],[]]", "body"),
+        (STORED_JSON[:400], "body"),  # cut inside the body
+        (STORED_JSON.replace(',"caf\\u00c3', ';"caf\\u00c3'), "subject"),  # no comma after the body
+        (STORED_JSON[:-4] + "]", "references"),  # a header value missing
+        (STORED_JSON + "]", "subject"),  # trailing data
+    ],
+)
+def test_damaged_text_raises_value_error_when_used(text: str, field: str) -> None:
+    info = MessageInfo.from_json(text)
+    with pytest.raises(ValueError):
+        getattr(info, field)
+
+
+def test_message_info_is_immutable() -> None:
+    for info in (info_of(PLAIN), MessageInfo.from_json(STORED_JSON)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            info.subject = "changed"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            del info.subject
+        with pytest.raises(AttributeError):
+            info.nonexistent  # type: ignore[attr-defined]  # noqa: B018
+    assert repr(MessageInfo.from_json(STORED_JSON)).startswith("MessageInfo(envelope=Envelope(")

@@ -14,7 +14,9 @@ A task:
    connection limit; hosts in route order, a failed STARTTLS retried once in clear;
 5. stores the per-recipient results with the next attempt time (`RetrySchedule`), or removes the
    entry when nobody is pending; a DSN (from <>) goes to the sender for permanent failures and
-   expiry, delivered locally when the sender is local, else queued like any mail.
+   expiry, delivered locally when the sender is local, else queued like any mail; once a message
+   has waited `schedule.delay_notice_after`, one delay notice per recipient (RFC 3464 Action:
+   delayed, with Will-Retry-Until), marked in the store so it is not repeated.
 
 A `[delivery] smarthost` with credentials gets AUTH only under verified TLS (STARTTLS required,
 or implicit TLS on port 465), never retried in clear.
@@ -22,9 +24,8 @@ or implicit TLS on port 465), never retried in clear.
 Crash safety: attempts left in flight (result NULL) are marked interrupted and made due by
 `Store.recover_queue` when the runner starts; at most the in-flight transaction is repeated.
 
-Not yet: delay notices (NOTIFY=DELAY; the store has no per-recipient "notice sent" mark), reusing
-a connection for several entries to one domain, a bound on entries in flight (each holds its
-message in memory while it waits for a connection slot).
+Not yet: reusing a connection for several entries to one domain, a bound on entries in flight
+(each holds its message in memory while it waits for a connection slot).
 """
 
 from __future__ import annotations
@@ -53,9 +54,15 @@ from surat.delivery.dsn import (
     status_from_reply,
 )
 from surat.delivery.local import resolve as resolve_local
-from surat.delivery.mx import Route, RouteFailure, RouteKind, resolve_targets
-from surat.delivery.schedule import DEFAULT_SCHEDULE, RetrySchedule, next_attempt
-from surat.delivery.smtp_client import SessionOutcome, send_transaction
+from surat.delivery.mx import Route, RouteFailure, RouteKind, Target, resolve_targets
+from surat.delivery.schedule import (
+    DEFAULT_SCHEDULE,
+    RetrySchedule,
+    delay_dsn_due,
+    expires_at,
+    next_attempt,
+)
+from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
 from surat.dns.base import Resolver
 from surat.log import fields
 from surat.proto.smtp.address import Address, SMTPSyntaxError, parse_path
@@ -92,6 +99,19 @@ MAX_RECEIVED = 100
 LEASE = timedelta(minutes=30)
 
 SUBMISSIONS_PORT = 465
+# Connection cache (Postfix: smtp_connection_cache_time_limit = 2s, reuse_time_limit = 300s):
+# an idle session waits this long for the next entry to its destination, then QUITs; a session
+# carries at most REUSE_COUNT transactions and lives at most REUSE_AGE seconds.
+IDLE_LIMIT = 2.0
+REUSE_COUNT = 100
+REUSE_AGE = 300.0
+# A domain's resolved route serves the entries that follow within this many seconds of the last
+# use (REUSE_AGE at most), as Postfix's on-demand connection cache finds a session by destination
+# name before any DNS lookup; concurrent entries for one domain share one resolution. Failures
+# are not kept.
+ROUTE_REUSE = IDLE_LIMIT
+# Messages up to this size are read on the event loop (a just-written file, a few microseconds).
+INLINE_READ = 128 * 1024
 
 LOCAL_LOOP = Reply(550, "5.4.6", "Too many Received header fields: mail loop")
 NO_SUCH_LOCAL_USER = Reply(550, "5.1.1", "No such local recipient")
@@ -119,7 +139,9 @@ class RunnerSettings:
         delivery = config.delivery
         return cls(
             hostname=config.hostname,
-            schedule=RetrySchedule.from_seconds(delivery.retry_delays, delivery.expire_after),
+            schedule=RetrySchedule.from_seconds(
+                delivery.retry_delays, delivery.expire_after, delivery.delay_notice_after
+            ),
             routes=delivery.routes,
             smarthost=delivery.smarthost,
             smarthost_credentials=(
@@ -200,6 +222,12 @@ class QueueRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
         self._subscription: Subscription | None = None
+        # (target, smarthost?) -> idle sessions with the loop time they went idle and were opened
+        self._idle: dict[tuple[Target, bool], list[tuple[Session, float, float]]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._saturated = False  # the last run_once got as many due entries as it asked for
+        # domain -> (reuse until, resolved at, lookup): see _route
+        self._routes: dict[str, tuple[float, float, asyncio.Task[Route | RouteFailure]]] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -227,6 +255,12 @@ class QueueRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         self._in_flight.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for _until, _resolved, lookup in self._routes.values():
+            lookup.cancel()
+        self._routes.clear()
+        await self._close_idle(None)
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
@@ -253,7 +287,9 @@ class QueueRunner:
         """Start a task for every due entry not already in flight; returns how many were started."""
         limit = self.settings.batch + len(self._in_flight)
         started = 0
-        for entry in await self.store.due_queue_entries(self.clock(), limit):
+        entries = await self.store.due_queue_entries(self.clock(), limit)
+        self._saturated = len(entries) >= limit
+        for entry in entries:
             if entry.id in self._in_flight:
                 continue
             task = asyncio.create_task(self._process_logged(entry), name=f"queue-{entry.id}")
@@ -264,6 +300,10 @@ class QueueRunner:
 
     def _done(self, queue_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(queue_id, None)
+        # A backlog bigger than one batch: refill as entries finish, not at the next poll.
+        if self._saturated and len(self._in_flight) <= self.settings.batch // 2:
+            self._saturated = False
+            self._wake.set()
 
     async def idle(self) -> None:
         """Wait until no entry is in flight (for tests and benchmarks)."""
@@ -286,7 +326,10 @@ class QueueRunner:
 
     async def process(self, entry: QueueEntry) -> None:
         loop = asyncio.get_running_loop()
-        original = await loop.run_in_executor(None, self._read_message, entry)
+        if entry.size <= INLINE_READ:
+            original = self._read_message(entry)  # from the page cache: cheaper than a thread hop
+        else:
+            original = await loop.run_in_executor(None, self._read_message, entry)
         outcomes: dict[int, _Outcome] = {}
         remote: dict[str, list[int]] = {}
         for index, recipient in enumerate(entry.recipients):
@@ -304,15 +347,7 @@ class QueueRunner:
 
         routes: dict[str, Route] = {}
         for domain, indexes in remote.items():
-            route = await resolve_targets(
-                self.resolver,
-                domain,
-                local_hostnames=self.local_hostnames,
-                routes=self.settings.routes,
-                smarthost=self.settings.smarthost,
-                rng=self._rng,
-                port=self.settings.mx_port,
-            )
+            route = await self._route(domain)
             if isinstance(route, RouteFailure):
                 state = RecipientState.FAILED if route.permanent else RecipientState.PENDING
                 for index in indexes:
@@ -420,16 +455,11 @@ class QueueRunner:
         settings, tls_context, implicit_tls = self._client_settings(route)
         last_failure = INTERNAL_ERROR
         last_host: str | None = None
+        smarthost = route.kind is RouteKind.SMARTHOST
         async with self._connection_slot(route.domain):
             for target in route.targets:
-                outcome = await send_transaction(
-                    target,
-                    envelope,
-                    message,
-                    settings,
-                    tls_context=tls_context,
-                    connect_timeout=self.settings.connect_timeout,
-                    implicit_tls=implicit_tls,
+                outcome = await self._send_cached(
+                    (target, smarthost), envelope, message, settings, tls_context, implicit_tls
                 )
                 if outcome.results is None and outcome.tls_failed and not settings.require_tls:
                     # Opportunistic TLS: a peer whose TLS is broken still gets the mail in clear.
@@ -458,6 +488,134 @@ class QueueRunner:
         # RFC 5321 §4.5.4.1: no host took the mail. Like the engine's AUTH note says, a session that
         # could not be set up (even with a 5xx greeting) is retried, not bounced.
         return {i: _Outcome(RecipientState.PENDING, last_failure, last_host) for i in indexes}
+
+    async def _route(self, domain: str) -> Route | RouteFailure:
+        """`resolve_targets` for `domain`, shared with the entries around it (`ROUTE_REUSE`)."""
+        now = asyncio.get_running_loop().time()
+        memo = self._routes.get(domain)
+        if memo is not None and memo[0] > now:
+            # In steady use, like a cached session: kept while used, at most REUSE_AGE in all.
+            memo = self._routes[domain] = (min(now + ROUTE_REUSE, memo[1] + REUSE_AGE), *memo[1:])
+        else:
+            if len(self._routes) >= 4 * self.settings.batch:
+                self._routes = {d: m for d, m in self._routes.items() if m[0] > now}
+            lookup = asyncio.create_task(
+                resolve_targets(
+                    self.resolver,
+                    domain,
+                    local_hostnames=self.local_hostnames,
+                    routes=self.settings.routes,
+                    smarthost=self.settings.smarthost,
+                    rng=self._rng,
+                    port=self.settings.mx_port,
+                )
+            )
+            memo = self._routes[domain] = (now + ROUTE_REUSE, now, lookup)
+        lookup = memo[2]
+        try:
+            route = await asyncio.shield(lookup)  # one waiter cancelled must not cancel the others
+        except Exception:
+            self._forget_route(domain, lookup)
+            raise
+        if isinstance(route, RouteFailure):
+            self._forget_route(domain, lookup)
+        return route
+
+    def _forget_route(self, domain: str, lookup: asyncio.Task[Route | RouteFailure]) -> None:
+        memo = self._routes.get(domain)
+        if memo is not None and memo[2] is lookup:
+            del self._routes[domain]
+
+    # ------------------------------------------------------------------------------ connection cache
+
+    async def _send_cached(
+        self,
+        key: tuple[Target, bool],
+        envelope: Envelope,
+        message: bytes,
+        settings: ClientSettings,
+        tls_context: ssl.SSLContext | None,
+        implicit_tls: bool,
+    ) -> SessionOutcome:
+        """One transaction to `key`'s target over an idle cached session, else a new one.
+
+        RFC 5321 §3.3 allows several transactions per session; the session goes back to the
+        cache when the peer left it ready for another. A cached session that turns out to have
+        been closed by the peer meanwhile (nothing heard since MAIL) is replaced once by a new one:
+        the message cannot have been accepted."""
+        loop = asyncio.get_running_loop()
+        for fresh in (False, True):
+            cached = None if fresh else await self._take_idle(key)
+            if cached is None:
+                session = Session(
+                    key[0],
+                    settings,
+                    tls_context=tls_context,
+                    connect_timeout=self.settings.connect_timeout,
+                    implicit_tls=implicit_tls,
+                )
+                opened = loop.time()
+                failure = await session.open()
+                if failure is not None:
+                    await session.close()
+                    return session.failed(failure)
+            else:
+                session, opened = cached
+            outcome = await session.send(envelope, message)
+            if cached is not None and session.idle_drop:
+                await session.close()
+                continue
+            # Kept only when the peer took mail over it: one that refused (greylisting, rate
+            # limits) gets a new session at the next attempt, as the retry schedule assumes.
+            delivered = outcome.results is not None and any(r.delivered for r in outcome.results)
+            young = session.transactions < REUSE_COUNT and loop.time() - opened < REUSE_AGE
+            if delivered and young and session.usable:
+                self._put_idle(key, session, opened)
+            else:
+                await session.close()
+            return outcome
+        raise AssertionError("unreachable: the second pass uses a new session")
+
+    async def _take_idle(self, key: tuple[Target, bool]) -> tuple[Session, float] | None:
+        sessions = self._idle.get(key)
+        while sessions:
+            session, _idle_since, opened = sessions.pop()  # the most recently used: least likely stale
+            if not sessions:
+                del self._idle[key]
+            if session.usable:
+                return session, opened
+            await session.close()  # the peer hung up meanwhile: nothing to QUIT, just the socket
+        return None
+
+    def _put_idle(self, key: tuple[Target, bool], session: Session, opened: float) -> None:
+        self._idle.setdefault(key, []).append((session, asyncio.get_running_loop().time(), opened))
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap(), name="queue-idle-sessions")
+
+    async def _reap(self) -> None:
+        try:
+            while self._idle:
+                await asyncio.sleep(IDLE_LIMIT / 2)
+                await self._close_idle(IDLE_LIMIT)
+        finally:
+            self._reaper = None
+
+    async def _close_idle(self, max_idle: float | None) -> None:
+        """QUIT the sessions idle for more than `max_idle` seconds (None: all of them)."""
+        now = asyncio.get_running_loop().time()
+        closing: list[Session] = []
+        for key in list(self._idle):
+            keep = []
+            for item in self._idle[key]:
+                if max_idle is None or now - item[1] > max_idle:
+                    closing.append(item[0])
+                else:
+                    keep.append(item)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        await asyncio.gather(*(session.close() for session in closing), return_exceptions=True)
 
     def _client_settings(self, route: Route) -> tuple[ClientSettings, ssl.SSLContext | None, bool]:
         """(settings, TLS context, implicit TLS) for a session on `route`."""
@@ -507,8 +665,14 @@ class QueueRunner:
                 previous = outcomes.get(i, _Outcome(RecipientState.PENDING, INTERNAL_ERROR))
                 outcomes[i] = _Outcome(RecipientState.FAILED, previous.reply, previous.remote_mta)
         await self._send_dsns(entry, original, outcomes, now, expired)
+        delayed = set() if expired else await self._send_delay_dsn(entry, original, outcomes, still, now)
         updates = [
-            RecipientUpdate(i, outcome.state, str(outcome.reply)) for i, outcome in sorted(outcomes.items())
+            RecipientUpdate(i, outcome.state, str(outcome.reply), i in delayed)
+            for i, outcome in sorted(outcomes.items())
+        ]
+        updates += [
+            RecipientUpdate(i, RecipientState.PENDING, entry.recipients[i].last_reply, delay_notified=True)
+            for i in sorted(delayed - outcomes.keys())
         ]
         summary = "; ".join(f"{entry.recipients[i].address}: {o.reply}" for i, o in sorted(outcomes.items()))
         hosts = sorted({o.remote_mta for o in outcomes.values() if o.remote_mta})
@@ -566,6 +730,68 @@ class QueueRunner:
             )
         if not reported:
             return
+        to = await self._report(entry, original, reported, now)
+        log.info(
+            "queue.dsn",
+            extra=fields(id=entry.id, to=to, recipients=len(reported), expired=expired),
+        )
+
+    async def _send_delay_dsn(
+        self,
+        entry: QueueEntry,
+        original: bytes,
+        outcomes: Mapping[int, _Outcome],
+        still: Sequence[int],
+        now: datetime,
+    ) -> set[int]:
+        """One "delayed" DSN for the still-pending recipients now owed one; returns their indexes.
+
+        RFC 3461 §4.1: NOTIFY=DELAY asks for it, NEVER forbids it, and without NOTIFY the MTA
+        chooses (our own authenticated users get it); never to <> (`delay_dsn_due`).
+        """
+        schedule = self.settings.schedule
+        authenticated = entry.authenticated_user is not None
+        due = [
+            i
+            for i in still
+            if delay_dsn_due(
+                entry.created_at,
+                now,
+                sender=entry.sender,
+                notify=entry.recipients[i].notify,
+                authenticated=authenticated,
+                already_sent=entry.recipients[i].delay_notified,
+                schedule=schedule,
+            )
+        ]
+        if not due:
+            return set()
+        until = expires_at(entry.created_at, schedule)  # RFC 3464 §2.3.9 Will-Retry-Until
+        reported = []
+        for i in due:
+            recipient = entry.recipients[i]
+            outcome = outcomes.get(i)
+            reply = str(outcome.reply) if outcome else recipient.last_reply or str(INTERNAL_ERROR)
+            reported.append(
+                ReportedRecipient(
+                    address=recipient.address,
+                    orcpt=recipient.orcpt,
+                    action=Action.DELAYED,
+                    status=status_from_reply(reply, permanent=False),
+                    remote_mta=outcome.remote_mta if outcome else None,
+                    diagnostic=reply,
+                    last_attempt=now,
+                    will_retry_until=until,
+                )
+            )
+        recipient_address = await self._report(entry, original, reported, now)
+        log.info("queue.delay_dsn", extra=fields(id=entry.id, to=recipient_address, recipients=len(due)))
+        return set(due)
+
+    async def _report(
+        self, entry: QueueEntry, original: bytes, reported: Sequence[ReportedRecipient], now: datetime
+    ) -> str:
+        """Compose a DSN about `reported` and send it to the entry's sender; returns the recipient."""
         report = DsnReport(
             reporting_mta=self.settings.hostname,
             sender=entry.sender,
@@ -577,10 +803,7 @@ class QueueRunner:
         )
         dsn = build_dsn(report, io.BytesIO(original), now=now)
         await self._submit_dsn(dsn.recipient, dsn.message, smtputf8=dsn.smtputf8, eight_bit=dsn.eight_bit)
-        log.info(
-            "queue.dsn",
-            extra=fields(id=entry.id, to=dsn.recipient, recipients=len(reported), expired=expired),
-        )
+        return dsn.recipient
 
     async def _submit_dsn(self, recipient: str, message: bytes, *, smtputf8: bool, eight_bit: bool) -> None:
         """RFC 3461 §6.2: from the null reverse-path; local senders get it in their INBOX."""

@@ -1,7 +1,8 @@
-"""The asyncio shell around the sans-IO SMTP client engine: one connection, one transaction.
+"""The asyncio shell around the sans-IO SMTP client engine.
 
-`send_transaction` connects to one target, runs the engine's loop (see the module docstring of
-`surat.proto.smtp.client`) and answers with a `SessionOutcome`: per-recipient results when a
+`Session` is one connection carrying any number of transactions (the queue keeps idle ones for
+reuse); `send_transaction` connects to one target, runs one transaction and QUITs. Both run the
+engine's loop (see the module docstring of `surat.proto.smtp.client`) and answer with a `SessionOutcome`: per-recipient results when a
 transaction took place, else the reason the session failed. Nothing here raises for network
 trouble; every failure becomes a locally generated reply the queue can record.
 """
@@ -21,6 +22,7 @@ from surat.proto.smtp.client import (
     ClientSettings,
     Closed,
     Envelope,
+    Phase,
     Ready,
     RecipientResult,
     SendMessage,
@@ -69,92 +71,204 @@ async def send_transaction(
     """Deliver `message` to the recipients of `envelope` through one SMTP session with `target`.
 
     `implicit_tls`: TLS from the first byte (port 465, RFC 8314), with `tls_context`."""
-    if tls_context is None:
-        settings = replace(settings, starttls=False)
-    try:
-        if implicit_tls:
-            assert tls_context is not None
-            connection = asyncio.open_connection(
-                target.address, target.port, ssl=tls_context, server_hostname=target.host
-            )
-        else:
-            connection = asyncio.open_connection(target.address, target.port)
-        reader, writer = await asyncio.wait_for(connection, connect_timeout)
-    except (OSError, ssl.SSLError, TimeoutError) as exc:
-        return SessionOutcome(target, None, connect_failure(target, exc), tls=False)
-    engine = SMTPClientEngine(settings)
-    results: tuple[RecipientResult, ...] | None = None
-    failure: Reply | None = None
-    tls_failed = False
-    sent = False
-    dsn_passed = False
-    try:
-        while True:
-            # Handling a reply may queue commands: they go out before we wait for the next one.
-            event = engine.next_event()
-            await _flush(writer, engine, engine.data_to_send())
-            if event is NEED_DATA:
-                try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), engine.timeout)
-                except TimeoutError:
-                    engine.timed_out()
-                    continue
-                except OSError:
-                    engine.connection_lost()
-                    continue
-                if data:
-                    engine.receive_data(data)
-                else:
-                    engine.connection_lost()
-            elif isinstance(event, StartTLS):
-                assert tls_context is not None
-                try:
-                    # RFC 3207 §4: opportunistic; the peer's certificate is not verified here
-                    # (the context decides), as by every MTA without MTA-STS or DANE.
-                    await asyncio.wait_for(
-                        writer.start_tls(tls_context, server_hostname=target.host),
-                        settings.timeouts.starttls,
-                    )
-                except (OSError, ssl.SSLError, TimeoutError) as exc:
-                    log.info(
-                        "queue.tls_failed",
-                        extra=fields(target=f"{target.host}:{target.port}", error=str(exc)),
-                    )
-                    tls_failed = True
-                    engine.tls_failed()
-                    continue
-                engine.tls_started()
-            elif isinstance(event, Ready):
-                if sent:
-                    engine.quit()
-                else:
-                    sent = True
-                    engine.send_mail(envelope)
-            elif isinstance(event, SendMessage):
-                for start in range(0, len(message), WRITE_CHUNK):
-                    engine.send_message_data(message[start : start + WRITE_CHUNK])
-                    await _flush(writer, engine, engine.data_to_send())
-                engine.end_message()
-            elif isinstance(event, TransactionDone):
-                results = event.result.recipients
-                dsn_passed = event.result.dsn_passed
-                engine.quit()
-            elif isinstance(event, SessionFailed):
-                failure = event.reply
-            elif isinstance(event, Closed):
-                break
-    except OSError as exc:
-        if results is None and failure is None:
-            failure = Reply(451, "4.4.2", f"Connection lost: {exc.strerror or type(exc).__name__}")
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 5)
-    if results is None and failure is None:
-        failure = Reply(451, "4.4.2", "Connection closed before the transaction")
-    return SessionOutcome(
-        target, results, failure, tls=engine.tls, tls_failed=tls_failed, dsn_passed=dsn_passed
+    session = Session(
+        target, settings, tls_context=tls_context, connect_timeout=connect_timeout, implicit_tls=implicit_tls
     )
+    try:
+        failure = await session.open()
+        if failure is not None:
+            return session.failed(failure)
+        return await session.send(envelope, message)
+    finally:
+        await session.close()
+
+
+class Session:
+    """One SMTP connection that carries any number of transactions, one after the other.
+
+    RFC 5321 §3.3: after a completed transaction the client may start the next with MAIL (the
+    engine sends RSET first when one is needed), so several queue entries for one destination
+    share the connection setup (TCP, greeting, EHLO, STARTTLS) as Postfix's connection cache does.
+    `open()` runs to the first Ready, `send()` runs one transaction, `close()` QUITs.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        settings: ClientSettings,
+        *,
+        tls_context: ssl.SSLContext | None,
+        connect_timeout: float,
+        implicit_tls: bool = False,
+    ) -> None:
+        if tls_context is None:
+            settings = replace(settings, starttls=False)
+        self.target = target
+        self.settings = settings
+        self.tls_context = tls_context
+        self.connect_timeout = connect_timeout
+        self.implicit_tls = implicit_tls
+        self.engine = SMTPClientEngine(settings)
+        self.transactions = 0  # completed with the peer's replies
+        self.tls_failed = False
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._failure: Reply | None = None
+        self._results: tuple[RecipientResult, ...] | None = None
+        self._dsn_passed = False
+        self._received = 0  # bytes read from the peer since the current transaction began
+
+    @property
+    def usable(self) -> bool:
+        """Ready for another transaction: set up, not closed by either side, nothing buffered."""
+        reader, writer = self._reader, self._writer
+        return (
+            reader is not None
+            and writer is not None
+            and not self.engine.closed
+            and self.engine.phase is Phase.READY
+            and not writer.is_closing()
+            and not reader.at_eof()
+        )
+
+    @property
+    def idle_drop(self) -> bool:
+        """The last transaction failed before the peer said anything: a connection that went stale
+        while idle (peer timeout, 421 on close). The message cannot have been accepted, so the
+        caller may send it again over a new connection."""
+        if self._received or not self.engine.closed:
+            return False
+        return self._results is None or not any(r.remote for r in self._results)
+
+    def failed(self, failure: Reply) -> SessionOutcome:
+        return SessionOutcome(self.target, None, failure, tls=self.engine.tls, tls_failed=self.tls_failed)
+
+    async def open(self) -> Reply | None:
+        """Connect and run the session up to the first Ready; the failure reply, or None."""
+        target = self.target
+        try:
+            if self.implicit_tls:
+                assert self.tls_context is not None
+                connection = asyncio.open_connection(
+                    target.address, target.port, ssl=self.tls_context, server_hostname=target.host
+                )
+            else:
+                connection = asyncio.open_connection(target.address, target.port)
+            self._reader, self._writer = await asyncio.wait_for(connection, self.connect_timeout)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            return connect_failure(target, exc)
+        await self._pump(None, b"")
+        if self.engine.phase is Phase.READY and not self.engine.closed:
+            return None
+        return self._failure or Reply(451, "4.4.2", "Connection closed before the transaction")
+
+    async def send(self, envelope: Envelope, message: bytes) -> SessionOutcome:
+        """One transaction on an open session (after `open()` returned None, or a previous send)."""
+        self._results = None
+        self._failure = None
+        self._dsn_passed = False
+        self._received = 0
+        if self.usable:
+            self.engine.send_mail(envelope)
+            await self._pump(envelope, message)
+        if self._results is None and self._failure is None:
+            self._failure = Reply(451, "4.4.2", "Connection closed before the transaction")
+        if self._results is not None and self._received:
+            self.transactions += 1
+        return SessionOutcome(
+            self.target,
+            self._results,
+            None if self._results is not None else self._failure,
+            tls=self.engine.tls,
+            tls_failed=self.tls_failed,
+            dsn_passed=self._dsn_passed,
+        )
+
+    async def close(self) -> None:
+        """QUIT when the session is still up, then close the socket."""
+        writer = self._writer
+        if writer is None:
+            return
+        try:
+            if self.usable:
+                self.engine.quit()
+                await self._pump(None, b"")
+        except OSError:
+            pass
+        finally:
+            self._writer = None
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+
+    async def _pump(self, envelope: Envelope | None, message: bytes) -> None:
+        """Run the engine until it is Ready (no `envelope`), a transaction is done, or it closed."""
+        engine, reader, writer = self.engine, self._reader, self._writer
+        assert reader is not None and writer is not None
+        try:
+            while True:
+                # Handling a reply may queue commands: they go out before we wait for the next one.
+                event = engine.next_event()
+                await _flush(writer, engine, engine.data_to_send())
+                if event is NEED_DATA:
+                    try:
+                        # asyncio.timeout, not wait_for: no task per read (3.11 wraps one).
+                        async with asyncio.timeout(engine.timeout):
+                            data = await reader.read(READ_SIZE)
+                    except TimeoutError:
+                        engine.timed_out()
+                        continue
+                    except OSError:
+                        engine.connection_lost()
+                        continue
+                    if data:
+                        self._received += len(data)
+                        engine.receive_data(data)
+                    else:
+                        engine.connection_lost()
+                elif isinstance(event, StartTLS):
+                    await self._start_tls(writer)
+                elif isinstance(event, Ready):
+                    return  # set up: `send()` starts transactions
+                elif isinstance(event, SendMessage):
+                    for start in range(0, len(message), WRITE_CHUNK):
+                        engine.send_message_data(message[start : start + WRITE_CHUNK])
+                        await _flush(writer, engine, engine.data_to_send())
+                    engine.end_message()
+                elif isinstance(event, TransactionDone):
+                    self._results = event.result.recipients
+                    self._dsn_passed = event.result.dsn_passed
+                    if envelope is not None and not engine.closed:
+                        return
+                elif isinstance(event, SessionFailed):
+                    self._failure = event.reply
+                elif isinstance(event, Closed):
+                    return
+        except OSError as exc:
+            if self._results is None and self._failure is None:
+                self._failure = Reply(451, "4.4.2", f"Connection lost: {exc.strerror or type(exc).__name__}")
+            with contextlib.suppress(OSError):
+                engine.connection_lost()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter) -> None:
+        assert self.tls_context is not None
+        target = self.target
+        try:
+            # RFC 3207 §4: opportunistic; the peer's certificate is not verified here
+            # (the context decides), as by every MTA without MTA-STS or DANE.
+            await asyncio.wait_for(
+                writer.start_tls(self.tls_context, server_hostname=target.host),
+                self.settings.timeouts.starttls,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info(
+                "queue.tls_failed",
+                extra=fields(target=f"{target.host}:{target.port}", error=str(exc)),
+            )
+            self.tls_failed = True
+            self.engine.tls_failed()
+            return
+        self.engine.tls_started()
 
 
 async def _flush(writer: asyncio.StreamWriter, engine: SMTPClientEngine, data: bytes) -> None:
@@ -162,6 +276,7 @@ async def _flush(writer: asyncio.StreamWriter, engine: SMTPClientEngine, data: b
         return
     writer.write(data)
     try:
-        await asyncio.wait_for(writer.drain(), engine.timeout or engine.settings.timeouts.data_block)
+        async with asyncio.timeout(engine.timeout or engine.settings.timeouts.data_block):
+            await writer.drain()
     except TimeoutError:
         engine.timed_out()

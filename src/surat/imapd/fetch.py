@@ -11,7 +11,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Generic, TypeVar
 
 from surat.imapd.errors import CommandError, UserError
 from surat.imapd.messages import resolve
@@ -39,14 +39,16 @@ if TYPE_CHECKING:
 
 __all__ = ["HeaderCache", "fetch_cmd"]
 
+K = TypeVar("K")
+
 BATCH = 200  # records fetched from the store at a time
 STREAM_THRESHOLD = 64 * 1024  # body values larger than this are streamed from the file
 CHUNK = 64 * 1024
 
 _A = c.FetchAttr
-_NEEDS_RECORD = frozenset(
-    {_A.ENVELOPE, _A.BODY, _A.BODYSTRUCTURE, _A.RFC822, _A.RFC822_HEADER, _A.RFC822_TEXT}
-)
+# These need the message's record only when HeaderCache.structures does not hold their value.
+_STRUCTURES = frozenset({_A.ENVELOPE, _A.BODY, _A.BODYSTRUCTURE})
+_NEEDS_RECORD = frozenset({_A.RFC822, _A.RFC822_HEADER, _A.RFC822_TEXT})
 _SETS_SEEN = frozenset({_A.RFC822, _A.RFC822_TEXT})
 _UID = c.FetchSimple(_A.UID)
 _MODSEQ = c.FetchSimple(_A.MODSEQ)
@@ -88,39 +90,83 @@ class _Blob:
             self._file = None
 
 
+class _ByteLRU(Generic[K]):
+    """A least-recently-used map to bytes, bounded by the bytes it holds (plus ``overhead`` per entry)."""
+
+    def __init__(self, max_bytes: int, max_entry: int, overhead: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self.overhead = overhead
+        self.size = 0
+        self._items: OrderedDict[K, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> bytes | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: bytes) -> None:
+        if len(value) > self.max_entry or key in self._items:
+            return
+        self._items[key] = value
+        self.size += len(value) + self.overhead
+        while self.size > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.size -= len(old) + self.overhead
+
+
+# (mailbox id, UIDVALIDITY, UID, FETCH item, UTF-8 session)
+StructureKey = tuple[int, int, int, c.FetchAttr, bool]
+
+
 class HeaderCache:
-    """Header blocks of recently fetched messages, shared by all sessions of a server.
+    """Header blocks and serialised ENVELOPE/BODY/BODYSTRUCTURE values of recently fetched messages,
+    shared by all sessions of a server.
 
     Clients list a mailbox by fetching a few header fields of its newest messages, over and over, from
     every device: those blocks are served from memory instead of opening a file per message (Dovecot
-    keeps the same in its index cache file). Message files never change, so entries never go stale;
-    the least recently used go first once ``max_bytes`` is reached."""
+    keeps the same in its index cache file). A new client's first sync asks for the ENVELOPE (or
+    BODYSTRUCTURE) of every message: served from here, neither the store row nor the MessageInfo is
+    read. Messages never change, so entries never go stale: a header block is keyed by its message
+    file, a structure by (mailbox, UIDVALIDITY, UID), which names one message for good (RFC 9051
+    §2.3.1.1). The least recently used go first once a budget is reached."""
 
-    def __init__(self, max_bytes: int = 4 * 1024 * 1024, max_entry: int = 32 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self.max_entry = max_entry
-        self.size = 0
-        self._blocks: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+    def __init__(
+        self,
+        max_bytes: int = 4 * 1024 * 1024,
+        max_entry: int = 32 * 1024,
+        structure_bytes: int = 16 * 1024 * 1024,
+        structure_entry: int = 16 * 1024,
+    ) -> None:
+        self._blocks: _ByteLRU[tuple[str, int, int]] = _ByteLRU(max_bytes, max_entry)
+        # An entry's key and dict slot take about 200 bytes besides the value (a 10 000-message
+        # mailbox's ENVELOPEs, ~400 bytes each, then fit in ~6 MiB).
+        self.structures: _ByteLRU[StructureKey] = _ByteLRU(structure_bytes, structure_entry, overhead=200)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._blocks.max_bytes
+
+    @property
+    def max_entry(self) -> int:
+        return self._blocks.max_entry
+
+    @property
+    def size(self) -> int:
+        return self._blocks.size
 
     def __len__(self) -> int:
         return len(self._blocks)
 
     def get(self, blob_id: str, rng: ByteRange) -> bytes | None:
-        key = (blob_id, rng.start, rng.end)
-        block = self._blocks.get(key)
-        if block is not None:
-            self._blocks.move_to_end(key)
-        return block
+        return self._blocks.get((blob_id, rng.start, rng.end))
 
     def put(self, blob_id: str, rng: ByteRange, block: bytes) -> None:
-        key = (blob_id, rng.start, rng.end)
-        if len(block) > self.max_entry or key in self._blocks:
-            return
-        self._blocks[key] = block
-        self.size += len(block)
-        while self.size > self.max_bytes:
-            _, old = self._blocks.popitem(last=False)
-            self.size -= len(old)
+        self._blocks.put((blob_id, rng.start, rng.end), block)
 
 
 def _header_block(s: Session, blob: _Blob, rng: ByteRange) -> bytes:
@@ -163,6 +209,7 @@ async def fetch_cmd(s: Session, cmd: c.Fetch) -> Done:
         since = cmd.changedsince
         pairs = [(seq, uid) for seq, uid in pairs if view.state[uid].modseq > since]
     pairs = [(seq, uid) for seq, uid in pairs if uid not in view.expunged]
+    structures = [i.attr for i in items if isinstance(i, c.FetchSimple) and i.attr in _STRUCTURES]
     needs_record = any(_needs_record(i) for i in items)
     seen_now: set[int] = set()
     if not view.read_only and any(_sets_seen(i) for i in items):
@@ -173,20 +220,33 @@ async def fetch_cmd(s: Session, cmd: c.Fetch) -> Done:
             for update in result.updated:
                 view.set_flags(update.uid, update.flags, update.modseq)
                 seen_now.add(update.uid)
+    cache = s.service.header_cache.structures
     for start in range(0, len(pairs), BATCH):
         chunk = pairs[start : start + BATCH]
+        # Cached values are taken now: another session may evict them while this one waits to send.
+        known: dict[tuple[int, c.FetchAttr], bytes] = {}
+        wanted = [u for _, u in chunk] if needs_record else []
+        if structures and not needs_record:
+            for _, uid in chunk:
+                values = [cache.get((view.mailbox_id, view.uidvalidity, uid, a, s.utf8)) for a in structures]
+                if None in values:
+                    wanted.append(uid)
+                    continue
+                for attr, value in zip(structures, values, strict=True):
+                    assert value is not None
+                    known[uid, attr] = value
         records: dict[int, MessageRecord] = {}
-        if needs_record:
-            records = {r.uid: r for r in await s.store.get_messages(view.mailbox_id, [u for _, u in chunk])}
+        if wanted:
+            records = {r.uid: r for r in await s.store.get_messages(view.mailbox_id, wanted)}
         for seq, uid in chunk:
             st = view.state.get(uid)
             if st is None:
                 continue
             record = records.get(uid)
-            if needs_record and record is None:
+            if record is None and (needs_record or (structures and (uid, structures[0]) not in known)):
                 continue  # expunged by another session: its EXPUNGE comes when it may (RFC 9051 §7.5.1)
             add_flags = uid in seen_now and c.FetchSimple(_A.FLAGS) not in items
-            await _fetch_one(s, seq, uid, st, record, items, add_flags)
+            await _fetch_one(s, seq, uid, st, record, items, add_flags, known)
             await s.maybe_flush()
     return Done()
 
@@ -223,11 +283,12 @@ async def _fetch_one(
     record: MessageRecord | None,
     items: Sequence[c.FetchItem],
     add_flags: bool,
+    known: dict[tuple[int, c.FetchAttr], bytes],
 ) -> None:
     blob = _Blob(s.store.blobs, record.blob_id) if record is not None else None
     try:
         try:
-            parts = await _fetch_parts(s, seq, uid, st, record, blob, items, add_flags)
+            parts = await _fetch_parts(s, seq, uid, st, record, blob, items, add_flags, known)
         except _Gone:
             return  # its EXPUNGE comes when it may (RFC 9051 §7.5.1)
         for part in parts:
@@ -249,6 +310,7 @@ async def _fetch_parts(
     blob: _Blob | None,
     items: Sequence[c.FetchItem],
     add_flags: bool,
+    known: dict[tuple[int, c.FetchAttr], bytes],
 ) -> list[bytes | _Stream]:
     """The pieces of one `* n FETCH (...)` response, literals that are streamed kept apart."""
     parts: list[bytes | _Stream] = [b"* %d FETCH (" % seq]
@@ -280,25 +342,45 @@ async def _fetch_parts(
             add("RFC822.SIZE", b"%d" % st.size)
         elif attr is _A.MODSEQ:
             add("MODSEQ", b"(%d)" % st.modseq)
+        elif attr in _STRUCTURES:
+            add(attr.value, _structure(s, uid, attr, record, known))
         else:
-            assert record is not None
-            info = record.info
-            if attr is _A.ENVELOPE:
-                add("ENVELOPE", envelope(info.envelope, utf8=s.utf8))
-            elif attr is _A.BODYSTRUCTURE:
-                add("BODYSTRUCTURE", body_structure(info.body, extensible=True, utf8=s.utf8))
-            elif attr is _A.BODY:
-                add("BODY", body_structure(info.body, extensible=False, utf8=s.utf8))
-            else:
-                assert blob is not None
-                # RFC 3501 §6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER], RFC822.TEXT = BODY[TEXT].
-                text = {_A.RFC822: None, _A.RFC822_HEADER: "HEADER", _A.RFC822_TEXT: "TEXT"}[attr]
-                body = c.FetchBody(c.Section((), text), peek=True)
-                add(attr.value, await _body_value(s, blob, record, body))
+            assert record is not None and blob is not None
+            # RFC 3501 §6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER], RFC822.TEXT = BODY[TEXT].
+            text = {_A.RFC822: None, _A.RFC822_HEADER: "HEADER", _A.RFC822_TEXT: "TEXT"}[attr]
+            body = c.FetchBody(c.Section((), text), peek=True)
+            add(attr.value, await _body_value(s, blob, record, body))
     if add_flags:
         add("FLAGS", flag_list(sorted(st.flags)))
     parts.append(b")\r\n")
     return parts
+
+
+def _structure(
+    s: Session,
+    uid: int,
+    attr: c.FetchAttr,
+    record: MessageRecord | None,
+    known: dict[tuple[int, c.FetchAttr], bytes],
+) -> bytes:
+    """ENVELOPE, BODY or BODYSTRUCTURE: from the cache, else serialised from the MessageInfo and kept."""
+    value = known.get((uid, attr))
+    if value is not None:
+        return value
+    view = s.require_view()
+    cache = s.service.header_cache.structures
+    key = (view.mailbox_id, view.uidvalidity, uid, attr, s.utf8)
+    value = cache.get(key)
+    if value is not None:
+        return value
+    assert record is not None  # fetch_cmd reads the record of every message whose values are not known
+    info = record.info
+    if attr is _A.ENVELOPE:
+        value = envelope(info.envelope, utf8=s.utf8)
+    else:
+        value = body_structure(info.body, extensible=attr is _A.BODYSTRUCTURE, utf8=s.utf8)
+    cache.put(key, value)
+    return value
 
 
 async def _stream(s: Session, stream: _Stream) -> None:

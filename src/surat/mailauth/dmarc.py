@@ -26,7 +26,7 @@ from email.utils import getaddresses
 from publicsuffixlist import PublicSuffixList
 
 from surat.dns.base import DNSError, DNSErrorKind, Resolver
-from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus
+from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus, ParsedMessage
 from surat.mailauth.spf import SPFResult, SPFStatus
 
 
@@ -97,6 +97,8 @@ def _policy(value: str) -> Policy | None:
         return None
 
 
+# Cached by the record's text: an unchanged record (the usual case per TTL) is parsed once.
+@functools.lru_cache(maxsize=1024)
 def parse_record(txt: str) -> DMARCRecord:
     """RFC 7489 §6.3. Unknown tags are ignored, invalid optional values fall back to their defaults."""
     if not is_dmarc_record(txt):
@@ -138,6 +140,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()  # loads the bundled list once; no network
 
 
+@functools.lru_cache(maxsize=4096)  # asked several times per message for the same few domains
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the registrable domain (public suffix + one label); a public suffix is its own."""
     domain = domain.lower().removesuffix(".")
@@ -166,11 +169,15 @@ def _ascii_domain(domain: str) -> str:
         return domain
 
 
-def from_domains(message: bytes) -> list[str]:
+def from_domains(message: bytes, parsed: ParsedMessage | None = None) -> list[str]:
     """The domains of every address in every From header field of `message` (in order, duplicates kept once).
 
     RFC 7489 §6.6.1: a message may carry several From addresses; the caller passes them all to check_dmarc.
+    `parsed` is `parse_message(message)` when the caller has it already.
     """
+    if parsed is not None:
+        unfolded = (value.replace(b"\r\n", b" ") for value in parsed.values(b"from"))
+        return _domains_of([value.decode("utf-8", "replace") for value in unfolded])
     header_block = re.split(rb"\r?\n\r?\n", message, maxsplit=1)[0]
     values: list[str] = []
     current: list[str] | None = None
@@ -187,6 +194,22 @@ def from_domains(message: bytes) -> list[str]:
             current = [value]
     if current is not None:
         values.append(" ".join(current))
+    return _domains_of(values)
+
+
+# The usual From forms, "addr@domain", "<addr@domain>" and "Plain Name <addr@domain>", with no quoting or
+# comments to interpret: the domain is read directly; anything else goes to the full RFC 5322 parser.
+_PLAIN_FROM = re.compile(
+    r"[ \t]*(?:[A-Za-z0-9 \t._'-]*<[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)>"
+    r"|[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+))[ \t]*"
+)
+
+
+def _domains_of(values: list[str]) -> list[str]:
+    if len(values) == 1:
+        plain = _PLAIN_FROM.fullmatch(values[0])
+        if plain is not None:
+            return [_ascii_domain(plain.group(1) or plain.group(2))]
     domains: list[str] = []
     for _display, address in getaddresses(values):
         _local, at, domain = address.rpartition("@")

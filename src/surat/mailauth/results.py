@@ -21,6 +21,8 @@ _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+
 
 def _printable(text: str) -> str:
     # header fields are 7-bit here (no SMTPUTF8 guarantee downstream); control characters would break folding
+    if text.isascii() and text.isprintable():
+        return text  # the usual case, without a character-by-character copy
     return "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in text)
 
 

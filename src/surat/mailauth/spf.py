@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import re
 import time
@@ -256,6 +257,8 @@ def is_spf_record(txt: str) -> bool:
     return _VERSION.match(txt) is not None
 
 
+# Cached by the record's text: an unchanged record (the usual case per TTL) is parsed once.
+@functools.lru_cache(maxsize=1024)
 def parse_record(txt: str) -> Record:
     """Parse a whole SPF record; any syntax error raises SPFSyntaxError (RFC 7208 §4.6)."""
     if not is_spf_record(txt):

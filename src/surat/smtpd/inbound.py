@@ -20,13 +20,22 @@ import asyncio
 import enum
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from surat.dns.base import Resolver
 from surat.log import fields
-from surat.mailauth.dkim_verify import ARCResult, ARCStatus, DKIMResult, verify_arc, verify_dkim
+from surat.mailauth.dkim_verify import (
+    ARCResult,
+    ARCStatus,
+    DKIMResult,
+    MessageFormatError,
+    ParsedMessage,
+    parse_message,
+    verify_arc,
+    verify_dkim,
+)
 from surat.mailauth.dmarc import (
     DMARCResult,
     DMARCStatus,
@@ -104,21 +113,35 @@ class InboundChecks:
     async def evaluate(self, spf_task: asyncio.Task[SPFResult] | None, message: bytes) -> Verdict:
         """Finish the checks for `message` (as received, without our trace header fields)."""
 
+        # The header section is split once and shared by DKIM, ARC and DMARC.
+        try:
+            parsed: ParsedMessage | None = parse_message(message)
+        except MessageFormatError:
+            parsed = None  # verify_dkim and verify_arc report it; DMARC reads From its own way
+
         async def finish_spf() -> SPFResult | None:
             return await spf_task if spf_task is not None else None
 
-        spf_out, dkim_out, arc_out = await asyncio.gather(
-            finish_spf(),
-            verify_dkim(self.resolver, message),
-            verify_arc(self.resolver, message),
-            return_exceptions=True,
-        )
+        arc_out: ARCResult | BaseException
+        if parsed is None or parsed.has(b"arc-seal") or parsed.has(b"arc-message-signature"):
+            spf_out, dkim_out, arc_out = await asyncio.gather(
+                finish_spf(),
+                verify_dkim(self.resolver, message, parsed=parsed),
+                verify_arc(self.resolver, message, parsed=parsed),
+                return_exceptions=True,
+            )
+        else:
+            # Nearly every message: no ARC work, and no extra tasks. SPF has been running since MAIL
+            # FROM, concurrently with DATA and with the DKIM key lookups; by now it has usually finished.
+            arc_out = ARCResult(ARCStatus.NONE, "message is not ARC signed")
+            dkim_out = await _outcome(verify_dkim(self.resolver, message, parsed=parsed))
+            spf_out = await _outcome(finish_spf())
         spf = _ok(spf_out, "spf")
         dkim = tuple(_ok(dkim_out, "dkim") or ())
         arc = _ok(arc_out, "arc")
         dmarc: DMARCResult | None = None
         try:
-            dmarc = await check_dmarc(self.resolver, from_domains(message), spf, dkim)
+            dmarc = await check_dmarc(self.resolver, from_domains(message, parsed), spf, dkim)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -184,6 +207,16 @@ def _header_values(message: bytes, name: bytes) -> list[str]:
         if colon and field_name.strip().lower() == name:
             values.append(re.sub(rb"\r\n[ \t]", b" ", value).decode("utf-8", "replace"))
     return values
+
+
+async def _outcome(check: Awaitable[_T]) -> _T | BaseException:
+    """`await check`, or the exception it raised (as asyncio.gather(return_exceptions=True) gives it)."""
+    try:
+        return await check
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return exc
 
 
 def _ok(outcome: _T | BaseException, check: str) -> _T | None:

@@ -260,6 +260,7 @@ class QueueRecipient:
     notify: tuple[str, ...] = ()
     orcpt: str | None = None
     last_reply: str | None = None  # the last reply or error, e.g. "550 5.1.1 no such user"
+    delay_notified: bool = False  # a delay DSN (RFC 3464 Action: delayed) was sent for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,8 @@ class RecipientUpdate:
     index: int
     state: RecipientState
     last_reply: str | None
+    # True: a delay notice went out for this recipient with this attempt (never reset to False).
+    delay_notified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,7 +500,8 @@ class Store(Protocol):
     ) -> None:
         """Record an attempt's result and its recipients' states in one transaction; then either
         schedule the next attempt or, with `next_attempt_at` None, remove the finished entry.
-        `host`, when given, replaces the host recorded at the start."""
+        `host`, when given, replaces the host recorded at the start. A recipient's
+        `delay_notified` mark is only ever set by an update, never cleared."""
         ...
 
     async def recover_queue(self, now: datetime) -> int:

@@ -124,6 +124,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN ends_crlf INTEGER
     """,
+    # 3: whether a recipient's delay notice (RFC 3464 Action: delayed) went out, so the runner
+    # sends it once per recipient however many attempts fail after the threshold.
+    """
+    ALTER TABLE queue_recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 

@@ -87,13 +87,11 @@ class BodyPartData(Protocol):
 
 def _address(a: AddressData, utf8: bool) -> bytes:
     # RFC 9051 §9 address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"
-    return paren(
-        (
-            nstring(a.name, utf8=utf8),
-            nstring(a.adl, utf8=utf8),
-            nstring(a.mailbox, utf8=utf8),
-            nstring(a.host, utf8=utf8),
-        )
+    return b"(%b %b %b %b)" % (
+        nstring(a.name, utf8=utf8),
+        nstring(a.adl, utf8=utf8),
+        nstring(a.mailbox, utf8=utf8),
+        nstring(a.host, utf8=utf8),
     )
 
 
@@ -101,24 +99,26 @@ def _addresses(addrs: Sequence[AddressData], utf8: bool) -> bytes:
     # RFC 9051 §9 env-from etc. = "(" 1*address ")" / nil: addresses follow each other without SP.
     if not addrs:
         return NIL
-    return b"(" + b"".join(_address(a, utf8) for a in addrs) + b")"
+    return b"(" + b"".join([_address(a, utf8) for a in addrs]) + b")"
 
 
 def envelope(env: EnvelopeData, *, utf8: bool = False) -> bytes:
     """RFC 9051 §9 envelope: date subject from sender reply-to to cc bcc in-reply-to message-id."""
-    return paren(
-        (
-            nstring(env.date, utf8=utf8),
-            nstring(env.subject, utf8=utf8),
-            _addresses(env.from_, utf8),
-            _addresses(env.sender, utf8),
-            _addresses(env.reply_to, utf8),
-            _addresses(env.to, utf8),
-            _addresses(env.cc, utf8),
-            _addresses(env.bcc, utf8),
-            nstring(env.in_reply_to, utf8=utf8),
-            nstring(env.message_id, utf8=utf8),
-        )
+    from_ = _addresses(env.from_, utf8)
+    # Sender and Reply-To default to From (RFC 9051 §7.5.2); the store then shares one sequence.
+    sender = from_ if env.sender is env.from_ else _addresses(env.sender, utf8)
+    reply_to = from_ if env.reply_to is env.from_ else _addresses(env.reply_to, utf8)
+    return b"(%b %b %b %b %b %b %b %b %b %b)" % (
+        nstring(env.date, utf8=utf8),
+        nstring(env.subject, utf8=utf8),
+        from_,
+        sender,
+        reply_to,
+        _addresses(env.to, utf8),
+        _addresses(env.cc, utf8),
+        _addresses(env.bcc, utf8),
+        nstring(env.in_reply_to, utf8=utf8),
+        nstring(env.message_id, utf8=utf8),
     )
 
 
@@ -150,53 +150,50 @@ def _language(part: BodyPartData, utf8: bool) -> bytes:
     return paren(string(x, utf8=utf8) for x in langs)
 
 
+def _extension(part: BodyPartData, first: bytes, utf8: bool) -> bytes:
+    # body-ext-1part = body-fld-md5 [SP body-fld-dsp [SP body-fld-lang [SP body-fld-loc]]]
+    # body-ext-mpart = body-fld-param [SP body-fld-dsp [SP body-fld-lang [SP body-fld-loc]]]
+    disposition = NIL if part.disposition is None else _disposition(part, utf8)
+    language = NIL if not part.language else _language(part, utf8)
+    location = NIL if part.location is None else string(part.location, utf8=utf8)
+    return b"%b %b %b %b" % (first, disposition, language, location)
+
+
 def body_structure(part: BodyPartData, *, extensible: bool = True, utf8: bool = False) -> bytes:
     """BODYSTRUCTURE (``extensible``) or BODY (without extension data), RFC 9051 §7.5.2 / §9 body."""
-    if part.type.lower() == "multipart":
+    kind = part.type.lower()
+    if kind == "multipart":
         # body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]; bodies follow without SP.
-        children = b"".join(body_structure(p, extensible=extensible, utf8=utf8) for p in part.parts)
+        children = b"".join([body_structure(p, extensible=extensible, utf8=utf8) for p in part.parts])
         if not children:
             # The grammar requires at least one part; show an empty multipart as one empty text part.
             children = b'("text" "plain" NIL NIL NIL "7bit" 0 0)'
         out = children + b" " + string(part.subtype, utf8=utf8)
         if extensible:
-            # body-ext-mpart = body-fld-param [SP body-fld-dsp [SP body-fld-lang [SP body-fld-loc]]]
-            out += b" " + b" ".join(
-                (
-                    _params(part.params, utf8),
-                    _disposition(part, utf8),
-                    _language(part, utf8),
-                    nstring(part.location, utf8=utf8),
-                )
-            )
+            out += b" " + _extension(part, _params(part.params, utf8), utf8)
         return b"(" + out + b")"
     # body-fields = body-fld-param SP body-fld-id SP body-fld-desc SP body-fld-enc SP body-fld-octets
-    fields = [
+    out = b"(%b %b %b %b %b %b %d" % (
         string(part.type, utf8=utf8),
         string(part.subtype, utf8=utf8),
         _params(part.params, utf8),
         nstring(part.id, utf8=utf8),
         nstring(part.description, utf8=utf8),
         string(part.encoding, utf8=utf8),
-        b"%d" % part.size,
-    ]
-    is_message = part.type.lower() == "message" and part.subtype.lower() in ("rfc822", "global")
-    if is_message and part.envelope is not None and part.message is not None:
-        # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
-        fields.append(envelope(part.envelope, utf8=utf8))
-        fields.append(body_structure(part.message, extensible=extensible, utf8=utf8))
-        fields.append(b"%d" % part.lines)
-    elif part.type.lower() == "text":
+        part.size,
+    )
+    if kind == "text":
         # body-type-text = media-text SP body-fields SP body-fld-lines
-        fields.append(b"%d" % part.lines)
+        out += b" %d" % part.lines
+    elif (
+        kind == "message"
+        and part.envelope is not None
+        and part.message is not None
+        and part.subtype.lower() in ("rfc822", "global")
+    ):
+        # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
+        inner = body_structure(part.message, extensible=extensible, utf8=utf8)
+        out += b" %b %b %d" % (envelope(part.envelope, utf8=utf8), inner, part.lines)
     if extensible:
-        # body-ext-1part = body-fld-md5 [SP body-fld-dsp [SP body-fld-lang [SP body-fld-loc]]]
-        fields.extend(
-            (
-                nstring(part.md5, utf8=utf8),
-                _disposition(part, utf8),
-                _language(part, utf8),
-                nstring(part.location, utf8=utf8),
-            )
-        )
-    return paren(fields)
+        out += b" " + _extension(part, nstring(part.md5, utf8=utf8), utf8)
+    return out + b")"

@@ -189,19 +189,49 @@ def _quotable(data: bytes, utf8: bool) -> bool:
     return True
 
 
+def _quote(data: bytes) -> bytes:
+    # RFC 9051 §9 quoted-specials: only DQUOTE and backslash are escaped.
+    if b'"' in data or b"\\" in data:
+        data = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b'"' + data + b'"'
+
+
+def _quick(value: str) -> bytes | None:
+    """The quoted form of plain ASCII text without CR, LF or NUL, or None for the general path.
+
+    Nearly every ENVELOPE and BODYSTRUCTURE field takes this path, so it avoids the bytes round trip:
+    ``str.isascii`` is O(1) in CPython, and raw 8-bit octets kept as surrogate escapes are not ASCII.
+    """
+    if (
+        value.isascii()
+        and len(value) <= MAX_QUOTED
+        and "\r" not in value
+        and "\n" not in value
+        and "\x00" not in value
+    ):
+        if '"' in value or "\\" in value:
+            value = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{value}"'.encode("ascii")
+    return None
+
+
 def quoted(value: str | bytes) -> bytes:
     """A quoted string; the caller guarantees no CR, LF or NUL (RFC 9051 §4.3)."""
     data = _as_bytes(value)
     if b"\r" in data or b"\n" in data or b"\x00" in data:
         raise ValueError("CR, LF and NUL cannot be quoted")
-    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return _quote(data)
 
 
 def string(value: str | bytes, *, utf8: bool = False) -> bytes:
     """RFC 9051 §9 string: quoted when possible, else a literal (or literal8 if it holds NUL)."""
+    if isinstance(value, str):
+        fast = _quick(value)
+        if fast is not None:
+            return fast
     data = _as_bytes(value)
     if _quotable(data, utf8):
-        return quoted(data)
+        return _quote(data)
     if b"\x00" in data:
         return literal8(data)
     return literal(data)
