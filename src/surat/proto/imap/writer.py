@@ -238,7 +238,13 @@ def string(value: str | bytes, *, utf8: bool = False) -> bytes:
 
 
 def nstring(value: str | bytes | None, *, utf8: bool = False) -> bytes:
-    return NIL if value is None else string(value, utf8=utf8)
+    if value is None:
+        return NIL
+    if isinstance(value, str):
+        fast = _quick(value)  # most ENVELOPE fields: skip a call level
+        if fast is not None:
+            return fast
+    return string(value, utf8=utf8)
 
 
 def astring(value: str | bytes, *, utf8: bool = False) -> bytes:
