@@ -236,6 +236,17 @@ async def test_cache_respects_ttl(dns_server: FakeDNSServer) -> None:
     assert dns_server.queries.count(("www.example.test.", "A", "udp")) == 2
 
 
+async def test_concurrent_lookups_share_one_query(dns_server: FakeDNSServer) -> None:
+    resolver = make(dns_server, clock=Clock())
+    answers = await asyncio.gather(*(resolver.a("short.test") for _ in range(20)))
+    assert answers == [["192.0.2.5"]] * 20
+    assert dns_server.queries.count(("short.test.", "A", "udp")) == 1
+    answers[0].append("mutated")  # every caller got its own list
+    assert answers[1] == ["192.0.2.5"]
+    failures = await asyncio.gather(*(resolver.a("nothere.test") for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(f, DNSError) and f.kind is DNSErrorKind.NXDOMAIN for f in failures)
+
+
 async def test_negative_answers_cached_failures_not(dns_server: FakeDNSServer) -> None:
     clock = Clock()
     resolver = make(dns_server, clock=clock)

@@ -21,6 +21,7 @@ from surat.mailauth.dkim_verify import (
     _load_key,
     canonical_body,
     parse_message,
+    signature_problem,
     verify_arc,
     verify_dkim,
 )
@@ -389,6 +390,8 @@ def test_canonical_body_rfc6376_example() -> None:
         (b"a\tb", b"a\tb\r\n", b"a b\r\n"),
         (b"a\r\n\r\nb\r\n\r\n", b"a\r\n\r\nb\r\n", b"a\r\n\r\nb\r\n"),  # only trailing empty lines go
         (b"x\r\r\n", b"x\r\r\n", b"x\r\r\n"),  # a lone CR is not a line end
+        (b"a \t\r\n\t\r\n \r\n", b"a \t\r\n\t\r\n \r\n", b"a\r\n"),  # blank-but-for-WSP lines go too
+        (b"x \r y \r\n", b"x \r y \r\n", b"x \r y\r\n"),
     ],
 )
 def test_canonical_body_edges(body: bytes, simple: bytes, relaxed: bytes) -> None:
@@ -500,3 +503,47 @@ async def test_shared_parse_gives_the_same_results(rsa_key: RSAKey) -> None:
     arc = await verify_arc(resolver, signed, parsed=parsed)
     assert arc.status is ARCStatus.NONE
     assert resolver.queries == [("s1._domainkey.example.org", "TXT")] * 2  # ARC asked DNS nothing
+
+
+GOOD_TAGS = {
+    b"v": b"1",
+    b"a": b"rsa-sha256",
+    b"d": b"example.org",
+    b"s": b"s1",
+    b"h": b"from:to",
+    b"bh": b"AAAA",
+    b"b": b"AAAA\r\n BBBB",
+}
+NOW = 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({}, ""),
+        ({b"i": b"alice@mail.example.org", b"l": b"100", b"q": b"dns/txt", b"t": b"1699999000"}, ""),
+        ({b"x": str(NOW + 60).encode(), b"t": str(NOW).encode()}, ""),
+        ({b"a": b"ED25519-SHA256"}, ""),
+        ({b"bh": None}, "missing bh="),
+        ({b"v": b"2"}, "not 1"),
+        ({b"a": b"rsa-md5"}, "unknown signature algorithm"),
+        ({b"b": b"AAA"}, "b= is not base64"),
+        ({b"bh": b"AA!A"}, "bh= is not base64"),
+        ({b"d": b"exa mple.org"}, "d= is not a domain"),
+        ({b"i": b"a@evilexample.org"}, "i= is not in d="),
+        ({b"l": b"-1"}, "l= is not"),
+        ({b"q": b"http"}, "q= does not offer"),
+        ({b"t": str(NOW + 86400).encode()}, "future"),
+        ({b"x": str(NOW - 86400).encode()}, "expired"),
+        ({b"x": str(NOW).encode(), b"t": str(NOW + 10).encode()}, "x= is before t="),
+    ],
+)
+def test_signature_problem(changes: dict[bytes, bytes | None], problem: str) -> None:
+    sig = dict(GOOD_TAGS)
+    for tag, value in changes.items():
+        if value is None:
+            del sig[tag]
+        else:
+            sig[tag] = value
+    found = signature_problem(sig, NOW)
+    assert (found == "") if not problem else (problem in found), found

@@ -8,6 +8,8 @@ negative TTL of the zone's SOA (RFC 2308 §5); temporary failures are never cach
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -64,6 +66,7 @@ class DnsResolver:
         self._resolver = resolver
         self._cache: OrderedDict[tuple[str, int], tuple[float, _Records | DNSError]] = OrderedDict()
         self._cache_size = cache_size
+        self._inflight: dict[tuple[str, int], asyncio.Future[tuple[_Records, float | None]]] = {}
         self._max_ttl = max_ttl
         self._clock = clock
 
@@ -106,8 +109,16 @@ class DnsResolver:
                     raise DNSError(value.kind, value.name, "cached")
                 return value.copy()  # callers may mutate what they get
             del self._cache[key]
+        # Concurrent sessions asking the same question (20 messages from one sender domain) share
+        # one query instead of each sending its own while the cache is cold.
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._query(key[0], rdtype))
+            self._inflight[key] = pending
+            pending.add_done_callback(functools.partial(self._query_done, key))
         try:
-            records, ttl = await self._query(key[0], rdtype)
+            records, ttl = await asyncio.shield(pending)
+            records = records.copy()  # callers may mutate what they get
         except _NXDomain as exc:
             error = DNSError(DNSErrorKind.NXDOMAIN, name.rstrip("."))
             if exc.ttl is not None:
@@ -116,6 +127,12 @@ class DnsResolver:
         if ttl is not None:
             self._store(key, records, ttl)
         return records
+
+    def _query_done(self, key: tuple[str, int], done: asyncio.Future[tuple[_Records, float | None]]) -> None:
+        if self._inflight.get(key) is done:
+            del self._inflight[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here too, so a failure nobody awaited any more is not logged
 
     def _store(self, key: tuple[str, int], value: _Records | DNSError, ttl: float) -> None:
         ttl = min(ttl, self._max_ttl)

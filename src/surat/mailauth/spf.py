@@ -587,6 +587,11 @@ async def _explanation(ev: _Evaluation, exp_spec: str, domain: str) -> str:
     return text if text.isascii() else ""
 
 
+@functools.lru_cache(maxsize=4096)  # the same clients connect again and again; parsing is slow in Python
+def _parse_ip(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)
+
+
 async def check_host(
     resolver: Resolver,
     ip: str | IPAddress,
@@ -598,7 +603,7 @@ async def check_host(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[SPFStatus, str, str]:
     """The RFC 7208 §4 check_host() function: (result, reason, explanation)."""
-    address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    address = _parse_ip(ip) if isinstance(ip, str) else ip
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # RFC 7208 §5: an IPv4-mapped client is an IPv4 client
     # RFC 7208 §4.3: a sender without a local-part is postmaster at that domain
