@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email
 import hashlib
 import hmac
 import os
@@ -539,3 +540,43 @@ def test_swaks_mx_pipelining_and_chunking(server: RunningServer) -> None:
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     (stored,) = inbox(server, USER)
     assert b"via swaks" in stored
+
+
+def test_notify_success_for_a_local_mailbox_sends_a_delivered_dsn(server: RunningServer) -> None:
+    # RFC 3461 §6.2.2: the final MTA reports a successful delivery when NOTIFY=SUCCESS asks for it.
+    server.add_user("bob@example.test")
+    msg = message(USER, "bob@example.test", subject="track me")
+    with mx(server) as client:
+        client.ehlo()
+        refused = client.sendmail(
+            USER,
+            ["bob@example.test"],
+            msg.as_bytes(),
+            mail_options=["RET=HDRS", "ENVID=track-1"],
+            rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;bob@example.test"],
+        )
+        assert refused == {}
+    assert len(inbox(server, "bob@example.test")) == 1
+    (dsn_bytes,) = inbox(server, USER)
+    dsn = email.message_from_bytes(dsn_bytes)
+    assert dsn["Return-Path"] == "<>"
+    assert dsn.get_content_type() == "multipart/report"
+    status = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
+    text = status.as_string()
+    assert "Action: delivered" in text and "Status: 2.0.0" in text
+    assert "Original-Envelope-Id: track-1" in text
+    assert "Original-Recipient: rfc822; bob@example.test" in text
+    quoted = next(p for p in dsn.walk() if p.get_content_type() == "text/rfc822-headers")
+    assert "Subject: track me" in quoted.as_string()
+
+
+def test_no_success_dsn_unless_asked_or_to_the_null_sender(server: RunningServer) -> None:
+    server.add_user("bob@example.test")
+    with mx(server) as client:
+        client.ehlo()
+        client.sendmail(USER, ["bob@example.test"], message(USER, "bob@example.test").as_bytes())
+        client.sendmail(
+            "", ["bob@example.test"], b"Subject: bounce\r\n\r\nx\r\n", rcpt_options=["NOTIFY=SUCCESS"]
+        )
+    assert len(inbox(server, "bob@example.test")) == 2
+    assert inbox(server, USER) == []

@@ -8,10 +8,14 @@ A task:
    with DKIM when the sender's domain is local (in an executor: RSA signing is CPU-bound);
 2. groups the still pending recipients by domain; local domains are never sent out (delivered
    here instead), too many Received fields is a loop (RFC 5321 §6.3, 5.4.6);
-3. resolves every domain's route, then records the attempt before connecting (mox's order): the
-   record also moves the entry's next attempt to a lease, so a crashed runner's claim expires;
+3. resolves every domain's route (shared by the entries for that domain within `ROUTE_REUSE`
+   seconds), then records the attempt before connecting (mox's order): the record also moves the
+   entry's next attempt to a lease, so a crashed runner's claim expires;
 4. sends one transaction per domain, domains in parallel, under a global and a per-domain
-   connection limit; hosts in route order, a failed STARTTLS retried once in clear;
+   connection limit; hosts in route order, a failed STARTTLS retried once in clear. A session
+   that delivered goes back to a connection cache (RFC 5321 §3.3, as Postfix's on-demand cache):
+   the next entry to that host reuses it within `IDLE_LIMIT` seconds (idle sessions are not
+   counted against the connection limits, and never more than were in use at once);
 5. stores the per-recipient results with the next attempt time (`RetrySchedule`), or removes the
    entry when nobody is pending; a DSN (from <>) goes to the sender for permanent failures and
    expiry, delivered locally when the sender is local, else queued like any mail; once a message
@@ -24,8 +28,11 @@ or implicit TLS on port 465), never retried in clear.
 Crash safety: attempts left in flight (result NULL) are marked interrupted and made due by
 `Store.recover_queue` when the runner starts; at most the in-flight transaction is repeated.
 
-Not yet: reusing a connection for several entries to one domain, a bound on entries in flight
-(each holds its message in memory while it waits for a connection slot).
+Throughput: a backlog larger than `batch` is refilled as entries finish (not at the next poll),
+and the store groups the attempt records of concurrent entries into one commit.
+
+Not yet: a bound on entries in flight beyond `batch` (each holds its message in memory while it
+waits for a connection slot); several entries for one domain in one transaction.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from surat.delivery.dsn import (
 )
 from surat.delivery.local import resolve as resolve_local
 from surat.delivery.mx import Route, RouteFailure, RouteKind, Target, resolve_targets
+from surat.delivery.notify import submit_dsn
 from surat.delivery.schedule import (
     DEFAULT_SCHEDULE,
     RetrySchedule,
@@ -79,8 +87,6 @@ from surat.store.base import (
     ChangeKind,
     Delivery,
     NotFound,
-    OutboundMessage,
-    OutboundRecipient,
     QueueEntry,
     RecipientState,
     RecipientUpdate,
@@ -802,32 +808,5 @@ class QueueRunner:
             smtputf8=entry.smtputf8,
         )
         dsn = build_dsn(report, io.BytesIO(original), now=now)
-        await self._submit_dsn(dsn.recipient, dsn.message, smtputf8=dsn.smtputf8, eight_bit=dsn.eight_bit)
+        await submit_dsn(self.store, dsn, self.clock())
         return dsn.recipient
-
-    async def _submit_dsn(self, recipient: str, message: bytes, *, smtputf8: bool, eight_bit: bool) -> None:
-        """RFC 3461 §6.2: from the null reverse-path; local senders get it in their INBOX."""
-        now = self.clock()
-        if await self.store.is_local_domain(_domain_of(recipient)):
-            resolution = await resolve_local(self.store, recipient)
-            if not resolution.local and not resolution.remote:
-                log.warning("queue.dsn_undeliverable", extra=fields(to=recipient))  # never bounce a bounce
-                return
-            content = b"Return-Path: <>\r\n" + message
-            remote = None
-            if resolution.remote:
-                remote = OutboundMessage(
-                    sender="",
-                    recipients=tuple(OutboundRecipient(a) for a in resolution.remote),
-                    smtputf8=smtputf8,
-                    eight_bit=eight_bit,
-                    body_offset=len(b"Return-Path: <>\r\n"),
-                )
-            await self.store.deliver(
-                Delivery(None, len(content), now, local=resolution.local, remote=remote, content=content)
-            )
-            return
-        outbound = OutboundMessage(
-            sender="", recipients=(OutboundRecipient(recipient),), smtputf8=smtputf8, eight_bit=eight_bit
-        )
-        await self.store.deliver(Delivery(None, len(message), now, remote=outbound, content=message))

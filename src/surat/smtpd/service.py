@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import io
 import ipaddress
 import logging
 import re
@@ -21,7 +22,9 @@ from datetime import UTC, datetime
 
 from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
 from surat.config import Config
+from surat.delivery.dsn import Action, DsnReport, ReportedRecipient, Ret, build_dsn
 from surat.delivery.local import owns, resolve
+from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
 from surat.mailauth.spf import SPFResult
@@ -66,6 +69,7 @@ from surat.store.base import (
     Account,
     Credentials,
     Delivery,
+    DeliveryResult,
     InvalidName,
     MailboxTarget,
     OutboundMessage,
@@ -183,6 +187,8 @@ class _Transaction:
     received: bytes = b""  # our Received: field
     spf: asyncio.Task[SPFResult] | None = None  # MX: started at MAIL FROM, awaited at the end of DATA
     auth_log: dict[str, str] = field(default_factory=dict)  # the checks' results, for the log line
+    # Local recipients that asked for NOTIFY=SUCCESS: (address, ORCPT) for the "delivered" DSN.
+    success_notices: list[tuple[str, str | None]] = field(default_factory=list)
 
 
 class _Session:
@@ -425,6 +431,8 @@ class _Session:
                 return self._unknown_recipient(address)
             for target in resolution.local:
                 txn.local.setdefault(target.account_id, target)
+            if resolution.local and "SUCCESS" in notify:
+                txn.success_notices.append((address, orcpt))
             for remote in resolution.remote:
                 # Forwarded through an alias: the original recipient is what a DSN should name.
                 original = orcpt or f"rfc822;{xtext_encode(address)}"
@@ -565,9 +573,54 @@ class _Session:
         # From here the file belongs to the store, whatever happens (even cancellation).
         txn.spool = None
         result = await self.store.deliver(delivery)
+        if txn.success_notices and txn.sender:
+            await self._notify_success(txn, delivery, result)
         if result.queue_id:
             return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
         return R.QUEUED
+
+    async def _notify_success(self, txn: _Transaction, delivery: Delivery, result: DeliveryResult) -> None:
+        """RFC 3461 §6.2.2: the final MTA reports a successful delivery when NOTIFY=SUCCESS asked for it.
+
+        The message is already delivered and acknowledged next: a failure here is logged, never
+        turned into an error reply."""
+        now = datetime.now(UTC)
+        try:
+            report = DsnReport(
+                reporting_mta=self.config.hostname,
+                sender=txn.sender,
+                recipients=tuple(
+                    ReportedRecipient(
+                        address=address,
+                        orcpt=orcpt,
+                        action=Action.DELIVERED,
+                        status="2.0.0",
+                        diagnostic="250 2.0.0 delivered to mailbox",
+                        last_attempt=now,
+                    )
+                    for address, orcpt in txn.success_notices
+                ),
+                arrival_date=delivery.internal_date,
+                envid=txn.params.envid,
+                ret=Ret.FULL if (txn.params.ret or "").upper() == "FULL" else None,
+                smtputf8=txn.params.smtputf8,
+            )
+            # The stored copy starts with our Return-Path; the DSN quotes the message as received.
+            skip = len(return_path(txn.sender))
+            if delivery.content is not None:
+                dsn = build_dsn(report, io.BytesIO(delivery.content[skip:]), now=now)
+            else:
+                _, mailbox_id, uid = result.local[0]
+                (record,) = await self.store.get_messages(mailbox_id, [uid])
+                with self.store.blobs.open(record.blob_id) as blob:
+                    blob.seek(skip)
+                    dsn = build_dsn(report, blob, now=now)
+            await submit_dsn(self.store, dsn, now)
+            log.info("smtp.success_dsn", extra=fields(to=dsn.recipient, recipients=len(txn.success_notices)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("smtp.success_dsn_failed")
 
     async def _authenticate_message(self, txn: _Transaction, spool: Spool) -> Disposition:
         """SPF/DKIM/ARC/DMARC; prepends Authentication-Results (ours only) to the spooled message."""

@@ -1,0 +1,48 @@
+"""Sending a composed DSN: the one path used by the queue runner (failures, delays, relays) and by
+SMTP local delivery (NOTIFY=SUCCESS for a mailbox here)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from surat.delivery.dsn import Dsn
+from surat.delivery.local import resolve as resolve_local
+from surat.log import fields
+from surat.store.base import Delivery, OutboundMessage, OutboundRecipient, Store
+
+log = logging.getLogger(__name__)
+
+NULL_RETURN_PATH = b"Return-Path: <>\r\n"
+
+
+async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
+    """RFC 3461 §6.2: a DSN goes out from the null reverse-path; local senders get it in their INBOX,
+    others through the queue. A DSN that cannot be delivered is dropped, never bounced (no loops)."""
+    domain = dsn.recipient.rpartition("@")[2]
+    if await store.is_local_domain(domain):
+        resolution = await resolve_local(store, dsn.recipient)
+        if not resolution.local and not resolution.remote:
+            log.warning("dsn.undeliverable", extra=fields(to=dsn.recipient))
+            return
+        content = NULL_RETURN_PATH + dsn.message
+        remote = None
+        if resolution.remote:
+            remote = OutboundMessage(
+                sender="",
+                recipients=tuple(OutboundRecipient(a) for a in resolution.remote),
+                smtputf8=dsn.smtputf8,
+                eight_bit=dsn.eight_bit,
+                body_offset=len(NULL_RETURN_PATH),
+            )
+        await store.deliver(
+            Delivery(None, len(content), now, local=resolution.local, remote=remote, content=content)
+        )
+        return
+    outbound = OutboundMessage(
+        sender="",
+        recipients=(OutboundRecipient(dsn.recipient),),
+        smtputf8=dsn.smtputf8,
+        eight_bit=dsn.eight_bit,
+    )
+    await store.deliver(Delivery(None, len(dsn.message), now, remote=outbound, content=dsn.message))
