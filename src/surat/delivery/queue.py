@@ -111,6 +111,7 @@ SUBMISSIONS_PORT = 465
 IDLE_LIMIT = 2.0
 REUSE_COUNT = 100
 REUSE_AGE = 300.0
+IDLE_QUIT_WAIT = 5.0
 # A domain's resolved route serves the entries that follow within this many seconds of the last
 # use (REUSE_AGE at most), as Postfix's on-demand connection cache finds a session by destination
 # name before any DNS lookup; concurrent entries for one domain share one resolution. Failures
@@ -621,7 +622,8 @@ class QueueRunner:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
-        await asyncio.gather(*(session.close() for session in closing), return_exceptions=True)
+        # A peer slow to answer QUIT holds neither the reaper nor a shutdown for long.
+        await asyncio.gather(*(session.close(IDLE_QUIT_WAIT) for session in closing), return_exceptions=True)
 
     def _client_settings(self, route: Route) -> tuple[ClientSettings, ssl.SSLContext | None, bool]:
         """(settings, TLS context, implicit TLS) for a session on `route`."""

@@ -184,16 +184,18 @@ class Session:
             dsn_passed=self._dsn_passed,
         )
 
-    async def close(self) -> None:
-        """QUIT when the session is still up, then close the socket."""
+    async def close(self, quit_timeout: float | None = None) -> None:
+        """QUIT when the session is still up, then close the socket. `quit_timeout` bounds the wait
+        for the 221 below the engine's own QUIT timeout (closing idle sessions, shutting down)."""
         writer = self._writer
         if writer is None:
             return
         try:
             if self.usable:
                 self.engine.quit()
-                await self._pump(None, b"")
-        except OSError:
+                async with asyncio.timeout(quit_timeout):
+                    await self._pump(None, b"")
+        except (OSError, TimeoutError):
             pass
         finally:
             self._writer = None
@@ -233,8 +235,9 @@ class Session:
                 elif isinstance(event, SendMessage):
                     for start in range(0, len(message), WRITE_CHUNK):
                         engine.send_message_data(message[start : start + WRITE_CHUNK])
-                        await _flush(writer, engine, engine.data_to_send())
-                    engine.end_message()
+                        if start + WRITE_CHUNK < len(message):
+                            await _flush(writer, engine, engine.data_to_send())
+                    engine.end_message()  # the last piece goes out with the end of data: one write
                 elif isinstance(event, TransactionDone):
                     self._results = event.result.recipients
                     self._dsn_passed = event.result.dsn_passed

@@ -1799,31 +1799,41 @@ class SQLiteStore:
             f" smtputf8, eight_bit, authenticated_user FROM queue {where}",
             params,
         ).fetchall()
+        # Recipients and attempts of all rows in two queries per chunk, not two per row: the runner
+        # reads up to a batch of due entries at every refill.
+        recipients_of: dict[str, list[QueueRecipient]] = {}
+        attempts_of: dict[str, list[QueueAttempt]] = {}
+        ids = [r[0] for r in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = _marks(len(chunk))
+            for q in conn.execute(
+                "SELECT queue_id, address, state, notify, orcpt, last_reply, delay_notified"
+                f" FROM queue_recipients WHERE queue_id IN ({marks}) ORDER BY queue_id, position",
+                chunk,
+            ):
+                recipients_of.setdefault(q[0], []).append(
+                    QueueRecipient(
+                        address=q[1],
+                        state=RecipientState(q[2]),
+                        notify=tuple(q[3].split()) if q[3] else (),
+                        orcpt=q[4],
+                        last_reply=q[5],
+                        delay_notified=bool(q[6]),
+                    )
+                )
+            for a in conn.execute(
+                "SELECT queue_id, number, started_at, host, result FROM queue_attempts"
+                f" WHERE queue_id IN ({marks}) ORDER BY queue_id, number",
+                chunk,
+            ):
+                attempts_of.setdefault(a[0], []).append(
+                    QueueAttempt(number=a[1], started_at=_datetime(a[2]), host=a[3], result=a[4])
+                )
         entries = []
         for r in rows:
-            recipients = tuple(
-                QueueRecipient(
-                    address=q[0],
-                    state=RecipientState(q[1]),
-                    notify=tuple(q[2].split()) if q[2] else (),
-                    orcpt=q[3],
-                    last_reply=q[4],
-                    delay_notified=bool(q[5]),
-                )
-                for q in conn.execute(
-                    "SELECT address, state, notify, orcpt, last_reply, delay_notified FROM queue_recipients"
-                    " WHERE queue_id = ? ORDER BY position",
-                    (r[0],),
-                )
-            )
-            attempts = tuple(
-                QueueAttempt(number=a[0], started_at=_datetime(a[1]), host=a[2], result=a[3])
-                for a in conn.execute(
-                    "SELECT number, started_at, host, result FROM queue_attempts"
-                    " WHERE queue_id = ? ORDER BY number",
-                    (r[0],),
-                )
-            )
+            recipients = tuple(recipients_of.get(r[0], ()))
+            attempts = tuple(attempts_of.get(r[0], ()))
             entries.append(
                 QueueEntry(
                     id=r[0],

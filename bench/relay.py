@@ -1,0 +1,311 @@
+"""Outbound relay benchmark: N queued messages for D remote domains, MX via DNS, to Postfix's smtp-sink.
+
+Both relays run in network namespace A (dnsmasq on 127.0.0.1:53 serves `MX dK.relay.test ->
+mx.dK.relay.test`, every MX host an A record for namespace B); smtp-sink listens on B's port 25.
+Each relay gets the same N messages of S bytes (one recipient each, spread over the D domains),
+queued first and released at once, so the clock covers "queued -> delivered at the sink" only:
+
+- Surat: the messages go into a fresh SQLiteStore through `Store.deliver` (what the MX/submission
+  servers do after the final dot); the clock starts when `QueueRunner.start()` is called and stops
+  when the queue table is empty (every entry is removed after the sink's 250).
+- Postfix (postfix-up.sh, DNS=1): smtp-source submits the messages while every recipient gets
+  HOLD (`check_recipient_access static:HOLD`); the clock starts at `postsuper -H ALL` +
+  `postqueue -f` and stops when the maillog shows N `status=sent`.
+
+    sudo .venv/bin/python bench/relay.py                     # Surat and Postfix, 10 000 x 4 KiB, 100 domains
+    sudo .venv/bin/python bench/relay.py --only surat --messages 2000
+
+Needs root (ip netns), dnsmasq, Postfix with smtp-sink/smtp-source (../shared/peers/install.sh).
+Bounded: --messages messages, --timeout seconds per relay; everything is torn down at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+NS_A, NS_B, NET = "benchrlyA", "benchrlyB", "10.98.7"
+SINK = f"{NET}.2"
+SENDER = "bench@source.example"  # not a local domain: Surat does not DKIM-sign, like Postfix here
+POSTFIX_PORT = 2599
+
+
+def domain(k: int) -> str:
+    return f"d{k}.relay.test"
+
+
+def recipient(i: int, domains: int) -> str:
+    return f"u{i}@{domain(i % domains)}"
+
+
+def make_message(i: int, size: int, rcpt: str) -> bytes:
+    head = (
+        f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: relay bench {i}\r\n"
+        f"Message-ID: <bench-{i}@source.example>\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n\r\n"
+    ).encode()
+    line = b"x" * 70 + b"\r\n"
+    body = (line * (size // len(line) + 1))[: max(0, size - len(head) - 2)]
+    return head + body + b"\r\n"
+
+
+def run(*cmd: str, ns: str | None = None, env: dict[str, str] | None = None) -> str:
+    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+    done = subprocess.run(full, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return done.stdout
+
+
+# ---------------------------------------------------------------------------------------- Surat
+
+
+async def surat_phase(messages: int, domains: int, size: int, timeout: float, work: Path) -> dict[str, float]:
+    """Runs inside namespace A (re-executed by `main` through `ip netns exec`)."""
+    from surat.config import HostPort
+    from surat.delivery.queue import QueueRunner, RunnerSettings
+    from surat.dns.resolver import DnsResolver
+    from surat.net.tls import client_context
+    from surat.store.base import Delivery, OutboundMessage, OutboundRecipient
+    from surat.store.sqlite import SQLiteStore
+
+    logging.basicConfig(level=logging.WARNING)
+    data = work / "surat-data"
+    store = SQLiteStore(data)
+    await store.open()
+    try:
+        now = datetime.now(UTC)
+        for start in range(0, messages, 500):
+            batch = []
+            for i in range(start, min(messages, start + 500)):
+                rcpt = recipient(i, domains)
+                content = make_message(i, size, rcpt)
+                remote = OutboundMessage(sender=SENDER, recipients=(OutboundRecipient(rcpt),))
+                batch.append(store.deliver(Delivery(None, len(content), now, remote=remote, content=content)))
+            await asyncio.gather(*batch)
+        queued = count_queue(data)
+        if queued != messages:
+            raise SystemExit(f"surat: {queued} queued, expected {messages}")
+        runner = QueueRunner(
+            store,
+            DnsResolver([HostPort("127.0.0.1", 53)]),
+            RunnerSettings(hostname="surat-bench.source.example", mx_port=25, poll_interval=1.0),
+            data_dir=data,
+            tls_context=client_context(verify=False),
+        )
+        started = time.perf_counter()
+        await runner.start()
+        left = messages
+        try:
+            while left and time.perf_counter() - started < timeout:
+                await asyncio.sleep(0.05)
+                left = count_queue(data)
+            seconds = time.perf_counter() - started
+        finally:
+            await runner.stop()
+        return {"messages": messages - left, "seconds": seconds, "left": left}
+    finally:
+        await store.close()
+
+
+def count_queue(data: Path) -> int:
+    conn = sqlite3.connect(f"file:{data / 'index.sqlite3'}?mode=ro", uri=True)
+    try:
+        (n,) = conn.execute("SELECT count(*) FROM queue").fetchone()
+        return int(n)
+    finally:
+        conn.close()
+
+
+def run_surat(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    out = run(
+        sys.executable,
+        __file__,
+        "--phase-surat",
+        "--messages",
+        str(args.messages),
+        "--domains",
+        str(args.domains),
+        "--size",
+        str(args.size),
+        "--timeout",
+        str(args.timeout),
+        "--work",
+        str(work),
+        ns=NS_A,
+        env={"PYTHONPATH": str(ROOT / "src")},
+    )
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------------------------------- Postfix
+
+
+def run_postfix(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    pf = work / "postfix"
+    run(
+        str(PEERS / "postfix-up.sh"),
+        "start",
+        str(POSTFIX_PORT),
+        str(pf),
+        "source.example",
+        ns=NS_A,
+        env={"DNS": "1"},
+    )
+    try:
+        conf = ["-c", str(pf / "etc")]
+        # Park every message on hold while it is submitted: the clock then covers only the relay.
+        run(
+            "/usr/sbin/postconf",
+            *conf,
+            "-e",
+            "smtpd_recipient_restrictions = check_recipient_access static:HOLD, permit_mynetworks, reject",
+        )
+        run("/usr/sbin/postfix", *conf, "reload")
+        time.sleep(1)
+        per_domain = args.messages // args.domains
+        procs = []
+        for k in range(args.domains):
+            count = per_domain + (1 if k < args.messages % args.domains else 0)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        NS_A,
+                        "/usr/sbin/smtp-source",
+                        "-s",
+                        "2",
+                        "-m",
+                        str(count),
+                        "-l",
+                        str(args.size),
+                        "-f",
+                        SENDER,
+                        "-t",
+                        f"u@{domain(k)}",
+                        f"127.0.0.1:{POSTFIX_PORT}",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            if len(procs) >= 10:
+                for p in procs:
+                    p.wait()
+                procs = []
+        for p in procs:
+            p.wait()
+        hold = pf / "spool" / "hold"
+        deadline = time.monotonic() + args.timeout
+        while sum(len(f) for _, _, f in os.walk(hold)) < args.messages:
+            if time.monotonic() > deadline:
+                raise SystemExit("postfix: messages did not all reach the hold queue")
+            time.sleep(0.2)
+        log = pf / "maillog"
+        started = time.perf_counter()
+        run("/usr/sbin/postsuper", *conf, "-H", "ALL")
+        run("/usr/sbin/postqueue", *conf, "-f")
+        sent = 0
+        with log.open("rb") as f:
+            f.seek(0, os.SEEK_END)  # only what the release produces
+            pattern = re.compile(rb"status=sent")
+            partial = b""
+            while sent < args.messages and time.perf_counter() - started < args.timeout:
+                time.sleep(0.05)
+                text = partial + f.read()
+                complete, _, partial = text.rpartition(b"\n")  # a line may be half written
+                sent += len(pattern.findall(complete))
+        seconds = time.perf_counter() - started
+        return {"messages": sent, "seconds": seconds, "left": args.messages - sent}
+    finally:
+        run(str(PEERS / "postfix-up.sh"), "stop", str(pf), ns=NS_A)
+
+
+# ---------------------------------------------------------------------------------------- harness
+
+
+def line(name: str, result: dict[str, float]) -> str:
+    rate = result["messages"] / result["seconds"] if result["seconds"] else 0.0
+    return (
+        f"{name:<8} delivered={int(result['messages'])} left={int(result['left'])} "
+        f"secs={result['seconds']:.2f} msgs_per_sec={rate:.0f}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--domains", type=int, default=100)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--only", choices=("surat", "postfix"))
+    parser.add_argument("--phase-surat", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase_surat:
+        result = asyncio.run(surat_phase(args.messages, args.domains, args.size, args.timeout, args.work))
+        print(json.dumps(result))
+        return 0
+    # A SIGTERM (timeout(1)) must still run the teardown below.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    if os.geteuid() != 0:
+        print("needs root (ip netns)", file=sys.stderr)
+        return 2
+    for tool in ("dnsmasq", "/usr/sbin/smtp-sink", "/usr/sbin/smtp-source", "/usr/sbin/postfix"):
+        if shutil.which(tool) is None:
+            print(f"missing {tool}", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="surat-bench-relay-"))
+    os.chmod(work, 0o755)
+    records = work / "records"
+    records.write_text(
+        "".join(f"MX {domain(k)} mx.{domain(k)} 10\nA mx.{domain(k)} {SINK}\n" for k in range(args.domains))
+    )
+    try:
+        run(str(PEERS / "netns-up.sh"), "up", NS_A, NS_B, NET)
+        run(str(PEERS / "dns-up.sh"), "start", "53", str(records), ns=NS_A)
+        run(str(PEERS / "smtp-sink-up.sh"), "start", "25", SINK, ns=NS_B)
+        print(
+            f"relay: {args.messages} messages x {args.size} B, {args.domains} domains, MX via dnsmasq, "
+            f"sink = smtp-sink {SINK}:25"
+        )
+        results = {}
+        for name, fn in (("surat", run_surat), ("postfix", run_postfix)):
+            if args.only in (None, name):
+                results[name] = fn(args, work)
+                print(line(name, results[name]), flush=True)
+        if len(results) == 2:
+            s, p = results["surat"], results["postfix"]
+            ratio = (s["messages"] / s["seconds"]) / (p["messages"] / p["seconds"])
+            print(f"surat/postfix = {ratio:.2f}x")
+        return 0
+    finally:
+        for cmd, ns in (
+            ((str(PEERS / "smtp-sink-up.sh"), "stop", "25"), NS_B),
+            ((str(PEERS / "dns-up.sh"), "stop", "53"), NS_A),
+            ((str(PEERS / "netns-up.sh"), "down", NS_A, NS_B), None),
+        ):
+            subprocess.run(
+                ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd), check=False, capture_output=True
+            )
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
