@@ -130,6 +130,9 @@ class DeliveryConfig:
     max_connections_per_domain: int = 10  # ... and to one destination domain
     queue_poll_interval: float = 5.0  # also see `surat queue retry/flush` run by another process
     connect_timeout: float = 30.0
+    # RFC 5321 §4.5.3.2 client timeouts, in seconds, overriding the defaults by phase name
+    # (greeting, ehlo, starttls, auth, rset, mail, rcpt, data_init, data_block, data_end, quit).
+    smtp_timeouts: Mapping[str, float] = field(default_factory=dict)
     # AUTH at the smarthost (RFC 4954), only over TLS; the password is read from a file so that the
     # config itself can be shown and shared.
     smarthost_user: str | None = None
@@ -293,6 +296,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         ),
         smarthost_user=smarthost_user,
         smarthost_password=smarthost_password,
+        smtp_timeouts=_smtp_timeouts(delivery_table.table("smtp_timeouts")),
     )
     delivery_table.finish()
     reader.finish()
@@ -309,6 +313,32 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     )
     _check_tls_files(config)
     return config
+
+
+SMTP_TIMEOUT_PHASES = (
+    "greeting",
+    "ehlo",
+    "starttls",
+    "auth",
+    "rset",
+    "mail",
+    "rcpt",
+    "data_init",
+    "data_block",
+    "data_end",
+    "quit",
+)
+
+
+def _smtp_timeouts(table: _Table) -> dict[str, float]:
+    timeouts = {}
+    for phase, _ in table.items():
+        if phase not in SMTP_TIMEOUT_PHASES:
+            raise ConfigError(
+                f"delivery.smtp_timeouts.{phase}", f"unknown phase; one of {', '.join(SMTP_TIMEOUT_PHASES)}"
+            )
+        timeouts[phase] = float(table.number(phase, 0, minimum=1))
+    return timeouts
 
 
 def _check_tls_files(config: Config) -> None:

@@ -487,3 +487,22 @@ def test_delay_notice_after(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({**BASE, "delivery": {"delay_notice_after": 0}}, tmp_path)
     assert info.value.key == "delivery.delay_notice_after"
+
+
+def test_smtp_timeouts(tmp_path: Path) -> None:
+    from surat.delivery.queue import RunnerSettings
+
+    assert parse_config(BASE, tmp_path).delivery.smtp_timeouts == {}
+    config = parse_config(
+        {**BASE, "delivery": {"smtp_timeouts": {"greeting": 60, "data_end": 900}}}, tmp_path
+    )
+    assert dict(config.delivery.smtp_timeouts) == {"greeting": 60.0, "data_end": 900.0}
+    timeouts = RunnerSettings.from_config(config).timeouts
+    assert (timeouts.greeting, timeouts.data_end, timeouts.mail) == (60.0, 900.0, 300.0)  # RFC 5321 §4.5.3.2
+    for bad, key in (
+        ({"hello": 5}, "delivery.smtp_timeouts.hello"),
+        ({"mail": 0}, "delivery.smtp_timeouts.mail"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config({**BASE, "delivery": {"smtp_timeouts": bad}}, tmp_path)
+        assert info.value.key == key

@@ -238,3 +238,23 @@ async def test_run_once_claims_each_due_entry_once(
     for queue_id in (first.id, second.id):
         entry = await store.get_queue_entry(queue_id)
         assert entry is not None and len(entry.attempts) == 1
+
+
+async def test_late_quota_failure_is_retried_then_bounced(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    # A local recipient over quota when the queue delivers (issue 5: a late local failure gets a DSN).
+    bob = await store.add_account("bob@example.test", CREDS)
+    await store.set_quota(bob.address, 10)
+    entry = await enqueue(store, [OutboundRecipient("bob@example.test")])
+    await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None, "a full mailbox is a temporary failure"
+    assert again.recipients[0].state is RecipientState.PENDING
+    assert "4.2.2" in (again.recipients[0].last_reply or "")
+    assert await inbox(store, bob) == []
+    await runner(store, tmp_path, Clock(datetime.now(UTC) + timedelta(days=6))).process(again)
+    assert await store.get_queue_entry(entry.id) is None
+    bounce = next(m for m in await inbox(store, alice) if b"delivery-status" in m)
+    (block,) = status_blocks(bounce)
+    assert (block["Action"], block["Status"]) == ("failed", "5.2.2")

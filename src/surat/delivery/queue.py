@@ -88,6 +88,7 @@ from surat.store.base import (
     Delivery,
     NotFound,
     QueueEntry,
+    QuotaExceeded,
     RecipientState,
     RecipientUpdate,
     Store,
@@ -117,11 +118,16 @@ IDLE_QUIT_WAIT = 5.0
 # name before any DNS lookup; concurrent entries for one domain share one resolution. Failures
 # are not kept.
 ROUTE_REUSE = IDLE_LIMIT
+# A domain's "is it local?" answer serves the entries that follow for this many seconds: a store
+# read per recipient domain and per signing check otherwise. A domain added or removed at run time
+# is seen within this delay (`surat domain add` may be another process: no change to listen for).
+LOCAL_DOMAIN_TTL = 1.0
 # Messages up to this size are read on the event loop (a just-written file, a few microseconds).
 INLINE_READ = 128 * 1024
 
 LOCAL_LOOP = Reply(550, "5.4.6", "Too many Received header fields: mail loop")
 NO_SUCH_LOCAL_USER = Reply(550, "5.1.1", "No such local recipient")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Local error in processing")
 
 
@@ -160,6 +166,7 @@ class RunnerSettings:
             max_connections_per_domain=delivery.max_connections_per_domain,
             poll_interval=delivery.queue_poll_interval,
             connect_timeout=delivery.connect_timeout,
+            timeouts=replace(Timeouts(), **delivery.smtp_timeouts),
         )
 
 
@@ -181,6 +188,7 @@ def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+@functools.lru_cache(maxsize=4096)  # a relay sees the same senders and domains over and over
 def _address(text: str) -> Address:
     try:
         parsed, _ = parse_path(f"<{text}>", sender=False)
@@ -235,6 +243,8 @@ class QueueRunner:
         self._saturated = False  # the last run_once got as many due entries as it asked for
         # domain -> (reuse until, resolved at, lookup): see _route
         self._routes: dict[str, tuple[float, float, asyncio.Task[Route | RouteFailure]]] = {}
+        # domain -> (valid until (loop time), local?): see _is_local_domain
+        self._local_domains: dict[str, tuple[float, bool]] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -296,10 +306,21 @@ class QueueRunner:
         started = 0
         entries = await self.store.due_queue_entries(self.clock(), limit)
         self._saturated = len(entries) >= limit
-        for entry in entries:
-            if entry.id in self._in_flight:
+        fresh = [e for e in entries if e.id not in self._in_flight]
+        small = [e for e in fresh if e.size <= INLINE_READ]
+        # One thread hop reads the batch's messages: the opens and reads leave the event loop,
+        # which is what a relay's throughput is bound by.
+        contents = (
+            await asyncio.get_running_loop().run_in_executor(None, self._read_messages, small)
+            if small
+            else {}
+        )
+        for entry in fresh:
+            if entry.id in self._in_flight:  # started meanwhile by a concurrent run_once
                 continue
-            task = asyncio.create_task(self._process_logged(entry), name=f"queue-{entry.id}")
+            task = asyncio.create_task(
+                self._process_logged(entry, contents.get(entry.id)), name=f"queue-{entry.id}"
+            )
             self._in_flight[entry.id] = task
             task.add_done_callback(functools.partial(self._done, entry.id))
             started += 1
@@ -319,9 +340,9 @@ class QueueRunner:
 
     # ------------------------------------------------------------------------------ one entry
 
-    async def _process_logged(self, entry: QueueEntry) -> None:
+    async def _process_logged(self, entry: QueueEntry, original: bytes | None = None) -> None:
         try:
-            await self.process(entry)
+            await self.process(entry, original)
         except NotFound:
             log.info("queue.entry_gone", extra=fields(id=entry.id))  # dropped while in flight
         except asyncio.CancelledError:
@@ -331,11 +352,12 @@ class QueueRunner:
             with contextlib.suppress(StoreError):
                 await self.store.reschedule(entry.id, self.clock() + self.settings.schedule.delays[0])
 
-    async def process(self, entry: QueueEntry) -> None:
+    async def process(self, entry: QueueEntry, original: bytes | None = None) -> None:
+        """Attempt `entry`; `original` is its message from `body_offset` on when already read."""
         loop = asyncio.get_running_loop()
-        if entry.size <= INLINE_READ:
+        if original is None and entry.size <= INLINE_READ:
             original = self._read_message(entry)  # from the page cache: cheaper than a thread hop
-        else:
+        elif original is None:
             original = await loop.run_in_executor(None, self._read_message, entry)
         outcomes: dict[int, _Outcome] = {}
         remote: dict[str, list[int]] = {}
@@ -350,7 +372,7 @@ class QueueRunner:
             remote = {}
 
         # Never sent out: a domain that became local after the message was queued.
-        local = [i for d in list(remote) if await self.store.is_local_domain(d) for i in remote.pop(d)]
+        local = [i for d in list(remote) if await self._is_local_domain(d) for i in remote.pop(d)]
 
         routes: dict[str, Route] = {}
         for domain, indexes in remote.items():
@@ -382,6 +404,27 @@ class QueueRunner:
 
         await self._finish(entry, number, original, outcomes)
 
+    async def _is_local_domain(self, domain: str) -> bool:
+        """`Store.is_local_domain`, remembered for `LOCAL_DOMAIN_TTL` seconds."""
+        now = asyncio.get_running_loop().time()
+        memo = self._local_domains.get(domain)
+        if memo is not None and memo[0] > now:
+            return memo[1]
+        local = await self.store.is_local_domain(domain)
+        if len(self._local_domains) >= 4 * self.settings.batch:
+            self._local_domains = {d: m for d, m in self._local_domains.items() if m[0] > now}
+        self._local_domains[domain] = (now + LOCAL_DOMAIN_TTL, local)
+        return local
+
+    def _read_messages(self, entries: Sequence[QueueEntry]) -> dict[str, bytes]:
+        """(In a thread.) The messages of `entries` that could be read; `process` reads the others
+        itself, and reports what went wrong."""
+        contents: dict[str, bytes] = {}
+        for entry in entries:
+            with contextlib.suppress(OSError, StoreError):
+                contents[entry.id] = self._read_message(entry)
+        return contents
+
     def _read_message(self, entry: QueueEntry) -> bytes:
         with self.store.blobs.open(entry.blob_id) as file:
             file.seek(entry.body_offset)
@@ -389,7 +432,7 @@ class QueueRunner:
 
     async def _signed(self, entry: QueueEntry, message: bytes) -> bytes:
         domain = _domain_of(entry.sender) if entry.sender else ""
-        if not domain or not await self.store.is_local_domain(domain):
+        if not domain or not await self._is_local_domain(domain):
             return message
         loop = asyncio.get_running_loop()
         keys = self._keys.get(domain)
@@ -409,15 +452,19 @@ class QueueRunner:
         if not resolution.local:
             return _Outcome(RecipientState.FAILED, NO_SUCH_LOCAL_USER)
         content = f"Return-Path: <{entry.sender}>\r\n".encode() + message
-        await self.store.deliver(
-            Delivery(
-                spool_path=None,
-                size=len(content),
-                internal_date=self.clock(),
-                local=resolution.local,
-                content=content,
+        try:
+            await self.store.deliver(
+                Delivery(
+                    spool_path=None,
+                    size=len(content),
+                    internal_date=self.clock(),
+                    local=resolution.local,
+                    content=content,
+                )
             )
-        )
+        except QuotaExceeded:
+            # A late local failure: retried like a remote 4xx, bounced with a DSN at expiry (issue 5).
+            return _Outcome(RecipientState.PENDING, MAILBOX_FULL, self.settings.hostname)
         return _Outcome(
             RecipientState.DELIVERED, Reply(250, "2.0.0", "Delivered locally"), self.settings.hostname
         )
@@ -478,16 +525,17 @@ class QueueRunner:
                         tls_context=None,
                         connect_timeout=self.settings.connect_timeout,
                     )
-                log.info(
-                    "queue.session",
-                    extra=fields(
-                        id=entry.id,
-                        domain=route.domain,
-                        target=outcome.describe,
-                        tls=outcome.tls,
-                        result=outcome.failure or "transaction",
-                    ),
-                )
+                if log.isEnabledFor(logging.INFO):
+                    log.info(
+                        "queue.session",
+                        extra=fields(
+                            id=entry.id,
+                            domain=route.domain,
+                            target=outcome.describe,
+                            tls=outcome.tls,
+                            result=outcome.failure or "transaction",
+                        ),
+                    )
                 if outcome.results is not None:
                     return self._recipient_outcomes(indexes, outcome, outcome.results)
                 assert outcome.failure is not None
@@ -692,19 +740,21 @@ class QueueRunner:
             when if not expired else None,
             host=", ".join(hosts) or None,
         )
-        log.info(
-            "queue.attempt",
-            extra=fields(
-                id=entry.id,
-                number=number,
-                delivered=sum(
-                    o.state in (RecipientState.DELIVERED, RecipientState.RELAYED) for o in outcomes.values()
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "queue.attempt",
+                extra=fields(
+                    id=entry.id,
+                    number=number,
+                    delivered=sum(
+                        o.state in (RecipientState.DELIVERED, RecipientState.RELAYED)
+                        for o in outcomes.values()
+                    ),
+                    failed=sum(o.state is RecipientState.FAILED for o in outcomes.values()),
+                    pending=0 if expired else len(still),
+                    next=when.isoformat() if when and not expired else "-",
                 ),
-                failed=sum(o.state is RecipientState.FAILED for o in outcomes.values()),
-                pending=0 if expired else len(still),
-                next=when.isoformat() if when and not expired else "-",
-            ),
-        )
+            )
 
     async def _send_dsns(
         self, entry: QueueEntry, original: bytes, outcomes: dict[int, _Outcome], now: datetime, expired: bool

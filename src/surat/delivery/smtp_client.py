@@ -278,6 +278,8 @@ async def _flush(writer: asyncio.StreamWriter, engine: SMTPClientEngine, data: b
     if not data:
         return
     writer.write(data)
+    if not writer.transport.get_write_buffer_size():
+        return  # the kernel took it all: nothing to wait for (and no timer to arm per command)
     try:
         async with asyncio.timeout(engine.timeout or engine.settings.timeouts.data_block):
             await writer.drain()
