@@ -3,6 +3,7 @@ the real SQLite store. What reaches a remote server is tested in tests/integrati
 
 from __future__ import annotations
 
+import asyncio
 import email
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from surat.delivery.queue import QueueRunner, RunnerSettings
+from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
 from surat.dns.fake import FakeResolver
@@ -258,3 +259,14 @@ async def test_late_quota_failure_is_retried_then_bounced(
     bounce = next(m for m in await inbox(store, alice) if b"delivery-status" in m)
     (block,) = status_blocks(bounce)
     assert (block["Action"], block["Status"]) == ("failed", "5.2.2")
+
+
+async def test_a_domain_added_at_run_time_is_local_within_a_second(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    queue = runner(store, tmp_path, Clock(datetime.now(UTC)))
+    assert await queue._is_local_domain("late.test") is False
+    await store.add_domain("late.test")  # e.g. `surat domain add` in another process
+    assert await queue._is_local_domain("late.test") is False  # remembered for LOCAL_DOMAIN_TTL
+    await asyncio.sleep(LOCAL_DOMAIN_TTL + 0.05)
+    assert await queue._is_local_domain("late.test") is True
