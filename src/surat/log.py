@@ -40,7 +40,8 @@ def _quote(value: Any) -> str:
     text = str(value)
     if text == "" or any(c in text for c in ' "=\\') or not text.isprintable():
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-        escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+        if not escaped.isprintable():  # the rare case: escape control characters one by one
+            escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
         return f'"{escaped}"'
     return text
 

@@ -14,7 +14,6 @@ Where DMARCbis (draft-ietf-dmarc-dmarcbis) differs, this module follows RFC 7489
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import random
@@ -292,21 +291,21 @@ async def _check_one(
         ),
         "",
     )
-    base = DMARCResult(
-        DMARCStatus.PASS,
-        from_domain,
-        Policy.NONE,
-        "",
-        record=record,
-        record_domain=record_domain,
-        spf_aligned=spf_aligned,
-        dkim_aligned=bool(dkim_domain),
-        dkim_domain=dkim_domain,
-    )
     # RFC 7489 §6.6.2: pass if either SPF or DKIM passes with an aligned identifier
     if spf_aligned or dkim_domain:
         via = f"SPF {spf.domain}" if spf_aligned and spf is not None else f"DKIM d={dkim_domain}"
-        return dataclasses.replace(base, reason=f"aligned {via}")
+        # built directly: dataclasses.replace costs several times the construction
+        return DMARCResult(
+            DMARCStatus.PASS,
+            from_domain,
+            Policy.NONE,
+            f"aligned {via}",
+            record=record,
+            record_domain=record_domain,
+            spf_aligned=spf_aligned,
+            dkim_aligned=bool(dkim_domain),
+            dkim_domain=dkim_domain,
+        )
 
     requested = record.policy
     if record_domain != from_domain and record.subdomain_policy is not None:
@@ -321,8 +320,17 @@ async def _check_one(
         applied = _downgrade(applied)
         notes.append("t=y")
     reason = f"no aligned SPF or DKIM pass; p={requested.value}" + (f" ({', '.join(notes)})" if notes else "")
-    return dataclasses.replace(
-        base, status=DMARCStatus.FAIL, policy=applied, reason=reason, requested_policy=requested
+    return DMARCResult(
+        DMARCStatus.FAIL,
+        from_domain,
+        applied,
+        reason,
+        record=record,
+        record_domain=record_domain,
+        requested_policy=requested,
+        spf_aligned=spf_aligned,
+        dkim_aligned=False,
+        dkim_domain="",
     )
 
 

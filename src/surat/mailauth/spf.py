@@ -227,16 +227,22 @@ class Mechanism:
     cidr6: int = 128
 
     def text(self) -> str:
-        out = ("" if self.qualifier is Qualifier.PASS else self.qualifier.value) + self.name
-        if self.network is not None:
-            out += f":{self.network}"
-        elif self.domain_spec:
-            out += f":{self.domain_spec}"
-        if self.cidr4 != 32:
-            out += f"/{self.cidr4}"
-        if self.cidr6 != 128:
-            out += f"//{self.cidr6}"
-        return out
+        return _mechanism_text(self)
+
+
+# Cached: the same few mechanisms match message after message, and formatting a network is slow.
+@functools.lru_cache(maxsize=1024)
+def _mechanism_text(mechanism: Mechanism) -> str:
+    out = ("" if mechanism.qualifier is Qualifier.PASS else mechanism.qualifier.value) + mechanism.name
+    if mechanism.network is not None:
+        out += f":{mechanism.network}"
+    elif mechanism.domain_spec:
+        out += f":{mechanism.domain_spec}"
+    if mechanism.cidr4 != 32:
+        out += f"/{mechanism.cidr4}"
+    if mechanism.cidr6 != 128:
+        out += f"//{mechanism.cidr6}"
+    return out
 
 
 @dataclass(frozen=True, slots=True)

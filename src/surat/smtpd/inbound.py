@@ -135,7 +135,7 @@ class InboundChecks:
             # FROM, concurrently with DATA and with the DKIM key lookups; by now it has usually finished.
             arc_out = ARCResult(ARCStatus.NONE, "message is not ARC signed")
             dkim_out = await _outcome(verify_dkim(self.resolver, message, parsed=parsed))
-            spf_out = await _outcome(finish_spf())
+            spf_out = await _outcome(spf_task) if spf_task is not None else None
         spf = _ok(spf_out, "spf")
         dkim = tuple(_ok(dkim_out, "dkim") or ())
         arc = _ok(arc_out, "arc")
