@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common import SURAT, add_user, free_port, single_listener_setup, surat_env, wait_port
+
 from surat.config import load_config
 from surat.passwords import make_credentials
 from surat.store.base import Delivery, MailboxTarget
@@ -352,23 +354,6 @@ async def close_all(clients: list[Client]) -> None:
 # ------------------------------------------------------------------------------------------ servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -411,33 +396,10 @@ class SuratProcess:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.surat = [sys.executable, "-m", "surat"]
-        subprocess.run(
-            [*self.surat, "quickstart", "--dev", "--domain", DOMAIN, "--dir", str(workdir)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        self.config_file = workdir / "surat.toml"
-        lines = []
-        for line in self.config_file.read_text().splitlines():
-            role = line.split("=")[0].strip()
-            if role == "imap":
-                lines.append(f'imap = ["127.0.0.1:{self.port}"]')
-            elif role in ("smtp", "submission", "submissions", "imaps", "pop3", "pop3s"):
-                # Only the imap listener: the dev ports may be taken by a developer's `make run`.
-                lines.append(f"{role} = []")
-            else:
-                lines.append(line)
-        self.config_file.write_text("\n".join(lines) + "\n")
-        self.env = {**os.environ, "SURAT_CONFIG": str(self.config_file)}
-        subprocess.run(
-            [*self.surat, "user", "add", USER, "--password-stdin"],
-            input=PASSWORD + "\n",
-            check=True,
-            text=True,
-            env=self.env,
-            capture_output=True,
-        )
+        self.surat = SURAT
+        self.config_file = single_listener_setup(workdir, DOMAIN, "imap", self.port)
+        self.env = surat_env(self.config_file)
+        add_user(self.config_file, USER, PASSWORD)
         self.config = load_config(self.config_file)
         self.proc: subprocess.Popen[bytes] | None = None
         self.user, self.password = USER, PASSWORD

@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import SURAT, add_user, free_port, single_listener_setup, surat_env, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
 
@@ -241,23 +243,6 @@ async def run_load(name: str, host: str, port: int, args: argparse.Namespace, me
     return Result(name, len(latencies), seconds, latencies, errors)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
-
-
 class SuratProcess:
     """Surat in a subprocess with a fresh data dir and the MX listener on a free port."""
 
@@ -265,20 +250,8 @@ class SuratProcess:
         self, workdir: Path, domain: str, rcpt: str, *, mail_auth: bool = False, dns_port: int | None = None
     ) -> None:
         self.port = free_port()
-        surat = [sys.executable, "-m", "surat"]
-        subprocess.run(
-            [*surat, "quickstart", "--dev", "--domain", domain, "--dir", str(workdir)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        config = workdir / "surat.toml"
+        config = single_listener_setup(workdir, domain, "smtp", self.port)
         text = config.read_text()
-        text = text.replace('"127.0.0.1:2525"', f'"127.0.0.1:{self.port}"')
-        # Only the MX listener: the other dev ports may be taken by a developer's `make run`.
-        for role in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s"):
-            text = "\n".join(
-                f"{role} = []" if line.strip().startswith(f"{role} ") else line for line in text.splitlines()
-            )
         # The --dev config has mail_auth = false: issue 2 measures acceptance alone (issue 6 the checks).
         lines = text.splitlines()
         if dns_port is not None:
@@ -292,19 +265,10 @@ class SuratProcess:
                 raise RuntimeError("quickstart config has no mail_auth line to switch on")
         config.write_text("\n".join(lines) + "\n")
         self.server_log = workdir / "server.log"
-        env = {**os.environ, "SURAT_CONFIG": str(config)}
-        user = subprocess.run(
-            [*surat, "user", "add", rcpt, "--password-stdin"],
-            input="bench-password\n",
-            check=False,
-            text=True,
-            env=env,
-            capture_output=True,
-        )
-        if user.returncode != 0 and "exists" not in user.stderr:
-            raise RuntimeError(user.stderr)
+        env = surat_env(config)
+        add_user(config, rcpt, "bench-password")
         self.log = self.server_log.open("w")
-        self.proc = subprocess.Popen([*surat, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*SURAT, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
         # Let the server see the probe connection close: it counts toward the 20-per-IP limit.
         time.sleep(0.5)
