@@ -11,6 +11,8 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.exception
+
 from surat.authlimit import InMemoryAuthLimiter
 from surat.config import Config
 from surat.delivery.queue import QueueRunner, RunnerSettings
@@ -32,13 +34,24 @@ class StartupError(Exception):
     """The server cannot start; the message is one line for the operator."""
 
 
+def _system_resolver(config: Config) -> Resolver:
+    try:
+        return DnsResolver(config.dns.nameservers, config.dns.timeout)
+    except ValueError as exc:  # a nameserver that is not an IP address
+        raise StartupError(f"dns.nameservers: {exc}") from None
+    except dns.exception.DNSException as exc:  # no /etc/resolv.conf, or nothing usable in it
+        raise StartupError(
+            f"dns.nameservers: the system resolver cannot be used ({exc}); set [dns] nameservers"
+        ) from None
+
+
 class SuratServer:
     def __init__(
         self, config: Config, store: Store | None = None, *, resolver: Resolver | None = None
     ) -> None:
         self.config = config
         # Tests inject a FakeResolver; the server asks the configured nameservers.
-        self.resolver: Resolver = resolver or DnsResolver(config.dns.nameservers, config.dns.timeout)
+        self.resolver: Resolver = resolver or _system_resolver(config)
         self._own_store = store is None
         self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
         self.tls_context: ssl.SSLContext | None = None
