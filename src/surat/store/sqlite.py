@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from surat.store.base import (
     DEFAULT_MAILBOXES,
@@ -88,6 +88,7 @@ from surat.store.schema import migrate
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Item = TypeVar("Item")  # what a _Coalescer queues
 
 INDEX_FILE = "index.sqlite3"
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
@@ -322,6 +323,46 @@ class CommitStats:
 # ----------------------------------------------------------------------------------------- the store
 
 
+class _Coalescer(Generic[Item]):
+    """Group commit's queue: items that arrive while the writer thread is busy wait here and are
+    handed to `commit` together, in one writer job, as soon as the writer is free again."""
+
+    def __init__(
+        self, submit: Callable[[Callable[[], None]], object], commit: Callable[[list[Item]], None]
+    ) -> None:
+        self._submit = submit
+        self._commit = commit
+        self._lock = threading.Lock()
+        self._items: list[Item] = []
+        self._scheduled = False
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._items) or self._scheduled
+
+    def add(self, item: Item) -> None:
+        with self._lock:
+            self._items.append(item)
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self._submit(self._job)
+
+    def _job(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        try:
+            if items:
+                self._commit(items)
+        finally:
+            with self._lock:
+                again = bool(self._items)
+                self._scheduled = again
+            if again:
+                self._submit(self._job)
+
+
 class SQLiteStore:
     """`Store` over SQLite + message files. `await open()` before use, `await close()` after."""
 
@@ -359,11 +400,11 @@ class SQLiteStore:
         self._worker_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._pending: list[_Pending] = []
-        self._batch_scheduled = False
+        self._deliveries: _Coalescer[_Pending] = _Coalescer(self._submit_to_writer, self._commit_batch)
         # Small writes (queue attempts) waiting to share one transaction; see _write_grouped.
-        self._grouped: list[tuple[_GroupedWrite, asyncio.Future[Any]]] = []
-        self._group_scheduled = False
+        self._grouped_writes: _Coalescer[tuple[_GroupedWrite, asyncio.Future[Any]]] = _Coalescer(
+            self._submit_to_writer, self._commit_group
+        )
         self._batches = 0
         self._batched_items = 0
         self._largest_batch = 0
@@ -449,9 +490,7 @@ class SQLiteStore:
             return
         self._open = False
         while True:  # let the group commit drain
-            with self._lock:
-                busy = bool(self._pending) or self._batch_scheduled or self._group_scheduled
-            if not busy:
+            if not (self._deliveries.busy or self._grouped_writes.busy):
                 break
             await asyncio.sleep(0.002)
         assert self._writer is not None and self._workers is not None and self._loop is not None
@@ -555,27 +594,12 @@ class SQLiteStore:
         if self._writer is None or self._loop is None or not self._open:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        with self._lock:
-            self._grouped.append((fn, future))
-            schedule = not self._group_scheduled
-            self._group_scheduled = True
-        if schedule:
-            self._writer.submit(self._group_job)
+        self._grouped_writes.add((fn, future))
         return await future
 
-    def _group_job(self) -> None:
-        with self._lock:
-            group, self._grouped = self._grouped, []
-        try:
-            if group:
-                self._commit_group(group)
-        finally:
-            with self._lock:
-                again = bool(self._grouped)
-                self._group_scheduled = again
-            if again:
-                assert self._writer is not None
-                self._writer.submit(self._group_job)
+    def _submit_to_writer(self, job: Callable[[], None]) -> None:
+        assert self._writer is not None
+        self._writer.submit(job)
 
     def _commit_group(self, group: list[tuple[_GroupedWrite, asyncio.Future[Any]]]) -> None:
         conn, loop = self._conn, self._loop
@@ -1532,29 +1556,9 @@ class SQLiteStore:
         return result
 
     async def _submit(self, item: _Pending) -> Any:
-        assert self._writer is not None
-        with self._lock:
-            self._pending.append(item)
-            schedule = not self._batch_scheduled
-            self._batch_scheduled = True
-        if schedule:
-            self._writer.submit(self._batch_job)
+        self._deliveries.add(item)
         # The commit goes on even if the caller is cancelled: shield so that it still settles.
         return await asyncio.shield(item.future)
-
-    def _batch_job(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-        try:
-            if batch:
-                self._commit_batch(batch)
-        finally:
-            with self._lock:
-                again = bool(self._pending)
-                self._batch_scheduled = again
-            if again:
-                assert self._writer is not None
-                self._writer.submit(self._batch_job)
 
     def _commit_batch(self, batch: list[_Pending]) -> None:
         conn = self._conn
