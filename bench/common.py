@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,3 +69,13 @@ def add_user(config: Path, address: str, password: str) -> None:
     )
     if result.returncode != 0 and "exists" not in result.stderr:
         raise RuntimeError(result.stderr)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (Surat shuts down cleanly), then SIGKILL if it takes over 20 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

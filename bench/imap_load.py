@@ -41,7 +41,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -54,7 +53,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import SURAT, add_user, free_port, single_listener_setup, surat_env, wait_port
+from common import SURAT, add_user, free_port, single_listener_setup, stop_server, surat_env, wait_port
 
 from surat.config import load_config
 from surat.passwords import make_credentials
@@ -449,12 +448,7 @@ class SuratProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_server(self.proc)
         self.proc = None
         self.log.close()
 
