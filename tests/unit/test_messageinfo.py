@@ -320,6 +320,27 @@ def test_header_without_empty_line() -> None:
     assert info.body.lines == 2
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Subject: a\r\n\tfolded  value \r\n",  # folding and WSP around the value
+        b" leading continuation\r\nSubject: a\r\n",  # a continuation with no field before it is dropped
+        b"Subject : obsolete space before the colon\r\n",
+        b"Subject: bare\rCR inside\r\n",
+        b"Subject: a\r\nnot a field\r\n",  # the header ends early: the line-by-line path decides where
+        b"From mbox-separator\r\nSubject: a\r\n",
+        b"Subject: a\nTo: bare LF\r\n",  # a bare LF in the header: the line-by-line path
+        b"Subject: " + b"x" * 70_000 + b"\r\n",  # longer than a kept line
+    ],
+)
+def test_header_read_whole_agrees_with_line_by_line(header: bytes) -> None:
+    # info_of compares a whole-buffer read (one split of the header) with reads of a few octets each
+    data = header + b"\r\nbody\r\n"
+    inner = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n" + header + b"\r\npart\r\n--b--\r\n"
+    info_of(data)
+    info_of(inner)
+
+
 @pytest.mark.parametrize("data", [b"", b"Subject: only a header", b"\r\n", b"--\r\n", b"\n\n\n"])
 def test_degenerate_inputs_do_not_raise(data: bytes) -> None:
     info = info_of(data)

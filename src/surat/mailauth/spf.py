@@ -606,9 +606,12 @@ async def check_host(
     *,
     helo: str = "",
     receiver: str = "unknown",
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> tuple[SPFStatus, str, str]:
-    """The RFC 7208 §4 check_host() function: (result, reason, explanation)."""
+    """The RFC 7208 §4 check_host() function: (result, reason, explanation).
+
+    `timeout` None leaves the deadline to the caller (a timer per check costs more than a cached check).
+    """
     address = _parse_ip(ip) if isinstance(ip, str) else ip
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # RFC 7208 §5: an IPv4-mapped client is an IPv4 client
@@ -619,12 +622,34 @@ async def check_host(
         sender = "postmaster" + sender
     ev = _Evaluation(resolver, address, sender, helo, receiver)
     try:
+        if timeout is None:
+            return await _check_host(ev, domain.lower().removesuffix("."))
         async with asyncio.timeout(timeout):
             return await _check_host(ev, domain.lower().removesuffix("."))
     except _Abort as exc:
         return exc.status, exc.reason, ""
     except TimeoutError:
-        return SPFStatus.TEMPERROR, f"SPF evaluation took longer than {timeout:g}s", ""
+        return SPFStatus.TEMPERROR, _took_too_long(timeout), ""
+
+
+def _took_too_long(timeout: float | None) -> str:
+    return f"SPF evaluation took longer than {timeout:g}s"
+
+
+def spf_identity(mail_from_domain: str, helo: str, sender: str) -> tuple[str, str, str]:
+    """(identity, domain, sender) that SPF checks for a transaction: MAIL FROM, or HELO for `<>`.
+
+    RFC 7208 §2.4: for the null sender the HELO identity is checked, with postmaster@<helo> as the sender.
+    """
+    if sender and mail_from_domain:
+        return "mailfrom", mail_from_domain.lower().removesuffix("."), sender
+    return "helo", helo.lower().removesuffix("."), f"postmaster@{helo}"
+
+
+def timed_out(mail_from_domain: str, helo: str, *, sender: str, timeout: float) -> SPFResult:
+    """The temperror result of a `check_spf` that has not finished within `timeout` seconds."""
+    identity, domain, used_sender = spf_identity(mail_from_domain, helo, sender)
+    return SPFResult(SPFStatus.TEMPERROR, domain, identity, used_sender, _took_too_long(timeout))
 
 
 async def check_spf(
@@ -635,18 +660,14 @@ async def check_spf(
     *,
     sender: str,
     receiver: str = "unknown",
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> SPFResult:
     """SPF for one SMTP transaction.
 
     `sender` is the MAIL FROM address ("" for the null sender, `<>`); `mail_from_domain` its domain. For the
-    null sender the HELO identity is checked instead, with postmaster@<helo> as the sender (RFC 7208 §2.4).
+    null sender the HELO identity is checked instead (see `spf_identity`).
     """
-    if sender and mail_from_domain:
-        identity, domain, used_sender = "mailfrom", mail_from_domain, sender
-    else:
-        identity, domain, used_sender = "helo", helo, f"postmaster@{helo}"
-    domain = domain.lower().removesuffix(".")
+    identity, domain, used_sender = spf_identity(mail_from_domain, helo, sender)
     status, reason, explanation = await check_host(
         resolver, ip, domain, used_sender, helo=helo, receiver=receiver, timeout=timeout
     )

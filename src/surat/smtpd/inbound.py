@@ -45,7 +45,7 @@ from surat.mailauth.dmarc import (
     organizational_domain,
 )
 from surat.mailauth.results import authentication_results, remove_forged_results
-from surat.mailauth.spf import SPFResult, check_spf
+from surat.mailauth.spf import SPFResult, check_spf, timed_out
 from surat.proto.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,37 @@ class Verdict:
     arc: ARCResult | None = None
 
 
+class PendingSPF:
+    """An SPF check started at MAIL FROM, and when its time is up (RFC 7208 §4.6.4)."""
+
+    __slots__ = ("deadline", "domain", "helo", "sender", "task", "timeout")
+
+    def __init__(
+        self, task: asyncio.Task[SPFResult], timeout: float, domain: str, helo: str, sender: str
+    ) -> None:
+        self.task = task
+        # One deadline checked at the end of DATA, not a timer inside the check: by then the check has
+        # nearly always finished from cached DNS answers, and a timer per message costs more than that.
+        self.deadline = asyncio.get_running_loop().time() + timeout
+        self.timeout = timeout
+        self.domain = domain
+        self.helo = helo
+        self.sender = sender
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+    async def result(self) -> SPFResult:
+        task = self.task
+        if not task.done():
+            remaining = self.deadline - asyncio.get_running_loop().time()
+            await asyncio.wait((task,), timeout=max(remaining, 0.0))
+            if not task.done():
+                task.cancel()
+                return timed_out(self.domain, self.helo, sender=self.sender, timeout=self.timeout)
+        return task.result()
+
+
 def _summary(result: str, reason: str) -> str:
     return f"{result} ({reason})" if reason else result
 
@@ -94,23 +125,18 @@ class InboundChecks:
         # Loads the public suffix list now (~0.2 s, once per process), not during the first message.
         organizational_domain("example.com")
 
-    def start_spf(self, ip: str, helo: str, sender: str) -> asyncio.Task[SPFResult]:
+    def start_spf(self, ip: str, helo: str, sender: str) -> PendingSPF:
         """Begin the SPF check at MAIL FROM; it runs while the message arrives."""
         domain = sender.rpartition("@")[2] if sender else ""
-        return asyncio.create_task(
+        task = asyncio.create_task(
             check_spf(
-                self.resolver,
-                ip,
-                domain,
-                helo,
-                sender=sender,
-                receiver=self.authserv_id,
-                timeout=self.spf_timeout,
+                self.resolver, ip, domain, helo, sender=sender, receiver=self.authserv_id, timeout=None
             ),
             name="spf",
         )
+        return PendingSPF(task, self.spf_timeout, domain, helo, sender)
 
-    async def evaluate(self, spf_task: asyncio.Task[SPFResult] | None, message: bytes) -> Verdict:
+    async def evaluate(self, spf_task: PendingSPF | None, message: bytes) -> Verdict:
         """Finish the checks for `message` (as received, without our trace header fields)."""
 
         # The header section is split once and shared by DKIM, ARC and DMARC.
@@ -120,7 +146,7 @@ class InboundChecks:
             parsed = None  # verify_dkim and verify_arc report it; DMARC reads From its own way
 
         async def finish_spf() -> SPFResult | None:
-            return await spf_task if spf_task is not None else None
+            return await spf_task.result() if spf_task is not None else None
 
         arc_out: ARCResult | BaseException
         if parsed is None or parsed.has(b"arc-seal") or parsed.has(b"arc-message-signature"):
@@ -135,7 +161,7 @@ class InboundChecks:
             # FROM, concurrently with DATA and with the DKIM key lookups; by now it has usually finished.
             arc_out = ARCResult(ARCStatus.NONE, "message is not ARC signed")
             dkim_out = await _outcome(verify_dkim(self.resolver, message, parsed=parsed))
-            spf_out = await _outcome(spf_task) if spf_task is not None else None
+            spf_out = await _outcome(spf_task.result()) if spf_task is not None else None
         spf = _ok(spf_out, "spf")
         dkim = tuple(_ok(dkim_out, "dkim") or ())
         arc = _ok(arc_out, "arc")

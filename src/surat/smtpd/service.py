@@ -27,7 +27,6 @@ from surat.delivery.local import owns, resolve
 from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
-from surat.mailauth.spf import SPFResult
 from surat.net.connection import Connection, ConnectionTimeout
 from surat.passwords import authenticate
 from surat.proto import sasl
@@ -57,7 +56,7 @@ from surat.proto.smtp.server import (
 )
 from surat.smtpd.dnsbl import listing_zone
 from surat.smtpd.errors import SMTPPolicyError, reply_for
-from surat.smtpd.inbound import DMARC_REJECT, Disposition, InboundChecks
+from surat.smtpd.inbound import DMARC_REJECT, Disposition, InboundChecks, PendingSPF
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
 from surat.smtpd.ratelimit import (
     TOO_MANY_MESSAGES,
@@ -185,7 +184,7 @@ class _Transaction:
     failure: Reply | None = None  # a local error while spooling, answered at the end
     size: int = 0  # of the spooled message, for the log line
     received: bytes = b""  # our Received: field
-    spf: asyncio.Task[SPFResult] | None = None  # MX: started at MAIL FROM, awaited at the end of DATA
+    spf: PendingSPF | None = None  # MX: started at MAIL FROM, awaited at the end of DATA
     auth_log: dict[str, str] = field(default_factory=dict)  # the checks' results, for the log line
     # Local recipients that asked for NOTIFY=SUCCESS: (address, ORCPT) for the "delivered" DSN.
     success_notices: list[tuple[str, str | None]] = field(default_factory=list)

@@ -447,7 +447,7 @@ def _part_from_obj(obj: list[Any]) -> BodyPart:
 # ----------------------------------------------------------------------------------------- reader
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per line scanned, and a frozen init costs twice as much
 class _Line:
     start: int
     content: bytes  # without the LF, at most MAX_LINE octets; may end with CR
@@ -537,6 +537,27 @@ class _Reader:
                 if self.offset == start:
                     return None
                 return _Line(start, b"".join(kept), truncated, False, self.offset)
+
+    def header_block(self, stack: list[bytes]) -> bytes | None:
+        """The header section ahead, up to and including the CRLF before its empty line, when it can be
+        split in one piece: wholly in the buffer, every line ending in CRLF, no line that could be a
+        boundary delimiter. None sends the caller to the line-by-line path, which handles everything."""
+        if self._pos >= len(self._buf) and not self._fill():
+            return None
+        buf, pos = self._buf, self._pos
+        end = buf.find(b"\r\n\r\n", pos, pos + MAX_LINE)
+        if end < 0 or buf.startswith(b"\r\n", pos):
+            return None
+        block = buf[pos : end + 2]
+        if block.count(b"\n") != block.count(b"\r\n") or (
+            stack and (block.startswith(b"--") or b"\n--" in block)
+        ):
+            return None
+        return block
+
+    def skip(self, count: int) -> None:
+        """Consume `count` octets that are in the buffer."""
+        self._consume(self._pos + count)
 
     def peek2(self) -> bytes:
         while len(self._buf) - self._pos < 2 and self._fill():
@@ -985,6 +1006,35 @@ def _envelope(first: dict[str, bytes]) -> Envelope:
 # ----------------------------------------------------------------------------------------- the scanner
 
 
+def _split_header_block(block: bytes) -> _Headers | None:
+    """The fields of a header section of CRLF lines (see `_Reader.header_block`), as `_read_header` reads
+    them; None when a line is not a field, for the line-by-line path to decide where the body starts."""
+    headers: _Headers = []
+    kept = 0
+    name: str | None = None
+    value: list[bytes] = []
+    for content in block[:-2].split(b"\r\n"):
+        if content[:1] in (b" ", b"\t"):
+            if name is not None:
+                value.append(content)  # RFC 5322 §2.2.3 unfolding
+            continue
+        field = _header_name(content)
+        if field is None:
+            return None
+        if name is not None:
+            joined = b"".join(value).strip(b" \t")
+            kept += len(joined)
+            if kept <= MAX_HEADER:
+                headers.append((name, joined))
+        name = field
+        value = [content[content.index(b":") + 1 :]]
+    if name is not None:
+        joined = b"".join(value).strip(b" \t")
+        if kept + len(joined) <= MAX_HEADER:
+            headers.append((name, joined))
+    return headers
+
+
 class _Scanner:
     def __init__(self, file: BinaryIO) -> None:
         self.reader = _Reader(file)
@@ -993,6 +1043,12 @@ class _Scanner:
     def _read_header(self, start: int, stack: list[bytes]) -> tuple[_Headers, int, _Term | None]:
         """Header fields, the body's start, and the terminator if one cut the header short."""
         reader = self.reader
+        block = reader.header_block(stack)
+        if block is not None:
+            fast = _split_header_block(block)
+            if fast is not None:
+                reader.skip(len(block) + 2)  # and the empty line
+                return fast, reader.offset, None
         headers: _Headers = []
         kept = 0
         name: str | None = None
