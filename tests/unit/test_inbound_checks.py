@@ -24,7 +24,9 @@ class SlowTXT(FakeResolver):
         return await super().txt(name)
 
 
-async def spf_of(resolver: FakeResolver, timeout: float, wait_before_data_end: float = 0.0) -> tuple[str, str]:
+async def spf_of(
+    resolver: FakeResolver, timeout: float, wait_before_data_end: float = 0.0
+) -> tuple[str, str]:
     checks = InboundChecks(resolver, "mx.example.test", spf_timeout=timeout)
     pending = checks.start_spf("192.0.2.1", "client.example", "a@sender.example")
     await asyncio.sleep(wait_before_data_end)  # the message arriving
