@@ -15,10 +15,12 @@ from surat.delivery.dkim import sign as outbound_sign
 from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
 from surat.mailauth.dkim_verify import (
+    _B_VALUE,
     ARCStatus,
     DKIMStatus,
     MessageFormatError,
     _load_key,
+    _without_b_value,
     canonical_body,
     parse_message,
     signature_problem,
@@ -397,6 +399,26 @@ def test_canonical_body_rfc6376_example() -> None:
 def test_canonical_body_edges(body: bytes, simple: bytes, relaxed: bytes) -> None:
     assert canonical_body(body, relaxed=False) == simple
     assert canonical_body(body, relaxed=True) == relaxed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b" v=1; a=rsa-sha256; bh=abc=; b=XYZ\r\n",
+        b"b=abc; d=x",  # first tag
+        b" b = abc ;d=x",  # whitespace before "=": the regex path
+        b" d=ab=; b=Q\r\n w=\r\n",  # "b=" inside another value first
+        b" x=1;\r\n\tb=AAA\r\n BBB;c=2\r\n",  # folded, not last
+        b" bh=Ab=;b=1",
+        b"ab=1; b=2",  # a tag name ending in b
+        b"v=1; a=x",  # no b= at all
+    ],
+)
+def test_b_value_removed_as_the_rfc_regex_does(value: bytes) -> None:
+    # RFC 6376 §3.7: the signature's own b= value is hashed as empty
+    match = _B_VALUE.search(value)
+    expected = value[: match.end(1)] + value[match.end() :] if match is not None else value
+    assert _without_b_value(value) == expected
 
 
 def test_parse_message_fields_and_body() -> None:

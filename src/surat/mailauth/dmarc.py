@@ -153,7 +153,7 @@ def aligned(identity: str, from_domain: str, *, strict: bool) -> bool:
     from_domain = from_domain.lower().removesuffix(".")
     if not identity or not from_domain:
         return False
-    if strict:
+    if strict or identity == from_domain:
         return identity == from_domain
     return organizational_domain(identity) == organizational_domain(from_domain)
 

@@ -137,11 +137,15 @@ class InboundChecks:
         return PendingSPF(task, self.spf_timeout, domain, helo, sender)
 
     async def evaluate(self, spf_task: PendingSPF | None, message: bytes) -> Verdict:
-        """Finish the checks for `message` (as received, without our trace header fields)."""
+        """Finish the checks for `message` (as received, without our trace header fields).
+
+        `message` comes from our SMTP engine, so its lines end in CRLF and nothing else.
+        """
 
         # The header section is split once and shared by DKIM, ARC and DMARC.
         try:
-            parsed: ParsedMessage | None = parse_message(message)
+            # RFC 5321 §2.3.8: the SMTP engine has turned every bare CR and LF into CRLF
+            parsed: ParsedMessage | None = parse_message(message, crlf_only=True)
         except MessageFormatError:
             parsed = None  # verify_dkim and verify_arc report it; DMARC reads From its own way
 
