@@ -12,7 +12,11 @@ DMARC (p=reject) records a DNS server inside this script serves on 127.0.0.1; Su
 --checks runs Surat twice on the same load, with `limits.mail_auth` off and then on, and prints both rates and
 their ratio (--rounds N: N times each, alternating, the best of each reported, for a machine that is busy).
 With both, every message passes SPF, DKIM and DMARC (counted from the server log). server_cpu_ms_per_msg is
-the Surat process's CPU time per message, steadier than msgs/s on a shared machine.
+the Surat process's CPU time per message, steadier than msgs/s on a shared machine. With --rounds N > 1 the
+cost is also printed per round (each checked run against the unchecked run just before it) with its median.
+
+Every server first gets --warmup untimed messages (default 500, counted in the log-line totals), so that
+neither run pays for first use (DNS and key caches filling, the first parse of the DKIM key).
 
 Bounded: at most --messages messages and --timeout seconds per target.
 """
@@ -25,6 +29,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,6 +232,13 @@ async def session(
     return errors
 
 
+async def warm_up(host: str, port: int, args: argparse.Namespace, message: bytes) -> None:
+    """Untimed messages first, so that no run pays for first use: caches filling, code paths warming."""
+    if args.warmup:
+        warm = argparse.Namespace(**{**vars(args), "messages": args.warmup})
+        await run_load("warm-up", host, port, warm, message)
+
+
 async def run_load(name: str, host: str, port: int, args: argparse.Namespace, message: bytes) -> Result:
     latencies: list[float] = []
     per_session = [args.messages // args.sessions] * args.sessions
@@ -344,6 +356,7 @@ async def main_async(args: argparse.Namespace) -> None:
         workdir.chmod(0o755)  # Postfix's unprivileged daemons must reach their queue below it
         if args.target:
             host, _, port = args.target.rpartition(":")
+            await warm_up(host, int(port), args, message)
             results.append(await run_load("target", host, int(port), args, message))
         else:
             # --checks: off and on alternately, --rounds times; the best round of each counts, as the
@@ -354,11 +367,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 else [("surat", False)]
             )
             best: dict[bool, Result] = {}
+            round_costs: list[float] = []
+            previous: Result | None = None
             for index, (name, mail_auth) in enumerate(runs):
                 surat = SuratProcess(
                     workdir / f"{name}-{index}", domain, args.rcpt, mail_auth=mail_auth, dns_port=dns_port
                 )
                 try:
+                    await warm_up("127.0.0.1", surat.port, args, message)
                     cpu_before = surat.cpu_seconds()
                     result = await run_load(name, "127.0.0.1", surat.port, args, message)
                     result.cpu_seconds = surat.cpu_seconds() - cpu_before
@@ -366,6 +382,9 @@ async def main_async(args: argparse.Namespace) -> None:
                     surat.stop()
                 if len(runs) > 2:
                     print(f"round {index // 2 + 1}: {result.line()}")
+                if mail_auth and previous is not None and previous.rate():
+                    round_costs.append(1 - result.rate() / previous.rate())  # the run just before, unchecked
+                previous = result
                 if mail_auth not in best or result.rate() > best[mail_auth].rate():
                     best[mail_auth] = result
                 if mail_auth:
@@ -376,25 +395,33 @@ async def main_async(args: argparse.Namespace) -> None:
                         + (f"; DNS queries answered {local_dns.queries}" if local_dns is not None else "")
                     )
             results.extend(best[mode] for mode in (False, True) if mode in best)
+            if len(round_costs) > 1:
+                # each round's pair ran minutes apart at most, under the same conditions
+                costs = ", ".join(f"{100 * cost:.0f}%" for cost in round_costs)
+                print(f"checks cost per round: {costs}; median {100 * statistics.median(round_costs):.0f}%")
         if args.peer == "postfix":
             if not shutil.which("postconf"):
                 print("postfix: not installed (run ../shared/peers/install.sh)")
             else:
                 postfix = PostfixProcess(workdir, domain, args.rcpt.partition("@")[0])
                 try:
+                    await warm_up("127.0.0.1", postfix.port, args, message)
+                    settled = time.monotonic() + 60
+                    while postfix.delivered() < args.warmup and time.monotonic() < settled:
+                        await asyncio.sleep(0.05)  # the warm-up's deliveries must not overlap the timed load
                     started = time.perf_counter()
                     result = await run_load("postfix", "127.0.0.1", postfix.port, args, message)
                     # Postfix says 250 once the message is in its queue (fsynced); delivery to the
                     # Maildir follows. Surat's 250 means "in the mailbox", so also report the time
                     # until Postfix has delivered everything.
                     deadline = time.monotonic() + args.timeout
-                    while postfix.delivered() < result.messages and time.monotonic() < deadline:
+                    while postfix.delivered() < args.warmup + result.messages and time.monotonic() < deadline:
                         await asyncio.sleep(0.05)
                     delivered_secs = time.perf_counter() - started
                     results.append(result)
                     print(
-                        f"postfix delivered to Maildir: {postfix.delivered()} in {delivered_secs:.2f}s "
-                        f"= {postfix.delivered() / delivered_secs:.0f} msgs/s end to end"
+                        f"postfix delivered to Maildir: {postfix.delivered() - args.warmup} in {delivered_secs:.2f}s "
+                        f"= {(postfix.delivered() - args.warmup) / delivered_secs:.0f} msgs/s end to end"
                     )
                 finally:
                     postfix.stop()
@@ -428,6 +455,9 @@ def main() -> None:
     parser.add_argument("--peer", choices=["postfix"], help="also run the same load against this peer")
     parser.add_argument("--new-connections", action="store_true", help="one connection per message")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--warmup", type=int, default=500, help="untimed messages sent to each server before the timed load"
+    )
     parser.add_argument(
         "--signed",
         action="store_true",

@@ -28,7 +28,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import dkim
@@ -140,7 +140,7 @@ class ParsedMessage:
 
     def values(self, name: bytes) -> list[bytes]:
         """The values of every field called `name` (lower case), top first."""
-        return [field[1] for field, lower in zip(self.fields, self.names, strict=True) if lower == name]
+        return [value for (_, value), lower in zip(self.fields, self.names, strict=True) if lower == name]
 
     def has(self, name: bytes) -> bool:
         return name in self.names
@@ -164,16 +164,16 @@ def parse_message(message: bytes, *, crlf_only: bool = False) -> ParsedMessage:
     fields: list[tuple[bytes, bytes]] = []
     names: list[bytes] = []
     # one split at the CRLFs that are not followed by WSP: each piece is a field with its folding kept
-    for field in _FIELD_END.split(head):
-        match = _FIELD_NAME.match(field)
+    for raw in _FIELD_END.split(head):
+        match = _FIELD_NAME.match(raw)
         if match is None:
-            if field[:1] in (b" ", b"\t"):
+            if raw[:1] in (b" ", b"\t"):
                 raise MessageFormatError("the header section starts with a continuation line")
-            if field.startswith(b"From "):
+            if raw.startswith(b"From "):
                 continue  # an mbox separator line, not a field
-            raise MessageFormatError(f"not a header field: {field[:40]!r}")
-        name = field[: match.end() - 1]
-        fields.append((name, field[match.end() :] + b"\r\n"))
+            raise MessageFormatError(f"not a header field: {raw[:40]!r}")
+        name = raw[: match.end() - 1]
+        fields.append((name, raw[match.end() :] + b"\r\n"))
         names.append(name.rstrip().lower())
     return ParsedMessage(tuple(fields), body, tuple(names))
 
@@ -220,6 +220,22 @@ class _PublicKey:
     key: rsa.RSAPublicKey | ed25519.Ed25519PublicKey | None
     error: str = ""
     rsa_bits: int = 0  # the RSA key's size; 0 for other keys (no isinstance on an ABC per message)
+    # What the record's tags allow (RFC 6376 §3.6.1), worked out once per record, not per message:
+    key_type: bytes = field(init=False)  # k=
+    hash_algorithms: frozenset[bytes] | None = field(init=False)  # h=; None: any
+    for_email: bool = field(init=False)  # s= is * or email
+    same_domain_only: bool = field(init=False)  # t=s
+
+    def __post_init__(self) -> None:
+        tags = self.tags
+        hashes = {h.strip().lower() for h in tags[b"h"].split(b":")} if b"h" in tags else None
+        services = {s.strip() for s in tags.get(b"s", b"*").split(b":")}
+        flags = {f.strip() for f in tags.get(b"t", b"").split(b":")}
+        # frozen: the derived fields are set the way dataclasses' own __init__ sets fields
+        object.__setattr__(self, "key_type", tags.get(b"k", b"rsa").lower())
+        object.__setattr__(self, "hash_algorithms", frozenset(hashes) if hashes is not None else None)
+        object.__setattr__(self, "for_email", bool(services & {b"*", b"email"}))
+        object.__setattr__(self, "same_domain_only", b"s" in flags)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -262,21 +278,16 @@ def _check_key(
     """RFC 6376 §3.6.1, §6.1.2: reasons to refuse the key before any cryptography; None when acceptable."""
     if loaded.key is None:
         return DKIMStatus.PERMERROR, loaded.error
-    key = loaded.tags
-    key_type = key.get(b"k", b"rsa").lower()
+    key_type = loaded.key_type
     algorithm = sig.get(b"a", b"").lower()
     if not algorithm.startswith(key_type + b"-"):
         return DKIMStatus.PERMERROR, f"key type {_text(key_type)} does not match a="
-    if b"h" in key:
-        allowed = {h.strip().lower() for h in key[b"h"].split(b":")}
-        if algorithm.split(b"-", 1)[1] not in allowed:
-            return DKIMStatus.PERMERROR, "key does not allow the signature's hash algorithm"
-    services = {s.strip() for s in key.get(b"s", b"*").split(b":")}
-    if not services & {b"*", b"email"}:
+    if loaded.hash_algorithms is not None and algorithm.split(b"-", 1)[1] not in loaded.hash_algorithms:
+        return DKIMStatus.PERMERROR, "key does not allow the signature's hash algorithm"
+    if not loaded.for_email:
         return DKIMStatus.PERMERROR, "key is not for email"
-    flags = {f.strip() for f in key.get(b"t", b"").split(b":")}
     # RFC 6376 §3.6.1 t=s: the i= domain must be d= itself, not a subdomain
-    if b"s" in flags and b"i" in sig and sig[b"i"].rpartition(b"@")[2].lower() != sig[b"d"].lower():
+    if loaded.same_domain_only and b"i" in sig and sig[b"i"].rpartition(b"@")[2].lower() != sig[b"d"].lower():
         return DKIMStatus.PERMERROR, "key forbids subdomains in i= (t=s)"
     if loaded.rsa_bits and loaded.rsa_bits < min_rsa_bits:
         # RFC 8301 §3.2
@@ -497,6 +508,7 @@ def _verify_one(
     parsed: ParsedMessage,
     signature: tuple[bytes, bytes],
     sig: dict[bytes, bytes],
+    signed: list[bytes],
     loaded: _PublicKey,
     bodies: dict[bool, bytes],
 ) -> DKIMResult:
@@ -519,7 +531,6 @@ def _verify_one(
             body_hash = bodies[relaxed_body] = _sha256(body)
     if body_hash != base64.b64decode(_unspace(sig[b"bh"])):
         return _result(DKIMStatus.FAIL, sig, "body hash did not verify")
-    signed = [name.strip().lower() for name in sig[b"h"].split(b":")]
     data = _signed_header_data(parsed, signature, signed, header_c == b"relaxed")
     value = base64.b64decode(_unspace(sig[b"b"]))
     try:
@@ -557,13 +568,15 @@ async def verify_dkim(
                 [_result(DKIMStatus.NEUTRAL, None, f"message header unparsable: {exc}")] if signatures else []
             )
     raw_signatures = [
-        field for field, name in zip(parsed.fields, parsed.names, strict=True) if name == b"dkim-signature"
+        item for item, name in zip(parsed.fields, parsed.names, strict=True) if name == b"dkim-signature"
     ]
     if not raw_signatures:
         return []
 
-    checked: list[dict[bytes, bytes] | None] = []
+    # per signature: its tags, the header fields it signs (h=) and its key's name, or an early result
+    checked: list[tuple[dict[bytes, bytes], list[bytes], str] | None] = []
     early: dict[int, DKIMResult] = {}
+    now = time.time()
     for index, (_name, value) in enumerate(raw_signatures):
         try:
             sig = _tags(value)
@@ -571,27 +584,28 @@ async def verify_dkim(
             checked.append(None)
             early[index] = _result(DKIMStatus.NEUTRAL, None, f"signature syntax error: {exc}")
             continue
-        checked.append(sig)
-        problem = signature_problem(sig, time.time())
+        problem = signature_problem(sig, now)
         if problem:
+            checked.append(None)
             early[index] = _result(DKIMStatus.NEUTRAL, sig, f"signature unacceptable: {problem}")
             continue
         signed = [h.strip().lower() for h in sig[b"h"].split(b":")]
         if b"from" not in signed:
+            checked.append(None)
             early[index] = _result(DKIMStatus.NEUTRAL, sig, "From is not signed")  # RFC 6376 §5.4
+            continue
+        checked.append((sig, signed, _key_name(sig)))
 
-    wanted = [_key_name(sig) for index, sig in enumerate(checked) if sig is not None and index not in early]
-    keys = await _fetch_keys(resolver, wanted)
+    keys = await _fetch_keys(resolver, [entry[2] for entry in checked if entry is not None])
 
     results: list[DKIMResult] = []
     bodies: dict[bool, bytes] = {}
-    for index, maybe_sig in enumerate(checked):
-        if index in early:
+    for index, entry in enumerate(checked):
+        if entry is None:
             results.append(early[index])
             continue
-        assert maybe_sig is not None
-        sig = maybe_sig
-        key = keys[_key_name(sig)]
+        sig, signed, key_name = entry
+        key = keys[key_name]
         if key.status is not None:
             results.append(_result(key.status, sig, key.reason))
             continue
@@ -602,7 +616,7 @@ async def verify_dkim(
             results.append(_result(refused[0], sig, refused[1]))
             continue
         try:
-            results.append(_verify_one(parsed, raw_signatures[index], sig, loaded, bodies))
+            results.append(_verify_one(parsed, raw_signatures[index], sig, signed, loaded, bodies))
         except Exception as exc:
             # hostile input must not crash the session
             results.append(_result(DKIMStatus.NEUTRAL, sig, f"signature could not be processed: {exc}"))

@@ -7,6 +7,7 @@ pretend we had already vouched for the message.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -113,10 +114,15 @@ def authentication_results(
         parts.append(_dmarc(dmarc))
     if arc is not None:
         parts.append(_arc(arc))
-    head = f"{HEADER_NAME}: {_printable(authserv_id)}"
+    head = _head(authserv_id)
     if not parts:
         return f"{head}; none\r\n".encode("ascii")
     return (head + "".join(f";\r\n\t{part}" for part in parts) + "\r\n").encode("ascii")
+
+
+@functools.lru_cache(maxsize=16)  # one authserv-id per server
+def _head(authserv_id: str) -> str:
+    return f"{HEADER_NAME}: {_printable(authserv_id)}"
 
 
 def _skip_cfws(text: str, pos: int) -> int:

@@ -163,7 +163,8 @@ class Spool:
         """
         skip = len(self._prefix)
         if self._memory is not None:
-            return bytes(self._memory[skip:])
+            with memoryview(self._memory) as view:
+                return bytes(view[skip:])  # one copy; slicing the bytearray first would make two
         assert self.path is not None
         with self.path.open("rb") as file:
             file.seek(skip)
@@ -173,7 +174,8 @@ class Spool:
         """Replace the content with `prefix` + `message` (after finish(); MX only, where no header
         field is added after the prefix). Writes the spool file when there is one: executor then."""
         if self._memory is not None:
-            self._memory = bytearray(prefix + message)
+            self._memory = bytearray(prefix)
+            self._memory += message  # one copy of the message, not two
         else:
             assert self.path is not None
             with self.path.open("wb") as file:
