@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from surat.delivery.dkim import DkimAlgorithm, generate_key
 from surat.delivery.dkim import sign as outbound_sign
@@ -20,6 +24,7 @@ from surat.mailauth.dkim_verify import (
     DKIMStatus,
     MessageFormatError,
     _load_key,
+    _rsa_sha256_verifies,
     _without_b_value,
     canonical_body,
     parse_message,
@@ -569,3 +574,67 @@ def test_signature_problem(changes: dict[bytes, bytes | None], problem: str) -> 
             sig[tag] = value
     found = signature_problem(sig, NOW)
     assert (found == "") if not problem else (problem in found), found
+
+
+# RFC 8017 §9.2 note 1: the DER DigestInfo prefixes of EMSA-PKCS1-v1_5
+_SHA256_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+_SHA1_INFO = bytes.fromhex("3021300906052b0e03021a05000414")
+
+
+def _raw_rsa_signature(key: rsa.RSAPrivateKey, encoded: bytes) -> bytes:
+    """The RSA signing primitive (RSASP1) applied to an encoded message we build by hand."""
+    numbers = key.private_numbers()
+    size = key.key_size // 8
+    return pow(int.from_bytes(encoded, "big"), numbers.d, numbers.public_numbers.n).to_bytes(size, "big")
+
+
+def _encoded(size: int, info: bytes, digest: bytes, block_type: bytes = b"\x01", fill: int = 0xFF) -> bytes:
+    payload = info + digest
+    return b"\x00" + block_type + bytes([fill]) * (size - 3 - len(payload)) + b"\x00" + payload
+
+
+_DIGEST = hashlib.sha256(b"signed header fields").digest()
+
+
+@pytest.mark.parametrize(
+    ("encoded", "verifies"),
+    [
+        (lambda size: _encoded(size, _SHA256_INFO, _DIGEST), True),
+        (lambda size: _encoded(size, _SHA256_INFO, hashlib.sha256(b"other").digest()), False),
+        (lambda size: _encoded(size, _SHA1_INFO, _DIGEST[:20]), False),  # another hash's DigestInfo
+        (lambda size: _encoded(size, _SHA256_INFO, _DIGEST, block_type=b"\x02"), False),
+        (lambda size: _encoded(size, _SHA256_INFO, _DIGEST, fill=0xFE), False),  # padding not all FF
+        (lambda size: _encoded(size, _SHA256_INFO, _DIGEST + b"\x00"), False),  # an octet after the digest
+        (
+            lambda size: (
+                b"\x00\x01" + b"\xff" * 4 + b"\x00" + (_SHA256_INFO + _DIGEST).rjust(size - 7, b"\x00")
+            ),
+            False,
+        ),
+    ],
+    ids=[
+        "valid",
+        "other-digest",
+        "sha1-info",
+        "block-type-2",
+        "bad-padding",
+        "trailing-octet",
+        "short-padding",
+    ],
+)
+def test_rsa_check_keeping_the_gil_accepts_only_the_exact_encoding(
+    encoded: Callable[[int], bytes], verifies: bool
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    size = key.key_size // 8
+    em = encoded(size)
+    assert len(em) == size
+    signature = _raw_rsa_signature(key, em)
+    assert _rsa_sha256_verifies(key.public_key(), signature, _DIGEST) is verifies
+    # the same answer as cryptography's own verify (which lets go of the GIL)
+    try:
+        key.public_key().verify(signature, _DIGEST, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        agrees = True
+    except InvalidSignature:
+        agrees = False
+    assert agrees is verifies

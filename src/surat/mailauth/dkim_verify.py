@@ -24,6 +24,7 @@ import binascii
 import enum
 import functools
 import hashlib
+import hmac
 import logging
 import re
 import time
@@ -36,7 +37,6 @@ import dkim.util
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from surat.dns.base import DNSError, DNSErrorKind, Resolver
 
@@ -484,7 +484,7 @@ _SEMICOLON = ord(";")
 
 # Built once: constructing them (an ABC isinstance check each) costs about as much as the hashing.
 _PKCS1 = padding.PKCS1v15()
-_PREHASHED_SHA256 = Prehashed(hashes.SHA256())
+_SHA256 = hashes.SHA256()
 
 _GIL_CHUNK = 2047  # hashlib lets go of the GIL for updates of 2048 bytes and more
 
@@ -502,6 +502,22 @@ def _sha256(data: bytes) -> bytes:
     for start in range(0, len(data), _GIL_CHUNK):
         digest.update(view[start : start + _GIL_CHUNK])
     return digest.digest()
+
+
+def _rsa_sha256_verifies(key: rsa.RSAPublicKey, signature: bytes, digest: bytes) -> bool:
+    """RSASSA-PKCS1-v1_5 verification with SHA-256 (RFC 8017 §8.2.2), holding the GIL.
+
+    `key.verify` lets go of the GIL around OpenSSL's work, and then the event loop waits for the store's
+    writer thread to hand it back: measured under load, 110 µs of wall time per call for 25 µs of work.
+    `recover_data_from_signature` keeps the GIL and is the same check: OpenSSL undoes the RSA step, checks
+    the 00 01 FF..FF 00 padding and the SHA-256 DigestInfo, and returns the digest the signer hashed,
+    which must then equal ours. Any malformed encoding is InvalidSignature.
+    """
+    try:
+        recovered = key.recover_data_from_signature(signature, _PKCS1, _SHA256)
+    except InvalidSignature:
+        return False
+    return hmac.compare_digest(recovered, digest)
 
 
 def _verify_one(
@@ -535,8 +551,8 @@ def _verify_one(
     value = base64.b64decode(_unspace(sig[b"b"]))
     try:
         if loaded.rsa_bits:
-            digest = _sha256(data)
-            cast(rsa.RSAPublicKey, loaded.key).verify(value, digest, _PKCS1, _PREHASHED_SHA256)
+            if not _rsa_sha256_verifies(cast(rsa.RSAPublicKey, loaded.key), value, _sha256(data)):
+                return _result(DKIMStatus.FAIL, sig, "signature did not verify")
         elif isinstance(loaded.key, ed25519.Ed25519PublicKey):
             loaded.key.verify(value, _sha256(data))  # RFC 8463 §3: signs the SHA-256 hash
         else:
