@@ -7,7 +7,6 @@ from __future__ import annotations
 import email
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -49,22 +48,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def alice(store: SQLiteStore) -> Account:
-    await store.add_domain("example.test")
-    return await store.add_account(ALICE, CREDS)
 
 
 def closed_port() -> int:

@@ -4,7 +4,6 @@ a small scripted SMTP peer on 127.0.0.1 (asyncio, no PIPELINING: one reply per c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -94,16 +93,6 @@ class Peer:
         finally:
             self.active -= 1
             writer.close()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def serve(peer: Peer) -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import email
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
-
-import pytest
 
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
@@ -38,22 +35,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def alice(store: SQLiteStore) -> Account:
-    await store.add_domain("example.test")
-    return await store.add_account("alice@example.test", CREDS)
 
 
 def dns() -> FakeResolver:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,16 +21,6 @@ from surat.store.sqlite import SQLiteStore
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 MESSAGE = b"Return-Path: <a@example.test>\r\nFrom: a@example.test\r\nSubject: s\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def queue_two(store: SQLiteStore) -> str:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,22 +20,6 @@ WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 TERMINATED = b"Subject: a\r\n\r\nbody\r\n"
 UNTERMINATED = b"Subject: b\r\n\r\nlast line without CRLF"
 BARE_LF = b"Subject: c\r\n\r\nends with a bare LF\n"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "data")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def alice(store: SQLiteStore) -> Account:
-    await store.add_domain("example.test")
-    return await store.add_account("alice@example.test", CREDS)
 
 
 async def inbox(store: SQLiteStore, account: Account) -> int:

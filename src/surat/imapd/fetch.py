@@ -37,7 +37,7 @@ from surat.store.base import BlobStore, FlagMode, MessageRecord, NotFound
 if TYPE_CHECKING:
     from surat.imapd.session import Session
 
-__all__ = ["HeaderCache", "fetch_cmd"]
+__all__ = ["FetchCache", "fetch_cmd"]
 
 K = TypeVar("K")
 
@@ -46,7 +46,7 @@ STREAM_THRESHOLD = 64 * 1024  # body values larger than this are streamed from t
 CHUNK = 64 * 1024
 
 _A = c.FetchAttr
-# These need the message's record only when HeaderCache.structures does not hold their value.
+# These need the message's record only when FetchCache.structures does not hold their value.
 _STRUCTURES = frozenset({_A.ENVELOPE, _A.BODY, _A.BODYSTRUCTURE})
 _NEEDS_RECORD = frozenset({_A.RFC822, _A.RFC822_HEADER, _A.RFC822_TEXT})
 _SETS_SEEN = frozenset({_A.RFC822, _A.RFC822_TEXT})
@@ -123,7 +123,7 @@ class _ByteLRU(Generic[K]):
 StructureKey = tuple[int, int, int, c.FetchAttr, bool]
 
 
-class HeaderCache:
+class FetchCache:
     """Header blocks and serialised ENVELOPE/BODY/BODYSTRUCTURE values of recently fetched messages,
     shared by all sessions of a server.
 
@@ -172,7 +172,7 @@ class HeaderCache:
 def _header_block(s: Session, blob: _Blob, rng: ByteRange) -> bytes:
     if rng.size <= 0:
         return b""  # a part that does not exist
-    cache = s.service.header_cache
+    cache = s.service.fetch_cache
     block = cache.get(blob.blob_id, rng)
     if block is None:
         block = read_range(blob.file(), rng, MAX_HEADER_READ)
@@ -220,7 +220,7 @@ async def fetch_cmd(s: Session, cmd: c.Fetch) -> Done:
             for update in result.updated:
                 view.set_flags(update.uid, update.flags, update.modseq)
                 seen_now.add(update.uid)
-    cache = s.service.header_cache.structures
+    cache = s.service.fetch_cache.structures
     for start in range(0, len(pairs), BATCH):
         chunk = pairs[start : start + BATCH]
         # Cached values are taken now: another session may evict them while this one waits to send.
@@ -368,7 +368,7 @@ def _structure(
     if value is not None:
         return value
     view = s.require_view()
-    cache = s.service.header_cache.structures
+    cache = s.service.fetch_cache.structures
     key = (view.mailbox_id, view.uidvalidity, uid, attr, s.utf8)
     value = cache.get(key)
     if value is not None:

@@ -26,7 +26,7 @@ from surat.config import Config
 from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
 from surat.imapd.errors import CommandError, Disconnect, UserError
-from surat.imapd.fetch import HeaderCache
+from surat.imapd.fetch import FetchCache
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
 from surat.imapd.view import SelectedView
@@ -158,7 +158,7 @@ class IMAPService:
         self.tls_context = tls_context
         self.scram_secret = scram_secret
         self.autologout = autologout
-        self.header_cache = HeaderCache()
+        self.fetch_cache = FetchCache()
 
     def handler(self, role: str) -> Handler:
         if role not in ("imap", "imaps"):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from surat.imapd.fetch import HeaderCache
+from surat.imapd.fetch import FetchCache
 from surat.imapd.sections import ByteRange
 from surat.proto.imap.commands import FetchAttr
 
 
 def test_lookup_is_by_blob_and_exact_range() -> None:
-    cache = HeaderCache()
+    cache = FetchCache()
     cache.put("b1", ByteRange(0, 5), b"12345")
     assert cache.get("b1", ByteRange(0, 5)) == b"12345"
     # A part's header starting at the same offset but ending elsewhere is another block.
@@ -17,7 +17,7 @@ def test_lookup_is_by_blob_and_exact_range() -> None:
 
 
 def test_least_recently_used_blocks_go_first_when_full() -> None:
-    cache = HeaderCache(max_bytes=30, max_entry=10)
+    cache = FetchCache(max_bytes=30, max_entry=10)
     for n in range(3):
         cache.put(f"b{n}", ByteRange(0, 10), bytes([n]) * 10)
     assert cache.get("b0", ByteRange(0, 10)) == bytes(10)  # now the most recently used
@@ -29,7 +29,7 @@ def test_least_recently_used_blocks_go_first_when_full() -> None:
 
 
 def test_large_blocks_are_not_kept_and_a_block_is_counted_once() -> None:
-    cache = HeaderCache(max_bytes=100, max_entry=10)
+    cache = FetchCache(max_bytes=100, max_entry=10)
     cache.put("big", ByteRange(0, 11), b"x" * 11)
     assert cache.get("big", ByteRange(0, 11)) is None
     cache.put("b", ByteRange(0, 4), b"abcd")
@@ -41,7 +41,7 @@ ENV = FetchAttr.ENVELOPE
 
 
 def test_structures_are_keyed_by_mailbox_uidvalidity_uid_item_and_utf8() -> None:
-    structures = HeaderCache().structures
+    structures = FetchCache().structures
     structures.put((1, 100, 7, ENV, False), b"(env)")
     assert structures.get((1, 100, 7, ENV, False)) == b"(env)"
     for other in [
@@ -56,7 +56,7 @@ def test_structures_are_keyed_by_mailbox_uidvalidity_uid_item_and_utf8() -> None
 
 def test_structures_have_their_own_budget_counting_each_entrys_overhead() -> None:
     # Room for three 10-byte values with 5 bytes of overhead each.
-    cache = HeaderCache(max_bytes=100, max_entry=10, structure_bytes=45, structure_entry=12)
+    cache = FetchCache(max_bytes=100, max_entry=10, structure_bytes=45, structure_entry=12)
     structures = cache.structures
     structures.overhead = 5
     for uid in range(3):

@@ -1,0 +1,31 @@
+"""Fixtures shared by the unit tests: a real SQLite store in a temporary directory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from surat.store.base import Account, Credentials
+from surat.store.sqlite import SQLiteStore
+
+# a well-formed hash that no password matches: the store tests never log in
+UNUSED_CREDENTIALS = Credentials("$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def alice(store: SQLiteStore) -> Account:
+    """alice@example.test, in the domain example.test."""
+    await store.add_domain("example.test")
+    return await store.add_account("alice@example.test", UNUSED_CREDENTIALS)
