@@ -5,7 +5,6 @@ Messages are DKIM-signed here with keys generated for the test; the fake DNS ser
 
 from __future__ import annotations
 
-import base64
 import logging
 import smtplib
 from collections.abc import Iterator
@@ -14,35 +13,19 @@ from typing import Any
 
 import dkim
 import pytest
-from conftest import DOMAIN, USER, RunningServer, dev_certificates, make_config
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from conftest import DOMAIN, USER, DKIMKey, RunningServer, dev_certificates, make_config
 
 from surat.dns.fake import FakeResolver
 
 AUTHSERV_ID = "mail.example.test"
 
 
-class Key:
-    def __init__(self) -> None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.private_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        public_der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public_der).decode()
-
-
 @pytest.fixture(scope="module")
-def key() -> Key:
-    return Key()
+def key() -> DKIMKey:
+    return DKIMKey()
 
 
-def dns(key: Key) -> FakeResolver:
+def dns(key: DKIMKey) -> FakeResolver:
     return FakeResolver(
         {
             # signs with DKIM, SPF allows the test client (127.0.0.1), DMARC asks for reject
@@ -60,7 +43,9 @@ def dns(key: Key) -> FakeResolver:
 
 
 @pytest.fixture
-def mx_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: Key) -> Iterator[RunningServer]:
+def mx_server(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: DKIMKey
+) -> Iterator[RunningServer]:
     dev_certificates(tmp_path_factory.getbasetemp())
     config = make_config(tmp_path, limits={"greet_pause": 0})
     running = RunningServer(config, resolver=dns(key))
@@ -105,7 +90,7 @@ def message(
     )
 
 
-def sign(msg: bytes, key: Key, domain: str = "sender.example") -> bytes:
+def sign(msg: bytes, key: DKIMKey, domain: str = "sender.example") -> bytes:
     signature: bytes = dkim.sign(msg, b"s1", domain.encode(), key.private_pem)
     return signature + msg
 
@@ -124,7 +109,7 @@ def results(stored: bytes) -> list[str]:
     return [f for f in fields if f.lower().startswith("authentication-results:")]
 
 
-def test_dkim_signed_message_passes(mx_server: RunningServer, key: Key) -> None:
+def test_dkim_signed_message_passes(mx_server: RunningServer, key: DKIMKey) -> None:
     send(mx_server, "bounce@sender.example", sign(message("sender.example"), key))
     (stored,) = mailbox(mx_server, "INBOX")
     (ours,) = results(stored)
@@ -138,7 +123,7 @@ def test_dkim_signed_message_passes(mx_server: RunningServer, key: Key) -> None:
     assert mailbox(mx_server, "Junk") == []
 
 
-def test_tampered_body_fails_dkim(mx_server: RunningServer, key: Key) -> None:
+def test_tampered_body_fails_dkim(mx_server: RunningServer, key: DKIMKey) -> None:
     signed = sign(message("sender.example"), key).replace(b"the figures.", b"the FIGURES.")
     send(mx_server, "bounce@sender.example", signed)
     (stored,) = mailbox(mx_server, "INBOX")  # SPF still passes aligned, so DMARC passes
@@ -148,7 +133,7 @@ def test_tampered_body_fails_dkim(mx_server: RunningServer, key: Key) -> None:
     assert "dmarc=pass" in ours
 
 
-def test_dkim_alone_satisfies_dmarc_when_spf_fails(mx_server: RunningServer, key: Key) -> None:
+def test_dkim_alone_satisfies_dmarc_when_spf_fails(mx_server: RunningServer, key: DKIMKey) -> None:
     # Forwarded mail: the envelope is not sender.example's, but the signature aligns with From.
     send(mx_server, "bounce@nopolicy.example", sign(message("sender.example"), key))
     (stored,) = mailbox(mx_server, "INBOX")
@@ -166,7 +151,7 @@ def test_spf_fail_with_dmarc_reject_is_refused(mx_server: RunningServer) -> None
     assert mailbox(mx_server, "Junk") == []
 
 
-def test_tampered_signature_with_dmarc_reject_is_refused(mx_server: RunningServer, key: Key) -> None:
+def test_tampered_signature_with_dmarc_reject_is_refused(mx_server: RunningServer, key: DKIMKey) -> None:
     signed = sign(message("sender.example"), key).replace(b"the figures.", b"pay me.")
     with pytest.raises(smtplib.SMTPDataError) as info:
         send(mx_server, "bounce@nopolicy.example", signed)
@@ -189,7 +174,7 @@ def test_no_dmarc_policy_is_delivered(mx_server: RunningServer) -> None:
     assert "spf=fail" in ours and "dkim=none" in ours and "dmarc=none" in ours
 
 
-def test_forged_authentication_results_are_stripped(mx_server: RunningServer, key: Key) -> None:
+def test_forged_authentication_results_are_stripped(mx_server: RunningServer, key: DKIMKey) -> None:
     forged = (
         f"Authentication-Results: {AUTHSERV_ID.upper()};\r\n\tdkim=pass header.d=bank.example\r\n"
         "Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n"

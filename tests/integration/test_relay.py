@@ -4,6 +4,7 @@ or to scripted peers, all on 127.0.0.1 through `[delivery] routes`; no public ad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import os
 import shutil
@@ -489,7 +490,10 @@ def test_smarthost_with_an_untrusted_certificate_gets_no_credentials(tmp_path: P
 PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers"
 
 
-def test_mail_to_postfix_arrives_in_its_maildir(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def postfix_peer(domain: str) -> Iterator[tuple[int, Path]]:
+    """A private Postfix (`../shared/peers/postfix-up.sh`) receiving mail for `domain` into Maildirs:
+    yields its port and its root directory, and stops it afterwards."""
     require_tool("postconf")
     script = PEERS / "postfix-up.sh"
     if not script.is_file():
@@ -502,25 +506,32 @@ def test_mail_to_postfix_arrives_in_its_maildir(tmp_path: Path) -> None:
     # tree is private to root (0700), so the instance lives in its own world-readable directory.
     root = Path(tempfile.mkdtemp(prefix="surat-postfix-"))
     root.chmod(0o755)
-    started = subprocess.run(
-        [str(script), "start", str(port), str(root), "remote.test"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert started.returncode == 0, started.stderr
-    sender = start_sender(tmp_path, {"remote.test": f"127.0.0.1:{port}"})
     try:
-        submit(sender, ["test@remote.test"], subject="to postfix")
-        new = root / "mail" / "test" / "Maildir" / "new"
-        (path,) = wait_for(lambda: list(new.glob("*")) if new.is_dir() else [])
-        wait_for(lambda: not queue(sender))
-        delivered = path.read_bytes()
+        started = subprocess.run(
+            [str(script), "start", str(port), str(root), domain],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert started.returncode == 0, started.stderr
+        yield port, root
     finally:
-        sender.stop()
         subprocess.run([str(script), "stop", str(root)], check=False, capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mail_to_postfix_arrives_in_its_maildir(tmp_path: Path) -> None:
+    with postfix_peer("remote.test") as (port, root):
+        sender = start_sender(tmp_path, {"remote.test": f"127.0.0.1:{port}"})
+        try:
+            submit(sender, ["test@remote.test"], subject="to postfix")
+            new = root / "mail" / "test" / "Maildir" / "new"
+            (path,) = wait_for(lambda: list(new.glob("*")) if new.is_dir() else [])
+            wait_for(lambda: not queue(sender))
+            delivered = path.read_bytes()
+        finally:
+            sender.stop()
     assert b"Subject: to postfix" in delivered
     assert delivered.count(b"DKIM-Signature:") == 2
     assert b"by peers-postfix.remote.test" in delivered  # Postfix's Received field

@@ -5,13 +5,10 @@ test_relay.py; no public address is touched."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import smtplib
 import socketserver
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,15 +18,15 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, require_tool
+from conftest import PASSWORD
 from test_relay import (
     ALICE,
     BOB,
-    PEERS,
     Peer,
     closed_port,
     dsn_parts,
     inbox,
+    postfix_peer,
     queue,
     remote,
     start_sender,
@@ -187,26 +184,7 @@ def test_dsn_parameters_reach_a_peer_that_supports_dsn(tmp_path: Path, recording
 
 
 def test_postfix_550_for_an_unknown_user_bounces_to_the_sender(tmp_path: Path) -> None:
-    require_tool("postconf")
-    script = PEERS / "postfix-up.sh"
-    if not script.is_file():
-        message = f"{script} not found (the peers scripts sit beside the checkout, in ../shared)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    port = closed_port()
-    # Postfix's daemons run as other users: the instance lives in its own world-readable directory.
-    root = Path(tempfile.mkdtemp(prefix="surat-postfix-"))
-    root.chmod(0o755)
-    try:
-        started = subprocess.run(
-            [str(script), "start", str(port), str(root), "remote.test"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert started.returncode == 0, started.stderr
+    with postfix_peer("remote.test") as (port, root):
         # postfix-up.sh always adds a catch-all: drop it, so that only listed users exist and
         # smtpd refuses the others at RCPT time (550 5.1.1, "User unknown in virtual mailbox table").
         vmailbox = root / "etc" / "vmailbox"
@@ -230,9 +208,6 @@ def test_postfix_550_for_an_unknown_user_bounces_to_the_sender(tmp_path: Path) -
             sender.stop()
         delivered = path.read_bytes()
         caught = list((root / "mail" / "catchall").glob("Maildir/*/*"))
-    finally:
-        subprocess.run([str(script), "stop", str(root)], check=False, capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
     assert b"Subject: half known" in delivered
     assert caught == []  # refused at RCPT, not swallowed by a catch-all
     assert bounce.startswith(b"Return-Path: <>\r\n")
