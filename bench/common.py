@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from surat.config import load_config
 
 SURAT = [sys.executable, "-m", "surat"]
 ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
@@ -79,3 +82,37 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class ListenerSurat:
+    """Surat in a subprocess: a fresh data dir, one user, and only the `role` listener, on a free port.
+
+    The benchmarks' subclasses fill the store (while it is stopped) their own way."""
+
+    def __init__(self, workdir: Path, domain: str, role: str, user: str, password: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config_file = single_listener_setup(workdir, domain, role, self.port)
+        self.env = surat_env(self.config_file)
+        add_user(self.config_file, user, password)
+        self.config = load_config(self.config_file)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def tls(self) -> ssl.SSLContext:
+        """A client context trusting the dev CA that `quickstart --dev` made."""
+        assert self.config.tls.ca is not None
+        return ssl.create_default_context(cafile=str(self.config.tls.ca))
+
+    def start(self) -> None:
+        self.log = (self.workdir / "server.log").open("a")
+        self.proc = subprocess.Popen(
+            [*SURAT, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        stop_server(self.proc)
+        self.proc = None
+        self.log.close()

@@ -53,9 +53,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import SURAT, add_user, free_port, single_listener_setup, stop_server, surat_env, wait_port
+from common import ListenerSurat, free_port
 
-from surat.config import load_config
 from surat.passwords import make_credentials
 from surat.store.base import Delivery, MailboxTarget
 from surat.store.sqlite import SQLiteStore
@@ -387,25 +386,14 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-class SuratProcess:
+class SuratProcess(ListenerSurat):
     """Surat in a subprocess with a fresh data dir and only the imap listener, on a free port."""
 
     name = "surat"
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.surat = SURAT
-        self.config_file = single_listener_setup(workdir, DOMAIN, "imap", self.port)
-        self.env = surat_env(self.config_file)
-        add_user(self.config_file, USER, PASSWORD)
-        self.config = load_config(self.config_file)
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, DOMAIN, "imap", USER, PASSWORD)
         self.user, self.password = USER, PASSWORD
-
-    def tls(self) -> ssl.SSLContext:
-        assert self.config.tls.ca is not None
-        return ssl.create_default_context(cafile=str(self.config.tls.ca))
 
     def fill(self, source: Path, count: int) -> None:
         """Deliver straight into the store while the server is stopped (group commits)."""
@@ -430,13 +418,6 @@ class SuratProcess:
 
         asyncio.run(run())
 
-    def start(self) -> None:
-        self.log = (self.workdir / "server.log").open("a")
-        self.proc = subprocess.Popen(
-            [*self.surat, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        wait_port(self.port)
-
     def memory_kib(self) -> int:
         assert self.proc is not None
         return rss_kib(self.proc.pid)
@@ -444,13 +425,6 @@ class SuratProcess:
     def cpu(self) -> float:
         assert self.proc is not None
         return cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        stop_server(self.proc)
-        self.proc = None
-        self.log.close()
 
 
 class DovecotProcess:

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import SURAT, add_user, free_port, single_listener_setup, stop_server, surat_env, wait_port
+from common import ListenerSurat, free_port
 
-from surat.config import load_config
 from surat.passwords import make_credentials
 from surat.store.base import Delivery, MailboxTarget
 from surat.store.sqlite import SQLiteStore
@@ -176,22 +175,11 @@ def fetch_all(
 # ------------------------------------------------------------------------------------------ servers
 
 
-class SuratProcess:
+class SuratProcess(ListenerSurat):
     """Surat in a subprocess with a fresh data dir and only the pop3 listener, on a free port."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.surat = SURAT
-        self.config_file = single_listener_setup(workdir, DOMAIN, "pop3", self.port)
-        self.env = surat_env(self.config_file)
-        add_user(self.config_file, USER, PASSWORD)
-        self.config = load_config(self.config_file)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def tls(self) -> ssl.SSLContext:
-        assert self.config.tls.ca is not None
-        return ssl.create_default_context(cafile=str(self.config.tls.ca))
+        super().__init__(workdir, DOMAIN, "pop3", USER, PASSWORD)
 
     def fill(self, count: int, size: int) -> None:
         """Deliver straight into the store while the server is stopped (one group commit)."""
@@ -215,20 +203,6 @@ class SuratProcess:
                 await store.close()
 
         asyncio.run(run())
-
-    def start(self) -> None:
-        self.log = (self.workdir / "server.log").open("a")
-        self.proc = subprocess.Popen(
-            [*self.surat, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        stop_server(self.proc)
-        self.proc = None
-        self.log.close()
 
 
 class DovecotProcess:
