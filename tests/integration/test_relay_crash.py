@@ -144,7 +144,8 @@ def test_kill_during_relay_loses_nothing(sender_dir: Path, remote: Peer) -> None
         ids = _message_ids(remote)
         assert set(ids) == {f"relay-crash-{n}" for n in range(MESSAGES)}, "a queued message was lost"
         duplicates = len(ids) - len(set(ids))
-        # Only transactions in flight at the kill can be repeated: at most one per connection
+        # Only transactions whose results were not committed at the kill can be repeated; a
+        # connection carries no other until they are: at most one per connection
         # (delivery.max_connections_per_domain, 10 by default).
         assert duplicates <= 10, f"{duplicates} messages arrived twice"
         deadline = time.monotonic() + 10

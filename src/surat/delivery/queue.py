@@ -26,7 +26,9 @@ A `[delivery] smarthost` with credentials gets AUTH only under verified TLS (STA
 or implicit TLS on port 465), never retried in clear.
 
 Crash safety: attempts left in flight (result NULL) are marked interrupted and made due by
-`Store.recover_queue` when the runner starts; at most the in-flight transaction is repeated.
+`Store.recover_queue` when the runner starts. A connection and its slot carry no further
+transaction until the results of the one they carried are committed, so a crash repeats at most
+one transaction per connection (`max_connections_per_domain` per domain).
 
 Throughput: a backlog larger than `batch` is refilled as entries finish (not at the next poll),
 and the store groups the attempt records of concurrent entries into one commit.
@@ -391,18 +393,22 @@ class QueueRunner:
         for index in local:
             outcomes[index] = await self._deliver_locally(entry, index, original)
 
-        if routes:
-            message = await self._signed(entry, original)
-            results = await asyncio.gather(
-                *(
-                    self._deliver_domain(entry, route, remote[domain], message)
-                    for domain, route in routes.items()
+        # The connections (and their slots) this attempt used carry no other transaction until its
+        # results are committed: a crash then repeats at most one transaction per connection.
+        held = contextlib.AsyncExitStack()
+        async with held:
+            if routes:
+                message = await self._signed(entry, original)
+                results = await asyncio.gather(
+                    *(
+                        self._deliver_domain(entry, route, remote[domain], message, held)
+                        for domain, route in routes.items()
+                    )
                 )
-            )
-            for domain_outcomes in results:
-                outcomes.update(domain_outcomes)
+                for domain_outcomes in results:
+                    outcomes.update(domain_outcomes)
 
-        await self._finish(entry, number, original, outcomes)
+            await self._finish(entry, number, original, outcomes)
 
     async def _is_local_domain(self, domain: str) -> bool:
         """`Store.is_local_domain`, remembered for `LOCAL_DOMAIN_TTL` seconds."""
@@ -487,8 +493,18 @@ class QueueRunner:
                 del self._domain_users[domain], self._per_domain[domain]
 
     async def _deliver_domain(
-        self, entry: QueueEntry, route: Route, indexes: Sequence[int], message: bytes
+        self,
+        entry: QueueEntry,
+        route: Route,
+        indexes: Sequence[int],
+        message: bytes,
+        held: contextlib.AsyncExitStack,
     ) -> dict[int, _Outcome]:
+        """One transaction for `indexes` to the first of the route's hosts that takes it.
+
+        The connection slot, and the session when it stays open for reuse, are handed to `held`:
+        they are released (the session back into the idle cache first) when the caller unwinds it,
+        after the attempt's results are stored."""
         recipients = tuple(
             Recipient(
                 _address(entry.recipients[i].address),
@@ -510,36 +526,36 @@ class QueueRunner:
         last_failure = INTERNAL_ERROR
         last_host: str | None = None
         smarthost = route.kind is RouteKind.SMARTHOST
-        async with self._connection_slot(route.domain):
-            for target in route.targets:
-                outcome = await self._send_cached(
-                    (target, smarthost), envelope, message, settings, tls_context, implicit_tls
+        await held.enter_async_context(self._connection_slot(route.domain))
+        for target in route.targets:
+            outcome = await self._send_cached(
+                (target, smarthost), envelope, message, settings, tls_context, implicit_tls, held
+            )
+            if outcome.results is None and outcome.tls_failed and not settings.require_tls:
+                # Opportunistic TLS: a peer whose TLS is broken still gets the mail in clear.
+                outcome = await send_transaction(
+                    target,
+                    envelope,
+                    message,
+                    replace(settings, starttls=False),
+                    tls_context=None,
+                    connect_timeout=self.settings.connect_timeout,
                 )
-                if outcome.results is None and outcome.tls_failed and not settings.require_tls:
-                    # Opportunistic TLS: a peer whose TLS is broken still gets the mail in clear.
-                    outcome = await send_transaction(
-                        target,
-                        envelope,
-                        message,
-                        replace(settings, starttls=False),
-                        tls_context=None,
-                        connect_timeout=self.settings.connect_timeout,
-                    )
-                if log.isEnabledFor(logging.INFO):
-                    log.info(
-                        "queue.session",
-                        extra=fields(
-                            id=entry.id,
-                            domain=route.domain,
-                            target=outcome.describe,
-                            tls=outcome.tls,
-                            result=outcome.failure or "transaction",
-                        ),
-                    )
-                if outcome.results is not None:
-                    return self._recipient_outcomes(indexes, outcome, outcome.results)
-                assert outcome.failure is not None
-                last_failure, last_host = outcome.failure, target.host
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "queue.session",
+                    extra=fields(
+                        id=entry.id,
+                        domain=route.domain,
+                        target=outcome.describe,
+                        tls=outcome.tls,
+                        result=outcome.failure or "transaction",
+                    ),
+                )
+            if outcome.results is not None:
+                return self._recipient_outcomes(indexes, outcome, outcome.results)
+            assert outcome.failure is not None
+            last_failure, last_host = outcome.failure, target.host
         # RFC 5321 §4.5.4.1: no host took the mail. Like the engine's AUTH note says, a session that
         # could not be set up (even with a 5xx greeting) is retried, not bounced.
         return {i: _Outcome(RecipientState.PENDING, last_failure, last_host) for i in indexes}
@@ -591,6 +607,7 @@ class QueueRunner:
         settings: ClientSettings,
         tls_context: ssl.SSLContext | None,
         implicit_tls: bool,
+        held: contextlib.AsyncExitStack,
     ) -> SessionOutcome:
         """One transaction to `key`'s target over an idle cached session, else a new one.
 
@@ -625,7 +642,9 @@ class QueueRunner:
             delivered = outcome.results is not None and any(r.delivered for r in outcome.results)
             young = session.transactions < REUSE_COUNT and loop.time() - opened < REUSE_AGE
             if delivered and young and session.usable:
-                self._put_idle(key, session, opened)
+                # unwound before the slot entered earlier on the same stack: the session is idle
+                # in the cache by the time the slot lets the next entry in
+                held.callback(self._put_idle, key, session, opened)
             else:
                 await session.close()
             return outcome
