@@ -56,14 +56,14 @@ class _Expansion:
         self.remote: dict[str, str] = {}  # lower-cased -> as given
         self.seen: set[str] = set()
 
-    async def expand(self, address: str, depth: int) -> bool:
+    async def expand(self, address: str, depth: int, *, domain_is_local: bool = False) -> bool:
         """Add what `address` delivers to; False when it names nobody."""
         if depth > MAX_ALIAS_DEPTH or len(self.seen) >= MAX_EXPANSION:
             return False
         local, domain = split_address(address)
         if not local or not domain:
             return False
-        if not await self.store.is_local_domain(domain):
+        if not domain_is_local and not await self.store.is_local_domain(domain):
             self.remote.setdefault(address.lower(), address)
             return True
         key = f"{local.lower()}@{domain}"
@@ -102,10 +102,12 @@ class _Expansion:
         return found
 
 
-async def resolve(store: Store, address: str) -> Resolution:
-    """Where mail for `address` (local@domain, domain in A-label form) goes; empty if nowhere."""
+async def resolve(store: Store, address: str, *, domain_is_local: bool = False) -> Resolution:
+    """Where mail for `address` (local@domain, domain in A-label form) goes; empty if nowhere.
+
+    `domain_is_local`: the caller has just asked the store, so the first lookup is not repeated."""
     expansion = _Expansion(store)
-    await expansion.expand(address, 0)
+    await expansion.expand(address, 0, domain_is_local=domain_is_local)
     return Resolution(
         local=tuple(MailboxTarget(account_id) for account_id in expansion.accounts),
         remote=tuple(expansion.remote.values()),

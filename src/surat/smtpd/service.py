@@ -425,7 +425,7 @@ class _Session:
             log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="recipients"))
             return TOO_MANY_RECIPIENTS
         if not domain.startswith("[") and await self.store.is_local_domain(domain):
-            resolution = await resolve(self.store, address)
+            resolution = await resolve(self.store, address, domain_is_local=True)
             if not resolution.found:
                 return self._unknown_recipient(address)
             for target in resolution.local:

@@ -119,6 +119,7 @@ class SyncMode:
 # ----------------------------------------------------------------------------------------- helpers
 
 
+@functools.lru_cache(maxsize=4096)  # every RCPT asks for the same few domains, several times
 def normalize_domain(name: str) -> str:
     """Lower-case A-label form (IDNA), without a trailing dot."""
     text = name.strip().rstrip(".").lower()
@@ -137,6 +138,7 @@ def normalize_domain(name: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments: invalid ones raise, uncached
 def normalize_address(address: str, allow_catchall: bool = False) -> str:
     """ "local@domain" lower-cased with the domain in A-label form; "@domain" if allowed."""
     text = address.strip()
