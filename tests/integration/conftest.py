@@ -7,7 +7,6 @@ poplib, subprocess tools) can be used directly from the test.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import shutil
 import ssl
@@ -18,8 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from surat.app import SuratServer
 from surat.certs import CertificatePaths, write_dev_certificates
@@ -147,20 +144,3 @@ def server(server_config: Config) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop()
-
-
-class DKIMKey:
-    """An RSA-2048 key to DKIM-sign test messages with (dkimpy takes `private_pem`), and the key record
-    (RFC 6376 §3.6.1) a fake DNS serves for it."""
-
-    def __init__(self) -> None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.private_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        public_der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public_der).decode()

@@ -13,19 +13,20 @@ from typing import Any
 
 import dkim
 import pytest
-from conftest import DOMAIN, USER, DKIMKey, RunningServer, dev_certificates, make_config
+from conftest import DOMAIN, USER, RunningServer, dev_certificates, make_config
 
+from dkim_keys import RSAKey
 from surat.dns.fake import FakeResolver
 
 AUTHSERV_ID = "mail.example.test"
 
 
 @pytest.fixture(scope="module")
-def key() -> DKIMKey:
-    return DKIMKey()
+def key() -> RSAKey:
+    return RSAKey()
 
 
-def dns(key: DKIMKey) -> FakeResolver:
+def dns(key: RSAKey) -> FakeResolver:
     return FakeResolver(
         {
             # signs with DKIM, SPF allows the test client (127.0.0.1), DMARC asks for reject
@@ -44,7 +45,7 @@ def dns(key: DKIMKey) -> FakeResolver:
 
 @pytest.fixture
 def mx_server(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: DKIMKey
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: RSAKey
 ) -> Iterator[RunningServer]:
     dev_certificates(tmp_path_factory.getbasetemp())
     config = make_config(tmp_path, limits={"greet_pause": 0})
@@ -90,7 +91,7 @@ def message(
     )
 
 
-def sign(msg: bytes, key: DKIMKey, domain: str = "sender.example") -> bytes:
+def sign(msg: bytes, key: RSAKey, domain: str = "sender.example") -> bytes:
     signature: bytes = dkim.sign(msg, b"s1", domain.encode(), key.private_pem)
     return signature + msg
 
@@ -109,7 +110,7 @@ def results(stored: bytes) -> list[str]:
     return [f for f in fields if f.lower().startswith("authentication-results:")]
 
 
-def test_dkim_signed_message_passes(mx_server: RunningServer, key: DKIMKey) -> None:
+def test_dkim_signed_message_passes(mx_server: RunningServer, key: RSAKey) -> None:
     send(mx_server, "bounce@sender.example", sign(message("sender.example"), key))
     (stored,) = mailbox(mx_server, "INBOX")
     (ours,) = results(stored)
@@ -123,7 +124,7 @@ def test_dkim_signed_message_passes(mx_server: RunningServer, key: DKIMKey) -> N
     assert mailbox(mx_server, "Junk") == []
 
 
-def test_tampered_body_fails_dkim(mx_server: RunningServer, key: DKIMKey) -> None:
+def test_tampered_body_fails_dkim(mx_server: RunningServer, key: RSAKey) -> None:
     signed = sign(message("sender.example"), key).replace(b"the figures.", b"the FIGURES.")
     send(mx_server, "bounce@sender.example", signed)
     (stored,) = mailbox(mx_server, "INBOX")  # SPF still passes aligned, so DMARC passes
@@ -133,7 +134,7 @@ def test_tampered_body_fails_dkim(mx_server: RunningServer, key: DKIMKey) -> Non
     assert "dmarc=pass" in ours
 
 
-def test_dkim_alone_satisfies_dmarc_when_spf_fails(mx_server: RunningServer, key: DKIMKey) -> None:
+def test_dkim_alone_satisfies_dmarc_when_spf_fails(mx_server: RunningServer, key: RSAKey) -> None:
     # Forwarded mail: the envelope is not sender.example's, but the signature aligns with From.
     send(mx_server, "bounce@nopolicy.example", sign(message("sender.example"), key))
     (stored,) = mailbox(mx_server, "INBOX")
@@ -151,7 +152,7 @@ def test_spf_fail_with_dmarc_reject_is_refused(mx_server: RunningServer) -> None
     assert mailbox(mx_server, "Junk") == []
 
 
-def test_tampered_signature_with_dmarc_reject_is_refused(mx_server: RunningServer, key: DKIMKey) -> None:
+def test_tampered_signature_with_dmarc_reject_is_refused(mx_server: RunningServer, key: RSAKey) -> None:
     signed = sign(message("sender.example"), key).replace(b"the figures.", b"pay me.")
     with pytest.raises(smtplib.SMTPDataError) as info:
         send(mx_server, "bounce@nopolicy.example", signed)
@@ -174,7 +175,7 @@ def test_no_dmarc_policy_is_delivered(mx_server: RunningServer) -> None:
     assert "spf=fail" in ours and "dkim=none" in ours and "dmarc=none" in ours
 
 
-def test_forged_authentication_results_are_stripped(mx_server: RunningServer, key: DKIMKey) -> None:
+def test_forged_authentication_results_are_stripped(mx_server: RunningServer, key: RSAKey) -> None:
     forged = (
         f"Authentication-Results: {AUTHSERV_ID.upper()};\r\n\tdkim=pass header.d=bank.example\r\n"
         "Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n"

@@ -11,8 +11,9 @@ from typing import Any
 
 import dkim
 import pytest
-from conftest import DOMAIN, USER, DKIMKey, RunningServer, dev_certificates, make_config
+from conftest import DOMAIN, USER, RunningServer, dev_certificates, make_config
 
+from dkim_keys import RSAKey
 from surat.dns.fake import FakeResolver
 from surat.smtpd.inbound import Disposition, InboundChecks
 
@@ -28,11 +29,11 @@ ORIGINAL = (
 
 
 @pytest.fixture(scope="module")
-def key() -> DKIMKey:
-    return DKIMKey()
+def key() -> RSAKey:
+    return RSAKey()
 
 
-def resolver(key: DKIMKey) -> FakeResolver:
+def resolver(key: RSAKey) -> FakeResolver:
     return FakeResolver(
         {
             ("s1._domainkey.sender.example", "TXT"): [key.record],
@@ -44,7 +45,7 @@ def resolver(key: DKIMKey) -> FakeResolver:
     )
 
 
-def through_the_list(key: DKIMKey, list_results: str) -> bytes:
+def through_the_list(key: RSAKey, list_results: str) -> bytes:
     """Signed by sender.example, then changed by the list (DKIM breaks) and ARC-sealed by it."""
     signed: bytes = dkim.sign(ORIGINAL, b"s1", b"sender.example", key.private_pem) + ORIGINAL
     changed = signed.replace(b"Subject: meeting", b"Subject: [list] meeting")
@@ -56,7 +57,7 @@ def through_the_list(key: DKIMKey, list_results: str) -> bytes:
     return b"".join(arc_set) + with_results
 
 
-async def verdict(key: DKIMKey, message: bytes, trusted: tuple[str, ...]) -> Disposition:
+async def verdict(key: RSAKey, message: bytes, trusted: tuple[str, ...]) -> Disposition:
     checks = InboundChecks(resolver(key), "mail.example.test", trusted_sealers=trusted)
     # the list's server delivers: SPF passes for its own bounce domain, which is not aligned with From
     spf = checks.start_spf("198.51.100.7", "mx.lists.example", "bounce@lists.example")
@@ -66,14 +67,14 @@ async def verdict(key: DKIMKey, message: bytes, trusted: tuple[str, ...]) -> Dis
     return result.disposition
 
 
-async def test_trusted_sealer_that_saw_dmarc_pass_overrides_reject(key: DKIMKey) -> None:
+async def test_trusted_sealer_that_saw_dmarc_pass_overrides_reject(key: RSAKey) -> None:
     message = through_the_list(
         key, "dkim=pass header.d=sender.example; dmarc=pass header.from=sender.example"
     )
     assert await verdict(key, message, ("lists.example",)) is Disposition.ACCEPT
 
 
-async def test_untrusted_sealer_does_not_override(key: DKIMKey) -> None:
+async def test_untrusted_sealer_does_not_override(key: RSAKey) -> None:
     message = through_the_list(
         key, "dkim=pass header.d=sender.example; dmarc=pass header.from=sender.example"
     )
@@ -81,21 +82,21 @@ async def test_untrusted_sealer_does_not_override(key: DKIMKey) -> None:
     assert await verdict(key, message, ("other.example",)) is Disposition.REJECT
 
 
-async def test_trusted_sealer_that_saw_dmarc_fail_does_not_override(key: DKIMKey) -> None:
+async def test_trusted_sealer_that_saw_dmarc_fail_does_not_override(key: RSAKey) -> None:
     message = through_the_list(
         key, "dkim=fail header.d=sender.example; dmarc=fail header.from=sender.example"
     )
     assert await verdict(key, message, ("lists.example",)) is Disposition.REJECT
 
 
-async def test_broken_chain_does_not_override(key: DKIMKey) -> None:
+async def test_broken_chain_does_not_override(key: RSAKey) -> None:
     message = through_the_list(key, "dmarc=pass header.from=sender.example").replace(
         b"See you at ten.", b"See you at noon."
     )
     assert await verdict(key, message, ("lists.example",)) is Disposition.REJECT
 
 
-def list_server_resolver(key: DKIMKey) -> FakeResolver:
+def list_server_resolver(key: RSAKey) -> FakeResolver:
     dns = resolver(key)
     dns.set("lists.example", "TXT", ["v=spf1 ip4:127.0.0.1 -all"])  # the test client is the list's server
     return dns
@@ -119,7 +120,7 @@ def inbox(server: RunningServer) -> list[bytes]:
 
 @pytest.mark.parametrize("trusted", [True, False])
 def test_trusted_arc_sealers_config_key(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: DKIMKey, trusted: bool
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: RSAKey, trusted: bool
 ) -> None:
     dev_certificates(tmp_path_factory.getbasetemp())
     sealers = ["Lists.Example"] if trusted else []

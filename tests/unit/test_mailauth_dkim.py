@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from dkim_keys import RSAKey
 from surat.delivery.dkim import DkimAlgorithm, generate_key
 from surat.delivery.dkim import sign as outbound_sign
 from surat.dns.base import DNSErrorKind
@@ -43,20 +44,6 @@ MESSAGE = (
     b"Hello Bob,\r\n"
     b"the figures are attached.\r\n"
 )
-
-
-class RSAKey:
-    def __init__(self, bits: int = 2048) -> None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-        self.private_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        public_der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public_der).decode()
 
 
 class Ed25519Key:

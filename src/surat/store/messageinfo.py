@@ -1006,33 +1006,51 @@ def _envelope(first: dict[str, bytes]) -> Envelope:
 # ----------------------------------------------------------------------------------------- the scanner
 
 
+class _Fields:
+    """Header fields gathered line by line: a field's first line, then its continuation lines
+    (RFC 5322 §2.2.3 unfolding), kept until MAX_HEADER octets of values."""
+
+    __slots__ = ("headers", "kept", "name", "value")
+
+    def __init__(self) -> None:
+        self.headers: _Headers = []
+        self.kept = 0
+        self.name: str | None = None
+        self.value: list[bytes] = []
+
+    def line(self, content: bytes) -> bool:
+        """Take one line of the header section (no line end); False when it is not part of a field."""
+        if content[:1] in (b" ", b"\t"):
+            if self.name is not None:
+                self.value.append(content)
+            return True  # a continuation line with no field before it is dropped
+        field = _header_name(content)
+        if field is None:
+            return False
+        self.flush()
+        self.name = field
+        self.value = [content[content.index(b":") + 1 :]]
+        return True
+
+    def flush(self) -> None:
+        """End the current field."""
+        if self.name is not None:
+            joined = b"".join(self.value).strip(b" \t")
+            self.kept += len(joined)
+            if self.kept <= MAX_HEADER:
+                self.headers.append((self.name, joined))
+        self.name, self.value = None, []
+
+
 def _split_header_block(block: bytes) -> _Headers | None:
     """The fields of a header section of CRLF lines (see `_Reader.header_block`), as `_read_header` reads
     them; None when a line is not a field, for the line-by-line path to decide where the body starts."""
-    headers: _Headers = []
-    kept = 0
-    name: str | None = None
-    value: list[bytes] = []
+    fields = _Fields()
     for content in block[:-2].split(b"\r\n"):
-        if content[:1] in (b" ", b"\t"):
-            if name is not None:
-                value.append(content)  # RFC 5322 §2.2.3 unfolding
-            continue
-        field = _header_name(content)
-        if field is None:
+        if not fields.line(content):
             return None
-        if name is not None:
-            joined = b"".join(value).strip(b" \t")
-            kept += len(joined)
-            if kept <= MAX_HEADER:
-                headers.append((name, joined))
-        name = field
-        value = [content[content.index(b":") + 1 :]]
-    if name is not None:
-        joined = b"".join(value).strip(b" \t")
-        if kept + len(joined) <= MAX_HEADER:
-            headers.append((name, joined))
-    return headers
+    fields.flush()
+    return fields.headers
 
 
 class _Scanner:
@@ -1049,50 +1067,30 @@ class _Scanner:
             if fast is not None:
                 reader.skip(len(block) + 2)  # and the empty line
                 return fast, reader.offset, None
-        headers: _Headers = []
-        kept = 0
-        name: str | None = None
-        value: list[bytes] = []
-
-        def flush() -> None:
-            nonlocal name, value, kept
-            if name is not None:
-                joined = b"".join(value).strip(b" \t")
-                kept += len(joined)
-                if kept <= MAX_HEADER:
-                    headers.append((name, joined))
-            name, value = None, []
-
+        fields = _Fields()
+        headers = fields.headers
         while True:
             newlines, last = reader.newlines, reader.last
             line = reader.readline()
             if line is None:
-                flush()
+                fields.flush()
                 return headers, reader.offset, _Term(reader.offset, reader.newlines, reader.last)
             match = _match_boundary(line, stack) if stack else None
             if match is not None:
                 # A delimiter inside a header: the entity has no body.
-                flush()
+                fields.flush()
                 depth, close = match
                 term = _Term(line.start, newlines, last, depth, close, line.end)
                 end = max(start, _span(start, newlines, term)[0])
                 return headers, end, term
             content = line.content[:-1] if line.content.endswith(b"\r") else line.content
             if not content and not line.truncated:
-                flush()  # RFC 5322 §2.1: the empty line ends the header section
+                fields.flush()  # RFC 5322 §2.1: the empty line ends the header section
                 return headers, line.end, None
-            if content[:1] in (b" ", b"\t"):
-                if name is not None:
-                    value.append(content)  # RFC 5322 §2.2.3 unfolding
-                continue
-            field = _header_name(content)
-            if field is None:
+            if not fields.line(content):
                 # Not a header field: the header ended without its empty line; this is body.
-                flush()
+                fields.flush()
                 return headers, line.start, None
-            flush()
-            name = field
-            value = [content[content.index(b":") + 1 :]]
 
     def entity(
         self, start: int, stack: list[bytes], default: tuple[str, str], depth: int

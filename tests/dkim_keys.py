@@ -1,0 +1,25 @@
+"""A DKIM signing key for tests, shared by the unit and integration tests (`pythonpath` in pyproject)."""
+
+from __future__ import annotations
+
+import base64
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+
+class RSAKey:
+    """An RSA key to DKIM-sign test messages with (dkimpy takes `private_pem`), and the key record
+    (RFC 6376 §3.6.1) a fake DNS serves for it."""
+
+    def __init__(self, bits: int = 2048) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        self.private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        public_der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public_der).decode()
