@@ -21,6 +21,7 @@ from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
 from surat.mailauth.dkim_verify import (
     _B_VALUE,
+    MAX_SIGNATURES,
     ARCStatus,
     DKIMStatus,
     MessageFormatError,
@@ -625,3 +626,20 @@ def test_rsa_check_keeping_the_gil_accepts_only_the_exact_encoding(
     except InvalidSignature:
         agrees = False
     assert agrees is verifies
+
+
+async def test_only_the_topmost_signatures_are_verified(rsa_key: RSAKey) -> None:
+    # RFC 6376 §6.1: a limit on the signatures verified; each beyond it would cost a DNS lookup
+    signed = sign_rsa(MESSAGE, rsa_key)
+    junk = b"".join(
+        f"DKIM-Signature: v=1; a=rsa-sha256; d=junk{n}.example; s=s; h=from; bh=AAAA; b=AAAA\r\n".encode()
+        for n in range(MAX_SIGNATURES + 5)
+    )
+    resolver = FakeResolver({("s1._domainkey.example.org", "TXT"): [rsa_key.record]})
+    results = await verify_dkim(resolver, junk + signed)
+    assert len(results) == MAX_SIGNATURES
+    assert len(resolver.queries) == MAX_SIGNATURES  # one key lookup per verified signature
+    # the genuine signature below the limit still counts when it is among the first
+    few = junk[: junk.index(b"DKIM-Signature", 1)]
+    results = await verify_dkim(resolver, few + signed)
+    assert [r.status for r in results] == [DKIMStatus.PERMERROR, DKIMStatus.PASS]

@@ -8,6 +8,7 @@ from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
 from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus, parse_message
 from surat.mailauth.dmarc import (
+    MAX_FROM_DOMAINS,
     DMARCRecordError,
     DMARCStatus,
     Policy,
@@ -322,3 +323,22 @@ async def test_same_domain_twice_is_one_evaluation() -> None:
 async def test_no_from_domain_is_permerror() -> None:
     result = await check_dmarc(FakeResolver(), [], None, [], rng=never_sampled_out)
     assert result.status is DMARCStatus.PERMERROR
+
+
+async def test_from_with_too_many_domains_is_refused_without_asking_dns() -> None:
+    # RFC 7489 §6.6.1: a receiver may reject mail whose author it cannot establish; asking DNS about
+    # every domain of a From field naming thousands is what an attacker would want
+    resolver = policy_zone(example_com="v=DMARC1; p=none")
+    domains = [f"d{n}.example" for n in range(MAX_FROM_DOMAINS)] + ["example.com"]
+    result = await check_dmarc(resolver, domains, None, [], rng=never_sampled_out)
+    assert (result.status, result.policy) == (DMARCStatus.FAIL, Policy.REJECT)
+    assert "more than" in result.reason
+    assert resolver.queries == []
+    # up to the limit, every domain is evaluated
+    result = await check_dmarc(resolver, domains[1:], None, [], rng=never_sampled_out)
+    assert (result.status, result.policy, result.from_domain) == (
+        DMARCStatus.FAIL,
+        Policy.NONE,
+        "example.com",
+    )
+    assert len(resolver.queries) >= MAX_FROM_DOMAINS

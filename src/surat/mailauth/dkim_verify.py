@@ -39,8 +39,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from surat.dns.base import DNSError, DNSErrorKind, Resolver
+from surat.log import fields
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers MUST NOT consider signatures with shorter keys valid
+MAX_SIGNATURES = 10  # signatures verified per message, from the top (RFC 6376 §6.1 allows a limit)
+
+log = logging.getLogger(__name__)
 
 # dkimpy logs every failed signature at ERROR; those are facts about the sender, not faults here
 _DKIMPY_LOGGER = logging.getLogger("surat.mailauth.dkimpy")
@@ -163,7 +167,7 @@ def parse_message(message: bytes, *, crlf_only: bool = False) -> ParsedMessage:
         head, body = message[:end], message[end + 4 :]
     else:
         head, body = message.removesuffix(b"\r\n"), b""
-    fields: list[tuple[bytes, bytes]] = []
+    found: list[tuple[bytes, bytes]] = []
     names: list[bytes] = []
     # one split at the CRLFs that are not followed by WSP: each piece is a field with its folding kept
     for raw in _FIELD_END.split(head):
@@ -175,9 +179,9 @@ def parse_message(message: bytes, *, crlf_only: bool = False) -> ParsedMessage:
                 continue  # an mbox separator line, not a field
             raise MessageFormatError(f"not a header field: {raw[:40]!r}")
         name = raw[: match.end() - 1]
-        fields.append((name, raw[match.end() :] + b"\r\n"))
+        found.append((name, raw[match.end() :] + b"\r\n"))
         names.append(name.rstrip().lower())
-    return ParsedMessage(tuple(fields), body, tuple(names))
+    return ParsedMessage(tuple(found), body, tuple(names))
 
 
 def _key_name(sig: dict[bytes, bytes]) -> str:
@@ -439,7 +443,7 @@ def _signed_header_data(
     parsed: ParsedMessage, signature: tuple[bytes, bytes], signed: list[bytes], relaxed: bool
 ) -> bytes:
     """RFC 6376 §3.7 step 2: the fields named in h=, each taken from the bottom up, then the signature."""
-    fields = parsed.fields
+    header_fields = parsed.fields
     names = parsed.names
     # Hashing a second From as well makes a From added above the signed one break the signature,
     # so a message cannot show one sender and be verified for another (dkimpy does the same).
@@ -447,11 +451,11 @@ def _signed_header_data(
     below: dict[bytes, int] = {}
     parts: list[bytes] = []
     for name in wanted:
-        index = below.get(name, len(fields))
+        index = below.get(name, len(header_fields))
         while index > 0:
             index -= 1
             if names[index] == name:
-                field_name, value = fields[index]
+                field_name, value = header_fields[index]
                 parts.append(_relaxed_field(field_name, value) if relaxed else field_name + b":" + value)
                 break
         below[name] = index  # a name listed more often than it occurs signs "no such field" (§5.4.2)
@@ -591,6 +595,13 @@ async def verify_dkim(
     ]
     if not raw_signatures:
         return []
+    if len(raw_signatures) > MAX_SIGNATURES:
+        # RFC 6376 §6.1: "Verifiers MAY limit the number of signatures they attempt to validate";
+        # each costs a key lookup and a signature check. The topmost are the most recently added.
+        log.info(
+            "dkim.signatures_ignored", extra=fields(signatures=len(raw_signatures), verified=MAX_SIGNATURES)
+        )
+        raw_signatures = raw_signatures[:MAX_SIGNATURES]
 
     # per signature: its tags, the header fields it signs (h=) and its key's name, or an early result
     checked: list[tuple[dict[bytes, bytes], list[bytes], str] | None] = []
