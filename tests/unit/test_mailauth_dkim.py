@@ -21,6 +21,7 @@ from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
 from surat.mailauth.dkim_verify import (
     _B_VALUE,
+    MAX_ARC_SETS,
     MAX_SIGNATURES,
     ARCStatus,
     DKIMStatus,
@@ -643,3 +644,15 @@ async def test_only_the_topmost_signatures_are_verified(rsa_key: RSAKey) -> None
     few = junk[: junk.index(b"DKIM-Signature", 1)]
     results = await verify_dkim(resolver, few + signed)
     assert [r.status for r in results] == [DKIMStatus.PERMERROR, DKIMStatus.PASS]
+
+
+async def test_more_arc_sets_than_rfc_8617_allows_fail_without_key_lookups() -> None:
+    sets = b"".join(
+        f"ARC-Seal: i={n}; a=rsa-sha256; cv=pass; d=s{n}.example; s=arc; b=AAAA\r\n"
+        f"ARC-Message-Signature: i={n}; a=rsa-sha256; d=s{n}.example; s=arc; h=from; bh=AAAA; b=AAAA\r\n".encode()
+        for n in range(1, MAX_ARC_SETS + 2)
+    )
+    resolver = FakeResolver()
+    result = await verify_arc(resolver, sets + MESSAGE)
+    assert result.status is ARCStatus.FAIL and "more than 50" in result.reason
+    assert resolver.queries == []

@@ -43,6 +43,7 @@ from surat.log import fields
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers MUST NOT consider signatures with shorter keys valid
 MAX_SIGNATURES = 10  # signatures verified per message, from the top (RFC 6376 §6.1 allows a limit)
+MAX_ARC_SETS = 50  # RFC 8617 §4.2.1: the highest instance number
 
 log = logging.getLogger(__name__)
 
@@ -679,6 +680,10 @@ async def verify_arc(
     ]
     if not fields:
         return ARCResult(ARCStatus.NONE, "message is not ARC signed")
+    if len(fields) > 2 * MAX_ARC_SETS:
+        # RFC 8617 §4.2.1: i= ends at 50, so more sets than that is a broken chain; deciding so before
+        # any key lookup keeps a message with thousands of ARC fields from costing as many queries
+        return ARCResult(ARCStatus.FAIL, f"more than {MAX_ARC_SETS} ARC sets")
     names: list[str] = []
     for _name, value in fields:
         try:
