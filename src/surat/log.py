@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import secrets
 import sys
 import time
@@ -36,9 +37,14 @@ def fields(**values: Any) -> dict[str, Any]:
     return {"kv": values}
 
 
+_NEEDS_QUOTES = re.compile(r'[ "=\\]')
+
+
 def _quote(value: Any) -> str:
+    if type(value) is int:
+        return str(value)  # sizes and counts: nothing to quote
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\\') or not text.isprintable():
+    if text == "" or _NEEDS_QUOTES.search(text) is not None or not text.isprintable():
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
         if not escaped.isprintable():  # the rare case: escape control characters one by one
             escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
@@ -59,6 +65,12 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO") -> None:
+    # The logging HOWTO's "Optimization" switches: our lines show none of the caller's file, line,
+    # thread or process, and finding the caller walks the stack on every line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()

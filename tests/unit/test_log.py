@@ -27,6 +27,9 @@ def render(message: str, **values: object) -> str:
         ("line\nbreak", '"line\\x0abreak"'),  # a client cannot forge a second log line
         ("tab\there", '"tab\\x09here"'),
         (250, "250"),
+        (-1, "-1"),
+        (True, "True"),
+        (None, "None"),
     ],
 )
 def test_values_are_quoted_so_lines_parse(value: object, shown: str) -> None:
