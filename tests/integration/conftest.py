@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -144,3 +148,61 @@ def server(server_config: Config) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop()
+
+
+def inbox(server: RunningServer, address: str, mailbox: str = "INBOX") -> list[bytes]:
+    """The raw messages in one of an account's mailboxes (INBOX unless named), in UID order."""
+
+    async def read() -> list[bytes]:
+        store = server.store
+        account = await store.get_account(address)
+        assert account is not None
+        box = await store.get_mailbox(account.id, mailbox)
+        out = []
+        for summary in await store.list_messages(box.id):
+            (record,) = await store.get_messages(box.id, [summary.uid])
+            with store.blobs.open(record.blob_id) as blob:
+                out.append(blob.read())
+        return out
+
+    result: list[bytes] = server.call(read())
+    return result
+
+
+def queue(server: RunningServer) -> list[Any]:
+    """The server's outbound queue entries."""
+    return list(server.call(server.store.list_queue()))
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_in_subprocess(config: Path) -> subprocess.Popen[bytes]:
+    """`surat serve` with `config` in a child process, for the tests that kill it; its log goes to
+    server.log beside the config (a pipe nobody reads would fill and stop the server)."""
+    with (config.parent / "server.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "surat", "serve"],
+            env={**os.environ, "SURAT_CONFIG": str(config)},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], config: Path) -> None:
+    """Until the child answers on `port`; fails with the end of its log if it exits first."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = (config.parent / "server.log").read_bytes()
+            raise AssertionError(f"server exited: {log[-2000:]!r}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start")

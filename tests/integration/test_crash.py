@@ -7,13 +7,12 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port, serve_in_subprocess, wait_listening
 
 from surat.passwords import make_credentials
 from surat.store.sqlite import SQLiteStore
@@ -22,12 +21,6 @@ pytestmark = pytest.mark.slow
 
 SESSIONS = 8
 MESSAGE_ID = re.compile(rb"^Message-ID: <(crash-\d+-\d+)@test>", re.MULTILINE | re.IGNORECASE)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_config(base: Path, port: int) -> Path:
@@ -105,33 +98,14 @@ def _sender(port: int, session: int, acknowledged: list[str], stop: threading.Ev
         return
 
 
-def _run_server(config: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SURAT_CONFIG": str(config)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "surat", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
-
-
 def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _write_config(tmp_path, port)
     asyncio.run(_prepare_store(tmp_path / "data"))
 
     for round_number in range(2):
-        proc = _run_server(config)
-        _wait_listening(port, proc)
+        proc = serve_in_subprocess(config)
+        wait_listening(port, proc, config)
         acknowledged: list[str] = []
         stop = threading.Event()
         threads = [
@@ -158,9 +132,9 @@ def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path: Path) -> Non
         assert not duplicates, f"stored twice: {sorted(duplicates)[:5]}"
 
     # The store is still usable after the kills: the server starts and answers.
-    proc = _run_server(config)
+    proc = serve_in_subprocess(config)
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc, config)
     finally:
         proc.terminate()
         proc.wait(10)

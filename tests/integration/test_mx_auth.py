@@ -9,11 +9,10 @@ import logging
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dkim
 import pytest
-from conftest import DOMAIN, USER, RunningServer, dev_certificates, make_config
+from conftest import DOMAIN, USER, RunningServer, dev_certificates, inbox, make_config
 
 from dkim_keys import RSAKey
 from surat.dns.fake import FakeResolver
@@ -58,22 +57,6 @@ def mx_server(
         running.stop()
 
 
-def mailbox(server: RunningServer, name: str, address: str = USER) -> list[bytes]:
-    async def read() -> list[bytes]:
-        store: Any = server.store
-        account = await store.get_account(address)
-        box = await store.get_mailbox(account.id, name)
-        out = []
-        for summary in await store.list_messages(box.id):
-            (record,) = await store.get_messages(box.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                out.append(blob.read())
-        return out
-
-    result: list[bytes] = server.call(read())
-    return result
-
-
 def message(
     from_domain: str, extra_headers: bytes = b"", body: bytes = b"Hello,\r\nthe figures.\r\n"
 ) -> bytes:
@@ -112,7 +95,7 @@ def results(stored: bytes) -> list[str]:
 
 def test_dkim_signed_message_passes(mx_server: RunningServer, key: RSAKey) -> None:
     send(mx_server, "bounce@sender.example", sign(message("sender.example"), key))
-    (stored,) = mailbox(mx_server, "INBOX")
+    (stored,) = inbox(mx_server, USER, "INBOX")
     (ours,) = results(stored)
     assert ours.startswith(f"Authentication-Results: {AUTHSERV_ID};")
     assert "dkim=pass header.d=sender.example header.s=s1" in ours
@@ -121,13 +104,13 @@ def test_dkim_signed_message_passes(mx_server: RunningServer, key: RSAKey) -> No
     # under our own Received:, above the message as it arrived
     assert stored.index(b"Received: from client.example") < stored.index(b"Authentication-Results:")
     assert stored.index(b"Authentication-Results:") < stored.index(b"DKIM-Signature:")
-    assert mailbox(mx_server, "Junk") == []
+    assert inbox(mx_server, USER, "Junk") == []
 
 
 def test_tampered_body_fails_dkim(mx_server: RunningServer, key: RSAKey) -> None:
     signed = sign(message("sender.example"), key).replace(b"the figures.", b"the FIGURES.")
     send(mx_server, "bounce@sender.example", signed)
-    (stored,) = mailbox(mx_server, "INBOX")  # SPF still passes aligned, so DMARC passes
+    (stored,) = inbox(mx_server, USER, "INBOX")  # SPF still passes aligned, so DMARC passes
     (ours,) = results(stored)
     assert "dkim=fail" in ours and "body hash did not verify" in ours
     assert "dkim=pass" not in ours
@@ -137,7 +120,7 @@ def test_tampered_body_fails_dkim(mx_server: RunningServer, key: RSAKey) -> None
 def test_dkim_alone_satisfies_dmarc_when_spf_fails(mx_server: RunningServer, key: RSAKey) -> None:
     # Forwarded mail: the envelope is not sender.example's, but the signature aligns with From.
     send(mx_server, "bounce@nopolicy.example", sign(message("sender.example"), key))
-    (stored,) = mailbox(mx_server, "INBOX")
+    (stored,) = inbox(mx_server, USER, "INBOX")
     (ours,) = results(stored)
     assert "spf=fail" in ours and "dkim=pass" in ours and "dmarc=pass" in ours
 
@@ -148,8 +131,8 @@ def test_spf_fail_with_dmarc_reject_is_refused(mx_server: RunningServer) -> None
     assert info.value.smtp_code == 550
     error = info.value.smtp_error
     assert isinstance(error, bytes) and error.startswith(b"5.7.1")
-    assert mailbox(mx_server, "INBOX") == []
-    assert mailbox(mx_server, "Junk") == []
+    assert inbox(mx_server, USER, "INBOX") == []
+    assert inbox(mx_server, USER, "Junk") == []
 
 
 def test_tampered_signature_with_dmarc_reject_is_refused(mx_server: RunningServer, key: RSAKey) -> None:
@@ -161,8 +144,8 @@ def test_tampered_signature_with_dmarc_reject_is_refused(mx_server: RunningServe
 
 def test_dmarc_quarantine_goes_to_junk(mx_server: RunningServer) -> None:
     send(mx_server, "news@junk.example", message("junk.example"))
-    assert mailbox(mx_server, "INBOX") == []
-    (stored,) = mailbox(mx_server, "Junk")
+    assert inbox(mx_server, USER, "INBOX") == []
+    (stored,) = inbox(mx_server, USER, "Junk")
     (ours,) = results(stored)
     assert "dmarc=fail (p=quarantine dis=quarantine)" in ours
     assert "spf=fail" in ours
@@ -170,7 +153,7 @@ def test_dmarc_quarantine_goes_to_junk(mx_server: RunningServer) -> None:
 
 def test_no_dmarc_policy_is_delivered(mx_server: RunningServer) -> None:
     send(mx_server, "news@nopolicy.example", message("nopolicy.example"))
-    (stored,) = mailbox(mx_server, "INBOX")
+    (stored,) = inbox(mx_server, USER, "INBOX")
     (ours,) = results(stored)
     assert "spf=fail" in ours and "dkim=none" in ours and "dmarc=none" in ours
 
@@ -182,7 +165,7 @@ def test_forged_authentication_results_are_stripped(mx_server: RunningServer, ke
         f"Authentication-Results: (comment) {AUTHSERV_ID}; dmarc=pass\r\n"
     ).encode()
     send(mx_server, "news@nopolicy.example", message("nopolicy.example", extra_headers=forged))
-    (stored,) = mailbox(mx_server, "INBOX")
+    (stored,) = inbox(mx_server, USER, "INBOX")
     fields = results(stored)
     assert len(fields) == 2
     ours = [f for f in fields if f.startswith(f"Authentication-Results: {AUTHSERV_ID};")]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import smtplib
 from pathlib import Path
-from typing import Any
 
 import dkim
 import pytest
-from conftest import DOMAIN, USER, RunningServer, dev_certificates, make_config
+from conftest import DOMAIN, USER, RunningServer, dev_certificates, inbox, make_config
 
 from dkim_keys import RSAKey
 from surat.dns.fake import FakeResolver
@@ -102,22 +101,6 @@ def list_server_resolver(key: RSAKey) -> FakeResolver:
     return dns
 
 
-def inbox(server: RunningServer) -> list[bytes]:
-    async def read() -> list[bytes]:
-        store: Any = server.store
-        account = await store.get_account(USER)
-        box = await store.get_mailbox(account.id, "INBOX")
-        out = []
-        for summary in await store.list_messages(box.id):
-            (record,) = await store.get_messages(box.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                out.append(blob.read())
-        return out
-
-    result: list[bytes] = server.call(read())
-    return result
-
-
 @pytest.mark.parametrize("trusted", [True, False])
 def test_trusted_arc_sealers_config_key(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, key: RSAKey, trusted: bool
@@ -139,7 +122,7 @@ def test_trusted_arc_sealers_config_key(
                 with pytest.raises(smtplib.SMTPDataError) as refused:
                     client.sendmail("bounce@lists.example", [USER], message)
                 assert refused.value.smtp_code == 550
-        stored = inbox(running)
+        stored = inbox(running, USER)
         assert len(stored) == (1 if trusted else 0)
         if trusted:
             assert b"arc=pass" in stored[0] and b"dmarc=fail" in stored[0]

@@ -9,7 +9,6 @@ import email
 import os
 import shutil
 import smtplib
-import socket
 import socketserver
 import ssl
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, require_tool
+from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue, require_tool
 
 from surat.app import SuratServer
 from surat.config import Config, parse_config
@@ -84,26 +83,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
-
-
-def inbox(server: RunningServer, address: str) -> list[bytes]:
-    async def read() -> list[bytes]:
-        store = server.store
-        account = await store.get_account(address)
-        assert account is not None
-        mailbox = await store.get_mailbox(account.id, "INBOX")
-        out = []
-        for summary in await store.list_messages(mailbox.id):
-            (record,) = await store.get_messages(mailbox.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                out.append(blob.read())
-        return out
-
-    return server.call(read())
-
-
-def queue(server: RunningServer) -> list[Any]:
-    return list(server.call(server.store.list_queue()))
 
 
 def submit(server: RunningServer, recipients: list[str], subject: str = "hello") -> None:
@@ -207,15 +186,8 @@ def test_unknown_remote_user_bounces_to_the_local_sender(tmp_path: Path, remote:
     assert block["Diagnostic-Code"].startswith("smtp; 550")
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_dead_peer_is_retried_then_bounced(tmp_path: Path) -> None:
-    sender = start_sender(tmp_path, {"dead.test": f"127.0.0.1:{closed_port()}"}, expire_after=1.5)
+    sender = start_sender(tmp_path, {"dead.test": f"127.0.0.1:{free_port()}"}, expire_after=1.5)
     try:
         submit(sender, ["someone@dead.test"])
         attempts = wait_for(lambda: [len(e.attempts) for e in queue(sender) if len(e.attempts) >= 2])
@@ -391,7 +363,7 @@ def test_notify_success_to_a_peer_without_dsn_is_reported_as_relayed(tmp_path: P
 def test_flush_by_another_process_is_seen_by_polling(tmp_path: Path) -> None:
     """`surat queue flush` opens the store itself: its change never reaches the server's feed."""
     sender = start_sender(
-        tmp_path, {"dead.test": f"127.0.0.1:{closed_port()}"}, retry_delays=[3600], expire_after=7200
+        tmp_path, {"dead.test": f"127.0.0.1:{free_port()}"}, retry_delays=[3600], expire_after=7200
     )
     try:
         submit(sender, ["someone@dead.test"])
@@ -501,7 +473,7 @@ def postfix_peer(domain: str) -> Iterator[tuple[int, Path]]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    port = closed_port()
+    port = free_port()
     # Postfix's daemons run as other users and must reach the queue and Maildirs: pytest's tmp
     # tree is private to root (0700), so the instance lives in its own world-readable directory.
     root = Path(tempfile.mkdtemp(prefix="surat-postfix-"))

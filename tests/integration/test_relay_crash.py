@@ -9,15 +9,14 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_relay import BOB, Peer, inbox, remote
+from conftest import free_port, inbox, serve_in_subprocess, wait_listening
+from test_relay import BOB, Peer, remote
 
 from surat.passwords import make_credentials
 from surat.store.sqlite import SQLiteStore
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.slow
 MESSAGES = 60
 FORWARD = "fwd@sender.test"
 MESSAGE_ID = re.compile(rb"^Message-ID: <(relay-crash-\d+)@test>", re.MULTILINE | re.IGNORECASE)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_config(base: Path, port: int, remote_port: int) -> Path:
@@ -68,28 +61,6 @@ async def _queue_length(data_dir: Path) -> int:
         await store.close()
 
 
-def _serve(config: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "surat", "serve"],
-        env={**os.environ, "SURAT_CONFIG": str(config)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "server exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
-
-
 @pytest.fixture
 def sender_dir(tmp_path: Path) -> Iterator[Path]:
     directory = tmp_path / "sender"
@@ -107,14 +78,14 @@ def _message_ids(remote: Peer) -> list[str]:
 
 
 def test_kill_during_relay_loses_nothing(sender_dir: Path, remote: Peer) -> None:
-    port = _free_port()
+    port = free_port()
     asyncio.run(_prepare(sender_dir / "data"))
 
     # 1. The remote is unreachable: everything is acknowledged, queued, tried and rescheduled; kill.
-    config = _write_config(sender_dir, port, _free_port())
-    proc = _serve(config)
+    config = _write_config(sender_dir, port, free_port())
+    proc = serve_in_subprocess(config)
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc, config)
         with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as client:
             for n in range(MESSAGES):
                 body = f"Message-ID: <relay-crash-{n}@test>\r\nSubject: {n}\r\n\r\n" + "x" * 3000 + "\r\n"
@@ -126,7 +97,7 @@ def test_kill_during_relay_loses_nothing(sender_dir: Path, remote: Peer) -> None
 
     # 2. The remote is reachable: kill again as soon as deliveries are under way.
     config = _write_config(sender_dir, port, remote.port("smtp"))
-    proc = _serve(config)
+    proc = serve_in_subprocess(config)
     try:
         deadline = time.monotonic() + 30
         while not inbox(remote, BOB) and time.monotonic() < deadline:
@@ -135,9 +106,9 @@ def test_kill_during_relay_loses_nothing(sender_dir: Path, remote: Peer) -> None
         _kill(proc)
 
     # 3. Restarted, the server delivers everything that is left.
-    proc = _serve(config)
+    proc = serve_in_subprocess(config)
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc, config)
         deadline = time.monotonic() + 60
         while len(set(_message_ids(remote))) < MESSAGES and time.monotonic() < deadline:
             time.sleep(0.1)

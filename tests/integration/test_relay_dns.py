@@ -10,17 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, inbox, queue
 from dns_server import DNSServer
 from test_relay import (
     ALICE,
     BOB,
     Peer,
     fast_delivery,
-    inbox,
     peer_config,
     publish_dkim_keys,
-    queue,
     remote,
     submit,
     wait_for,

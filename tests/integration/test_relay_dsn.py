@@ -18,16 +18,13 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD
+from conftest import PASSWORD, free_port, inbox, queue
 from test_relay import (
     ALICE,
     BOB,
     Peer,
-    closed_port,
     dsn_parts,
-    inbox,
     postfix_peer,
-    queue,
     remote,
     start_sender,
     submit,
@@ -59,7 +56,7 @@ def send_with_dsn(sender: Peer, recipients: list[str], notify: str, subject: str
 def test_dead_peer_gets_one_delay_notice_then_the_failure(tmp_path: Path) -> None:
     """Port closed: retried every 0.2 s; after the notice threshold one "delayed" DSN (alice is
     authenticated, so she gets it without NOTIFY), then at expiry the "failed" one."""
-    sender = start_sender(tmp_path, {"dead.test": f"127.0.0.1:{closed_port()}"}, expire_after=4)
+    sender = start_sender(tmp_path, {"dead.test": f"127.0.0.1:{free_port()}"}, expire_after=4)
     try:
         runner = sender.server.queue
         assert runner is not None

@@ -15,10 +15,9 @@ import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import DOMAIN, PASSWORD, USER, RunningServer, make_config, require_tool
+from conftest import DOMAIN, PASSWORD, USER, RunningServer, inbox, make_config, queue, require_tool
 
 BOB = "bob@example.test"
 
@@ -28,28 +27,6 @@ def tls_context(server: RunningServer) -> ssl.SSLContext:
     context = server.client_tls()
     context.check_hostname = False
     return context
-
-
-def inbox(server: RunningServer, address: str) -> list[bytes]:
-    """The raw messages in an account's INBOX, in UID order."""
-
-    async def read() -> list[bytes]:
-        store = server.store
-        account = await store.get_account(address)
-        assert account is not None
-        mailbox = await store.get_mailbox(account.id, "INBOX")
-        out = []
-        for summary in await store.list_messages(mailbox.id):
-            (record,) = await store.get_messages(mailbox.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                out.append(blob.read())
-        return out
-
-    return server.call(read())
-
-
-def queue(server: RunningServer) -> list[Any]:
-    return list(server.call(server.store.list_queue()))
 
 
 def message(sender: str, to: str, subject: str = "hello", body: str = "Hi there.\n") -> EmailMessage:
