@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,9 +10,13 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from surat.config import load_config
+from surat.store.base import Delivery, MailboxTarget
+from surat.store.sqlite import SQLiteStore
 
 SURAT = [sys.executable, "-m", "surat"]
 ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
@@ -91,6 +96,7 @@ class ListenerSurat:
 
     def __init__(self, workdir: Path, domain: str, role: str, user: str, password: str) -> None:
         self.workdir = workdir
+        self.user = user
         self.port = free_port()
         self.config_file = single_listener_setup(workdir, domain, role, self.port)
         self.env = surat_env(self.config_file)
@@ -116,3 +122,27 @@ class ListenerSurat:
         stop_server(self.proc)
         self.proc = None
         self.log.close()
+
+    def fill_inbox(self, messages: Iterable[bytes]) -> None:
+        """Deliver `messages` straight into the user's INBOX while the server is stopped, 200 at a
+        time in flight so that the store groups them into few commits."""
+
+        async def run() -> None:
+            store = SQLiteStore(self.config.data_dir)
+            await store.open()
+            try:
+                account = await store.get_account(self.user)
+                assert account is not None
+                target = (MailboxTarget(account.id),)
+                pending: set[asyncio.Task[object]] = set()
+                for raw in messages:
+                    delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
+                    pending.add(asyncio.ensure_future(store.deliver(delivery)))
+                    if len(pending) >= 200:
+                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    await asyncio.gather(*pending)
+            finally:
+                await store.close()
+
+        asyncio.run(run())

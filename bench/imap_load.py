@@ -50,14 +50,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from common import ListenerSurat, free_port
 
 from surat.passwords import make_credentials
-from surat.store.base import Delivery, MailboxTarget
-from surat.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
@@ -393,30 +390,10 @@ class SuratProcess(ListenerSurat):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, DOMAIN, "imap", USER, PASSWORD)
-        self.user, self.password = USER, PASSWORD
+        self.password = PASSWORD
 
     def fill(self, source: Path, count: int) -> None:
-        """Deliver straight into the store while the server is stopped (group commits)."""
-
-        async def run() -> None:
-            store = SQLiteStore(self.config.data_dir)
-            await store.open()
-            try:
-                account = await store.get_account(USER)
-                assert account is not None
-                target = (MailboxTarget(account.id),)
-                pending: set[asyncio.Task[object]] = set()
-                for raw in read_messages(source, count):
-                    delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
-                    pending.add(asyncio.ensure_future(store.deliver(delivery)))
-                    if len(pending) >= 200:
-                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if pending:
-                    await asyncio.gather(*pending)
-            finally:
-                await store.close()
-
-        asyncio.run(run())
+        self.fill_inbox(read_messages(source, count))
 
     def memory_kib(self) -> int:
         assert self.proc is not None

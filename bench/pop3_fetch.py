@@ -18,8 +18,6 @@ Bounded: at most --messages messages and --timeout seconds per run.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import secrets
 import shutil
 import socket
 import ssl
@@ -28,14 +26,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from common import ListenerSurat, free_port
 
 from surat.passwords import make_credentials
-from surat.store.base import Delivery, MailboxTarget
-from surat.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
@@ -182,27 +177,7 @@ class SuratProcess(ListenerSurat):
         super().__init__(workdir, DOMAIN, "pop3", USER, PASSWORD)
 
     def fill(self, count: int, size: int) -> None:
-        """Deliver straight into the store while the server is stopped (one group commit)."""
-
-        async def run() -> None:
-            store = SQLiteStore(self.config.data_dir)
-            await store.open()
-            try:
-                account = await store.get_account(USER)
-                assert account is not None
-
-                async def one(n: int) -> None:
-                    raw = make_message(n, size)
-                    path = store.spool_dir / f"bench-{secrets.token_hex(8)}"
-                    path.write_bytes(raw)
-                    target = (MailboxTarget(account.id),)
-                    await store.deliver(Delivery(path, len(raw), datetime.now(UTC), local=target))
-
-                await asyncio.gather(*(one(n) for n in range(count)))
-            finally:
-                await store.close()
-
-        asyncio.run(run())
+        self.fill_inbox(make_message(n, size) for n in range(count))
 
 
 class DovecotProcess:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
 import os
 import shutil
 import smtplib
@@ -17,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage, Message
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue, require_tool
 
+from dsn_reports import dsn_parts
 from surat.app import SuratServer
 from surat.config import Config, parse_config
 from surat.delivery import dkim
@@ -127,19 +127,6 @@ def publish_dkim_keys(sender: Peer, resolver: FakeResolver) -> None:
     keys = dkim.ensure_keys(sender.config.data_dir, "example.test", datetime.now(UTC))
     for key in keys:
         resolver.set(key.record_name, "TXT", ["".join(key.txt_strings)])
-
-
-def dsn_parts(raw: bytes) -> tuple[Message, list[Message]]:
-    report = email.message_from_bytes(raw)
-    assert report.get_content_type() == "multipart/report"
-    assert report.get_param("report-type") == "delivery-status"
-    status = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
-    assert len(status) == 1
-    payload = status[0].get_payload()
-    assert isinstance(payload, list)
-    blocks = [block for block in payload if isinstance(block, Message)]
-    assert len(blocks) == len(payload)
-    return report, blocks
 
 
 def test_mail_to_a_remote_surat_arrives_signed_over_tls(tmp_path: Path, remote: Peer) -> None:

@@ -23,13 +23,14 @@ from test_relay import (
     ALICE,
     BOB,
     Peer,
-    dsn_parts,
     postfix_peer,
     remote,
     start_sender,
     submit,
     wait_for,
 )
+
+from dsn_reports import dsn_parts
 
 __all__ = ["remote"]  # the fixture, imported so that pytest finds it here
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dsn_reports import recipient_blocks
 from surat.config import HostPort
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
@@ -111,14 +112,6 @@ async def inbox(store: SQLiteStore, account: Account) -> list[Message]:
     return out
 
 
-def status_blocks(report: Message) -> list[Message]:
-    assert report.get_content_type() == "multipart/report"
-    (part,) = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
-    payload = part.get_payload()
-    assert isinstance(payload, list)
-    return [block for block in payload if isinstance(block, Message)][1:]
-
-
 async def test_closed_port_gets_one_delay_notice_then_the_failure_at_expiry(
     store: SQLiteStore, alice: Account, tmp_path: Path
 ) -> None:
@@ -140,7 +133,7 @@ async def test_closed_port_gets_one_delay_notice_then_the_failure_at_expiry(
     (notice,) = await inbox(store, alice)
     assert notice["Subject"] == "Delayed Mail (still being retried)"
     assert notice["From"] == "Mail Delivery System <MAILER-DAEMON@mail.example.test>"
-    (block,) = status_blocks(notice)
+    (block,) = recipient_blocks(notice)
     assert block["Final-Recipient"] == "rfc822; someone@dead.test"
     assert block["Action"] == "delayed"
     assert block["Status"] == "4.4.1"  # the refused connection, still temporary
@@ -157,7 +150,7 @@ async def test_closed_port_gets_one_delay_notice_then_the_failure_at_expiry(
     assert await attempt(queue, store, entry.id) is None
     notice, bounce = await inbox(store, alice)
     assert bounce["Subject"] == "Undelivered Mail Returned to Sender"
-    (block,) = status_blocks(bounce)
+    (block,) = recipient_blocks(bounce)
     assert (block["Action"], block["Status"]) == ("failed", "5.4.1")
     assert block["Will-Retry-Until"] is None
 
@@ -195,7 +188,7 @@ async def test_who_gets_a_delay_notice(
     notices = await inbox(store, alice)
     assert len(notices) == (1 if wanted else 0)
     if wanted:
-        (block,) = status_blocks(notices[0])
+        (block,) = recipient_blocks(notices[0])
         assert (block["Action"], block["Status"]) == ("delayed", "4.4.3")  # the DNS failure
 
 
@@ -215,7 +208,7 @@ async def test_one_notice_covers_every_recipient_due(
     assert after is not None
     assert [r.delay_notified for r in after.recipients] == [True, True, False]
     (notice,) = await inbox(store, alice)
-    blocks = status_blocks(notice)
+    blocks = recipient_blocks(notice)
     assert [b["Final-Recipient"] for b in blocks] == ["rfc822; a@flaky.test", "rfc822; b@dead.test"]
     assert blocks[1]["Original-Recipient"] == "rfc822; b+alias@dead.test"
     assert all(b["Action"] == "delayed" for b in blocks)
@@ -228,7 +221,7 @@ async def test_no_delay_notice_when_the_message_expires_instead(
     queue = runner(store, tmp_path, Clock(entry.created_at + timedelta(days=2)))
     assert await attempt(queue, store, entry.id) is None
     (bounce,) = await inbox(store, alice)
-    (block,) = status_blocks(bounce)
+    (block,) = recipient_blocks(bounce)
     assert block["Action"] == "failed"
 
 

@@ -7,9 +7,9 @@ import asyncio
 import email
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import Message
 from pathlib import Path
 
+from dsn_reports import recipient_blocks
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -83,14 +83,6 @@ async def inbox(store: SQLiteStore, account: Account) -> list[bytes]:
     return out
 
 
-def status_blocks(raw: bytes) -> list[Message]:
-    report = email.message_from_bytes(raw)
-    (part,) = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
-    payload = part.get_payload()
-    assert isinstance(payload, list)
-    return [block for block in payload if isinstance(block, Message)][1:]
-
-
 async def test_null_mx_bounces_at_once_to_the_local_sender(
     store: SQLiteStore, alice: Account, tmp_path: Path
 ) -> None:
@@ -99,7 +91,7 @@ async def test_null_mx_bounces_at_once_to_the_local_sender(
     assert await store.get_queue_entry(entry.id) is None
     (dsn,) = await inbox(store, alice)
     assert dsn.startswith(b"Return-Path: <>\r\n")
-    (block,) = status_blocks(dsn)
+    (block,) = recipient_blocks(dsn)
     assert (block["Final-Recipient"], block["Action"], block["Status"]) == (
         "rfc822; x@null.test",
         "failed",
@@ -136,7 +128,7 @@ async def test_expiry_bounces_the_pending_recipients(
     await runner(store, tmp_path, Clock(datetime.now(UTC) + timedelta(days=2))).process(entry)
     assert await store.get_queue_entry(entry.id) is None
     (dsn,) = await inbox(store, alice)
-    (block,) = status_blocks(dsn)
+    (block,) = recipient_blocks(dsn)
     assert block["Action"] == "failed"
     assert block["Status"] == "5.4.3"  # the temporary DNS failure's 4.4.3, final now
 
@@ -148,7 +140,7 @@ async def test_domains_are_decided_separately(store: SQLiteStore, alice: Account
     assert again is not None
     assert [r.state for r in again.recipients] == [RecipientState.FAILED, RecipientState.PENDING]
     (dsn,) = await inbox(store, alice)
-    assert [b["Final-Recipient"] for b in status_blocks(dsn)] == ["rfc822; x@null.test"]
+    assert [b["Final-Recipient"] for b in recipient_blocks(dsn)] == ["rfc822; x@null.test"]
 
 
 async def test_no_dsn_to_the_null_sender_or_with_notify_never(
@@ -175,7 +167,7 @@ async def test_dsn_for_a_remote_sender_is_queued_from_the_null_sender(
         report = email.message_from_bytes(blob.read())
     assert report.get_content_type() == "multipart/report"
     assert report["To"] == "someone@other.test"
-    (block,) = status_blocks(report.as_bytes())
+    (block,) = recipient_blocks(report.as_bytes())
     assert block["Status"] == "5.1.10"
 
 
@@ -192,7 +184,7 @@ async def test_local_domains_are_never_sent_out(store: SQLiteStore, alice: Accou
     delivered = next(m for m in messages if b"Subject: test" in m and b"delivery-status" not in m)
     assert delivered.startswith(b"Return-Path: <alice@example.test>\r\n")
     bounce = next(m for m in messages if b"delivery-status" in m)
-    (block,) = status_blocks(bounce)
+    (block,) = recipient_blocks(bounce)
     assert (block["Final-Recipient"], block["Status"]) == ("rfc822; ghost@example.test", "5.1.1")
 
 
@@ -203,7 +195,7 @@ async def test_too_many_received_fields_is_a_loop(store: SQLiteStore, alice: Acc
     await runner(store, tmp_path, Clock(datetime.now(UTC)), resolver).process(entry)
     assert resolver.queries == []
     (dsn,) = await inbox(store, alice)
-    (block,) = status_blocks(dsn)
+    (block,) = recipient_blocks(dsn)
     assert block["Status"] == "5.4.6"
 
 
@@ -238,7 +230,7 @@ async def test_late_quota_failure_is_retried_then_bounced(
     await runner(store, tmp_path, Clock(datetime.now(UTC) + timedelta(days=6))).process(again)
     assert await store.get_queue_entry(entry.id) is None
     bounce = next(m for m in await inbox(store, alice) if b"delivery-status" in m)
-    (block,) = status_blocks(bounce)
+    (block,) = recipient_blocks(bounce)
     assert (block["Action"], block["Status"]) == ("failed", "5.2.2")
 
 
