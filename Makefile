@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEVDIR := var
 
-.PHONY: run test lint typecheck unit venv dev bench clean
+.PHONY: run test lint typecheck unit venv dev bench fuzz clean
 
 $(BIN)/surat: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ test: dev
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -ra
+
+# Property-based fuzzing with a long budget: FUZZ_SECONDS per fuzz test file (default 600), rounds of
+# fresh random inputs until the time is up. Failing inputs land in tests/fuzz_regressions/.
+FUZZ_SECONDS ?= 600
+fuzz: dev
+	@set -e; for target in $$(grep -l "pytest.mark.fuzz" tests/unit/*.py); do \
+		end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
+		while [ $$(date +%s) -lt $$end ]; do \
+			round=$$((round + 1)); echo "fuzz $$target round $$round"; \
+			SURAT_FUZZ=1 $(BIN)/pytest -q -m fuzz --timeout=0 $$target; \
+		done; \
+	done
 
 bench: $(BIN)/surat
 	$(BIN)/python bench/smtp_accept.py
