@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from surat.imapd.listing import Matcher, list_entries
-from surat.store.base import Mailbox
+from surat.imapd.listing import MAX_PATTERN_LENGTH, Matcher, PatternTooLong, list_entries
+from surat.store.base import MAX_MAILBOX_NAME_OCTETS, Mailbox
 
 NAMES = ["INBOX", "INBOX/Lists", "Sent", "Work", "Work/2024", "Work/2024/Q1", "Caf\u00e9"]
 
@@ -57,3 +59,61 @@ def test_subscribed_recursivematch_childinfo() -> None:
     assert [(e.name, e.child_subscribed, e.attributes) for e in recursive] == [
         ("Work", True, ("\\HasChildren",))
     ]
+
+
+# --- the matcher is linear (issue 11 item 2): no backtracking on hostile patterns -----------------
+
+
+def _worst_case_match_seconds(name: str, pattern: str) -> float:
+    matcher = Matcher("", pattern)
+    start = time.perf_counter()
+    matcher.matches(name)
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern"),
+    [
+        # The reported probe: 5 x `*a` then `b` against a long run of "a" (26 s with the old regex).
+        ("a" * 200, "*a*a*a*a*ab"),
+        # Maximum sizes: the longest stored name against the longest accepted pattern, built so that
+        # the prefix/suffix filters pass and every automaton state stays live to the end.
+        ("a" * MAX_MAILBOX_NAME_OCTETS, ("*a" * MAX_PATTERN_LENGTH)[: MAX_PATTERN_LENGTH - 1] + "*"),
+        (
+            "a" * (MAX_MAILBOX_NAME_OCTETS - 1) + "b",
+            ("*a" * MAX_PATTERN_LENGTH)[: MAX_PATTERN_LENGTH - 2] + "*b",
+        ),
+        ("a/" * (MAX_MAILBOX_NAME_OCTETS // 2), ("%a/" * MAX_PATTERN_LENGTH)[:MAX_PATTERN_LENGTH]),
+        ("a" * MAX_MAILBOX_NAME_OCTETS, "*" + "a" * (MAX_PATTERN_LENGTH - 3) + "*b"),
+    ],
+)
+def test_worst_case_match_is_fast(name: str, pattern: str) -> None:
+    assert len(pattern) <= MAX_PATTERN_LENGTH and len(name.encode()) <= MAX_MAILBOX_NAME_OCTETS
+    assert _worst_case_match_seconds(name, pattern) < 0.050
+
+
+def test_pattern_longer_than_the_limit_is_refused() -> None:
+    Matcher("", "a" * MAX_PATTERN_LENGTH)
+    with pytest.raises(PatternTooLong):
+        Matcher("a", "a" * MAX_PATTERN_LENGTH)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "expected"),
+    [
+        ("*", "", True),
+        ("%", "a/b", False),
+        ("%/%", "a/b", True),
+        ("%*", "a/b", True),  # a run with a `*` matches what `*` matches
+        ("%%", "a/b", False),
+        ("*a*a*ab", "aaab", True),
+        ("*a*a*ab", "aab", False),
+        ("a%b", "ab", True),
+        ("a%b", "a/b", False),
+        ("a*b", "a/b", True),
+        ("Work/%", "Work/", True),
+        ("Work/%", "Work", False),
+    ],
+)
+def test_matcher_wildcards(pattern: str, name: str, expected: bool) -> None:
+    assert Matcher("", pattern).matches(name) is expected

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from surat.store.base import HIERARCHY_DELIMITER, Mailbox
 
-__all__ = ["ListEntry", "Matcher", "list_entries"]
+__all__ = [
+    "MAX_PATTERN_LENGTH",
+    "ListEntry",
+    "Matcher",
+    "PatternTooLong",
+    "list_entries",
+]
+
+
+# Longest LIST/LSUB pattern (reference and pattern joined) accepted, in characters. Mailbox names are
+# at most MAX_MAILBOX_NAME_OCTETS (so at most as many characters), so a longer pattern is never needed;
+# together the two bound one match to MAX_MAILBOX_NAME_OCTETS x MAX_PATTERN_LENGTH steps.
+MAX_PATTERN_LENGTH: Final = 1024
+
+
+class PatternTooLong(ValueError):
+    """A LIST/LSUB pattern longer than MAX_PATTERN_LENGTH."""
 
 
 class Matcher:
@@ -17,24 +33,73 @@ class Matcher:
     The reference is prefixed to the pattern (RFC 9051 §6.3.9 leaves the joining to the server; plain
     concatenation is what clients expect). INBOX is case-insensitive (RFC 9051 §5.1): a pattern whose
     first component spells it in any case is matched as "INBOX".
+
+    Client input never reaches a backtracking regex (ARCHITECTURE decision 9): the pattern is run as a
+    non-deterministic automaton whose set of live states is one integer used as a bit set (state i =
+    "the first i pattern tokens matched"). Each name character costs a fixed handful of integer
+    operations on a MAX_PATTERN_LENGTH-bit number, so a match is O(len(name) x len(pattern) / 64)
+    machine words at worst, whatever the pattern, and never more than MAX_MAILBOX_NAME_OCTETS steps
+    for a stored name.
     """
+
+    __slots__ = ("_accept", "_literal", "_prefix", "_star", "_suffix", "_wild")
 
     def __init__(self, reference: str, pattern: str) -> None:
         full = reference + pattern
+        if len(full) > MAX_PATTERN_LENGTH:
+            raise PatternTooLong(f"mailbox pattern longer than {MAX_PATTERN_LENGTH} characters")
         if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in HIERARCHY_DELIMITER + "*%"):
             full = "INBOX" + full[5:]
-        parts = []
-        for ch in full:
-            if ch == "*":
-                parts.append(".*")
-            elif ch == "%":
-                parts.append(f"[^{re.escape(HIERARCHY_DELIMITER)}]*")
+        tokens = _collapse_wildcards(full)
+        # Cheap filters first: the literal text before the first and after the last wildcard.
+        first = min((i for i, t in enumerate(tokens) if t in "*%"), default=len(tokens))
+        last = max((i for i, t in enumerate(tokens) if t in "*%"), default=len(tokens))
+        self._prefix = "".join(tokens[:first])
+        self._suffix = "".join(tokens[last + 1 :]) if last < len(tokens) else ""
+        literal: dict[str, int] = {}
+        star = percent = 0
+        for i, symbol in enumerate(tokens):
+            if symbol == "*":
+                star |= 1 << i
+            elif symbol == "%":
+                percent |= 1 << i
             else:
-                parts.append(re.escape(ch))
-        self._regex = re.compile("".join(parts), re.DOTALL)
+                literal[symbol] = literal.get(symbol, 0) | 1 << i
+        self._literal = literal
+        self._star = star
+        self._wild = star | percent
+        self._accept = 1 << len(tokens)
 
     def matches(self, name: str) -> bool:
-        return self._regex.fullmatch(name) is not None
+        if not name.startswith(self._prefix) or not name.endswith(self._suffix):
+            return False
+        wild = self._wild
+        # A wildcard also matches the empty string: from state i (a wildcard) state i+1 is live too.
+        # Runs of wildcards were collapsed to one, so one shift closes the set.
+        live = 1 | ((1 & wild) << 1)
+        for ch in name:
+            stay = self._star if ch == HIERARCHY_DELIMITER else self._wild
+            live = ((live & self._literal.get(ch, 0)) << 1) | (live & stay)
+            if not live:
+                return False
+            live |= (live & wild) << 1
+        return bool(live & self._accept)
+
+
+def _collapse_wildcards(pattern: str) -> list[str]:
+    """The pattern as tokens, each run of wildcards as one: `*` if the run holds a `*`, else `%`.
+
+    `%%` matches what `%` matches and any run with a `*` matches what `*` matches, so this changes no
+    answer; it lets the matcher close its state set over empty wildcard matches with a single shift.
+    """
+    tokens: list[str] = []
+    for ch in pattern:
+        if ch in "*%" and tokens and tokens[-1] in "*%":
+            if ch == "*":
+                tokens[-1] = "*"
+            continue
+        tokens.append(ch)
+    return tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from surat.imapd.errors import CommandError, UserError
-from surat.imapd.listing import Matcher, list_entries
+from surat.imapd.listing import Matcher, PatternTooLong, list_entries
 from surat.imapd.state import Done, State
 from surat.imapd.view import SelectedView
 from surat.proto.imap import commands as c
@@ -220,6 +220,13 @@ async def unsubscribe(s: Session, cmd: c.Unsubscribe) -> Done:
     return Done()
 
 
+def _matcher(reference: str, pattern: str) -> Matcher:
+    try:
+        return Matcher(reference, pattern)
+    except PatternTooLong as exc:
+        raise CommandError(str(exc)) from None
+
+
 async def list_cmd(s: Session, cmd: c.List) -> Done:
     account = s.require_account()
     reference = s.mailbox_arg(cmd.reference) if cmd.reference else ""
@@ -228,7 +235,7 @@ async def list_cmd(s: Session, cmd: c.List) -> Done:
         # RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter and the root name.
         s.send(list_response(("\\Noselect",), HIERARCHY_DELIMITER, "", utf8=s.utf8))
         return Done()
-    matchers = [Matcher(reference, p) for p in patterns if p]
+    matchers = [_matcher(reference, p) for p in patterns if p]
     selection = cmd.selection
     entries = list_entries(
         await s.store.list_mailboxes(account.id),
@@ -258,7 +265,7 @@ async def lsub(s: Session, cmd: c.Lsub) -> Done:
         s.send(list_response(("\\Noselect",), HIERARCHY_DELIMITER, "", utf8=s.utf8, command="LSUB"))
         return Done()
     entries = list_entries(
-        await s.store.list_mailboxes(account.id), [Matcher(reference, pattern)], subscribed_only=True
+        await s.store.list_mailboxes(account.id), [_matcher(reference, pattern)], subscribed_only=True
     )
     for entry in entries:
         s.send(list_response((), HIERARCHY_DELIMITER, entry.name, utf8=s.utf8, command="LSUB"))

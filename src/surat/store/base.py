@@ -33,6 +33,8 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 )
 
 HIERARCHY_DELIMITER = "/"
+# Longest mailbox name, in UTF-8 octets; also bounds the work of matching a LIST pattern against it.
+MAX_MAILBOX_NAME_OCTETS = 1000
 
 
 class StoreError(Exception):

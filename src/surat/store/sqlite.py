@@ -50,6 +50,7 @@ from typing import Any, Generic, TypeVar
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
+    MAX_MAILBOX_NAME_OCTETS,
     Account,
     Alias,
     AlreadyExists,
@@ -156,7 +157,7 @@ def normalize_mailbox_name(name: str) -> str:
     Names are never used as paths, but odd ones are refused anyway: they make LIST patterns and
     clients misbehave.
     """
-    if not name or len(name.encode("utf-8", "surrogatepass")) > 1000:
+    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_MAILBOX_NAME_OCTETS:
         raise InvalidName("mailbox name empty or too long")
     if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "*%" for c in name):
         raise InvalidName("mailbox name has control or wildcard characters")
