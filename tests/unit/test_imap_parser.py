@@ -144,6 +144,10 @@ COMMANDS: list[tuple[bytes, c.Command]] = [
         ),
     ),
     (
+        b'A05 LIST (RECURSIVEMATCH SPECIAL-USE) "" *',
+        c.List("A05", "", ("*",), selection=frozenset({"RECURSIVEMATCH", "SPECIAL-USE"}), extended=True),
+    ),
+    (
         b'A01 LIST "" % RETURN (STATUS (MESSAGES UNSEEN))',
         c.List("A01", "", ("%",), status=("MESSAGES", "UNSEEN"), extended=True),
     ),
@@ -595,6 +599,7 @@ BAD: list[tuple[bytes, str]] = [
     (b"a RENAME a", "RENAME needs two names"),
     (b'a LIST ""', "LIST needs a pattern"),
     (b'a LIST (RECURSIVEMATCH) "" *', "RECURSIVEMATCH alone"),
+    (b'a LIST (REMOTE RECURSIVEMATCH) "" *', "RECURSIVEMATCH with only REMOTE (RFC 5258 §6)"),
     (b'a LIST (FOO) "" *', "unknown selection option"),
     (b'a LIST "" * RETURN (FOO)', "unknown return option"),
     (b'a LIST "" * (CHILDREN)', "return options without RETURN"),

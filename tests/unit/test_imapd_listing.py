@@ -53,12 +53,69 @@ def test_attributes_children_special_use_and_subscribed() -> None:
 
 def test_subscribed_recursivematch_childinfo() -> None:
     boxes = [box("Work/2024"), box("Work", subscribed=False), box("Old", subscribed=False)]
-    plain = list_entries(boxes, [Matcher("", "%")], subscribed_only=True)
+    subscriptions = ["Work/2024"]
+    plain = list_entries(boxes, [Matcher("", "%")], subscriptions=subscriptions, subscribed_only=True)
     assert plain == []
-    recursive = list_entries(boxes, [Matcher("", "%")], subscribed_only=True, recursive=True)
-    assert [(e.name, e.child_subscribed, e.attributes) for e in recursive] == [
-        ("Work", True, ("\\HasChildren",))
+    recursive = list_entries(
+        boxes, [Matcher("", "%")], subscriptions=subscriptions, subscribed_only=True, recursive=True
+    )
+    assert [(e.name, e.childinfo, e.attributes, e.selected) for e in recursive] == [
+        ("Work", ("SUBSCRIBED",), ("\\HasChildren",), False)
     ]
+
+
+# RFC 5258 §5 example 9: the hierarchy and subscriptions of D01/D02 ("qux2" does not exist).
+_EXAMPLE_9 = ["INBOX", "foo2", "foo2/bar1", "foo2/bar2", "baz2", "baz2/bar2", "baz2/bar22", "baz2/bar222"]
+_EXAMPLE_9 += ["eps2", "eps2/mamba", "qux2/bar2"]
+_EXAMPLE_9_SUBSCRIBED = ["foo2/bar1", "foo2/bar2", "baz2/bar2", "baz2/bar22", "baz2/bar222", "eps2"]
+_EXAMPLE_9_SUBSCRIBED += ["eps2/mamba", "qux2/bar2"]
+
+
+def test_rfc5258_example_9_childinfo_only_for_children_outside_the_pattern() -> None:
+    boxes = [box(n, subscribed=False) for n in _EXAMPLE_9]
+    entries = list_entries(
+        boxes,
+        [Matcher("", "*2")],
+        subscriptions=_EXAMPLE_9_SUBSCRIBED,
+        subscribed_only=True,
+        recursive=True,
+    )
+    # D03: foo2 and eps2 carry CHILDINFO (a subscribed child does not match "*2"); baz2 and qux2 would
+    # be redundant (RFC 5258 §3.5 SHOULD suppress them).
+    assert [(e.name, e.childinfo) for e in entries] == [
+        ("baz2/bar2", ()),
+        ("baz2/bar22", ()),
+        ("baz2/bar222", ()),
+        ("eps2", ("SUBSCRIBED",)),
+        ("foo2", ("SUBSCRIBED",)),
+        ("foo2/bar2", ()),
+        ("qux2/bar2", ()),
+    ]
+
+
+def test_subscribed_name_without_mailbox_is_nonexistent() -> None:
+    # RFC 5258 §5 example 10 (a2): "foo/bar" is subscribed but does not exist.
+    boxes = [box("foo", subscribed=False)]
+    entries = list_entries(boxes, [Matcher("", "foo/*")], subscriptions=["foo/bar"], subscribed_only=True)
+    assert [(e.name, e.attributes, e.mailbox) for e in entries] == [
+        ("foo/bar", ("\\NonExistent", "\\Subscribed"), None)
+    ]
+    # a3: the parent, with CHILDINFO although it has no (existing) children.
+    entries = list_entries(
+        boxes, [Matcher("", "foo")], subscriptions=["foo/bar"], subscribed_only=True, recursive=True
+    )
+    assert [(e.name, e.attributes, e.childinfo) for e in entries] == [
+        ("foo", ("\\HasNoChildren",), ("SUBSCRIBED",))
+    ]
+    # A return option never adds names (RFC 5258 §3): RETURN (SUBSCRIBED) lists what exists.
+    entries = list_entries(boxes, [Matcher("", "*")], subscriptions=["foo/bar"], return_subscribed=True)
+    assert [(e.name, e.attributes) for e in entries] == [("foo", ("\\HasNoChildren",))]
+
+
+def test_special_use_recursivematch() -> None:
+    boxes = [box("Archive"), box("Archive/2024", use="\\Archive"), box("Other")]
+    entries = list_entries(boxes, [Matcher("", "%")], special_use_only=True, recursive=True)
+    assert [(e.name, e.childinfo) for e in entries] == [("Archive", ("SPECIAL-USE",))]
 
 
 # --- the matcher is linear (issue 11 item 2): no backtracking on hostile patterns -----------------

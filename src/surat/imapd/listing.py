@@ -106,49 +106,95 @@ def _collapse_wildcards(pattern: str) -> list[str]:
 class ListEntry:
     name: str
     attributes: tuple[str, ...]
-    mailbox: Mailbox | None  # None for a \NonExistent parent listed for RECURSIVEMATCH
-    child_subscribed: bool = False  # RFC 5258 CHILDINFO ("SUBSCRIBED")
+    mailbox: (
+        Mailbox | None
+    )  # None for a \NonExistent name (a subscription, or a parent named for RECURSIVEMATCH)
+    # RFC 5258 §3.5 CHILDINFO: the selection options a descendant outside the pattern meets ("SUBSCRIBED")
+    childinfo: tuple[str, ...] = ()
+    selected: bool = True  # False: listed only because of a descendant (LSUB shows it as \Noselect)
+
+
+def _ancestors(name: str) -> list[str]:
+    # Linear in the name's length per ancestor; names are at most MAX_MAILBOX_NAME_OCTETS long.
+    out = []
+    index = name.find(HIERARCHY_DELIMITER)
+    while index > 0:
+        out.append(name[:index])
+        index = name.find(HIERARCHY_DELIMITER, index + 1)
+    return out
 
 
 def list_entries(
     mailboxes: Iterable[Mailbox],
     matchers: list[Matcher],
     *,
+    subscriptions: Iterable[str] = (),
     subscribed_only: bool = False,
     special_use_only: bool = False,
     recursive: bool = False,
     return_subscribed: bool = False,
     return_special_use: bool = True,
 ) -> list[ListEntry]:
-    """The LIST answer, in name order (INBOX first). RFC 5258 §3 selection options filter, return
-    options add attributes; \\HasChildren/\\HasNoChildren are always given (RFC 9051 §7.3.1 lets a
-    server send them unasked, and rev2 clients expect them)."""
-    boxes = sorted(mailboxes, key=lambda m: (m.name != "INBOX", m.name))
+    """The LIST answer, in name order (INBOX first).
+
+    RFC 5258 §3 selection options choose the names, return options add attributes. With SUBSCRIBED the
+    candidates are the subscribed names, existing or not (\\NonExistent, RFC 5258 §3.1); with
+    RECURSIVEMATCH a name matching the pattern is also listed, with CHILDINFO, when a descendant meets
+    the selection criteria but does not match the pattern itself (RFC 5258 §3.3 rule 2B; §3.5: redundant
+    CHILDINFO is suppressed). \\HasChildren/\\HasNoChildren are always given for existing mailboxes
+    (RFC 9051 §7.3.1 lets a server send them unasked, and rev2 clients expect them).
+    """
+    existing = {m.name: m for m in mailboxes}
+    # `subscriptions` adds the subscribed names that have no mailbox (only SUBSCRIBED selection lists them).
+    subscribed = set(subscriptions) | {m.name for m in existing.values() if m.subscribed}
     has_children: set[str] = set()
-    subscribed_children: set[str] = set()
-    for m in boxes:
-        parts = m.name.split(HIERARCHY_DELIMITER)
-        for i in range(1, len(parts)):
-            parent = HIERARCHY_DELIMITER.join(parts[:i])
-            has_children.add(parent)
-            if m.subscribed:
-                subscribed_children.add(parent)
+    for name in existing:
+        has_children.update(_ancestors(name))
+    candidates = (existing.keys() | subscribed) if subscribed_only else existing.keys()
+
+    def meets_criteria(name: str) -> bool:
+        if subscribed_only and name not in subscribed:
+            return False
+        if special_use_only:
+            mailbox = existing.get(name)
+            return mailbox is not None and mailbox.special_use is not None
+        return True
+
+    matched: dict[str, bool] = {}
+
+    def matches(name: str) -> bool:
+        if name not in matched:
+            matched[name] = any(matcher.matches(name) for matcher in matchers)
+        return matched[name]
+
+    selected = {name for name in candidates if meets_criteria(name)}
+    with_childinfo: set[str] = set()
+    if recursive:
+        for name in selected:
+            if not matches(name):
+                with_childinfo.update(_ancestors(name))
+    criteria = tuple(
+        option
+        for option, given in (("SUBSCRIBED", subscribed_only), ("SPECIAL-USE", special_use_only))
+        if given
+    )
+    names = sorted((n for n in selected | with_childinfo if matches(n)), key=lambda n: (n != "INBOX", n))
     out: list[ListEntry] = []
-    for m in boxes:
-        if not any(matcher.matches(m.name) for matcher in matchers):
-            continue
-        child_subscribed = False
-        if subscribed_only and not m.subscribed:
-            # RFC 5258 §3.5: with RECURSIVEMATCH a parent of a subscribed mailbox is listed with CHILDINFO.
-            if not (recursive and m.name in subscribed_children):
-                continue
-            child_subscribed = True
-        if special_use_only and m.special_use is None:
-            continue
-        attrs: list[str] = ["\\HasChildren" if m.name in has_children else "\\HasNoChildren"]
-        if m.subscribed and (subscribed_only or return_subscribed):
+    for name in names:
+        mailbox = existing.get(name)
+        attrs: list[str] = []
+        if mailbox is None:
+            attrs.append("\\NonExistent")  # RFC 5258 §3: implies \Noselect
+        else:
+            attrs.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
+        if name in subscribed and (subscribed_only or return_subscribed):
             attrs.append("\\Subscribed")
-        if m.special_use is not None and (return_special_use or special_use_only):
-            attrs.append(m.special_use)
-        out.append(ListEntry(m.name, tuple(attrs), m, child_subscribed))
+        if (
+            mailbox is not None
+            and mailbox.special_use is not None
+            and (return_special_use or special_use_only)
+        ):
+            attrs.append(mailbox.special_use)
+        childinfo = criteria if name in with_childinfo else ()
+        out.append(ListEntry(name, tuple(attrs), mailbox, childinfo, name in selected))
     return out

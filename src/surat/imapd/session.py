@@ -438,13 +438,19 @@ class Session:
     # ------------------------------------------------------------------------------ APPEND
 
     def mailbox_arg(self, name: str) -> str:
-        """A mailbox name from the client as the store spells it (RFC 3501 §5.1.3 for rev1 clients)."""
+        """A mailbox name from the client as the store spells it (RFC 3501 §5.1.3 for rev1 clients).
+
+        A name that is not canonical modified UTF-7 is well-formed IMAP syntax naming no mailbox this
+        server can hold, so it is a NO [CANNOT] (RFC 5530 §3), not a BAD: the grammar (RFC 3501 §9
+        `mailbox` = astring) accepts it, and a client must be able to recover without losing its
+        error budget.
+        """
         if self.utf8 or (name.isascii() and "&" not in name):
             return name
         try:
             return mutf7.decode(name)
         except mutf7.MUTF7Error as exc:
-            raise CommandError(f"invalid mailbox name: {exc}") from None
+            raise UserError(f"invalid mailbox name (not modified UTF-7): {exc}", Code.CANNOT) from None
 
     async def _append_message(self, event: c.AppendMessage) -> None:
         state = self.append
@@ -458,9 +464,8 @@ class Session:
                 return
             try:
                 name = self.mailbox_arg(event.mailbox)
-            except CommandError as exc:
-                state.error = tagged(event.tag, Status.BAD, exc.text)
-                state.error_bad = True
+            except UserError as exc:
+                state.error = tagged(event.tag, Status.NO, exc.text, exc.code)
                 return
             mailbox = await self.store.get_mailbox(self.require_account().id, name)
             if mailbox is None:

@@ -129,6 +129,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queue_recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0
     """,
+    # 4: subscriptions are names, not a mailbox property: RFC 9051 §6.3.7 says the server MUST NOT
+    # remove a name from the subscription list when its mailbox goes away, and LIST (SUBSCRIBED)
+    # reports such names as \NonExistent \Subscribed (RFC 5258 §3.1). Existing subscriptions move over.
+    """
+    CREATE TABLE subscriptions (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    INSERT INTO subscriptions (account_id, name) SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
+    ALTER TABLE mailboxes DROP COLUMN subscribed
+    """,
 )
 
 

@@ -925,7 +925,10 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------------------ mailboxes
 
-    _MAILBOX_COLUMNS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+    _MAILBOX_COLUMNS = (
+        "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, EXISTS (SELECT 1 FROM"
+        " subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
+    )
 
     @staticmethod
     def _mailbox(row: tuple[Any, ...]) -> Mailbox:
@@ -963,6 +966,10 @@ class SQLiteStore:
             raise AlreadyExists(f"mailbox {name}") from None
         mailbox_id = cur.lastrowid
         assert mailbox_id is not None
+        # A new mailbox starts subscribed (what clients that never SUBSCRIBE expect to see in LSUB).
+        conn.execute(
+            "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name)
+        )
         return Mailbox(mailbox_id, account_id, name, uidvalidity, 1, 1, special_use, True)
 
     def _ensure_parents(self, conn: sqlite3.Connection, account_id: int, name: str) -> list[Change]:
@@ -1084,11 +1091,22 @@ class SQLiteStore:
             renames = [(mailbox.id, target)] + [
                 (cid, target + cname[len(source) :]) for cid, cname in children
             ]
+            old_names = {mailbox.id: source} | {cid: cname for cid, cname in children}
             for mailbox_id, new_name in renames:
                 try:
                     conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (new_name, mailbox_id))
                 except sqlite3.IntegrityError:
                     raise AlreadyExists(f"mailbox {new_name}") from None
+                # The subscription follows the mailbox (a name left behind would list as \NonExistent).
+                moved = conn.execute(
+                    "DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
+                    (account_id, old_names[mailbox_id]),
+                ).rowcount
+                if moved:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
+                        (account_id, new_name),
+                    )
                 changes.append(Change(ChangeKind.MAILBOX_RENAMED, account_id, mailbox_id))
             return None, changes, set()
 
@@ -1098,15 +1116,31 @@ class SQLiteStore:
         normalized = normalize_mailbox_name(name)
 
         def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
-            cur = conn.execute(
-                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
-                (int(subscribed), account_id, normalized),
-            )
-            if cur.rowcount == 0:
+            exists = conn.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, normalized)
+            ).fetchone()
+            if subscribed:
+                if exists is None:
+                    raise NotFound(f"mailbox {normalized}")  # RFC 9051 §6.3.7: the server MAY check
+                conn.execute(
+                    "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
+                    (account_id, normalized),
+                )
+                return None, [], set()
+            removed = conn.execute(
+                "DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, normalized)
+            ).rowcount
+            if not removed and exists is None:
                 raise NotFound(f"mailbox {normalized}")
             return None, [], set()
 
         await self._write(fn)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        rows = self._read().execute(
+            "SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name", (account_id,)
+        )
+        return [r[0] for r in rows]
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def fn(conn: sqlite3.Connection) -> MailboxStatus:

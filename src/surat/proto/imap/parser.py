@@ -47,6 +47,7 @@ _SORT_KEYS: Final = frozenset(
 )
 _THREAD_ALGORITHMS: Final = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
 _LIST_SELECT: Final = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+_LIST_SELECT_BASE: Final = frozenset({"SUBSCRIBED", "SPECIAL-USE"})
 _LIST_RETURN: Final = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
 _USE_ATTRS: Final = {
     a.upper(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
@@ -590,9 +591,11 @@ def _list(s: Scanner, tag: str, uid: bool) -> c.Command:
             selection.add(opt)
         s.expect(b")")
         s.sp()
-        # RFC 5258 §3.1: RECURSIVEMATCH alone is an error.
-        if selection == {"RECURSIVEMATCH"}:
-            raise _Fail("RECURSIVEMATCH needs another selection option")
+        # RFC 5258 §3.1 and §6 (list-select-opts): RECURSIVEMATCH is a list-select-mod-opt and needs a
+        # list-select-base-opt beside it (SUBSCRIBED, or SPECIAL-USE from RFC 6154 §6); alone or with
+        # only REMOTE the server MUST answer BAD.
+        if "RECURSIVEMATCH" in selection and not selection & _LIST_SELECT_BASE:
+            raise _Fail("RECURSIVEMATCH needs SUBSCRIBED or SPECIAL-USE beside it (RFC 5258 §3.1)")
     reference = s.astring("reference name")
     s.sp()
     patterns: list[str] = []
