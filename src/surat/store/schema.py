@@ -148,12 +148,14 @@ class SchemaTooNew(Exception):
     """The database was written by a newer Surat than this one."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations, each in its own transaction; returns the resulting version."""
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply pending migrations up to version `target` (default: all), each in its own transaction;
+    returns the resulting version. A smaller `target` builds an older schema, for migration tests."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > len(MIGRATIONS):
         raise SchemaTooNew(f"database schema version {version} is newer than this Surat ({len(MIGRATIONS)})")
-    for number in range(version, len(MIGRATIONS)):
+    end = len(MIGRATIONS) if target is None else target
+    for number in range(version, end):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _statements(MIGRATIONS[number]):
@@ -163,7 +165,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return len(MIGRATIONS)
+    return max(version, end)
 
 
 def _statements(script: str) -> list[str]:
