@@ -151,7 +151,7 @@ class SchemaTooNew(Exception):
 def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
     """Apply pending migrations up to version `target` (default: all), each in its own transaction;
     returns the resulting version. A smaller `target` builds an older schema, for migration tests."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
         raise SchemaTooNew(f"database schema version {version} is newer than this Surat ({len(MIGRATIONS)})")
     end = len(MIGRATIONS) if target is None else target
