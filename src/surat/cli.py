@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 from surat import __version__, certs
 from surat.config import Config, ConfigError, ListenConfig, config_path, load_config
 from surat.delivery import dkim
+from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.net.tls import TLSSetupError, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
@@ -677,6 +678,9 @@ def cmd_alias(args: argparse.Namespace) -> int:
                     raise CliError(f"target {target} is in a local domain but is no account or alias")
             if target in await store.alias_targets(source):
                 raise CliError(f"alias {source} -> {target} already exists")
+            cycle = await alias_cycle(store, source, target)
+            if cycle is not None:
+                raise CliError(f"alias {source} -> {target} would make a loop: {' -> '.join(cycle)}")
             await store.add_alias(source, target)
             print(f"added alias {source} -> {target}")
         else:

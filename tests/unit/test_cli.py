@@ -462,6 +462,21 @@ def test_alias_errors(surat: Callable[..., Run], dev: Setup) -> None:
     assert surat("--config", c, "alias", "add", f"x@{DOMAIN}", f"postmaster+x@{DOMAIN}").code == 0
 
 
+def test_alias_add_refuses_a_loop_and_names_it(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    assert surat("--config", c, "alias", "add", f"a@{DOMAIN}", POSTMASTER).code == 0
+    assert surat("--config", c, "alias", "add", f"b@{DOMAIN}", f"a@{DOMAIN}").code == 0
+    _one_line_error(
+        surat("--config", c, "alias", "add", f"a@{DOMAIN}", f"b@{DOMAIN}"),
+        1,
+        f"alias a@{DOMAIN} -> b@{DOMAIN} would make a loop: a@{DOMAIN} -> b@{DOMAIN} -> a@{DOMAIN}",
+    )
+    assert surat("--config", c, "alias", "list").out.splitlines() == [
+        f"a@{DOMAIN} -> {POSTMASTER}",
+        f"b@{DOMAIN} -> a@{DOMAIN}",
+    ]
+
+
 # ----------------------------------------------------------------------------------------- queue
 
 

@@ -188,6 +188,20 @@ async def test_local_domains_are_never_sent_out(store: SQLiteStore, alice: Accou
     assert (block["Final-Recipient"], block["Status"]) == ("rfc822; ghost@example.test", "5.1.1")
 
 
+async def test_an_alias_loop_is_retried_not_bounced_as_unknown(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    await store.add_alias("a@example.test", "b@example.test")
+    await store.add_alias("b@example.test", "a@example.test")
+    entry = await enqueue(store, [OutboundRecipient("a@example.test")])
+    await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None, "an alias loop is a configuration error the postmaster can fix"
+    assert again.recipients[0].state is RecipientState.PENDING
+    assert "4.4.6" in (again.recipients[0].last_reply or "")
+    assert await inbox(store, alice) == []  # no bounce yet
+
+
 async def test_too_many_received_fields_is_a_loop(store: SQLiteStore, alice: Account, tmp_path: Path) -> None:
     resolver = dns()
     headers = b"Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n" * 101

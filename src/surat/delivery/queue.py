@@ -84,7 +84,7 @@ from surat.proto.smtp.client import (
     RecipientResult,
     Timeouts,
 )
-from surat.proto.smtp.replies import Reply
+from surat.proto.smtp.replies import ALIAS_LOOP, Reply
 from surat.store.base import (
     ChangeKind,
     Delivery,
@@ -456,6 +456,12 @@ class QueueRunner:
         address = entry.recipients[index].address
         resolution = await resolve_local(self.store, address)
         if not resolution.local:
+            if resolution.loop:
+                # Retried like a remote 4xx: the postmaster can break the cycle before the entry expires.
+                log.error(
+                    "queue.alias_loop", extra=fields(id=entry.id, rcpt=address, cycle=" -> ".join(resolution.loop))
+                )
+                return _Outcome(RecipientState.PENDING, ALIAS_LOOP, self.settings.hostname)
             return _Outcome(RecipientState.FAILED, NO_SUCH_LOCAL_USER)
         content = f"Return-Path: <{entry.sender}>\r\n".encode() + message
         try:

@@ -427,6 +427,9 @@ class _Session:
         if not domain.startswith("[") and await self.store.is_local_domain(domain):
             resolution = await resolve(self.store, address, domain_is_local=True)
             if not resolution.found:
+                if resolution.loop:
+                    log.error("smtp.alias_loop", extra=fields(rcpt=address, cycle=" -> ".join(resolution.loop)))
+                    return R.ALIAS_LOOP
                 return self._unknown_recipient(address)
             for target in resolution.local:
                 txn.local.setdefault(target.account_id, target)
