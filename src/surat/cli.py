@@ -1,4 +1,4 @@
-"""The `surat` command: quickstart, serve, domain, user, alias, queue, dns, check.
+"""The `surat` command: quickstart, serve, domain, user, alias, queue, blocks, dns, check.
 
 Every failure ends as one line on stderr (`surat: ...`) and a non-zero exit status: 2 for usage
 and configuration errors, 1 for everything else. Passwords are never taken from the command line
@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import os
 import shutil
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
+from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import Config, ConfigError, ListenConfig, config_path, load_config
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
@@ -769,6 +772,38 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return _with_store(config.data_dir, act)
 
 
+# ----------------------------------------------------------------------------------------- blocks
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    """Addresses blocked after repeated failed logins (surat.authlimit), shared with the running server."""
+    config = _load(args)
+    action: str = args.action
+
+    async def act(store: Store) -> int:
+        limiter = StoreAuthLimiter(store, BlockPolicy.from_config(config.limits))
+        if action == "list":
+            blocked = await limiter.blocked()
+            now = time.time()
+            for state in blocked:
+                until = datetime.fromtimestamp(state.blocked_until, UTC)
+                left = max(1, round((state.blocked_until - now) / 60))
+                shown = state.key if state.key == state.ip else f"{state.key} (last {state.ip})"
+                print(f"{shown}  until {_format_time(until)} ({left} min)  blocks {state.strikes}")
+            print(f"{len(blocked)} address(es) blocked", file=sys.stderr)
+            return 0
+        try:
+            ipaddress.ip_address(args.ip)
+        except ValueError:
+            raise CliError(f"{args.ip!r} is not an IP address", exit_code=2) from None
+        if not await limiter.lift(args.ip):
+            raise CliError(f"{client_key(args.ip)} is not blocked")
+        print(f"lifted the block of {client_key(args.ip)}")
+        return 0
+
+    return _with_store(config.data_dir, act)
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 
@@ -852,6 +887,14 @@ def build_parser() -> argparse.ArgumentParser:
         queue_actions.add_parser(name, help=text).add_argument("id", metavar="ID")
     queue_actions.add_parser("flush", help="make every queued message due now")
     queue.set_defaults(handler=cmd_queue)
+
+    blocks = commands.add_parser("blocks", help="addresses blocked after repeated failed logins")
+    block_actions = blocks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    block_actions.add_parser("list", help="list the blocked addresses and when each block ends")
+    block_actions.add_parser("lift", help="lift the block of an address now").add_argument(
+        "ip", metavar="IP", help="the address (an IPv6 address lifts its /64)"
+    )
+    blocks.set_defaults(handler=cmd_blocks)
 
     dns = commands.add_parser("dns", help="print the DNS records to publish for a domain")
     dns.add_argument("domain", metavar="DOMAIN")

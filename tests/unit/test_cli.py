@@ -18,6 +18,7 @@ import dns.zone
 import pytest
 
 from surat import cli
+from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
 from surat.config import Config, HostPort, load_config
 from surat.delivery import dkim
@@ -475,6 +476,37 @@ def test_alias_add_refuses_a_loop_and_names_it(surat: Callable[..., Run], dev: S
         f"a@{DOMAIN} -> {POSTMASTER}",
         f"b@{DOMAIN} -> a@{DOMAIN}",
     ]
+
+
+# ----------------------------------------------------------------------------------------- blocks
+
+
+def test_blocks_list_and_lift(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    config = dev.config()
+
+    async def guess(store: Store) -> None:
+        limiter = StoreAuthLimiter(store, BlockPolicy.from_config(config.limits))
+        for _ in range(config.limits.auth_max_failures):
+            await limiter.failure("192.0.2.7", "postmaster@example.test", "imap")
+            await limiter.failure("2001:db8::9", None, "smtp")
+
+    _in_store(config, guess)
+    listed = surat("--config", c, "blocks", "list")
+    assert listed.code == 0
+    lines = listed.out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("192.0.2.7  until ") or lines[1].startswith("192.0.2.7  until ")
+    assert any(line.startswith("2001:db8::/64 (last 2001:db8::9)  until ") for line in lines)
+    assert all(line.endswith("blocks 1") for line in lines)
+    assert listed.err == "2 address(es) blocked\n"
+    lifted = surat("--config", c, "blocks", "lift", "192.0.2.7")
+    assert (lifted.code, lifted.out) == (0, "lifted the block of 192.0.2.7\n")
+    assert surat("--config", c, "blocks", "list").out.splitlines() == [
+        line for line in lines if not line.startswith("192.0.2.7")
+    ]
+    _one_line_error(surat("--config", c, "blocks", "lift", "192.0.2.7"), 1, "192.0.2.7 is not blocked")
+    _one_line_error(surat("--config", c, "blocks", "lift", "nonsense"), 2, "not an IP address")
 
 
 # ----------------------------------------------------------------------------------------- queue

@@ -24,7 +24,9 @@ async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
         resolution = await resolve_local(store, dsn.recipient)
         if not resolution.local and not resolution.remote:
             if resolution.loop:
-                log.error("dsn.alias_loop", extra=fields(to=dsn.recipient, cycle=" -> ".join(resolution.loop)))
+                log.error(
+                    "dsn.alias_loop", extra=fields(to=dsn.recipient, cycle=" -> ".join(resolution.loop))
+                )
             else:
                 log.warning("dsn.undeliverable", extra=fields(to=dsn.recipient, reason="no such local user"))
             return

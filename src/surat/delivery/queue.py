@@ -459,7 +459,8 @@ class QueueRunner:
             if resolution.loop:
                 # Retried like a remote 4xx: the postmaster can break the cycle before the entry expires.
                 log.error(
-                    "queue.alias_loop", extra=fields(id=entry.id, rcpt=address, cycle=" -> ".join(resolution.loop))
+                    "queue.alias_loop",
+                    extra=fields(id=entry.id, rcpt=address, cycle=" -> ".join(resolution.loop)),
                 )
                 return _Outcome(RecipientState.PENDING, ALIAS_LOOP, self.settings.hostname)
             return _Outcome(RecipientState.FAILED, NO_SUCH_LOCAL_USER)
