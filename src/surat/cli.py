@@ -460,7 +460,7 @@ def _check_tls(config: Config) -> None:
     try:
         server_context(config.tls.cert, config.tls.key)
     except TLSSetupError as exc:
-        raise CliError(f"config: tls.cert: {exc}", 2) from None
+        raise CliError(f"config: {exc.setting}: {exc}", 2) from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -728,7 +728,7 @@ def test_check_broken_config(surat: Callable[..., Run], dev: Setup, case: tuple[
 def test_check_mismatched_key(surat: Callable[..., Run], dev: Setup) -> None:
     _edit(dev, 'key  = "tls/key.pem"', 'key  = "tls/ca-key.pem"')
     _one_line_error(
-        surat("--config", str(dev.config_file), "check"), 2, "surat: config: tls.cert: ", "does not match"
+        surat("--config", str(dev.config_file), "check"), 2, "surat: config: tls.key: ", "does not match"
     )
 
 
@@ -766,7 +766,9 @@ def test_serve_with_a_broken_config_exits_2(surat: Callable[..., Run], dev: Setu
 
 def test_serve_with_a_bad_certificate_exits_2(surat: Callable[..., Run], dev: Setup) -> None:
     (dev.dir / "tls" / "key.pem").write_text("junk\n")
-    _one_line_error(surat("--config", str(dev.config_file), "serve"), 2, "tls.cert")
+    _one_line_error(
+        surat("--config", str(dev.config_file), "serve"), 2, "tls.key", "no valid PEM private key"
+    )
 
 
 # ----------------------------------------------------------------------------------------- usage

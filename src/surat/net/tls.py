@@ -31,19 +31,24 @@ _SIGNING_KEYS = (
 
 
 class TLSSetupError(Exception):
-    """The TLS certificate or key cannot be used; the message is one sentence naming the file."""
+    """The TLS certificate or key cannot be used; the message is one sentence naming the file, and
+    `setting` the config key to fix (`tls.cert` or `tls.key`)."""
+
+    def __init__(self, message: str, setting: str = "tls.cert") -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(path: Path, what: str, setting: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise TLSSetupError(f"cannot read TLS {what} {path}: {exc.strerror or exc}") from None
+        raise TLSSetupError(f"cannot read TLS {what} {path}: {exc.strerror or exc}", setting) from None
 
 
 def _check_pair(cert_path: Path, key_path: Path, now: datetime) -> None:
     try:
-        chain = x509.load_pem_x509_certificates(_read(cert_path, "certificate"))
+        chain = x509.load_pem_x509_certificates(_read(cert_path, "certificate", "tls.cert"))
     except ValueError:
         raise TLSSetupError(f"TLS certificate {cert_path} contains no valid PEM certificate") from None
     leaf = chain[0]  # a PEM chain starts with the server's own certificate
@@ -59,21 +64,29 @@ def _check_pair(cert_path: Path, key_path: Path, now: datetime) -> None:
         log.warning("event=tls_cert_expires_soon cert=%s not_after=%s", cert_path, not_after)
 
     try:
-        key = serialization.load_pem_private_key(_read(key_path, "private key"), password=None)
+        key = serialization.load_pem_private_key(_read(key_path, "private key", "tls.key"), password=None)
     except TypeError:
         raise TLSSetupError(
-            f"TLS private key {key_path} is encrypted; Surat needs it without a passphrase"
+            f"TLS private key {key_path} is encrypted; Surat needs it without a passphrase", "tls.key"
         ) from None
     except ValueError:
-        raise TLSSetupError(f"TLS private key {key_path} contains no valid PEM private key") from None
+        raise TLSSetupError(
+            f"TLS private key {key_path} contains no valid PEM private key", "tls.key"
+        ) from None
     except UnsupportedAlgorithm:
-        raise TLSSetupError(f"TLS private key {key_path} is of a type this system does not support") from None
+        raise TLSSetupError(
+            f"TLS private key {key_path} is of a type this system does not support", "tls.key"
+        ) from None
     if not isinstance(key, _SIGNING_KEYS):
-        raise TLSSetupError(f"TLS private key {key_path} is not a signing key (RSA, ECDSA or EdDSA)")
+        raise TLSSetupError(
+            f"TLS private key {key_path} is not a signing key (RSA, ECDSA or EdDSA)", "tls.key"
+        )
 
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-        raise TLSSetupError(f"TLS private key {key_path} does not match the certificate {cert_path}")
+        raise TLSSetupError(
+            f"TLS private key {key_path} does not match the certificate {cert_path}", "tls.key"
+        )
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
