@@ -521,6 +521,16 @@ def cmd_dns(args: argparse.Namespace) -> int:
         config = _load(args)
         hostname = config.hostname
         ports = _client_ports(config.listen)
+    if config is not None and not args.force:
+
+        async def is_local(store: Store) -> int:
+            return int(await store.is_local_domain(domain))
+
+        if not _with_store(config.data_dir, is_local):
+            raise CliError(
+                f"{domain} is not a local domain: add it with `surat domain add {domain}` first, "
+                "or pass --force to print its records anyway"
+            )
     keys = _load_dkim_keys(config.data_dir, domain) if config is not None else None
     print(format_records(records_for(domain, hostname, ports, dkim_keys=keys)), end="")
     return 0
@@ -899,6 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     dns = commands.add_parser("dns", help="print the DNS records to publish for a domain")
     dns.add_argument("domain", metavar="DOMAIN")
     dns.add_argument("--hostname", help="the MX host name (default: hostname from the config)")
+    dns.add_argument("--force", action="store_true", help="print the records of a domain that is not local")
     dns.set_defaults(handler=cmd_dns)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")

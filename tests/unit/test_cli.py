@@ -589,6 +589,20 @@ def test_dns_uses_config_hostname_and_ports(surat: Callable[..., Run], dev: Setu
     assert result.out.strip() in dev.output
 
 
+def test_dns_refuses_a_domain_that_is_not_local_unless_forced(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    _one_line_error(
+        surat("--config", c, "dns", "nosuch.example"),
+        1,
+        "nosuch.example is not a local domain",
+        "surat domain add nosuch.example",
+        "--force",
+    )
+    forced = surat("--config", c, "dns", "nosuch.example", "--force")
+    assert forced.code == 0
+    assert re.search(r"(?m)^nosuch\.example\.\s+3600\s+IN\s+MX\s+10 mail\.example\.test\.$", forced.out)
+
+
 def test_dns_with_hostname_needs_no_config(
     surat: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
