@@ -13,6 +13,7 @@ import getpass
 import ipaddress
 import os
 import shutil
+import socket
 import sqlite3
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
-from surat.config import Config, ConfigError, ListenConfig, config_path, load_config
+from surat.config import Config, ConfigError, HostPort, ListenConfig, config_path, load_config
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
@@ -281,15 +282,18 @@ def _align_comments(text: str) -> str:
 def render_config(
     hostname: str,
     *,
-    host: str,
+    hosts: Sequence[str],
     ports: Mapping[str, int],
     cert: str,
     key: str,
     ca: str | None,
     dev: bool = False,
 ) -> str:
-    """The commented surat.toml that quickstart writes."""
-    values = {role: f'["{host}:{ports[role]}"]' for role in LISTEN_ROLES}
+    """The commented surat.toml that quickstart writes; every role listens on each of `hosts`."""
+    values = {
+        role: "[" + ", ".join(f'"{HostPort(host, ports[role])}"' for host in hosts) + "]"
+        for role in LISTEN_ROLES
+    }
     ca_line = (
         f'ca   = "{ca}"  # the dev CA that signed cert: give it to test clients'
         if ca
@@ -310,6 +314,20 @@ def render_config(
             **values,
         )
     )
+
+
+def production_hosts() -> list[str]:
+    """All IPv4 addresses, and all IPv6 addresses where this machine has IPv6 (a second listener on
+    "::": asyncio sets IPV6_V6ONLY on it, so it does not collide with the IPv4 one)."""
+    hosts = ["0.0.0.0"]  # noqa: S104 - a mail server listens on all addresses
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::", 0))
+        except OSError:
+            return hosts  # IPv6 disabled in the kernel or for this host
+        hosts.append("::")
+    return hosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +385,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
         text = render_config(
             hostname,
-            host="127.0.0.1" if args.dev else "0.0.0.0",  # noqa: S104 - a mail server listens on all addresses
+            hosts=["127.0.0.1"] if args.dev else production_hosts(),
             ports=DEV_PORTS if args.dev else PRODUCTION_PORTS,
             cert=relative(paths.cert),
             key=relative(paths.key),

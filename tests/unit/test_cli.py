@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -192,11 +193,11 @@ def test_quickstart_production(surat: Callable[..., Run], tmp_path: Path) -> Non
     assert result.code == 0, result.err
     config = load_config(directory / "surat.toml")
     assert config.hostname == "mail.example.com"
-    assert config.listen.smtp == (HostPort("0.0.0.0", 25),)
-    assert config.listen.submission == (HostPort("0.0.0.0", 587),)
-    assert config.listen.submissions == (HostPort("0.0.0.0", 465),)
-    assert config.listen.imaps == (HostPort("0.0.0.0", 993),)
-    assert config.listen.pop3s == (HostPort("0.0.0.0", 995),)
+    # All IPv4 addresses, and all IPv6 ones where the machine has IPv6.
+    hosts = cli.production_hosts()
+    assert hosts[0] == "0.0.0.0" and hosts[1:] in ([], ["::"])
+    for role, port in (("smtp", 25), ("submission", 587), ("submissions", 465), ("imaps", 993), ("pop3s", 995)):
+        assert getattr(config.listen, role) == tuple(HostPort(host, port) for host in hosts)
     assert config.tls.ca is None
     assert not (directory / "tls" / "ca.pem").exists()
     assert config.tls.cert is not None and config.tls.key is not None
@@ -205,6 +206,25 @@ def test_quickstart_production(surat: Callable[..., Run], tmp_path: Path) -> Non
     assert "--tls-ca-path" not in result.out
     assert '"v=spf1 mx -all"' in result.out
     assert "_dmarc.example.com." in result.out
+
+
+def test_production_hosts_follow_the_machines_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "has_ipv6", False)
+    assert cli.production_hosts() == ["0.0.0.0"]
+
+
+async def test_ipv4_and_ipv6_listeners_on_one_port_coexist(tmp_path: Path) -> None:
+    # What quickstart writes for production must start: "0.0.0.0:P" and "[::]:P" side by side.
+    if cli.production_hosts() == ["0.0.0.0"]:
+        pytest.skip("this machine has no IPv6")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    servers = [await asyncio.start_server(lambda r, w: None, host, port) for host in ("0.0.0.0", "::")]
+    for server in servers:
+        server.close()
+        await server.wait_closed()
 
 
 def test_quickstart_hostname_and_idn_domain(surat: Callable[..., Run], tmp_path: Path) -> None:
