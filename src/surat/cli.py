@@ -173,6 +173,23 @@ def _format_time(moment: datetime) -> str:
 # ----------------------------------------------------------------------------------------- helpers
 
 
+def command_prefix(config_file: str | Path | None) -> str:
+    """How to run this `surat` again, for the hints we print: `surat` when that name on PATH is this
+    program, else its path as typed (`.venv/bin/surat` after `make run`); plus `--config FILE` unless
+    the file is the default ./surat.toml."""
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "surat"
+    on_path = shutil.which("surat")
+    if Path(program).name != "surat" or (
+        on_path is not None and Path(on_path).resolve() == Path(program).resolve()
+    ):
+        program = "surat"
+    elif os.sep in program and not os.path.isabs(program):
+        program = os.path.normpath(program)
+    if config_file is None or Path(config_file) == Path("surat.toml"):
+        return program
+    return f"{program} --config {config_file}"
+
+
 def _load(args: argparse.Namespace) -> Config:
     try:
         return load_config(config_path(args.config))
@@ -413,13 +430,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, postmaster: str) -> None:
     domain = domain_of(postmaster)
-    config_arg = "" if setup.config_file == Path("surat.toml") else f" --config {setup.config_file}"
+    surat = command_prefix(setup.config_file)
     out = [
         f"Wrote {setup.config_file} for domain {domain}, server name {config.hostname}.",
         "",
         f"Account {postmaster}, password (shown only this once, note it now):",
         f"    {setup.password}",
-        f"Change it with: surat{config_arg} user passwd {postmaster}",
+        f"Change it with: {surat} user passwd {postmaster}",
         "",
         "Listeners:",
         *_listener_lines(config.listen),
@@ -447,7 +464,12 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
             "",
         ]
     out += [
-        f"Start the server: surat{config_arg} serve",
+        (
+            "Starting the server now (make run); later, `make run` again, or:"
+            if os.environ.get("SURAT_MAKE_RUN") == "1"
+            else "Start the server:"
+        ),
+        f"    {surat} serve",
         "",
         format_records(
             records_for(domain, config.hostname, _client_ports(config.listen), dkim_keys=setup.dkim_keys)
@@ -499,7 +521,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             *_listener_lines(config.listen),
         ]
         if not domains:
-            lines.append("note: no local domains yet; add one with `surat domain add DOMAIN`")
+            lines.append(
+                f"note: no local domains yet; add one with `{command_prefix(args.config)} domain add DOMAIN`"
+            )
         lines.append("OK")
         print("\n".join(lines))
         return 0
@@ -546,7 +570,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
 
         if not _with_store(config.data_dir, is_local):
             raise CliError(
-                f"{domain} is not a local domain: add it with `surat domain add {domain}` first, "
+                f"{domain} is not a local domain: add it with `{command_prefix(args.config)} domain add {domain}` first, "
                 "or pass --force to print its records anyway"
             )
     keys = _load_dkim_keys(config.data_dir, domain) if config is not None else None
@@ -575,7 +599,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
             print(f"added domain {domain}")
             print(
                 f"DKIM keys (selectors {', '.join(key.selector for key in keys)}) are in "
-                f"{dkim.key_dir(config.data_dir, domain)}; publish them: surat dns {domain}"
+                f"{dkim.key_dir(config.data_dir, domain)}; publish them: {command_prefix(args.config)} dns {domain}"
             )
         else:
             if not await store.is_local_domain(domain):
@@ -584,7 +608,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
             if accounts:
                 raise CliError(
                     f"domain {domain} still has {len(accounts)} account(s); delete them first "
-                    f"(surat user list {domain})"
+                    f"({command_prefix(args.config)} user list {domain})"
                 )
             for alias in await store.list_aliases(domain):
                 await store.delete_alias(alias.source, alias.target)
@@ -625,7 +649,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                 if action == "add" and not await store.is_local_domain(domain_of(address)):
                     raise CliError(
                         f"{domain_of(address)} is not a local domain; add it first: "
-                        f"surat domain add {domain_of(address)}"
+                        f"{command_prefix(args.config)} domain add {domain_of(address)}"
                     )
                 exists = await store.get_account(address) is not None
                 if exists and not exists_wanted:

@@ -196,7 +196,13 @@ def test_quickstart_production(surat: Callable[..., Run], tmp_path: Path) -> Non
     # All IPv4 addresses, and all IPv6 ones where the machine has IPv6.
     hosts = cli.production_hosts()
     assert hosts[0] == "0.0.0.0" and hosts[1:] in ([], ["::"])
-    for role, port in (("smtp", 25), ("submission", 587), ("submissions", 465), ("imaps", 993), ("pop3s", 995)):
+    for role, port in (
+        ("smtp", 25),
+        ("submission", 587),
+        ("submissions", 465),
+        ("imaps", 993),
+        ("pop3s", 995),
+    ):
         assert getattr(config.listen, role) == tuple(HostPort(host, port) for host in hosts)
     assert config.tls.ca is None
     assert not (directory / "tls" / "ca.pem").exists()
@@ -206,6 +212,28 @@ def test_quickstart_production(surat: Callable[..., Run], tmp_path: Path) -> Non
     assert "--tls-ca-path" not in result.out
     assert '"v=spf1 mx -all"' in result.out
     assert "_dmarc.example.com." in result.out
+
+
+@pytest.mark.parametrize(
+    ("argv0", "on_path", "config", "expected"),
+    [
+        # after `make run`: the venv's program is not on PATH, the config is in var/
+        (".venv/bin/surat", None, "var/surat.toml", ".venv/bin/surat --config var/surat.toml"),
+        ("./.venv/bin/surat", None, None, ".venv/bin/surat"),
+        # installed: the name on PATH is this program
+        ("/opt/surat/bin/surat", "/opt/surat/bin/surat", "/var/lib/surat/surat.toml",
+         "surat --config /var/lib/surat/surat.toml"),
+        ("/opt/surat/bin/surat", None, "surat.toml", "/opt/surat/bin/surat"),
+        # `python -m surat`, tests: the plain name
+        ("/usr/lib/python3/surat/__main__.py", None, None, "surat"),
+    ],
+)  # fmt: skip
+def test_command_prefix_is_what_runs_this_program_again(
+    monkeypatch: pytest.MonkeyPatch, argv0: str, on_path: str | None, config: str | None, expected: str
+) -> None:
+    monkeypatch.setattr("sys.argv", [argv0])
+    monkeypatch.setattr(shutil, "which", lambda name: on_path)
+    assert cli.command_prefix(config) == expected
 
 
 def test_production_hosts_follow_the_machines_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -615,7 +643,7 @@ def test_dns_refuses_a_domain_that_is_not_local_unless_forced(surat: Callable[..
         surat("--config", c, "dns", "nosuch.example"),
         1,
         "nosuch.example is not a local domain",
-        "surat domain add nosuch.example",
+        f"surat --config {c} domain add nosuch.example",
         "--force",
     )
     forced = surat("--config", c, "dns", "nosuch.example", "--force")
@@ -711,7 +739,7 @@ def test_domain_add_creates_dkim_keys_and_del_keeps_them(surat: Callable[..., Ru
     assert len(keys) == 2
     for key in keys:
         assert key.selector in added.out
-    assert "surat dns other.test" in added.out
+    assert f"surat --config {c} dns other.test" in added.out
     records = _published_txt(surat("--config", c, "dns", "other.test").out, "other.test")
     message = MESSAGE.replace(b"example.test", b"other.test")
     assert _verify_with(records, dkim.sign(message, "other.test", keys) + message) == [True, True]
