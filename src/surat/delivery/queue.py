@@ -779,6 +779,13 @@ class QueueRunner:
                     failed=sum(o.state is RecipientState.FAILED for o in outcomes.values()),
                     pending=0 if expired else len(still),
                     next=when.isoformat() if when and not expired else "-",
+                    # Why the recipients not delivered were not: what `surat queue show` lists too.
+                    reason="; ".join(
+                        f"{entry.recipients[i].address}: {o.reply}"
+                        for i, o in sorted(outcomes.items())
+                        if o.state not in (RecipientState.DELIVERED, RecipientState.RELAYED)
+                    )[:500]
+                    or "-",
                 ),
             )
 
