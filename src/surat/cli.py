@@ -29,7 +29,7 @@ from surat.config import Config, ConfigError, HostPort, ListenConfig, config_pat
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
-from surat.net.tls import TLSSetupError, server_context
+from surat.net.tls import TLSSetupError, certificate_warnings, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
 from surat.store.sqlite import SQLiteStore
@@ -524,7 +524,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             lines.append(
                 f"note: no local domains yet; add one with `{command_prefix(args.config)} domain add DOMAIN`"
             )
-        lines.append("OK")
+        warnings = []
+        if config.tls.cert is not None:
+            warnings = [
+                f"warning: tls.cert: {text}"
+                for text in certificate_warnings(config.tls.cert, config.hostname, datetime.now(UTC))
+            ]
+        lines += warnings
+        lines.append(f"OK, with {len(warnings)} warning(s)" if warnings else "OK")
         print("\n".join(lines))
         return 0
 

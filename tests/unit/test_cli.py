@@ -9,7 +9,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dkim as dkimpy
@@ -17,13 +17,15 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.zone
 import pytest
+from cryptography import x509
 
 from surat import cli
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
 from surat.config import Config, HostPort, load_config
 from surat.delivery import dkim
-from surat.net.tls import server_context
+from surat.net import tls as tls_module
+from surat.net.tls import certificate_warnings, server_context
 from surat.passwords import verify_password
 from surat.store.base import (
     Delivery,
@@ -760,6 +762,47 @@ def test_check_good_config(surat: Callable[..., Run], dev: Setup) -> None:
     assert result.code == 0, result.err
     assert result.out.endswith("OK\n")
     assert "1 domain(s), 1 account(s), 0 queued" in result.out
+
+
+def test_check_warns_about_a_self_signed_certificate(surat: Callable[..., Run], tmp_path: Path) -> None:
+    directory = tmp_path / "prod"
+    assert surat("quickstart", "--domain", "example.com", "--dir", str(directory)).code == 0
+    result = surat("--config", str(directory / "surat.toml"), "check")
+    assert result.code == 0, result.err
+    warnings = [line for line in result.out.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: tls.cert: {directory / 'tls' / 'cert.pem'} is self-signed: other mail "
+                        "servers and clients will not trust it; install one from a CA (e.g. Let's Encrypt, "
+                        'README "Production")']  # fmt: skip
+    assert result.out.endswith("OK, with 1 warning(s)\n")
+
+
+def test_check_warns_about_a_certificate_for_another_name(surat: Callable[..., Run], dev: Setup) -> None:
+    _edit(dev, f'hostname = "mail.{DOMAIN}"', 'hostname = "mx.elsewhere.example"')
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0, result.err
+    assert (
+        "does not cover hostname mx.elsewhere.example (it names mail.example.test, localhost)" in result.out
+    )
+    assert result.out.endswith("OK, with 1 warning(s)\n")
+
+
+def test_certificate_warnings_expiry_and_wildcards(dev: Setup) -> None:
+    cert = dev.dir / "tls" / "cert.pem"
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    soon = leaf.not_valid_after_utc - timedelta(days=3, hours=1)
+    (warning,) = certificate_warnings(cert, f"mail.{DOMAIN}", soon)
+    assert warning.startswith(f"{cert} expires in 3 day(s), on ")
+    assert certificate_warnings(cert, f"mail.{DOMAIN}", leaf.not_valid_after_utc - timedelta(days=15)) == []
+    assert certificate_warnings(cert, "LOCALHOST.", soon)[1:] == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hostname", "matches"),
+    [("*.example.com", "mail.example.com", True), ("*.example.com", "a.b.example.com", False),
+     ("*.example.com", "example.com", False), ("Mail.Example.com", "mail.example.com.", True)],
+)  # fmt: skip
+def test_wildcard_names_cover_one_label(pattern: str, hostname: str, matches: bool) -> None:
+    assert tls_module._name_matches(pattern, hostname) is matches
 
 
 def _edit(setup: Setup, old: str, new: str) -> None:
