@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dns.exception
 
-from surat.authlimit import InMemoryAuthLimiter
+from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.dns.base import Resolver
@@ -71,7 +71,7 @@ class SuratServer:
         self._started = True
         secret = load_or_create_secret(config.data_dir)
         # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
-        auth_limiter = InMemoryAuthLimiter.from_config(config.limits)
+        auth_limiter = StoreAuthLimiter(self.store, BlockPolicy.from_config(config.limits))
         smtp = SMTPService(
             config,
             self.store,

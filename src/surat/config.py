@@ -6,6 +6,7 @@ can print a single clear line (exit code 2) instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -408,6 +409,7 @@ class _Table:
         value = self._get(name)
         if value is None:
             if required:
+                self._misspelt(name)
                 raise ConfigError(self._key(name), "missing")
             return default
         if not isinstance(value, str) or not value:
@@ -450,7 +452,17 @@ class _Table:
         self._seen.update(self._data)
         return list(self._data.items())
 
+    def _misspelt(self, name: str) -> None:
+        """A required setting is missing: a key that looks like it is the likelier mistake, so report
+        that one (`hostnam: unknown setting (did you mean hostname?)`) rather than "missing"."""
+        close = difflib.get_close_matches(name, [k for k in self._data if isinstance(k, str)], n=1)
+        if close:
+            raise ConfigError(self._key(close[0]), f"unknown setting (did you mean {name}?)")
+
     def finish(self) -> None:
         unknown = sorted(set(self._data) - self._seen)
         if unknown:
-            raise ConfigError(self._key(unknown[0]), "unknown setting")
+            known = sorted(self._seen - set(unknown))
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(self._key(unknown[0]), f"unknown setting{hint}")

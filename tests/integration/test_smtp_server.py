@@ -130,6 +130,21 @@ def test_mx_alias_catch_all_and_plus_addressing(server: RunningServer) -> None:
     assert bob == [b"to alias\r\n", b"catch-all\r\n", b"alias plus\r\n"]
 
 
+def test_mx_alias_loop_is_a_temporary_configuration_error(server: RunningServer) -> None:
+    # `surat alias add` refuses cycles; one that slipped in (here written to the store directly) is
+    # reported as a routing loop (RFC 3463 X.4.6) the sender retries, not as an unknown user, and the
+    # catch-all does not swallow it.
+    server.add_alias("a@example.test", "b@example.test")
+    server.add_alias("b@example.test", "a@example.test")
+    server.add_alias("@example.test", USER)
+    with mx(server) as client:
+        client.ehlo()
+        client.mail("x@remote.example")
+        assert client.rcpt("a@example.test") == (451, b"4.4.6 Alias loop for this address, try again later")
+        assert client.rcpt("nobody@example.test")[0] == 250
+    assert inbox(server, USER) == []
+
+
 def test_mx_alias_to_a_remote_address_is_queued(server: RunningServer) -> None:
     server.add_alias("fwd@example.test", "friend@remote.example")
     with mx(server) as client:

@@ -127,7 +127,25 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("hostname empty label", {"hostname": "mail..example.com"}, "hostname", "valid host name"),
     ("hostname long label", {"hostname": "a" * 64 + ".example.com"}, "hostname", "valid host name"),
     ("imap without a certificate", {**BASE, "listen": {"imap": ["0.0.0.0:143"]}}, "tls.cert", "required"),
-    ("unknown top-level key", {**BASE, "hostnme": "x"}, "hostnme", "unknown"),
+    (
+        "unknown top-level key",
+        {**BASE, "hostnme": "x"},
+        "hostnme",
+        "unknown setting (did you mean hostname?)",
+    ),
+    # a typo of a required key is reported as the typo, not as the key missing
+    (
+        "misspelt hostname",
+        {"hostnam": "mail.example.com"},
+        "hostnam",
+        "unknown setting (did you mean hostname?)",
+    ),
+    (
+        "misspelt limits key",
+        {**BASE, "limits": {"mesage_size": 5}},
+        "limits.mesage_size",
+        "did you mean message_size?",
+    ),
     ("unknown listen role", {**BASE, "listen": {"smtpx": ["0.0.0.0:25"]}}, "listen.smtpx", "unknown"),
     ("unknown limits key", {**BASE, "limits": {"size": 5}}, "limits.size", "unknown"),
     ("unknown tls key", {**WITH_TLS, "tls": {**WITH_TLS["tls"], "chain": "x"}}, "tls.chain", "unknown"),

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import email
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from dsn_reports import recipient_blocks
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
@@ -99,6 +102,21 @@ async def test_null_mx_bounces_at_once_to_the_local_sender(
     )
 
 
+async def test_every_attempt_log_line_names_the_reason(
+    store: SQLiteStore, alice: Account, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = await enqueue(store, [OutboundRecipient("x@flaky.test"), OutboundRecipient("y@null.test")])
+    with caplog.at_level(logging.INFO, logger="surat.delivery.queue"):
+        await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    (attempt,) = [r.__dict__["kv"] for r in caplog.records if r.getMessage() == "queue.attempt"]
+    assert (attempt["failed"], attempt["pending"]) == (1, 1)
+    reason = attempt["reason"]
+    assert reason.startswith("x@flaky.test: 4") and "; y@null.test: 5" in reason, reason
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None and again.attempts[0].result is not None
+    assert "x@flaky.test: 4" in again.attempts[0].result  # what `surat queue show` prints
+
+
 async def test_temporary_dns_failure_is_retried_per_schedule(
     store: SQLiteStore, alice: Account, tmp_path: Path
 ) -> None:
@@ -186,6 +204,20 @@ async def test_local_domains_are_never_sent_out(store: SQLiteStore, alice: Accou
     bounce = next(m for m in messages if b"delivery-status" in m)
     (block,) = recipient_blocks(bounce)
     assert (block["Final-Recipient"], block["Status"]) == ("rfc822; ghost@example.test", "5.1.1")
+
+
+async def test_an_alias_loop_is_retried_not_bounced_as_unknown(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    await store.add_alias("a@example.test", "b@example.test")
+    await store.add_alias("b@example.test", "a@example.test")
+    entry = await enqueue(store, [OutboundRecipient("a@example.test")])
+    await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None, "an alias loop is a configuration error the postmaster can fix"
+    assert again.recipients[0].state is RecipientState.PENDING
+    assert "4.4.6" in (again.recipients[0].last_reply or "")
+    assert await inbox(store, alice) == []  # no bounce yet
 
 
 async def test_too_many_received_fields_is_a_loop(store: SQLiteStore, alice: Account, tmp_path: Path) -> None:

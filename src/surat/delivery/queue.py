@@ -84,7 +84,7 @@ from surat.proto.smtp.client import (
     RecipientResult,
     Timeouts,
 )
-from surat.proto.smtp.replies import Reply
+from surat.proto.smtp.replies import ALIAS_LOOP, Reply
 from surat.store.base import (
     ChangeKind,
     Delivery,
@@ -456,6 +456,13 @@ class QueueRunner:
         address = entry.recipients[index].address
         resolution = await resolve_local(self.store, address)
         if not resolution.local:
+            if resolution.loop:
+                # Retried like a remote 4xx: the postmaster can break the cycle before the entry expires.
+                log.error(
+                    "queue.alias_loop",
+                    extra=fields(id=entry.id, rcpt=address, cycle=" -> ".join(resolution.loop)),
+                )
+                return _Outcome(RecipientState.PENDING, ALIAS_LOOP, self.settings.hostname)
             return _Outcome(RecipientState.FAILED, NO_SUCH_LOCAL_USER)
         content = f"Return-Path: <{entry.sender}>\r\n".encode() + message
         try:
@@ -772,6 +779,13 @@ class QueueRunner:
                     failed=sum(o.state is RecipientState.FAILED for o in outcomes.values()),
                     pending=0 if expired else len(still),
                     next=when.isoformat() if when and not expired else "-",
+                    # Why the recipients not delivered were not: what `surat queue show` lists too.
+                    reason="; ".join(
+                        f"{entry.recipients[i].address}: {o.reply}"
+                        for i, o in sorted(outcomes.items())
+                        if o.state not in (RecipientState.DELIVERED, RecipientState.RELAYED)
+                    )[:500]
+                    or "-",
                 ),
             )
 

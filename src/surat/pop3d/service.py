@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
+from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.log import fields
 from surat.net.connection import Connection, ConnectionTimeout
@@ -87,7 +87,9 @@ class POP3Service:
         auth_limiter: AuthLimiter | None = None,
     ) -> None:
         self.config = config
-        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
+        self.auth_limiter: AuthLimiter = auth_limiter or StoreAuthLimiter(
+            store, BlockPolicy.from_config(config.limits)
+        )
         self.store = store
         self.tls_context = tls_context
         self.locks: MaildropLocks = locks if locks is not None else InProcessMaildropLocks()

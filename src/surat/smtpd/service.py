@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
+from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.dsn import Action, DsnReport, ReportedRecipient, Ret, build_dsn
 from surat.delivery.local import owns, resolve
@@ -140,7 +140,9 @@ class SMTPService:
             else None
         )
         # The app shares one auth limiter between SMTP, IMAP and POP3.
-        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
+        self.auth_limiter: AuthLimiter = auth_limiter or StoreAuthLimiter(
+            store, BlockPolicy.from_config(config.limits)
+        )
         self.sending_limiter: SendingLimiter = sending_limiter or InMemorySendingLimiter.from_config(
             config.limits
         )
@@ -206,6 +208,7 @@ class _Session:
         self.sasl_account: str | None = None
         self.sasl_success: sasl.Success | None = None
         self.auth_failures = 0
+        self.auth_failures_counted: set[str] = set()  # user names whose failure the per-IP block has counted
         self.sasl_authcid: str | None = None  # the name the client tried, for the failure log
         self.unknown_recipients = 0
 
@@ -427,6 +430,11 @@ class _Session:
         if not domain.startswith("[") and await self.store.is_local_domain(domain):
             resolution = await resolve(self.store, address, domain_is_local=True)
             if not resolution.found:
+                if resolution.loop:
+                    log.error(
+                        "smtp.alias_loop", extra=fields(rcpt=address, cycle=" -> ".join(resolution.loop))
+                    )
+                    return R.ALIAS_LOOP
                 return self._unknown_recipient(address)
             for target in resolution.local:
                 txn.local.setdefault(target.account_id, target)
@@ -730,7 +738,13 @@ class _Session:
             "smtp.auth",
             extra=fields(peer=self.conn.peer_host, user=user or "-", result="failed", reason=reason),
         )
-        await self.service.auth_limiter.failure(self.conn.peer_host, user, self.role.value)
+        counted = (user or "").lower()
+        if counted not in self.auth_failures_counted:
+            # A client that fails one password with PLAIN and then with LOGIN (Python's smtplib does)
+            # is one guess, not two: the per-IP block counts a session's failures once per user name.
+            # Repeated guessing in one session is bounded by MAX_AUTH_FAILURES instead.
+            self.auth_failures_counted.add(counted)
+            await self.service.auth_limiter.failure(self.conn.peer_host, user, self.role.value)
         # RFC 4954 §4 leaves the delay to us: slow down password guessing.
         await asyncio.sleep(self.config.limits.auth_failure_delay)
         if self.auth_failures >= MAX_AUTH_FAILURES:

@@ -14,7 +14,7 @@ can later live in PostgreSQL or an object store while metadata stays relational.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -65,6 +65,20 @@ class Account:
     id: int
     address: str  # lower-cased local@domain, domain in A-label (IDNA) form
     quota_bytes: int | None = None  # None: unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class AuthClientState:
+    """What the login-failure limiter (surat.authlimit) remembers of one client (an IP, or an IPv6 /64).
+
+    Times are epoch seconds, so that every process and node reads them alike."""
+
+    key: str
+    ip: str  # the address last seen failing (the key may be a network)
+    failures: tuple[float, ...] = ()  # recent failures, within the policy's window
+    blocked_until: float = 0.0
+    strikes: int = 0  # blocks so far; the next one lasts longer
+    last_failure: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +413,23 @@ class Store(Protocol):
     async def set_quota(self, address: str, quota_bytes: int | None) -> None: ...
     async def account_usage(self, account_id: int) -> int:
         """Bytes used by all messages of the account (RFC 9208 STORAGE)."""
+        ...
+
+    # -- login-failure limiting (surat.authlimit), shared by every process using this store
+    async def get_auth_client(self, key: str) -> AuthClientState | None: ...
+    async def update_auth_client(
+        self,
+        key: str,
+        update: Callable[[AuthClientState | None], AuthClientState | None],
+        *,
+        forget_before: float,
+    ) -> AuthClientState | None:
+        """Replace the record of `key` by `update(current)` (None deletes it) in one transaction, and
+        forget the records whose last failure and block end are both before `forget_before`."""
+        ...
+
+    async def list_auth_clients(self, blocked_after: float) -> list[AuthClientState]:
+        """Records blocked beyond the time `blocked_after`, the longest block first."""
         ...
 
     # -- aliases

@@ -141,6 +141,21 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO subscriptions (account_id, name) SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
     ALTER TABLE mailboxes DROP COLUMN subscribed
     """,
+    # 5: the login-failure limiter's records (surat.authlimit), in the store so that every process
+    # shares them and `surat blocks` can list and lift blocks while the server runs. `failures` is
+    # the recent failure times, space-separated epoch seconds (at most the policy's max_failures).
+    """
+    CREATE TABLE auth_clients (
+        key TEXT PRIMARY KEY,
+        ip TEXT NOT NULL,
+        failures TEXT NOT NULL DEFAULT '',
+        blocked_until REAL NOT NULL DEFAULT 0,
+        strikes INTEGER NOT NULL DEFAULT 0,
+        last_failure REAL NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX auth_clients_last_failure ON auth_clients(last_failure);
+    CREATE INDEX auth_clients_blocked_until ON auth_clients(blocked_until)
+    """,
 )
 
 

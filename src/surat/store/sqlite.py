@@ -54,6 +54,7 @@ from surat.store.base import (
     Account,
     Alias,
     AlreadyExists,
+    AuthClientState,
     Change,
     ChangeFeed,
     ChangeKind,
@@ -861,6 +862,65 @@ class SQLiteStore:
         if row is None:
             raise NotFound(f"account {account_id}")
         return int(row[0])
+
+    # ------------------------------------------------------------------------------ login failures
+
+    _AUTH_COLUMNS = "key, ip, failures, blocked_until, strikes, last_failure"
+
+    @staticmethod
+    def _auth_client(row: tuple[Any, ...]) -> AuthClientState:
+        failures = tuple(float(t) for t in row[2].split())
+        return AuthClientState(row[0], row[1], failures, row[3], row[4], row[5])
+
+    async def get_auth_client(self, key: str) -> AuthClientState | None:
+        row = (
+            self._read()
+            .execute(f"SELECT {self._AUTH_COLUMNS} FROM auth_clients WHERE key = ?", (key,))
+            .fetchone()
+        )
+        return self._auth_client(row) if row is not None else None
+
+    async def update_auth_client(
+        self,
+        key: str,
+        update: Callable[[AuthClientState | None], AuthClientState | None],
+        *,
+        forget_before: float,
+    ) -> AuthClientState | None:
+        def fn(conn: sqlite3.Connection) -> tuple[AuthClientState | None, list[Change], set[str]]:
+            row = conn.execute(
+                f"SELECT {self._AUTH_COLUMNS} FROM auth_clients WHERE key = ?", (key,)
+            ).fetchone()
+            state = update(self._auth_client(row) if row is not None else None)
+            if state is None:
+                conn.execute("DELETE FROM auth_clients WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    f"INSERT OR REPLACE INTO auth_clients ({self._AUTH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        state.ip,
+                        " ".join(repr(t) for t in state.failures),
+                        state.blocked_until,
+                        state.strikes,
+                        state.last_failure,
+                    ),
+                )
+            conn.execute(
+                "DELETE FROM auth_clients WHERE last_failure < ? AND blocked_until < ?",
+                (forget_before, forget_before),
+            )
+            return state, [], set()
+
+        return await self._write(fn)
+
+    async def list_auth_clients(self, blocked_after: float) -> list[AuthClientState]:
+        rows = self._read().execute(
+            f"SELECT {self._AUTH_COLUMNS} FROM auth_clients WHERE blocked_until > ? "
+            "ORDER BY blocked_until DESC, key",
+            (blocked_after,),
+        )
+        return [self._auth_client(row) for row in rows]
 
     # ------------------------------------------------------------------------------ aliases
 
