@@ -35,30 +35,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import mailbox
-import os
 import random
 import re
 import resource
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ListenerSurat, free_port
+from common import ListenerSurat, cpu_seconds, free_port, rss_kib
+from mailgen import cached_messages
+from peers import Dovecot, dovecot_missing
 
 from surat.passwords import make_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT.parent / "shared" / "peers"
-CACHE = Path("/tmp/surat-bench-cache")
 DOMAIN = "example.test"
 USER = f"bench@{DOMAIN}"
 PASSWORD = "bench-password"
@@ -72,37 +68,6 @@ PER_SOURCE = 16
 
 
 # ------------------------------------------------------------------------------------------ messages
-
-
-def message_source(count: int) -> Path:
-    """The gen-mbox.py mailbox of `count` messages, generated once and cached (it takes minutes)."""
-    CACHE.mkdir(exist_ok=True)
-    for cached in CACHE.glob("gen-*-seed1.mbox"):
-        if int(cached.name.split("-")[1]) >= count:
-            return cached  # the same generator and seed: its first `count` messages are the same
-    path = CACHE / f"gen-{count}-seed1.mbox"
-    if not path.exists():
-        print(f"generating {count} messages with gen-mbox.py into {path} (once) ...", flush=True)
-        tmp = path.with_suffix(".tmp")
-        subprocess.run(
-            [sys.executable, str(PEERS / "gen-mbox.py"), str(tmp), str(count), "--seed", "1"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        tmp.rename(path)
-    return path
-
-
-def read_messages(path: Path, count: int) -> Iterator[bytes]:
-    """The messages as a server stores them (CRLF line ends), as dovecot-up.sh fill reads them."""
-    box = mailbox.mbox(str(path), create=False)
-    for n, key in enumerate(box.iterkeys()):
-        if n >= count:
-            break
-        raw = box.get_bytes(key)
-        if raw.startswith(b"From "):
-            raw = raw.split(b"\n", 1)[1]
-        yield raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -349,40 +314,6 @@ async def close_all(clients: list[Client]) -> None:
 # ------------------------------------------------------------------------------------------ servers
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """User + system CPU time of a process (and, with ``children``, of its exited, reaped children)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0  # gone meanwhile
-    fields = text[text.rindex(")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    if children:
-        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
-    return ticks / CLOCK_TICKS
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0  # gone meanwhile
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
-
-
 class SuratProcess(ListenerSurat):
     """Surat in a subprocess with a fresh data dir and only the imap listener, on a free port."""
 
@@ -391,9 +322,6 @@ class SuratProcess(ListenerSurat):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, DOMAIN, "imap", USER, PASSWORD)
         self.password = PASSWORD
-
-    def fill(self, source: Path, count: int) -> None:
-        self.fill_inbox(read_messages(source, count))
 
     def memory_kib(self) -> int:
         assert self.proc is not None
@@ -404,90 +332,22 @@ class SuratProcess(ListenerSurat):
         return cpu_seconds(self.proc.pid)
 
 
-class DovecotProcess:
-    name = "dovecot"
+class DovecotProcess(Dovecot):
+    """The private Dovecot of peers.py with only IMAP, in its high-performance login mode (login processes
+    serve many connections), given the argon2id hash Surat stores for the same password."""
 
     def __init__(self, workdir: Path, cert: Path, key: Path, password_hash: str) -> None:
-        self.root = workdir / "dovecot"
         self.port = free_port()
-        pop3_port = free_port()
+        super().__init__(
+            workdir / "dovecot",
+            cert,
+            key,
+            "{ARGON2ID}" + password_hash,
+            imap_port=self.port,
+            high_performance=True,
+        )
         self.user = "bench"
         self.password = PASSWORD
-        subprocess.run(
-            ["bash", str(PEERS / "dovecot-up.sh"), "start", str(self.port), str(pop3_port), str(self.root)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "PERF": "1"},
-        )
-        config = self.root / "dovecot.conf"
-        # The script's instance has no TLS and a plaintext static password; later settings override
-        # earlier ones and SIGHUP reloads. The same argon2id hash Surat verifies at every login.
-        text = config.read_text().replace(
-            "args = password=test\n", f"args = password={{ARGON2ID}}{password_hash}\n"
-        )
-        text += (
-            f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
-            # One imap process per connection: the default limit of 100 would stop the idle phase.
-            "default_process_limit = 2000\ndefault_client_limit = 4000\n"
-        )
-        config.write_text(text)
-        subprocess.run(["/usr/sbin/dovecot", "-c", str(config), "reload"], check=True)
-        self.master = int((self.root / "run" / "master.pid").read_text().strip())
-        self._wait_starttls()
-
-    def _wait_starttls(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                greeting = sock.recv(4096)
-            if b"STARTTLS" in greeting:
-                return
-            time.sleep(0.1)
-        raise RuntimeError("dovecot did not offer STARTTLS after the reload")
-
-    def fill(self, source: Path, count: int) -> None:
-        subprocess.run(
-            [
-                "bash",
-                str(PEERS / "dovecot-up.sh"),
-                "fill",
-                str(self.root),
-                self.user,
-                str(source),
-                str(count),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def _processes(self) -> list[int]:
-        """The master and every process under it."""
-        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True)
-        children: dict[int, list[int]] = {}
-        for line in out.stdout.splitlines():
-            pid, ppid = (int(x) for x in line.split())
-            children.setdefault(ppid, []).append(pid)
-        found, todo = [], [self.master]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo += children.get(pid, [])
-        return found
-
-    def memory_kib(self) -> int:
-        """PSS summed over all processes (shared pages counted once)."""
-        return sum(pss_kib(pid) for pid in self._processes())
-
-    def cpu(self) -> float:
-        """CPU of the live processes, plus what the master's exited children used."""
-        return sum(cpu_seconds(pid, children=pid == self.master) for pid in self._processes())
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["bash", str(PEERS / "dovecot-up.sh"), "stop", str(self.root)],
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -601,7 +461,6 @@ def main() -> None:
     # Enough descriptors for the idle connections and the load sessions.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
-    source = message_source(args.messages)
     print(
         f"load: {args.clients} sessions x {args.duration:.0f} s on a {args.messages}-message INBOX over STARTTLS; "
         f"cycle: {', '.join(KINDS)}"
@@ -614,7 +473,7 @@ def main() -> None:
         surat = SuratProcess(workdir / "surat")
         tls = surat.tls()
         t0 = time.perf_counter()
-        surat.fill(source, args.messages)
+        surat.fill_inbox(cached_messages(args.messages))
         print(f"surat: filled in {time.perf_counter() - t0:.1f} s", flush=True)
         surat.start()
         try:
@@ -624,15 +483,16 @@ def main() -> None:
         report(result, args.duration)
         results.append(result)
         if args.peer == "dovecot":
-            if not Path("/usr/sbin/dovecot").exists():
-                print("dovecot: not installed (run ../shared/peers/install.sh)")
+            if missing := dovecot_missing():
+                print(missing)
             else:
                 cert, key = surat.config.tls.cert, surat.config.tls.key
                 assert cert is not None and key is not None
                 password_hash = make_credentials(PASSWORD).password_hash
                 dovecot = DovecotProcess(workdir, cert, key, password_hash)
                 try:
-                    dovecot.fill(source, args.messages)
+                    dovecot.fill(dovecot.user, cached_messages(args.messages))
+                    dovecot.start()
                     result = asyncio.run(measure(dovecot, tls, args))
                 finally:
                     dovecot.stop()
