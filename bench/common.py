@@ -56,6 +56,14 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def percentile_ms(values: list[float], q: float) -> float:
+    """The `q` quantile of `values` (seconds), in milliseconds; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -23,8 +23,9 @@ Violations (the rule, where it is written):
     uid_mismatch                a FETCH response gives a message a UID other than the one the client learnt
                                 for that number, or one out of ascending order with its neighbours: UIDs
                                 ascend with sequence numbers and never change (RFC 9051 §2.3.1.1)
-    after_logout                after LOGOUT, anything but `* BYE` then the tagged OK, or data after that OK
-                                (RFC 9051 §6.1.3)
+    after_logout                after LOGOUT, anything but `* BYE` then the tagged OK, or data after that OK.
+                                RFC 9051 §6.1.3 requires the BYE; other untagged updates there are allowed
+                                by §7.5.1 but useless to a client that is leaving, so this asks for none
     disconnects                 the connection closed or broke while a command was in progress
     timeouts                    no tagged reply within the client's command timeout
     other                       any other BAD or unexpected NO, `* BAD`, a continuation request to a command
