@@ -101,7 +101,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ListenerSurat, cpu_seconds, free_port, percentile_ms, rss_kib
+from common import ListenerSurat, LoadFigures, cpu_seconds, free_port, rss_kib
 from imap_client import PER_SOURCE, Client, IMAPError, session, source_address
 from imap_shared import SHARED_MIX, SharedLoad, compare_shared, prepare_shared, report_shared, run_shared
 from mailgen import cached_messages
@@ -124,22 +124,10 @@ HEADER_ITEMS = b"(UID FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])"
 
 
 @dataclass
-class Load:
-    seconds: float = 0.0
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+class Load(LoadFigures):
     errors: int = 0
-    client_cpu: float = 0.0
-    server_cpu: float = 0.0
     select_ms: list[float] = field(default_factory=list)
     octets: int = 0
-
-    @property
-    def ops(self) -> int:
-        return sum(len(v) for v in self.latencies.values())
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -197,7 +185,7 @@ async def run_client(
 async def run_load(
     port: int, user: str, password: str, tls: ssl.SSLContext, clients: int, duration: float
 ) -> Load:
-    load = Load()
+    load = Load({kind: [] for kind in KINDS})
     cpu0 = time.process_time()
     start = time.perf_counter()
     stop_at = start + duration
@@ -368,12 +356,8 @@ def report(result: Result, duration: float) -> None:
         f"{load.client_cpu / load.seconds * 100:.0f}% of a core, "
         f"{load.octets / load.seconds / 1e6:.1f} MB/s of FETCH responses"
     )
-    everything = [x for v in load.latencies.values() for x in v]
-    for kind, values in [*load.latencies.items(), ("all", everything)]:
-        print(
-            f"  {kind:<7} n={len(values):>6} ops/s={len(values) / load.seconds:>7.0f} "
-            f"p50_ms={percentile_ms(values, 0.5):7.2f} p99_ms={percentile_ms(values, 0.99):7.2f}"
-        )
+    for line in load.latency_lines():
+        print(line)
     selects = load.select_ms
     print(
         f"  SELECT of the mailbox: first {result.first_select_ms:.0f} ms, "

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from common import percentile_ms
+from common import LoadFigures, percentile_ms
 from imap_client import Client, ConnectionClosed, IMAPError, source_address
 from imap_view import INFO, VIOLATIONS, Example, MailboxView
 
@@ -56,23 +56,11 @@ class Server(Protocol):
 
 
 @dataclass
-class SharedLoad:
+class SharedLoad(LoadFigures):
     name: str = ""
-    seconds: float = 0.0
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in SHARED_MIX})
     views: list[MailboxView] = field(default_factory=list)
     connects: int = 0
     connect_failures: int = 0
-    client_cpu: float = 0.0
-    server_cpu: float = 0.0
-
-    @property
-    def commands(self) -> int:
-        return sum(len(v) for v in self.latencies.values())
-
-    @property
-    def rate(self) -> float:
-        return self.commands / self.seconds if self.seconds else 0.0
 
     def violations(self) -> Counter[str]:
         total: Counter[str] = Counter({name: 0 for name in VIOLATIONS})
@@ -263,7 +251,7 @@ async def prepare_shared(server: Server, tls: ssl.SSLContext) -> int:
 
 
 async def run_shared(server: Server, tls: ssl.SSLContext, clients: int, duration: float) -> SharedLoad:
-    load = SharedLoad(server.name)
+    load = SharedLoad({kind: [] for kind in SHARED_MIX}, name=server.name)
     cpu0, server_cpu0 = time.process_time(), server.cpu()
     start = time.perf_counter()
     await asyncio.gather(*(shared_session(n, server, tls, load, start + duration) for n in range(clients)))
@@ -276,16 +264,12 @@ async def run_shared(server: Server, tls: ssl.SSLContext, clients: int, duration
 def report_shared(load: SharedLoad) -> None:
     violations = load.violations()
     print(
-        f"{load.name}: {load.commands} commands in {load.seconds:.1f} s = {load.rate:.0f} commands/s, "
+        f"{load.name}: {load.ops} commands in {load.seconds:.1f} s = {load.rate:.0f} commands/s, "
         f"violations={sum(violations.values())}, server CPU {load.server_cpu / load.seconds * 100:.0f}% "
         f"and client CPU {load.client_cpu / load.seconds * 100:.0f}% of a core"
     )
-    everything = [x for v in load.latencies.values() for x in v]
-    for kind, values in [*load.latencies.items(), ("all", everything)]:
-        print(
-            f"  {kind:<9} n={len(values):>6} per_s={len(values) / load.seconds:>7.1f} "
-            f"p50_ms={percentile_ms(values, 0.5):7.2f} p99_ms={percentile_ms(values, 0.99):7.2f}"
-        )
+    for line in load.latency_lines():
+        print(line)
     print("  violations: " + " ".join(f"{name}={count}" for name, count in violations.items()))
     info = load.info()
     print(

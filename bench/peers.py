@@ -65,7 +65,16 @@ class Dovecot:
         self.config.write_text(self._config(cert, key, password, high_performance))
 
     def _config(self, cert: Path, key: Path, password: str, high_performance: bool) -> str:
+        # High-performance mode: each login process serves many connections.
         login_service = "  service_count = 0\n  process_min_avail = 2\n" if high_performance else ""
+        login_services = "".join(
+            f"service {name}-login {{\n"
+            f"  inet_listener {name} {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n"
+            f"  inet_listener {name}s {{\n    port = 0\n  }}\n"
+            f"{login_service}}}\n"
+            for name, port in (("imap", self.imap_port), ("pop3", self.pop3_port))
+            if port
+        )
         protocols = " ".join(
             name for name, port in (("imap", self.imap_port), ("pop3", self.pop3_port)) if port
         )
@@ -107,25 +116,7 @@ namespace inbox {{
   inbox = yes
   separator = /
 }}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.imap_port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-{login_service}}}
-service pop3-login {{
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {self.pop3_port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-{login_service}}}
-"""
+{login_services}"""
 
     def start(self) -> None:
         subprocess.run([str(DOVECOT), "-c", str(self.config)], check=True)
