@@ -4,14 +4,9 @@ or to scripted peers, all on 127.0.0.1 through `[delivery] routes`; no public ad
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
 import smtplib
 import socketserver
 import ssl
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue, require_tool
+from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue
+from postfix_instance import postfix_peer
 
 from dsn_reports import dsn_parts
 from surat.app import SuratServer
@@ -445,40 +441,6 @@ def test_smarthost_with_an_untrusted_certificate_gets_no_credentials(tmp_path: P
         sender.stop()
     assert entry.recipients[0].state is RecipientState.PENDING
     assert entry.recipients[0].last_reply.startswith("451 4.7.5")  # TLS failed, and no retry in clear
-
-
-PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers"
-
-
-@contextlib.contextmanager
-def postfix_peer(domain: str) -> Iterator[tuple[int, Path]]:
-    """A private Postfix (`../shared/peers/postfix-up.sh`) receiving mail for `domain` into Maildirs:
-    yields its port and its root directory, and stops it afterwards."""
-    require_tool("postconf")
-    script = PEERS / "postfix-up.sh"
-    if not script.is_file():
-        message = f"{script} not found (the peers scripts sit beside the checkout, in ../shared)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    # Postfix's daemons run as other users and must reach the queue and Maildirs: pytest's tmp
-    # tree is private to root (0700), so the instance lives in its own world-readable directory.
-    root = Path(tempfile.mkdtemp(prefix="surat-postfix-"))
-    root.chmod(0o755)
-    try:
-        started = subprocess.run(
-            [str(script), "start", str(port), str(root), domain],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert started.returncode == 0, started.stderr
-        yield port, root
-    finally:
-        subprocess.run([str(script), "stop", str(root)], check=False, capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_mail_to_postfix_arrives_in_its_maildir(tmp_path: Path) -> None:
