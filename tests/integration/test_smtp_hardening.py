@@ -1,0 +1,43 @@
+"""Probes from the security review (issue 11), sent byte for byte to the real server over sockets."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import USER, Raw, RunningServer, inbox
+
+BUDGET_SECONDS = 0.050
+
+# The review's probe: a b= value of "AAA", ~1 500 spaces and "!" made the base64 check backtrack cubically
+# (6.6 s at the end of DATA, no authentication needed, every other session on the loop waiting).
+DKIM_PROBE = (
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=remote.example; s=s1; h=from; bh=AAAA;\r\n"
+    b" b=AAA" + b" " * 1500 + b"!\r\n"
+    b"From: sender@remote.example\r\n"
+    b"Subject: probe\r\n"
+    b"\r\n"
+    b"body\r\n.\r\n"
+)
+
+
+def test_dkim_backtracking_probe_does_not_stall_other_sessions(server: RunningServer, raw: Raw) -> None:
+    bystander = Raw(server)
+    try:
+        assert bystander.command(b"EHLO bystander.example\r\n").startswith(b"250")
+        raw.envelope()
+        assert raw.command(b"DATA\r\n").startswith(b"354")
+        raw.send(DKIM_PROBE)
+        started = time.perf_counter()
+        noop = bystander.command(b"NOOP\r\n")
+        noop_seconds = time.perf_counter() - started
+        accepted = raw.reply()
+        probe_seconds = time.perf_counter() - started
+    finally:
+        bystander.close()
+    assert noop == b"250 2.0.0 OK\r\n"
+    assert noop_seconds < BUDGET_SECONDS
+    assert accepted.startswith(b"250 2.0.0")
+    # the probe's own answer includes the durable write (fsync) before 250, hence a wider budget
+    assert probe_seconds < 4 * BUDGET_SECONDS, probe_seconds
+    (stored,) = inbox(server, USER)
+    assert b"dkim=neutral" in stored
