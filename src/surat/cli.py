@@ -26,6 +26,7 @@ from surat.delivery import dkim
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.net.tls import TLSSetupError, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
+from surat.proto.smtp.address import terminal_safe
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
 from surat.store.sqlite import SQLiteStore
 
@@ -742,7 +743,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if action == "list":
             entries = await store.list_queue()
             for queued in entries:
-                print(_queue_line(queued))
+                # envelope addresses and remote replies are other people's text: no terminal escapes
+                print(terminal_safe(_queue_line(queued)))
             print(f"{len(entries)} message(s) queued", file=sys.stderr)
             return 0
         if action == "flush":
@@ -753,7 +755,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if entry is None:
             raise CliError(f"no queued message {args.id}")
         if action == "show":
-            print("\n".join(_queue_details(entry)))
+            print("\n".join(map(terminal_safe, _queue_details(entry))))
         elif action == "retry":
             await store.reschedule(entry.id, now)
             print(f"{entry.id} due now")

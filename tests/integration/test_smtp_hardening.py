@@ -41,3 +41,18 @@ def test_dkim_backtracking_probe_does_not_stall_other_sessions(server: RunningSe
     assert probe_seconds < 4 * BUDGET_SECONDS, probe_seconds
     (stored,) = inbox(server, USER)
     assert b"dkim=neutral" in stored
+
+
+def test_address_literal_injection_probe_is_refused(server: RunningServer, raw: Raw) -> None:
+    assert raw.command(b"EHLO client.example\r\n").startswith(b"250")
+    probe = b"MAIL FROM:<a@[IPv6:::1%\rAuthentication-Results: mail.example.test; dkim=pass\rX-Evil: 1]>\r\n"
+    assert raw.command(probe) == b"501 5.5.2 Control character (CR, LF, NUL...) in command line\r\n"
+    # without the CRs the scope id is still no RFC 5321 §4.1.3 address literal
+    assert raw.command(b"MAIL FROM:<a@[IPv6:::1%eth0]>\r\n") == b"501 5.1.7 Bad sender address syntax\r\n"
+    assert raw.command(b"MAIL FROM:<a@[IPv6:::1]>\r\n").startswith(b"250 2.1.0")
+    assert raw.command(b"RCPT TO:<alice@example.test>\r\n").startswith(b"250 2.1.5")
+    assert raw.command(b"DATA\r\n").startswith(b"354")
+    assert raw.command(b"Subject: literal\r\n\r\nhi\r\n.\r\n").startswith(b"250 2.0.0")
+    (stored,) = inbox(server, USER)
+    assert stored.startswith(b"Return-Path: <a@[IPv6:::1]>\r\nReceived: ")
+    assert b"X-Evil" not in stored

@@ -827,3 +827,23 @@ def test_parse_size(text: str, expected: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(cli.UsageError):
         parse_size(text)
+
+
+def test_queue_list_and_show_escape_control_characters(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    config = dev.config()
+    queue_id = _queue_one(config)
+    hostile = "421 4.4.1 \x1b[2Jdown\rX-Evil: 1"
+
+    async def attempted(store: Store) -> None:
+        number = await store.record_attempt(queue_id, datetime.now(UTC), "mx\x1b]0;t\x07", datetime.now(UTC))
+        update = RecipientUpdate(0, RecipientState.PENDING, hostile)
+        await store.finish_attempt(queue_id, number, hostile, [update], datetime.now(UTC))
+
+    _in_store(config, attempted)
+    shown = surat("--config", c, "queue", "show", queue_id).out
+    assert "    last reply: 421 4.4.1 \\x1b[2Jdown\\rX-Evil: 1\n" in shown
+    assert "mx\\x1b]0;t\\x07: " in shown
+    listing = surat("--config", c, "queue", "list").out
+    for output in (shown, listing):
+        assert all(line.isprintable() for line in output.splitlines())

@@ -75,7 +75,7 @@ from surat.delivery.schedule import (
 from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
 from surat.dns.base import Resolver
 from surat.log import fields
-from surat.proto.smtp.address import Address, SMTPSyntaxError, parse_path
+from surat.proto.smtp.address import Address, SMTPSyntaxError, UnsafeText, parse_path
 from surat.proto.smtp.client import (
     ClientSettings,
     Credentials,
@@ -878,6 +878,12 @@ class QueueRunner:
             ret=Ret.FULL if (entry.ret or "").upper() == "FULL" else None,
             smtputf8=entry.smtputf8,
         )
-        dsn = build_dsn(report, io.BytesIO(original), now=now)
+        try:
+            dsn = build_dsn(report, io.BytesIO(original), now=now)
+        except UnsafeText as exc:
+            # A sender with a control character cannot be written into To: without injecting a field
+            # (issue 11 item 6); such an address was refused at MAIL FROM, so this is old or forged data.
+            log.warning("queue.dsn_unaddressable", extra=fields(id=entry.id, reason=str(exc)))
+            return "-"
         await submit_dsn(self.store, dsn, self.clock())
         return dsn.recipient
