@@ -56,3 +56,13 @@ def test_address_literal_injection_probe_is_refused(server: RunningServer, raw: 
     (stored,) = inbox(server, USER)
     assert stored.startswith(b"Return-Path: <a@[IPv6:::1]>\r\nReceived: ")
     assert b"X-Evil" not in stored
+
+
+def test_undecodable_encoded_word_is_delivered_not_deferred(server: RunningServer, raw: Raw) -> None:
+    # was "451" on every attempt: email.errors.CharsetError escaped from the header decoding
+    raw.envelope()
+    assert raw.command(b"DATA\r\n").startswith(b"354")
+    message = b"Subject: =?\xf0tf-8?q?x?=\r\nFrom: sender@remote.example\r\n\r\nbody\r\n"
+    assert raw.command(message + b".\r\n").startswith(b"250 2.0.0")
+    (stored,) = inbox(server, USER)
+    assert stored.endswith(message)
