@@ -347,7 +347,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         else:
             paths = certs.write_self_signed_certificate(tls_dir, [hostname])
         password = generate_password()
-        credentials = make_credentials(password)
+        credentials = make_credentials(password)  # a new config: the default count
         postmaster = f"postmaster@{domain}"
 
         async def populate(store: Store) -> int:
@@ -607,7 +607,9 @@ def cmd_user(args: argparse.Namespace) -> int:
 
         _with_store(config.data_dir, precheck(action == "passwd"))
         try:
-            credentials = make_credentials(_read_password(args))
+            credentials = make_credentials(
+                _read_password(args), scram_iterations=config.auth.scram_iterations
+            )
         except SASLprepError as exc:
             raise CliError(str(exc)) from None
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from surat.proto.sasl import SCRAM_ITERATIONS, SCRAM_MIN_ITERATIONS
+
 DEFAULT_CONFIG_NAME = "surat.toml"
 
 
@@ -140,6 +142,13 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # PBKDF2 rounds of the SCRAM-SHA-256 keys made for new and changed passwords (RFC 7677 §4: at least
+    # 4096); see surat.proto.sasl.SCRAM_ITERATIONS for the default and the client cap it respects.
+    scram_iterations: int = SCRAM_ITERATIONS
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
     data_dir: Path
@@ -148,6 +157,7 @@ class Config:
     dns: DnsConfig = DnsConfig()
     limits: LimitsConfig = LimitsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    auth: AuthConfig = AuthConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -299,6 +309,14 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smtp_timeouts=_smtp_timeouts(delivery_table.table("smtp_timeouts")),
     )
     delivery_table.finish()
+
+    auth_table = reader.table("auth")
+    auth = AuthConfig(
+        scram_iterations=int(
+            auth_table.number("scram_iterations", SCRAM_ITERATIONS, minimum=SCRAM_MIN_ITERATIONS)
+        )
+    )
+    auth_table.finish()
     reader.finish()
 
     config = Config(
@@ -309,6 +327,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         dns=dns,
         limits=limits,
         delivery=delivery,
+        auth=auth,
         path=path,
     )
     _check_tls_files(config)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
+from pathlib import Path
 
-from conftest import USER, Raw, RunningServer, inbox
+import pytest
+from conftest import DOMAIN, PASSWORD, USER, Raw, RunningServer, dev_certificates, inbox, make_config
+from test_imap_basic import imaps
+
+from surat.passwords import make_credentials
 
 BUDGET_SECONDS = 0.050
 
@@ -66,3 +72,37 @@ def test_undecodable_encoded_word_is_delivered_not_deferred(server: RunningServe
     assert raw.command(message + b".\r\n").startswith(b"250 2.0.0")
     (stored,) = inbox(server, USER)
     assert stored.endswith(message)
+
+
+def test_login_rederives_scram_keys_without_stalling_the_loop(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # a count large enough (~0.5 s of PBKDF2) that doing it on the event loop would show in the NOOP
+    dev_certificates(tmp_path_factory.getbasetemp())
+    running = RunningServer(make_config(tmp_path, auth={"scram_iterations": 600_000}))
+    try:
+        running.add_domain(DOMAIN)
+        running.call(running.store.add_account(USER, make_credentials(PASSWORD, scram_iterations=10_000)))
+        bystander = Raw(running)
+        assert bystander.command(b"EHLO bystander.example\r\n").startswith(b"250")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            login = pool.submit(imap_login, running)
+            time.sleep(0.05)  # the login is under way: argon2 check, then the new derivation
+            slowest = 0.0
+            while not login.done():
+                started = time.perf_counter()
+                assert bystander.command(b"NOOP\r\n") == b"250 2.0.0 OK\r\n"
+                slowest = max(slowest, time.perf_counter() - started)
+            assert login.result() == "OK"
+        bystander.close()
+        assert slowest < BUDGET_SECONDS
+        _, credentials = running.call(running.store.get_credentials(USER))
+        assert credentials.scram_sha256.iterations == 600_000
+    finally:
+        running.stop()
+
+
+def imap_login(server: RunningServer) -> str:
+    with imaps(server) as client:
+        status, _ = client.login(USER, PASSWORD)
+        return str(status)
