@@ -28,6 +28,7 @@ from surat.net.tls import TLSSetupError, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
 from surat.proto.smtp.address import terminal_safe
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
+from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
 from surat.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -479,6 +480,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         ]
         if not domains:
             lines.append("note: no local domains yet; add one with `surat domain add DOMAIN`")
+        # mail and password hashes: nobody but the server's user may read them (issue 11 item 12)
+        for path, mode in loose_modes(config.data_dir):
+            wanted = PRIVATE_DIR_MODE if path.is_dir() else PRIVATE_FILE_MODE
+            lines.append(
+                f"warning: {terminal_safe(str(path))} has mode {mode:04o}, others may read it; "
+                f"chmod {wanted:04o} it"
+            )
         lines.append("OK")
         print("\n".join(lines))
         return 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import stat
+import statistics
 import time
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from conftest import DOMAIN, PASSWORD, USER, Raw, RunningServer, dev_certificate
 from test_imap_basic import imaps
 
 from surat.passwords import make_credentials
+from surat.store.filemodes import loose_modes
 
 BUDGET_SECONDS = 0.050
 
@@ -88,14 +92,17 @@ def test_login_rederives_scram_keys_without_stalling_the_loop(
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             login = pool.submit(imap_login, running)
             time.sleep(0.05)  # the login is under way: argon2 check, then the new derivation
-            slowest = 0.0
+            timings = []
             while not login.done():
                 started = time.perf_counter()
                 assert bystander.command(b"NOOP\r\n") == b"250 2.0.0 OK\r\n"
-                slowest = max(slowest, time.perf_counter() - started)
+                timings.append(time.perf_counter() - started)
             assert login.result() == "OK"
         bystander.close()
-        assert slowest < BUDGET_SECONDS
+        # On the loop, the derivation (~0.5 s) would hold one NOOP that long; in the executor each waits
+        # only for its share of 2 busy cores (shared with other test runs: the median, not one outlier).
+        assert max(timings) < 0.25, timings
+        assert statistics.median(timings) < BUDGET_SECONDS, timings
         _, credentials = running.call(running.store.get_credentials(USER))
         assert credentials.scram_sha256.iterations == 600_000
     finally:
@@ -106,3 +113,27 @@ def imap_login(server: RunningServer) -> str:
     with imaps(server) as client:
         status, _ = client.login(USER, PASSWORD)
         return str(status)
+
+
+def test_data_dir_is_private_whatever_the_umask(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    dev_certificates(tmp_path_factory.getbasetemp())
+    config = make_config(tmp_path)
+    old_umask = os.umask(0)  # the review's `surat serve` ran with the usual 022; 000 is worse still
+    try:
+        running = RunningServer(config)
+        try:
+            running.add_domain(DOMAIN)
+            running.add_user(USER)
+            client = Raw(running)
+            client.envelope()
+            assert client.command(b"DATA\r\n").startswith(b"354")
+            assert client.command(b"Subject: modes\r\n\r\nhi\r\n.\r\n").startswith(b"250 2.0.0")
+            client.close()
+            assert list(loose_modes(config.data_dir)) == []
+            assert stat.S_IMODE(config.data_dir.stat().st_mode) == 0o700
+        finally:
+            running.stop()
+    finally:
+        os.umask(old_umask)

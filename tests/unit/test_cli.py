@@ -32,7 +32,7 @@ from surat.store.base import (
     RecipientUpdate,
     Store,
 )
-from surat.store.sqlite import SQLiteStore
+from surat.store.sqlite import INDEX_FILE, SQLiteStore
 
 DOMAIN = "example.test"
 POSTMASTER = f"postmaster@{DOMAIN}"
@@ -847,3 +847,19 @@ def test_queue_list_and_show_escape_control_characters(surat: Callable[..., Run]
     listing = surat("--config", c, "queue", "list").out
     for output in (shown, listing):
         assert all(line.isprintable() for line in output.splitlines())
+
+
+def test_check_warns_about_loose_modes(surat: Callable[..., Run], dev: Setup) -> None:
+    data = dev.config().data_dir
+    assert "warning" not in surat("--config", str(dev.config_file), "check").out  # quickstart's modes
+    (data / INDEX_FILE).chmod(0o644)
+    data.chmod(0o755)
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0
+    warnings = [line for line in result.out.splitlines() if line.startswith("warning: ")]
+    assert warnings[:2] == [
+        f"warning: {data} has mode 0755, others may read it; chmod 0700 it",
+        f"warning: {data / INDEX_FILE} has mode 0644, others may read it; chmod 0600 it",
+    ]
+    # and SQLite's -wal/-shm files, made with the mode of the index file while the check had it open
+    assert all(line.startswith(f"warning: {data / INDEX_FILE}-") for line in warnings[2:])
