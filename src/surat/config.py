@@ -139,6 +139,9 @@ class DeliveryConfig:
     # config itself can be shown and shared.
     smarthost_user: str | None = None
     smarthost_password: str | None = field(default=None, repr=False)
+    # Deliver to loopback, private, link-local... addresses when DNS or an address literal names them
+    # (tests with a fake DNS on 127.0.0.1, a lab network). `routes` and `smarthost` are always trusted.
+    allow_private_destinations: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +310,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smarthost_user=smarthost_user,
         smarthost_password=smarthost_password,
         smtp_timeouts=_smtp_timeouts(delivery_table.table("smtp_timeouts")),
+        allow_private_destinations=delivery_table.boolean(
+            "allow_private_destinations", delivery_defaults.allow_private_destinations
+        ),
     )
     delivery_table.finish()
 

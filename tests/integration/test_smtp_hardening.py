@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import logging
 import os
+import socket
 import stat
 import statistics
 import time
 from pathlib import Path
 
 import pytest
-from conftest import DOMAIN, PASSWORD, USER, Raw, RunningServer, dev_certificates, inbox, make_config
+from conftest import DOMAIN, PASSWORD, USER, Raw, RunningServer, dev_certificates, inbox, make_config, queue
 from test_imap_basic import imaps
 
 from surat.passwords import make_credentials
@@ -137,3 +140,37 @@ def test_data_dir_is_private_whatever_the_umask(
             running.stop()
     finally:
         os.umask(old_umask)
+
+
+@pytest.mark.parametrize("literal", ["[127.0.0.1]", "[IPv6:::1]", "[10.0.0.1]", "[IPv6:::ffff:127.0.0.1]"])
+def test_dsn_to_a_private_address_literal_is_not_delivered(
+    server: RunningServer, raw: Raw, caplog: pytest.LogCaptureFixture, literal: str
+) -> None:
+    # The review: a success DSN for MAIL FROM:<a@[IPv6:::1]> made the queue connect to ::1. The MX
+    # port points at a listener of the test's, so a connection attempt would be seen.
+    trap = socket.create_server(("127.0.0.1", 0))
+    trap.setblocking(False)
+    runner = server.server.queue
+    assert runner is not None
+    runner.settings = dataclasses.replace(runner.settings, mx_port=trap.getsockname()[1], poll_interval=0.05)
+    try:
+        with caplog.at_level(logging.INFO, logger="surat.delivery.queue"):
+            assert raw.command(b"EHLO client.example\r\n").startswith(b"250")
+            assert raw.command(f"MAIL FROM:<bounce@{literal}>\r\n".encode()).startswith(b"250")
+            assert raw.command(b"RCPT TO:<alice@example.test> NOTIFY=SUCCESS\r\n").startswith(b"250")
+            assert raw.command(b"DATA\r\n").startswith(b"354")
+            assert raw.command(b"Subject: track me\r\n\r\nhi\r\n.\r\n").startswith(b"250 2.0.0")
+            deadline = time.monotonic() + 10
+            while not _attempts(caplog) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        (attempt,) = _attempts(caplog)
+        assert (attempt["delivered"], attempt["failed"], attempt["pending"]) == (0, 1, 0)  # permanent
+        with pytest.raises(BlockingIOError):
+            trap.accept()  # nobody knocked
+        assert queue(server) == []  # a failed DSN is not bounced again (its sender is <>)
+    finally:
+        trap.close()
+
+
+def _attempts(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [record.__dict__["kv"] for record in caplog.records if record.getMessage() == "queue.attempt"]

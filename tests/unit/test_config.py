@@ -518,3 +518,12 @@ def test_scram_iterations(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({**BASE, "auth": {"scram_rounds": 5000}}, tmp_path)
     assert info.value.key == "auth.scram_rounds"
+
+
+def test_allow_private_destinations(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).delivery.allow_private_destinations is False
+    config = parse_config({**BASE, "delivery": {"allow_private_destinations": True}}, tmp_path)
+    assert config.delivery.allow_private_destinations is True
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "delivery": {"allow_private_destinations": "yes"}}, tmp_path)
+    assert info.value.key == "delivery.allow_private_destinations"

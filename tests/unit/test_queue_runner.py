@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dsn_reports import recipient_blocks
+from surat.config import parse_config
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -243,3 +244,17 @@ async def test_a_domain_added_at_run_time_is_local_within_a_second(
     assert await queue._is_local_domain("late.test") is False  # remembered for LOCAL_DOMAIN_TTL
     await asyncio.sleep(LOCAL_DOMAIN_TTL + 0.05)
     assert await queue._is_local_domain("late.test") is True
+
+
+def test_settings_refuse_our_own_listening_addresses(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "hostname": "mail.example.test",
+            "listen": {"smtp": ["198.51.100.7:25", "0.0.0.0:2525"], "imap": [], "submission": []},
+            "delivery": {"allow_private_destinations": True},
+        },
+        tmp_path,
+    )
+    settings = RunnerSettings.from_config(config)
+    assert settings.allow_private_destinations is True
+    assert settings.own_addresses == {"198.51.100.7", "0.0.0.0"}
