@@ -247,6 +247,18 @@ def _literal(domain: str, port: int) -> RouteResult:
     return Route(domain, RouteKind.LITERAL, (Host(inner, port, (inner,)),))
 
 
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`text` as an address, IPv4-mapped IPv6 (::ffff:a.b.c.d) as the IPv4 address it stands for;
+    None for anything that is not an address."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def is_public_address(address: str, own_addresses: Collection[str] = ()) -> bool:
     """Whether mail may go to `address` when DNS or an address literal named it.
 
@@ -255,13 +267,8 @@ def is_public_address(address: str, own_addresses: Collection[str] = ()) -> bool
     IPv6 forms of those, and the addresses this server listens on. Configured routes and the smarthost
     are trusted and never checked (issue 11 item 11).
     """
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast and str(ip) not in own_addresses
+    ip = parse_ip(address)
+    return ip is not None and ip.is_global and not ip.is_multicast and str(ip) not in own_addresses
 
 
 def refuse_private(route: Route, own_addresses: Collection[str] = ()) -> RouteResult:
