@@ -25,6 +25,7 @@ from surat.net.tls import TLSSetupError, client_context, server_context
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
+from surat.store.filemodes import make_private_dir
 from surat.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def load_or_create_secret(data_dir: Path) -> bytes:
             return secret
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir, parents=True)
     secret = secrets.token_bytes(32)
     temporary = path.with_suffix(".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -31,7 +31,9 @@ from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.net.tls import TLSSetupError, certificate_warnings, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
+from surat.proto.smtp.address import terminal_safe
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
+from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
 from surat.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -385,7 +387,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         else:
             paths = certs.write_self_signed_certificate(tls_dir, [hostname])
         password = generate_password()
-        credentials = make_credentials(password)
+        credentials = make_credentials(password)  # a new config: the default count
         postmaster = f"postmaster@{domain}"
 
         async def populate(store: Store) -> int:
@@ -530,6 +532,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"warning: tls.cert: {text}"
                 for text in certificate_warnings(config.tls.cert, config.hostname, datetime.now(UTC))
             ]
+        # mail and password hashes: nobody but the server's user may read them (issue 11 item 12)
+        for path, mode in loose_modes(config.data_dir):
+            wanted = PRIVATE_DIR_MODE if path.is_dir() else PRIVATE_FILE_MODE
+            warnings.append(
+                f"warning: {terminal_safe(str(path))} has mode {mode:04o}, others may read it; "
+                f"chmod {wanted:04o} it"
+            )
         lines += warnings
         lines.append(f"OK, with {len(warnings)} warning(s)" if warnings else "OK")
         print("\n".join(lines))
@@ -669,7 +678,9 @@ def cmd_user(args: argparse.Namespace) -> int:
 
         _with_store(config.data_dir, precheck(action == "passwd"))
         try:
-            credentials = make_credentials(_read_password(args))
+            credentials = make_credentials(
+                _read_password(args), scram_iterations=config.auth.scram_iterations
+            )
         except SASLprepError as exc:
             raise CliError(str(exc)) from None
 
@@ -808,7 +819,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if action == "list":
             entries = await store.list_queue()
             for queued in entries:
-                print(_queue_line(queued))
+                # envelope addresses and remote replies are other people's text: no terminal escapes
+                print(terminal_safe(_queue_line(queued)))
             print(f"{len(entries)} message(s) queued", file=sys.stderr)
             return 0
         if action == "flush":
@@ -819,7 +831,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if entry is None:
             raise CliError(f"no queued message {args.id}")
         if action == "show":
-            print("\n".join(_queue_details(entry)))
+            print("\n".join(map(terminal_safe, _queue_details(entry))))
         elif action == "retry":
             await store.reschedule(entry.id, now)
             print(f"{entry.id} due now")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from surat.proto.sasl import SCRAM_ITERATIONS, SCRAM_MIN_ITERATIONS
+
 DEFAULT_CONFIG_NAME = "surat.toml"
 
 
@@ -138,6 +140,16 @@ class DeliveryConfig:
     # config itself can be shown and shared.
     smarthost_user: str | None = None
     smarthost_password: str | None = field(default=None, repr=False)
+    # Deliver to loopback, private, link-local... addresses when DNS or an address literal names them
+    # (tests with a fake DNS on 127.0.0.1, a lab network). `routes` and `smarthost` are always trusted.
+    allow_private_destinations: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # PBKDF2 rounds of the SCRAM-SHA-256 keys made for new and changed passwords (RFC 7677 §4: at least
+    # 4096); see surat.proto.sasl.SCRAM_ITERATIONS for the default and the client cap it respects.
+    scram_iterations: int = SCRAM_ITERATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,7 @@ class Config:
     dns: DnsConfig = DnsConfig()
     limits: LimitsConfig = LimitsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    auth: AuthConfig = AuthConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -298,8 +311,19 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smarthost_user=smarthost_user,
         smarthost_password=smarthost_password,
         smtp_timeouts=_smtp_timeouts(delivery_table.table("smtp_timeouts")),
+        allow_private_destinations=delivery_table.boolean(
+            "allow_private_destinations", delivery_defaults.allow_private_destinations
+        ),
     )
     delivery_table.finish()
+
+    auth_table = reader.table("auth")
+    auth = AuthConfig(
+        scram_iterations=int(
+            auth_table.number("scram_iterations", SCRAM_ITERATIONS, minimum=SCRAM_MIN_ITERATIONS)
+        )
+    )
+    auth_table.finish()
     reader.finish()
 
     config = Config(
@@ -310,6 +334,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         dns=dns,
         limits=limits,
         delivery=delivery,
+        auth=auth,
         path=path,
     )
     _check_tls_files(config)

@@ -36,7 +36,7 @@ from surat.store.base import (
     RecipientUpdate,
     Store,
 )
-from surat.store.sqlite import SQLiteStore
+from surat.store.sqlite import INDEX_FILE, SQLiteStore
 
 DOMAIN = "example.test"
 POSTMASTER = f"postmaster@{DOMAIN}"
@@ -981,3 +981,39 @@ def test_parse_size(text: str, expected: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(cli.UsageError):
         parse_size(text)
+
+
+def test_queue_list_and_show_escape_control_characters(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    config = dev.config()
+    queue_id = _queue_one(config)
+    hostile = "421 4.4.1 \x1b[2Jdown\rX-Evil: 1"
+
+    async def attempted(store: Store) -> None:
+        number = await store.record_attempt(queue_id, datetime.now(UTC), "mx\x1b]0;t\x07", datetime.now(UTC))
+        update = RecipientUpdate(0, RecipientState.PENDING, hostile)
+        await store.finish_attempt(queue_id, number, hostile, [update], datetime.now(UTC))
+
+    _in_store(config, attempted)
+    shown = surat("--config", c, "queue", "show", queue_id).out
+    assert "    last reply: 421 4.4.1 \\x1b[2Jdown\\rX-Evil: 1\n" in shown
+    assert "mx\\x1b]0;t\\x07: " in shown
+    listing = surat("--config", c, "queue", "list").out
+    for output in (shown, listing):
+        assert all(line.isprintable() for line in output.splitlines())
+
+
+def test_check_warns_about_loose_modes(surat: Callable[..., Run], dev: Setup) -> None:
+    data = dev.config().data_dir
+    assert "warning" not in surat("--config", str(dev.config_file), "check").out  # quickstart's modes
+    (data / INDEX_FILE).chmod(0o644)
+    data.chmod(0o755)
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0
+    warnings = [line for line in result.out.splitlines() if line.startswith("warning: ")]
+    assert warnings[:2] == [
+        f"warning: {data} has mode 0755, others may read it; chmod 0700 it",
+        f"warning: {data / INDEX_FILE} has mode 0644, others may read it; chmod 0600 it",
+    ]
+    # and SQLite's -wal/-shm files, made with the mode of the index file while the check had it open
+    assert all(line.startswith(f"warning: {data / INDEX_FILE}-") for line in warnings[2:])

@@ -524,3 +524,24 @@ def test_smtp_timeouts(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({**BASE, "delivery": {"smtp_timeouts": bad}}, tmp_path)
         assert info.value.key == key
+
+
+def test_scram_iterations(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).auth.scram_iterations == 65_536
+    config = parse_config({**BASE, "auth": {"scram_iterations": 600_000}}, tmp_path)
+    assert config.auth.scram_iterations == 600_000
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "auth": {"scram_iterations": 4095}}, tmp_path)  # RFC 7677 §4
+    assert info.value.key == "auth.scram_iterations"
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "auth": {"scram_rounds": 5000}}, tmp_path)
+    assert info.value.key == "auth.scram_rounds"
+
+
+def test_allow_private_destinations(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).delivery.allow_private_destinations is False
+    config = parse_config({**BASE, "delivery": {"allow_private_destinations": True}}, tmp_path)
+    assert config.delivery.allow_private_destinations is True
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "delivery": {"allow_private_destinations": "yes"}}, tmp_path)
+    assert info.value.key == "delivery.allow_private_destinations"

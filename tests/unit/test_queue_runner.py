@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dsn_reports import recipient_blocks
+from surat.config import parse_config
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -275,3 +276,32 @@ async def test_a_domain_added_at_run_time_is_local_within_a_second(
     assert await queue._is_local_domain("late.test") is False  # remembered for LOCAL_DOMAIN_TTL
     await asyncio.sleep(LOCAL_DOMAIN_TTL + 0.05)
     assert await queue._is_local_domain("late.test") is True
+
+
+def test_settings_refuse_our_own_listening_addresses(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "hostname": "mail.example.test",
+            "listen": {"smtp": ["198.51.100.7:25", "0.0.0.0:2525"], "imap": [], "submission": []},
+            "delivery": {"allow_private_destinations": True},
+        },
+        tmp_path,
+    )
+    settings = RunnerSettings.from_config(config)
+    assert settings.allow_private_destinations is True
+    assert settings.own_addresses == {"198.51.100.7", "0.0.0.0"}
+
+
+async def test_a_bounce_to_a_sender_with_a_line_break_is_not_composed(
+    store: SQLiteStore, alice: Account, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 11 item 6: such a sender is refused at MAIL FROM; one already queued (older version, a
+    # hand-made entry) must not turn into a DSN whose To: starts a forged header field
+    entry = await enqueue(
+        store, [OutboundRecipient("x@null.test")], sender="a@example.org\r\nBcc: x@example.org"
+    )
+    with caplog.at_level(logging.WARNING, logger="surat.delivery.queue"):
+        await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    assert await store.get_queue_entry(entry.id) is None  # the failure is final all the same
+    assert await inbox(store, alice) == []
+    assert [r.getMessage() for r in caplog.records] == ["queue.dsn_unaddressable"]

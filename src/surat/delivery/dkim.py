@@ -28,6 +28,8 @@ import dkim as dkimpy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from surat.store.filemodes import make_private_dir
+
 log = logging.getLogger(__name__)
 
 RSA_BITS = 2048  # RFC 8301 §3.2: at least 1024, SHOULD be 2048 bits
@@ -203,7 +205,8 @@ def save_keys(data_dir: Path, keys: Iterable[DkimKey]) -> list[Path]:
     written: list[Path] = []
     for key in keys:
         directory = key_dir(data_dir, key.domain)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(directory.parent, parents=True)  # <data_dir>/dkim too, not only the domain's
+        make_private_dir(directory)
         path = directory / f"{key.selector}.pem"
         if path.exists():
             raise DkimError(f"DKIM key {path} already exists")

@@ -43,15 +43,17 @@ import asyncio
 import contextlib
 import functools
 import io
+import ipaddress
 import logging
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from surat.config import Config, HostPort
+from surat.config import Config, HostPort, ListenConfig
 from surat.delivery import dkim
 from surat.delivery.dsn import (
     Action,
@@ -63,7 +65,7 @@ from surat.delivery.dsn import (
     status_from_reply,
 )
 from surat.delivery.local import resolve as resolve_local
-from surat.delivery.mx import Route, RouteFailure, RouteKind, Target, resolve_targets
+from surat.delivery.mx import Route, RouteFailure, RouteKind, Target, refuse_private, resolve_targets
 from surat.delivery.notify import submit_dsn
 from surat.delivery.schedule import (
     DEFAULT_SCHEDULE,
@@ -75,7 +77,7 @@ from surat.delivery.schedule import (
 from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
 from surat.dns.base import Resolver
 from surat.log import fields
-from surat.proto.smtp.address import Address, SMTPSyntaxError, parse_path
+from surat.proto.smtp.address import Address, SMTPSyntaxError, UnsafeText, parse_path
 from surat.proto.smtp.client import (
     ClientSettings,
     Credentials,
@@ -148,6 +150,9 @@ class RunnerSettings:
     mx_port: int = 25
     batch: int = 100  # due entries fetched per wake-up
     lease: timedelta = LEASE
+    # issue 11 item 11: addresses from DNS or a literal must be public and not ours (mx.refuse_private)
+    allow_private_destinations: bool = False
+    own_addresses: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config) -> RunnerSettings:
@@ -169,7 +174,23 @@ class RunnerSettings:
             poll_interval=delivery.queue_poll_interval,
             connect_timeout=delivery.connect_timeout,
             timeouts=replace(Timeouts(), **delivery.smtp_timeouts),
+            allow_private_destinations=delivery.allow_private_destinations,
+            own_addresses=_listening_addresses(config.listen),
         )
+
+
+def _listening_addresses(listen: ListenConfig) -> frozenset[str]:
+    """The addresses our listeners are bound to by number. A wildcard (0.0.0.0, ::) is not one of
+    them: it is unspecified space, which `is_public_address` refuses anyway; a public address of this
+    host behind a wildcard is caught by the MX loop check on the host name."""
+    found: set[str] = set()
+    for role in dataclass_fields(listen):
+        for hop in getattr(listen, role.name):
+            try:
+                found.add(str(ipaddress.ip_address(hop.host.strip("[]"))))
+            except ValueError:
+                continue  # a host name: not an address
+    return frozenset(found)
 
 
 @dataclass(slots=True)
@@ -567,6 +588,20 @@ class QueueRunner:
         # could not be set up (even with a 5xx greeting) is retried, not bounced.
         return {i: _Outcome(RecipientState.PENDING, last_failure, last_host) for i in indexes}
 
+    async def _resolve(self, domain: str) -> Route | RouteFailure:
+        route = await resolve_targets(
+            self.resolver,
+            domain,
+            local_hostnames=self.local_hostnames,
+            routes=self.settings.routes,
+            smarthost=self.settings.smarthost,
+            rng=self._rng,
+            port=self.settings.mx_port,
+        )
+        if isinstance(route, RouteFailure) or self.settings.allow_private_destinations:
+            return route
+        return refuse_private(route, self.settings.own_addresses)
+
     async def _route(self, domain: str) -> Route | RouteFailure:
         """`resolve_targets` for `domain`, shared with the entries around it (`ROUTE_REUSE`)."""
         now = asyncio.get_running_loop().time()
@@ -577,17 +612,7 @@ class QueueRunner:
         else:
             if len(self._routes) >= 4 * self.settings.batch:
                 self._routes = {d: m for d, m in self._routes.items() if m[0] > now}
-            lookup = asyncio.create_task(
-                resolve_targets(
-                    self.resolver,
-                    domain,
-                    local_hostnames=self.local_hostnames,
-                    routes=self.settings.routes,
-                    smarthost=self.settings.smarthost,
-                    rng=self._rng,
-                    port=self.settings.mx_port,
-                )
-            )
+            lookup = asyncio.create_task(self._resolve(domain))
             memo = self._routes[domain] = (now + ROUTE_REUSE, now, lookup)
         lookup = memo[2]
         try:
@@ -892,6 +917,12 @@ class QueueRunner:
             ret=Ret.FULL if (entry.ret or "").upper() == "FULL" else None,
             smtputf8=entry.smtputf8,
         )
-        dsn = build_dsn(report, io.BytesIO(original), now=now)
+        try:
+            dsn = build_dsn(report, io.BytesIO(original), now=now)
+        except UnsafeText as exc:
+            # A sender with a control character cannot be written into To: without injecting a field
+            # (issue 11 item 6); such an address was refused at MAIL FROM, so this is old or forged data.
+            log.warning("queue.dsn_unaddressable", extra=fields(id=entry.id, reason=str(exc)))
+            return "-"
         await submit_dsn(self.store, dsn, self.clock())
         return dsn.recipient

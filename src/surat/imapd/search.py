@@ -50,7 +50,7 @@ from surat.proto.imap.commands import (
 )
 from surat.proto.imap.seqset import SequenceSet
 from surat.store.base import BlobStore, MessageRecord, MessageSummary
-from surat.store.messageinfo import BodyPart, MessageInfo
+from surat.store.messageinfo import BodyPart, MessageInfo, decode_encoded_words
 
 __all__ = [
     "BATCH",
@@ -161,8 +161,7 @@ def decode_header_value(value: str | bytes) -> str:
     """An unfolded header value with RFC 2047 encoded words decoded and whitespace runs collapsed."""
     text = _bytes_text(value) if isinstance(value, bytes) else value
     if "=?" in text:
-        with contextlib.suppress(LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-            text = str(email.header.make_header(email.header.decode_header(text)))
+        text = decode_encoded_words(text)  # total: an undecodable word stays as written (RFC 2047 §6.3)
     return " ".join(text.split())
 
 

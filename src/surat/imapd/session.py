@@ -620,7 +620,9 @@ class Session:
     # ------------------------------------------------------------------------------ authentication
 
     async def check_password(self, address: str, password: str) -> Account | None:
-        return await authenticate(self.store, address, password)
+        return await authenticate(
+            self.store, address, password, scram_iterations=self.config.auth.scram_iterations
+        )
 
     async def refuse_blocked(self) -> None:
         """Too many failures from this address (surat.authlimit): refuse without checking."""

@@ -202,7 +202,11 @@ class POP3Session:
                 else:
                     await self._login(account, "USER")
             case Auth(mechanism=name, initial_response=initial):
-                mechanism = sasl.server_mechanism(name, secret=self.service.scram_secret)
+                mechanism = sasl.server_mechanism(
+                    name,
+                    secret=self.service.scram_secret,
+                    scram_iterations=self.service.config.auth.scram_iterations,
+                )
                 if mechanism is None:  # the engine only lets configured mechanisms through
                     engine.err("unsupported authentication mechanism")
                     return
@@ -262,7 +266,9 @@ class POP3Session:
     # ----------------------------------------------------------------------------- authentication
 
     async def _check_password(self, address: str, password: str) -> Account | None:
-        return await authenticate(self.store, address, password)
+        return await authenticate(
+            self.store, address, password, scram_iterations=self.service.config.auth.scram_iterations
+        )
 
     async def _sasl_step(self, step: sasl.Step) -> None:
         mechanism = self._mechanism

@@ -670,7 +670,11 @@ class _Session:
         if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
             log.info("smtp.auth", extra=fields(peer=self.conn.peer_host, result="blocked"))
             return AUTH_BLOCKED
-        self.sasl = sasl.server_mechanism(event.mechanism, secret=self.service.scram_secret)
+        self.sasl = sasl.server_mechanism(
+            event.mechanism,
+            secret=self.service.scram_secret,
+            scram_iterations=self.service.config.auth.scram_iterations,
+        )
         self.sasl_account = None
         self.sasl_authcid = None
         self.sasl_success = None
@@ -700,7 +704,12 @@ class _Session:
                     return R.auth_challenge(step.data)
                 case sasl.VerifyPassword():
                     self.sasl_authcid = step.authcid
-                    account = await authenticate(self.store, step.authcid, step.password)
+                    account = await authenticate(
+                        self.store,
+                        step.authcid,
+                        step.password,
+                        scram_iterations=self.service.config.auth.scram_iterations,
+                    )
                     if account is not None:
                         self.sasl_account = account.address
                     step = mechanism.password_result(account is not None)

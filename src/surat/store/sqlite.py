@@ -84,6 +84,7 @@ from surat.store.base import (
 )
 from surat.store.blobs import FileBlobStore, new_blob_id
 from surat.store.feed import InProcessChangeFeed
+from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 from surat.store.messageinfo import MessageInfo, compute_message_info
 from surat.store.schema import migrate
 
@@ -438,20 +439,26 @@ class SQLiteStore:
         self._open = True
 
     def _open_writer(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.spool_dir.mkdir(exist_ok=True)
-        self.blob_dir.mkdir(exist_ok=True)
+        # Owner-only, whatever the umask (issue 11 item 12): the index holds password hashes and SCRAM
+        # keys, the blobs hold mail. Modes are set when we create; `surat check` reports looser ones.
+        make_private_dir(self.data_dir, parents=True)
+        make_private_dir(self.spool_dir)
+        make_private_dir(self.blob_dir)
         # Create every blob directory up front: a batch then never needs to sync a new one.
         created = False
         for i in range(256):
             sub = self.blob_dir / f"{i:02x}"
             if not sub.is_dir():
-                sub.mkdir()
+                make_private_dir(sub)
                 created = True
         if created and self._sync != SyncMode.NONE:
             _fsync_path(self.blob_dir, directory=True)
             _fsync_path(self.data_dir, directory=True)
-        conn = sqlite3.connect(self.data_dir / INDEX_FILE, isolation_level=None, check_same_thread=False)
+        index = self.data_dir / INDEX_FILE
+        # SQLite creates the -wal and -shm files with the mode of the database file, so creating that
+        # one 0600 first makes all three private.
+        os.close(os.open(index, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+        conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'NORMAL' if self._sync == SyncMode.NONE else 'FULL'}")
         conn.execute("PRAGMA foreign_keys = ON")
