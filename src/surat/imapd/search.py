@@ -48,6 +48,7 @@ from surat.proto.imap.commands import (
     SearchText,
     SearchUid,
 )
+from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.seqset import SequenceSet
 from surat.store.base import BlobStore, MessageRecord, MessageSummary
 from surat.store.messageinfo import BodyPart, MessageInfo
@@ -70,14 +71,14 @@ __all__ = [
 ]
 
 BATCH: Final = 500  # UIDs per get_messages call
-SUPPORTED_CHARSETS: Final = ("US-ASCII", "UTF-8")  # RFC 9051 §6.4.4: both MUST be supported
+SUPPORTED_CHARSETS: Final = SEARCH_CHARSETS  # RFC 9051 §6.4.4: both MUST be supported; the parser checks
 _CHUNK: Final = 64 * 1024
 _MAX_HEADER: Final = 256 * 1024  # octets of a header block read for HEADER/TEXT (as MessageInfo keeps)
 _YIELD_EVERY: Final = 8192  # messages evaluated between two returns to the event loop
 
 
 class BadCharset(Exception):
-    """SEARCH/SORT/THREAD with a charset we do not search in: `NO [BADCHARSET (US-ASCII UTF-8)]`."""
+    """SEARCH/SORT/THREAD with a charset we do not search in: `NO [BADCHARSET (UTF-8 US-ASCII)]`."""
 
     def __init__(self, charset: str) -> None:
         super().__init__(f"unsupported charset {charset}")
