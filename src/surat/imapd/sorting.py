@@ -17,7 +17,6 @@ from surat.imapd.search import (
     SearchView,
     check_charset,
     decode_header_value,
-    fold,
     iter_records,
     matching_indexes,
 )
@@ -110,14 +109,15 @@ def _mailbox(addresses: Sequence[Address]) -> str:
 
 
 def _display(addresses: Sequence[Address]) -> str:
-    # RFC 5957 §3: the display name of the first address if it has a non-empty one, else its addr-spec.
+    # RFC 5957 §3: the display name of the first address if it has a non-empty one, else its addr-spec,
+    # compared with the default comparator i;ascii-casemap like every SORT key (RFC 5256 §3).
     first = _first_address(addresses)
     if first is None:
         return ""
     name = decode_header_value(first.name) if first.name else ""
     if not name:
         name = f"{first.mailbox}@{first.host}" if first.host else first.mailbox or ""
-    return fold(name)
+    return ascii_casemap(name)
 
 
 _InfoKey = Callable[[MessageInfo | None, MessageFacts], Any]
