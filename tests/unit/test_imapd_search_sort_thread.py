@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import time
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -12,7 +13,7 @@ import pytest
 
 from surat.imapd.search import BATCH, BadCharset, SimpleView
 from surat.imapd.sorting import base_subject, sort
-from surat.imapd.threading import ThreadNode, format_threads, thread
+from surat.imapd.threading import MAX_REFERENCES, ThreadNode, format_threads, thread
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
 from surat.store.base import MessageRecord, MessageSummary
@@ -403,6 +404,31 @@ async def test_thread_deep_chain_is_not_recursive() -> None:
         mail(n, 0, irt=f"m{n - 1}", mid=f"m{n}") for n in range(2, depth + 1)
     ]
     assert await threads_of(messages) == "(" + " ".join(str(n) for n in range(1, depth + 1)) + ")"
+
+
+async def test_thread_deep_chain_is_linear() -> None:
+    # Each reply names only its parent: linking used to walk up the whole chain for every message
+    # (quadratic); a container without children needs no loop check.
+    depth = 20_000
+    messages = [mail(1, 0, mid="m1")] + [
+        mail(n, 0, refs=f"m{n - 1}", mid=f"m{n}") for n in range(2, depth + 1)
+    ]
+    store, view = build(messages)
+    started = time.process_time()
+    roots = await thread(store, 1, view, "REFERENCES", c.SearchAll(), "UTF-8")
+    assert time.process_time() - started < 1.5  # measured: 0.4 s; the quadratic version took 3.6 s
+    assert format_threads(roots) == "(" + " ".join(str(n) for n in range(1, depth + 1)) + ")"
+
+
+async def test_thread_uses_the_last_max_references() -> None:
+    # Message 2 names message 1 first, then 150 missing ancestors: only the last MAX_REFERENCES (all
+    # missing, pruned as dummies) place it, so it starts a thread of its own.
+    missing = " ".join(f"gone{k}" for k in range(150))
+    messages = [mail(1, 1, mid="a"), mail(2, 2, mid="b", refs=f"a {missing}")]
+    assert MAX_REFERENCES == 100
+    assert await threads_of(messages) == "(1)(2)"
+    messages = [mail(1, 1, mid="a"), mail(2, 2, mid="b", refs=f"a {' '.join(missing.split()[:98])}")]
+    assert await threads_of(messages) == "(1 2)"
 
 
 # ----------------------------------------------------------------------------------------- format
