@@ -15,15 +15,16 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 from pathlib import Path
+
+from common import deliver_all
 
 from surat.imapd.search import SimpleView, search
 from surat.imapd.sorting import sort
 from surat.imapd.threading import thread
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
-from surat.store.base import Credentials, Delivery, MailboxTarget
+from surat.store.base import Credentials
 from surat.store.sqlite import SQLiteStore
 
 _CREDS = Credentials("$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")  # never used to log in
@@ -44,16 +45,7 @@ def message(n: int) -> bytes:
 async def fill(store: SQLiteStore, count: int) -> int:
     await store.add_domain("example.test")
     account = await store.add_account("alice@example.test", _CREDS)
-    target = (MailboxTarget(account.id),)
-    pending: set[asyncio.Task[object]] = set()
-    for n in range(count):
-        raw = message(n)
-        delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
-        pending.add(asyncio.ensure_future(store.deliver(delivery)))
-        if len(pending) >= 200:
-            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-    if pending:
-        await asyncio.gather(*pending)
+    await deliver_all(store, account.id, (message(n) for n in range(count)))
     mailbox = await store.get_mailbox(account.id, "INBOX")
     assert mailbox is not None
     return mailbox.id

@@ -277,22 +277,20 @@ BODY_LINES = 600
 
 
 def _fill(server: RunningServer, count: int) -> None:
-    """``count`` 38 KiB messages into alice's INBOX, 200 deliveries in flight (few group commits)."""
+    """``count`` 38 KiB messages into alice's INBOX, all deliveries at once (few group commits)."""
     filler = ("a line of body text that BODY searches through, word by word\r\n" * BODY_LINES).encode()
 
     async def run() -> None:
         store = server.store
         account = await store.get_account(USER)
         target = (MailboxTarget(account.id),)
-        pending: set[asyncio.Task[object]] = set()
-        for n in range(count):
-            raw = b"From: x@example.net\r\nSubject: m%d\r\n\r\n" % n + filler
-            delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
-            pending.add(asyncio.ensure_future(store.deliver(delivery)))
-            if len(pending) >= 200:
-                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if pending:
-            await asyncio.gather(*pending)
+        messages = (b"From: x@example.net\r\nSubject: m%d\r\n\r\n" % n + filler for n in range(count))
+        await asyncio.gather(
+            *(
+                store.deliver(Delivery(None, len(m), datetime.now(UTC), local=target, content=m))
+                for m in messages
+            )
+        )
 
     server.call(run(), timeout=120)
 
