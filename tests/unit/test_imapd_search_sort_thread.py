@@ -201,13 +201,14 @@ async def test_sort_message_expunged_meanwhile_sorts_with_empty_keys() -> None:
 
 async def test_sort_many_messages_fetches_in_batches() -> None:
     messages = [
-        (f"From: u{n % 97}@x.example\nSubject: s{n % 89}", n + 1, day(1 + n % 28)) for n in range(1300)
+        (f"From: u{n % 97}@x.example\nSubject: s{n % 89}", n + 1, day(1 + n % 28))
+        for n in range(2600)  # over _INLINE_ORDERING: ordered in a worker
     ]
     store, view = build(messages)
     command = sort_command("(SUBJECT FROM REVERSE ARRIVAL) UTF-8 ALL")
     uids = await sort(store, 1, view, command.criteria, command.key, command.charset)
-    assert max(store.calls) <= BATCH and sum(store.calls) == 1300
-    expected = sorted(range(1300), key=lambda n: (f"S{(n) % 89}", f"U{n % 97}", -(1 + n % 28), n))
+    assert max(store.calls) <= BATCH and sum(store.calls) == 2600
+    expected = sorted(range(2600), key=lambda n: (f"S{(n) % 89}", f"U{n % 97}", -(1 + n % 28), n))
     assert uids == [n + 1 for n in expected]
 
 
