@@ -195,8 +195,7 @@ class ListenerSurat:
         self.log.close()
 
     def fill_inbox(self, messages: Iterable[bytes]) -> None:
-        """Deliver `messages` straight into the user's INBOX while the server is stopped, 200 at a
-        time in flight so that the store groups them into few commits."""
+        """Deliver `messages` straight into the user's INBOX while the server is stopped."""
 
         async def run() -> None:
             store = SQLiteStore(self.config.data_dir)
@@ -204,16 +203,22 @@ class ListenerSurat:
             try:
                 account = await store.get_account(self.user)
                 assert account is not None
-                target = (MailboxTarget(account.id),)
-                pending: set[asyncio.Task[object]] = set()
-                for raw in messages:
-                    delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
-                    pending.add(asyncio.ensure_future(store.deliver(delivery)))
-                    if len(pending) >= 200:
-                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if pending:
-                    await asyncio.gather(*pending)
+                await deliver_all(store, account.id, messages)
             finally:
                 await store.close()
 
         asyncio.run(run())
+
+
+async def deliver_all(store: SQLiteStore, account_id: int, messages: Iterable[bytes]) -> None:
+    """Deliver `messages` into an account's INBOX, 200 at a time in flight so that the store groups them
+    into few commits."""
+    target = (MailboxTarget(account_id),)
+    pending: set[asyncio.Task[object]] = set()
+    for raw in messages:
+        delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
+        pending.add(asyncio.ensure_future(store.deliver(delivery)))
+        if len(pending) >= 200:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    if pending:
+        await asyncio.gather(*pending)

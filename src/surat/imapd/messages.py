@@ -229,24 +229,23 @@ def _uses_modseq(key: c.SearchKey) -> bool:
     return False
 
 
-def _check_seq_keys(s: Session, key: c.SearchKey) -> None:
-    match key:
-        case c.SearchSeq(seqset=seqset) if not seqset.saved:
-            if seqset.max_explicit() > s.require_view().exists:
-                raise CommandError("message sequence number out of range")
-        case c.SearchNot(key=inner):
-            _check_seq_keys(s, inner)
-        case c.SearchOr(left=left, right=right):
-            _check_seq_keys(s, left)
-            _check_seq_keys(s, right)
-        case c.SearchAnd(keys=keys):
-            for k in keys:
-                _check_seq_keys(s, k)
+def _min_max(uids: list[int], options: set[str]) -> list[int]:
+    """The UIDs a MIN/MAX-only ESEARCH reports (``uids`` ascending)."""
+    if not uids:
+        return []
+    return [*(uids[:1] if "MIN" in options else []), *(uids[-1:] if "MAX" in options else [])]
+
+
+def _highest_modseq(s: Session, uids: list[int]) -> int | None:
+    state = s.require_view().state
+    return max((state[u].modseq for u in uids), default=None)
 
 
 async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
+    # A sequence number beyond EXISTS names no message, so a search over it finds nothing: OK with an empty
+    # result, never BAD (the client may have computed the set before the mailbox shrank; RFC 9051 §6.4.4
+    # returns "messages that match", RFC 4731 §3.1 an ESEARCH without MIN/MAX/ALL data when none does).
     view = s.require_view()
-    _check_seq_keys(s, cmd.key)
     modseq_key = _uses_modseq(cmd.key)
     if modseq_key:
         s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ is a CONDSTORE-enabling command
@@ -267,28 +266,32 @@ async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
         assert seq is not None
         return seq
 
-    modseq = max((view.state[u].modseq for u in uids), default=None) if modseq_key else None
     returns = cmd.returns
     if returns is None and s.rev2:
         returns = ("ALL",)  # RFC 9051 §6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH
     if returns is None:
+        # RFC 7162 §3.1.5: with a MODSEQ key, the highest mod-sequence of the returned messages (none
+        # when nothing matched).
+        modseq = _highest_modseq(s, uids) if modseq_key else None
         s.send(search_response((number(u) for u in uids), modseq=modseq))
         return Done()
     options = set(returns) or {"ALL"}
     if "SAVE" in options:
         # RFC 5182 §2.4: with MIN or MAX (and without ALL/COUNT) only those are saved.
         if options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
-            kept = []
-            if uids and "MIN" in options:
-                kept.append(uids[0])
-            if uids and "MAX" in options:
-                kept.append(uids[-1])
-            view.saved = sorted(set(kept))
+            view.saved = sorted(set(_min_max(uids, options)))
         else:
             view.saved = list(uids)
         options.discard("SAVE")
         if not options:
             return Done()  # RFC 5182 §2.2: SAVE alone returns no ESEARCH
+    modseq = None
+    if modseq_key:
+        # RFC 4731 §3.2 (with CONDSTORE): the MODSEQ result is the highest mod-sequence of the messages
+        # returned. With only MIN and/or MAX those are the one or two messages reported; with ALL or
+        # COUNT, every matching message.
+        returned = uids if options & {"ALL", "COUNT"} else _min_max(uids, options)
+        modseq = _highest_modseq(s, returned)
     numbers = [number(u) for u in uids]
     s.send(
         esearch(
@@ -306,7 +309,6 @@ async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
 
 async def sort_cmd(s: Session, cmd: c.Sort) -> Done:
     view = s.require_view()
-    _check_seq_keys(s, cmd.key)
     try:
         uids = await sort(s.store, view.mailbox_id, view, cmd.criteria, cmd.key, cmd.charset)
     except BadCharset as exc:
@@ -318,7 +320,6 @@ async def sort_cmd(s: Session, cmd: c.Sort) -> Done:
 
 async def thread_cmd(s: Session, cmd: c.Thread) -> Done:
     view = s.require_view()
-    _check_seq_keys(s, cmd.key)
     try:
         roots = await thread(s.store, view.mailbox_id, view, cmd.algorithm, cmd.key, cmd.charset)
     except BadCharset as exc:

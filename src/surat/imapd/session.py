@@ -36,6 +36,7 @@ from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.proto.imap import commands as c
 from surat.proto.imap import mutf7
+from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.reader import (
     NEED_DATA,
     CommandReader,
@@ -95,6 +96,7 @@ EXTENSIONS = (
     "ESEARCH",
     "SEARCHRES",
     "SORT",
+    "SORT=DISPLAY",  # RFC 5957: DISPLAYFROM and DISPLAYTO sort keys
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "UTF8=ACCEPT",
@@ -216,10 +218,21 @@ class Session:
         return "QRESYNC" in self.enabled
 
     def enable_condstore(self) -> None:
-        """RFC 7162 §3.1: a CONDSTORE-enabling command was used; MODSEQ goes into FETCH responses from now on."""
+        """RFC 7162 §3.1: a CONDSTORE-enabling command was used; MODSEQ goes into FETCH responses from now on.
+
+        The first one issued while a mailbox is selected (FETCH MODSEQ or CHANGEDSINCE, SEARCH MODSEQ, STORE
+        UNCHANGEDSINCE, STATUS HIGHESTMODSEQ) is answered with `* OK [HIGHESTMODSEQ n]` (RFC 7162 §3.1), so
+        the client knows from which mod-sequence on it is kept informed. SELECT/EXAMINE (CONDSTORE) call this
+        before the new mailbox is selected and send HIGHESTMODSEQ themselves."""
+        first = "CONDSTORE" not in self.enabled
         self.enabled.add("CONDSTORE")
-        if self.view is not None:
-            self.view.condstore = True
+        view = self.view
+        if view is None:
+            return
+        view.condstore = True
+        if first:
+            highest = max([view.highestmodseq, *(st.modseq for st in view.state.values())])
+            self.send(untagged_status(Status.OK, "CONDSTORE enabled", ResponseCode.highestmodseq(highest)))
 
     @property
     def user(self) -> str:
@@ -414,9 +427,7 @@ class Session:
             self.append = None
         if event.code == "BADCHARSET":
             # RFC 9051 §6.4.4: an unsupported charset is a NO with the charsets we do support.
-            self.send(
-                tagged(event.tag, Status.NO, event.message, ResponseCode.badcharset(["UTF-8", "US-ASCII"]))
-            )
+            self.send(tagged(event.tag, Status.NO, event.message, ResponseCode.badcharset(SEARCH_CHARSETS)))
             await self.count_error(False)
         else:
             self.send(tagged(event.tag, Status.BAD, event.message))
