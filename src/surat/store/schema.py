@@ -129,6 +129,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queue_recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0
     """,
+    # 4: the DKIM-Signature fields made when the message was queued (issue 18: signed once, not
+    # at every attempt). NULL: not signed when queued (entries from before, DSNs, mail from the
+    # MX port); the runner then signs at the first attempt if the sender is local, and stores it.
+    """
+    ALTER TABLE queue ADD COLUMN dkim_signature BLOB
+    """,
 )
 
 
