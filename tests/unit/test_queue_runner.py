@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import email
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from dsn_reports import recipient_blocks
+from surat.config import HostPort
+from surat.delivery import dkim
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -243,3 +249,49 @@ async def test_a_domain_added_at_run_time_is_local_within_a_second(
     assert await queue._is_local_domain("late.test") is False  # remembered for LOCAL_DOMAIN_TTL
     await asyncio.sleep(LOCAL_DOMAIN_TTL + 0.05)
     assert await queue._is_local_domain("late.test") is True
+
+
+async def test_an_entry_queued_unsigned_is_signed_at_its_first_attempt_only(
+    store: SQLiteStore, alice: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries from before schema 4 (or from the MX port) carry no signature: the first attempt
+    signs (t= the queueing time) and stores it with the attempt record; later attempts reuse it."""
+    calls: list[str] = []
+    real_sign = dkim.sign
+
+    def counting_sign(message: bytes, domain: str, *args: Any, **kwargs: Any) -> bytes:
+        calls.append(domain)
+        return real_sign(message, domain, *args, **kwargs)
+
+    monkeypatch.setattr(dkim, "sign", counting_sign)
+    with socket.socket() as unused:  # a port nobody listens on: every attempt is deferred
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    settings = RunnerSettings(
+        hostname="mail.example.test",
+        schedule=SCHEDULE,
+        routes={"remote.test": HostPort("127.0.0.1", port)},
+        connect_timeout=2,
+    )
+    clock = Clock(datetime.now(UTC))
+    queue = QueueRunner(store, dns(), settings, data_dir=tmp_path / "data", clock=clock)
+    local = await enqueue(store, [OutboundRecipient("x@remote.test")])
+    foreign = await enqueue(store, [OutboundRecipient("y@remote.test")], sender="carol@elsewhere.test")
+    assert local.dkim_signature is None and foreign.dkim_signature is None
+    stored: list[bytes | None] = []
+    for _attempt in range(3):
+        for entry_id in (local.id, foreign.id):
+            entry = await store.get_queue_entry(entry_id)
+            assert entry is not None
+            await queue.process(entry)
+        again = await store.get_queue_entry(local.id)
+        assert again is not None and again.recipients[0].state is RecipientState.PENDING
+        stored.append(again.dkim_signature)
+        clock.now += timedelta(minutes=10)
+    assert calls == ["example.test"]  # once for three attempts; never for a foreign sender
+    signature = stored[0]
+    assert signature is not None and signature.count(b"DKIM-Signature:") == 2
+    assert stored == [signature] * 3
+    assert f"t={int(local.created_at.timestamp())};".encode() in signature.replace(b"\r\n ", b" ")
+    untouched = await store.get_queue_entry(foreign.id)
+    assert untouched is not None and untouched.dkim_signature == b""  # decided: not ours to sign
