@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue, require_tool
 
+from dkim_keys import count_signatures
 from dsn_reports import dsn_parts
 from surat.app import SuratServer
 from surat.config import Config, parse_config
@@ -104,11 +105,16 @@ def submit(server: RunningServer, recipients: list[str], subject: str = "hello")
 
 
 def start_sender(tmp_path: Path, routes: dict[str, str], **extra: Any) -> Peer:
-    config = peer_config(tmp_path / "a", "mail.example.test", delivery=fast_delivery(routes, **extra))
-    sender = Peer(config, FakeResolver())
+    sender = restart_sender(tmp_path, routes, **extra)
     sender.add_domain("example.test")
     sender.add_user(ALICE)
     return sender
+
+
+def restart_sender(tmp_path: Path, routes: dict[str, str], **extra: Any) -> Peer:
+    """The sending server on `tmp_path`'s data directory (`start_sender` adds its domain and user)."""
+    config = peer_config(tmp_path / "a", "mail.example.test", delivery=fast_delivery(routes, **extra))
+    return Peer(config, FakeResolver())
 
 
 @pytest.fixture
@@ -292,19 +298,6 @@ def test_temporary_failure_then_success_delivers_exactly_once(tmp_path: Path) ->
             sender.stop()
 
 
-def count_signatures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every `dkim.sign` call from now on appends the signing domain to the returned list."""
-    calls: list[str] = []
-    real_sign = dkim.sign
-
-    def counting_sign(message: bytes, domain: str, *args: Any, **kwargs: Any) -> bytes:
-        calls.append(domain)
-        return real_sign(message, domain, *args, **kwargs)
-
-    monkeypatch.setattr(dkim, "sign", counting_sign)
-    return calls
-
-
 def dkim_fields(message: bytes) -> list[bytes]:
     parsed = parse_message(message)
     return [name + b":" + value for name, value in parsed.fields if name.lower() == b"dkim-signature"]
@@ -358,12 +351,7 @@ def test_a_key_rotated_while_the_message_waits_does_not_resign_it(
     assert [k.selector for k in dkim.load_keys(data_dir, "example.test")] == ["s20990101r", "s20990101e"]
     calls = count_signatures(monkeypatch)
     with ScriptedPeer() as peer:
-        config = peer_config(
-            tmp_path / "a",
-            "mail.example.test",
-            delivery=fast_delivery({"grey.test": f"127.0.0.1:{peer.port}"}),
-        )
-        restarted = Peer(config, FakeResolver())
+        restarted = restart_sender(tmp_path, {"grey.test": f"127.0.0.1:{peer.port}"})
         try:
             (delivered,) = wait_for(lambda: peer.messages, timeout=10)
             wait_for(lambda: not queue(restarted))
@@ -466,12 +454,7 @@ def test_an_attempt_cut_short_is_resumed_after_a_restart(tmp_path: Path) -> None
         finally:
             sender.stop()
     with ScriptedPeer() as peer:
-        config = peer_config(
-            tmp_path / "a",
-            "mail.example.test",
-            delivery=fast_delivery({"slow.test": f"127.0.0.1:{peer.port}"}),
-        )
-        restarted = Peer(config, FakeResolver())
+        restarted = restart_sender(tmp_path, {"slow.test": f"127.0.0.1:{peer.port}"})
         try:
             wait_for(lambda: peer.messages, timeout=10)
             wait_for(lambda: not queue(restarted))

@@ -9,13 +9,12 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from dkim_keys import count_signatures
 from dsn_reports import recipient_blocks
 from surat.config import HostPort
-from surat.delivery import dkim
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -256,14 +255,7 @@ async def test_an_entry_queued_unsigned_is_signed_at_its_first_attempt_only(
 ) -> None:
     """Entries from before schema 4 (or from the MX port) carry no signature: the first attempt
     signs (t= the queueing time) and stores it with the attempt record; later attempts reuse it."""
-    calls: list[str] = []
-    real_sign = dkim.sign
-
-    def counting_sign(message: bytes, domain: str, *args: Any, **kwargs: Any) -> bytes:
-        calls.append(domain)
-        return real_sign(message, domain, *args, **kwargs)
-
-    monkeypatch.setattr(dkim, "sign", counting_sign)
+    calls = count_signatures(monkeypatch)
     with socket.socket() as unused:  # a port nobody listens on: every attempt is deferred
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]

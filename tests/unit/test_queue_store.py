@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from surat.store import schema
+from old_schema import queue_database_at
 from surat.store.base import (
     Change,
     ChangeKind,
@@ -143,22 +142,7 @@ async def test_entries_queued_before_schema_4_read_as_unsigned(tmp_path: Path) -
     """An existing data directory keeps working: migration 4 adds the column, old entries have NULL."""
     data_dir = tmp_path / "old"
     data_dir.mkdir()
-    conn = sqlite3.connect(data_dir / INDEX_FILE, isolation_level=None)
-    try:
-        for number, script in enumerate(schema.MIGRATIONS[:3], start=1):
-            for statement in schema._statements(script):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
-        conn.execute(
-            "INSERT INTO queue (id, sender, size, blob_id, created_at, next_attempt_at)"
-            " VALUES ('q1', 'a@example.test', 1, 'b1', 0, 0)"
-        )
-        conn.execute(
-            "INSERT INTO queue_recipients (queue_id, position, address, state)"
-            " VALUES ('q1', 0, 'x@remote.test', 'pending')"
-        )
-    finally:
-        conn.close()
+    queue_database_at(data_dir / INDEX_FILE, 3).close()
     store = SQLiteStore(data_dir)
     await store.open()
     try:
