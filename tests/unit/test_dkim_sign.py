@@ -408,3 +408,16 @@ def test_fuzz_signatures_verify_or_are_refused(
         assert signature == b""
         return
     assert _ours(signature + message, keys) == [DKIMStatus.PASS, DKIMStatus.PASS]
+
+
+def test_concurrent_first_uses_of_a_domain_create_its_keys_once(tmp_path: Path) -> None:
+    async def run() -> list[tuple[SigningKey, ...]]:
+        signing_keys = SigningKeys(tmp_path)
+        return await asyncio.gather(*(signing_keys.get("example.com", NOW) for _ in range(4)))
+
+    first, *others = asyncio.run(run())
+    assert all(keys is first for keys in others)
+    assert sorted(p.name for p in key_dir(tmp_path, "example.com").iterdir()) == [
+        "s20261126e.pem",
+        "s20261126r.pem",
+    ]

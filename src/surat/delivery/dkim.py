@@ -455,6 +455,9 @@ class SigningKeys:
         # the loop, messages up to INLINE_SIGN_LIMIT.
         self.in_thread = in_thread
         self._keys: dict[str, tuple[SigningKey, ...]] = {}
+        # One load at a time: two first messages of a new domain must not both create its keys
+        # (the second `save_keys` would find the selector taken and the message go out unsigned).
+        self._loading = asyncio.Lock()
 
     def load(self, domain: str, now: datetime) -> tuple[SigningKey, ...]:
         """The domain's keys, created when missing (file I/O: call it in a thread)."""
@@ -464,9 +467,13 @@ class SigningKeys:
         return keys
 
     async def get(self, domain: str, now: datetime) -> tuple[SigningKey, ...]:
+        """The domain's keys (`domain` lower case), loaded in a thread the first time."""
         keys = self._keys.get(domain)
         if keys is None:
-            keys = await asyncio.get_running_loop().run_in_executor(None, self.load, domain, now)
+            async with self._loading:
+                keys = self._keys.get(domain)
+                if keys is None:
+                    keys = await asyncio.get_running_loop().run_in_executor(None, self.load, domain, now)
         return keys
 
     async def sign(self, message: bytes, domain: str, now: datetime) -> bytes:

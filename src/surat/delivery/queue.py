@@ -256,10 +256,9 @@ class QueueRunner:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         now = self.clock()
         for domain in await self.store.list_domains():
-            await loop.run_in_executor(None, self.signing_keys.load, domain, now)
+            await self.signing_keys.get(domain, now)
         recovered = await self.store.recover_queue(now)
         if recovered:
             log.info("queue.recovered", extra=fields(entries=recovered))
