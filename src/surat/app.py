@@ -15,6 +15,7 @@ import dns.exception
 
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.config import Config
+from surat.delivery.dkim import SigningKeys
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.dns.base import Resolver
 from surat.dns.resolver import DnsResolver
@@ -73,6 +74,8 @@ class SuratServer:
         secret = load_or_create_secret(config.data_dir)
         # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
         auth_limiter = StoreAuthLimiter(self.store, BlockPolicy.from_config(config.limits))
+        # DKIM keys read and parsed once, for signing at submission and for the queue's fallback
+        signing_keys = SigningKeys(config.data_dir)
         smtp = SMTPService(
             config,
             self.store,
@@ -81,6 +84,7 @@ class SuratServer:
             resolver=self.resolver,
             auth_limiter=auth_limiter,
             trusted_arc_sealers=config.limits.trusted_arc_sealers,
+            signing_keys=signing_keys,
         )
         pop3 = POP3Service(
             config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
@@ -125,6 +129,7 @@ class SuratServer:
             data_dir=config.data_dir,
             tls_context=client_context(verify=False),
             smarthost_tls_context=client_context(verify=True),  # it gets our AUTH credentials
+            signing_keys=signing_keys,
         )
         await self.queue.start()
 

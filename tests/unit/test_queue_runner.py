@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import email
 import logging
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from dkim_keys import count_signatures
 from dsn_reports import recipient_blocks
-from surat.config import parse_config
+from surat.config import HostPort, parse_config
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -305,3 +307,42 @@ async def test_a_bounce_to_a_sender_with_a_line_break_is_not_composed(
     assert await store.get_queue_entry(entry.id) is None  # the failure is final all the same
     assert await inbox(store, alice) == []
     assert [r.getMessage() for r in caplog.records] == ["queue.dsn_unaddressable"]
+
+
+async def test_an_entry_queued_unsigned_is_signed_at_its_first_attempt_only(
+    store: SQLiteStore, alice: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries from before schema 6 (or from the MX port) carry no signature: the first attempt
+    signs (t= the queueing time) and stores it with the attempt record; later attempts reuse it."""
+    calls = count_signatures(monkeypatch)
+    with socket.socket() as unused:  # a port nobody listens on: every attempt is deferred
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    settings = RunnerSettings(
+        hostname="mail.example.test",
+        schedule=SCHEDULE,
+        routes={"remote.test": HostPort("127.0.0.1", port)},
+        connect_timeout=2,
+    )
+    clock = Clock(datetime.now(UTC))
+    queue = QueueRunner(store, dns(), settings, data_dir=tmp_path / "data", clock=clock)
+    local = await enqueue(store, [OutboundRecipient("x@remote.test")])
+    foreign = await enqueue(store, [OutboundRecipient("y@remote.test")], sender="carol@elsewhere.test")
+    assert local.dkim_signature is None and foreign.dkim_signature is None
+    stored: list[bytes | None] = []
+    for _attempt in range(3):
+        for entry_id in (local.id, foreign.id):
+            entry = await store.get_queue_entry(entry_id)
+            assert entry is not None
+            await queue.process(entry)
+        again = await store.get_queue_entry(local.id)
+        assert again is not None and again.recipients[0].state is RecipientState.PENDING
+        stored.append(again.dkim_signature)
+        clock.now += timedelta(minutes=10)
+    assert calls == ["example.test"]  # once for three attempts; never for a foreign sender
+    signature = stored[0]
+    assert signature is not None and signature.count(b"DKIM-Signature:") == 2
+    assert stored == [signature] * 3
+    assert f"t={int(local.created_at.timestamp())};".encode() in signature.replace(b"\r\n ", b" ")
+    untouched = await store.get_queue_entry(foreign.id)
+    assert untouched is not None and untouched.dkim_signature == b""  # decided: not ours to sign

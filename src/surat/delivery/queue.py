@@ -4,8 +4,11 @@ One loop wakes on the store's QUEUE_CHANGED (account 0) or every `queue_poll_int
 (so `surat queue retry/flush` run by another process is seen), and starts a task per due entry.
 A task:
 
-1. reads the message (from `body_offset`: the Return-Path is for local copies only) and signs it
-   with DKIM when the sender's domain is local (in an executor: RSA signing is CPU-bound);
+1. reads the message (from `body_offset`: the Return-Path is for local copies only) and puts the
+   DKIM-Signature fields stored with the entry on top. They were made once, when the message was
+   queued (submission, issue 18); an entry queued without them (from before, or from the MX port)
+   whose sender's domain is local is signed at its first attempt and the fields are stored with
+   the attempt record, so a message deferred N times is signed once;
 2. groups the still pending recipients by domain; local domains are never sent out (delivered
    here instead), too many Received fields is a loop (RFC 5321 §6.3, 5.4.6);
 3. resolves every domain's route (shared by the entries for that domain within `ROUTE_REUSE`
@@ -241,7 +244,9 @@ class QueueRunner:
         smarthost_tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], datetime] = _utc_now,
         local_hostnames: Collection[str] = (),
+        signing_keys: dkim.SigningKeys | None = None,
     ) -> None:
+        """`signing_keys`: shared with the submission service (one parsed copy of each key)."""
         self.store = store
         self.resolver = resolver
         self.settings = settings
@@ -256,7 +261,7 @@ class QueueRunner:
         self._per_domain: dict[str, asyncio.Semaphore] = {}
         self._domain_users: dict[str, int] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._keys: dict[str, tuple[dkim.DkimKey, ...]] = {}
+        self.signing_keys = signing_keys or dkim.SigningKeys(data_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
         self._subscription: Subscription | None = None
@@ -272,12 +277,9 @@ class QueueRunner:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         now = self.clock()
         for domain in await self.store.list_domains():
-            self._keys[domain] = await loop.run_in_executor(
-                None, dkim.ensure_keys, self.data_dir, domain, now
-            )
+            await self.signing_keys.get(domain, now)
         recovered = await self.store.recover_queue(now)
         if recovered:
             log.info("queue.recovered", extra=fields(entries=recovered))
@@ -407,9 +409,15 @@ class QueueRunner:
             else:
                 routes[domain] = route
 
+        signature = entry.dkim_signature
+        made = None  # a signature made now, stored with the attempt record
+        if routes and signature is None:
+            signature = made = await self._sign(entry, original)
         now = self.clock()
         planned = ", ".join(f"{d}: {r.hosts[0].name}" for d, r in routes.items()) or None
-        number = await self.store.record_attempt(entry.id, now, planned, now + self.settings.lease)
+        number = await self.store.record_attempt(
+            entry.id, now, planned, now + self.settings.lease, dkim_signature=made
+        )
 
         for index in local:
             outcomes[index] = await self._deliver_locally(entry, index, original)
@@ -419,7 +427,7 @@ class QueueRunner:
         held = contextlib.AsyncExitStack()
         async with held:
             if routes:
-                message = await self._signed(entry, original)
+                message = signature + original if signature else original
                 results = await asyncio.gather(
                     *(
                         self._deliver_domain(entry, route, remote[domain], message, held)
@@ -457,21 +465,17 @@ class QueueRunner:
             file.seek(entry.body_offset)
             return file.read()
 
-    async def _signed(self, entry: QueueEntry, message: bytes) -> bytes:
+    async def _sign(self, entry: QueueEntry, message: bytes) -> bytes:
+        """DKIM-Signature fields for an entry queued unsigned: b"" unless the sender's domain is
+        local. t= is when the message was queued (issue 18), not this attempt."""
         domain = _domain_of(entry.sender) if entry.sender else ""
         if not domain or not await self._is_local_domain(domain):
-            return message
-        loop = asyncio.get_running_loop()
-        keys = self._keys.get(domain)
-        if keys is None:  # a domain added while running
-            keys = await loop.run_in_executor(None, dkim.ensure_keys, self.data_dir, domain, self.clock())
-            self._keys[domain] = keys
+            return b""
         try:
-            header = await loop.run_in_executor(None, dkim.sign, message, domain, keys)
-        except dkim.DkimError:
+            return await self.signing_keys.sign(message, domain, entry.created_at)
+        except (dkim.DkimError, OSError):
             log.exception("queue.dkim_failed", extra=fields(id=entry.id, domain=domain))
-            return message
-        return header + message
+            return b""
 
     async def _deliver_locally(self, entry: QueueEntry, index: int, message: bytes) -> _Outcome:
         address = entry.recipients[index].address

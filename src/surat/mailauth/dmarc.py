@@ -25,7 +25,8 @@ from email.utils import getaddresses
 from publicsuffixlist import PublicSuffixList
 
 from surat.dns.base import DNSError, DNSErrorKind, Resolver
-from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus, ParsedMessage
+from surat.mailauth.dkim_canon import ParsedMessage
+from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus
 from surat.mailauth.spf import SPFResult, SPFStatus
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
+from surat.delivery.dkim import DkimError, SigningKeys
 from surat.delivery.dsn import Action, DsnReport, ReportedRecipient, Ret, build_dsn
 from surat.delivery.local import owns, resolve
 from surat.delivery.notify import submit_dsn
@@ -125,8 +126,10 @@ class SMTPService:
         trusted_arc_sealers: Sequence[str] = (),
         auth_limiter: AuthLimiter | None = None,
         sending_limiter: SendingLimiter | None = None,
+        signing_keys: SigningKeys | None = None,
     ) -> None:
-        """Without a `resolver` the MX runs no SPF/DKIM/DMARC checks and adds no Authentication-Results."""
+        """Without a `resolver` the MX runs no SPF/DKIM/DMARC checks and adds no Authentication-Results.
+        `signing_keys` is shared with the queue runner (one parsed copy of each DKIM key)."""
         self.config = config
         self.store = store
         self.tls_context = tls_context
@@ -146,6 +149,7 @@ class SMTPService:
         self.sending_limiter: SendingLimiter = sending_limiter or InMemorySendingLimiter.from_config(
             config.limits
         )
+        self.signing_keys = signing_keys or SigningKeys(config.data_dir)
 
     def settings(self, role: Role) -> ServerSettings:
         limits = self.config.limits
@@ -559,6 +563,7 @@ class _Session:
                 }
         remote = None
         if txn.remote:
+            signature = await self._dkim_signature(txn, spool) if self.role is not Role.MX else None
             remote = OutboundMessage(
                 sender=txn.sender,
                 recipients=tuple(txn.remote.values()),
@@ -568,6 +573,7 @@ class _Session:
                 eight_bit=txn.params.body == "8BITMIME",
                 authenticated_user=self.user,
                 body_offset=len(return_path(txn.sender)),
+                dkim_signature=signature,
             )
         delivery = Delivery(
             spool_path=spool.path,
@@ -585,6 +591,23 @@ class _Session:
         if result.queue_id:
             return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
         return R.QUEUED
+
+    async def _dkim_signature(self, txn: _Transaction, spool: Spool) -> bytes:
+        """DKIM-Signature fields for the queue entry, made once here, before the 250 (issue 18):
+        every attempt and every recipient domain reuses them, t= is the submission time, and a key
+        rotated while the message waits does not re-sign it. b"" (sent unsigned, logged) when
+        signing fails: the message is not refused for it."""
+        # the sender was checked at MAIL to be the user's own address or alias: a local domain
+        domain = txn.sender.rpartition("@")[2].lower()
+        loop = asyncio.get_running_loop()
+        message = (
+            await loop.run_in_executor(None, spool.message) if spool.content is None else spool.message()
+        )
+        try:
+            return await self.service.signing_keys.sign(message, domain, datetime.now(UTC))
+        except (DkimError, OSError):
+            log.exception("smtp.dkim_failed", extra=fields(domain=domain))
+            return b""
 
     async def _notify_success(self, txn: _Transaction, delivery: Delivery, result: DeliveryResult) -> None:
         """RFC 3461 §6.2.2: the final MTA reports a successful delivery when NOTIFY=SUCCESS asked for it.

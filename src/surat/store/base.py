@@ -233,6 +233,9 @@ class OutboundMessage:
     authenticated_user: str | None = None  # who submitted it, if anyone
     # Bytes at the start of the stored message that are for local copies only (Return-Path).
     body_offset: int = 0
+    # DKIM-Signature fields to put on top of the message at every attempt (b"": none); None: not
+    # signed yet, the queue runner decides at the first attempt.
+    dkim_signature: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +317,7 @@ class QueueEntry:
     smtputf8: bool = False
     eight_bit: bool = False
     authenticated_user: str | None = None
+    dkim_signature: bytes | None = None  # see OutboundMessage.dkim_signature
 
 
 # ----------------------------------------------------------------------------------------- change feed
@@ -522,10 +526,16 @@ class Store(Protocol):
         ...
 
     async def record_attempt(
-        self, queue_id: str, started_at: datetime, host: str | None, lease_until: datetime
+        self,
+        queue_id: str,
+        started_at: datetime,
+        host: str | None,
+        lease_until: datetime,
+        dkim_signature: bytes | None = None,
     ) -> int:
         """Record an attempt before connecting (result None: in flight) and claim the entry by
         moving its next attempt to `lease_until`, so a crashed runner's claim expires by itself.
+        `dkim_signature` is kept for the attempts after this one when the entry has none yet.
         Returns the attempt's number (1, 2, ...)."""
         ...
 

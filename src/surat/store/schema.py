@@ -156,6 +156,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX auth_clients_last_failure ON auth_clients(last_failure);
     CREATE INDEX auth_clients_blocked_until ON auth_clients(blocked_until)
     """,
+    # 6: the DKIM-Signature fields made when the message was queued (issue 18: signed once, not
+    # at every attempt). NULL: not signed when queued (entries from before, DSNs, mail from the
+    # MX port); the runner then signs at the first attempt if the sender is local, and stores it.
+    """
+    ALTER TABLE queue ADD COLUMN dkim_signature BLOB
+    """,
 )
 
 

@@ -1854,6 +1854,7 @@ class SQLiteStore:
                         int(remote.smtputf8),
                         int(remote.eight_bit),
                         remote.authenticated_user,
+                        remote.dkim_signature,
                     )
                 )
                 recipient_rows += [
@@ -1874,8 +1875,8 @@ class SQLiteStore:
         if queue_rows:
             conn.executemany(
                 "INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
-                " envid, ret, smtputf8, eight_bit, authenticated_user)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 queue_rows,
             )
             conn.executemany(
@@ -1904,7 +1905,7 @@ class SQLiteStore:
     ) -> list[QueueEntry]:
         rows = conn.execute(
             "SELECT id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret,"
-            f" smtputf8, eight_bit, authenticated_user FROM queue {where}",
+            f" smtputf8, eight_bit, authenticated_user, dkim_signature FROM queue {where}",
             params,
         ).fetchall()
         # Recipients and attempts of all rows in two queries per chunk, not two per row: the runner
@@ -1958,6 +1959,7 @@ class SQLiteStore:
                     smtputf8=bool(r[9]),
                     eight_bit=bool(r[10]),
                     authenticated_user=r[11],
+                    dkim_signature=r[12],
                 )
             )
         return entries
@@ -2024,13 +2026,22 @@ class SQLiteStore:
         return await self._write(fn)
 
     async def record_attempt(
-        self, queue_id: str, started_at: datetime, host: str | None, lease_until: datetime
+        self,
+        queue_id: str,
+        started_at: datetime,
+        host: str | None,
+        lease_until: datetime,
+        dkim_signature: bytes | None = None,
     ) -> int:
         started, lease = _timestamp(started_at)[0], _timestamp(lease_until)[0]
 
         def fn(conn: sqlite3.Connection) -> tuple[int, list[Change], set[str]]:
             # No change published: the runner that claims the entry is the one that would wake.
-            cur = conn.execute("UPDATE queue SET next_attempt_at = ? WHERE id = ?", (lease, queue_id))
+            # A signature already stored is never replaced (signed once, issue 18).
+            cur = conn.execute(
+                "UPDATE queue SET next_attempt_at = ?, dkim_signature = COALESCE(dkim_signature, ?) WHERE id = ?",
+                (lease, dkim_signature, queue_id),
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"queue entry {queue_id}")
             (number,) = conn.execute(
