@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final, Protocol
 
+from surat.message.encoded_words import decode_encoded_words
 from surat.proto.imap.commands import (
     DateField,
     DateOp,
@@ -51,7 +52,7 @@ from surat.proto.imap.commands import (
 from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.seqset import SequenceSet
 from surat.store.base import BlobStore, MessageRecord, MessageSummary
-from surat.store.messageinfo import BodyPart, MessageInfo, decode_encoded_words
+from surat.store.messageinfo import BodyPart, MessageInfo
 
 __all__ = [
     "BATCH",

@@ -21,20 +21,28 @@ like Dovecot and mox degrade.
 from __future__ import annotations
 
 import calendar
-import email.errors
-import email.header
 import email.utils
 import json
 import re
 from dataclasses import FrozenInstanceError, dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+# Address, the MISSING_* spellings and decode_encoded_words live in surat.message; re-exported for the
+# store's callers until MessageInfo moves there too.
+from surat.message.address import GROUP_END, MISSING_DOMAIN, MISSING_MAILBOX, Address, parse_address_list
+from surat.message.encoded_words import decode_encoded_words
+from surat.message.headers import FieldCollector, read_header
+
 __all__ = [
+    "GROUP_END",
+    "MISSING_DOMAIN",
+    "MISSING_MAILBOX",
     "Address",
     "BodyPart",
     "Envelope",
     "MessageInfo",
     "compute_message_info",
+    "decode_encoded_words",
 ]
 
 _CHUNK = 64 * 1024
@@ -43,40 +51,11 @@ MAX_HEADER = 256 * 1024  # octets of one header block kept
 MAX_DEPTH = 32  # nesting of multipart and message/rfc822 parts
 MAX_PARTS = 5000  # beyond this, multiparts are treated as opaque leaves
 
-# Dovecot's spelling for an address whose domain or local part is missing: a NIL host would read
-# as the start of a group in an IMAP ENVELOPE (RFC 9051 §7.5.2).
-MISSING_DOMAIN = "MISSING_DOMAIN"
-MISSING_MAILBOX = "MISSING_MAILBOX"
 
 _JSON_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """One ENVELOPE address: (name, adl, mailbox, host), raw (RFC 9051 §7.5.2).
-
-    Group syntax (RFC 5322 §3.4): the start is (None, None, group-name, None), the end is
-    (None, None, None, None).
-    """
-
-    name: str | None
-    adl: str | None
-    mailbox: str | None
-    host: str | None
-
-    @property
-    def is_group_start(self) -> bool:
-        return self.host is None and self.mailbox is not None
-
-    @property
-    def is_group_end(self) -> bool:
-        return self.host is None and self.mailbox is None
-
-
-GROUP_END = Address(None, None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,19 +634,6 @@ def _first_values(headers: _Headers) -> dict[str, bytes]:
     return first
 
 
-_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 §3.6.8 ftext
-
-
-def _header_name(content: bytes) -> str | None:
-    colon = content.find(b":")
-    if colon <= 0:
-        return None
-    name = content[:colon].rstrip(b" \t")  # RFC 5322 §4.5.3 obsolete: WSP before the colon
-    if not _FIELD_NAME.match(name):
-        return None
-    return name.decode("ascii").lower()
-
-
 # ----------------------------------------------------------------------------------------- structured values
 
 
@@ -768,168 +734,6 @@ def _content_type(
     return default[0], default[1], ()
 
 
-# ----------------------------------------------------------------------------------------- addresses
-
-_ADDR_SPECIALS = '()<>[]:;@\\,"'
-
-
-def _tokenize_addresses(text: str) -> list[tuple[str, str, str]]:
-    """(kind, raw, value) tokens: atom, qs (quoted string), comment, dlit, or a special char."""
-    tokens: list[tuple[str, str, str]] = []
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch in " \t\r\n":
-            i += 1
-        elif ch == '"':
-            j = i + 1
-            chars: list[str] = []
-            while j < n and text[j] != '"':
-                if text[j] == "\\" and j + 1 < n:
-                    j += 1
-                chars.append(text[j])
-                j += 1
-            tokens.append(("qs", text[i : j + 1], "".join(chars)))
-            i = j + 1
-        elif ch == "(":
-            depth = 0
-            j = i
-            while j < n:
-                if text[j] == "\\":
-                    j += 2
-                    continue
-                if text[j] == "(":
-                    depth += 1
-                elif text[j] == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            tokens.append(("comment", text[i : j + 1], text[i + 1 : j].strip()))
-            i = j + 1
-        elif ch == "[":
-            j = text.find("]", i)
-            j = n - 1 if j < 0 else j
-            tokens.append(("dlit", text[i : j + 1], text[i : j + 1]))
-            i = j + 1
-        elif ch in "<>:;@,":
-            tokens.append((ch, ch, ch))
-            i += 1
-        else:
-            j = i
-            while j < n and text[j] not in _ADDR_SPECIALS and text[j] not in " \t\r\n":
-                j += 1
-            if j == i:  # a lone ")", "]" or "\\"
-                j = i + 1
-            tokens.append(("atom", text[i:j], text[i:j]))
-            i = j
-    return tokens
-
-
-class _AddressParser:
-    """RFC 5322 §3.4 address-list, leniently; names and local parts stay raw (not RFC 2047 decoded)."""
-
-    def __init__(self, text: str) -> None:
-        self.tokens = _tokenize_addresses(text)
-        self.i = 0
-
-    def _peek(self) -> str | None:
-        while self.i < len(self.tokens) and self.tokens[self.i][0] == "comment":
-            self.i += 1
-        return self.tokens[self.i][0] if self.i < len(self.tokens) else None
-
-    def parse(self) -> tuple[Address, ...]:
-        out: list[Address] = []
-        while self._peek() is not None:
-            self._address(out, in_group=False)
-            if self._peek() in (",", ";", ">"):
-                self.i += 1
-        return tuple(out)
-
-    def _words(self, stops: str) -> tuple[list[tuple[str, str, str]], str | None]:
-        """Tokens up to a stop character; also the text of the last comment seen."""
-        words: list[tuple[str, str, str]] = []
-        comment: str | None = None
-        while self.i < len(self.tokens):
-            token = self.tokens[self.i]
-            if token[0] == "comment":
-                comment = token[2] or comment
-            elif token[0] in stops:
-                break
-            else:
-                words.append(token)
-            self.i += 1
-        return words, comment
-
-    @staticmethod
-    def _phrase(words: list[tuple[str, str, str]]) -> str | None:
-        text = " ".join(w[2] for w in words if w[0] in ("atom", "qs", "dlit"))
-        return text or None
-
-    @staticmethod
-    def _joined(words: list[tuple[str, str, str]]) -> str:
-        return "".join(w[1] for w in words)
-
-    def _address(self, out: list[Address], in_group: bool) -> None:
-        words, comment = self._words("<:;@,>" if not in_group else "<;@,>")
-        kind = self._peek()
-        if kind == "<":
-            self.i += 1
-            out.append(self._angle(self._phrase(words)))
-        elif kind == ":" and not in_group:
-            self.i += 1
-            # RFC 5322 §3.4 group: display-name ":" [group-list] ";"
-            out.append(Address(None, None, self._phrase(words) or "", None))
-            while self._peek() not in (";", None):
-                if self._peek() == ",":
-                    self.i += 1
-                    continue
-                before = self.i
-                self._address(out, in_group=True)
-                if self.i == before:
-                    self.i += 1
-            if self._peek() == ";":
-                self.i += 1
-            out.append(GROUP_END)
-        elif kind == "@":
-            self.i += 1
-            domain, comment2 = self._words(",;<>")
-            local = self._joined(words) or MISSING_MAILBOX
-            host = self._joined(domain) or MISSING_DOMAIN
-            # "user@host (Name)": the comment serves as the name, as Dovecot does.
-            out.append(Address(comment2 or comment, None, local, host))
-        elif words:
-            out.append(Address(comment, None, self._joined(words), MISSING_DOMAIN))
-
-    def _angle(self, name: str | None) -> Address:
-        adl: str | None = None
-        if self._peek() == "@":
-            # RFC 5322 §4.4 obsolete route: "@a,@b:" before the addr-spec.
-            route, _ = self._words(":>")
-            if self._peek() == ":":
-                self.i += 1
-                adl = self._joined(route) or None
-        local_words, _ = self._words("@>")
-        host_words: list[tuple[str, str, str]] = []
-        if self._peek() == "@":
-            self.i += 1
-            host_words, _ = self._words(">")
-        if self._peek() == ">":
-            self.i += 1
-        local = self._joined(local_words)
-        host = self._joined(host_words)
-        if not local and not host:
-            return Address(name, adl, "", "")  # "<>", the null address
-        return Address(name, adl, local or MISSING_MAILBOX, host or MISSING_DOMAIN)
-
-
-def _parse_address_list(value: bytes | None) -> tuple[Address, ...]:
-    if value is None:
-        return ()
-    return _AddressParser(_raw(value)).parse()
-
-
 # ----------------------------------------------------------------------------------------- decoding
 
 
@@ -949,47 +753,6 @@ def _decoded(value: bytes | None) -> str | None:
     if "=?" in text:
         text = " ".join(decode_encoded_words(text).split())
     return text
-
-
-# RFC 2047 §2 encoded-word "=?" charset "?" encoding "?" encoded-text "?=" (charset may carry an RFC 2231
-# §5 "*language"); no class includes "?", so there is one way to match and the scan is linear.
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
-
-
-def _decode_word(word: str) -> str | None:
-    """One encoded word's text, or None when its charset or encoding cannot be decoded."""
-    try:
-        ((payload, charset),) = email.header.decode_header(word)
-        if not isinstance(payload, bytes) or charset is None:
-            return None
-        return payload.decode(charset.partition("*")[0], "replace")
-    except (LookupError, UnicodeError, ValueError, TypeError, email.errors.MessageError):
-        # an unknown or non-text charset ("\xf0tf-8", "zlib"), bad base64: CharsetError and the like
-        return None
-
-
-def decode_encoded_words(text: str) -> str:
-    """`text` with its RFC 2047 encoded words decoded; total, it never raises.
-
-    A word that cannot be decoded is kept as written (RFC 2047 §6.3: "display the encoded-word as
-    is"), the others are still decoded. Whitespace between two decoded words is dropped (§6.2).
-    """
-    out: list[str] = []
-    pos = 0
-    after_word = False
-    for match in _ENCODED_WORD.finditer(text):
-        between = text[pos : match.start()]
-        decoded = _decode_word(match.group())
-        if decoded is None:
-            out += (between, match.group())
-        else:
-            if not (after_word and not between.strip()):
-                out.append(between)
-            out.append(decoded)
-        after_word = decoded is not None
-        pos = match.end()
-    out.append(text[pos:])
-    return "".join(out)
 
 
 _MSGID = re.compile(r"<[^<>\s]*>")
@@ -1023,9 +786,9 @@ def _raw_or_none(value: bytes | None) -> str | None:
 
 
 def _envelope(first: dict[str, bytes]) -> Envelope:
-    from_ = _parse_address_list(first.get("from"))
-    sender = _parse_address_list(first.get("sender"))
-    reply_to = _parse_address_list(first.get("reply-to"))
+    from_ = parse_address_list(first.get("from"))
+    sender = parse_address_list(first.get("sender"))
+    reply_to = parse_address_list(first.get("reply-to"))
     return Envelope(
         date=_raw_or_none(first.get("date")),
         subject=_raw_or_none(first.get("subject")),
@@ -1033,9 +796,9 @@ def _envelope(first: dict[str, bytes]) -> Envelope:
         # RFC 9051 §7.5.2: absent or empty Sender and Reply-To take the value of From.
         sender=sender or from_,
         reply_to=reply_to or from_,
-        to=_parse_address_list(first.get("to")),
-        cc=_parse_address_list(first.get("cc")),
-        bcc=_parse_address_list(first.get("bcc")),
+        to=parse_address_list(first.get("to")),
+        cc=parse_address_list(first.get("cc")),
+        bcc=parse_address_list(first.get("bcc")),
         in_reply_to=_raw_or_none(first.get("in-reply-to")),
         message_id=_raw_or_none(first.get("message-id")),
     )
@@ -1044,51 +807,17 @@ def _envelope(first: dict[str, bytes]) -> Envelope:
 # ----------------------------------------------------------------------------------------- the scanner
 
 
-class _Fields:
-    """Header fields gathered line by line: a field's first line, then its continuation lines
-    (RFC 5322 §2.2.3 unfolding), kept until MAX_HEADER octets of values."""
-
-    __slots__ = ("headers", "kept", "name", "value")
-
-    def __init__(self) -> None:
-        self.headers: _Headers = []
-        self.kept = 0
-        self.name: str | None = None
-        self.value: list[bytes] = []
-
-    def line(self, content: bytes) -> bool:
-        """Take one line of the header section (no line end); False when it is not part of a field."""
-        if content[:1] in (b" ", b"\t"):
-            if self.name is not None:
-                self.value.append(content)
-            return True  # a continuation line with no field before it is dropped
-        field = _header_name(content)
-        if field is None:
-            return False
-        self.flush()
-        self.name = field
-        self.value = [content[content.index(b":") + 1 :]]
-        return True
-
-    def flush(self) -> None:
-        """End the current field."""
-        if self.name is not None:
-            joined = b"".join(self.value).strip(b" \t")
-            self.kept += len(joined)
-            if self.kept <= MAX_HEADER:
-                self.headers.append((self.name, joined))
-        self.name, self.value = None, []
+def _pairs(fields: FieldCollector) -> _Headers:
+    return [(field.key, field.unfolded) for field in fields.fields]
 
 
 def _split_header_block(block: bytes) -> _Headers | None:
     """The fields of a header section of CRLF lines (see `_Reader.header_block`), as `_read_header` reads
     them; None when a line is not a field, for the line-by-line path to decide where the body starts."""
-    fields = _Fields()
-    for content in block[:-2].split(b"\r\n"):
-        if not fields.line(content):
-            return None
-    fields.flush()
-    return fields.headers
+    header = read_header(block + b"\r\n", MAX_HEADER + len(block))
+    if header.body_start != len(block) + 2:
+        return None
+    return [(field.key, field.unfolded) for field in header.fields]
 
 
 class _Scanner:
@@ -1105,14 +834,13 @@ class _Scanner:
             if fast is not None:
                 reader.skip(len(block) + 2)  # and the empty line
                 return fast, reader.offset, None
-        fields = _Fields()
-        headers = fields.headers
+        fields = FieldCollector(MAX_HEADER)
         while True:
             newlines, last = reader.newlines, reader.last
             line = reader.readline()
             if line is None:
                 fields.flush()
-                return headers, reader.offset, _Term(reader.offset, reader.newlines, reader.last)
+                return _pairs(fields), reader.offset, _Term(reader.offset, reader.newlines, reader.last)
             match = _match_boundary(line, stack) if stack else None
             if match is not None:
                 # A delimiter inside a header: the entity has no body.
@@ -1120,15 +848,15 @@ class _Scanner:
                 depth, close = match
                 term = _Term(line.start, newlines, last, depth, close, line.end)
                 end = max(start, _span(start, newlines, term)[0])
-                return headers, end, term
+                return _pairs(fields), end, term
             content = line.content[:-1] if line.content.endswith(b"\r") else line.content
             if not content and not line.truncated:
                 fields.flush()  # RFC 5322 §2.1: the empty line ends the header section
-                return headers, line.end, None
+                return _pairs(fields), line.end, None
             if not fields.line(content):
                 # Not a header field: the header ended without its empty line; this is body.
                 fields.flush()
-                return headers, line.start, None
+                return _pairs(fields), line.start, None
 
     def entity(
         self, start: int, stack: list[bytes], default: tuple[str, str], depth: int
