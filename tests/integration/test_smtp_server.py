@@ -307,6 +307,46 @@ def test_sender_not_owned(server: RunningServer) -> None:
     assert len(inbox(server, BOB)) == 1
 
 
+# Issue 11 item 7: the header section is read once, by surat.message, for the From check, IMAP and DKIM
+# alike. RFC 5322 §3.6: exactly one From field; §4.5.3: "From : x" (WSP before the colon) is a From field.
+ONE_FROM = b"5.7.1 Message must have exactly one From: header field"
+UNREADABLE_FROM = b"5.7.1 From: header field cannot be parsed"
+FROM_PROBES = [
+    (b"From : ceo@example.test\r\nFrom: bob@example.test\r\n", 550, ONE_FROM),  # the issue's probe
+    (b"From: bob@example.test\r\nFrom : ceo@example.test\r\n", 550, ONE_FROM),
+    (b"From: bob@example.test\r\nFROM:bob@example.test\r\n", 550, ONE_FROM),
+    (b"From: bob@example.test ceo@example.test\r\n", 550, UNREADABLE_FROM),
+    (b"From: Bob <bob@example.test\r\n", 550, UNREADABLE_FROM),
+    (b"From: undisclosed:;\r\n", 550, UNREADABLE_FROM),
+    (b"From: bob\r\n", 550, UNREADABLE_FROM),
+    (b"From : ceo@example.test\r\n", 550, b"5.7.1 From: header address not owned by authenticated user"),
+    # an mbox-style first line is not a field: the header ends there and the From: below it is body text
+    (
+        b"From ceo@example.test\r\nFrom: bob@example.test\r\n",
+        550,
+        b"5.7.1 Message has no usable From: header",
+    ),
+    (b"From :\r\n Bob <bob@example.test>\r\n", 250, None),  # folded, WSP before the colon: one From
+]
+
+
+@pytest.mark.parametrize(("fields", "code", "text"), FROM_PROBES)
+def test_submission_reads_from_as_every_reader_does(
+    server: RunningServer, fields: bytes, code: int, text: bytes | None
+) -> None:
+    server.add_user(BOB)
+    with submission(server, login=False) as client:
+        client.login(BOB, PASSWORD)
+        assert client.mail(BOB)[0] == 250
+        assert client.rcpt(USER)[0] == 250
+        reply = client.data(fields + b"Subject: probe\r\n\r\nbody\r\n")
+        assert reply[0] == code
+        if text is not None:
+            assert reply[1] == text
+    stored = inbox(server, USER)
+    assert len(stored) == (1 if code == 250 else 0)
+
+
 def test_submission_accepts_any_recipient_but_unknown_local_users(server: RunningServer) -> None:
     with submission(server) as client:
         client.mail(USER)

@@ -14,7 +14,7 @@ import pytest
 from surat.dns.fake import FakeResolver
 from surat.mailauth import dmarc, spf
 from surat.mailauth.dkim_verify import DKIMStatus, signature_problem, verify_dkim
-from surat.smtpd.message import MAX_HEADER_SECTION
+from surat.message.headers import MAX_HEADER_SECTION
 
 BUDGET_SECONDS = 0.050
 # SPF and DMARC records are DNS TXT records: one DNS message over TCP holds at most 65 535 octets

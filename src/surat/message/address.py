@@ -57,9 +57,11 @@ GROUP_END = Address(None, None, None, None)
 _ADDR_SPECIALS = '()<>[]:;@\\,"'
 
 
-def _tokenize_addresses(text: str) -> list[tuple[str, str, str]]:
-    """(kind, raw, value) tokens: atom, qs (quoted string), comment, dlit, or a special char."""
+def _tokenize_addresses(text: str) -> tuple[list[tuple[str, str, str]], bool]:
+    """(kind, raw, value) tokens: atom, qs (quoted string), comment, dlit, or a special char; and False
+    when a quoted string, comment or domain literal was not closed (read to the end of the text)."""
     tokens: list[tuple[str, str, str]] = []
+    closed = True
     i = 0
     n = len(text)
     while i < n:
@@ -74,6 +76,7 @@ def _tokenize_addresses(text: str) -> list[tuple[str, str, str]]:
                     j += 1
                 chars.append(text[j])
                 j += 1
+            closed = closed and j < n
             tokens.append(("qs", text[i : j + 1], "".join(chars)))
             i = j + 1
         elif ch == "(":
@@ -90,10 +93,12 @@ def _tokenize_addresses(text: str) -> list[tuple[str, str, str]]:
                     if depth == 0:
                         break
                 j += 1
+            closed = closed and j < n
             tokens.append(("comment", text[i : j + 1], text[i + 1 : j].strip()))
             i = j + 1
         elif ch == "[":
             j = text.find("]", i)
+            closed = closed and j >= 0
             j = n - 1 if j < 0 else j
             tokens.append(("dlit", text[i : j + 1], text[i : j + 1]))
             i = j + 1
@@ -108,15 +113,18 @@ def _tokenize_addresses(text: str) -> list[tuple[str, str, str]]:
                 j = i + 1
             tokens.append(("atom", text[i:j], text[i:j]))
             i = j
-    return tokens
+    return tokens, closed
 
 
 class _AddressParser:
     """RFC 5322 §3.4 address-list, leniently; names and local parts stay raw (not RFC 2047 decoded)."""
 
     def __init__(self, text: str) -> None:
-        self.tokens = _tokenize_addresses(text)
+        self.tokens, closed = _tokenize_addresses(text)
         self.i = 0
+        # False once anything had to be guessed: an unclosed quote, comment, literal, "<" or group, or a
+        # stray token skipped. The addresses are still returned (IMAP shows them); `mailboxes` refuses.
+        self.clean = closed
 
     def _peek(self) -> str | None:
         while self.i < len(self.tokens) and self.tokens[self.i][0] == "comment":
@@ -127,8 +135,12 @@ class _AddressParser:
         out: list[Address] = []
         while self._peek() is not None:
             self._address(out, in_group=False)
-            if self._peek() in (",", ";", ">"):
+            kind = self._peek()
+            if kind in (",", ";", ">"):
+                self.clean = self.clean and kind == ","
                 self.i += 1
+            elif kind is not None:
+                self.clean = False  # two addresses without a comma between them
         return tuple(out)
 
     def _words(self, stops: str) -> tuple[list[tuple[str, str, str]], str | None]:
@@ -175,6 +187,8 @@ class _AddressParser:
                     self.i += 1
             if self._peek() == ";":
                 self.i += 1
+            else:
+                self.clean = False
             out.append(GROUP_END)
         elif kind == "@":
             self.i += 1
@@ -201,6 +215,8 @@ class _AddressParser:
             host_words, _ = self._words(">")
         if self._peek() == ">":
             self.i += 1
+        else:
+            self.clean = False
         local = self._joined(local_words)
         host = self._joined(host_words)
         if not local and not host:
@@ -243,9 +259,12 @@ class Mailboxes:
 
 def mailboxes(value: bytes | str) -> Mailboxes:
     """RFC 5322 §3.6.2: the mailbox-list of a From (or Sender, Reply-To) field value."""
+    text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+    parser = _AddressParser(text)
+    addresses = parser.parse()
     specs: list[str] = []
-    clean = True
-    for address in parse_address_list(value):
+    clean = parser.clean
+    for address in addresses:
         mailbox, host = address.mailbox, address.host
         if mailbox is None or host is None:
             clean = False  # a group's start or end

@@ -75,6 +75,7 @@ class Header:
     fields: tuple[HeaderField, ...]
     body_start: int  # offset of the body in the message (after the empty line, if there was one)
     defect: str | None = None  # why a strict reader should refuse the section, or None
+    truncated: bool = False  # the section went on beyond the bound: fields after it were not read
 
     def values(self, key: str) -> list[bytes]:
         """The unfolded values of every field called `key` (lower case), top first."""
@@ -99,13 +100,14 @@ class FieldCollector:
     octets, then further fields are dropped and `defect` says so.
     """
 
-    __slots__ = ("_key", "_name", "_value", "defect", "fields", "kept", "limit")
+    __slots__ = ("_key", "_name", "_value", "defect", "fields", "kept", "limit", "truncated")
 
     def __init__(self, limit: int = MAX_HEADER_SECTION) -> None:
         self.fields: list[HeaderField] = []
         self.kept = 0
         self.limit = limit
         self.defect: str | None = None
+        self.truncated = False
         self._name = b""
         self._key: str | None = None
         self._value: list[bytes] = []
@@ -133,8 +135,9 @@ class FieldCollector:
             self.kept += len(raw)
             if self.kept <= self.limit:
                 self.fields.append(HeaderField(self._name, self._key, raw))
-            elif self.defect is None:
-                self.defect = "header section too long"
+            else:
+                self.truncated = True
+                self.defect = self.defect or "header section too long"
         self._key, self._value = None, []
 
 
@@ -170,17 +173,18 @@ def _by_lines(message: bytes, limit: int) -> Header:
     while pos < size:
         if pos >= limit:
             collector.flush()
-            return Header(tuple(collector.fields), pos, "header section too long")
+            return Header(tuple(collector.fields), pos, "header section too long", truncated=True)
         newline = message.find(b"\n", pos)
         line_end = size if newline < 0 else newline + 1
         content = message[pos : newline if newline >= 0 else size]
         content = content.removesuffix(b"\r")
         if not content:
             collector.flush()
-            return Header(tuple(collector.fields), line_end, collector.defect)
+            return Header(tuple(collector.fields), line_end, collector.defect, collector.truncated)
         if not collector.line(content):
             collector.flush()
-            return Header(tuple(collector.fields), pos, f"not a header field: {content[:40]!r}")
+            defect = collector.defect or f"not a header field: {content[:40]!r}"
+            return Header(tuple(collector.fields), pos, defect, collector.truncated)
         pos = line_end
     collector.flush()  # a message that is all header, with no empty line
-    return Header(tuple(collector.fields), size, collector.defect)
+    return Header(tuple(collector.fields), size, collector.defect, collector.truncated)

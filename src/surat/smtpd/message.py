@@ -9,21 +9,16 @@ anything is written and the message is never copied; the body goes straight to t
 from __future__ import annotations
 
 import contextlib
-import email.parser
-import email.policy
 import email.utils
 import os
 import secrets
 import tempfile
 from datetime import datetime
-from email.message import Message
 from pathlib import Path
 from typing import BinaryIO
 
+from surat.message.headers import MAX_HEADER_SECTION, Header, read_header
 from surat.proto.smtp.address import header_safe
-
-# A header section larger than this is written through without being parsed.
-MAX_HEADER_SECTION = 256 * 1024
 
 
 def _clean(text: str) -> str:
@@ -93,7 +88,7 @@ class Spool:
         self._prefix = prefix
         self._add_for = add_missing_for
         self._held: bytearray | None = bytearray()  # header section until its end, then None
-        self.headers: Message | None = None  # parsed header section (submission only)
+        self.header: Header | None = None  # the header section read by surat.message (submission only)
         self.size = 0
         self.added: list[str] = []  # names of the header fields we added
 
@@ -128,14 +123,14 @@ class Spool:
         self._held = None
         additions = b""
         if self._add_for is not None:
-            # Only submission looks at the header fields (From: ownership, Date, Message-ID).
-            section = bytes(held[:end])
-            self.headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(section)
+            # Only submission looks at the header fields (From: ownership, Date, Message-ID), read by the
+            # reader every other part of Surat uses, so that all see the same fields (issue 11 item 7).
+            self.header = read_header(bytes(held[:end]) + b"\r\n")
             # RFC 6409 §8.3 (Date) and §8.3 (Message-ID): the MSA may add what the client left out.
-            if self.headers.get("Date") is None:
+            if self.header.first("date") is None:
                 additions += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
                 self.added.append("Date")
-            if self.headers.get("Message-ID") is None:
+            if self.header.first("message-id") is None:
                 message_id = f"<{secrets.token_hex(16)}@{self._add_for}>"
                 additions += f"Message-ID: {message_id}\r\n".encode()
                 self.added.append("Message-ID")
@@ -197,10 +192,3 @@ class Spool:
         if self.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-
-    def from_addresses(self) -> list[str] | None:
-        """Addresses in From: (lower-cased), or None when the header section was not parsed."""
-        if self.headers is None:
-            return None
-        values = [str(value) for value in self.headers.get_all("From", [])]
-        return [addr.lower() for _, addr in email.utils.getaddresses(values) if addr]

@@ -28,6 +28,7 @@ from surat.delivery.local import owns, resolve
 from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
+from surat.message.address import mailboxes
 from surat.net.connection import Connection, ConnectionTimeout
 from surat.passwords import authenticate
 from surat.proto import sasl
@@ -82,6 +83,8 @@ log = logging.getLogger(__name__)
 MAX_AUTH_FAILURES = 3  # per connection, then 421
 TLS_HANDSHAKE_TIMEOUT = 30.0
 FROM_MISSING = Reply(550, "5.7.1", "Message has no usable From: header")
+FROM_NOT_SINGLE = Reply(550, "5.7.1", "Message must have exactly one From: header field")
+FROM_UNREADABLE = Reply(550, "5.7.1", "From: header field cannot be parsed")
 TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0", "Too many authentication failures")
 # RFC 4954 §6: 454 4.7.0 temporary authentication failure; the client's address is refused for now.
 AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed authentication attempts from your address, try later")
@@ -544,12 +547,9 @@ class _Session:
         txn.size = spool.size
         if self.role is not Role.MX:
             assert self.user is not None
-            addresses = spool.from_addresses()
-            if not addresses:
-                return FROM_MISSING
-            for address in addresses:
-                if not await owns(self.store, self.user, address):
-                    return R.FROM_NOT_OWNED  # issue 2: 550 5.7.1 at the end of DATA
+            refusal = await self._check_from(spool)
+            if refusal is not None:
+                return refusal
         if not txn.local and not txn.remote:
             raise SMTPPolicyError(R.NO_VALID_RECIPIENTS)
         if self.role is Role.MX and self.service.inbound is not None:
@@ -591,6 +591,25 @@ class _Session:
         if result.queue_id:
             return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
         return R.QUEUED
+
+    async def _check_from(self, spool: Spool) -> Reply | None:
+        """Submission: the author must be the authenticated user (issue 2), read as every other part of
+        Surat reads it (issue 11 item 7), so what we check is what IMAP shows and DKIM signs."""
+        assert self.user is not None
+        header = spool.header
+        if header is None or header.truncated:
+            return FROM_MISSING  # a header section too long to read: its From cannot be checked
+        values = header.values("from")
+        if len(values) != 1:
+            # RFC 5322 §3.6: exactly one From field. With two, readers disagree on the author.
+            return FROM_MISSING if not values else FROM_NOT_SINGLE
+        author = mailboxes(values[0])
+        if not author.clean:
+            return FROM_UNREADABLE  # guessing the author of a field we cannot parse would let one forge it
+        for address in author.addr_specs:
+            if not await owns(self.store, self.user, address.lower()):
+                return R.FROM_NOT_OWNED  # issue 2: 550 5.7.1 at the end of DATA
+        return None
 
     async def _dkim_signature(self, txn: _Transaction, spool: Spool) -> bytes:
         """DKIM-Signature fields for the queue entry, made once here, before the 250 (issue 18):
