@@ -58,7 +58,7 @@ def test_submission_adds_date_and_message_id(tmp_path: Path) -> None:
         content, spool = spool_bytes(tmp_path, [MESSAGE[:cut], MESSAGE[cut:]], add=True)
         assert spool.added == ["Date", "Message-ID"]
         assert spool.header is not None
-        assert spool.header.values("from") == [b"Alice <Alice@Example.test>, bob@example.test"]
+        assert spool.header.values(b"from") == [b"Alice <Alice@Example.test>, bob@example.test"]
         assert content.startswith(PREFIX + b"Date: ")
         head, _, body = content.partition(b"\r\n\r\n")
         assert b"\r\nMessage-ID: <" in head and head.endswith(b"\r\nSubject: x")
@@ -76,7 +76,7 @@ def test_present_fields_are_not_added(tmp_path: Path) -> None:
 def test_odd_messages(tmp_path: Path, message: bytes) -> None:
     content, spool = spool_bytes(tmp_path, [message], add=True)
     assert content.endswith(message)
-    assert spool.header is not None and spool.header.values("from") == []
+    assert spool.header is not None and spool.header.values(b"from") == []
 
 
 def test_huge_header_section_is_written_through(tmp_path: Path) -> None:

@@ -13,15 +13,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from surat.message.headers import read_header
+
 
 class MessageFormatError(ValueError):
     """The header section cannot be split into fields."""
 
 
-# RFC 5322 §2.2 field name (printable ASCII but ":"); obsolete syntax (§4.5) allows WSP before the colon
-_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _LINE_END = re.compile(rb"\r?\n")
-_FIELD_END = re.compile(rb"\r\n(?![ \t])")  # RFC 5322 §2.2.3: a CRLF followed by WSP is folding
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,33 +47,23 @@ class ParsedMessage:
 def parse_message(message: bytes, *, crlf_only: bool = False) -> ParsedMessage:
     """Split `message` into header fields and body; MessageFormatError for a line that is neither.
 
+    The fields are read by `surat.message.headers`, the reader every other part of Surat uses, so DKIM
+    signs and checks the very fields that IMAP shows and submission checked (issue 11 item 7). A header
+    section longer than that reader's bound (MAX_HEADER_SECTION) is a MessageFormatError too.
+
     `crlf_only` says the caller knows every line ends in CRLF (our SMTP engine normalises line ends), which
     spares two scans of the whole message looking for bare LFs.
     """
     if not crlf_only and message.count(b"\n") != message.count(b"\r\n"):
         message = _LINE_END.sub(b"\r\n", message)
-    if message.startswith(b"\r\n"):
-        return ParsedMessage((), message[2:], ())
-    end = message.find(b"\r\n\r\n")
-    if end >= 0:
-        head, body = message[:end], message[end + 4 :]
-    else:
-        head, body = message.removesuffix(b"\r\n"), b""
-    found: list[tuple[bytes, bytes]] = []
-    names: list[bytes] = []
-    # one split at the CRLFs that are not followed by WSP: each piece is a field with its folding kept
-    for raw in _FIELD_END.split(head):
-        match = _FIELD_NAME.match(raw)
-        if match is None:
-            if raw[:1] in (b" ", b"\t"):
-                raise MessageFormatError("the header section starts with a continuation line")
-            if raw.startswith(b"From "):
-                continue  # an mbox separator line, not a field
-            raise MessageFormatError(f"not a header field: {raw[:40]!r}")
-        name = raw[: match.end() - 1]
-        found.append((name, raw[match.end() :] + b"\r\n"))
-        names.append(name.rstrip().lower())
-    return ParsedMessage(tuple(found), body, tuple(names))
+    header = read_header(message, crlf_only=True)  # every line ends in CRLF now
+    if header.defect is not None:
+        raise MessageFormatError(header.defect)
+    return ParsedMessage(
+        tuple(zip(header.names, [raw + b"\r\n" for raw in header.raws], strict=True)),
+        message[header.body_start :],
+        header.keys,
+    )
 
 
 # Runs of WSP that "reduce to a single SP" changes: a lone SP is left alone, so ordinary text has no matches.

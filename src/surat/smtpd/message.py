@@ -127,10 +127,10 @@ class Spool:
             # reader every other part of Surat uses, so that all see the same fields (issue 11 item 7).
             self.header = read_header(bytes(held[:end]) + b"\r\n")
             # RFC 6409 §8.3 (Date) and §8.3 (Message-ID): the MSA may add what the client left out.
-            if self.header.first("date") is None:
+            if self.header.first(b"date") is None:
                 additions += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
                 self.added.append("Date")
-            if self.header.first("message-id") is None:
+            if self.header.first(b"message-id") is None:
                 message_id = f"<{secrets.token_hex(16)}@{self._add_for}>"
                 additions += f"Message-ID: {message_id}\r\n".encode()
                 self.added.append("Message-ID")

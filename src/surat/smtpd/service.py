@@ -599,7 +599,7 @@ class _Session:
         header = spool.header
         if header is None or header.truncated:
             return FROM_MISSING  # a header section too long to read: its From cannot be checked
-        values = header.values("from")
+        values = header.values(b"from")
         if len(values) != 1:
             # RFC 5322 §3.6: exactly one From field. With two, readers disagree on the author.
             return FROM_MISSING if not values else FROM_NOT_SINGLE

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 # store's callers until MessageInfo moves there too.
 from surat.message.address import GROUP_END, MISSING_DOMAIN, MISSING_MAILBOX, Address, parse_address_list
 from surat.message.encoded_words import decode_encoded_words
-from surat.message.headers import FieldCollector, read_header
+from surat.message.headers import FieldCollector, Header, read_header, unfold
 
 __all__ = [
     "GROUP_END",
@@ -807,8 +807,8 @@ def _envelope(first: dict[str, bytes]) -> Envelope:
 # ----------------------------------------------------------------------------------------- the scanner
 
 
-def _pairs(fields: FieldCollector) -> _Headers:
-    return [(field.key, field.unfolded) for field in fields.fields]
+def _pairs(header: Header) -> _Headers:
+    return [(key.decode("ascii"), unfold(raw)) for key, raw in zip(header.keys, header.raws, strict=True)]
 
 
 def _split_header_block(block: bytes) -> _Headers | None:
@@ -817,7 +817,7 @@ def _split_header_block(block: bytes) -> _Headers | None:
     header = read_header(block + b"\r\n", MAX_HEADER + len(block))
     if header.body_start != len(block) + 2:
         return None
-    return [(field.key, field.unfolded) for field in header.fields]
+    return _pairs(header)
 
 
 class _Scanner:
@@ -840,7 +840,11 @@ class _Scanner:
             line = reader.readline()
             if line is None:
                 fields.flush()
-                return _pairs(fields), reader.offset, _Term(reader.offset, reader.newlines, reader.last)
+                return (
+                    _pairs(fields.header(0)),
+                    reader.offset,
+                    _Term(reader.offset, reader.newlines, reader.last),
+                )
             match = _match_boundary(line, stack) if stack else None
             if match is not None:
                 # A delimiter inside a header: the entity has no body.
@@ -848,15 +852,15 @@ class _Scanner:
                 depth, close = match
                 term = _Term(line.start, newlines, last, depth, close, line.end)
                 end = max(start, _span(start, newlines, term)[0])
-                return _pairs(fields), end, term
+                return _pairs(fields.header(0)), end, term
             content = line.content[:-1] if line.content.endswith(b"\r") else line.content
             if not content and not line.truncated:
                 fields.flush()  # RFC 5322 §2.1: the empty line ends the header section
-                return _pairs(fields), line.end, None
+                return _pairs(fields.header(0)), line.end, None
             if not fields.line(content):
                 # Not a header field: the header ended without its empty line; this is body.
                 fields.flush()
-                return _pairs(fields), line.start, None
+                return _pairs(fields.header(0)), line.start, None
 
     def entity(
         self, start: int, stack: list[bytes], default: tuple[str, str], depth: int
