@@ -142,6 +142,42 @@ def test_tampered_signature_with_dmarc_reject_is_refused(mx_server: RunningServe
     assert info.value.smtp_code == 550
 
 
+@pytest.mark.parametrize(
+    "author",
+    [
+        b"From : CEO <ceo@forged.example>\r\n",  # RFC 5322 §4.5.3: WSP before the colon is a From field
+        b"From: ceo@forged.example\r\n",
+        b"FROM:ceo@forged.example\r\n",
+    ],
+)
+def test_a_second_from_field_is_checked_too(mx_server: RunningServer, key: RSAKey, author: bytes) -> None:
+    # Issue 11 item 7 on port 25: besides the From that the signature aligns with, a forged one. RFC 5322
+    # §3.6 allows one From; RFC 7489 §6.6.1 leaves such mail to the receiver: every domain of every From
+    # field is checked and the strictest failing policy (forged.example's p=reject) applies.
+    signed = sign(author + message("sender.example"), key)
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(mx_server, "bounce@sender.example", signed)
+    assert (info.value.smtp_code, info.value.smtp_error) == (
+        550,
+        b"5.7.1 Message rejected by the sender domain's DMARC policy",
+    )
+    assert inbox(mx_server, USER, "INBOX") == []
+    assert inbox(mx_server, USER, "Junk") == []
+
+
+def test_a_from_too_long_to_read_is_refused(mx_server: RunningServer, key: RSAKey) -> None:
+    # surat.message reads MAX_AUTHOR_FIELD octets of an author field; RFC 7489 §6.6.1 leaves an author
+    # that cannot be established to the receiver, and a forged domain must not hide in what is not read.
+    many = b",\r\n ".join(b"x%d@sender.example" % n for n in range(600))
+    signed = sign(
+        message("sender.example").replace(b"From: Sender <news@sender.example>", b"From: " + many), key
+    )
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(mx_server, "bounce@sender.example", signed)
+    assert info.value.smtp_code == 550
+    assert inbox(mx_server, USER, "INBOX") == []
+
+
 def test_dmarc_quarantine_goes_to_junk(mx_server: RunningServer) -> None:
     send(mx_server, "news@junk.example", message("junk.example"))
     assert inbox(mx_server, USER, "INBOX") == []

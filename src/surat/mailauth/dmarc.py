@@ -20,7 +20,6 @@ import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from email.utils import getaddresses
 
 from publicsuffixlist import PublicSuffixList
 
@@ -28,6 +27,8 @@ from surat.dns.base import DNSError, DNSErrorKind, Resolver
 from surat.mailauth.dkim_canon import ParsedMessage
 from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus
 from surat.mailauth.spf import SPFResult, SPFStatus
+from surat.message.address import MAX_AUTHOR_FIELD, MISSING_DOMAIN, parse_address_list
+from surat.message.headers import read_header
 
 
 class DMARCStatus(enum.Enum):
@@ -193,55 +194,30 @@ def _ascii_domain(domain: str) -> str:
         return domain
 
 
-def from_domains(message: bytes, parsed: ParsedMessage | None = None) -> list[str]:
+def from_domains(message: bytes, parsed: ParsedMessage | None = None) -> list[str] | None:
     """The domains of every address in every From header field of `message` (in order, duplicates kept once).
 
-    RFC 7489 §6.6.1: a message may carry several From addresses; the caller passes them all to check_dmarc.
+    RFC 7489 §6.6.1: the Author Domain is the domain of the RFC5322.From field; a syntactically valid
+    multi-valued From is checked with each of its domains and the strictest failing policy applies
+    (`check_dmarc`). A message with several From fields, forbidden by RFC 5322 §3.6 and outside
+    RFC 7489's scope, is treated the same way, with every domain of every field: none can hide behind
+    another (issue 11 item 7). The fields and addresses are read by surat.message, as IMAP shows them to
+    the reader; a From with no domain at all gives none (check_dmarc then says permerror). None when a
+    From value is longer than MAX_AUTHOR_FIELD: it is not parsed, and check_dmarc refuses the message.
     `parsed` is `parse_message(message)` when the caller has it already.
     """
-    if parsed is not None:
-        unfolded = (value.replace(b"\r\n", b" ") for value in parsed.values(b"from"))
-        return _domains_of([value.decode("utf-8", "replace") for value in unfolded])
-    header_block = re.split(rb"\r?\n\r?\n", message, maxsplit=1)[0]
-    values: list[str] = []
-    current: list[str] | None = None
-    for raw_line in re.split(rb"\r?\n", header_block):
-        line = raw_line.decode("utf-8", "replace")
-        if line[:1] in (" ", "\t") and current is not None:
-            current.append(line)
-            continue
-        if current is not None:
-            values.append(" ".join(current))
-            current = None
-        name, colon, value = line.partition(":")
-        if colon and name.strip().lower() == "from":
-            current = [value]
-    if current is not None:
-        values.append(" ".join(current))
-    return _domains_of(values)
-
-
-# The usual From forms, "addr@domain", "<addr@domain>" and "Plain Name <addr@domain>", with no quoting or
-# comments to interpret: the domain is read directly; anything else goes to the full RFC 5322 parser.
-# Matched against the value stripped of its outer WSP: a leading "[ \t]*" before a display name that may
-# itself hold WSP made a long run of spaces quadratic (every split of the run was tried).
-_PLAIN_FROM = re.compile(
-    r"[A-Za-z0-9 \t._'-]*<[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)>"
-    r"|[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)"
-)
-
-
-def _domains_of(values: list[str]) -> list[str]:
-    if len(values) == 1:
-        plain = _PLAIN_FROM.fullmatch(values[0].strip(" \t"))
-        if plain is not None:
-            return [_ascii_domain(plain.group(1) or plain.group(2))]
+    values = parsed.values(b"from") if parsed is not None else read_header(message).values(b"from")
     domains: list[str] = []
-    for _display, address in getaddresses(values):
-        _local, at, domain = address.rpartition("@")
-        if at and domain:
-            ascii_domain = _ascii_domain(domain)
-            if ascii_domain not in domains:
+    for value in values:
+        unfolded = value.replace(b"\r\n", b"")
+        if len(unfolded) > MAX_AUTHOR_FIELD:
+            return None
+        for address in parse_address_list(unfolded):
+            host = address.host
+            if not host or host == MISSING_DOMAIN or address.mailbox is None:
+                continue  # a group marker, or an address with no domain: no Author Domain in it
+            ascii_domain = _ascii_domain(host)
+            if ascii_domain and ascii_domain not in domains:
                 domains.append(ascii_domain)
     return domains
 
@@ -375,7 +351,7 @@ _SEVERITY = {
 
 async def check_dmarc(
     resolver: Resolver,
-    from_domains: Iterable[str],
+    from_domains: Iterable[str] | None,
     spf: SPFResult | None,
     dkim: Sequence[DKIMResult],
     *,
@@ -387,6 +363,16 @@ async def check_dmarc(
     the strictest policy first), as RFC 7489 §6.6.1 and DMARCbis suggest. No From domain at all is permerror
     (RFC 5322 requires one). `rng` returns a float in [0, 1) and decides pct sampling, once per message.
     """
+    if from_domains is None:
+        # RFC 7489 §6.6.1 leaves an author we cannot establish to the receiver; not parsing a From
+        # longer than MAX_AUTHOR_FIELD must not let a forged domain through, so this is refused.
+        return DMARCResult(
+            DMARCStatus.FAIL,
+            "",
+            Policy.REJECT,
+            f"RFC5322.From longer than {MAX_AUTHOR_FIELD} octets",
+            requested_policy=Policy.REJECT,
+        )
     domains: list[str] = []
     for domain in from_domains:
         ascii_domain = _ascii_domain(domain)
