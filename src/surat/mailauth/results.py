@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from surat.mailauth.dkim_verify import ARCResult, ARCStatus, DKIMResult
 from surat.mailauth.dmarc import DMARCResult, DMARCStatus
 from surat.mailauth.spf import SPFResult
+from surat.message.headers import read_header
 
 HEADER_NAME = "Authentication-Results"
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z|~]+")  # RFC 2045 token (RFC 8601 §2.2 value)
@@ -161,9 +162,6 @@ def authserv_id_of(value: str) -> str:
     return match.group() if match else ""
 
 
-_LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
-
-
 def remove_forged_results(message: bytes, authserv_id: str) -> bytes:
     """Drop every Authentication-Results field in the header whose authserv-id is ours (RFC 8601 §5).
 
@@ -171,35 +169,16 @@ def remove_forged_results(message: bytes, authserv_id: str) -> bytes:
     Fields of other authserv-ids stay: they are someone else's claims and harmless to keep.
     """
     ours = authserv_id.lower().removesuffix(".")
-    kept: list[bytes] = []
-    field: list[bytes] = []
+    name = HEADER_NAME.lower().encode()
+    # the fields as surat.message reads them, for DKIM and IMAP alike, with where each lies
+    header = read_header(message, spans=True)
+    out: list[bytes] = []
     pos = 0
-
-    def flush() -> None:
-        if not field:
-            return
-        raw = b"".join(field)
-        name, colon, value = raw.partition(b":")
-        is_ours = (
-            colon
-            and name.strip().lower() == HEADER_NAME.lower().encode()
-            and authserv_id_of(value.decode("utf-8", "replace")).lower().removesuffix(".") == ours
-        )
-        if not is_ours:
-            kept.append(raw)
-        field.clear()
-
-    for match in _LINE.finditer(message):
-        line = match.group()
-        if line in (b"\r\n", b"\n"):
-            pos = match.start()
-            break
-        if line[:1] in (b" ", b"\t") and field:
-            field.append(line)  # a folded continuation of the current field
-            continue
-        flush()
-        field.append(line)
-    else:
-        pos = len(message)
-    flush()
-    return b"".join(kept) + message[pos:]
+    for key, raw, (start, end) in zip(header.keys, header.raws, header.spans, strict=True):
+        if key == name and authserv_id_of(raw.decode("utf-8", "replace")).lower().removesuffix(".") == ours:
+            out.append(message[pos:start])
+            pos = end
+    if not out:
+        return message
+    out.append(message[pos:])
+    return b"".join(out)

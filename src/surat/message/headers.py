@@ -86,6 +86,9 @@ class Header:
     body_start: int  # offset of the body in the message (after the empty line, if there was one)
     defect: str | None = None  # why a strict reader (DKIM, submission) should refuse the section, or None
     truncated: bool = False  # the section went on beyond the bound: fields after it were not read
+    # With read_header(spans=True): where each field lies in the message, [start, end) with its line
+    # ends, so that a field can be cut out leaving every other octet as it was.
+    spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def fields(self) -> tuple[HeaderField, ...]:
@@ -155,7 +158,9 @@ class FieldCollector:
                 self.defect = self.defect or "header section too long"
         self._key, self._value = None, []
 
-    def header(self, body_start: int, defect: str | None = None) -> Header:
+    def header(
+        self, body_start: int, defect: str | None = None, spans: tuple[tuple[int, int], ...] = ()
+    ) -> Header:
         self.flush()
         return Header(
             tuple(self.names),
@@ -164,6 +169,7 @@ class FieldCollector:
             body_start,
             self.defect or defect,
             self.truncated,
+            spans[: len(self.names)],
         )
 
 
@@ -186,11 +192,16 @@ def _fast(message: bytes, end: int) -> Header | None:
     return Header(tuple(names), tuple(keys), tuple(raws), end + 4)
 
 
-def read_header(message: bytes, limit: int = MAX_HEADER_SECTION, *, crlf_only: bool = False) -> Header:
+def read_header(
+    message: bytes, limit: int = MAX_HEADER_SECTION, *, crlf_only: bool = False, spans: bool = False
+) -> Header:
     """The header section at the start of `message` (bytes; only the first `limit` octets are read).
 
-    `crlf_only` says the caller knows there is no bare LF (our SMTP engine normalises line ends).
+    `crlf_only` says the caller knows there is no bare LF (our SMTP engine normalises line ends);
+    `spans` asks for each field's place in the message (`Header.spans`).
     """
+    if spans:
+        return _by_lines(message, limit, with_spans=True)
     if message.startswith((b"\r\n", b"\n")):
         return Header((), (), (), 2 if message[:1] == b"\r" else 1)
     end = message.find(b"\r\n\r\n", 0, limit)
@@ -201,20 +212,30 @@ def read_header(message: bytes, limit: int = MAX_HEADER_SECTION, *, crlf_only: b
     return _by_lines(message, limit)
 
 
-def _by_lines(message: bytes, limit: int) -> Header:
+def _by_lines(message: bytes, limit: int, *, with_spans: bool = False) -> Header:
     collector = FieldCollector(limit)
+    starts: list[int] = []  # where each field's first line starts (with_spans)
     pos = 0
     size = len(message)
+
+    def spans(end: int) -> tuple[tuple[int, int], ...]:
+        if not starts:
+            return ()
+        return tuple(zip(starts, [*starts[1:], end], strict=True))
+
     while pos < size:
         if pos >= limit:
             collector.truncated = True
-            return collector.header(pos, "header section too long")
+            return collector.header(pos, "header section too long", spans(pos))
         newline = message.find(b"\n", pos)
         line_end = size if newline < 0 else newline + 1
         content = message[pos : newline if newline >= 0 else size].removesuffix(b"\r")
         if not content:
-            return collector.header(line_end)  # RFC 5322 §2.1: the empty line ends the section
+            # RFC 5322 §2.1: the empty line ends the section
+            return collector.header(line_end, spans=spans(pos))
         if not collector.line(content):
-            return collector.header(pos, f"not a header field: {content[:40]!r}")
+            return collector.header(pos, f"not a header field: {content[:40]!r}", spans(pos))
+        if with_spans and content[:1] not in (b" ", b"\t"):
+            starts.append(pos)
         pos = line_end
-    return collector.header(size)  # a message that is all header, with no empty line
+    return collector.header(size, spans=spans(size))  # a message that is all header, with no empty line

@@ -44,6 +44,7 @@ from surat.mailauth.dmarc import (
 )
 from surat.mailauth.results import authentication_results, remove_forged_results
 from surat.mailauth.spf import SPFResult, check_spf, timed_out
+from surat.message.headers import read_header
 from surat.proto.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -226,15 +227,8 @@ _DMARC_PASS = re.compile(r"(?:^|[;\s])dmarc\s*=\s*pass\b", re.IGNORECASE)
 
 
 def _header_values(message: bytes, name: bytes) -> list[str]:
-    """The unfolded values of every header field called `name` (lower case) in the header section."""
-    end = message.find(b"\r\n\r\n")
-    head = message[: end if end >= 0 else len(message)]
-    values: list[str] = []
-    for field in re.split(rb"\r\n(?![ \t])", head):
-        field_name, colon, value = field.partition(b":")
-        if colon and field_name.strip().lower() == name:
-            values.append(re.sub(rb"\r\n[ \t]", b" ", value).decode("utf-8", "replace"))
-    return values
+    """The unfolded values of every header field called `name` (lower case), as surat.message reads them."""
+    return [value.decode("utf-8", "replace") for value in read_header(message, crlf_only=True).values(name)]
 
 
 async def _outcome(check: Awaitable[_T]) -> _T | BaseException:
