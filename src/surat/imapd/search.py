@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Final, Protocol
 
 from surat.message.encoded_words import decode_encoded_words
+from surat.message.headers import read_header, unfold
 from surat.proto.imap.commands import (
     DateField,
     DateOp,
@@ -173,23 +174,10 @@ def decode_header_value(value: str | bytes) -> str:
 
 
 def _parse_header(raw: bytes) -> list[tuple[str, bytes]]:
-    """(lower-cased name, unfolded raw value) of each field, in order (RFC 5322 §2.2)."""
-    fields: list[tuple[str, bytes]] = []
-    for raw_line in raw.split(b"\n"):
-        line = raw_line.removesuffix(b"\r")
-        if not line:
-            break  # the empty line ending the header
-        if line[:1] in (b" ", b"\t"):
-            if fields:
-                name, value = fields[-1]
-                fields[-1] = (name, value + line)  # RFC 5322 §2.2.3 unfolding: drop the CRLF only
-            continue
-        colon = line.find(b":")
-        if colon <= 0:
-            continue
-        name = line[:colon].strip().decode("ascii", "replace").lower()
-        fields.append((name, line[colon + 1 :]))
-    return fields
+    """(lower-cased name, unfolded raw value) of each field, in order, as surat.message reads them (the
+    fields the ENVELOPE and SORT values came from)."""
+    header = read_header(raw)
+    return [(key.decode("ascii"), unfold(value)) for key, value in zip(header.keys, header.raws, strict=True)]
 
 
 class _Finder:

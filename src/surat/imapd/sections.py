@@ -11,6 +11,7 @@ import binascii
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from surat.message.headers import read_header
 from surat.proto.imap.commands import Section
 from surat.store.messageinfo import BodyPart, MessageInfo
 
@@ -101,21 +102,16 @@ def read_range(file: BinaryIO, r: ByteRange, limit: int | None = None) -> bytes:
 
 def filter_header(block: bytes, fields: frozenset[str], *, exclude: bool) -> bytes:
     """The header fields named (or, with ``exclude``, not named), each with its continuation lines, then
-    the empty line (RFC 9051 §6.4.5: the result includes the blank line that ends the header)."""
+    the empty line (RFC 9051 §6.4.5: the result includes the blank line that ends the header).
+
+    The fields are those surat.message reads, the ones ENVELOPE and SEARCH use: HEADER.FIELDS (FROM)
+    shows the From that ENVELOPE showed (issue 11 item 7)."""
+    header = read_header(block, spans=True)
     out: list[bytes] = []
-    keep = False
-    for line in block.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t"):
-            if keep:
-                out.append(line)
-            continue
-        colon = line.find(b":")
-        name = line[:colon].strip().decode("latin-1").lower() if colon > 0 else ""
-        keep = bool(name) and ((name in fields) != exclude)
-        if keep:
-            out.append(line if line.endswith(b"\n") else line + b"\r\n")
+    for key, (start, end) in zip(header.keys, header.spans, strict=True):
+        if (key.decode("ascii") in fields) != exclude:
+            text = block[start:end]
+            out.append(text if text.endswith(b"\n") else text + b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 
