@@ -34,6 +34,7 @@ from io import BytesIO
 from typing import BinaryIO
 
 from surat.delivery.schedule import delay_notice_wanted
+from surat.message.headers import read_header
 from surat.proto.smtp.address import header_safe, xtext_decode
 
 # RET=FULL returns at most this much of the original; a larger message is returned as headers
@@ -160,30 +161,29 @@ def _crlf(data: bytes) -> bytes:
     return _NEWLINES_RE.sub(b"\r\n", data)
 
 
-def _read_headers(stream: BinaryIO, limit: int = HEADER_LIMIT) -> bytes:
-    """The header section, without the blank line that ends it, cut at a line boundary."""
+def _read_header_lines(stream: BinaryIO, limit: int = HEADER_LIMIT) -> bytes:
+    """The lines of `stream` up to its first empty line (not read further: RET=HDRS reads no body),
+    at most `limit` octets; `_header_section` then takes the fields from them."""
     lines: list[bytes] = []
     total = 0
     while total < limit:
-        line = stream.readline(limit - total + 1)
+        line = stream.readline(limit - total)
         if not line or line in (b"\r\n", b"\n"):
-            break
-        if total + len(line) > limit:
             break
         lines.append(line)
         total += len(line)
-    data = _crlf(b"".join(lines))
-    return data if not data or data.endswith(b"\r\n") else data + b"\r\n"
+    return b"".join(lines)
 
 
-def _split_headers(data: bytes) -> bytes:
-    """The header section of `data` (a prefix of a message), cut at a line boundary."""
-    if data.startswith((b"\r\n", b"\n")):
-        return b""
-    match = re.search(rb"\r?\n\r?\n", data)
-    head = data[: data.rfind(b"\n") + 1] if match is None else data[: match.start()]
-    head = _crlf(head)
-    return head + b"\r\n" if head and not head.endswith(b"\r\n") else head
+def _header_section(data: bytes) -> bytes:
+    """The header fields at the start of `data` (a message or a prefix of one, at most HEADER_LIMIT
+    octets read), as surat.message reads them, with CRLF line ends; a line cut by the read is left out."""
+    header = read_header(data, HEADER_LIMIT, spans=True)
+    end = header.spans[-1][1] if header.spans else 0
+    if end == len(data) and not data.endswith(b"\n"):
+        end = data.rfind(b"\n", 0, end) + 1
+    head = _crlf(data[:end])
+    return head if not head or head.endswith(b"\r\n") else head + b"\r\n"
 
 
 # ----------------------------------------------------------------------------------------- fields
@@ -454,15 +454,15 @@ def build_dsn(
         data = original.read(full_limit + 1)
         if len(data) <= full_limit:
             full = _crlf(data)
-            headers = _split_headers(data)
+            headers = _header_section(data)
             returned = "The message is attached."
         else:
-            headers = _split_headers(data[:HEADER_LIMIT])
+            headers = _header_section(data[:HEADER_LIMIT])
             returned = (
                 f"The message was larger than {full_limit} bytes, so only its header fields are attached."
             )
     else:
-        headers = _read_headers(original)
+        headers = _header_section(_read_header_lines(original))
 
     # RFC 6533 §6.2: the global type only when a field really needs UTF-8; older DSN parsers
     # understand message/delivery-status only.
