@@ -80,6 +80,7 @@ from surat.delivery.schedule import (
 from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
 from surat.dns.base import Resolver
 from surat.log import fields
+from surat.message.headers import read_header
 from surat.proto.smtp.address import Address, SMTPSyntaxError, UnsafeText, parse_path
 from surat.proto.smtp.client import (
     ClientSettings,
@@ -227,9 +228,8 @@ def _address(text: str) -> Address:
 
 
 def _count_received(message: bytes) -> int:
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[: end + 2]
-    return sum(1 for line in head.split(b"\r\n") if line[:9].lower() == b"received:")
+    """Received fields, as surat.message reads the header (RFC 5321 §6.3 loop detection counts them)."""
+    return read_header(message).keys.count(b"received")
 
 
 class QueueRunner:
