@@ -10,6 +10,7 @@ pass, one parsing pass over the tokens.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -174,6 +175,14 @@ class _AddressParser:
     def _joined(words: list[tuple[str, str, str]]) -> str:
         return "".join(w[1] for w in words)
 
+    def _spec_part(self, words: list[tuple[str, str, str]]) -> str:
+        """A local part or domain, joined; two words not separated by a "." (RFC 5322 §3.4.1, §4.4
+        obs-local-part/obs-domain allow CFWS around the dots only) are a guess, not a clean parse."""
+        for before, after in itertools.pairwise(words):
+            if not (before[1].endswith(".") or after[1].startswith(".")):
+                self.clean = False
+        return self._joined(words)
+
     def _address(self, out: list[Address], in_group: bool) -> None:
         words, comment = self._words("<:;@,>" if not in_group else "<;@,>")
         kind = self._peek()
@@ -200,8 +209,8 @@ class _AddressParser:
         elif kind == "@":
             self.i += 1
             domain, comment2 = self._words(",;<>")
-            local = self._joined(words) or MISSING_MAILBOX
-            host = self._joined(domain) or MISSING_DOMAIN
+            local = self._spec_part(words) or MISSING_MAILBOX
+            host = self._spec_part(domain) or MISSING_DOMAIN
             # "user@host (Name)": the comment serves as the name, as Dovecot does.
             out.append(Address(comment2 or comment, None, local, host))
         elif words:
@@ -224,8 +233,8 @@ class _AddressParser:
             self.i += 1
         else:
             self.clean = False
-        local = self._joined(local_words)
-        host = self._joined(host_words)
+        local = self._spec_part(local_words)
+        host = self._spec_part(host_words)
         if not local and not host:
             return Address(name, adl, "", "")  # "<>", the null address
         return Address(name, adl, local or MISSING_MAILBOX, host or MISSING_DOMAIN)
