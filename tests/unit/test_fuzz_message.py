@@ -1,0 +1,125 @@
+"""Fuzz: surat.message's header reader and address parser, and compute_message_info, on random and
+mutated messages: a result (with the documented defect flags), never another exception, within the
+per-input deadline."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fuzzing import fuzz_settings
+from surat.message.address import Mailboxes, mailboxes, parse_address_list
+from surat.message.headers import MAX_HEADER_SECTION, _by_lines, field_key, read_header
+from surat.store.messageinfo import MessageInfo, compute_message_info
+
+pytestmark = pytest.mark.fuzz
+
+_HEADER_PIECES = st.sampled_from(
+    [
+        b"From",
+        b"From ",
+        b"Subject",
+        b"X-A",
+        b":",
+        b" : ",
+        b" ",
+        b"\t",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\r\n\r\n",
+        b"\r\n ",
+        b"a@b.example",
+        b"<",
+        b">",
+        b"(",
+        b'"',
+        b"\x00",
+        b"\xff",
+        "ü".encode(),
+        b"=?utf-8?q?x?=",
+        b"--b\r\n",
+        b"Content-Type: multipart/mixed; boundary=b\r\n",
+    ]
+)
+_MESSAGES = st.lists(_HEADER_PIECES, max_size=40).map(b"".join) | st.binary(max_size=300)
+
+
+def _check_header(message: bytes) -> None:
+    header = read_header(message)
+    assert 0 <= header.body_start <= len(message)
+    assert len(header.names) == len(header.keys) == len(header.raws)
+    for name, key, raw in zip(header.names, header.keys, header.raws, strict=True):
+        assert field_key(name + b":" + raw.split(b"\r\n")[0]) == (key, len(name) + 1)
+    if b"\n" not in message.replace(b"\r\n", b""):
+        # the one rule: the CRLF fast path and the line path agree on every input
+        slow = _by_lines(message, MAX_HEADER_SECTION)
+        assert (header.names, header.keys, header.raws, header.body_start) == (
+            slow.names,
+            slow.keys,
+            slow.raws,
+            slow.body_start,
+        )
+    spanned = read_header(message, spans=True)
+    assert spanned.keys == header.keys and len(spanned.spans) == len(header.keys)
+    for (start, end), name in zip(spanned.spans, spanned.names, strict=True):
+        assert message[start:end].startswith(name + b":")
+
+
+@fuzz_settings()
+@given(_MESSAGES)
+def test_random_header_sections_read(message: bytes) -> None:
+    _check_header(message)
+
+
+@fuzz_settings()
+@given(st.data())
+def test_mutated_messages_read(data: st.DataObject) -> None:
+    message = bytearray(
+        b"Received: from a\r\n\tby b; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom : A <a@example.test>\r\n"
+        b"Subject: =?utf-8?q?hi?=\r\n folded\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@d.example\r\n\r\ninner\r\n--b--\r\n"
+    )
+    for _ in range(data.draw(st.integers(0, 8))):
+        pos = data.draw(st.integers(0, len(message)))
+        action = data.draw(st.sampled_from(["insert", "delete", "replace"]))
+        octets = data.draw(st.binary(min_size=1, max_size=4) | _HEADER_PIECES)
+        if action == "insert":
+            message[pos:pos] = octets
+        elif action == "delete":
+            del message[pos : pos + len(octets)]
+        else:
+            message[pos : pos + len(octets)] = octets
+    _check_header(bytes(message))
+    info = compute_message_info(io.BytesIO(bytes(message)))
+    assert info.body.end == len(message)
+    assert MessageInfo.from_json(info.to_json()) == info
+
+
+@fuzz_settings()
+@given(_MESSAGES)
+def test_random_messages_give_message_info(message: bytes) -> None:
+    info = compute_message_info(io.BytesIO(message))
+    assert info.body.end == len(message)
+    assert MessageInfo.from_json(info.to_json()) == info
+
+
+_ADDRESS_PIECES = st.sampled_from(
+    [*'<>()[]:;@,."\\ \t', "a", "bob", "example.test", "Name", "=?utf-8?q?x?=", "ü", "\r\n ", "\x00"]
+)
+
+
+@fuzz_settings()
+@given(st.lists(_ADDRESS_PIECES, max_size=40).map("".join) | st.text(max_size=80))
+def test_random_address_lists_parse(value: str) -> None:
+    parse_address_list(value)  # lenient: some addresses, never an exception
+    parsed = mailboxes(value)
+    assert isinstance(parsed, Mailboxes)
+    if parsed.clean:
+        # a clean parse is stable: its addr-specs, written out as a list, read back the same and clean
+        assert parsed.addr_specs
+        assert all("@" in spec for spec in parsed.addr_specs)
+        assert mailboxes(", ".join(parsed.addr_specs)) == parsed
