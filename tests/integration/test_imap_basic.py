@@ -326,6 +326,25 @@ def test_fetch_sections_partial_and_binary(server: RunningServer) -> None:
     raw.close()
 
 
+def test_envelope_header_fields_and_search_read_the_same_from(server: RunningServer) -> None:
+    # Issue 11 item 7: "From : x" (RFC 5322 §4.5.3 WSP before the colon) is a From field for every reader.
+    deliver(server, [b"From : CEO <ceo@example.test>\r\nSubject: s\r\nX-Note: a\r\n\tb\r\n\r\nbody\r\n"])
+    raw = Raw.logged_in(server)
+    raw.command("SELECT INBOX")
+    lines, done = raw.command("FETCH 1 (ENVELOPE BODY.PEEK[HEADER.FIELDS (FROM X-NOTE)])")
+    assert done.startswith(b"t3 OK")
+    assert b'(("CEO" NIL "ceo" "example.test"))' in lines[0]
+    assert (
+        b"BODY[HEADER.FIELDS (FROM X-NOTE)] {48}\r\nFrom : CEO <ceo@example.test>\r\nX-Note: a\r\n\tb\r\n\r\n"
+        in lines[0]
+    )
+    lines, _ = raw.command("SEARCH FROM ceo@example.test")
+    assert lines == [b"* SEARCH 1\r\n"]
+    lines, _ = raw.command('SEARCH HEADER X-Note "a b"')  # unfolded, WSP runs as one space
+    assert lines == [b"* SEARCH 1\r\n"]
+    raw.close()
+
+
 def test_large_message_is_streamed(server: RunningServer) -> None:
     body = b"".join(b"line %07d of a long message\r\n" % i for i in range(40_000))  # ~1.2 MB
     message = b"Subject: big\r\n\r\n" + body
