@@ -600,8 +600,10 @@ class Session:
         if announcements.new_keywords:
             self.send(self.flags_line())
             self.send(self.permanent_flags_line())
-        if announcements.exists is not None:
-            self.send(exists(announcements.exists))
+        if announcements.new_messages:
+            # Counted now, after the EXPUNGEs just sent: counted before them, the number would include
+            # messages the client has just removed and the next EXISTS would look like a shrink.
+            self.send(exists(view.exists))
         for uid in announcements.flag_changes:
             if uid in view.state and uid not in view.expunged:
                 self.send(self.fetch_flags_line(uid))
