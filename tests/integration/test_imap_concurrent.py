@@ -151,7 +151,27 @@ def test_store_of_a_message_expunged_unbeknown(server: RunningServer) -> None:
     assert lines == []
     assert done == b"t3 OK [EXPUNGEISSUED] some messages were already expunged\r\n"
     lines, _ = a.command("EXPUNGE")
-    assert lines == [b"* 2 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n"]
+    # The other session's expunge is announced first; then this one's, of message 2, now number 1.
+    assert lines == [b"* 1 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n"]
+    a.close()
+    b.close()
+
+
+def test_expunge_removes_what_is_flagged_deleted_now(server: RunningServer) -> None:
+    a, b = two_selected(server, 3)
+    a.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    # Another session changes its mind about message 1 and flags message 2, unbeknown to this one.
+    b.command("STORE 1 -FLAGS.SILENT (\\Deleted)")
+    b.command("STORE 2 +FLAGS.SILENT (\\Deleted)")
+    lines, _ = a.command("EXPUNGE")
+    # RFC 9051 §6.4.3: EXPUNGE removes the messages that have \Deleted when it runs.
+    assert lines == [
+        b"* 1 FETCH (FLAGS ())\r\n",
+        b"* 2 FETCH (FLAGS (\\Deleted))\r\n",
+        b"* 2 EXPUNGE\r\n",
+    ]
+    lines, _ = a.command("UID FETCH 1:* (FLAGS)")
+    assert lines == [b"* 1 FETCH (UID 1 FLAGS ())\r\n", b"* 2 FETCH (UID 3 FLAGS ())\r\n"]
     a.close()
     b.close()
 

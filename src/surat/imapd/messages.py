@@ -196,12 +196,16 @@ async def move(s: Session, cmd: c.Move) -> Done:
 async def expunge(s: Session, cmd: c.Expunge | c.UidExpunge) -> Done:
     view = s.require_view()
     _writable(s)
+    # RFC 9051 §6.4.3: the messages that have \Deleted now, not as this session last heard: another
+    # session may have set or cleared it. The view is brought up to date first (EXPUNGE may announce
+    # what happened meanwhile), and the store removes only those still flagged when it commits.
+    await s.notify(allow_expunge=True)
     candidates = (
         [uid for _, uid in resolve(s, cmd.uids, uid=True)] if isinstance(cmd, c.UidExpunge) else view.uids
     )
     deleted = [u for u in candidates if u not in view.expunged and "\\Deleted" in view.state[u].flags]
     if deleted:
-        removed = await s.store.expunge(view.mailbox_id, deleted)
+        removed = await s.store.expunge(view.mailbox_id, deleted, only_deleted=True)
         view.mark_expunged(removed)
     return Done()  # the dispatcher announces the expunges (EXPUNGE or VANISHED)
 

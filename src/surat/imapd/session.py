@@ -29,7 +29,7 @@ from surat.imapd.errors import CommandError, Disconnect, UserError
 from surat.imapd.fetch import FetchCache
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
-from surat.imapd.view import SelectedView
+from surat.imapd.view import Announcements, SelectedView
 from surat.log import fields
 from surat.net.connection import Connection, ConnectionTimeout
 from surat.net.listener import Handler
@@ -572,27 +572,34 @@ class Session:
             for seq, _ in pairs:  # descending: each number is valid when the client applies it
                 self.send(expunge(seq))
 
-    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
-        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+    async def sync_view(self, extra: list[Change] | None = None) -> Announcements | None:
+        """Bring the view up to date with the store if the change feed says it moved; what the client is
+        owed, or None when nothing relevant happened (or no mailbox is selected)."""
         changes = self.subscription.pending() if self.subscription is not None else []
         if extra:
             changes = extra + changes
         view = self.view
         if view is None:
-            return
+            return None
         relevant = any(
             ch.kind is ChangeKind.OVERFLOW
             or (ch.mailbox_id == view.mailbox_id and ch.kind is not ChangeKind.MAILBOX_RENAMED)
             for ch in changes
         )
-        if relevant:
-            try:
-                mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
-            except NotFound:
-                await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
-            announcements = view.apply(mc)
-        else:
-            announcements = None
+        if not relevant:
+            return None
+        try:
+            mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
+        except NotFound:
+            await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
+        return view.apply(mc)
+
+    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
+        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+        announcements = await self.sync_view(extra)
+        view = self.view
+        if view is None:
+            return
         if allow_expunge:
             self.announce_expunges()
         if announcements is None:

@@ -1377,13 +1377,14 @@ class SQLiteStore:
         return await self._write(fn)
 
     def _expunge_rows(
-        self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int]
+        self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int], only_deleted: bool = False
     ) -> tuple[list[int], list[Change], set[str]]:
         rows: list[tuple[int, int, str]] = []
+        deleted = " AND deleted = 1" if only_deleted else ""
         for chunk in _chunks(sorted(set(uids))):
             rows += conn.execute(
                 "SELECT uid, size, blob_id FROM messages"
-                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))})"
+                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))}){deleted}"
                 " ORDER BY uid",
                 (mailbox.id, *chunk),
             ).fetchall()
@@ -1409,11 +1410,16 @@ class SQLiteStore:
         return removed, [change], {r[2] for r in rows}
 
     async def expunge(
-        self, mailbox_id: int, uids: Sequence[int], *, files_in_background: bool = False
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        files_in_background: bool = False,
+        only_deleted: bool = False,
     ) -> list[int]:
         def fn(conn: sqlite3.Connection) -> tuple[list[int], list[Change], set[str]]:
             mailbox = self._mailbox_by_id(conn, mailbox_id)
-            return self._expunge_rows(conn, mailbox, uids)
+            return self._expunge_rows(conn, mailbox, uids, only_deleted)
 
         return await self._write(fn, collect_after_return=files_in_background)
 
