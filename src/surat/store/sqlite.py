@@ -43,6 +43,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,6 +99,11 @@ _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
 SYNCFS_MIN_BATCH = 4
 INLINE_READ_ROWS = 256  # reads of up to this many rows run on the event loop's connection
+# changes_since answers kept for reuse (see there): per mailbox, for one HIGHESTMODSEQ, up to this many
+# starting MODSEQs, and for this many mailboxes (least recently used out). Only answers read inline
+# (at most INLINE_READ_ROWS rows) are kept, so the memory is bounded by these three numbers.
+CHANGES_CACHE_SINCES = 16
+CHANGES_CACHE_MAILBOXES = 256
 COLLECT_PARALLEL_MIN = 16  # unreferenced blobs from which unlinks run on several threads
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
@@ -409,6 +415,10 @@ class SQLiteStore:
         # Small writes (queue attempts) waiting to share one transaction; see _write_grouped.
         self._grouped_writes: _Coalescer[tuple[_GroupedWrite, asyncio.Future[Any]]] = _Coalescer(
             self._submit_to_writer, self._commit_group
+        )
+        # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
+        self._recent_changes: OrderedDict[int, tuple[tuple[int, int], dict[int, MailboxChanges]]] = (
+            OrderedDict()
         )
         self._batches = 0
         self._batched_items = 0
@@ -1489,8 +1499,25 @@ class SQLiteStore:
 
         return await self._write_grouped(fn)
 
+    def _keep_changes(
+        self, mailbox_id: int, since: int, state: tuple[int, int], answer: MailboxChanges
+    ) -> None:
+        """Remember `answer` for (mailbox, since) while the mailbox's (HIGHESTMODSEQ, UIDVALIDITY) is `state`."""
+        recent = self._recent_changes.get(mailbox_id)
+        if recent is None or recent[0] != state:
+            recent = (state, {})
+            self._recent_changes[mailbox_id] = recent
+        self._recent_changes.move_to_end(mailbox_id)
+        if len(self._recent_changes) > CHANGES_CACHE_MAILBOXES:
+            self._recent_changes.popitem(last=False)
+        if len(recent[1]) < CHANGES_CACHE_SINCES:
+            recent[1][since] = answer
+
     async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        uidvalidity = 0  # of the mailbox read by fn: ids can be reused after a DELETE, UIDVALIDITYs not
+
         def fn(conn: sqlite3.Connection, at_most: int = -1) -> MailboxChanges | None:
+            nonlocal uidvalidity
             conn.execute("BEGIN")
             try:
                 if at_most >= 0:
@@ -1502,6 +1529,7 @@ class SQLiteStore:
                     if count > at_most:
                         return None  # too many for the event loop: the worker reads them
                 mailbox = self._mailbox_by_id(conn, mailbox_id)
+                uidvalidity = mailbox.uidvalidity
                 changed = [
                     self._summary(r)
                     for r in conn.execute(
@@ -1521,10 +1549,25 @@ class SQLiteStore:
                 conn.execute("COMMIT")
             return MailboxChanges(changed=changed, vanished=vanished, highestmodseq=mailbox.highestmodseq)
 
-        # IMAP sessions ask after every command that follows a change: usually a few rows, read on
-        # the event loop's connection (counted first through the modseq index, in the same snapshot).
+        # Every IMAP session on a mailbox asks this after every command that follows a change, mostly
+        # with the same starting MODSEQ (all were up to date before the change): the answer depends
+        # only on the rows, and every change to them raises the mailbox's HIGHESTMODSEQ in the same
+        # transaction, so an answer is reused while that number (and the mailbox: its UIDVALIDITY)
+        # stays: one indexed read instead of a transaction of four queries. Callers must not modify it.
+        recent = self._recent_changes.get(mailbox_id)
+        if recent is not None and (kept := recent[1].get(modseq)) is not None:
+            row = (
+                self._read()
+                .execute("SELECT highestmodseq, uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,))
+                .fetchone()
+            )
+            if row is not None and (row[0], row[1]) == recent[0]:
+                return kept
+        # Usually a few rows, read on the event loop's connection (counted first through the modseq
+        # index, in the same snapshot).
         inline = fn(self._read(), INLINE_READ_ROWS)
         if inline is not None:
+            self._keep_changes(mailbox_id, modseq, (inline.highestmodseq, uidvalidity), inline)
             return inline
         result = await self._in_worker(fn)
         assert result is not None
