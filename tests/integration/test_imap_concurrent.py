@@ -237,6 +237,27 @@ def test_idle_pushes_expunge_then_exists(server: RunningServer) -> None:
     b.close()
 
 
+def test_append_that_fails_in_the_store_is_refused_not_disconnected(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = Raw.logged_in(server)
+
+    async def broken(account_id: int) -> None:
+        raise RuntimeError("store unavailable")
+
+    monkeypatch.setattr(server.store, "get_account_by_id", broken)
+    # A synchronizing literal is refused instead of the continuation; a non-synchronizing one is read
+    # and dropped, then refused. The connection stays (the client was mid-APPEND: no Broken pipe).
+    a.send(b"a APPEND INBOX {6}\r\n")
+    assert a.line() == b"a NO [SERVERBUG] internal server error\r\n"
+    a.send(b"b APPEND INBOX {6+}\r\nA: b\r\n\r\n")
+    assert a.line() == b"b NO [SERVERBUG] internal server error\r\n"
+    monkeypatch.undo()
+    a.send(b"c APPEND INBOX {6+}\r\nA: b\r\n\r\n")
+    assert re.fullmatch(rb"c OK \[APPENDUID \d+ 1\] APPEND completed\r\n", a.line())
+    a.close()
+
+
 # ------------------------------------------------------------------------------------------- many clients
 
 RUN_SECONDS = 3.0

@@ -25,7 +25,7 @@ from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
 from surat.config import Config
 from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
-from surat.imapd.errors import CommandError, Disconnect, UserError
+from surat.imapd.errors import CommandError, Disconnect, UserError, error_reply
 from surat.imapd.fetch import FetchCache
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
@@ -371,7 +371,7 @@ class Session:
                 return
             match event:
                 case c.AppendMessage():
-                    await self._append_message(event)
+                    await self._append_message_or_refuse(event)
                 case NeedLiteral(append=True):
                     await self._append_literal(event)
                 case NeedLiteral(synchronizing=True):
@@ -445,6 +445,24 @@ class Session:
             return mutf7.decode(name)
         except mutf7.MUTF7Error as exc:
             raise CommandError(f"invalid mailbox name: {exc}") from None
+
+    async def _append_message_or_refuse(self, event: c.AppendMessage) -> None:
+        """Start one message of an APPEND; a failure (a store error, a full disk) becomes the command's
+        reply, sent once its literal is refused or read, and the connection goes on: the client is
+        mid-command, and closing would lose what it sends next."""
+        try:
+            await self._append_message(event)
+        except (asyncio.CancelledError, Disconnect):
+            raise
+        except Exception as exc:
+            state = self.append
+            if state is None or state.tag != event.tag:
+                state = self.append = AppendState(event.tag, None, None)
+            if state.file is not None:
+                state.file.close()
+                state.file = None
+            reply = error_reply(event.tag, exc, command="APPEND")
+            state.error, state.error_bad = reply.line, reply.bad
 
     async def _append_message(self, event: c.AppendMessage) -> None:
         state = self.append
