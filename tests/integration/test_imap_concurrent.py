@@ -15,6 +15,7 @@ import random
 import re
 import ssl
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,14 +25,27 @@ from test_imap_basic import SIMPLE, Raw, deliver
 # ------------------------------------------------------------------------------------------- transcripts
 
 
-def two_selected(server: RunningServer, messages: int) -> tuple[Raw, Raw]:
-    """Two sessions with INBOX selected, holding `messages` messages (UIDs 1..messages)."""
-    deliver(server, [SIMPLE] * messages)
-    a = Raw.logged_in(server)
-    b = Raw.logged_in(server)
-    a.command("SELECT INBOX")
-    b.command("SELECT INBOX")
-    return a, b
+@pytest.fixture
+def two_selected(server: RunningServer) -> Iterator[Callable[[int], tuple[Raw, Raw]]]:
+    """Opens two sessions with INBOX selected, holding `messages` messages (UIDs 1..messages); closed
+    after the test."""
+    opened: list[Raw] = []
+
+    def open_pair(messages: int) -> tuple[Raw, Raw]:
+        deliver(server, [SIMPLE] * messages)
+        a = Raw.logged_in(server)
+        b = Raw.logged_in(server)
+        opened.extend((a, b))
+        a.command("SELECT INBOX")
+        b.command("SELECT INBOX")
+        return a, b
+
+    yield open_pair
+    for raw in opened:
+        raw.close()
+
+
+Pair = Callable[[int], tuple[Raw, Raw]]
 
 
 def expunge_elsewhere(b: Raw, seq: int) -> None:
@@ -40,8 +54,8 @@ def expunge_elsewhere(b: Raw, seq: int) -> None:
     assert lines == [b"* %d EXPUNGE\r\n" % seq] and b" OK " in done
 
 
-def test_expunges_then_exists_counts_what_remains(server: RunningServer) -> None:
-    a, b = two_selected(server, 3)
+def test_expunges_then_exists_counts_what_remains(server: RunningServer, two_selected: Pair) -> None:
+    a, b = two_selected(3)
     expunge_elsewhere(b, 1)
     deliver(server, [SIMPLE])
     # 3 messages, one expunged, one delivered: after `* 1 EXPUNGE` the client holds 2, so EXISTS says 3.
@@ -49,12 +63,10 @@ def test_expunges_then_exists_counts_what_remains(server: RunningServer) -> None
     assert lines == [b"* 1 EXPUNGE\r\n", b"* 3 EXISTS\r\n"]
     lines, _ = a.command("FETCH 1:3 (UID)")
     assert lines == [b"* 1 FETCH (UID 2)\r\n", b"* 2 FETCH (UID 3)\r\n", b"* 3 FETCH (UID 4)\r\n"]
-    a.close()
-    b.close()
 
 
-def test_exists_during_fetch_counts_unannounced_expunges(server: RunningServer) -> None:
-    a, b = two_selected(server, 3)
+def test_exists_during_fetch_counts_unannounced_expunges(server: RunningServer, two_selected: Pair) -> None:
+    a, b = two_selected(3)
     expunge_elsewhere(b, 1)
     deliver(server, [SIMPLE])
     # No EXPUNGE during FETCH: the expunged message still holds number 1 here, so the new one is 4.
@@ -66,8 +78,6 @@ def test_exists_during_fetch_counts_unannounced_expunges(server: RunningServer) 
     assert lines == [b"* 1 EXPUNGE\r\n"]
     lines, _ = a.command("FETCH 3 (UID)")
     assert lines == [b"* 3 FETCH (UID 4)\r\n"]
-    a.close()
-    b.close()
 
 
 @pytest.mark.parametrize(
@@ -83,9 +93,9 @@ def test_exists_during_fetch_counts_unannounced_expunges(server: RunningServer) 
     ],
 )
 def test_no_expunge_during_commands_by_sequence_number(
-    server: RunningServer, command: str, expected: list[bytes]
+    two_selected: Pair, command: str, expected: list[bytes]
 ) -> None:
-    a, b = two_selected(server, 3)
+    a, b = two_selected(3)
     expunge_elsewhere(b, 2)
     lines, done = a.command(command)
     # The flag change that came with the expunge is not announced either: the message is gone.
@@ -93,12 +103,10 @@ def test_no_expunge_during_commands_by_sequence_number(
     assert b" OK " in done, done
     lines, _ = a.command("NOOP")
     assert lines == [b"* 2 EXPUNGE\r\n"]
-    a.close()
-    b.close()
 
 
-def test_uid_commands_may_announce_expunges(server: RunningServer) -> None:
-    a, b = two_selected(server, 3)
+def test_uid_commands_may_announce_expunges(two_selected: Pair) -> None:
+    a, b = two_selected(3)
     expunge_elsewhere(b, 2)
     # RFC 9051 §7.5.1 allows EXPUNGE during UID FETCH: the client matches responses by UID.
     lines, _ = a.command("UID FETCH 1:* (FLAGS)")
@@ -108,12 +116,10 @@ def test_uid_commands_may_announce_expunges(server: RunningServer) -> None:
         b"* 3 FETCH (UID 3 FLAGS ())\r\n",
         b"* 2 EXPUNGE\r\n",
     ]
-    a.close()
-    b.close()
 
 
-def test_message_expunged_elsewhere_stays_addressable(server: RunningServer) -> None:
-    a, b = two_selected(server, 3)
+def test_message_expunged_elsewhere_stays_addressable(two_selected: Pair) -> None:
+    a, b = two_selected(3)
     expunge_elsewhere(b, 2)
     lines, _ = a.command("FETCH 2 (UID FLAGS)")  # this session learns of the expunge here
     assert lines == [b"* 2 FETCH (UID 2 FLAGS ())\r\n"]
@@ -139,12 +145,10 @@ def test_message_expunged_elsewhere_stays_addressable(server: RunningServer) -> 
     # Now the client knows: 2 messages, and 3 is out of range.
     _, done = a.command("FETCH 3 (UID)")
     assert done == b"t9 BAD message sequence number out of range (mailbox has 2 messages)\r\n"
-    a.close()
-    b.close()
 
 
-def test_store_of_a_message_expunged_unbeknown(server: RunningServer) -> None:
-    a, b = two_selected(server, 2)
+def test_store_of_a_message_expunged_unbeknown(two_selected: Pair) -> None:
+    a, b = two_selected(2)
     expunge_elsewhere(b, 1)
     # The first command after the expunge: the store no longer has the message; no BAD, no FETCH for it.
     lines, done = a.command("STORE 1:2 +FLAGS.SILENT (\\Deleted)")
@@ -153,12 +157,10 @@ def test_store_of_a_message_expunged_unbeknown(server: RunningServer) -> None:
     lines, _ = a.command("EXPUNGE")
     # The other session's expunge is announced first; then this one's, of message 2, now number 1.
     assert lines == [b"* 1 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n"]
-    a.close()
-    b.close()
 
 
-def test_expunge_removes_what_is_flagged_deleted_now(server: RunningServer) -> None:
-    a, b = two_selected(server, 3)
+def test_expunge_removes_what_is_flagged_deleted_now(two_selected: Pair) -> None:
+    a, b = two_selected(3)
     a.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
     # Another session changes its mind about message 1 and flags message 2, unbeknown to this one.
     b.command("STORE 1 -FLAGS.SILENT (\\Deleted)")
@@ -172,12 +174,10 @@ def test_expunge_removes_what_is_flagged_deleted_now(server: RunningServer) -> N
     ]
     lines, _ = a.command("UID FETCH 1:* (FLAGS)")
     assert lines == [b"* 1 FETCH (UID 1 FLAGS ())\r\n", b"* 2 FETCH (UID 3 FLAGS ())\r\n"]
-    a.close()
-    b.close()
 
 
-def test_pipelined_commands_get_expunges_only_where_allowed(server: RunningServer) -> None:
-    a, b = two_selected(server, 3)
+def test_pipelined_commands_get_expunges_only_where_allowed(two_selected: Pair) -> None:
+    a, b = two_selected(3)
     expunge_elsewhere(b, 2)
     a.send(b"x1 FETCH 1:3 (UID)\r\nx2 NOOP\r\nx3 FETCH 1:2 (UID)\r\n")
     lines, _ = a.until("x1")
@@ -186,12 +186,10 @@ def test_pipelined_commands_get_expunges_only_where_allowed(server: RunningServe
     assert lines == [b"* 2 EXPUNGE\r\n"]
     lines, _ = a.until("x3")
     assert lines == [b"* 1 FETCH (UID 1)\r\n", b"* 2 FETCH (UID 3)\r\n"]
-    a.close()
-    b.close()
 
 
-def test_move_announces_its_own_and_others_expunges(server: RunningServer) -> None:
-    a, b = two_selected(server, 4)
+def test_move_announces_its_own_and_others_expunges(two_selected: Pair) -> None:
+    a, b = two_selected(4)
     expunge_elsewhere(b, 1)
     lines, _ = a.command("MOVE 3 Archive")
     assert re.fullmatch(rb"\* OK \[COPYUID \d+ 3 1\] moved\r\n", lines[0])
@@ -200,12 +198,10 @@ def test_move_announces_its_own_and_others_expunges(server: RunningServer) -> No
     assert lines[1:] == [b"* 3 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n"]
     lines, _ = a.command("FETCH 1:* (UID)")
     assert lines == [b"* 1 FETCH (UID 2)\r\n", b"* 2 FETCH (UID 4)\r\n"]
-    a.close()
-    b.close()
 
 
-def test_logout_sends_only_bye_and_ok(server: RunningServer) -> None:
-    a, b = two_selected(server, 3)
+def test_logout_sends_only_bye_and_ok(server: RunningServer, two_selected: Pair) -> None:
+    a, b = two_selected(3)
     expunge_elsewhere(b, 1)
     b.command("STORE 1 +FLAGS (\\Flagged)")
     deliver(server, [SIMPLE])
@@ -215,11 +211,10 @@ def test_logout_sends_only_bye_and_ok(server: RunningServer) -> None:
     assert done == b"t3 OK LOGOUT completed\r\n"
     with pytest.raises(EOFError):
         a.line()
-    b.close()
 
 
-def test_idle_pushes_expunge_then_exists(server: RunningServer) -> None:
-    a, b = two_selected(server, 2)
+def test_idle_pushes_expunge_then_exists(server: RunningServer, two_selected: Pair) -> None:
+    a, b = two_selected(2)
     a.send(b"i IDLE\r\n")
     assert a.line() == b"+ idling\r\n"
     expunge_elsewhere(b, 1)
@@ -233,8 +228,6 @@ def test_idle_pushes_expunge_then_exists(server: RunningServer) -> None:
     assert a.line() == b"i OK IDLE terminated\r\n"
     lines, _ = a.command("FETCH 1:* (UID)")
     assert lines == [b"* 1 FETCH (UID 2)\r\n", b"* 2 FETCH (UID 3)\r\n"]
-    a.close()
-    b.close()
 
 
 def test_append_that_fails_in_the_store_is_refused_not_disconnected(
