@@ -118,6 +118,26 @@ def test_uid_commands_may_announce_expunges(two_selected: Pair) -> None:
     ]
 
 
+def test_qresync_vanished_follows_the_expunge_rules(server: RunningServer) -> None:
+    deliver(server, [SIMPLE] * 3)
+    a = Raw.logged_in(server)
+    b = Raw.logged_in(server)
+    a.command("ENABLE QRESYNC")
+    a.command("SELECT INBOX")
+    b.command("SELECT INBOX")
+    expunge_elsewhere(b, 2)
+    deliver(server, [SIMPLE])
+    # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE and is held back where EXPUNGE would be.
+    lines, _ = a.command("FETCH 3 (UID FLAGS)")
+    assert lines == [b"* 3 FETCH (UID 3 FLAGS ())\r\n", b"* 4 EXISTS\r\n"]
+    lines, _ = a.command("NOOP")
+    assert lines == [b"* VANISHED 2\r\n"]
+    lines, _ = a.command("FETCH 3 (UID FLAGS)")
+    assert lines == [b"* 3 FETCH (UID 4 FLAGS ())\r\n"]
+    a.close()
+    b.close()
+
+
 def test_message_expunged_elsewhere_stays_addressable(two_selected: Pair) -> None:
     a, b = two_selected(3)
     expunge_elsewhere(b, 2)
