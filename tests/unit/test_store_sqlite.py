@@ -309,7 +309,8 @@ async def test_uids_and_modseqs_are_monotonic_and_flags_follow_modes(
     assert r.modified == [1] and [u.uid for u in r.updated] == [4]
     status = await store.mailbox_status(box)
     assert (status.unseen, status.deleted) == (3, 2)  # 2, 3 and 4 lack \Seen
-    assert await store.expunge(box, [2, 3, 50]) == [2, 3]
+    # IMAP EXPUNGE: of the messages named, only those flagged \Deleted at the time (1 and 4 are not).
+    assert await store.expunge(box, [1, 2, 3, 4, 50], only_deleted=True) == [2, 3]
     assert await deliver(store, alice, message(9)) == 5  # expunged UIDs are never reused
     changes = await store.changes_since(box, modseq1)
     assert changes.vanished == [2, 3]

@@ -139,10 +139,12 @@ async def _qresync(s: Session, view: SelectedView, params: c.QResyncParams) -> N
 async def close(s: Session, cmd: c.Close) -> Done:
     view = s.require_view()
     if not view.read_only:
-        # RFC 9051 §6.4.1: CLOSE expunges \Deleted messages silently.
+        # RFC 9051 §6.4.1: CLOSE expunges \Deleted messages silently; those flagged now, as for EXPUNGE
+        # (the view is brought up to date without announcing anything, since it is closed anyway).
+        await s.sync_view()
         deleted = [u for u in view.uids if "\\Deleted" in view.state[u].flags and u not in view.expunged]
         if deleted:
-            await s.store.expunge(view.mailbox_id, deleted)
+            await s.store.expunge(view.mailbox_id, deleted, only_deleted=True)
     _deselect(s)
     return Done()
 

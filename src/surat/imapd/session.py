@@ -25,11 +25,11 @@ from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
-from surat.imapd.errors import CommandError, Disconnect, UserError
+from surat.imapd.errors import CommandError, Disconnect, UserError, error_reply
 from surat.imapd.fetch import FetchCache
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
-from surat.imapd.view import SelectedView
+from surat.imapd.view import Announcements, SelectedView
 from surat.log import fields
 from surat.net.connection import Connection, ConnectionTimeout
 from surat.net.listener import Handler
@@ -386,7 +386,7 @@ class Session:
                 return
             match event:
                 case c.AppendMessage():
-                    await self._append_message(event)
+                    await self._append_message_or_refuse(event)
                 case NeedLiteral(append=True):
                     await self._append_literal(event)
                 case NeedLiteral(synchronizing=True):
@@ -464,6 +464,24 @@ class Session:
             return mutf7.decode(name)
         except mutf7.MUTF7Error as exc:
             raise UserError(f"invalid mailbox name (not modified UTF-7): {exc}", Code.CANNOT) from None
+
+    async def _append_message_or_refuse(self, event: c.AppendMessage) -> None:
+        """Start one message of an APPEND; a failure (a store error, a full disk) becomes the command's
+        reply, sent once its literal is refused or read, and the connection goes on: the client is
+        mid-command, and closing would lose what it sends next."""
+        try:
+            await self._append_message(event)
+        except (asyncio.CancelledError, Disconnect):
+            raise
+        except Exception as exc:
+            state = self.append
+            if state is None or state.tag != event.tag:
+                state = self.append = AppendState(event.tag, None, None)
+            if state.file is not None:
+                state.file.close()
+                state.file = None
+            reply = error_reply(event.tag, exc, command="APPEND")
+            state.error, state.error_bad = reply.line, reply.bad
 
     async def _append_message(self, event: c.AppendMessage) -> None:
         state = self.append
@@ -590,27 +608,34 @@ class Session:
             for seq, _ in pairs:  # descending: each number is valid when the client applies it
                 self.send(expunge(seq))
 
-    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
-        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+    async def sync_view(self, extra: list[Change] | None = None) -> Announcements | None:
+        """Bring the view up to date with the store if the change feed says it moved; what the client is
+        owed, or None when nothing relevant happened (or no mailbox is selected)."""
         changes = self.subscription.pending() if self.subscription is not None else []
         if extra:
             changes = extra + changes
         view = self.view
         if view is None:
-            return
+            return None
         relevant = any(
             ch.kind is ChangeKind.OVERFLOW
             or (ch.mailbox_id == view.mailbox_id and ch.kind is not ChangeKind.MAILBOX_RENAMED)
             for ch in changes
         )
-        if relevant:
-            try:
-                mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
-            except NotFound:
-                await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
-            announcements = view.apply(mc)
-        else:
-            announcements = None
+        if not relevant:
+            return None
+        try:
+            mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
+        except NotFound:
+            await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
+        return view.apply(mc)
+
+    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
+        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+        announcements = await self.sync_view(extra)
+        view = self.view
+        if view is None:
+            return
         if allow_expunge:
             self.announce_expunges()
         if announcements is None:
@@ -618,8 +643,10 @@ class Session:
         if announcements.new_keywords:
             self.send(self.flags_line())
             self.send(self.permanent_flags_line())
-        if announcements.exists is not None:
-            self.send(exists(announcements.exists))
+        if announcements.new_messages:
+            # Counted now, after the EXPUNGEs just sent: counted before them, the number would include
+            # messages the client has just removed and the next EXISTS would look like a shrink.
+            self.send(exists(view.exists))
         for uid in announcements.flag_changes:
             if uid in view.state and uid not in view.expunged:
                 self.send(self.fetch_flags_line(uid))

@@ -499,9 +499,17 @@ class Store(Protocol):
         unchanged_since: int | None = None,
     ) -> StoreFlagsResult: ...
     async def expunge(
-        self, mailbox_id: int, uids: Sequence[int], *, files_in_background: bool = False
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        files_in_background: bool = False,
+        only_deleted: bool = False,
     ) -> list[int]:
         """Remove messages durably; returns the UIDs actually removed. Their UIDs are remembered.
+
+        With `only_deleted`, only those of `uids` that carry \\Deleted at the moment of the removal go
+        (IMAP EXPUNGE and CLOSE: a session's idea of the flags may be older than another session's STORE).
 
         The message files nothing refers to any more are deleted before this returns, or with
         `files_in_background` right after (the removal is committed either way; a crash before
