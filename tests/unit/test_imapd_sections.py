@@ -87,7 +87,7 @@ def test_binary_part_decodes_transfer_encoding() -> None:
     [
         (b"caf=C3=A9 soft=\r\nbreak\r\nnext", "quoted-printable", b"caf\xc3\xa9 softbreak\r\nnext"),
         (b"AAEC\r\n/w==\r\n", "BASE64", b"\x00\x01\x02\xff"),
-        (b"AAE", "base64", b""),  # truncated: only whole quanta
+        (b"AAE", "base64", b"\x00\x01"),  # unpadded last quantum: its whole octets
         (b"raw \x00 bytes", "binary", b"raw \x00 bytes"),
         (b"text", "7bit", b"text"),
     ],
