@@ -12,7 +12,8 @@ from surat.imapd.sections import (
     HeaderFields,
     UnknownEncoding,
     binary_part,
-    decode_quoted_printable_by_line,
+    decode_base64,
+    decode_quoted_printable,
     decode_transfer_encoding,
     filter_header,
     locate,
@@ -122,15 +123,23 @@ def test_unknown_encoding() -> None:
         (b"==41", b"==41"),  # the octet kept after a bad "=" starts no escape
         (b"a==", b"a=="),  # ... even at the end of a line: no soft break
         (b"a===", b"a=="),  # "==" kept, then a soft break
+        (b"x===y \r\n", b"x===y\r\n"),  # "==" kept, then "=y" kept
+        (b"=4==41", b"=4==41"),
         (b"=4", b"=4"),  # note 3: "=" as penultimate octet
         (b"tab\there\x01\xff", b"tab\there\x01\xff"),  # note 4: other octets kept
         (b"a\r\nb\r\n", b"a\r\nb\r\n"),  # hard line breaks kept
+        (
+            b"=41" * 3 + b"  \t  \r\n" + b"=" * 7 + b"\r\n=4",
+            b"AAA\r\n" + b"=" * 6 + b"=4",
+        ),  # 3 pairs, a soft break
         (b"", b""),
     ],
 )
 def test_quoted_printable(encoded: bytes, decoded: bytes) -> None:
     assert decode_transfer_encoding(encoded, "QUOTED-PRINTABLE") == decoded
-    assert decode_quoted_printable_by_line(encoded) == decoded
+    # Large parts are decoded chunk by chunk: the same octets whatever the chunk size.
+    for chunk in range(1, len(encoded) + 2):
+        assert decode_quoted_printable(encoded, chunk=chunk) == decoded, chunk
 
 
 @pytest.mark.parametrize(
@@ -146,6 +155,8 @@ def test_quoted_printable(encoded: bytes, decoded: bytes) -> None:
 )
 def test_base64(encoded: bytes, decoded: bytes) -> None:
     assert decode_transfer_encoding(encoded, "base64") == decoded
+    for chunk in range(1, len(encoded) + 2):
+        assert decode_base64(encoded, chunk=chunk) == decoded, chunk
 
 
 WRAPPER = b"Subject: wrapper\r\nContent-Type: message/rfc822\r\n\r\nSubject: wrapped\r\n\r\nwrapped\r\n"

@@ -407,7 +407,8 @@ async def _body_value(s: Session, blob: _Blob, record: MessageRecord, item: c.Fe
         file = blob.file()
 
         def decode() -> bytes:
-            # Bounded: the part is at most the message (limits.message_size), and decoding never grows it.
+            # Bounded: the part is at most the message (limits.message_size) and decoding never grows it;
+            # a large one is decoded in a worker thread, in DECODE_CHUNK pieces that never hold the GIL long.
             return decode_transfer_encoding(read_range(file, rng), encoding)
 
         try:

@@ -136,7 +136,8 @@ def decode_transfer_encoding(data: bytes, encoding: str) -> bytes:
     """RFC 3516 §4.2: BINARY returns the part's content with its transfer encoding removed.
 
     Linear in ``data`` and never larger than it; the caller bounds ``data`` (one part of a stored
-    message, so at most ``limits.message_size`` octets)."""
+    message, so at most ``limits.message_size`` octets). Decoded ``DECODE_CHUNK`` octets at a time, so
+    that, run in a worker thread, no single C call holds the GIL (and so the event loop) for long."""
     enc = encoding.upper()
     if enc in _IDENTITY_ENCODINGS:
         return data
@@ -147,6 +148,7 @@ def decode_transfer_encoding(data: bytes, encoding: str) -> bytes:
     raise UnknownEncoding(encoding)
 
 
+DECODE_CHUNK = 64 * 1024  # octets of encoded data per C call (about a millisecond of GIL each)
 # RFC 2045 §6.2: these three are not encodings, only statements about the content ("" when absent).
 _IDENTITY_ENCODINGS = frozenset({"7BIT", "8BIT", "BINARY", ""})
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -155,31 +157,32 @@ _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 _NOT_BASE64 = bytes(b for b in range(256) if b not in _BASE64_ALPHABET + b"=")
 
 
-def decode_base64(data: bytes) -> bytes:
+def decode_base64(data: bytes, *, chunk: int = DECODE_CHUNK) -> bytes:
     """RFC 2045 §6.8 base64, leniently: characters outside the alphabet are skipped, the first "=" ends
     the data ("the occurrence of any '=' characters may be taken as evidence that the end of the data
     has been reached"), and a last quantum without its padding still gives its whole octets (two or
     three characters carry one or two octets; a lone sixth bit-group carries none)."""
-    clean = data.translate(None, _NOT_BASE64)
-    padding = clean.find(b"=")
-    if padding >= 0:
-        clean = clean[:padding]
-    rest = len(clean) % 4
+    out: list[bytes] = []
+    carry = b""  # fewer than 4 characters: an incomplete quantum
+    for start in range(0, len(data), chunk):
+        clean = carry + data[start : start + chunk].translate(None, _NOT_BASE64)
+        padding = clean.find(b"=")
+        if padding >= 0:
+            carry = clean[:padding]
+            break
+        whole = len(clean) - len(clean) % 4
+        out.append(binascii.a2b_base64(clean[:whole]))
+        carry = clean[whole:]
+    rest = len(carry) % 4
     if rest == 1:
-        clean = clean[:-1]
+        carry = carry[:-1]
     elif rest:
-        clean += b"=" * (4 - rest)
-    return binascii.a2b_base64(clean)
+        carry += b"=" * (4 - rest)
+    out.append(binascii.a2b_base64(carry))
+    return b"".join(out)
 
 
-_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
-# What binascii.a2b_qp would decode differently from RFC 2045 §6.7 (see decode_quoted_printable): an "="
-# not followed by two hex digits or a line end, white space before a line end or the end of the data,
-# an "=" at the very end. Each alternative looks at most two octets ahead: linear, no backtracking.
-_QP_IRREGULAR = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r\n|\n)|[ \t](?:\r?\n|\Z)|=\Z")
-
-
-def decode_quoted_printable(data: bytes) -> bytes:
+def decode_quoted_printable(data: bytes, *, chunk: int = DECODE_CHUNK) -> bytes:
     """RFC 2045 §6.7 quoted-printable.
 
     - "=XY" is the octet XY in hex; lower-case digits are accepted (note (1): "a robust implementation
@@ -190,62 +193,83 @@ def decode_quoted_printable(data: bytes) -> bytes:
     - White space at the end of a line is deleted (rule 3: "it will necessarily have been added by
       intermediate transport agents").
     - An "=" followed by anything else is kept with the octet after it, both untransformed (notes (2)
-      and (3)); other octets, line ends (CRLF, or a bare LF) and control characters are kept as they
-      are (note (4) allows removing them; keeping them loses nothing).
+      and (3)): "=ZZ" stays "=ZZ", "==41" stays "==41" (the kept octet starts no escape). Other octets,
+      line ends (CRLF, or a bare LF) and control characters are kept as they are (note (4) allows
+      removing them; keeping them loses nothing).
+
+    Linear, and in C but for a few steps per chunk of about ``chunk`` octets (see
+    ``_quoted_printable_cut``). In each chunk, each bad "=" is rewritten as "=3D", white space before
+    line ends is removed, then ``binascii.a2b_qp`` removes soft line breaks, decodes "=XY" and keeps
+    everything else.
     """
-    if _QP_IRREGULAR.search(data) is None:
-        return binascii.a2b_qp(data)  # well-formed input: one C call gives the same octets
-    return decode_quoted_printable_by_line(data)
-
-
-def decode_quoted_printable_by_line(data: bytes) -> bytes:
-    """``decode_quoted_printable`` for any input, line by line (the fuzz tests check that the C fast path
-    agrees with it on the input it takes)."""
     out: list[bytes] = []
-    lines = data.split(b"\n")
-    last = len(lines) - 1
-    for index, raw_line in enumerate(lines):
-        if index == last:
-            ending = b""
-        elif raw_line.endswith(b"\r"):
-            ending = b"\r\n"
-        else:
-            ending = b"\n"
-        line = (raw_line[:-1] if ending == b"\r\n" else raw_line).rstrip(b" \t")
-        if line.endswith(b"=") and not _escaped_equals_at_end(line):
-            line, ending = line[:-1], b""
-        out.append(_unescape_quoted_printable(line))
-        out.append(ending)
+    start, size = 0, len(data)
+    while start < size:
+        end = _quoted_printable_cut(data, start, chunk)
+        last = end >= size
+        # Left to right, as a decoder reads: "==" is a bad "=" keeping the "=" after it, so runs of "="
+        # pair from the left (what bytes.replace does: leftmost, non-overlapping); then any other bad
+        # "=" is kept alone and the octet after it stays as it is. An "=" before a line end (blanks
+        # between allowed; or at the very end) is a soft break, left for a2b_qp to remove. Blanks go
+        # last: removing them first could join a kept "=" and CR to a LF ("=\r \n").
+        piece = data[start:end].replace(b"==", b"=3D=3D")
+        piece = (_QP_BAD_EQUALS_LAST if last else _QP_BAD_EQUALS).sub(b"=3D", piece)
+        piece = (_QP_PADDING_LAST if last else _QP_PADDING).sub(b"", piece)
+        out.append(binascii.a2b_qp(piece))
+        start = end
     return b"".join(out)
 
 
-def _escaped_equals_at_end(line: bytes) -> bool:
-    """Whether the "=" that ends ``line`` is the octet kept after an invalid "=" (note (2): "==" keeps
-    both) rather than a soft line break: count the run of "=" before it."""
-    run = len(line) - len(line.rstrip(b"="))
-    # In a run of "=", pairs form kept "==" sequences from the left; an odd run ends with a soft break.
-    return run % 2 == 0
+def _quoted_printable_cut(data: bytes, start: int, chunk: int) -> int:
+    """Where the chunk of quoted-printable ``data`` that begins at ``start`` (where a decoder reading
+    left to right starts afresh) ends, about ``chunk`` octets on, so that decoding chunk by chunk gives
+    what decoding the whole would: after a line end when there is one, else at a point that no escape,
+    "==" pair or white space rule reaches across."""
+    cut = start + max(chunk, 3)
+    size = len(data)
+    if cut >= size:
+        return size
+    line_end = data.rfind(b"\n", start, cut)
+    if line_end >= 0:
+        return line_end + 1
+    if data[cut - 1] == _CR and data[cut] == _LF:
+        return cut + 1
+    if data[cut - 1] in _BLANKS:
+        # Whether blanks are deleted depends on what follows the whole run (rule 3): take the run, and
+        # the line end after it if there is one (scanned once: the next chunk starts after it).
+        run = _BLANK_RUN.match(data, cut)
+        assert run is not None  # the pattern matches the empty string
+        after = run.end()
+        if data[after : after + 1] == b"\n":
+            return after + 1
+        if data[after : after + 2] == b"\r\n":
+            return after + 2
+        return after
+    # A run of "=" pairs from its first octet, a token start (no escape has "=" after its first octet),
+    # and the chunk's start is a token start too: parity tells whether an "=" near the end starts a
+    # token that may reach into the next chunk.
+    equals = cut - start - len(data[start:cut].rstrip(b"="))
+    if equals:
+        return cut - equals % 2
+    if data[cut - 2] == _EQUALS:
+        equals = cut - 1 - start - len(data[start : cut - 1].rstrip(b"="))
+        if equals % 2:
+            return cut - 2  # "=X" may be "=XY", Y in the next chunk
+    return cut
 
 
-def _unescape_quoted_printable(line: bytes) -> bytes:
-    """The "=XY" escapes of one line (no line end, no soft break) decoded; a bad "=" kept with the octet
-    after it (RFC 2045 §6.7 note (2)). One pass: each octet is looked at once."""
-    out: list[bytes] = []
-    position = 0
-    size = len(line)
-    while True:
-        equals = line.find(b"=", position)
-        if equals < 0:
-            out.append(line[position:])
-            return b"".join(out)
-        out.append(line[position:equals])
-        pair = line[equals + 1 : equals + 3]
-        if len(pair) == 2 and pair[0] in _HEX_DIGITS and pair[1] in _HEX_DIGITS:
-            out.append(bytes((int(pair, 16),)))
-            position = equals + 3
-        else:
-            position = min(equals + 2, size)
-            out.append(line[equals:position])
+_CR, _LF, _EQUALS = ord("\r"), ord("\n"), ord("=")
+_BLANKS = frozenset(b" \t")
+_BLANK_RUN = re.compile(rb"[ \t]*+")
+# Rule 3: blanks before a line end (or, in the last chunk, the end of the data). A match starts only at
+# the first blank of a run (the lookbehind), and "*+" never gives octets back: each octet is looked at
+# a bounded number of times, however long the run.
+_QP_PADDING = re.compile(rb"[ \t](?<![ \t][ \t])[ \t]*+(?=\r?\n)")
+_QP_PADDING_LAST = re.compile(rb"[ \t](?<![ \t][ \t])[ \t]*+(?=\r?\n|\Z)")
+# An "=" that is neither an escape nor a soft break. The blanks the lookahead skips follow this "=" and
+# end at the next octet that is not blank: each run is skipped for one "=" at most.
+_QP_BAD_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+\r?\n)")
+_QP_BAD_EQUALS_LAST = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+(?:\r?\n|\Z))")
 
 
 def binary_part(info: MessageInfo, part: tuple[int, ...]) -> tuple[ByteRange, str] | None:
