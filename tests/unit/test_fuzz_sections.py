@@ -16,17 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzzing import fuzz_settings
-from surat.imapd.sections import (
-    ByteRange,
-    HeaderFields,
-    UnknownEncoding,
-    binary_part,
-    decode_base64,
-    decode_quoted_printable,
-    decode_transfer_encoding,
-    locate,
-    read_range,
-)
+from surat.imapd import sections
+from surat.imapd.sections import ByteRange, HeaderFields, UnknownEncoding
 from surat.proto.imap.commands import Section
 from surat.proto.imap.structure import body_structure
 from surat.store.messageinfo import compute_message_info
@@ -151,7 +142,7 @@ def _parts_of(root: Entity, path: tuple[int, ...]) -> Iterator[tuple[tuple[int, 
 def _text(message: bytes, where: ByteRange | HeaderFields) -> bytes:
     assert isinstance(where, ByteRange)
     assert 0 <= where.start <= where.end <= len(message)
-    return read_range(io.BytesIO(message), where)
+    return sections.read_range(io.BytesIO(message), where)
 
 
 @fuzz_settings()
@@ -160,25 +151,25 @@ def test_every_section_of_a_random_mime_tree(tree: Node, probes: list[tuple[int,
     top = _Writer().entity(tree, top=True)
     message = top.header + top.body
     info = compute_message_info(io.BytesIO(message))
-    assert _text(message, locate(info, Section())) == message
-    assert _text(message, locate(info, Section((), "TEXT"))) == top.body
+    assert _text(message, sections.locate(info, Section())) == message
+    assert _text(message, sections.locate(info, Section((), "TEXT"))) == top.body
     named = dict(_parts_of(top, ()))
     for path, entity in named.items():
-        assert _text(message, locate(info, Section(path))) == entity.body, path
-        assert _text(message, locate(info, Section(path, "MIME"))) == entity.header, path
+        assert _text(message, sections.locate(info, Section(path))) == entity.body, path
+        assert _text(message, sections.locate(info, Section(path, "MIME"))) == entity.header, path
         header, text = (b"", b"")
         if isinstance(entity.node, Message):
             header, text = entity.children[0].header, entity.children[0].body
-        assert _text(message, locate(info, Section(path, "HEADER"))) == header, path
-        assert _text(message, locate(info, Section(path, "TEXT"))) == text, path
-        located = binary_part(info, path)
+        assert _text(message, sections.locate(info, Section(path, "HEADER"))) == header, path
+        assert _text(message, sections.locate(info, Section(path, "TEXT"))) == text, path
+        located = sections.binary_part(info, path)
         assert located is not None
-        content = decode_transfer_encoding(_text(message, located[0]), located[1])
+        content = sections.decode_transfer_encoding(_text(message, located[0]), located[1])
         assert content == (_decoded(entity.node) if isinstance(entity.node, Leaf) else entity.body), path
     for path in probes:
         if path not in named:
-            assert _text(message, locate(info, Section(path))) == b"", path
-            assert binary_part(info, path) is None, path
+            assert _text(message, sections.locate(info, Section(path))) == b"", path
+            assert sections.binary_part(info, path) is None, path
     assert body_structure(info.body).startswith(b"(")
 
 
@@ -232,21 +223,21 @@ _QP_PIECES = st.sampled_from(
 @fuzz_settings()
 @given(st.lists(_QP_PIECES, max_size=40).map(b"".join), st.integers(1, 12))
 def test_quoted_printable_agrees_with_the_octet_by_octet_reading(data: bytes, chunk: int) -> None:
-    decoded = decode_quoted_printable(data)
+    decoded = sections.decode_quoted_printable(data)
     assert decoded == reference_quoted_printable(data)
     assert len(decoded) <= len(data)
     # Decoded in small chunks (cut wherever the rules allow), the result is the same.
-    assert decode_quoted_printable(data, chunk=chunk) == decoded
+    assert sections.decode_quoted_printable(data, chunk=chunk) == decoded
 
 
 @fuzz_settings()
 @given(st.binary(max_size=200))
 def test_decoders_take_any_input(data: bytes) -> None:
-    assert len(decode_quoted_printable(data)) <= len(data)
-    assert len(decode_base64(data)) <= len(data)
+    assert len(sections.decode_quoted_printable(data)) <= len(data)
+    assert len(sections.decode_base64(data)) <= len(data)
     for encoding in ("7bit", "8bit", "binary", "BASE64", "Quoted-Printable", "x-uuencode", "x-\xff"):
         try:
-            decode_transfer_encoding(data, encoding)
+            sections.decode_transfer_encoding(data, encoding)
         except UnknownEncoding:
             assert encoding.startswith("x-")
 
@@ -257,5 +248,5 @@ def test_base64_round_trip_with_noise(data: bytes, noise_at: int) -> None:
     encoded = base64.encodebytes(data)
     # RFC 2045 §6.8: characters outside the alphabet are ignored wherever they are.
     noisy = encoded[:noise_at] + b" \r\n!" + encoded[noise_at:]
-    assert decode_base64(noisy) == data == binascii.a2b_base64(encoded)
-    assert decode_base64(noisy, chunk=noise_at % 7 + 1) == data
+    assert sections.decode_base64(noisy) == data == binascii.a2b_base64(encoded)
+    assert sections.decode_base64(noisy, chunk=noise_at % 7 + 1) == data
