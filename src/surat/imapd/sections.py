@@ -205,6 +205,11 @@ def decode_quoted_printable(data: bytes, *, chunk: int = DECODE_CHUNK) -> bytes:
     out: list[bytes] = []
     start, size = 0, len(data)
     while start < size:
+        blanks = _leading_blanks(data, start, chunk)
+        if blanks is not None:
+            start, kept = blanks
+            out.append(kept)
+            continue
         end = _quoted_printable_cut(data, start, chunk)
         last = end >= size
         # Left to right, as a decoder reads: "==" is a bad "=" keeping the "=" after it, so runs of "="
@@ -218,6 +223,30 @@ def decode_quoted_printable(data: bytes, *, chunk: int = DECODE_CHUNK) -> bytes:
         out.append(binascii.a2b_qp(piece))
         start = end
     return b"".join(out)
+
+
+def _leading_blanks(data: bytes, start: int, chunk: int) -> tuple[int, bytes] | None:
+    """When the quoted-printable chunk at ``start`` begins with a run of blanks (or an "=" and one):
+    where the run ends and what it decodes to. Blanks before a line end or the end of the data are
+    deleted (rule 3), with the "=" before them a soft break (rule 5) whose line end goes too; other
+    blanks are kept, and so is the "=" (note 2). One scan of the run, however long."""
+    size = len(data)
+    equals = data[start] == _EQUALS
+    first = start + 1 if equals else start
+    if first >= size or data[first] not in _BLANKS:
+        return None
+    after = first
+    while True:  # ``chunk`` octets per C call, like the rest
+        run = _BLANK_RUN.match(data, after, after + chunk)
+        assert run is not None  # the pattern matches the empty string
+        if run.end() < after + chunk:
+            after = run.end()
+            break
+        after = run.end()
+    line_end = 1 if data[after : after + 1] == b"\n" else 2 if data[after : after + 2] == b"\r\n" else 0
+    if line_end or after == size:
+        return (after + line_end if equals else after), b""
+    return after, data[start:after]
 
 
 def _quoted_printable_cut(data: bytes, start: int, chunk: int) -> int:
@@ -235,16 +264,15 @@ def _quoted_printable_cut(data: bytes, start: int, chunk: int) -> int:
     if data[cut - 1] == _CR and data[cut] == _LF:
         return cut + 1
     if data[cut - 1] in _BLANKS:
-        # Whether blanks are deleted depends on what follows the whole run (rule 3): take the run, and
-        # the line end after it if there is one (scanned once: the next chunk starts after it).
-        run = _BLANK_RUN.match(data, cut)
-        assert run is not None  # the pattern matches the empty string
-        after = run.end()
-        if data[after : after + 1] == b"\n":
-            return after + 1
-        if data[after : after + 2] == b"\r\n":
-            return after + 2
-        return after
+        # Whether blanks are deleted depends on what follows the whole run (rule 3): end the chunk before
+        # the run (and before an "=" that starts a token just before it: "=" and blanks may be a soft
+        # break); the next chunk starts with it, and ``_leading_blanks`` reads it whole, once.
+        run_start = start + len(data[start:cut].rstrip(b" \t"))
+        if run_start > start and data[run_start - 1] == _EQUALS:
+            equals = run_start - start - len(data[start:run_start].rstrip(b"="))
+            run_start -= equals % 2
+        if run_start > start:
+            return run_start
     # A run of "=" pairs from its first octet, a token start (no escape has "=" after its first octet),
     # and the chunk's start is a token start too: parity tells whether an "=" near the end starts a
     # token that may reach into the next chunk.
