@@ -132,6 +132,12 @@ def test_unknown_encoding() -> None:
             b"=41" * 3 + b"  \t  \r\n" + b"=" * 7 + b"\r\n=4",
             b"AAA\r\n" + b"=" * 6 + b"=4",
         ),  # 3 pairs, a soft break
+        # Runs of blanks longer than a chunk, deleted or kept, after an "=" or not.
+        (b"a" + b" \t" * 6 + b"\r\nb", b"a\r\nb"),
+        (b"a" + b" \t" * 6 + b"b", b"a" + b" \t" * 6 + b"b"),
+        (b"a=" + b" \t" * 6 + b"\r\nb", b"ab"),
+        (b"a=" + b" \t" * 6 + b"b", b"a=" + b" \t" * 6 + b"b"),
+        (b"a=" + b" " * 9, b"a"),
         (b"", b""),
     ],
 )

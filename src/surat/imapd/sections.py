@@ -226,23 +226,27 @@ def decode_quoted_printable(data: bytes, *, chunk: int = DECODE_CHUNK) -> bytes:
 
 
 def _leading_blanks(data: bytes, start: int, chunk: int) -> tuple[int, bytes] | None:
-    """When the quoted-printable chunk at ``start`` begins with a run of blanks (or an "=" and one):
-    where the run ends and what it decodes to. Blanks before a line end or the end of the data are
-    deleted (rule 3), with the "=" before them a soft break (rule 5) whose line end goes too; other
-    blanks are kept, and so is the "=" (note 2). One scan of the run, however long."""
+    """When the quoted-printable chunk at ``start`` begins with a run of blanks (or an "=" and one) that
+    reaches past where the chunk would end: where the run ends and what it decodes to. Blanks before a
+    line end or the end of the data are deleted (rule 3), with the "=" before them a soft break (rule 5)
+    whose line end goes too; other blanks are kept, and so is the "=" (note 2). The run is scanned
+    once, ``chunk`` octets per C call. A shorter run is left to the chunk (None)."""
     size = len(data)
     equals = data[start] == _EQUALS
     first = start + 1 if equals else start
     if first >= size or data[first] not in _BLANKS:
         return None
+    step_end = start + max(chunk, 3)  # where _quoted_printable_cut would look first
     after = first
-    while True:  # ``chunk`` octets per C call, like the rest
-        run = _BLANK_RUN.match(data, after, after + chunk)
+    while True:
+        run = _BLANK_RUN.match(data, after, step_end)
         assert run is not None  # the pattern matches the empty string
-        if run.end() < after + chunk:
-            after = run.end()
-            break
         after = run.end()
+        if after < step_end or after >= size:
+            break
+        step_end = after + chunk
+    if after < start + max(chunk, 3) and after < size:
+        return None
     line_end = 1 if data[after : after + 1] == b"\n" else 2 if data[after : after + 2] == b"\r\n" else 0
     if line_end or after == size:
         return (after + line_end if equals else after), b""
