@@ -411,13 +411,14 @@ async def _body_value(s: Session, blob: _Blob, record: MessageRecord, item: c.Fe
     info = record.info
     if item.binary:
         located = binary_part(info, item.section.part)
-        if located is None:
-            return b"0" if item.size_only else b"NIL"
-        rng, encoding = located
+        # A part that does not exist is empty, as in BODY[] (see sections.locate).
+        rng, encoding = located if located is not None else (ByteRange(0, 0), "BINARY")
 
         file = blob.file()
 
         def decode() -> bytes:
+            # Bounded: the part is at most the message (limits.message_size) and decoding never grows it;
+            # a large one is decoded in a worker thread, in DECODE_CHUNK pieces that never hold the GIL long.
             return decode_transfer_encoding(read_range(file, rng), encoding)
 
         try:
