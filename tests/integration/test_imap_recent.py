@@ -37,6 +37,14 @@ def counts(lines: list[bytes]) -> list[bytes]:
     return [line for line in lines if line.endswith((b" EXISTS\r\n", b" RECENT\r\n"))]
 
 
+def transcript(raw: Raw, steps: list[tuple[str, list[bytes]]]) -> None:
+    """Each command, and the exact untagged lines it must get before its tagged OK."""
+    for command, expected in steps:
+        lines, done = raw.command(command)
+        assert b" OK " in done, (command, done)
+        assert lines == expected, command
+
+
 def flags_of(raw: Raw, seqs: str) -> list[bytes]:
     lines, done = raw.command(f"FETCH {seqs} (FLAGS)")
     assert b" OK " in done, done
@@ -59,8 +67,7 @@ def test_first_select_claims_and_the_next_sees_none(server: RunningServer, sessi
     lines, _ = first.command("SELECT INBOX")
     assert counts(lines) == [b"* 2 EXISTS\r\n", b"* 0 RECENT\r\n"]
     # \Recent cannot be stored (RFC 3501 §2.3.2): STORE leaves it out.
-    lines, _ = second.command("STORE 1 +FLAGS (\\Recent \\Flagged)")
-    assert lines == [b"* 1 FETCH (FLAGS (\\Flagged))\r\n"]
+    transcript(second, [("STORE 1 +FLAGS (\\Recent \\Flagged)", [b"* 1 FETCH (FLAGS (\\Flagged))\r\n"])])
 
 
 def test_examine_shows_recent_without_claiming(server: RunningServer, session: Opener) -> None:
@@ -121,27 +128,26 @@ def test_search_recent_new_old(server: RunningServer, session: Opener) -> None:
         for key, numbers in expected.items():
             lines, _ = raw.command(f"SEARCH {key}")
             assert lines == [b"* SEARCH" + (b" " + numbers if numbers else b"") + b"\r\n"], key
-    lines, _ = b.command("UID SEARCH RECENT")
-    assert lines == [b"* SEARCH 4\r\n"]
+    transcript(b, [("UID SEARCH RECENT", [b"* SEARCH 4\r\n"])])
     # Expunged messages leave the count (no RECENT is owed for it: only EXISTS changes trigger one).
-    a.command("STORE 2 +FLAGS.SILENT (\\Deleted)")
-    lines, _ = a.command("EXPUNGE")
-    assert lines == [b"* 2 EXPUNGE\r\n"]
-    lines, _ = a.command("SEARCH RECENT")
-    assert lines == [b"* SEARCH 1 2\r\n"]
+    transcript(
+        a,
+        [
+            ("STORE 2 +FLAGS.SILENT (\\Deleted)", []),
+            ("EXPUNGE", [b"* 2 EXPUNGE\r\n"]),
+            ("SEARCH RECENT", [b"* SEARCH 1 2\r\n"]),
+        ],
+    )
 
 
 def test_status_recent_counts_what_no_session_claimed(server: RunningServer, session: Opener) -> None:
     deliver(server, [SIMPLE, SIMPLE], mailbox="Archive")
     a, b = session(), session()
-    lines, _ = a.command("STATUS Archive (RECENT MESSAGES)")
-    assert lines == [b"* STATUS Archive (RECENT 2 MESSAGES 2)\r\n"]
+    transcript(a, [("STATUS Archive (RECENT MESSAGES)", [b"* STATUS Archive (RECENT 2 MESSAGES 2)\r\n"])])
     b.command("SELECT Archive")
-    lines, _ = a.command("STATUS Archive (RECENT MESSAGES)")
-    assert lines == [b"* STATUS Archive (RECENT 0 MESSAGES 2)\r\n"]
+    transcript(a, [("STATUS Archive (RECENT MESSAGES)", [b"* STATUS Archive (RECENT 0 MESSAGES 2)\r\n"])])
     # On its own selected mailbox a session counts what it claimed (RFC 3501 §6.3.10 is per session).
-    lines, _ = b.command("STATUS Archive (RECENT)")
-    assert lines == [b"* STATUS Archive (RECENT 2)\r\n"]
+    transcript(b, [("STATUS Archive (RECENT)", [b"* STATUS Archive (RECENT 2)\r\n"])])
 
 
 def test_copy_and_append_are_recent_for_the_next_selector(server: RunningServer, session: Opener) -> None:
@@ -150,8 +156,7 @@ def test_copy_and_append_are_recent_for_the_next_selector(server: RunningServer,
     a.command("SELECT INBOX")
     _, done = a.command("COPY 1:2 Archive")
     assert b" OK " in done, done
-    lines, _ = a.command("STATUS Archive (RECENT)")
-    assert lines == [b"* STATUS Archive (RECENT 2)\r\n"]
+    transcript(a, [("STATUS Archive (RECENT)", [b"* STATUS Archive (RECENT 2)\r\n"])])
     lines, _ = b.command("SELECT Archive")
     assert counts(lines) == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
     assert flags_of(b, "1:2") == [b"* 1 FETCH (FLAGS (\\Recent))\r\n", b"* 2 FETCH (FLAGS (\\Recent))\r\n"]
@@ -160,28 +165,27 @@ def test_copy_and_append_are_recent_for_the_next_selector(server: RunningServer,
     lines, done = b.until("ap")
     assert done.startswith(b"ap OK [APPENDUID "), done
     assert counts(lines) == [b"* 3 EXISTS\r\n", b"* 3 RECENT\r\n"]
-    lines, _ = a.command("STATUS Archive (RECENT)")
-    assert lines == [b"* STATUS Archive (RECENT 0)\r\n"]
+    transcript(a, [("STATUS Archive (RECENT)", [b"* STATUS Archive (RECENT 0)\r\n"])])
 
 
 def test_imap4rev2_session_neither_sees_nor_claims_recent(server: RunningServer, session: Opener) -> None:
     deliver(server, [SIMPLE, SIMPLE])
     rev2, rev1 = session(), session()
-    lines, _ = rev2.command("ENABLE IMAP4rev2")
-    assert lines == [b"* ENABLED IMAP4rev2\r\n"]
+    transcript(rev2, [("ENABLE IMAP4rev2", [b"* ENABLED IMAP4rev2\r\n"])])
     lines, _ = rev2.command("SELECT INBOX")
     assert counts(lines) == [b"* 2 EXISTS\r\n"]  # RFC 9051 §6.3.2: no RECENT response
     assert flags_of(rev2, "1") == [b"* 1 FETCH (FLAGS ())\r\n"]
-    lines, _ = rev2.command("STATUS Archive (RECENT)")
-    assert lines == [b"* STATUS Archive (RECENT 0)\r\n"]
-    # The keys stay parsed (the server speaks IMAP4rev1 too) and match as if nothing were recent.
-    lines, _ = rev2.command("SEARCH RECENT")
-    assert lines == [b'* ESEARCH (TAG "t6")\r\n']
-    lines, _ = rev2.command("SEARCH OLD")
-    assert lines == [b'* ESEARCH (TAG "t7") ALL 1:2\r\n']
+    transcript(
+        rev2,
+        [
+            ("STATUS Archive (RECENT)", [b"* STATUS Archive (RECENT 0)\r\n"]),
+            # The keys stay parsed (the server speaks IMAP4rev1 too) and match as if nothing were recent.
+            ("SEARCH RECENT", [b'* ESEARCH (TAG "t6")\r\n']),
+            ("SEARCH OLD", [b'* ESEARCH (TAG "t7") ALL 1:2\r\n']),
+        ],
+    )
     deliver(server, [SIMPLE])
-    lines, _ = rev2.command("NOOP")
-    assert lines == [b"* 3 EXISTS\r\n"]
+    transcript(rev2, [("NOOP", [b"* 3 EXISTS\r\n"])])
     # Nothing was claimed: an IMAP4rev1 session still gets all three as recent.
     lines, _ = rev1.command("SELECT INBOX")
     assert counts(lines) == [b"* 3 EXISTS\r\n", b"* 3 RECENT\r\n"]

@@ -5,9 +5,9 @@ processes would be)."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
+from old_schema import account_database_at
 from surat.store import schema
 from surat.store.base import Account
 from surat.store.sqlite import SQLiteStore
@@ -84,14 +84,8 @@ async def test_concurrent_claims_never_share_a_uid(
 
 
 def test_migration_7_starts_with_nothing_recent(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn = account_database_at(tmp_path / "old.db", 6)
     try:
-        assert schema.migrate(conn, target=6) == 6
-        conn.execute("INSERT INTO domains (name) VALUES ('example.test')")
-        conn.execute(
-            "INSERT INTO accounts (id, address, domain, password_hash) VALUES (1, 'a@example.test',"
-            " 'example.test', 'x')"
-        )
         conn.execute(
             "INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext) VALUES (1, 'INBOX', 1, 5)"
         )
