@@ -668,7 +668,12 @@ class Session:
         view = self.view
         if view is None or self.rev2:
             return
-        first, last = await self.store.claim_recent(view.mailbox_id, view.highest_uid, peek=view.read_only)
+        try:
+            first, last = await self.store.claim_recent(
+                view.mailbox_id, view.highest_uid, peek=view.read_only
+            )
+        except NotFound:
+            await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
         view.mark_recent(first, last)
 
     def shown_flags(self, uid: int, stored: frozenset[str]) -> bytes:
