@@ -60,7 +60,8 @@ def test_expunges_then_exists_counts_what_remains(server: RunningServer, two_sel
     deliver(server, [SIMPLE])
     # 3 messages, one expunged, one delivered: after `* 1 EXPUNGE` the client holds 2, so EXISTS says 3.
     lines, _ = a.command("NOOP")
-    assert lines == [b"* 1 EXPUNGE\r\n", b"* 3 EXISTS\r\n"]
+    # RECENT counts this session's recent messages (RFC 3501 §7.3.2): UIDs 2 and 3 claimed at SELECT, 4 now.
+    assert lines == [b"* 1 EXPUNGE\r\n", b"* 3 EXISTS\r\n", b"* 3 RECENT\r\n"]
     lines, _ = a.command("FETCH 1:3 (UID)")
     assert lines == [b"* 1 FETCH (UID 2)\r\n", b"* 2 FETCH (UID 3)\r\n", b"* 3 FETCH (UID 4)\r\n"]
 
@@ -71,7 +72,7 @@ def test_exists_during_fetch_counts_unannounced_expunges(server: RunningServer, 
     deliver(server, [SIMPLE])
     # No EXPUNGE during FETCH: the expunged message still holds number 1 here, so the new one is 4.
     lines, _ = a.command("FETCH 1 (UID)")
-    assert lines == [b"* 1 FETCH (UID 1)\r\n", b"* 4 EXISTS\r\n"]
+    assert lines == [b"* 1 FETCH (UID 1)\r\n", b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"]
     lines, _ = a.command("FETCH 4 (UID)")
     assert lines == [b"* 4 FETCH (UID 4)\r\n"]
     lines, _ = a.command("NOOP")
@@ -86,7 +87,8 @@ def test_exists_during_fetch_counts_unannounced_expunges(server: RunningServer, 
         ("FETCH 1:3 (UID)", [b"* 1 FETCH (UID 1)\r\n", b"* 2 FETCH (UID 2)\r\n", b"* 3 FETCH (UID 3)\r\n"]),
         (
             "STORE 1,3 +FLAGS (\\Flagged)",
-            [b"* 1 FETCH (FLAGS (\\Flagged))\r\n", b"* 3 FETCH (FLAGS (\\Flagged))\r\n"],
+            # Session a selected first: the messages are \Recent for it (RFC 3501 §2.3.2).
+            [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n", b"* 3 FETCH (FLAGS (\\Flagged \\Recent))\r\n"],
         ),
         ("SEARCH UNDELETED", [b"* SEARCH 1 2 3\r\n"]),  # as this session knows the flags
         ("COPY 1:3 Archive", []),
@@ -111,9 +113,9 @@ def test_uid_commands_may_announce_expunges(two_selected: Pair) -> None:
     # RFC 9051 §7.5.1 allows EXPUNGE during UID FETCH: the client matches responses by UID.
     lines, _ = a.command("UID FETCH 1:* (FLAGS)")
     assert lines == [
-        b"* 1 FETCH (UID 1 FLAGS ())\r\n",
-        b"* 2 FETCH (UID 2 FLAGS ())\r\n",
-        b"* 3 FETCH (UID 3 FLAGS ())\r\n",
+        b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n",
+        b"* 2 FETCH (UID 2 FLAGS (\\Recent))\r\n",
+        b"* 3 FETCH (UID 3 FLAGS (\\Recent))\r\n",
         b"* 2 EXPUNGE\r\n",
     ]
 
@@ -129,11 +131,11 @@ def test_qresync_vanished_follows_the_expunge_rules(server: RunningServer) -> No
     deliver(server, [SIMPLE])
     # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE and is held back where EXPUNGE would be.
     lines, _ = a.command("FETCH 3 (UID FLAGS)")
-    assert lines == [b"* 3 FETCH (UID 3 FLAGS ())\r\n", b"* 4 EXISTS\r\n"]
+    assert lines == [b"* 3 FETCH (UID 3 FLAGS (\\Recent))\r\n", b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"]
     lines, _ = a.command("NOOP")
     assert lines == [b"* VANISHED 2\r\n"]
     lines, _ = a.command("FETCH 3 (UID FLAGS)")
-    assert lines == [b"* 3 FETCH (UID 4 FLAGS ())\r\n"]
+    assert lines == [b"* 3 FETCH (UID 4 FLAGS (\\Recent))\r\n"]
     a.close()
     b.close()
 
@@ -142,7 +144,7 @@ def test_message_expunged_elsewhere_stays_addressable(two_selected: Pair) -> Non
     a, b = two_selected(3)
     expunge_elsewhere(b, 2)
     lines, _ = a.command("FETCH 2 (UID FLAGS)")  # this session learns of the expunge here
-    assert lines == [b"* 2 FETCH (UID 2 FLAGS ())\r\n"]
+    assert lines == [b"* 2 FETCH (UID 2 FLAGS (\\Recent))\r\n"]
     # What the view holds is still answered (RFC 2180 §4.1.1); what needs the message is not, and the
     # tagged OK says why (RFC 9051 §7.1 EXPUNGEISSUED, as Dovecot answers).
     lines, done = a.command("FETCH 2 (UID RFC822.SIZE)")
@@ -188,12 +190,12 @@ def test_expunge_removes_what_is_flagged_deleted_now(two_selected: Pair) -> None
     lines, _ = a.command("EXPUNGE")
     # RFC 9051 §6.4.3: EXPUNGE removes the messages that have \Deleted when it runs.
     assert lines == [
-        b"* 1 FETCH (FLAGS ())\r\n",
-        b"* 2 FETCH (FLAGS (\\Deleted))\r\n",
+        b"* 1 FETCH (FLAGS (\\Recent))\r\n",
+        b"* 2 FETCH (FLAGS (\\Deleted \\Recent))\r\n",
         b"* 2 EXPUNGE\r\n",
     ]
     lines, _ = a.command("UID FETCH 1:* (FLAGS)")
-    assert lines == [b"* 1 FETCH (UID 1 FLAGS ())\r\n", b"* 2 FETCH (UID 3 FLAGS ())\r\n"]
+    assert lines == [b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n", b"* 2 FETCH (UID 3 FLAGS (\\Recent))\r\n"]
 
 
 def test_pipelined_commands_get_expunges_only_where_allowed(two_selected: Pair) -> None:
@@ -241,9 +243,10 @@ def test_idle_pushes_expunge_then_exists(server: RunningServer, two_selected: Pa
     seen = []
     while (line := a.line()) != b"* 1 EXPUNGE\r\n":
         seen.append(line)
-    assert seen in ([], [b"* 1 FETCH (FLAGS (\\Deleted))\r\n"])
+    assert seen in ([], [b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n"])
     deliver(server, [SIMPLE])
     assert a.line() == b"* 2 EXISTS\r\n"
+    assert a.line() == b"* 2 RECENT\r\n"
     a.send(b"DONE\r\n")
     assert a.line() == b"i OK IDLE terminated\r\n"
     lines, _ = a.command("FETCH 1:* (UID)")

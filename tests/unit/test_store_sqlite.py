@@ -6,7 +6,6 @@ import asyncio
 import io
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from old_schema import account_database_at
 from surat.store import schema
 from surat.store.base import (
     DEFAULT_MAILBOXES,
@@ -631,14 +631,8 @@ async def test_subscriptions_outlive_their_mailbox(store: SQLiteStore, alice: Ac
 
 
 def test_migration_4_moves_subscriptions_to_their_own_table(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn = account_database_at(tmp_path / "old.db", 3)
     try:
-        assert schema.migrate(conn, target=3) == 3
-        conn.execute("INSERT INTO domains (name) VALUES ('example.test')")
-        conn.execute(
-            "INSERT INTO accounts (id, address, domain, password_hash) VALUES (1, 'a@example.test',"
-            " 'example.test', 'x')"
-        )
         for name, subscribed in (("INBOX", 1), ("Old", 0)):
             conn.execute(
                 "INSERT INTO mailboxes (account_id, name, uidvalidity, subscribed) VALUES (1, ?, 1, ?)",

@@ -31,7 +31,7 @@ from surat.imapd.view import MessageState
 from surat.proto.imap import commands as c
 from surat.proto.imap.seqset import SequenceSet
 from surat.proto.imap.structure import body_structure, envelope
-from surat.proto.imap.writer import Code, flag_list, format_date_time, literal, literal8, quoted, vanished
+from surat.proto.imap.writer import Code, format_date_time, literal, literal8, quoted, vanished
 from surat.store.base import BlobStore, FlagMode, MessageRecord, NotFound
 
 if TYPE_CHECKING:
@@ -345,7 +345,7 @@ async def _fetch_parts(
         if attr is _A.UID:
             add("UID", b"%d" % uid)
         elif attr is _A.FLAGS:
-            add("FLAGS", flag_list(sorted(st.flags)))
+            add("FLAGS", s.shown_flags(uid, st.flags))
         elif attr is _A.INTERNALDATE:
             add("INTERNALDATE", quoted(format_date_time(st.internal_date)))
         elif attr is _A.RFC822_SIZE:
@@ -361,7 +361,7 @@ async def _fetch_parts(
             body = c.FetchBody(c.Section((), text), peek=True)
             add(attr.value, await _body_value(s, blob, record, body))
     if add_flags:
-        add("FLAGS", flag_list(sorted(st.flags)))
+        add("FLAGS", s.shown_flags(uid, st.flags))
     parts.append(b")\r\n")
     return parts
 

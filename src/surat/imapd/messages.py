@@ -8,7 +8,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from surat.imapd.errors import CommandError, PreparedReply, UserError
-from surat.imapd.search import SUPPORTED_CHARSETS, BadCharset, check_charset, search
+from surat.imapd.search import RECENT, SUPPORTED_CHARSETS, BadCharset, check_charset, search
 from surat.imapd.sorting import sort
 from surat.imapd.state import Done
 from surat.imapd.threading import format_threads, thread
@@ -20,7 +20,6 @@ from surat.proto.imap.writer import (
     Status,
     esearch,
     fetch,
-    flag_list,
     untagged,
     untagged_status,
 )
@@ -101,7 +100,7 @@ async def store(s: Session, cmd: c.Store) -> Done:
         if cmd.uid or s.qresync:
             items.append(("UID", b"%d" % update.uid))
         if not cmd.silent:
-            items.append(("FLAGS", flag_list(sorted(update.flags))))
+            items.append(("FLAGS", s.shown_flags(update.uid, update.flags)))
         if s.condstore:
             # RFC 7162 §3.1.3: MODSEQ in the FETCH response, even with .SILENT.
             items.append(("MODSEQ", b"(%d)" % update.modseq))
@@ -282,7 +281,7 @@ async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
         s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ is a CONDSTORE-enabling command
     try:
         check_charset(cmd.charset)
-        if isinstance(cmd.key, c.SearchFlag) and cmd.key.flag.startswith("\\"):
+        if isinstance(cmd.key, c.SearchFlag) and cmd.key.flag.startswith("\\") and cmd.key.flag != RECENT:
             uids = view.uids_by_system_flag(cmd.key.flag, cmd.key.present)  # SEARCH UNSEEN and the like
         else:
             uids = await search(s.store, view.mailbox_id, view, cmd.key, charset=cmd.charset)

@@ -59,6 +59,7 @@ from surat.proto.imap.writer import (
     flag_list,
     flags,
     tagged,
+    untagged,
     untagged_status,
     vanished,
 )
@@ -578,7 +579,7 @@ class Session:
         items: list[tuple[str, bytes]] = []
         if with_uid or self.qresync:
             items.append(("UID", b"%d" % uid))  # RFC 7162 §3.2.4: QRESYNC needs the UID in every FETCH
-        items.append(("FLAGS", flag_list(sorted(st.flags))))
+        items.append(("FLAGS", self.shown_flags(uid, st.flags)))
         if self.condstore:
             items.append(("MODSEQ", b"(%d)" % st.modseq))
         return fetch(seq, items)
@@ -647,9 +648,42 @@ class Session:
             # Counted now, after the EXPUNGEs just sent: counted before them, the number would include
             # messages the client has just removed and the next EXISTS would look like a shrink.
             self.send(exists(view.exists))
+            await self.claim_recent()
+            if not self.rev2:
+                # RFC 3501 §7.3.2: RECENT follows a change in the number of recent messages; it reports
+                # this session's total, not the newcomers alone.
+                self.send(untagged(b"%d RECENT" % len(view.recent)))
         for uid in announcements.flag_changes:
             if uid in view.state and uid not in view.expunged:
                 self.send(self.fetch_flags_line(uid))
+
+    async def claim_recent(self) -> None:
+        """Take the \\Recent messages of the selected mailbox that no session has been told of yet.
+
+        RFC 3501 §2.3.2: a message is recent for the first session notified of it, and for no other;
+        the claim is in the store so that sessions in other processes agree. EXAMINE (RFC 3501 §6.3.2)
+        sees them as recent without claiming them. IMAP4rev2 sessions (RFC 9051 Appendix E: \\Recent
+        is gone) claim nothing, so an IMAP4rev1 client of the same account still sees its new mail as
+        recent."""
+        view = self.view
+        if view is None or self.rev2:
+            return
+        try:
+            first, last = await self.store.claim_recent(
+                view.mailbox_id, view.highest_uid, peek=view.read_only
+            )
+        except NotFound:
+            await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
+        view.mark_recent(first, last)
+
+    def shown_flags(self, uid: int, stored: frozenset[str]) -> bytes:
+        """A message's FLAGS value as this session shows it: the stored flags, and \\Recent for an
+        IMAP4rev1 session that claimed it (RFC 3501 §2.3.2), never for IMAP4rev2 (RFC 9051 Appendix E)."""
+        names = sorted(stored)
+        view = self.view
+        if view is not None and uid in view.recent and not self.rev2:
+            names.append("\\Recent")
+        return flag_list(names)
 
     async def wait_change(self, sub: Subscription) -> Change:
         iterator: AsyncIterator[Change] = aiter(sub)

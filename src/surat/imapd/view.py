@@ -65,6 +65,9 @@ class SelectedView:
             if m.flags and m.flags not in seen_sets:
                 seen_sets.add(m.flags)
                 self.keywords.update(f for f in m.flags if not f.startswith("\\"))
+        # RFC 3501 §2.3.2: the messages this session was the first to be told about (claimed in the
+        # store by ``claim_recent``); only IMAP4rev1 sessions show them, and never to another session.
+        self.recent: set[int] = set()
         self.saved: list[int] | None = None  # RFC 5182 SEARCHRES result, as UIDs
         self.condstore = False  # RFC 7162 §3.1: a CONDSTORE-enabling command was used this session
         # Results of lone system-flag searches (SEARCH UNSEEN, which clients send again and again), each
@@ -102,6 +105,18 @@ class SelectedView:
 
     def flags(self, uid: int) -> frozenset[str]:
         return self.state[uid].flags
+
+    @property
+    def highest_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    def mark_recent(self, first: int, last: int) -> None:
+        """The view's messages with UIDs in [first, last] were claimed as \\Recent by this session."""
+        if last < first:
+            return
+        start = bisect.bisect_left(self.uids, first)
+        stop = bisect.bisect_right(self.uids, last)
+        self.recent.update(self.uids[start:stop])
 
     def uids_by_system_flag(self, flag: str, present: bool) -> list[int]:
         """UIDs (ascending) of the messages with (``present``) or without a system flag, expunged but not
@@ -201,6 +216,7 @@ class SelectedView:
         self.uids = [u for u in self.uids if u not in gone]
         for u in gone:
             self.state.pop(u, None)
+        self.recent -= gone
         self._membership += 1
         self.expunged = set()
         if self.saved is not None:

@@ -1229,12 +1229,15 @@ class SQLiteStore:
                 mailbox = self._mailbox_by_id(conn, mailbox_id)
                 row = conn.execute(
                     "SELECT count(*), coalesce(sum(1 - seen), 0), coalesce(sum(size), 0),"
-                    " coalesce(sum(deleted), 0) FROM messages WHERE mailbox_id = ?",
-                    (mailbox_id,),
+                    " coalesce(sum(deleted), 0), coalesce(sum(uid >= (SELECT recent_uid FROM mailboxes"
+                    " WHERE id = ?)), 0) FROM messages WHERE mailbox_id = ?",
+                    (mailbox_id, mailbox_id),
                 ).fetchone()
             finally:
                 conn.execute("COMMIT")
-            return MailboxStatus(mailbox, messages=row[0], unseen=row[1], size=row[2], deleted=row[3])
+            return MailboxStatus(
+                mailbox, messages=row[0], unseen=row[1], size=row[2], deleted=row[3], recent=row[4]
+            )
 
         return await self._in_worker(fn)
 
@@ -1614,6 +1617,31 @@ class SQLiteStore:
             self._recent_changes.popitem(last=False)
         if len(recent[1]) < CHANGES_CACHE_SINCES:
             recent[1][since] = answer
+
+    async def claim_recent(self, mailbox_id: int, up_to_uid: int, *, peek: bool = False) -> tuple[int, int]:
+        # recent_uid only grows, so a read that finds nothing to claim needs no write transaction:
+        # SELECT of a mailbox without new mail costs no commit.
+        row = self._read().execute("SELECT recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id}")
+        if peek:
+            return int(row[0]), up_to_uid
+        if int(row[0]) > up_to_uid:
+            return int(row[0]), int(row[0]) - 1
+
+        def fn(conn: sqlite3.Connection) -> tuple[tuple[int, int], list[Change], set[str]]:
+            # One write transaction (BEGIN IMMEDIATE): read and advance recent_uid together, so two
+            # sessions, in this process or another, never both claim a UID (RFC 3501 §2.3.2).
+            found = conn.execute("SELECT recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if found is None:
+                raise NotFound(f"mailbox {mailbox_id}")
+            first = int(found[0])
+            if first > up_to_uid:
+                return (first, first - 1), [], set()
+            conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (up_to_uid + 1, mailbox_id))
+            return (first, up_to_uid), [], set()
+
+        return await self._write(fn)
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
         uidvalidity = 0  # of the mailbox read by fn: ids can be reused after a DELETE, UIDVALIDITYs not
