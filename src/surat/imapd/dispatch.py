@@ -31,7 +31,6 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Noop: ("NOOP", auth.noop, ANY_STATE),
     c.Logout: ("LOGOUT", auth.logout, ANY_STATE),
     c.Id: ("ID", auth.id_cmd, ANY_STATE),
-    c.Compress: ("COMPRESS", auth.compress, ANY_STATE),
     # §6.2: not authenticated
     c.StartTLS: ("STARTTLS", auth.starttls, _NOT_AUTHENTICATED),
     c.Authenticate: ("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
@@ -51,6 +50,7 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Status: ("STATUS", mailboxes.status, AUTHENTICATED_STATES),
     c.Append: ("APPEND", messages.append, AUTHENTICATED_STATES),
     c.Idle: ("IDLE", auth.idle, AUTHENTICATED_STATES),
+    c.Compress: ("COMPRESS", auth.compress, AUTHENTICATED_STATES),  # RFC 4978 §3
     c.GetQuota: ("GETQUOTA", mailboxes.getquota, AUTHENTICATED_STATES),
     c.GetQuotaRoot: ("GETQUOTAROOT", mailboxes.getquotaroot, AUTHENTICATED_STATES),
     c.SetQuota: ("SETQUOTA", mailboxes.setquota, AUTHENTICATED_STATES),

@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 AUTOLOGOUT = 30 * 60.0
 PREAUTH_TIMEOUT = 120.0  # before login: clients log in at once, idle strangers need not be kept
 FLUSH_THRESHOLD = 64 * 1024  # handed to the transport in pieces, so the client reads while we write
+# Most plaintext one read inflates to under COMPRESS (RFC 4978): the rest of the input waits in the
+# decompressor, so a deflate bomb costs this much memory per turn, not what it would inflate to.
+DEFLATE_OUTPUT_BOUND = 64 * 1024
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Every extension implemented, advertised after login. SEARCH-related ones are added by ``capabilities``.
@@ -274,24 +277,34 @@ class Session:
     # ------------------------------------------------------------------------------ input
 
     async def read(self) -> bytes:
-        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout."""
-        if self.deflate is not None and self.deflate.has_pending_input:
-            return self.deflate.decompress(b"")
-        timeout = (
-            self.service.autologout
-            if self.account is not None
-            else min(PREAUTH_TIMEOUT, self.service.autologout)
-        )
-        data = await self.conn.read(timeout)
-        if self.deflate is not None and data:
+        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout.
+
+        With COMPRESS active, reads go on until some plaintext comes out: a client may send any number of
+        empty or partial deflate blocks (10 000 empty blocks are 50 000 octets). A loop, not a recursive
+        call, so no count of them reaches Python's recursion limit. Each turn inflates at most
+        ``DEFLATE_OUTPUT_BOUND`` octets (RFC 4978 §4 leaves the size of a block to the sender; a block that
+        inflates to gigabytes comes out piece by piece, one piece per turn of the command loop).
+        """
+        deflate = self.deflate
+        if deflate is not None and deflate.has_pending_input:
+            return deflate.decompress(b"", DEFLATE_OUTPUT_BOUND)
+        while True:
+            timeout = (
+                self.service.autologout
+                if self.account is not None
+                else min(PREAUTH_TIMEOUT, self.service.autologout)
+            )
+            data = await self.conn.read(timeout)
+            if deflate is None or not data:
+                return data
             try:
-                data = self.deflate.decompress(data)
+                data = deflate.decompress(data, DEFLATE_OUTPUT_BOUND)
             except zlib.error:
                 log.info("imap.deflate_error", extra=fields(user=self.user))
                 return b""
-            if not data:
-                return await self.read()  # a partial deflate block: nothing to parse yet
-        return data
+            if data:
+                return data
+            # Only an empty or partial deflate block so far: nothing to parse yet, read on.
 
     async def continuation_line(self) -> bytes:
         """The next line after a continuation request (AUTHENTICATE response, IDLE's DONE)."""

@@ -171,6 +171,7 @@ class POP3Session:
     async def _start_tls(self) -> bool:
         context = self.service.tls_context
         assert context is not None
+        self.conn.stop_reading()  # before the +OK: nothing sent after STLS is read as plaintext (RFC 2595 §4)
         self._flush()
         try:
             await self.conn.start_tls(context)

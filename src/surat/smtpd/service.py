@@ -317,6 +317,7 @@ class _Session:
     async def _start_tls(self) -> bool:
         context = self.service.tls_context
         assert context is not None  # the engine offers STARTTLS only with a context
+        self.conn.stop_reading()  # before the 220: nothing sent after STARTTLS is read as plaintext
         self.conn.write(self.engine.data_to_send())
         try:
             await self.conn.start_tls(context, TLS_HANDSHAKE_TIMEOUT)
