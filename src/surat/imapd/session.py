@@ -31,7 +31,7 @@ from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
 from surat.imapd.view import SelectedView
 from surat.log import fields
-from surat.net.connection import Connection, ConnectionTimeout
+from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.proto.imap import commands as c
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 # RFC 9051 §5.4: an inactivity autologout timer must be at least 30 minutes.
 AUTOLOGOUT = 30 * 60.0
 PREAUTH_TIMEOUT = 120.0  # before login: clients log in at once, idle strangers need not be kept
-FLUSH_THRESHOLD = 64 * 1024  # handed to the transport in pieces, so the client reads while we write
+FLUSH_THRESHOLD = OUTPUT_HIGH_WATER  # handed to the transport in pieces, so the client reads while we write
 # Most plaintext one read inflates to under COMPRESS (RFC 4978): the rest of the input waits in the
 # decompressor, so a deflate bomb costs this much memory per turn, not what it would inflate to.
 DEFLATE_OUTPUT_BOUND = 64 * 1024
@@ -405,6 +405,9 @@ class Session:
                     await dispatch(self, event)
                 case _:
                     await dispatch(self, event)
+            # Pipelined commands (a thousand `FETCH 1:* BODY[]` in one read) produce output faster than
+            # a client that is not reading takes it: wait for the client past the high-water mark.
+            await self.maybe_flush()
 
     async def count_error(self, bad: bool) -> None:
         """Too many BADs in a row, or too many failed logins, end the connection (ARCHITECTURE decision 2)."""

@@ -8,6 +8,13 @@ import ssl
 from dataclasses import dataclass
 
 READ_SIZE = 65536
+# Replies a shell may hold before it hands them to the transport and waits (``drain``) until the
+# client has read enough: with pipelined commands, output grows as fast as the client can send
+# commands, and only waiting for the client bounds it. The transport's own buffer pauses ``drain``
+# above asyncio's high-water mark (64 KiB; IMAP sets 1 MiB, see imapd.transport), and while a shell
+# waits it reads nothing more: the stream stops reading the socket past twice its 64 KiB limit. So a
+# session holds at most about this + the transport's mark + one reply + 128 KiB of unread input.
+OUTPUT_HIGH_WATER = 64 * 1024
 
 
 class ConnectionTimeout(Exception):

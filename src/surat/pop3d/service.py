@@ -21,7 +21,7 @@ from typing import BinaryIO
 from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
 from surat.config import Config
 from surat.log import fields
-from surat.net.connection import Connection, ConnectionTimeout
+from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.pop3d.locks import InProcessMaildropLocks, MaildropLease, MaildropLocks
@@ -167,6 +167,11 @@ class POP3Session:
                 await self._handle(event)
                 if engine.tls_pending and not await self._start_tls():
                     return
+                if engine.pending_output >= OUTPUT_HIGH_WATER:
+                    # Pipelined RETRs of a message smaller than a read used to pile up here without
+                    # bound (4 000 x 61 KB = 244 MB); wait for the client to read instead.
+                    self._flush()
+                    await self.conn.drain()
 
     async def _start_tls(self) -> bool:
         context = self.service.tls_context

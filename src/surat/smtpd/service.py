@@ -27,7 +27,7 @@ from surat.delivery.local import owns, resolve
 from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
-from surat.net.connection import Connection, ConnectionTimeout
+from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.passwords import authenticate
 from surat.proto import sasl
 from surat.proto.smtp import replies as R
@@ -250,6 +250,11 @@ class _Session:
                     result = "errors"
                 if engine.closed:
                     break
+                if engine.pending_output >= OUTPUT_HIGH_WATER:
+                    # RFC 2920 pipelining: a client that sends commands and reads no replies is made
+                    # to wait, not buffered for (each EHLO's reply is 20 times its command).
+                    conn.write(engine.data_to_send())
+                    await conn.drain()
         except asyncio.CancelledError:
             engine.send(R.SHUTTING_DOWN)
             result = "shutdown"

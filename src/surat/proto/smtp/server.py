@@ -317,6 +317,14 @@ class SMTPServerEngine:
             return  # RFC 3207 §4.2 / CVE-2011-0411: nothing sent before the handshake counts
         self._in += data
 
+    @property
+    def pending_output(self) -> int:
+        """Octets of replies not yet taken by ``data_to_send``: the shell hands them to the transport (and
+        waits for the client to read) when they pass its high-water mark, so a pipelined flood cannot
+        pile up replies faster than the client reads them (RFC 2920 §3.1 lets the server buffer replies,
+        not without bound)."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
