@@ -12,10 +12,16 @@ import ssl
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, USER, RunningServer
-from test_abuse import connect, read_line, tls
+from test_abuse import connect, read_line, start, tls
+
+from surat.config import HostPort
+from surat.imapd.session import IMAPService
+from surat.net.listener import Handler, Listeners, ListenerSpec
+from surat.pop3d.service import POP3Service
 
 
 @dataclass(frozen=True)
@@ -187,3 +193,118 @@ def test_ten_thousand_empty_deflate_blocks_then_a_command(server: RunningServer)
     assert received.endswith(b"n OK NOOP completed\r\n")
     with contextlib.suppress(OSError):
         sock.close()
+
+
+# ------------------------------------------------------------------------------------------- deadlines
+
+
+def drip_or_repeat(sock: socket.socket, payload: bytes, interval: float, limit: float) -> tuple[float, bytes]:
+    """Send ``payload`` every ``interval`` seconds until the server closes the connection (or ``limit``
+    seconds pass); returns when it closed (seconds after the first send) and everything it sent."""
+    started = time.monotonic()
+    received = b""
+    sock.settimeout(interval)
+    while time.monotonic() - started < limit:
+        with contextlib.suppress(OSError):
+            sock.sendall(payload)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+            return time.monotonic() - started, received  # closed
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started, received
+    raise AssertionError(f"the server kept the session open for {limit} s: {received[-300:]!r}")
+
+
+def serve(server: RunningServer, role: str, handler: Handler) -> tuple[Listeners, int]:
+    """Another listener of the running server's store, for a service built with short timers."""
+    listeners = Listeners()
+    server.call(
+        listeners.start(ListenerSpec(role=role, addresses=(HostPort("127.0.0.1", 0),), handler=handler))
+    )
+    return listeners, listeners.bound(role)[0][1]
+
+
+def test_smtp_slow_drip_line_ends_at_the_idle_timeout(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    running = start(tmp_path, tmp_path_factory, smtp_idle_timeout=1)
+    try:
+        sock = connect(running, "smtp")
+        assert read_line(sock).startswith(b"220 ")
+        # One octet every 0.25 s, never a whole line: each octet used to restart the 1 s timer.
+        elapsed, rest = drip_or_repeat(sock, b"N", 0.25, limit=6)
+        assert rest == b"421 4.4.2 Idle timeout, closing connection\r\n"
+        assert 0.9 <= elapsed < 2.5, elapsed
+        sock.close()
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("role", ["pop3", "imap"])
+def test_pop3_and_imap_slow_drip_line_ends_at_the_idle_timeout(server: RunningServer, role: str) -> None:
+    tls_context = server.server.tls_context
+    service: POP3Service | IMAPService = (
+        POP3Service(server.config, server.store, tls_context, idle_timeout=1.0)
+        if role == "pop3"
+        else IMAPService(server.config, server.store, tls_context, autologout=1.0)
+    )
+    listeners, port = serve(server, role, service.handler(role))
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        read_line(sock)
+        elapsed, rest = drip_or_repeat(sock, b"C", 0.25, limit=6)
+        # RFC 1939 §3: POP3 closes without a word; IMAP says BYE (RFC 9051 §7.1.5).
+        assert rest == (b"" if role == "pop3" else b"* BYE autologout: idle for too long\r\n")
+        assert 0.9 <= elapsed < 2.5, elapsed
+        sock.close()
+    finally:
+        server.call(listeners.stop())
+
+
+SESSION_ENDS = [
+    ("smtp", b"NOOP\r\n", b"421 4.4.2 Session time limit reached, closing connection\r\n"),
+    ("pop3", b"CAPA\r\n", b"-ERR [SYS/TEMP] session time limit reached\r\n"),
+    ("imap", b"a NOOP\r\n", b"* BYE session time limit reached\r\n"),
+]
+
+
+def test_busy_sessions_end_at_their_deadline(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    running = start(
+        tmp_path,
+        tmp_path_factory,
+        smtp_session_deadline=1.5,
+        pop3_session_deadline=1.5,
+        imap_session_deadline=1.5,
+    )
+    try:
+        for role, command, farewell in SESSION_ENDS:
+            sock = connect(running, role)
+            read_line(sock)
+            # A complete command every 0.2 s: never idle, and still bounded.
+            elapsed, rest = drip_or_repeat(sock, command, 0.2, limit=8)
+            assert rest.endswith(farewell), (role, rest[-200:])
+            assert 1.3 <= elapsed < 3, (role, elapsed)
+            sock.close()
+    finally:
+        running.stop()
+
+
+def test_smtp_junk_command_flood_is_cut_off(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    running = start(tmp_path, tmp_path_factory, junk_commands=5, bad_commands=3)
+    try:
+        sock = connect(running, "smtp")
+        read_line(sock)
+        sock.sendall(b"NOOP\r\n" * 50)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        # Five free, two more counted, then the budget is spent (Postfix's smtpd_junk_command_limit).
+        assert received == b"250 2.0.0 OK\r\n" * 7 + b"421 4.7.0 Too many errors, closing connection\r\n"
+        sock.close()
+    finally:
+        running.stop()

@@ -12,6 +12,7 @@ from surat.imapd.auth import starttls
 from surat.imapd.compress import Deflate
 from surat.imapd.errors import CommandError, PreparedReply, UserError, error_reply
 from surat.imapd.session import Session
+from surat.net.deadline import SessionClock
 from surat.proto.imap.commands import StartTLS
 from surat.proto.imap.writer import Code
 from surat.store.base import AlreadyExists, InvalidName, NotFound, QuotaExceeded
@@ -102,6 +103,8 @@ async def test_ten_thousand_empty_blocks_in_as_many_reads_do_not_recurse() -> No
     session.conn = _OneBlockPerRead(10_000, command)  # type: ignore[assignment]
     session.service = SimpleNamespace(autologout=60.0)  # type: ignore[assignment]
     session.account = None
+    session.clock = SessionClock(60.0, 3600.0)
+    session.reader = SimpleNamespace(buffered=0)  # type: ignore[assignment]
     assert await session.read() == b"a NOOP\r\n"
 
 

@@ -262,8 +262,8 @@ async def idle(s: Session, cmd: c.Idle) -> Done:
                 finished, read_task = read_task, None
                 try:
                     data = finished.result()
-                except ConnectionTimeout:
-                    await s.bye("autologout: idle for too long")
+                except ConnectionTimeout as exc:
+                    await s.bye(str(exc))
                 if not data:
                     raise Disconnect
                 reader.receive_data(data)

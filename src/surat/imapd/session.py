@@ -32,6 +32,7 @@ from surat.imapd.transport import tune_transport
 from surat.imapd.view import SelectedView
 from surat.log import fields
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
+from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.proto.imap import commands as c
@@ -193,6 +194,7 @@ class Session:
         self._out_size = 0
         self._bad_streak = 0
         self.auth_failures = 0
+        self.clock = SessionClock(PREAUTH_TIMEOUT, self.config.limits.imap_session_deadline)
 
     def _new_reader(self) -> CommandReader:
         return CommandReader(ReaderLimits(max_append_literal=self.config.limits.message_size))
@@ -277,24 +279,37 @@ class Session:
     # ------------------------------------------------------------------------------ input
 
     async def read(self) -> bytes:
-        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout.
+        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout
+        (its text says which limit ended the session)."""
+        data = await self._read_input()
+        self.clock.fed(self.reader.buffered + len(data))  # the caller feeds it to the reader next
+        return data
 
-        With COMPRESS active, reads go on until some plaintext comes out: a client may send any number of
-        empty or partial deflate blocks (10 000 empty blocks are 50 000 octets). A loop, not a recursive
-        call, so no count of them reaches Python's recursion limit. Each turn inflates at most
-        ``DEFLATE_OUTPUT_BOUND`` octets (RFC 4978 §4 leaves the size of a block to the sender; a block that
-        inflates to gigabytes comes out piece by piece, one piece per turn of the command loop).
+    async def _read_input(self) -> bytes:
+        """With COMPRESS active, reads go on until some plaintext comes out: a client may send any number
+        of empty or partial deflate blocks (10 000 empty blocks are 50 000 octets). A loop, not a
+        recursive call, so no count of them reaches Python's recursion limit. Each turn inflates at most
+        ``DEFLATE_OUTPUT_BOUND`` octets (RFC 4978 §4 leaves the size of a block to the sender; a block
+        that inflates to gigabytes comes out piece by piece, one piece per turn of the command loop).
         """
         deflate = self.deflate
         if deflate is not None and deflate.has_pending_input:
             return deflate.decompress(b"", DEFLATE_OUTPUT_BOUND)
         while True:
-            timeout = (
+            # RFC 9051 §5.4: the autologout timer (30 minutes at least once logged in) restarts when the
+            # reader consumed input, not at every octet, so a line that never ends times out
+            # (surat.net.deadline); IDLE ends and is re-issued within it (RFC 2177: every 29 minutes).
+            self.clock.idle_timeout = (
                 self.service.autologout
                 if self.account is not None
                 else min(PREAUTH_TIMEOUT, self.service.autologout)
             )
-            data = await self.conn.read(timeout)
+            try:
+                data = await self.conn.read(self.clock.before_read(self.reader.buffered))
+            except ConnectionTimeout:
+                if self.clock.deadline_passed:
+                    raise ConnectionTimeout("session time limit reached") from None
+                raise ConnectionTimeout("autologout: idle for too long") from None
             if deflate is None or not data:
                 return data
             try:
@@ -323,8 +338,8 @@ class Session:
     async def _read_or_bye(self) -> bytes:
         try:
             data = await self.read()
-        except ConnectionTimeout:
-            await self.bye("autologout: idle for too long")
+        except ConnectionTimeout as exc:
+            await self.bye(str(exc))
         if not data:
             raise Disconnect
         return data
@@ -369,9 +384,9 @@ class Session:
             await self.flush()
             try:
                 data = await self.read()
-            except ConnectionTimeout:
-                # RFC 9051 §5.4 autologout.
-                await self.bye("autologout: idle for too long")
+            except ConnectionTimeout as exc:
+                # RFC 9051 §5.4 autologout, or the session deadline.
+                await self.bye(str(exc))
             if not data:
                 return
             self.reader.receive_data(data)

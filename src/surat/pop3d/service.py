@@ -22,6 +22,7 @@ from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
 from surat.config import Config
 from surat.log import fields
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
+from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.pop3d.locks import InProcessMaildropLocks, MaildropLease, MaildropLocks
@@ -116,6 +117,7 @@ class POP3Session:
                 stls_available=not implicit_tls and service.tls_context is not None,
                 sasl_mechanisms=POP3_MECHANISMS,
                 max_errors=service.config.limits.bad_commands,
+                max_junk_commands=service.config.limits.junk_commands,
             )
         )
         self._mechanism: sasl.Mechanism | None = None
@@ -143,19 +145,28 @@ class POP3Session:
 
     async def _serve(self) -> None:
         engine = self.engine
+        # RFC 1939 §3: the autologout timer; it restarts when a command completes, not at every octet
+        # (surat.net.deadline), and the session ends at its deadline however active.
+        clock = SessionClock(self.service.idle_timeout, self.service.config.limits.pop3_session_deadline)
         while True:
             self._flush()
             await self.conn.drain()
             try:
-                data = await self.conn.read(self.service.idle_timeout)
+                data = await self.conn.read(clock.before_read(engine.buffered_octets))
             except ConnectionTimeout:
-                # RFC 1939 §3: the autologout timer closes without entering UPDATE.
-                log.info("pop3.timeout", extra=fields(user=self._user_for_log()))
+                # Closes without entering UPDATE: nothing marked is deleted.
+                if clock.deadline_passed:
+                    engine.shutdown("session time limit reached", RespCode.SYS_TEMP)
+                    self._flush()
+                    log.info("pop3.deadline", extra=fields(user=self._user_for_log()))
+                else:
+                    log.info("pop3.timeout", extra=fields(user=self._user_for_log()))
                 return
             if not data:
                 log.info("pop3.disconnect", extra=fields(user=self._user_for_log(), state=engine.state.value))
                 return
             engine.receive_data(data)
+            clock.fed(engine.buffered_octets)
             while True:
                 event = engine.next_event()
                 if event is NEED_DATA:

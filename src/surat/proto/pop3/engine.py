@@ -79,6 +79,9 @@ class POP3Settings:
     max_line: int = MAX_COMMAND_LINE
     max_auth_line: int = MAX_AUTH_LINE
     max_errors: int = 10
+    # NOOP and RSET past this many in a session each spend an error (as Postfix's SMTP junk command
+    # limit): a flood of them costs a reply each and keeps the idle timer from firing.
+    max_junk_commands: int = 100
 
 
 class _Reject(Exception):
@@ -237,6 +240,9 @@ _COMMANDS: dict[str, tuple[frozenset[State], _Parser]] = {
 }
 
 
+_JUNK = frozenset({"NOOP", "RSET"})  # see POP3Settings.max_junk_commands
+
+
 def _valid_unique_id(uid: str) -> bool:
     # RFC 1939 §7 UIDL: 1 to 70 characters in the range 0x21 to 0x7E.
     return 1 <= len(uid) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in uid)
@@ -258,6 +264,7 @@ class POP3ServerEngine:
         self._out: list[bytes] = []
         self._out_octets = 0
         self._errors = 0
+        self._junk = 0
         self._close_reason = ""
 
     # ----------------------------------------------------------------------------- properties
@@ -386,6 +393,12 @@ class POP3ServerEngine:
         if self._state not in states:
             self._reject(_Reject("command not valid in this state"))
             return None
+        if keyword.upper() in _JUNK:
+            self._junk += 1
+            if self._junk > self.settings.max_junk_commands:
+                self._spend_error()
+                if self._state is State.CLOSED:
+                    return None
         # RFC 1939 §7: PASS uses the name of the USER command just before it; any other command
         # (and PASS itself, whatever its outcome) forgets that name.
         self._user = user if keyword.upper() == "PASS" else None
