@@ -308,3 +308,30 @@ def test_smtp_junk_command_flood_is_cut_off(tmp_path: Path, tmp_path_factory: py
         sock.close()
     finally:
         running.stop()
+
+
+def test_imap_noop_flood_runs_out_of_budget(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    running = start(tmp_path, tmp_path_factory, junk_commands=5, bad_commands=3)
+    try:
+        sock = connect(running, "imap")
+        read_line(sock)
+        sock.sendall(b"a NOOP\r\n" * 50)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        # The burst of five, then BAD for each one past the budget, and three BADs in a row end it.
+        assert received == (
+            b"a OK NOOP completed\r\n" * 5
+            + b"a BAD too many NOOP commands, slow down\r\n" * 3
+            + b"* BYE too many errors\r\n"
+        )
+        # A poller is not cut off: seven NOOPs half a second apart stay within five plus the refill.
+        sock = connect(running, "imap")
+        read_line(sock)
+        for _ in range(7):
+            sock.sendall(b"p NOOP\r\n")
+            assert read_line(sock) == b"p OK NOOP completed\r\n"
+            time.sleep(0.5)
+        sock.close()
+    finally:
+        running.stop()

@@ -56,3 +56,16 @@ def test_the_session_deadline_caps_every_read(clock_time: FakeTime) -> None:
     assert clock.before_read(0) == 200  # 800 s gone: 200 left, not 300
     clock_time.now += 200
     assert clock.before_read(0) == 0 and clock.deadline_passed
+
+
+def test_imap_junk_budget_refills_one_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    from surat.imapd import junk
+
+    fake = FakeTime()
+    monkeypatch.setattr(junk, "time", fake)
+    budget = junk.JunkBudget(3)
+    assert [budget.spend() for _ in range(4)] == [True, True, True, False]
+    fake.now += 1.0
+    assert budget.spend() and not budget.spend()
+    fake.now += 3600  # refills up to the burst, not beyond
+    assert [budget.spend() for _ in range(4)] == [True, True, True, False]

@@ -74,6 +74,10 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
 _NO_EXPUNGE: Final = (c.Fetch, c.Store, c.SearchCommand, c.Sort, c.Thread)
 
 
+# Commands that change nothing and move no mail: their budget is surat.imapd.junk.
+_JUNK: Final = (c.Noop, c.Check, c.Capability, c.Id)
+
+
 def _allow_expunge(cmd: object) -> bool:
     return not (isinstance(cmd, _NO_EXPUNGE) and not cmd.uid)
 
@@ -85,6 +89,10 @@ async def dispatch(s: Session, cmd: c.Command) -> None:
     if uid and not name.startswith("UID "):
         name = "UID " + name
     tag = cmd.tag
+    if isinstance(cmd, _JUNK) and not s.junk.spend():
+        s.send(tagged(tag, Status.BAD, f"too many {name} commands, slow down"))  # see surat.imapd.junk
+        await s.count_error(True)
+        return
     if s.state not in states:
         if isinstance(cmd, c.Append) and s.append is not None:
             s.append.discard()  # its non-synchronizing literals were read and dropped

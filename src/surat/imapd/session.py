@@ -27,6 +27,7 @@ from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
 from surat.imapd.errors import CommandError, Disconnect, UserError
 from surat.imapd.fetch import FetchCache
+from surat.imapd.junk import JunkBudget
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
 from surat.imapd.view import SelectedView
@@ -195,6 +196,7 @@ class Session:
         self._bad_streak = 0
         self.auth_failures = 0
         self.clock = SessionClock(PREAUTH_TIMEOUT, self.config.limits.imap_session_deadline)
+        self.junk = JunkBudget(self.config.limits.junk_commands)
 
     def _new_reader(self) -> CommandReader:
         return CommandReader(ReaderLimits(max_append_literal=self.config.limits.message_size))
