@@ -147,7 +147,7 @@ def test_compress_before_login_is_refused_and_starttls_carries_nothing_over(serv
     sock = connect(server, "imap")
     read_line(sock)
     sock.sendall(b"a COMPRESS DEFLATE\r\n")
-    # RFC 4978 §3: only in the authenticated or selected state.
+    # RFC 4978 §5: a command-auth, valid only in the authenticated or selected state.
     assert read_line(sock) == b"a BAD COMPRESS is not allowed in this state\r\n"
     sock.sendall(b"b STARTTLS\r\n")
     assert read_line(sock).startswith(b"b OK")
@@ -183,14 +183,17 @@ def test_ten_thousand_empty_deflate_blocks_then_a_command(server: RunningServer)
     for _ in range(10_000):
         sock.sendall(EMPTY_STORED_BLOCK)
     compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
-    sock.sendall(compressor.compress(b"n NOOP\r\n") + compressor.flush(zlib.Z_SYNC_FLUSH))
+    sock.sendall(
+        compressor.compress(b"n NOOP\r\nz COMPRESS DEFLATE\r\n") + compressor.flush(zlib.Z_SYNC_FLUSH)
+    )
     inflate = zlib.decompressobj(-15)
     received = b""
-    while b"n OK" not in received:
+    while b"z BAD" not in received:
         chunk = sock.recv(65536)
         assert chunk, received
         received += inflate.decompress(chunk)
-    assert received.endswith(b"n OK NOOP completed\r\n")
+    # RFC 4978 §3: BAD for a second COMPRESS.
+    assert received == b"n OK NOOP completed\r\nz BAD COMPRESS is already active\r\n"
     with contextlib.suppress(OSError):
         sock.close()
 

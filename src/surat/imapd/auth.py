@@ -213,10 +213,12 @@ async def namespace(s: Session, cmd: c.Namespace) -> Done:
 
 
 async def compress(s: Session, cmd: c.Compress) -> Done:
-    # RFC 4978 §3: COMPRESS is valid only in the authenticated or selected state (the dispatch table);
-    # before login it would let compressed plaintext cross a later STARTTLS.
+    # RFC 4978 §5: COMPRESS is a command-auth, valid only in the authenticated or selected state (the
+    # dispatch table); before login it would let compressed plaintext cross a later STARTTLS.
     if s.deflate is not None:
-        raise UserError("compression is already active", Code.COMPRESSIONACTIVE)
+        # RFC 4978 §3: BAD when COMPRESS is already active (NO [COMPRESSIONACTIVE] is for compression
+        # by another layer, such as TLS, which Surat never negotiates).
+        raise CommandError("COMPRESS is already active")
     if cmd.mechanism != "DEFLATE":
         raise CommandError(f"unknown compression mechanism {cmd.mechanism}")
 

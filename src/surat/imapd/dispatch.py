@@ -50,7 +50,7 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Status: ("STATUS", mailboxes.status, AUTHENTICATED_STATES),
     c.Append: ("APPEND", messages.append, AUTHENTICATED_STATES),
     c.Idle: ("IDLE", auth.idle, AUTHENTICATED_STATES),
-    c.Compress: ("COMPRESS", auth.compress, AUTHENTICATED_STATES),  # RFC 4978 §3
+    c.Compress: ("COMPRESS", auth.compress, AUTHENTICATED_STATES),  # RFC 4978 §5: a command-auth
     c.GetQuota: ("GETQUOTA", mailboxes.getquota, AUTHENTICATED_STATES),
     c.GetQuotaRoot: ("GETQUOTAROOT", mailboxes.getquotaroot, AUTHENTICATED_STATES),
     c.SetQuota: ("SETQUOTA", mailboxes.setquota, AUTHENTICATED_STATES),
