@@ -22,7 +22,7 @@ dev: $(VENV)/.dev-installed
 # First run writes a dev setup (loopback, unprivileged ports, self-signed CA) into var/.
 run: $(BIN)/surat
 	@if [ ! -f $(DEVDIR)/surat.toml ]; then \
-		$(BIN)/surat quickstart --dev --domain example.test --dir $(DEVDIR); \
+		SURAT_MAKE_RUN=1 $(BIN)/surat quickstart --dev --domain example.test --dir $(DEVDIR); \
 	fi
 	exec $(BIN)/surat --config $(DEVDIR)/surat.toml serve
 

@@ -10,7 +10,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,76 @@ from surat.store.sqlite import SQLiteStore
 
 SURAT = [sys.executable, "-m", "surat"]
 ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time of a process (and, with ``children``, of its exited, reaped children)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0  # gone meanwhile
+    fields = text[text.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / CLOCK_TICKS
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0  # gone meanwhile
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    """The `q` quantile of `values` (seconds), in milliseconds; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+@dataclass
+class LoadFigures:
+    """What a timed load measured: latencies (seconds) per operation kind, and the CPU it took."""
+
+    latencies: dict[str, list[float]]
+    seconds: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+
+    @property
+    def ops(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def latency_lines(self) -> Iterator[str]:
+        """Per kind and overall: count, rate, p50 and p99."""
+        everything = [x for v in self.latencies.values() for x in v]
+        width = max(len(kind) for kind in [*self.latencies, "all"])
+        for kind, values in [*self.latencies.items(), ("all", everything)]:
+            yield (
+                f"  {kind:<{width}} n={len(values):>6} ops/s={len(values) / self.seconds:>7.0f} "
+                f"p50_ms={percentile_ms(values, 0.5):7.2f} p99_ms={percentile_ms(values, 0.99):7.2f}"
+            )
 
 
 def free_port() -> int:
@@ -124,8 +195,7 @@ class ListenerSurat:
         self.log.close()
 
     def fill_inbox(self, messages: Iterable[bytes]) -> None:
-        """Deliver `messages` straight into the user's INBOX while the server is stopped, 200 at a
-        time in flight so that the store groups them into few commits."""
+        """Deliver `messages` straight into the user's INBOX while the server is stopped."""
 
         async def run() -> None:
             store = SQLiteStore(self.config.data_dir)
@@ -133,16 +203,22 @@ class ListenerSurat:
             try:
                 account = await store.get_account(self.user)
                 assert account is not None
-                target = (MailboxTarget(account.id),)
-                pending: set[asyncio.Task[object]] = set()
-                for raw in messages:
-                    delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
-                    pending.add(asyncio.ensure_future(store.deliver(delivery)))
-                    if len(pending) >= 200:
-                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if pending:
-                    await asyncio.gather(*pending)
+                await deliver_all(store, account.id, messages)
             finally:
                 await store.close()
 
         asyncio.run(run())
+
+
+async def deliver_all(store: SQLiteStore, account_id: int, messages: Iterable[bytes]) -> None:
+    """Deliver `messages` into an account's INBOX, 200 at a time in flight so that the store groups them
+    into few commits."""
+    target = (MailboxTarget(account_id),)
+    pending: set[asyncio.Task[object]] = set()
+    for raw in messages:
+        delivery = Delivery(None, len(raw), datetime.now(UTC), local=target, content=raw)
+        pending.add(asyncio.ensure_future(store.deliver(delivery)))
+        if len(pending) >= 200:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    if pending:
+        await asyncio.gather(*pending)

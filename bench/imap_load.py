@@ -1,7 +1,9 @@
-"""IMAP load benchmark: N sessions on one 10 000-message INBOX doing what mail clients do.
+"""IMAP load benchmark: N sessions doing what mail clients do, each on its own view of the INBOX
+(default), or all on ONE shared mailbox checking every response (--shared).
 
-Each client connects, upgrades with STARTTLS, logs in, SELECTs INBOX and then, until the time is up,
-repeats this cycle (message numbers drawn at random):
+Default mode: N sessions on one 10 000-message INBOX. Each client connects, upgrades with STARTTLS,
+logs in, SELECTs INBOX and then, until the time is up, repeats this cycle (message numbers drawn at
+random):
 
     header  FETCH of the latest 50: (UID FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])
     body    FETCH BODY[] of 3 messages (sets \\Seen, as a client opening mail does)
@@ -17,207 +19,115 @@ batch has warmed up the password-hashing threads; for Dovecot the PSS summed ove
 as each connection gets its own imap process).
 
     .venv/bin/python bench/imap_load.py                      # Surat in a subprocess on a temp dir
-    .venv/bin/python bench/imap_load.py --peer dovecot       # and Dovecot (../shared/peers), same run
+    .venv/bin/python bench/imap_load.py --peer dovecot       # and a private Dovecot (peers.py), same run
 
-Both servers get the same messages (../shared/peers/gen-mbox.py, a mix of plain, alternative and
+Shared mode (--shared): --clients sessions (default 10) on ONE --messages INBOX (default 1 000) for
+--duration seconds (default 20), logged in for the whole run, one command in flight each (no
+pipelining, so "the command in progress" is never ambiguous), drawn at random with these weights
+(imap_shared.SHARED_MIX; sequence numbers from 1..the count the session knows, UIDs from those it has
+learnt, ranges of up to 20):
+
+    append     APPEND INBOX (\\Seen) {n} of a 500-byte message (synchronizing literal)
+    fetch      FETCH n (FLAGS UID) | FETCH a:b (UID FLAGS RFC822.SIZE) | FETCH n (UID RFC822.SIZE BODY.PEEK[HEADER])
+    store      STORE n or a:b +FLAGS/-FLAGS (\\Flagged)
+    delete     STORE n +FLAGS.SILENT (\\Deleted)
+    expunge    EXPUNGE
+    uid_fetch  UID FETCH u (FLAGS RFC822.SIZE) | UID FETCH u:u+20 (FLAGS)
+    uid_store  UID STORE u +FLAGS/-FLAGS (\\Seen)
+    search     SEARCH FLAGGED | UNSEEN | DELETED
+    list       LIST "" "*"
+    status     STATUS Archive (MESSAGES UIDNEXT UNSEEN)   (a second mailbox, created before the run)
+    select     SELECT INBOX again
+    noop       NOOP
+    idle       IDLE for 50-200 ms, then DONE (its latency includes that wait)
+
+Each session keeps a model of its view (sequence number -> UID, as the server told it; UIDs learnt from
+FETCH responses that carry one) and checks every response against it (imap_view.py). The counters:
+
+    exists_shrank               * N EXISTS below the known count with no EXPUNGE/VANISHED to explain it
+                                (RFC 9051 §7.4.1, §2.3.1.2: numbers change only by expunges announced)
+    bad_expunge                 * N EXPUNGE for a number outside 1..count (RFC 9051 §7.5.1)
+    expunge_during_seq_command  * N EXPUNGE during FETCH, STORE or SEARCH by sequence number (RFC 9051
+                                §7.5.1, §5.5: only their UID forms may carry one)
+    bad_on_known_seq            BAD to FETCH/STORE whose numbers the session knows (a message expunged
+                                by another session may get NO: counted as info no_on_fetch_store)
+    fetch_out_of_range          * N FETCH beyond the known count (RFC 9051 §7.5.2; EXISTS comes first)
+    search_out_of_range         a SEARCH result beyond the known count (same rule)
+    uid_mismatch                a FETCH gives a number another UID than learnt, or one out of ascending
+                                order with its neighbours (RFC 9051 §2.3.1.1)
+    after_logout                after LOGOUT anything but * BYE then the tagged OK (RFC 9051 §6.1.3 asks
+                                for the BYE; pending EXPUNGE/FETCH updates there are allowed by §7.5.1
+                                but useless to a leaving client, so this counter asks for none)
+    disconnects                 the connection closed or broke mid-command (the session reconnects)
+    timeouts                    no tagged reply within 10 s (the session reconnects)
+    other                       any other BAD, an unexpected NO, * BAD, a continuation request to a
+                                command that sends no data, a response that does not parse
+
+It prints commands/s (total and per kind), p50/p99 latency per kind, each counter, the info counts
+(no_on_fetch_store, expunges, vanished, connects), server and client CPU, the first 3 examples of each
+violation (the command, the offending response, the message count the session knew) and, with
+--peer dovecot, the same for Dovecot and the two side by side. Dovecot must show no violations: one
+there means the checker is wrong.
+
+    .venv/bin/python bench/imap_load.py --shared --peer dovecot --duration 20
+
+Both servers get the same messages (bench/mailgen.py, a deterministic mix of plain, alternative and
 attachment messages, cached in /tmp/surat-bench-cache), the same STARTTLS with Surat's dev
 certificate and the same argon2id password hash (Dovecot's static passdb is given the hash Surat
-stores), and 100 unseen messages (the others get \\Seen before the run). Dovecot runs in its
-high-performance login mode (PERF=1 in dovecot-up.sh: login processes serve many connections).
+stores); in the default mode 100 unseen messages (the others get \\Seen before the run). Dovecot
+(bench/peers.py: its own config in the temp dir, never the system instance; needs root and the
+packages dovecot-imapd dovecot-pop3d) runs in its high-performance login mode (login processes
+serve many connections).
 
 The load client is one asyncio process with a minimal IMAP reader; its CPU use is printed so that one
 can see whether it, rather than the server, was the limit (2 cores shared by client and server).
-Bounded: --duration seconds of load, --timeout seconds for any single phase.
+Bounded: --duration seconds of load, --timeout seconds for any single phase; in shared mode each
+command has 10 s and each session sends one command at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import mailbox
-import os
 import random
-import re
 import resource
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ListenerSurat, free_port
+from common import ListenerSurat, LoadFigures, cpu_seconds, free_port, rss_kib
+from imap_client import PER_SOURCE, Client, IMAPError, session, source_address
+from imap_shared import SHARED_MIX, SharedLoad, compare_shared, prepare_shared, report_shared, run_shared
+from mailgen import cached_messages
+from peers import Dovecot, dovecot_missing
 
 from surat.passwords import make_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT.parent / "shared" / "peers"
-CACHE = Path("/tmp/surat-bench-cache")
 DOMAIN = "example.test"
 USER = f"bench@{DOMAIN}"
 PASSWORD = "bench-password"
 UNSEEN = 100
+MESSAGES = 10_000
+SHARED_MESSAGES = 1_000
 KINDS = ("header", "body", "store", "search", "idle")
 HEADER_ITEMS = b"(UID FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])"
-_LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
-_EXISTS = re.compile(rb"^\* (\d+) EXISTS\r\n$")
-# Sessions per source address: Surat allows 20 connections per IP and listener by default.
-PER_SOURCE = 16
-
-
-# ------------------------------------------------------------------------------------------ messages
-
-
-def message_source(count: int) -> Path:
-    """The gen-mbox.py mailbox of `count` messages, generated once and cached (it takes minutes)."""
-    CACHE.mkdir(exist_ok=True)
-    for cached in CACHE.glob("gen-*-seed1.mbox"):
-        if int(cached.name.split("-")[1]) >= count:
-            return cached  # the same generator and seed: its first `count` messages are the same
-    path = CACHE / f"gen-{count}-seed1.mbox"
-    if not path.exists():
-        print(f"generating {count} messages with gen-mbox.py into {path} (once) ...", flush=True)
-        tmp = path.with_suffix(".tmp")
-        subprocess.run(
-            [sys.executable, str(PEERS / "gen-mbox.py"), str(tmp), str(count), "--seed", "1"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        tmp.rename(path)
-    return path
-
-
-def read_messages(path: Path, count: int) -> Iterator[bytes]:
-    """The messages as a server stores them (CRLF line ends), as dovecot-up.sh fill reads them."""
-    box = mailbox.mbox(str(path), create=False)
-    for n, key in enumerate(box.iterkeys()):
-        if n >= count:
-            break
-        raw = box.get_bytes(key)
-        if raw.startswith(b"From "):
-            raw = raw.split(b"\n", 1)[1]
-        yield raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-# ------------------------------------------------------------------------------------------ client
-
-
-class IMAPError(Exception):
-    pass
-
-
-class Client:
-    """A lean asyncio IMAP client: reads lines and literals, nothing more (imaplib is blocking and slow)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.counter = 0
-        self.exists = 0
-
-    @classmethod
-    async def connect(cls, port: int, tls: ssl.SSLContext, source: str = "127.0.0.1") -> Client:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, local_addr=(source, 0), limit=16 * 1024 * 1024
-        )
-        client = cls(reader, writer)
-        await client.reader.readline()  # greeting
-        await client.command(b"STARTTLS")
-        await writer.start_tls(tls, server_hostname="localhost")
-        return client
-
-    def _tag(self) -> bytes:
-        self.counter += 1
-        return b"a%d" % self.counter
-
-    async def _response(self, tag: bytes) -> int:
-        """Read up to the tagged reply; the octets received. Keeps EXISTS up to date."""
-        octets = 0
-        readline = self.reader.readline
-        prefix = tag + b" "
-        while True:
-            line = await readline()
-            if not line:
-                raise IMAPError("connection closed")
-            octets += len(line)
-            while line.endswith(b"}\r\n") and (m := _LITERAL.search(line)):
-                await self.reader.readexactly(int(m.group(1)))
-                octets += int(m.group(1))
-                line = await readline()
-                octets += len(line)
-            if line.startswith(prefix):
-                if line[len(prefix) : len(prefix) + 2] != b"OK":
-                    raise IMAPError(line.decode(errors="replace").strip())
-                return octets
-            if line.endswith(b" EXISTS\r\n") and (m := _EXISTS.match(line)):
-                self.exists = int(m.group(1))
-
-    async def command(self, text: bytes) -> int:
-        tag = self._tag()
-        self.writer.write(tag + b" " + text + b"\r\n")
-        return await self._response(tag)
-
-    async def login(self, user: str, password: str) -> None:
-        await self.command(b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
-
-    async def idle(self) -> None:
-        tag = self._tag()
-        self.writer.write(tag + b" IDLE\r\n")
-        while True:
-            line = await self.reader.readline()
-            if not line:
-                raise IMAPError("connection closed")
-            if line.startswith(b"+"):
-                break
-            if line.startswith(tag + b" "):
-                raise IMAPError(line.decode(errors="replace").strip())
-        self.writer.write(b"DONE\r\n")
-        await self._response(tag)
-
-    async def close(self) -> None:
-        with contextlib.suppress(IMAPError, OSError, TimeoutError, asyncio.IncompleteReadError):
-            await asyncio.wait_for(self.command(b"LOGOUT"), 5)
-        self.writer.close()
-        with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-
-
-async def session(port: int, user: str, password: str, tls: ssl.SSLContext, source: str) -> Client:
-    client = await Client.connect(port, tls, source)
-    await client.login(user, password)
-    return client
-
-
-def source_address(n: int) -> str:
-    return f"127.0.0.{2 + n // PER_SOURCE}"
 
 
 # ------------------------------------------------------------------------------------------ phases
 
 
 @dataclass
-class Load:
-    seconds: float = 0.0
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+class Load(LoadFigures):
     errors: int = 0
-    client_cpu: float = 0.0
-    server_cpu: float = 0.0
     select_ms: list[float] = field(default_factory=list)
     octets: int = 0
-
-    @property
-    def ops(self) -> int:
-        return sum(len(v) for v in self.latencies.values())
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -231,13 +141,6 @@ class Result:
     idle_conns: int = 0
     idle_kib_per_conn: float = 0.0
     idle_note: str = ""
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
 
 
 async def run_client(
@@ -282,7 +185,7 @@ async def run_client(
 async def run_load(
     port: int, user: str, password: str, tls: ssl.SSLContext, clients: int, duration: float
 ) -> Load:
-    load = Load()
+    load = Load({kind: [] for kind in KINDS})
     cpu0 = time.process_time()
     start = time.perf_counter()
     stop_at = start + duration
@@ -349,40 +252,6 @@ async def close_all(clients: list[Client]) -> None:
 # ------------------------------------------------------------------------------------------ servers
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """User + system CPU time of a process (and, with ``children``, of its exited, reaped children)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0  # gone meanwhile
-    fields = text[text.rindex(")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    if children:
-        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
-    return ticks / CLOCK_TICKS
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0  # gone meanwhile
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
-
-
 class SuratProcess(ListenerSurat):
     """Surat in a subprocess with a fresh data dir and only the imap listener, on a free port."""
 
@@ -391,9 +260,6 @@ class SuratProcess(ListenerSurat):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, DOMAIN, "imap", USER, PASSWORD)
         self.password = PASSWORD
-
-    def fill(self, source: Path, count: int) -> None:
-        self.fill_inbox(read_messages(source, count))
 
     def memory_kib(self) -> int:
         assert self.proc is not None
@@ -404,90 +270,22 @@ class SuratProcess(ListenerSurat):
         return cpu_seconds(self.proc.pid)
 
 
-class DovecotProcess:
-    name = "dovecot"
+class DovecotProcess(Dovecot):
+    """The private Dovecot of peers.py with only IMAP, in its high-performance login mode (login processes
+    serve many connections), given the argon2id hash Surat stores for the same password."""
 
     def __init__(self, workdir: Path, cert: Path, key: Path, password_hash: str) -> None:
-        self.root = workdir / "dovecot"
         self.port = free_port()
-        pop3_port = free_port()
+        super().__init__(
+            workdir / "dovecot",
+            cert,
+            key,
+            "{ARGON2ID}" + password_hash,
+            imap_port=self.port,
+            high_performance=True,
+        )
         self.user = "bench"
         self.password = PASSWORD
-        subprocess.run(
-            ["bash", str(PEERS / "dovecot-up.sh"), "start", str(self.port), str(pop3_port), str(self.root)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "PERF": "1"},
-        )
-        config = self.root / "dovecot.conf"
-        # The script's instance has no TLS and a plaintext static password; later settings override
-        # earlier ones and SIGHUP reloads. The same argon2id hash Surat verifies at every login.
-        text = config.read_text().replace(
-            "args = password=test\n", f"args = password={{ARGON2ID}}{password_hash}\n"
-        )
-        text += (
-            f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
-            # One imap process per connection: the default limit of 100 would stop the idle phase.
-            "default_process_limit = 2000\ndefault_client_limit = 4000\n"
-        )
-        config.write_text(text)
-        subprocess.run(["/usr/sbin/dovecot", "-c", str(config), "reload"], check=True)
-        self.master = int((self.root / "run" / "master.pid").read_text().strip())
-        self._wait_starttls()
-
-    def _wait_starttls(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                greeting = sock.recv(4096)
-            if b"STARTTLS" in greeting:
-                return
-            time.sleep(0.1)
-        raise RuntimeError("dovecot did not offer STARTTLS after the reload")
-
-    def fill(self, source: Path, count: int) -> None:
-        subprocess.run(
-            [
-                "bash",
-                str(PEERS / "dovecot-up.sh"),
-                "fill",
-                str(self.root),
-                self.user,
-                str(source),
-                str(count),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def _processes(self) -> list[int]:
-        """The master and every process under it."""
-        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True)
-        children: dict[int, list[int]] = {}
-        for line in out.stdout.splitlines():
-            pid, ppid = (int(x) for x in line.split())
-            children.setdefault(ppid, []).append(pid)
-        found, todo = [], [self.master]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo += children.get(pid, [])
-        return found
-
-    def memory_kib(self) -> int:
-        """PSS summed over all processes (shared pages counted once)."""
-        return sum(pss_kib(pid) for pid in self._processes())
-
-    def cpu(self) -> float:
-        """CPU of the live processes, plus what the master's exited children used."""
-        return sum(cpu_seconds(pid, children=pid == self.master) for pid in self._processes())
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["bash", str(PEERS / "dovecot-up.sh"), "stop", str(self.root)],
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -558,12 +356,8 @@ def report(result: Result, duration: float) -> None:
         f"{load.client_cpu / load.seconds * 100:.0f}% of a core, "
         f"{load.octets / load.seconds / 1e6:.1f} MB/s of FETCH responses"
     )
-    everything = [x for v in load.latencies.values() for x in v]
-    for kind, values in [*load.latencies.items(), ("all", everything)]:
-        print(
-            f"  {kind:<7} n={len(values):>6} ops/s={len(values) / load.seconds:>7.0f} "
-            f"p50_ms={_pct(values, 0.5):7.2f} p99_ms={_pct(values, 0.99):7.2f}"
-        )
+    for line in load.latency_lines():
+        print(line)
     selects = load.select_ms
     print(
         f"  SELECT of the mailbox: first {result.first_select_ms:.0f} ms, "
@@ -585,7 +379,12 @@ def main() -> None:
     )
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--duration", type=float, default=20, help="seconds of load")
-    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="all sessions on one mailbox with a random command mix, each checking the responses",
+    )
+    parser.add_argument("--messages", type=int, help="in the INBOX (default: 10000, with --shared 1000)")
     parser.add_argument(
         "--idle", type=int, default=200, help="idle connections for the memory figure (0: skip)"
     )
@@ -594,6 +393,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="py-spy Surat during the load (collapsed stacks)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/probe/bin/py-spy")
     args = parser.parse_args()
+    if args.messages is None:
+        args.messages = SHARED_MESSAGES if args.shared else MESSAGES
     if not 1 <= args.clients <= 200 or not 1 <= args.duration <= 600:
         parser.error("--clients must be 1..200 and --duration 1..600")
     if not 100 < args.messages <= 100_000 or not 0 <= args.idle <= 1000:
@@ -601,12 +402,19 @@ def main() -> None:
     # Enough descriptors for the idle connections and the load sessions.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
-    source = message_source(args.messages)
-    print(
-        f"load: {args.clients} sessions x {args.duration:.0f} s on a {args.messages}-message INBOX over STARTTLS; "
-        f"cycle: {', '.join(KINDS)}"
-    )
+    if args.shared:
+        print(
+            f"load: {args.clients} sessions x {args.duration:.0f} s on ONE {args.messages}-message INBOX over "
+            f"STARTTLS, each checking every response; mix: "
+            + ", ".join(f"{kind} {weight}" for kind, weight in SHARED_MIX.items())
+        )
+    else:
+        print(
+            f"load: {args.clients} sessions x {args.duration:.0f} s on a {args.messages}-message INBOX over "
+            f"STARTTLS; cycle: {', '.join(KINDS)}"
+        )
     results: list[Result] = []
+    shared: list[SharedLoad] = []
     with tempfile.TemporaryDirectory(prefix="surat-bench-imap-") as tmp:
         workdir = Path(tmp)
         # Dovecot's unprivileged processes must reach their Maildir under this directory.
@@ -614,30 +422,34 @@ def main() -> None:
         surat = SuratProcess(workdir / "surat")
         tls = surat.tls()
         t0 = time.perf_counter()
-        surat.fill(source, args.messages)
+        surat.fill_inbox(cached_messages(args.messages))
         print(f"surat: filled in {time.perf_counter() - t0:.1f} s", flush=True)
-        surat.start()
-        try:
-            result = asyncio.run(measure(surat, tls, args))
-        finally:
-            surat.stop()
-        report(result, args.duration)
-        results.append(result)
+        servers: list[SuratProcess | DovecotProcess] = [surat]
         if args.peer == "dovecot":
-            if not Path("/usr/sbin/dovecot").exists():
-                print("dovecot: not installed (run ../shared/peers/install.sh)")
+            if missing := dovecot_missing():
+                print(missing)
             else:
                 cert, key = surat.config.tls.cert, surat.config.tls.key
                 assert cert is not None and key is not None
                 password_hash = make_credentials(PASSWORD).password_hash
                 dovecot = DovecotProcess(workdir, cert, key, password_hash)
-                try:
-                    dovecot.fill(source, args.messages)
-                    result = asyncio.run(measure(dovecot, tls, args))
-                finally:
-                    dovecot.stop()
-                report(result, args.duration)
-                results.append(result)
+                dovecot.fill(dovecot.user, cached_messages(args.messages))
+                servers.append(dovecot)
+        for server in servers:
+            server.start()
+            try:
+                if args.shared:
+                    load = asyncio.run(measure_shared(server, tls, args))
+                    report_shared(load)
+                    shared.append(load)
+                else:
+                    result = asyncio.run(measure(server, tls, args))
+                    report(result, args.duration)
+                    results.append(result)
+            finally:
+                server.stop()
+    if len(shared) == 2:
+        compare_shared(*shared)
     if len(results) == 2:
         mine, peer = results
         print(
@@ -645,6 +457,17 @@ def main() -> None:
             f"FETCH ENVELOPE time first {mine.envelope_ms / peer.envelope_ms:.2f}x, "
             f"again {mine.envelope_again_ms / peer.envelope_again_ms:.2f}x"
         )
+
+
+async def measure_shared(
+    server: SuratProcess | DovecotProcess, tls: ssl.SSLContext, args: argparse.Namespace
+) -> SharedLoad:
+    total = await asyncio.wait_for(prepare_shared(server, tls), args.timeout)
+    if total != args.messages:
+        print(f"  {server.name}: INBOX holds {total} messages, not {args.messages}", file=sys.stderr)
+    return await asyncio.wait_for(
+        run_shared(server, tls, args.clients, args.duration), args.duration + args.timeout
+    )
 
 
 if __name__ == "__main__":

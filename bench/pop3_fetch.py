@@ -4,24 +4,22 @@ Prints messages/s and MB/s (wire octets of the RETR responses) from connect to t
 which includes the login (where the server takes its snapshot of the maildrop).
 
     .venv/bin/python bench/pop3_fetch.py                   # Surat in a subprocess on a temp dir
-    .venv/bin/python bench/pop3_fetch.py --peer dovecot    # and Dovecot (../shared/peers), same run
+    .venv/bin/python bench/pop3_fetch.py --peer dovecot    # and a private Dovecot (peers.py), same run
 
 Both servers are measured over STLS on loopback with the same certificate: Surat refuses logins
-before TLS, and the Dovecot of ../shared/peers/dovecot-up.sh (ssl = no) is reconfigured with
-Surat's dev certificate and reloaded; its static passdb is given the argon2id hash of the same
-password Surat stores (what Surat verifies at every login), unless --dovecot-plaintext. Each run fills the mailbox afresh (Surat: through its store
-while the server is stopped; Dovecot: `dovecot-up.sh fill`, indexed at login); runs alternate
-between the servers and the median of --runs is reported.
+before TLS, and the private Dovecot (bench/peers.py, its own config in the temp dir) gets Surat's dev
+certificate; its static passdb is given the argon2id hash of the same password Surat stores (what
+Surat verifies at every login), unless --dovecot-plaintext. Each run fills the mailbox afresh (Surat:
+through its store while the server is stopped; Dovecot: files written into its Maildir, indexed at
+login); runs alternate between the servers and the median of --runs is reported.
 Bounded: at most --messages messages and --timeout seconds per run.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,26 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import ListenerSurat, free_port
+from peers import Dovecot, dovecot_missing
 
 from surat.passwords import make_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT.parent / "shared" / "peers"
 DOMAIN = "example.test"
 USER = f"bench@{DOMAIN}"
 PASSWORD = "bench-password"
 DOVECOT_PASSWORD = "test"
 
 
-def make_message(n: int, size: int, newline: bytes = b"\r\n") -> bytes:
+def make_message(n: int, size: int) -> bytes:
     head = (
         f"From: <sender@example.net>\r\nTo: <{USER}>\r\nSubject: bench {n}\r\n"
         f"Message-ID: <bench-{n}@bench.test>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
     ).encode()
     line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuvwxyz\r\n"
     body = (line * (size // len(line) + 1))[: max(0, size - len(head) - 2)] + b"\r\n"
-    message = head + body
-    return message if newline == b"\r\n" else message.replace(b"\r\n", newline)
+    return head + body
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -180,68 +177,17 @@ class SuratProcess(ListenerSurat):
         self.fill_inbox(make_message(n, size) for n in range(count))
 
 
-class DovecotProcess:
+class DovecotProcess(Dovecot):
+    """The private Dovecot of peers.py with only POP3 (one login process per connection)."""
+
     def __init__(self, workdir: Path, cert: Path, key: Path, password_hash: str | None) -> None:
-        self.root = workdir / "dovecot"
         self.port = free_port()
-        imap_port = free_port()
         self.user = "bench"
-        subprocess.run(
-            ["bash", str(PEERS / "dovecot-up.sh"), "start", str(imap_port), str(self.port), str(self.root)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        # The script's instance has no TLS; later settings override earlier ones, SIGHUP reloads.
-        config = self.root / "dovecot.conf"
-        text = config.read_text() + f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
-        self.password = DOVECOT_PASSWORD
-        if password_hash is not None:
-            # The same argon2id hash Surat verifies, so both servers do the same work at login
-            # (the script's static passdb compares a plaintext password).
-            text = text.replace(
-                f"args = password={DOVECOT_PASSWORD}\n", f"args = password={{ARGON2ID}}{password_hash}\n"
-            )
-            self.password = PASSWORD
-        config.write_text(text)
-        subprocess.run(["/usr/sbin/dovecot", "-c", str(config), "reload"], check=True)
-        self._wait_stls()
-        self.mbox = workdir / "dovecot-source.mbox"
-
-    def _wait_stls(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                sock.recv(512)
-                sock.sendall(b"CAPA\r\n")
-                caps = b""
-                while not caps.endswith(b"\r\n.\r\n"):
-                    data = sock.recv(4096)
-                    if not data:
-                        break
-                    caps += data
-            if b"\r\nSTLS\r\n" in caps:
-                return
-            time.sleep(0.1)
-        raise RuntimeError("dovecot did not offer STLS after the reload")
-
-    def fill(self, count: int, size: int) -> None:
-        with self.mbox.open("wb") as f:
-            for n in range(count):
-                # Maildir files hold LF line ends; Dovecot sends CRLF, as Surat does.
-                f.write(b"From sender@example.net Mon Jan  1 00:00:00 2024\n")
-                f.write(make_message(n, size, b"\n") + b"\n")
-        subprocess.run(
-            ["bash", str(PEERS / "dovecot-up.sh"), "fill", str(self.root), self.user, str(self.mbox)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["bash", str(PEERS / "dovecot-up.sh"), "stop", str(self.root)],
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )
+        # The same argon2id hash Surat verifies, so both servers do the same work at login; or, with
+        # --dovecot-plaintext, a plaintext password compared as it is.
+        self.password = DOVECOT_PASSWORD if password_hash is None else PASSWORD
+        passdb = DOVECOT_PASSWORD if password_hash is None else "{ARGON2ID}" + password_hash
+        super().__init__(workdir / "dovecot", cert, key, passdb, pop3_port=self.port)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -281,13 +227,14 @@ def main() -> None:
         surat = SuratProcess(workdir / "surat")
         dovecot: DovecotProcess | None = None
         if args.peer == "dovecot":
-            if shutil.which("dovecot") is None and not Path("/usr/sbin/dovecot").exists():
-                print("dovecot: not installed (run ../shared/peers/install.sh)")
+            if missing := dovecot_missing():
+                print(missing)
             else:
                 cert, key = surat.config.tls.cert, surat.config.tls.key
                 assert cert is not None and key is not None
                 password_hash = None if args.dovecot_plaintext else make_credentials(PASSWORD).password_hash
                 dovecot = DovecotProcess(workdir, cert, key, password_hash)
+                dovecot.start()
         tls = surat.tls()
         try:
             for _ in range(args.runs):
@@ -300,7 +247,7 @@ def main() -> None:
                 print(run.line())
                 results.setdefault("surat", []).append(run)
                 if dovecot is not None:
-                    dovecot.fill(args.messages, args.size)
+                    dovecot.fill(dovecot.user, (make_message(n, args.size) for n in range(args.messages)))
                     run = fetch_all("dovecot", dovecot.port, dovecot.user, dovecot.password, tls, args)
                     print(run.line())
                     results.setdefault("dovecot", []).append(run)

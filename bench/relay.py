@@ -14,6 +14,14 @@ queued first and released at once, so the clock covers "queued -> delivered at t
 
     sudo .venv/bin/python bench/relay.py                     # Surat and Postfix, 10 000 x 4 KiB, 100 domains
     sudo .venv/bin/python bench/relay.py --only surat --messages 2000
+    sudo .venv/bin/python bench/relay.py --signed queue --messages 2000   # a local sender: DKIM-signed
+
+`--signed queue`: the sender's domain is local, so every message is DKIM-signed (RSA-2048 and
+Ed25519) as submission does it, before it is queued; that step is timed apart ("sign+queue") and the
+relay clock is the same as without signing. `--signed attempt`: queued unsigned, so the runner signs
+each message at its first attempt, inside the relay clock (the path of entries queued before
+schema 6). Either prints the CPU time per signed message (both signatures) and the event loop's
+lag. `--sign-inline` signs on the event loop instead of in a thread. Postfix does not sign here.
 
 Needs root (ip netns), dnsmasq, Postfix with smtp-sink/smtp-source (../shared/peers/install.sh).
 Bounded: --messages messages, --timeout seconds per relay; everything is torn down at exit.
@@ -36,12 +44,14 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT.parent / "shared" / "peers"
+# SURAT_PEERS: where the peers scripts are when this runs from a git worktree (not next to shared/)
+PEERS = Path(os.environ.get("SURAT_PEERS", ROOT.parent / "shared" / "peers"))
 NS_A, NS_B, NET = "benchrlyA", "benchrlyB", "10.98.7"
 SINK = f"{NET}.2"
-SENDER = "bench@source.example"  # not a local domain: Surat does not DKIM-sign, like Postfix here
+SENDER = "bench@source.example"  # local only with --signed: then Surat DKIM-signs, Postfix does not
 POSTFIX_PORT = 2599
 
 
@@ -72,9 +82,52 @@ def run(*cmd: str, ns: str | None = None, env: dict[str, str] | None = None) -> 
 # ---------------------------------------------------------------------------------------- Surat
 
 
-async def surat_phase(messages: int, domains: int, size: int, timeout: float, work: Path) -> dict[str, float]:
+class SigningMeter:
+    """Wraps `dkim.sign` to add up its CPU time (`time.thread_time()` in whichever thread signs)."""
+
+    def __init__(self) -> None:
+        from surat.delivery import dkim
+
+        self.calls = 0
+        self.cpu = 0.0
+        self.wall = 0.0
+        self._sign = dkim.sign
+        dkim.sign = self.sign  # looked up by name at every call: SigningKeys.sign uses this one
+
+    def sign(self, *args: Any, **kwargs: Any) -> bytes:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            return self._sign(*args, **kwargs)
+        finally:
+            self.cpu += time.thread_time() - cpu
+            self.wall += time.perf_counter() - wall
+            self.calls += 1
+
+
+async def loop_lag(lags: list[float], interval: float = 0.001) -> None:
+    """How late the event loop wakes a 1 ms sleep: what a stalled loop costs every connection."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(interval)
+        lags.append(loop.time() - before - interval)
+
+
+def lag_figures(lags: list[float]) -> dict[str, float]:
+    ordered = sorted(lags) or [0.0]
+    return {
+        "lag_p50_ms": ordered[len(ordered) // 2] * 1e3,
+        "lag_p99_ms": ordered[int(len(ordered) * 0.99)] * 1e3,
+        "lag_max_ms": ordered[-1] * 1e3,
+    }
+
+
+async def surat_phase(
+    messages: int, domains: int, size: int, timeout: float, work: Path, signed: str, sign_inline: bool
+) -> dict[str, float]:
     """Runs inside namespace A (re-executed by `main` through `ip netns exec`)."""
     from surat.config import HostPort
+    from surat.delivery.dkim import SigningKeys
     from surat.delivery.queue import QueueRunner, RunnerSettings
     from surat.dns.resolver import DnsResolver
     from surat.net.tls import client_context
@@ -85,16 +138,34 @@ async def surat_phase(messages: int, domains: int, size: int, timeout: float, wo
     data = work / "surat-data"
     store = SQLiteStore(data)
     await store.open()
+    meter = SigningMeter() if signed != "none" else None
+    signing_keys = SigningKeys(data, in_thread=not sign_inline)
+    lags: list[float] = []
+    lag_task = asyncio.create_task(loop_lag(lags))
     try:
         now = datetime.now(UTC)
+        if signed != "none":
+            await store.add_domain(domain_of(SENDER))
+            await signing_keys.get(domain_of(SENDER), now)  # keys made and parsed before the clock
+
+        async def queue_one(i: int) -> None:
+            rcpt = recipient(i, domains)
+            content = make_message(i, size, rcpt)
+            # as the submission service does: signed before the message is queued (and the 250)
+            signature = (
+                await signing_keys.sign(content, domain_of(SENDER), now) if signed == "queue" else None
+            )
+            remote = OutboundMessage(
+                sender=SENDER, recipients=(OutboundRecipient(rcpt),), dkim_signature=signature
+            )
+            await store.deliver(Delivery(None, len(content), now, remote=remote, content=content))
+
+        queue_started = time.perf_counter()
         for start in range(0, messages, 500):
-            batch = []
-            for i in range(start, min(messages, start + 500)):
-                rcpt = recipient(i, domains)
-                content = make_message(i, size, rcpt)
-                remote = OutboundMessage(sender=SENDER, recipients=(OutboundRecipient(rcpt),))
-                batch.append(store.deliver(Delivery(None, len(content), now, remote=remote, content=content)))
-            await asyncio.gather(*batch)
+            await asyncio.gather(*(queue_one(i) for i in range(start, min(messages, start + 500))))
+        queue_seconds = time.perf_counter() - queue_started
+        queue_lags = lag_figures(lags)
+        lags.clear()
         queued = count_queue(data)
         if queued != messages:
             raise SystemExit(f"surat: {queued} queued, expected {messages}")
@@ -104,6 +175,7 @@ async def surat_phase(messages: int, domains: int, size: int, timeout: float, wo
             RunnerSettings(hostname="surat-bench.source.example", mx_port=25, poll_interval=1.0),
             data_dir=data,
             tls_context=client_context(verify=False),
+            signing_keys=signing_keys,
         )
         started = time.perf_counter()
         await runner.start()
@@ -115,9 +187,28 @@ async def surat_phase(messages: int, domains: int, size: int, timeout: float, wo
             seconds = time.perf_counter() - started
         finally:
             await runner.stop()
-        return {"messages": messages - left, "seconds": seconds, "left": left}
+        result = {
+            "messages": messages - left,
+            "seconds": seconds,
+            "left": left,
+            "queue_seconds": queue_seconds,
+        }
+        result.update({f"queue_{name}": value for name, value in queue_lags.items()})
+        result.update({f"relay_{name}": value for name, value in lag_figures(lags).items()})
+        if meter is not None:
+            result.update(
+                signatures=meter.calls,
+                sign_cpu_us=meter.cpu / max(meter.calls, 1) * 1e6,
+                sign_wall_us=meter.wall / max(meter.calls, 1) * 1e6,
+            )
+        return result
     finally:
+        lag_task.cancel()
         await store.close()
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
 
 
 def count_queue(data: Path) -> int:
@@ -144,6 +235,9 @@ def run_surat(args: argparse.Namespace, work: Path) -> dict[str, float]:
         str(args.timeout),
         "--work",
         str(work),
+        "--signed",
+        args.signed,
+        *(["--sign-inline"] if args.sign_inline else []),
         ns=NS_A,
         env={"PYTHONPATH": str(ROOT / "src")},
     )
@@ -240,10 +334,12 @@ def run_postfix(args: argparse.Namespace, work: Path) -> dict[str, float]:
 
 def line(name: str, result: dict[str, float]) -> str:
     rate = result["messages"] / result["seconds"] if result["seconds"] else 0.0
-    return (
+    text = (
         f"{name:<8} delivered={int(result['messages'])} left={int(result['left'])} "
         f"secs={result['seconds']:.2f} msgs_per_sec={rate:.0f}"
     )
+    extra = {k: v for k, v in result.items() if k not in ("messages", "left", "seconds")}
+    return text + "".join(f" {k}={v:.3f}" if isinstance(v, float) else f" {k}={v}" for k, v in extra.items())
 
 
 def main() -> int:
@@ -255,11 +351,22 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--only", choices=("surat", "postfix"))
+    parser.add_argument(
+        "--signed",
+        choices=("none", "queue", "attempt"),
+        default="none",
+        help="Surat's sender is local: DKIM-sign when queueing (as submission does) or at the first attempt",
+    )
+    parser.add_argument("--sign-inline", action="store_true", help="sign on the event loop, not in a thread")
     parser.add_argument("--phase-surat", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase_surat:
-        result = asyncio.run(surat_phase(args.messages, args.domains, args.size, args.timeout, args.work))
+        result = asyncio.run(
+            surat_phase(
+                args.messages, args.domains, args.size, args.timeout, args.work, args.signed, args.sign_inline
+            )
+        )
         print(json.dumps(result))
         return 0
     # A SIGTERM (timeout(1)) must still run the teardown below.
@@ -283,7 +390,8 @@ def main() -> int:
         run(str(PEERS / "smtp-sink-up.sh"), "start", "25", SINK, ns=NS_B)
         print(
             f"relay: {args.messages} messages x {args.size} B, {args.domains} domains, MX via dnsmasq, "
-            f"sink = smtp-sink {SINK}:25"
+            f"sink = smtp-sink {SINK}:25, Surat DKIM signing: {args.signed}"
+            + (" (inline)" if args.sign_inline else "")
         )
         results = {}
         for name, fn in (("surat", run_surat), ("postfix", run_postfix)):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from surat.delivery import dkim
 
 
 class RSAKey:
@@ -23,3 +27,17 @@ class RSAKey:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self.record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public_der).decode()
+
+
+def count_signatures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on every `surat.delivery.dkim.sign` call appends its signing domain to the list returned
+    (the server looks the function up at every call, in whichever thread signs)."""
+    calls: list[str] = []
+    real_sign = dkim.sign
+
+    def counting_sign(message: bytes, domain: str, *args: Any, **kwargs: Any) -> bytes:
+        calls.append(domain)
+        return real_sign(message, domain, *args, **kwargs)
+
+    monkeypatch.setattr(dkim, "sign", counting_sign)
+    return calls

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import dns.exception
 
-from surat.authlimit import InMemoryAuthLimiter
+from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.config import Config
+from surat.delivery.dkim import SigningKeys
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.dns.base import Resolver
 from surat.dns.resolver import DnsResolver
@@ -25,6 +26,7 @@ from surat.net.tls import TLSSetupError, client_context, server_context
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
+from surat.store.filemodes import make_private_dir
 from surat.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,9 @@ class SuratServer:
         self._started = True
         secret = load_or_create_secret(config.data_dir)
         # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
-        auth_limiter = InMemoryAuthLimiter.from_config(config.limits)
+        auth_limiter = StoreAuthLimiter(self.store, BlockPolicy.from_config(config.limits))
+        # DKIM keys read and parsed once, for signing at submission and for the queue's fallback
+        signing_keys = SigningKeys(config.data_dir)
         smtp = SMTPService(
             config,
             self.store,
@@ -80,6 +84,7 @@ class SuratServer:
             resolver=self.resolver,
             auth_limiter=auth_limiter,
             trusted_arc_sealers=config.limits.trusted_arc_sealers,
+            signing_keys=signing_keys,
         )
         pop3 = POP3Service(
             config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
@@ -124,6 +129,7 @@ class SuratServer:
             data_dir=config.data_dir,
             tls_context=client_context(verify=False),
             smarthost_tls_context=client_context(verify=True),  # it gets our AUTH credentials
+            signing_keys=signing_keys,
         )
         await self.queue.start()
 
@@ -153,7 +159,7 @@ def load_or_create_secret(data_dir: Path) -> bytes:
             return secret
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir, parents=True)
     secret = secrets.token_bytes(32)
     temporary = path.with_suffix(".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

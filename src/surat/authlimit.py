@@ -13,8 +13,13 @@ Every failure is logged in one fixed form that fail2ban (or any log watcher) can
 password), and every block as `auth.blocked ip=... seconds=...`.
 
 IPv6 clients are counted per /64: one host usually holds a whole /64 and could otherwise rotate
-addresses through it. The counters sit behind the `AuthLimiter` Protocol so that several nodes can
-share them through a database later (ARCHITECTURE.md, "Scaling out").
+addresses through it.
+
+The counters live in the store (`auth_clients`), not in the server's memory, so that every process
+and node sees the same blocks (ARCHITECTURE decision 10: a guesser cannot spread over workers), and so
+that `surat blocks list|lift` can show and lift them while the server runs. Each failure is one small
+write transaction that reads, updates and prunes (`Store.update_auth_client`); each authentication
+attempt is one indexed read. The policy itself is the pure `after_failure`.
 """
 
 from __future__ import annotations
@@ -22,21 +27,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from surat.config import LimitsConfig
 from surat.log import fields
+from surat.store.base import AuthClientState, Store
 
 log = logging.getLogger(__name__)
 
-# Addresses tracked at once; the least recently seen are forgotten first (bounded memory under a
-# distributed attack, at the price of forgetting the oldest guessers).
-MAX_TRACKED = 100_000
-# A blocked address's strike count (which sets the next block's length) is forgotten after this
-# long without failures.
+# A client's record (failures, strike count) is forgotten after this long without failures, unless it
+# is still blocked; the store prunes such records as it writes, which bounds their number by the
+# addresses that failed within a day.
 STRIKE_MEMORY = 86400.0
 
 
@@ -63,37 +66,15 @@ def client_key(ip: str) -> str:
     return str(address)
 
 
-@dataclass(slots=True)
-class _Client:
-    failures: deque[float] = field(default_factory=deque)
-    blocked_until: float = 0.0
-    strikes: int = 0  # blocks so far; the next one lasts block * 2**strikes
-    last_failure: float = 0.0
-
-
-class InMemoryAuthLimiter:
-    """`AuthLimiter` for one process (every listener of a server shares one instance)."""
-
-    def __init__(
-        self,
-        *,
-        max_failures: int = 5,
-        window: float = 900.0,
-        block: float = 300.0,
-        block_max: float = 86400.0,
-        clock: Callable[[], float] = time.monotonic,
-        max_tracked: int = MAX_TRACKED,
-    ) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self.block = block
-        self.block_max = block_max
-        self._clock = clock
-        self._max_tracked = max_tracked
-        self._clients: OrderedDict[str, _Client] = OrderedDict()
+@dataclass(frozen=True, slots=True)
+class BlockPolicy:
+    max_failures: int = 5  # failures within `window` seconds that start a block
+    window: float = 900.0
+    block: float = 300.0  # the first block; each further one doubles
+    block_max: float = 86400.0
 
     @classmethod
-    def from_config(cls, limits: LimitsConfig) -> InMemoryAuthLimiter:
+    def from_config(cls, limits: LimitsConfig) -> BlockPolicy:
         return cls(
             max_failures=limits.auth_max_failures,
             window=limits.auth_failure_window,
@@ -101,37 +82,70 @@ class InMemoryAuthLimiter:
             block_max=limits.auth_block_max,
         )
 
+
+def after_failure(
+    state: AuthClientState | None, key: str, ip: str, now: float, policy: BlockPolicy
+) -> AuthClientState:
+    """A client's record after one more failure at `now` (epoch seconds)."""
+    if state is None:
+        state = AuthClientState(key, ip)
+    elif now - state.last_failure > STRIKE_MEMORY:
+        state = replace(state, strikes=0)
+    state = replace(state, ip=ip, last_failure=now)
+    if now < state.blocked_until:
+        return state  # attempts racing the block (other connections) do not lengthen it
+    failures = (*(t for t in state.failures if now - t <= policy.window), now)
+    if len(failures) < policy.max_failures:
+        return replace(state, failures=failures)
+    period = min(policy.block * 2**state.strikes, policy.block_max)
+    # A new count starts once the block is over.
+    return replace(state, failures=(), strikes=state.strikes + 1, blocked_until=now + period)
+
+
+class StoreAuthLimiter:
+    """`AuthLimiter` over the store: shared by every listener, process and node using that store."""
+
+    def __init__(self, store: Store, policy: BlockPolicy, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.policy = policy
+        self._clock = clock
+
     async def retry_after(self, ip: str) -> float:
-        client = self._clients.get(client_key(ip))
-        if client is None:
+        state = await self.store.get_auth_client(client_key(ip))
+        if state is None:
             return 0.0
-        return max(0.0, client.blocked_until - self._clock())
+        return max(0.0, state.blocked_until - self._clock())
 
     async def failure(self, ip: str, user: str | None, service: str) -> None:
         # The log line comes first and always: fail2ban counts on its own terms.
         log.warning("auth.failed", extra=fields(ip=ip, user=user or "-", service=service))
         now = self._clock()
         key = client_key(ip)
-        client = self._clients.pop(key, None)
-        if client is None:
-            client = _Client()
-        elif now - client.last_failure > STRIKE_MEMORY:
-            client.strikes = 0
-        self._clients[key] = client  # most recently seen last
-        while len(self._clients) > self._max_tracked:
-            self._clients.popitem(last=False)
-        client.last_failure = now
-        if now < client.blocked_until:
-            return  # attempts racing the block (other connections) do not lengthen it
-        failures = client.failures
-        failures.append(now)
-        while failures and now - failures[0] > self.window:
-            failures.popleft()
-        if len(failures) >= self.max_failures:
-            period = min(self.block * 2**client.strikes, self.block_max)
-            client.strikes += 1
-            client.blocked_until = now + period
-            failures.clear()  # a new count starts once the block is over
+        before: list[AuthClientState | None] = []
+
+        def update(state: AuthClientState | None) -> AuthClientState:
+            before.append(state)
+            return after_failure(state, key, ip, now, self.policy)
+
+        state = await self.store.update_auth_client(key, update, forget_before=now - STRIKE_MEMORY)
+        old_strikes = before[-1].strikes if before and before[-1] is not None else 0
+        if state is not None and state.strikes > old_strikes and state.blocked_until > now:
             log.warning(
-                "auth.blocked", extra=fields(ip=ip, key=key, seconds=round(period), strikes=client.strikes)
+                "auth.blocked",
+                extra=fields(ip=ip, key=key, seconds=round(state.blocked_until - now), strikes=state.strikes),
             )
+
+    async def blocked(self) -> list[AuthClientState]:
+        """The clients blocked now, soonest-lifted last."""
+        return await self.store.list_auth_clients(blocked_after=self._clock())
+
+    async def lift(self, ip: str) -> bool:
+        """End the block of `ip` (or of the network it is counted in) and forget its failures."""
+        key = client_key(ip)
+        existed: list[bool] = []
+
+        def forget(state: AuthClientState | None) -> None:
+            existed.append(state is not None and state.blocked_until > self._clock())
+
+        await self.store.update_auth_client(key, forget, forget_before=self._clock() - STRIKE_MEMORY)
+        return bool(existed and existed[-1])

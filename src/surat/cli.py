@@ -1,4 +1,4 @@
-"""The `surat` command: quickstart, serve, domain, user, alias, queue, dns, check.
+"""The `surat` command: quickstart, serve, domain, user, alias, queue, blocks, dns, check.
 
 Every failure ends as one line on stderr (`surat: ...`) and a non-zero exit status: 2 for usage
 and configuration errors, 1 for everything else. Passwords are never taken from the command line
@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import os
 import shutil
+import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,12 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
-from surat.config import Config, ConfigError, ListenConfig, config_path, load_config
+from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
+from surat.config import Config, ConfigError, HostPort, ListenConfig, config_path, load_config
 from surat.delivery import dkim
+from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
-from surat.net.tls import TLSSetupError, server_context
+from surat.net.tls import TLSSetupError, certificate_warnings, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
+from surat.proto.smtp.address import terminal_safe
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
+from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
 from surat.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -168,6 +175,23 @@ def _format_time(moment: datetime) -> str:
 # ----------------------------------------------------------------------------------------- helpers
 
 
+def command_prefix(config_file: str | Path | None) -> str:
+    """How to run this `surat` again, for the hints we print: `surat` when that name on PATH is this
+    program, else its path as typed (`.venv/bin/surat` after `make run`); plus `--config FILE` unless
+    the file is the default ./surat.toml."""
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "surat"
+    on_path = shutil.which("surat")
+    if Path(program).name != "surat" or (
+        on_path is not None and Path(on_path).resolve() == Path(program).resolve()
+    ):
+        program = "surat"
+    elif os.sep in program and not os.path.isabs(program):
+        program = os.path.normpath(program)
+    if config_file is None or Path(config_file) == Path("surat.toml"):
+        return program
+    return f"{program} --config {config_file}"
+
+
 def _load(args: argparse.Namespace) -> Config:
     try:
         return load_config(config_path(args.config))
@@ -277,15 +301,18 @@ def _align_comments(text: str) -> str:
 def render_config(
     hostname: str,
     *,
-    host: str,
+    hosts: Sequence[str],
     ports: Mapping[str, int],
     cert: str,
     key: str,
     ca: str | None,
     dev: bool = False,
 ) -> str:
-    """The commented surat.toml that quickstart writes."""
-    values = {role: f'["{host}:{ports[role]}"]' for role in LISTEN_ROLES}
+    """The commented surat.toml that quickstart writes; every role listens on each of `hosts`."""
+    values = {
+        role: "[" + ", ".join(f'"{HostPort(host, ports[role])}"' for host in hosts) + "]"
+        for role in LISTEN_ROLES
+    }
     ca_line = (
         f'ca   = "{ca}"  # the dev CA that signed cert: give it to test clients'
         if ca
@@ -306,6 +333,20 @@ def render_config(
             **values,
         )
     )
+
+
+def production_hosts() -> list[str]:
+    """All IPv4 addresses, and all IPv6 addresses where this machine has IPv6 (a second listener on
+    "::": asyncio sets IPV6_V6ONLY on it, so it does not collide with the IPv4 one)."""
+    hosts = ["0.0.0.0"]  # noqa: S104 - a mail server listens on all addresses
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::", 0))
+        except OSError:
+            return hosts  # IPv6 disabled in the kernel or for this host
+        hosts.append("::")
+    return hosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +387,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         else:
             paths = certs.write_self_signed_certificate(tls_dir, [hostname])
         password = generate_password()
-        credentials = make_credentials(password)
+        credentials = make_credentials(password)  # a new config: the default count
         postmaster = f"postmaster@{domain}"
 
         async def populate(store: Store) -> int:
@@ -363,7 +404,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
         text = render_config(
             hostname,
-            host="127.0.0.1" if args.dev else "0.0.0.0",  # noqa: S104 - a mail server listens on all addresses
+            hosts=["127.0.0.1"] if args.dev else production_hosts(),
             ports=DEV_PORTS if args.dev else PRODUCTION_PORTS,
             cert=relative(paths.cert),
             key=relative(paths.key),
@@ -391,13 +432,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, postmaster: str) -> None:
     domain = domain_of(postmaster)
-    config_arg = "" if setup.config_file == Path("surat.toml") else f" --config {setup.config_file}"
+    surat = command_prefix(setup.config_file)
     out = [
         f"Wrote {setup.config_file} for domain {domain}, server name {config.hostname}.",
         "",
         f"Account {postmaster}, password (shown only this once, note it now):",
         f"    {setup.password}",
-        f"Change it with: surat{config_arg} user passwd {postmaster}",
+        f"Change it with: {surat} user passwd {postmaster}",
         "",
         "Listeners:",
         *_listener_lines(config.listen),
@@ -425,7 +466,12 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
             "",
         ]
     out += [
-        f"Start the server: surat{config_arg} serve",
+        (
+            "Starting the server now (make run); later, `make run` again, or:"
+            if os.environ.get("SURAT_MAKE_RUN") == "1"
+            else "Start the server:"
+        ),
+        f"    {surat} serve",
         "",
         format_records(
             records_for(domain, config.hostname, _client_ports(config.listen), dkim_keys=setup.dkim_keys)
@@ -456,7 +502,7 @@ def _check_tls(config: Config) -> None:
     try:
         server_context(config.tls.cert, config.tls.key)
     except TLSSetupError as exc:
-        raise CliError(f"config: tls.cert: {exc}", 2) from None
+        raise CliError(f"config: {exc.setting}: {exc}", 2) from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -477,8 +523,24 @@ def cmd_check(args: argparse.Namespace) -> int:
             *_listener_lines(config.listen),
         ]
         if not domains:
-            lines.append("note: no local domains yet; add one with `surat domain add DOMAIN`")
-        lines.append("OK")
+            lines.append(
+                f"note: no local domains yet; add one with `{command_prefix(args.config)} domain add DOMAIN`"
+            )
+        warnings = []
+        if config.tls.cert is not None:
+            warnings = [
+                f"warning: tls.cert: {text}"
+                for text in certificate_warnings(config.tls.cert, config.hostname, datetime.now(UTC))
+            ]
+        # mail and password hashes: nobody but the server's user may read them (issue 11 item 12)
+        for path, mode in loose_modes(config.data_dir):
+            wanted = PRIVATE_DIR_MODE if path.is_dir() else PRIVATE_FILE_MODE
+            warnings.append(
+                f"warning: {terminal_safe(str(path))} has mode {mode:04o}, others may read it; "
+                f"chmod {wanted:04o} it"
+            )
+        lines += warnings
+        lines.append(f"OK, with {len(warnings)} warning(s)" if warnings else "OK")
         print("\n".join(lines))
         return 0
 
@@ -517,6 +579,16 @@ def cmd_dns(args: argparse.Namespace) -> int:
         config = _load(args)
         hostname = config.hostname
         ports = _client_ports(config.listen)
+    if config is not None and not args.force:
+
+        async def is_local(store: Store) -> int:
+            return int(await store.is_local_domain(domain))
+
+        if not _with_store(config.data_dir, is_local):
+            raise CliError(
+                f"{domain} is not a local domain: add it with `{command_prefix(args.config)} domain add {domain}` first, "
+                "or pass --force to print its records anyway"
+            )
     keys = _load_dkim_keys(config.data_dir, domain) if config is not None else None
     print(format_records(records_for(domain, hostname, ports, dkim_keys=keys)), end="")
     return 0
@@ -543,7 +615,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
             print(f"added domain {domain}")
             print(
                 f"DKIM keys (selectors {', '.join(key.selector for key in keys)}) are in "
-                f"{dkim.key_dir(config.data_dir, domain)}; publish them: surat dns {domain}"
+                f"{dkim.key_dir(config.data_dir, domain)}; publish them: {command_prefix(args.config)} dns {domain}"
             )
         else:
             if not await store.is_local_domain(domain):
@@ -552,7 +624,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
             if accounts:
                 raise CliError(
                     f"domain {domain} still has {len(accounts)} account(s); delete them first "
-                    f"(surat user list {domain})"
+                    f"({command_prefix(args.config)} user list {domain})"
                 )
             for alias in await store.list_aliases(domain):
                 await store.delete_alias(alias.source, alias.target)
@@ -593,7 +665,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                 if action == "add" and not await store.is_local_domain(domain_of(address)):
                     raise CliError(
                         f"{domain_of(address)} is not a local domain; add it first: "
-                        f"surat domain add {domain_of(address)}"
+                        f"{command_prefix(args.config)} domain add {domain_of(address)}"
                     )
                 exists = await store.get_account(address) is not None
                 if exists and not exists_wanted:
@@ -606,7 +678,9 @@ def cmd_user(args: argparse.Namespace) -> int:
 
         _with_store(config.data_dir, precheck(action == "passwd"))
         try:
-            credentials = make_credentials(_read_password(args))
+            credentials = make_credentials(
+                _read_password(args), scram_iterations=config.auth.scram_iterations
+            )
         except SASLprepError as exc:
             raise CliError(str(exc)) from None
 
@@ -677,6 +751,9 @@ def cmd_alias(args: argparse.Namespace) -> int:
                     raise CliError(f"target {target} is in a local domain but is no account or alias")
             if target in await store.alias_targets(source):
                 raise CliError(f"alias {source} -> {target} already exists")
+            cycle = await alias_cycle(store, source, target)
+            if cycle is not None:
+                raise CliError(f"alias {source} -> {target} would make a loop: {' -> '.join(cycle)}")
             await store.add_alias(source, target)
             print(f"added alias {source} -> {target}")
         else:
@@ -742,7 +819,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if action == "list":
             entries = await store.list_queue()
             for queued in entries:
-                print(_queue_line(queued))
+                # envelope addresses and remote replies are other people's text: no terminal escapes
+                print(terminal_safe(_queue_line(queued)))
             print(f"{len(entries)} message(s) queued", file=sys.stderr)
             return 0
         if action == "flush":
@@ -753,13 +831,45 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if entry is None:
             raise CliError(f"no queued message {args.id}")
         if action == "show":
-            print("\n".join(_queue_details(entry)))
+            print("\n".join(map(terminal_safe, _queue_details(entry))))
         elif action == "retry":
             await store.reschedule(entry.id, now)
             print(f"{entry.id} due now")
         else:
             await store.drop_queue_entry(entry.id)
             print(f"dropped {entry.id} (no bounce sent)")
+        return 0
+
+    return _with_store(config.data_dir, act)
+
+
+# ----------------------------------------------------------------------------------------- blocks
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    """Addresses blocked after repeated failed logins (surat.authlimit), shared with the running server."""
+    config = _load(args)
+    action: str = args.action
+
+    async def act(store: Store) -> int:
+        limiter = StoreAuthLimiter(store, BlockPolicy.from_config(config.limits))
+        if action == "list":
+            blocked = await limiter.blocked()
+            now = time.time()
+            for state in blocked:
+                until = datetime.fromtimestamp(state.blocked_until, UTC)
+                left = max(1, round((state.blocked_until - now) / 60))
+                shown = state.key if state.key == state.ip else f"{state.key} (last {state.ip})"
+                print(f"{shown}  until {_format_time(until)} ({left} min)  blocks {state.strikes}")
+            print(f"{len(blocked)} address(es) blocked", file=sys.stderr)
+            return 0
+        try:
+            ipaddress.ip_address(args.ip)
+        except ValueError:
+            raise CliError(f"{args.ip!r} is not an IP address", exit_code=2) from None
+        if not await limiter.lift(args.ip):
+            raise CliError(f"{client_key(args.ip)} is not blocked")
+        print(f"lifted the block of {client_key(args.ip)}")
         return 0
 
     return _with_store(config.data_dir, act)
@@ -849,9 +959,18 @@ def build_parser() -> argparse.ArgumentParser:
     queue_actions.add_parser("flush", help="make every queued message due now")
     queue.set_defaults(handler=cmd_queue)
 
+    blocks = commands.add_parser("blocks", help="addresses blocked after repeated failed logins")
+    block_actions = blocks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    block_actions.add_parser("list", help="list the blocked addresses and when each block ends")
+    block_actions.add_parser("lift", help="lift the block of an address now").add_argument(
+        "ip", metavar="IP", help="the address (an IPv6 address lifts its /64)"
+    )
+    blocks.set_defaults(handler=cmd_blocks)
+
     dns = commands.add_parser("dns", help="print the DNS records to publish for a domain")
     dns.add_argument("domain", metavar="DOMAIN")
     dns.add_argument("--hostname", help="the MX host name (default: hostname from the config)")
+    dns.add_argument("--force", action="store_true", help="print the records of a domain that is not local")
     dns.set_defaults(handler=cmd_dns)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")

@@ -6,6 +6,7 @@ can print a single clear line (exit code 2) instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -13,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from surat.proto.sasl import SCRAM_ITERATIONS, SCRAM_MIN_ITERATIONS
 
 DEFAULT_CONFIG_NAME = "surat.toml"
 
@@ -149,6 +152,16 @@ class DeliveryConfig:
     # config itself can be shown and shared.
     smarthost_user: str | None = None
     smarthost_password: str | None = field(default=None, repr=False)
+    # Deliver to loopback, private, link-local... addresses when DNS or an address literal names them
+    # (tests with a fake DNS on 127.0.0.1, a lab network). `routes` and `smarthost` are always trusted.
+    allow_private_destinations: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # PBKDF2 rounds of the SCRAM-SHA-256 keys made for new and changed passwords (RFC 7677 §4: at least
+    # 4096); see surat.proto.sasl.SCRAM_ITERATIONS for the default and the client cap it respects.
+    scram_iterations: int = SCRAM_ITERATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +173,7 @@ class Config:
     dns: DnsConfig = DnsConfig()
     limits: LimitsConfig = LimitsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    auth: AuthConfig = AuthConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -319,8 +333,19 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smarthost_user=smarthost_user,
         smarthost_password=smarthost_password,
         smtp_timeouts=_smtp_timeouts(delivery_table.table("smtp_timeouts")),
+        allow_private_destinations=delivery_table.boolean(
+            "allow_private_destinations", delivery_defaults.allow_private_destinations
+        ),
     )
     delivery_table.finish()
+
+    auth_table = reader.table("auth")
+    auth = AuthConfig(
+        scram_iterations=int(
+            auth_table.number("scram_iterations", SCRAM_ITERATIONS, minimum=SCRAM_MIN_ITERATIONS)
+        )
+    )
+    auth_table.finish()
     reader.finish()
 
     config = Config(
@@ -331,6 +356,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         dns=dns,
         limits=limits,
         delivery=delivery,
+        auth=auth,
         path=path,
     )
     _check_tls_files(config)
@@ -430,6 +456,7 @@ class _Table:
         value = self._get(name)
         if value is None:
             if required:
+                self._misspelt(name)
                 raise ConfigError(self._key(name), "missing")
             return default
         if not isinstance(value, str) or not value:
@@ -472,7 +499,17 @@ class _Table:
         self._seen.update(self._data)
         return list(self._data.items())
 
+    def _misspelt(self, name: str) -> None:
+        """A required setting is missing: a key that looks like it is the likelier mistake, so report
+        that one (`hostnam: unknown setting (did you mean hostname?)`) rather than "missing"."""
+        close = difflib.get_close_matches(name, [k for k in self._data if isinstance(k, str)], n=1)
+        if close:
+            raise ConfigError(self._key(close[0]), f"unknown setting (did you mean {name}?)")
+
     def finish(self) -> None:
         unknown = sorted(set(self._data) - self._seen)
         if unknown:
-            raise ConfigError(self._key(unknown[0]), "unknown setting")
+            known = sorted(self._seen - set(unknown))
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(self._key(unknown[0]), f"unknown setting{hint}")

@@ -7,6 +7,8 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import secrets
 import stringprep
 import unicodedata
@@ -14,8 +16,11 @@ import unicodedata
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import Argon2Error
 
+from surat.log import fields
 from surat.proto.sasl import SCRAM_ITERATIONS, SCRAM_SALT_BYTES, scram_sha256_keys
-from surat.store.base import Account, Credentials, InvalidName, ScramCredentials, Store
+from surat.store.base import Account, Credentials, InvalidName, ScramCredentials, Store, StoreError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ARGON2_MEMORY_KIB",
@@ -110,18 +115,19 @@ def _prepare(password: str) -> str:
     return prepared
 
 
-def make_credentials(password: str) -> Credentials:
+def make_credentials(password: str, *, scram_iterations: int = SCRAM_ITERATIONS) -> Credentials:
     """argon2id hash + SCRAM-SHA-256 keys (RFC 5802 §3, RFC 7677) of the SASLprep'd password.
 
+    CPU-bound (argon2 and `scram_iterations` PBKDF2 rounds): from the event loop, run it in an executor.
     Raises SASLprepError (a ValueError) for an empty password or one SASLprep prohibits.
     """
     prepared = _prepare(password)
     salt = secrets.token_bytes(SCRAM_SALT_BYTES)
-    stored_key, server_key = scram_sha256_keys(prepared.encode("utf-8"), salt, SCRAM_ITERATIONS)
+    stored_key, server_key = scram_sha256_keys(prepared.encode("utf-8"), salt, scram_iterations)
     return Credentials(
         password_hash=_HASHER.hash(prepared),
         scram_sha256=ScramCredentials(
-            salt=salt, iterations=SCRAM_ITERATIONS, stored_key=stored_key, server_key=server_key
+            salt=salt, iterations=scram_iterations, stored_key=stored_key, server_key=server_key
         ),
     )
 
@@ -152,13 +158,13 @@ def verify_nonexistent(password: str) -> bool:
     return False
 
 
-def needs_rehash(credentials: Credentials) -> bool:
+def needs_rehash(credentials: Credentials, *, scram_iterations: int = SCRAM_ITERATIONS) -> bool:
     """True when the stored values are weaker than what make_credentials makes today.
 
     After a successful password login the caller may store make_credentials(password) instead.
     """
     scram = credentials.scram_sha256
-    if scram is None or scram.iterations < SCRAM_ITERATIONS:
+    if scram is None or scram.iterations < scram_iterations:
         return True
     try:
         return _HASHER.check_needs_rehash(credentials.password_hash)
@@ -171,10 +177,15 @@ def generate_password() -> str:
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(_PASSWORD_LENGTH))
 
 
-async def authenticate(store: Store, address: str, password: str) -> Account | None:
+async def authenticate(
+    store: Store, address: str, password: str, *, scram_iterations: int = SCRAM_ITERATIONS
+) -> Account | None:
     """The account if `password` is its password, else None: the one password check of SMTP, IMAP
     and POP3. The hash check runs in an executor (it is CPU-bound by design), and an unknown or
     malformed address costs the same as a wrong password, so timing does not tell which accounts exist.
+
+    After a success, credentials weaker than today's (fewer SCRAM iterations than `scram_iterations`,
+    older argon2 parameters) are derived again from the password, known only now, in the executor too.
     """
     loop = asyncio.get_running_loop()
     try:
@@ -186,4 +197,22 @@ async def authenticate(store: Store, address: str, password: str) -> Account | N
         return None
     account, credentials = found
     ok = await loop.run_in_executor(None, verify_password, credentials, password)
-    return account if ok else None
+    if not ok:
+        return None
+    if needs_rehash(credentials, scram_iterations=scram_iterations):
+        await _rederive(store, account, password, scram_iterations)
+    return account
+
+
+async def _rederive(store: Store, account: Account, password: str, scram_iterations: int) -> None:
+    """Store credentials made with today's parameters; a failure is logged, the login still succeeds."""
+    loop = asyncio.get_running_loop()
+    try:
+        fresh = await loop.run_in_executor(
+            None, functools.partial(make_credentials, password, scram_iterations=scram_iterations)
+        )
+        await store.set_credentials(account.address, fresh)
+    except (StoreError, ValueError):
+        log.exception("auth.rederive_failed", extra=fields(user=account.address))
+        return
+    log.info("auth.rederived", extra=fields(user=account.address, scram_iterations=scram_iterations))

@@ -150,6 +150,51 @@ def server(server_config: Config) -> Iterator[RunningServer]:
         running.stop()
 
 
+class Raw:
+    """A line-oriented raw SMTP client for byte-exact cases."""
+
+    def __init__(self, server: RunningServer, role: str = "smtp") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.port(role)), timeout=10)
+        self.file = self.sock.makefile("rb")
+        assert self.reply().startswith(b"220 ")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> bytes:
+        """One complete (possibly multi-line) reply, joined."""
+        lines = []
+        while True:
+            line = self.file.readline()
+            assert line, "connection closed"
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def command(self, data: bytes) -> bytes:
+        self.send(data)
+        return self.reply()
+
+    def envelope(self, rcpt: str = USER) -> None:
+        assert self.command(b"EHLO client.example\r\n").startswith(b"250")
+        assert self.command(b"MAIL FROM:<sender@remote.example>\r\n").startswith(b"250")
+        assert self.command(f"RCPT TO:<{rcpt}>\r\n".encode()).startswith(b"250")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(server: RunningServer) -> Iterator[Raw]:
+    """A raw SMTP client connected to the MX listener of `server`, greeting read."""
+    client = Raw(server)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def inbox(server: RunningServer, address: str, mailbox: str = "INBOX") -> list[bytes]:
     """The raw messages in one of an account's mailboxes (INBOX unless named), in UID order."""
 

@@ -165,6 +165,25 @@ def test_brute_force_from_one_ip_is_blocked_on_every_protocol_not_for_the_user_e
     assert not any("wrong" in r.getMessage() or "wrong" in str(r.__dict__.get("kv")) for r in caplog.records)
 
 
+def test_smtplib_login_with_a_wrong_password_counts_as_one_failure(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # smtplib.login tries PLAIN, then LOGIN, in one session: one guess, so one failure for the block.
+    with caplog.at_level("INFO", logger="surat.authlimit"):
+        for attempt in range(4):
+            with (
+                smtplib.SMTP_SSL(
+                    "127.0.0.1", server.port("submissions"), context=tls(server), timeout=10
+                ) as client,
+                pytest.raises(smtplib.SMTPAuthenticationError),
+            ):
+                client.login(USER, f"wrong {attempt}")
+    failed = [r.__dict__["kv"] for r in caplog.records if r.getMessage() == "auth.failed"]
+    assert len(failed) == 4
+    # Four failures of a limit of five: the right password still works from this address.
+    assert smtp_login(server, "127.0.0.1", PASSWORD)[0] == 235
+
+
 def submit(client: smtplib.SMTP, rcpts: list[str]) -> None:
     client.sendmail(USER, rcpts, f"From: {USER}\r\nTo: {USER}\r\nSubject: hi\r\n\r\nhello\r\n")
 

@@ -44,7 +44,9 @@ def test_two_sessions_see_each_others_changes(server: RunningServer) -> None:
     assert lines == [b"* 1 FETCH (UID 2)\r\n", b"* 2 FETCH (UID 3)\r\n"]
     # A session that enabled CONDSTORE gets MODSEQ with every flag update.
     lines, _ = a.command("FETCH 1 (MODSEQ)")
-    assert re.fullmatch(rb"\* 1 FETCH \(MODSEQ \(\d+\)\)\r\n", lines[0])
+    # RFC 7162 §3.1: the first CONDSTORE-enabling command with a mailbox selected reports HIGHESTMODSEQ.
+    assert re.fullmatch(rb"\* OK \[HIGHESTMODSEQ \d+\] CONDSTORE enabled\r\n", lines[0])
+    assert re.fullmatch(rb"\* 1 FETCH \(MODSEQ \(\d+\)\)\r\n", lines[1])
     b.command("STORE 2 +FLAGS ($Later)")
     lines, _ = a.command("NOOP")
     assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Later)\r\n" in lines

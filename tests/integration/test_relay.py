@@ -4,14 +4,9 @@ or to scripted peers, all on 127.0.0.1 through `[delivery] routes`; no public ad
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
 import smtplib
 import socketserver
 import ssl
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue, require_tool
+from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue
+from postfix_instance import postfix_peer
 
+from dkim_keys import count_signatures
 from dsn_reports import dsn_parts
 from surat.app import SuratServer
 from surat.config import Config, parse_config
 from surat.delivery import dkim
 from surat.dns.fake import FakeResolver
+from surat.mailauth.dkim_canon import parse_message
 from surat.mailauth.dkim_verify import DKIMStatus, verify_dkim
 from surat.store.base import RecipientState
 from surat.store.sqlite import SQLiteStore
@@ -103,11 +101,16 @@ def submit(server: RunningServer, recipients: list[str], subject: str = "hello")
 
 
 def start_sender(tmp_path: Path, routes: dict[str, str], **extra: Any) -> Peer:
-    config = peer_config(tmp_path / "a", "mail.example.test", delivery=fast_delivery(routes, **extra))
-    sender = Peer(config, FakeResolver())
+    sender = restart_sender(tmp_path, routes, **extra)
     sender.add_domain("example.test")
     sender.add_user(ALICE)
     return sender
+
+
+def restart_sender(tmp_path: Path, routes: dict[str, str], **extra: Any) -> Peer:
+    """The sending server on `tmp_path`'s data directory (`start_sender` adds its domain and user)."""
+    config = peer_config(tmp_path / "a", "mail.example.test", delivery=fast_delivery(routes, **extra))
+    return Peer(config, FakeResolver())
 
 
 @pytest.fixture
@@ -180,7 +183,8 @@ def test_dead_peer_is_retried_then_bounced(tmp_path: Path) -> None:
         attempts = wait_for(lambda: [len(e.attempts) for e in queue(sender) if len(e.attempts) >= 2])
         assert attempts
         (bounce,) = wait_for(lambda: inbox(sender, ALICE))
-        assert queue(sender) == []
+        # The bounce is delivered before the attempt's result (the entry's removal) commits.
+        assert wait_for(lambda: queue(sender) == [])
     finally:
         sender.stop()
     _, blocks = dsn_parts(bounce.split(b"\r\n", 1)[1])
@@ -194,7 +198,7 @@ def test_dead_peer_is_retried_then_bounced(tmp_path: Path) -> None:
 class ScriptedPeer(socketserver.ThreadingTCPServer):
     """A scripted SMTP peer (one thread per session), no PIPELINING, so every command is a line.
 
-    `greylist`: the first session's RCPT gets 451, later sessions accept. `broken_tls`: STARTTLS is
+    `greylist`: the RCPT of the first `greylist` sessions gets 451, later sessions accept. `broken_tls`: STARTTLS is
     offered and answered 220, then the connection is dropped (a failed handshake). `greeting_delay`
     holds each session open a while, so concurrent sessions overlap and can be counted.
     """
@@ -202,9 +206,7 @@ class ScriptedPeer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(
-        self, *, greylist: bool = False, broken_tls: bool = False, greeting_delay: float = 0
-    ) -> None:
+    def __init__(self, *, greylist: int = 0, broken_tls: bool = False, greeting_delay: float = 0) -> None:
         super().__init__(("127.0.0.1", 0), _ScriptedHandler)
         self.greylist = greylist
         self.broken_tls = broken_tls
@@ -258,7 +260,7 @@ class _ScriptedHandler(socketserver.StreamRequestHandler):
                 self.wfile.write(b"220 2.0.0 go ahead\r\n")
                 return  # no handshake: the client's TLS setup fails
             elif verb == b"RCPT":
-                greylisted = peer.greylist and number == 1
+                greylisted = number <= peer.greylist
                 self.wfile.write(
                     b"451 4.7.1 Greylisted, try again\r\n" if greylisted else b"250 2.1.5 OK\r\n"
                 )
@@ -278,7 +280,7 @@ class _ScriptedHandler(socketserver.StreamRequestHandler):
 
 
 def test_temporary_failure_then_success_delivers_exactly_once(tmp_path: Path) -> None:
-    with ScriptedPeer(greylist=True) as peer:
+    with ScriptedPeer(greylist=1) as peer:
         sender = start_sender(tmp_path, {"grey.test": f"127.0.0.1:{peer.port}"})
         try:
             submit(sender, ["user@grey.test"], subject="greylisted")
@@ -291,6 +293,71 @@ def test_temporary_failure_then_success_delivers_exactly_once(tmp_path: Path) ->
             assert inbox(sender, ALICE) == []  # no bounce
         finally:
             sender.stop()
+
+
+def dkim_fields(message: bytes) -> list[bytes]:
+    parsed = parse_message(message)
+    return [name + b":" + value for name, value in parsed.fields if name.lower() == b"dkim-signature"]
+
+
+def test_a_message_deferred_many_times_is_signed_once_when_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: signed before the 250, stored with the queue entry, the same fields at every attempt."""
+    calls = count_signatures(monkeypatch)
+    with ScriptedPeer(greylist=3) as peer:
+        sender = start_sender(tmp_path, {"grey.test": f"127.0.0.1:{peer.port}"})
+        try:
+            before = int(time.time())
+            submit(sender, ["user@grey.test"], subject="deferred thrice")
+            after = int(time.time())
+            assert calls == ["example.test"]  # at submission, before any attempt
+            (delivered,) = wait_for(lambda: peer.messages)
+            wait_for(lambda: not queue(sender))
+            keys = dkim.load_keys(sender.config.data_dir, "example.test")
+        finally:
+            sender.stop()
+    assert peer.sessions == 4  # three deferrals, then the delivery
+    assert calls == ["example.test"]  # one signature for four attempts
+    fields = dkim_fields(delivered)
+    assert [b"a=rsa-sha256" in f for f in fields] == [True, False]
+    stamps = {int(f.split(b"t=")[1].split(b";")[0]) for f in fields}
+    assert len(stamps) == 1 and before <= stamps.pop() <= after  # t= is the submission time
+    resolver = FakeResolver()
+    for key in keys:
+        resolver.set(key.record_name, "TXT", ["".join(key.txt_strings)])
+    results = asyncio.run(verify_dkim(resolver, delivered))
+    assert [r.status for r in results] == [DKIMStatus.PASS, DKIMStatus.PASS]
+
+
+def test_a_key_rotated_while_the_message_waits_does_not_resign_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ScriptedPeer(greylist=1000) as refusing:
+        sender = start_sender(tmp_path, {"grey.test": f"127.0.0.1:{refusing.port}"})
+        try:
+            submit(sender, ["user@grey.test"], subject="rotated")
+            wait_for(lambda: refusing.sessions >= 1)
+            (entry,) = queue(sender)
+            old_selectors = [key.selector for key in dkim.load_keys(sender.config.data_dir, "example.test")]
+        finally:
+            sender.stop()
+    # The operator rotates: newer keys are what `load_keys` (and so a restarted server) signs with.
+    data_dir = sender.config.data_dir
+    dkim.save_keys(data_dir, dkim.generate_keys("example.test", datetime(2099, 1, 1, tzinfo=UTC)))
+    assert [k.selector for k in dkim.load_keys(data_dir, "example.test")] == ["s20990101r", "s20990101e"]
+    calls = count_signatures(monkeypatch)
+    with ScriptedPeer() as peer:
+        restarted = restart_sender(tmp_path, {"grey.test": f"127.0.0.1:{peer.port}"})
+        try:
+            (delivered,) = wait_for(lambda: peer.messages, timeout=10)
+            wait_for(lambda: not queue(restarted))
+        finally:
+            restarted.stop()
+    assert calls == []
+    fields = dkim_fields(delivered)
+    assert entry.dkim_signature == b"".join(fields)
+    assert [f.split(b"s=")[1].split(b";")[0].decode() for f in fields] == old_selectors
 
 
 def test_failed_starttls_is_retried_once_in_clear(tmp_path: Path) -> None:
@@ -384,12 +451,7 @@ def test_an_attempt_cut_short_is_resumed_after_a_restart(tmp_path: Path) -> None
         finally:
             sender.stop()
     with ScriptedPeer() as peer:
-        config = peer_config(
-            tmp_path / "a",
-            "mail.example.test",
-            delivery=fast_delivery({"slow.test": f"127.0.0.1:{peer.port}"}),
-        )
-        restarted = Peer(config, FakeResolver())
+        restarted = restart_sender(tmp_path, {"slow.test": f"127.0.0.1:{peer.port}"})
         try:
             wait_for(lambda: peer.messages, timeout=10)
             wait_for(lambda: not queue(restarted))
@@ -444,40 +506,6 @@ def test_smarthost_with_an_untrusted_certificate_gets_no_credentials(tmp_path: P
         sender.stop()
     assert entry.recipients[0].state is RecipientState.PENDING
     assert entry.recipients[0].last_reply.startswith("451 4.7.5")  # TLS failed, and no retry in clear
-
-
-PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers"
-
-
-@contextlib.contextmanager
-def postfix_peer(domain: str) -> Iterator[tuple[int, Path]]:
-    """A private Postfix (`../shared/peers/postfix-up.sh`) receiving mail for `domain` into Maildirs:
-    yields its port and its root directory, and stops it afterwards."""
-    require_tool("postconf")
-    script = PEERS / "postfix-up.sh"
-    if not script.is_file():
-        message = f"{script} not found (the peers scripts sit beside the checkout, in ../shared)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    # Postfix's daemons run as other users and must reach the queue and Maildirs: pytest's tmp
-    # tree is private to root (0700), so the instance lives in its own world-readable directory.
-    root = Path(tempfile.mkdtemp(prefix="surat-postfix-"))
-    root.chmod(0o755)
-    try:
-        started = subprocess.run(
-            [str(script), "start", str(port), str(root), domain],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert started.returncode == 0, started.stderr
-        yield port, root
-    finally:
-        subprocess.run([str(script), "stop", str(root)], check=False, capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_mail_to_postfix_arrives_in_its_maildir(tmp_path: Path) -> None:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, free_port, inbox, queue
+from postfix_instance import postfix_peer
 from test_relay import (
     ALICE,
     BOB,
     Peer,
-    postfix_peer,
     remote,
     start_sender,
     submit,
@@ -183,7 +183,7 @@ def test_dsn_parameters_reach_a_peer_that_supports_dsn(tmp_path: Path, recording
 
 def test_postfix_550_for_an_unknown_user_bounces_to_the_sender(tmp_path: Path) -> None:
     with postfix_peer("remote.test") as (port, root):
-        # postfix-up.sh always adds a catch-all: drop it, so that only listed users exist and
+        # The peer always has a catch-all: drop it, so that only listed users exist and
         # smtpd refuses the others at RCPT time (550 5.1.1, "User unknown in virtual mailbox table").
         vmailbox = root / "etc" / "vmailbox"
         lines = vmailbox.read_text().splitlines()

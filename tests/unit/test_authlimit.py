@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
-from surat.authlimit import InMemoryAuthLimiter, client_key
+from surat.authlimit import STRIKE_MEMORY, BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import LimitsConfig
 from surat.smtpd.ratelimit import InMemorySendingLimiter
+from surat.store.sqlite import SQLiteStore
 
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1_800_000_000.0  # epoch seconds: records are shared by processes through the store
 
     def __call__(self) -> float:
         return self.now
 
 
-def limiter(clock: Clock, **kw: float) -> InMemoryAuthLimiter:
-    options: dict[str, float] = {"max_failures": 5, "window": 900, "block": 300, "block_max": 1000}
-    options.update(kw)
-    return InMemoryAuthLimiter(
-        max_failures=int(options["max_failures"]),
-        window=options["window"],
-        block=options["block"],
-        block_max=options["block_max"],
-        clock=clock,
-    )
+@pytest.fixture
+def limiter(store: SQLiteStore) -> Callable[..., StoreAuthLimiter]:
+    def make(clock: Clock, **kw: float) -> StoreAuthLimiter:
+        options: dict[str, float] = {"max_failures": 5, "window": 900, "block": 300, "block_max": 1000}
+        options.update(kw)
+        policy = BlockPolicy(
+            max_failures=int(options["max_failures"]),
+            window=options["window"],
+            block=options["block"],
+            block_max=options["block_max"],
+        )
+        return StoreAuthLimiter(store, policy, clock=clock)
+
+    return make
 
 
-async def fail(lim: InMemoryAuthLimiter, ip: str, times: int, user: str = "alice@example.test") -> None:
+async def fail(lim: StoreAuthLimiter, ip: str, times: int, user: str = "alice@example.test") -> None:
     for _ in range(times):
         await lim.failure(ip, user, "imap")
 
 
-async def test_four_failures_do_not_block_the_fifth_does() -> None:
+async def test_four_failures_do_not_block_the_fifth_does(limiter: Callable[..., StoreAuthLimiter]) -> None:
     clock = Clock()
     lim = limiter(clock)
     await fail(lim, "192.0.2.1", 4)
@@ -45,7 +51,7 @@ async def test_four_failures_do_not_block_the_fifth_does() -> None:
     assert await lim.retry_after("192.0.2.1") == 300
 
 
-async def test_block_is_per_address_not_per_account() -> None:
+async def test_block_is_per_address_not_per_account(limiter: Callable[..., StoreAuthLimiter]) -> None:
     clock = Clock()
     lim = limiter(clock)
     await fail(lim, "192.0.2.1", 5)
@@ -54,7 +60,7 @@ async def test_block_is_per_address_not_per_account() -> None:
     assert await lim.retry_after("127.0.0.1") == 0
 
 
-async def test_failures_outside_the_window_are_forgotten() -> None:
+async def test_failures_outside_the_window_are_forgotten(limiter: Callable[..., StoreAuthLimiter]) -> None:
     clock = Clock()
     lim = limiter(clock)
     await fail(lim, "192.0.2.1", 4)
@@ -65,7 +71,9 @@ async def test_failures_outside_the_window_are_forgotten() -> None:
     assert await lim.retry_after("192.0.2.1") == 300
 
 
-async def test_block_expires_and_grows_on_repeat_up_to_the_maximum() -> None:
+async def test_block_expires_and_grows_on_repeat_up_to_the_maximum(
+    limiter: Callable[..., StoreAuthLimiter],
+) -> None:
     clock = Clock()
     lim = limiter(clock)
     expected = [300, 600, 1000, 1000]
@@ -78,7 +86,7 @@ async def test_block_expires_and_grows_on_repeat_up_to_the_maximum() -> None:
         assert await lim.retry_after("192.0.2.1") == 0
 
 
-async def test_failures_during_a_block_do_not_extend_it() -> None:
+async def test_failures_during_a_block_do_not_extend_it(limiter: Callable[..., StoreAuthLimiter]) -> None:
     clock = Clock()
     lim = limiter(clock)
     await fail(lim, "192.0.2.1", 5)
@@ -87,7 +95,7 @@ async def test_failures_during_a_block_do_not_extend_it() -> None:
     assert await lim.retry_after("192.0.2.1") == 200
 
 
-async def test_strikes_are_forgotten_after_a_quiet_day() -> None:
+async def test_strikes_are_forgotten_after_a_quiet_day(limiter: Callable[..., StoreAuthLimiter]) -> None:
     clock = Clock()
     lim = limiter(clock)
     await fail(lim, "192.0.2.1", 5)
@@ -99,7 +107,7 @@ async def test_strikes_are_forgotten_after_a_quiet_day() -> None:
     assert await lim.retry_after("192.0.2.1") == 300
 
 
-async def test_ipv6_counts_per_64() -> None:
+async def test_ipv6_counts_per_64(limiter: Callable[..., StoreAuthLimiter]) -> None:
     clock = Clock()
     lim = limiter(clock)
     for host in range(5):
@@ -122,20 +130,39 @@ def test_client_key(ip: str, key: str) -> None:
     assert client_key(ip) == key
 
 
-async def test_tracked_addresses_are_bounded() -> None:
+async def test_records_are_shared_through_the_store_and_forgotten_after_a_quiet_day(
+    store: SQLiteStore, limiter: Callable[..., StoreAuthLimiter]
+) -> None:
     clock = Clock()
-    lim = InMemoryAuthLimiter(max_failures=2, clock=clock, max_tracked=3)
-    await lim.failure("192.0.2.1", None, "smtp")
-    for n in range(2, 6):
-        await lim.failure(f"192.0.2.{n}", None, "smtp")
-    # 192.0.2.1 was forgotten (least recently seen): one more failure does not block it
-    await lim.failure("192.0.2.1", None, "smtp")
-    assert await lim.retry_after("192.0.2.1") == 0
-    await lim.failure("192.0.2.5", None, "smtp")
-    assert await lim.retry_after("192.0.2.5") > 0
+    first, second = limiter(clock, max_failures=2), limiter(clock, max_failures=2)  # two processes
+    await first.failure("192.0.2.1", None, "smtp")
+    await second.failure("192.0.2.1", None, "imap")
+    assert await first.retry_after("192.0.2.1") == 300
+    assert [state.key for state in await second.blocked()] == ["192.0.2.1"]
+    await first.failure("192.0.2.2", None, "smtp")
+    clock.now += STRIKE_MEMORY + 301
+    await first.failure("192.0.2.3", None, "smtp")  # each write forgets records older than a day
+    assert await store.get_auth_client("192.0.2.1") is None
+    assert await store.get_auth_client("192.0.2.2") is None
+    assert await store.get_auth_client("192.0.2.3") is not None
 
 
-async def test_log_lines_name_ip_and_user_for_fail2ban(caplog: pytest.LogCaptureFixture) -> None:
+async def test_lift_ends_a_block_and_forgets_the_failures(limiter: Callable[..., StoreAuthLimiter]) -> None:
+    clock = Clock()
+    lim = limiter(clock, max_failures=2)
+    await fail(lim, "2001:db8:1:2::1", 2)
+    assert await lim.retry_after("2001:db8:1:2::1") == 300
+    assert await lim.lift("2001:db8:1:2::5") is True  # the same /64
+    assert await lim.retry_after("2001:db8:1:2::1") == 0
+    assert await lim.blocked() == []
+    assert await lim.lift("2001:db8:1:2::1") is False
+    await fail(lim, "2001:db8:1:2::1", 1)
+    assert await lim.retry_after("2001:db8:1:2::1") == 0  # the count started afresh
+
+
+async def test_log_lines_name_ip_and_user_for_fail2ban(
+    caplog: pytest.LogCaptureFixture, limiter: Callable[..., StoreAuthLimiter]
+) -> None:
     clock = Clock()
     lim = limiter(clock, max_failures=2)
     with caplog.at_level(logging.INFO, logger="surat.authlimit"):
@@ -151,8 +178,7 @@ async def test_log_lines_name_ip_and_user_for_fail2ban(caplog: pytest.LogCapture
 
 def test_from_config() -> None:
     limits = LimitsConfig(auth_max_failures=3, auth_failure_window=60, auth_block=10, auth_block_max=20)
-    lim = InMemoryAuthLimiter.from_config(limits)
-    assert (lim.max_failures, lim.window, lim.block, lim.block_max) == (3, 60, 10, 20)
+    assert BlockPolicy.from_config(limits) == BlockPolicy(3, 60, 10, 20)
 
 
 # ----------------------------------------------------------------------------- sending limits
@@ -160,6 +186,7 @@ def test_from_config() -> None:
 
 async def test_messages_per_hour() -> None:
     clock = Clock()
+    start = clock.now
     lim = InMemorySendingLimiter(messages_per_hour=3, recipients_per_hour=100, clock=clock)
     for _ in range(3):
         assert await lim.may_send("alice")
@@ -167,7 +194,7 @@ async def test_messages_per_hour() -> None:
         clock.now += 60
     assert not await lim.may_send("alice")
     assert await lim.may_send("bob")
-    clock.now = 1000 + 3600  # the first message leaves the window
+    clock.now = start + 3600  # the first message leaves the window
     assert await lim.may_send("alice")
 
 

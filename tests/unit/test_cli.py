@@ -6,9 +6,10 @@ import asyncio
 import io
 import re
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dkim as dkimpy
@@ -16,12 +17,15 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.zone
 import pytest
+from cryptography import x509
 
 from surat import cli
+from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
 from surat.config import Config, HostPort, load_config
 from surat.delivery import dkim
-from surat.net.tls import server_context
+from surat.net import tls as tls_module
+from surat.net.tls import certificate_warnings, server_context
 from surat.passwords import verify_password
 from surat.store.base import (
     Delivery,
@@ -32,7 +36,7 @@ from surat.store.base import (
     RecipientUpdate,
     Store,
 )
-from surat.store.sqlite import SQLiteStore
+from surat.store.sqlite import INDEX_FILE, SQLiteStore
 
 DOMAIN = "example.test"
 POSTMASTER = f"postmaster@{DOMAIN}"
@@ -191,11 +195,17 @@ def test_quickstart_production(surat: Callable[..., Run], tmp_path: Path) -> Non
     assert result.code == 0, result.err
     config = load_config(directory / "surat.toml")
     assert config.hostname == "mail.example.com"
-    assert config.listen.smtp == (HostPort("0.0.0.0", 25),)
-    assert config.listen.submission == (HostPort("0.0.0.0", 587),)
-    assert config.listen.submissions == (HostPort("0.0.0.0", 465),)
-    assert config.listen.imaps == (HostPort("0.0.0.0", 993),)
-    assert config.listen.pop3s == (HostPort("0.0.0.0", 995),)
+    # All IPv4 addresses, and all IPv6 ones where the machine has IPv6.
+    hosts = cli.production_hosts()
+    assert hosts[0] == "0.0.0.0" and hosts[1:] in ([], ["::"])
+    for role, port in (
+        ("smtp", 25),
+        ("submission", 587),
+        ("submissions", 465),
+        ("imaps", 993),
+        ("pop3s", 995),
+    ):
+        assert getattr(config.listen, role) == tuple(HostPort(host, port) for host in hosts)
     assert config.tls.ca is None
     assert not (directory / "tls" / "ca.pem").exists()
     assert config.tls.cert is not None and config.tls.key is not None
@@ -204,6 +214,47 @@ def test_quickstart_production(surat: Callable[..., Run], tmp_path: Path) -> Non
     assert "--tls-ca-path" not in result.out
     assert '"v=spf1 mx -all"' in result.out
     assert "_dmarc.example.com." in result.out
+
+
+@pytest.mark.parametrize(
+    ("argv0", "on_path", "config", "expected"),
+    [
+        # after `make run`: the venv's program is not on PATH, the config is in var/
+        (".venv/bin/surat", None, "var/surat.toml", ".venv/bin/surat --config var/surat.toml"),
+        ("./.venv/bin/surat", None, None, ".venv/bin/surat"),
+        # installed: the name on PATH is this program
+        ("/opt/surat/bin/surat", "/opt/surat/bin/surat", "/var/lib/surat/surat.toml",
+         "surat --config /var/lib/surat/surat.toml"),
+        ("/opt/surat/bin/surat", None, "surat.toml", "/opt/surat/bin/surat"),
+        # `python -m surat`, tests: the plain name
+        ("/usr/lib/python3/surat/__main__.py", None, None, "surat"),
+    ],
+)  # fmt: skip
+def test_command_prefix_is_what_runs_this_program_again(
+    monkeypatch: pytest.MonkeyPatch, argv0: str, on_path: str | None, config: str | None, expected: str
+) -> None:
+    monkeypatch.setattr("sys.argv", [argv0])
+    monkeypatch.setattr(shutil, "which", lambda name: on_path)
+    assert cli.command_prefix(config) == expected
+
+
+def test_production_hosts_follow_the_machines_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "has_ipv6", False)
+    assert cli.production_hosts() == ["0.0.0.0"]
+
+
+async def test_ipv4_and_ipv6_listeners_on_one_port_coexist(tmp_path: Path) -> None:
+    # What quickstart writes for production must start: "0.0.0.0:P" and "[::]:P" side by side.
+    if cli.production_hosts() == ["0.0.0.0"]:
+        pytest.skip("this machine has no IPv6")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    servers = [await asyncio.start_server(lambda r, w: None, host, port) for host in ("0.0.0.0", "::")]
+    for server in servers:
+        server.close()
+        await server.wait_closed()
 
 
 def test_quickstart_hostname_and_idn_domain(surat: Callable[..., Run], tmp_path: Path) -> None:
@@ -462,6 +513,52 @@ def test_alias_errors(surat: Callable[..., Run], dev: Setup) -> None:
     assert surat("--config", c, "alias", "add", f"x@{DOMAIN}", f"postmaster+x@{DOMAIN}").code == 0
 
 
+def test_alias_add_refuses_a_loop_and_names_it(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    assert surat("--config", c, "alias", "add", f"a@{DOMAIN}", POSTMASTER).code == 0
+    assert surat("--config", c, "alias", "add", f"b@{DOMAIN}", f"a@{DOMAIN}").code == 0
+    _one_line_error(
+        surat("--config", c, "alias", "add", f"a@{DOMAIN}", f"b@{DOMAIN}"),
+        1,
+        f"alias a@{DOMAIN} -> b@{DOMAIN} would make a loop: a@{DOMAIN} -> b@{DOMAIN} -> a@{DOMAIN}",
+    )
+    assert surat("--config", c, "alias", "list").out.splitlines() == [
+        f"a@{DOMAIN} -> {POSTMASTER}",
+        f"b@{DOMAIN} -> a@{DOMAIN}",
+    ]
+
+
+# ----------------------------------------------------------------------------------------- blocks
+
+
+def test_blocks_list_and_lift(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    config = dev.config()
+
+    async def guess(store: Store) -> None:
+        limiter = StoreAuthLimiter(store, BlockPolicy.from_config(config.limits))
+        for _ in range(config.limits.auth_max_failures):
+            await limiter.failure("192.0.2.7", "postmaster@example.test", "imap")
+            await limiter.failure("2001:db8::9", None, "smtp")
+
+    _in_store(config, guess)
+    listed = surat("--config", c, "blocks", "list")
+    assert listed.code == 0
+    lines = listed.out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("192.0.2.7  until ") or lines[1].startswith("192.0.2.7  until ")
+    assert any(line.startswith("2001:db8::/64 (last 2001:db8::9)  until ") for line in lines)
+    assert all(line.endswith("blocks 1") for line in lines)
+    assert listed.err == "2 address(es) blocked\n"
+    lifted = surat("--config", c, "blocks", "lift", "192.0.2.7")
+    assert (lifted.code, lifted.out) == (0, "lifted the block of 192.0.2.7\n")
+    assert surat("--config", c, "blocks", "list").out.splitlines() == [
+        line for line in lines if not line.startswith("192.0.2.7")
+    ]
+    _one_line_error(surat("--config", c, "blocks", "lift", "192.0.2.7"), 1, "192.0.2.7 is not blocked")
+    _one_line_error(surat("--config", c, "blocks", "lift", "nonsense"), 2, "not an IP address")
+
+
 # ----------------------------------------------------------------------------------------- queue
 
 
@@ -540,6 +637,20 @@ def test_dns_uses_config_hostname_and_ports(surat: Callable[..., Run], dev: Setu
     assert f"SRV  0 1 4650 mail.{DOMAIN}." in result.out
     # Quickstart printed the very same records.
     assert result.out.strip() in dev.output
+
+
+def test_dns_refuses_a_domain_that_is_not_local_unless_forced(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    _one_line_error(
+        surat("--config", c, "dns", "nosuch.example"),
+        1,
+        "nosuch.example is not a local domain",
+        f"surat --config {c} domain add nosuch.example",
+        "--force",
+    )
+    forced = surat("--config", c, "dns", "nosuch.example", "--force")
+    assert forced.code == 0
+    assert re.search(r"(?m)^nosuch\.example\.\s+3600\s+IN\s+MX\s+10 mail\.example\.test\.$", forced.out)
 
 
 def test_dns_with_hostname_needs_no_config(
@@ -630,7 +741,7 @@ def test_domain_add_creates_dkim_keys_and_del_keeps_them(surat: Callable[..., Ru
     assert len(keys) == 2
     for key in keys:
         assert key.selector in added.out
-    assert "surat dns other.test" in added.out
+    assert f"surat --config {c} dns other.test" in added.out
     records = _published_txt(surat("--config", c, "dns", "other.test").out, "other.test")
     message = MESSAGE.replace(b"example.test", b"other.test")
     assert _verify_with(records, dkim.sign(message, "other.test", keys) + message) == [True, True]
@@ -651,6 +762,47 @@ def test_check_good_config(surat: Callable[..., Run], dev: Setup) -> None:
     assert result.code == 0, result.err
     assert result.out.endswith("OK\n")
     assert "1 domain(s), 1 account(s), 0 queued" in result.out
+
+
+def test_check_warns_about_a_self_signed_certificate(surat: Callable[..., Run], tmp_path: Path) -> None:
+    directory = tmp_path / "prod"
+    assert surat("quickstart", "--domain", "example.com", "--dir", str(directory)).code == 0
+    result = surat("--config", str(directory / "surat.toml"), "check")
+    assert result.code == 0, result.err
+    warnings = [line for line in result.out.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: tls.cert: {directory / 'tls' / 'cert.pem'} is self-signed: other mail "
+                        "servers and clients will not trust it; install one from a CA (e.g. Let's Encrypt, "
+                        'README "Production")']  # fmt: skip
+    assert result.out.endswith("OK, with 1 warning(s)\n")
+
+
+def test_check_warns_about_a_certificate_for_another_name(surat: Callable[..., Run], dev: Setup) -> None:
+    _edit(dev, f'hostname = "mail.{DOMAIN}"', 'hostname = "mx.elsewhere.example"')
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0, result.err
+    assert (
+        "does not cover hostname mx.elsewhere.example (it names mail.example.test, localhost)" in result.out
+    )
+    assert result.out.endswith("OK, with 1 warning(s)\n")
+
+
+def test_certificate_warnings_expiry_and_wildcards(dev: Setup) -> None:
+    cert = dev.dir / "tls" / "cert.pem"
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    soon = leaf.not_valid_after_utc - timedelta(days=3, hours=1)
+    (warning,) = certificate_warnings(cert, f"mail.{DOMAIN}", soon)
+    assert warning.startswith(f"{cert} expires in 3 day(s), on ")
+    assert certificate_warnings(cert, f"mail.{DOMAIN}", leaf.not_valid_after_utc - timedelta(days=15)) == []
+    assert certificate_warnings(cert, "LOCALHOST.", soon)[1:] == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hostname", "matches"),
+    [("*.example.com", "mail.example.com", True), ("*.example.com", "a.b.example.com", False),
+     ("*.example.com", "example.com", False), ("Mail.Example.com", "mail.example.com.", True)],
+)  # fmt: skip
+def test_wildcard_names_cover_one_label(pattern: str, hostname: str, matches: bool) -> None:
+    assert tls_module._name_matches(pattern, hostname) is matches
 
 
 def _edit(setup: Setup, old: str, new: str) -> None:
@@ -681,7 +833,7 @@ def test_check_broken_config(surat: Callable[..., Run], dev: Setup, case: tuple[
 def test_check_mismatched_key(surat: Callable[..., Run], dev: Setup) -> None:
     _edit(dev, 'key  = "tls/key.pem"', 'key  = "tls/ca-key.pem"')
     _one_line_error(
-        surat("--config", str(dev.config_file), "check"), 2, "surat: config: tls.cert: ", "does not match"
+        surat("--config", str(dev.config_file), "check"), 2, "surat: config: tls.key: ", "does not match"
     )
 
 
@@ -719,7 +871,9 @@ def test_serve_with_a_broken_config_exits_2(surat: Callable[..., Run], dev: Setu
 
 def test_serve_with_a_bad_certificate_exits_2(surat: Callable[..., Run], dev: Setup) -> None:
     (dev.dir / "tls" / "key.pem").write_text("junk\n")
-    _one_line_error(surat("--config", str(dev.config_file), "serve"), 2, "tls.cert")
+    _one_line_error(
+        surat("--config", str(dev.config_file), "serve"), 2, "tls.key", "no valid PEM private key"
+    )
 
 
 # ----------------------------------------------------------------------------------------- usage
@@ -827,3 +981,39 @@ def test_parse_size(text: str, expected: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(cli.UsageError):
         parse_size(text)
+
+
+def test_queue_list_and_show_escape_control_characters(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    config = dev.config()
+    queue_id = _queue_one(config)
+    hostile = "421 4.4.1 \x1b[2Jdown\rX-Evil: 1"
+
+    async def attempted(store: Store) -> None:
+        number = await store.record_attempt(queue_id, datetime.now(UTC), "mx\x1b]0;t\x07", datetime.now(UTC))
+        update = RecipientUpdate(0, RecipientState.PENDING, hostile)
+        await store.finish_attempt(queue_id, number, hostile, [update], datetime.now(UTC))
+
+    _in_store(config, attempted)
+    shown = surat("--config", c, "queue", "show", queue_id).out
+    assert "    last reply: 421 4.4.1 \\x1b[2Jdown\\rX-Evil: 1\n" in shown
+    assert "mx\\x1b]0;t\\x07: " in shown
+    listing = surat("--config", c, "queue", "list").out
+    for output in (shown, listing):
+        assert all(line.isprintable() for line in output.splitlines())
+
+
+def test_check_warns_about_loose_modes(surat: Callable[..., Run], dev: Setup) -> None:
+    data = dev.config().data_dir
+    assert "warning" not in surat("--config", str(dev.config_file), "check").out  # quickstart's modes
+    (data / INDEX_FILE).chmod(0o644)
+    data.chmod(0o755)
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0
+    warnings = [line for line in result.out.splitlines() if line.startswith("warning: ")]
+    assert warnings[:2] == [
+        f"warning: {data} has mode 0755, others may read it; chmod 0700 it",
+        f"warning: {data / INDEX_FILE} has mode 0644, others may read it; chmod 0600 it",
+    ]
+    # and SQLite's -wal/-shm files, made with the mode of the index file while the check had it open
+    assert all(line.startswith(f"warning: {data / INDEX_FILE}-") for line in warnings[2:])

@@ -144,7 +144,25 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("hostname empty label", {"hostname": "mail..example.com"}, "hostname", "valid host name"),
     ("hostname long label", {"hostname": "a" * 64 + ".example.com"}, "hostname", "valid host name"),
     ("imap without a certificate", {**BASE, "listen": {"imap": ["0.0.0.0:143"]}}, "tls.cert", "required"),
-    ("unknown top-level key", {**BASE, "hostnme": "x"}, "hostnme", "unknown"),
+    (
+        "unknown top-level key",
+        {**BASE, "hostnme": "x"},
+        "hostnme",
+        "unknown setting (did you mean hostname?)",
+    ),
+    # a typo of a required key is reported as the typo, not as the key missing
+    (
+        "misspelt hostname",
+        {"hostnam": "mail.example.com"},
+        "hostnam",
+        "unknown setting (did you mean hostname?)",
+    ),
+    (
+        "misspelt limits key",
+        {**BASE, "limits": {"mesage_size": 5}},
+        "limits.mesage_size",
+        "did you mean message_size?",
+    ),
     ("unknown listen role", {**BASE, "listen": {"smtpx": ["0.0.0.0:25"]}}, "listen.smtpx", "unknown"),
     ("unknown limits key", {**BASE, "limits": {"size": 5}}, "limits.size", "unknown"),
     ("unknown tls key", {**WITH_TLS, "tls": {**WITH_TLS["tls"], "chain": "x"}}, "tls.chain", "unknown"),
@@ -548,3 +566,24 @@ def test_smtp_timeouts(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({**BASE, "delivery": {"smtp_timeouts": bad}}, tmp_path)
         assert info.value.key == key
+
+
+def test_scram_iterations(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).auth.scram_iterations == 65_536
+    config = parse_config({**BASE, "auth": {"scram_iterations": 600_000}}, tmp_path)
+    assert config.auth.scram_iterations == 600_000
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "auth": {"scram_iterations": 4095}}, tmp_path)  # RFC 7677 §4
+    assert info.value.key == "auth.scram_iterations"
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "auth": {"scram_rounds": 5000}}, tmp_path)
+    assert info.value.key == "auth.scram_rounds"
+
+
+def test_allow_private_destinations(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).delivery.allow_private_destinations is False
+    config = parse_config({**BASE, "delivery": {"allow_private_destinations": True}}, tmp_path)
+    assert config.delivery.allow_private_destinations is True
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "delivery": {"allow_private_destinations": "yes"}}, tmp_path)
+    assert info.value.key == "delivery.allow_private_destinations"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import stat
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,11 +14,17 @@ import dkim as dkimpy
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fuzzing import fuzz_settings
 from surat.delivery.dkim import (
+    Canonicalization,
     DkimAlgorithm,
     DkimError,
     DkimKey,
+    SigningKey,
+    SigningKeys,
     ensure_keys,
     generate_key,
     generate_keys,
@@ -30,6 +38,9 @@ from surat.delivery.dkim import (
     sign,
     txt_lookup,
 )
+from surat.dns.fake import FakeResolver
+from surat.mailauth.dkim_canon import MessageFormatError, parse_message
+from surat.mailauth.dkim_verify import DKIMStatus, verify_dkim
 
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
@@ -186,21 +197,23 @@ def test_ensure_keys_creates_what_is_missing_once(tmp_path: Path, keys: tuple[Dk
 # ----------------------------------------------------------------------------------------- signing
 
 
-def test_headers_to_sign_counts_occurrences_and_oversigns_from() -> None:
-    assert headers_to_sign(MESSAGE) == [
-        "from",
-        "to",
-        "subject",
-        "date",
-        "message-id",
-        "mime-version",
-        "content-type",
-        "from",
+def test_headers_to_sign_counts_occurrences_and_oversigns() -> None:
+    # RFC 6376 §8.15: one more From, To, Subject, Date and Message-ID than the message has
+    oversigned = [b"from", b"to", b"subject", b"date", b"message-id"]
+    assert headers_to_sign(parse_message(MESSAGE)) == [
+        b"from",
+        b"to",
+        b"subject",
+        b"date",
+        b"message-id",
+        b"mime-version",
+        b"content-type",
+        *oversigned,
     ]
     two_to = (
         b"To: a@x\r\nFrom: b@y\r\nTo: c@z\r\n\tcontinued: not a field\r\nReceived: x\r\n\r\nFrom: body\r\n"
     )
-    assert headers_to_sign(two_to) == ["to", "from", "to", "from"]
+    assert headers_to_sign(parse_message(two_to)) == [b"to", b"from", b"to", *oversigned]
 
 
 def test_sign_produces_two_verifiable_signatures(keys: tuple[DkimKey, DkimKey]) -> None:
@@ -215,7 +228,7 @@ def test_sign_produces_two_verifiable_signatures(keys: tuple[DkimKey, DkimKey]) 
     for t in tags:
         assert t["d"] == "example.com"
         assert t["c"] == "relaxed/relaxed"
-        assert t["h"].lower().split(":") == headers_to_sign(MESSAGE)
+        assert t["h"].lower().encode().split(b":") == headers_to_sign(parse_message(MESSAGE))
     signed = signature + MESSAGE
     assert _verify_all(signed, txt_lookup(keys)) == [True, True]
 
@@ -233,6 +246,11 @@ def test_verification_uses_the_published_records(keys: tuple[DkimKey, DkimKey]) 
         (b"the numbers are fine.", b"the numbers are FINE."),  # body
         (b"Subject: Quarterly numbers", b"Subject: Quarterly numberz"),  # signed header
         (b"From: Alice", b"From: Mallory <m@evil.example>\r\nFrom: Alice"),  # a second From on top
+        # oversigned (RFC 6376 §8.15): no second To, Subject, Date or Message-ID either
+        (b"To: Bob", b"To: everyone@example.org\r\nTo: Bob"),
+        (b"Subject: Q", b"Subject: Urgent: pay now\r\nSubject: Q"),
+        (b"Date: Thu", b"Date: Fri, 1 Jan 2027 00:00:00 +0000\r\nDate: Thu"),
+        (b"Message-ID: <1", b"Message-ID: <2@example.com>\r\nMessage-ID: <1"),
         (b"Content-Type: text/plain", b"Content-Type: text/html"),
     ],
 )
@@ -265,3 +283,141 @@ def test_single_key_signs_once(keys: tuple[DkimKey, DkimKey]) -> None:
     signature = sign(MESSAGE, "example.com", keys[1:])
     assert len(_fields(signature)) == 1
     assert _verify_all(signature + MESSAGE, txt_lookup(keys)) == [True]
+
+
+# ------------------------------------------------------------------- the oracles: dkimpy and our verifier
+
+
+def _ours(message: bytes, keys: Sequence[DkimKey]) -> list[DKIMStatus]:
+    resolver = FakeResolver()
+    for key in keys:
+        resolver.set(key.record_name, "TXT", ["".join(key.txt_strings)])
+    return [result.status for result in asyncio.run(verify_dkim(resolver, message))]
+
+
+LONG_SUBJECT = b"Subject: " + b" ".join(b"word%d" % i for i in range(60))
+# Messages whose header fields and body exercise every canonicalisation rule (RFC 6376 §3.4)
+ORACLE_MESSAGES = {
+    "plain": MESSAGE,
+    "folded": MESSAGE.replace(
+        b"To: Bob <bob@example.org>",
+        b"To: Bob <bob@example.org>,\r\n\tCarol <carol@example.org>,\r\n  Dave <d@x>",
+    ),
+    "long": MESSAGE.replace(b"Subject: Quarterly numbers", LONG_SUBJECT)
+    + b"x" * 990
+    + b"\r\n"
+    + b"line\r\n" * 2000,
+    "whitespace": MESSAGE.replace(b"Subject: Quarterly numbers", b"Subject:\t Quarterly  \t numbers  ")
+    + b"trailing \t \r\n\r\n  two  spaces\r\n\r\n\r\n",
+    "8-bit": MESSAGE.replace(b"utf-8", b"iso-8859-1") + b"Gr\xfc\xdfe, caf\xe9\r\n",
+    "smtputf8": MESSAGE.replace(
+        b"From: Alice <alice@example.com>", "From: Ålice <ålice@example.com>".encode()
+    ).replace(b"Subject: Quarterly numbers", "Subject: Квартальные цифры 数字".encode())
+    + "Привет, 世界\r\n".encode(),
+    "empty body": MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n",
+    "no final CRLF": MESSAGE + b"no newline at the end",
+    "two From": b"From: list@example.com\r\n" + MESSAGE,
+}
+CANONICALIZATIONS: list[tuple[Canonicalization, Canonicalization]] = [
+    ("relaxed", "relaxed"),
+    ("relaxed", "simple"),
+    ("simple", "relaxed"),
+    ("simple", "simple"),
+]
+
+
+@pytest.mark.parametrize("canonicalization", CANONICALIZATIONS, ids="/".join)
+@pytest.mark.parametrize("name", ORACLE_MESSAGES)
+def test_every_signature_verifies_with_dkimpy_and_ours(
+    keys: tuple[DkimKey, DkimKey], name: str, canonicalization: tuple[Canonicalization, Canonicalization]
+) -> None:
+    message = ORACLE_MESSAGES[name]
+    signature = sign(message, "example.com", keys, canonicalization=canonicalization, timestamp=1_796_000_000)
+    fields = _fields(signature)
+    assert [_tags(field)["a"] for field in fields] == ["rsa-sha256", "ed25519-sha256"]
+    assert all(_tags(field)["c"] == "/".join(canonicalization) for field in fields)
+    # RFC 5322 §2.1.1: lines of at most 78 characters
+    assert max(len(line) for line in signature.split(b"\r\n")) <= 78
+    signed = signature + message
+    assert _verify_all(signed, txt_lookup(keys)) == [True, True]
+    assert _ours(signed, keys) == [DKIMStatus.PASS, DKIMStatus.PASS]
+
+
+def test_timestamp_is_the_one_given(keys: tuple[DkimKey, DkimKey]) -> None:
+    signature = sign(MESSAGE, "example.com", keys, timestamp=1_796_000_000)
+    assert [_tags(field)["t"] for field in _fields(signature)] == ["1796000000", "1796000000"]
+
+
+def test_parsed_keys_sign_like_pem_keys(keys: tuple[DkimKey, DkimKey]) -> None:
+    parsed = [SigningKey.from_key(key) for key in keys]
+    signature = sign(MESSAGE, "example.com", parsed, timestamp=1)
+    assert "PRIVATE" not in repr(parsed[0])
+    # Ed25519 (RFC 8032 §5.1.6) and RSASSA-PKCS1-v1_5 are deterministic: same input, same fields
+    assert signature == sign(MESSAGE, "example.com", keys, timestamp=1)
+
+
+def test_unsplittable_header_is_a_dkim_error(keys: tuple[DkimKey, DkimKey]) -> None:
+    with pytest.raises(DkimError, match="cannot sign"):
+        sign(b"From: a@example.com\r\nno colon here\r\n\r\nbody\r\n", "example.com", keys)
+
+
+def test_signing_keys_load_once_and_sign_in_a_thread_or_inline(tmp_path: Path) -> None:
+    async def run(in_thread: bool) -> bytes:
+        signing_keys = SigningKeys(tmp_path, in_thread=in_thread)
+        first = await signing_keys.get("example.com", NOW)
+        assert await signing_keys.get("example.com", NOW) is first  # kept, not read again
+        return await signing_keys.sign(MESSAGE, "example.com", NOW)
+
+    for in_thread in (True, False):
+        signature = asyncio.run(run(in_thread))
+        assert [_tags(field)["t"] for field in _fields(signature)] == [str(int(NOW.timestamp()))] * 2
+        assert _verify_all(signature + MESSAGE, txt_lookup(load_keys(tmp_path, "example.com"))) == [
+            True,
+            True,
+        ]
+
+
+_FIELD_NAMES = st.sampled_from(
+    ["From", "To", "Subject", "Date", "Cc", "Message-ID", "X-Other", "content-type"]
+)
+_FIELD_VALUES = st.binary(max_size=120).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b"\r\n\t"))
+
+
+@pytest.mark.fuzz
+@fuzz_settings()
+@given(
+    fields=st.lists(st.tuples(_FIELD_NAMES, _FIELD_VALUES), max_size=8),
+    body=st.binary(max_size=600),
+    canonicalization=st.sampled_from(CANONICALIZATIONS),
+)
+def test_fuzz_signatures_verify_or_are_refused(
+    keys: tuple[DkimKey, DkimKey],
+    fields: list[tuple[str, bytes]],
+    body: bytes,
+    canonicalization: tuple[Canonicalization, Canonicalization],
+) -> None:
+    """Any header fields and body: two signatures our verifier accepts, b"" without From, or DkimError."""
+    message = b"".join(name.encode() + b":" + value + b"\r\n" for name, value in fields) + b"\r\n" + body
+    try:
+        signature = sign(message, "example.com", keys, canonicalization=canonicalization)
+    except DkimError:
+        with pytest.raises(MessageFormatError):
+            parse_message(message)
+        return
+    if not any(name == "From" for name, _ in fields):
+        assert signature == b""
+        return
+    assert _ours(signature + message, keys) == [DKIMStatus.PASS, DKIMStatus.PASS]
+
+
+def test_concurrent_first_uses_of_a_domain_create_its_keys_once(tmp_path: Path) -> None:
+    async def run() -> list[tuple[SigningKey, ...]]:
+        signing_keys = SigningKeys(tmp_path)
+        return await asyncio.gather(*(signing_keys.get("example.com", NOW) for _ in range(4)))
+
+    first, *others = asyncio.run(run())
+    assert all(keys is first for keys in others)
+    assert sorted(p.name for p in key_dir(tmp_path, "example.com").iterdir()) == [
+        "s20261126e.pem",
+        "s20261126r.pem",
+    ]

@@ -23,6 +23,7 @@ from surat.delivery.dsn import (
     should_send_dsn,
     status_from_reply,
 )
+from surat.proto.smtp.address import UnsafeText
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ARRIVED = NOW - timedelta(hours=5)
@@ -492,3 +493,11 @@ def test_8bit_headers_without_smtputf8_are_returned_quoted_printable() -> None:
     assert returned["Content-Transfer-Encoding"] == "quoted-printable"
     decoded = quopri.decodestring(_raw_part_body(dsn, 2).replace(b"\r\n", b"\n"))
     assert decoded.replace(b"\n", b"\r\n") == latin
+
+
+def test_a_sender_with_a_line_break_is_never_written_into_to() -> None:
+    # RFC 5322 §2.2: a CR in the To: value would end the field and start a forged one
+    with pytest.raises(UnsafeText, match="DSN To"):
+        _build(_report(sender="a@[IPv6:::1]\r\nBcc: victim@example.org"))
+    with pytest.raises(UnsafeText, match="DSN From"):
+        _build(_report(reporting_mta="mx.example.org\rX-Evil: 1"))

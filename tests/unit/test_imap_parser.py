@@ -144,6 +144,10 @@ COMMANDS: list[tuple[bytes, c.Command]] = [
         ),
     ),
     (
+        b'A05 LIST (RECURSIVEMATCH SPECIAL-USE) "" *',
+        c.List("A05", "", ("*",), selection=frozenset({"RECURSIVEMATCH", "SPECIAL-USE"}), extended=True),
+    ),
+    (
         b'A01 LIST "" % RETURN (STATUS (MESSAGES UNSEEN))',
         c.List("A01", "", ("%",), status=("MESSAGES", "UNSEEN"), extended=True),
     ),
@@ -495,16 +499,45 @@ def test_search_variants() -> None:
     )
     cmd = search(b"A284 SEARCH CHARSET UTF-8 TEXT {4}\r\n\xe2\x82\xac!")
     assert (cmd.charset, cmd.key) == ("UTF-8", c.SearchText("\u20ac!", body_only=False))
-    cmd = search(b'a SEARCH CHARSET "ISO-8859-1" SUBJECT "caf\xe9"')
-    assert (cmd.charset, cmd.key) == ("ISO-8859-1", c.SearchHeader("subject", "caf\u00e9"))
+    cmd = search(b'a SEARCH CHARSET "us-ascii" SUBJECT "cafe"')
+    assert (cmd.charset, cmd.key) == ("US-ASCII", c.SearchHeader("subject", "cafe"))
     assert search(b"a UID SEARCH UNSEEN").uid
 
 
-def test_search_unknown_charset_is_badcharset() -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"a SEARCH CHARSET X-NOPE TEXT x",
+        # Python codec names that are no MIME charsets: never looked up (issue 11 item 10 crashed on these).
+        b"a SEARCH CHARSET rot13 TEXT x",
+        b"a SEARCH CHARSET hex TEXT x",
+        b"a SEARCH CHARSET base64 TEXT x",
+        b"a SEARCH CHARSET punycode TEXT x",
+        b"a SEARCH CHARSET idna TEXT x",
+        # Real charsets we do not search in (RFC 9051 §6.4.4 only requires US-ASCII and UTF-8).
+        b"a SEARCH CHARSET UTF-16 TEXT x",
+        b'a SEARCH CHARSET "ISO-8859-1" SUBJECT "caf\xe9"',
+        b"a SEARCH CHARSET {5}\r\nKOI8R ALL",
+        b"a SORT (FROM) rot13 ALL",
+        b"a THREAD REFERENCES hex ALL",
+    ],
+)
+def test_search_unknown_charset_is_badcharset(command: bytes) -> None:
     with pytest.raises(CommandSyntaxError) as info:
-        parse_command(b"a SEARCH CHARSET X-NOPE TEXT x")
+        parse_command(command)
     assert info.value.code == "BADCHARSET"
     assert info.value.tag == "a"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [b"a SEARCH ", b"a SEARCH", b"a SEARCH NOT ", b"a SEARCH OR 1 ", b"a SEARCH (", b"a UID SEARCH CHARSET "],
+)
+def test_search_cut_short_is_a_syntax_error(command: bytes) -> None:
+    # Issue 11 item 10: the end of input where a search key belongs raised ValueError, not a syntax error.
+    with pytest.raises(CommandSyntaxError) as info:
+        parse_command(command)
+    assert info.value.code is None
 
 
 def test_sort_and_thread() -> None:
@@ -595,6 +628,7 @@ BAD: list[tuple[bytes, str]] = [
     (b"a RENAME a", "RENAME needs two names"),
     (b'a LIST ""', "LIST needs a pattern"),
     (b'a LIST (RECURSIVEMATCH) "" *', "RECURSIVEMATCH alone"),
+    (b'a LIST (REMOTE RECURSIVEMATCH) "" *', "RECURSIVEMATCH with only REMOTE (RFC 5258 §6)"),
     (b'a LIST (FOO) "" *', "unknown selection option"),
     (b'a LIST "" * RETURN (FOO)', "unknown return option"),
     (b'a LIST "" * (CHILDREN)', "return options without RETURN"),

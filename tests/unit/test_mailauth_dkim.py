@@ -19,18 +19,20 @@ from surat.delivery.dkim import DkimAlgorithm, generate_key
 from surat.delivery.dkim import sign as outbound_sign
 from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
-from surat.mailauth.dkim_verify import (
+from surat.mailauth.dkim_canon import (
     _B_VALUE,
+    MessageFormatError,
+    canonical_body,
+    parse_message,
+    without_b_value,
+)
+from surat.mailauth.dkim_verify import (
     MAX_ARC_SETS,
     MAX_SIGNATURES,
     ARCStatus,
     DKIMStatus,
-    MessageFormatError,
     _load_key,
     _rsa_sha256_verifies,
-    _without_b_value,
-    canonical_body,
-    parse_message,
     signature_problem,
     verify_arc,
     verify_dkim,
@@ -412,7 +414,7 @@ def test_b_value_removed_as_the_rfc_regex_does(value: bytes) -> None:
     # RFC 6376 §3.7: the signature's own b= value is hashed as empty
     match = _B_VALUE.search(value)
     expected = value[: match.end(1)] + value[match.end() :] if match is not None else value
-    assert _without_b_value(value) == expected
+    assert without_b_value(value) == expected
 
 
 def test_parse_message_fields_and_body() -> None:

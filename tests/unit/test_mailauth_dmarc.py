@@ -6,7 +6,8 @@ import pytest
 
 from surat.dns.base import DNSErrorKind
 from surat.dns.fake import FakeResolver
-from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus, parse_message
+from surat.mailauth.dkim_canon import parse_message
+from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus
 from surat.mailauth.dmarc import (
     MAX_FROM_DOMAINS,
     DMARCRecordError,

@@ -18,6 +18,7 @@ from surat.store.messageinfo import (
     BodyPart,
     MessageInfo,
     compute_message_info,
+    decode_encoded_words,
 )
 
 
@@ -631,3 +632,32 @@ def test_message_info_is_immutable() -> None:
         with pytest.raises(AttributeError):
             info.nonexistent  # type: ignore[attr-defined]  # noqa: B018
     assert repr(MessageInfo.from_json(STORED_JSON)).startswith("MessageInfo(envelope=Envelope(")
+
+
+@pytest.mark.parametrize(
+    ("value", "decoded"),
+    [
+        # RFC 2047 §8 examples
+        ("=?ISO-8859-1?Q?a?=", "a"),
+        ("=?ISO-8859-1?Q?a?= b", "a b"),
+        ("=?ISO-8859-1?Q?a?= =?ISO-8859-1?Q?b?=", "ab"),
+        ("=?ISO-8859-1?Q?a?=  \t =?ISO-8859-1?Q?b?=", "ab"),
+        ("=?ISO-8859-1?Q?a_b?=", "a b"),
+        ("=?UTF-8*en?Q?hi?=", "hi"),  # RFC 2231 §5 language suffix
+        # §6.3: a word that cannot be decoded is shown as written; the others are still decoded
+        ("=?\xf0tf-8?q?x?=", "=?\xf0tf-8?q?x?="),
+        ("=?zlib?q?x?= =?utf-8?q?caf=C3=A9?=", "=?zlib?q?x?= café"),
+        ("=?utf-8?q?caf=C3=A9?= =?no-such-charset?b?QQ==?=", "café =?no-such-charset?b?QQ==?="),
+        ("=?unicode-escapeÿiso-2022-jp?q?=_rot13?=", "=?unicode-escapeÿiso-2022-jp?q?=_rot13?="),
+        ("=?hex?q?41?=", "=?hex?q?41?="),  # a codec, but not a text encoding
+        ("plain =? not a word ?=", "plain =? not a word ?="),
+    ],
+)
+def test_encoded_words_decode_totally(value: str, decoded: str) -> None:
+    assert decode_encoded_words(value) == decoded
+
+
+def test_undecodable_charset_in_subject_is_kept_raw() -> None:
+    info = info_of(b"Subject: =?\xf0tf-8?q?x?=\r\nFrom: =?zlib?q?a?= <a@example.org>\r\n\r\nx")
+    assert info.subject == "=?\xf0tf-8?q?x?="
+    assert info.from_ == "=?zlib?q?a?= <a@example.org>"

@@ -19,6 +19,8 @@ from surat.delivery.mx import (
     RouteFailure,
     RouteKind,
     Target,
+    is_public_address,
+    refuse_private,
     resolve_targets,
 )
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -244,3 +246,56 @@ async def test_broken_smarthost_name_is_temporary() -> None:
     assert isinstance(result, RouteFailure) and not result.permanent
     result = await resolve("example.com", smarthost=HostPort("down.flaky.example", 587))
     assert isinstance(result, RouteFailure) and result.reply == DNS_TEMPORARY
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),  # RFC 6598 shared space
+        ("169.254.1.1", False),
+        ("fe80::1", False),
+        ("fd00::1", False),  # RFC 4193 ULA
+        ("224.0.0.1", False),
+        ("ff02::1", False),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
+        ("::ffff:8.8.8.8", True),
+        ("192.0.2.1", False),  # documentation space (TEST-NET-1)
+        ("not an address", False),
+    ],
+)
+def test_public_addresses(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
+
+
+def test_own_addresses_are_refused() -> None:
+    assert not is_public_address("8.8.8.8", {"8.8.8.8"})
+
+
+def test_refuse_private_keeps_public_addresses_and_fails_permanently_without_any() -> None:
+    mixed = Route(
+        "example.org",
+        RouteKind.MX,
+        (Host("mx1.example.org", 25, ("10.0.0.1", "8.8.8.8"), 10), Host("mx2.example.org", 25, ("::1",), 20)),
+    )
+    assert refuse_private(mixed) == Route(
+        "example.org", RouteKind.MX, (Host("mx1.example.org", 25, ("8.8.8.8",), 10),)
+    )
+    literal = Route("[127.0.0.1]", RouteKind.LITERAL, (Host("127.0.0.1", 25, ("127.0.0.1",)),))
+    refused = refuse_private(literal)
+    assert isinstance(refused, RouteFailure)
+    assert refused.permanent
+    assert (refused.reply.code, refused.reply.enhanced) == (550, "5.4.4")
+    assert refused.detail == "refused destination 127.0.0.1"
+    # configured next hops are the operator's choice: never filtered
+    for kind in (RouteKind.ROUTE, RouteKind.SMARTHOST):
+        configured = Route("example.org", kind, (Host("127.0.0.1", 2525, ("127.0.0.1",)),))
+        assert refuse_private(configured) is configured

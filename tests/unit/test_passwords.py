@@ -13,6 +13,7 @@ from surat.passwords import (
     ARGON2_MEMORY_KIB,
     ARGON2_TIME_COST,
     SASLprepError,
+    authenticate,
     generate_password,
     make_credentials,
     needs_rehash,
@@ -22,6 +23,7 @@ from surat.passwords import (
 )
 from surat.proto.sasl import SCRAM_ITERATIONS, Challenge, NeedScram, Success, server_mechanism
 from surat.store.base import Credentials, ScramCredentials
+from surat.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +202,47 @@ def scram_login(creds: Credentials, password: bytes) -> bool:
 def test_credentials_work_with_scram(pencil: Credentials) -> None:
     assert scram_login(pencil, b"pencil")
     assert not scram_login(pencil, b"pencil2")
+
+
+def test_default_scram_count_is_raised_but_within_client_caps() -> None:
+    # RFC 7677 §4: at least 4096; Cyrus SASL clients refuse more than 65536 (see SCRAM_ITERATIONS)
+    assert SCRAM_ITERATIONS == 65_536
+    creds = make_credentials("pencil", scram_iterations=100_000)
+    assert creds.scram_sha256 is not None
+    assert creds.scram_sha256.iterations == 100_000
+    assert scram_login(creds, b"pencil")
+    assert needs_rehash(creds, scram_iterations=200_000)
+    assert not needs_rehash(creds, scram_iterations=100_000)
+
+
+async def test_login_rederives_weaker_credentials(store: SQLiteStore) -> None:
+    await store.add_domain("example.test")
+    await store.add_account("alice@example.test", make_credentials("pencil", scram_iterations=10_000))
+    # a wrong password changes nothing
+    assert await authenticate(store, "alice@example.test", "pen", scram_iterations=20_000) is None
+    found = await store.get_credentials("alice@example.test")
+    assert found is not None and found[1].scram_sha256 is not None
+    assert found[1].scram_sha256.iterations == 10_000
+    # the right one: the keys are derived again with the configured count, and still work
+    account = await authenticate(store, "alice@example.test", "pencil", scram_iterations=20_000)
+    assert account is not None and account.address == "alice@example.test"
+    found = await store.get_credentials("alice@example.test")
+    assert found is not None and found[1].scram_sha256 is not None
+    assert found[1].scram_sha256.iterations == 20_000
+    assert scram_login(found[1], b"pencil")
+    assert verify_password(found[1], "pencil")
+    # a higher count than configured is left alone (never lowered)
+    assert await authenticate(store, "alice@example.test", "pencil", scram_iterations=4096) is not None
+    found = await store.get_credentials("alice@example.test")
+    assert found is not None and found[1].scram_sha256 is not None
+    assert found[1].scram_sha256.iterations == 20_000
+
+
+def test_unknown_scram_user_is_offered_the_configured_count() -> None:
+    mechanism = server_mechanism("SCRAM-SHA-256", secret=b"k" * 32, scram_iterations=123_456)
+    assert mechanism is not None
+    step = mechanism.start(b"n,,n=nobody,r=abcdefgh")
+    assert isinstance(step, NeedScram)
+    challenge = mechanism.scram_credentials(None)
+    assert isinstance(challenge, Challenge)
+    assert challenge.data.endswith(b",i=123456")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import email
 import socket
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dsn_reports import recipient_blocks
+from old_schema import queue_database_at
 from surat.config import HostPort
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
@@ -247,20 +247,8 @@ async def test_delay_notified_is_stored_and_never_cleared(store: SQLiteStore, al
 
 
 def test_migration_adds_delay_notified_to_existing_recipients(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn = queue_database_at(tmp_path / "old.db", 2)
     try:
-        for number, script in enumerate(schema.MIGRATIONS[:2], start=1):
-            for statement in schema._statements(script):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
-        conn.execute(
-            "INSERT INTO queue (id, sender, size, blob_id, created_at, next_attempt_at)"
-            " VALUES ('q1', 'a@example.test', 1, 'b1', 0, 0)"
-        )
-        conn.execute(
-            "INSERT INTO queue_recipients (queue_id, position, address, state)"
-            " VALUES ('q1', 0, 'x@dead.test', 'pending')"
-        )
         assert schema.migrate(conn) == len(schema.MIGRATIONS)
         assert conn.execute("SELECT delay_notified FROM queue_recipients").fetchall() == [(0,)]
     finally:

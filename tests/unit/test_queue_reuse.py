@@ -207,7 +207,8 @@ async def test_concurrent_entries_share_one_mx_lookup(store: SQLiteStore, tmp_pa
     resolver = Counting(
         {("remote.test", "MX"): [MXRecord(10, "mx.remote.test")], ("mx.remote.test", "A"): ["127.0.0.1"]}
     )
-    runner = make_runner(store, tmp_path, resolver, mx_port=peer.port)
+    # the fake DNS points at 127.0.0.1: allowed here only, as `[delivery] allow_private_destinations`
+    runner = make_runner(store, tmp_path, resolver, mx_port=peer.port, allow_private_destinations=True)
     for n in range(5):
         await enqueue(store, f"user{n}@remote.test", n)
     try:

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import email
+import logging
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from dkim_keys import count_signatures
 from dsn_reports import recipient_blocks
+from surat.config import HostPort, parse_config
 from surat.delivery.queue import LOCAL_DOMAIN_TTL, QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import DNSErrorKind, MXRecord
@@ -97,6 +103,21 @@ async def test_null_mx_bounces_at_once_to_the_local_sender(
         "failed",
         "5.1.10",
     )
+
+
+async def test_every_attempt_log_line_names_the_reason(
+    store: SQLiteStore, alice: Account, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = await enqueue(store, [OutboundRecipient("x@flaky.test"), OutboundRecipient("y@null.test")])
+    with caplog.at_level(logging.INFO, logger="surat.delivery.queue"):
+        await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    (attempt,) = [r.__dict__["kv"] for r in caplog.records if r.getMessage() == "queue.attempt"]
+    assert (attempt["failed"], attempt["pending"]) == (1, 1)
+    reason = attempt["reason"]
+    assert reason.startswith("x@flaky.test: 4") and "; y@null.test: 5" in reason, reason
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None and again.attempts[0].result is not None
+    assert "x@flaky.test: 4" in again.attempts[0].result  # what `surat queue show` prints
 
 
 async def test_temporary_dns_failure_is_retried_per_schedule(
@@ -188,6 +209,20 @@ async def test_local_domains_are_never_sent_out(store: SQLiteStore, alice: Accou
     assert (block["Final-Recipient"], block["Status"]) == ("rfc822; ghost@example.test", "5.1.1")
 
 
+async def test_an_alias_loop_is_retried_not_bounced_as_unknown(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    await store.add_alias("a@example.test", "b@example.test")
+    await store.add_alias("b@example.test", "a@example.test")
+    entry = await enqueue(store, [OutboundRecipient("a@example.test")])
+    await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None, "an alias loop is a configuration error the postmaster can fix"
+    assert again.recipients[0].state is RecipientState.PENDING
+    assert "4.4.6" in (again.recipients[0].last_reply or "")
+    assert await inbox(store, alice) == []  # no bounce yet
+
+
 async def test_too_many_received_fields_is_a_loop(store: SQLiteStore, alice: Account, tmp_path: Path) -> None:
     resolver = dns()
     headers = b"Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n" * 101
@@ -243,3 +278,71 @@ async def test_a_domain_added_at_run_time_is_local_within_a_second(
     assert await queue._is_local_domain("late.test") is False  # remembered for LOCAL_DOMAIN_TTL
     await asyncio.sleep(LOCAL_DOMAIN_TTL + 0.05)
     assert await queue._is_local_domain("late.test") is True
+
+
+def test_settings_refuse_our_own_listening_addresses(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "hostname": "mail.example.test",
+            "listen": {"smtp": ["198.51.100.7:25", "0.0.0.0:2525"], "imap": [], "submission": []},
+            "delivery": {"allow_private_destinations": True},
+        },
+        tmp_path,
+    )
+    settings = RunnerSettings.from_config(config)
+    assert settings.allow_private_destinations is True
+    assert settings.own_addresses == {"198.51.100.7", "0.0.0.0"}
+
+
+async def test_a_bounce_to_a_sender_with_a_line_break_is_not_composed(
+    store: SQLiteStore, alice: Account, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 11 item 6: such a sender is refused at MAIL FROM; one already queued (older version, a
+    # hand-made entry) must not turn into a DSN whose To: starts a forged header field
+    entry = await enqueue(
+        store, [OutboundRecipient("x@null.test")], sender="a@example.org\r\nBcc: x@example.org"
+    )
+    with caplog.at_level(logging.WARNING, logger="surat.delivery.queue"):
+        await runner(store, tmp_path, Clock(datetime.now(UTC))).process(entry)
+    assert await store.get_queue_entry(entry.id) is None  # the failure is final all the same
+    assert await inbox(store, alice) == []
+    assert [r.getMessage() for r in caplog.records] == ["queue.dsn_unaddressable"]
+
+
+async def test_an_entry_queued_unsigned_is_signed_at_its_first_attempt_only(
+    store: SQLiteStore, alice: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries from before schema 6 (or from the MX port) carry no signature: the first attempt
+    signs (t= the queueing time) and stores it with the attempt record; later attempts reuse it."""
+    calls = count_signatures(monkeypatch)
+    with socket.socket() as unused:  # a port nobody listens on: every attempt is deferred
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    settings = RunnerSettings(
+        hostname="mail.example.test",
+        schedule=SCHEDULE,
+        routes={"remote.test": HostPort("127.0.0.1", port)},
+        connect_timeout=2,
+    )
+    clock = Clock(datetime.now(UTC))
+    queue = QueueRunner(store, dns(), settings, data_dir=tmp_path / "data", clock=clock)
+    local = await enqueue(store, [OutboundRecipient("x@remote.test")])
+    foreign = await enqueue(store, [OutboundRecipient("y@remote.test")], sender="carol@elsewhere.test")
+    assert local.dkim_signature is None and foreign.dkim_signature is None
+    stored: list[bytes | None] = []
+    for _attempt in range(3):
+        for entry_id in (local.id, foreign.id):
+            entry = await store.get_queue_entry(entry_id)
+            assert entry is not None
+            await queue.process(entry)
+        again = await store.get_queue_entry(local.id)
+        assert again is not None and again.recipients[0].state is RecipientState.PENDING
+        stored.append(again.dkim_signature)
+        clock.now += timedelta(minutes=10)
+    assert calls == ["example.test"]  # once for three attempts; never for a foreign sender
+    signature = stored[0]
+    assert signature is not None and signature.count(b"DKIM-Signature:") == 2
+    assert stored == [signature] * 3
+    assert f"t={int(local.created_at.timestamp())};".encode() in signature.replace(b"\r\n ", b" ")
+    untouched = await store.get_queue_entry(foreign.id)
+    assert untouched is not None and untouched.dkim_signature == b""  # decided: not ours to sign

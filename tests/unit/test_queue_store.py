@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from old_schema import queue_database_at
 from surat.store.base import (
     Change,
     ChangeKind,
@@ -17,7 +18,7 @@ from surat.store.base import (
     RecipientState,
     RecipientUpdate,
 )
-from surat.store.sqlite import SQLiteStore
+from surat.store.sqlite import INDEX_FILE, SQLiteStore
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 MESSAGE = b"Return-Path: <a@example.test>\r\nFrom: a@example.test\r\nSubject: s\r\n\r\nbody\r\n"
@@ -109,3 +110,43 @@ async def test_recover_makes_interrupted_attempts_due(store: SQLiteStore) -> Non
     entry = await store.get_queue_entry(interrupted)
     assert entry is not None and entry.attempts[0].result == "interrupted"
     assert await store.recover_queue(NOW) == 0
+
+
+async def test_dkim_signature_is_stored_at_queueing_or_once_with_an_attempt(store: SQLiteStore) -> None:
+    """Issue 18: the fields made at submission come back with the entry; an entry queued without
+    them gets them from its first attempt record, and a later attempt never replaces them."""
+    signed = OutboundMessage(
+        sender="a@example.test",
+        recipients=(OutboundRecipient("b@example.net"),),
+        dkim_signature=b"DKIM-Signature: v=1; a=ed25519-sha256; b=AAAA\r\n",
+    )
+    result = await store.deliver(Delivery(None, len(MESSAGE), NOW, remote=signed, content=MESSAGE))
+    assert result.queue_id is not None
+    entry = await store.get_queue_entry(result.queue_id)
+    assert entry is not None and entry.dkim_signature == signed.dkim_signature
+    await store.record_attempt(entry.id, NOW, None, NOW, dkim_signature=b"DKIM-Signature: other\r\n")
+    again = await store.get_queue_entry(entry.id)
+    assert again is not None and again.dkim_signature == signed.dkim_signature
+
+    unsigned = await queue_two(store)
+    first = await store.get_queue_entry(unsigned)
+    assert first is not None and first.dkim_signature is None
+    await store.record_attempt(unsigned, NOW, None, NOW)  # no signature made: still undecided
+    await store.record_attempt(unsigned, NOW, None, NOW, dkim_signature=b"DKIM-Signature: made\r\n")
+    await store.record_attempt(unsigned, NOW, None, NOW, dkim_signature=b"DKIM-Signature: again\r\n")
+    later = await store.get_queue_entry(unsigned)
+    assert later is not None and later.dkim_signature == b"DKIM-Signature: made\r\n"
+
+
+async def test_entries_queued_before_schema_6_read_as_unsigned(tmp_path: Path) -> None:
+    """An existing data directory keeps working: migration 6 adds the column, old entries have NULL."""
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    queue_database_at(data_dir / INDEX_FILE, 5).close()
+    store = SQLiteStore(data_dir)
+    await store.open()
+    try:
+        entry = await store.get_queue_entry("q1")
+        assert entry is not None and entry.dkim_signature is None
+    finally:
+        await store.close()

@@ -10,10 +10,14 @@ from surat.proto.smtp.address import (
     MailParams,
     RcptParams,
     SMTPSyntaxError,
+    UnsafeText,
+    has_controls,
+    header_safe,
     normalize_domain,
     parse_mail_params,
     parse_path,
     parse_rcpt_params,
+    terminal_safe,
     xtext_decode,
     xtext_encode,
 )
@@ -31,6 +35,16 @@ from surat.proto.smtp.address import (
         ("<@relay.example,@other.example:user@example.com>", Address("user", "example.com"), ""),
         ("<user@[192.0.2.1]>", Address("user", "[192.0.2.1]"), ""),
         ("<user@[IPv6:2001:DB8:0:0:0:0:0:1]>", Address("user", "[IPv6:2001:db8::1]"), ""),
+        ("<user@[010.000.2.1]>", Address("user", "[10.0.2.1]"), ""),  # Snum = 1*3DIGIT
+        ("<user@[IPv6:::1]>", Address("user", "[IPv6:::1]"), ""),  # IPv6-comp
+        ("<user@[ipv6:1:2:3:4:5:6::]>", Address("user", "[IPv6:1:2:3:4:5:6::]"), ""),  # 6 groups + "::"
+        ("<user@[IPv6:::ffff:192.0.2.1]>", Address("user", "[IPv6:::ffff:c000:201]"), ""),  # IPv6v4-comp
+        (
+            "<user@[IPv6:1:2:3:4:5:6:192.0.2.1]>",
+            Address("user", "[IPv6:1:2:3:4:5:6:c000:201]"),
+            "",
+        ),  # v4-full
+        ("<user@[IPv6:1::2:3:4:192.0.2.1]>", Address("user", "[IPv6:1::2:3:4:c000:201]"), ""),
         ("<user@xn--bcher-kva.example>", Address("user", "xn--bcher-kva.example"), ""),
         ("<user@Bücher.example>", Address("user", "xn--bcher-kva.example"), ""),
         ("<jörg@example.com>", Address("jörg", "example.com"), ""),
@@ -77,7 +91,23 @@ def test_postmaster_without_domain() -> None:
         "<user@exa_mple.com>",
         "<user@[300.1.1.1]>",
         "<user@[IPv6:zz::1]>",
-        "<user@[tag:content]>",
+        "<user@[tag:content]>",  # a General-address-literal: no tag but IPv6 is registered
+        "<user@[IPv6:::1%eth0]>",  # no scope id in the RFC 5321 §4.1.3 grammar
+        "<user@[IPv6:::1%\rX-Evil: 1]>",
+        "<user@[IPv6:1:2:3:4:5:6:7]>",  # IPv6-full has 8 groups
+        "<user@[IPv6:1:2:3:4:5:6:7::]>",  # IPv6-comp: at most 6 groups beside "::"
+        "<user@[IPv6:1::2::3]>",
+        "<user@[IPv6:1:::2]>",
+        "<user@[IPv6::1]>",
+        "<user@[IPv6:12345::1]>",
+        "<user@[IPv6:1::2:3:4:5:192.0.2.1]>",  # IPv6v4-comp: at most 4 groups beside "::"
+        "<user@[IPv6:::256.0.0.1]>",
+        "<user@[IPv6:1.2.3.4]>",
+        "<user@[192.0.2]>",
+        "<user@[192.0.2.1.5]>",
+        "<user@[1922.0.2.1]>",
+        "<user@[ 192.0.2.1]>",
+        "<user@[١٩٢.0.2.1]>",  # Arabic-Indic digits are digits to str.isdigit, not to RFC 5234
         "<user@xn--zz.example>",
         '<"unterminated@example.com>',
         "<user@example.com>junk",
@@ -199,3 +229,25 @@ def test_bad_rcpt_params(text: str) -> None:
     with pytest.raises(SMTPSyntaxError) as info:
         parse_rcpt_params(text)
     assert info.value.reply == R.SYNTAX_ERROR
+
+
+@pytest.mark.parametrize(
+    ("text", "safe"),
+    [
+        ("a@example.org", True),
+        ("jörg@example.org", True),
+        ("a\r@x", False),
+        ("a\x00", False),
+        ("a\x85", False),
+    ],
+)
+def test_header_and_terminal_checks(text: str, safe: bool) -> None:
+    assert has_controls(text) is not safe
+    if safe:
+        assert header_safe(text, "sender") == text
+        assert terminal_safe(text) == text
+    else:
+        with pytest.raises(UnsafeText, match="control character in sender"):
+            header_safe(text, "sender")
+        assert terminal_safe(text).isprintable()
+    assert terminal_safe("<a\r\nX-Evil: 1\x1b[2J>") == "<a\\r\\nX-Evil: 1\\x1b[2J>"

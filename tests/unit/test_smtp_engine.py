@@ -747,3 +747,30 @@ def test_junk_limit_leaves_real_commands_alone() -> None:
     settings = replace(MX, max_junk_commands=1, max_bad_commands=2)
     run = check_splits(b"EHLO client.example\r\n" * 5, settings, every_offset=False)
     assert run.codes == ["250"] * 5 and not run.engine.closed
+
+
+# ------------------------------------------------------------------------------ control characters
+
+PROBE_SENDER = b"MAIL FROM:<a@[IPv6:::1%\rAuthentication-Results: x; dkim=pass\rX-Evil: 1]>\r\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        PROBE_SENDER,  # the review's probe: bare CRs inside the address literal's scope id
+        b"MAIL FROM:<a@example.org>\rRCPT TO:<b@example.test>\r\n",
+        b"MAIL FROM:<a@example.org>\x00\r\n",
+        b"MAIL FROM:<a\x00b@example.org>\r\n",
+        b"MAIL FROM:<a@example.org> ENVID=x\x1b\r\n",
+        b"NOOP \x7f\r\n",
+        b"EHLO client\rexample\r\n",
+    ],
+)
+def test_control_characters_in_a_command_line_are_refused(line: bytes) -> None:
+    run = check_splits(HELLO + line + b"MAIL FROM:<a@example.org>\r\n")
+    assert run.codes[1:] == ["501 5.5.2", "250 2.1.0"]  # refused, and the session goes on
+    assert [event.path for event in run.of(MailFrom)] == [Address("a", "example.org")]
+
+
+def test_tab_in_a_command_line_is_not_a_control_character_error() -> None:
+    assert check_splits(HELLO + b"NOOP x\ty\r\n").codes[1:] == ["250 2.0.0"]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from surat.delivery.local import base_address, owns, resolve
+from surat.delivery.local import alias_cycle, base_address, owns, resolve
 from surat.store.base import Account, MailboxTarget
 
 
@@ -83,6 +83,56 @@ async def test_resolve(
     assert sorted(resolution.local, key=lambda t: t.account_id) == list(local)
     assert tuple(r.lower() for r in resolution.remote) == remote
     assert resolution.found == bool(local or remote)
+
+
+@pytest.mark.parametrize(
+    ("aliases", "address", "found", "loop"),
+    [
+        ((("a@example.test", "b@example.test"), ("b@example.test", "a@example.test")), "a@example.test",
+         False, ("a@example.test", "b@example.test", "a@example.test")),
+        # the catch-all does not hide a cycle
+        ((("a@example.test", "b@example.test"), ("b@example.test", "c@example.test"),
+          ("c@example.test", "b@example.test"), ("@example.test", "bob@example.test")), "a+x@example.test",
+         False, ("b@example.test", "c@example.test", "b@example.test")),
+        # a cycle through the base address of a +tag
+        ((("a@example.test", "b@example.test"), ("b@example.test", "a@example.test")), "a+x@example.test",
+         False, ("a@example.test", "b@example.test", "a@example.test")),
+        # a cycle beside a real target delivers to the target (each address once)
+        ((("a@example.test", "b@example.test"), ("b@example.test", "a@example.test"),
+          ("b@example.test", "bob@example.test")), "a@example.test", True,
+         ("a@example.test", "b@example.test", "a@example.test")),
+        # "keep a copy here" is no loop
+        ((("alice@example.test", "alice@example.test"), ("alice@example.test", "bob@example.test")),
+         "alice@example.test", True, ()),
+    ],
+)  # fmt: skip
+async def test_resolve_names_an_alias_cycle(
+    aliases: tuple[tuple[str, str], ...], address: str, found: bool, loop: tuple[str, ...]
+) -> None:
+    resolution = await resolve(directory(*aliases), address)
+    assert resolution.found == found
+    assert resolution.loop == loop
+
+
+@pytest.mark.parametrize(
+    ("aliases", "source", "target", "cycle"),
+    [
+        ((("b@example.test", "a@example.test"),), "a@example.test", "b@example.test",
+         ("a@example.test", "b@example.test", "a@example.test")),
+        ((("b@example.test", "c@example.test"), ("c@example.test", "d@example.test"),
+          ("d@example.test", "a@example.test")), "a@example.test", "b@example.test",
+         ("a@example.test", "b@example.test", "c@example.test", "d@example.test", "a@example.test")),
+        # through a +tag target: b+x is b
+        ((("b@example.test", "a@example.test"),), "a@example.test", "B+x@example.test",
+         ("a@example.test", "b+x@example.test", "a@example.test")),
+        ((("b@example.test", "alice@example.test"),), "a@example.test", "b@example.test", None),
+        ((), "a@example.test", "a@example.test", None),
+    ],
+)  # fmt: skip
+async def test_alias_cycle(
+    aliases: tuple[tuple[str, str], ...], source: str, target: str, cycle: tuple[str, ...] | None
+) -> None:
+    assert await alias_cycle(directory(*aliases), source, target) == cycle
 
 
 async def test_long_alias_chain_is_bounded() -> None:

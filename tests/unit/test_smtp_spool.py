@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from surat.proto.smtp.address import UnsafeText
 from surat.smtpd.message import MAX_HEADER_SECTION, Spool, protocol_name, received_header, return_path
 
 PREFIX = return_path("a@example.org") + b"Received: test\r\n"
@@ -108,3 +109,21 @@ def test_received_header() -> None:
     )
     assert protocol_name(extended=False, tls=False, authenticated=False, smtputf8=False) == "SMTP"
     assert protocol_name(extended=True, tls=False, authenticated=False, smtputf8=True) == "UTF8SMTP"
+
+
+def test_trace_fields_refuse_control_characters() -> None:
+    # the second check where the envelope is rendered (the engine refuses such commands first)
+    with pytest.raises(UnsafeText, match="Return-Path"):
+        return_path("a@[IPv6:::1%\rAuthentication-Results: x]")
+    with pytest.raises(UnsafeText, match="Received"):
+        received_header(
+            helo="client",
+            peer_ip="192.0.2.1",
+            hostname="mail.example.test",
+            protocol="ESMTP",
+            transaction_id="abc.1",
+            tls=None,
+            auth_user=None,
+            recipient="bob@example.test>\r\nX-Evil: 1",
+            when=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        )

@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from surat.store import schema
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     Account,
@@ -307,7 +309,8 @@ async def test_uids_and_modseqs_are_monotonic_and_flags_follow_modes(
     assert r.modified == [1] and [u.uid for u in r.updated] == [4]
     status = await store.mailbox_status(box)
     assert (status.unseen, status.deleted) == (3, 2)  # 2, 3 and 4 lack \Seen
-    assert await store.expunge(box, [2, 3, 50]) == [2, 3]
+    # IMAP EXPUNGE: of the messages named, only those flagged \Deleted at the time (1 and 4 are not).
+    assert await store.expunge(box, [1, 2, 3, 4, 50], only_deleted=True) == [2, 3]
     assert await deliver(store, alice, message(9)) == 5  # expunged UIDs are never reused
     changes = await store.changes_since(box, modseq1)
     assert changes.vanished == [2, 3]
@@ -600,3 +603,50 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StoreError):
         await store.add_domain("example.test")
+
+
+async def test_subscriptions_outlive_their_mailbox(store: SQLiteStore, alice: Account) -> None:
+    await store.create_mailbox(alice.id, "Lists/rust")
+    assert {"Lists", "Lists/rust"} <= set(
+        await store.list_subscriptions(alice.id)
+    )  # new ones start subscribed
+    # RFC 9051 §6.3.7: deleting a mailbox does not remove its name from the subscription list.
+    await store.delete_mailbox(alice.id, "Lists/rust")
+    assert "Lists/rust" in await store.list_subscriptions(alice.id)
+    with pytest.raises(NotFound):
+        await store.set_subscribed(alice.id, "Lists/rust", True)  # subscribing needs the mailbox
+    await store.set_subscribed(alice.id, "Lists/rust", False)  # unsubscribing does not
+    assert "Lists/rust" not in await store.list_subscriptions(alice.id)
+    with pytest.raises(NotFound):
+        await store.set_subscribed(alice.id, "Lists/rust", False)
+    # A renamed mailbox keeps its subscription, under its new name, children included.
+    await store.create_mailbox(alice.id, "Lists/go")
+    await store.set_subscribed(alice.id, "Lists", False)
+    await store.rename_mailbox(alice.id, "Lists", "Groups")
+    subscriptions = await store.list_subscriptions(alice.id)
+    assert "Groups/go" in subscriptions and "Groups" not in subscriptions
+    assert not any(name.startswith("Lists") for name in subscriptions)
+    group = await store.get_mailbox(alice.id, "Groups/go")
+    assert group is not None and group.subscribed
+
+
+def test_migration_4_moves_subscriptions_to_their_own_table(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    try:
+        assert schema.migrate(conn, target=3) == 3
+        conn.execute("INSERT INTO domains (name) VALUES ('example.test')")
+        conn.execute(
+            "INSERT INTO accounts (id, address, domain, password_hash) VALUES (1, 'a@example.test',"
+            " 'example.test', 'x')"
+        )
+        for name, subscribed in (("INBOX", 1), ("Old", 0)):
+            conn.execute(
+                "INSERT INTO mailboxes (account_id, name, uidvalidity, subscribed) VALUES (1, ?, 1, ?)",
+                (name, subscribed),
+            )
+        assert schema.migrate(conn) == len(schema.MIGRATIONS)
+        assert conn.execute("SELECT account_id, name FROM subscriptions").fetchall() == [(1, "INBOX")]
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(mailboxes)")]
+        assert "subscribed" not in columns
+    finally:
+        conn.close()

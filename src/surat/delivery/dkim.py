@@ -14,19 +14,33 @@ same values elsewhere without touching the signing code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import enum
+import functools
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
-import dkim as dkimpy
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from surat.mailauth.dkim_canon import (
+    MessageFormatError,
+    ParsedMessage,
+    canonical_body,
+    parse_message,
+    selected_fields,
+    sha256_digest,
+    signature_field_data,
+)
+from surat.store.filemodes import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +77,14 @@ SIGNED_HEADERS: tuple[str, ...] = (
     "list-archive",
 )
 # RFC 6376 §8.15: naming a field once more than it occurs signs its absence, so nobody can add a
-# second From above the signed one (the one most mail readers display).
-OVERSIGNED_HEADERS: tuple[str, ...] = ("from",)
+# second From above the signed one (the one most mail readers display), nor a To, Subject, Date
+# or Message-ID where the author wrote none or above the author's.
+OVERSIGNED_HEADERS: tuple[str, ...] = ("from", "to", "subject", "date", "message-id")
 
 _DOMAIN_RE = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
 _SELECTOR_RE = re.compile(r"^s(\d{8})([re])(\d*)$")
-_FIELD_NAME_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 
 
 class DkimError(Exception):
@@ -203,7 +217,8 @@ def save_keys(data_dir: Path, keys: Iterable[DkimKey]) -> list[Path]:
     written: list[Path] = []
     for key in keys:
         directory = key_dir(data_dir, key.domain)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(directory.parent, parents=True)  # <data_dir>/dkim too, not only the domain's
+        make_private_dir(directory)
         path = directory / f"{key.selector}.pem"
         if path.exists():
             raise DkimError(f"DKIM key {path} already exists")
@@ -279,70 +294,200 @@ def ensure_keys(data_dir: Path, domain: str, now: datetime) -> tuple[DkimKey, ..
 
 # ----------------------------------------------------------------------------------------- signing
 
-
-def _header_names(message: bytes) -> list[str]:
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        end = message.find(b"\n\n")
-    head = message if end < 0 else message[: end + 2]
-    return [match.group(1).decode("ascii").lower() for match in _FIELD_NAME_RE.finditer(head)]
-
-
-def headers_to_sign(message: bytes) -> list[str]:
-    """The h= list: each recommended field as often as it occurs, plus one extra From."""
-    names = _header_names(message)
-    wanted = set(SIGNED_HEADERS)
-    signed = [name for name in names if name in wanted]
-    return signed + [name for name in OVERSIGNED_HEADERS]
+# RFC 6376 §3.5 b=, bh=: base64 may be folded anywhere; lines of the field stay under RFC 5322
+# §2.1.1's 78 characters.
+_LINE_WIDTH = 76
+_FOLD = b"\r\n "
+# Up to this size a message is signed on the event loop when `SigningKeys.in_thread` is off; a
+# bigger one always in a thread: canonicalisation and hashing are linear in the size (about 1 µs
+# per KiB), and a client sends up to `[limits] message_size`.
+INLINE_SIGN_LIMIT = 256 * 1024
 
 
-def _dkimpy_private_key(key: DkimKey) -> bytes:
-    if key.algorithm is DkimAlgorithm.RSA:
-        return key.private_pem
-    # dkimpy (PyNaCl) takes the 32-byte Ed25519 seed, base64-encoded (RFC 8463 §3).
-    private = serialization.load_pem_private_key(key.private_pem, password=None)
-    assert isinstance(private, ed25519.Ed25519PrivateKey)
-    raw = private.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
-    return base64.b64encode(raw)
+Canonicalization = Literal["simple", "relaxed"]  # RFC 6376 §3.4
 
 
-def sign(message: bytes, domain: str, keys: Sequence[DkimKey], logger: logging.Logger | None = None) -> bytes:
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A key ready to sign with: its private half parsed once (parsing the PEM costs more than signing)."""
+
+    key: DkimKey
+    private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey = field(repr=False)
+
+    @classmethod
+    def from_key(cls, key: DkimKey) -> SigningKey:
+        private = serialization.load_pem_private_key(key.private_pem, password=None)
+        if not isinstance(private, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+            raise DkimError(f"DKIM key {key.selector} for {key.domain} is neither RSA nor Ed25519")
+        return cls(key, private)
+
+
+def headers_to_sign(parsed: ParsedMessage) -> list[bytes]:
+    """The h= list (RFC 6376 §5.4): each recommended field as often as it occurs, plus one more of
+    each OVERSIGNED_HEADERS field (§8.15: signs that no further one may be added)."""
+    wanted = _SIGNED_SET
+    signed = [name for name in parsed.names if name in wanted]
+    return signed + list(_OVERSIGNED)
+
+
+_SIGNED_SET = frozenset(name.encode("ascii") for name in SIGNED_HEADERS)
+_OVERSIGNED = tuple(name.encode("ascii") for name in OVERSIGNED_HEADERS)
+_PKCS1 = padding.PKCS1v15()  # built once: each construction is an ABC isinstance check
+_SHA256 = hashes.SHA256()
+
+
+def _fold_tags(tags: Sequence[tuple[bytes, bytes]], column: int) -> tuple[bytes, int]:
+    """`tag=value; ...` with folding whitespace between tags (and after the colons of h=) where a
+    line would pass _LINE_WIDTH; returns the text and the column it ends at. The last tag (b=) is
+    written as given, its value empty: it is filled in after hashing."""
+    out = bytearray()
+    for number, (name, value) in enumerate(tags):
+        # h= may be folded after each colon (RFC 6376 §3.5: [FWS] ":" [FWS] between the names)
+        pieces = [name + b"=" + value] if name != b"h" else [b"h=" + value.replace(b":", b": ")]
+        words = pieces[0].split(b" ") if name == b"h" else pieces
+        if number < len(tags) - 1:
+            words[-1] += b";"
+        for index, word in enumerate(words):
+            separator = b" " if index == 0 else b""
+            if column + len(separator) + len(word) > _LINE_WIDTH:
+                out += _FOLD
+                column = 1
+            else:
+                out += separator
+                column += len(separator)
+            out += word
+            column += len(word)
+    return bytes(out), column
+
+
+def _fold_base64(value: bytes, column: int) -> bytes:
+    """`value` in lines of at most _LINE_WIDTH, starting at `column` (RFC 6376 §3.5: base64 may
+    carry FWS anywhere)."""
+    out = bytearray()
+    room = _LINE_WIDTH - column
+    if room < 8:
+        out += _FOLD
+        room = _LINE_WIDTH - 1
+    while value:
+        out += value[:room]
+        value = value[room:]
+        if value:
+            out += _FOLD
+            room = _LINE_WIDTH - 1
+    return bytes(out)
+
+
+def sign(
+    message: bytes,
+    domain: str,
+    keys: Sequence[DkimKey | SigningKey],
+    *,
+    timestamp: int | None = None,
+    canonicalization: tuple[Canonicalization, Canonicalization] = ("relaxed", "relaxed"),
+) -> bytes:
     """DKIM-Signature header fields (CRLF-terminated) to prepend to `message`, one per key.
 
-    relaxed/relaxed canonicalisation (RFC 6376 §3.4: survives header refolding and whitespace
-    changes by relays), d=`domain`, RSA signature on top. A message without a From field cannot be
-    signed (RFC 6376 §5.4): b"" is returned and a warning logged, and the message goes out unsigned.
-    CPU-bound (an RSA-2048 signature takes milliseconds): the queue runner calls it in an executor.
+    relaxed/relaxed canonicalisation by default (RFC 6376 §3.4.2, §3.4.4: survives header
+    refolding and whitespace changes by relays; `canonicalization` (header, body) chooses "simple"
+    as well), d=`domain`, t=`timestamp` (now when None), RSA signature on top.
+    The canonical forms come from `surat.mailauth.dkim_canon`, the code our verifier checks with;
+    the body is hashed once for all keys, the signed header fields are put together once, and the
+    private-key operations are OpenSSL's (`cryptography`): a fraction of a millisecond for both.
+    A message without a From field cannot be signed (RFC 6376 §5.4): b"" is returned and a warning
+    logged, and the message goes out unsigned. A header section that cannot be split is DkimError.
     """
     domain = normalize_domain(domain)
-    if "from" not in _header_names(message):
+    try:
+        parsed = parse_message(message)
+    except MessageFormatError as exc:
+        raise DkimError(f"cannot sign for {domain}: {exc}") from None
+    if not parsed.has(b"from"):
         log.warning("dkim_unsigned reason=no_from domain=%s", domain)
         return b""
-    include = [name.encode("ascii") for name in headers_to_sign(message)]
+    signing = [key if isinstance(key, SigningKey) else SigningKey.from_key(key) for key in keys]
+    for item in signing:
+        if item.key.domain != domain:
+            raise DkimError(f"DKIM key {item.key.selector} belongs to {item.key.domain}, not {domain}")
+    signed_names = headers_to_sign(parsed)
+    relaxed_header, relaxed_body = (choice == "relaxed" for choice in canonicalization)
+    c_tag = "/".join(canonicalization).encode("ascii")
+    # RFC 6376 §3.7: the body hash (one for every signature: same canonicalisation and hash)...
+    body_hash = base64.b64encode(sha256_digest(canonical_body(parsed.body, relaxed_body)))
+    # ... and the selected header fields, bottom-up per name (the same for every signature)
+    header_data = selected_fields(parsed, signed_names, relaxed_header)
+    when = str(int(time.time()) if timestamp is None else timestamp).encode("ascii")
     fields: list[bytes] = []
-    for key in sorted(keys, key=lambda k: k.algorithm is not DkimAlgorithm.RSA):
-        if key.domain != domain:
-            raise DkimError(f"DKIM key {key.selector} belongs to {key.domain}, not {domain}")
-        try:
-            signer = dkimpy.DKIM(
-                message,
-                signature_algorithm=key.algorithm.signature_algorithm.encode("ascii"),
-                logger=logger or log,
-            )
-            field_bytes = signer.sign(
-                key.selector.encode("ascii"),
-                domain.encode("ascii"),
-                _dkimpy_private_key(key),
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=include,
-            )
-        except dkimpy.DKIMException as exc:
-            raise DkimError(f"signing with {key.selector} for {domain} failed: {exc}") from exc
-        assert isinstance(field_bytes, bytes)
-        fields.append(field_bytes if field_bytes.endswith(b"\r\n") else field_bytes.rstrip(b"\r\n") + b"\r\n")
+    for item in sorted(signing, key=lambda k: k.key.algorithm is not DkimAlgorithm.RSA):
+        key = item.key
+        # RFC 6376 §3.5: v, a, b, bh, d, h, s required; b= last so the value is appended after hashing
+        tags = [
+            (b"v", b"1"),
+            (b"a", key.algorithm.signature_algorithm.encode("ascii")),
+            (b"c", c_tag),
+            (b"d", domain.encode("ascii")),
+            (b"s", key.selector.encode("ascii")),
+            (b"t", when),
+            (b"h", b":".join(signed_names)),
+            (b"bh", body_hash),
+            (b"b", b""),
+        ]
+        template, column = _fold_tags(tags, len(b"DKIM-Signature:"))
+        # §3.7 step 2: the signature field itself with b= empty, canonicalised, without its CRLF
+        data = header_data + signature_field_data((b"DKIM-Signature", template + b"\r\n"), relaxed_header)
+        private = item.private
+        if isinstance(private, rsa.RSAPrivateKey):
+            value = private.sign(data, _PKCS1, _SHA256)  # RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 §8.2)
+        else:
+            value = private.sign(sha256_digest(data))  # RFC 8463 §3: Ed25519 signs the SHA-256 hash
+        fields.append(b"DKIM-Signature:" + template + _fold_base64(base64.b64encode(value), column) + b"\r\n")
     return b"".join(fields)
+
+
+class SigningKeys:
+    """Each domain's signing keys, read and parsed once, for the submission service and the queue.
+
+    A key added on disk while the server runs (a rotation) is picked up at the next start; what was
+    queued before is delivered with the signature it got when it was queued (issue 18).
+    """
+
+    def __init__(self, data_dir: Path, *, in_thread: bool = True) -> None:
+        self.data_dir = data_dir
+        # Sign in the default executor: OpenSSL's RSA step lets go of the GIL, so the event loop
+        # goes on meanwhile (see docs/performance.md, issue 18, for the figures); off: sign on
+        # the loop, messages up to INLINE_SIGN_LIMIT.
+        self.in_thread = in_thread
+        self._keys: dict[str, tuple[SigningKey, ...]] = {}
+        # One load at a time: two first messages of a new domain must not both create its keys
+        # (the second `save_keys` would find the selector taken and the message go out unsigned).
+        self._loading = asyncio.Lock()
+
+    def load(self, domain: str, now: datetime) -> tuple[SigningKey, ...]:
+        """The domain's keys, created when missing (file I/O: call it in a thread)."""
+        domain = normalize_domain(domain)
+        keys = tuple(SigningKey.from_key(key) for key in ensure_keys(self.data_dir, domain, now))
+        self._keys[domain] = keys
+        return keys
+
+    async def get(self, domain: str, now: datetime) -> tuple[SigningKey, ...]:
+        """The domain's keys (`domain` lower case), loaded in a thread the first time."""
+        keys = self._keys.get(domain)
+        if keys is None:
+            async with self._loading:
+                keys = self._keys.get(domain)
+                if keys is None:
+                    keys = await asyncio.get_running_loop().run_in_executor(None, self.load, domain, now)
+        return keys
+
+    async def sign(self, message: bytes, domain: str, now: datetime) -> bytes:
+        """`sign(message, domain, keys, timestamp=now)` with the domain's keys, in a thread or not."""
+        keys = await self.get(domain, now)
+        timestamp = int(now.timestamp())
+        if not self.in_thread and len(message) <= INLINE_SIGN_LIMIT:
+            return sign(message, domain, keys, timestamp=timestamp)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, functools.partial(sign, message, domain, keys, timestamp=timestamp)
+        )
 
 
 DnsTxtLookup = Callable[..., bytes | None]

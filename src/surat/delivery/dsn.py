@@ -34,7 +34,7 @@ from io import BytesIO
 from typing import BinaryIO
 
 from surat.delivery.schedule import delay_notice_wanted
-from surat.proto.smtp.address import xtext_decode
+from surat.proto.smtp.address import header_safe, xtext_decode
 
 # RET=FULL returns at most this much of the original; a larger message is returned as headers
 # only, so one huge bounce cannot double the load on the sender's mailbox (Postfix caps at 50 KiB
@@ -490,8 +490,8 @@ def build_dsn(
     dsn = MIMEMultipart("report", report_type="delivery-status")
     content_type = dsn["Content-Type"]
     del dsn["Content-Type"], dsn["MIME-Version"]  # re-added below, after the addressing fields
-    dsn["From"] = f"Mail Delivery System <MAILER-DAEMON@{report.reporting_mta}>"
-    dsn["To"] = report.sender
+    dsn["From"] = f"Mail Delivery System <MAILER-DAEMON@{header_safe(report.reporting_mta, 'DSN From')}>"
+    dsn["To"] = header_safe(report.sender, "DSN To")  # no CRLF injection through the envelope sender
     dsn["Subject"] = _SUBJECTS[kind]
     dsn["Date"] = format_datetime(now)
     dsn["Message-ID"] = message_id or make_msgid(domain=report.reporting_mta)

@@ -30,6 +30,11 @@ MAX_EXPANSION = 1000
 class Resolution:
     local: tuple[MailboxTarget, ...] = ()  # one per account, in first-seen order
     remote: tuple[str, ...] = ()  # addresses outside our domains (from aliases, or as given)
+    # An alias cycle met on the way (a -> b -> a), as the addresses in order with the first repeated at
+    # the end. `surat alias add` refuses cycles, so one here slipped in (concurrent edits, an older
+    # version): when nothing else was found, the caller reports a configuration error, not "no such
+    # user", and logs the cycle for the administrator.
+    loop: tuple[str, ...] = ()
 
     @property
     def found(self) -> bool:
@@ -55,6 +60,8 @@ class _Expansion:
         self.accounts: dict[int, None] = {}
         self.remote: dict[str, str] = {}  # lower-cased -> as given
         self.seen: set[str] = set()
+        self.path: list[str] = []  # the alias chain being expanded, to name a cycle
+        self.loop: tuple[str, ...] = ()
 
     async def expand(self, address: str, depth: int, *, domain_is_local: bool = False) -> bool:
         """Add what `address` delivers to; False when it names nobody."""
@@ -68,21 +75,29 @@ class _Expansion:
             return True
         key = f"{local.lower()}@{domain}"
         if key in self.seen:
-            return False  # an alias loop: this branch names nobody new
+            if key in self.path and not self.loop:
+                self.loop = (*self.path[self.path.index(key) :], key)
+            return False  # an alias loop, or an address already expanded: nobody new here
         self.seen.add(key)
         if await self._exact(key, depth):
             return True
         base = base_address(key)
-        if base != key and base not in self.seen:
+        if base != key and base not in self.seen and not self.loop:
             self.seen.add(base)
             if await self._exact(base, depth):
                 return True
+        if self.loop:
+            return False  # a cycle is a configuration error: never hide it behind the catch-all
         return await self._targets(await self.store.alias_targets(f"@{domain}"), key, depth)
 
     async def _exact(self, key: str, depth: int) -> bool:
         targets = await self.store.alias_targets(key)
         if targets:
-            return await self._targets(targets, key, depth)
+            self.path.append(key)
+            try:
+                return await self._targets(targets, key, depth)
+            finally:
+                self.path.pop()
         account = await self.store.get_account(key)
         if account is not None:
             self.accounts.setdefault(account.id, None)
@@ -111,7 +126,43 @@ async def resolve(store: Store, address: str, *, domain_is_local: bool = False) 
     return Resolution(
         local=tuple(MailboxTarget(account_id) for account_id in expansion.accounts),
         remote=tuple(expansion.remote.values()),
+        loop=expansion.loop,
     )
+
+
+async def alias_cycle(store: Store, source: str, target: str) -> tuple[str, ...] | None:
+    """The cycle that adding the alias `source -> target` would close, or None.
+
+    Follows the existing aliases from `target` (exact sources, and the base address of a +tag as
+    `resolve` does) breadth-first; a path back to `source` is a cycle, returned as the addresses in
+    order (`source`, `target`, ..., `source`). Bounded by MAX_EXPANSION addresses, like delivery.
+    """
+    source = source.lower()
+    start = target.lower()
+    if start == source:
+        return None  # "source -> source" means "keep a copy here", not a loop
+    previous: dict[str, str] = {start: source}
+    queue = [start]
+    while queue and len(previous) < MAX_EXPANSION:
+        address = queue.pop(0)
+        candidates = [address]
+        base = base_address(address)
+        if base != address:
+            candidates.append(base)
+        for candidate in candidates:
+            for listed in await store.alias_targets(candidate):
+                following = listed.lower()
+                if following == candidate:
+                    continue  # a "keep a copy" entry
+                if following == source:
+                    chain = [source, address]
+                    while chain[-1] != start:
+                        chain.append(previous[chain[-1]])
+                    return (source, *reversed(chain[1:]), source)
+                if following not in previous:
+                    previous[following] = address
+                    queue.append(following)
+    return None
 
 
 async def owned_addresses(store: Store, account_address: str) -> set[str]:

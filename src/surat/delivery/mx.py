@@ -31,6 +31,13 @@ DOMAIN_NOT_FOUND = Reply(550, "5.1.2", "Recipient domain does not exist")
 DNS_TEMPORARY = Reply(451, "4.4.3", "Temporary DNS failure looking up the recipient domain")
 MAIL_LOOP = Reply(550, "5.4.6", "Mail for this domain loops back to this server")
 NO_ADDRESS = Reply(550, "5.4.4", "No address found for the recipient domain's mail servers")
+# RFC 3463 §3.5 X.4.4 "Unable to route". Permanent, like Postfix's "mail for ... loops back to myself"
+# (5.4.6) for an MX that resolves to one of its own addresses: an address literal never changes, and
+# an MX pointing at private space is not a passing failure either. Retrying would keep the bounce of
+# a forged sender (the review's "[IPv6:::1]") in the queue for days for nothing.
+REFUSED_DESTINATION = Reply(
+    550, "5.4.4", "Recipient domain's mail servers are at private, loopback or this server's addresses"
+)
 
 
 class RouteKind(enum.Enum):
@@ -238,6 +245,50 @@ def _literal(domain: str, port: int) -> RouteResult:
     if not _is_ip(inner):
         return RouteFailure(domain, Reply(550, "5.1.2", f"Bad address literal {domain}"))
     return Route(domain, RouteKind.LITERAL, (Host(inner, port, (inner,)),))
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`text` as an address, IPv4-mapped IPv6 (::ffff:a.b.c.d) as the IPv4 address it stands for;
+    None for anything that is not an address."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_public_address(address: str, own_addresses: Collection[str] = ()) -> bool:
+    """Whether mail may go to `address` when DNS or an address literal named it.
+
+    Refused: loopback, private (RFC 1918, RFC 4193 ULA), link-local, multicast, unspecified, reserved,
+    shared (RFC 6598) and documentation space (`is_global` is False for all but multicast), IPv4-mapped
+    IPv6 forms of those, and the addresses this server listens on. Configured routes and the smarthost
+    are trusted and never checked (issue 11 item 11).
+    """
+    ip = parse_ip(address)
+    return ip is not None and ip.is_global and not ip.is_multicast and str(ip) not in own_addresses
+
+
+def refuse_private(route: Route, own_addresses: Collection[str] = ()) -> RouteResult:
+    """`route` without the addresses `is_public_address` refuses; a permanent failure if none is left.
+
+    For routes found in DNS or an address literal only: `[delivery] routes` and the smarthost are the
+    operator's own choice (a relay on 127.0.0.1 is normal there).
+    """
+    if route.kind in (RouteKind.ROUTE, RouteKind.SMARTHOST):
+        return route
+    hosts: list[Host] = []
+    refused: list[str] = []
+    for host in route.hosts:
+        allowed = tuple(a for a in host.addresses if is_public_address(a, own_addresses))
+        refused += (a for a in host.addresses if a not in allowed)
+        if allowed:
+            hosts.append(Host(host.name, host.port, allowed, host.preference))
+    if hosts:
+        return Route(route.domain, route.kind, tuple(hosts))
+    return RouteFailure(route.domain, REFUSED_DESTINATION, "refused destination " + ", ".join(refused))
 
 
 def _is_ip(text: str) -> bool:

@@ -23,7 +23,12 @@ async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
     if await store.is_local_domain(domain):
         resolution = await resolve_local(store, dsn.recipient)
         if not resolution.local and not resolution.remote:
-            log.warning("dsn.undeliverable", extra=fields(to=dsn.recipient))
+            if resolution.loop:
+                log.error(
+                    "dsn.alias_loop", extra=fields(to=dsn.recipient, cycle=" -> ".join(resolution.loop))
+                )
+            else:
+                log.warning("dsn.undeliverable", extra=fields(to=dsn.recipient, reason="no such local user"))
             return
         content = NULL_RETURN_PATH + dsn.message
         remote = None

@@ -4,8 +4,11 @@ One loop wakes on the store's QUEUE_CHANGED (account 0) or every `queue_poll_int
 (so `surat queue retry/flush` run by another process is seen), and starts a task per due entry.
 A task:
 
-1. reads the message (from `body_offset`: the Return-Path is for local copies only) and signs it
-   with DKIM when the sender's domain is local (in an executor: RSA signing is CPU-bound);
+1. reads the message (from `body_offset`: the Return-Path is for local copies only) and puts the
+   DKIM-Signature fields stored with the entry on top. They were made once, when the message was
+   queued (submission, issue 18); an entry queued without them (from before, or from the MX port)
+   whose sender's domain is local is signed at its first attempt and the fields are stored with
+   the attempt record, so a message deferred N times is signed once;
 2. groups the still pending recipients by domain; local domains are never sent out (delivered
    here instead), too many Received fields is a loop (RFC 5321 §6.3, 5.4.6);
 3. resolves every domain's route (shared by the entries for that domain within `ROUTE_REUSE`
@@ -43,15 +46,17 @@ import asyncio
 import contextlib
 import functools
 import io
+import ipaddress
 import logging
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from surat.config import Config, HostPort
+from surat.config import Config, HostPort, ListenConfig
 from surat.delivery import dkim
 from surat.delivery.dsn import (
     Action,
@@ -63,7 +68,7 @@ from surat.delivery.dsn import (
     status_from_reply,
 )
 from surat.delivery.local import resolve as resolve_local
-from surat.delivery.mx import Route, RouteFailure, RouteKind, Target, resolve_targets
+from surat.delivery.mx import Route, RouteFailure, RouteKind, Target, refuse_private, resolve_targets
 from surat.delivery.notify import submit_dsn
 from surat.delivery.schedule import (
     DEFAULT_SCHEDULE,
@@ -75,7 +80,7 @@ from surat.delivery.schedule import (
 from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
 from surat.dns.base import Resolver
 from surat.log import fields
-from surat.proto.smtp.address import Address, SMTPSyntaxError, parse_path
+from surat.proto.smtp.address import Address, SMTPSyntaxError, UnsafeText, parse_path
 from surat.proto.smtp.client import (
     ClientSettings,
     Credentials,
@@ -84,7 +89,7 @@ from surat.proto.smtp.client import (
     RecipientResult,
     Timeouts,
 )
-from surat.proto.smtp.replies import Reply
+from surat.proto.smtp.replies import ALIAS_LOOP, Reply
 from surat.store.base import (
     ChangeKind,
     Delivery,
@@ -148,6 +153,9 @@ class RunnerSettings:
     mx_port: int = 25
     batch: int = 100  # due entries fetched per wake-up
     lease: timedelta = LEASE
+    # issue 11 item 11: addresses from DNS or a literal must be public and not ours (mx.refuse_private)
+    allow_private_destinations: bool = False
+    own_addresses: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config) -> RunnerSettings:
@@ -169,7 +177,23 @@ class RunnerSettings:
             poll_interval=delivery.queue_poll_interval,
             connect_timeout=delivery.connect_timeout,
             timeouts=replace(Timeouts(), **delivery.smtp_timeouts),
+            allow_private_destinations=delivery.allow_private_destinations,
+            own_addresses=_listening_addresses(config.listen),
         )
+
+
+def _listening_addresses(listen: ListenConfig) -> frozenset[str]:
+    """The addresses our listeners are bound to by number. A wildcard (0.0.0.0, ::) is not one of
+    them: it is unspecified space, which `is_public_address` refuses anyway; a public address of this
+    host behind a wildcard is caught by the MX loop check on the host name."""
+    found: set[str] = set()
+    for role in dataclass_fields(listen):
+        for hop in getattr(listen, role.name):
+            try:
+                found.add(str(ipaddress.ip_address(hop.host.strip("[]"))))
+            except ValueError:
+                continue  # a host name: not an address
+    return frozenset(found)
 
 
 @dataclass(slots=True)
@@ -220,7 +244,9 @@ class QueueRunner:
         smarthost_tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], datetime] = _utc_now,
         local_hostnames: Collection[str] = (),
+        signing_keys: dkim.SigningKeys | None = None,
     ) -> None:
+        """`signing_keys`: shared with the submission service (one parsed copy of each key)."""
         self.store = store
         self.resolver = resolver
         self.settings = settings
@@ -235,7 +261,7 @@ class QueueRunner:
         self._per_domain: dict[str, asyncio.Semaphore] = {}
         self._domain_users: dict[str, int] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._keys: dict[str, tuple[dkim.DkimKey, ...]] = {}
+        self.signing_keys = signing_keys or dkim.SigningKeys(data_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
         self._subscription: Subscription | None = None
@@ -251,12 +277,9 @@ class QueueRunner:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         now = self.clock()
         for domain in await self.store.list_domains():
-            self._keys[domain] = await loop.run_in_executor(
-                None, dkim.ensure_keys, self.data_dir, domain, now
-            )
+            await self.signing_keys.get(domain, now)
         recovered = await self.store.recover_queue(now)
         if recovered:
             log.info("queue.recovered", extra=fields(entries=recovered))
@@ -386,9 +409,15 @@ class QueueRunner:
             else:
                 routes[domain] = route
 
+        signature = entry.dkim_signature
+        made = None  # a signature made now, stored with the attempt record
+        if routes and signature is None:
+            signature = made = await self._sign(entry, original)
         now = self.clock()
         planned = ", ".join(f"{d}: {r.hosts[0].name}" for d, r in routes.items()) or None
-        number = await self.store.record_attempt(entry.id, now, planned, now + self.settings.lease)
+        number = await self.store.record_attempt(
+            entry.id, now, planned, now + self.settings.lease, dkim_signature=made
+        )
 
         for index in local:
             outcomes[index] = await self._deliver_locally(entry, index, original)
@@ -398,7 +427,7 @@ class QueueRunner:
         held = contextlib.AsyncExitStack()
         async with held:
             if routes:
-                message = await self._signed(entry, original)
+                message = signature + original if signature else original
                 results = await asyncio.gather(
                     *(
                         self._deliver_domain(entry, route, remote[domain], message, held)
@@ -436,26 +465,29 @@ class QueueRunner:
             file.seek(entry.body_offset)
             return file.read()
 
-    async def _signed(self, entry: QueueEntry, message: bytes) -> bytes:
+    async def _sign(self, entry: QueueEntry, message: bytes) -> bytes:
+        """DKIM-Signature fields for an entry queued unsigned: b"" unless the sender's domain is
+        local. t= is when the message was queued (issue 18), not this attempt."""
         domain = _domain_of(entry.sender) if entry.sender else ""
         if not domain or not await self._is_local_domain(domain):
-            return message
-        loop = asyncio.get_running_loop()
-        keys = self._keys.get(domain)
-        if keys is None:  # a domain added while running
-            keys = await loop.run_in_executor(None, dkim.ensure_keys, self.data_dir, domain, self.clock())
-            self._keys[domain] = keys
+            return b""
         try:
-            header = await loop.run_in_executor(None, dkim.sign, message, domain, keys)
-        except dkim.DkimError:
+            return await self.signing_keys.sign(message, domain, entry.created_at)
+        except (dkim.DkimError, OSError):
             log.exception("queue.dkim_failed", extra=fields(id=entry.id, domain=domain))
-            return message
-        return header + message
+            return b""
 
     async def _deliver_locally(self, entry: QueueEntry, index: int, message: bytes) -> _Outcome:
         address = entry.recipients[index].address
         resolution = await resolve_local(self.store, address)
         if not resolution.local:
+            if resolution.loop:
+                # Retried like a remote 4xx: the postmaster can break the cycle before the entry expires.
+                log.error(
+                    "queue.alias_loop",
+                    extra=fields(id=entry.id, rcpt=address, cycle=" -> ".join(resolution.loop)),
+                )
+                return _Outcome(RecipientState.PENDING, ALIAS_LOOP, self.settings.hostname)
             return _Outcome(RecipientState.FAILED, NO_SUCH_LOCAL_USER)
         content = f"Return-Path: <{entry.sender}>\r\n".encode() + message
         try:
@@ -560,6 +592,20 @@ class QueueRunner:
         # could not be set up (even with a 5xx greeting) is retried, not bounced.
         return {i: _Outcome(RecipientState.PENDING, last_failure, last_host) for i in indexes}
 
+    async def _resolve(self, domain: str) -> Route | RouteFailure:
+        route = await resolve_targets(
+            self.resolver,
+            domain,
+            local_hostnames=self.local_hostnames,
+            routes=self.settings.routes,
+            smarthost=self.settings.smarthost,
+            rng=self._rng,
+            port=self.settings.mx_port,
+        )
+        if isinstance(route, RouteFailure) or self.settings.allow_private_destinations:
+            return route
+        return refuse_private(route, self.settings.own_addresses)
+
     async def _route(self, domain: str) -> Route | RouteFailure:
         """`resolve_targets` for `domain`, shared with the entries around it (`ROUTE_REUSE`)."""
         now = asyncio.get_running_loop().time()
@@ -570,17 +616,7 @@ class QueueRunner:
         else:
             if len(self._routes) >= 4 * self.settings.batch:
                 self._routes = {d: m for d, m in self._routes.items() if m[0] > now}
-            lookup = asyncio.create_task(
-                resolve_targets(
-                    self.resolver,
-                    domain,
-                    local_hostnames=self.local_hostnames,
-                    routes=self.settings.routes,
-                    smarthost=self.settings.smarthost,
-                    rng=self._rng,
-                    port=self.settings.mx_port,
-                )
-            )
+            lookup = asyncio.create_task(self._resolve(domain))
             memo = self._routes[domain] = (now + ROUTE_REUSE, now, lookup)
         lookup = memo[2]
         try:
@@ -772,6 +808,13 @@ class QueueRunner:
                     failed=sum(o.state is RecipientState.FAILED for o in outcomes.values()),
                     pending=0 if expired else len(still),
                     next=when.isoformat() if when and not expired else "-",
+                    # Why the recipients not delivered were not: what `surat queue show` lists too.
+                    reason="; ".join(
+                        f"{entry.recipients[i].address}: {o.reply}"
+                        for i, o in sorted(outcomes.items())
+                        if o.state not in (RecipientState.DELIVERED, RecipientState.RELAYED)
+                    )[:500]
+                    or "-",
                 ),
             )
 
@@ -878,6 +921,12 @@ class QueueRunner:
             ret=Ret.FULL if (entry.ret or "").upper() == "FULL" else None,
             smtputf8=entry.smtputf8,
         )
-        dsn = build_dsn(report, io.BytesIO(original), now=now)
+        try:
+            dsn = build_dsn(report, io.BytesIO(original), now=now)
+        except UnsafeText as exc:
+            # A sender with a control character cannot be written into To: without injecting a field
+            # (issue 11 item 6); such an address was refused at MAIL FROM, so this is old or forged data.
+            log.warning("queue.dsn_unaddressable", extra=fields(id=entry.id, reason=str(exc)))
+            return "-"
         await submit_dsn(self.store, dsn, self.clock())
         return dsn.recipient

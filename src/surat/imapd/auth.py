@@ -118,7 +118,9 @@ async def authenticate(s: Session, cmd: c.Authenticate) -> Done:
     await s.refuse_blocked()
     name = cmd.mechanism.upper()
     mechanism = (
-        sasl.server_mechanism(name, secret=s.service.scram_secret)
+        sasl.server_mechanism(
+            name, secret=s.service.scram_secret, scram_iterations=s.config.auth.scram_iterations
+        )
         if name in ("PLAIN", "SCRAM-SHA-256")
         else None
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from surat.imapd.errors import CommandError, UserError
-from surat.imapd.listing import Matcher, list_entries
+from surat.imapd.listing import Matcher, PatternTooLong, list_entries
 from surat.imapd.state import Done, State
 from surat.imapd.view import SelectedView
 from surat.proto.imap import commands as c
@@ -139,10 +139,12 @@ async def _qresync(s: Session, view: SelectedView, params: c.QResyncParams) -> N
 async def close(s: Session, cmd: c.Close) -> Done:
     view = s.require_view()
     if not view.read_only:
-        # RFC 9051 §6.4.1: CLOSE expunges \Deleted messages silently.
+        # RFC 9051 §6.4.1: CLOSE expunges \Deleted messages silently; those flagged now, as for EXPUNGE
+        # (the view is brought up to date without announcing anything, since it is closed anyway).
+        await s.sync_view()
         deleted = [u for u in view.uids if "\\Deleted" in view.state[u].flags and u not in view.expunged]
         if deleted:
-            await s.store.expunge(view.mailbox_id, deleted)
+            await s.store.expunge(view.mailbox_id, deleted, only_deleted=True)
     _deselect(s)
     return Done()
 
@@ -215,31 +217,60 @@ async def subscribe(s: Session, cmd: c.Subscribe) -> Done:
 
 
 async def unsubscribe(s: Session, cmd: c.Unsubscribe) -> Done:
-    mailbox = await _mailbox(s, cmd.mailbox)
-    await s.store.set_subscribed(s.require_account().id, mailbox.name, False)
+    # No existence check: a subscription outlives its mailbox (RFC 9051 §6.3.7), and the client must
+    # be able to drop it (RFC 9051 §6.3.8).
+    try:
+        await s.store.set_subscribed(s.require_account().id, s.mailbox_arg(cmd.mailbox), False)
+    except NotFound:
+        raise UserError("no such mailbox or subscription", Code.NONEXISTENT) from None
     return Done()
+
+
+def _pattern_arg(s: Session, pattern: str) -> str:
+    """A LIST/LSUB reference or pattern as the store spells names; unusable ones are BAD, not NO.
+
+    LIST has no "no such mailbox" outcome, so a pattern that is not modified UTF-7 (RFC 3501 §5.1.3)
+    is a malformed argument.
+    """
+    try:
+        return s.mailbox_arg(pattern) if pattern else ""
+    except UserError as exc:
+        raise CommandError(f"invalid mailbox pattern: {exc.text}") from None
+
+
+def _matcher(reference: str, pattern: str) -> Matcher:
+    try:
+        return Matcher(reference, pattern)
+    except PatternTooLong as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def list_cmd(s: Session, cmd: c.List) -> Done:
     account = s.require_account()
-    reference = s.mailbox_arg(cmd.reference) if cmd.reference else ""
-    patterns = [s.mailbox_arg(p) if p else "" for p in cmd.patterns]
+    reference = _pattern_arg(s, cmd.reference)
+    patterns = [_pattern_arg(s, p) for p in cmd.patterns]
     if patterns == [""] and not cmd.extended:
         # RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter and the root name.
         s.send(list_response(("\\Noselect",), HIERARCHY_DELIMITER, "", utf8=s.utf8))
         return Done()
-    matchers = [Matcher(reference, p) for p in patterns if p]
+    matchers = [_matcher(reference, p) for p in patterns if p]
     selection = cmd.selection
     entries = list_entries(
         await s.store.list_mailboxes(account.id),
         matchers,
+        subscriptions=await s.store.list_subscriptions(account.id) if "SUBSCRIBED" in selection else (),
         subscribed_only="SUBSCRIBED" in selection,
         special_use_only="SPECIAL-USE" in selection,
         recursive="RECURSIVEMATCH" in selection,
         return_subscribed="SUBSCRIBED" in cmd.returns,
     )
     for entry in entries:
-        extended = [b'"CHILDINFO" ("SUBSCRIBED")'] if entry.child_subscribed else []
+        extended = []
+        if entry.childinfo:
+            # RFC 5258 §6 childinfo-extended-item: the selection options, always quoted.
+            extended.append(
+                b'"CHILDINFO" (' + b" ".join(b'"%s"' % o.encode() for o in entry.childinfo) + b")"
+            )
         s.send(
             list_response(entry.attributes, HIERARCHY_DELIMITER, entry.name, utf8=s.utf8, extended=extended)
         )
@@ -252,16 +283,24 @@ async def list_cmd(s: Session, cmd: c.List) -> Done:
 
 async def lsub(s: Session, cmd: c.Lsub) -> Done:
     account = s.require_account()
-    reference = s.mailbox_arg(cmd.reference) if cmd.reference else ""
-    pattern = s.mailbox_arg(cmd.pattern) if cmd.pattern else ""
+    reference = _pattern_arg(s, cmd.reference)
+    pattern = _pattern_arg(s, cmd.pattern)
     if not pattern:
         s.send(list_response(("\\Noselect",), HIERARCHY_DELIMITER, "", utf8=s.utf8, command="LSUB"))
         return Done()
+    # RFC 3501 §6.3.9: when "foo/bar" is subscribed and "foo" is not, "%" returns foo flagged
+    # \Noselect. That is the RECURSIVEMATCH rule (RFC 5258 §3.3 rule 2B) with \Noselect for CHILDINFO.
     entries = list_entries(
-        await s.store.list_mailboxes(account.id), [Matcher(reference, pattern)], subscribed_only=True
+        await s.store.list_mailboxes(account.id),
+        [_matcher(reference, pattern)],
+        subscriptions=await s.store.list_subscriptions(account.id),
+        subscribed_only=True,
+        recursive=True,
     )
     for entry in entries:
-        s.send(list_response((), HIERARCHY_DELIMITER, entry.name, utf8=s.utf8, command="LSUB"))
+        attributes = () if entry.selected else ("\\Noselect",)
+        s.send(list_response(attributes, HIERARCHY_DELIMITER, entry.name, utf8=s.utf8, command="LSUB"))
+        await s.maybe_flush()
     return Done()
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from surat.imapd.session import Session
 
 __all__ = [
+    "EXPUNGE_ISSUED",
     "append",
     "copy",
     "expunge",
@@ -77,7 +78,7 @@ async def store(s: Session, cmd: c.Store) -> Done:
     flags = frozenset(f for f in cmd.flags if f != "\\Recent")  # \Recent cannot be stored (RFC 3501 §2.3.2)
     live = [(seq, uid) for seq, uid in pairs if uid not in view.expunged]
     if not live:
-        return Done()
+        return _expunge_issued(pairs)
     before = {uid: view.state[uid].flags for _, uid in live}
     result = await s.store.store_flags(
         view.mailbox_id, [uid for _, uid in live], _MODES[cmd.mode], flags, cmd.unchangedsince
@@ -114,7 +115,31 @@ async def store(s: Session, cmd: c.Store) -> Done:
             "conditional STORE failed for some messages",
             ResponseCode.modified(SequenceSet.from_numbers(numbers)),
         )
+    if len(result.updated) < len(pairs):
+        # RFC 2180 §4.2.1: a STORE to a message expunged by another session may succeed for the others;
+        # RFC 9051 §7.1 EXPUNGEISSUED tells the client why some got no FETCH (Dovecot answers FETCH so).
+        return EXPUNGE_ISSUED
     return Done()
+
+
+# The tagged OK of a FETCH or STORE that skipped messages another session expunged (RFC 9051 §7.1).
+EXPUNGE_ISSUED = Done("some messages were already expunged", Code.EXPUNGEISSUED)
+
+
+def _expunge_issued(pairs: list[tuple[int, int]]) -> Done:
+    """The reply when every message a STORE names was expunged: OK [EXPUNGEISSUED], or OK if none named."""
+    return EXPUNGE_ISSUED if pairs else Done()
+
+
+def _live_uids(s: Session, pairs: list[tuple[int, int]]) -> list[int]:
+    """The UIDs a COPY or MOVE can still act on. When every message it names was expunged by another
+    session, the command fails as a whole (RFC 2180 §4.4.1 lets the server refuse such a COPY; the
+    RFC 9051 §7.1 EXPUNGEISSUED code says why)."""
+    view = s.require_view()
+    uids = [uid for _, uid in pairs if uid not in view.expunged]
+    if pairs and not uids:
+        raise UserError("the messages were already expunged", Code.EXPUNGEISSUED)
+    return uids
 
 
 async def _destination(s: Session, name: str) -> int:
@@ -129,12 +154,12 @@ async def copy(s: Session, cmd: c.Copy) -> Done:
     view = s.require_view()
     pairs = resolve(s, cmd.seqset, uid=cmd.uid)
     dest = await _destination(s, cmd.mailbox)
-    uids = [uid for _, uid in pairs if uid not in view.expunged]
+    uids = _live_uids(s, pairs)
     if not uids:
         return Done()
     result = await s.store.copy(view.mailbox_id, uids, dest)
     if not result.pairs:
-        raise UserError("the messages were expunged meanwhile", Code.EXPUNGEISSUED)
+        raise UserError("the messages were already expunged", Code.EXPUNGEISSUED)
     # RFC 4315 §3: COPYUID lists source and destination UIDs in corresponding order.
     code = ResponseCode.copyuid(
         result.uidvalidity,
@@ -149,10 +174,12 @@ async def move(s: Session, cmd: c.Move) -> Done:
     _writable(s)
     pairs = resolve(s, cmd.seqset, uid=cmd.uid)
     dest = await _destination(s, cmd.mailbox)
-    uids = [uid for _, uid in pairs if uid not in view.expunged]
+    uids = _live_uids(s, pairs)
     if not uids:
         return Done()
     result = await s.store.move(view.mailbox_id, uids, dest)
+    if not result.pairs:
+        raise UserError("the messages were already expunged", Code.EXPUNGEISSUED)
     if result.pairs:
         # RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
         code = ResponseCode.copyuid(
@@ -169,12 +196,16 @@ async def move(s: Session, cmd: c.Move) -> Done:
 async def expunge(s: Session, cmd: c.Expunge | c.UidExpunge) -> Done:
     view = s.require_view()
     _writable(s)
+    # RFC 9051 §6.4.3: the messages that have \Deleted now, not as this session last heard: another
+    # session may have set or cleared it. The view is brought up to date first (EXPUNGE may announce
+    # what happened meanwhile), and the store removes only those still flagged when it commits.
+    await s.notify(allow_expunge=True)
     candidates = (
         [uid for _, uid in resolve(s, cmd.uids, uid=True)] if isinstance(cmd, c.UidExpunge) else view.uids
     )
     deleted = [u for u in candidates if u not in view.expunged and "\\Deleted" in view.state[u].flags]
     if deleted:
-        removed = await s.store.expunge(view.mailbox_id, deleted)
+        removed = await s.store.expunge(view.mailbox_id, deleted, only_deleted=True)
         view.mark_expunged(removed)
     return Done()  # the dispatcher announces the expunges (EXPUNGE or VANISHED)
 
@@ -229,24 +260,23 @@ def _uses_modseq(key: c.SearchKey) -> bool:
     return False
 
 
-def _check_seq_keys(s: Session, key: c.SearchKey) -> None:
-    match key:
-        case c.SearchSeq(seqset=seqset) if not seqset.saved:
-            if seqset.max_explicit() > s.require_view().exists:
-                raise CommandError("message sequence number out of range")
-        case c.SearchNot(key=inner):
-            _check_seq_keys(s, inner)
-        case c.SearchOr(left=left, right=right):
-            _check_seq_keys(s, left)
-            _check_seq_keys(s, right)
-        case c.SearchAnd(keys=keys):
-            for k in keys:
-                _check_seq_keys(s, k)
+def _min_max(uids: list[int], options: set[str]) -> list[int]:
+    """The UIDs a MIN/MAX-only ESEARCH reports (``uids`` ascending)."""
+    if not uids:
+        return []
+    return [*(uids[:1] if "MIN" in options else []), *(uids[-1:] if "MAX" in options else [])]
+
+
+def _highest_modseq(s: Session, uids: list[int]) -> int | None:
+    state = s.require_view().state
+    return max((state[u].modseq for u in uids), default=None)
 
 
 async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
+    # A sequence number beyond EXISTS names no message, so a search over it finds nothing: OK with an empty
+    # result, never BAD (the client may have computed the set before the mailbox shrank; RFC 9051 §6.4.4
+    # returns "messages that match", RFC 4731 §3.1 an ESEARCH without MIN/MAX/ALL data when none does).
     view = s.require_view()
-    _check_seq_keys(s, cmd.key)
     modseq_key = _uses_modseq(cmd.key)
     if modseq_key:
         s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ is a CONDSTORE-enabling command
@@ -267,28 +297,32 @@ async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
         assert seq is not None
         return seq
 
-    modseq = max((view.state[u].modseq for u in uids), default=None) if modseq_key else None
     returns = cmd.returns
     if returns is None and s.rev2:
         returns = ("ALL",)  # RFC 9051 §6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH
     if returns is None:
+        # RFC 7162 §3.1.5: with a MODSEQ key, the highest mod-sequence of the returned messages (none
+        # when nothing matched).
+        modseq = _highest_modseq(s, uids) if modseq_key else None
         s.send(search_response((number(u) for u in uids), modseq=modseq))
         return Done()
     options = set(returns) or {"ALL"}
     if "SAVE" in options:
         # RFC 5182 §2.4: with MIN or MAX (and without ALL/COUNT) only those are saved.
         if options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
-            kept = []
-            if uids and "MIN" in options:
-                kept.append(uids[0])
-            if uids and "MAX" in options:
-                kept.append(uids[-1])
-            view.saved = sorted(set(kept))
+            view.saved = sorted(set(_min_max(uids, options)))
         else:
             view.saved = list(uids)
         options.discard("SAVE")
         if not options:
             return Done()  # RFC 5182 §2.2: SAVE alone returns no ESEARCH
+    modseq = None
+    if modseq_key:
+        # RFC 4731 §3.2 (with CONDSTORE): the MODSEQ result is the highest mod-sequence of the messages
+        # returned. With only MIN and/or MAX those are the one or two messages reported; with ALL or
+        # COUNT, every matching message.
+        returned = uids if options & {"ALL", "COUNT"} else _min_max(uids, options)
+        modseq = _highest_modseq(s, returned)
     numbers = [number(u) for u in uids]
     s.send(
         esearch(
@@ -306,7 +340,6 @@ async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
 
 async def sort_cmd(s: Session, cmd: c.Sort) -> Done:
     view = s.require_view()
-    _check_seq_keys(s, cmd.key)
     try:
         uids = await sort(s.store, view.mailbox_id, view, cmd.criteria, cmd.key, cmd.charset)
     except BadCharset as exc:
@@ -318,7 +351,6 @@ async def sort_cmd(s: Session, cmd: c.Sort) -> Done:
 
 async def thread_cmd(s: Session, cmd: c.Thread) -> Done:
     view = s.require_view()
-    _check_seq_keys(s, cmd.key)
     try:
         roots = await thread(s.store, view.mailbox_id, view, cmd.algorithm, cmd.key, cmd.charset)
     except BadCharset as exc:

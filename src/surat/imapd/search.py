@@ -48,12 +48,14 @@ from surat.proto.imap.commands import (
     SearchText,
     SearchUid,
 )
+from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.seqset import SequenceSet
 from surat.store.base import BlobStore, MessageRecord, MessageSummary
-from surat.store.messageinfo import BodyPart, MessageInfo
+from surat.store.messageinfo import BodyPart, MessageInfo, decode_encoded_words
 
 __all__ = [
     "BATCH",
+    "RECORD_SLICE",
     "SUPPORTED_CHARSETS",
     "BadCharset",
     "MessageFacts",
@@ -70,14 +72,18 @@ __all__ = [
 ]
 
 BATCH: Final = 500  # UIDs per get_messages call
-SUPPORTED_CHARSETS: Final = ("US-ASCII", "UTF-8")  # RFC 9051 §6.4.4: both MUST be supported
+SUPPORTED_CHARSETS: Final = SEARCH_CHARSETS  # RFC 9051 §6.4.4: both MUST be supported; the parser checks
 _CHUNK: Final = 64 * 1024
 _MAX_HEADER: Final = 256 * 1024  # octets of a header block read for HEADER/TEXT (as MessageInfo keeps)
-_YIELD_EVERY: Final = 8192  # messages evaluated between two returns to the event loop
+_YIELD_EVERY: Final = 2048  # messages evaluated against the session's state between two returns to the loop
+# Records (MessageInfo decoded, keys evaluated) handled on the event loop between two returns to it: about
+# 5 ms of work (decoding one record's header values costs ~50 µs), so a SEARCH/SORT/THREAD over 100 000
+# messages never holds the loop longer than that at a stretch (measured: bench/search_stall.py).
+RECORD_SLICE: Final = 100
 
 
 class BadCharset(Exception):
-    """SEARCH/SORT/THREAD with a charset we do not search in: `NO [BADCHARSET (US-ASCII UTF-8)]`."""
+    """SEARCH/SORT/THREAD with a charset we do not search in: `NO [BADCHARSET (UTF-8 US-ASCII)]`."""
 
     def __init__(self, charset: str) -> None:
         super().__init__(f"unsupported charset {charset}")
@@ -161,8 +167,7 @@ def decode_header_value(value: str | bytes) -> str:
     """An unfolded header value with RFC 2047 encoded words decoded and whitespace runs collapsed."""
     text = _bytes_text(value) if isinstance(value, bytes) else value
     if "=?" in text:
-        with contextlib.suppress(LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-            text = str(email.header.make_header(email.header.decode_header(text)))
+        text = decode_encoded_words(text)  # total: an undecodable word stays as written (RFC 2047 §6.3)
     return " ".join(text.split())
 
 
@@ -660,9 +665,14 @@ def _system_flag_scan(key: SearchKey, view: SearchView) -> list[int] | None:
 async def iter_records(
     source: MessageSource, mailbox_id: int, uids: Sequence[int]
 ) -> AsyncIterator[list[MessageRecord]]:
-    """The records of ``uids`` from the store, ``BATCH`` at a time (missing ones are left out)."""
+    """The records of ``uids`` from the store (missing ones are left out), read ``BATCH`` at a time and
+    handed out ``RECORD_SLICE`` at a time, with a return to the event loop before each further slice."""
     for start in range(0, len(uids), BATCH):
-        yield await source.get_messages(mailbox_id, uids[start : start + BATCH])
+        records = await source.get_messages(mailbox_id, uids[start : start + BATCH])
+        for k in range(0, len(records), RECORD_SLICE):
+            if k:
+                await asyncio.sleep(0)  # the caller's work on the slice before ran on the loop
+            yield records[k : k + RECORD_SLICE]
 
 
 async def matching_indexes(
@@ -697,7 +707,9 @@ async def matching_indexes(
         records = await source.get_messages(mailbox_id, [uids[i] for i in batch])
         by_uid = {r.uid: r for r in records}
         undecided: list[tuple[int, MessageRecord]] = []
-        for i in batch:
+        for count, i in enumerate(batch, 1):
+            if count % RECORD_SLICE == 0:
+                await asyncio.sleep(0)  # decoding header values is the costly part: bounded per stretch
             uid = uids[i]
             record = by_uid.get(uid)
             if record is None:

@@ -21,16 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
+from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
-from surat.imapd.errors import CommandError, Disconnect, UserError
+from surat.imapd.errors import CommandError, Disconnect, UserError, error_reply
 from surat.imapd.fetch import FetchCache
 from surat.imapd.junk import JunkBudget
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
-from surat.imapd.view import SelectedView
+from surat.imapd.view import Announcements, SelectedView
 from surat.log import fields
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
@@ -38,6 +38,7 @@ from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.proto.imap import commands as c
 from surat.proto.imap import mutf7
+from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.reader import (
     NEED_DATA,
     CommandReader,
@@ -100,6 +101,7 @@ EXTENSIONS = (
     "ESEARCH",
     "SEARCHRES",
     "SORT",
+    "SORT=DISPLAY",  # RFC 5957: DISPLAYFROM and DISPLAYTO sort keys
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "UTF8=ACCEPT",
@@ -158,7 +160,9 @@ class IMAPService:
         auth_limiter: AuthLimiter | None = None,
     ) -> None:
         self.config = config
-        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
+        self.auth_limiter: AuthLimiter = auth_limiter or StoreAuthLimiter(
+            store, BlockPolicy.from_config(config.limits)
+        )
         self.store = store
         self.tls_context = tls_context
         self.scram_secret = scram_secret
@@ -221,10 +225,21 @@ class Session:
         return "QRESYNC" in self.enabled
 
     def enable_condstore(self) -> None:
-        """RFC 7162 §3.1: a CONDSTORE-enabling command was used; MODSEQ goes into FETCH responses from now on."""
+        """RFC 7162 §3.1: a CONDSTORE-enabling command was used; MODSEQ goes into FETCH responses from now on.
+
+        The first one issued while a mailbox is selected (FETCH MODSEQ or CHANGEDSINCE, SEARCH MODSEQ, STORE
+        UNCHANGEDSINCE, STATUS HIGHESTMODSEQ) is answered with `* OK [HIGHESTMODSEQ n]` (RFC 7162 §3.1), so
+        the client knows from which mod-sequence on it is kept informed. SELECT/EXAMINE (CONDSTORE) call this
+        before the new mailbox is selected and send HIGHESTMODSEQ themselves."""
+        first = "CONDSTORE" not in self.enabled
         self.enabled.add("CONDSTORE")
-        if self.view is not None:
-            self.view.condstore = True
+        view = self.view
+        if view is None:
+            return
+        view.condstore = True
+        if first:
+            highest = max([view.highestmodseq, *(st.modseq for st in view.state.values())])
+            self.send(untagged_status(Status.OK, "CONDSTORE enabled", ResponseCode.highestmodseq(highest)))
 
     @property
     def user(self) -> str:
@@ -401,7 +416,7 @@ class Session:
                 return
             match event:
                 case c.AppendMessage():
-                    await self._append_message(event)
+                    await self._append_message_or_refuse(event)
                 case NeedLiteral(append=True):
                     await self._append_literal(event)
                 case NeedLiteral(synchronizing=True):
@@ -445,9 +460,7 @@ class Session:
             self.append = None
         if event.code == "BADCHARSET":
             # RFC 9051 §6.4.4: an unsupported charset is a NO with the charsets we do support.
-            self.send(
-                tagged(event.tag, Status.NO, event.message, ResponseCode.badcharset(["UTF-8", "US-ASCII"]))
-            )
+            self.send(tagged(event.tag, Status.NO, event.message, ResponseCode.badcharset(SEARCH_CHARSETS)))
             await self.count_error(False)
         else:
             self.send(tagged(event.tag, Status.BAD, event.message))
@@ -471,13 +484,37 @@ class Session:
     # ------------------------------------------------------------------------------ APPEND
 
     def mailbox_arg(self, name: str) -> str:
-        """A mailbox name from the client as the store spells it (RFC 3501 §5.1.3 for rev1 clients)."""
+        """A mailbox name from the client as the store spells it (RFC 3501 §5.1.3 for rev1 clients).
+
+        A name that is not canonical modified UTF-7 is well-formed IMAP syntax naming no mailbox this
+        server can hold, so it is a NO [CANNOT] (RFC 5530 §3), not a BAD: the grammar (RFC 3501 §9
+        `mailbox` = astring) accepts it, and a client must be able to recover without losing its
+        error budget.
+        """
         if self.utf8 or (name.isascii() and "&" not in name):
             return name
         try:
             return mutf7.decode(name)
         except mutf7.MUTF7Error as exc:
-            raise CommandError(f"invalid mailbox name: {exc}") from None
+            raise UserError(f"invalid mailbox name (not modified UTF-7): {exc}", Code.CANNOT) from None
+
+    async def _append_message_or_refuse(self, event: c.AppendMessage) -> None:
+        """Start one message of an APPEND; a failure (a store error, a full disk) becomes the command's
+        reply, sent once its literal is refused or read, and the connection goes on: the client is
+        mid-command, and closing would lose what it sends next."""
+        try:
+            await self._append_message(event)
+        except (asyncio.CancelledError, Disconnect):
+            raise
+        except Exception as exc:
+            state = self.append
+            if state is None or state.tag != event.tag:
+                state = self.append = AppendState(event.tag, None, None)
+            if state.file is not None:
+                state.file.close()
+                state.file = None
+            reply = error_reply(event.tag, exc, command="APPEND")
+            state.error, state.error_bad = reply.line, reply.bad
 
     async def _append_message(self, event: c.AppendMessage) -> None:
         state = self.append
@@ -491,9 +528,8 @@ class Session:
                 return
             try:
                 name = self.mailbox_arg(event.mailbox)
-            except CommandError as exc:
-                state.error = tagged(event.tag, Status.BAD, exc.text)
-                state.error_bad = True
+            except UserError as exc:
+                state.error = tagged(event.tag, Status.NO, exc.text, exc.code)
                 return
             mailbox = await self.store.get_mailbox(self.require_account().id, name)
             if mailbox is None:
@@ -605,27 +641,34 @@ class Session:
             for seq, _ in pairs:  # descending: each number is valid when the client applies it
                 self.send(expunge(seq))
 
-    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
-        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+    async def sync_view(self, extra: list[Change] | None = None) -> Announcements | None:
+        """Bring the view up to date with the store if the change feed says it moved; what the client is
+        owed, or None when nothing relevant happened (or no mailbox is selected)."""
         changes = self.subscription.pending() if self.subscription is not None else []
         if extra:
             changes = extra + changes
         view = self.view
         if view is None:
-            return
+            return None
         relevant = any(
             ch.kind is ChangeKind.OVERFLOW
             or (ch.mailbox_id == view.mailbox_id and ch.kind is not ChangeKind.MAILBOX_RENAMED)
             for ch in changes
         )
-        if relevant:
-            try:
-                mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
-            except NotFound:
-                await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
-            announcements = view.apply(mc)
-        else:
-            announcements = None
+        if not relevant:
+            return None
+        try:
+            mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
+        except NotFound:
+            await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
+        return view.apply(mc)
+
+    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
+        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+        announcements = await self.sync_view(extra)
+        view = self.view
+        if view is None:
+            return
         if allow_expunge:
             self.announce_expunges()
         if announcements is None:
@@ -633,8 +676,10 @@ class Session:
         if announcements.new_keywords:
             self.send(self.flags_line())
             self.send(self.permanent_flags_line())
-        if announcements.exists is not None:
-            self.send(exists(announcements.exists))
+        if announcements.new_messages:
+            # Counted now, after the EXPUNGEs just sent: counted before them, the number would include
+            # messages the client has just removed and the next EXISTS would look like a shrink.
+            self.send(exists(view.exists))
         for uid in announcements.flag_changes:
             if uid in view.state and uid not in view.expunged:
                 self.send(self.fetch_flags_line(uid))
@@ -646,7 +691,9 @@ class Session:
     # ------------------------------------------------------------------------------ authentication
 
     async def check_password(self, address: str, password: str) -> Account | None:
-        return await authenticate(self.store, address, password)
+        return await authenticate(
+            self.store, address, password, scram_iterations=self.config.auth.scram_iterations
+        )
 
     async def refuse_blocked(self) -> None:
         """Too many failures from this address (surat.authlimit): refuse without checking."""

@@ -6,6 +6,7 @@ store ``BATCH`` at a time, so sorting 100 000 messages costs a few strings per m
 
 from __future__ import annotations
 
+import asyncio
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -17,7 +18,6 @@ from surat.imapd.search import (
     SearchView,
     check_charset,
     decode_header_value,
-    fold,
     iter_records,
     matching_indexes,
 )
@@ -110,14 +110,15 @@ def _mailbox(addresses: Sequence[Address]) -> str:
 
 
 def _display(addresses: Sequence[Address]) -> str:
-    # RFC 5957 §3: the display name of the first address if it has a non-empty one, else its addr-spec.
+    # RFC 5957 §3: the display name of the first address if it has a non-empty one, else its addr-spec,
+    # compared with the default comparator i;ascii-casemap like every SORT key (RFC 5256 §3).
     first = _first_address(addresses)
     if first is None:
         return ""
     name = decode_header_value(first.name) if first.name else ""
     if not name:
         name = f"{first.mailbox}@{first.host}" if first.host else first.mailbox or ""
-    return fold(name)
+    return ascii_casemap(name)
 
 
 _InfoKey = Callable[[MessageInfo | None, MessageFacts], Any]
@@ -181,10 +182,24 @@ async def sort(
             if not done:  # expunged meanwhile: sorts as a message with no headers
                 for name in info_names:
                     columns[name][p] = _INFO_KEYS[name](None, state[uids[p]])
-    order = list(range(len(uids)))
+    if len(uids) <= _INLINE_ORDERING:
+        order = _order(len(uids), criteria, columns)
+    else:
+        order = await asyncio.to_thread(_order, len(uids), criteria, columns)
+    return [uids[p] for p in order]
+
+
+# Above this many messages the final ordering runs in a worker thread: one sort pass per criterion costs
+# ~1.5 ms per 1000 messages, which on 100 000 would hold the event loop for a quarter of a second.
+_INLINE_ORDERING: Final = 2000
+
+
+def _order(count: int, criteria: Sequence[SortCriterion], columns: dict[str, list[Any]]) -> list[int]:
+    """Positions 0..count-1 in the order ``criteria`` give over the key ``columns``."""
+    order = list(range(count))
     # Stable sorts from the last criterion to the first give the combined order; Python keeps equal
     # elements in place even with reverse=True, so ties stay in sequence-number order (RFC 5256 §3).
     for criterion in reversed(criteria):
         column = columns[criterion.key.upper()]
         order.sort(key=column.__getitem__, reverse=criterion.reverse)
-    return [uids[p] for p in order]
+    return order

@@ -7,6 +7,7 @@ Python's recursion limit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -21,9 +22,13 @@ from surat.imapd.search import (
 from surat.imapd.sorting import ascii_casemap, base_subject, sent_timestamp
 from surat.proto.imap.commands import SearchKey
 
-__all__ = ["THREAD_ALGORITHMS", "ThreadNode", "format_threads", "thread"]
+__all__ = ["MAX_REFERENCES", "THREAD_ALGORITHMS", "ThreadNode", "format_threads", "thread"]
 
 THREAD_ALGORITHMS: Final = ("ORDEREDSUBJECT", "REFERENCES")
+MAX_REFERENCES: Final = 100  # References ids of one message used for threading (the last ones)
+# Above this many messages the threads are built in a worker thread: building is linear in the
+# messages and their references but takes ~10 ms per 1000 messages, too long to hold the event loop.
+_INLINE_THREADING: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,10 @@ async def _messages(
             subject, reply = base_subject(info.subject)
             # RFC 5256 §3 REFERENCES step 1: without usable References, the first In-Reply-To id.
             refs = info.references or ((info.in_reply_to,) if info.in_reply_to else ())
+            # Only the last MAX_REFERENCES: they name the nearest ancestors, which are what places this
+            # message; earlier ones only link ancestors to each other, as those messages' own References
+            # do. Bounds step 1's work per message whatever a sender puts in the header.
+            refs = refs[-MAX_REFERENCES:]
             out.append(
                 _Message(
                     uid=record.uid,
@@ -118,7 +127,9 @@ class _Container:
 
 def _link(parent: _Container, child: _Container) -> bool:
     """Make ``child`` a child of ``parent`` unless that would create a loop."""
-    if child.is_ancestor_of(parent):
+    # A container without children is nobody's ancestor: no walk up from ``parent`` (which would make a
+    # reply chain thousands deep quadratic).
+    if child is parent or (child.children and child.is_ancestor_of(parent)):
         return False
     parent.adopt(child)
     return True
@@ -176,7 +187,7 @@ def _references(messages: Sequence[_Message]) -> list[ThreadNode]:
         # (probably from a truncated References); no references means no parent.
         if previous is None:
             current.unlink()
-        elif previous is not current and not current.is_ancestor_of(previous):
+        elif previous is not current and not (current.children and current.is_ancestor_of(previous)):
             previous.adopt(current)
 
     # Step 2: the parentless containers are the root's children.
@@ -291,9 +302,10 @@ async def thread(
     if name not in THREAD_ALGORITHMS:
         raise ValueError(f"unknown thread algorithm {algorithm}")
     messages = await _messages(store, mailbox_id, view, key)
-    if name == "ORDEREDSUBJECT":
-        return _ordered_subject(messages)
-    return _references(messages)
+    build = _ordered_subject if name == "ORDEREDSUBJECT" else _references
+    if len(messages) <= _INLINE_THREADING:
+        return build(messages)
+    return await asyncio.to_thread(build, messages)
 
 
 def _tokens(roots: Sequence[ThreadNode], number: Callable[[int], int]) -> Iterator[str]:

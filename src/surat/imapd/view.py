@@ -5,6 +5,10 @@ flags and MODSEQs as last announced, and the HIGHESTMODSEQ up to which the store
 ``apply`` merges a ``MailboxChanges`` from the store and returns what must be announced. Expunges may
 have to wait (RFC 9051 §7.5.1: none during FETCH, STORE or SEARCH, and none between commands): the
 messages stay in the view, with their sequence numbers, until ``take_expunged`` hands them out.
+
+The view is exactly what the client was told: ``uids`` changes only where the session sends EXISTS (it
+grows) or EXPUNGE/VANISHED (``take_expunged``), so a sequence number is valid here if and only if it is
+valid for the client, and a message expunged elsewhere keeps its number until it is announced.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ MessageState = MessageSummary
 class Announcements:
     """Untagged responses owed to the client after ``SelectedView.apply``."""
 
-    exists: int | None = None  # new EXISTS count, if messages arrived
+    # Messages arrived: EXISTS is owed. Its number is the view's count when it is sent, after any EXPUNGE
+    # sent with it (RFC 9051 §7.3.1: EXISTS reports the mailbox's size as the client is to know it).
+    new_messages: bool = False
     flag_changes: list[int] = field(default_factory=list)  # UIDs whose flags (or MODSEQ) changed
     new_keywords: bool = False  # a keyword appeared: send FLAGS again
 
@@ -174,7 +180,7 @@ class SelectedView:
             if self._learn_keywords(f for s in new for f in s.flags):
                 out.new_keywords = True
             self.add_messages(new)
-            out.exists = len(self.uids)
+            out.new_messages = True
         out.flag_changes = [u for u in out.flag_changes if u not in self.expunged]
         self.highestmodseq = max(self.highestmodseq, changes.highestmodseq)
         return out

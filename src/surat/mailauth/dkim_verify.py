@@ -23,7 +23,6 @@ import base64
 import binascii
 import enum
 import functools
-import hashlib
 import hmac
 import logging
 import re
@@ -40,6 +39,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from surat.dns.base import DNSError, DNSErrorKind, Resolver
 from surat.log import fields
+from surat.mailauth.dkim_canon import (
+    MessageFormatError,
+    ParsedMessage,
+    canonical_body,
+    parse_message,
+    sha256_digest,
+    signed_header_data,
+)
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers MUST NOT consider signatures with shorter keys valid
 MAX_SIGNATURES = 10  # signatures verified per message, from the top (RFC 6376 §6.1 allows a limit)
@@ -120,69 +127,6 @@ def _tags(value: bytes) -> dict[bytes, bytes]:
             raise dkim.util.DuplicateTag(name)  # §3.2: a tag MUST NOT appear twice
         tags[name] = tag_value.strip()
     return tags
-
-
-class MessageFormatError(ValueError):
-    """The header section cannot be split into fields."""
-
-
-# RFC 5322 §2.2 field name (printable ASCII but ":"); obsolete syntax (§4.5) allows WSP before the colon
-_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
-_LINE_END = re.compile(rb"\r?\n")
-_FIELD_END = re.compile(rb"\r\n(?![ \t])")  # RFC 5322 §2.2.3: a CRLF followed by WSP is folding
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedMessage:
-    """A message split once, for DKIM, ARC and DMARC to share.
-
-    `fields` are (name as written, value after the colon up to and including its final CRLF, folding kept),
-    top first; `body` is everything after the blank line. Bare LF line ends are read as CRLF, as they would
-    be in transit (RFC 6376 §5.3).
-    """
-
-    fields: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-    names: tuple[bytes, ...] = ()  # the field names lower-cased, for matching (RFC 5322 names are caseless)
-
-    def values(self, name: bytes) -> list[bytes]:
-        """The values of every field called `name` (lower case), top first."""
-        return [value for (_, value), lower in zip(self.fields, self.names, strict=True) if lower == name]
-
-    def has(self, name: bytes) -> bool:
-        return name in self.names
-
-
-def parse_message(message: bytes, *, crlf_only: bool = False) -> ParsedMessage:
-    """Split `message` into header fields and body; MessageFormatError for a line that is neither.
-
-    `crlf_only` says the caller knows every line ends in CRLF (our SMTP engine normalises line ends), which
-    spares two scans of the whole message looking for bare LFs.
-    """
-    if not crlf_only and message.count(b"\n") != message.count(b"\r\n"):
-        message = _LINE_END.sub(b"\r\n", message)
-    if message.startswith(b"\r\n"):
-        return ParsedMessage((), message[2:], ())
-    end = message.find(b"\r\n\r\n")
-    if end >= 0:
-        head, body = message[:end], message[end + 4 :]
-    else:
-        head, body = message.removesuffix(b"\r\n"), b""
-    found: list[tuple[bytes, bytes]] = []
-    names: list[bytes] = []
-    # one split at the CRLFs that are not followed by WSP: each piece is a field with its folding kept
-    for raw in _FIELD_END.split(head):
-        match = _FIELD_NAME.match(raw)
-        if match is None:
-            if raw[:1] in (b" ", b"\t"):
-                raise MessageFormatError("the header section starts with a continuation line")
-            if raw.startswith(b"From "):
-                continue  # an mbox separator line, not a field
-            raise MessageFormatError(f"not a header field: {raw[:40]!r}")
-        name = raw[: match.end() - 1]
-        found.append((name, raw[match.end() :] + b"\r\n"))
-        names.append(name.rstrip().lower())
-    return ParsedMessage(tuple(found), body, tuple(names))
 
 
 def _key_name(sig: dict[bytes, bytes]) -> str:
@@ -324,16 +268,13 @@ def _result(status: DKIMStatus, sig: dict[bytes, bytes] | None, reason: str) -> 
     )
 
 
-# Runs of WSP that "reduce to a single SP" changes: a lone SP is left alone, so ordinary text has no matches.
-_WSP_RUN = re.compile(rb"[ \t]*\t[ \t]*|  +")
-# RFC 6376 §3.7: the b= tag's value, with all whitespace around it, counts as empty in the signed header
-_B_VALUE = re.compile(rb"((?:^|;)[ \t\r\n]*b[ \t\r\n]*=)[^;]*")
-
-
 _REQUIRED_TAGS = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")  # RFC 6376 §3.5
 _REQUIRED_TAG_SET = frozenset(_REQUIRED_TAGS)
 _ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256", b"rsa-sha1")  # rsa-sha1 is refused later, by name
-_BASE64 = re.compile(rb"[A-Za-z0-9+/\s]*=?[\s]*=?[\s]*")
+# RFC 6376 §2.4 base64string: base64 characters and up to two "=", with FWS anywhere. Matched against the
+# value with its whitespace removed, so there is one way to match and the check is linear in the length
+# (whitespace classes on both sides of "=?" used to backtrack cubically over a long run of spaces).
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _DIGITS = re.compile(rb"[0-9]{1,12}")
 _LENGTH = re.compile(rb"[0-9]{1,76}")
 # compiled here, not looked up in re's cache per message
@@ -352,7 +293,7 @@ def signature_problem(sig: dict[bytes, bytes], now: float) -> str:
         return f"unknown signature algorithm {_text(sig[b'a'])}"
     for tag in (b"b", b"bh"):
         value = _unspace(sig[tag])
-        if not value or len(value) % 4 or _BASE64.fullmatch(sig[tag]) is None:
+        if not value or len(value) % 4 or _BASE64.fullmatch(value) is None:
             return f"{_text(tag)}= is not base64"
     domain = sig[b"d"].lower()
     if not domain or _NOT_IN_DOMAIN.search(domain):
@@ -390,126 +331,9 @@ def _unspace(value: bytes) -> bytes:
     return b"".join(value.split())  # drops folding whitespace, faster than a regex
 
 
-def _relaxed_field(name: bytes, value: bytes) -> bytes:
-    # RFC 6376 §3.4.2: lower-case name, unfold, runs of WSP to one SP, none around the value or colon
-    value = value.replace(b"\r\n", b"")
-    if b"\t" in value or b"  " in value:
-        value = _WSP_RUN.sub(b" ", value)
-    return name.rstrip().lower() + b":" + value.strip() + b"\r\n"
-
-
-def _strip_line_ends(body: bytes) -> bytes:
-    """`body` without the WSP before each CRLF (RFC 6376 §3.4.4 a).
-
-    Only the lines that end in WSP are touched (usually none or one): two substring searches at C speed,
-    not a Python step per line nor a regex that tries a match at every space of the body.
-    """
-    space = body.find(b" \r\n")
-    tab = body.find(b"\t\r\n") if b"\t" in body else -1  # a one-octet search is several times faster
-    if space < 0 and tab < 0:
-        return body
-    parts: list[bytes] = []
-    start = 0
-    while space >= 0 or tab >= 0:
-        hit = tab if space < 0 or 0 <= tab < space else space
-        parts.append(body[start:hit].rstrip(b" \t"))
-        start = hit + 1  # the CRLF starts the next part
-        if hit == space:
-            space = body.find(b" \r\n", start)
-        else:
-            tab = body.find(b"\t\r\n", start)
-    parts.append(body[start:])
-    return b"".join(parts)
-
-
-def canonical_body(body: bytes, relaxed: bool) -> bytes:
-    """RFC 6376 §3.4.3 (simple) and §3.4.4 (relaxed) body canonicalization of a CRLF body."""
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"  # §3.4.3/§3.4.4: a non-empty body gets its missing final CRLF
-    if relaxed:
-        # the substring tests run at C speed and spare the regex scans on ordinary text
-        body = _strip_line_ends(body)
-        if b"\t" in body or b"  " in body:
-            body = _WSP_RUN.sub(b" ", body)
-    end = len(body)
-    while end >= 4 and body[end - 4 : end] == b"\r\n\r\n":
-        end -= 2  # empty lines at the end are ignored
-    body = body[:end]
-    if relaxed:
-        return b"" if body == b"\r\n" else body  # RFC 6376 erratum 1384: an empty body stays empty
-    return body or b"\r\n"  # §3.4.3: an empty body is a single CRLF
-
-
-def _signed_header_data(
-    parsed: ParsedMessage, signature: tuple[bytes, bytes], signed: list[bytes], relaxed: bool
-) -> bytes:
-    """RFC 6376 §3.7 step 2: the fields named in h=, each taken from the bottom up, then the signature."""
-    header_fields = parsed.fields
-    names = parsed.names
-    # Hashing a second From as well makes a From added above the signed one break the signature,
-    # so a message cannot show one sender and be verified for another (dkimpy does the same).
-    wanted = [*signed, b"from"] if b"from" in signed else signed
-    below: dict[bytes, int] = {}
-    parts: list[bytes] = []
-    for name in wanted:
-        index = below.get(name, len(header_fields))
-        while index > 0:
-            index -= 1
-            if names[index] == name:
-                field_name, value = header_fields[index]
-                parts.append(_relaxed_field(field_name, value) if relaxed else field_name + b":" + value)
-                break
-        below[name] = index  # a name listed more often than it occurs signs "no such field" (§5.4.2)
-    sig_name, sig_value = signature
-    blanked = _without_b_value(sig_value)
-    if relaxed:
-        parts.append(_relaxed_field(sig_name, blanked).removesuffix(b"\r\n"))
-    else:
-        parts.append(sig_name + b":" + blanked.removesuffix(b"\r\n"))
-    return b"".join(parts)
-
-
-def _without_b_value(value: bytes) -> bytes:
-    """The DKIM-Signature value with b='s value (and the whitespace around it) removed (RFC 6376 §3.7)."""
-    # Fast path: a "b=" whose tag starts the list or follows ";" and optional whitespace. The regex
-    # below tries a match at every position of the value, several times slower than these searches.
-    pos = value.find(b"b=")
-    while pos >= 0:
-        before = pos - 1
-        while before >= 0 and value[before] in _WSP_OCTETS:
-            before -= 1
-        if before < 0 or value[before] == _SEMICOLON:
-            end = value.find(b";", pos)
-            return value[: pos + 2] + (value[end:] if end >= 0 else b"")
-        pos = value.find(b"b=", pos + 2)
-    match = _B_VALUE.search(value)  # "b =" with whitespace before the "=", or no b= at all
-    # slicing rather than re.sub with a group reference, whose template expansion costs more than the search
-    return value[: match.end(1)] + value[match.end() :] if match is not None else value
-
-
-_WSP_OCTETS = frozenset(b" \t\r\n")
-_SEMICOLON = ord(";")
-
 # Built once: constructing them (an ABC isinstance check each) costs about as much as the hashing.
 _PKCS1 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
-
-_GIL_CHUNK = 2047  # hashlib lets go of the GIL for updates of 2048 bytes and more
-
-
-def _sha256(data: bytes) -> bytes:
-    """SHA-256 of `data`, in updates small enough to keep the GIL.
-
-    Handing the GIL to the store's threads for a few microseconds of hashing costs far more than the
-    hashing (the event loop waits to get it back); only a large message is worth the release.
-    """
-    if len(data) > 256 * 1024 or len(data) <= _GIL_CHUNK:
-        return hashlib.sha256(data).digest()  # small data keeps the GIL anyway: one call, no slicing
-    digest = hashlib.sha256()
-    view = memoryview(data)
-    for start in range(0, len(data), _GIL_CHUNK):
-        digest.update(view[start : start + _GIL_CHUNK])
-    return digest.digest()
 
 
 def _rsa_sha256_verifies(key: rsa.RSAPublicKey, signature: bytes, digest: bytes) -> bool:
@@ -550,19 +374,22 @@ def _verify_one(
         body = canonical_body(parsed.body, relaxed_body)
         if b"l" in sig:
             body = body[: int(sig[b"l"])]  # §3.5 l=: only this much of the canonical body is signed
-            body_hash = _sha256(body)
+            body_hash = sha256_digest(body)
         else:
-            body_hash = bodies[relaxed_body] = _sha256(body)
+            body_hash = bodies[relaxed_body] = sha256_digest(body)
     if body_hash != base64.b64decode(_unspace(sig[b"bh"])):
         return _result(DKIMStatus.FAIL, sig, "body hash did not verify")
-    data = _signed_header_data(parsed, signature, signed, header_c == b"relaxed")
+    # Hashing a second From as well makes a From added above the signed one break the signature,
+    # so a message cannot show one sender and be verified for another (dkimpy does the same).
+    wanted = [*signed, b"from"] if b"from" in signed else signed
+    data = signed_header_data(parsed, signature, wanted, header_c == b"relaxed")
     value = base64.b64decode(_unspace(sig[b"b"]))
     try:
         if loaded.rsa_bits:
-            if not _rsa_sha256_verifies(cast(rsa.RSAPublicKey, loaded.key), value, _sha256(data)):
+            if not _rsa_sha256_verifies(cast(rsa.RSAPublicKey, loaded.key), value, sha256_digest(data)):
                 return _result(DKIMStatus.FAIL, sig, "signature did not verify")
         elif isinstance(loaded.key, ed25519.Ed25519PublicKey):
-            loaded.key.verify(value, _sha256(data))  # RFC 8463 §3: signs the SHA-256 hash
+            loaded.key.verify(value, sha256_digest(data))  # RFC 8463 §3: signs the SHA-256 hash
         else:
             return _result(DKIMStatus.PERMERROR, sig, "key unusable")
     except InvalidSignature:

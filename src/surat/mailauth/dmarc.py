@@ -25,7 +25,8 @@ from email.utils import getaddresses
 from publicsuffixlist import PublicSuffixList
 
 from surat.dns.base import DNSError, DNSErrorKind, Resolver
-from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus, ParsedMessage
+from surat.mailauth.dkim_canon import ParsedMessage
+from surat.mailauth.dkim_verify import DKIMResult, DKIMStatus
 from surat.mailauth.spf import SPFResult, SPFStatus
 
 
@@ -79,9 +80,33 @@ class DMARCRecordError(ValueError):
     """A record beginning with v=DMARC1 that is not usable (→ permerror)."""
 
 
-_TAG = re.compile(r"\s*([A-Za-z][A-Za-z0-9]*)\s*=\s*(.*?)\s*$", re.DOTALL)
+# Records are read with str methods and regexes that have one way to match each input, so a hostile
+# record (an attacker's own domain can publish one) costs time linear in its length. A lazy value
+# followed by "\s*$" used to retry the tail at every position of a long run of spaces (quadratic).
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # RFC 7489 §6.4 tag names
 _VERSION = re.compile(r"\s*v\s*=\s*DMARC1\s*(?:;|$)")
-_MAILTO = re.compile(r"mailto:[^\s,!]+@[^\s,!]+(?:![0-9]+[kmgt]?)?$", re.IGNORECASE)
+_MAILTO_SIZE = re.compile(r"[0-9]+[kmgt]?", re.IGNORECASE)  # RFC 7489 §6.4 dmarc-uri size suffix
+
+
+def _split_tag(part: str) -> tuple[str, str] | None:
+    """One RFC 7489 §6.4 tag-spec, "name = value" with optional WSP, as (name, value); None if malformed."""
+    name, equals, value = part.partition("=")
+    name = name.strip()
+    if not equals or _TAG_NAME.fullmatch(name) is None:
+        return None
+    return name, value.strip()
+
+
+def _is_mailto(uri: str) -> bool:
+    """A usable RFC 7489 §6.4 dmarc-uri: "mailto:" address with an "@", optional "!size"."""
+    if uri[:7].lower() != "mailto:":
+        return False
+    address, bang, size = uri[7:].partition("!")
+    if bang and _MAILTO_SIZE.fullmatch(size) is None:
+        return False
+    if any(char.isspace() or char == "," for char in address):
+        return False
+    return "@" in address[1:-1]  # something on both sides of an "@"
 
 
 def is_dmarc_record(txt: str) -> bool:
@@ -106,12 +131,12 @@ def parse_record(txt: str) -> DMARCRecord:
     for part in txt.split(";")[1:]:
         if not part.strip():
             continue
-        match = _TAG.match(part)
-        if match is None:
+        tag = _split_tag(part)
+        if tag is None:
             raise DMARCRecordError(f"malformed tag {part.strip()!r}")
-        tags.setdefault(match.group(1).lower(), match.group(2))
-    rua = tuple(uri.strip() for uri in tags.get("rua", "").split(",") if _MAILTO.match(uri.strip()))
-    ruf = tuple(uri.strip() for uri in tags.get("ruf", "").split(",") if _MAILTO.match(uri.strip()))
+        tags.setdefault(tag[0].lower(), tag[1])
+    rua = tuple(uri.strip() for uri in tags.get("rua", "").split(",") if _is_mailto(uri.strip()))
+    ruf = tuple(uri.strip() for uri in tags.get("ruf", "").split(",") if _is_mailto(uri.strip()))
     policy = _policy(tags.get("p", ""))
     if policy is None:
         # RFC 7489 §6.6.3 step 6: without a valid p, a record with a valid rua acts as p=none
@@ -198,15 +223,17 @@ def from_domains(message: bytes, parsed: ParsedMessage | None = None) -> list[st
 
 # The usual From forms, "addr@domain", "<addr@domain>" and "Plain Name <addr@domain>", with no quoting or
 # comments to interpret: the domain is read directly; anything else goes to the full RFC 5322 parser.
+# Matched against the value stripped of its outer WSP: a leading "[ \t]*" before a display name that may
+# itself hold WSP made a long run of spaces quadratic (every split of the run was tried).
 _PLAIN_FROM = re.compile(
-    r"[ \t]*(?:[A-Za-z0-9 \t._'-]*<[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)>"
-    r"|[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+))[ \t]*"
+    r"[A-Za-z0-9 \t._'-]*<[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)>"
+    r"|[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)"
 )
 
 
 def _domains_of(values: list[str]) -> list[str]:
     if len(values) == 1:
-        plain = _PLAIN_FROM.fullmatch(values[0])
+        plain = _PLAIN_FROM.fullmatch(values[0].strip(" \t"))
         if plain is not None:
             return [_ascii_domain(plain.group(1) or plain.group(2))]
     domains: list[str] = []

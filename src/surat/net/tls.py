@@ -17,7 +17,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-__all__ = ["TLSSetupError", "client_context", "server_context"]
+__all__ = ["TLSSetupError", "certificate_warnings", "client_context", "server_context"]
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,24 @@ _SIGNING_KEYS = (
 
 
 class TLSSetupError(Exception):
-    """The TLS certificate or key cannot be used; the message is one sentence naming the file."""
+    """The TLS certificate or key cannot be used; the message is one sentence naming the file, and
+    `setting` the config key to fix (`tls.cert` or `tls.key`)."""
+
+    def __init__(self, message: str, setting: str = "tls.cert") -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(path: Path, what: str, setting: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise TLSSetupError(f"cannot read TLS {what} {path}: {exc.strerror or exc}") from None
+        raise TLSSetupError(f"cannot read TLS {what} {path}: {exc.strerror or exc}", setting) from None
 
 
 def _check_pair(cert_path: Path, key_path: Path, now: datetime) -> None:
     try:
-        chain = x509.load_pem_x509_certificates(_read(cert_path, "certificate"))
+        chain = x509.load_pem_x509_certificates(_read(cert_path, "certificate", "tls.cert"))
     except ValueError:
         raise TLSSetupError(f"TLS certificate {cert_path} contains no valid PEM certificate") from None
     leaf = chain[0]  # a PEM chain starts with the server's own certificate
@@ -59,21 +64,67 @@ def _check_pair(cert_path: Path, key_path: Path, now: datetime) -> None:
         log.warning("event=tls_cert_expires_soon cert=%s not_after=%s", cert_path, not_after)
 
     try:
-        key = serialization.load_pem_private_key(_read(key_path, "private key"), password=None)
+        key = serialization.load_pem_private_key(_read(key_path, "private key", "tls.key"), password=None)
     except TypeError:
         raise TLSSetupError(
-            f"TLS private key {key_path} is encrypted; Surat needs it without a passphrase"
+            f"TLS private key {key_path} is encrypted; Surat needs it without a passphrase", "tls.key"
         ) from None
     except ValueError:
-        raise TLSSetupError(f"TLS private key {key_path} contains no valid PEM private key") from None
+        raise TLSSetupError(
+            f"TLS private key {key_path} contains no valid PEM private key", "tls.key"
+        ) from None
     except UnsupportedAlgorithm:
-        raise TLSSetupError(f"TLS private key {key_path} is of a type this system does not support") from None
+        raise TLSSetupError(
+            f"TLS private key {key_path} is of a type this system does not support", "tls.key"
+        ) from None
     if not isinstance(key, _SIGNING_KEYS):
-        raise TLSSetupError(f"TLS private key {key_path} is not a signing key (RSA, ECDSA or EdDSA)")
+        raise TLSSetupError(
+            f"TLS private key {key_path} is not a signing key (RSA, ECDSA or EdDSA)", "tls.key"
+        )
 
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-        raise TLSSetupError(f"TLS private key {key_path} does not match the certificate {cert_path}")
+        raise TLSSetupError(
+            f"TLS private key {key_path} does not match the certificate {cert_path}", "tls.key"
+        )
+
+
+def _name_matches(pattern: str, hostname: str) -> bool:
+    """RFC 6125 §6.4.3: a wildcard stands for exactly one whole left-most label."""
+    pattern, hostname = pattern.lower().rstrip("."), hostname.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = hostname.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == hostname
+
+
+def certificate_warnings(cert_path: Path, hostname: str, now: datetime) -> list[str]:
+    """What `surat check` warns about in a certificate that works but will disappoint: self-signed
+    (other servers and mail clients will not trust it), not naming `hostname` (clients verifying the
+    name refuse it), or expiring within EXPIRY_WARNING. Errors are `server_context`'s to raise."""
+    try:
+        leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    except (OSError, ValueError):
+        return []  # server_context reports it
+    warnings: list[str] = []
+    if leaf.issuer == leaf.subject:
+        warnings.append(
+            f"{cert_path} is self-signed: other mail servers and clients will not trust it; install one "
+            'from a CA (e.g. Let\'s Encrypt, README "Production")'
+        )
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = names.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns_names = []
+    if not any(_name_matches(name, hostname) for name in dns_names):
+        shown = ", ".join(dns_names) or "no DNS names"
+        warnings.append(f"{cert_path} does not cover hostname {hostname} (it names {shown})")
+    not_after = leaf.not_valid_after_utc
+    if not_after - now < EXPIRY_WARNING:
+        days = max(0, (not_after - now).days)
+        warnings.append(f"{cert_path} expires in {days} day(s), on {not_after:%Y-%m-%d %H:%M} UTC: renew it")
+    return warnings
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
+from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.log import fields
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
@@ -88,7 +88,9 @@ class POP3Service:
         auth_limiter: AuthLimiter | None = None,
     ) -> None:
         self.config = config
-        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
+        self.auth_limiter: AuthLimiter = auth_limiter or StoreAuthLimiter(
+            store, BlockPolicy.from_config(config.limits)
+        )
         self.store = store
         self.tls_context = tls_context
         self.locks: MaildropLocks = locks if locks is not None else InProcessMaildropLocks()
@@ -217,7 +219,11 @@ class POP3Session:
                 else:
                     await self._login(account, "USER")
             case Auth(mechanism=name, initial_response=initial):
-                mechanism = sasl.server_mechanism(name, secret=self.service.scram_secret)
+                mechanism = sasl.server_mechanism(
+                    name,
+                    secret=self.service.scram_secret,
+                    scram_iterations=self.service.config.auth.scram_iterations,
+                )
                 if mechanism is None:  # the engine only lets configured mechanisms through
                     engine.err("unsupported authentication mechanism")
                     return
@@ -277,7 +283,9 @@ class POP3Session:
     # ----------------------------------------------------------------------------- authentication
 
     async def _check_password(self, address: str, password: str) -> Account | None:
-        return await authenticate(self.store, address, password)
+        return await authenticate(
+            self.store, address, password, scram_iterations=self.service.config.auth.scram_iterations
+        )
 
     async def _sasl_step(self, step: sasl.Step) -> None:
         mechanism = self._mechanism

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 from collections.abc import Sequence
 
+from surat.delivery.mx import parse_ip
 from surat.dns.base import DNSError, Resolver
 
 LOOKUP_TIMEOUT = 10.0
@@ -21,12 +22,9 @@ _ERROR_CODES = ipaddress.IPv4Network("127.255.255.0/24")
 
 def query_name(ip: str, zone: str) -> str | None:
     """The RFC 5782 §2.1/§2.4 name to look up, or None for something that is not an IP address."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = parse_ip(ip)
+    if address is None:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if isinstance(address, ipaddress.IPv4Address):
         reversed_ip = ".".join(reversed(str(address).split(".")))
     else:

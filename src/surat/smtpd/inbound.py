@@ -26,13 +26,11 @@ from typing import TypeVar
 
 from surat.dns.base import Resolver
 from surat.log import fields
+from surat.mailauth.dkim_canon import MessageFormatError, ParsedMessage, parse_message
 from surat.mailauth.dkim_verify import (
     ARCResult,
     ARCStatus,
     DKIMResult,
-    MessageFormatError,
-    ParsedMessage,
-    parse_message,
     verify_arc,
     verify_dkim,
 )

@@ -20,6 +20,8 @@ from email.message import Message
 from pathlib import Path
 from typing import BinaryIO
 
+from surat.proto.smtp.address import header_safe
+
 # A header section larger than this is written through without being parsed.
 MAX_HEADER_SECTION = 256 * 1024
 
@@ -30,8 +32,12 @@ def _clean(text: str) -> str:
 
 
 def return_path(sender: str) -> bytes:
-    """RFC 5321 §4.4: the final delivery adds Return-Path with the envelope sender."""
-    return f"Return-Path: <{sender}>\r\n".encode()
+    """RFC 5321 §4.4: the final delivery adds Return-Path with the envelope sender.
+
+    Raises UnsafeText for a control character: a CR in the sender would start a forged field above
+    our Authentication-Results (issue 11 item 6; the engine refuses such commands already).
+    """
+    return f"Return-Path: <{header_safe(sender, 'Return-Path')}>\r\n".encode()
 
 
 def received_header(
@@ -54,7 +60,7 @@ def received_header(
     if auth_user is not None:
         lines.append(f"\t(authenticated as {_clean(auth_user)})")
     if recipient is not None:
-        lines.append(f"\tfor <{recipient}>")
+        lines.append(f"\tfor <{header_safe(recipient, 'Received')}>")
     lines[-1] += ";"
     lines.append(f"\t{email.utils.format_datetime(when)}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")

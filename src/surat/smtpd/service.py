@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from surat.authlimit import AuthLimiter, InMemoryAuthLimiter
+from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
+from surat.delivery.dkim import DkimError, SigningKeys
 from surat.delivery.dsn import Action, DsnReport, ReportedRecipient, Ret, build_dsn
 from surat.delivery.local import owns, resolve
 from surat.delivery.notify import submit_dsn
@@ -128,8 +129,10 @@ class SMTPService:
         trusted_arc_sealers: Sequence[str] = (),
         auth_limiter: AuthLimiter | None = None,
         sending_limiter: SendingLimiter | None = None,
+        signing_keys: SigningKeys | None = None,
     ) -> None:
-        """Without a `resolver` the MX runs no SPF/DKIM/DMARC checks and adds no Authentication-Results."""
+        """Without a `resolver` the MX runs no SPF/DKIM/DMARC checks and adds no Authentication-Results.
+        `signing_keys` is shared with the queue runner (one parsed copy of each DKIM key)."""
         self.config = config
         self.store = store
         self.tls_context = tls_context
@@ -143,10 +146,13 @@ class SMTPService:
             else None
         )
         # The app shares one auth limiter between SMTP, IMAP and POP3.
-        self.auth_limiter: AuthLimiter = auth_limiter or InMemoryAuthLimiter.from_config(config.limits)
+        self.auth_limiter: AuthLimiter = auth_limiter or StoreAuthLimiter(
+            store, BlockPolicy.from_config(config.limits)
+        )
         self.sending_limiter: SendingLimiter = sending_limiter or InMemorySendingLimiter.from_config(
             config.limits
         )
+        self.signing_keys = signing_keys or SigningKeys(config.data_dir)
 
     def settings(self, role: Role) -> ServerSettings:
         limits = self.config.limits
@@ -210,6 +216,7 @@ class _Session:
         self.sasl_account: str | None = None
         self.sasl_success: sasl.Success | None = None
         self.auth_failures = 0
+        self.auth_failures_counted: set[str] = set()  # user names whose failure the per-IP block has counted
         self.sasl_authcid: str | None = None  # the name the client tried, for the failure log
         self.unknown_recipients = 0
 
@@ -446,6 +453,11 @@ class _Session:
         if not domain.startswith("[") and await self.store.is_local_domain(domain):
             resolution = await resolve(self.store, address, domain_is_local=True)
             if not resolution.found:
+                if resolution.loop:
+                    log.error(
+                        "smtp.alias_loop", extra=fields(rcpt=address, cycle=" -> ".join(resolution.loop))
+                    )
+                    return R.ALIAS_LOOP
                 return self._unknown_recipient(address)
             for target in resolution.local:
                 txn.local.setdefault(target.account_id, target)
@@ -570,6 +582,7 @@ class _Session:
                 }
         remote = None
         if txn.remote:
+            signature = await self._dkim_signature(txn, spool) if self.role is not Role.MX else None
             remote = OutboundMessage(
                 sender=txn.sender,
                 recipients=tuple(txn.remote.values()),
@@ -579,6 +592,7 @@ class _Session:
                 eight_bit=txn.params.body == "8BITMIME",
                 authenticated_user=self.user,
                 body_offset=len(return_path(txn.sender)),
+                dkim_signature=signature,
             )
         delivery = Delivery(
             spool_path=spool.path,
@@ -596,6 +610,23 @@ class _Session:
         if result.queue_id:
             return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
         return R.QUEUED
+
+    async def _dkim_signature(self, txn: _Transaction, spool: Spool) -> bytes:
+        """DKIM-Signature fields for the queue entry, made once here, before the 250 (issue 18):
+        every attempt and every recipient domain reuses them, t= is the submission time, and a key
+        rotated while the message waits does not re-sign it. b"" (sent unsigned, logged) when
+        signing fails: the message is not refused for it."""
+        # the sender was checked at MAIL to be the user's own address or alias: a local domain
+        domain = txn.sender.rpartition("@")[2].lower()
+        loop = asyncio.get_running_loop()
+        message = (
+            await loop.run_in_executor(None, spool.message) if spool.content is None else spool.message()
+        )
+        try:
+            return await self.service.signing_keys.sign(message, domain, datetime.now(UTC))
+        except (DkimError, OSError):
+            log.exception("smtp.dkim_failed", extra=fields(domain=domain))
+            return b""
 
     async def _notify_success(self, txn: _Transaction, delivery: Delivery, result: DeliveryResult) -> None:
         """RFC 3461 §6.2.2: the final MTA reports a successful delivery when NOTIFY=SUCCESS asked for it.
@@ -681,7 +712,11 @@ class _Session:
         if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
             log.info("smtp.auth", extra=fields(peer=self.conn.peer_host, result="blocked"))
             return AUTH_BLOCKED
-        self.sasl = sasl.server_mechanism(event.mechanism, secret=self.service.scram_secret)
+        self.sasl = sasl.server_mechanism(
+            event.mechanism,
+            secret=self.service.scram_secret,
+            scram_iterations=self.service.config.auth.scram_iterations,
+        )
         self.sasl_account = None
         self.sasl_authcid = None
         self.sasl_success = None
@@ -711,7 +746,12 @@ class _Session:
                     return R.auth_challenge(step.data)
                 case sasl.VerifyPassword():
                     self.sasl_authcid = step.authcid
-                    account = await authenticate(self.store, step.authcid, step.password)
+                    account = await authenticate(
+                        self.store,
+                        step.authcid,
+                        step.password,
+                        scram_iterations=self.service.config.auth.scram_iterations,
+                    )
                     if account is not None:
                         self.sasl_account = account.address
                     step = mechanism.password_result(account is not None)
@@ -749,7 +789,13 @@ class _Session:
             "smtp.auth",
             extra=fields(peer=self.conn.peer_host, user=user or "-", result="failed", reason=reason),
         )
-        await self.service.auth_limiter.failure(self.conn.peer_host, user, self.role.value)
+        counted = (user or "").lower()
+        if counted not in self.auth_failures_counted:
+            # A client that fails one password with PLAIN and then with LOGIN (Python's smtplib does)
+            # is one guess, not two: the per-IP block counts a session's failures once per user name.
+            # Repeated guessing in one session is bounded by MAX_AUTH_FAILURES instead.
+            self.auth_failures_counted.add(counted)
+            await self.service.auth_limiter.failure(self.conn.peer_host, user, self.role.value)
         # RFC 4954 §4 leaves the delay to us: slow down password guessing.
         await asyncio.sleep(self.config.limits.auth_failure_delay)
         if self.auth_failures >= MAX_AUTH_FAILURES:

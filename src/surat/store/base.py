@@ -14,7 +14,7 @@ can later live in PostgreSQL or an object store while metadata stays relational.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,8 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 )
 
 HIERARCHY_DELIMITER = "/"
+# Longest mailbox name, in UTF-8 octets; also bounds the work of matching a LIST pattern against it.
+MAX_MAILBOX_NAME_OCTETS = 1000
 
 
 class StoreError(Exception):
@@ -63,6 +65,20 @@ class Account:
     id: int
     address: str  # lower-cased local@domain, domain in A-label (IDNA) form
     quota_bytes: int | None = None  # None: unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class AuthClientState:
+    """What the login-failure limiter (surat.authlimit) remembers of one client (an IP, or an IPv6 /64).
+
+    Times are epoch seconds, so that every process and node reads them alike."""
+
+    key: str
+    ip: str  # the address last seen failing (the key may be a network)
+    failures: tuple[float, ...] = ()  # recent failures, within the policy's window
+    blocked_until: float = 0.0
+    strikes: int = 0  # blocks so far; the next one lasts longer
+    last_failure: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +233,9 @@ class OutboundMessage:
     authenticated_user: str | None = None  # who submitted it, if anyone
     # Bytes at the start of the stored message that are for local copies only (Return-Path).
     body_offset: int = 0
+    # DKIM-Signature fields to put on top of the message at every attempt (b"": none); None: not
+    # signed yet, the queue runner decides at the first attempt.
+    dkim_signature: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +317,7 @@ class QueueEntry:
     smtputf8: bool = False
     eight_bit: bool = False
     authenticated_user: str | None = None
+    dkim_signature: bytes | None = None  # see OutboundMessage.dkim_signature
 
 
 # ----------------------------------------------------------------------------------------- change feed
@@ -399,6 +419,23 @@ class Store(Protocol):
         """Bytes used by all messages of the account (RFC 9208 STORAGE)."""
         ...
 
+    # -- login-failure limiting (surat.authlimit), shared by every process using this store
+    async def get_auth_client(self, key: str) -> AuthClientState | None: ...
+    async def update_auth_client(
+        self,
+        key: str,
+        update: Callable[[AuthClientState | None], AuthClientState | None],
+        *,
+        forget_before: float,
+    ) -> AuthClientState | None:
+        """Replace the record of `key` by `update(current)` (None deletes it) in one transaction, and
+        forget the records whose last failure and block end are both before `forget_before`."""
+        ...
+
+    async def list_auth_clients(self, blocked_after: float) -> list[AuthClientState]:
+        """Records blocked beyond the time `blocked_after`, the longest block first."""
+        ...
+
     # -- aliases
     async def add_alias(self, source: str, target: str) -> None: ...
     async def delete_alias(self, source: str, target: str | None = None) -> None: ...
@@ -420,7 +457,14 @@ class Store(Protocol):
         """Renaming INBOX moves its messages to `new` and leaves INBOX empty (RFC 9051 §6.3.6)."""
         ...
 
-    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """Subscribing needs an existing mailbox; unsubscribing works for any subscribed name."""
+        ...
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        """Every subscribed name, including those whose mailbox no longer exists (RFC 9051 §6.3.7)."""
+        ...
+
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
 
     # -- messages
@@ -455,9 +499,17 @@ class Store(Protocol):
         unchanged_since: int | None = None,
     ) -> StoreFlagsResult: ...
     async def expunge(
-        self, mailbox_id: int, uids: Sequence[int], *, files_in_background: bool = False
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        files_in_background: bool = False,
+        only_deleted: bool = False,
     ) -> list[int]:
         """Remove messages durably; returns the UIDs actually removed. Their UIDs are remembered.
+
+        With `only_deleted`, only those of `uids` that carry \\Deleted at the moment of the removal go
+        (IMAP EXPUNGE and CLOSE: a session's idea of the flags may be older than another session's STORE).
 
         The message files nothing refers to any more are deleted before this returns, or with
         `files_in_background` right after (the removal is committed either way; a crash before
@@ -482,10 +534,16 @@ class Store(Protocol):
         ...
 
     async def record_attempt(
-        self, queue_id: str, started_at: datetime, host: str | None, lease_until: datetime
+        self,
+        queue_id: str,
+        started_at: datetime,
+        host: str | None,
+        lease_until: datetime,
+        dkim_signature: bytes | None = None,
     ) -> int:
         """Record an attempt before connecting (result None: in flight) and claim the entry by
         moving its next attempt to `lease_until`, so a crashed runner's claim expires by itself.
+        `dkim_signature` is kept for the attempts after this one when the entry has none yet.
         Returns the attempt's number (1, 2, ...)."""
         ...
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from surat.store.base import NotFound
+from surat.store.filemodes import open_private
 
 _ID = re.compile(r"^[0-9a-f]{26}$")
 
@@ -62,7 +63,7 @@ class FileBlobStore:
             if exc.errno != errno.EXDEV:  # the spool is on another filesystem
                 raise
             tmp = target.with_name(target.name + ".part")
-            with source.open("rb") as src, tmp.open("wb") as dst:
+            with source.open("rb") as src, open_private(tmp, os.O_TRUNC) as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
             os.rename(tmp, target)
@@ -72,7 +73,7 @@ class FileBlobStore:
     def write(self, blob_id: str, data: bytes) -> Path:
         """Write a new blob from memory. Not yet durable: the store's commit syncs it."""
         target = self._path(blob_id)
-        with target.open("xb") as file:
+        with open_private(target, os.O_EXCL) as file:
             file.write(data)
         return target
 

@@ -21,7 +21,6 @@ like Dovecot and mox degrade.
 from __future__ import annotations
 
 import calendar
-import contextlib
 import email.errors
 import email.header
 import email.utils
@@ -131,12 +130,17 @@ class BodyPart:
     def part(self, section: tuple[int, ...]) -> BodyPart | None:
         """The part that IMAP section numbers (e.g. (1, 2) for "1.2") name, or None.
 
-        RFC 9051 §6.4.5: a non-multipart message has a part 1 (itself); inside a message/rfc822
-        part, numbers continue into the embedded message's parts.
+        RFC 9051 §6.4.5: a multipart's parts are numbered from 1; a non-multipart message has a part 1
+        (its body); the parts of a message/rfc822 (or message/global) part are those of the message it
+        encapsulates, numbered the same way (so "3.1" is the body of a non-multipart message in part
+        3). Any other non-multipart part has no subparts. This holds at the top too: a message that is
+        itself message/rfc822 has a part 1 (the encapsulated message), and "1.1" is in that message.
         """
         node: BodyPart = self
-        for number in section:
-            if node.message is not None:
+        for depth, number in enumerate(section):
+            if depth and not node.is_multipart:
+                if node.message is None:
+                    return None  # a leaf part has no subparts
                 node = node.message
             if node.is_multipart:
                 if not 1 <= number <= len(node.parts):
@@ -948,10 +952,49 @@ def _decoded(value: bytes | None) -> str | None:
         return None
     text = _text(value)
     if "=?" in text:
-        with contextlib.suppress(LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-            # make_header() doubles spaces next to encoded words; collapse runs of whitespace.
-            text = " ".join(str(email.header.make_header(email.header.decode_header(text))).split())
+        text = " ".join(decode_encoded_words(text).split())
     return text
+
+
+# RFC 2047 §2 encoded-word "=?" charset "?" encoding "?" encoded-text "?=" (charset may carry an RFC 2231
+# §5 "*language"); no class includes "?", so there is one way to match and the scan is linear.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
+
+
+def _decode_word(word: str) -> str | None:
+    """One encoded word's text, or None when its charset or encoding cannot be decoded."""
+    try:
+        ((payload, charset),) = email.header.decode_header(word)
+        if not isinstance(payload, bytes) or charset is None:
+            return None
+        return payload.decode(charset.partition("*")[0], "replace")
+    except (LookupError, UnicodeError, ValueError, TypeError, email.errors.MessageError):
+        # an unknown or non-text charset ("\xf0tf-8", "zlib"), bad base64: CharsetError and the like
+        return None
+
+
+def decode_encoded_words(text: str) -> str:
+    """`text` with its RFC 2047 encoded words decoded; total, it never raises.
+
+    A word that cannot be decoded is kept as written (RFC 2047 §6.3: "display the encoded-word as
+    is"), the others are still decoded. Whitespace between two decoded words is dropped (§6.2).
+    """
+    out: list[str] = []
+    pos = 0
+    after_word = False
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[pos : match.start()]
+        decoded = _decode_word(match.group())
+        if decoded is None:
+            out += (between, match.group())
+        else:
+            if not (after_word and not between.strip()):
+                out.append(between)
+            out.append(decoded)
+        after_word = decoded is not None
+        pos = match.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 _MSGID = re.compile(r"<[^<>\s]*>")

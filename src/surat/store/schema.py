@@ -129,6 +129,39 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queue_recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0
     """,
+    # 4: subscriptions are names, not a mailbox property: RFC 9051 §6.3.7 says the server MUST NOT
+    # remove a name from the subscription list when its mailbox goes away, and LIST (SUBSCRIBED)
+    # reports such names as \NonExistent \Subscribed (RFC 5258 §3.1). Existing subscriptions move over.
+    """
+    CREATE TABLE subscriptions (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    INSERT INTO subscriptions (account_id, name) SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
+    ALTER TABLE mailboxes DROP COLUMN subscribed
+    """,
+    # 5: the login-failure limiter's records (surat.authlimit), in the store so that every process
+    # shares them and `surat blocks` can list and lift blocks while the server runs. `failures` is
+    # the recent failure times, space-separated epoch seconds (at most the policy's max_failures).
+    """
+    CREATE TABLE auth_clients (
+        key TEXT PRIMARY KEY,
+        ip TEXT NOT NULL,
+        failures TEXT NOT NULL DEFAULT '',
+        blocked_until REAL NOT NULL DEFAULT 0,
+        strikes INTEGER NOT NULL DEFAULT 0,
+        last_failure REAL NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX auth_clients_last_failure ON auth_clients(last_failure);
+    CREATE INDEX auth_clients_blocked_until ON auth_clients(blocked_until)
+    """,
+    # 6: the DKIM-Signature fields made when the message was queued (issue 18: signed once, not
+    # at every attempt). NULL: not signed when queued (entries from before, DSNs, mail from the
+    # MX port); the runner then signs at the first attempt if the sender is local, and stores it.
+    """
+    ALTER TABLE queue ADD COLUMN dkim_signature BLOB
+    """,
 )
 
 
@@ -136,12 +169,14 @@ class SchemaTooNew(Exception):
     """The database was written by a newer Surat than this one."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations, each in its own transaction; returns the resulting version."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply pending migrations up to version `target` (default: all), each in its own transaction;
+    returns the resulting version. A smaller `target` builds an older schema, for migration tests."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
         raise SchemaTooNew(f"database schema version {version} is newer than this Surat ({len(MIGRATIONS)})")
-    for number in range(version, len(MIGRATIONS)):
+    end = len(MIGRATIONS) if target is None else target
+    for number in range(version, end):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _statements(MIGRATIONS[number]):
@@ -151,7 +186,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return len(MIGRATIONS)
+    return max(version, end)
 
 
 def _statements(script: str) -> list[str]:

@@ -6,6 +6,9 @@ Layout under `data_dir`: `index.sqlite3` (+ -wal, -shm), `blobs/xx/<id>` (messag
 Threads:
 - one writer thread owns the only read-write connection; every mutation runs there, so UIDs and
   MODSEQs are allocated inside its transactions and writes never contend for SQLite's lock;
+- IMAP's flag changes, expunges, copies and moves run under `_write_grouped`: those that arrive while
+  the writer is busy share one transaction and one WAL sync (ten sessions on one mailbox each STORE
+  and EXPUNGE; one commit each capped them at the disk's sync rate);
 - `deliver()` and `append()` go through a group commit (ARCHITECTURE decision 4): the writer takes
   every pending message at once, inserts all their rows in one transaction (few statements per
   batch), moves the spool files into the blob area and makes them durable (see `SyncMode`: one
@@ -40,6 +43,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,9 +54,11 @@ from typing import Any, Generic, TypeVar
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
+    MAX_MAILBOX_NAME_OCTETS,
     Account,
     Alias,
     AlreadyExists,
+    AuthClientState,
     Change,
     ChangeFeed,
     ChangeKind,
@@ -82,6 +88,7 @@ from surat.store.base import (
 )
 from surat.store.blobs import FileBlobStore, new_blob_id
 from surat.store.feed import InProcessChangeFeed
+from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 from surat.store.messageinfo import MessageInfo, compute_message_info
 from surat.store.schema import migrate
 
@@ -95,6 +102,11 @@ _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
 SYNCFS_MIN_BATCH = 4
 INLINE_READ_ROWS = 256  # reads of up to this many rows run on the event loop's connection
+# changes_since answers kept for reuse (see there): per mailbox, for one HIGHESTMODSEQ, up to this many
+# starting MODSEQs, and for this many mailboxes (least recently used out). Only answers read inline
+# (at most INLINE_READ_ROWS rows) are kept, so the memory is bounded by these three numbers.
+CHANGES_CACHE_SINCES = 16
+CHANGES_CACHE_MAILBOXES = 256
 COLLECT_PARALLEL_MIN = 16  # unreferenced blobs from which unlinks run on several threads
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
@@ -156,7 +168,7 @@ def normalize_mailbox_name(name: str) -> str:
     Names are never used as paths, but odd ones are refused anyway: they make LIST patterns and
     clients misbehave.
     """
-    if not name or len(name.encode("utf-8", "surrogatepass")) > 1000:
+    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_MAILBOX_NAME_OCTETS:
         raise InvalidName("mailbox name empty or too long")
     if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "*%" for c in name):
         raise InvalidName("mailbox name has control or wildcard characters")
@@ -407,6 +419,10 @@ class SQLiteStore:
         self._grouped_writes: _Coalescer[tuple[_GroupedWrite, asyncio.Future[Any]]] = _Coalescer(
             self._submit_to_writer, self._commit_group
         )
+        # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
+        self._recent_changes: OrderedDict[int, tuple[tuple[int, int], dict[int, MailboxChanges]]] = (
+            OrderedDict()
+        )
         self._batches = 0
         self._batched_items = 0
         self._largest_batch = 0
@@ -436,20 +452,26 @@ class SQLiteStore:
         self._open = True
 
     def _open_writer(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.spool_dir.mkdir(exist_ok=True)
-        self.blob_dir.mkdir(exist_ok=True)
+        # Owner-only, whatever the umask (issue 11 item 12): the index holds password hashes and SCRAM
+        # keys, the blobs hold mail. Modes are set when we create; `surat check` reports looser ones.
+        make_private_dir(self.data_dir, parents=True)
+        make_private_dir(self.spool_dir)
+        make_private_dir(self.blob_dir)
         # Create every blob directory up front: a batch then never needs to sync a new one.
         created = False
         for i in range(256):
             sub = self.blob_dir / f"{i:02x}"
             if not sub.is_dir():
-                sub.mkdir()
+                make_private_dir(sub)
                 created = True
         if created and self._sync != SyncMode.NONE:
             _fsync_path(self.blob_dir, directory=True)
             _fsync_path(self.data_dir, directory=True)
-        conn = sqlite3.connect(self.data_dir / INDEX_FILE, isolation_level=None, check_same_thread=False)
+        index = self.data_dir / INDEX_FILE
+        # SQLite creates the -wal and -shm files with the mode of the database file, so creating that
+        # one 0600 first makes all three private.
+        os.close(os.open(index, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+        conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'NORMAL' if self._sync == SyncMode.NONE else 'FULL'}")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -861,6 +883,65 @@ class SQLiteStore:
             raise NotFound(f"account {account_id}")
         return int(row[0])
 
+    # ------------------------------------------------------------------------------ login failures
+
+    _AUTH_COLUMNS = "key, ip, failures, blocked_until, strikes, last_failure"
+
+    @staticmethod
+    def _auth_client(row: tuple[Any, ...]) -> AuthClientState:
+        failures = tuple(float(t) for t in row[2].split())
+        return AuthClientState(row[0], row[1], failures, row[3], row[4], row[5])
+
+    async def get_auth_client(self, key: str) -> AuthClientState | None:
+        row = (
+            self._read()
+            .execute(f"SELECT {self._AUTH_COLUMNS} FROM auth_clients WHERE key = ?", (key,))
+            .fetchone()
+        )
+        return self._auth_client(row) if row is not None else None
+
+    async def update_auth_client(
+        self,
+        key: str,
+        update: Callable[[AuthClientState | None], AuthClientState | None],
+        *,
+        forget_before: float,
+    ) -> AuthClientState | None:
+        def fn(conn: sqlite3.Connection) -> tuple[AuthClientState | None, list[Change], set[str]]:
+            row = conn.execute(
+                f"SELECT {self._AUTH_COLUMNS} FROM auth_clients WHERE key = ?", (key,)
+            ).fetchone()
+            state = update(self._auth_client(row) if row is not None else None)
+            if state is None:
+                conn.execute("DELETE FROM auth_clients WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    f"INSERT OR REPLACE INTO auth_clients ({self._AUTH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        state.ip,
+                        " ".join(repr(t) for t in state.failures),
+                        state.blocked_until,
+                        state.strikes,
+                        state.last_failure,
+                    ),
+                )
+            conn.execute(
+                "DELETE FROM auth_clients WHERE last_failure < ? AND blocked_until < ?",
+                (forget_before, forget_before),
+            )
+            return state, [], set()
+
+        return await self._write(fn)
+
+    async def list_auth_clients(self, blocked_after: float) -> list[AuthClientState]:
+        rows = self._read().execute(
+            f"SELECT {self._AUTH_COLUMNS} FROM auth_clients WHERE blocked_until > ? "
+            "ORDER BY blocked_until DESC, key",
+            (blocked_after,),
+        )
+        return [self._auth_client(row) for row in rows]
+
     # ------------------------------------------------------------------------------ aliases
 
     async def add_alias(self, source: str, target: str) -> None:
@@ -924,7 +1005,10 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------------------ mailboxes
 
-    _MAILBOX_COLUMNS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+    _MAILBOX_COLUMNS = (
+        "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, EXISTS (SELECT 1 FROM"
+        " subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
+    )
 
     @staticmethod
     def _mailbox(row: tuple[Any, ...]) -> Mailbox:
@@ -962,6 +1046,10 @@ class SQLiteStore:
             raise AlreadyExists(f"mailbox {name}") from None
         mailbox_id = cur.lastrowid
         assert mailbox_id is not None
+        # A new mailbox starts subscribed (what clients that never SUBSCRIBE expect to see in LSUB).
+        conn.execute(
+            "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)", (account_id, name)
+        )
         return Mailbox(mailbox_id, account_id, name, uidvalidity, 1, 1, special_use, True)
 
     def _ensure_parents(self, conn: sqlite3.Connection, account_id: int, name: str) -> list[Change]:
@@ -1083,11 +1171,22 @@ class SQLiteStore:
             renames = [(mailbox.id, target)] + [
                 (cid, target + cname[len(source) :]) for cid, cname in children
             ]
+            old_names = {mailbox.id: source} | {cid: cname for cid, cname in children}
             for mailbox_id, new_name in renames:
                 try:
                     conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (new_name, mailbox_id))
                 except sqlite3.IntegrityError:
                     raise AlreadyExists(f"mailbox {new_name}") from None
+                # The subscription follows the mailbox (a name left behind would list as \NonExistent).
+                moved = conn.execute(
+                    "DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
+                    (account_id, old_names[mailbox_id]),
+                ).rowcount
+                if moved:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
+                        (account_id, new_name),
+                    )
                 changes.append(Change(ChangeKind.MAILBOX_RENAMED, account_id, mailbox_id))
             return None, changes, set()
 
@@ -1097,15 +1196,31 @@ class SQLiteStore:
         normalized = normalize_mailbox_name(name)
 
         def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
-            cur = conn.execute(
-                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
-                (int(subscribed), account_id, normalized),
-            )
-            if cur.rowcount == 0:
+            exists = conn.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, normalized)
+            ).fetchone()
+            if subscribed:
+                if exists is None:
+                    raise NotFound(f"mailbox {normalized}")  # RFC 9051 §6.3.7: the server MAY check
+                conn.execute(
+                    "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
+                    (account_id, normalized),
+                )
+                return None, [], set()
+            removed = conn.execute(
+                "DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, normalized)
+            ).rowcount
+            if not removed and exists is None:
                 raise NotFound(f"mailbox {normalized}")
             return None, [], set()
 
         await self._write(fn)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        rows = self._read().execute(
+            "SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name", (account_id,)
+        )
+        return [r[0] for r in rows]
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def fn(conn: sqlite3.Connection) -> MailboxStatus:
@@ -1374,16 +1489,17 @@ class SQLiteStore:
                 )
             return StoreFlagsResult(updated=updated, modified=modified), changes, set()
 
-        return await self._write(fn)
+        return await self._write_grouped(fn)  # concurrent sessions' STOREs share one commit
 
     def _expunge_rows(
-        self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int]
+        self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int], only_deleted: bool = False
     ) -> tuple[list[int], list[Change], set[str]]:
         rows: list[tuple[int, int, str]] = []
+        deleted = " AND deleted = 1" if only_deleted else ""
         for chunk in _chunks(sorted(set(uids))):
             rows += conn.execute(
                 "SELECT uid, size, blob_id FROM messages"
-                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))})"
+                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))}){deleted}"
                 " ORDER BY uid",
                 (mailbox.id, *chunk),
             ).fetchall()
@@ -1409,13 +1525,20 @@ class SQLiteStore:
         return removed, [change], {r[2] for r in rows}
 
     async def expunge(
-        self, mailbox_id: int, uids: Sequence[int], *, files_in_background: bool = False
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        files_in_background: bool = False,
+        only_deleted: bool = False,
     ) -> list[int]:
         def fn(conn: sqlite3.Connection) -> tuple[list[int], list[Change], set[str]]:
             mailbox = self._mailbox_by_id(conn, mailbox_id)
-            return self._expunge_rows(conn, mailbox, uids)
+            return self._expunge_rows(conn, mailbox, uids, only_deleted)
 
-        return await self._write(fn, collect_after_return=files_in_background)
+        if files_in_background:
+            return await self._write(fn, collect_after_return=True)
+        return await self._write_grouped(fn)  # concurrent IMAP EXPUNGEs share one commit
 
     def _copy_rows(
         self,
@@ -1463,7 +1586,7 @@ class SQLiteStore:
             result, changes = self._copy_rows(conn, source, uids, dest)
             return result, changes, set()
 
-        return await self._write(fn)
+        return await self._write_grouped(fn)
 
     async def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
         def fn(conn: sqlite3.Connection) -> tuple[CopyResult, list[Change], set[str]]:
@@ -1476,10 +1599,27 @@ class SQLiteStore:
             _, expunge_changes, blobs = self._expunge_rows(conn, source, [p[0] for p in result.pairs])
             return result, changes + expunge_changes, blobs
 
-        return await self._write(fn)
+        return await self._write_grouped(fn)
+
+    def _keep_changes(
+        self, mailbox_id: int, since: int, state: tuple[int, int], answer: MailboxChanges
+    ) -> None:
+        """Remember `answer` for (mailbox, since) while the mailbox's (HIGHESTMODSEQ, UIDVALIDITY) is `state`."""
+        recent = self._recent_changes.get(mailbox_id)
+        if recent is None or recent[0] != state:
+            recent = (state, {})
+            self._recent_changes[mailbox_id] = recent
+        self._recent_changes.move_to_end(mailbox_id)
+        if len(self._recent_changes) > CHANGES_CACHE_MAILBOXES:
+            self._recent_changes.popitem(last=False)
+        if len(recent[1]) < CHANGES_CACHE_SINCES:
+            recent[1][since] = answer
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        uidvalidity = 0  # of the mailbox read by fn: ids can be reused after a DELETE, UIDVALIDITYs not
+
         def fn(conn: sqlite3.Connection, at_most: int = -1) -> MailboxChanges | None:
+            nonlocal uidvalidity
             conn.execute("BEGIN")
             try:
                 if at_most >= 0:
@@ -1491,6 +1631,7 @@ class SQLiteStore:
                     if count > at_most:
                         return None  # too many for the event loop: the worker reads them
                 mailbox = self._mailbox_by_id(conn, mailbox_id)
+                uidvalidity = mailbox.uidvalidity
                 changed = [
                     self._summary(r)
                     for r in conn.execute(
@@ -1510,10 +1651,25 @@ class SQLiteStore:
                 conn.execute("COMMIT")
             return MailboxChanges(changed=changed, vanished=vanished, highestmodseq=mailbox.highestmodseq)
 
-        # IMAP sessions ask after every command that follows a change: usually a few rows, read on
-        # the event loop's connection (counted first through the modseq index, in the same snapshot).
+        # Every IMAP session on a mailbox asks this after every command that follows a change, mostly
+        # with the same starting MODSEQ (all were up to date before the change): the answer depends
+        # only on the rows, and every change to them raises the mailbox's HIGHESTMODSEQ in the same
+        # transaction, so an answer is reused while that number (and the mailbox: its UIDVALIDITY)
+        # stays: one indexed read instead of a transaction of four queries. Callers must not modify it.
+        recent = self._recent_changes.get(mailbox_id)
+        if recent is not None and (kept := recent[1].get(modseq)) is not None:
+            row = (
+                self._read()
+                .execute("SELECT highestmodseq, uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,))
+                .fetchone()
+            )
+            if row is not None and (row[0], row[1]) == recent[0]:
+                return kept
+        # Usually a few rows, read on the event loop's connection (counted first through the modseq
+        # index, in the same snapshot).
         inline = fn(self._read(), INLINE_READ_ROWS)
         if inline is not None:
+            self._keep_changes(mailbox_id, modseq, (inline.highestmodseq, uidvalidity), inline)
             return inline
         result = await self._in_worker(fn)
         assert result is not None
@@ -1752,6 +1908,7 @@ class SQLiteStore:
                         int(remote.smtputf8),
                         int(remote.eight_bit),
                         remote.authenticated_user,
+                        remote.dkim_signature,
                     )
                 )
                 recipient_rows += [
@@ -1772,8 +1929,8 @@ class SQLiteStore:
         if queue_rows:
             conn.executemany(
                 "INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
-                " envid, ret, smtputf8, eight_bit, authenticated_user)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 queue_rows,
             )
             conn.executemany(
@@ -1802,7 +1959,7 @@ class SQLiteStore:
     ) -> list[QueueEntry]:
         rows = conn.execute(
             "SELECT id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret,"
-            f" smtputf8, eight_bit, authenticated_user FROM queue {where}",
+            f" smtputf8, eight_bit, authenticated_user, dkim_signature FROM queue {where}",
             params,
         ).fetchall()
         # Recipients and attempts of all rows in two queries per chunk, not two per row: the runner
@@ -1856,6 +2013,7 @@ class SQLiteStore:
                     smtputf8=bool(r[9]),
                     eight_bit=bool(r[10]),
                     authenticated_user=r[11],
+                    dkim_signature=r[12],
                 )
             )
         return entries
@@ -1922,13 +2080,22 @@ class SQLiteStore:
         return await self._write(fn)
 
     async def record_attempt(
-        self, queue_id: str, started_at: datetime, host: str | None, lease_until: datetime
+        self,
+        queue_id: str,
+        started_at: datetime,
+        host: str | None,
+        lease_until: datetime,
+        dkim_signature: bytes | None = None,
     ) -> int:
         started, lease = _timestamp(started_at)[0], _timestamp(lease_until)[0]
 
         def fn(conn: sqlite3.Connection) -> tuple[int, list[Change], set[str]]:
             # No change published: the runner that claims the entry is the one that would wake.
-            cur = conn.execute("UPDATE queue SET next_attempt_at = ? WHERE id = ?", (lease, queue_id))
+            # A signature already stored is never replaced (signed once, issue 18).
+            cur = conn.execute(
+                "UPDATE queue SET next_attempt_at = ?, dkim_signature = COALESCE(dkim_signature, ?) WHERE id = ?",
+                (lease, dkim_signature, queue_id),
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"queue entry {queue_id}")
             (number,) = conn.execute(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import datetime
 from collections.abc import Callable
 from typing import Final
@@ -17,7 +16,14 @@ from typing import Final
 from surat.proto.imap import commands as c
 from surat.proto.imap.seqset import SequenceSet, SequenceSetError, parse_sequence_set
 
-__all__ = ["CommandSyntaxError", "Scanner", "parse_command", "parse_date_time", "parse_tag"]
+__all__ = [
+    "SEARCH_CHARSETS",
+    "CommandSyntaxError",
+    "Scanner",
+    "parse_command",
+    "parse_date_time",
+    "parse_tag",
+]
 
 MAX_NUMBER64: Final = 2**63 - 1  # RFC 9051 §9 number64
 MAX_NUMBER: Final = 2**32 - 1  # RFC 9051 §9 number
@@ -47,6 +53,7 @@ _SORT_KEYS: Final = frozenset(
 )
 _THREAD_ALGORITHMS: Final = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
 _LIST_SELECT: Final = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+_LIST_SELECT_BASE: Final = frozenset({"SUBSCRIBED", "SPECIAL-USE"})
 _LIST_RETURN: Final = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
 _USE_ATTRS: Final = {
     a.upper(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
@@ -590,9 +597,11 @@ def _list(s: Scanner, tag: str, uid: bool) -> c.Command:
             selection.add(opt)
         s.expect(b")")
         s.sp()
-        # RFC 5258 §3.1: RECURSIVEMATCH alone is an error.
-        if selection == {"RECURSIVEMATCH"}:
-            raise _Fail("RECURSIVEMATCH needs another selection option")
+        # RFC 5258 §3.1 and §6 (list-select-opts): RECURSIVEMATCH is a list-select-mod-opt and needs a
+        # list-select-base-opt beside it (SUBSCRIBED, or SPECIAL-USE from RFC 6154 §6); alone or with
+        # only REMOTE the server MUST answer BAD.
+        if "RECURSIVEMATCH" in selection and not selection & _LIST_SELECT_BASE:
+            raise _Fail("RECURSIVEMATCH needs SUBSCRIBED or SPECIAL-USE beside it (RFC 5258 §3.1)")
     reference = s.astring("reference name")
     s.sp()
     patterns: list[str] = []
@@ -669,22 +678,19 @@ _DATE_KEYS: Final = {
     "SENTON": (c.DateField.SENT, c.DateOp.ON),
     "SENTSINCE": (c.DateField.SENT, c.DateOp.SINCE),
 }
+# RFC 9051 §6.4.4: US-ASCII and UTF-8 MUST be supported; they are all we search in. Search strings are
+# decoded as UTF-8 under either (UTF-8 is a superset of US-ASCII).
+SEARCH_CHARSETS: Final = ("UTF-8", "US-ASCII")
+_CHARSET_ALIASES: Final = {"UTF-8": "UTF-8", "UTF8": "UTF-8", "US-ASCII": "US-ASCII", "ASCII": "US-ASCII"}
 _MAX_SEARCH_DEPTH: Final = 32  # nesting bound so a crafted key cannot exhaust the stack
 
 
 class _SearchParser:
-    def __init__(self, s: Scanner, charset: str | None) -> None:
+    def __init__(self, s: Scanner) -> None:
         self.s = s
-        self.charset = charset
 
     def text(self) -> str:
-        raw = self.s.astring_bytes()
-        if self.charset is None:
-            return _decode_utf8(raw, "search string")
-        try:
-            return raw.decode(self.charset)
-        except UnicodeDecodeError:
-            raise _Fail(f"search string is not valid {self.charset}") from None
+        return _decode_utf8(self.s.astring_bytes(), "search string")
 
     def program(self) -> c.SearchKey:
         keys = [self.key(0)]
@@ -704,7 +710,7 @@ class _SearchParser:
                 keys.append(self.key(depth + 1))
             s.expect(b")")
             return keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
-        if (0x30 <= b <= 0x39) or b in b"*$":
+        if (0x30 <= b <= 0x39) or b in (0x2A, 0x24):  # digit, "*" or "$" (peek() is -1 at the end)
             return c.SearchSeq(s.sequence_set())
         start = s.pos
         word = s.atom("a search key").upper()
@@ -769,17 +775,14 @@ class _SearchParser:
 
 
 def _charset(s: Scanner) -> str:
+    """RFC 9051 §6.4.4: the CHARSET of SEARCH/SORT/THREAD. Only the charsets in ``SEARCH_CHARSETS`` are
+    searched in; any other name (a real MIME charset or not) is `NO [BADCHARSET (...)]`. The name is never
+    looked up as a Python codec: "rot13" or "hex" are codecs, not charsets."""
     name = s.string("charset") if s.peek() in (0x22, 0x7B) else s.atom("a charset")
-    upper = name.upper()
-    if upper in ("UTF-8", "UTF8"):
-        return "UTF-8"
-    if upper in ("US-ASCII", "ASCII"):
-        return "US-ASCII"
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        raise _Fail(f"unsupported charset {name}", "BADCHARSET") from None
-    return upper
+    canonical = _CHARSET_ALIASES.get(name.upper())
+    if canonical is None:
+        raise _Fail(f"unsupported charset {name[:64]}", "BADCHARSET")
+    return canonical
 
 
 def _search(s: Scanner, tag: str, uid: bool) -> c.Command:
@@ -806,7 +809,7 @@ def _search(s: Scanner, tag: str, uid: bool) -> c.Command:
         s.sp()
         charset = _charset(s)
         s.sp()
-    key = _SearchParser(s, None if charset in (None, "UTF-8", "US-ASCII") else charset).program()
+    key = _SearchParser(s).program()
     return c.SearchCommand(tag, uid, key, charset, returns)
 
 
@@ -830,7 +833,7 @@ def _sort(s: Scanner, tag: str, uid: bool) -> c.Command:
     s.sp()
     charset = _charset(s)
     s.sp()
-    key_tree = _SearchParser(s, None if charset in ("UTF-8", "US-ASCII") else charset).program()
+    key_tree = _SearchParser(s).program()
     return c.Sort(tag, uid, tuple(criteria), charset, key_tree)
 
 
@@ -842,7 +845,7 @@ def _thread(s: Scanner, tag: str, uid: bool) -> c.Command:
     s.sp()
     charset = _charset(s)
     s.sp()
-    key = _SearchParser(s, None if charset in ("UTF-8", "US-ASCII") else charset).program()
+    key = _SearchParser(s).program()
     return c.Thread(tag, uid, algorithm, charset, key)
 
 

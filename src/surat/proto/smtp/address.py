@@ -94,12 +94,103 @@ def normalize_domain(text: str, *, utf8: bool = True) -> str:
     return text
 
 
+_IPV6_CHARS = _HEX | {":", "."}
+
+
+def _snum_ipv4(text: str) -> str | None:
+    """RFC 5321 §4.1.3 IPv4-address-literal (Snum 3("." Snum), Snum = 1*3DIGIT up to 255), normalised."""
+    parts = text.split(".")
+    if len(parts) != 4 or not all(part.isascii() and part.isdigit() and len(part) <= 3 for part in parts):
+        return None
+    numbers = [int(part) for part in parts]
+    return ".".join(map(str, numbers)) if max(numbers) <= 255 else None
+
+
+def _hex_groups(text: str) -> int | None:
+    """How many IPv6-hex (1*4HEXDIG) groups "h:h:..." holds ("" holds none); None if malformed."""
+    if not text:
+        return 0
+    groups = text.split(":")
+    return len(groups) if all(1 <= len(group) <= 4 for group in groups) else None
+
+
+def _is_ipv6_addr(text: str) -> bool:
+    """RFC 5321 §4.1.3 IPv6-addr: IPv6-full / IPv6-comp / IPv6v4-full / IPv6v4-comp, nothing else.
+
+    No zone/scope id ("%eth0"): the grammar has none, and Python's ipaddress would accept any text
+    after "%" (CR and LF included), which then reached header fields.
+    """
+    if not text or not set(text) <= _IPV6_CHARS:
+        return False
+    if "." in text:
+        # the v4 forms: the dotted quad stands for the last two groups (IPv6v4-full has 6 groups
+        # before it, IPv6v4-comp at most 4 beside "::", the same totals as IPv6-full and IPv6-comp)
+        head, colon, quad = text.rpartition(":")
+        if not colon or _snum_ipv4(quad) is None:
+            return False
+        text = head + ":0:0"
+    if "::" in text:
+        left, _, right = text.partition("::")
+        if "::" in right:
+            return False
+        counts = (_hex_groups(left), _hex_groups(right))
+        return None not in counts and sum(c for c in counts if c is not None) <= 6  # "at most 6 groups"
+    return _hex_groups(text) == 8
+
+
 def _address_literal(text: str) -> str:
-    """RFC 5321 §4.1.3: "[IPv4]" or "[IPv6:...]"; other tags are not supported."""
+    """RFC 5321 §4.1.3 address-literal "[...]", normalised: IPv4 or "IPv6:" IPv6-addr.
+
+    General-address-literal needs a Standardized-tag "registered with IANA" (§4.1.3); the registry
+    (Address Literal Tags) holds only "IPv6", so any other tag is refused as bad syntax.
+    """
     inner = text[1:-1]
-    if inner[:5].lower() == "ipv6:":
-        return f"[IPv6:{ipaddress.IPv6Address(inner[5:]).compressed}]"
-    return f"[{ipaddress.IPv4Address(inner)}]"
+    tag, colon, content = inner.partition(":")
+    if not colon:
+        ipv4 = _snum_ipv4(inner)
+        if ipv4 is None:
+            raise ValueError("bad IPv4 address literal")
+        return f"[{ipv4}]"
+    if tag.lower() != "ipv6" or not _is_ipv6_addr(content):
+        raise ValueError("bad address literal")
+    return f"[IPv6:{ipaddress.IPv6Address(content).compressed}]"
+
+
+def is_ip_literal(domain: str) -> bool:
+    """`domain` (as `Address.domain` holds it) is an address literal: IPv4 or IPv6, the only kinds
+    `parse_path` accepts."""
+    return domain.startswith("[")
+
+
+# C0 controls, DEL and the C1 range: in a header field they end the field or start a forged one
+# (a bare CR is a line break to many readers), on a terminal they are escape sequences.
+_CONTROLS = frozenset([*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), "\u2028", "\u2029"])
+
+
+class UnsafeText(ValueError):
+    """Text meant for a header field or a terminal line holds a control character."""
+
+
+def has_controls(text: str) -> bool:
+    return not _CONTROLS.isdisjoint(text)
+
+
+def header_safe(text: str, what: str) -> str:
+    """`text` unchanged, checked once more where it is rendered into a header field.
+
+    Addresses and names are refused with controls when they come in; this is the second check at
+    the point of use (issue 11 item 6), so a path that skipped the first cannot inject a field.
+    """
+    if has_controls(text):
+        raise UnsafeText(f"control character in {what}: {text!r}")
+    return text
+
+
+def terminal_safe(text: str) -> str:
+    """`text` for one line on a terminal: control characters shown as Python escapes (\\r, \\x1b)."""
+    if not has_controls(text):
+        return text
+    return "".join(repr(char)[1:-1] if char in _CONTROLS else char for char in text)
 
 
 def parse_path(

@@ -76,11 +76,15 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+# RFC 3463 X.4.6 "routing loop detected": an alias cycle is a configuration error the postmaster can
+# fix, so the sender is told to retry rather than that the address does not exist.
+ALIAS_LOOP = Reply(451, "4.4.6", "Alias loop for this address, try again later")
 
 # -- permanent: syntax and sequence (these count against the bad-command budget)
 UNRECOGNIZED = Reply(500, "5.5.1", "Command unrecognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 INVALID_UTF8 = Reply(500, "5.5.2", "Invalid UTF-8 in command")
+CONTROL_CHARACTER = Reply(501, "5.5.2", "Control character (CR, LF, NUL...) in command line")
 SYNTAX_ERROR = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")

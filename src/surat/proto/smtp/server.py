@@ -36,6 +36,7 @@ from surat.proto.smtp.address import (
     MailParams,
     RcptParams,
     SMTPSyntaxError,
+    has_controls,
     parse_mail_params,
     parse_path,
     parse_rcpt_params,
@@ -500,6 +501,11 @@ class SMTPServerEngine:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             return self._error(R.INVALID_UTF8)
+        if has_controls(line.replace("\t", " ")):
+            # RFC 5321 §2.3.8: CR and LF appear only together, as the line end; a bare CR (or NUL, or
+            # any other control) inside a command would reach header fields and logs from the
+            # arguments (Return-Path, Received, DSN To:), so the whole command is refused.
+            return self._error(R.CONTROL_CHARACTER)
         line = line.rstrip(" \t")
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
