@@ -575,7 +575,8 @@ def test_autologout(server: RunningServer) -> None:
         assert raw.line().startswith(b"* BYE")
         raw.close()
     finally:
-        srv.close()
+        # The server's loop runs in another thread: asyncio objects are closed from their own loop.
+        server.loop.call_soon_threadsafe(srv.close)
 
 
 def test_pipelined_commands_idle_and_append_transcript(server: RunningServer) -> None:

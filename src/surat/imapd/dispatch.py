@@ -31,7 +31,6 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Noop: ("NOOP", auth.noop, ANY_STATE),
     c.Logout: ("LOGOUT", auth.logout, ANY_STATE),
     c.Id: ("ID", auth.id_cmd, ANY_STATE),
-    c.Compress: ("COMPRESS", auth.compress, ANY_STATE),
     # §6.2: not authenticated
     c.StartTLS: ("STARTTLS", auth.starttls, _NOT_AUTHENTICATED),
     c.Authenticate: ("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
@@ -51,6 +50,7 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Status: ("STATUS", mailboxes.status, AUTHENTICATED_STATES),
     c.Append: ("APPEND", messages.append, AUTHENTICATED_STATES),
     c.Idle: ("IDLE", auth.idle, AUTHENTICATED_STATES),
+    c.Compress: ("COMPRESS", auth.compress, AUTHENTICATED_STATES),  # RFC 4978 §5: a command-auth
     c.GetQuota: ("GETQUOTA", mailboxes.getquota, AUTHENTICATED_STATES),
     c.GetQuotaRoot: ("GETQUOTAROOT", mailboxes.getquotaroot, AUTHENTICATED_STATES),
     c.SetQuota: ("SETQUOTA", mailboxes.setquota, AUTHENTICATED_STATES),
@@ -77,6 +77,10 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
 _NO_EXPUNGE: Final = (c.Fetch, c.Store, c.SearchCommand, c.Sort, c.Thread, c.Copy)
 
 
+# Commands that change nothing and move no mail: their budget is surat.imapd.junk.
+_JUNK: Final = (c.Noop, c.Check, c.Capability, c.Id)
+
+
 def _allow_expunge(cmd: object) -> bool:
     return not (isinstance(cmd, _NO_EXPUNGE) and not cmd.uid)
 
@@ -93,6 +97,10 @@ async def dispatch(s: Session, cmd: c.Command) -> None:
     if uid and not name.startswith("UID "):
         name = "UID " + name
     tag = cmd.tag
+    if isinstance(cmd, _JUNK) and not s.junk.spend():
+        s.send(tagged(tag, Status.BAD, f"too many {name} commands, slow down"))  # see surat.imapd.junk
+        await s.count_error(True)
+        return
     if s.state not in states:
         if isinstance(cmd, c.Append) and s.append is not None:
             s.append.discard()  # its non-synchronizing literals were read and dropped

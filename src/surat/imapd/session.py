@@ -27,11 +27,13 @@ from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
 from surat.imapd.errors import CommandError, Disconnect, UserError, error_reply
 from surat.imapd.fetch import FetchCache
+from surat.imapd.junk import JunkBudget
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
 from surat.imapd.view import Announcements, SelectedView
 from surat.log import fields
-from surat.net.connection import Connection, ConnectionTimeout
+from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
+from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.proto.imap import commands as c
@@ -72,7 +74,10 @@ log = logging.getLogger(__name__)
 # RFC 9051 §5.4: an inactivity autologout timer must be at least 30 minutes.
 AUTOLOGOUT = 30 * 60.0
 PREAUTH_TIMEOUT = 120.0  # before login: clients log in at once, idle strangers need not be kept
-FLUSH_THRESHOLD = 64 * 1024  # handed to the transport in pieces, so the client reads while we write
+FLUSH_THRESHOLD = OUTPUT_HIGH_WATER  # handed to the transport in pieces, so the client reads while we write
+# Most plaintext one read inflates to under COMPRESS (RFC 4978): the rest of the input waits in the
+# decompressor, so a deflate bomb costs this much memory per turn, not what it would inflate to.
+DEFLATE_OUTPUT_BOUND = 64 * 1024
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Every extension implemented, advertised after login. SEARCH-related ones are added by ``capabilities``.
@@ -195,6 +200,8 @@ class Session:
         self._out_size = 0
         self._bad_streak = 0
         self.auth_failures = 0
+        self.clock = SessionClock(PREAUTH_TIMEOUT, self.config.limits.imap_session_deadline)
+        self.junk = JunkBudget(self.config.limits.junk_commands)
 
     def _new_reader(self) -> CommandReader:
         return CommandReader(ReaderLimits(max_append_literal=self.config.limits.message_size))
@@ -290,24 +297,47 @@ class Session:
     # ------------------------------------------------------------------------------ input
 
     async def read(self) -> bytes:
-        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout."""
-        if self.deflate is not None and self.deflate.has_pending_input:
-            return self.deflate.decompress(b"")
-        timeout = (
-            self.service.autologout
-            if self.account is not None
-            else min(PREAUTH_TIMEOUT, self.service.autologout)
-        )
-        data = await self.conn.read(timeout)
-        if self.deflate is not None and data:
+        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout
+        (its text says which limit ended the session)."""
+        data = await self._read_input()
+        self.clock.fed(self.reader.buffered + len(data))  # the caller feeds it to the reader next
+        return data
+
+    async def _read_input(self) -> bytes:
+        """With COMPRESS active, reads go on until some plaintext comes out: a client may send any number
+        of empty or partial deflate blocks (10 000 empty blocks are 50 000 octets). A loop, not a
+        recursive call, so no count of them reaches Python's recursion limit. Each turn inflates at most
+        ``DEFLATE_OUTPUT_BOUND`` octets (RFC 4978 §4 leaves the size of a block to the sender; a block
+        that inflates to gigabytes comes out piece by piece, one piece per turn of the command loop).
+        """
+        deflate = self.deflate
+        if deflate is not None and deflate.has_pending_input:
+            return deflate.decompress(b"", DEFLATE_OUTPUT_BOUND)
+        while True:
+            # RFC 9051 §5.4: the autologout timer (30 minutes at least once logged in) restarts when the
+            # reader consumed input, not at every octet, so a line that never ends times out
+            # (surat.net.deadline); IDLE ends and is re-issued within it (RFC 2177: every 29 minutes).
+            self.clock.idle_timeout = (
+                self.service.autologout
+                if self.account is not None
+                else min(PREAUTH_TIMEOUT, self.service.autologout)
+            )
             try:
-                data = self.deflate.decompress(data)
+                data = await self.conn.read(self.clock.before_read(self.reader.buffered))
+            except ConnectionTimeout:
+                if self.clock.deadline_passed:
+                    raise ConnectionTimeout("session time limit reached") from None
+                raise ConnectionTimeout("autologout: idle for too long") from None
+            if deflate is None or not data:
+                return data
+            try:
+                data = deflate.decompress(data, DEFLATE_OUTPUT_BOUND)
             except zlib.error:
                 log.info("imap.deflate_error", extra=fields(user=self.user))
                 return b""
-            if not data:
-                return await self.read()  # a partial deflate block: nothing to parse yet
-        return data
+            if data:
+                return data
+            # Only an empty or partial deflate block so far: nothing to parse yet, read on.
 
     async def continuation_line(self) -> bytes:
         """The next line after a continuation request (AUTHENTICATE response, IDLE's DONE)."""
@@ -326,8 +356,8 @@ class Session:
     async def _read_or_bye(self) -> bytes:
         try:
             data = await self.read()
-        except ConnectionTimeout:
-            await self.bye("autologout: idle for too long")
+        except ConnectionTimeout as exc:
+            await self.bye(str(exc))
         if not data:
             raise Disconnect
         return data
@@ -372,9 +402,9 @@ class Session:
             await self.flush()
             try:
                 data = await self.read()
-            except ConnectionTimeout:
-                # RFC 9051 §5.4 autologout.
-                await self.bye("autologout: idle for too long")
+            except ConnectionTimeout as exc:
+                # RFC 9051 §5.4 autologout, or the session deadline.
+                await self.bye(str(exc))
             if not data:
                 return
             self.reader.receive_data(data)
@@ -408,6 +438,9 @@ class Session:
                     await dispatch(self, event)
                 case _:
                     await dispatch(self, event)
+            # Pipelined commands (a thousand `FETCH 1:* BODY[]` in one read) produce output faster than
+            # a client that is not reading takes it: wait for the client past the high-water mark.
+            await self.maybe_flush()
 
     async def count_error(self, bad: bool) -> None:
         """Too many BADs in a row, or too many failed logins, end the connection (ARCHITECTURE decision 2)."""
