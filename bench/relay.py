@@ -174,7 +174,14 @@ async def surat_phase(
         runner = QueueRunner(
             store,
             DnsResolver([HostPort("127.0.0.1", 53)]),
-            RunnerSettings(hostname="surat-bench.source.example", mx_port=25, poll_interval=1.0),
+            RunnerSettings(
+                hostname="surat-bench.source.example",
+                mx_port=25,
+                poll_interval=1.0,
+                # the sink's address is private (NET exists only in the namespaces): without this the
+                # runner refuses it (issue 11 item 11) and every message bounces at once
+                allow_private_destinations=True,
+            ),
             data_dir=data,
             tls_context=client_context(verify=False),
             signing_keys=signing_keys,
