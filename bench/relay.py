@@ -8,7 +8,7 @@ queued first and released at once, so the clock covers "queued -> delivered at t
 - Surat: the messages go into a fresh SQLiteStore through `Store.deliver` (what the MX/submission
   servers do after the final dot); the clock starts when `QueueRunner.start()` is called and stops
   when the queue table is empty (every entry is removed after the sink's 250).
-- Postfix (postfix-up.sh, DNS=1): smtp-source submits the messages while every recipient gets
+- Postfix (a private instance, bench/peers.py, MX lookups by DNS): smtp-source submits the messages while every recipient gets
   HOLD (`check_recipient_access static:HOLD`); the clock starts at `postsuper -H ALL` +
   `postqueue -f` and stops when the maillog shows N `status=sent`.
 
@@ -23,7 +23,8 @@ each message at its first attempt, inside the relay clock (the path of entries q
 schema 6). Either prints the CPU time per signed message (both signatures) and the event loop's
 lag. `--sign-inline` signs on the event loop instead of in a thread. Postfix does not sign here.
 
-Needs root (ip netns), dnsmasq, Postfix with smtp-sink/smtp-source (../shared/peers/install.sh).
+Needs root (ip netns) and Debian's packages iproute2, dnsmasq-base and postfix (smtp-sink, smtp-source);
+a missing program is named with its package. The peers are bench/peers.py's, started from this checkout.
 Bounded: --messages messages, --timeout seconds per relay; everything is torn down at exit.
 """
 
@@ -46,9 +47,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from peers import Daemon, Postfix, dnsmasq, in_netns, missing_program, netns_pair, smtp_sink
+
 ROOT = Path(__file__).resolve().parent.parent
-# SURAT_PEERS: where the peers scripts are when this runs from a git worktree (not next to shared/)
-PEERS = Path(os.environ.get("SURAT_PEERS", ROOT.parent / "shared" / "peers"))
 NS_A, NS_B, NET = "benchrlyA", "benchrlyB", "10.98.7"
 SINK = f"{NET}.2"
 SENDER = "bench@source.example"  # local only with --signed: then Surat DKIM-signs, Postfix does not
@@ -74,8 +75,9 @@ def make_message(i: int, size: int, rcpt: str) -> bytes:
 
 
 def run(*cmd: str, ns: str | None = None, env: dict[str, str] | None = None) -> str:
-    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
-    done = subprocess.run(full, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        in_netns(ns, cmd), check=True, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     return done.stdout
 
 
@@ -172,7 +174,14 @@ async def surat_phase(
         runner = QueueRunner(
             store,
             DnsResolver([HostPort("127.0.0.1", 53)]),
-            RunnerSettings(hostname="surat-bench.source.example", mx_port=25, poll_interval=1.0),
+            RunnerSettings(
+                hostname="surat-bench.source.example",
+                mx_port=25,
+                poll_interval=1.0,
+                # the sink's address is private (NET exists only in the namespaces): without this the
+                # runner refuses it (issue 11 item 11) and every message bounces at once
+                allow_private_destinations=True,
+            ),
             data_dir=data,
             tls_context=client_context(verify=False),
             signing_keys=signing_keys,
@@ -249,51 +258,24 @@ def run_surat(args: argparse.Namespace, work: Path) -> dict[str, float]:
 
 
 def run_postfix(args: argparse.Namespace, work: Path) -> dict[str, float]:
-    pf = work / "postfix"
-    run(
-        str(PEERS / "postfix-up.sh"),
-        "start",
-        str(POSTFIX_PORT),
-        str(pf),
-        "source.example",
-        ns=NS_A,
-        env={"DNS": "1"},
-    )
+    postfix = Postfix(work / "postfix", POSTFIX_PORT, domain_of(SENDER), dns=True, netns=NS_A)
     try:
-        conf = ["-c", str(pf / "etc")]
+        postfix.start()
         # Park every message on hold while it is submitted: the clock then covers only the relay.
-        run(
-            "/usr/sbin/postconf",
-            *conf,
-            "-e",
-            "smtpd_recipient_restrictions = check_recipient_access static:HOLD, permit_mynetworks, reject",
+        postfix.postconf(
+            "smtpd_recipient_restrictions = check_recipient_access static:HOLD, permit_mynetworks, reject"
         )
-        run("/usr/sbin/postfix", *conf, "reload")
         time.sleep(1)
         per_domain = args.messages // args.domains
         procs = []
         for k in range(args.domains):
             count = per_domain + (1 if k < args.messages % args.domains else 0)
+            source = ["/usr/sbin/smtp-source", "-s", "2", "-m", str(count), "-l", str(args.size)]
             procs.append(
                 subprocess.Popen(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        NS_A,
-                        "/usr/sbin/smtp-source",
-                        "-s",
-                        "2",
-                        "-m",
-                        str(count),
-                        "-l",
-                        str(args.size),
-                        "-f",
-                        SENDER,
-                        "-t",
-                        f"u@{domain(k)}",
-                        f"127.0.0.1:{POSTFIX_PORT}",
-                    ],
+                    in_netns(
+                        NS_A, [*source, "-f", SENDER, "-t", f"u@{domain(k)}", f"127.0.0.1:{POSTFIX_PORT}"]
+                    ),
                     stdout=subprocess.DEVNULL,
                 )
             )
@@ -303,18 +285,17 @@ def run_postfix(args: argparse.Namespace, work: Path) -> dict[str, float]:
                 procs = []
         for p in procs:
             p.wait()
-        hold = pf / "spool" / "hold"
+        hold = postfix.root / "spool" / "hold"
         deadline = time.monotonic() + args.timeout
         while sum(len(f) for _, _, f in os.walk(hold)) < args.messages:
             if time.monotonic() > deadline:
                 raise SystemExit("postfix: messages did not all reach the hold queue")
             time.sleep(0.2)
-        log = pf / "maillog"
         started = time.perf_counter()
-        run("/usr/sbin/postsuper", *conf, "-H", "ALL")
-        run("/usr/sbin/postqueue", *conf, "-f")
+        postfix.command("postsuper", "-H", "ALL")
+        postfix.command("postqueue", "-f")
         sent = 0
-        with log.open("rb") as f:
+        with postfix.maillog.open("rb") as f:
             f.seek(0, os.SEEK_END)  # only what the release produces
             pattern = re.compile(rb"status=sent")
             partial = b""
@@ -326,7 +307,7 @@ def run_postfix(args: argparse.Namespace, work: Path) -> dict[str, float]:
         seconds = time.perf_counter() - started
         return {"messages": sent, "seconds": seconds, "left": args.messages - sent}
     finally:
-        run(str(PEERS / "postfix-up.sh"), "stop", str(pf), ns=NS_A)
+        postfix.stop()
 
 
 # ---------------------------------------------------------------------------------------- harness
@@ -374,45 +355,44 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (ip netns)", file=sys.stderr)
         return 2
-    for tool in ("dnsmasq", "/usr/sbin/smtp-sink", "/usr/sbin/smtp-source", "/usr/sbin/postfix"):
-        if shutil.which(tool) is None:
-            print(f"missing {tool}", file=sys.stderr)
-            return 2
+    missing = missing_program("ip", "ss", "dnsmasq", "smtp-sink", "smtp-source", "postfix")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="surat-bench-relay-"))
     os.chmod(work, 0o755)
-    records = work / "records"
-    records.write_text(
-        "".join(f"MX {domain(k)} mx.{domain(k)} 10\nA mx.{domain(k)} {SINK}\n" for k in range(args.domains))
-    )
+    mx_hosts = {domain(k): f"mx.{domain(k)}" for k in range(args.domains)}
     try:
-        run(str(PEERS / "netns-up.sh"), "up", NS_A, NS_B, NET)
-        run(str(PEERS / "dns-up.sh"), "start", "53", str(records), ns=NS_A)
-        run(str(PEERS / "smtp-sink-up.sh"), "start", "25", SINK, ns=NS_B)
-        print(
-            f"relay: {args.messages} messages x {args.size} B, {args.domains} domains, MX via dnsmasq, "
-            f"sink = smtp-sink {SINK}:25, Surat DKIM signing: {args.signed}"
-            + (" (inline)" if args.sign_inline else "")
-        )
-        results = {}
-        for name, fn in (("surat", run_surat), ("postfix", run_postfix)):
-            if args.only in (None, name):
-                results[name] = fn(args, work)
-                print(line(name, results[name]), flush=True)
-        if len(results) == 2:
-            s, p = results["surat"], results["postfix"]
-            ratio = (s["messages"] / s["seconds"]) / (p["messages"] / p["seconds"])
-            print(f"surat/postfix = {ratio:.2f}x")
-        return 0
+        with netns_pair(NS_A, NS_B, NET):
+            peers: list[Daemon] = []
+            try:
+                peers.append(dnsmasq(work, mx_hosts, dict.fromkeys(mx_hosts.values(), SINK), NS_A))
+                peers.append(smtp_sink(work, SINK, 25, NS_B))
+                return compare(args, work)
+            finally:
+                # every peer out of the namespaces before they go
+                for peer in reversed(peers):
+                    peer.stop()
     finally:
-        for cmd, ns in (
-            ((str(PEERS / "smtp-sink-up.sh"), "stop", "25"), NS_B),
-            ((str(PEERS / "dns-up.sh"), "stop", "53"), NS_A),
-            ((str(PEERS / "netns-up.sh"), "down", NS_A, NS_B), None),
-        ):
-            subprocess.run(
-                ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd), check=False, capture_output=True
-            )
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(args: argparse.Namespace, work: Path) -> int:
+    print(
+        f"relay: {args.messages} messages x {args.size} B, {args.domains} domains, MX via dnsmasq, "
+        f"sink = smtp-sink {SINK}:25, Surat DKIM signing: {args.signed}"
+        + (" (inline)" if args.sign_inline else "")
+    )
+    results = {}
+    for name, fn in (("surat", run_surat), ("postfix", run_postfix)):
+        if args.only in (None, name):
+            results[name] = fn(args, work)
+            print(line(name, results[name]), flush=True)
+    if len(results) == 2:
+        s, p = results["surat"], results["postfix"]
+        ratio = (s["messages"] / s["seconds"]) / (p["messages"] / p["seconds"])
+        print(f"surat/postfix = {ratio:.2f}x")
+    return 0
 
 
 if __name__ == "__main__":

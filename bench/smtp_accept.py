@@ -3,7 +3,7 @@
 Prints messages/s and p50/p99 acceptance latency (MAIL FROM sent -> 250 after the final dot).
 
     .venv/bin/python bench/smtp_accept.py                      # starts Surat in a subprocess on a temp dir
-    .venv/bin/python bench/smtp_accept.py --peer postfix       # also Postfix (../shared/peers), same load, same run
+    .venv/bin/python bench/smtp_accept.py --peer postfix       # also a private Postfix (bench/peers.py), same load
     .venv/bin/python bench/smtp_accept.py --target 127.0.0.1:2525 --rcpt test@example.test
     .venv/bin/python bench/smtp_accept.py --signed --checks   # issue 6: cost of SPF/DKIM/DMARC checks
 
@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -39,9 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import SURAT, add_user, free_port, single_listener_setup, stop_server, surat_env, wait_port
-
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT.parent / "shared" / "peers"
+from peers import Postfix, missing_program
 
 
 @dataclass
@@ -305,26 +302,9 @@ class SuratProcess:
         self.log.close()
 
 
-class PostfixProcess:
-    def __init__(self, workdir: Path, domain: str, local: str) -> None:
-        self.port = free_port()
-        self.root = workdir / "postfix"
-        script = PEERS / "postfix-up.sh"
-        env = {**os.environ, "USERS": local}
-        subprocess.run(
-            ["bash", str(script), "start", str(self.port), str(self.root), domain],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        wait_port(self.port)
-        self.maildir = self.root / "mail" / local / "Maildir" / "new"
-
-    def delivered(self) -> int:
-        return len(list(self.maildir.iterdir())) if self.maildir.is_dir() else 0
-
-    def stop(self) -> None:
-        subprocess.run(["bash", str(PEERS / "postfix-up.sh"), "stop", str(self.root)], check=False)
+def count_files(directory: Path) -> int:
+    """How many messages a Maildir's new/ holds (0 before the first delivery creates it)."""
+    return len(list(directory.iterdir())) if directory.is_dir() else 0
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -400,14 +380,18 @@ async def main_async(args: argparse.Namespace) -> None:
                 costs = ", ".join(f"{100 * cost:.0f}%" for cost in round_costs)
                 print(f"checks cost per round: {costs}; median {100 * statistics.median(round_costs):.0f}%")
         if args.peer == "postfix":
-            if not shutil.which("postconf"):
-                print("postfix: not installed (run ../shared/peers/install.sh)")
+            missing = missing_program("postfix")
+            if missing:
+                print(missing)
             else:
-                postfix = PostfixProcess(workdir, domain, args.rcpt.partition("@")[0])
+                local = args.rcpt.partition("@")[0]
+                postfix = Postfix(workdir / "postfix", free_port(), domain, users=(local,))
+                delivered = postfix.maildir(local) / "new"
                 try:
+                    postfix.start()
                     await warm_up("127.0.0.1", postfix.port, args, message)
                     settled = time.monotonic() + 60
-                    while postfix.delivered() < args.warmup and time.monotonic() < settled:
+                    while count_files(delivered) < args.warmup and time.monotonic() < settled:
                         await asyncio.sleep(0.05)  # the warm-up's deliveries must not overlap the timed load
                     started = time.perf_counter()
                     result = await run_load("postfix", "127.0.0.1", postfix.port, args, message)
@@ -415,13 +399,16 @@ async def main_async(args: argparse.Namespace) -> None:
                     # Maildir follows. Surat's 250 means "in the mailbox", so also report the time
                     # until Postfix has delivered everything.
                     deadline = time.monotonic() + args.timeout
-                    while postfix.delivered() < args.warmup + result.messages and time.monotonic() < deadline:
+                    while (
+                        count_files(delivered) < args.warmup + result.messages and time.monotonic() < deadline
+                    ):
                         await asyncio.sleep(0.05)
                     delivered_secs = time.perf_counter() - started
                     results.append(result)
+                    in_maildir = count_files(delivered) - args.warmup
                     print(
-                        f"postfix delivered to Maildir: {postfix.delivered() - args.warmup} in {delivered_secs:.2f}s "
-                        f"= {(postfix.delivered() - args.warmup) / delivered_secs:.0f} msgs/s end to end"
+                        f"postfix delivered to Maildir: {in_maildir} in {delivered_secs:.2f}s "
+                        f"= {in_maildir / delivered_secs:.0f} msgs/s end to end"
                     )
                 finally:
                     postfix.stop()

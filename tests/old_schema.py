@@ -21,3 +21,15 @@ def queue_database_at(path: Path, version: int) -> sqlite3.Connection:
         "INSERT INTO queue_recipients (queue_id, position, address, state) VALUES ('q1', 0, 'x@dead.test', 'pending')"
     )
     return conn
+
+
+def account_database_at(path: Path, version: int) -> sqlite3.Connection:
+    """A database at `path` with the first `version` migrations applied, holding account 1
+    (a@example.test) without mailboxes; the caller closes the connection."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.migrate(conn, target=version)
+    conn.execute("INSERT INTO domains (name) VALUES ('example.test')")
+    conn.execute(
+        "INSERT INTO accounts (id, address, domain, password_hash) VALUES (1, 'a@example.test', 'example.test', 'x')"
+    )
+    return conn

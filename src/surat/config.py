@@ -94,6 +94,18 @@ class LimitsConfig:
     recipients: int = 1000  # RFC 5321 §4.5.3.1.8 asks for at least 100
     smtp_idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7
     bad_commands: int = 10
+    # NOOP, RSET, VRFY, EXPN, HELP (SMTP) and NOOP, RSET (POP3) past this many in one session each count
+    # as a bad command (Postfix's smtpd_junk_command_limit, default 100).
+    junk_commands: int = 100
+    # Total seconds a session may last, however active (issue 11). Idle timers restart only when a
+    # command completes, not at every octet, so a client that sends one octet before each timeout
+    # cannot hold a slot for ever; this caps what a slowly completing client can take. SMTP and POP3
+    # sessions are short (a few messages, a maildrop download); an hour covers a 50 MB message at
+    # 100 kbit/s. IMAP clients keep a connection open in IDLE for hours (RFC 2177: they re-issue IDLE
+    # every 29 minutes) and reconnect when it ends, so IMAP gets a day.
+    smtp_session_deadline: float = 3600.0
+    pop3_session_deadline: float = 3600.0
+    imap_session_deadline: float = 86400.0
     auth_failure_delay: float = 1.0
     # Abuse protection (issue 6). Connections are counted per listener.
     connections_per_ip: int = 20
@@ -223,6 +235,16 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         recipients=int(limits_table.number("recipients", defaults.recipients, minimum=100)),
         smtp_idle_timeout=limits_table.number("smtp_idle_timeout", defaults.smtp_idle_timeout, minimum=1),
         bad_commands=int(limits_table.number("bad_commands", defaults.bad_commands, minimum=1)),
+        junk_commands=int(limits_table.number("junk_commands", defaults.junk_commands, minimum=1)),
+        smtp_session_deadline=limits_table.number(
+            "smtp_session_deadline", defaults.smtp_session_deadline, minimum=1
+        ),
+        pop3_session_deadline=limits_table.number(
+            "pop3_session_deadline", defaults.pop3_session_deadline, minimum=1
+        ),
+        imap_session_deadline=limits_table.number(
+            "imap_session_deadline", defaults.imap_session_deadline, minimum=1
+        ),
         auth_failure_delay=limits_table.number("auth_failure_delay", defaults.auth_failure_delay, minimum=0),
         connections_per_ip=int(
             limits_table.number("connections_per_ip", defaults.connections_per_ip, minimum=1)

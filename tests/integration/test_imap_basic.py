@@ -270,16 +270,16 @@ def test_select_fetch_store_search(server: RunningServer) -> None:
     assert client.select("INBOX") == ("OK", [b"2"])
     typ, data = fetch(client, "1", "(UID FLAGS RFC822.SIZE ENVELOPE)")
     assert typ == "OK"
-    assert b"UID 1 FLAGS () RFC822.SIZE %d" % len(SIMPLE) in data[0]
+    assert b"UID 1 FLAGS (\\Recent) RFC822.SIZE %d" % len(SIMPLE) in data[0]  # the first to select it
     assert b'"hello" (("Bob" NIL "bob" "example.net"))' in data[0]
     assert b'"<m1@example.net>"' in data[0]
     # BODY.PEEK leaves \Seen alone; BODY[] sets it and reports FLAGS.
     typ, data = fetch(client, "1", "(BODY.PEEK[TEXT])")
     assert data[0][1] == b"Hi there.\r\n"
-    assert fetch(client, "1", "(FLAGS)")[1] == [b"1 (FLAGS ())"]
+    assert fetch(client, "1", "(FLAGS)")[1] == [b"1 (FLAGS (\\Recent))"]
     typ, data = fetch(client, "1", "(BODY[])")
     assert data[0][1] == SIMPLE
-    assert b"FLAGS (\\Seen)" in data[1]
+    assert b"FLAGS (\\Seen \\Recent)" in data[1]
     assert client.search(None, "UNSEEN") == ("OK", [b"2"])
     assert client.search(None, "SUBJECT", "parts") == ("OK", [b"2"])
     assert client.search(None, "BODY", '"soft break"') == ("OK", [b""])  # QP soft line break removed
@@ -319,7 +319,7 @@ def test_fetch_sections_partial_and_binary(server: RunningServer) -> None:
     assert b"BINARY.SIZE[2] 9" in lines[0]
     assert b"BINARY[3] {15}\r\ncaf\xc3\xa9 softbreak)" in lines[0]
     lines, _ = raw.command("FETCH 1 (FLAGS)")
-    assert lines == [b"* 1 FETCH (FLAGS ())\r\n"]  # every fetch above was a PEEK
+    assert lines == [b"* 1 FETCH (FLAGS (\\Recent))\r\n"]  # every fetch above was a PEEK
     lines, _ = raw.command("FETCH 1 (BODYSTRUCTURE)")
     assert b'("text" "plain" ("charset" "utf-8") NIL NIL "7BIT" 10 1 NIL NIL NIL NIL)' in lines[0]
     assert b'"mixed" ("boundary" "XX") NIL NIL NIL)' in lines[0]
@@ -393,7 +393,8 @@ def test_append_multiappend_and_limits(server: RunningServer) -> None:
     lines, _ = raw.command("EXAMINE Drafts")
     assert b"* 3 EXISTS\r\n" in lines
     lines, _ = raw.command("FETCH 1 (FLAGS INTERNALDATE)")
-    assert lines == [b'* 1 FETCH (FLAGS (\\Draft) INTERNALDATE "01-Jan-2024 10:00:00 +0100")\r\n']
+    # EXAMINE claims nothing but shows what no session has claimed as \Recent (RFC 3501 §6.3.2).
+    assert lines == [b'* 1 FETCH (FLAGS (\\Draft \\Recent) INTERNALDATE "01-Jan-2024 10:00:00 +0100")\r\n']
     # A missing mailbox is refused before the data is sent (RFC 9051 §6.3.12 TRYCREATE).
     raw.send(b"c APPEND Nope {5}\r\n")
     assert raw.line().startswith(b"c NO [TRYCREATE]")
@@ -593,7 +594,8 @@ def test_autologout(server: RunningServer) -> None:
         assert raw.line().startswith(b"* BYE")
         raw.close()
     finally:
-        srv.close()
+        # The server's loop runs in another thread: asyncio objects are closed from their own loop.
+        server.loop.call_soon_threadsafe(srv.close)
 
 
 def test_pipelined_commands_idle_and_append_transcript(server: RunningServer) -> None:

@@ -134,7 +134,7 @@ def test_first_condstore_enabling_fetch_reports_highestmodseq(server: RunningSer
     deliver(server, [_message("m", "Mon, 1 Jan 2024 10:00:00 +0000")])
     raw = _selected(server)
     lines, _ = raw.command("FETCH 1 (FLAGS)")
-    assert lines == [b"* 1 FETCH (FLAGS ())\r\n"]
+    assert lines == [b"* 1 FETCH (FLAGS (\\Recent))\r\n"]
     # RFC 7162 §3.1: the first CONDSTORE-enabling command with a mailbox selected gets OK [HIGHESTMODSEQ].
     lines, done = raw.command("FETCH 1 (MODSEQ)")
     assert len(lines) == 2 and done == b"t4 OK FETCH completed\r\n"

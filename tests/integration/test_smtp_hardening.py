@@ -86,7 +86,10 @@ def test_login_rederives_scram_keys_without_stalling_the_loop(
 ) -> None:
     # a count large enough (~0.5 s of PBKDF2) that doing it on the event loop would show in the NOOP
     dev_certificates(tmp_path_factory.getbasetemp())
-    running = RunningServer(make_config(tmp_path, auth={"scram_iterations": 600_000}))
+    # (junk_commands: the bystander's NOOPs are the probe here, not a flood to cut off)
+    running = RunningServer(
+        make_config(tmp_path, auth={"scram_iterations": 600_000}, limits={"junk_commands": 1_000_000})
+    )
     try:
         running.add_domain(DOMAIN)
         running.call(running.store.add_account(USER, make_credentials(PASSWORD, scram_iterations=10_000)))

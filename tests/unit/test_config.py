@@ -87,6 +87,23 @@ def test_full_config(tls_dir: Path) -> None:
     assert config.delivery.smarthost == HostPort("smtp.provider.example", 587)
 
 
+def test_session_limits(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        'hostname = "mx.example.org"\n[limits]\njunk_commands = 20\nsmtp_session_deadline = 600\n'
+        "pop3_session_deadline = 900.5\nimap_session_deadline = 7200\n",
+    )
+    assert config.limits.junk_commands == 20
+    assert config.limits.smtp_session_deadline == 600
+    assert config.limits.pop3_session_deadline == 900.5
+    assert config.limits.imap_session_deadline == 7200
+    # The defaults: Postfix's junk command limit; an hour for SMTP and POP3; a day for IMAP (IDLE).
+    defaults = LimitsConfig()
+    assert defaults.junk_commands == 100
+    assert (defaults.smtp_session_deadline, defaults.pop3_session_deadline) == (3600, 3600)
+    assert defaults.imap_session_deadline == 86400
+
+
 def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
     config = _load(tmp_path, 'hostname = "mx.example.org"\n')
     assert config.data_dir == tmp_path.resolve() / "data"
@@ -204,6 +221,31 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "number",
     ),
     ("greet_pause negative", {**BASE, "limits": {"greet_pause": -1}}, "limits.greet_pause", "least"),
+    ("junk_commands zero", {**BASE, "limits": {"junk_commands": 0}}, "limits.junk_commands", "at least"),
+    (
+        "smtp_session_deadline zero",
+        {**BASE, "limits": {"smtp_session_deadline": 0}},
+        "limits.smtp_session_deadline",
+        "at least",
+    ),
+    (
+        "pop3_session_deadline a string",
+        {**BASE, "limits": {"pop3_session_deadline": "1h"}},
+        "limits.pop3_session_deadline",
+        "number",
+    ),
+    (
+        "imap_session_deadline a bool",
+        {**BASE, "limits": {"imap_session_deadline": True}},
+        "limits.imap_session_deadline",
+        "number",
+    ),
+    (
+        "misspelled session deadline",
+        {**BASE, "limits": {"session_deadline": 60}},
+        "limits.session_deadline",
+        "unknown",
+    ),
     ("mail_auth not a boolean", {**BASE, "limits": {"mail_auth": "no"}}, "limits.mail_auth", "true or false"),
     (
         "unknown_recipients zero",

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import zlib
+from types import SimpleNamespace
 
 import pytest
 
+from surat.imapd.auth import starttls
 from surat.imapd.compress import Deflate
 from surat.imapd.errors import CommandError, PreparedReply, UserError, error_reply
+from surat.imapd.session import Session
+from surat.net.deadline import SessionClock
+from surat.proto.imap.commands import StartTLS
 from surat.proto.imap.writer import Code
 from surat.store.base import AlreadyExists, InvalidName, NotFound, QuotaExceeded
 
@@ -73,3 +78,39 @@ def test_unexpected_error_is_serverbug_and_logged(caplog: pytest.LogCaptureFixtu
     assert not reply.bad
     assert "imap.server_bug" in caplog.text
     assert caplog.records[0].exc_info is not None
+
+
+class _OneBlockPerRead:
+    """A connection whose every read returns one empty deflate block, then a compressed command."""
+
+    def __init__(self, blocks: int, then: bytes) -> None:
+        self.blocks = blocks
+        self.then = then
+
+    async def read(self, timeout: float) -> bytes:
+        if self.blocks:
+            self.blocks -= 1
+            return b"\x00\x00\x00\xff\xff"  # RFC 1951 §3.2.4: an empty stored block
+        return self.then
+
+
+async def test_ten_thousand_empty_blocks_in_as_many_reads_do_not_recurse() -> None:
+    # The old Session.read called itself once per read that inflated to nothing: RecursionError at ~1 000.
+    peer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    command = peer.compress(b"a NOOP\r\n") + peer.flush(zlib.Z_SYNC_FLUSH)
+    session = Session.__new__(Session)
+    session.deflate = Deflate()
+    session.conn = _OneBlockPerRead(10_000, command)  # type: ignore[assignment]
+    session.service = SimpleNamespace(autologout=60.0)  # type: ignore[assignment]
+    session.account = None
+    session.clock = SessionClock(60.0, 3600.0)
+    session.reader = SimpleNamespace(buffered=0)  # type: ignore[assignment]
+    assert await session.read() == b"a NOOP\r\n"
+
+
+async def test_starttls_is_refused_while_compress_is_active() -> None:
+    # Unreachable through the dispatch table (COMPRESS needs a login, STARTTLS comes before one); the
+    # handler keeps the rule on its own.
+    session = SimpleNamespace(tls=False, starttls_available=True, deflate=Deflate())
+    with pytest.raises(CommandError, match="COMPRESS is active"):
+        await starttls(session, StartTLS("a"))  # type: ignore[arg-type]

@@ -12,7 +12,8 @@ import pytest
 
 from surat.imapd.search import search
 from surat.imapd.view import SelectedView
-from surat.proto.imap.commands import SearchFlag, SearchNot
+from surat.proto.imap.commands import SearchCommand, SearchFlag, SearchNot
+from surat.proto.imap.parser import parse_command
 from surat.store.base import BlobStore, MailboxChanges, MessageRecord, MessageSummary
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -106,3 +107,37 @@ def test_random_changes_agree_with_the_general_search(seed: int) -> None:
         present = rng.random() < 0.5
         assert view.uids_by_system_flag(flag, present) == general(view, flag, present)
     check(view)
+
+
+# RFC 3501 §6.4.4 keys on \Recent, as the parser builds them, and what they find among UIDs 1..6 of which
+# this session claimed 2, 3 and 5 (UID 3 \Seen).
+RECENT_KEYS = {
+    "RECENT": [2, 3, 5],
+    "NEW": [2, 5],  # RECENT UNSEEN
+    "OLD": [1, 4, 6],  # NOT RECENT
+    "NOT NEW": [1, 3, 4, 6],
+    "UNSEEN RECENT": [2, 5],
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), RECENT_KEYS.items())
+def test_recent_keys_match_the_session_claim(text: str, expected: list[int]) -> None:
+    view = SelectedView(
+        1, "INBOX", 7, [summary(u, ("\\Seen",) if u == 3 else ()) for u in range(1, 7)], 1, read_only=False
+    )
+    view.mark_recent(2, 3)
+    view.mark_recent(5, 5)
+    view.mark_recent(9, 8)  # an empty claim changes nothing
+    command = parse_command(b"a SEARCH " + text.encode())
+    assert isinstance(command, SearchCommand)
+    assert asyncio.run(search(NoStore(), 1, view, command.key, charset=None)) == expected
+
+
+def test_recent_claims_only_known_uids_and_forgets_expunged() -> None:
+    view = SelectedView(1, "INBOX", 7, [summary(u) for u in (2, 4, 6)], 1, read_only=False)
+    view.mark_recent(3, 100)  # the store's range may cover UIDs this view does not hold
+    assert view.recent == {4, 6}
+    view.mark_expunged([4])
+    assert view.recent == {4, 6}  # still addressable until the EXPUNGE is sent
+    view.take_expunged()
+    assert view.recent == {6}

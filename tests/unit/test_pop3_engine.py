@@ -846,3 +846,24 @@ def test_empty_listings() -> None:
 
 def test_replies_helper() -> None:
     assert replies(b"+OK\r\n-ERR x\r\n") == [b"+OK", b"-ERR x", b""]
+
+
+def test_junk_commands_past_the_limit_spend_the_error_budget() -> None:
+    engine = engine_in("transaction")
+    engine.settings = POP3Settings(stls_available=True, max_junk_commands=2, max_errors=2)
+    engine.receive_data(b"NOOP\r\nRSET\r\nNOOP\r\nRSET\r\nSTAT\r\n")
+    for expected in (Noop(), Rset(), Noop()):  # the third spends one error and still runs
+        assert engine.next_event() == expected
+        engine.ok()
+    assert engine.next_event() == Close("too many errors")  # the fourth spends the last one
+    assert engine.state is State.CLOSED
+
+
+def test_junk_limit_leaves_other_commands_alone() -> None:
+    engine = engine_in("transaction")
+    engine.settings = POP3Settings(stls_available=True, max_junk_commands=1, max_errors=2)
+    engine.receive_data(b"STAT\r\n" * 5)
+    for _ in range(5):
+        assert engine.next_event() == Stat()
+        engine.stat(0, 0)
+    assert engine.state is State.TRANSACTION

@@ -733,6 +733,22 @@ def test_421_reply_closes() -> None:
     assert engine.data_to_send() == b"421 4.4.2 Idle timeout, closing connection\r\n"
 
 
+def test_junk_commands_past_the_limit_spend_the_bad_command_budget() -> None:
+    # Postfix's smtpd_junk_command_limit: NOOP/RSET/VRFY/EXPN/HELP past the limit each count as an error.
+    settings = replace(MX, max_junk_commands=3, max_bad_commands=3)
+    run = check_splits(b"NOOP\r\nRSET\r\nHELP\r\nNOOP\r\nVRFY x\r\nNOOP\r\nNOOP\r\n", settings)
+    # Three free, two more answered as usual but counted, the next one spends the last of the budget.
+    assert run.codes == ["250 2.0.0", "250 2.0.0", "214 2.0.0", "250 2.0.0", "252 2.5.0", "421 4.7.0"]
+    assert run.events[-1] == Close(R.TOO_MANY_ERRORS)
+    assert run.engine.closed
+
+
+def test_junk_limit_leaves_real_commands_alone() -> None:
+    settings = replace(MX, max_junk_commands=1, max_bad_commands=2)
+    run = check_splits(b"EHLO client.example\r\n" * 5, settings, every_offset=False)
+    assert run.codes == ["250"] * 5 and not run.engine.closed
+
+
 # ------------------------------------------------------------------------------ control characters
 
 PROBE_SENDER = b"MAIL FROM:<a@[IPv6:::1%\rAuthentication-Results: x; dkim=pass\rX-Evil: 1]>\r\n"

@@ -6,7 +6,6 @@ import asyncio
 import io
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from old_schema import account_database_at
 from surat.store import schema
 from surat.store.base import (
     DEFAULT_MAILBOXES,
@@ -309,7 +309,8 @@ async def test_uids_and_modseqs_are_monotonic_and_flags_follow_modes(
     assert r.modified == [1] and [u.uid for u in r.updated] == [4]
     status = await store.mailbox_status(box)
     assert (status.unseen, status.deleted) == (3, 2)  # 2, 3 and 4 lack \Seen
-    assert await store.expunge(box, [2, 3, 50]) == [2, 3]
+    # IMAP EXPUNGE: of the messages named, only those flagged \Deleted at the time (1 and 4 are not).
+    assert await store.expunge(box, [1, 2, 3, 4, 50], only_deleted=True) == [2, 3]
     assert await deliver(store, alice, message(9)) == 5  # expunged UIDs are never reused
     changes = await store.changes_since(box, modseq1)
     assert changes.vanished == [2, 3]
@@ -630,14 +631,8 @@ async def test_subscriptions_outlive_their_mailbox(store: SQLiteStore, alice: Ac
 
 
 def test_migration_4_moves_subscriptions_to_their_own_table(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn = account_database_at(tmp_path / "old.db", 3)
     try:
-        assert schema.migrate(conn, target=3) == 3
-        conn.execute("INSERT INTO domains (name) VALUES ('example.test')")
-        conn.execute(
-            "INSERT INTO accounts (id, address, domain, password_hash) VALUES (1, 'a@example.test',"
-            " 'example.test', 'x')"
-        )
         for name, subscribed in (("INBOX", 1), ("Old", 0)):
             conn.execute(
                 "INSERT INTO mailboxes (account_id, name, uidvalidity, subscribed) VALUES (1, ?, 1, ?)",

@@ -86,3 +86,30 @@ async def test_changes_since_small_and_large(store: SQLiteStore, changed: int) -
     assert changes.vanished == removed == [uids[-1]]
     assert changes.highestmodseq > before
     assert (await store.changes_since(mailbox_id, changes.highestmodseq)).changed == []
+
+
+async def test_changes_since_answer_is_reused_only_while_the_mailbox_is_unchanged(store: SQLiteStore) -> None:
+    account, mailbox_id, uids = await fill(store, 3)
+    await store.create_mailbox(account.id, "Work")
+    work = await store.get_mailbox(account.id, "Work")
+    assert work is not None
+    start = work.highestmodseq
+    first = await store.changes_since(work.id, start)
+    # Ten sessions asking the same question between two changes get one answer, read once.
+    assert await store.changes_since(work.id, start) is first
+    moved = await store.copy(mailbox_id, uids[:1], work.id)
+    after_copy = await store.changes_since(work.id, start)
+    assert after_copy is not first and [s.uid for s in after_copy.changed] == [moved.pairs[0][1]]
+    await store.store_flags(work.id, [moved.pairs[0][1]], FlagMode.ADD, frozenset({"\\Seen"}))
+    after_store = await store.changes_since(work.id, start)
+    assert after_store.changed[0].flags == frozenset({"\\Seen"})
+    # A mailbox deleted and created again may get the same id and the same HIGHESTMODSEQ: its
+    # UIDVALIDITY differs, so the old mailbox's answer is not handed out for it.
+    await store.delete_mailbox(account.id, "Work")
+    again = await store.create_mailbox(account.id, "Work")
+    assert (again.id, again.highestmodseq) == (work.id, start) and again.uidvalidity != work.uidvalidity
+    copied = await store.copy(mailbox_id, uids[1:], again.id)  # two messages, one MODSEQ
+    await store.store_flags(again.id, [copied.pairs[0][1]], FlagMode.ADD, frozenset({"\\Seen"}))
+    fresh = await store.changes_since(again.id, start)
+    assert fresh.highestmodseq == after_store.highestmodseq
+    assert [s.uid for s in fresh.changed] == [p[1] for p in copied.pairs]

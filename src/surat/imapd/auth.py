@@ -79,8 +79,15 @@ async def logout(s: Session, cmd: c.Logout) -> Done:
 async def starttls(s: Session, cmd: c.StartTLS) -> Done:
     if s.tls or not s.starttls_available:
         raise CommandError("TLS is already active" if s.tls else "STARTTLS is not available")
+    if s.deflate is not None:
+        # Compressed input read before the handshake would be inflated after it, as if it had come over
+        # TLS. COMPRESS is refused before login (see ``compress``), so this only guards that rule.
+        raise CommandError("STARTTLS is not allowed while COMPRESS is active")
     context = s.service.tls_context
     assert context is not None
+    # RFC 9051 §6.2.1: stop reading before the tagged OK, so that nothing sent after STARTTLS is read
+    # as plaintext; ``start_tls`` discards what was already read.
+    s.conn.stop_reading()
 
     async def after() -> None:
         # RFC 9051 §6.2.1: whatever the client sent after STARTTLS in plaintext is discarded (a fresh reader),
@@ -208,8 +215,12 @@ async def namespace(s: Session, cmd: c.Namespace) -> Done:
 
 
 async def compress(s: Session, cmd: c.Compress) -> Done:
+    # RFC 4978 §5: COMPRESS is a command-auth, valid only in the authenticated or selected state (the
+    # dispatch table); before login it would let compressed plaintext cross a later STARTTLS.
     if s.deflate is not None:
-        raise UserError("compression is already active", Code.COMPRESSIONACTIVE)
+        # RFC 4978 §3: BAD when COMPRESS is already active (NO [COMPRESSIONACTIVE] is for compression
+        # by another layer, such as TLS, which Surat never negotiates).
+        raise CommandError("COMPRESS is already active")
     if cmd.mechanism != "DEFLATE":
         raise CommandError(f"unknown compression mechanism {cmd.mechanism}")
 
@@ -255,8 +266,8 @@ async def idle(s: Session, cmd: c.Idle) -> Done:
                 finished, read_task = read_task, None
                 try:
                     data = finished.result()
-                except ConnectionTimeout:
-                    await s.bye("autologout: idle for too long")
+                except ConnectionTimeout as exc:
+                    await s.bye(str(exc))
                 if not data:
                     raise Disconnect
                 reader.receive_data(data)

@@ -31,7 +31,6 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Noop: ("NOOP", auth.noop, ANY_STATE),
     c.Logout: ("LOGOUT", auth.logout, ANY_STATE),
     c.Id: ("ID", auth.id_cmd, ANY_STATE),
-    c.Compress: ("COMPRESS", auth.compress, ANY_STATE),
     # §6.2: not authenticated
     c.StartTLS: ("STARTTLS", auth.starttls, _NOT_AUTHENTICATED),
     c.Authenticate: ("AUTHENTICATE", auth.authenticate, _NOT_AUTHENTICATED),
@@ -51,6 +50,7 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Status: ("STATUS", mailboxes.status, AUTHENTICATED_STATES),
     c.Append: ("APPEND", messages.append, AUTHENTICATED_STATES),
     c.Idle: ("IDLE", auth.idle, AUTHENTICATED_STATES),
+    c.Compress: ("COMPRESS", auth.compress, AUTHENTICATED_STATES),  # RFC 4978 §5: a command-auth
     c.GetQuota: ("GETQUOTA", mailboxes.getquota, AUTHENTICATED_STATES),
     c.GetQuotaRoot: ("GETQUOTAROOT", mailboxes.getquotaroot, AUTHENTICATED_STATES),
     c.SetQuota: ("SETQUOTA", mailboxes.setquota, AUTHENTICATED_STATES),
@@ -69,13 +69,25 @@ COMMANDS: Final[dict[type, tuple[str, Handler, frozenset[State]]]] = {
     c.Thread: ("THREAD", messages.thread_cmd, SELECTED_ONLY),
 }
 
-# RFC 9051 §7.5.1: no EXPUNGE while FETCH, STORE or SEARCH (by sequence number) runs, since the client
-# could not tell which message a number in its response means.
-_NO_EXPUNGE: Final = (c.Fetch, c.Store, c.SearchCommand, c.Sort, c.Thread)
+# RFC 9051 §7.5.1 (RFC 3501 §7.4.1): no EXPUNGE while FETCH, STORE or SEARCH by sequence number runs, since
+# the client could not tell which message a number in its response means. SORT and THREAD answer with
+# sequence numbers too, and so does COPY's failure path (RFC 2180 §4.4: a COPY by sequence number must find
+# the numbers as the client knows them). MOVE announces its own expunges (RFC 6851 §3.3), so it may
+# announce others' as well. The UID forms may carry EXPUNGE: their responses name messages by UID.
+_NO_EXPUNGE: Final = (c.Fetch, c.Store, c.SearchCommand, c.Sort, c.Thread, c.Copy)
+
+
+# Commands that change nothing and move no mail: their budget is surat.imapd.junk.
+_JUNK: Final = (c.Noop, c.Check, c.Capability, c.Id)
 
 
 def _allow_expunge(cmd: object) -> bool:
     return not (isinstance(cmd, _NO_EXPUNGE) and not cmd.uid)
+
+
+def _sends_updates(cmd: object) -> bool:
+    """RFC 9051 §6.1.3: once LOGOUT is received, only the BYE and the tagged OK follow."""
+    return not isinstance(cmd, c.Logout)
 
 
 async def dispatch(s: Session, cmd: c.Command) -> None:
@@ -85,6 +97,10 @@ async def dispatch(s: Session, cmd: c.Command) -> None:
     if uid and not name.startswith("UID "):
         name = "UID " + name
     tag = cmd.tag
+    if isinstance(cmd, _JUNK) and not s.junk.spend():
+        s.send(tagged(tag, Status.BAD, f"too many {name} commands, slow down"))  # see surat.imapd.junk
+        await s.count_error(True)
+        return
     if s.state not in states:
         if isinstance(cmd, c.Append) and s.append is not None:
             s.append.discard()  # its non-synchronizing literals were read and dropped
@@ -94,7 +110,8 @@ async def dispatch(s: Session, cmd: c.Command) -> None:
         return
     try:
         done = await handler(s, cmd)
-        await s.notify(allow_expunge=_allow_expunge(cmd))
+        if _sends_updates(cmd):
+            await s.notify(allow_expunge=_allow_expunge(cmd))
     except (asyncio.CancelledError, Disconnect):
         raise
     except Exception as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Generic, TypeVar
 
 from surat.imapd.errors import CommandError, UserError
-from surat.imapd.messages import resolve
+from surat.imapd.messages import EXPUNGE_ISSUED, resolve
 from surat.imapd.sections import (
     MAX_HEADER_READ,
     ByteRange,
@@ -31,7 +31,7 @@ from surat.imapd.view import MessageState
 from surat.proto.imap import commands as c
 from surat.proto.imap.seqset import SequenceSet
 from surat.proto.imap.structure import body_structure, envelope
-from surat.proto.imap.writer import Code, flag_list, format_date_time, literal, literal8, quoted, vanished
+from surat.proto.imap.writer import Code, format_date_time, literal, literal8, quoted, vanished
 from surat.store.base import BlobStore, FlagMode, MessageRecord, NotFound
 
 if TYPE_CHECKING:
@@ -208,13 +208,18 @@ async def fetch_cmd(s: Session, cmd: c.Fetch) -> Done:
     if cmd.changedsince is not None:
         since = cmd.changedsince
         pairs = [(seq, uid) for seq, uid in pairs if view.state[uid].modseq > since]
-    pairs = [(seq, uid) for seq, uid in pairs if uid not in view.expunged]
+    # A message expunged by another session keeps its number until the client is told (RFC 9051 §7.5.1):
+    # what the view holds (UID, FLAGS, sizes, dates, cached structures) is still answered, as RFC 2180
+    # §4.1.1 allows; a message whose contents are needed and gone is skipped, and the tagged OK carries
+    # EXPUNGEISSUED (RFC 9051 §7.1), as Dovecot answers. Never BAD: the number is valid for the client.
+    gone = view.expunged
+    skipped = False
     structures = [i.attr for i in items if isinstance(i, c.FetchSimple) and i.attr in _STRUCTURES]
     needs_record = any(_needs_record(i) for i in items)
     seen_now: set[int] = set()
     if not view.read_only and any(_sets_seen(i) for i in items):
         # RFC 9051 §6.4.5: a non-PEEK body fetch sets \Seen; the FETCH response then carries FLAGS.
-        unseen = [uid for _, uid in pairs if "\\Seen" not in view.state[uid].flags]
+        unseen = [uid for _, uid in pairs if "\\Seen" not in view.state[uid].flags and uid not in gone]
         if unseen:
             result = await s.store.store_flags(view.mailbox_id, unseen, FlagMode.ADD, frozenset({"\\Seen"}))
             for update in result.updated:
@@ -235,6 +240,7 @@ async def fetch_cmd(s: Session, cmd: c.Fetch) -> Done:
                 for attr, value in zip(structures, values, strict=True):
                     assert value is not None
                     known[uid, attr] = value
+        wanted = [u for u in wanted if u not in gone]
         records: dict[int, MessageRecord] = {}
         if wanted:
             records = {r.uid: r for r in await s.store.get_messages(view.mailbox_id, wanted)}
@@ -244,11 +250,13 @@ async def fetch_cmd(s: Session, cmd: c.Fetch) -> Done:
                 continue
             record = records.get(uid)
             if record is None and (needs_record or (structures and (uid, structures[0]) not in known)):
-                continue  # expunged by another session: its EXPUNGE comes when it may (RFC 9051 §7.5.1)
+                skipped = True  # expunged by another session: its EXPUNGE comes when it may
+                continue
             add_flags = uid in seen_now and c.FetchSimple(_A.FLAGS) not in items
-            await _fetch_one(s, seq, uid, st, record, items, add_flags, known)
+            if not await _fetch_one(s, seq, uid, st, record, items, add_flags, known):
+                skipped = True
             await s.maybe_flush()
-    return Done()
+    return EXPUNGE_ISSUED if skipped else Done()
 
 
 async def _send_vanished(s: Session, seqset: SequenceSet, since: int) -> None:
@@ -284,18 +292,20 @@ async def _fetch_one(
     items: Sequence[c.FetchItem],
     add_flags: bool,
     known: dict[tuple[int, c.FetchAttr], bytes],
-) -> None:
+) -> bool:
+    """Send one message's FETCH response; False when its file went with its message meanwhile."""
     blob = _Blob(s.store.blobs, record.blob_id) if record is not None else None
     try:
         try:
             parts = await _fetch_parts(s, seq, uid, st, record, blob, items, add_flags, known)
         except _Gone:
-            return  # its EXPUNGE comes when it may (RFC 9051 §7.5.1)
+            return False  # its EXPUNGE comes when it may (RFC 9051 §7.5.1)
         for part in parts:
             if isinstance(part, bytes):
                 s.send(part)
             else:
                 await _stream(s, part)
+        return True
     finally:
         if blob is not None:
             blob.close()
@@ -335,7 +345,7 @@ async def _fetch_parts(
         if attr is _A.UID:
             add("UID", b"%d" % uid)
         elif attr is _A.FLAGS:
-            add("FLAGS", flag_list(sorted(st.flags)))
+            add("FLAGS", s.shown_flags(uid, st.flags))
         elif attr is _A.INTERNALDATE:
             add("INTERNALDATE", quoted(format_date_time(st.internal_date)))
         elif attr is _A.RFC822_SIZE:
@@ -351,7 +361,7 @@ async def _fetch_parts(
             body = c.FetchBody(c.Section((), text), peek=True)
             add(attr.value, await _body_value(s, blob, record, body))
     if add_flags:
-        add("FLAGS", flag_list(sorted(st.flags)))
+        add("FLAGS", s.shown_flags(uid, st.flags))
     parts.append(b")\r\n")
     return parts
 
@@ -401,13 +411,14 @@ async def _body_value(s: Session, blob: _Blob, record: MessageRecord, item: c.Fe
     info = record.info
     if item.binary:
         located = binary_part(info, item.section.part)
-        if located is None:
-            return b"0" if item.size_only else b"NIL"
-        rng, encoding = located
+        # A part that does not exist is empty, as in BODY[] (see sections.locate).
+        rng, encoding = located if located is not None else (ByteRange(0, 0), "BINARY")
 
         file = blob.file()
 
         def decode() -> bytes:
+            # Bounded: the part is at most the message (limits.message_size) and decoding never grows it;
+            # a large one is decoded in a worker thread, in DECODE_CHUNK pieces that never hold the GIL long.
             return decode_transfer_encoding(read_range(file, rng), encoding)
 
         try:

@@ -18,7 +18,6 @@ from surat.proto.imap.writer import (
     astring,
     exists,
     fetch,
-    flag_list,
     list_response,
     mailbox_name,
     status_response,
@@ -26,7 +25,7 @@ from surat.proto.imap.writer import (
     untagged_status,
     vanished,
 )
-from surat.store.base import HIERARCHY_DELIMITER, AlreadyExists, Mailbox, NotFound
+from surat.store.base import HIERARCHY_DELIMITER, AlreadyExists, Mailbox, MailboxStatus, NotFound
 
 if TYPE_CHECKING:
     from surat.imapd.session import Session
@@ -90,9 +89,12 @@ async def select(s: Session, cmd: c.Select | c.Examine) -> Done:
     s.send(s.flags_line())
     s.send(s.permanent_flags_line())
     s.send(exists(view.exists))
+    # Claimed after the listing: a message delivered in between has a higher UID than any listed, so
+    # it stays unclaimed until notify announces it (and claims it then).
+    await s.claim_recent()
     if not s.rev2:
         # RFC 3501 §6.3.1: rev1 clients expect RECENT and the first unseen message.
-        s.send(untagged(b"0 RECENT"))
+        s.send(untagged(b"%d RECENT" % len(view.recent)))
         first = view.first_unseen()
         if first is not None:
             s.send(untagged_status(Status.OK, "first unseen", ResponseCode.unseen(first)))
@@ -129,7 +131,7 @@ async def _qresync(s: Session, view: SelectedView, params: c.QResyncParams) -> N
                 seq,
                 [
                     ("UID", b"%d" % summary.uid),
-                    ("FLAGS", flag_list(sorted(st.flags))),
+                    ("FLAGS", s.shown_flags(summary.uid, st.flags)),
                     ("MODSEQ", b"(%d)" % st.modseq),
                 ],
             )
@@ -139,10 +141,12 @@ async def _qresync(s: Session, view: SelectedView, params: c.QResyncParams) -> N
 async def close(s: Session, cmd: c.Close) -> Done:
     view = s.require_view()
     if not view.read_only:
-        # RFC 9051 §6.4.1: CLOSE expunges \Deleted messages silently.
+        # RFC 9051 §6.4.1: CLOSE expunges \Deleted messages silently; those flagged now, as for EXPUNGE
+        # (the view is brought up to date without announcing anything, since it is closed anyway).
+        await s.sync_view()
         deleted = [u for u in view.uids if "\\Deleted" in view.state[u].flags and u not in view.expunged]
         if deleted:
-            await s.store.expunge(view.mailbox_id, deleted)
+            await s.store.expunge(view.mailbox_id, deleted, only_deleted=True)
     _deselect(s)
     return Done()
 
@@ -313,12 +317,26 @@ async def _send_status(s: Session, mailbox: Mailbox, items: tuple[str, ...]) -> 
         "SIZE": st.size,  # RFC 8438
         "HIGHESTMODSEQ": st.mailbox.highestmodseq,  # RFC 7162 §3.1.10
         "APPENDLIMIT": s.config.limits.message_size,  # RFC 7889 §4
-        "RECENT": 0,  # RFC 3501 only; \Recent is gone in rev2
+        # RFC 3501 §6.3.10: messages with \Recent (for the selected mailbox: those this session
+        # claimed; elsewhere: those no session has claimed yet). RFC 9051 Appendix E removed \Recent:
+        # an IMAP4rev2 session that asks anyway gets 0.
+        "RECENT": _recent_count(s, st),
     }
     if "HIGHESTMODSEQ" in items:
         s.enable_condstore()
     out = [(item, values[item]) for item in items if item in values]
     s.send(status_response(mailbox.name, out, utf8=s.utf8))
+
+
+def _recent_count(s: Session, st: MailboxStatus) -> int:
+    if s.rev2:
+        return 0
+    view = s.view
+    if view is not None and view.mailbox_id == st.mailbox.id:
+        # EXAMINE claims nothing, so the unclaimed ones are all it sees as recent; SELECT adds those it
+        # claimed to those it will claim when they are announced.
+        return st.recent if view.read_only else len(view.recent) + st.recent
+    return st.recent
 
 
 async def status(s: Session, cmd: c.Status) -> Done:

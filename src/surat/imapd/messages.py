@@ -8,7 +8,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from surat.imapd.errors import CommandError, PreparedReply, UserError
-from surat.imapd.search import SUPPORTED_CHARSETS, BadCharset, check_charset, search
+from surat.imapd.search import RECENT, SUPPORTED_CHARSETS, BadCharset, check_charset, search
 from surat.imapd.sorting import sort
 from surat.imapd.state import Done
 from surat.imapd.threading import format_threads, thread
@@ -20,7 +20,6 @@ from surat.proto.imap.writer import (
     Status,
     esearch,
     fetch,
-    flag_list,
     untagged,
     untagged_status,
 )
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     from surat.imapd.session import Session
 
 __all__ = [
+    "EXPUNGE_ISSUED",
     "append",
     "copy",
     "expunge",
@@ -77,7 +77,7 @@ async def store(s: Session, cmd: c.Store) -> Done:
     flags = frozenset(f for f in cmd.flags if f != "\\Recent")  # \Recent cannot be stored (RFC 3501 §2.3.2)
     live = [(seq, uid) for seq, uid in pairs if uid not in view.expunged]
     if not live:
-        return Done()
+        return _expunge_issued(pairs)
     before = {uid: view.state[uid].flags for _, uid in live}
     result = await s.store.store_flags(
         view.mailbox_id, [uid for _, uid in live], _MODES[cmd.mode], flags, cmd.unchangedsince
@@ -100,7 +100,7 @@ async def store(s: Session, cmd: c.Store) -> Done:
         if cmd.uid or s.qresync:
             items.append(("UID", b"%d" % update.uid))
         if not cmd.silent:
-            items.append(("FLAGS", flag_list(sorted(update.flags))))
+            items.append(("FLAGS", s.shown_flags(update.uid, update.flags)))
         if s.condstore:
             # RFC 7162 §3.1.3: MODSEQ in the FETCH response, even with .SILENT.
             items.append(("MODSEQ", b"(%d)" % update.modseq))
@@ -114,7 +114,31 @@ async def store(s: Session, cmd: c.Store) -> Done:
             "conditional STORE failed for some messages",
             ResponseCode.modified(SequenceSet.from_numbers(numbers)),
         )
+    if len(result.updated) < len(pairs):
+        # RFC 2180 §4.2.1: a STORE to a message expunged by another session may succeed for the others;
+        # RFC 9051 §7.1 EXPUNGEISSUED tells the client why some got no FETCH (Dovecot answers FETCH so).
+        return EXPUNGE_ISSUED
     return Done()
+
+
+# The tagged OK of a FETCH or STORE that skipped messages another session expunged (RFC 9051 §7.1).
+EXPUNGE_ISSUED = Done("some messages were already expunged", Code.EXPUNGEISSUED)
+
+
+def _expunge_issued(pairs: list[tuple[int, int]]) -> Done:
+    """The reply when every message a STORE names was expunged: OK [EXPUNGEISSUED], or OK if none named."""
+    return EXPUNGE_ISSUED if pairs else Done()
+
+
+def _live_uids(s: Session, pairs: list[tuple[int, int]]) -> list[int]:
+    """The UIDs a COPY or MOVE can still act on. When every message it names was expunged by another
+    session, the command fails as a whole (RFC 2180 §4.4.1 lets the server refuse such a COPY; the
+    RFC 9051 §7.1 EXPUNGEISSUED code says why)."""
+    view = s.require_view()
+    uids = [uid for _, uid in pairs if uid not in view.expunged]
+    if pairs and not uids:
+        raise UserError("the messages were already expunged", Code.EXPUNGEISSUED)
+    return uids
 
 
 async def _destination(s: Session, name: str) -> int:
@@ -129,12 +153,12 @@ async def copy(s: Session, cmd: c.Copy) -> Done:
     view = s.require_view()
     pairs = resolve(s, cmd.seqset, uid=cmd.uid)
     dest = await _destination(s, cmd.mailbox)
-    uids = [uid for _, uid in pairs if uid not in view.expunged]
+    uids = _live_uids(s, pairs)
     if not uids:
         return Done()
     result = await s.store.copy(view.mailbox_id, uids, dest)
     if not result.pairs:
-        raise UserError("the messages were expunged meanwhile", Code.EXPUNGEISSUED)
+        raise UserError("the messages were already expunged", Code.EXPUNGEISSUED)
     # RFC 4315 §3: COPYUID lists source and destination UIDs in corresponding order.
     code = ResponseCode.copyuid(
         result.uidvalidity,
@@ -149,10 +173,12 @@ async def move(s: Session, cmd: c.Move) -> Done:
     _writable(s)
     pairs = resolve(s, cmd.seqset, uid=cmd.uid)
     dest = await _destination(s, cmd.mailbox)
-    uids = [uid for _, uid in pairs if uid not in view.expunged]
+    uids = _live_uids(s, pairs)
     if not uids:
         return Done()
     result = await s.store.move(view.mailbox_id, uids, dest)
+    if not result.pairs:
+        raise UserError("the messages were already expunged", Code.EXPUNGEISSUED)
     if result.pairs:
         # RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
         code = ResponseCode.copyuid(
@@ -169,12 +195,16 @@ async def move(s: Session, cmd: c.Move) -> Done:
 async def expunge(s: Session, cmd: c.Expunge | c.UidExpunge) -> Done:
     view = s.require_view()
     _writable(s)
+    # RFC 9051 §6.4.3: the messages that have \Deleted now, not as this session last heard: another
+    # session may have set or cleared it. The view is brought up to date first (EXPUNGE may announce
+    # what happened meanwhile), and the store removes only those still flagged when it commits.
+    await s.notify(allow_expunge=True)
     candidates = (
         [uid for _, uid in resolve(s, cmd.uids, uid=True)] if isinstance(cmd, c.UidExpunge) else view.uids
     )
     deleted = [u for u in candidates if u not in view.expunged and "\\Deleted" in view.state[u].flags]
     if deleted:
-        removed = await s.store.expunge(view.mailbox_id, deleted)
+        removed = await s.store.expunge(view.mailbox_id, deleted, only_deleted=True)
         view.mark_expunged(removed)
     return Done()  # the dispatcher announces the expunges (EXPUNGE or VANISHED)
 
@@ -251,7 +281,7 @@ async def search_cmd(s: Session, cmd: c.SearchCommand) -> Done:
         s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ is a CONDSTORE-enabling command
     try:
         check_charset(cmd.charset)
-        if isinstance(cmd.key, c.SearchFlag) and cmd.key.flag.startswith("\\"):
+        if isinstance(cmd.key, c.SearchFlag) and cmd.key.flag.startswith("\\") and cmd.key.flag != RECENT:
             uids = view.uids_by_system_flag(cmd.key.flag, cmd.key.present)  # SEARCH UNSEEN and the like
         else:
             uids = await search(s.store, view.mailbox_id, view, cmd.key, charset=cmd.charset)

@@ -57,6 +57,7 @@ from surat.store.messageinfo import BodyPart, MessageInfo
 
 __all__ = [
     "BATCH",
+    "RECENT",
     "RECORD_SLICE",
     "SUPPORTED_CHARSETS",
     "BadCharset",
@@ -82,6 +83,7 @@ _YIELD_EVERY: Final = 2048  # messages evaluated against the session's state bet
 # 5 ms of work (decoding one record's header values costs ~50 µs), so a SEARCH/SORT/THREAD over 100 000
 # messages never holds the loop longer than that at a stretch (measured: bench/search_stall.py).
 RECORD_SLICE: Final = 100
+RECENT: Final = "\\Recent"  # the parser's spelling of the RECENT/NEW/OLD keys' flag
 
 
 class BadCharset(Exception):
@@ -124,6 +126,10 @@ class SearchView(Protocol):
     def state(self) -> Mapping[int, MessageFacts]: ...
     @property
     def saved(self) -> Collection[int] | None: ...
+    @property
+    def recent(self) -> Collection[int]:
+        """UIDs this session shows with \\Recent (RFC 3501 §2.3.2); empty for IMAP4rev2."""
+        ...
 
 
 class MessageSource(Protocol):
@@ -142,11 +148,17 @@ class SimpleView:
     uids: Sequence[int]
     state: Mapping[int, MessageSummary]
     saved: Collection[int] | None = None
+    recent: Collection[int] = frozenset()
 
     @classmethod
-    def of(cls, messages: Iterable[MessageSummary], saved: Collection[int] | None = None) -> SimpleView:
+    def of(
+        cls,
+        messages: Iterable[MessageSummary],
+        saved: Collection[int] | None = None,
+        recent: Collection[int] = frozenset(),
+    ) -> SimpleView:
         ordered = sorted(messages, key=lambda m: m.uid)
-        return cls([m.uid for m in ordered], {m.uid: m for m in ordered}, saved)
+        return cls([m.uid for m in ordered], {m.uid: m for m in ordered}, saved, recent)
 
 
 # ------------------------------------------------------------------------------------------- text
@@ -523,11 +535,17 @@ class _Compiler:
                 return every, max((lv for _, lv in compiled), default=_SUMMARY)
         raise TypeError(f"unknown search key {key!r}")
 
-    @staticmethod
-    def _flag(flag: str, present: bool) -> _Pred:
+    def _flag(self, flag: str, present: bool) -> _Pred:
+        if flag == RECENT:
+            # RFC 3501 §6.4.4: RECENT, and NEW (RECENT UNSEEN) and OLD (NOT RECENT) built on it, test the
+            # session's own claim, not a stored flag. An IMAP4rev2 session has none (RFC 9051 Appendix E),
+            # so for it RECENT and NEW match nothing and OLD everything.
+            recent = frozenset(self.view.recent)
+            if present:
+                return lambda i, u, m, r, b: u in recent
+            return lambda i, u, m, r, b: u not in recent
         if flag.startswith("\\"):
-            # System flags are case-normalised by the parser and the store. \Recent is never set
-            # (IMAP4rev2 has none), so RECENT and NEW match nothing and OLD matches everything.
+            # System flags are case-normalised by the parser and the store.
             if present:
                 return lambda i, u, m, r, b: flag in m.flags
             return lambda i, u, m, r, b: flag not in m.flags
@@ -640,7 +658,7 @@ def _narrow(key: SearchKey, view: SearchView) -> Iterable[int] | None:
 def _system_flag_scan(key: SearchKey, view: SearchView) -> list[int] | None:
     """A lone system-flag key (UNSEEN, SEEN, FLAGGED, DELETED, ANSWERED, DRAFT and their UN- forms), the
     searches clients send most, in one pass without the predicate machinery; None for any other key."""
-    if not isinstance(key, SearchFlag) or not key.flag.startswith("\\"):
+    if not isinstance(key, SearchFlag) or not key.flag.startswith("\\") or key.flag == RECENT:
         return None
     flag, state = key.flag, view.state
     if key.present:

@@ -25,13 +25,15 @@ from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.imapd.compress import Deflate
 from surat.imapd.dispatch import dispatch
-from surat.imapd.errors import CommandError, Disconnect, UserError
+from surat.imapd.errors import CommandError, Disconnect, UserError, error_reply
 from surat.imapd.fetch import FetchCache
+from surat.imapd.junk import JunkBudget
 from surat.imapd.state import AUTHENTICATED_STATES, Done, State
 from surat.imapd.transport import tune_transport
-from surat.imapd.view import SelectedView
+from surat.imapd.view import Announcements, SelectedView
 from surat.log import fields
-from surat.net.connection import Connection, ConnectionTimeout
+from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
+from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.proto.imap import commands as c
@@ -59,6 +61,7 @@ from surat.proto.imap.writer import (
     flag_list,
     flags,
     tagged,
+    untagged,
     untagged_status,
     vanished,
 )
@@ -71,7 +74,10 @@ log = logging.getLogger(__name__)
 # RFC 9051 §5.4: an inactivity autologout timer must be at least 30 minutes.
 AUTOLOGOUT = 30 * 60.0
 PREAUTH_TIMEOUT = 120.0  # before login: clients log in at once, idle strangers need not be kept
-FLUSH_THRESHOLD = 64 * 1024  # handed to the transport in pieces, so the client reads while we write
+FLUSH_THRESHOLD = OUTPUT_HIGH_WATER  # handed to the transport in pieces, so the client reads while we write
+# Most plaintext one read inflates to under COMPRESS (RFC 4978): the rest of the input waits in the
+# decompressor, so a deflate bomb costs this much memory per turn, not what it would inflate to.
+DEFLATE_OUTPUT_BOUND = 64 * 1024
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Every extension implemented, advertised after login. SEARCH-related ones are added by ``capabilities``.
@@ -194,6 +200,8 @@ class Session:
         self._out_size = 0
         self._bad_streak = 0
         self.auth_failures = 0
+        self.clock = SessionClock(PREAUTH_TIMEOUT, self.config.limits.imap_session_deadline)
+        self.junk = JunkBudget(self.config.limits.junk_commands)
 
     def _new_reader(self) -> CommandReader:
         return CommandReader(ReaderLimits(max_append_literal=self.config.limits.message_size))
@@ -289,24 +297,47 @@ class Session:
     # ------------------------------------------------------------------------------ input
 
     async def read(self) -> bytes:
-        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout."""
-        if self.deflate is not None and self.deflate.has_pending_input:
-            return self.deflate.decompress(b"")
-        timeout = (
-            self.service.autologout
-            if self.account is not None
-            else min(PREAUTH_TIMEOUT, self.service.autologout)
-        )
-        data = await self.conn.read(timeout)
-        if self.deflate is not None and data:
+        """The next input (decompressed), b"" at end of stream; ConnectionTimeout past the autologout
+        (its text says which limit ended the session)."""
+        data = await self._read_input()
+        self.clock.fed(self.reader.buffered + len(data))  # the caller feeds it to the reader next
+        return data
+
+    async def _read_input(self) -> bytes:
+        """With COMPRESS active, reads go on until some plaintext comes out: a client may send any number
+        of empty or partial deflate blocks (10 000 empty blocks are 50 000 octets). A loop, not a
+        recursive call, so no count of them reaches Python's recursion limit. Each turn inflates at most
+        ``DEFLATE_OUTPUT_BOUND`` octets (RFC 4978 §4 leaves the size of a block to the sender; a block
+        that inflates to gigabytes comes out piece by piece, one piece per turn of the command loop).
+        """
+        deflate = self.deflate
+        if deflate is not None and deflate.has_pending_input:
+            return deflate.decompress(b"", DEFLATE_OUTPUT_BOUND)
+        while True:
+            # RFC 9051 §5.4: the autologout timer (30 minutes at least once logged in) restarts when the
+            # reader consumed input, not at every octet, so a line that never ends times out
+            # (surat.net.deadline); IDLE ends and is re-issued within it (RFC 2177: every 29 minutes).
+            self.clock.idle_timeout = (
+                self.service.autologout
+                if self.account is not None
+                else min(PREAUTH_TIMEOUT, self.service.autologout)
+            )
             try:
-                data = self.deflate.decompress(data)
+                data = await self.conn.read(self.clock.before_read(self.reader.buffered))
+            except ConnectionTimeout:
+                if self.clock.deadline_passed:
+                    raise ConnectionTimeout("session time limit reached") from None
+                raise ConnectionTimeout("autologout: idle for too long") from None
+            if deflate is None or not data:
+                return data
+            try:
+                data = deflate.decompress(data, DEFLATE_OUTPUT_BOUND)
             except zlib.error:
                 log.info("imap.deflate_error", extra=fields(user=self.user))
                 return b""
-            if not data:
-                return await self.read()  # a partial deflate block: nothing to parse yet
-        return data
+            if data:
+                return data
+            # Only an empty or partial deflate block so far: nothing to parse yet, read on.
 
     async def continuation_line(self) -> bytes:
         """The next line after a continuation request (AUTHENTICATE response, IDLE's DONE)."""
@@ -325,8 +356,8 @@ class Session:
     async def _read_or_bye(self) -> bytes:
         try:
             data = await self.read()
-        except ConnectionTimeout:
-            await self.bye("autologout: idle for too long")
+        except ConnectionTimeout as exc:
+            await self.bye(str(exc))
         if not data:
             raise Disconnect
         return data
@@ -371,9 +402,9 @@ class Session:
             await self.flush()
             try:
                 data = await self.read()
-            except ConnectionTimeout:
-                # RFC 9051 §5.4 autologout.
-                await self.bye("autologout: idle for too long")
+            except ConnectionTimeout as exc:
+                # RFC 9051 §5.4 autologout, or the session deadline.
+                await self.bye(str(exc))
             if not data:
                 return
             self.reader.receive_data(data)
@@ -386,7 +417,7 @@ class Session:
                 return
             match event:
                 case c.AppendMessage():
-                    await self._append_message(event)
+                    await self._append_message_or_refuse(event)
                 case NeedLiteral(append=True):
                     await self._append_literal(event)
                 case NeedLiteral(synchronizing=True):
@@ -407,6 +438,9 @@ class Session:
                     await dispatch(self, event)
                 case _:
                     await dispatch(self, event)
+            # Pipelined commands (a thousand `FETCH 1:* BODY[]` in one read) produce output faster than
+            # a client that is not reading takes it: wait for the client past the high-water mark.
+            await self.maybe_flush()
 
     async def count_error(self, bad: bool) -> None:
         """Too many BADs in a row, or too many failed logins, end the connection (ARCHITECTURE decision 2)."""
@@ -464,6 +498,24 @@ class Session:
             return mutf7.decode(name)
         except mutf7.MUTF7Error as exc:
             raise UserError(f"invalid mailbox name (not modified UTF-7): {exc}", Code.CANNOT) from None
+
+    async def _append_message_or_refuse(self, event: c.AppendMessage) -> None:
+        """Start one message of an APPEND; a failure (a store error, a full disk) becomes the command's
+        reply, sent once its literal is refused or read, and the connection goes on: the client is
+        mid-command, and closing would lose what it sends next."""
+        try:
+            await self._append_message(event)
+        except (asyncio.CancelledError, Disconnect):
+            raise
+        except Exception as exc:
+            state = self.append
+            if state is None or state.tag != event.tag:
+                state = self.append = AppendState(event.tag, None, None)
+            if state.file is not None:
+                state.file.close()
+                state.file = None
+            reply = error_reply(event.tag, exc, command="APPEND")
+            state.error, state.error_bad = reply.line, reply.bad
 
     async def _append_message(self, event: c.AppendMessage) -> None:
         state = self.append
@@ -560,7 +612,7 @@ class Session:
         items: list[tuple[str, bytes]] = []
         if with_uid or self.qresync:
             items.append(("UID", b"%d" % uid))  # RFC 7162 §3.2.4: QRESYNC needs the UID in every FETCH
-        items.append(("FLAGS", flag_list(sorted(st.flags))))
+        items.append(("FLAGS", self.shown_flags(uid, st.flags)))
         if self.condstore:
             items.append(("MODSEQ", b"(%d)" % st.modseq))
         return fetch(seq, items)
@@ -590,27 +642,34 @@ class Session:
             for seq, _ in pairs:  # descending: each number is valid when the client applies it
                 self.send(expunge(seq))
 
-    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
-        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+    async def sync_view(self, extra: list[Change] | None = None) -> Announcements | None:
+        """Bring the view up to date with the store if the change feed says it moved; what the client is
+        owed, or None when nothing relevant happened (or no mailbox is selected)."""
         changes = self.subscription.pending() if self.subscription is not None else []
         if extra:
             changes = extra + changes
         view = self.view
         if view is None:
-            return
+            return None
         relevant = any(
             ch.kind is ChangeKind.OVERFLOW
             or (ch.mailbox_id == view.mailbox_id and ch.kind is not ChangeKind.MAILBOX_RENAMED)
             for ch in changes
         )
-        if relevant:
-            try:
-                mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
-            except NotFound:
-                await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
-            announcements = view.apply(mc)
-        else:
-            announcements = None
+        if not relevant:
+            return None
+        try:
+            mc = await self.store.changes_since(view.mailbox_id, view.highestmodseq)
+        except NotFound:
+            await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
+        return view.apply(mc)
+
+    async def notify(self, *, allow_expunge: bool, extra: list[Change] | None = None) -> None:
+        """Tell the client what changed in its selected mailbox since the last time (RFC 9051 §7.5.1)."""
+        announcements = await self.sync_view(extra)
+        view = self.view
+        if view is None:
+            return
         if allow_expunge:
             self.announce_expunges()
         if announcements is None:
@@ -618,11 +677,46 @@ class Session:
         if announcements.new_keywords:
             self.send(self.flags_line())
             self.send(self.permanent_flags_line())
-        if announcements.exists is not None:
-            self.send(exists(announcements.exists))
+        if announcements.new_messages:
+            # Counted now, after the EXPUNGEs just sent: counted before them, the number would include
+            # messages the client has just removed and the next EXISTS would look like a shrink.
+            self.send(exists(view.exists))
+            await self.claim_recent()
+            if not self.rev2:
+                # RFC 3501 §7.3.2: RECENT follows a change in the number of recent messages; it reports
+                # this session's total, not the newcomers alone.
+                self.send(untagged(b"%d RECENT" % len(view.recent)))
         for uid in announcements.flag_changes:
             if uid in view.state and uid not in view.expunged:
                 self.send(self.fetch_flags_line(uid))
+
+    async def claim_recent(self) -> None:
+        """Take the \\Recent messages of the selected mailbox that no session has been told of yet.
+
+        RFC 3501 §2.3.2: a message is recent for the first session notified of it, and for no other;
+        the claim is in the store so that sessions in other processes agree. EXAMINE (RFC 3501 §6.3.2)
+        sees them as recent without claiming them. IMAP4rev2 sessions (RFC 9051 Appendix E: \\Recent
+        is gone) claim nothing, so an IMAP4rev1 client of the same account still sees its new mail as
+        recent."""
+        view = self.view
+        if view is None or self.rev2:
+            return
+        try:
+            first, last = await self.store.claim_recent(
+                view.mailbox_id, view.highest_uid, peek=view.read_only
+            )
+        except NotFound:
+            await self.bye("the selected mailbox was deleted", Code.UNAVAILABLE)
+        view.mark_recent(first, last)
+
+    def shown_flags(self, uid: int, stored: frozenset[str]) -> bytes:
+        """A message's FLAGS value as this session shows it: the stored flags, and \\Recent for an
+        IMAP4rev1 session that claimed it (RFC 3501 §2.3.2), never for IMAP4rev2 (RFC 9051 Appendix E)."""
+        names = sorted(stored)
+        view = self.view
+        if view is not None and uid in view.recent and not self.rev2:
+            names.append("\\Recent")
+        return flag_list(names)
 
     async def wait_change(self, sub: Subscription) -> Change:
         iterator: AsyncIterator[Change] = aiter(sub)

@@ -5,6 +5,10 @@ flags and MODSEQs as last announced, and the HIGHESTMODSEQ up to which the store
 ``apply`` merges a ``MailboxChanges`` from the store and returns what must be announced. Expunges may
 have to wait (RFC 9051 §7.5.1: none during FETCH, STORE or SEARCH, and none between commands): the
 messages stay in the view, with their sequence numbers, until ``take_expunged`` hands them out.
+
+The view is exactly what the client was told: ``uids`` changes only where the session sends EXISTS (it
+grows) or EXPUNGE/VANISHED (``take_expunged``), so a sequence number is valid here if and only if it is
+valid for the client, and a message expunged elsewhere keeps its number until it is announced.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ MessageState = MessageSummary
 class Announcements:
     """Untagged responses owed to the client after ``SelectedView.apply``."""
 
-    exists: int | None = None  # new EXISTS count, if messages arrived
+    # Messages arrived: EXISTS is owed. Its number is the view's count when it is sent, after any EXPUNGE
+    # sent with it (RFC 9051 §7.3.1: EXISTS reports the mailbox's size as the client is to know it).
+    new_messages: bool = False
     flag_changes: list[int] = field(default_factory=list)  # UIDs whose flags (or MODSEQ) changed
     new_keywords: bool = False  # a keyword appeared: send FLAGS again
 
@@ -59,6 +65,9 @@ class SelectedView:
             if m.flags and m.flags not in seen_sets:
                 seen_sets.add(m.flags)
                 self.keywords.update(f for f in m.flags if not f.startswith("\\"))
+        # RFC 3501 §2.3.2: the messages this session was the first to be told about (claimed in the
+        # store by ``claim_recent``); only IMAP4rev1 sessions show them, and never to another session.
+        self.recent: set[int] = set()
         self.saved: list[int] | None = None  # RFC 5182 SEARCHRES result, as UIDs
         self.condstore = False  # RFC 7162 §3.1: a CONDSTORE-enabling command was used this session
         # Results of lone system-flag searches (SEARCH UNSEEN, which clients send again and again), each
@@ -96,6 +105,18 @@ class SelectedView:
 
     def flags(self, uid: int) -> frozenset[str]:
         return self.state[uid].flags
+
+    @property
+    def highest_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    def mark_recent(self, first: int, last: int) -> None:
+        """The view's messages with UIDs in [first, last] were claimed as \\Recent by this session."""
+        if last < first:
+            return
+        start = bisect.bisect_left(self.uids, first)
+        stop = bisect.bisect_right(self.uids, last)
+        self.recent.update(self.uids[start:stop])
 
     def uids_by_system_flag(self, flag: str, present: bool) -> list[int]:
         """UIDs (ascending) of the messages with (``present``) or without a system flag, expunged but not
@@ -174,7 +195,7 @@ class SelectedView:
             if self._learn_keywords(f for s in new for f in s.flags):
                 out.new_keywords = True
             self.add_messages(new)
-            out.exists = len(self.uids)
+            out.new_messages = True
         out.flag_changes = [u for u in out.flag_changes if u not in self.expunged]
         self.highestmodseq = max(self.highestmodseq, changes.highestmodseq)
         return out
@@ -195,6 +216,7 @@ class SelectedView:
         self.uids = [u for u in self.uids if u not in gone]
         for u in gone:
             self.state.pop(u, None)
+        self.recent -= gone
         self._membership += 1
         self.expunged = set()
         if self.saved is not None:

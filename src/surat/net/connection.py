@@ -8,6 +8,13 @@ import ssl
 from dataclasses import dataclass
 
 READ_SIZE = 65536
+# Replies a shell may hold before it hands them to the transport and waits (``drain``) until the
+# client has read enough: with pipelined commands, output grows as fast as the client can send
+# commands, and only waiting for the client bounds it. The transport's own buffer pauses ``drain``
+# above asyncio's high-water mark (64 KiB; IMAP sets 1 MiB, see imapd.transport), and while a shell
+# waits it reads nothing more: the stream stops reading the socket past twice its 64 KiB limit. So a
+# session holds at most about this + the transport's mark + one reply + 128 KiB of unread input.
+OUTPUT_HIGH_WATER = 64 * 1024
 
 
 class ConnectionTimeout(Exception):
@@ -60,18 +67,41 @@ class Connection:
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await self.writer.drain()
 
+    def stop_reading(self) -> None:
+        """Read nothing more from the socket until ``start_tls`` hands it to TLS.
+
+        Called before the reply that starts a TLS handshake (SMTP 220 to STARTTLS, IMAP OK to STARTTLS,
+        POP3 +OK to STLS): from then on every octet the client sends stays in the kernel until the TLS
+        layer reads it, so no plaintext can reach the protocol as if it had come over TLS."""
+        transport = self.writer.transport
+        if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
+            transport.pause_reading()
+
     async def start_tls(self, context: ssl.SSLContext, timeout: float = 30.0) -> None:
-        """Upgrade in place (STARTTLS, STLS); raises ConnectionError or ssl.SSLError if the handshake fails."""
+        """Upgrade in place (STARTTLS, STLS); raises ConnectionError or ssl.SSLError if the handshake fails.
+
+        Plaintext the client sent after the STARTTLS/STLS command must never be read as if it had come
+        over TLS (command injection, CVE-2011-0411): RFC 3207 §4.2, RFC 9051 §6.2.1 and RFC 2595 §4 forbid
+        the client to pipeline after it, and the server must discard such data. Reading stops (here at
+        the latest, ideally before the reply, see ``stop_reading``), then what the stream had buffered but
+        not handed out is dropped; the engines drop what they were fed. Octets arriving later stay in the
+        socket until the TLS layer reads them, as TLS records: plaintext there fails the handshake.
+        Clearing the buffer and only then pausing (the old order) left one event-loop turn in which
+        arriving plaintext went into the cleared buffer and was read after the handshake."""
+        self.stop_reading()
         await self.drain()
-        # Plaintext the client sent after the STARTTLS/STLS command must never be read as if it had
-        # come over TLS (command injection, CVE-2011-0411; RFC 3207 §4.2). The engines drop what they
-        # were fed; this drops what the stream had buffered but not yet handed out. There is no
-        # public API for it, hence the private attribute.
+        # No public API empties a StreamReader, hence the private attributes.
         buffered = getattr(self.reader, "_buffer", None)
         if isinstance(buffered, bytearray):
             buffered.clear()
+        if getattr(self.reader, "_paused", False):
+            # The stream had paused the socket for a full buffer; the TLS layer resumes it itself.
+            self.reader._paused = False  # type: ignore[attr-defined]
         try:
-            await asyncio.wait_for(self.writer.start_tls(context), timeout)
+            # asyncio.timeout: no extra Task (and event-loop turn) between the checks above and the
+            # handover of the socket to TLS.
+            async with asyncio.timeout(timeout):
+                await self.writer.start_tls(context)
         except TimeoutError:
             raise ConnectionError("TLS handshake timed out") from None
 

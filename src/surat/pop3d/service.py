@@ -21,7 +21,8 @@ from typing import BinaryIO
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.log import fields
-from surat.net.connection import Connection, ConnectionTimeout
+from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
+from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
 from surat.passwords import authenticate
 from surat.pop3d.locks import InProcessMaildropLocks, MaildropLease, MaildropLocks
@@ -118,6 +119,7 @@ class POP3Session:
                 stls_available=not implicit_tls and service.tls_context is not None,
                 sasl_mechanisms=POP3_MECHANISMS,
                 max_errors=service.config.limits.bad_commands,
+                max_junk_commands=service.config.limits.junk_commands,
             )
         )
         self._mechanism: sasl.Mechanism | None = None
@@ -145,19 +147,28 @@ class POP3Session:
 
     async def _serve(self) -> None:
         engine = self.engine
+        # RFC 1939 §3: the autologout timer; it restarts when a command completes, not at every octet
+        # (surat.net.deadline), and the session ends at its deadline however active.
+        clock = SessionClock(self.service.idle_timeout, self.service.config.limits.pop3_session_deadline)
         while True:
             self._flush()
             await self.conn.drain()
             try:
-                data = await self.conn.read(self.service.idle_timeout)
+                data = await self.conn.read(clock.before_read(engine.buffered_octets))
             except ConnectionTimeout:
-                # RFC 1939 §3: the autologout timer closes without entering UPDATE.
-                log.info("pop3.timeout", extra=fields(user=self._user_for_log()))
+                # Closes without entering UPDATE: nothing marked is deleted.
+                if clock.deadline_passed:
+                    engine.shutdown("session time limit reached", RespCode.SYS_TEMP)
+                    self._flush()
+                    log.info("pop3.deadline", extra=fields(user=self._user_for_log()))
+                else:
+                    log.info("pop3.timeout", extra=fields(user=self._user_for_log()))
                 return
             if not data:
                 log.info("pop3.disconnect", extra=fields(user=self._user_for_log(), state=engine.state.value))
                 return
             engine.receive_data(data)
+            clock.fed(engine.buffered_octets)
             while True:
                 event = engine.next_event()
                 if event is NEED_DATA:
@@ -169,10 +180,16 @@ class POP3Session:
                 await self._handle(event)
                 if engine.tls_pending and not await self._start_tls():
                     return
+                if engine.pending_output >= OUTPUT_HIGH_WATER:
+                    # Pipelined RETRs of a message smaller than a read used to pile up here without
+                    # bound (4 000 x 61 KB = 244 MB); wait for the client to read instead.
+                    self._flush()
+                    await self.conn.drain()
 
     async def _start_tls(self) -> bool:
         context = self.service.tls_context
         assert context is not None
+        self.conn.stop_reading()  # before the +OK: nothing sent after STLS is read as plaintext (RFC 2595 §4)
         self._flush()
         try:
             await self.conn.start_tls(context)

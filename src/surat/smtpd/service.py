@@ -29,7 +29,8 @@ from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
 from surat.message.address import mailboxes
-from surat.net.connection import Connection, ConnectionTimeout
+from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
+from surat.net.deadline import SessionClock
 from surat.passwords import authenticate
 from surat.proto import sasl
 from surat.proto.smtp import replies as R
@@ -90,6 +91,8 @@ TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0", "Too many authentication failures")
 AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed authentication attempts from your address, try later")
 # RFC 5321 §3.1: a server may answer the connection with 554 instead of its greeting.
 EARLY_TALKER = Reply(554, "5.5.0", "Protocol error: client sent data before the greeting")
+# The session reached [limits] smtp_session_deadline (RFC 5321 §4.2.5: 421 closes the channel).
+SESSION_TOO_LONG = Reply(421, "4.4.2", "Session time limit reached, closing connection")
 HARVESTING = Reply(421, "4.7.0", "Too many unknown recipients, closing connection")
 INVALID_HELO = Reply(501, "5.5.2", "Invalid domain name in EHLO/HELO")
 
@@ -162,6 +165,7 @@ class SMTPService:
             max_message_size=limits.message_size,
             max_recipients=limits.recipients,
             max_bad_commands=limits.bad_commands,
+            max_junk_commands=limits.junk_commands,
             starttls=self.tls_context is not None and role is not Role.SUBMISSIONS,
             tls_active=role is Role.SUBMISSIONS,
             auth_mechanisms=sasl.MECHANISMS if submission else (),
@@ -233,21 +237,30 @@ class _Session:
                 result = refused[1]
                 return
             engine.send(engine.greeting())
+            limits = self.config.limits
+            # RFC 5321 §4.5.3.2.7: at least 5 minutes awaiting the next command; counted from the last
+            # input the engine consumed, so a line that never ends times out too (surat.net.deadline).
+            clock = SessionClock(limits.smtp_idle_timeout, limits.smtp_session_deadline)
             while True:
                 event = engine.next_event()
                 if event is NEED_DATA:
                     conn.write(engine.data_to_send())
                     await conn.drain()
                     try:
-                        data = await conn.read(self.config.limits.smtp_idle_timeout)
+                        data = await conn.read(clock.before_read(engine.buffered))
                     except ConnectionTimeout:
-                        engine.send(R.IDLE_TIMEOUT)  # RFC 5321 §4.5.3.2.7
-                        result = "timeout"
+                        if clock.deadline_passed:
+                            engine.send(SESSION_TOO_LONG)
+                            result = "deadline"
+                        else:
+                            engine.send(R.IDLE_TIMEOUT)
+                            result = "timeout"
                         break
                     if not data:
                         result = "dropped"
                         break
                     engine.receive_data(data)
+                    clock.fed(engine.buffered)
                     continue
                 reply = await self._dispatch(event)
                 if engine.awaiting_reply:
@@ -260,6 +273,11 @@ class _Session:
                     result = "errors"
                 if engine.closed:
                     break
+                if engine.pending_output >= OUTPUT_HIGH_WATER:
+                    # RFC 2920 pipelining: a client that sends commands and reads no replies is made
+                    # to wait, not buffered for (each EHLO's reply is 20 times its command).
+                    conn.write(engine.data_to_send())
+                    await conn.drain()
         except asyncio.CancelledError:
             engine.send(R.SHUTTING_DOWN)
             result = "shutdown"
@@ -327,6 +345,7 @@ class _Session:
     async def _start_tls(self) -> bool:
         context = self.service.tls_context
         assert context is not None  # the engine offers STARTTLS only with a context
+        self.conn.stop_reading()  # before the 220: nothing sent after STARTTLS is read as plaintext
         self.conn.write(self.engine.data_to_send())
         try:
             await self.conn.start_tls(context, TLS_HANDSHAKE_TIMEOUT)

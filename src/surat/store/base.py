@@ -125,6 +125,7 @@ class MailboxStatus:
     unseen: int
     size: int  # RFC 8438 STATUS=SIZE: sum of message sizes
     deleted: int
+    recent: int = 0  # RFC 3501 §6.3.10: messages no session has claimed as \Recent yet
 
 
 # ----------------------------------------------------------------------------------------- messages
@@ -499,9 +500,17 @@ class Store(Protocol):
         unchanged_since: int | None = None,
     ) -> StoreFlagsResult: ...
     async def expunge(
-        self, mailbox_id: int, uids: Sequence[int], *, files_in_background: bool = False
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        files_in_background: bool = False,
+        only_deleted: bool = False,
     ) -> list[int]:
         """Remove messages durably; returns the UIDs actually removed. Their UIDs are remembered.
+
+        With `only_deleted`, only those of `uids` that carry \\Deleted at the moment of the removal go
+        (IMAP EXPUNGE and CLOSE: a session's idea of the flags may be older than another session's STORE).
 
         The message files nothing refers to any more are deleted before this returns, or with
         `files_in_background` right after (the removal is committed either way; a crash before
@@ -511,6 +520,12 @@ class Store(Protocol):
     async def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult: ...
     async def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult: ...
     async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges: ...
+    async def claim_recent(self, mailbox_id: int, up_to_uid: int, *, peek: bool = False) -> tuple[int, int]:
+        """Claim as \\Recent for the calling session every UID from the mailbox's first unclaimed one up
+        to ``up_to_uid``, atomically across sessions and processes (RFC 3501 §2.3.2: only one session is
+        notified of a message as recent). Returns the claimed range (first, last); empty when last < first.
+        With ``peek`` the range is reported and left unclaimed (EXAMINE, RFC 3501 §6.3.2)."""
+        ...
 
     # -- delivery (SMTP): one call per accepted transaction; concurrent calls share one commit
     async def deliver(self, delivery: Delivery) -> DeliveryResult: ...

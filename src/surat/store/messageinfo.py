@@ -109,12 +109,17 @@ class BodyPart:
     def part(self, section: tuple[int, ...]) -> BodyPart | None:
         """The part that IMAP section numbers (e.g. (1, 2) for "1.2") name, or None.
 
-        RFC 9051 §6.4.5: a non-multipart message has a part 1 (itself); inside a message/rfc822
-        part, numbers continue into the embedded message's parts.
+        RFC 9051 §6.4.5: a multipart's parts are numbered from 1; a non-multipart message has a part 1
+        (its body); the parts of a message/rfc822 (or message/global) part are those of the message it
+        encapsulates, numbered the same way (so "3.1" is the body of a non-multipart message in part
+        3). Any other non-multipart part has no subparts. This holds at the top too: a message that is
+        itself message/rfc822 has a part 1 (the encapsulated message), and "1.1" is in that message.
         """
         node: BodyPart = self
-        for number in section:
-            if node.message is not None:
+        for depth, number in enumerate(section):
+            if depth and not node.is_multipart:
+                if node.message is None:
+                    return None  # a leaf part has no subparts
                 node = node.message
             if node.is_multipart:
                 if not 1 <= number <= len(node.parts):

@@ -162,6 +162,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queue ADD COLUMN dkim_signature BLOB
     """,
+    # 7: the first UID no session has yet claimed as \Recent (RFC 3501 §2.3.2: only one session is
+    # notified of a message as recent). Messages with uid >= recent_uid are recent for the next
+    # read-write SELECT. Existing mailboxes start with nothing recent rather than everything.
+    """
+    ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
+    UPDATE mailboxes SET recent_uid = uidnext
+    """,
 )
 
 

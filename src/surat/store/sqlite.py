@@ -6,6 +6,9 @@ Layout under `data_dir`: `index.sqlite3` (+ -wal, -shm), `blobs/xx/<id>` (messag
 Threads:
 - one writer thread owns the only read-write connection; every mutation runs there, so UIDs and
   MODSEQs are allocated inside its transactions and writes never contend for SQLite's lock;
+- IMAP's flag changes, expunges, copies and moves run under `_write_grouped`: those that arrive while
+  the writer is busy share one transaction and one WAL sync (ten sessions on one mailbox each STORE
+  and EXPUNGE; one commit each capped them at the disk's sync rate);
 - `deliver()` and `append()` go through a group commit (ARCHITECTURE decision 4): the writer takes
   every pending message at once, inserts all their rows in one transaction (few statements per
   batch), moves the spool files into the blob area and makes them durable (see `SyncMode`: one
@@ -40,6 +43,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,6 +102,11 @@ _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
 SYNCFS_MIN_BATCH = 4
 INLINE_READ_ROWS = 256  # reads of up to this many rows run on the event loop's connection
+# changes_since answers kept for reuse (see there): per mailbox, for one HIGHESTMODSEQ, up to this many
+# starting MODSEQs, and for this many mailboxes (least recently used out). Only answers read inline
+# (at most INLINE_READ_ROWS rows) are kept, so the memory is bounded by these three numbers.
+CHANGES_CACHE_SINCES = 16
+CHANGES_CACHE_MAILBOXES = 256
 COLLECT_PARALLEL_MIN = 16  # unreferenced blobs from which unlinks run on several threads
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
@@ -409,6 +418,10 @@ class SQLiteStore:
         # Small writes (queue attempts) waiting to share one transaction; see _write_grouped.
         self._grouped_writes: _Coalescer[tuple[_GroupedWrite, asyncio.Future[Any]]] = _Coalescer(
             self._submit_to_writer, self._commit_group
+        )
+        # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
+        self._recent_changes: OrderedDict[int, tuple[tuple[int, int], dict[int, MailboxChanges]]] = (
+            OrderedDict()
         )
         self._batches = 0
         self._batched_items = 0
@@ -1216,12 +1229,15 @@ class SQLiteStore:
                 mailbox = self._mailbox_by_id(conn, mailbox_id)
                 row = conn.execute(
                     "SELECT count(*), coalesce(sum(1 - seen), 0), coalesce(sum(size), 0),"
-                    " coalesce(sum(deleted), 0) FROM messages WHERE mailbox_id = ?",
-                    (mailbox_id,),
+                    " coalesce(sum(deleted), 0), coalesce(sum(uid >= (SELECT recent_uid FROM mailboxes"
+                    " WHERE id = ?)), 0) FROM messages WHERE mailbox_id = ?",
+                    (mailbox_id, mailbox_id),
                 ).fetchone()
             finally:
                 conn.execute("COMMIT")
-            return MailboxStatus(mailbox, messages=row[0], unseen=row[1], size=row[2], deleted=row[3])
+            return MailboxStatus(
+                mailbox, messages=row[0], unseen=row[1], size=row[2], deleted=row[3], recent=row[4]
+            )
 
         return await self._in_worker(fn)
 
@@ -1476,16 +1492,17 @@ class SQLiteStore:
                 )
             return StoreFlagsResult(updated=updated, modified=modified), changes, set()
 
-        return await self._write(fn)
+        return await self._write_grouped(fn)  # concurrent sessions' STOREs share one commit
 
     def _expunge_rows(
-        self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int]
+        self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int], only_deleted: bool = False
     ) -> tuple[list[int], list[Change], set[str]]:
         rows: list[tuple[int, int, str]] = []
+        deleted = " AND deleted = 1" if only_deleted else ""
         for chunk in _chunks(sorted(set(uids))):
             rows += conn.execute(
                 "SELECT uid, size, blob_id FROM messages"
-                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))})"
+                f" WHERE mailbox_id = ? AND uid IN ({_marks(len(chunk))}){deleted}"
                 " ORDER BY uid",
                 (mailbox.id, *chunk),
             ).fetchall()
@@ -1511,13 +1528,20 @@ class SQLiteStore:
         return removed, [change], {r[2] for r in rows}
 
     async def expunge(
-        self, mailbox_id: int, uids: Sequence[int], *, files_in_background: bool = False
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        files_in_background: bool = False,
+        only_deleted: bool = False,
     ) -> list[int]:
         def fn(conn: sqlite3.Connection) -> tuple[list[int], list[Change], set[str]]:
             mailbox = self._mailbox_by_id(conn, mailbox_id)
-            return self._expunge_rows(conn, mailbox, uids)
+            return self._expunge_rows(conn, mailbox, uids, only_deleted)
 
-        return await self._write(fn, collect_after_return=files_in_background)
+        if files_in_background:
+            return await self._write(fn, collect_after_return=True)
+        return await self._write_grouped(fn)  # concurrent IMAP EXPUNGEs share one commit
 
     def _copy_rows(
         self,
@@ -1565,7 +1589,7 @@ class SQLiteStore:
             result, changes = self._copy_rows(conn, source, uids, dest)
             return result, changes, set()
 
-        return await self._write(fn)
+        return await self._write_grouped(fn)
 
     async def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
         def fn(conn: sqlite3.Connection) -> tuple[CopyResult, list[Change], set[str]]:
@@ -1578,10 +1602,52 @@ class SQLiteStore:
             _, expunge_changes, blobs = self._expunge_rows(conn, source, [p[0] for p in result.pairs])
             return result, changes + expunge_changes, blobs
 
+        return await self._write_grouped(fn)
+
+    def _keep_changes(
+        self, mailbox_id: int, since: int, state: tuple[int, int], answer: MailboxChanges
+    ) -> None:
+        """Remember `answer` for (mailbox, since) while the mailbox's (HIGHESTMODSEQ, UIDVALIDITY) is `state`."""
+        recent = self._recent_changes.get(mailbox_id)
+        if recent is None or recent[0] != state:
+            recent = (state, {})
+            self._recent_changes[mailbox_id] = recent
+        self._recent_changes.move_to_end(mailbox_id)
+        if len(self._recent_changes) > CHANGES_CACHE_MAILBOXES:
+            self._recent_changes.popitem(last=False)
+        if len(recent[1]) < CHANGES_CACHE_SINCES:
+            recent[1][since] = answer
+
+    async def claim_recent(self, mailbox_id: int, up_to_uid: int, *, peek: bool = False) -> tuple[int, int]:
+        # recent_uid only grows, so a read that finds nothing to claim needs no write transaction:
+        # SELECT of a mailbox without new mail costs no commit.
+        row = self._read().execute("SELECT recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id}")
+        if peek:
+            return int(row[0]), up_to_uid
+        if int(row[0]) > up_to_uid:
+            return int(row[0]), int(row[0]) - 1
+
+        def fn(conn: sqlite3.Connection) -> tuple[tuple[int, int], list[Change], set[str]]:
+            # One write transaction (BEGIN IMMEDIATE): read and advance recent_uid together, so two
+            # sessions, in this process or another, never both claim a UID (RFC 3501 §2.3.2).
+            found = conn.execute("SELECT recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if found is None:
+                raise NotFound(f"mailbox {mailbox_id}")
+            first = int(found[0])
+            if first > up_to_uid:
+                return (first, first - 1), [], set()
+            conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (up_to_uid + 1, mailbox_id))
+            return (first, up_to_uid), [], set()
+
         return await self._write(fn)
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        uidvalidity = 0  # of the mailbox read by fn: ids can be reused after a DELETE, UIDVALIDITYs not
+
         def fn(conn: sqlite3.Connection, at_most: int = -1) -> MailboxChanges | None:
+            nonlocal uidvalidity
             conn.execute("BEGIN")
             try:
                 if at_most >= 0:
@@ -1593,6 +1659,7 @@ class SQLiteStore:
                     if count > at_most:
                         return None  # too many for the event loop: the worker reads them
                 mailbox = self._mailbox_by_id(conn, mailbox_id)
+                uidvalidity = mailbox.uidvalidity
                 changed = [
                     self._summary(r)
                     for r in conn.execute(
@@ -1612,10 +1679,25 @@ class SQLiteStore:
                 conn.execute("COMMIT")
             return MailboxChanges(changed=changed, vanished=vanished, highestmodseq=mailbox.highestmodseq)
 
-        # IMAP sessions ask after every command that follows a change: usually a few rows, read on
-        # the event loop's connection (counted first through the modseq index, in the same snapshot).
+        # Every IMAP session on a mailbox asks this after every command that follows a change, mostly
+        # with the same starting MODSEQ (all were up to date before the change): the answer depends
+        # only on the rows, and every change to them raises the mailbox's HIGHESTMODSEQ in the same
+        # transaction, so an answer is reused while that number (and the mailbox: its UIDVALIDITY)
+        # stays: one indexed read instead of a transaction of four queries. Callers must not modify it.
+        recent = self._recent_changes.get(mailbox_id)
+        if recent is not None and (kept := recent[1].get(modseq)) is not None:
+            row = (
+                self._read()
+                .execute("SELECT highestmodseq, uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,))
+                .fetchone()
+            )
+            if row is not None and (row[0], row[1]) == recent[0]:
+                return kept
+        # Usually a few rows, read on the event loop's connection (counted first through the modseq
+        # index, in the same snapshot).
         inline = fn(self._read(), INLINE_READ_ROWS)
         if inline is not None:
+            self._keep_changes(mailbox_id, modseq, (inline.highestmodseq, uidvalidity), inline)
             return inline
         result = await self._in_worker(fn)
         assert result is not None

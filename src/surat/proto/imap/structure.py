@@ -159,6 +159,10 @@ def _extension(part: BodyPartData, first: bytes, utf8: bool) -> bytes:
     return b"%b %b %b %b" % (first, disposition, language, location)
 
 
+_UNKNOWN_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+_EMPTY_TEXT_BODY = b'("text" "plain" NIL NIL NIL "7bit" 0 0)'
+
+
 def body_structure(part: BodyPartData, *, extensible: bool = True, utf8: bool = False) -> bytes:
     """BODYSTRUCTURE (``extensible``) or BODY (without extension data), RFC 9051 §7.5.2 / §9 body."""
     kind = part.type.lower()
@@ -167,7 +171,7 @@ def body_structure(part: BodyPartData, *, extensible: bool = True, utf8: bool = 
         children = b"".join([body_structure(p, extensible=extensible, utf8=utf8) for p in part.parts])
         if not children:
             # The grammar requires at least one part; show an empty multipart as one empty text part.
-            children = b'("text" "plain" NIL NIL NIL "7bit" 0 0)'
+            children = _EMPTY_TEXT_BODY
         out = children + b" " + string(part.subtype, utf8=utf8)
         if extensible:
             out += b" " + _extension(part, _params(part.params, utf8), utf8)
@@ -185,15 +189,18 @@ def body_structure(part: BodyPartData, *, extensible: bool = True, utf8: bool = 
     if kind == "text":
         # body-type-text = media-text SP body-fields SP body-fld-lines
         out += b" %d" % part.lines
-    elif (
-        kind == "message"
-        and part.envelope is not None
-        and part.message is not None
-        and part.subtype.lower() in ("rfc822", "global")
-    ):
+    elif kind == "message" and part.subtype.lower() in ("rfc822", "global"):
         # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
-        inner = body_structure(part.message, extensible=extensible, utf8=utf8)
-        out += b" %b %b %d" % (envelope(part.envelope, utf8=utf8), inner, part.lines)
+        if part.envelope is not None and part.message is not None:
+            inner_envelope = envelope(part.envelope, utf8=utf8)
+            inner = body_structure(part.message, extensible=extensible, utf8=utf8)
+        else:
+            # Not scanned (an encoded message/rfc822, which RFC 2046 §5.2.1 forbids, or one nested
+            # beyond the scanner's depth): the grammar still needs an envelope and a body, so that
+            # clients parse the rest of the structure; an empty envelope and an empty text body say
+            # nothing false.
+            inner_envelope, inner = _UNKNOWN_ENVELOPE, _EMPTY_TEXT_BODY
+        out += b" %b %b %d" % (inner_envelope, inner, part.lines)
     if extensible:
         out += b" " + _extension(part, nstring(part.md5, utf8=utf8), utf8)
     return out + b")"

@@ -79,6 +79,9 @@ class POP3Settings:
     max_line: int = MAX_COMMAND_LINE
     max_auth_line: int = MAX_AUTH_LINE
     max_errors: int = 10
+    # NOOP and RSET past this many in a session each spend an error (as Postfix's SMTP junk command
+    # limit): a flood of them costs a reply each and keeps the idle timer from firing.
+    max_junk_commands: int = 100
 
 
 class _Reject(Exception):
@@ -237,6 +240,9 @@ _COMMANDS: dict[str, tuple[frozenset[State], _Parser]] = {
 }
 
 
+_JUNK = frozenset({"NOOP", "RSET"})  # see POP3Settings.max_junk_commands
+
+
 def _valid_unique_id(uid: str) -> bool:
     # RFC 1939 §7 UIDL: 1 to 70 characters in the range 0x21 to 0x7E.
     return 1 <= len(uid) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in uid)
@@ -256,7 +262,9 @@ class POP3ServerEngine:
         self._pending: Command | None = None  # the command awaiting its reply
         self._encoder: MessageEncoder | None = None  # RETR/TOP in progress
         self._out: list[bytes] = []
+        self._out_octets = 0
         self._errors = 0
+        self._junk = 0
         self._close_reason = ""
 
     # ----------------------------------------------------------------------------- properties
@@ -385,6 +393,12 @@ class POP3ServerEngine:
         if self._state not in states:
             self._reject(_Reject("command not valid in this state"))
             return None
+        if keyword.upper() in _JUNK:
+            self._junk += 1
+            if self._junk > self.settings.max_junk_commands:
+                self._spend_error()
+                if self._state is State.CLOSED:
+                    return None
         # RFC 1939 §7: PASS uses the name of the USER command just before it; any other command
         # (and PASS itself, whatever its outcome) forgets that name.
         self._user = user if keyword.upper() == "PASS" else None
@@ -428,10 +442,22 @@ class POP3ServerEngine:
 
     # ----------------------------------------------------------------------------- output
 
+    @property
+    def pending_output(self) -> int:
+        """Octets of replies produced and not yet taken by ``data_to_send``: the shell hands them to the
+        transport (and waits for the client to read) when they pass its high-water mark, so pipelined
+        commands cannot pile up replies faster than the client reads them."""
+        return self._out_octets
+
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
         self._out.clear()
+        self._out_octets = 0
         return out
+
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_octets += len(data)
 
     def _line(self, status: str, text: str, code: RespCode | None) -> bytes:
         parts = [status]
@@ -451,7 +477,7 @@ class POP3ServerEngine:
 
     def greet(self, text: str = "POP3 server ready") -> None:
         """The +OK greeting (RFC 1939 §4). No "<timestamp>": APOP is not offered (RFC 2449 §6)."""
-        self._out.append(self._line("+OK", text.replace("<", "(").replace(">", ")"), None))
+        self._send(self._line("+OK", text.replace("<", "(").replace(">", ")"), None))
 
     def _take(self, *allowed: type[Command]) -> Command:
         pending = self._pending
@@ -478,7 +504,7 @@ class POP3ServerEngine:
         ):
             raise EngineUsageError(f"{type(pending).__name__} needs its own reply method")
         command = self._take()
-        self._out.append(self._line("+OK", text, None))
+        self._send(self._line("+OK", text, None))
         if isinstance(command, User):
             self._user = command.name
         elif isinstance(command, Pass | Auth | AuthResponse):
@@ -496,7 +522,7 @@ class POP3ServerEngine:
         """-ERR [code] text. After QUIT in UPDATE, it reports that not every deletion happened
         (RFC 1939 §6) and closes like +OK does."""
         command = self._take()
-        self._out.append(self._line("-ERR", text, code))
+        self._send(self._line("-ERR", text, code))
         if isinstance(command, Quit):
             self._close("quit")
 
@@ -505,24 +531,24 @@ class POP3ServerEngine:
     ) -> None:
         """A failed PASS or AUTH: -ERR, and one error spent (brute force ends the connection)."""
         self._take(Pass, Auth, AuthResponse, AuthCancelled)
-        self._out.append(self._line("-ERR", text, code))
+        self._send(self._line("-ERR", text, code))
         self._spend_error()
 
     def auth_challenge(self, challenge: bytes) -> None:
         """RFC 5034 §4: "+ " and the base64 challenge; the next line is the client's response."""
         self._take(Auth, AuthResponse)
-        self._out.append(b"+ " + base64.b64encode(challenge) + CRLF)
+        self._send(b"+ " + base64.b64encode(challenge) + CRLF)
         self._auth_continue = True
 
     def stat(self, count: int, octets: int) -> None:
         """RFC 1939 §5 STAT: "+OK nn mm" (the drop listing)."""
         self._take(Stat)
-        self._out.append(self._line("+OK", f"{count} {octets}", None))
+        self._send(self._line("+OK", f"{count} {octets}", None))
 
     def scan(self, msg: int, octets: int) -> None:
         """RFC 1939 §5 LIST msg: "+OK msg size"."""
         self._require_msg(List, single=True)
-        self._out.append(self._line("+OK", f"{msg} {octets}", None))
+        self._send(self._line("+OK", f"{msg} {octets}", None))
 
     def scan_listing(self, entries: Iterable[tuple[int, int]], text: str = "scan listing follows") -> None:
         """RFC 1939 §5 LIST: one "msg size" line per message not marked deleted."""
@@ -534,7 +560,7 @@ class POP3ServerEngine:
         if not _valid_unique_id(uid):
             raise ValueError(f"invalid POP3 unique-id {uid!r}")
         self._require_msg(Uidl, single=True)
-        self._out.append(self._line("+OK", f"{msg} {uid}", None))
+        self._send(self._line("+OK", f"{msg} {uid}", None))
 
     def unique_id_listing(
         self, entries: Iterable[tuple[int, str]], text: str = "unique-id listing follows"
@@ -575,7 +601,7 @@ class POP3ServerEngine:
         out = [self._line("+OK", text, None)]
         out.extend(stuff_line(line) for line in lines)
         out.append(TERMINATOR)
-        self._out.append(b"".join(out))
+        self._send(b"".join(out))
 
     # -- RETR / TOP
 
@@ -589,7 +615,7 @@ class POP3ServerEngine:
         if self._encoder is not None:
             raise EngineUsageError("message_start() called twice")
         self._encoder = MessageEncoder(pending.lines if isinstance(pending, Top) else None)
-        self._out.append(self._line("+OK", text, None))
+        self._send(self._line("+OK", text, None))
 
     def message_data(self, chunk: bytes) -> bool:
         """Add a chunk of the message; returns False when TOP needs nothing more."""
@@ -597,13 +623,13 @@ class POP3ServerEngine:
             raise EngineUsageError("message_data() before message_start()")
         encoded = self._encoder.feed(chunk)
         if encoded:
-            self._out.append(encoded)
+            self._send(encoded)
         return self._encoder.wants_more
 
     def message_end(self) -> None:
         if self._encoder is None:
             raise EngineUsageError("message_end() before message_start()")
-        self._out.append(self._encoder.finish())
+        self._send(self._encoder.finish())
         self._encoder = None
         self._pending = None
 
@@ -626,11 +652,11 @@ class POP3ServerEngine:
         `next_event()` returns Close. Answers the pending command if there is one."""
         self._pending = None
         self._encoder = None
-        self._out.append(self._line("-ERR", text, code))
+        self._send(self._line("-ERR", text, code))
         self._close(text)
 
     def _reject(self, reject: _Reject) -> None:
-        self._out.append(self._line("-ERR", reject.text, reject.code))
+        self._send(self._line("-ERR", reject.text, reject.code))
         self._spend_error()
 
     def _spend_error(self) -> None:

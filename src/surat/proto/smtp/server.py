@@ -57,6 +57,10 @@ class ServerSettings:
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 1000
     max_bad_commands: int = 10
+    # Commands that move no mail forward (NOOP, RSET, VRFY, EXPN, HELP) past this many in a session each
+    # count as a bad command, as Postfix's smtpd_junk_command_limit (default 100) does: a flood of them
+    # holds a slot and costs a reply each, and the idle timeout never fires.
+    max_junk_commands: int = 100
     starttls: bool = False  # STARTTLS may be offered (a certificate exists, connection is plain)
     tls_active: bool = False  # the connection is already TLS (implicit TLS, RFC 8314)
     auth_mechanisms: tuple[str, ...] = ()  # () = no AUTH on this listener (MX)
@@ -80,6 +84,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+_JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})  # see ServerSettings.max_junk_commands
 _ANYTIME = frozenset({"EHLO", "HELO", "NOOP", "RSET", "QUIT", "VRFY", "EXPN", "HELP"})
 # Commands legal in each command state; anything else known gets 503 (RFC 5321 §4.3.2 order).
 _LEGAL: dict[State, frozenset[str]] = {
@@ -235,6 +240,7 @@ class SMTPServerEngine:
         self.authenticated = False
         self.extended = False  # the client said EHLO
         self.bad_commands = 0
+        self.junk_commands = 0
         self._in = bytearray()
         self._out = bytearray()
         self._pending: Event | None = None
@@ -317,6 +323,14 @@ class SMTPServerEngine:
         if self.state in (State.CLOSED, State.STARTTLS):
             return  # RFC 3207 §4.2 / CVE-2011-0411: nothing sent before the handshake counts
         self._in += data
+
+    @property
+    def pending_output(self) -> int:
+        """Octets of replies not yet taken by ``data_to_send``: the shell hands them to the transport (and
+        waits for the client to read) when they pass its high-water mark, so a pipelined flood cannot
+        pile up replies faster than the client reads them (RFC 2920 §3.1 lets the server buffer replies,
+        not without bound)."""
+        return len(self._out)
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -501,6 +515,12 @@ class SMTPServerEngine:
             return self._bdat(arg.strip(" "))  # checks the state itself: the chunk must be swallowed anyway
         if verb not in _LEGAL[self.state]:
             return self._error(R.BAD_SEQUENCE)
+        if verb in _JUNK:
+            self.junk_commands += 1
+            if self.junk_commands > self.settings.max_junk_commands:
+                if self.bad_commands + 1 >= self.settings.max_bad_commands:
+                    return self._error(R.TOO_MANY_ERRORS)  # spends the last of the budget: closes
+                self.bad_commands += 1
         handler = _HANDLERS[verb]
         try:
             return handler(self, arg.strip(" "))
