@@ -297,18 +297,23 @@ def test_busy_sessions_end_at_their_deadline(
         running.stop()
 
 
-def test_smtp_junk_command_flood_is_cut_off(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    running = start(tmp_path, tmp_path_factory, junk_commands=5, bad_commands=3)
-    try:
-        sock = connect(running, "smtp")
+def flood_until_closed(server: RunningServer, role: str, commands: bytes) -> bytes:
+    """Read the greeting, send ``commands`` at once, and return all the server sent until it closed."""
+    with connect(server, role) as sock:
         read_line(sock)
-        sock.sendall(b"NOOP\r\n" * 50)
+        sock.sendall(commands)
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
+        return received
+
+
+def test_smtp_junk_command_flood_is_cut_off(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    running = start(tmp_path, tmp_path_factory, junk_commands=5, bad_commands=3)
+    try:
+        received = flood_until_closed(running, "smtp", b"NOOP\r\n" * 50)
         # Five free, two more counted, then the budget is spent (Postfix's smtpd_junk_command_limit).
         assert received == b"250 2.0.0 OK\r\n" * 7 + b"421 4.7.0 Too many errors, closing connection\r\n"
-        sock.close()
     finally:
         running.stop()
 
@@ -316,12 +321,7 @@ def test_smtp_junk_command_flood_is_cut_off(tmp_path: Path, tmp_path_factory: py
 def test_imap_noop_flood_runs_out_of_budget(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     running = start(tmp_path, tmp_path_factory, junk_commands=5, bad_commands=3)
     try:
-        sock = connect(running, "imap")
-        read_line(sock)
-        sock.sendall(b"a NOOP\r\n" * 50)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+        received = flood_until_closed(running, "imap", b"a NOOP\r\n" * 50)
         # The burst of five, then BAD for each one past the budget, and three BADs in a row end it.
         assert received == (
             b"a OK NOOP completed\r\n" * 5
