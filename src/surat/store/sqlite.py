@@ -14,6 +14,13 @@ Threads:
   batch), moves the spool files into the blob area and makes them durable (see `SyncMode`: one
   syncfs(2), or concurrent fdatasyncs, then one fsync of the directory the batch's files share),
   commits (one WAL fsync: `synchronous=FULL`), and only then answers every caller;
+- IMAP flag changes (STORE, \\Recent claims) are the one exception to "synced before the answer": they
+  commit without the WAL sync (`synchronous=NORMAL` for a group made only of them), so they survive a
+  crash of Surat at once, and power loss once the WAL is synced: by the next full commit or at most
+  FLAG_SYNC_DELAY later. Dovecot's default (`mail_fsync=optimized`) does not sync flags at all; a flag
+  that reverts after power loss loses no mail, while a sync per STORE capped ten sessions on one
+  mailbox at the disk's sync rate (issue 10). Mail itself, expunges (their blob files are unlinked
+  after the commit), copies, moves and the queue keep the full sync;
 - small indexed reads on hot paths (account, domain, alias, credential and mailbox lookups) run
   inline on a read-only connection (measured 8 us per get_account, against 124 us through a worker
   thread); larger reads and MIME parsing run in a small worker pool with one read-only connection
@@ -100,6 +107,7 @@ Item = TypeVar("Item")  # what a _Coalescer queues
 INDEX_FILE = "index.sqlite3"
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
+FLAG_SYNC_DELAY = 1.0  # seconds: the longest a committed flag change waits for its WAL sync
 SYNCFS_MIN_BATCH = 4
 INLINE_READ_ROWS = 256  # reads of up to this many rows run on the event loop's connection
 # changes_since answers kept for reuse (see there): per mailbox, for one HIGHESTMODSEQ, up to this many
@@ -304,6 +312,13 @@ class _SyncFS:
 _GroupedWrite = Callable[[sqlite3.Connection], tuple[Any, list[Change], set[str]]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Grouped:
+    fn: _GroupedWrite
+    future: asyncio.Future[Any]
+    sync: bool  # False: a flag change, whose WAL sync may follow the answer (see FLAG_SYNC_DELAY)
+
+
 @dataclass(slots=True)
 class _Pending:
     """One deliver() or append() waiting for the group commit."""
@@ -408,6 +423,8 @@ class SQLiteStore:
         self._sync_pool: ThreadPoolExecutor | None = None
         self._workers: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # writer thread only
+        self._wal_unsynced = False  # writer thread only: a flag change committed without its WAL sync
+        self._wal_sync_timer: asyncio.TimerHandle | None = None  # event loop thread only
         self._ro: sqlite3.Connection | None = None  # event loop thread only
         self._local = threading.local()
         self._worker_conns: list[sqlite3.Connection] = []
@@ -416,7 +433,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._deliveries: _Coalescer[_Pending] = _Coalescer(self._submit_to_writer, self._commit_batch)
         # Small writes (queue attempts) waiting to share one transaction; see _write_grouped.
-        self._grouped_writes: _Coalescer[tuple[_GroupedWrite, asyncio.Future[Any]]] = _Coalescer(
+        self._grouped_writes: _Coalescer[_Grouped] = _Coalescer(
             self._submit_to_writer, self._commit_group
         )
         # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
@@ -517,6 +534,9 @@ class SQLiteStore:
             if not (self._deliveries.busy or self._grouped_writes.busy):
                 break
             await asyncio.sleep(0.002)
+        if self._wal_sync_timer is not None:
+            self._wal_sync_timer.cancel()  # _close_writer syncs what is left
+            self._wal_sync_timer = None
         assert self._writer is not None and self._workers is not None and self._loop is not None
         await self._loop.run_in_executor(self._writer, self._close_writer)
         self._writer.shutdown(wait=True)
@@ -533,6 +553,7 @@ class SQLiteStore:
             self._ro = None
 
     def _close_writer(self) -> None:
+        self._sync_wal()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -591,6 +612,7 @@ class SQLiteStore:
                 try:
                     result, changes, blobs = fn(conn)
                     conn.execute("COMMIT")
+                    self._synced_by_commit()
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
@@ -610,31 +632,41 @@ class SQLiteStore:
         self._writer.submit(job)
         return await future
 
-    async def _write_grouped(self, fn: Callable[[sqlite3.Connection], tuple[T, list[Change], set[str]]]) -> T:
+    async def _write_grouped(
+        self, fn: Callable[[sqlite3.Connection], tuple[T, list[Change], set[str]]], *, sync: bool = True
+    ) -> T:
         """Like `_write`, but the writes that arrive while the writer is busy share one transaction
         (one WAL sync instead of one each: the outbound queue records two per message). Each runs
         under its own SAVEPOINT, so one that raises (NotFound...) is undone alone and only its
-        caller sees the error. Blobs are collected after the commit, before the callers resume."""
+        caller sees the error. Blobs are collected after the commit, before the callers resume.
+        `sync=False` (flag changes only): the answer need not wait for the WAL sync, see the module
+        docstring and FLAG_SYNC_DELAY."""
         if self._writer is None or self._loop is None or not self._open:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._grouped_writes.add((fn, future))
+        self._grouped_writes.add(_Grouped(fn, future, sync))
         return await future
 
     def _submit_to_writer(self, job: Callable[[], None]) -> None:
         assert self._writer is not None
         self._writer.submit(job)
 
-    def _commit_group(self, group: list[tuple[_GroupedWrite, asyncio.Future[Any]]]) -> None:
+    def _commit_group(self, group: list[_Grouped]) -> None:
         conn, loop = self._conn, self._loop
         assert conn is not None and loop is not None
         settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         changes: list[Change] = []
         blobs: set[str] = set()
+        # Only flag changes in this group: commit without the WAL sync (module docstring). The
+        # setting holds for the connection, so it is put back at once: every other commit syncs.
+        deferred = self._sync != SyncMode.NONE and not any(item.sync for item in group)
+        if deferred:
+            conn.execute("PRAGMA synchronous = NORMAL")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for fn, future in group:
+                for item in group:
+                    fn, future = item.fn, item.future
                     conn.execute("SAVEPOINT grouped_write")
                     try:
                         result, fn_changes, fn_blobs = fn(conn)
@@ -652,15 +684,54 @@ class SQLiteStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                if deferred:
+                    conn.execute("PRAGMA synchronous = FULL")
         except BaseException as exc:
-            for _, future in group:
-                loop.call_soon_threadsafe(_settle, future, None, exc, None, None)
+            for item in group:
+                loop.call_soon_threadsafe(_settle, item.future, None, exc, None, None)
             return
+        if deferred:
+            if not self._wal_unsynced:
+                self._wal_unsynced = True
+                loop.call_soon_threadsafe(self._schedule_wal_sync)
+        else:
+            self._synced_by_commit()
         try:
             self._collect_blobs(blobs)
         except (OSError, sqlite3.Error):
             log.exception("store.blob_cleanup_failed")  # open() removes what is left
         loop.call_soon_threadsafe(_settle_group, settled, self.changes, changes)
+
+    def _synced_by_commit(self) -> None:
+        """Writer thread, after a synchronous=FULL commit: it synced the WAL, and with it every frame
+        before it, so the flag changes waiting for a sync have it."""
+        if self._sync != SyncMode.NONE:
+            self._wal_unsynced = False
+
+    def _schedule_wal_sync(self) -> None:
+        """Event loop: sync the WAL within FLAG_SYNC_DELAY of a deferred commit, unless a full commit
+        does it first (then the writer finds nothing to do)."""
+        if self._wal_sync_timer is None and self._loop is not None:
+            self._wal_sync_timer = self._loop.call_later(FLAG_SYNC_DELAY, self._wal_sync_due)
+
+    def _wal_sync_due(self) -> None:
+        self._wal_sync_timer = None
+        if self._writer is not None and self._open:
+            self._writer.submit(self._sync_wal)
+
+    def _sync_wal(self) -> None:
+        """Writer thread: make the flag changes committed without a WAL sync durable."""
+        if not self._wal_unsynced:
+            return
+        self._wal_unsynced = False
+        try:
+            # fsync through any descriptor flushes the file: SQLite's own would do the same.
+            _fsync_path(self.data_dir / (INDEX_FILE + "-wal"))
+        except FileNotFoundError:
+            pass  # checkpointed and removed at close: the database file holds (and synced) it all
+        except OSError:
+            log.exception("store.wal_sync_failed")
 
     def _collect_blobs(self, blob_ids: Iterable[str]) -> None:
         """Delete blobs that no message or queue entry refers to any more (after commit)."""
@@ -1492,7 +1563,8 @@ class SQLiteStore:
                 )
             return StoreFlagsResult(updated=updated, modified=modified), changes, set()
 
-        return await self._write_grouped(fn)  # concurrent sessions' STOREs share one commit
+        # Concurrent sessions' STOREs share one commit, answered before its WAL sync (module docstring).
+        return await self._write_grouped(fn, sync=False)
 
     def _expunge_rows(
         self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int], only_deleted: bool = False
@@ -1641,7 +1713,7 @@ class SQLiteStore:
             conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (up_to_uid + 1, mailbox_id))
             return (first, up_to_uid), [], set()
 
-        return await self._write(fn)
+        return await self._write_grouped(fn, sync=False)  # \\Recent is session state, like a flag
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
         uidvalidity = 0  # of the mailbox read by fn: ids can be reused after a DELETE, UIDVALIDITYs not
@@ -1766,6 +1838,7 @@ class SQLiteStore:
                     installed.append(item.blob_id)
                 self._sync_blobs(installed)
                 conn.execute("COMMIT")
+                self._synced_by_commit()
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
