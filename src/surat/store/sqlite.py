@@ -114,6 +114,10 @@ INLINE_READ_ROWS = 256  # reads of up to this many rows run on the event loop's 
 # starting MODSEQs, and for this many mailboxes (least recently used out). Only answers read inline
 # (at most INLINE_READ_ROWS rows) are kept, so the memory is bounded by these three numbers.
 CHANGES_CACHE_SINCES = 16
+# SELECT's listing of a mailbox, kept per mailbox and brought up to date with changes_since: ten
+# sessions re-SELECTing a 1 000-message mailbox read every row each time (the largest CPU cost of the
+# shared-mailbox bench). Bounded in messages summed over the cached mailboxes (~200 bytes each).
+LISTING_CACHE_MESSAGES = 100_000
 CHANGES_CACHE_MAILBOXES = 256
 COLLECT_PARALLEL_MIN = 16  # unreferenced blobs from which unlinks run on several threads
 
@@ -313,6 +317,15 @@ _GroupedWrite = Callable[[sqlite3.Connection], tuple[Any, list[Change], set[str]
 
 
 @dataclass(frozen=True, slots=True)
+class _Listing:
+    """A mailbox's messages as of one MODSEQ (see LISTING_CACHE_MESSAGES)."""
+
+    uidvalidity: int
+    highestmodseq: int
+    messages: dict[int, MessageSummary]  # by UID, in UID order
+
+
+@dataclass(frozen=True, slots=True)
 class _Grouped:
     fn: _GroupedWrite
     future: asyncio.Future[Any]
@@ -437,6 +450,8 @@ class SQLiteStore:
             self._submit_to_writer, self._commit_group
         )
         # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
+        self._listings: OrderedDict[int, _Listing] = OrderedDict()  # event loop thread only
+        self._listed_messages = 0  # summed over self._listings
         self._recent_changes: OrderedDict[int, tuple[tuple[int, int], dict[int, MailboxChanges]]] = (
             OrderedDict()
         )
@@ -1325,7 +1340,19 @@ class SQLiteStore:
         )
 
     async def list_messages(self, mailbox_id: int) -> list[MessageSummary]:
-        def fn(conn: sqlite3.Connection) -> list[MessageSummary]:
+        mailbox = self._mailbox_by_id(self._read(), mailbox_id)  # NotFound as before
+        cached = self._listings.get(mailbox_id)
+        if cached is not None and cached.uidvalidity == mailbox.uidvalidity:
+            listing = await self._listing_brought_up_to_date(mailbox_id, cached)
+        else:
+            listing = await self._in_worker(functools.partial(self._read_listing, mailbox_id=mailbox_id))
+        self._keep_listing(mailbox_id, listing)
+        return list(listing.messages.values())
+
+    def _read_listing(self, conn: sqlite3.Connection, mailbox_id: int) -> _Listing:
+        conn.execute("BEGIN")  # the rows and the MODSEQ they are as of: one snapshot
+        try:
+            mailbox = self._mailbox_by_id(conn, mailbox_id)
             rows = conn.execute(
                 "SELECT uid, modseq, flags, size, internal_date, internal_tz FROM messages"
                 " WHERE mailbox_id = ? ORDER BY uid",
@@ -1333,12 +1360,42 @@ class SQLiteStore:
             )
             # IMAP SELECT of a large mailbox: the per-row work inlined (a third faster than _summary).
             summary, flags_of, from_ts = MessageSummary, _flags_of, datetime.fromtimestamp
-            return [
-                summary(uid, modseq, flags_of(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC))
+            messages = {
+                uid: summary(uid, modseq, flags_of(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC))
                 for uid, modseq, flags, size, ts, tz in rows
-            ]
+            }
+        finally:
+            conn.execute("COMMIT")
+        return _Listing(mailbox.uidvalidity, mailbox.highestmodseq, messages)
 
-        return await self._in_worker(fn)
+    async def _listing_brought_up_to_date(self, mailbox_id: int, cached: _Listing) -> _Listing:
+        changes = await self.changes_since(mailbox_id, cached.highestmodseq)
+        if changes.highestmodseq == cached.highestmodseq:
+            return cached
+        messages = dict(cached.messages)  # a copy: a concurrent caller may hold the cached one
+        for uid in changes.vanished:
+            messages.pop(uid, None)
+        last = next(reversed(messages), 0)
+        for summary in changes.changed:
+            messages[summary.uid] = summary
+        if any(summary.uid < last and summary.uid not in cached.messages for summary in changes.changed):
+            messages = dict(sorted(messages.items()))  # not expected (UIDs ascend), but kept in order
+        return _Listing(cached.uidvalidity, changes.highestmodseq, messages)
+
+    def _keep_listing(self, mailbox_id: int, listing: _Listing) -> None:
+        """Cache `listing` unless the cache holds a newer one (two SELECTs may finish out of order)."""
+        old = self._listings.pop(mailbox_id, None)
+        if old is not None:
+            self._listed_messages -= len(old.messages)
+            if old.uidvalidity == listing.uidvalidity and old.highestmodseq > listing.highestmodseq:
+                listing = old
+        if len(listing.messages) > LISTING_CACHE_MESSAGES:
+            return
+        self._listings[mailbox_id] = listing
+        self._listed_messages += len(listing.messages)
+        while self._listed_messages > LISTING_CACHE_MESSAGES:
+            _, evicted = self._listings.popitem(last=False)
+            self._listed_messages -= len(evicted.messages)
 
     async def list_message_blobs(self, mailbox_id: int) -> list[MessageBlob]:
         def fn(conn: sqlite3.Connection) -> tuple[list[MessageBlob], list[tuple[int, int, int]]]:
