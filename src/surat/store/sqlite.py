@@ -1325,6 +1325,18 @@ class SQLiteStore:
                 mailbox, messages=row[0], unseen=row[1], size=row[2], deleted=row[3], recent=row[4]
             )
 
+        # A small mailbox (STATUS of Archive, Sent... while INBOX is selected) is summed on the event
+        # loop's connection: a handful of rows cost less than the hand-over to a worker and back.
+        (small,) = (
+            self._read()
+            .execute(
+                "SELECT count(*) <= ? FROM (SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT ?)",
+                (INLINE_READ_ROWS, mailbox_id, INLINE_READ_ROWS + 1),
+            )
+            .fetchone()
+        )
+        if small:
+            return fn(self._read())
         return await self._in_worker(fn)
 
     # ------------------------------------------------------------------------------ messages
