@@ -438,7 +438,9 @@ def main() -> None:
         )
 
 
-def start_profiler(server: SuratProcess | DovecotProcess, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+def start_profiler(
+    server: SuratProcess | DovecotProcess, args: argparse.Namespace
+) -> subprocess.Popen[bytes] | None:
     """py-spy on Surat for the load phase (--profile), or None."""
     if not (args.profile and isinstance(server, SuratProcess)):
         return None

@@ -341,7 +341,9 @@ def test_imap_noop_flood_runs_out_of_budget(tmp_path: Path, tmp_path_factory: py
         sock = imaps_logged_in(running)
         for _ in range(4):
             sock.sendall(b"p NOOP\r\n" * 4 + b'p LIST "" ""\r\n')
-            expected = b"p OK NOOP completed\r\n" * 4 + b'* LIST (\\Noselect) "/" ""\r\np OK LIST completed\r\n'
+            expected = (
+                b"p OK NOOP completed\r\n" * 4 + b'* LIST (\\Noselect) "/" ""\r\np OK LIST completed\r\n'
+            )
             received = b""
             while len(received) < len(expected) and (chunk := sock.recv(65536)):
                 received += chunk

@@ -446,9 +446,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._deliveries: _Coalescer[_Pending] = _Coalescer(self._submit_to_writer, self._commit_batch)
         # Small writes (queue attempts) waiting to share one transaction; see _write_grouped.
-        self._grouped_writes: _Coalescer[_Grouped] = _Coalescer(
-            self._submit_to_writer, self._commit_group
-        )
+        self._grouped_writes: _Coalescer[_Grouped] = _Coalescer(self._submit_to_writer, self._commit_group)
         # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
         self._listings: OrderedDict[int, _Listing] = OrderedDict()  # event loop thread only
         self._listed_messages = 0  # summed over self._listings
@@ -1373,7 +1371,9 @@ class SQLiteStore:
             # IMAP SELECT of a large mailbox: the per-row work inlined (a third faster than _summary).
             summary, flags_of, from_ts = MessageSummary, _flags_of, datetime.fromtimestamp
             messages = {
-                uid: summary(uid, modseq, flags_of(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC))
+                uid: summary(
+                    uid, modseq, flags_of(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC)
+                )
                 for uid, modseq, flags, size, ts, tz in rows
             }
         finally:
