@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fuzzing import bound_cpu_per_input
 from surat.store.base import Account, Credentials
 from surat.store.sqlite import SQLiteStore
 
@@ -29,3 +30,14 @@ async def alice(store: SQLiteStore) -> Account:
     """alice@example.test, in the domain example.test."""
     await store.add_domain("example.test")
     return await store.add_account("alice@example.test", UNUSED_CREDENTIALS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every fuzz test's per-input bound counts CPU time (tests/fuzzing.py explains why)."""
+    for item in items:
+        if item.get_closest_marker("fuzz") is None or not isinstance(item, pytest.Function):
+            continue
+        handle = getattr(item.obj, "hypothesis", None)
+        if handle is not None and not getattr(handle.inner_test, "cpu_bounded", False):
+            handle.inner_test = bound_cpu_per_input(handle.inner_test)
+            handle.inner_test.cpu_bounded = True
