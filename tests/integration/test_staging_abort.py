@@ -8,6 +8,7 @@ and checks that every file in the data directory is as it was before, and that n
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import USER, Raw, RunningServer, inbox
@@ -35,9 +36,9 @@ def staged(server: RunningServer) -> list[Path]:
     return list(spool.iterdir()) if spool.exists() else []
 
 
-def wait_for(condition: object, what: str) -> None:
+def wait_for(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 10
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
 
@@ -46,31 +47,39 @@ def body(size: int) -> bytes:
     return LINE * (size // len(LINE))
 
 
-def test_smtp_data_cut_off_mid_message_leaves_no_file(server: RunningServer) -> None:
+def cut_off(server: RunningServer, start: Callable[[], Raw | RawIMAP], staged_files: int = 1) -> None:
+    """`start` begins a transfer and returns its client; once `staged_files` messages are staged, the
+    connection drops, and the data directory must be as it was, with nothing delivered."""
     before = files(server)
-    client = Raw(server)
-    client.envelope()
-    assert client.command(b"DATA\r\n").startswith(b"354")
-    client.send(b"Subject: cut off\r\n\r\n" + body(BIG))
-    wait_for(lambda: staged(server), "the message was never staged")
+    client = start()
+    wait_for(lambda: len(staged(server)) == staged_files, "the message was never staged")
     client.close()
-    wait_for(lambda: not staged(server), "the staged message was left behind")
+    wait_for(lambda: not staged(server), "a staged message was left behind")
     assert files(server) == before
     assert inbox(server, USER) == []
+
+
+def test_smtp_data_cut_off_mid_message_leaves_no_file(server: RunningServer) -> None:
+    def start() -> Raw:
+        client = Raw(server)
+        client.envelope()
+        assert client.command(b"DATA\r\n").startswith(b"354")
+        client.send(b"Subject: cut off\r\n\r\n" + body(BIG))
+        return client
+
+    cut_off(server, start)
 
 
 def test_smtp_bdat_cut_off_mid_chunk_leaves_no_file(server: RunningServer) -> None:
-    before = files(server)
-    client = Raw(server)
-    client.envelope()
-    first = b"Subject: chunks\r\n\r\n" + body(BIG)
-    assert client.command(b"BDAT %d\r\n" % len(first) + first).startswith(b"250 2.0.0")
-    wait_for(lambda: staged(server), "the message was never staged")
-    client.send(b"BDAT 100000 LAST\r\n" + b"y" * 500)  # the last chunk never arrives whole
-    client.close()
-    wait_for(lambda: not staged(server), "the staged message was left behind")
-    assert files(server) == before
-    assert inbox(server, USER) == []
+    def start() -> Raw:
+        client = Raw(server)
+        client.envelope()
+        first = b"Subject: chunks\r\n\r\n" + body(BIG)
+        assert client.command(b"BDAT %d\r\n" % len(first) + first).startswith(b"250 2.0.0")
+        client.send(b"BDAT 100000 LAST\r\n" + b"y" * 500)  # the last chunk never arrives whole
+        return client
+
+    cut_off(server, start)
 
 
 def test_smtp_rset_after_a_staged_chunk_leaves_no_file(server: RunningServer) -> None:
@@ -89,32 +98,28 @@ def test_smtp_rset_after_a_staged_chunk_leaves_no_file(server: RunningServer) ->
 
 
 def test_imap_append_cut_off_mid_literal_leaves_no_file(server: RunningServer) -> None:
-    imap = RawIMAP.logged_in(server)
-    before = files(server)
-    message = b"Subject: cut off\r\n\r\n" + body(BIG)
-    imap.send(b"t2 APPEND INBOX {%d}\r\n" % (len(message) + 1000))
-    assert imap.line().startswith(b"+ ")
-    imap.send(message)  # 1000 octets short
-    wait_for(lambda: staged(server), "the literal was never staged")
-    imap.close()
-    wait_for(lambda: not staged(server), "the staged literal was left behind")
-    assert files(server) == before
-    assert inbox(server, USER) == []
+    def start() -> RawIMAP:
+        imap = RawIMAP.logged_in(server)
+        message = b"Subject: cut off\r\n\r\n" + body(BIG)
+        imap.send(b"t2 APPEND INBOX {%d}\r\n" % (len(message) + 1000))
+        assert imap.line().startswith(b"+ ")
+        imap.send(message)  # 1000 octets short
+        return imap
+
+    cut_off(server, start)
 
 
 def test_imap_multiappend_cut_off_in_its_second_literal_keeps_nothing(server: RunningServer) -> None:
-    imap = RawIMAP.logged_in(server)
-    before = files(server)
-    first = b"Subject: one\r\n\r\n" + body(4096)
-    second = b"Subject: two\r\n\r\n" + body(BIG)
-    # RFC 3502 MULTIAPPEND: the first message arrives whole, the second is cut off mid-literal.
-    imap.send(b"t2 APPEND INBOX {%d}\r\n" % len(first))
-    assert imap.line().startswith(b"+ ")
-    imap.send(first + b" {%d}\r\n" % (len(second) + 1000))
-    assert imap.line().startswith(b"+ ")
-    imap.send(second)
-    wait_for(lambda: len(staged(server)) == 2, "the literals were never staged")
-    imap.close()
-    wait_for(lambda: not staged(server), "staged literals were left behind")
-    assert files(server) == before
-    assert inbox(server, USER) == []
+    def start() -> RawIMAP:
+        imap = RawIMAP.logged_in(server)
+        first = b"Subject: one\r\n\r\n" + body(4096)
+        second = b"Subject: two\r\n\r\n" + body(BIG)
+        # RFC 3502 MULTIAPPEND: the first message arrives whole, the second is cut off mid-literal.
+        imap.send(b"t2 APPEND INBOX {%d}\r\n" % len(first))
+        assert imap.line().startswith(b"+ ")
+        imap.send(first + b" {%d}\r\n" % (len(second) + 1000))
+        assert imap.line().startswith(b"+ ")
+        imap.send(second)
+        return imap
+
+    cut_off(server, start, staged_files=2)

@@ -4,8 +4,9 @@ abort), reads and streams at any offset across chunk boundaries, and recovery of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from surat.passwords import make_credentials
 from surat.store import blobs as blobs_module
-from surat.store.base import Delivery, MailboxTarget, NotFound, StoreError
+from surat.store.base import Account, Delivery, MailboxTarget, NotFound, StoreError
 from surat.store.blobs import STREAM_CHUNK, FileBlobStore, new_blob_id
 from surat.store.sqlite import SQLiteStore
 
@@ -156,19 +157,27 @@ async def test_a_stream_of_a_damaged_blob_ends_early(tmp_path: Path) -> None:
         reader.close()
 
 
-async def test_open_removes_staged_leftovers_and_keeps_delivered_blobs(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "data", sync="none")
+@contextlib.asynccontextmanager
+async def store_with_account(data_dir: Path) -> AsyncIterator[tuple[SQLiteStore, Account]]:
+    store = SQLiteStore(data_dir, sync="none")
     await store.open()
     try:
         await store.add_domain("example.test")
-        account = await store.add_account("alice@example.test", make_credentials("pw", scram_iterations=4096))
+        yield (
+            store,
+            await store.add_account("alice@example.test", make_credentials("pw", scram_iterations=4096)),
+        )
+    finally:
+        await store.close()
+
+
+async def test_open_removes_staged_leftovers_and_keeps_delivered_blobs(tmp_path: Path) -> None:
+    async with store_with_account(tmp_path / "data") as (store, account):
         delivered = store.blobs.stage()
         await delivered.write(b"Subject: kept\r\n\r\nbody\r\n")
         await store.deliver(Delivery(delivered, delivered.size, WHEN, local=(MailboxTarget(account.id),)))
         leftover = store.blobs.stage()  # what a crash mid-DATA leaves behind
         await leftover.write(b"Subject: half")
-    finally:
-        await store.close()
     assert len(list((tmp_path / "data" / "tmp").iterdir())) == 1
     reopened = SQLiteStore(tmp_path / "data", sync="none")
     await reopened.open()
@@ -183,11 +192,7 @@ async def test_open_removes_staged_leftovers_and_keeps_delivered_blobs(tmp_path:
 
 
 async def test_the_store_refuses_an_aborted_or_foreign_staged_blob(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "data", sync="none")
-    await store.open()
-    try:
-        await store.add_domain("example.test")
-        account = await store.add_account("alice@example.test", make_credentials("pw", scram_iterations=4096))
+    async with store_with_account(tmp_path / "data") as (store, account):
         inbox = await store.get_mailbox(account.id, "INBOX")
         assert inbox is not None
         staged = store.blobs.stage()
@@ -202,5 +207,3 @@ async def test_the_store_refuses_an_aborted_or_foreign_staged_blob(tmp_path: Pat
         assert list((tmp_path / "elsewhere" / "tmp").iterdir()) == []  # refused, and aborted
         assert await store.list_messages(inbox.id) == []
         assert list((tmp_path / "data" / "tmp").iterdir()) == []
-    finally:
-        await store.close()

@@ -227,7 +227,9 @@ async def append(s: Session, cmd: c.Append) -> Done:
             while state.spooled:
                 # The store takes each staged message over (popped first: discard() must not abort it).
                 item = state.spooled.pop(0)
-                uidvalidity, uid = await s.store.append(account.id, mailbox.id, item.staged, item.flags, item.date)
+                uidvalidity, uid = await s.store.append(
+                    account.id, mailbox.id, item.staged, item.flags, item.date
+                )
                 uids.append(uid)
         except BaseException:
             # RFC 3502 §6.3.11: MULTIAPPEND is all or nothing.

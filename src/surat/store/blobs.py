@@ -131,21 +131,42 @@ class FileBlobReader:
             length -= len(chunk)
         return b"".join(parts)
 
-    async def stream(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+    def stream(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         end = self.size if length is None else offset + length
-        while offset < end:
-            if self._fd < 0:
-                raise StoreError("blob reader is closed")
-            chunk = os.pread(self._fd, min(STREAM_CHUNK, end - offset), offset)
-            if not chunk:
-                return  # shorter than its recorded size (damaged): the caller sees it end early
-            offset += len(chunk)
-            yield chunk
+        return _FileChunks(self, offset, end)
 
     def close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+
+
+class _FileChunks:
+    """The chunks of `FileBlobReader.stream`. An iterator object rather than an async generator: a
+    caller that stops early (POP3 TOP, a pipelined RETR whose last chunk ends the message) leaves no
+    suspended generator (and its last chunk) waiting for the event loop's finalizer."""
+
+    __slots__ = ("_end", "_offset", "_reader")
+
+    def __init__(self, reader: FileBlobReader, offset: int, end: int) -> None:
+        self._reader = reader
+        self._offset = offset
+        self._end = end
+
+    def __aiter__(self) -> _FileChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._offset >= self._end:
+            raise StopAsyncIteration
+        fd = self._reader._fd
+        if fd < 0:
+            raise StoreError("blob reader is closed")
+        chunk = os.pread(fd, min(STREAM_CHUNK, self._end - self._offset), self._offset)
+        if not chunk:
+            raise StopAsyncIteration  # shorter than its recorded size (damaged): ends early
+        self._offset += len(chunk)
+        return chunk
 
 
 class FileBlobStore:

@@ -1714,10 +1714,10 @@ class SQLiteStore:
 
     def _take(self, staged: StagedBlob) -> StagedFile:
         """Own a staged blob from now on (before any await: a caller cancelled meanwhile can no
-        longer abort it under the writer); only this backend's staged files are accepted."""
-        if not isinstance(staged, StagedFile):
+        longer abort it under the writer); only staged files of this store are accepted."""
+        if not isinstance(staged, StagedFile) or staged.path.parent != self.spool_dir:
             staged.abort()
-            raise StoreError("a staged blob of another backend")
+            raise StoreError("a staged blob of another store")
         staged.take()
         return staged
 
