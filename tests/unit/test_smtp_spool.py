@@ -10,6 +10,7 @@ import pytest
 from surat.message.headers import MAX_HEADER_SECTION
 from surat.proto.smtp.address import UnsafeText
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
+from surat.store.base import StoreError
 from surat.store.blobs import FileBlobStore
 
 PREFIX = return_path("a@example.org") + b"Received: test\r\n"
@@ -133,3 +134,26 @@ def test_trace_fields_refuse_control_characters() -> None:
             recipient="bob@example.test>\r\nX-Evil: 1",
             when=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
         )
+
+
+async def test_rewrite_of_a_staged_message_restages_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MX: Authentication-Results goes on top of a message that already left memory.
+    monkeypatch.setattr(Spool, "MEMORY_LIMIT", 100)
+    blobs = FileBlobStore(tmp_path / "blobs", tmp_path / "tmp")
+    message = MESSAGE + b"z" * 150 + b"\r\n"
+    spool = Spool(blobs, PREFIX)
+    await spool.write(message)
+    await spool.finish()
+    first = spool.staged
+    assert first is not None and await spool.message() == message
+    await spool.rewrite(b"Authentication-Results: x\r\n", message[:20])
+    assert spool.staged is not None and spool.staged is not first
+    assert await spool.staged.read() == b"Authentication-Results: x\r\n" + message[:20]
+    assert spool.size == spool.staged.size and await spool.message() == message[:20]
+    assert len(list((tmp_path / "tmp").iterdir())) == 1  # the first staged file was aborted
+    with pytest.raises(StoreError):
+        await first.write(b"late")
+    spool.discard()
+    assert list((tmp_path / "tmp").iterdir()) == []
