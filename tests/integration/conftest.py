@@ -206,8 +206,7 @@ def inbox(server: RunningServer, address: str, mailbox: str = "INBOX") -> list[b
         out = []
         for summary in await store.list_messages(box.id):
             (record,) = await store.get_messages(box.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                out.append(blob.read())
+            out.append(await store.blobs.read(record.blob_id))
         return out
 
     result: list[bytes] = server.call(read())

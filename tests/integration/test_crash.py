@@ -54,8 +54,7 @@ async def _stored_message_ids(data_dir: Path) -> list[str]:
         ids: list[str] = []
         for summary in await store.list_messages(mailbox.id):
             (record,) = await store.get_messages(mailbox.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                content = blob.read()
+            content = await store.blobs.read(record.blob_id)
             assert len(content) == record.size
             match = MESSAGE_ID.search(content)
             assert match is not None, "a stored message lost its headers"

@@ -19,6 +19,7 @@ import dns.zone
 import pytest
 from cryptography import x509
 
+from staging import staged
 from surat import cli
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
@@ -566,11 +567,9 @@ def _queue_one(config: Config) -> str:
     body = b"From: postmaster@example.test\r\nTo: bob@remote.example\r\nSubject: hi\r\n\r\nhello\r\n"
 
     async def deliver(store: Store) -> str:
-        spool = store.spool_dir / "cli-test.eml"
-        spool.write_bytes(body)
         result = await store.deliver(
             Delivery(
-                spool_path=spool,
+                staged=await staged(store.blobs, body),
                 size=len(body),
                 internal_date=datetime.now(UTC),
                 remote=OutboundMessage(

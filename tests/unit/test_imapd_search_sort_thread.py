@@ -7,7 +7,6 @@ import datetime
 import io
 import time
 from collections.abc import Sequence
-from typing import BinaryIO
 
 import pytest
 
@@ -17,17 +16,15 @@ from surat.imapd.threading import MAX_REFERENCES, ThreadNode, format_threads, th
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
 from surat.store.base import MessageRecord, MessageSummary
+from surat.store.memoryblobs import BytesBlobReader, MemoryBlobStore
 from surat.store.messageinfo import compute_message_info
 
 UTC = datetime.UTC
 
 
-class FakeBlobs:
-    def open(self, blob_id: str) -> BinaryIO:
+class FakeBlobs(MemoryBlobStore):
+    async def open(self, blob_id: str) -> BytesBlobReader:
         raise AssertionError("SORT and THREAD never read message files")
-
-    def path(self, blob_id: str) -> None:
-        return None
 
 
 class FakeStore:

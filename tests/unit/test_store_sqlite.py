@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from old_schema import account_database_at
+from staging import staged
 from surat.store import schema
 from surat.store.base import (
     DEFAULT_MAILBOXES,
@@ -63,15 +64,11 @@ async def alice(store: SQLiteStore) -> Account:
     return await store.add_account("Alice@Example.TEST", CREDS)
 
 
-def spool(store: SQLiteStore, data: bytes, name: str | None = None) -> Path:
-    path = store.spool_dir / (name or new_blob_id())
-    path.write_bytes(data)
-    return path
-
-
 async def deliver(store: SQLiteStore, account: Account, data: bytes, mailbox: str = "INBOX") -> int:
     result = await store.deliver(
-        Delivery(spool(store, data), len(data), WHEN, local=(MailboxTarget(account.id, mailbox),))
+        Delivery(
+            await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(account.id, mailbox),)
+        )
     )
     assert result.queue_id is None
     ((account_id, _mailbox_id, uid),) = result.local
@@ -245,8 +242,7 @@ async def test_deliver_computes_info_and_stores_the_file(store: SQLiteStore, ali
     (record,) = await store.get_messages(box, [uid, 999])
     assert record.uid == uid and record.size == len(data) and record.internal_date == WHEN
     assert record.info.subject == "message 1" and record.info.envelope.message_id == "<1@example.org>"
-    with store.blobs.open(record.blob_id) as f:
-        assert f.read() == data
+    assert (await store.blobs.read(record.blob_id)) == data
     assert list(store.spool_dir.iterdir()) == []
     status = await store.mailbox_status(box)
     assert (status.messages, status.unseen, status.size, status.deleted) == (1, 1, len(data), 0)
@@ -259,7 +255,9 @@ async def test_deliver_uses_given_info(store: SQLiteStore, alice: Account) -> No
     info = compute_message_info(io.BytesIO(other))
     data = message(1)
     result = await store.deliver(
-        Delivery(spool(store, data), len(data), WHEN, local=(MailboxTarget(alice.id),), info=info)
+        Delivery(
+            await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(alice.id),), info=info
+        )
     )
     ((_, box, uid),) = result.local
     (record,) = await store.get_messages(box, [uid])
@@ -272,14 +270,14 @@ async def test_append_flags_and_internal_date(store: SQLiteStore, alice: Account
     data = message(5)
     when = datetime(2023, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
     uidvalidity, uid = await store.append(
-        alice.id, sent.id, spool(store, data), len(data), frozenset({"\\SEEN", "\\Recent", "$Label"}), when
+        alice.id, sent.id, await staged(store.blobs, data), frozenset({"\\SEEN", "\\Recent", "$Label"}), when
     )
     assert (uidvalidity, uid) == (sent.uidvalidity, 1)
     (summary,) = await store.list_messages(sent.id)
     assert summary.flags == frozenset({"\\Seen", "$Label"})
     assert summary.internal_date == when and summary.internal_date.utcoffset() == timedelta(hours=2)
     with pytest.raises(NotFound):
-        await store.append(alice.id, 99999, spool(store, data), len(data), frozenset(), when)
+        await store.append(alice.id, 99999, await staged(store.blobs, data), frozenset(), when)
     assert list(store.spool_dir.iterdir()) == []
 
 
@@ -361,7 +359,7 @@ async def test_quota(store: SQLiteStore, alice: Account) -> None:
     sent = await store.get_mailbox(alice.id, "Sent")
     assert sent is not None
     with pytest.raises(QuotaExceeded):
-        await store.append(alice.id, sent.id, spool(store, data), len(data), frozenset(), WHEN)
+        await store.append(alice.id, sent.id, await staged(store.blobs, data), frozenset(), WHEN)
     box = await inbox_id(store, alice)
     with pytest.raises(QuotaExceeded):
         await store.copy(box, [1], sent.id)
@@ -378,11 +376,15 @@ async def test_quota(store: SQLiteStore, alice: Account) -> None:
 async def test_unknown_target_mailbox_falls_back_to_inbox(store: SQLiteStore, alice: Account) -> None:
     data = message(1)
     result = await store.deliver(
-        Delivery(spool(store, data), len(data), WHEN, local=(MailboxTarget(alice.id, "No/Such"),))
+        Delivery(
+            await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(alice.id, "No/Such"),)
+        )
     )
     assert result.local == [(alice.id, await inbox_id(store, alice), 1)]
     with pytest.raises(NotFound):
-        await store.deliver(Delivery(spool(store, data), len(data), WHEN, local=(MailboxTarget(9999),)))
+        await store.deliver(
+            Delivery(await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(9999),))
+        )
 
 
 # ----------------------------------------------------------------------------------------- group commit
@@ -408,10 +410,14 @@ async def test_concurrent_deliveries_share_commits(store: SQLiteStore, alice: Ac
 async def test_a_failing_delivery_does_not_sink_its_batch(store: SQLiteStore, alice: Account) -> None:
     data = message(1)
     good = [
-        store.deliver(Delivery(spool(store, data), len(data), WHEN, local=(MailboxTarget(alice.id),)))
+        store.deliver(
+            Delivery(await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(alice.id),))
+        )
         for _ in range(5)
     ]
-    bad = store.deliver(Delivery(spool(store, data), len(data), WHEN, local=(MailboxTarget(424242),)))
+    bad = store.deliver(
+        Delivery(await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(424242),))
+    )
     results = await asyncio.gather(*good, bad, return_exceptions=True)
     assert all(not isinstance(r, BaseException) for r in results[:5])
     assert isinstance(results[5], NotFound)
@@ -461,7 +467,9 @@ async def queue_one(store: SQLiteStore, local: tuple[MailboxTarget, ...] = ()) -
         authenticated_user="alice@example.test",
         body_offset=35,
     )
-    result = await store.deliver(Delivery(spool(store, data), len(data), WHEN, local=local, remote=remote))
+    result = await store.deliver(
+        Delivery(await staged(store.blobs, data), len(data), WHEN, local=local, remote=remote)
+    )
     assert result.queue_id is not None
     return result.queue_id
 
@@ -479,8 +487,7 @@ async def test_queue(store: SQLiteStore, alice: Account) -> None:
     ]
     assert (entry.envid, entry.ret, entry.smtputf8, entry.eight_bit) == ("env-1", "HDRS", True, True)
     assert entry.authenticated_user == "alice@example.test" and entry.body_offset == 35
-    with store.blobs.open(entry.blob_id) as f:
-        assert f.read() == message(7)
+    assert (await store.blobs.read(entry.blob_id)) == message(7)
     now = datetime.now(UTC)
     assert [e.id for e in await store.due_queue_entries(now + timedelta(seconds=1), 10)] == [queue_id]
     later = now + timedelta(hours=1)
@@ -530,8 +537,7 @@ async def test_reopen_removes_orphans_and_keeps_messages(tmp_path: Path) -> None
         assert not orphan.exists() and not stale.exists()
         box = await inbox_id(reopened, alice)
         (record,) = await reopened.get_messages(box, [1])
-        with reopened.blobs.open(record.blob_id) as f:
-            assert f.read() == message(1)
+        assert (await reopened.blobs.read(record.blob_id)) == message(1)
         assert await deliver(reopened, alice, message(2)) == 2
     finally:
         await reopened.close()
@@ -553,9 +559,9 @@ CHILD = textwrap.dedent(
         n = 0
         async def one(i):
             data = b"Subject: %d\\r\\n\\r\\n" % i + b"x" * 2000
-            path = store.spool_dir / f"s{i}"
-            path.write_bytes(data)
-            result = await store.deliver(Delivery(path, len(data), datetime.now(UTC), local=(MailboxTarget(account.id),)))
+            staged = store.blobs.stage()
+            await staged.write(data)
+            result = await store.deliver(Delivery(staged, len(data), datetime.now(UTC), local=(MailboxTarget(account.id),)))
             print(result.local[0][2], flush=True)
         while True:
             await asyncio.gather(*(one(n + k) for k in range(8)))
@@ -591,8 +597,7 @@ async def test_open_after_sigkill_keeps_every_acknowledged_message(tmp_path: Pat
         on_disk = {p.name for p in blob_files(store)}
         assert on_disk == referenced  # no orphan file, no row without its file
         for record in records:
-            with store.blobs.open(record.blob_id) as f:
-                assert f.read().startswith(b"Subject: ")
+            assert (await store.blobs.read(record.blob_id)).startswith(b"Subject: ")
     finally:
         await store.close()
 

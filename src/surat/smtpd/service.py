@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.dkim import DkimError, SigningKeys
-from surat.delivery.dsn import Action, DsnReport, ReportedRecipient, Ret, build_dsn
+from surat.delivery.dsn import FULL_LIMIT, HEADER_LIMIT, Action, DsnReport, ReportedRecipient, Ret, build_dsn
 from surat.delivery.local import owns, resolve
 from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
@@ -376,7 +376,7 @@ class _Session:
             case MessageData():
                 txn = self.txn
                 if txn is not None and txn.spool is not None and txn.failure is None:
-                    txn.spool.write(event.chunk)
+                    await txn.spool.write(event.chunk)
                 return None
             case Hello():
                 if not valid_helo(event.domain):
@@ -523,7 +523,7 @@ class _Session:
         )
         txn.received = received
         txn.spool = Spool(
-            self.store.spool_dir,
+            self.store.blobs,
             return_path(txn.sender) + received,
             add_missing_for=self.config.hostname if self.role is not Role.MX else None,
         )
@@ -562,7 +562,7 @@ class _Session:
         spool = txn.spool
         if problem is not None or txn.failure is not None or spool is None:
             return problem or txn.failure or R.LOCAL_ERROR
-        spool.finish()
+        await spool.finish()
         txn.size = spool.size
         if self.role is not Role.MX:
             assert self.user is not None
@@ -595,14 +595,14 @@ class _Session:
                 dkim_signature=signature,
             )
         delivery = Delivery(
-            spool_path=spool.path,
+            staged=spool.staged,
             content=spool.content,
             size=spool.size,
             internal_date=datetime.now(UTC),
             local=tuple(txn.local.values()),
             remote=remote,
         )
-        # From here the file belongs to the store, whatever happens (even cancellation).
+        # From here the staged blob belongs to the store, whatever happens (even cancellation).
         txn.spool = None
         result = await self.store.deliver(delivery)
         if txn.success_notices and txn.sender:
@@ -637,10 +637,7 @@ class _Session:
         signing fails: the message is not refused for it."""
         # the sender was checked at MAIL to be the user's own address or alias: a local domain
         domain = txn.sender.rpartition("@")[2].lower()
-        loop = asyncio.get_running_loop()
-        message = (
-            await loop.run_in_executor(None, spool.message) if spool.content is None else spool.message()
-        )
+        message = await spool.message()
         try:
             return await self.service.signing_keys.sign(message, domain, datetime.now(UTC))
         except (DkimError, OSError):
@@ -680,9 +677,10 @@ class _Session:
             else:
                 _, mailbox_id, uid = result.local[0]
                 (record,) = await self.store.get_messages(mailbox_id, [uid])
-                with self.store.blobs.open(record.blob_id) as blob:
-                    blob.seek(skip)
-                    dsn = build_dsn(report, blob, now=now)
+                # What build_dsn reads at most: FULL_LIMIT + 1 octets for RET=FULL, else the header.
+                limit = FULL_LIMIT + 1 if report.ret is Ret.FULL else HEADER_LIMIT
+                quoted = await self.store.blobs.read(record.blob_id, skip, limit)
+                dsn = build_dsn(report, io.BytesIO(quoted), now=now)
             await submit_dsn(self.store, dsn, now)
             log.info("smtp.success_dsn", extra=fields(to=dsn.recipient, recipients=len(txn.success_notices)))
         except asyncio.CancelledError:
@@ -694,9 +692,7 @@ class _Session:
         """SPF/DKIM/ARC/DMARC; prepends Authentication-Results (ours only) to the spooled message."""
         inbound = self.service.inbound
         assert inbound is not None
-        loop = asyncio.get_running_loop()
-        in_file = spool.content is None
-        message = await loop.run_in_executor(None, spool.message) if in_file else spool.message()
+        message = await spool.message()
         spf, txn.spf = txn.spf, None
         verdict = await inbound.evaluate(spf, message)
         txn.auth_log = verdict.log_fields
@@ -705,10 +701,7 @@ class _Session:
             # message as received (under our own Received:, where Postfix puts milter results too)
             prefix = return_path(txn.sender) + txn.received + verdict.header
             cleaned = inbound.strip_forged(message)
-            if in_file:
-                await loop.run_in_executor(None, spool.rewrite, prefix, cleaned)
-            else:
-                spool.rewrite(prefix, cleaned)
+            await spool.rewrite(prefix, cleaned)
             txn.size = spool.size
         return verdict.disposition
 

@@ -1,7 +1,7 @@
 """The embedded store: SQLite (WAL) for metadata, one file per message body.
 
 Layout under `data_dir`: `index.sqlite3` (+ -wal, -shm), `blobs/xx/<id>` (message bodies, see
-`blobs.py`), `tmp/` (spool files written by callers before `deliver`/`append`).
+`blobs.py`), `tmp/` (staged messages, `BlobStore.stage()`, before `deliver`/`append` take them over).
 
 Threads:
 - one writer thread owns the only read-write connection; every mutation runs there, so UIDs and
@@ -90,10 +90,11 @@ from surat.store.base import (
     RecipientState,
     RecipientUpdate,
     ScramCredentials,
+    StagedBlob,
     StoreError,
     StoreFlagsResult,
 )
-from surat.store.blobs import FileBlobStore, new_blob_id
+from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 from surat.store.messageinfo import MessageInfo, compute_message_info
@@ -280,10 +281,10 @@ def _file_ends_with_crlf(path: Path, size: int) -> bool:
 def _pending_ends_with_crlf(item: _Pending) -> bool | None:
     if item.content is not None:
         return not item.content or item.content.endswith(b"\r\n")
-    if item.spool_path is None:
+    if item.staged is None:
         return None
     try:
-        return _file_ends_with_crlf(item.spool_path, item.size)
+        return _file_ends_with_crlf(item.staged.path, item.size)
     except OSError:
         return None  # unknown: list_message_blobs looks again later
 
@@ -336,7 +337,7 @@ class _Grouped:
 class _Pending:
     """One deliver() or append() waiting for the group commit."""
 
-    spool_path: Path | None  # the file to move in, or None when `content` holds the message
+    staged: StagedFile | None  # the file to move in (taken over), or None when `content` holds the message
     size: int
     info: MessageInfo
     future: asyncio.Future[Any]
@@ -419,7 +420,7 @@ class SQLiteStore:
         self.data_dir = Path(data_dir)
         self.spool_dir = self.data_dir / "tmp"
         self.blob_dir = self.data_dir / "blobs"
-        self.blobs = FileBlobStore(self.blob_dir)
+        self.blobs = FileBlobStore(self.blob_dir, self.spool_dir)
         self.changes: ChangeFeed = feed if feed is not None else InProcessChangeFeed()
         if sync not in (SyncMode.AUTO, SyncMode.FSYNC, SyncMode.SYNCFS, SyncMode.NONE):
             raise ValueError(f"unknown sync mode {sync!r}")
@@ -1422,10 +1423,7 @@ class SQLiteStore:
                 if ends is None:
                     # A row from before schema version 2: look at the file once and record it.
                     try:
-                        path = self.blobs.path(blob_id)
-                        if path is None:
-                            raise NotFound(blob_id)
-                        ends = _file_ends_with_crlf(path, size)
+                        ends = _file_ends_with_crlf(self.blobs.path(blob_id), size)
                     except (OSError, NotFound):
                         ends = True  # gone (expunged meanwhile): nobody will send it
                     else:
@@ -1547,15 +1545,19 @@ class SQLiteStore:
         self,
         account_id: int,
         mailbox_id: int,
-        spool_path: Path,
-        size: int,
+        staged: StagedBlob,
         flags: frozenset[str],
         internal_date: datetime,
     ) -> tuple[int, int]:
-        info = await self._compute_info(spool_path)
+        taken = self._take(staged)
+        try:
+            info = await self._compute_info(taken)
+        except BaseException:
+            taken.discard_taken()
+            raise
         item = _Pending(
-            spool_path=spool_path,
-            size=size,
+            staged=taken,
+            size=taken.size,
             info=info,
             future=self._new_future(),
             account_id=account_id,
@@ -1851,9 +1853,18 @@ class SQLiteStore:
             raise StoreError("store is not open")
         return self._loop.create_future()
 
-    async def _compute_info(self, spool_path: Path) -> MessageInfo:
+    def _take(self, staged: StagedBlob) -> StagedFile:
+        """Own a staged blob from now on (before any await: a caller cancelled meanwhile can no
+        longer abort it under the writer); only staged files of this store are accepted."""
+        if not isinstance(staged, StagedFile) or staged.path.parent != self.spool_dir:
+            staged.abort()
+            raise StoreError("a staged blob of another store")
+        staged.take()
+        return staged
+
+    async def _compute_info(self, staged: StagedFile) -> MessageInfo:
         def parse() -> MessageInfo:
-            with spool_path.open("rb") as f:
+            with staged.path.open("rb") as f:
                 return compute_message_info(f)
 
         if self._workers is None or self._loop is None:
@@ -1862,17 +1873,22 @@ class SQLiteStore:
         return await self._loop.run_in_executor(self._workers, parse)
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        taken = self._take(delivery.staged) if delivery.staged is not None else None
         info = delivery.info
         if info is None and delivery.content is not None:
             # A message in memory is small: parsing it here (tens of microseconds) is cheaper than
             # the two thread hand-overs a worker would cost.
             info = compute_message_info(io.BytesIO(delivery.content))
         elif info is None:
-            if delivery.spool_path is None:
-                raise StoreError("a delivery needs content or a spool file")
-            info = await self._compute_info(delivery.spool_path)
+            if taken is None:
+                raise StoreError("a delivery needs content or a staged blob")
+            try:
+                info = await self._compute_info(taken)
+            except BaseException:
+                taken.discard_taken()
+                raise
         item = _Pending(
-            spool_path=delivery.spool_path,
+            staged=taken,
             content=delivery.content,
             size=delivery.size,
             info=info,
@@ -1902,8 +1918,8 @@ class SQLiteStore:
                     if item.content is not None:
                         self.blobs.write(item.blob_id, item.content)
                     else:
-                        assert item.spool_path is not None
-                        self.blobs.install(item.spool_path, item.blob_id)
+                        assert item.staged is not None
+                        self.blobs.install(item.staged.path, item.blob_id)
                     installed.append(item.blob_id)
                 self._sync_blobs(installed)
                 conn.execute("COMMIT")
@@ -1920,9 +1936,8 @@ class SQLiteStore:
                 item.error = exc
             changes = []
         for item in batch:
-            if item.spool_path is not None and (item.error is not None or not item.keep):
-                with contextlib.suppress(OSError):
-                    item.spool_path.unlink()
+            if item.staged is not None and (item.error is not None or not item.keep):
+                item.staged.discard_taken()
         committed = sum(1 for item in batch if item.error is None)
         with self._lock:
             if committed:
@@ -1937,7 +1952,7 @@ class SQLiteStore:
         if self._syncfs is not None and (self._sync == SyncMode.SYNCFS or len(blob_ids) >= SYNCFS_MIN_BATCH):
             self._syncfs(self.blob_dir)
             return
-        paths = [path for path in map(self.blobs.path, blob_ids) if path is not None]
+        paths = [self.blobs.path(blob_id) for blob_id in blob_ids]
         if len(paths) > 1 and self._sync_pool is not None:
             # Concurrent fdatasync calls share the filesystem's journal commits (measured faster
             # than the same calls one after the other); list() re-raises the first error.
