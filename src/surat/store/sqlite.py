@@ -9,11 +9,14 @@ Threads:
 - IMAP's flag changes, expunges, copies and moves run under `_write_grouped`: those that arrive while
   the writer is busy share one transaction and one WAL sync (ten sessions on one mailbox each STORE
   and EXPUNGE; one commit each capped them at the disk's sync rate);
-- `deliver()` and `append()` go through a group commit (ARCHITECTURE decision 4): the writer takes
-  every pending message at once, inserts all their rows in one transaction (few statements per
-  batch), moves the spool files into the blob area and makes them durable (see `SyncMode`: one
-  syncfs(2), or concurrent fdatasyncs, then one fsync of the directory the batch's files share),
-  commits (one WAL fsync: `synchronous=FULL`), and only then answers every caller;
+- `deliver()` and `append()` go through a group commit (ARCHITECTURE decision 4) in two stages.
+  The file stage (its own thread) takes every pending message at once, moves the staged files into
+  the blob area and makes them durable (see `SyncMode`: one syncfs(2), or concurrent fdatasyncs,
+  then one fsync of each directory the batch's files went to); then the writer inserts all their
+  rows in one transaction (few statements per batch), commits (one WAL fsync: `synchronous=FULL`),
+  and only then answers every caller. The file syncs stay off the writer, so the next batch's files
+  are synced while this one commits, and IMAP's flag changes never queue behind them (with the
+  syncs in the writer, a STORE waited behind an APPEND's three syncs);
 - IMAP flag changes (STORE, \\Recent claims) are the one exception to "synced before the answer": they
   commit without the WAL sync (`synchronous=NORMAL` for a group made only of them), so they survive a
   crash of Surat at once, and power loss once the WAL is synced: by the next full commit or at most
@@ -350,7 +353,8 @@ class _Pending:
     # filled by the writer
     blob_id: str = ""
     placements: list[tuple[Mailbox, frozenset[str], tuple[float, int]]] = field(default_factory=list)
-    keep: bool = False  # some row refers to the file: move it in rather than delete it
+    keep: bool = False  # some row refers to the file: keep it, rather than delete it after the commit
+    ends_crlf: bool | None = None  # see _pending_ends_with_crlf; set by the file stage
     content: bytes | None = None
     result: Any = None
     error: BaseException | None = None
@@ -445,7 +449,8 @@ class SQLiteStore:
         self._worker_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._deliveries: _Coalescer[_Pending] = _Coalescer(self._submit_to_writer, self._commit_batch)
+        self._files: ThreadPoolExecutor | None = None  # the deliveries' file stage, see the docstring
+        self._deliveries: _Coalescer[_Pending] = _Coalescer(self._submit_to_file_stage, self._install_batch)
         # Small writes (queue attempts) waiting to share one transaction; see _write_grouped.
         self._grouped_writes: _Coalescer[_Grouped] = _Coalescer(self._submit_to_writer, self._commit_group)
         # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
@@ -466,6 +471,7 @@ class SQLiteStore:
             return
         self._loop = asyncio.get_running_loop()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surat-store-writer")
+        self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surat-store-files")
         self._workers = ThreadPoolExecutor(
             max_workers=self._workers_count, thread_name_prefix="surat-store-worker"
         )
@@ -478,6 +484,7 @@ class SQLiteStore:
             self._ro = self._connect_ro()
         except BaseException:
             self._writer.shutdown(wait=False)
+            self._files.shutdown(wait=False)
             self._workers.shutdown(wait=False)
             raise
         self._open = True
@@ -552,6 +559,8 @@ class SQLiteStore:
             self._wal_sync_timer.cancel()  # _close_writer syncs what is left
             self._wal_sync_timer = None
         assert self._writer is not None and self._workers is not None and self._loop is not None
+        if self._files is not None:
+            self._files.shutdown(wait=True)  # idle (drained above); its last batch is in the writer's queue
         await self._loop.run_in_executor(self._writer, self._close_writer)
         self._writer.shutdown(wait=True)
         self._workers.shutdown(wait=True)
@@ -1903,25 +1912,52 @@ class SQLiteStore:
         # The commit goes on even if the caller is cancelled: shield so that it still settles.
         return await asyncio.shield(item.future)
 
+    def _submit_to_file_stage(self, job: Callable[[], None]) -> None:
+        assert self._files is not None
+        self._files.submit(job)
+
+    def _install_batch(self, batch: list[_Pending]) -> None:
+        """File stage: give each message its blob id, move or write its file into the blob area and
+        make the files durable, then hand the batch to the writer. A crash before the commit leaves
+        blobs no row refers to, which `open()` removes; so does the commit for a message no mailbox
+        or queue took (see `_commit_batch`)."""
+        loop = self._loop
+        assert loop is not None and self._writer is not None
+        installed: list[str] = []
+        millis = time.time_ns() // 1_000_000
+        try:
+            for item in batch:
+                item.blob_id = new_blob_id(millis)
+                item.ends_crlf = _pending_ends_with_crlf(item)  # file I/O: here, not in the writer
+                if item.content is not None:
+                    self.blobs.write(item.blob_id, item.content)
+                else:
+                    assert item.staged is not None
+                    self.blobs.install(item.staged.path, item.blob_id)
+                installed.append(item.blob_id)
+            self._sync_blobs(installed)
+        except BaseException as exc:
+            log.exception("store.install_failed items=%d", len(batch))
+            for blob_id in installed:
+                self.blobs.delete(blob_id)
+            for item in batch:
+                item.error = exc
+                if item.staged is not None:
+                    item.staged.discard_taken()
+            loop.call_soon_threadsafe(_settle_batch, batch, self.changes, [])
+            return
+        self._writer.submit(self._commit_batch, batch)
+
     def _commit_batch(self, batch: list[_Pending]) -> None:
+        """Writer: the batch's rows in one transaction, over files the file stage made durable."""
         conn = self._conn
         loop = self._loop
         assert conn is not None and loop is not None
-        installed: list[str] = []
         changes: list[Change] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                stored, changes = self._insert_batch(conn, batch)
-                # The rows are not visible before COMMIT: make the files durable first.
-                for item in stored:
-                    if item.content is not None:
-                        self.blobs.write(item.blob_id, item.content)
-                    else:
-                        assert item.staged is not None
-                        self.blobs.install(item.staged.path, item.blob_id)
-                    installed.append(item.blob_id)
-                self._sync_blobs(installed)
+                _, changes = self._insert_batch(conn, batch)
                 conn.execute("COMMIT")
                 self._synced_by_commit()
             except BaseException:
@@ -1930,14 +1966,12 @@ class SQLiteStore:
                 raise
         except BaseException as exc:
             log.exception("store.commit_failed items=%d", len(batch))
-            for blob_id in installed:
-                self.blobs.delete(blob_id)
             for item in batch:
                 item.error = exc
             changes = []
         for item in batch:
-            if item.staged is not None and (item.error is not None or not item.keep):
-                item.staged.discard_taken()
+            if item.error is not None or not item.keep:
+                self.blobs.delete(item.blob_id)  # no row refers to it
         committed = sum(1 for item in batch if item.error is None)
         with self._lock:
             if committed:
@@ -1998,9 +2032,7 @@ class SQLiteStore:
             return found
 
         accepted: list[_Pending] = []
-        millis = time.time_ns() // 1_000_000
         for item in batch:
-            item.blob_id = new_blob_id(millis)
             try:
                 placements: list[tuple[Mailbox, frozenset[str], tuple[float, int]]] = []
                 if item.delivery is None:  # IMAP APPEND
@@ -2047,7 +2079,7 @@ class SQLiteStore:
         recipient_rows: list[tuple[Any, ...]] = []
         for item in accepted:
             info_json = item.info.to_json()
-            ends_crlf = _pending_ends_with_crlf(item)
+            ends_crlf = item.ends_crlf
             local_result: list[tuple[int, int, int]] = []
             for target, flags, date in item.placements:
                 uid = next_uid[target.id]
