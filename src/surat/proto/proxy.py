@@ -84,6 +84,11 @@ _FAMILY_UNSPEC, _FAMILY_INET, _FAMILY_INET6, _FAMILY_UNIX = 0, 1, 2, 3
 _TRANSPORT_UNSPEC, _TRANSPORT_STREAM, _TRANSPORT_DGRAM = 0, 1, 2
 _ADDRESS_BLOCK = {_FAMILY_UNSPEC: 0, _FAMILY_INET: 12, _FAMILY_INET6: 36, _FAMILY_UNIX: 216}
 _COMMAND_LOCAL, _COMMAND_PROXY = 0, 1
+# §2.2: source address, destination address, source port, destination port, in network byte order.
+_INET_BLOCKS: dict[int, tuple[str, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]]] = {
+    _FAMILY_INET: ("!4s4sHH", ipaddress.IPv4Address),
+    _FAMILY_INET6: ("!16s16sHH", ipaddress.IPv6Address),
+}
 
 
 class ProxyHeaderParser:
@@ -170,26 +175,11 @@ class ProxyHeaderParser:
         # receiver may choose to skip over and ignore": we do, having bounded them above.
         if command == _COMMAND_LOCAL or transport != _TRANSPORT_STREAM:
             return 2, None, total
-        block = buffer[V2_FIXED:total]
-        if family == _FAMILY_INET:
-            source, dest, source_port, dest_port = struct.unpack_from("!4s4sHH", block)
-            return (
-                2,
-                _addresses(
-                    ipaddress.IPv4Address(source), ipaddress.IPv4Address(dest), source_port, dest_port
-                ),
-                total,
-            )
-        if family == _FAMILY_INET6:
-            source, dest, source_port, dest_port = struct.unpack_from("!16s16sHH", block)
-            return (
-                2,
-                _addresses(
-                    ipaddress.IPv6Address(source), ipaddress.IPv6Address(dest), source_port, dest_port
-                ),
-                total,
-            )
-        return 2, None, total
+        if family not in _INET_BLOCKS:
+            return 2, None, total
+        layout, parse = _INET_BLOCKS[family]
+        source, dest, source_port, dest_port = struct.unpack_from(layout, buffer, V2_FIXED)
+        return 2, _addresses(parse(source), parse(dest), source_port, dest_port), total
 
 
 def _addresses(
