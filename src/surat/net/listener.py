@@ -37,9 +37,8 @@ class ListenerSpec:
     refusal: bytes = b""
     max_per_ip: int = 20
     max_total: int = 1000
-    proxy: ProxyConfig = field(
-        default_factory=ProxyConfig
-    )  # who may send a PROXY header first (and then must)
+    # Who may send a PROXY header first (and then must); see surat.net.proxyheader.
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
 class Listeners:
@@ -91,6 +90,10 @@ class Listeners:
             connection_id.set(new_connection_id())
             try:
                 streams = await self._open(spec, client)
+            except Exception:
+                log.exception("connection.crashed", extra=fields(role=spec.role, peer=_peer(client)[0]))
+                client.close()
+                return
             except BaseException:
                 client.close()
                 raise
