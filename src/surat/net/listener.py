@@ -44,19 +44,21 @@ class ListenerSpec:
 class Listeners:
     def __init__(self) -> None:
         self._sockets: list[tuple[str, socket.socket]] = []
-        self._accepting: list[asyncio.Task[None]] = []
+        self._paused: dict[socket.socket, asyncio.TimerHandle] = {}  # after an accept error
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_ip: Counter[tuple[str, str]] = Counter()
         self._per_role: Counter[str] = Counter()
 
     async def start(self, spec: ListenerSpec) -> None:
+        # Our own accepting rather than asyncio.start_server: a PROXY header must come off the socket
+        # before any (TLS) transport owns it (see surat.net.proxyheader). Like asyncio's server, a
+        # reader callback on the listening socket accepts what is pending and starts a task for each.
         loop = asyncio.get_running_loop()
         for address in spec.addresses:
             for listening in _bind(address):
                 self._sockets.append((spec.role, listening))
                 log.info("listening", extra=fields(role=spec.role, address=_format(listening.getsockname())))
-                accepting = loop.create_task(self._accept_loop(spec, listening))
-                self._accepting.append(accepting)
+                loop.add_reader(listening.fileno(), self._accept, spec, listening)
 
     def bound(self, role: str) -> list[tuple[str, int]]:
         """The addresses actually bound for a role (port 0 in the config gets a real port here)."""
@@ -66,22 +68,28 @@ class Listeners:
             if sock_role == role
         ]
 
-    async def _accept_loop(self, spec: ListenerSpec, listening: socket.socket) -> None:
-        # Our own accept loop rather than asyncio.start_server: a PROXY header must come off the
-        # socket before any (TLS) transport owns it (see surat.net.proxyheader).
+    def _accept(self, spec: ListenerSpec, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        for _ in range(BACKLOG):  # bounded: other listeners and sessions get their turn
             try:
-                client, _ = await loop.sock_accept(listening)
+                client, _ = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
-                # Out of file descriptors, or a connection reset while queued: what asyncio's own
-                # server does, log and go on after a pause rather than spin.
+                # Out of file descriptors, or a connection reset while queued: as asyncio's own
+                # server does, log and stop accepting for a moment rather than spin.
                 log.warning("accept.failed", extra=fields(role=spec.role, error=str(exc)))
-                await asyncio.sleep(ACCEPT_ERROR_PAUSE)
-                continue
+                loop.remove_reader(listening.fileno())
+                self._paused[listening] = loop.call_later(ACCEPT_ERROR_PAUSE, self._resume, spec, listening)
+                return
+            client.setblocking(False)
             connection = loop.create_task(self._connection(spec, client))
             self._tasks.add(connection)
             connection.add_done_callback(self._tasks.discard)
+
+    def _resume(self, spec: ListenerSpec, listening: socket.socket) -> None:
+        del self._paused[listening]
+        asyncio.get_running_loop().add_reader(listening.fileno(), self._accept, spec, listening)
 
     async def _connection(self, spec: ListenerSpec, client: socket.socket) -> None:
         # This is the root of the connection's task: a cancellation (server stop) ends here; nothing
@@ -181,13 +189,13 @@ class Listeners:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, give running sessions `grace` seconds, then cancel them."""
-        for accepting in self._accepting:
-            accepting.cancel()
+        loop = asyncio.get_running_loop()
+        for timer in self._paused.values():
+            timer.cancel()
+        self._paused.clear()
         for _, listening in self._sockets:
+            loop.remove_reader(listening.fileno())
             listening.close()
-        if self._accepting:
-            await asyncio.wait(self._accepting)
-        self._accepting.clear()
         self._sockets.clear()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
