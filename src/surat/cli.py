@@ -521,6 +521,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{len(queue)} queued message(s)",
             "listeners:",
             *_listener_lines(config.listen),
+            "proxy:    PROXY protocol from "
+            + (", ".join(str(network) for network in config.proxy.trusted) or "(nobody)"),
         ]
         if not domains:
             lines.append(

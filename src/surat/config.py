@@ -164,6 +164,27 @@ class AuthConfig:
     scram_iterations: int = SCRAM_ITERATIONS
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    # Load balancers allowed to send a HAProxy PROXY header (v1 or v2) before the protocol; from them
+    # the header is required, from everyone else it is a protocol error. See surat.net.proxyheader.
+    trusted: tuple[IPNetwork, ...] = ()
+
+    def is_trusted(self, host: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d
+        return any(address in network for network in self.trusted)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
@@ -174,6 +195,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     auth: AuthConfig = AuthConfig()
+    proxy: ProxyConfig = ProxyConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -346,6 +368,10 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         )
     )
     auth_table.finish()
+
+    proxy_table = reader.table("proxy")
+    proxy = ProxyConfig(trusted=_networks(proxy_table._get("trusted"), "proxy.trusted"))
+    proxy_table.finish()
     reader.finish()
 
     config = Config(
@@ -357,6 +383,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         limits=limits,
         delivery=delivery,
         auth=auth,
+        proxy=proxy,
         path=path,
     )
     _check_tls_files(config)
@@ -396,6 +423,24 @@ def _check_tls_files(config: Config) -> None:
     for key, file in (("tls.cert", tls.cert), ("tls.key", tls.key)):
         if file is not None and not file.is_file():
             raise ConfigError(key, f"file {file} does not exist")
+
+
+def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
+    """A list of CIDRs ("10.0.0.0/8", "2001:db8::/32"; a bare address is one host)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(key, f'expected a list of CIDRs like ["10.0.0.0/8"], got {value!r}')
+    networks: list[IPNetwork] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(key, f"expected CIDR strings, got {item!r}")
+        try:
+            networks.append(ipaddress.ip_network(item.strip()))
+        except ValueError as exc:
+            # strict: "10.0.0.1/8" has host bits set, most likely a typo for one host or the network
+            raise ConfigError(key, f"{item!r} is not a CIDR: {exc}") from None
+    return tuple(networks)
 
 
 def _domain_names(value: Any, key: str, what: str) -> tuple[str, ...]:

@@ -185,6 +185,18 @@ class Raw:
         self.sock.close()
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """One line (through LF), or what came before the connection closed; reads octet by octet, so
+    nothing after the line is taken from the socket."""
+    line = b""
+    while not line.endswith(b"\n"):
+        octet = sock.recv(1)
+        if not octet:
+            break
+        line += octet
+    return line
+
+
 @pytest.fixture
 def raw(server: RunningServer) -> Iterator[Raw]:
     """A raw SMTP client connected to the MX listener of `server`, greeting read."""

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, USER, RunningServer
-from test_abuse import connect, read_line, start, tls
+from conftest import PASSWORD, USER, RunningServer, read_line
+from test_abuse import connect, start, tls
 
 from surat.config import HostPort
 from surat.imapd.session import IMAPService

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from surat.authlimit import STRIKE_MEMORY, BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import LimitsConfig
-from surat.smtpd.ratelimit import InMemorySendingLimiter
+from surat.smtpd.ratelimit import StoreSendingLimiter
 from surat.store.sqlite import SQLiteStore
 
 
@@ -184,10 +185,10 @@ def test_from_config() -> None:
 # ----------------------------------------------------------------------------- sending limits
 
 
-async def test_messages_per_hour() -> None:
+async def test_messages_per_hour(store: SQLiteStore) -> None:
     clock = Clock()
     start = clock.now
-    lim = InMemorySendingLimiter(messages_per_hour=3, recipients_per_hour=100, clock=clock)
+    lim = StoreSendingLimiter(store, messages_per_hour=3, recipients_per_hour=100, clock=clock)
     for _ in range(3):
         assert await lim.may_send("alice")
         await lim.sent("alice", 1)
@@ -198,9 +199,9 @@ async def test_messages_per_hour() -> None:
     assert await lim.may_send("alice")
 
 
-async def test_recipients_per_hour() -> None:
+async def test_recipients_per_hour(store: SQLiteStore) -> None:
     clock = Clock()
-    lim = InMemorySendingLimiter(messages_per_hour=100, recipients_per_hour=10, clock=clock)
+    lim = StoreSendingLimiter(store, messages_per_hour=100, recipients_per_hour=10, clock=clock)
     await lim.sent("alice", 7)
     assert await lim.may_add_recipients("alice", 3)
     assert not await lim.may_add_recipients("alice", 4)
@@ -210,6 +211,34 @@ async def test_recipients_per_hour() -> None:
     assert await lim.may_add_recipients("alice", 10)
 
 
-def test_sending_limiter_from_config() -> None:
-    lim = InMemorySendingLimiter.from_config(LimitsConfig(messages_per_hour=7, recipients_per_hour=9))
+async def test_sending_counts_are_shared_by_two_stores_on_one_database(tmp_path: Path) -> None:
+    # Two processes (or nodes) behind a load balancer: each has its own Store on the same database.
+    clock = Clock()
+    first_store, second_store = SQLiteStore(tmp_path / "data"), SQLiteStore(tmp_path / "data")
+    await first_store.open()
+    await second_store.open()
+    try:
+        first = StoreSendingLimiter(first_store, messages_per_hour=2, recipients_per_hour=5, clock=clock)
+        second = StoreSendingLimiter(second_store, messages_per_hour=2, recipients_per_hour=5, clock=clock)
+        await first.sent("alice", 2)
+        clock.now += 10
+        await second.sent("alice", 2)
+        assert not await first.may_send("alice")
+        assert not await second.may_send("alice")
+        assert not await first.may_add_recipients("alice", 2)
+        assert await second.may_add_recipients("alice", 1)
+        assert await first.may_send("bob")
+        clock.now += 3591  # the first message leaves the window on both
+        assert await second.may_send("alice")
+        assert await first.may_add_recipients("alice", 3)
+        # Writing forgets every user's messages that left the window: the table stays one hour long.
+        await first.sent("bob", 1)
+        assert await second_store.sending_totals("alice", since=0) == (1, 2)
+    finally:
+        await first_store.close()
+        await second_store.close()
+
+
+def test_sending_limiter_from_config(store: SQLiteStore) -> None:
+    lim = StoreSendingLimiter.from_config(store, LimitsConfig(messages_per_hour=7, recipients_per_hour=9))
     assert (lim.messages_per_hour, lim.recipients_per_hour) == (7, 9)

@@ -761,6 +761,14 @@ def test_check_good_config(surat: Callable[..., Run], dev: Setup) -> None:
     assert result.code == 0, result.err
     assert result.out.endswith("OK\n")
     assert "1 domain(s), 1 account(s), 0 queued" in result.out
+    assert "\nproxy:    PROXY protocol from (nobody)\n" in result.out
+
+
+def test_check_shows_trusted_proxies(surat: Callable[..., Run], dev: Setup) -> None:
+    _edit(dev, "[dns]\n", '[proxy]\ntrusted = ["127.0.0.1", "2001:db8::/32"]\n\n[dns]\n')
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0, result.err
+    assert "\nproxy:    PROXY protocol from 127.0.0.1/32, 2001:db8::/32\n" in result.out
 
 
 def test_check_warns_about_a_self_signed_certificate(surat: Callable[..., Run], tmp_path: Path) -> None:

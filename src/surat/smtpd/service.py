@@ -64,8 +64,8 @@ from surat.smtpd.message import Spool, protocol_name, received_header, return_pa
 from surat.smtpd.ratelimit import (
     TOO_MANY_MESSAGES,
     TOO_MANY_RECIPIENTS,
-    InMemorySendingLimiter,
     SendingLimiter,
+    StoreSendingLimiter,
 )
 from surat.store.base import (
     Account,
@@ -152,8 +152,8 @@ class SMTPService:
         self.auth_limiter: AuthLimiter = auth_limiter or StoreAuthLimiter(
             store, BlockPolicy.from_config(config.limits)
         )
-        self.sending_limiter: SendingLimiter = sending_limiter or InMemorySendingLimiter.from_config(
-            config.limits
+        self.sending_limiter: SendingLimiter = sending_limiter or StoreSendingLimiter.from_config(
+            store, config.limits
         )
         self.signing_keys = signing_keys or SigningKeys(config.data_dir)
 

@@ -489,6 +489,16 @@ class Store(Protocol):
         """Records blocked beyond the time `blocked_after`, the longest block first."""
         ...
 
+    # -- per-user sending limits (surat.smtpd.ratelimit), shared by every process using this store
+    async def sending_totals(self, user: str, since: float) -> tuple[int, int]:
+        """Messages `user` sent after the time `since` (epoch seconds), and their recipients."""
+        ...
+
+    async def record_sending(self, user: str, at: float, recipients: int, *, forget_before: float) -> None:
+        """Record one message of `user` to `recipients` recipients at `at`, and forget every user's
+        messages sent before `forget_before`, in one transaction."""
+        ...
+
     # -- aliases
     async def add_alias(self, source: str, target: str) -> None: ...
     async def delete_alias(self, source: str, target: str | None = None) -> None: ...

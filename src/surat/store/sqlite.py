@@ -1036,6 +1036,32 @@ class SQLiteStore:
         )
         return [self._auth_client(row) for row in rows]
 
+    # ------------------------------------------------------------------------------ sending limits
+
+    async def sending_totals(self, user: str, since: float) -> tuple[int, int]:
+        # An index range: at most the user's messages of one window (the limiter refuses more).
+        row = (
+            self._read()
+            .execute(
+                "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM sent_messages WHERE user = ? AND sent_at > ?",
+                (user, since),
+            )
+            .fetchone()
+        )
+        return int(row[0]), int(row[1])
+
+    async def record_sending(self, user: str, at: float, recipients: int, *, forget_before: float) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            conn.execute(
+                "INSERT INTO sent_messages (user, sent_at, recipients) VALUES (?, ?, ?)",
+                (user, at, recipients),
+            )
+            # Bounds the table by one window's messages of all users.
+            conn.execute("DELETE FROM sent_messages WHERE sent_at < ?", (forget_before,))
+            return None, [], set()
+
+        await self._write(fn)
+
     # ------------------------------------------------------------------------------ aliases
 
     async def add_alias(self, source: str, target: str) -> None:
