@@ -5,6 +5,9 @@ It runs with PostgreSQL's durability settings as shipped (fsync and synchronous_
 contract is "acknowledged means committed to disk", so the tests must not measure or pass under a
 weaker one. PostgreSQL refuses to run as root; under root the cluster runs as an unprivileged system
 user (created if missing) and every PostgreSQL program is started through `runuser`.
+
+The fixtures `pg_cluster` (one cluster a session, started on first use) and `pg_database` (a new
+database for one test) are imported by tests/unit/conftest.py and tests/integration/conftest.py.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg import sql
 
 # The system user the cluster runs as when the tests run as root.
@@ -168,3 +173,26 @@ class PostgresCluster:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return name
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One cluster for the session, started on first use. Without the PostgreSQL programs the tests
+    that need it are skipped with the reason, or fail under CI=true (.ci/run installs them)."""
+    try:
+        cluster = PostgresCluster()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_database(pg_cluster: PostgresCluster) -> str:
+    """The name of a new, empty database in the cluster, for one test."""
+    return pg_cluster.new_database()

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from pg_cluster import pg_cluster, pg_database
 from surat.app import SuratServer
 from surat.certs import CertificatePaths, write_dev_certificates
 from surat.config import Config, parse_config
@@ -30,6 +31,8 @@ from surat.dns.fake import FakeResolver
 from surat.passwords import make_credentials
 
 T = TypeVar("T")
+
+__all__ = ["pg_cluster", "pg_database"]  # the PostgreSQL fixtures, imported so that pytest finds them
 
 DOMAIN = "example.test"
 USER = "alice@example.test"
