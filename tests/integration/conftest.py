@@ -7,6 +7,7 @@ poplib, subprocess tools) can be used directly from the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -239,6 +240,18 @@ def serve_in_subprocess(config: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
+
+
+@contextlib.contextmanager
+def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`surat serve` in a child process, listening on `port` inside the block, terminated after it."""
+    proc = serve_in_subprocess(config)
+    try:
+        wait_listening(port, proc, config)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], config: Path) -> None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import psycopg
-from conftest import free_port, serve_in_subprocess, wait_listening
+from conftest import free_port, serving
 
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
@@ -195,11 +195,7 @@ def test_serve_creates_a_new_sqlite_store_itself(tmp_path: Path) -> None:
     """The two-minute install: a data directory nobody has made yet needs no `store init`."""
     port = free_port()
     config = write_config(tmp_path, listen=f'[listen]\nsmtp = ["127.0.0.1:{port}"]\n')
-    proc = serve_in_subprocess(config)
-    try:
-        wait_listening(port, proc, config)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serving(config, port):
+        pass
     with sqlite3.connect(tmp_path / "data" / INDEX_FILE) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_VERSION,)

@@ -1,7 +1,7 @@
 """The store contract suite: every test here runs against each backend in BACKENDS, through the
 `Store` Protocol only (surat.store.base), so that every backend keeps the same promises.
 
-Adding a backend: append its name to BACKENDS and a branch to `store` that opens it. For "postgresql"
+Adding a backend: append its name to BACKENDS and a branch to `open_store` that makes its store. For "postgresql"
 (issue 12) that is a PostgreSQL store on a new database of the tests' private cluster: import the
 `pg_cluster` and `pg_database` fixtures from tests/pg_cluster.py here (as tests/unit/conftest.py does)
 and build the store from `pg_cluster.dsn(request.getfixturevalue("pg_database"))`.
@@ -24,6 +24,7 @@ CREDS = Credentials(
     "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA", ScramCredentials(b"salt", 4096, b"s" * 32, b"k" * 32)
 )
 
+# Opens one more store of the backend under test over the same data (another process, another node).
 StoreFactory = Callable[[], Awaitable[Store]]
 
 
@@ -34,26 +35,27 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def new_store(backend: str, tmp_path: Path) -> StoreFactory:
-    """Makes a store of `backend` that is not opened yet (the tests of open/close use it); each call
-    gives a store over the same data."""
+async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores of `backend` over one test's data; all are closed at the end of the test."""
+    opened: list[Store] = []
 
-    async def make() -> Store:
+    async def open_one() -> Store:
         if backend == "sqlite":
-            return SQLiteStore(tmp_path / "data")
-        raise AssertionError(f"no store for backend {backend!r}")
+            new: Store = SQLiteStore(tmp_path / "data")
+        else:
+            raise AssertionError(f"no store for backend {backend!r}")
+        await new.open()
+        opened.append(new)
+        return new
 
-    return make
+    yield open_one
+    for each in opened:
+        await each.close()  # a no-op for a store the test closed itself
 
 
 @pytest.fixture
-async def store(new_store: StoreFactory) -> AsyncIterator[Store]:
-    opened = await new_store()
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+async def store(open_store: StoreFactory) -> Store:
+    return await open_store()
 
 
 @pytest.fixture

@@ -147,9 +147,8 @@ async def test_subscriptions_outlive_their_mailbox(store: Store, alice: Account)
     assert group is not None and group.subscribed
 
 
-async def test_closed_store_refuses_work(new_store: StoreFactory) -> None:
-    store = await new_store()
-    await store.open()
+async def test_closed_store_refuses_work(open_store: StoreFactory) -> None:
+    store = await open_store()
     await store.close()
     with pytest.raises(StoreError):
         await store.add_domain("example.test")
