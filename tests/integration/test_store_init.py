@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 from conftest import free_port, serving
+from psycopg import sql
 
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
@@ -140,6 +141,25 @@ def test_a_wrong_password_is_one_line_without_the_password(
     assert 'password authentication failed for user "surat"' in result.stderr
     assert result.stderr.count("\n") == 1
     assert "not-the-password" not in result.stderr
+
+
+def test_a_role_that_may_not_create_tables_gets_one_line(
+    pg_cluster: PostgresCluster, pg_database: str, tmp_path: Path
+) -> None:
+    role = f"reader_{pg_database}"
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'reader-pw'").format(sql.Identifier(role)))
+    (tmp_path / "db.pw").write_text("reader-pw\n")
+    dsn = f"postgresql://{role}@127.0.0.1:{pg_cluster.port}/{pg_database}"
+    config = write_config(
+        tmp_path, f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\ndsn_password_file = "db.pw"\n'
+    )
+    # PostgreSQL 15: only the database owner may create in schema public.
+    assert_one_line_error(
+        surat(config, "store", "init"),
+        f"store: postgresql user={role} dbname={pg_database} host=127.0.0.1 port={pg_cluster.port}: "
+        "permission denied for schema public",
+    )
 
 
 # ------------------------------------------------------------------------------------------- SQLite

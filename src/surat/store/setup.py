@@ -14,8 +14,10 @@ database is made by its administrator, so `surat store init` is already a step o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,7 +81,7 @@ async def schema_status(config: Config) -> SchemaStatus:
         )
     from surat.store.postgres import schema as postgres_schema  # noqa: PLC0415
 
-    async with await _connect(config) as conn:
+    async with _connected(config) as conn:
         found = await postgres_schema.schema_version(conn)
     return SchemaStatus(config.store.backend, found, postgres_schema.SCHEMA_VERSION)
 
@@ -91,7 +93,7 @@ async def init_schema(config: Config) -> tuple[int, int]:
         return _init_sqlite(config.data_dir)
     from surat.store.postgres import schema as postgres_schema  # noqa: PLC0415
 
-    async with await _connect(config) as conn:
+    async with _connected(config) as conn:
         found = await postgres_schema.schema_version(conn)
         return found, await postgres_schema.migrate(conn)
 
@@ -130,20 +132,29 @@ def _init_sqlite(data_dir: Path) -> tuple[int, int]:
         raise StoreUnavailable(f"cannot open the store in {data_dir}: {exc}") from None
 
 
-async def _connect(config: Config) -> psycopg.AsyncConnection[TupleRow]:
+@contextlib.asynccontextmanager
+async def _connected(config: Config) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+    """An autocommit connection to the configured database; PostgreSQL's errors (cannot connect, no
+    right to create tables...) become one StoreUnavailable line naming the database."""
     import psycopg  # noqa: PLC0415
 
     store = config.store
     assert store.dsn is not None  # config validation: postgresql has a dsn
     try:
-        if store.dsn_password is None:
-            return await psycopg.AsyncConnection.connect(
-                store.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-            )
-        return await psycopg.AsyncConnection.connect(
+        # password=None adds nothing: libpq then looks in the dsn, PGPASSWORD or ~/.pgpass
+        conn = await psycopg.AsyncConnection.connect(
             store.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, password=store.dsn_password
         )
     except psycopg.OperationalError as exc:
-        # libpq's message names host and user, never the password; its first line holds the reason.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreUnavailable(f"cannot connect to {store.describe()}: {reason}") from None
+        # libpq's message names host and user, never the password.
+        raise StoreUnavailable(f"cannot connect to {store.describe()}: {_first_line(exc)}") from None
+    try:
+        async with conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"{store.describe()}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
