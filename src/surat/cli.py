@@ -237,13 +237,18 @@ def _usable_schema(args: argparse.Namespace, config: Config) -> SchemaStatus:
     return status
 
 
+def _require_servable_store(args: argparse.Namespace, config: Config) -> None:
+    """A store this version can run on: this Surat's schema, on a backend it can serve."""
+    _usable_schema(args, config)
+    if config.store.backend != "sqlite":
+        raise CliError(POSTGRESQL_NOT_YET)
+
+
 def _with_configured_store(
     args: argparse.Namespace, config: Config, action: Callable[[Store], Awaitable[int]]
 ) -> int:
     """`action` on the configured store, once its schema is known to be this Surat's."""
-    _usable_schema(args, config)
-    if config.store.backend != "sqlite":
-        raise CliError(POSTGRESQL_NOT_YET)
+    _require_servable_store(args, config)
     return _with_store(config.data_dir, action)
 
 
@@ -526,9 +531,7 @@ def run_server(config: Config) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     _check_tls(config)  # one clear line and exit 2 rather than a failed start
-    _usable_schema(args, config)  # an unknown or old schema: one line naming `surat store init`
-    if config.store.backend != "sqlite":
-        raise CliError(POSTGRESQL_NOT_YET)
+    _require_servable_store(args, config)  # an unknown or old schema: one line naming `surat store init`
     return run_server(config)
 
 
