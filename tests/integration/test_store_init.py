@@ -174,6 +174,9 @@ def test_sqlite_init_creates_the_schema_then_does_nothing(tmp_path: Path) -> Non
     assert (data / INDEX_FILE).stat().st_mode & 0o777 == 0o600
     second = surat(config, "store", "init")
     assert second.stdout == f"store: sqlite {data}: schema version {SQLITE_VERSION}, up to date\n"
+    checked = surat(config, "check")
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert f"store:    sqlite {data}, schema version {SQLITE_VERSION}\n" in checked.stdout
 
 
 def test_sqlite_old_schema_is_upgraded_only_by_init(tmp_path: Path) -> None:
