@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from pg_cluster import PostgresCluster
+from pg_cluster import PostgresCluster, PostgresUnavailable, find_bindir
 
 
 def test_cluster_runs_with_fsync_and_synchronous_commit_on(pg_cluster: PostgresCluster) -> None:
@@ -32,3 +32,17 @@ def test_each_test_database_is_new_and_empty(pg_cluster: PostgresCluster, pg_dat
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
         assert tables == (0,)
+
+
+def test_missing_server_programs_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where neither pg_config nor /usr/lib/postgresql/*/bin gives initdb and pg_ctl, the fixture gets
+    PostgresUnavailable naming what to install (then skips, or fails under CI=true)."""
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("glob.glob", lambda pattern: [])
+    with pytest.raises(PostgresUnavailable, match=r"initdb, pg_ctl\) are not installed .*postgresql package"):
+        find_bindir()
+
+
+def test_the_server_programs_are_found_here() -> None:
+    bindir = find_bindir()
+    assert (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file()
