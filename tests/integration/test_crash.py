@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, serve_in_subprocess, wait_listening
+from conftest import free_port, serve_in_subprocess, serving, wait_listening
 
 from surat.passwords import make_credentials
 from surat.store.sqlite import SQLiteStore
@@ -131,9 +131,5 @@ def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path: Path) -> Non
         assert not duplicates, f"stored twice: {sorted(duplicates)[:5]}"
 
     # The store is still usable after the kills: the server starts and answers.
-    proc = serve_in_subprocess(config)
-    try:
-        wait_listening(port, proc, config)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serving(config, port):
+        pass

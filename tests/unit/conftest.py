@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from fuzzing import bound_cpu_per_input
+from pg_cluster import pg_cluster, pg_database
 from surat.store.base import Account, Credentials
 from surat.store.sqlite import SQLiteStore
+
+__all__ = ["pg_cluster", "pg_database"]  # the PostgreSQL fixtures, imported so that pytest finds them
 
 # a well-formed hash that no password matches: the store tests never log in
 UNUSED_CREDENTIALS = Credentials("$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")
