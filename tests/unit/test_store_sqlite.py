@@ -235,11 +235,15 @@ async def test_copy_move_and_blob_lifetime(store: SQLiteStore, alice: Account) -
     assert [m.uid for m in await store.list_messages(archive.id)] == [2]
     assert (await store.changes_since(archive.id, 0)).vanished == [1]
     await store.expunge(box, [1])
+    await store.sync()  # expunged files are unlinked once the expunge is synced
     assert len(blob_files(store)) == 2  # still referenced from Trash
     await store.expunge(trash.id, [1])
+    assert len(blob_files(store)) == 2  # until the sync
+    await store.sync()
     assert len(blob_files(store)) == 1
     await store.delete_mailbox(alice.id, "Archive")
     await store.expunge(box, [2])
+    await store.sync()
     assert blob_files(store) == []
     assert await store.account_usage(alice.id) == 0
 
@@ -406,6 +410,7 @@ async def test_queue(store: SQLiteStore, alice: Account) -> None:
     await store.drop_queue_entry(second)
     assert len(blob_files(store)) == 1
     await store.expunge(await inbox_id(store, alice), [1])
+    await store.sync()  # expunged files are unlinked once the expunge is synced
     assert blob_files(store) == []
 
 

@@ -17,13 +17,14 @@ Threads:
   and only then answers every caller. The file syncs stay off the writer, so the next batch's files
   are synced while this one commits, and IMAP's flag changes never queue behind them (with the
   syncs in the writer, a STORE waited behind an APPEND's three syncs);
-- IMAP flag changes (STORE, \\Recent claims) are the one exception to "synced before the answer": they
-  commit without the WAL sync (`synchronous=NORMAL` for a group made only of them), so they survive a
-  crash of Surat at once, and power loss once the WAL is synced: by the next full commit or at most
-  FLAG_SYNC_DELAY later. Dovecot's default (`mail_fsync=optimized`) does not sync flags at all; a flag
-  that reverts after power loss loses no mail, while a sync per STORE capped ten sessions on one
-  mailbox at the disk's sync rate (issue 10). Mail itself, expunges (their blob files are unlinked
-  after the commit), copies, moves and the queue keep the full sync;
+- IMAP flag changes (STORE, \\Recent claims) and IMAP expunges are the one exception to "synced before
+  the answer": they commit without the WAL sync (`synchronous=NORMAL` for a group made only of them),
+  so they survive a crash of Surat at once, and power loss once the WAL is synced: by the next full
+  commit or at most FLAG_SYNC_DELAY later. The files of expunged messages are unlinked only after
+  that sync, so an expunge that power loss undoes finds its message whole. Dovecot's default
+  (`mail_fsync=optimized`) syncs neither; a flag or an expunge that reverts after power loss loses no
+  mail, while a sync per STORE capped ten sessions on one mailbox at the disk's sync rate (issue 10).
+  Mail itself, copies, moves and the queue keep the full sync;
 - small indexed reads on hot paths (account, domain, alias, credential and mailbox lookups) run
   inline on a read-only connection (measured 8 us per get_account, against 124 us through a worker
   thread); larger reads and MIME parsing run in a small worker pool with one read-only connection
@@ -442,6 +443,7 @@ class SQLiteStore:
         self._workers: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # writer thread only
         self._wal_unsynced = False  # writer thread only: a flag change committed without its WAL sync
+        self._blobs_after_sync: set[str] = set()  # writer thread only: expunged, unlinked once synced
         self._wal_sync_timer: asyncio.TimerHandle | None = None  # event loop thread only
         self._ro: sqlite3.Connection | None = None  # event loop thread only
         self._local = threading.local()
@@ -715,6 +717,10 @@ class SQLiteStore:
                 loop.call_soon_threadsafe(_settle, item.future, None, exc, None, None)
             return
         if deferred:
+            # Unlinked once the expunge is durable (module docstring): before, a power loss could
+            # bring back rows whose files were gone.
+            self._blobs_after_sync.update(blobs)
+            blobs = set()
             if not self._wal_unsynced:
                 self._wal_unsynced = True
                 loop.call_soon_threadsafe(self._schedule_wal_sync)
@@ -731,6 +737,24 @@ class SQLiteStore:
         before it, so the flag changes waiting for a sync have it."""
         if self._sync != SyncMode.NONE:
             self._wal_unsynced = False
+        self._collect_blobs_after_sync()
+
+    async def sync(self) -> None:
+        """Make every committed change durable now, without waiting for FLAG_SYNC_DELAY (and unlink the
+        files of expunged messages that waited for it)."""
+        if self._writer is None or self._loop is None or not self._open:
+            raise StoreError("store is not open")
+        await self._loop.run_in_executor(self._writer, self._sync_wal)
+
+    def _collect_blobs_after_sync(self) -> None:
+        """Writer thread, once the WAL is synced: unlink the files of the expunges it made durable."""
+        if not self._blobs_after_sync:
+            return
+        blobs, self._blobs_after_sync = self._blobs_after_sync, set()
+        try:
+            self._collect_blobs(blobs)
+        except (OSError, sqlite3.Error):
+            log.exception("store.blob_cleanup_failed")  # open() removes what is left
 
     def _schedule_wal_sync(self) -> None:
         """Event loop: sync the WAL within FLAG_SYNC_DELAY of a deferred commit, unless a full commit
@@ -754,7 +778,9 @@ class SQLiteStore:
         except FileNotFoundError:
             pass  # checkpointed and removed at close: the database file holds (and synced) it all
         except OSError:
-            log.exception("store.wal_sync_failed")
+            log.exception("store.wal_sync_failed")  # the files wait for the next full commit
+            return
+        self._collect_blobs_after_sync()
 
     def _collect_blobs(self, blob_ids: Iterable[str]) -> None:
         """Delete blobs that no message or queue entry refers to any more (after commit)."""
@@ -1719,7 +1745,8 @@ class SQLiteStore:
 
         if files_in_background:
             return await self._write(fn, collect_after_return=True)
-        return await self._write_grouped(fn)  # concurrent IMAP EXPUNGEs share one commit
+        # Concurrent IMAP EXPUNGEs share one commit, answered before its WAL sync (module docstring).
+        return await self._write_grouped(fn, sync=False)
 
     def _copy_rows(
         self,
