@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fuzzing import fuzz_settings
 from surat.message.address import Mailboxes, mailboxes, parse_address_list
 from surat.message.headers import MAX_HEADER_SECTION, _by_lines, field_key, read_header
-from surat.store.messageinfo import MessageInfo, compute_message_info
+from surat.message.info import MessageInfo, compute_message_info
 
 pytestmark = pytest.mark.fuzz
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from fuzzing import fuzz_settings
 from surat.imapd import sections
 from surat.imapd.sections import ByteRange, HeaderFields, UnknownEncoding
+from surat.message.info import compute_message_info
 from surat.proto.imap.commands import Section
 from surat.proto.imap.structure import body_structure
-from surat.store.messageinfo import compute_message_info
 
 pytestmark = pytest.mark.fuzz
 

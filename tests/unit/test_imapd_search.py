@@ -15,10 +15,10 @@ import pytest
 
 from surat.imapd import search as search_module
 from surat.imapd.search import BATCH, BadCharset, SimpleView, check_charset, decode_header_value, search
+from surat.message.info import MessageInfo, compute_message_info
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
 from surat.store.base import MessageRecord, MessageSummary
-from surat.store.messageinfo import MessageInfo, compute_message_info
 
 # ----------------------------------------------------------------------------------------- fakes
 

@@ -19,9 +19,9 @@ from surat.imapd.sections import (
     locate,
     read_range,
 )
+from surat.message.info import compute_message_info
 from surat.proto.imap.commands import Section
 from surat.proto.imap.structure import body_structure
-from surat.store.messageinfo import compute_message_info
 
 INNER = b"Subject: inner\r\nContent-Type: text/plain\r\n\r\ninner body\r\n"
 MESSAGE = (

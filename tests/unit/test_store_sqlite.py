@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from old_schema import account_database_at
+from surat.message.info import compute_message_info
 from surat.store import schema
 from surat.store.base import (
     DEFAULT_MAILBOXES,
@@ -36,7 +37,6 @@ from surat.store.base import (
     StoreError,
 )
 from surat.store.blobs import new_blob_id
-from surat.store.messageinfo import compute_message_info
 from surat.store.sqlite import SQLiteStore
 
 CREDS = Credentials(

@@ -33,6 +33,8 @@ from typing import BinaryIO, Final, Protocol
 
 from surat.message.encoded_words import decode_encoded_words
 from surat.message.headers import read_header, unfold
+from surat.message.info import MessageInfo
+from surat.message.mime import BodyPart
 from surat.proto.imap.commands import (
     DateField,
     DateOp,
@@ -53,7 +55,6 @@ from surat.proto.imap.commands import (
 from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.seqset import SequenceSet
 from surat.store.base import BlobStore, MessageRecord, MessageSummary
-from surat.store.messageinfo import BodyPart, MessageInfo
 
 __all__ = [
     "BATCH",

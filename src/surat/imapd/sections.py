@@ -1,5 +1,5 @@
 """Where a FETCH body section lies in the message file (RFC 9051 §6.4.5), from the part offsets that
-``store.messageinfo`` recorded at delivery; no message is parsed again.
+``surat.message.info`` recorded at delivery; no message is parsed again.
 
 Most sections are a byte range of the file, streamed as is. HEADER.FIELDS(.NOT) reads just the header
 block and filters it. BINARY (RFC 3516) decodes one part's content transfer encoding.
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from surat.message.headers import read_header
+from surat.message.info import MessageInfo
+from surat.message.mime import BodyPart
 from surat.proto.imap.commands import Section
-from surat.store.messageinfo import BodyPart, MessageInfo
 
 __all__ = [
     "MAX_HEADER_READ",
@@ -34,7 +35,7 @@ __all__ = [
     "read_range",
 ]
 
-MAX_HEADER_READ = 1024 * 1024  # a header block larger than this is cut (messageinfo keeps 256 KiB)
+MAX_HEADER_READ = 1024 * 1024  # a header block larger than this is cut (surat.message.mime keeps 256 KiB)
 
 
 @dataclass(frozen=True, slots=True)

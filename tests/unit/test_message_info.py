@@ -12,14 +12,10 @@ import tracemalloc
 
 import pytest
 
-from surat.store.messageinfo import (
-    MISSING_DOMAIN,
-    Address,
-    BodyPart,
-    MessageInfo,
-    compute_message_info,
-    decode_encoded_words,
-)
+from surat.message.address import MISSING_DOMAIN, Address
+from surat.message.encoded_words import decode_encoded_words
+from surat.message.info import MessageInfo, compute_message_info
+from surat.message.mime import BodyPart
 
 
 class Trickle(io.RawIOBase):
