@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_settings
 from surat.message.address import Mailboxes, mailboxes, parse_address_list
-from surat.message.headers import MAX_HEADER_SECTION, _by_lines, field_key, read_header
+from surat.message.headers import MAX_HEADER_SECTION, _by_lines, field_key, read_header, with_fields_above
 from surat.message.info import MessageInfo, compute_message_info
 
 pytestmark = pytest.mark.fuzz
@@ -97,6 +97,7 @@ def test_mutated_messages_read(data: st.DataObject) -> None:
     info = compute_message_info(io.BytesIO(bytes(message)))
     assert info.body.end == len(message)
     assert MessageInfo.from_json(info.to_json()) == info
+    _check_header_handed_on(bytes(message), info)
 
 
 @fuzz_settings()
@@ -105,6 +106,23 @@ def test_random_messages_give_message_info(message: bytes) -> None:
     info = compute_message_info(io.BytesIO(message))
     assert info.body.end == len(message)
     assert MessageInfo.from_json(info.to_json()) == info
+    _check_header_handed_on(message, info)
+
+
+_TRACE = b"Return-Path: <a@b.example>\r\nReceived: from x\r\n\tby y; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+
+
+def _check_header_handed_on(message: bytes, info: MessageInfo) -> None:
+    """The end of DATA hands its header on: the MessageInfo must be the same as from reading the bytes,
+    for the message and for the stored copy with our trace fields on top."""
+    header = read_header(message)
+    assert compute_message_info(io.BytesIO(message), header) == info
+    stored = with_fields_above(_TRACE, header)
+    if stored is not None:
+        assert stored == read_header(_TRACE + message)
+        assert compute_message_info(io.BytesIO(_TRACE + message), stored) == compute_message_info(
+            io.BytesIO(_TRACE + message)
+        )
 
 
 _ADDRESS_PIECES = st.sampled_from(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from surat.message.headers import MAX_HEADER_SECTION
+from surat.message.headers import MAX_HEADER_SECTION, read_header
+from surat.message.info import compute_message_info
 from surat.proto.smtp.address import UnsafeText
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
 
@@ -26,6 +28,14 @@ def spool_bytes(directory: Path, pieces: list[bytes], add: bool) -> tuple[bytes,
         assert spool.content is None
         content = spool.path.read_bytes()
     assert len(content) == spool.size
+    # The header read once at the end of DATA, handed on, gives what reading the bytes gives.
+    assert spool.message_info() == compute_message_info(io.BytesIO(content))
+    sent = spool.sent_header()
+    if sent is not None:
+        assert sent == read_header(spool.message())
+    stored = spool.stored_header()
+    if stored is not None:
+        assert stored == read_header(content)
     spool.discard()
     assert spool.path is None or not spool.path.exists()
     return content, spool
@@ -38,7 +48,9 @@ def test_mx_spool_is_prefix_plus_message(tmp_path: Path) -> None:
     for cut in range(len(MESSAGE) + 1):
         content, spool = spool_bytes(tmp_path, [MESSAGE[:cut], MESSAGE[cut:]], add=False)
         assert content == PREFIX + MESSAGE
-        assert spool.header is None  # MX never parses the header section
+        assert spool.header is not None  # read once, for DKIM, DMARC and the MessageInfo
+        assert spool.header.body_start == MESSAGE.index(b"\r\n\r\n") + 4
+        assert spool.stored_header() is not None
         assert spool.added == []
         assert spool.path is None  # small messages stay in memory
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from surat.message.address import Address
 from surat.message.encoded_words import decode_encoded_words
+from surat.message.headers import Header
 from surat.message.mime import BodyPart, Envelope, envelope_of, scan_message
 
 __all__ = ["MessageInfo", "compute_message_info"]
@@ -368,9 +369,12 @@ def _timestamp(value: bytes | None) -> float | None:
         return None
 
 
-def compute_message_info(file: BinaryIO) -> MessageInfo:
-    """Scan a message from the file's current position (offsets count from there)."""
-    body, first = scan_message(file)
+def compute_message_info(file: BinaryIO, header: Header | None = None) -> MessageInfo:
+    """Scan a message from the file's current position (offsets count from there).
+
+    `header`: the message's header section, read already (see `scan_message`); the result is the same
+    with or without it, only cheaper with it."""
+    body, first = scan_message(file, header)
     return MessageInfo(
         envelope=envelope_of(first),
         body=body,

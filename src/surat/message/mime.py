@@ -152,14 +152,16 @@ class _Term:
 class _Reader:
     """Buffered reading over a binary file, counting LFs and remembering the last octets read."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, base: int = 0, last: bytes = b"") -> None:
+        """`base`: the message offset of the file's current position (the body, when the header was
+        read before); `last`: the octets just before it."""
         self._file = file
         self._buf = b""
         self._pos = 0
-        self._base = 0  # file offset of _buf[0]
+        self._base = base  # message offset of _buf[0]
         self._eof = False
-        self.newlines = 0
-        self.last = b""  # up to 4 octets most recently consumed
+        self.newlines = 0  # counted from `base`: only differences are used
+        self.last = last  # up to 4 octets most recently consumed
 
     @property
     def offset(self) -> int:
@@ -476,8 +478,13 @@ def _split_header_block(block: bytes) -> _Headers | None:
 
 
 class _Scanner:
-    def __init__(self, file: BinaryIO) -> None:
-        self.reader = _Reader(file)
+    def __init__(self, file: BinaryIO, header: Header | None = None) -> None:
+        # With `header` (the root's header section, read already), the file is at the root's body.
+        self.header = header
+        if header is None:
+            self.reader = _Reader(file)
+        else:
+            self.reader = _Reader(file, header.body_start, _EMPTY_LINE if header.keys else _EMPTY_LINE[2:])
         self.parts = 0
 
     def _read_header(self, start: int, stack: list[bytes]) -> tuple[_Headers, int, _Term | None]:
@@ -522,7 +529,11 @@ class _Scanner:
     ) -> tuple[BodyPart, _Term, dict[str, bytes]]:
         reader = self.reader
         self.parts += 1
-        headers, body_start, term = self._read_header(start, stack)
+        given, self.header = self.header, None  # the root's, read before: not read again
+        if given is not None:
+            headers, body_start, term = _pairs(given), given.body_start, None
+        else:
+            headers, body_start, term = self._read_header(start, stack)
         first = _first_values(headers)
         nl_body = reader.newlines
         if term is None and body_start < reader.offset:
@@ -605,8 +616,41 @@ class _Scanner:
         return tuple(children), reader.skip_to_boundary(stack)  # the epilogue
 
 
-def scan_message(file: BinaryIO) -> tuple[BodyPart, dict[str, bytes]]:
+_EMPTY_LINE = b"\r\n\r\n"  # what ends a header section (with the CRLF of its last field)
+
+
+def scan_message(file: BinaryIO, header: Header | None = None) -> tuple[BodyPart, dict[str, bytes]]:
     """Scan a message from the file's current position (offsets count from there): the root entity
-    and the first value of each of its header fields (lower-cased name -> unfolded raw value)."""
-    body, _term, first = _Scanner(file).entity(0, [], ("text", "plain"), 0)
+    and the first value of each of its header fields (lower-cased name -> unfolded raw value).
+
+    `header` is the message's header section as `read_header` read it (the end of DATA reads it once
+    and hands it on): the scan then starts at its body, so the header is not read twice. It is used
+    only when it is what the scanner would read itself: no defect, not cut short, ended by its empty
+    line (checked in the file: a seek and at most 4 octets), within the first MAX_LINE octets (beyond
+    that the scanner reads a section line by line, keeping MAX_LINE octets of each). Otherwise the file
+    is scanned from the start, so the result is always that of `scan_message(file)`. The file must be
+    seekable when `header` is given.
+    """
+    if header is not None and _header_is_usable(file, header):
+        body, _term, first = _Scanner(file, header).entity(0, [], ("text", "plain"), 0)
+    else:
+        body, _term, first = _Scanner(file).entity(0, [], ("text", "plain"), 0)
     return body, first
+
+
+def _header_is_usable(file: BinaryIO, header: Header) -> bool:
+    """Whether `header` is what the scanner would read (see scan_message); leaves the file at the body
+    if so, where it was if not."""
+    start = file.tell()
+    body_start = header.body_start
+    if header.defect is not None or header.truncated or not 2 <= body_start <= MAX_LINE:
+        return False
+    # RFC 5322 §2.1: the section ends with an empty line (after the CRLF of the last field, if any)
+    ending = _EMPTY_LINE if header.keys else _EMPTY_LINE[2:]
+    if body_start < len(ending) or (not header.keys and body_start != 2):
+        return False
+    file.seek(start + body_start - len(ending))
+    if file.read(len(ending)) != ending:
+        file.seek(start)
+        return False
+    return True

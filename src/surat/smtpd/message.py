@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import io
 import os
 import secrets
 import tempfile
@@ -17,7 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from surat.message.headers import MAX_HEADER_SECTION, Header, read_header
+from surat.message.headers import MAX_HEADER_SECTION, Header, read_header, with_fields_above
+from surat.message.info import MessageInfo, compute_message_info
 from surat.proto.smtp.address import header_safe
 
 
@@ -88,7 +90,10 @@ class Spool:
         self._prefix = prefix
         self._add_for = add_missing_for
         self._held: bytearray | None = bytearray()  # header section until its end, then None
-        self.header: Header | None = None  # the header section read by surat.message (submission only)
+        # The header section of the message as received, read once by surat.message at its end and
+        # handed on (From check, DKIM, MessageInfo); None when it outgrew MAX_HEADER_SECTION.
+        self.header: Header | None = None
+        self._additions = b""  # the fields we added below the prefix (submission: Date, Message-ID)
         self.size = 0
         self.added: list[str] = []  # names of the header fields we added
 
@@ -108,24 +113,25 @@ class Spool:
             end = 0  # no header section at all
         else:
             found = held.find(b"\r\n\r\n", start)
-            end = found + 2 if found >= 0 else -1
+            end = found + 2 if found >= 0 else -1  # the empty line starts at `end`
         if end >= 0:
-            self._release(end)
+            self._release(end + 2)
         elif len(held) > MAX_HEADER_SECTION:
             self._held = None
             self._put(self._prefix)
             self._put(bytes(held))
 
     def _release(self, end: int) -> None:
-        """The header section is held[:end]: parse it, write prefix, additions, the rest."""
+        """The header section is held[:end] (with its empty line, if any): parse it, write prefix,
+        additions, the rest."""
         held = self._held
         assert held is not None
         self._held = None
         additions = b""
+        # Read once, by the reader every other part of Surat uses, so that all see the same fields (issue
+        # 11 item 7), and handed on: submission's From check, DKIM, the MessageInfo (issue 11 item 7).
+        self.header = read_header(bytes(held[:end]), crlf_only=True)  # the engine sends CRLF lines
         if self._add_for is not None:
-            # Only submission looks at the header fields (From: ownership, Date, Message-ID), read by the
-            # reader every other part of Surat uses, so that all see the same fields (issue 11 item 7).
-            self.header = read_header(bytes(held[:end]) + b"\r\n")
             # RFC 6409 §8.3 (Date) and §8.3 (Message-ID): the MSA may add what the client left out.
             if self.header.first(b"date") is None:
                 additions += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
@@ -134,6 +140,7 @@ class Spool:
                 message_id = f"<{secrets.token_hex(16)}@{self._add_for}>"
                 additions += f"Message-ID: {message_id}\r\n".encode()
                 self.added.append("Message-ID")
+        self._additions = additions
         self._put(self._prefix + additions)
         self._put(bytes(held))
 
@@ -171,9 +178,35 @@ class Spool:
             file.seek(skip)
             return file.read()
 
-    def rewrite(self, prefix: bytes, message: bytes) -> None:
+    def sent_header(self) -> Header | None:
+        """The header section of `message()` (ours added below the prefix, then the client's), from
+        the one read at the end of DATA; None when it must be read from the bytes."""
+        if self.header is None or not self._additions:
+            return self.header
+        return with_fields_above(self._additions, self.header)
+
+    def stored_header(self) -> Header | None:
+        """The header section of the whole content (our prefix first); None: read it from the bytes."""
+        sent = self.sent_header()
+        return with_fields_above(self._prefix, sent) if sent is not None else None
+
+    def message_info(self) -> MessageInfo:
+        """The MessageInfo of the content, as the store keeps it, without reading the header again.
+
+        Reads the spool file when the message outgrew memory: call it from an executor then. In memory
+        the scan is bounded by MEMORY_LIMIT octets (linear: about a millisecond per MiB)."""
+        header = self.stored_header()
+        if self._memory is not None:
+            return compute_message_info(io.BytesIO(self._memory), header)
+        assert self.path is not None
+        with self.path.open("rb") as file:
+            return compute_message_info(file, header)
+
+    def rewrite(self, prefix: bytes, message: bytes, header: Header | None = None) -> None:
         """Replace the content with `prefix` + `message` (after finish(); MX only, where no header
-        field is added after the prefix). Writes the spool file when there is one: executor then."""
+        field is added after the prefix). `header`: the header section of `message`, or None if it is
+        not known (then `message_info` reads it). Writes the spool file when there is one: executor
+        then."""
         if self._memory is not None:
             self._memory = bytearray(prefix)
             self._memory += message  # one copy of the message, not two
@@ -183,6 +216,8 @@ class Spool:
                 file.write(prefix)
                 file.write(message)
         self._prefix = prefix
+        self._additions = b""
+        self.header = header
         self.size = len(prefix) + len(message)
 
     def discard(self) -> None:

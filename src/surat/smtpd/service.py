@@ -29,6 +29,7 @@ from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
 from surat.message.address import mailboxes
+from surat.message.info import MessageInfo
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
 from surat.passwords import authenticate
@@ -601,6 +602,7 @@ class _Session:
             internal_date=datetime.now(UTC),
             local=tuple(txn.local.values()),
             remote=remote,
+            info=await self._message_info(spool) if txn.local else None,
         )
         # From here the file belongs to the store, whatever happens (even cancellation).
         txn.spool = None
@@ -610,6 +612,15 @@ class _Session:
         if result.queue_id:
             return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
         return R.QUEUED
+
+    async def _message_info(self, spool: Spool) -> MessageInfo:
+        """The stored message's MessageInfo, from the header section read once at the end of DATA (the
+        store computes it only for messages that come another way: APPEND, imports). A message in
+        memory (at most Spool.MEMORY_LIMIT octets, a linear scan) is scanned here; a spool file in an
+        executor, so that no message a client sends holds the event loop."""
+        if spool.content is not None:
+            return spool.message_info()
+        return await asyncio.get_running_loop().run_in_executor(None, spool.message_info)
 
     async def _check_from(self, spool: Spool) -> Reply | None:
         """Submission: the author must be the authenticated user (issue 2), read as every other part of
@@ -642,7 +653,9 @@ class _Session:
             await loop.run_in_executor(None, spool.message) if spool.content is None else spool.message()
         )
         try:
-            return await self.service.signing_keys.sign(message, domain, datetime.now(UTC))
+            return await self.service.signing_keys.sign(
+                message, domain, datetime.now(UTC), spool.sent_header()
+            )
         except (DkimError, OSError):
             log.exception("smtp.dkim_failed", extra=fields(domain=domain))
             return b""
@@ -698,17 +711,20 @@ class _Session:
         in_file = spool.content is None
         message = await loop.run_in_executor(None, spool.message) if in_file else spool.message()
         spf, txn.spf = txn.spf, None
-        verdict = await inbound.evaluate(spf, message)
+        header = spool.sent_header()
+        verdict = await inbound.evaluate(spf, message, header)
         txn.auth_log = verdict.log_fields
         if verdict.disposition is not Disposition.REJECT:
             # RFC 8601 §5: remove fields claiming our authserv-id, then add ours on top of the
             # message as received (under our own Received:, where Postfix puts milter results too)
             prefix = return_path(txn.sender) + txn.received + verdict.header
             cleaned = inbound.strip_forged(message)
+            # a field removed: the header read at the end of DATA is no longer the message's
+            kept_header = header if cleaned is message else None
             if in_file:
-                await loop.run_in_executor(None, spool.rewrite, prefix, cleaned)
+                await loop.run_in_executor(None, spool.rewrite, prefix, cleaned, kept_header)
             else:
-                spool.rewrite(prefix, cleaned)
+                spool.rewrite(prefix, cleaned, kept_header)
             txn.size = spool.size
         return verdict.disposition
 
