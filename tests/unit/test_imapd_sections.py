@@ -10,16 +10,18 @@ import pytest
 from surat.imapd.sections import (
     ByteRange,
     HeaderFields,
-    UnknownEncoding,
     binary_part,
-    decode_base64,
-    decode_quoted_printable,
-    decode_transfer_encoding,
     filter_header,
     locate,
     read_range,
 )
 from surat.message.info import compute_message_info
+from surat.message.transfer import (
+    UnknownEncoding,
+    decode_base64,
+    decode_quoted_printable,
+    decode_transfer_encoding,
+)
 from surat.proto.imap.commands import Section
 from surat.proto.imap.structure import body_structure
 
