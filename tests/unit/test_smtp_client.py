@@ -18,15 +18,7 @@ import pytest
 
 from surat.proto.smtp.address import Address
 from surat.proto.smtp.client import (
-    ADDRESS_NEEDS_SMTPUTF8,
-    AUTH_NEEDS_TLS,
-    BAD_REPLY,
-    CONNECTION_LOST,
     NEED_DATA,
-    NEEDS_8BITMIME,
-    NEEDS_SMTPUTF8,
-    TLS_FAILED,
-    TLS_NOT_OFFERED,
     ClientSettings,
     Closed,
     Credentials,
@@ -45,7 +37,17 @@ from surat.proto.smtp.client import (
     TransactionDone,
     TransactionResult,
 )
-from surat.proto.smtp.replies import Reply
+from surat.proto.smtp.replies import (
+    ADDRESS_NEEDS_SMTPUTF8,
+    AUTH_NEEDS_TLS,
+    BAD_REPLY,
+    CONNECTION_LOST,
+    NEEDS_8BITMIME,
+    NEEDS_SMTPUTF8,
+    TLS_FAILED,
+    TLS_NOT_OFFERED,
+    Reply,
+)
 
 SETTINGS = ClientSettings(hostname="out.example.org")
 GREETING = b"220 mx.example.net ESMTP\r\n"

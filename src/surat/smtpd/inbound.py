@@ -45,13 +45,11 @@ from surat.mailauth.dmarc import (
 from surat.mailauth.results import authentication_results, remove_forged_results
 from surat.mailauth.spf import SPFResult, check_spf, timed_out
 from surat.message.headers import Header, read_header, unfold
-from surat.proto.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 SPF_TIMEOUT = 20.0  # RFC 7208 §4.6.4
-DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
 
 
 class Disposition(enum.Enum):

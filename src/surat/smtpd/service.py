@@ -60,14 +60,9 @@ from surat.proto.smtp.server import (
 )
 from surat.smtpd.dnsbl import listing_zone
 from surat.smtpd.errors import SMTPPolicyError, reply_for
-from surat.smtpd.inbound import DMARC_REJECT, Disposition, InboundChecks, PendingSPF
+from surat.smtpd.inbound import Disposition, InboundChecks, PendingSPF
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
-from surat.smtpd.ratelimit import (
-    TOO_MANY_MESSAGES,
-    TOO_MANY_RECIPIENTS,
-    InMemorySendingLimiter,
-    SendingLimiter,
-)
+from surat.smtpd.ratelimit import InMemorySendingLimiter, SendingLimiter
 from surat.store.base import (
     Account,
     Credentials,
@@ -84,18 +79,6 @@ log = logging.getLogger(__name__)
 
 MAX_AUTH_FAILURES = 3  # per connection, then 421
 TLS_HANDSHAKE_TIMEOUT = 30.0
-FROM_MISSING = Reply(550, "5.7.1", "Message has no usable From: header")
-FROM_NOT_SINGLE = Reply(550, "5.7.1", "Message must have exactly one From: header field")
-FROM_UNREADABLE = Reply(550, "5.7.1", "From: header field cannot be parsed")
-TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0", "Too many authentication failures")
-# RFC 4954 §6: 454 4.7.0 temporary authentication failure; the client's address is refused for now.
-AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed authentication attempts from your address, try later")
-# RFC 5321 §3.1: a server may answer the connection with 554 instead of its greeting.
-EARLY_TALKER = Reply(554, "5.5.0", "Protocol error: client sent data before the greeting")
-# The session reached [limits] smtp_session_deadline (RFC 5321 §4.2.5: 421 closes the channel).
-SESSION_TOO_LONG = Reply(421, "4.4.2", "Session time limit reached, closing connection")
-HARVESTING = Reply(421, "4.7.0", "Too many unknown recipients, closing connection")
-INVALID_HELO = Reply(501, "5.5.2", "Invalid domain name in EHLO/HELO")
 
 
 class Role(enum.Enum):
@@ -251,7 +234,7 @@ class _Session:
                         data = await conn.read(clock.before_read(engine.buffered))
                     except ConnectionTimeout:
                         if clock.deadline_passed:
-                            engine.send(SESSION_TOO_LONG)
+                            engine.send(R.SESSION_TOO_LONG)
                             result = "deadline"
                         else:
                             engine.send(R.IDLE_TIMEOUT)
@@ -310,7 +293,7 @@ class _Session:
             lookup = asyncio.create_task(listing_zone(resolver, peer, zones), name="dnsbl")
         try:
             if await self._talks_before_greeting():
-                return EARLY_TALKER, "early_talker"
+                return R.EARLY_TALKER, "early_talker"
             zone = await lookup if lookup is not None else None
         finally:
             if lookup is not None and not lookup.done():
@@ -319,7 +302,7 @@ class _Session:
             return None
         log.info("smtp.dnsbl_listed", extra=fields(peer=peer, zone=zone))
         # RFC 5321 §3.1: 554 instead of the greeting; the text names the list, as Postfix does
-        return Reply(554, "5.7.1", f"Service unavailable; client [{peer}] blocked using {zone}"), "dnsbl"
+        return R.dnsbl_listed(peer, zone), "dnsbl"
 
     async def _talks_before_greeting(self) -> bool:
         """Pause before the greeting; a client that sends anything meanwhile does not wait for replies,
@@ -381,7 +364,7 @@ class _Session:
                 return None
             case Hello():
                 if not valid_helo(event.domain):
-                    return INVALID_HELO
+                    return R.INVALID_HELO
                 self.helo = event.domain
                 self._abort_transaction()  # RFC 5321 §4.1.4
                 return self.engine.ehlo_reply(event)
@@ -401,7 +384,7 @@ class _Session:
                 if problem is not None:
                     self._discard_spool()
                     return problem
-                return Reply(250, "2.0.0", f"{event.size} octets received")
+                return R.chunk_received(event.size)
             case MessageEnd():
                 return await self._message_end(event.problem)
             case StartTLS():
@@ -429,7 +412,7 @@ class _Session:
                 return R.SENDER_NOT_OWNED
             if not await self.service.sending_limiter.may_send(self.user):
                 log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="messages"))
-                return TOO_MANY_MESSAGES
+                return R.SENDING_LIMIT_MESSAGES
         self.txn = _Transaction(sender, event.params)
         inbound = self.service.inbound
         if self.role is Role.MX and inbound is not None:
@@ -453,7 +436,7 @@ class _Session:
             self.user, len(txn.recipients) + 1
         ):
             log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="recipients"))
-            return TOO_MANY_RECIPIENTS
+            return R.SENDING_LIMIT_RECIPIENTS
         if not domain.startswith("[") and await self.store.is_local_domain(domain):
             resolution = await resolve(self.store, address, domain_is_local=True)
             if not resolution.found:
@@ -486,7 +469,7 @@ class _Session:
                 "smtp.harvesting",
                 extra=fields(peer=self.conn.peer_host, unknown=self.unknown_recipients, last=address),
             )
-            return HARVESTING
+            return R.HARVESTING
         return R.NO_SUCH_USER
 
     async def _postmaster(self) -> str | None:
@@ -575,7 +558,7 @@ class _Session:
         if self.role is Role.MX and self.service.inbound is not None:
             disposition = await self._authenticate_message(txn, spool)
             if disposition is Disposition.REJECT:
-                return DMARC_REJECT  # RFC 7489 §6.6.4 / §10.3: refuse in the SMTP session
+                return R.DMARC_REJECT  # RFC 7489 §6.6.4 / §10.3: refuse in the SMTP session
             if disposition is Disposition.QUARANTINE:
                 txn.local = {
                     key: MailboxTarget(target.account_id, "Junk", target.flags)
@@ -610,7 +593,7 @@ class _Session:
         if txn.success_notices and txn.sender:
             await self._notify_success(txn, delivery, result)
         if result.queue_id:
-            return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
+            return R.queued_as(result.queue_id)
         return R.QUEUED
 
     async def _message_info(self, spool: Spool) -> MessageInfo:
@@ -628,14 +611,14 @@ class _Session:
         assert self.user is not None
         header = spool.header
         if header is None or header.truncated:
-            return FROM_MISSING  # a header section too long to read: its From cannot be checked
+            return R.FROM_MISSING  # a header section too long to read: its From cannot be checked
         values = header.values(b"from")
         if len(values) != 1:
             # RFC 5322 §3.6: exactly one From field. With two, readers disagree on the author.
-            return FROM_MISSING if not values else FROM_NOT_SINGLE
+            return R.FROM_MISSING if not values else R.FROM_NOT_SINGLE
         author = mailboxes(values[0])
         if not author.clean:
-            return FROM_UNREADABLE  # guessing the author of a field we cannot parse would let one forge it
+            return R.FROM_UNREADABLE  # guessing the author of a field we cannot parse would let one forge it
         for address in author.addr_specs:
             if not await owns(self.store, self.user, address.lower()):
                 return R.FROM_NOT_OWNED  # issue 2: 550 5.7.1 at the end of DATA
@@ -746,7 +729,7 @@ class _Session:
     async def _auth_start(self, event: AuthStart) -> Reply:
         if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
             log.info("smtp.auth", extra=fields(peer=self.conn.peer_host, result="blocked"))
-            return AUTH_BLOCKED
+            return R.AUTH_BLOCKED
         self.sasl = sasl.server_mechanism(
             event.mechanism,
             secret=self.service.scram_secret,
@@ -834,7 +817,7 @@ class _Session:
         # RFC 4954 §4 leaves the delay to us: slow down password guessing.
         await asyncio.sleep(self.config.limits.auth_failure_delay)
         if self.auth_failures >= MAX_AUTH_FAILURES:
-            return TOO_MANY_AUTH_FAILURES
+            return R.TOO_MANY_AUTH_FAILURES
         return R.AUTH_FAILED
 
 
