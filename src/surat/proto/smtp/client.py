@@ -890,6 +890,10 @@ class SMTPClientEngine:
         self._events.append(TransactionDone(result))
 
     def _session_failed(self, reply: Reply, phase: Phase, *, remote: bool) -> None:
+        if reply.code < 400:
+            # A positive reply where the step needed another (a 250 greeting, a 220 to EHLO) is a
+            # protocol error (RFC 3463 X.5.0), not a reason: a DSN quoting it would read as success.
+            reply, remote = R.unexpected_reply(reply.code), False
         self._events.append(SessionFailed(reply, phase, remote))
         self._quit()
 

@@ -225,6 +225,11 @@ def too_big_for_server(size: int, limit: int) -> Reply:
     return Reply(552, "5.3.4", f"Message size {size} exceeds the server's limit of {limit}")
 
 
+def unexpected_reply(code: int) -> Reply:
+    """A positive reply the outbound session could not go on with (RFC 3463 X.5.0: protocol error)."""
+    return Reply(BAD_REPLY.code, BAD_REPLY.enhanced, f"Unexpected reply {code} from the server")
+
+
 def timed_out_in(phase: str) -> Reply:
     """TIMED_OUT, naming the phase of the outbound session that timed out."""
     return Reply(TIMED_OUT.code, TIMED_OUT.enhanced, f"Timeout in phase {phase}")
