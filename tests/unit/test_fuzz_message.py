@@ -76,6 +76,34 @@ def test_random_header_sections_read(message: bytes) -> None:
     _check_header(message)
 
 
+def _mutate(
+    data: st.DataObject,
+    message: bytearray,
+    pieces: st.SearchStrategy[bytes],
+    edits: st.SearchStrategy[int],
+    *,
+    line_ends: bool = False,
+) -> None:
+    """Insert, delete or replace `pieces` at random places in `message`; with `line_ends`, also drop
+    the CR, or the CR LF, of a line end."""
+    actions = ["insert", "delete", "replace", *(["drop line end"] if line_ends else [])]
+    for _ in range(data.draw(edits)):
+        pos = data.draw(st.integers(0, len(message)))
+        action = data.draw(st.sampled_from(actions))
+        if action == "drop line end":
+            at = message.find(b"\r\n", pos)
+            if at >= 0:
+                del message[at : at + data.draw(st.sampled_from([1, 2]))]
+            continue
+        octets = data.draw(pieces)
+        if action == "insert":
+            message[pos:pos] = octets
+        elif action == "delete":
+            del message[pos : pos + len(octets)]
+        else:
+            message[pos : pos + len(octets)] = octets
+
+
 @fuzz_settings()
 @given(st.data())
 def test_mutated_messages_read(data: st.DataObject) -> None:
@@ -84,16 +112,7 @@ def test_mutated_messages_read(data: st.DataObject) -> None:
         b"Subject: =?utf-8?q?hi?=\r\n folded\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
         b"--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@d.example\r\n\r\ninner\r\n--b--\r\n"
     )
-    for _ in range(data.draw(st.integers(0, 8))):
-        pos = data.draw(st.integers(0, len(message)))
-        action = data.draw(st.sampled_from(["insert", "delete", "replace"]))
-        octets = data.draw(st.binary(min_size=1, max_size=4) | _HEADER_PIECES)
-        if action == "insert":
-            message[pos:pos] = octets
-        elif action == "delete":
-            del message[pos : pos + len(octets)]
-        else:
-            message[pos : pos + len(octets)] = octets
+    _mutate(data, message, st.binary(min_size=1, max_size=4) | _HEADER_PIECES, st.integers(0, 8))
     _check_header(bytes(message))
     info = compute_message_info(io.BytesIO(bytes(message)))
     assert info.body.end == len(message)
@@ -177,21 +196,9 @@ def test_mutated_multiparts_give_message_info(data: st.DataObject) -> None:
     """Boundaries cut, duplicated or misplaced, CRLFs lost or bare, nesting broken: a MessageInfo whose
     parts lie where the message is, never an exception, within the per-input deadline."""
     message = bytearray(_NESTED)
-    for _ in range(data.draw(st.integers(1, 10))):
-        pos = data.draw(st.integers(0, len(message)))
-        action = data.draw(st.sampled_from(["insert", "delete", "replace", "drop line end"]))
-        if action == "drop line end":
-            at = message.find(b"\r\n", pos)
-            if at >= 0:
-                del message[at : at + data.draw(st.sampled_from([1, 2]))]
-            continue
-        octets = data.draw(_MIME_PIECES | st.binary(min_size=1, max_size=3))
-        if action == "insert":
-            message[pos:pos] = octets
-        elif action == "delete":
-            del message[pos : pos + len(octets)]
-        else:
-            message[pos : pos + len(octets)] = octets
+    _mutate(
+        data, message, _MIME_PIECES | st.binary(min_size=1, max_size=3), st.integers(1, 10), line_ends=True
+    )
     raw = bytes(message)
     info = compute_message_info(io.BytesIO(raw))
     assert info.body.end == len(raw)
