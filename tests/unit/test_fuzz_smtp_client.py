@@ -4,7 +4,8 @@ replies.
 Whatever the server sends, the session ends (Closed) with the documented events only: Ready, StartTLS,
 TransactionDone (one result per recipient), SessionFailed (a reply saying why); garbage in place of a
 reply is the engine's own BAD_REPLY (RFC 5321 §4.2: a line is a code, then SP or "-"), never an
-exception. The same replies split anywhere give the same events and the same commands.
+exception. The same replies split anywhere give the same events and the same commands (but for a session with
+STARTTLS, see the test).
 """
 
 from __future__ import annotations
@@ -128,6 +129,11 @@ def test_any_server_replies_end_the_session_with_documented_events(
                 start = cut
         return [*pieces, segment[start:]]
 
+    if any(isinstance(event, StartTLS) for event in whole.events):
+        # Octets after the 220 to STARTTLS are dropped if they came in the same read (RFC 3207 §5
+        # response injection), and would break the handshake if they came later: there, where a read
+        # ends decides, so only sessions without STARTTLS must not depend on the split.
+        return
     other = run(segments, envelopes, settings=settings, split=split)
     assert other.events == whole.events
     assert other.output == whole.output
