@@ -565,6 +565,10 @@ class _Scanner:
         end, lines = _span(body_start, nl_body, term)
         if kind == "multipart" and parts:
             lines = 0  # RFC 9051 §7.5.2 has no line count for multiparts
+            # RFC 2046 §5.1.1: the CRLF before a delimiter belongs to it, so a multipart ends before the
+            # CRLF of the outer delimiter; but an empty last part right after its own delimiter line
+            # ("--inner CRLF --outer") starts after that very CRLF: the multipart holds its parts.
+            end = max(end, parts[-1].end)
         disposition_value = first.get("content-disposition")
         disposition: str | None = None
         disposition_params: tuple[tuple[str, str], ...] = ()
