@@ -46,7 +46,7 @@ test: dev
 # fresh random inputs until the time is up. Failing inputs land in tests/fuzz_regressions/.
 FUZZ_SECONDS ?= 600
 fuzz: dev
-	@set -e; for target in $$(grep -l "pytest.mark.fuzz" tests/unit/*.py); do \
+	@set -e; for target in $(or $(FUZZ_TARGETS),$$(grep -l "pytest.mark.fuzz" tests/unit/*.py)); do \
 		end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
 		while [ $$(date +%s) -lt $$end ]; do \
 			round=$$((round + 1)); echo "fuzz $$target round $$round"; \

@@ -301,28 +301,7 @@ async def measure(
     envelope_ms, envelope_again_ms, envelope_octets = await asyncio.wait_for(
         time_envelopes(port, user, password, tls), args.timeout
     )
-    profiler = None
-    if args.profile and isinstance(server, SuratProcess):
-        assert server.proc is not None
-        profiler = subprocess.Popen(
-            [
-                args.py_spy,
-                "record",
-                "--pid",
-                str(server.proc.pid),
-                "--duration",
-                str(int(args.duration)),
-                "--format",
-                "raw",
-                "--output",
-                args.profile,
-                "--rate",
-                "200",
-                "--nonblocking",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    profiler = start_profiler(server, args)
     cpu0 = server.cpu()
     load = await asyncio.wait_for(
         run_load(port, user, password, tls, args.clients, args.duration), args.duration + args.timeout
@@ -459,15 +438,31 @@ def main() -> None:
         )
 
 
+def start_profiler(
+    server: SuratProcess | DovecotProcess, args: argparse.Namespace
+) -> subprocess.Popen[bytes] | None:
+    """py-spy on Surat for the load phase (--profile), or None."""
+    if not (args.profile and isinstance(server, SuratProcess)):
+        return None
+    assert server.proc is not None
+    command = [args.py_spy, "record", "--pid", str(server.proc.pid), "--duration", str(int(args.duration))]
+    command += ["--format", "raw", "--output", args.profile, "--rate", "200", "--nonblocking"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def measure_shared(
     server: SuratProcess | DovecotProcess, tls: ssl.SSLContext, args: argparse.Namespace
 ) -> SharedLoad:
     total = await asyncio.wait_for(prepare_shared(server, tls), args.timeout)
     if total != args.messages:
         print(f"  {server.name}: INBOX holds {total} messages, not {args.messages}", file=sys.stderr)
-    return await asyncio.wait_for(
+    profiler = start_profiler(server, args)
+    load = await asyncio.wait_for(
         run_shared(server, tls, args.clients, args.duration), args.duration + args.timeout
     )
+    if profiler is not None:
+        profiler.wait(30)
+    return load
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ class SuratServer:
                     refusal=refusal,
                     max_per_ip=config.limits.connections_per_ip,
                     max_total=config.limits.connections_total,
+                    proxy=config.proxy,
                 )
                 await self._listeners.start(spec)
         except OSError as exc:

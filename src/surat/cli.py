@@ -34,6 +34,8 @@ from surat.passwords import SASLprepError, generate_password, make_credentials
 from surat.proto.smtp.address import terminal_safe
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
 from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
+from surat.store.schema import SchemaTooNew
+from surat.store.setup import SchemaStatus, init_schema, schema_status, store_location
 from surat.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -212,6 +214,42 @@ def _with_store(data_dir: Path, action: Callable[[Store], Awaitable[int]]) -> in
             await store.close()
 
     return asyncio.run(run())
+
+
+# Until the PostgreSQL backend lands (issue 12), only `store init` and `check` work on it.
+POSTGRESQL_NOT_YET = (
+    'store.backend: "postgresql" can be prepared (`surat store init`) and checked, not yet served '
+    "or administered by this version"
+)
+
+
+def _schema_status(config: Config) -> SchemaStatus:
+    return asyncio.run(schema_status(config))
+
+
+def _usable_schema(args: argparse.Namespace, config: Config) -> SchemaStatus:
+    """The configured store's schema, or one line saying why it cannot be used and what to run
+    (surat.store.setup: only `surat store init` upgrades a schema)."""
+    status = _schema_status(config)
+    refusal = status.refusal(f"{command_prefix(args.config)} store init")
+    if refusal is not None:
+        raise CliError(refusal)
+    return status
+
+
+def _require_servable_store(args: argparse.Namespace, config: Config) -> None:
+    """A store this version can run on: this Surat's schema, on a backend it can serve."""
+    _usable_schema(args, config)
+    if config.store.backend != "sqlite":
+        raise CliError(POSTGRESQL_NOT_YET)
+
+
+def _with_configured_store(
+    args: argparse.Namespace, config: Config, action: Callable[[Store], Awaitable[int]]
+) -> int:
+    """`action` on the configured store, once its schema is known to be this Surat's."""
+    _require_servable_store(args, config)
+    return _with_store(config.data_dir, action)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -493,7 +531,25 @@ def run_server(config: Config) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     _check_tls(config)  # one clear line and exit 2 rather than a failed start
+    _require_servable_store(args, config)  # an unknown or old schema: one line naming `surat store init`
     return run_server(config)
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    config = _load(args)
+    location = store_location(config)
+    try:
+        found, now = asyncio.run(init_schema(config))
+    except SchemaTooNew:
+        # the same line as `serve` gives: what to run
+        raise CliError(_schema_status(config).refusal("") or "store: schema too new") from None
+    if found == now:
+        print(f"store: {location}: schema version {now}, up to date")
+    elif found == 0:
+        print(f"store: {location}: created schema version {now}")
+    else:
+        print(f"store: {location}: upgraded schema from version {found} to {now}")
+    return 0
 
 
 def _check_tls(config: Config) -> None:
@@ -508,21 +564,22 @@ def _check_tls(config: Config) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     _check_tls(config)
+    status = _usable_schema(args, config)
 
-    async def inspect(store: Store) -> int:
-        domains = await store.list_domains()
-        accounts = await store.list_accounts()
-        queue = await store.list_queue()
+    def report(contents: str | None, has_domains: bool) -> int:
         lines = [
             f"config:   {config.path}",
             f"hostname: {config.hostname}",
             f"tls:      {config.tls.cert or '(none)'}",
-            f"data_dir: {config.data_dir}: {len(domains)} domain(s), {len(accounts)} account(s), "
-            f"{len(queue)} queued message(s)",
+            f"store:    {store_location(config)}, schema version {status.found}"
+            + ("" if status.found else f" (version {status.expected} is created at the first start)"),
+            f"data_dir: {config.data_dir}" + (f": {contents}" if contents else ""),
             "listeners:",
             *_listener_lines(config.listen),
+            "proxy:    PROXY protocol from "
+            + (", ".join(str(network) for network in config.proxy.trusted) or "(nobody)"),
         ]
-        if not domains:
+        if not has_domains:
             lines.append(
                 f"note: no local domains yet; add one with `{command_prefix(args.config)} domain add DOMAIN`"
             )
@@ -543,6 +600,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         lines.append(f"OK, with {len(warnings)} warning(s)" if warnings else "OK")
         print("\n".join(lines))
         return 0
+
+    if config.store.backend != "sqlite":
+        # Reached and its schema current; what it holds is counted once the backend can read it.
+        return report(None, has_domains=True)
+
+    async def inspect(store: Store) -> int:
+        domains = await store.list_domains()
+        accounts = await store.list_accounts()
+        queue = await store.list_queue()
+        contents = f"{len(domains)} domain(s), {len(accounts)} account(s), {len(queue)} queued message(s)"
+        return report(contents, has_domains=bool(domains))
 
     return _with_store(config.data_dir, inspect)
 
@@ -584,7 +652,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
         async def is_local(store: Store) -> int:
             return int(await store.is_local_domain(domain))
 
-        if not _with_store(config.data_dir, is_local):
+        if not _with_configured_store(args, config, is_local):
             raise CliError(
                 f"{domain} is not a local domain: add it with `{command_prefix(args.config)} domain add {domain}` first, "
                 "or pass --force to print its records anyway"
@@ -637,7 +705,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
                 print(f"note: its DKIM keys stay in {directory}; delete them yourself", file=sys.stderr)
         return 0
 
-    return _with_store(config.data_dir, act)
+    return _with_configured_store(args, config, act)
 
 
 # ----------------------------------------------------------------------------------------- users
@@ -676,7 +744,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
             return check
 
-        _with_store(config.data_dir, precheck(action == "passwd"))
+        _with_configured_store(args, config, precheck(action == "passwd"))
         try:
             credentials = make_credentials(
                 _read_password(args), scram_iterations=config.auth.scram_iterations
@@ -719,7 +787,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             print(f"quota of {address}: {format_size(quota)}")
         return 0
 
-    return _with_store(config.data_dir, act)
+    return _with_configured_store(args, config, act)
 
 
 # ----------------------------------------------------------------------------------------- aliases
@@ -765,7 +833,7 @@ def cmd_alias(args: argparse.Namespace) -> int:
             print(f"deleted alias {source}" + (f" -> {target}" if target else ""))
         return 0
 
-    return _with_store(config.data_dir, act)
+    return _with_configured_store(args, config, act)
 
 
 # ----------------------------------------------------------------------------------------- queue
@@ -840,7 +908,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(f"dropped {entry.id} (no bounce sent)")
         return 0
 
-    return _with_store(config.data_dir, act)
+    return _with_configured_store(args, config, act)
 
 
 # ----------------------------------------------------------------------------------------- blocks
@@ -872,7 +940,7 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         print(f"lifted the block of {client_key(args.ip)}")
         return 0
 
-    return _with_store(config.data_dir, act)
+    return _with_configured_store(args, config, act)
 
 
 # ----------------------------------------------------------------------------------------- parser
@@ -972,6 +1040,11 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("--hostname", help="the MX host name (default: hostname from the config)")
     dns.add_argument("--force", action="store_true", help="print the records of a domain that is not local")
     dns.set_defaults(handler=cmd_dns)
+
+    store = commands.add_parser("store", help="the store's schema")
+    store_actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    store_actions.add_parser("init", help="create or upgrade the schema of the configured store")
+    store.set_defaults(handler=cmd_store)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")
     check.set_defaults(handler=cmd_check)

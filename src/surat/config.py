@@ -164,6 +164,58 @@ class AuthConfig:
     scram_iterations: int = SCRAM_ITERATIONS
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    # Load balancers allowed to send a HAProxy PROXY header (v1 or v2) before the protocol; from them
+    # the header is required, from everyone else it is a protocol error. See surat.net.proxyheader.
+    trusted: tuple[IPNetwork, ...] = ()
+
+    def is_trusted(self, host: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d
+        return any(address in network for network in self.trusted)
+
+
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    # "sqlite": the embedded store in data_dir (one machine, no database server). "postgresql": one
+    # database that several Surat processes and nodes share (issue 12).
+    backend: str = "sqlite"
+    # libpq connection string, URL ("postgresql://surat@db.example.com:5432/surat", a unix socket as
+    # "postgresql://surat@/surat?host=/run/postgresql") or key=value form; postgresql only.
+    dsn: str | None = field(default=None, repr=False)
+    # Read from [store] dsn_password_file at load, so that the config can be shown and shared; never
+    # logged or printed (repr=False keeps it out of tracebacks and debug output too).
+    dsn_password: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """The backend and where it is, for `surat check`: never a password, whether it came from
+        dsn_password_file or was written into the dsn itself."""
+        if self.dsn is None:
+            return self.backend
+        return f"{self.backend} {redacted_dsn(self.dsn)}"
+
+
+def redacted_dsn(dsn: str) -> str:
+    """`dsn` as libpq key=value pairs without the password."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: PLC0415 (only with postgresql)
+
+    params = {key: value for key, value in conninfo_to_dict(dsn).items() if key != "password"}
+    return make_conninfo("", **params)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
@@ -174,6 +226,8 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     auth: AuthConfig = AuthConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    store: StoreConfig = StoreConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -346,6 +400,13 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         )
     )
     auth_table.finish()
+
+    proxy_table = reader.table("proxy")
+    proxy = ProxyConfig(trusted=_networks(proxy_table._get("trusted"), "proxy.trusted"))
+    proxy_table.finish()
+    store_table = reader.table("store")
+    store = _store_config(store_table, base_dir)
+    store_table.finish()
     reader.finish()
 
     config = Config(
@@ -357,10 +418,56 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         limits=limits,
         delivery=delivery,
         auth=auth,
+        proxy=proxy,
+        store=store,
         path=path,
     )
     _check_tls_files(config)
     return config
+
+
+def _store_config(table: _Table, base_dir: Path) -> StoreConfig:
+    backend = table.string("backend", default=StoreConfig().backend)
+    if backend not in STORE_BACKENDS:
+        close = difflib.get_close_matches(backend, STORE_BACKENDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            "store.backend", f"unknown backend {backend!r}{hint}; one of {', '.join(STORE_BACKENDS)}"
+        )
+    dsn = table.string("dsn")
+    password_file = _opt_path(table.string("dsn_password_file"), base_dir)
+    if backend != "postgresql":
+        for name, value in (("dsn", dsn), ("dsn_password_file", password_file)):
+            if value is not None:
+                raise ConfigError(f"store.{name}", 'only for backend = "postgresql"')
+        return StoreConfig(backend)
+    if dsn is None:
+        table._misspelt("dsn")  # `dns = ...` is the likelier mistake than a forgotten dsn
+        raise ConfigError(
+            "store.dsn",
+            'missing: backend = "postgresql" needs the database, e.g. "postgresql://surat@db.example.com:5432/surat"',
+        )
+    from psycopg import ProgrammingError  # noqa: PLC0415 (loaded only when the backend is used)
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        # psycopg's message quotes the string, which may hold a password: say only what is wrong.
+        raise ConfigError(
+            "store.dsn", "not a libpq connection string (postgresql://user@host:port/database)"
+        ) from None
+    password = None
+    if password_file is not None:
+        if "password" in params:
+            raise ConfigError("store.dsn_password_file", "the dsn holds a password already; keep one of them")
+        try:
+            password = password_file.read_text("utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("store.dsn_password_file", f"cannot read {password_file}: {exc}") from None
+        if not password:
+            raise ConfigError("store.dsn_password_file", f"{password_file} is empty")
+    return StoreConfig(backend, dsn, password)
 
 
 SMTP_TIMEOUT_PHASES = (
@@ -396,6 +503,24 @@ def _check_tls_files(config: Config) -> None:
     for key, file in (("tls.cert", tls.cert), ("tls.key", tls.key)):
         if file is not None and not file.is_file():
             raise ConfigError(key, f"file {file} does not exist")
+
+
+def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
+    """A list of CIDRs ("10.0.0.0/8", "2001:db8::/32"; a bare address is one host)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(key, f'expected a list of CIDRs like ["10.0.0.0/8"], got {value!r}')
+    networks: list[IPNetwork] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(key, f"expected CIDR strings, got {item!r}")
+        try:
+            networks.append(ipaddress.ip_network(item.strip()))
+        except ValueError as exc:
+            # strict: "10.0.0.1/8" has host bits set, most likely a typo for one host or the network
+            raise ConfigError(key, f"{item!r} is not a CIDR: {exc}") from None
+    return tuple(networks)
 
 
 def _domain_names(value: Any, key: str, what: str) -> tuple[str, ...]:

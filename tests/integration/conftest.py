@@ -7,6 +7,7 @@ poplib, subprocess tools) can be used directly from the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from pg_cluster import pg_cluster, pg_database
 from surat.app import SuratServer
 from surat.certs import CertificatePaths, write_dev_certificates
 from surat.config import Config, parse_config
@@ -30,6 +32,8 @@ from surat.dns.fake import FakeResolver
 from surat.passwords import make_credentials
 
 T = TypeVar("T")
+
+__all__ = ["pg_cluster", "pg_database"]  # the PostgreSQL fixtures, imported so that pytest finds them
 
 DOMAIN = "example.test"
 USER = "alice@example.test"
@@ -185,6 +189,18 @@ class Raw:
         self.sock.close()
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """One line (through LF), or what came before the connection closed; reads octet by octet, so
+    nothing after the line is taken from the socket."""
+    line = b""
+    while not line.endswith(b"\n"):
+        octet = sock.recv(1)
+        if not octet:
+            break
+        line += octet
+    return line
+
+
 @pytest.fixture
 def raw(server: RunningServer) -> Iterator[Raw]:
     """A raw SMTP client connected to the MX listener of `server`, greeting read."""
@@ -206,8 +222,7 @@ def inbox(server: RunningServer, address: str, mailbox: str = "INBOX") -> list[b
         out = []
         for summary in await store.list_messages(box.id):
             (record,) = await store.get_messages(box.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                out.append(blob.read())
+            out.append(await store.blobs.read(record.blob_id))
         return out
 
     result: list[bytes] = server.call(read())
@@ -236,6 +251,18 @@ def serve_in_subprocess(config: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
+
+
+@contextlib.contextmanager
+def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`surat serve` in a child process, listening on `port` inside the block, terminated after it."""
+    proc = serve_in_subprocess(config)
+    try:
+        wait_listening(port, proc, config)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], config: Path) -> None:

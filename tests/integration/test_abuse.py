@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DOMAIN, PASSWORD, USER, RunningServer, dev_certificates, make_config
+from conftest import DOMAIN, PASSWORD, USER, RunningServer, dev_certificates, make_config, read_line
 
 import surat.smtpd.service as smtpd_service
 from surat.dns.base import DNSErrorKind
@@ -226,16 +226,6 @@ def test_recipients_per_hour(tmp_path: Path, tmp_path_factory: pytest.TempPathFa
             assert (code, text[:5]) == (451, b"4.7.1")
     finally:
         running.stop()
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_connection_limit_per_ip_on_smtp_imap_pop3(

@@ -9,7 +9,6 @@ client reads, and every reply still arrives intact.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 import ssl
 import time
@@ -29,6 +28,7 @@ from conftest import (
     wait_listening,
 )
 
+from staging import staged
 from surat.passwords import make_credentials
 from surat.store.base import Delivery, MailboxTarget
 from surat.store.sqlite import SQLiteStore
@@ -48,11 +48,11 @@ async def _prepare(data_dir: Path) -> None:
     try:
         await store.add_domain(DOMAIN)
         account = await store.add_account(USER, make_credentials(PASSWORD))
-        store.spool_dir.mkdir(parents=True, exist_ok=True)
-        path = store.spool_dir / f"test-{secrets.token_hex(8)}"
-        path.write_bytes(MESSAGE)
         delivery = Delivery(
-            path, len(MESSAGE), datetime.now(UTC), local=(MailboxTarget(account.id, "INBOX"),)
+            await staged(store.blobs, MESSAGE),
+            len(MESSAGE),
+            datetime.now(UTC),
+            local=(MailboxTarget(account.id, "INBOX"),),
         )
         await store.deliver(delivery)
     finally:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, serve_in_subprocess, wait_listening
+from conftest import free_port, serve_in_subprocess, serving, wait_listening
 
 from surat.passwords import make_credentials
 from surat.store.sqlite import SQLiteStore
@@ -54,8 +54,7 @@ async def _stored_message_ids(data_dir: Path) -> list[str]:
         ids: list[str] = []
         for summary in await store.list_messages(mailbox.id):
             (record,) = await store.get_messages(mailbox.id, [summary.uid])
-            with store.blobs.open(record.blob_id) as blob:
-                content = blob.read()
+            content = await store.blobs.read(record.blob_id)
             assert len(content) == record.size
             match = MESSAGE_ID.search(content)
             assert match is not None, "a stored message lost its headers"
@@ -132,9 +131,5 @@ def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path: Path) -> Non
         assert not duplicates, f"stored twice: {sorted(duplicates)[:5]}"
 
     # The store is still usable after the kills: the server starts and answers.
-    proc = serve_in_subprocess(config)
-    try:
-        wait_listening(port, proc, config)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serving(config, port):
+        pass

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, USER, RunningServer
 
+from staging import staged
 from surat.store.base import Delivery, MailboxTarget
 
 SIMPLE = (
@@ -51,10 +52,11 @@ def deliver(server: RunningServer, messages: Sequence[bytes], mailbox: str = "IN
         account = await store.get_account(USER)
         uids = []
         for raw in messages:
-            path = store.spool_dir / f"imap-test-{secrets.token_hex(8)}"
-            path.write_bytes(raw)
             delivery = Delivery(
-                path, len(raw), datetime.now(UTC), local=(MailboxTarget(account.id, mailbox),)
+                await staged(store.blobs, raw),
+                len(raw),
+                datetime.now(UTC),
+                local=(MailboxTarget(account.id, mailbox),),
             )
             result = await store.deliver(delivery)
             uids.append(int(result.local[0][2]))

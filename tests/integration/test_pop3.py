@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import PASSWORD, USER, RunningServer, require_tool
 
+from staging import staged
 from surat.store.base import Change, ChangeFeed, ChangeKind, Delivery, MailboxTarget, Subscription
 from surat.store.sqlite import INDEX_FILE
 
@@ -48,9 +49,12 @@ def deliver(server: RunningServer, messages: Sequence[bytes], address: str = USE
         assert account is not None
 
         async def one(raw: bytes) -> int:
-            path = store.spool_dir / f"pop3-test-{secrets.token_hex(8)}"
-            path.write_bytes(raw)
-            delivery = Delivery(path, len(raw), datetime.now(UTC), local=(MailboxTarget(account.id),))
+            delivery = Delivery(
+                await staged(store.blobs, raw),
+                len(raw),
+                datetime.now(UTC),
+                local=(MailboxTarget(account.id),),
+            )
             result = await store.deliver(delivery)
             return int(result.local[0][2])
 

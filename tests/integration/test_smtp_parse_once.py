@@ -11,7 +11,9 @@ import pytest
 from conftest import USER, Raw, RunningServer, inbox
 from test_smtp_server import submission
 
-from surat.message.info import MessageInfo, compute_message_info
+from surat.message.info import compute_message_info
+from surat.smtpd.message import Spool
+from surat.store.base import Delivery
 
 MULTIPART = (
     b"From: a@remote.example\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
@@ -33,17 +35,26 @@ MESSAGES = {
     "bare LF": b"From: a@remote.example\nSubject: lf\n\nline one\nline two\n",
     "folded": b"From: a@remote.example\r\nSubject: folded\r\n\tsubject\r\n\r\nx\r\n",
 }
+# Over Spool.MEMORY_LIMIT (1 MiB): staged in the store's blob area during DATA, so the info handed on
+# is computed from the staged bytes, not from memory. A multipart with a base64 attachment of 76-octet
+# lines (RFC 2045 §6.8) and a text part after it.
+STAGED = MULTIPART.replace(
+    b"--b1--\r\n",
+    b"--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + (b"QUJD" * 19 + b"\r\n") * 15_000
+    + b"--b1\r\nContent-Type: text/plain\r\n\r\nlast\r\n--b1--\r\n",
+)
 
 
 @pytest.fixture
-def handed_on(server: RunningServer) -> Iterator[list[MessageInfo | None]]:
-    """The `Delivery.info` of every delivery the SMTP service hands the store."""
+def handed_on(server: RunningServer) -> Iterator[list[Delivery]]:
+    """Every delivery the SMTP service hands the store."""
     store = server.store
-    seen: list[MessageInfo | None] = []
+    seen: list[Delivery] = []
     deliver = store.deliver
 
-    async def recording(delivery: Any) -> Any:
-        seen.append(delivery.info)
+    async def recording(delivery: Delivery) -> Any:
+        seen.append(delivery)
         return await deliver(delivery)
 
     store.deliver = recording
@@ -60,7 +71,7 @@ def dot_stuffed(message: bytes) -> bytes:
 
 @pytest.mark.parametrize("name", sorted(MESSAGES))
 def test_mx_hands_on_the_info_of_the_stored_bytes(
-    server: RunningServer, raw: Raw, handed_on: list[MessageInfo | None], name: str
+    server: RunningServer, raw: Raw, handed_on: list[Delivery], name: str
 ) -> None:
     raw.envelope()
     assert raw.command(b"DATA\r\n").startswith(b"354")
@@ -68,22 +79,47 @@ def test_mx_hands_on_the_info_of_the_stored_bytes(
     ending = b"" if message.endswith(b"\r\n") else b"\r\n"
     assert raw.command(dot_stuffed(message) + ending + b".\r\n").startswith(b"250 ")
     (stored,) = inbox(server, USER)
-    (info,) = handed_on
-    assert info is not None  # computed at the end of DATA, not by the store
-    assert info == compute_message_info(io.BytesIO(stored))
-    assert info.size == len(stored)
+    (delivery,) = handed_on
+    assert delivery.staged is None  # small: in memory
+    assert delivery.info is not None  # computed at the end of DATA, not by the store
+    assert delivery.info == compute_message_info(io.BytesIO(stored))
+    assert delivery.info.size == len(stored)
 
 
-@pytest.mark.parametrize("name", ["plain", "multipart", "8bit", "no body"])
+def test_mx_hands_on_the_info_of_a_staged_message(
+    server: RunningServer, raw: Raw, handed_on: list[Delivery]
+) -> None:
+    raw.envelope()
+    assert raw.command(b"DATA\r\n").startswith(b"354")
+    assert raw.command(STAGED + b".\r\n").startswith(b"250 ")
+    (stored,) = inbox(server, USER)
+    assert len(stored) > Spool.MEMORY_LIMIT
+    (delivery,) = handed_on
+    assert delivery.staged is not None and delivery.content is None
+    assert delivery.info is not None
+    assert delivery.info == compute_message_info(io.BytesIO(stored))
+    assert delivery.info.size == len(stored)
+    assert [part.type for part in delivery.info.body.parts] == [
+        "text",
+        "multipart",
+        "message",
+        "application",
+        "text",
+    ]
+
+
+@pytest.mark.parametrize("name", ["plain", "multipart", "8bit", "no body", "staged"])
 def test_submission_hands_on_the_info_with_added_fields(
-    server: RunningServer, handed_on: list[MessageInfo | None], name: str
+    server: RunningServer, handed_on: list[Delivery], name: str
 ) -> None:
     # To ourselves: the stored copy has Return-Path, Received, then the Date and Message-ID we add.
-    message = MESSAGES[name].replace(b"a@remote.example", USER.encode())
+    message = STAGED if name == "staged" else MESSAGES[name]
+    message = message.replace(b"a@remote.example", USER.encode())
     with submission(server) as client:
         client.sendmail(USER, [USER], message)
     (stored,) = inbox(server, USER)
     assert b"\r\nDate: " in stored and b"\r\nMessage-ID: <" in stored
-    (info,) = handed_on
-    assert info is not None
-    assert info == compute_message_info(io.BytesIO(stored))
+    (delivery,) = handed_on
+    assert (delivery.staged is not None) == (name == "staged")
+    assert delivery.info is not None
+    assert delivery.info == compute_message_info(io.BytesIO(stored))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, USER, RunningServer
-from test_abuse import connect, read_line, start, tls
+from conftest import PASSWORD, USER, RunningServer, read_line
+from test_abuse import connect, start, tls
 
 from surat.config import HostPort
 from surat.imapd.session import IMAPService
@@ -335,6 +335,19 @@ def test_imap_noop_flood_runs_out_of_budget(tmp_path: Path, tmp_path_factory: py
             sock.sendall(b"p NOOP\r\n")
             assert read_line(sock) == b"p OK NOOP completed\r\n"
             time.sleep(0.5)
+        sock.close()
+        # Nor is a busy client polling between its work: a command that does work refills the budget
+        # (bench/imap_load.py --shared mixes NOOPs into its load and was refused before).
+        sock = imaps_logged_in(running)
+        for _ in range(4):
+            sock.sendall(b"p NOOP\r\n" * 4 + b'p LIST "" ""\r\n')
+            expected = (
+                b"p OK NOOP completed\r\n" * 4 + b'* LIST (\\Noselect) "/" ""\r\np OK LIST completed\r\n'
+            )
+            received = b""
+            while len(received) < len(expected) and (chunk := sock.recv(65536)):
+                received += chunk
+            assert received == expected
         sock.close()
     finally:
         running.stop()

@@ -19,6 +19,7 @@ import dns.zone
 import pytest
 from cryptography import x509
 
+from staging import staged
 from surat import cli
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
@@ -566,11 +567,9 @@ def _queue_one(config: Config) -> str:
     body = b"From: postmaster@example.test\r\nTo: bob@remote.example\r\nSubject: hi\r\n\r\nhello\r\n"
 
     async def deliver(store: Store) -> str:
-        spool = store.spool_dir / "cli-test.eml"
-        spool.write_bytes(body)
         result = await store.deliver(
             Delivery(
-                spool_path=spool,
+                staged=await staged(store.blobs, body),
                 size=len(body),
                 internal_date=datetime.now(UTC),
                 remote=OutboundMessage(
@@ -762,6 +761,14 @@ def test_check_good_config(surat: Callable[..., Run], dev: Setup) -> None:
     assert result.code == 0, result.err
     assert result.out.endswith("OK\n")
     assert "1 domain(s), 1 account(s), 0 queued" in result.out
+    assert "\nproxy:    PROXY protocol from (nobody)\n" in result.out
+
+
+def test_check_shows_trusted_proxies(surat: Callable[..., Run], dev: Setup) -> None:
+    _edit(dev, "[dns]\n", '[proxy]\ntrusted = ["127.0.0.1", "2001:db8::/32"]\n\n[dns]\n')
+    result = surat("--config", str(dev.config_file), "check")
+    assert result.code == 0, result.err
+    assert "\nproxy:    PROXY protocol from 127.0.0.1/32, 2001:db8::/32\n" in result.out
 
 
 def test_check_warns_about_a_self_signed_certificate(surat: Callable[..., Run], tmp_path: Path) -> None:

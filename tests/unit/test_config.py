@@ -587,3 +587,40 @@ def test_allow_private_destinations(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({**BASE, "delivery": {"allow_private_destinations": "yes"}}, tmp_path)
     assert info.value.key == "delivery.allow_private_destinations"
+
+
+def test_proxy_trusted_networks(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).proxy.trusted == ()
+    proxy = parse_config(
+        {**BASE, "proxy": {"trusted": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]}}, tmp_path
+    ).proxy
+    assert [str(network) for network in proxy.trusted] == ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]
+    assert proxy.is_trusted("10.1.2.3")
+    assert proxy.is_trusted("::ffff:10.1.2.3")  # an IPv4 peer on a dual-stack socket
+    assert proxy.is_trusted("2001:db8::5")
+    assert proxy.is_trusted("192.0.2.7")
+    assert not proxy.is_trusted("192.0.2.8")
+    assert not proxy.is_trusted("11.0.0.1")
+    assert not proxy.is_trusted("unknown")
+
+
+@pytest.mark.parametrize(
+    ("proxy", "key", "problem"),
+    [
+        ({"trusted": "10.0.0.0/8"}, "proxy.trusted", "expected a list of CIDRs"),
+        ({"trusted": [10]}, "proxy.trusted", "expected CIDR strings"),
+        ({"trusted": ["10.0.0.0/33"]}, "proxy.trusted", "'10.0.0.0/33' is not a CIDR"),
+        ({"trusted": ["10.0.0.1/8"]}, "proxy.trusted", "has host bits set"),
+        ({"trusted": ["lb.example"]}, "proxy.trusted", "is not a CIDR"),
+        ({"trusted": []}, "", ""),
+        ({"trustd": ["10.0.0.0/8"]}, "proxy.trustd", "unknown setting (did you mean trusted?)"),
+    ],
+)
+def test_bad_proxy_trusted(tmp_path: Path, proxy: dict[str, Any], key: str, problem: str) -> None:
+    if not key:
+        assert parse_config({**BASE, "proxy": proxy}, tmp_path).proxy.trusted == ()
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "proxy": proxy}, tmp_path)
+    assert info.value.key == key
+    assert problem in info.value.problem

@@ -9,7 +9,6 @@ import datetime
 import io
 import quopri
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
 
 import pytest
 
@@ -20,21 +19,21 @@ from surat.message.transfer import Base64Decoder, QuotedPrintableDecoder
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
 from surat.store.base import MessageRecord, MessageSummary
+from surat.store.memoryblobs import BytesBlobReader, MemoryBlobStore
 
 # ----------------------------------------------------------------------------------------- fakes
 
 
-class FakeBlobs:
+class FakeBlobs(MemoryBlobStore):
+    """Records which blobs were opened."""
+
     def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
+        super().__init__()
         self.opened: list[str] = []
 
-    def open(self, blob_id: str) -> BinaryIO:
+    async def open(self, blob_id: str) -> BytesBlobReader:
         self.opened.append(blob_id)
-        return io.BytesIO(self.data[blob_id])
-
-    def path(self, blob_id: str) -> None:
-        return None
+        return await super().open(blob_id)
 
 
 class FakeStore:
@@ -428,14 +427,7 @@ async def test_messages_expunged_meanwhile_do_not_match_header_keys() -> None:
 
 async def test_unreadable_message_file_does_not_match() -> None:
     store, view = mailbox()
-    del store.blobs.data["blob-3"]
-
-    def broken(blob_id: str) -> BinaryIO:
-        if blob_id == "blob-3":
-            raise FileNotFoundError(blob_id)
-        return io.BytesIO(store.blobs.data[blob_id])
-
-    store.blobs.open = broken  # type: ignore[method-assign]
+    del store.blobs.data["blob-3"]  # expunged meanwhile: open() raises NotFound
     assert await search(store, 1, view, key_of("TEXT example"), charset=None) == [5, 8, 13, 21]
 
 

@@ -7,7 +7,6 @@ import datetime
 import io
 import time
 from collections.abc import Sequence
-from typing import BinaryIO
 
 import pytest
 
@@ -18,16 +17,14 @@ from surat.message.info import compute_message_info
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
 from surat.store.base import MessageRecord, MessageSummary
+from surat.store.memoryblobs import BytesBlobReader, MemoryBlobStore
 
 UTC = datetime.UTC
 
 
-class FakeBlobs:
-    def open(self, blob_id: str) -> BinaryIO:
+class FakeBlobs(MemoryBlobStore):
+    async def open(self, blob_id: str) -> BytesBlobReader:
         raise AssertionError("SORT and THREAD never read message files")
-
-    def path(self, blob_id: str) -> None:
-        return None
 
 
 class FakeStore:

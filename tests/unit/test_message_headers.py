@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from surat.message.headers import MAX_HEADER_SECTION, Header, _by_lines, field_key, read_header, unfold
 from surat.smtpd.message import Spool
+from surat.store.memoryblobs import MemoryBlobStore
 
 
 def fields(header: Header) -> list[tuple[bytes, bytes, bytes]]:
@@ -109,15 +108,15 @@ def test_a_section_longer_than_the_bound_is_truncated() -> None:
     assert read_header(one_line).truncated
 
 
-def test_spool_reads_the_same_header_at_every_split(tmp_path: Path) -> None:
+async def test_spool_reads_the_same_header_at_every_split() -> None:
     # Submission's spool gets the message in chunks: however it is cut, it reads the same fields.
     message = b"From : ceo@example.test\r\nFrom: bob@example.test\r\nSubject: a\r\n b\r\n\r\nbody\r\n"
     expected = read_header(message)
     for cut in range(len(message) + 1):
-        spool = Spool(tmp_path, b"", add_missing_for="mail.example.test")
-        spool.write(message[:cut])
-        spool.write(message[cut:])
-        spool.finish()
+        spool = Spool(MemoryBlobStore(), b"", add_missing_for="mail.example.test")
+        await spool.write(message[:cut])
+        await spool.write(message[cut:])
+        await spool.finish()
         assert spool.header is not None
         assert fields(spool.header) == fields(expected), cut
         spool.discard()

@@ -107,8 +107,7 @@ async def inbox(store: SQLiteStore, account: Account) -> list[Message]:
     out = []
     for summary in await store.list_messages(mailbox.id):
         (record,) = await store.get_messages(mailbox.id, [summary.uid])
-        with store.blobs.open(record.blob_id) as blob:
-            out.append(email.message_from_bytes(blob.read()))
+        out.append(email.message_from_bytes(await store.blobs.read(record.blob_id)))
     return out
 
 

@@ -84,8 +84,7 @@ async def inbox(store: SQLiteStore, account: Account) -> list[bytes]:
     out = []
     for summary in await store.list_messages(mailbox.id):
         (record,) = await store.get_messages(mailbox.id, [summary.uid])
-        with store.blobs.open(record.blob_id) as blob:
-            out.append(blob.read())
+        out.append(await store.blobs.read(record.blob_id))
     return out
 
 
@@ -184,8 +183,7 @@ async def test_dsn_for_a_remote_sender_is_queued_from_the_null_sender(
     (dsn,) = await store.list_queue()
     assert dsn.sender == ""
     assert [r.address for r in dsn.recipients] == ["someone@other.test"]
-    with store.blobs.open(dsn.blob_id) as blob:
-        report = email.message_from_bytes(blob.read())
+    report = email.message_from_bytes(await store.blobs.read(dsn.blob_id))
     assert report.get_content_type() == "multipart/report"
     assert report["To"] == "someone@other.test"
     (block,) = recipient_blocks(report.as_bytes())

@@ -69,3 +69,5 @@ def test_imap_junk_budget_refills_one_a_second(monkeypatch: pytest.MonkeyPatch) 
     assert budget.spend() and not budget.spend()
     fake.now += 3600  # refills up to the burst, not beyond
     assert [budget.spend() for _ in range(4)] == [True, True, True, False]
+    budget.refill()  # a command that did work: the burst is there again at once
+    assert [budget.spend() for _ in range(4)] == [True, True, True, False]

@@ -48,17 +48,18 @@ async def test_store_creates_everything_owner_only(tmp_path: Path) -> None:
         await store.deliver(
             Delivery(None, len(small), WHEN, local=(MailboxTarget(account.id),), content=small)
         )
-        # a large message goes through a spool file, then is moved into the blob area
-        spool = Spool(store.spool_dir, b"")
-        spool.write(b"Subject: large\r\n\r\n" + b"x" * (Spool.MEMORY_LIMIT + 10) + b"\r\n")
-        spool.finish()
-        assert spool.path is not None
-        assert mode(spool.path) == 0o600
+        # a large message goes through a staged file, then is moved into the blob area
+        spool = Spool(store.blobs, b"")
+        await spool.write(b"Subject: large\r\n\r\n" + b"x" * (Spool.MEMORY_LIMIT + 10) + b"\r\n")
+        await spool.finish()
+        staged = list(store.spool_dir.iterdir())
+        assert spool.staged is not None and len(staged) == 1
+        assert mode(staged[0]) == 0o600
         outbound = OutboundMessage(
             sender="alice@example.test", recipients=(OutboundRecipient("b@remote.example"),)
         )
         await store.deliver(
-            Delivery(spool.path, spool.size, WHEN, local=(MailboxTarget(account.id),), remote=outbound)
+            Delivery(spool.staged, spool.size, WHEN, local=(MailboxTarget(account.id),), remote=outbound)
         )
         load_or_create_secret(data)
         index = data / INDEX_FILE

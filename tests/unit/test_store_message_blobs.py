@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from staging import staged
 from surat.store.base import Account, Credentials, Delivery, MailboxTarget
-from surat.store.blobs import new_blob_id
 from surat.store.schema import MIGRATIONS, migrate
 from surat.store.sqlite import INDEX_FILE, SQLiteStore
 
@@ -28,14 +28,8 @@ async def inbox(store: SQLiteStore, account: Account) -> int:
     return box.id
 
 
-def spool(store: SQLiteStore, data: bytes) -> Path:
-    path = store.spool_dir / new_blob_id()
-    path.write_bytes(data)
-    return path
-
-
 async def deliver_file(store: SQLiteStore, account: Account, data: bytes) -> int:
-    delivery = Delivery(spool(store, data), len(data), WHEN, local=(MailboxTarget(account.id),))
+    delivery = Delivery(await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(account.id),))
     return (await store.deliver(delivery)).local[0][2]
 
 
@@ -71,18 +65,13 @@ async def test_delivery_records_whether_the_last_line_ends_with_crlf(
     records = await store.get_messages(await inbox(store, alice), uids)
     assert [b.blob_id for b in blobs] == [r.blob_id for r in records]
     for blob, message in zip(blobs, messages, strict=True):
-        with store.blobs.open(blob.blob_id) as f:
-            assert f.read() == message
+        assert (await store.blobs.read(blob.blob_id)) == message
 
 
 async def test_append_and_copy_keep_the_flag(store: SQLiteStore, alice: Account) -> None:
     box = await inbox(store, alice)
-    _, first = await store.append(
-        alice.id, box, spool(store, UNTERMINATED), len(UNTERMINATED), frozenset(), WHEN
-    )
-    _, second = await store.append(
-        alice.id, box, spool(store, TERMINATED), len(TERMINATED), frozenset(), WHEN
-    )
+    _, first = await store.append(alice.id, box, await staged(store.blobs, UNTERMINATED), frozenset(), WHEN)
+    _, second = await store.append(alice.id, box, await staged(store.blobs, TERMINATED), frozenset(), WHEN)
     archive = await store.get_mailbox(alice.id, "Archive")
     trash = await store.get_mailbox(alice.id, "Trash")
     assert archive is not None and trash is not None

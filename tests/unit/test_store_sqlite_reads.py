@@ -113,3 +113,13 @@ async def test_changes_since_answer_is_reused_only_while_the_mailbox_is_unchange
     fresh = await store.changes_since(again.id, start)
     assert fresh.highestmodseq == after_store.highestmodseq
     assert [s.uid for s in fresh.changed] == [p[1] for p in copied.pairs]
+
+
+@pytest.mark.parametrize("count", [INLINE_READ_ROWS, INLINE_READ_ROWS + 1])
+async def test_mailbox_status_inline_and_on_a_worker(store: SQLiteStore, count: int) -> None:
+    _, mailbox_id, uids = await fill(store, count)
+    await store.store_flags(mailbox_id, uids[:3], FlagMode.ADD, frozenset({"\\Seen"}))
+    await store.store_flags(mailbox_id, uids[-2:], FlagMode.ADD, frozenset({"\\Deleted"}))
+    status = await store.mailbox_status(mailbox_id)
+    assert (status.messages, status.unseen, status.deleted, status.recent) == (count, count - 3, 2, count)
+    assert status.size == sum(len(message(n)) for n in range(count))

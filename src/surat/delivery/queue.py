@@ -131,7 +131,8 @@ ROUTE_REUSE = IDLE_LIMIT
 # read per recipient domain and per signing check otherwise. A domain added or removed at run time
 # is seen within this delay (`surat domain add` may be another process: no change to listen for).
 LOCAL_DOMAIN_TTL = 1.0
-# Messages up to this size are read on the event loop (a just-written file, a few microseconds).
+# Messages up to this size are read with their run's batch (BlobStore.read_many); larger ones
+# by their own task.
 INLINE_READ = 128 * 1024
 
 
@@ -329,13 +330,12 @@ class QueueRunner:
         self._saturated = len(entries) >= limit
         fresh = [e for e in entries if e.id not in self._in_flight]
         small = [e for e in fresh if e.size <= INLINE_READ]
-        # One thread hop reads the batch's messages: the opens and reads leave the event loop,
-        # which is what a relay's throughput is bound by.
-        contents = (
-            await asyncio.get_running_loop().run_in_executor(None, self._read_messages, small)
-            if small
-            else {}
-        )
+        # One batch read (the file backend: one thread hop) for the batch's messages: the opens and
+        # reads leave the event loop, which is what a relay's throughput is bound by.
+        contents: dict[str, bytes] = {}
+        if small:
+            read = await self.store.blobs.read_many([(e.blob_id, e.body_offset) for e in small])
+            contents = {e.id: data for e, data in zip(small, read, strict=True) if data is not None}
         for entry in fresh:
             if entry.id in self._in_flight:  # started meanwhile by a concurrent run_once
                 continue
@@ -375,11 +375,9 @@ class QueueRunner:
 
     async def process(self, entry: QueueEntry, original: bytes | None = None) -> None:
         """Attempt `entry`; `original` is its message from `body_offset` on when already read."""
-        loop = asyncio.get_running_loop()
-        if original is None and entry.size <= INLINE_READ:
-            original = self._read_message(entry)  # from the page cache: cheaper than a thread hop
-        elif original is None:
-            original = await loop.run_in_executor(None, self._read_message, entry)
+        if original is None:
+            # The whole message: the queue holds at most limits.message_size per entry.
+            original = await self.store.blobs.read(entry.blob_id, entry.body_offset)
         outcomes: dict[int, _Outcome] = {}
         remote: dict[str, list[int]] = {}
         for index, recipient in enumerate(entry.recipients):
@@ -447,20 +445,6 @@ class QueueRunner:
         self._local_domains[domain] = (now + LOCAL_DOMAIN_TTL, local)
         return local
 
-    def _read_messages(self, entries: Sequence[QueueEntry]) -> dict[str, bytes]:
-        """(In a thread.) The messages of `entries` that could be read; `process` reads the others
-        itself, and reports what went wrong."""
-        contents: dict[str, bytes] = {}
-        for entry in entries:
-            with contextlib.suppress(OSError, StoreError):
-                contents[entry.id] = self._read_message(entry)
-        return contents
-
-    def _read_message(self, entry: QueueEntry) -> bytes:
-        with self.store.blobs.open(entry.blob_id) as file:
-            file.seek(entry.body_offset)
-            return file.read()
-
     async def _sign(self, entry: QueueEntry, message: bytes) -> bytes:
         """DKIM-Signature fields for an entry queued unsigned: b"" unless the sender's domain is
         local. t= is when the message was queued (issue 18), not this attempt."""
@@ -489,7 +473,7 @@ class QueueRunner:
         try:
             await self.store.deliver(
                 Delivery(
-                    spool_path=None,
+                    staged=None,
                     size=len(content),
                     internal_date=self.clock(),
                     local=resolution.local,

@@ -108,6 +108,8 @@ async def dispatch(s: Session, cmd: c.Command) -> None:
         s.send(tagged(tag, Status.BAD, f"{name} is not allowed in this state"))
         await s.count_error(True)
         return
+    if not isinstance(cmd, _JUNK):
+        s.junk.refill()  # it does work, in a state that allows it: the NOOPs before it were no flood
     try:
         done = await handler(s, cmd)
         if _sends_updates(cmd):

@@ -1,8 +1,8 @@
 """FETCH (RFC 9051 §6.4.5, RFC 3516 BINARY, RFC 7162 CHANGEDSINCE/VANISHED/MODSEQ).
 
 Flags, sizes, dates, UIDs and MODSEQs come from the session's view; ENVELOPE and BODYSTRUCTURE from the
-``MessageInfo`` computed at delivery; body sections are byte ranges of the message file, streamed in
-chunks when large, so a 50 MiB BODY[] never sits in memory whole.
+``MessageInfo`` computed at delivery; body sections are byte ranges of the message's blob (read through
+the store's `BlobReader`), streamed in chunks when large, so a 50 MiB BODY[] never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from surat.imapd.errors import CommandError, UserError
 from surat.imapd.messages import EXPUNGE_ISSUED, resolve
@@ -22,7 +22,6 @@ from surat.imapd.sections import (
     binary_part,
     filter_header,
     locate,
-    read_range,
 )
 from surat.imapd.state import Done
 from surat.imapd.view import MessageState
@@ -31,7 +30,7 @@ from surat.proto.imap import commands as c
 from surat.proto.imap.seqset import SequenceSet
 from surat.proto.imap.structure import body_structure, envelope
 from surat.proto.imap.writer import Code, format_date_time, literal, literal8, quoted, vanished
-from surat.store.base import BlobStore, FlagMode, MessageRecord, NotFound
+from surat.store.base import BlobReader, BlobStore, FlagMode, MessageRecord, NotFound
 
 if TYPE_CHECKING:
     from surat.imapd.session import Session
@@ -41,8 +40,7 @@ __all__ = ["FetchCache", "fetch_cmd"]
 K = TypeVar("K")
 
 BATCH = 200  # records fetched from the store at a time
-STREAM_THRESHOLD = 64 * 1024  # body values larger than this are streamed from the file
-CHUNK = 64 * 1024
+STREAM_THRESHOLD = 64 * 1024  # body values larger than this are streamed from the blob
 
 _A = c.FetchAttr
 # These need the message's record only when FetchCache.structures does not hold their value.
@@ -55,38 +53,46 @@ _MODSEQ = c.FetchSimple(_A.MODSEQ)
 
 @dataclass(frozen=True, slots=True)
 class _Stream:
-    """Bytes of the message file sent as they are read."""
+    """Bytes of the message sent as the store's reader hands them over (its chunks are bounded)."""
 
-    file: BinaryIO
+    reader: BlobReader
     range: ByteRange
 
 
 class _Gone(Exception):
-    """The message file was removed with its message since the records were read."""
+    """The message's blob was removed with its message since the records were read."""
 
 
 class _Blob:
-    """The message file, opened on first use: header sections often come from the header cache."""
+    """The message's blob, opened on first use: header sections often come from the header cache."""
 
-    __slots__ = ("_blobs", "_file", "blob_id")
+    __slots__ = ("_blobs", "_reader", "blob_id")
 
     def __init__(self, blobs: BlobStore, blob_id: str) -> None:
         self._blobs = blobs
         self.blob_id = blob_id
-        self._file: BinaryIO | None = None
+        self._reader: BlobReader | None = None
 
-    def file(self) -> BinaryIO:
-        if self._file is None:
+    async def reader(self) -> BlobReader:
+        if self._reader is None:
             try:
-                self._file = self._blobs.open(self.blob_id)
+                self._reader = await self._blobs.open(self.blob_id)
             except (OSError, NotFound):
                 raise _Gone from None
-        return self._file
+        return self._reader
+
+    async def read(self, rng: ByteRange, limit: int | None = None) -> bytes:
+        """The octets of `rng` (at most `limit`), into memory: callers bound the range."""
+        size = rng.size if limit is None else min(rng.size, limit)
+        if size <= 0:
+            return b""
+        reader = await self.reader()
+        return await reader.read(rng.start, size)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class _ByteLRU(Generic[K]):
@@ -168,13 +174,13 @@ class FetchCache:
         self._blocks.put((blob_id, rng.start, rng.end), block)
 
 
-def _header_block(s: Session, blob: _Blob, rng: ByteRange) -> bytes:
+async def _header_block(s: Session, blob: _Blob, rng: ByteRange) -> bytes:
     if rng.size <= 0:
         return b""  # a part that does not exist
     cache = s.service.fetch_cache
     block = cache.get(blob.blob_id, rng)
     if block is None:
-        block = read_range(blob.file(), rng, MAX_HEADER_READ)
+        block = await blob.read(rng, MAX_HEADER_READ)
         cache.put(blob.blob_id, rng, block)
     return block
 
@@ -395,14 +401,13 @@ def _structure(
 async def _stream(s: Session, stream: _Stream) -> None:
     await s.flush()
     position, end = stream.range.start, stream.range.end
-    stream.file.seek(position)
-    while position < end:
-        data = stream.file.read(min(CHUNK, end - position))
-        if not data:
-            # The file is shorter than recorded (damaged): pad so the literal keeps its announced size.
-            data = b" " * (end - position)
+    async for data in stream.reader.stream(position, end - position):
         position += len(data)
         s.send(data)
+        await s.flush()
+    if position < end:
+        # The blob is shorter than recorded (damaged): pad so the literal keeps its announced size.
+        s.send(b" " * (end - position))
         await s.flush()
 
 
@@ -413,12 +418,12 @@ async def _body_value(s: Session, blob: _Blob, record: MessageRecord, item: c.Fe
         # A part that does not exist is empty, as in BODY[] (see sections.locate).
         rng, encoding = located if located is not None else (ByteRange(0, 0), "BINARY")
 
-        file = blob.file()
+        raw = await blob.read(rng)
 
         def decode() -> bytes:
             # Bounded: the part is at most the message (limits.message_size) and decoding never grows it;
             # a large one is decoded in a worker thread, in DECODE_CHUNK pieces that never hold the GIL long.
-            return decode_transfer_encoding(read_range(file, rng), encoding)
+            return decode_transfer_encoding(raw, encoding)
 
         try:
             data = await asyncio.to_thread(decode) if rng.size > STREAM_THRESHOLD else decode()
@@ -431,11 +436,11 @@ async def _body_value(s: Session, blob: _Blob, record: MessageRecord, item: c.Fe
         return literal8(data) if b"\x00" in data else literal(data)
     where = locate(info, item.section)
     if isinstance(where, HeaderFields):
-        block = _header_block(s, blob, where.header)
+        block = await _header_block(s, blob, where.header)
         return literal(_slice(filter_header(block, where.fields, exclude=where.exclude), item.partial))
     if item.section.text == "HEADER" and where.size <= STREAM_THRESHOLD:
-        return literal(_slice(_header_block(s, blob, where), item.partial))
+        return literal(_slice(await _header_block(s, blob, where), item.partial))
     rng = _partial(where, item.partial)
     if rng.size > STREAM_THRESHOLD:
-        return _Stream(blob.file(), rng)
-    return literal(read_range(blob.file(), rng))
+        return _Stream(await blob.reader(), rng)
+    return literal(await blob.read(rng))

@@ -5,7 +5,9 @@ SMTP and POP3 count such commands per session (``[limits] junk_commands``, as Po
 without IDLE polls with NOOP all that time (RFC 9051 §6.1.2 recommends NOOP for polling), so a count per
 session would cut off real clients. Instead the budget refills: ``junk_commands`` in a burst, then one a
 second. A poller never runs dry; a flood of them does, and each one past the budget is answered BAD and
-counts toward the bad-command limit, which ends the session.
+counts toward the bad-command limit, which ends the session. A command that does work (FETCH, STORE,
+APPEND, SELECT, ...) fills the budget again, as Postfix resets its junk count after a delivery: a busy
+client that polls between its work is not a flood, and its NOOPs must never be refused.
 """
 
 from __future__ import annotations
@@ -32,3 +34,7 @@ class JunkBudget:
             return False
         self._tokens -= 1
         return True
+
+    def refill(self) -> None:
+        """A command that does work: the junk commands before it were not a flood."""
+        self._tokens = self.burst

@@ -224,9 +224,11 @@ async def append(s: Session, cmd: c.Append) -> Done:
         uids: list[int] = []
         uidvalidity = mailbox.uidvalidity
         try:
-            for item in state.spooled:
+            while state.spooled:
+                # The store takes each staged message over (popped first: discard() must not abort it).
+                item = state.spooled.pop(0)
                 uidvalidity, uid = await s.store.append(
-                    account.id, mailbox.id, item.path, item.size, item.flags, item.date
+                    account.id, mailbox.id, item.staged, item.flags, item.date
                 )
                 uids.append(uid)
         except BaseException:
@@ -235,7 +237,6 @@ async def append(s: Session, cmd: c.Append) -> Done:
                 with contextlib.suppress(Exception):
                     await s.store.expunge(mailbox.id, uids)
             raise
-        state.spooled.clear()  # the store took the files over
     finally:
         state.discard()
     # RFC 4315 §3: APPENDUID uidvalidity uid-set.

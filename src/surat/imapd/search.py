@@ -8,8 +8,8 @@ A search runs in up to three rounds, each over fewer messages than the one befor
 2. the still-undecided ones, fetched from the store in batches of ``BATCH`` UIDs, against the header
    values decoded at delivery (`MessageInfo`: Subject, From, To, Cc, Bcc, Date);
 3. what is still undecided against the message file: arbitrary HEADER fields (only the header bytes are
-   read) and BODY/TEXT, streamed part by part with transfer encodings and charsets decoded, in a worker
-   thread so the event loop keeps serving other sessions.
+   read) and BODY/TEXT, streamed part by part from the store's `BlobReader` with transfer encodings and
+   charsets decoded, yielding to the event loop after every chunk so it keeps serving other sessions.
 
 Memory stays bounded on mailboxes of 100 000 messages: one batch of records at a time, one 64 KiB chunk
 of a message at a time. Sequence numbers and UIDs: index ``i`` in the view is sequence number ``i + 1``.
@@ -28,7 +28,7 @@ import email.utils
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final, Protocol
+from typing import Final, Protocol
 
 from surat.message.encoded_words import decode_encoded_words
 from surat.message.headers import read_header, unfold
@@ -54,7 +54,7 @@ from surat.proto.imap.commands import (
 )
 from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.seqset import SequenceSet
-from surat.store.base import BlobStore, MessageRecord, MessageSummary
+from surat.store.base import BlobReader, BlobStore, MessageRecord, MessageSummary, NotFound
 
 __all__ = [
     "BATCH",
@@ -232,27 +232,33 @@ def _charset_decoder(part: BodyPart) -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder(name)("replace")
 
 
-def _read_range(file: BinaryIO, start: int, end: int) -> Iterable[bytes]:
-    file.seek(start)
-    left = end - start
-    while left > 0:
-        chunk = file.read(min(_CHUNK, left))
+async def _read_range(reader: BlobReader, start: int, end: int) -> AsyncIterator[bytes]:
+    position = start
+    while position < end:
+        chunk = await reader.read(position, min(_CHUNK, end - position))
         if not chunk:
             return
-        left -= len(chunk)
+        position += len(chunk)
         yield chunk
+        # The scan runs on the event loop: one _CHUNK of reading and matching at a time, then others
+        # get their turn (the file backend's reads of this size do not suspend by themselves).
+        await asyncio.sleep(0)
 
 
-def _header_text(file: BinaryIO, start: int, end: int) -> str:
+async def _read_all(reader: BlobReader, start: int, end: int) -> bytes:
+    return b"".join([chunk async for chunk in _read_range(reader, start, end)])
+
+
+async def _header_text(reader: BlobReader, start: int, end: int) -> str:
     """A header block as "name: decoded value" lines, for TEXT and message/rfc822 headers."""
-    raw = b"".join(_read_range(file, start, min(end, start + _MAX_HEADER)))
+    raw = await _read_all(reader, start, min(end, start + _MAX_HEADER))
     return "\n".join(f"{name}: {decode_header_value(value)}" for name, value in _parse_header(raw))
 
 
-def _scan_body(file: BinaryIO, part: BodyPart, finder: _Finder) -> None:
+async def _scan_body(reader: BlobReader, part: BodyPart, finder: _Finder) -> None:
     transfer = transfer_decoder(part.encoding)  # the decoders BINARY uses (RFC 2045 §6.7, §6.8)
     chars = _charset_decoder(part)
-    for chunk in _read_range(file, part.body_start, part.end):
+    async for chunk in _read_range(reader, part.body_start, part.end):
         finder.feed(chars.decode(transfer.feed(chunk)))
         if finder.done:
             return
@@ -275,12 +281,13 @@ class _BlobPlan:
     body_needles: frozenset[str]  # folded
 
 
-def _scan_message(blobs: BlobStore, record: MessageRecord, plan: _BlobPlan) -> _BlobFacts:
+async def _scan_message(blobs: BlobStore, record: MessageRecord, plan: _BlobPlan) -> _BlobFacts:
     facts = _BlobFacts()
     root = record.info.body
-    with blobs.open(record.blob_id) as file:
+    reader = await blobs.open(record.blob_id)
+    with contextlib.closing(reader):
         if plan.header_names or plan.text_needles:
-            raw = b"".join(_read_range(file, 0, min(root.body_start, _MAX_HEADER)))
+            raw = await _read_all(reader, 0, min(root.body_start, _MAX_HEADER))
             fields = _parse_header(raw)
             for name, value in fields:
                 if name in plan.header_names:
@@ -301,28 +308,28 @@ def _scan_message(blobs: BlobStore, record: MessageRecord, plan: _BlobPlan) -> _
         while stack and not (text_left <= body.found | mime.found and plan.body_needles <= body.found):
             part, header = stack.pop()
             if header == "mime" and not mime.done:
-                mime.feed(_header_text(file, part.header_start, part.body_start))
+                mime.feed(await _header_text(reader, part.header_start, part.body_start))
             elif header == "content":
-                body.feed(_header_text(file, part.header_start, part.body_start))
+                body.feed(await _header_text(reader, part.header_start, part.body_start))
             if part.is_multipart:
                 stack.extend((child, "mime") for child in reversed(part.parts))
             elif part.message is not None:
                 stack.append((part.message, "content"))
             elif part.type == "text":
-                _scan_body(file, part, body)
+                await _scan_body(reader, part, body)
     facts.text_found |= (body.found | mime.found) & plan.text_needles
     facts.body_found = body.found & plan.body_needles
     return facts
 
 
-def _scan_batch(
+async def _scan_batch(
     blobs: BlobStore, records: Sequence[MessageRecord], plan: _BlobPlan
 ) -> list[_BlobFacts | None]:
     out: list[_BlobFacts | None] = []
     for record in records:
         try:
-            out.append(_scan_message(blobs, record, plan))
-        except OSError:
+            out.append(await _scan_message(blobs, record, plan))
+        except (OSError, NotFound):
             out.append(None)  # the file went away with an expunge meanwhile: no match
     return out
 
@@ -663,7 +670,7 @@ async def matching_indexes(
             elif result is None:
                 undecided.append((i, record))
         if undecided and level >= _BLOB:
-            facts = await asyncio.to_thread(_scan_batch, source.blobs, [r for _, r in undecided], plan)
+            facts = await _scan_batch(source.blobs, [r for _, r in undecided], plan)
             for (i, record), blob in zip(undecided, facts, strict=True):
                 uid = uids[i]
                 if blob is not None and pred(i, uid, state[uid], record, blob):

@@ -11,15 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import ssl
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import BinaryIO
 
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
@@ -65,7 +61,7 @@ from surat.proto.imap.writer import (
     untagged_status,
     vanished,
 )
-from surat.store.base import Account, Change, ChangeKind, Mailbox, NotFound, Store, Subscription
+from surat.store.base import Account, Change, ChangeKind, Mailbox, NotFound, StagedBlob, Store, Subscription
 
 __all__ = ["AUTOLOGOUT", "IMAPService", "Session"]
 
@@ -117,8 +113,8 @@ MECHANISMS = ("PLAIN", "SCRAM-SHA-256")
 
 @dataclass(slots=True)
 class _Spooled:
-    path: Path
-    size: int
+    staged: StagedBlob  # the literal, written into the store's staging as it arrives
+    size: int  # as announced by the literal
     flags: frozenset[str]
     date: datetime
 
@@ -132,17 +128,14 @@ class AppendState:
     error: bytes | None  # the reply owed instead of OK (set while refusing)
     error_bad: bool = False  # that reply is a BAD (counts against the error budget)
     spooled: list[_Spooled] = field(default_factory=list)
-    file: BinaryIO | None = None
-    current: _Spooled | None = None
+    current: _Spooled | None = None  # the message whose literal is arriving
     total: int = 0
 
     def discard(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        """Abort every staged message the store has not taken over (a failed or dropped APPEND
+        leaves nothing behind; abort never blocks, so this is safe on cancellation too)."""
         for item in self.spooled + ([self.current] if self.current else []):
-            with contextlib.suppress(OSError):
-                item.path.unlink()
+            item.staged.abort()
         self.spooled.clear()
         self.current = None
 
@@ -427,7 +420,7 @@ class Session:
                 case NeedLiteral():
                     pass
                 case LiteralChunk(data=data):
-                    self._append_chunk(data)
+                    await self._append_chunk(data)
                 case ParseError():
                     await self._parse_error(event)
                 case LiteralTooBig():
@@ -511,9 +504,7 @@ class Session:
             state = self.append
             if state is None or state.tag != event.tag:
                 state = self.append = AppendState(event.tag, None, None)
-            if state.file is not None:
-                state.file.close()
-                state.file = None
+            state.discard()  # the whole APPEND fails (RFC 3502 §6.3.11): nothing staged is kept
             reply = error_reply(event.tag, exc, command="APPEND")
             state.error, state.error_bad = reply.line, reply.bad
 
@@ -540,9 +531,6 @@ class Session:
             state.mailbox = mailbox
         if state.error is not None:
             return
-        if state.file is not None:
-            state.file.close()
-            state.file = None
         if state.current is not None:
             state.spooled.append(state.current)
             state.current = None
@@ -555,13 +543,8 @@ class Session:
                 state.error = tagged(event.tag, Status.NO, "quota exceeded", Code.OVERQUOTA)
                 return
         date = event.internal_date or datetime.now(UTC)
-        spool_dir = self.store.spool_dir
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        path = spool_dir / f"imap-{secrets.token_hex(8)}.eml"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        state.file = os.fdopen(fd, "wb")
         flags_ = frozenset(f for f in event.flags if f != "\\Recent")
-        state.current = _Spooled(path, event.size, flags_, date)
+        state.current = _Spooled(self.store.blobs.stage(), event.size, flags_, date)
 
     async def _append_literal(self, event: NeedLiteral) -> None:
         state = self.append
@@ -582,20 +565,17 @@ class Session:
         self.send(continuation("Ready for literal data"))
         await self.flush()
 
-    def _append_chunk(self, data: bytes) -> None:
+    async def _append_chunk(self, data: bytes) -> None:
         state = self.append
-        if state is not None and state.file is not None and state.error is None:
-            state.file.write(data)
+        if state is not None and state.current is not None and state.error is None:
+            await state.current.staged.write(data)
 
     def finish_append(self) -> AppendState:
-        """Close the last spool file and hand the APPEND's state to its handler."""
+        """Hand the APPEND's state, its last message included, to its handler."""
         state = self.append
         self.append = None
         if state is None:
             raise CommandError("APPEND without a message")
-        if state.file is not None:
-            state.file.close()
-            state.file = None
         if state.current is not None:
             state.spooled.append(state.current)
             state.current = None

@@ -28,11 +28,19 @@ class TLSInfo:
 
 
 class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        role: str,
+        peer: tuple[str, int] | None = None,
+    ) -> None:
+        """``peer``: the real client when a trusted proxy relays the connection (its PROXY header);
+        logs, limits, login-failure blocks, SPF and Received headers all see this address."""
         self.reader = reader
         self.writer = writer
         self.role = role
-        peer = writer.get_extra_info("peername") or ("unknown", 0)
+        peer = peer or writer.get_extra_info("peername") or ("unknown", 0)
         self.peer_host: str = str(peer[0])
         self.peer_port: int = int(peer[1])
         sock = writer.get_extra_info("sockname") or ("unknown", 0)

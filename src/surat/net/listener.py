@@ -9,15 +9,22 @@ import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from surat.config import HostPort
+from surat.config import HostPort, ProxyConfig
 from surat.log import connection_id, fields, new_connection_id
+from surat.net import proxyheader
 from surat.net.connection import Connection
+from surat.net.proxyheader import ProxyHeaderError, read_proxy_header
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Connection], Awaitable[None]]
+
+BACKLOG = 1024
+TLS_HANDSHAKE_TIMEOUT = 30.0  # implicit TLS (465, 993, 995)
+STREAM_LIMIT = 64 * 1024  # asyncio's default StreamReader limit, as asyncio.start_server used
+ACCEPT_ERROR_PAUSE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,93 +37,203 @@ class ListenerSpec:
     refusal: bytes = b""
     max_per_ip: int = 20
     max_total: int = 1000
+    # Who may send a PROXY header first (and then must); see surat.net.proxyheader.
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
 class Listeners:
     def __init__(self) -> None:
-        self._servers: list[tuple[str, asyncio.Server]] = []
+        self._sockets: list[tuple[str, socket.socket]] = []
+        self._paused: dict[socket.socket, asyncio.TimerHandle] = {}  # after an accept error
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_ip: Counter[tuple[str, str]] = Counter()
         self._per_role: Counter[str] = Counter()
 
     async def start(self, spec: ListenerSpec) -> None:
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            # This is the root of the connection's task, which asyncio's stream server reads the
-            # result of: a cancellation (server stop) ends here instead of being logged as an
-            # "exception in callback". Nothing above us waits for it.
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept(spec, reader, writer)
-
+        # Our own accepting rather than asyncio.start_server: a PROXY header must come off the socket
+        # before any (TLS) transport owns it (see surat.net.proxyheader). Like asyncio's server, a
+        # reader callback on the listening socket accepts what is pending and starts a task for each.
+        loop = asyncio.get_running_loop()
         for address in spec.addresses:
-            server = await asyncio.start_server(
-                accept,
-                host=address.host,
-                port=address.port,
-                ssl=spec.implicit_tls,
-                ssl_handshake_timeout=30 if spec.implicit_tls else None,
-                reuse_address=True,
-                family=socket.AF_INET6 if ":" in address.host else socket.AF_INET,
-                backlog=1024,
-            )
-            self._servers.append((spec.role, server))
-            for sock in server.sockets:
-                log.info("listening", extra=fields(role=spec.role, address=_format(sock.getsockname())))
+            for listening in _bind(address):
+                self._sockets.append((spec.role, listening))
+                log.info("listening", extra=fields(role=spec.role, address=_format(listening.getsockname())))
+                loop.add_reader(listening.fileno(), self._accept, spec, listening)
 
     def bound(self, role: str) -> list[tuple[str, int]]:
         """The addresses actually bound for a role (port 0 in the config gets a real port here)."""
-        out: list[tuple[str, int]] = []
-        for server_role, server in self._servers:
-            if server_role == role:
-                out.extend((sock.getsockname()[0], sock.getsockname()[1]) for sock in server.sockets)
-        return out
+        return [
+            (sock.getsockname()[0], sock.getsockname()[1])
+            for sock_role, sock in self._sockets
+            if sock_role == role
+        ]
 
-    async def _accept(
-        self, spec: ListenerSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        connection_id.set(new_connection_id())
-        conn = Connection(reader, writer, spec.role)
-        key = (spec.role, conn.peer_host)
-        try:
-            if self._per_ip[key] >= spec.max_per_ip or self._per_role[spec.role] >= spec.max_total:
-                log.warning(
-                    "connection.refused", extra=fields(role=spec.role, peer=conn.peer_host, reason="limit")
-                )
-                conn.write(spec.refusal)
-                await conn.close()
-                return
-            self._per_ip[key] += 1
-            self._per_role[spec.role] += 1
+    def _accept(self, spec: ListenerSpec, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(BACKLOG):  # bounded: other listeners and sessions get their turn
             try:
-                await spec.handler(conn)
-            except asyncio.CancelledError:
-                raise
+                client, _ = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of file descriptors, or a connection reset while queued: as asyncio's own
+                # server does, log and stop accepting for a moment rather than spin.
+                log.warning("accept.failed", extra=fields(role=spec.role, error=str(exc)))
+                loop.remove_reader(listening.fileno())
+                self._paused[listening] = loop.call_later(ACCEPT_ERROR_PAUSE, self._resume, spec, listening)
+                return
+            client.setblocking(False)
+            connection = loop.create_task(self._connection(spec, client))
+            self._tasks.add(connection)
+            connection.add_done_callback(self._tasks.discard)
+
+    def _resume(self, spec: ListenerSpec, listening: socket.socket) -> None:
+        del self._paused[listening]
+        asyncio.get_running_loop().add_reader(listening.fileno(), self._accept, spec, listening)
+
+    async def _connection(self, spec: ListenerSpec, client: socket.socket) -> None:
+        # This is the root of the connection's task: a cancellation (server stop) ends here; nothing
+        # above us waits for it.
+        with contextlib.suppress(asyncio.CancelledError):
+            connection_id.set(new_connection_id())
+            try:
+                streams = await self._open(spec, client)
             except Exception:
-                log.exception("connection.crashed", extra=fields(role=spec.role, peer=conn.peer_host))
-            finally:
-                self._per_ip[key] -= 1
-                if self._per_ip[key] <= 0:
-                    del self._per_ip[key]
-                self._per_role[spec.role] -= 1
-                await conn.close()
+                log.exception("connection.crashed", extra=fields(role=spec.role, peer=_peer(client)[0]))
+                client.close()
+                return
+            except BaseException:
+                client.close()
+                raise
+            if streams is not None:
+                await self._serve(spec, *streams)
+
+    async def _open(
+        self, spec: ListenerSpec, client: socket.socket
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, tuple[str, int] | None] | None:
+        """The header if the peer is a trusted proxy, then the TLS handshake on implicit-TLS ports."""
+        socket_peer = _peer(client)
+        real_peer: tuple[str, int] | None = None
+        # proxy-protocol.txt §5: whether a header is read depends on configuration only, never on
+        # what arrives: from anyone else "PROXY ..." is just a bad first command.
+        if spec.proxy.is_trusted(socket_peer[0]):
+            try:
+                header = await read_proxy_header(client, proxyheader.PROXY_HEADER_TIMEOUT)
+            except (ProxyHeaderError, TimeoutError, OSError) as exc:
+                reason = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                log.warning(
+                    "proxy.refused",
+                    extra=fields(role=spec.role, proxy=socket_peer[0], reason=reason),
+                )
+                client.close()
+                return None
+            if header.addresses is not None:
+                real_peer = (header.addresses.source_host, header.addresses.source_port)
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        # With a connected-callback the protocol counts as the server side, which StreamWriter.start_tls
+        # (STARTTLS, STLS) relies on, as it does for asyncio.start_server's streams.
+        protocol = asyncio.StreamReaderProtocol(
+            reader, lambda r, w: opened.set_result((r, w)) if not opened.done() else None, loop=loop
+        )
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol,
+                client,
+                ssl=spec.implicit_tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if spec.implicit_tls else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info(
+                "tls.handshake_failed", extra=fields(role=spec.role, peer=socket_peer[0], error=str(exc))
+            )
+            client.close()
+            return None
+        stream_reader, writer = await opened
+        return stream_reader, writer, real_peer
+
+    async def _serve(
+        self,
+        spec: ListenerSpec,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        real_peer: tuple[str, int] | None,
+    ) -> None:
+        conn = Connection(reader, writer, spec.role, peer=real_peer)
+        if real_peer is not None:
+            proxy = writer.get_extra_info("peername") or ("unknown", 0)
+            log.info("proxy.client", extra=fields(role=spec.role, peer=conn.peer_host, proxy=proxy[0]))
+        key = (spec.role, conn.peer_host)
+        if self._per_ip[key] >= spec.max_per_ip or self._per_role[spec.role] >= spec.max_total:
+            log.warning(
+                "connection.refused", extra=fields(role=spec.role, peer=conn.peer_host, reason="limit")
+            )
+            conn.write(spec.refusal)
+            await conn.close()
+            return
+        self._per_ip[key] += 1
+        self._per_role[spec.role] += 1
+        try:
+            await spec.handler(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("connection.crashed", extra=fields(role=spec.role, peer=conn.peer_host))
         finally:
-            self._tasks.discard(task)
+            self._per_ip[key] -= 1
+            if self._per_ip[key] <= 0:
+                del self._per_ip[key]
+            self._per_role[spec.role] -= 1
+            await conn.close()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, give running sessions `grace` seconds, then cancel them."""
-        for _, server in self._servers:
-            server.close()
+        loop = asyncio.get_running_loop()
+        for timer in self._paused.values():
+            timer.cancel()
+        self._paused.clear()
+        for _, listening in self._sockets:
+            loop.remove_reader(listening.fileno())
+            listening.close()
+        self._sockets.clear()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=grace)
-        for _, server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
+
+
+def _bind(address: HostPort) -> list[socket.socket]:
+    """Listening sockets for every address ``address.host`` resolves to (as asyncio.start_server
+    binds them): SO_REUSEADDR, and IPv6 sockets IPv6-only so that "[::]" and "0.0.0.0" can coexist."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    infos = socket.getaddrinfo(address.host, address.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for info_family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            listening = socket.socket(info_family, kind, proto)
+            sockets.append(listening)
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if info_family == socket.AF_INET6:
+                listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listening.bind(sockaddr)
+            listening.listen(BACKLOG)
+            listening.setblocking(False)
+    except OSError:
+        for listening in sockets:
+            listening.close()
+        raise
+    return sockets
+
+
+def _peer(client: socket.socket) -> tuple[str, int]:
+    try:
+        peer = client.getpeername()
+    except OSError:
+        return ("unknown", 0)
+    return str(peer[0]), int(peer[1])
 
 
 def _format(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:

@@ -12,11 +12,11 @@ RFC 1939 semantics on top of the store:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 # RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
 IDLE_TIMEOUT = 600.0
-READ_CHUNK = 65536
 # Advertised strongest first; LOGIN is left out: POP3 clients use USER/PASS for that.
 POP3_MECHANISMS = ("SCRAM-SHA-256", "PLAIN")
 
@@ -408,31 +407,22 @@ class POP3Session:
         assert self._mailbox is not None
         return f"{self._mailbox.uidvalidity}.{message.uid}"
 
-    def _open_message(self, message: _Message) -> BinaryIO:
-        """The message's file; OSError or NotFound when it is gone (expunged by IMAP since the
-        snapshot)."""
-        path = self.store.blobs.path(message.blob_id)
-        if path is None:  # a backend without files
-            return self.store.blobs.open(message.blob_id)
-        # Unbuffered: reads below ask for exactly what is left, and a buffered file object costs
-        # more than the read itself for a typical message.
-        return open(path, "rb", buffering=0)
-
     async def _send_message(self, message: _Message) -> None:
         engine = self.engine
         try:
-            f = self._open_message(message)
+            reader = await self.store.blobs.open(message.blob_id)
         except (OSError, NotFound):
+            # expunged by IMAP since the snapshot
             engine.err("message is no longer available")
             return
-        with f:
+        with contextlib.closing(reader):
             engine.message_start(f"{message.size} octets")
-            # Reads are from the page cache in the common case; a 64 KiB read does not hold
-            # the loop long, and writing each chunk then draining keeps memory bounded. The
-            # status line, the message and the terminator of a message that fits in one read
+            # The store's chunks are bounded (STREAM_CHUNK of the file backend, read from the page
+            # cache in the common case); writing each chunk then draining keeps memory bounded. The
+            # status line, the message and the terminator of a message that fits in one chunk
             # leave in one write (one TLS record, one syscall).
             sent = 0
-            while chunk := f.read(min(READ_CHUNK, message.stored - sent)):
+            async for chunk in reader.stream(0, message.stored):
                 sent += len(chunk)
                 if not engine.message_data(chunk) or sent >= message.stored:
                     break

@@ -1,26 +1,23 @@
-"""A message being received: streamed to a spool file, with the trace headers in front.
+"""A message being received: streamed to the store's staging, with the trace headers in front.
 
-The file is what `Store.deliver` takes over: `Return-Path:` (local copies only), our `Received:`,
+The staged blob is what `Store.deliver` takes over: `Return-Path:` (local copies only), our `Received:`,
 for submission any `Date:`/`Message-ID:` we add (RFC 6409 §8), then the message as received. The
 header section is held in memory (bounded) until its end, so the additions can be decided before
-anything is written and the message is never copied; the body goes straight to the file.
+anything is written and the message is never copied; the body goes straight to the staged blob.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import email.utils
 import io
-import os
 import secrets
-import tempfile
 from datetime import datetime
-from pathlib import Path
-from typing import BinaryIO
 
 from surat.message.headers import MAX_HEADER_SECTION, Header, read_header, with_fields_above
 from surat.message.info import MessageInfo, compute_message_info
 from surat.proto.smtp.address import header_safe
+from surat.store.base import BlobStore, StagedBlob
 
 
 def _clean(text: str) -> str:
@@ -74,18 +71,18 @@ class Spool:
     """The spool of one message. Not thread-safe; one per transaction.
 
     Messages up to MEMORY_LIMIT stay in memory and reach the store as bytes: the store's writer
-    thread then writes the message file once, and the event loop makes no file system calls for
-    it (measured: those calls, waiting on the GIL, were the largest cost of an accepted message).
-    A larger message moves to a file in `directory` as soon as it outgrows the limit.
+    thread then writes the message once, and the event loop makes no file system calls for it
+    (measured: those calls, waiting on the GIL, were the largest cost of an accepted message).
+    A larger message moves to a blob staged in the store (`BlobStore.stage()`) as soon as it
+    outgrows the limit, so that no whole large message is held in memory.
     """
 
     MEMORY_LIMIT = 1024 * 1024
 
-    def __init__(self, directory: Path, prefix: bytes, *, add_missing_for: str | None = None) -> None:
+    def __init__(self, blobs: BlobStore, prefix: bytes, *, add_missing_for: str | None = None) -> None:
         """`add_missing_for`: the host name for Message-ID if Date/Message-ID may be added (submission)."""
-        self._directory = directory
-        self.path: Path | None = None  # the spool file, once the message outgrew memory
-        self._file: BinaryIO | None = None
+        self._blobs = blobs
+        self.staged: StagedBlob | None = None  # once the message outgrew memory
         self._memory: bytearray | None = bytearray()
         self._prefix = prefix
         self._add_for = add_missing_for
@@ -102,9 +99,9 @@ class Spool:
         """The whole message when it stayed in memory (after finish())."""
         return bytes(self._memory) if self._memory is not None else None
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
         if self._held is None:
-            self._put(chunk)
+            await self._put(chunk)
             return
         held = self._held
         start = max(0, len(held) - 3)
@@ -115,13 +112,13 @@ class Spool:
             found = held.find(b"\r\n\r\n", start)
             end = found + 2 if found >= 0 else -1  # the empty line starts at `end`
         if end >= 0:
-            self._release(end + 2)
+            await self._release(end + 2)
         elif len(held) > MAX_HEADER_SECTION:
             self._held = None
-            self._put(self._prefix)
-            self._put(bytes(held))
+            await self._put(self._prefix)
+            await self._put(bytes(held))
 
-    def _release(self, end: int) -> None:
+    async def _release(self, end: int) -> None:
         """The header section is held[:end] (with its empty line, if any): parse it, write prefix,
         additions, the rest."""
         held = self._held
@@ -141,42 +138,33 @@ class Spool:
                 additions += f"Message-ID: {message_id}\r\n".encode()
                 self.added.append("Message-ID")
         self._additions = additions
-        self._put(self._prefix + additions)
-        self._put(bytes(held))
+        await self._put(self._prefix + additions)
+        await self._put(bytes(held))
 
-    def _put(self, data: bytes) -> None:
+    async def _put(self, data: bytes) -> None:
         self.size += len(data)
         if self._memory is not None:
             self._memory += data
             if len(self._memory) <= self.MEMORY_LIMIT:
                 return
             data, self._memory = bytes(self._memory), None
-            fd, name = tempfile.mkstemp(prefix="smtp-", suffix=".msg", dir=self._directory)
-            self.path = Path(name)
-            self._file = os.fdopen(fd, "wb")
-        assert self._file is not None
-        self._file.write(data)
+            self.staged = self._blobs.stage()
+        assert self.staged is not None
+        await self.staged.write(data)
 
-    def finish(self) -> None:
-        """All text received: write what is held (a message with no body), close the file."""
+    async def finish(self) -> None:
+        """All text received: write what is held (a message with no body)."""
         if self._held is not None:
-            self._release(len(self._held))
-        if self._file is not None:
-            self._file.close()
+            await self._release(len(self._held))
 
-    def message(self) -> bytes:
-        """The message as the client sent it, without our prefix (after finish()).
-
-        Reads the spool file when the message outgrew memory: call it from an executor then.
-        """
+    async def message(self) -> bytes:
+        """The message as the client sent it, without our prefix (after finish())."""
         skip = len(self._prefix)
         if self._memory is not None:
             with memoryview(self._memory) as view:
                 return bytes(view[skip:])  # one copy; slicing the bytearray first would make two
-        assert self.path is not None
-        with self.path.open("rb") as file:
-            file.seek(skip)
-            return file.read()
+        assert self.staged is not None
+        return await self.staged.read(skip)
 
     def sent_header(self) -> Header | None:
         """The header section of `message()` (ours added below the prefix, then the client's), from
@@ -190,31 +178,34 @@ class Spool:
         sent = self.sent_header()
         return with_fields_above(self._prefix, sent) if sent is not None else None
 
-    def message_info(self) -> MessageInfo:
-        """The MessageInfo of the content, as the store keeps it, without reading the header again.
+    async def message_info(self) -> MessageInfo:
+        """The MessageInfo of the content, as the store keeps it, without reading the header again
+        (after finish()).
 
-        Reads the spool file when the message outgrew memory: call it from an executor then. In memory
-        the scan is bounded by MEMORY_LIMIT octets (linear: about a millisecond per MiB)."""
+        In memory the scan runs here, bounded by MEMORY_LIMIT octets (linear: about a millisecond per
+        MiB). A staged message is read back through the blob (bounded by the message size limit, as
+        the DKIM/DMARC checks read it) and scanned in a thread, so that no message a client sends
+        holds the event loop."""
         header = self.stored_header()
         if self._memory is not None:
             return compute_message_info(io.BytesIO(self._memory), header)
-        assert self.path is not None
-        with self.path.open("rb") as file:
-            return compute_message_info(file, header)
+        assert self.staged is not None
+        content = await self.staged.read()
+        return await asyncio.to_thread(compute_message_info, io.BytesIO(content), header)
 
-    def rewrite(self, prefix: bytes, message: bytes, header: Header | None = None) -> None:
+    async def rewrite(self, prefix: bytes, message: bytes, header: Header | None = None) -> None:
         """Replace the content with `prefix` + `message` (after finish(); MX only, where no header
         field is added after the prefix). `header`: the header section of `message`, or None if it is
-        not known (then `message_info` reads it). Writes the spool file when there is one: executor
-        then."""
+        not known (then `message_info` reads it)."""
         if self._memory is not None:
             self._memory = bytearray(prefix)
             self._memory += message  # one copy of the message, not two
         else:
-            assert self.path is not None
-            with self.path.open("wb") as file:
-                file.write(prefix)
-                file.write(message)
+            assert self.staged is not None
+            self.staged.abort()  # staged blobs only grow: stage the new content afresh
+            self.staged = self._blobs.stage()
+            await self.staged.write(prefix)
+            await self.staged.write(message)
         self._prefix = prefix
         self._additions = b""
         self.header = header
@@ -222,8 +213,6 @@ class Spool:
 
     def discard(self) -> None:
         self._memory = None
-        if self._file is not None and not self._file.closed:
-            self._file.close()
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        if self.staged is not None:
+            self.staged.abort()
+            self.staged = None

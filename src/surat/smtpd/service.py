@@ -23,13 +23,12 @@ from datetime import UTC, datetime
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.dkim import DkimError, SigningKeys
-from surat.delivery.dsn import Action, DsnReport, ReportedRecipient, Ret, build_dsn
+from surat.delivery.dsn import FULL_LIMIT, HEADER_LIMIT, Action, DsnReport, ReportedRecipient, Ret, build_dsn
 from surat.delivery.local import owns, resolve
 from surat.delivery.notify import submit_dsn
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
 from surat.message.address import mailboxes
-from surat.message.info import MessageInfo
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
 from surat.passwords import authenticate
@@ -62,7 +61,7 @@ from surat.smtpd.dnsbl import listing_zone
 from surat.smtpd.errors import SMTPPolicyError, reply_for
 from surat.smtpd.inbound import Disposition, InboundChecks, PendingSPF
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
-from surat.smtpd.ratelimit import InMemorySendingLimiter, SendingLimiter
+from surat.smtpd.ratelimit import SendingLimiter, StoreSendingLimiter
 from surat.store.base import (
     Account,
     Credentials,
@@ -136,8 +135,8 @@ class SMTPService:
         self.auth_limiter: AuthLimiter = auth_limiter or StoreAuthLimiter(
             store, BlockPolicy.from_config(config.limits)
         )
-        self.sending_limiter: SendingLimiter = sending_limiter or InMemorySendingLimiter.from_config(
-            config.limits
+        self.sending_limiter: SendingLimiter = sending_limiter or StoreSendingLimiter.from_config(
+            store, config.limits
         )
         self.signing_keys = signing_keys or SigningKeys(config.data_dir)
 
@@ -360,7 +359,7 @@ class _Session:
             case MessageData():
                 txn = self.txn
                 if txn is not None and txn.spool is not None and txn.failure is None:
-                    txn.spool.write(event.chunk)
+                    await txn.spool.write(event.chunk)
                 return None
             case Hello():
                 if not valid_helo(event.domain):
@@ -507,7 +506,7 @@ class _Session:
         )
         txn.received = received
         txn.spool = Spool(
-            self.store.spool_dir,
+            self.store.blobs,
             return_path(txn.sender) + received,
             add_missing_for=self.config.hostname if self.role is not Role.MX else None,
         )
@@ -546,7 +545,7 @@ class _Session:
         spool = txn.spool
         if problem is not None or txn.failure is not None or spool is None:
             return problem or txn.failure or R.LOCAL_ERROR
-        spool.finish()
+        await spool.finish()
         txn.size = spool.size
         if self.role is not Role.MX:
             assert self.user is not None
@@ -579,15 +578,16 @@ class _Session:
                 dkim_signature=signature,
             )
         delivery = Delivery(
-            spool_path=spool.path,
+            staged=spool.staged,
             content=spool.content,
             size=spool.size,
             internal_date=datetime.now(UTC),
             local=tuple(txn.local.values()),
             remote=remote,
-            info=await self._message_info(spool) if txn.local else None,
+            # the store computes info only for messages that come another way (APPEND, imports)
+            info=await spool.message_info() if txn.local else None,
         )
-        # From here the file belongs to the store, whatever happens (even cancellation).
+        # From here the staged blob belongs to the store, whatever happens (even cancellation).
         txn.spool = None
         result = await self.store.deliver(delivery)
         if txn.success_notices and txn.sender:
@@ -595,15 +595,6 @@ class _Session:
         if result.queue_id:
             return R.queued_as(result.queue_id)
         return R.QUEUED
-
-    async def _message_info(self, spool: Spool) -> MessageInfo:
-        """The stored message's MessageInfo, from the header section read once at the end of DATA (the
-        store computes it only for messages that come another way: APPEND, imports). A message in
-        memory (at most Spool.MEMORY_LIMIT octets, a linear scan) is scanned here; a spool file in an
-        executor, so that no message a client sends holds the event loop."""
-        if spool.content is not None:
-            return spool.message_info()
-        return await asyncio.get_running_loop().run_in_executor(None, spool.message_info)
 
     async def _check_from(self, spool: Spool) -> Reply | None:
         """Submission: the author must be the authenticated user (issue 2), read as every other part of
@@ -631,10 +622,7 @@ class _Session:
         signing fails: the message is not refused for it."""
         # the sender was checked at MAIL to be the user's own address or alias: a local domain
         domain = txn.sender.rpartition("@")[2].lower()
-        loop = asyncio.get_running_loop()
-        message = (
-            await loop.run_in_executor(None, spool.message) if spool.content is None else spool.message()
-        )
+        message = await spool.message()
         try:
             return await self.service.signing_keys.sign(
                 message, domain, datetime.now(UTC), spool.sent_header()
@@ -676,9 +664,10 @@ class _Session:
             else:
                 _, mailbox_id, uid = result.local[0]
                 (record,) = await self.store.get_messages(mailbox_id, [uid])
-                with self.store.blobs.open(record.blob_id) as blob:
-                    blob.seek(skip)
-                    dsn = build_dsn(report, blob, now=now)
+                # What build_dsn reads at most: FULL_LIMIT + 1 octets for RET=FULL, else the header.
+                limit = FULL_LIMIT + 1 if report.ret is Ret.FULL else HEADER_LIMIT
+                quoted = await self.store.blobs.read(record.blob_id, skip, limit)
+                dsn = build_dsn(report, io.BytesIO(quoted), now=now)
             await submit_dsn(self.store, dsn, now)
             log.info("smtp.success_dsn", extra=fields(to=dsn.recipient, recipients=len(txn.success_notices)))
         except asyncio.CancelledError:
@@ -690,9 +679,7 @@ class _Session:
         """SPF/DKIM/ARC/DMARC; prepends Authentication-Results (ours only) to the spooled message."""
         inbound = self.service.inbound
         assert inbound is not None
-        loop = asyncio.get_running_loop()
-        in_file = spool.content is None
-        message = await loop.run_in_executor(None, spool.message) if in_file else spool.message()
+        message = await spool.message()
         spf, txn.spf = txn.spf, None
         header = spool.sent_header()
         verdict = await inbound.evaluate(spf, message, header)
@@ -704,10 +691,7 @@ class _Session:
             cleaned = inbound.strip_forged(message)
             # a field removed: the header read at the end of DATA is no longer the message's
             kept_header = header if cleaned is message else None
-            if in_file:
-                await loop.run_in_executor(None, spool.rewrite, prefix, cleaned, kept_header)
-            else:
-                spool.rewrite(prefix, cleaned, kept_header)
+            await spool.rewrite(prefix, cleaned, kept_header)
             txn.size = spool.size
         return verdict.disposition
 

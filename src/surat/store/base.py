@@ -17,8 +17,7 @@ import enum
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from surat.message.info import MessageInfo
 
@@ -243,20 +242,20 @@ class OutboundMessage:
 class Delivery:
     """One accepted SMTP transaction, ready to be made durable.
 
-    The message is either in `content` (small messages: the store writes the file itself, off the
-    event loop) or in the file `spool_path`, which the store takes over (it moves it into the blob
-    area); the caller must not touch it afterwards. Either holds the complete message as it is to be
-    stored in local mailboxes: Return-Path first, then our Received header, then the message with
-    CRLF line endings.
+    The message is either in `content` (small messages: the store writes the blob itself, off the
+    event loop) or in `staged` (from `BlobStore.stage()`), which `Store.deliver` takes over whatever
+    happens: the caller must not write to or abort it afterwards. Either holds the complete message
+    as it is to be stored in local mailboxes: Return-Path first, then our Received header, then the
+    message with CRLF line endings.
     """
 
-    spool_path: Path | None
+    staged: StagedBlob | None
     size: int
     internal_date: datetime
     local: tuple[MailboxTarget, ...] = ()
     remote: OutboundMessage | None = None
     info: MessageInfo | None = None  # computed by the store when None
-    content: bytes | None = None  # the message itself, instead of spool_path
+    content: bytes | None = None  # the message itself, instead of staged
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,15 +366,73 @@ class ChangeFeed(Protocol):
 # ----------------------------------------------------------------------------------------- blobs
 
 
-class BlobStore(Protocol):
-    """Message bodies, immutable once written, addressed by an opaque id."""
+class StagedBlob(Protocol):
+    """A message being written into the blob area, not part of the store yet.
 
-    def open(self, blob_id: str) -> BinaryIO:
-        """A binary file object positioned at 0; the caller closes it."""
+    Callers `write` the message in pieces (never all of it in memory), then hand the object to
+    `Store.deliver` (in a `Delivery`) or `Store.append`, which take it over atomically with the
+    message's rows; or they `abort` it. A crash between the two leaves a leftover that the store's
+    `open()` removes. A file backend stages in a file of its own spool area; a database backend in
+    chunk rows or a large object; an object store in a multipart upload.
+    """
+
+    @property
+    def size(self) -> int:
+        """Octets written so far."""
         ...
 
-    def path(self, blob_id: str) -> Path | None:
-        """The file holding the blob, for backends that have one (sendfile, mmap)."""
+    async def write(self, data: bytes) -> None:
+        """Append `data`; StoreError once the staged blob was aborted or taken over."""
+        ...
+
+    async def read(self, offset: int = 0) -> bytes:
+        """What was written, from `offset` on, into memory (the caller bounds it: the message size
+        limit). For checks made before the hand-over (SPF/DKIM/DMARC, DKIM signing)."""
+        ...
+
+    def abort(self) -> None:
+        """Discard what was written. Never blocks and never raises: safe in `finally` and on
+        cancellation. Does nothing once the store has taken the blob over (or after an abort)."""
+        ...
+
+
+class BlobReader(Protocol):
+    """One stored blob, opened for reads at any offsets; the caller closes it."""
+
+    @property
+    def size(self) -> int: ...
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """`length` octets from `offset`; fewer only at the end of the blob."""
+        ...
+
+    def stream(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The octets from `offset` (up to `length` of them, None: to the end) in chunks of a size
+        the backend picks, bounded so that one chunk never holds the event loop long."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Message bodies, immutable once stored, addressed by an opaque id. The only code that knows
+    where message bytes live: nothing outside the store sees a path, a file or a table."""
+
+    def stage(self) -> StagedBlob:
+        """A new staged blob to write a message into (see StagedBlob)."""
+        ...
+
+    async def open(self, blob_id: str) -> BlobReader:
+        """NotFound when there is no such blob (e.g. expunged since its id was read)."""
+        ...
+
+    async def read(self, blob_id: str, offset: int = 0, length: int | None = None) -> bytes:
+        """A range of a blob into memory (None: to the end; the caller bounds the size); NotFound."""
+        ...
+
+    async def read_many(self, ranges: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        """(blob id, offset) -> the blob from offset to its end, for many small blobs in one go
+        (the relay queue's batch); None for a blob that is gone or unreadable."""
         ...
 
 
@@ -389,14 +446,9 @@ class Store(Protocol):
     @property
     def changes(self) -> ChangeFeed: ...
 
-    @property
-    def spool_dir(self) -> Path:
-        """Where callers write spool files for `deliver`/`append`: on the blob area's filesystem,
-        so that taking a file over is a rename. Files left there are removed by `open()`."""
-        ...
-
     async def open(self) -> None:
-        """Create or migrate the schema, recover from a crash (orphan files), start workers."""
+        """Create or migrate the schema, recover from a crash (staged leftovers and blobs no row
+        refers to), start workers."""
         ...
 
     async def close(self) -> None: ...
@@ -435,6 +487,16 @@ class Store(Protocol):
 
     async def list_auth_clients(self, blocked_after: float) -> list[AuthClientState]:
         """Records blocked beyond the time `blocked_after`, the longest block first."""
+        ...
+
+    # -- per-user sending limits (surat.smtpd.ratelimit), shared by every process using this store
+    async def sending_totals(self, user: str, since: float) -> tuple[int, int]:
+        """Messages `user` sent after the time `since` (epoch seconds), and their recipients."""
+        ...
+
+    async def record_sending(self, user: str, at: float, recipients: int, *, forget_before: float) -> None:
+        """Record one message of `user` to `recipients` recipients at `at`, and forget every user's
+        messages sent before `forget_before`, in one transaction."""
         ...
 
     # -- aliases
@@ -483,12 +545,12 @@ class Store(Protocol):
         self,
         account_id: int,
         mailbox_id: int,
-        spool_path: Path,
-        size: int,
+        staged: StagedBlob,
         flags: frozenset[str],
         internal_date: datetime,
     ) -> tuple[int, int]:
-        """Store a message durably (IMAP APPEND); returns (uidvalidity, uid)."""
+        """Store a message durably (IMAP APPEND); returns (uidvalidity, uid). Takes `staged` over
+        whatever happens (see StagedBlob); its size is the message's size."""
         ...
 
     async def store_flags(
@@ -528,7 +590,10 @@ class Store(Protocol):
         ...
 
     # -- delivery (SMTP): one call per accepted transaction; concurrent calls share one commit
-    async def deliver(self, delivery: Delivery) -> DeliveryResult: ...
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        """Store the message and its rows durably (blob and index synced before this returns: the
+        250 may follow). Takes `delivery.staged` over whatever happens (see StagedBlob)."""
+        ...
 
     # -- outbound queue
     async def list_queue(self) -> list[QueueEntry]: ...

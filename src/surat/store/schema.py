@@ -169,6 +169,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
     UPDATE mailboxes SET recent_uid = uidnext
     """,
+    # 8: the per-user sending limiter's record (surat.smtpd.ratelimit), one row per message accepted
+    # on submission, in the store so that every process and node counts the same hour (ARCHITECTURE
+    # decision 10). Rows older than the limiter's window are deleted as new ones are written.
+    """
+    CREATE TABLE sent_messages (
+        user TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        recipients INTEGER NOT NULL
+    );
+    CREATE INDEX sent_messages_user ON sent_messages(user, sent_at);
+    CREATE INDEX sent_messages_sent_at ON sent_messages(sent_at)
+    """,
 )
 
 

@@ -1,7 +1,7 @@
 """The embedded store: SQLite (WAL) for metadata, one file per message body.
 
 Layout under `data_dir`: `index.sqlite3` (+ -wal, -shm), `blobs/xx/<id>` (message bodies, see
-`blobs.py`), `tmp/` (spool files written by callers before `deliver`/`append`).
+`blobs.py`), `tmp/` (staged messages, `BlobStore.stage()`, before `deliver`/`append` take them over).
 
 Threads:
 - one writer thread owns the only read-write connection; every mutation runs there, so UIDs and
@@ -9,11 +9,21 @@ Threads:
 - IMAP's flag changes, expunges, copies and moves run under `_write_grouped`: those that arrive while
   the writer is busy share one transaction and one WAL sync (ten sessions on one mailbox each STORE
   and EXPUNGE; one commit each capped them at the disk's sync rate);
-- `deliver()` and `append()` go through a group commit (ARCHITECTURE decision 4): the writer takes
-  every pending message at once, inserts all their rows in one transaction (few statements per
-  batch), moves the spool files into the blob area and makes them durable (see `SyncMode`: one
-  syncfs(2), or concurrent fdatasyncs, then one fsync of the directory the batch's files share),
-  commits (one WAL fsync: `synchronous=FULL`), and only then answers every caller;
+- `deliver()` and `append()` go through a group commit (ARCHITECTURE decision 4) in two stages.
+  The file stage (its own thread) takes every pending message at once, moves the staged files into
+  the blob area and makes them durable (see `SyncMode`: one syncfs(2), or concurrent fdatasyncs,
+  then one fsync of each directory the batch's files went to); then the writer inserts all their
+  rows in one transaction (few statements per batch), commits (one WAL fsync: `synchronous=FULL`),
+  and only then answers every caller. The file syncs stay off the writer, so the next batch's files
+  are synced while this one commits, and IMAP's flag changes never queue behind them (with the
+  syncs in the writer, a STORE waited behind an APPEND's three syncs);
+- IMAP flag changes (STORE, \\Recent claims) are the one exception to "synced before the answer": they
+  commit without the WAL sync (`synchronous=NORMAL` for a group made only of them), so they survive a
+  crash of Surat at once, and power loss once the WAL is synced: by the next full commit or at most
+  FLAG_SYNC_DELAY later. Dovecot's default (`mail_fsync=optimized`) does not sync flags at all; a flag
+  that reverts after power loss loses no mail, while a sync per STORE capped ten sessions on one
+  mailbox at the disk's sync rate (issue 10). Mail itself, expunges (their blob files are unlinked
+  after the commit), copies, moves and the queue keep the full sync;
 - small indexed reads on hot paths (account, domain, alias, credential and mailbox lookups) run
   inline on a read-only connection (measured 8 us per get_account, against 124 us through a worker
   thread); larger reads and MIME parsing run in a small worker pool with one read-only connection
@@ -84,10 +94,11 @@ from surat.store.base import (
     RecipientState,
     RecipientUpdate,
     ScramCredentials,
+    StagedBlob,
     StoreError,
     StoreFlagsResult,
 )
-from surat.store.blobs import FileBlobStore, new_blob_id
+from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 from surat.store.schema import migrate
@@ -100,12 +111,17 @@ Item = TypeVar("Item")  # what a _Coalescer queues
 INDEX_FILE = "index.sqlite3"
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
+FLAG_SYNC_DELAY = 1.0  # seconds: the longest a committed flag change waits for its WAL sync
 SYNCFS_MIN_BATCH = 4
 INLINE_READ_ROWS = 256  # reads of up to this many rows run on the event loop's connection
 # changes_since answers kept for reuse (see there): per mailbox, for one HIGHESTMODSEQ, up to this many
 # starting MODSEQs, and for this many mailboxes (least recently used out). Only answers read inline
 # (at most INLINE_READ_ROWS rows) are kept, so the memory is bounded by these three numbers.
 CHANGES_CACHE_SINCES = 16
+# SELECT's listing of a mailbox, kept per mailbox and brought up to date with changes_since: ten
+# sessions re-SELECTing a 1 000-message mailbox read every row each time (the largest CPU cost of the
+# shared-mailbox bench). Bounded in messages summed over the cached mailboxes (~200 bytes each).
+LISTING_CACHE_MESSAGES = 100_000
 CHANGES_CACHE_MAILBOXES = 256
 COLLECT_PARALLEL_MIN = 16  # unreferenced blobs from which unlinks run on several threads
 
@@ -268,10 +284,10 @@ def _file_ends_with_crlf(path: Path, size: int) -> bool:
 def _pending_ends_with_crlf(item: _Pending) -> bool | None:
     if item.content is not None:
         return not item.content or item.content.endswith(b"\r\n")
-    if item.spool_path is None:
+    if item.staged is None:
         return None
     try:
-        return _file_ends_with_crlf(item.spool_path, item.size)
+        return _file_ends_with_crlf(item.staged.path, item.size)
     except OSError:
         return None  # unknown: list_message_blobs looks again later
 
@@ -304,11 +320,27 @@ class _SyncFS:
 _GroupedWrite = Callable[[sqlite3.Connection], tuple[Any, list[Change], set[str]]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """A mailbox's messages as of one MODSEQ (see LISTING_CACHE_MESSAGES)."""
+
+    uidvalidity: int
+    highestmodseq: int
+    messages: dict[int, MessageSummary]  # by UID, in UID order
+
+
+@dataclass(frozen=True, slots=True)
+class _Grouped:
+    fn: _GroupedWrite
+    future: asyncio.Future[Any]
+    sync: bool  # False: a flag change, whose WAL sync may follow the answer (see FLAG_SYNC_DELAY)
+
+
 @dataclass(slots=True)
 class _Pending:
     """One deliver() or append() waiting for the group commit."""
 
-    spool_path: Path | None  # the file to move in, or None when `content` holds the message
+    staged: StagedFile | None  # the file to move in (taken over), or None when `content` holds the message
     size: int
     info: MessageInfo
     future: asyncio.Future[Any]
@@ -321,7 +353,8 @@ class _Pending:
     # filled by the writer
     blob_id: str = ""
     placements: list[tuple[Mailbox, frozenset[str], tuple[float, int]]] = field(default_factory=list)
-    keep: bool = False  # some row refers to the file: move it in rather than delete it
+    keep: bool = False  # some row refers to the file: keep it, rather than delete it after the commit
+    ends_crlf: bool | None = None  # see _pending_ends_with_crlf; set by the file stage
     content: bytes | None = None
     result: Any = None
     error: BaseException | None = None
@@ -391,7 +424,7 @@ class SQLiteStore:
         self.data_dir = Path(data_dir)
         self.spool_dir = self.data_dir / "tmp"
         self.blob_dir = self.data_dir / "blobs"
-        self.blobs = FileBlobStore(self.blob_dir)
+        self.blobs = FileBlobStore(self.blob_dir, self.spool_dir)
         self.changes: ChangeFeed = feed if feed is not None else InProcessChangeFeed()
         if sync not in (SyncMode.AUTO, SyncMode.FSYNC, SyncMode.SYNCFS, SyncMode.NONE):
             raise ValueError(f"unknown sync mode {sync!r}")
@@ -408,18 +441,21 @@ class SQLiteStore:
         self._sync_pool: ThreadPoolExecutor | None = None
         self._workers: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # writer thread only
+        self._wal_unsynced = False  # writer thread only: a flag change committed without its WAL sync
+        self._wal_sync_timer: asyncio.TimerHandle | None = None  # event loop thread only
         self._ro: sqlite3.Connection | None = None  # event loop thread only
         self._local = threading.local()
         self._worker_conns: list[sqlite3.Connection] = []
         self._worker_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._deliveries: _Coalescer[_Pending] = _Coalescer(self._submit_to_writer, self._commit_batch)
+        self._files: ThreadPoolExecutor | None = None  # the deliveries' file stage, see the docstring
+        self._deliveries: _Coalescer[_Pending] = _Coalescer(self._submit_to_file_stage, self._install_batch)
         # Small writes (queue attempts) waiting to share one transaction; see _write_grouped.
-        self._grouped_writes: _Coalescer[tuple[_GroupedWrite, asyncio.Future[Any]]] = _Coalescer(
-            self._submit_to_writer, self._commit_group
-        )
+        self._grouped_writes: _Coalescer[_Grouped] = _Coalescer(self._submit_to_writer, self._commit_group)
         # mailbox id -> ((HIGHESTMODSEQ, UIDVALIDITY), {since: answer}) for changes_since; event loop only.
+        self._listings: OrderedDict[int, _Listing] = OrderedDict()  # event loop thread only
+        self._listed_messages = 0  # summed over self._listings
         self._recent_changes: OrderedDict[int, tuple[tuple[int, int], dict[int, MailboxChanges]]] = (
             OrderedDict()
         )
@@ -435,6 +471,7 @@ class SQLiteStore:
             return
         self._loop = asyncio.get_running_loop()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surat-store-writer")
+        self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surat-store-files")
         self._workers = ThreadPoolExecutor(
             max_workers=self._workers_count, thread_name_prefix="surat-store-worker"
         )
@@ -447,6 +484,7 @@ class SQLiteStore:
             self._ro = self._connect_ro()
         except BaseException:
             self._writer.shutdown(wait=False)
+            self._files.shutdown(wait=False)
             self._workers.shutdown(wait=False)
             raise
         self._open = True
@@ -517,7 +555,12 @@ class SQLiteStore:
             if not (self._deliveries.busy or self._grouped_writes.busy):
                 break
             await asyncio.sleep(0.002)
+        if self._wal_sync_timer is not None:
+            self._wal_sync_timer.cancel()  # _close_writer syncs what is left
+            self._wal_sync_timer = None
         assert self._writer is not None and self._workers is not None and self._loop is not None
+        if self._files is not None:
+            self._files.shutdown(wait=True)  # idle (drained above); its last batch is in the writer's queue
         await self._loop.run_in_executor(self._writer, self._close_writer)
         self._writer.shutdown(wait=True)
         self._workers.shutdown(wait=True)
@@ -533,6 +576,7 @@ class SQLiteStore:
             self._ro = None
 
     def _close_writer(self) -> None:
+        self._sync_wal()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -591,6 +635,7 @@ class SQLiteStore:
                 try:
                     result, changes, blobs = fn(conn)
                     conn.execute("COMMIT")
+                    self._synced_by_commit()
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
@@ -610,31 +655,41 @@ class SQLiteStore:
         self._writer.submit(job)
         return await future
 
-    async def _write_grouped(self, fn: Callable[[sqlite3.Connection], tuple[T, list[Change], set[str]]]) -> T:
+    async def _write_grouped(
+        self, fn: Callable[[sqlite3.Connection], tuple[T, list[Change], set[str]]], *, sync: bool = True
+    ) -> T:
         """Like `_write`, but the writes that arrive while the writer is busy share one transaction
         (one WAL sync instead of one each: the outbound queue records two per message). Each runs
         under its own SAVEPOINT, so one that raises (NotFound...) is undone alone and only its
-        caller sees the error. Blobs are collected after the commit, before the callers resume."""
+        caller sees the error. Blobs are collected after the commit, before the callers resume.
+        `sync=False` (flag changes only): the answer need not wait for the WAL sync, see the module
+        docstring and FLAG_SYNC_DELAY."""
         if self._writer is None or self._loop is None or not self._open:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._grouped_writes.add((fn, future))
+        self._grouped_writes.add(_Grouped(fn, future, sync))
         return await future
 
     def _submit_to_writer(self, job: Callable[[], None]) -> None:
         assert self._writer is not None
         self._writer.submit(job)
 
-    def _commit_group(self, group: list[tuple[_GroupedWrite, asyncio.Future[Any]]]) -> None:
+    def _commit_group(self, group: list[_Grouped]) -> None:
         conn, loop = self._conn, self._loop
         assert conn is not None and loop is not None
         settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         changes: list[Change] = []
         blobs: set[str] = set()
+        # Only flag changes in this group: commit without the WAL sync (module docstring). The
+        # setting holds for the connection, so it is put back at once: every other commit syncs.
+        deferred = self._sync != SyncMode.NONE and not any(item.sync for item in group)
+        if deferred:
+            conn.execute("PRAGMA synchronous = NORMAL")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for fn, future in group:
+                for item in group:
+                    fn, future = item.fn, item.future
                     conn.execute("SAVEPOINT grouped_write")
                     try:
                         result, fn_changes, fn_blobs = fn(conn)
@@ -652,15 +707,54 @@ class SQLiteStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                if deferred:
+                    conn.execute("PRAGMA synchronous = FULL")
         except BaseException as exc:
-            for _, future in group:
-                loop.call_soon_threadsafe(_settle, future, None, exc, None, None)
+            for item in group:
+                loop.call_soon_threadsafe(_settle, item.future, None, exc, None, None)
             return
+        if deferred:
+            if not self._wal_unsynced:
+                self._wal_unsynced = True
+                loop.call_soon_threadsafe(self._schedule_wal_sync)
+        else:
+            self._synced_by_commit()
         try:
             self._collect_blobs(blobs)
         except (OSError, sqlite3.Error):
             log.exception("store.blob_cleanup_failed")  # open() removes what is left
         loop.call_soon_threadsafe(_settle_group, settled, self.changes, changes)
+
+    def _synced_by_commit(self) -> None:
+        """Writer thread, after a synchronous=FULL commit: it synced the WAL, and with it every frame
+        before it, so the flag changes waiting for a sync have it."""
+        if self._sync != SyncMode.NONE:
+            self._wal_unsynced = False
+
+    def _schedule_wal_sync(self) -> None:
+        """Event loop: sync the WAL within FLAG_SYNC_DELAY of a deferred commit, unless a full commit
+        does it first (then the writer finds nothing to do)."""
+        if self._wal_sync_timer is None and self._loop is not None:
+            self._wal_sync_timer = self._loop.call_later(FLAG_SYNC_DELAY, self._wal_sync_due)
+
+    def _wal_sync_due(self) -> None:
+        self._wal_sync_timer = None
+        if self._writer is not None and self._open:
+            self._writer.submit(self._sync_wal)
+
+    def _sync_wal(self) -> None:
+        """Writer thread: make the flag changes committed without a WAL sync durable."""
+        if not self._wal_unsynced:
+            return
+        self._wal_unsynced = False
+        try:
+            # fsync through any descriptor flushes the file: SQLite's own would do the same.
+            _fsync_path(self.data_dir / (INDEX_FILE + "-wal"))
+        except FileNotFoundError:
+            pass  # checkpointed and removed at close: the database file holds (and synced) it all
+        except OSError:
+            log.exception("store.wal_sync_failed")
 
     def _collect_blobs(self, blob_ids: Iterable[str]) -> None:
         """Delete blobs that no message or queue entry refers to any more (after commit)."""
@@ -941,6 +1035,32 @@ class SQLiteStore:
             (blocked_after,),
         )
         return [self._auth_client(row) for row in rows]
+
+    # ------------------------------------------------------------------------------ sending limits
+
+    async def sending_totals(self, user: str, since: float) -> tuple[int, int]:
+        # An index range: at most the user's messages of one window (the limiter refuses more).
+        row = (
+            self._read()
+            .execute(
+                "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM sent_messages WHERE user = ? AND sent_at > ?",
+                (user, since),
+            )
+            .fetchone()
+        )
+        return int(row[0]), int(row[1])
+
+    async def record_sending(self, user: str, at: float, recipients: int, *, forget_before: float) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            conn.execute(
+                "INSERT INTO sent_messages (user, sent_at, recipients) VALUES (?, ?, ?)",
+                (user, at, recipients),
+            )
+            # Bounds the table by one window's messages of all users.
+            conn.execute("DELETE FROM sent_messages WHERE sent_at < ?", (forget_before,))
+            return None, [], set()
+
+        await self._write(fn)
 
     # ------------------------------------------------------------------------------ aliases
 
@@ -1239,6 +1359,18 @@ class SQLiteStore:
                 mailbox, messages=row[0], unseen=row[1], size=row[2], deleted=row[3], recent=row[4]
             )
 
+        # A small mailbox (STATUS of Archive, Sent... while INBOX is selected) is summed on the event
+        # loop's connection: a handful of rows cost less than the hand-over to a worker and back.
+        (small,) = (
+            self._read()
+            .execute(
+                "SELECT count(*) <= ? FROM (SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT ?)",
+                (INLINE_READ_ROWS, mailbox_id, INLINE_READ_ROWS + 1),
+            )
+            .fetchone()
+        )
+        if small:
+            return fn(self._read())
         return await self._in_worker(fn)
 
     # ------------------------------------------------------------------------------ messages
@@ -1254,7 +1386,19 @@ class SQLiteStore:
         )
 
     async def list_messages(self, mailbox_id: int) -> list[MessageSummary]:
-        def fn(conn: sqlite3.Connection) -> list[MessageSummary]:
+        mailbox = self._mailbox_by_id(self._read(), mailbox_id)  # NotFound as before
+        cached = self._listings.get(mailbox_id)
+        if cached is not None and cached.uidvalidity == mailbox.uidvalidity:
+            listing = await self._listing_brought_up_to_date(mailbox_id, cached)
+        else:
+            listing = await self._in_worker(functools.partial(self._read_listing, mailbox_id=mailbox_id))
+        self._keep_listing(mailbox_id, listing)
+        return list(listing.messages.values())
+
+    def _read_listing(self, conn: sqlite3.Connection, mailbox_id: int) -> _Listing:
+        conn.execute("BEGIN")  # the rows and the MODSEQ they are as of: one snapshot
+        try:
+            mailbox = self._mailbox_by_id(conn, mailbox_id)
             rows = conn.execute(
                 "SELECT uid, modseq, flags, size, internal_date, internal_tz FROM messages"
                 " WHERE mailbox_id = ? ORDER BY uid",
@@ -1262,12 +1406,44 @@ class SQLiteStore:
             )
             # IMAP SELECT of a large mailbox: the per-row work inlined (a third faster than _summary).
             summary, flags_of, from_ts = MessageSummary, _flags_of, datetime.fromtimestamp
-            return [
-                summary(uid, modseq, flags_of(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC))
+            messages = {
+                uid: summary(
+                    uid, modseq, flags_of(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC)
+                )
                 for uid, modseq, flags, size, ts, tz in rows
-            ]
+            }
+        finally:
+            conn.execute("COMMIT")
+        return _Listing(mailbox.uidvalidity, mailbox.highestmodseq, messages)
 
-        return await self._in_worker(fn)
+    async def _listing_brought_up_to_date(self, mailbox_id: int, cached: _Listing) -> _Listing:
+        changes = await self.changes_since(mailbox_id, cached.highestmodseq)
+        if changes.highestmodseq == cached.highestmodseq:
+            return cached
+        messages = dict(cached.messages)  # a copy: a concurrent caller may hold the cached one
+        for uid in changes.vanished:
+            messages.pop(uid, None)
+        last = next(reversed(messages), 0)
+        for summary in changes.changed:
+            messages[summary.uid] = summary
+        if any(summary.uid < last and summary.uid not in cached.messages for summary in changes.changed):
+            messages = dict(sorted(messages.items()))  # not expected (UIDs ascend), but kept in order
+        return _Listing(cached.uidvalidity, changes.highestmodseq, messages)
+
+    def _keep_listing(self, mailbox_id: int, listing: _Listing) -> None:
+        """Cache `listing` unless the cache holds a newer one (two SELECTs may finish out of order)."""
+        old = self._listings.pop(mailbox_id, None)
+        if old is not None:
+            self._listed_messages -= len(old.messages)
+            if old.uidvalidity == listing.uidvalidity and old.highestmodseq > listing.highestmodseq:
+                listing = old
+        if len(listing.messages) > LISTING_CACHE_MESSAGES:
+            return
+        self._listings[mailbox_id] = listing
+        self._listed_messages += len(listing.messages)
+        while self._listed_messages > LISTING_CACHE_MESSAGES:
+            _, evicted = self._listings.popitem(last=False)
+            self._listed_messages -= len(evicted.messages)
 
     async def list_message_blobs(self, mailbox_id: int) -> list[MessageBlob]:
         def fn(conn: sqlite3.Connection) -> tuple[list[MessageBlob], list[tuple[int, int, int]]]:
@@ -1282,10 +1458,7 @@ class SQLiteStore:
                 if ends is None:
                     # A row from before schema version 2: look at the file once and record it.
                     try:
-                        path = self.blobs.path(blob_id)
-                        if path is None:
-                            raise NotFound(blob_id)
-                        ends = _file_ends_with_crlf(path, size)
+                        ends = _file_ends_with_crlf(self.blobs.path(blob_id), size)
                     except (OSError, NotFound):
                         ends = True  # gone (expunged meanwhile): nobody will send it
                     else:
@@ -1407,15 +1580,19 @@ class SQLiteStore:
         self,
         account_id: int,
         mailbox_id: int,
-        spool_path: Path,
-        size: int,
+        staged: StagedBlob,
         flags: frozenset[str],
         internal_date: datetime,
     ) -> tuple[int, int]:
-        info = await self._compute_info(spool_path)
+        taken = self._take(staged)
+        try:
+            info = await self._compute_info(taken)
+        except BaseException:
+            taken.discard_taken()
+            raise
         item = _Pending(
-            spool_path=spool_path,
-            size=size,
+            staged=taken,
+            size=taken.size,
             info=info,
             future=self._new_future(),
             account_id=account_id,
@@ -1492,7 +1669,8 @@ class SQLiteStore:
                 )
             return StoreFlagsResult(updated=updated, modified=modified), changes, set()
 
-        return await self._write_grouped(fn)  # concurrent sessions' STOREs share one commit
+        # Concurrent sessions' STOREs share one commit, answered before its WAL sync (module docstring).
+        return await self._write_grouped(fn, sync=False)
 
     def _expunge_rows(
         self, conn: sqlite3.Connection, mailbox: Mailbox, uids: Sequence[int], only_deleted: bool = False
@@ -1641,7 +1819,7 @@ class SQLiteStore:
             conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (up_to_uid + 1, mailbox_id))
             return (first, up_to_uid), [], set()
 
-        return await self._write(fn)
+        return await self._write_grouped(fn, sync=False)  # \\Recent is session state, like a flag
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
         uidvalidity = 0  # of the mailbox read by fn: ids can be reused after a DELETE, UIDVALIDITYs not
@@ -1710,9 +1888,18 @@ class SQLiteStore:
             raise StoreError("store is not open")
         return self._loop.create_future()
 
-    async def _compute_info(self, spool_path: Path) -> MessageInfo:
+    def _take(self, staged: StagedBlob) -> StagedFile:
+        """Own a staged blob from now on (before any await: a caller cancelled meanwhile can no
+        longer abort it under the writer); only staged files of this store are accepted."""
+        if not isinstance(staged, StagedFile) or staged.path.parent != self.spool_dir:
+            staged.abort()
+            raise StoreError("a staged blob of another store")
+        staged.take()
+        return staged
+
+    async def _compute_info(self, staged: StagedFile) -> MessageInfo:
         def parse() -> MessageInfo:
-            with spool_path.open("rb") as f:
+            with staged.path.open("rb") as f:
                 return compute_message_info(f)
 
         if self._workers is None or self._loop is None:
@@ -1721,17 +1908,22 @@ class SQLiteStore:
         return await self._loop.run_in_executor(self._workers, parse)
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        taken = self._take(delivery.staged) if delivery.staged is not None else None
         info = delivery.info
         if info is None and delivery.content is not None:
             # A message in memory is small: parsing it here (tens of microseconds) is cheaper than
             # the two thread hand-overs a worker would cost.
             info = compute_message_info(io.BytesIO(delivery.content))
         elif info is None:
-            if delivery.spool_path is None:
-                raise StoreError("a delivery needs content or a spool file")
-            info = await self._compute_info(delivery.spool_path)
+            if taken is None:
+                raise StoreError("a delivery needs content or a staged blob")
+            try:
+                info = await self._compute_info(taken)
+            except BaseException:
+                taken.discard_taken()
+                raise
         item = _Pending(
-            spool_path=delivery.spool_path,
+            staged=taken,
             content=delivery.content,
             size=delivery.size,
             info=info,
@@ -1746,41 +1938,66 @@ class SQLiteStore:
         # The commit goes on even if the caller is cancelled: shield so that it still settles.
         return await asyncio.shield(item.future)
 
+    def _submit_to_file_stage(self, job: Callable[[], None]) -> None:
+        assert self._files is not None
+        self._files.submit(job)
+
+    def _install_batch(self, batch: list[_Pending]) -> None:
+        """File stage: give each message its blob id, move or write its file into the blob area and
+        make the files durable, then hand the batch to the writer. A crash before the commit leaves
+        blobs no row refers to, which `open()` removes; so does the commit for a message no mailbox
+        or queue took (see `_commit_batch`)."""
+        loop = self._loop
+        assert loop is not None and self._writer is not None
+        installed: list[str] = []
+        millis = time.time_ns() // 1_000_000
+        try:
+            for item in batch:
+                item.blob_id = new_blob_id(millis)
+                item.ends_crlf = _pending_ends_with_crlf(item)  # file I/O: here, not in the writer
+                if item.content is not None:
+                    self.blobs.write(item.blob_id, item.content)
+                else:
+                    assert item.staged is not None
+                    self.blobs.install(item.staged.path, item.blob_id)
+                installed.append(item.blob_id)
+            self._sync_blobs(installed)
+        except BaseException as exc:
+            log.exception("store.install_failed items=%d", len(batch))
+            for blob_id in installed:
+                self.blobs.delete(blob_id)
+            for item in batch:
+                item.error = exc
+                if item.staged is not None:
+                    item.staged.discard_taken()
+            loop.call_soon_threadsafe(_settle_batch, batch, self.changes, [])
+            return
+        self._writer.submit(self._commit_batch, batch)
+
     def _commit_batch(self, batch: list[_Pending]) -> None:
+        """Writer: the batch's rows in one transaction, over files the file stage made durable."""
         conn = self._conn
         loop = self._loop
         assert conn is not None and loop is not None
-        installed: list[str] = []
         changes: list[Change] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                stored, changes = self._insert_batch(conn, batch)
-                # The rows are not visible before COMMIT: make the files durable first.
-                for item in stored:
-                    if item.content is not None:
-                        self.blobs.write(item.blob_id, item.content)
-                    else:
-                        assert item.spool_path is not None
-                        self.blobs.install(item.spool_path, item.blob_id)
-                    installed.append(item.blob_id)
-                self._sync_blobs(installed)
+                _, changes = self._insert_batch(conn, batch)
                 conn.execute("COMMIT")
+                self._synced_by_commit()
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
         except BaseException as exc:
             log.exception("store.commit_failed items=%d", len(batch))
-            for blob_id in installed:
-                self.blobs.delete(blob_id)
             for item in batch:
                 item.error = exc
             changes = []
         for item in batch:
-            if item.spool_path is not None and (item.error is not None or not item.keep):
-                with contextlib.suppress(OSError):
-                    item.spool_path.unlink()
+            if item.error is not None or not item.keep:
+                self.blobs.delete(item.blob_id)  # no row refers to it
         committed = sum(1 for item in batch if item.error is None)
         with self._lock:
             if committed:
@@ -1795,7 +2012,7 @@ class SQLiteStore:
         if self._syncfs is not None and (self._sync == SyncMode.SYNCFS or len(blob_ids) >= SYNCFS_MIN_BATCH):
             self._syncfs(self.blob_dir)
             return
-        paths = [path for path in map(self.blobs.path, blob_ids) if path is not None]
+        paths = [self.blobs.path(blob_id) for blob_id in blob_ids]
         if len(paths) > 1 and self._sync_pool is not None:
             # Concurrent fdatasync calls share the filesystem's journal commits (measured faster
             # than the same calls one after the other); list() re-raises the first error.
@@ -1841,9 +2058,7 @@ class SQLiteStore:
             return found
 
         accepted: list[_Pending] = []
-        millis = time.time_ns() // 1_000_000
         for item in batch:
-            item.blob_id = new_blob_id(millis)
             try:
                 placements: list[tuple[Mailbox, frozenset[str], tuple[float, int]]] = []
                 if item.delivery is None:  # IMAP APPEND
@@ -1890,7 +2105,7 @@ class SQLiteStore:
         recipient_rows: list[tuple[Any, ...]] = []
         for item in accepted:
             info_json = item.info.to_json()
-            ends_crlf = _pending_ends_with_crlf(item)
+            ends_crlf = item.ends_crlf
             local_result: list[tuple[int, int, int]] = []
             for target, flags, date in item.placements:
                 uid = next_uid[target.id]

@@ -1,0 +1,65 @@
+"""The store contract suite: every test here runs against each backend in BACKENDS, through the
+`Store` Protocol only (surat.store.base), so that every backend keeps the same promises.
+
+Adding a backend: append its name to BACKENDS and a branch to `open_store` that makes its store. For "postgresql"
+(issue 12) that is a PostgreSQL store on a new database of the tests' private cluster: import the
+`pg_cluster` and `pg_database` fixtures from tests/pg_cluster.py here (as tests/unit/conftest.py does)
+and build the store from `pg_cluster.dsn(request.getfixturevalue("pg_database"))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from surat.store.base import Account, Credentials, ScramCredentials, Store
+from surat.store.sqlite import SQLiteStore
+
+# The backends the contract runs against; "postgresql" joins when surat.store.postgres has a Store.
+BACKENDS: tuple[str, ...] = ("sqlite",)
+
+CREDS = Credentials(
+    "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA", ScramCredentials(b"salt", 4096, b"s" * 32, b"k" * 32)
+)
+
+# Opens one more store of the backend under test over the same data (another process, another node).
+StoreFactory = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores of `backend` over one test's data; all are closed at the end of the test."""
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        if backend == "sqlite":
+            new: Store = SQLiteStore(tmp_path / "data")
+        else:
+            raise AssertionError(f"no store for backend {backend!r}")
+        await new.open()
+        opened.append(new)
+        return new
+
+    yield open_one
+    for each in opened:
+        await each.close()  # a no-op for a store the test closed itself
+
+
+@pytest.fixture
+async def store(open_store: StoreFactory) -> Store:
+    return await open_store()
+
+
+@pytest.fixture
+async def alice(store: Store) -> Account:
+    """alice@example.test (given as Alice@Example.TEST), in the domain example.test, with SCRAM keys."""
+    await store.add_domain("example.test")
+    return await store.add_account("Alice@Example.TEST", CREDS)
