@@ -12,7 +12,7 @@ import quopri
 import time
 from collections.abc import Callable
 
-from surat.imapd.sections import DECODE_CHUNK, decode_base64, decode_quoted_printable
+from surat.message.transfer import DECODE_CHUNK, decode_base64, decode_quoted_printable
 
 MIB = 1024 * 1024
 

@@ -1,4 +1,5 @@
-"""Fuzz: DKIM-Signature and DKIM key records, SPF and DMARC records (RFC 6376, 7208, 7489).
+"""Fuzz: DKIM-Signature and DKIM key records, ARC header records, SPF and DMARC records (RFC 6376, 8617,
+7208, 7489).
 
 Random and mutated records parse or give their documented error (a DKIM result with a reason, an
 SPFSyntaxError, a DMARCRecordError) within the per-input deadline of `fuzzing.PER_INPUT_DEADLINE`,
@@ -8,15 +9,18 @@ which is how super-linear parsing of hostile records shows up.
 from __future__ import annotations
 
 import asyncio
+import functools
 
+import dkim
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dkim_keys import RSAKey
 from fuzzing import fuzz_settings
 from surat.dns.fake import FakeResolver
 from surat.mailauth import dmarc, spf
-from surat.mailauth.dkim_verify import DKIMStatus, verify_dkim
+from surat.mailauth.dkim_verify import ARCStatus, DKIMStatus, verify_arc, verify_dkim
 
 pytestmark = pytest.mark.fuzz
 
@@ -169,3 +173,40 @@ def test_dmarc_records_parse_or_raise_their_error(text: str) -> None:
             continue
         assert 0 <= record.pct <= 100
         assert all(uri.lower().startswith("mailto:") for uri in (*record.rua, *record.ruf))
+
+
+# ARC (RFC 8617): Surat selects the ARC-Seal and ARC-Message-Signature fields, reads their tag lists
+# (RFC 6376 §3.2, our `_tags`) to fetch the keys, and leaves the chain to dkimpy. Header records mutated
+# anywhere give an ARCResult (pass, fail or none, with a reason), never an exception.
+
+_ARC_PIECES = [*_RECORD_PIECES, "i=1", "i=2", "cv=pass", "cv=none", "cv=fail", "ARC-Seal:", "ARC-Seal: i=1;"]
+
+
+@functools.cache
+def _sealed() -> tuple[bytes, str]:
+    """A message with one ARC set by lists.example, and the key record that verifies it."""
+    key = RSAKey(1024)  # the key's size does not matter here, its generation time does
+    message = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nHello\r\n"
+    results = b"Authentication-Results: lists.example; dkim=pass header.d=example.org\r\n" + message
+    arc_set: list[bytes] = dkim.arc_sign(
+        results, b"arc", b"lists.example", key.private_pem, b"lists.example", timestamp="1700000000"
+    )
+    return b"".join(arc_set) + results, key.record
+
+
+@fuzz_settings()
+@given(st.data())
+def test_arc_header_records_verify_or_fail(data: st.DataObject) -> None:
+    sealed, record = _sealed()
+    header_end = sealed.index(b"\r\nAuthentication-Results:")  # the ARC set is above it
+    arc_set = sealed[:header_end].decode()
+    mutated = data.draw(
+        _mutations(arc_set) | st.lists(st.sampled_from(_ARC_PIECES), max_size=60).map("".join)
+    )
+    message = mutated.encode("utf-8") + sealed[header_end:]
+    resolver = FakeResolver({("arc._domainkey.lists.example", "TXT"): [record]})
+    result = asyncio.run(verify_arc(resolver, message))
+    assert isinstance(result.status, ARCStatus)
+    assert result.reason
+    if mutated == arc_set:
+        assert result.status is ARCStatus.PASS, result.reason

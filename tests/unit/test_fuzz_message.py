@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_settings
 from surat.message.address import Mailboxes, mailboxes, parse_address_list
-from surat.message.headers import MAX_HEADER_SECTION, _by_lines, field_key, read_header
-from surat.store.messageinfo import MessageInfo, compute_message_info
+from surat.message.headers import MAX_HEADER_SECTION, _by_lines, field_key, read_header, with_fields_above
+from surat.message.info import MessageInfo, compute_message_info
+from surat.message.mime import BodyPart
 
 pytestmark = pytest.mark.fuzz
 
@@ -75,6 +76,34 @@ def test_random_header_sections_read(message: bytes) -> None:
     _check_header(message)
 
 
+def _mutate(
+    data: st.DataObject,
+    message: bytearray,
+    pieces: st.SearchStrategy[bytes],
+    edits: st.SearchStrategy[int],
+    *,
+    line_ends: bool = False,
+) -> None:
+    """Insert, delete or replace `pieces` at random places in `message`; with `line_ends`, also drop
+    the CR, or the CR LF, of a line end."""
+    actions = ["insert", "delete", "replace", *(["drop line end"] if line_ends else [])]
+    for _ in range(data.draw(edits)):
+        pos = data.draw(st.integers(0, len(message)))
+        action = data.draw(st.sampled_from(actions))
+        if action == "drop line end":
+            at = message.find(b"\r\n", pos)
+            if at >= 0:
+                del message[at : at + data.draw(st.sampled_from([1, 2]))]
+            continue
+        octets = data.draw(pieces)
+        if action == "insert":
+            message[pos:pos] = octets
+        elif action == "delete":
+            del message[pos : pos + len(octets)]
+        else:
+            message[pos : pos + len(octets)] = octets
+
+
 @fuzz_settings()
 @given(st.data())
 def test_mutated_messages_read(data: st.DataObject) -> None:
@@ -83,20 +112,12 @@ def test_mutated_messages_read(data: st.DataObject) -> None:
         b"Subject: =?utf-8?q?hi?=\r\n folded\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
         b"--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@d.example\r\n\r\ninner\r\n--b--\r\n"
     )
-    for _ in range(data.draw(st.integers(0, 8))):
-        pos = data.draw(st.integers(0, len(message)))
-        action = data.draw(st.sampled_from(["insert", "delete", "replace"]))
-        octets = data.draw(st.binary(min_size=1, max_size=4) | _HEADER_PIECES)
-        if action == "insert":
-            message[pos:pos] = octets
-        elif action == "delete":
-            del message[pos : pos + len(octets)]
-        else:
-            message[pos : pos + len(octets)] = octets
+    _mutate(data, message, st.binary(min_size=1, max_size=4) | _HEADER_PIECES, st.integers(0, 8))
     _check_header(bytes(message))
     info = compute_message_info(io.BytesIO(bytes(message)))
     assert info.body.end == len(message)
     assert MessageInfo.from_json(info.to_json()) == info
+    _check_header_handed_on(bytes(message), info)
 
 
 @fuzz_settings()
@@ -105,6 +126,23 @@ def test_random_messages_give_message_info(message: bytes) -> None:
     info = compute_message_info(io.BytesIO(message))
     assert info.body.end == len(message)
     assert MessageInfo.from_json(info.to_json()) == info
+    _check_header_handed_on(message, info)
+
+
+_TRACE = b"Return-Path: <a@b.example>\r\nReceived: from x\r\n\tby y; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+
+
+def _check_header_handed_on(message: bytes, info: MessageInfo) -> None:
+    """The end of DATA hands its header on: the MessageInfo must be the same as from reading the bytes,
+    for the message and for the stored copy with our trace fields on top."""
+    header = read_header(message)
+    assert compute_message_info(io.BytesIO(message), header) == info
+    stored = with_fields_above(_TRACE, header)
+    if stored is not None:
+        assert stored == read_header(_TRACE + message)
+        assert compute_message_info(io.BytesIO(_TRACE + message), stored) == compute_message_info(
+            io.BytesIO(_TRACE + message)
+        )
 
 
 _ADDRESS_PIECES = st.sampled_from(
@@ -123,3 +161,47 @@ def test_random_address_lists_parse(value: str) -> None:
         assert parsed.addr_specs
         assert all("@" in spec for spec in parsed.addr_specs)
         assert mailboxes(", ".join(parsed.addr_specs)) == parsed
+
+
+_NESTED = (
+    b'From: a@example.test\r\nContent-Type: multipart/mixed; boundary="outer"\r\n\r\npreamble\r\n'
+    b"--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+    b"--inner\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+    b"--inner\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\nPGI+\r\n--inner--\r\n"
+    b"--outer\r\nContent-Type: message/rfc822\r\n\r\nSubject: in\r\nContent-Type: multipart/mixed; boundary=deep\r\n"
+    b"\r\n--deep\r\n\r\ndeep part\r\n--deep--\r\n"
+    b"--outer\r\nContent-Type: application/octet-stream\r\n\r\n\x00\xff\r\n--outer--\r\nepilogue\r\n"
+)
+_MIME_PIECES = st.sampled_from(
+    [b"--outer", b"--outer--", b"--inner", b"--inner--", b"--deep", b"--", b"-", b"\r\n", b"\n", b"\r", b"\r\n\r\n",
+     b"Content-Type: multipart/mixed; boundary=outer\r\n", b"boundary=", b'"', b"message/rfc822", b" ", b"\t"]
+)  # fmt: skip
+
+
+def _check_part(part: BodyPart, start: int, end: int) -> None:
+    """Every part lies inside its parent, its header before its body, children in order."""
+    assert start <= part.header_start <= part.body_start <= part.end <= end
+    assert part.size == part.end - part.body_start and part.lines >= 0
+    previous = part.body_start
+    for child in part.parts:
+        _check_part(child, previous, part.end)
+        previous = child.end
+    if part.message is not None:
+        _check_part(part.message, part.body_start, part.end)
+
+
+@fuzz_settings()
+@given(st.data())
+def test_mutated_multiparts_give_message_info(data: st.DataObject) -> None:
+    """Boundaries cut, duplicated or misplaced, CRLFs lost or bare, nesting broken: a MessageInfo whose
+    parts lie where the message is, never an exception, within the per-input deadline."""
+    message = bytearray(_NESTED)
+    _mutate(
+        data, message, _MIME_PIECES | st.binary(min_size=1, max_size=3), st.integers(1, 10), line_ends=True
+    )
+    raw = bytes(message)
+    info = compute_message_info(io.BytesIO(raw))
+    assert info.body.end == len(raw)
+    _check_part(info.body, 0, len(raw))
+    assert MessageInfo.from_json(info.to_json()) == info
+    _check_header_handed_on(raw, info)

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_settings
 from surat.imapd import sections
-from surat.imapd.sections import ByteRange, HeaderFields, UnknownEncoding
+from surat.imapd.sections import ByteRange, HeaderFields
+from surat.message import transfer
+from surat.message.info import compute_message_info
+from surat.message.transfer import UnknownEncoding
 from surat.proto.imap.commands import Section
 from surat.proto.imap.structure import body_structure
-from surat.store.messageinfo import compute_message_info
 
 pytestmark = pytest.mark.fuzz
 
@@ -164,7 +166,7 @@ def test_every_section_of_a_random_mime_tree(tree: Node, probes: list[tuple[int,
         assert _text(message, sections.locate(info, Section(path, "TEXT"))) == text, path
         located = sections.binary_part(info, path)
         assert located is not None
-        content = sections.decode_transfer_encoding(_text(message, located[0]), located[1])
+        content = transfer.decode_transfer_encoding(_text(message, located[0]), located[1])
         assert content == (_decoded(entity.node) if isinstance(entity.node, Leaf) else entity.body), path
     for path in probes:
         if path not in named:
@@ -223,21 +225,21 @@ _QP_PIECES = st.sampled_from(
 @fuzz_settings()
 @given(st.lists(_QP_PIECES, max_size=40).map(b"".join), st.integers(1, 12))
 def test_quoted_printable_agrees_with_the_octet_by_octet_reading(data: bytes, chunk: int) -> None:
-    decoded = sections.decode_quoted_printable(data)
+    decoded = transfer.decode_quoted_printable(data)
     assert decoded == reference_quoted_printable(data)
     assert len(decoded) <= len(data)
     # Decoded in small chunks (cut wherever the rules allow), the result is the same.
-    assert sections.decode_quoted_printable(data, chunk=chunk) == decoded
+    assert transfer.decode_quoted_printable(data, chunk=chunk) == decoded
 
 
 @fuzz_settings()
 @given(st.binary(max_size=200))
 def test_decoders_take_any_input(data: bytes) -> None:
-    assert len(sections.decode_quoted_printable(data)) <= len(data)
-    assert len(sections.decode_base64(data)) <= len(data)
+    assert len(transfer.decode_quoted_printable(data)) <= len(data)
+    assert len(transfer.decode_base64(data)) <= len(data)
     for encoding in ("7bit", "8bit", "binary", "BASE64", "Quoted-Printable", "x-uuencode", "x-\xff"):
         try:
-            sections.decode_transfer_encoding(data, encoding)
+            transfer.decode_transfer_encoding(data, encoding)
         except UnknownEncoding:
             assert encoding.startswith("x-")
 
@@ -248,5 +250,26 @@ def test_base64_round_trip_with_noise(data: bytes, noise_at: int) -> None:
     encoded = base64.encodebytes(data)
     # RFC 2045 §6.8: characters outside the alphabet are ignored wherever they are.
     noisy = encoded[:noise_at] + b" \r\n!" + encoded[noise_at:]
-    assert sections.decode_base64(noisy) == data == binascii.a2b_base64(encoded)
-    assert sections.decode_base64(noisy, chunk=noise_at % 7 + 1) == data
+    assert transfer.decode_base64(noisy) == data == binascii.a2b_base64(encoded)
+    assert transfer.decode_base64(noisy, chunk=noise_at % 7 + 1) == data
+
+
+@fuzz_settings()
+@given(
+    st.lists(_QP_PIECES | st.sampled_from([b" " * 20, b"\t \t" * 7]), max_size=40).map(b"".join)
+    | st.binary(max_size=200),
+    st.lists(st.integers(0, 60), max_size=8),
+    st.integers(1, 12),
+)
+def test_streaming_decoders_agree_with_the_whole_part(data: bytes, cuts: list[int], chunk: int) -> None:
+    """SEARCH feeds a part in pieces: whatever the pieces, the octets are those BINARY gives."""
+    pieces, start = [], 0
+    for cut in sorted(cuts):
+        pieces.append(data[start : start + cut])
+        start += cut
+    pieces.append(data[start:])
+    for decoder, whole in (
+        (transfer.QuotedPrintableDecoder(chunk), transfer.decode_quoted_printable(data)),
+        (transfer.Base64Decoder(chunk), transfer.decode_base64(data)),
+    ):
+        assert b"".join(decoder.feed(piece) for piece in pieces) + decoder.flush() == whole

@@ -8,11 +8,13 @@ import io
 
 import pytest
 
+from surat.message.address import Address
+from surat.message.info import compute_message_info
+from surat.message.mime import BodyPart, Envelope
 from surat.proto.imap import structure, writer
 from surat.proto.imap.parser import Scanner, parse_date_time
 from surat.proto.imap.seqset import SequenceSet
 from surat.proto.imap.writer import Code, ResponseCode, Status
-from surat.store.messageinfo import Address, BodyPart, Envelope, compute_message_info
 
 
 def read_back(data: bytes) -> bytes:

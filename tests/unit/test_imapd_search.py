@@ -14,11 +14,12 @@ import pytest
 
 from surat.imapd import search as search_module
 from surat.imapd.search import BATCH, BadCharset, SimpleView, check_charset, decode_header_value, search
+from surat.message.info import MessageInfo, compute_message_info
+from surat.message.transfer import Base64Decoder, QuotedPrintableDecoder
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
 from surat.store.base import MessageRecord, MessageSummary
 from surat.store.memoryblobs import BytesBlobReader, MemoryBlobStore
-from surat.store.messageinfo import MessageInfo, compute_message_info
 
 # ----------------------------------------------------------------------------------------- fakes
 
@@ -448,13 +449,13 @@ def test_base64_decoder_split_at_every_offset(wrap: int) -> None:
     if wrap:
         encoded = b"\r\n".join(encoded[i : i + wrap] for i in range(0, len(encoded), wrap)) + b"\r\n"
     for cut in range(len(encoded) + 1):
-        decoder = search_module._Base64()
+        decoder = Base64Decoder()
         out = decoder.feed(encoded[:cut]) + decoder.feed(encoded[cut:]) + decoder.flush()
         assert out == BASE64_TEXT, cut
 
 
 def test_base64_decoder_tolerates_missing_padding_and_garbage() -> None:
-    decoder = search_module._Base64()
+    decoder = Base64Decoder()
     assert decoder.feed(b"aGVsbG8*gd29y!bGQ") + decoder.flush() == b"hello world"
 
 
@@ -464,14 +465,14 @@ QP_TEXT = b"caf=E9 cr=E8me, a long line that is softly=\r\n broken and =3D an eq
 def test_quoted_printable_decoder_split_at_every_offset() -> None:
     expected = quopri.decodestring(QP_TEXT)
     for cut in range(len(QP_TEXT) + 1):
-        decoder = search_module._QuotedPrintable()
+        decoder = QuotedPrintableDecoder()
         out = decoder.feed(QP_TEXT[:cut]) + decoder.feed(QP_TEXT[cut:]) + decoder.flush()
         assert out == expected, cut
 
 
 def test_quoted_printable_decoder_long_line_without_break() -> None:
     line = b"=41" * 50000  # one 150 000-octet line: decoded in pieces, never splitting "=41"
-    decoder = search_module._QuotedPrintable()
+    decoder = QuotedPrintableDecoder()
     out = b"".join(decoder.feed(line[i : i + 4099]) for i in range(0, len(line), 4099)) + decoder.flush()
     assert out == b"A" * 50000
     assert binascii.a2b_qp(line) == out
@@ -497,6 +498,35 @@ async def test_base64_body_across_read_chunks() -> None:
     view = SimpleView.of([summary])
     assert await search(store, 1, view, key_of("BODY zebra-crossing"), charset=None) == [1]
     assert await search(store, 1, view, key_of("BODY zebra-crossings"), charset=None) == []
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "needle", "found"),
+    [
+        # RFC 2045 §6.7 rules 3 and 5: blanks a relay added after a soft break's "=" leave it a soft
+        # break (the search decoder of before kept "= " and the line break, and missed the word)
+        ("quoted-printable", b"a long wo= \r\nrd here\r\n", "BODY word", True),
+        # note (2): "==41" is a kept "=" then "=41" as written, not "=" + "A"
+        ("quoted-printable", b"x ==41 y\r\n", 'BODY "=A"', False),
+        # RFC 2045 §6.8: the first "=" ends the data; what follows is not base64 (was decoded as such)
+        (
+            "base64",
+            base64.b64encode(b"hello") + b"\r\n" + base64.b64encode(b"ghost") + b"\r\n",
+            "BODY ghost",
+            False,
+        ),
+        ("base64", base64.b64encode(b"hello") + b"\r\n", "BODY hello", True),
+    ],
+)
+async def test_body_search_decodes_as_binary_does(
+    encoding: str, body: bytes, needle: str, found: bool
+) -> None:
+    raw = crlf(f"From: a@example.com\nContent-Transfer-Encoding: {encoding}\n\n") + body
+    store = FakeStore()
+    summary = MessageSummary(1, 1, frozenset(), len(raw), datetime.datetime(2024, 1, 1, tzinfo=UTC))
+    store.add(summary, raw)
+    view = SimpleView.of([summary])
+    assert await search(store, 1, view, key_of(needle), charset=None) == ([1] if found else [])
 
 
 # ----------------------------------------------------------------------------------------- 100 000 messages

@@ -13,11 +13,11 @@ import pytest
 from surat.imapd.search import BATCH, BadCharset, SimpleView
 from surat.imapd.sorting import base_subject, sort
 from surat.imapd.threading import MAX_REFERENCES, ThreadNode, format_threads, thread
+from surat.message.info import compute_message_info
 from surat.proto.imap import commands as c
 from surat.proto.imap.parser import parse_command
 from surat.store.base import MessageRecord, MessageSummary
 from surat.store.memoryblobs import BytesBlobReader, MemoryBlobStore
-from surat.store.messageinfo import compute_message_info
 
 UTC = datetime.UTC
 

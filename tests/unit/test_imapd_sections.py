@@ -10,18 +10,20 @@ import pytest
 from surat.imapd.sections import (
     ByteRange,
     HeaderFields,
-    UnknownEncoding,
     binary_part,
-    decode_base64,
-    decode_quoted_printable,
-    decode_transfer_encoding,
     filter_header,
     locate,
     read_range,
 )
+from surat.message.info import compute_message_info
+from surat.message.transfer import (
+    UnknownEncoding,
+    decode_base64,
+    decode_quoted_printable,
+    decode_transfer_encoding,
+)
 from surat.proto.imap.commands import Section
 from surat.proto.imap.structure import body_structure
-from surat.store.messageinfo import compute_message_info
 
 INNER = b"Subject: inner\r\nContent-Type: text/plain\r\n\r\ninner body\r\n"
 MESSAGE = (

@@ -9,11 +9,6 @@ import pytest
 
 from surat.config import HostPort
 from surat.delivery.mx import (
-    DNS_TEMPORARY,
-    DOMAIN_NOT_FOUND,
-    MAIL_LOOP,
-    NO_ADDRESS,
-    NULL_MX,
     Host,
     Route,
     RouteFailure,
@@ -25,6 +20,7 @@ from surat.delivery.mx import (
 )
 from surat.dns.base import DNSErrorKind, MXRecord
 from surat.dns.fake import FakeResolver, FakeValue
+from surat.proto.smtp.replies import DNS_TEMPORARY, DOMAIN_NOT_FOUND, MAIL_LOOP, NO_ADDRESS, NULL_MX
 
 T = DNSErrorKind.TEMPORARY
 NX = DNSErrorKind.NXDOMAIN

@@ -16,17 +16,10 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from surat.proto.smtp import replies as R
 from surat.proto.smtp.address import Address
 from surat.proto.smtp.client import (
-    ADDRESS_NEEDS_SMTPUTF8,
-    AUTH_NEEDS_TLS,
-    BAD_REPLY,
-    CONNECTION_LOST,
     NEED_DATA,
-    NEEDS_8BITMIME,
-    NEEDS_SMTPUTF8,
-    TLS_FAILED,
-    TLS_NOT_OFFERED,
     ClientSettings,
     Closed,
     Credentials,
@@ -45,7 +38,17 @@ from surat.proto.smtp.client import (
     TransactionDone,
     TransactionResult,
 )
-from surat.proto.smtp.replies import Reply
+from surat.proto.smtp.replies import (
+    ADDRESS_NEEDS_SMTPUTF8,
+    AUTH_NEEDS_TLS,
+    BAD_REPLY,
+    CONNECTION_LOST,
+    NEEDS_8BITMIME,
+    NEEDS_SMTPUTF8,
+    TLS_FAILED,
+    TLS_NOT_OFFERED,
+    Reply,
+)
 
 SETTINGS = ClientSettings(hostname="out.example.org")
 GREETING = b"220 mx.example.net ESMTP\r\n"
@@ -402,6 +405,23 @@ def test_421_greeting() -> None:
     r = check([b"421 4.3.2 Busy\r\n"], [envelope()])
     assert r.events == [SessionFailed(Reply(421, "4.3.2", "Busy"), Phase.GREETING, remote=True), Closed()]
     assert r.output == b""
+
+
+@pytest.mark.parametrize(
+    ("segments", "code", "phase"),
+    [
+        ([b"250 mx.example.net\r\n", BYE], 250, Phase.GREETING),
+        ([GREETING, b"220 again\r\n", BYE], 220, Phase.EHLO),
+    ],
+)
+def test_a_positive_reply_out_of_place_fails_as_a_protocol_error(
+    segments: list[bytes], code: int, phase: Phase
+) -> None:
+    # found by the client fuzz test: the server's 250 was the failure's reason, so a DSN would have
+    # quoted a success status for an undelivered recipient
+    r = check(segments, [envelope()])
+    assert r.events == [SessionFailed(R.unexpected_reply(code), phase, remote=False), Closed()]
+    assert R.unexpected_reply(code).code == 451  # transient: the next attempt may find a sane server
 
 
 def test_rset_before_next_transaction_without_pipelining() -> None:

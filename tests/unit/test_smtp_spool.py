@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from surat.message.headers import MAX_HEADER_SECTION
+from surat.message.headers import MAX_HEADER_SECTION, read_header
+from surat.message.info import compute_message_info
 from surat.proto.smtp.address import UnsafeText
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
 from surat.store.base import StoreError
@@ -31,6 +33,14 @@ async def spool_bytes(directory: Path, pieces: list[bytes], add: bool) -> tuple[
         assert spool.content is None
         content = await spool.staged.read()
     assert len(content) == spool.size
+    # The header read once at the end of DATA, handed on, gives what reading the bytes gives.
+    assert await spool.message_info() == compute_message_info(io.BytesIO(content))
+    sent = spool.sent_header()
+    if sent is not None:
+        assert sent == read_header(await spool.message())
+    stored = spool.stored_header()
+    if stored is not None:
+        assert stored == read_header(content)
     spool.discard()
     assert not (directory / "tmp").exists() or list((directory / "tmp").iterdir()) == []
     return content, spool, staged
@@ -43,7 +53,9 @@ async def test_mx_spool_is_prefix_plus_message(tmp_path: Path) -> None:
     for cut in range(len(MESSAGE) + 1):
         content, spool, staged = await spool_bytes(tmp_path, [MESSAGE[:cut], MESSAGE[cut:]], add=False)
         assert content == PREFIX + MESSAGE
-        assert spool.header is None  # MX never parses the header section
+        assert spool.header is not None  # read once, for DKIM, DMARC and the MessageInfo
+        assert spool.header.body_start == MESSAGE.index(b"\r\n\r\n") + 4
+        assert spool.stored_header() is not None
         assert spool.added == []
         assert not staged  # small messages stay in memory
 

@@ -16,6 +16,7 @@ import pytest
 
 from old_schema import account_database_at
 from staging import staged
+from surat.message.info import compute_message_info
 from surat.store import schema
 from surat.store.base import (
     Account,
@@ -35,7 +36,6 @@ from surat.store.base import (
     ScramCredentials,
 )
 from surat.store.blobs import new_blob_id
-from surat.store.messageinfo import compute_message_info
 from surat.store.sqlite import SQLiteStore
 
 CREDS = Credentials(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from surat.message.info import compute_message_info
 from surat.store.base import Account, Credentials, Delivery, FlagMode, MailboxTarget
-from surat.store.messageinfo import compute_message_info
 from surat.store.sqlite import INLINE_READ_ROWS, SQLiteStore
 
 CREDS = Credentials(password_hash="$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo")

@@ -40,6 +40,7 @@ from surat.mailauth.dkim_canon import (
     sha256_digest,
     signature_field_data,
 )
+from surat.message.headers import Header
 from surat.store.filemodes import make_private_dir
 
 log = logging.getLogger(__name__)
@@ -384,6 +385,7 @@ def sign(
     *,
     timestamp: int | None = None,
     canonicalization: tuple[Canonicalization, Canonicalization] = ("relaxed", "relaxed"),
+    header: Header | None = None,
 ) -> bytes:
     """DKIM-Signature header fields (CRLF-terminated) to prepend to `message`, one per key.
 
@@ -395,10 +397,12 @@ def sign(
     private-key operations are OpenSSL's (`cryptography`): a fraction of a millisecond for both.
     A message without a From field cannot be signed (RFC 6376 §5.4): b"" is returned and a warning
     logged, and the message goes out unsigned. A header section that cannot be split is DkimError.
+    `header`: the header section of `message` (CRLF line ends only) as the end of DATA read it, handed
+    on so that it is not read again.
     """
     domain = normalize_domain(domain)
     try:
-        parsed = parse_message(message)
+        parsed = parse_message(message, crlf_only=header is not None, header=header)
     except MessageFormatError as exc:
         raise DkimError(f"cannot sign for {domain}: {exc}") from None
     if not parsed.has(b"from"):
@@ -478,15 +482,16 @@ class SigningKeys:
                     keys = await asyncio.get_running_loop().run_in_executor(None, self.load, domain, now)
         return keys
 
-    async def sign(self, message: bytes, domain: str, now: datetime) -> bytes:
-        """`sign(message, domain, keys, timestamp=now)` with the domain's keys, in a thread or not."""
+    async def sign(self, message: bytes, domain: str, now: datetime, header: Header | None = None) -> bytes:
+        """`sign(message, domain, keys, timestamp=now, header=header)` with the domain's keys, in a
+        thread or not."""
         keys = await self.get(domain, now)
         timestamp = int(now.timestamp())
         if not self.in_thread and len(message) <= INLINE_SIGN_LIMIT:
-            return sign(message, domain, keys, timestamp=timestamp)
+            return sign(message, domain, keys, timestamp=timestamp, header=header)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, functools.partial(sign, message, domain, keys, timestamp=timestamp)
+            None, functools.partial(sign, message, domain, keys, timestamp=timestamp, header=header)
         )
 
 

@@ -17,6 +17,7 @@ from itertools import groupby
 
 from surat.config import HostPort
 from surat.dns.base import DNSError, DNSErrorKind, MXRecord, Resolver
+from surat.proto.smtp import replies as R
 from surat.proto.smtp.replies import Reply
 
 SMTP_PORT = 25
@@ -24,20 +25,6 @@ SMTP_PORT = 25
 # wait for the next attempt, which starts again from the most preferred.
 DEFAULT_MAX_HOSTS = 5
 DEFAULT_MAX_ADDRESSES = 10
-
-# RFC 7505 §4.2 / RFC 7504: 556 + X.1.10 for a domain that publishes a null MX.
-NULL_MX = Reply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
-DOMAIN_NOT_FOUND = Reply(550, "5.1.2", "Recipient domain does not exist")
-DNS_TEMPORARY = Reply(451, "4.4.3", "Temporary DNS failure looking up the recipient domain")
-MAIL_LOOP = Reply(550, "5.4.6", "Mail for this domain loops back to this server")
-NO_ADDRESS = Reply(550, "5.4.4", "No address found for the recipient domain's mail servers")
-# RFC 3463 §3.5 X.4.4 "Unable to route". Permanent, like Postfix's "mail for ... loops back to myself"
-# (5.4.6) for an MX that resolves to one of its own addresses: an address literal never changes, and
-# an MX pointing at private space is not a passing failure either. Retrying would keep the bounce of
-# a forged sender (the review's "[IPv6:::1]") in the queue for days for nothing.
-REFUSED_DESTINATION = Reply(
-    550, "5.4.4", "Recipient domain's mail servers are at private, loopback or this server's addresses"
-)
 
 
 class RouteKind(enum.Enum):
@@ -127,13 +114,13 @@ async def resolve_targets(
     if not records:
         # RFC 5321 §5.1: no MX records -> the domain itself is the only host, preference 0.
         if domain in local:
-            return RouteFailure(domain, MAIL_LOOP, f"{domain} is this server")
+            return RouteFailure(domain, R.MAIL_LOOP, f"{domain} is this server")
         return await _hosts(resolver, domain, [MXRecord(0, domain)], RouteKind.IMPLICIT_MX, port, limits)
 
     # RFC 7505 §3: a null MX is a single record "0 ."; a "." among other records is unusable
     # and skipped (the domain is misconfigured, but its real MX hosts may still work).
     if len(records) == 1 and records[0].exchange == "":
-        return RouteFailure(domain, NULL_MX)
+        return RouteFailure(domain, R.NULL_MX)
     records = [MXRecord(r.preference, r.exchange.rstrip(".").lower()) for r in records if r.exchange]
 
     # RFC 5321 §5.1: when this server is one of the MX hosts, only more preferred hosts are
@@ -142,7 +129,7 @@ async def resolve_targets(
     if ours:
         records = [r for r in records if r.preference < min(ours)]
         if not records:
-            return RouteFailure(domain, MAIL_LOOP, f"{domain}'s best MX is this server")
+            return RouteFailure(domain, R.MAIL_LOOP, f"{domain}'s best MX is this server")
 
     return await _hosts(resolver, domain, _order(records, rng), RouteKind.MX, port, limits)
 
@@ -166,8 +153,8 @@ def _order(records: list[MXRecord], rng: random.Random) -> list[MXRecord]:
 
 def _dns_failure(domain: str, exc: DNSError) -> RouteFailure:
     if exc.kind is DNSErrorKind.NXDOMAIN:
-        return RouteFailure(domain, DOMAIN_NOT_FOUND, str(exc))
-    return RouteFailure(domain, DNS_TEMPORARY, str(exc))
+        return RouteFailure(domain, R.DOMAIN_NOT_FOUND, str(exc))
+    return RouteFailure(domain, R.DNS_TEMPORARY, str(exc))
 
 
 async def _addresses(resolver: Resolver, name: str, limits: _Limits) -> tuple[list[str], DNSError | None]:
@@ -215,11 +202,11 @@ async def _hosts(
     if hosts:
         return Route(domain, kind, tuple(hosts))
     if temporary is not None:
-        return RouteFailure(domain, DNS_TEMPORARY, str(temporary))
+        return RouteFailure(domain, R.DNS_TEMPORARY, str(temporary))
     if kind is RouteKind.IMPLICIT_MX and last_error is not None:
         # The MX lookup said NODATA, the address lookups NXDOMAIN: the domain does not exist.
-        return RouteFailure(domain, DOMAIN_NOT_FOUND, str(last_error))
-    return RouteFailure(domain, NO_ADDRESS, ", ".join(r.exchange for r in records))
+        return RouteFailure(domain, R.DOMAIN_NOT_FOUND, str(last_error))
+    return RouteFailure(domain, R.NO_ADDRESS, ", ".join(r.exchange for r in records))
 
 
 async def _static(
@@ -231,10 +218,10 @@ async def _static(
         return Route(domain, kind, (Host(host, hop.port, (host,)),))
     addresses, error = await _addresses(resolver, host.rstrip(".").lower(), limits)
     if error is not None and error.kind is DNSErrorKind.TEMPORARY:
-        return RouteFailure(domain, DNS_TEMPORARY, f"{kind.value} {hop}: {error}")
+        return RouteFailure(domain, R.DNS_TEMPORARY, f"{kind.value} {hop}: {error}")
     if not addresses:
         # A broken configured route is the operator's to fix: keep the mail (temporary).
-        return RouteFailure(domain, Reply(451, "4.4.4", f"No address for the {kind.value} host {hop.host}"))
+        return RouteFailure(domain, R.no_address_for_host(kind.value, hop.host))
     return Route(domain, kind, (Host(host, hop.port, tuple(addresses[: limits.addresses])),))
 
 
@@ -243,7 +230,7 @@ def _literal(domain: str, port: int) -> RouteResult:
     if inner[:5].lower() == "ipv6:":
         inner = inner[5:]
     if not _is_ip(inner):
-        return RouteFailure(domain, Reply(550, "5.1.2", f"Bad address literal {domain}"))
+        return RouteFailure(domain, R.bad_address_literal(domain))
     return Route(domain, RouteKind.LITERAL, (Host(inner, port, (inner,)),))
 
 
@@ -288,7 +275,7 @@ def refuse_private(route: Route, own_addresses: Collection[str] = ()) -> RouteRe
             hosts.append(Host(host.name, host.port, allowed, host.preference))
     if hosts:
         return Route(route.domain, route.kind, tuple(hosts))
-    return RouteFailure(route.domain, REFUSED_DESTINATION, "refused destination " + ", ".join(refused))
+    return RouteFailure(route.domain, R.REFUSED_DESTINATION, "refused destination " + ", ".join(refused))
 
 
 def _is_ip(text: str) -> bool:

@@ -81,6 +81,7 @@ from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
 from surat.dns.base import Resolver
 from surat.log import fields
 from surat.message.headers import read_header
+from surat.proto.smtp import replies as R
 from surat.proto.smtp.address import Address, SMTPSyntaxError, UnsafeText, parse_path
 from surat.proto.smtp.client import (
     ClientSettings,
@@ -133,11 +134,6 @@ LOCAL_DOMAIN_TTL = 1.0
 # Messages up to this size are read with their run's batch (BlobStore.read_many); larger ones
 # by their own task.
 INLINE_READ = 128 * 1024
-
-LOCAL_LOOP = Reply(550, "5.4.6", "Too many Received header fields: mail loop")
-NO_SUCH_LOCAL_USER = Reply(550, "5.1.1", "No such local recipient")
-MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
-INTERNAL_ERROR = Reply(451, "4.3.0", "Local error in processing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +387,7 @@ class QueueRunner:
         if remote and _count_received(original) > MAX_RECEIVED:
             for indexes in remote.values():
                 for index in indexes:
-                    outcomes[index] = _Outcome(RecipientState.FAILED, LOCAL_LOOP)
+                    outcomes[index] = _Outcome(RecipientState.FAILED, R.LOCAL_LOOP)
             remote = {}
 
         # Never sent out: a domain that became local after the message was queued.
@@ -472,7 +468,7 @@ class QueueRunner:
                     extra=fields(id=entry.id, rcpt=address, cycle=" -> ".join(resolution.loop)),
                 )
                 return _Outcome(RecipientState.PENDING, ALIAS_LOOP, self.settings.hostname)
-            return _Outcome(RecipientState.FAILED, NO_SUCH_LOCAL_USER)
+            return _Outcome(RecipientState.FAILED, R.NO_SUCH_LOCAL_USER)
         content = f"Return-Path: <{entry.sender}>\r\n".encode() + message
         try:
             await self.store.deliver(
@@ -486,10 +482,8 @@ class QueueRunner:
             )
         except QuotaExceeded:
             # A late local failure: retried like a remote 4xx, bounced with a DSN at expiry (issue 5).
-            return _Outcome(RecipientState.PENDING, MAILBOX_FULL, self.settings.hostname)
-        return _Outcome(
-            RecipientState.DELIVERED, Reply(250, "2.0.0", "Delivered locally"), self.settings.hostname
-        )
+            return _Outcome(RecipientState.PENDING, R.LOCAL_MAILBOX_FULL, self.settings.hostname)
+        return _Outcome(RecipientState.DELIVERED, R.DELIVERED_LOCALLY, self.settings.hostname)
 
     # ------------------------------------------------------------------------------ one domain
 
@@ -539,7 +533,7 @@ class QueueRunner:
             envid=entry.envid,
         )
         settings, tls_context, implicit_tls = self._client_settings(route)
-        last_failure = INTERNAL_ERROR
+        last_failure = R.INTERNAL_ERROR
         last_host: str | None = None
         smarthost = route.kind is RouteKind.SMARTHOST
         await held.enter_async_context(self._connection_slot(route.domain))
@@ -757,7 +751,7 @@ class QueueRunner:
         expired = bool(still) and when is None
         if expired:
             for i in still:
-                previous = outcomes.get(i, _Outcome(RecipientState.PENDING, INTERNAL_ERROR))
+                previous = outcomes.get(i, _Outcome(RecipientState.PENDING, R.INTERNAL_ERROR))
                 outcomes[i] = _Outcome(RecipientState.FAILED, previous.reply, previous.remote_mta)
         await self._send_dsns(entry, original, outcomes, now, expired)
         delayed = set() if expired else await self._send_delay_dsn(entry, original, outcomes, still, now)
@@ -875,7 +869,7 @@ class QueueRunner:
         for i in due:
             recipient = entry.recipients[i]
             outcome = outcomes.get(i)
-            reply = str(outcome.reply) if outcome else recipient.last_reply or str(INTERNAL_ERROR)
+            reply = str(outcome.reply) if outcome else recipient.last_reply or str(R.INTERNAL_ERROR)
             reported.append(
                 ReportedRecipient(
                     address=recipient.address,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from surat.delivery.mx import Target
 from surat.log import fields
+from surat.proto.smtp import replies as R
 from surat.proto.smtp.client import (
     NEED_DATA,
     ClientSettings,
@@ -55,7 +56,7 @@ class SessionOutcome:
 
 def connect_failure(target: Target, exc: BaseException) -> Reply:
     text = getattr(exc, "strerror", None) or type(exc).__name__
-    return Reply(451, "4.4.1", f"Cannot connect to {target.host}[{target.address}]:{target.port}: {text}")
+    return R.cannot_connect(f"{target.host}[{target.address}]:{target.port}", text)
 
 
 async def send_transaction(
@@ -160,7 +161,7 @@ class Session:
         await self._pump(None, b"")
         if self.engine.phase is Phase.READY and not self.engine.closed:
             return None
-        return self._failure or Reply(451, "4.4.2", "Connection closed before the transaction")
+        return self._failure or R.CLOSED_BEFORE_TRANSACTION
 
     async def send(self, envelope: Envelope, message: bytes) -> SessionOutcome:
         """One transaction on an open session (after `open()` returned None, or a previous send)."""
@@ -172,7 +173,7 @@ class Session:
             self.engine.send_mail(envelope)
             await self._pump(envelope, message)
         if self._results is None and self._failure is None:
-            self._failure = Reply(451, "4.4.2", "Connection closed before the transaction")
+            self._failure = R.CLOSED_BEFORE_TRANSACTION
         if self._results is not None and self._received:
             self.transactions += 1
         return SessionOutcome(
@@ -249,7 +250,7 @@ class Session:
                     return
         except OSError as exc:
             if self._results is None and self._failure is None:
-                self._failure = Reply(451, "4.4.2", f"Connection lost: {exc.strerror or type(exc).__name__}")
+                self._failure = R.connection_lost(exc.strerror or type(exc).__name__)
             with contextlib.suppress(OSError):
                 engine.connection_lost()
 

@@ -19,14 +19,13 @@ from surat.imapd.sections import (
     MAX_HEADER_READ,
     ByteRange,
     HeaderFields,
-    UnknownEncoding,
     binary_part,
-    decode_transfer_encoding,
     filter_header,
     locate,
 )
 from surat.imapd.state import Done
 from surat.imapd.view import MessageState
+from surat.message.transfer import UnknownEncoding, decode_transfer_encoding
 from surat.proto.imap import commands as c
 from surat.proto.imap.seqset import SequenceSet
 from surat.proto.imap.structure import body_structure, envelope

@@ -18,7 +18,6 @@ of a message at a time. Sequence numbers and UIDs: index ``i`` in the view is se
 from __future__ import annotations
 
 import asyncio
-import binascii
 import bisect
 import codecs
 import contextlib
@@ -33,6 +32,9 @@ from typing import Final, Protocol
 
 from surat.message.encoded_words import decode_encoded_words
 from surat.message.headers import read_header, unfold
+from surat.message.info import MessageInfo
+from surat.message.mime import BodyPart
+from surat.message.transfer import transfer_decoder
 from surat.proto.imap.commands import (
     DateField,
     DateOp,
@@ -53,7 +55,6 @@ from surat.proto.imap.commands import (
 from surat.proto.imap.parser import SEARCH_CHARSETS
 from surat.proto.imap.seqset import SequenceSet
 from surat.store.base import BlobReader, BlobStore, MessageRecord, MessageSummary, NotFound
-from surat.store.messageinfo import BodyPart, MessageInfo
 
 __all__ = [
     "BATCH",
@@ -219,71 +220,6 @@ class _Finder:
 # ------------------------------------------------------------------------------------------- bodies
 
 
-class _Base64:
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def feed(self, data: bytes) -> bytes:
-        data = self._rest + data.translate(None, _B64_NOISE)
-        whole = len(data) // 4 * 4
-        self._rest = data[whole:]
-        return _b64(data[:whole])
-
-    def flush(self) -> bytes:
-        rest, self._rest = self._rest, b""
-        return _b64(rest + b"=" * (-len(rest) % 4)) if len(rest) > 1 else b""
-
-
-_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-# Everything else (line breaks, padding, garbage) is dropped: RFC 2045 §6.8 says decoders ignore it.
-_B64_NOISE = bytes(b for b in range(256) if b not in _B64_ALPHABET)
-
-
-def _b64(data: bytes) -> bytes:
-    try:
-        return binascii.a2b_base64(data)
-    except binascii.Error:
-        return b""
-
-
-class _QuotedPrintable:
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def feed(self, data: bytes) -> bytes:
-        data = self._rest + data
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            if len(data) < _CHUNK:
-                self._rest = data
-                return b""
-            # A very long line: decode it in pieces, never splitting an "=XX" escape.
-            eq = data.rfind(b"=", len(data) - 2)
-            cut = eq if eq >= 0 else len(data)
-        self._rest = data[cut:]
-        return binascii.a2b_qp(data[:cut])
-
-    def flush(self) -> bytes:
-        rest, self._rest = self._rest, b""
-        return binascii.a2b_qp(rest)
-
-
-class _Identity:
-    def feed(self, data: bytes) -> bytes:
-        return data
-
-    def flush(self) -> bytes:
-        return b""
-
-
-def _transfer_decoder(encoding: str) -> _Base64 | _QuotedPrintable | _Identity:
-    if encoding == "BASE64":
-        return _Base64()
-    if encoding == "QUOTED-PRINTABLE":
-        return _QuotedPrintable()
-    return _Identity()
-
-
 def _charset_decoder(part: BodyPart) -> codecs.IncrementalDecoder:
     label = dict(part.params).get("charset", "").strip().strip('"').lower()
     name = "utf-8"
@@ -320,7 +256,7 @@ async def _header_text(reader: BlobReader, start: int, end: int) -> str:
 
 
 async def _scan_body(reader: BlobReader, part: BodyPart, finder: _Finder) -> None:
-    transfer = _transfer_decoder(part.encoding)
+    transfer = transfer_decoder(part.encoding)  # the decoders BINARY uses (RFC 2045 §6.7, §6.8)
     chars = _charset_decoder(part)
     async for chunk in _read_range(reader, part.body_start, part.end):
         finder.feed(chars.decode(transfer.feed(chunk)))

@@ -1,5 +1,5 @@
 """Where a FETCH body section lies in the message file (RFC 9051 §6.4.5), from the part offsets that
-``store.messageinfo`` recorded at delivery; no message is parsed again.
+``surat.message.info`` recorded at delivery; no message is parsed again.
 
 Most sections are a byte range of the file, streamed as is. HEADER.FIELDS(.NOT) reads just the header
 block and filters it. BINARY (RFC 3516) decodes one part's content transfer encoding.
@@ -14,27 +14,24 @@ path, and Dovecot answers the same way.
 
 from __future__ import annotations
 
-import binascii
-import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from surat.message.headers import read_header
+from surat.message.info import MessageInfo
+from surat.message.mime import BodyPart
 from surat.proto.imap.commands import Section
-from surat.store.messageinfo import BodyPart, MessageInfo
 
 __all__ = [
     "MAX_HEADER_READ",
     "ByteRange",
     "HeaderFields",
-    "UnknownEncoding",
-    "decode_transfer_encoding",
     "filter_header",
     "locate",
     "read_range",
 ]
 
-MAX_HEADER_READ = 1024 * 1024  # a header block larger than this is cut (messageinfo keeps 256 KiB)
+MAX_HEADER_READ = 1024 * 1024  # a header block larger than this is cut (surat.message.mime keeps 256 KiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +51,6 @@ class HeaderFields:
     header: ByteRange
     fields: frozenset[str]  # lower-cased
     exclude: bool
-
-
-class UnknownEncoding(Exception):
-    """BINARY of a part whose Content-Transfer-Encoding we cannot decode (RFC 3516 §4.2: UNKNOWN-CTE)."""
 
 
 _EMPTY = ByteRange(0, 0)
@@ -126,178 +119,6 @@ def filter_header(block: bytes, fields: frozenset[str], *, exclude: bool) -> byt
             out.append(text if text.endswith(b"\n") else text + b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
-
-
-def decode_transfer_encoding(data: bytes, encoding: str) -> bytes:
-    """RFC 3516 §4.2: BINARY returns the part's content with its transfer encoding removed.
-
-    Linear in ``data`` and never larger than it; the caller bounds ``data`` (one part of a stored
-    message, so at most ``limits.message_size`` octets). Decoded ``DECODE_CHUNK`` octets at a time, so
-    that, run in a worker thread, no single C call holds the GIL (and so the event loop) for long."""
-    enc = encoding.upper()
-    if enc in _IDENTITY_ENCODINGS:
-        return data
-    if enc == "BASE64":
-        return decode_base64(data)
-    if enc == "QUOTED-PRINTABLE":
-        return decode_quoted_printable(data)
-    raise UnknownEncoding(encoding)
-
-
-DECODE_CHUNK = 64 * 1024  # octets of encoded data per C call (about a millisecond of GIL each)
-# RFC 2045 §6.2: these three are not encodings, only statements about the content ("" when absent).
-_IDENTITY_ENCODINGS = frozenset({"7BIT", "8BIT", "BINARY", ""})
-_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-# RFC 2045 §6.8: "All line breaks or other characters not found in Table 1 must be ignored by decoding
-# software"; "=" is kept to find the end of the data.
-_NOT_BASE64 = bytes(b for b in range(256) if b not in _BASE64_ALPHABET + b"=")
-
-
-def decode_base64(data: bytes, *, chunk: int = DECODE_CHUNK) -> bytes:
-    """RFC 2045 §6.8 base64, leniently: characters outside the alphabet are skipped, the first "=" ends
-    the data ("the occurrence of any '=' characters may be taken as evidence that the end of the data
-    has been reached"), and a last quantum without its padding still gives its whole octets (two or
-    three characters carry one or two octets; a lone sixth bit-group carries none)."""
-    out: list[bytes] = []
-    carry = b""  # fewer than 4 characters: an incomplete quantum
-    for start in range(0, len(data), chunk):
-        clean = carry + data[start : start + chunk].translate(None, _NOT_BASE64)
-        padding = clean.find(b"=")
-        if padding >= 0:
-            carry = clean[:padding]
-            break
-        whole = len(clean) - len(clean) % 4
-        out.append(binascii.a2b_base64(clean[:whole]))
-        carry = clean[whole:]
-    rest = len(carry) % 4
-    if rest == 1:
-        carry = carry[:-1]
-    elif rest:
-        carry += b"=" * (4 - rest)
-    out.append(binascii.a2b_base64(carry))
-    return b"".join(out)
-
-
-def decode_quoted_printable(data: bytes, *, chunk: int = DECODE_CHUNK) -> bytes:
-    """RFC 2045 §6.7 quoted-printable.
-
-    - "=XY" is the octet XY in hex; lower-case digits are accepted (note (1): "a robust implementation
-      might choose to recognize them").
-    - An "=" at the end of a line, white space after it allowed, is a soft line break and vanishes
-      (rule 5); so does one at the very end of the data: the part's content ends before the CRLF of the
-      boundary delimiter (RFC 2046 §5.1.1), which was that soft break's line end.
-    - White space at the end of a line is deleted (rule 3: "it will necessarily have been added by
-      intermediate transport agents").
-    - An "=" followed by anything else is kept with the octet after it, both untransformed (notes (2)
-      and (3)): "=ZZ" stays "=ZZ", "==41" stays "==41" (the kept octet starts no escape). Other octets,
-      line ends (CRLF, or a bare LF) and control characters are kept as they are (note (4) allows
-      removing them; keeping them loses nothing).
-
-    Linear, and in C but for a few steps per chunk of about ``chunk`` octets (see
-    ``_quoted_printable_cut``). In each chunk, each bad "=" is rewritten as "=3D", white space before
-    line ends is removed, then ``binascii.a2b_qp`` removes soft line breaks, decodes "=XY" and keeps
-    everything else.
-    """
-    out: list[bytes] = []
-    start, size = 0, len(data)
-    while start < size:
-        blanks = _leading_blanks(data, start, chunk)
-        if blanks is not None:
-            start, kept = blanks
-            out.append(kept)
-            continue
-        end = _quoted_printable_cut(data, start, chunk)
-        last = end >= size
-        # Left to right, as a decoder reads: "==" is a bad "=" keeping the "=" after it, so runs of "="
-        # pair from the left (what bytes.replace does: leftmost, non-overlapping); then any other bad
-        # "=" is kept alone and the octet after it stays as it is. An "=" before a line end (blanks
-        # between allowed; or at the very end) is a soft break, left for a2b_qp to remove. Blanks go
-        # last: removing them first could join a kept "=" and CR to a LF ("=\r \n").
-        piece = data[start:end].replace(b"==", b"=3D=3D")
-        piece = (_QP_BAD_EQUALS_LAST if last else _QP_BAD_EQUALS).sub(b"=3D", piece)
-        piece = (_QP_PADDING_LAST if last else _QP_PADDING).sub(b"", piece)
-        out.append(binascii.a2b_qp(piece))
-        start = end
-    return b"".join(out)
-
-
-def _leading_blanks(data: bytes, start: int, chunk: int) -> tuple[int, bytes] | None:
-    """When the quoted-printable chunk at ``start`` begins with a run of blanks (or an "=" and one) that
-    reaches past where the chunk would end: where the run ends and what it decodes to. Blanks before a
-    line end or the end of the data are deleted (rule 3), with the "=" before them a soft break (rule 5)
-    whose line end goes too; other blanks are kept, and so is the "=" (note 2). The run is scanned
-    once, ``chunk`` octets per C call. A shorter run is left to the chunk (None)."""
-    size = len(data)
-    equals = data[start] == _EQUALS
-    first = start + 1 if equals else start
-    if first >= size or data[first] not in _BLANKS:
-        return None
-    step_end = start + max(chunk, 3)  # where _quoted_printable_cut would look first
-    after = first
-    while True:
-        run = _BLANK_RUN.match(data, after, step_end)
-        assert run is not None  # the pattern matches the empty string
-        after = run.end()
-        if after < step_end or after >= size:
-            break
-        step_end = after + chunk
-    if after < start + max(chunk, 3) and after < size:
-        return None
-    line_end = 1 if data[after : after + 1] == b"\n" else 2 if data[after : after + 2] == b"\r\n" else 0
-    if line_end or after == size:
-        return (after + line_end if equals else after), b""
-    return after, data[start:after]
-
-
-def _quoted_printable_cut(data: bytes, start: int, chunk: int) -> int:
-    """Where the chunk of quoted-printable ``data`` that begins at ``start`` (where a decoder reading
-    left to right starts afresh) ends, about ``chunk`` octets on, so that decoding chunk by chunk gives
-    what decoding the whole would: after a line end when there is one, else at a point that no escape,
-    "==" pair or white space rule reaches across."""
-    cut = start + max(chunk, 3)
-    size = len(data)
-    if cut >= size:
-        return size
-    line_end = data.rfind(b"\n", start, cut)
-    if line_end >= 0:
-        return line_end + 1
-    if data[cut - 1] == _CR and data[cut] == _LF:
-        return cut + 1
-    if data[cut - 1] in _BLANKS:
-        # Whether blanks are deleted depends on what follows the whole run (rule 3): end the chunk before
-        # the run (and before an "=" that starts a token just before it: "=" and blanks may be a soft
-        # break); the next chunk starts with it, and ``_leading_blanks`` reads it whole, once.
-        run_start = start + len(data[start:cut].rstrip(b" \t"))
-        if run_start > start and data[run_start - 1] == _EQUALS:
-            equals = run_start - start - len(data[start:run_start].rstrip(b"="))
-            run_start -= equals % 2
-        if run_start > start:
-            return run_start
-    # A run of "=" pairs from its first octet, a token start (no escape has "=" after its first octet),
-    # and the chunk's start is a token start too: parity tells whether an "=" near the end starts a
-    # token that may reach into the next chunk.
-    equals = cut - start - len(data[start:cut].rstrip(b"="))
-    if equals:
-        return cut - equals % 2
-    if data[cut - 2] == _EQUALS:
-        equals = cut - 1 - start - len(data[start : cut - 1].rstrip(b"="))
-        if equals % 2:
-            return cut - 2  # "=X" may be "=XY", Y in the next chunk
-    return cut
-
-
-_CR, _LF, _EQUALS = ord("\r"), ord("\n"), ord("=")
-_BLANKS = frozenset(b" \t")
-_BLANK_RUN = re.compile(rb"[ \t]*+")
-# Rule 3: blanks before a line end (or, in the last chunk, the end of the data). A match starts only at
-# the first blank of a run (the lookbehind), and "*+" never gives octets back: each octet is looked at
-# a bounded number of times, however long the run.
-_QP_PADDING = re.compile(rb"[ \t](?<![ \t][ \t])[ \t]*+(?=\r?\n)")
-_QP_PADDING_LAST = re.compile(rb"[ \t](?<![ \t][ \t])[ \t]*+(?=\r?\n|\Z)")
-# An "=" that is neither an escape nor a soft break. The blanks the lookahead skips follow this "=" and
-# end at the next octet that is not blank: each run is skipped for one "=" at most.
-_QP_BAD_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+\r?\n)")
-_QP_BAD_EQUALS_LAST = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*+(?:\r?\n|\Z))")
 
 
 def binary_part(info: MessageInfo, part: tuple[int, ...]) -> tuple[ByteRange, str] | None:

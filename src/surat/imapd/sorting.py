@@ -21,8 +21,9 @@ from surat.imapd.search import (
     iter_records,
     matching_indexes,
 )
+from surat.message.address import Address
+from surat.message.info import MessageInfo
 from surat.proto.imap.commands import SearchKey, SortCriterion
-from surat.store.messageinfo import Address, MessageInfo
 
 __all__ = ["SORT_KEYS", "ascii_casemap", "base_subject", "sent_timestamp", "sort"]
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from surat.message.headers import read_header
+from surat.message.headers import Header, read_header
 
 
 class MessageFormatError(ValueError):
@@ -44,7 +44,7 @@ class ParsedMessage:
         return name in self.names
 
 
-def parse_message(message: bytes, *, crlf_only: bool = False) -> ParsedMessage:
+def parse_message(message: bytes, *, crlf_only: bool = False, header: Header | None = None) -> ParsedMessage:
     """Split `message` into header fields and body; MessageFormatError for a line that is neither.
 
     The fields are read by `surat.message.headers`, the reader every other part of Surat uses, so DKIM
@@ -52,11 +52,14 @@ def parse_message(message: bytes, *, crlf_only: bool = False) -> ParsedMessage:
     section longer than that reader's bound (MAX_HEADER_SECTION) is a MessageFormatError too.
 
     `crlf_only` says the caller knows every line ends in CRLF (our SMTP engine normalises line ends), which
-    spares two scans of the whole message looking for bare LFs.
+    spares two scans of the whole message looking for bare LFs. With it, `header` may be the message's
+    header section as `read_header` read it already (the end of DATA reads it once and hands it on),
+    and it is not read again.
     """
-    if not crlf_only and message.count(b"\n") != message.count(b"\r\n"):
-        message = _LINE_END.sub(b"\r\n", message)
-    header = read_header(message, crlf_only=True)  # every line ends in CRLF now
+    if header is None or not crlf_only:
+        if not crlf_only and message.count(b"\n") != message.count(b"\r\n"):
+            message = _LINE_END.sub(b"\r\n", message)
+        header = read_header(message, crlf_only=True)  # every line ends in CRLF now
     if header.defect is not None:
         raise MessageFormatError(header.defect)
     return ParsedMessage(

@@ -1,4 +1,5 @@
-"""THE message package: one header reader, one address parser, one RFC 2047 decoder for every caller.
+"""THE message package: one header reader, one address parser, one RFC 2047 decoder, one MIME scanner
+(`mime`) and the MessageInfo it feeds (`info`), for every caller.
 
 Pure (no asyncio, no store): the SMTP service, DKIM, DMARC, the DSN writer, IMAP SEARCH/FETCH and the
 store's MessageInfo all read header sections through `surat.message.headers`, so they agree on what a

@@ -29,6 +29,7 @@ __all__ = [
     "field_key",
     "read_header",
     "unfold",
+    "with_fields_above",
 ]
 
 MAX_HEADER_SECTION = 256 * 1024  # octets of a header section read; what lies beyond is not parsed
@@ -238,3 +239,26 @@ def _by_lines(message: bytes, limit: int, *, with_spans: bool = False) -> Header
             starts.append(pos)
         pos = line_end
     return collector.header(size, spans=spans(size))  # a message that is all header, with no empty line
+
+
+def with_fields_above(fields: bytes, header: Header) -> Header | None:
+    """The header of ``fields + message`` from `header`, the header of `message`, without reading it again.
+
+    `fields` are whole header fields we wrote (our trace fields: Return-Path, Received, ...), each
+    ending in CRLF. None when the result could differ from `read_header(fields + message)`: a section
+    with a defect (its first line, a continuation, would fold into our last field) or cut short, or
+    one that the added octets would push past MAX_HEADER_SECTION. The caller then reads the bytes.
+    """
+    if header.defect is not None or header.truncated or header.spans:
+        return None
+    if len(fields) + header.body_start > MAX_HEADER_SECTION:
+        return None
+    above = read_header(fields + b"\r\n", crlf_only=True)
+    if above.defect is not None or above.body_start != len(fields) + 2:
+        return None  # not whole fields: refuse rather than guess
+    return Header(
+        above.names + header.names,
+        above.keys + header.keys,
+        above.raws + header.raws,
+        len(fields) + header.body_start,
+    )

@@ -12,10 +12,6 @@ from surat.store.base import InvalidName, NotFound, QuotaExceeded, StoreError
 
 log = logging.getLogger(__name__)
 
-# Temporary: the user can make room, and the sender retries meanwhile (issue 3: 452 4.2.2).
-MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full, try again later")
-INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
-
 
 class SMTPPolicyError(Exception):
     """A refusal decided by policy; carries its reply."""
@@ -35,12 +31,12 @@ def reply_for(exc: BaseException, where: str) -> Reply:
         case SMTPPolicyError():
             return exc.reply
         case QuotaExceeded():
-            return MAILBOX_FULL  # RFC 3463 X.2.2
+            return R.MAILBOX_FULL  # RFC 3463 X.2.2
         case NotFound() | InvalidName():
             return R.NO_SUCH_USER
         case OSError() if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             log.error("smtp.storage_full", extra=fields(where=where, error=str(exc)))
-            return INSUFFICIENT_STORAGE  # RFC 3463 X.3.1
+            return R.INSUFFICIENT_STORAGE  # RFC 3463 X.3.1
         case StoreError():
             log.error("smtp.store_error", exc_info=exc, extra=fields(where=where))
             return R.LOCAL_ERROR

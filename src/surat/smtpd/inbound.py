@@ -44,14 +44,12 @@ from surat.mailauth.dmarc import (
 )
 from surat.mailauth.results import authentication_results, remove_forged_results
 from surat.mailauth.spf import SPFResult, check_spf, timed_out
-from surat.message.headers import read_header
-from surat.proto.smtp.replies import Reply
+from surat.message.headers import Header, read_header, unfold
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 SPF_TIMEOUT = 20.0  # RFC 7208 §4.6.4
-DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
 
 
 class Disposition(enum.Enum):
@@ -135,16 +133,19 @@ class InboundChecks:
         )
         return PendingSPF(task, self.spf_timeout, domain, helo, sender)
 
-    async def evaluate(self, spf_task: PendingSPF | None, message: bytes) -> Verdict:
+    async def evaluate(
+        self, spf_task: PendingSPF | None, message: bytes, message_header: Header | None = None
+    ) -> Verdict:
         """Finish the checks for `message` (as received, without our trace header fields).
 
-        `message` comes from our SMTP engine, so its lines end in CRLF and nothing else.
+        `message` comes from our SMTP engine, so its lines end in CRLF and nothing else. `message_header` is its
+        header section as the end of DATA read it, or None to read it here.
         """
 
         # The header section is split once and shared by DKIM, ARC and DMARC.
         try:
             # RFC 5321 §2.3.8: the SMTP engine has turned every bare CR and LF into CRLF
-            parsed: ParsedMessage | None = parse_message(message, crlf_only=True)
+            parsed: ParsedMessage | None = parse_message(message, crlf_only=True, header=message_header)
         except MessageFormatError:
             parsed = None  # verify_dkim and verify_arc report it; DMARC reads From its own way
 
@@ -180,7 +181,7 @@ class InboundChecks:
         if dmarc is not None and dmarc.status is DMARCStatus.FAIL:
             if dmarc.policy is Policy.REJECT:
                 disposition = Disposition.REJECT
-                if self._trusted_arc_pass(arc, message):
+                if self._trusted_arc_pass(arc, message, parsed):
                     disposition = Disposition.ACCEPT
             elif dmarc.policy is Policy.QUARANTINE:
                 disposition = Disposition.QUARANTINE
@@ -196,7 +197,7 @@ class InboundChecks:
             summary["arc"] += f" (sealers {','.join(arc.sealers)})"
         return Verdict(header, disposition, summary, spf, dkim, dmarc, arc)
 
-    def _trusted_arc_pass(self, arc: ARCResult | None, message: bytes) -> bool:
+    def _trusted_arc_pass(self, arc: ARCResult | None, message: bytes, parsed: ParsedMessage | None) -> bool:
         """A valid chain whose latest set by a trusted sealer recorded dmarc=pass (RFC 8617 §7.2)."""
         if arc is None or arc.status is not ARCStatus.PASS or not self.trusted_sealers:
             return False
@@ -204,7 +205,7 @@ class InboundChecks:
         if not trusted:
             return False
         instance = max(trusted)
-        for value in _header_values(message, b"arc-authentication-results"):
+        for value in _header_values(message, parsed, b"arc-authentication-results"):
             match = _INSTANCE.match(value)
             if match and int(match.group(1)) == instance:
                 return _DMARC_PASS.search(value) is not None
@@ -226,9 +227,15 @@ _INSTANCE = re.compile(r"\s*i\s*=\s*(\d+)\s*;")
 _DMARC_PASS = re.compile(r"(?:^|[;\s])dmarc\s*=\s*pass\b", re.IGNORECASE)
 
 
-def _header_values(message: bytes, name: bytes) -> list[str]:
-    """The unfolded values of every header field called `name` (lower case), as surat.message reads them."""
-    return [value.decode("utf-8", "replace") for value in read_header(message, crlf_only=True).values(name)]
+def _header_values(message: bytes, parsed: ParsedMessage | None, name: bytes) -> list[str]:
+    """The unfolded values of every header field called `name` (lower case), as surat.message reads them
+    (from `parsed`, the message's fields read once, when there is one)."""
+    values = (
+        [unfold(value) for value in parsed.values(name)]
+        if parsed is not None
+        else read_header(message, crlf_only=True).values(name)
+    )
+    return [value.decode("utf-8", "replace") for value in values]
 
 
 async def _outcome(check: Awaitable[_T]) -> _T | BaseException:

@@ -8,11 +8,14 @@ anything is written and the message is never copied; the body goes straight to t
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import io
 import secrets
 from datetime import datetime
 
-from surat.message.headers import MAX_HEADER_SECTION, Header, read_header
+from surat.message.headers import MAX_HEADER_SECTION, Header, read_header, with_fields_above
+from surat.message.info import MessageInfo, compute_message_info
 from surat.proto.smtp.address import header_safe
 from surat.store.base import BlobStore, StagedBlob
 
@@ -84,7 +87,10 @@ class Spool:
         self._prefix = prefix
         self._add_for = add_missing_for
         self._held: bytearray | None = bytearray()  # header section until its end, then None
-        self.header: Header | None = None  # the header section read by surat.message (submission only)
+        # The header section of the message as received, read once by surat.message at its end and
+        # handed on (From check, DKIM, MessageInfo); None when it outgrew MAX_HEADER_SECTION.
+        self.header: Header | None = None
+        self._additions = b""  # the fields we added below the prefix (submission: Date, Message-ID)
         self.size = 0
         self.added: list[str] = []  # names of the header fields we added
 
@@ -104,24 +110,25 @@ class Spool:
             end = 0  # no header section at all
         else:
             found = held.find(b"\r\n\r\n", start)
-            end = found + 2 if found >= 0 else -1
+            end = found + 2 if found >= 0 else -1  # the empty line starts at `end`
         if end >= 0:
-            await self._release(end)
+            await self._release(end + 2)
         elif len(held) > MAX_HEADER_SECTION:
             self._held = None
             await self._put(self._prefix)
             await self._put(bytes(held))
 
     async def _release(self, end: int) -> None:
-        """The header section is held[:end]: parse it, write prefix, additions, the rest."""
+        """The header section is held[:end] (with its empty line, if any): parse it, write prefix,
+        additions, the rest."""
         held = self._held
         assert held is not None
         self._held = None
         additions = b""
+        # Read once, by the reader every other part of Surat uses, so that all see the same fields (issue
+        # 11 item 7), and handed on: submission's From check, DKIM, the MessageInfo (issue 11 item 7).
+        self.header = read_header(bytes(held[:end]), crlf_only=True)  # the engine sends CRLF lines
         if self._add_for is not None:
-            # Only submission looks at the header fields (From: ownership, Date, Message-ID), read by the
-            # reader every other part of Surat uses, so that all see the same fields (issue 11 item 7).
-            self.header = read_header(bytes(held[:end]) + b"\r\n")
             # RFC 6409 §8.3 (Date) and §8.3 (Message-ID): the MSA may add what the client left out.
             if self.header.first(b"date") is None:
                 additions += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
@@ -130,6 +137,7 @@ class Spool:
                 message_id = f"<{secrets.token_hex(16)}@{self._add_for}>"
                 additions += f"Message-ID: {message_id}\r\n".encode()
                 self.added.append("Message-ID")
+        self._additions = additions
         await self._put(self._prefix + additions)
         await self._put(bytes(held))
 
@@ -158,9 +166,37 @@ class Spool:
         assert self.staged is not None
         return await self.staged.read(skip)
 
-    async def rewrite(self, prefix: bytes, message: bytes) -> None:
+    def sent_header(self) -> Header | None:
+        """The header section of `message()` (ours added below the prefix, then the client's), from
+        the one read at the end of DATA; None when it must be read from the bytes."""
+        if self.header is None or not self._additions:
+            return self.header
+        return with_fields_above(self._additions, self.header)
+
+    def stored_header(self) -> Header | None:
+        """The header section of the whole content (our prefix first); None: read it from the bytes."""
+        sent = self.sent_header()
+        return with_fields_above(self._prefix, sent) if sent is not None else None
+
+    async def message_info(self) -> MessageInfo:
+        """The MessageInfo of the content, as the store keeps it, without reading the header again
+        (after finish()).
+
+        In memory the scan runs here, bounded by MEMORY_LIMIT octets (linear: about a millisecond per
+        MiB). A staged message is read back through the blob (bounded by the message size limit, as
+        the DKIM/DMARC checks read it) and scanned in a thread, so that no message a client sends
+        holds the event loop."""
+        header = self.stored_header()
+        if self._memory is not None:
+            return compute_message_info(io.BytesIO(self._memory), header)
+        assert self.staged is not None
+        content = await self.staged.read()
+        return await asyncio.to_thread(compute_message_info, io.BytesIO(content), header)
+
+    async def rewrite(self, prefix: bytes, message: bytes, header: Header | None = None) -> None:
         """Replace the content with `prefix` + `message` (after finish(); MX only, where no header
-        field is added after the prefix)."""
+        field is added after the prefix). `header`: the header section of `message`, or None if it is
+        not known (then `message_info` reads it)."""
         if self._memory is not None:
             self._memory = bytearray(prefix)
             self._memory += message  # one copy of the message, not two
@@ -171,6 +207,8 @@ class Spool:
             await self.staged.write(prefix)
             await self.staged.write(message)
         self._prefix = prefix
+        self._additions = b""
+        self.header = header
         self.size = len(prefix) + len(message)
 
     def discard(self) -> None:

@@ -13,17 +13,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from surat.config import LimitsConfig
-from surat.proto.smtp.replies import Reply
 from surat.store.base import Store
 
 WINDOW = 3600.0
-# RFC 3463 X.7.1: delivery not authorized; 4yz: try again later.
-TOO_MANY_MESSAGES = Reply(
-    451, "4.7.1", "Sending limit reached: too many messages in the last hour, try later"
-)
-TOO_MANY_RECIPIENTS = Reply(
-    451, "4.7.1", "Sending limit reached: too many recipients in the last hour, try later"
-)
 
 
 class SendingLimiter(Protocol):

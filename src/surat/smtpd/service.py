@@ -59,14 +59,9 @@ from surat.proto.smtp.server import (
 )
 from surat.smtpd.dnsbl import listing_zone
 from surat.smtpd.errors import SMTPPolicyError, reply_for
-from surat.smtpd.inbound import DMARC_REJECT, Disposition, InboundChecks, PendingSPF
+from surat.smtpd.inbound import Disposition, InboundChecks, PendingSPF
 from surat.smtpd.message import Spool, protocol_name, received_header, return_path
-from surat.smtpd.ratelimit import (
-    TOO_MANY_MESSAGES,
-    TOO_MANY_RECIPIENTS,
-    SendingLimiter,
-    StoreSendingLimiter,
-)
+from surat.smtpd.ratelimit import SendingLimiter, StoreSendingLimiter
 from surat.store.base import (
     Account,
     Credentials,
@@ -83,18 +78,6 @@ log = logging.getLogger(__name__)
 
 MAX_AUTH_FAILURES = 3  # per connection, then 421
 TLS_HANDSHAKE_TIMEOUT = 30.0
-FROM_MISSING = Reply(550, "5.7.1", "Message has no usable From: header")
-FROM_NOT_SINGLE = Reply(550, "5.7.1", "Message must have exactly one From: header field")
-FROM_UNREADABLE = Reply(550, "5.7.1", "From: header field cannot be parsed")
-TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0", "Too many authentication failures")
-# RFC 4954 §6: 454 4.7.0 temporary authentication failure; the client's address is refused for now.
-AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed authentication attempts from your address, try later")
-# RFC 5321 §3.1: a server may answer the connection with 554 instead of its greeting.
-EARLY_TALKER = Reply(554, "5.5.0", "Protocol error: client sent data before the greeting")
-# The session reached [limits] smtp_session_deadline (RFC 5321 §4.2.5: 421 closes the channel).
-SESSION_TOO_LONG = Reply(421, "4.4.2", "Session time limit reached, closing connection")
-HARVESTING = Reply(421, "4.7.0", "Too many unknown recipients, closing connection")
-INVALID_HELO = Reply(501, "5.5.2", "Invalid domain name in EHLO/HELO")
 
 
 class Role(enum.Enum):
@@ -250,7 +233,7 @@ class _Session:
                         data = await conn.read(clock.before_read(engine.buffered))
                     except ConnectionTimeout:
                         if clock.deadline_passed:
-                            engine.send(SESSION_TOO_LONG)
+                            engine.send(R.SESSION_TOO_LONG)
                             result = "deadline"
                         else:
                             engine.send(R.IDLE_TIMEOUT)
@@ -309,7 +292,7 @@ class _Session:
             lookup = asyncio.create_task(listing_zone(resolver, peer, zones), name="dnsbl")
         try:
             if await self._talks_before_greeting():
-                return EARLY_TALKER, "early_talker"
+                return R.EARLY_TALKER, "early_talker"
             zone = await lookup if lookup is not None else None
         finally:
             if lookup is not None and not lookup.done():
@@ -318,7 +301,7 @@ class _Session:
             return None
         log.info("smtp.dnsbl_listed", extra=fields(peer=peer, zone=zone))
         # RFC 5321 §3.1: 554 instead of the greeting; the text names the list, as Postfix does
-        return Reply(554, "5.7.1", f"Service unavailable; client [{peer}] blocked using {zone}"), "dnsbl"
+        return R.dnsbl_listed(peer, zone), "dnsbl"
 
     async def _talks_before_greeting(self) -> bool:
         """Pause before the greeting; a client that sends anything meanwhile does not wait for replies,
@@ -380,7 +363,7 @@ class _Session:
                 return None
             case Hello():
                 if not valid_helo(event.domain):
-                    return INVALID_HELO
+                    return R.INVALID_HELO
                 self.helo = event.domain
                 self._abort_transaction()  # RFC 5321 §4.1.4
                 return self.engine.ehlo_reply(event)
@@ -400,7 +383,7 @@ class _Session:
                 if problem is not None:
                     self._discard_spool()
                     return problem
-                return Reply(250, "2.0.0", f"{event.size} octets received")
+                return R.chunk_received(event.size)
             case MessageEnd():
                 return await self._message_end(event.problem)
             case StartTLS():
@@ -428,7 +411,7 @@ class _Session:
                 return R.SENDER_NOT_OWNED
             if not await self.service.sending_limiter.may_send(self.user):
                 log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="messages"))
-                return TOO_MANY_MESSAGES
+                return R.SENDING_LIMIT_MESSAGES
         self.txn = _Transaction(sender, event.params)
         inbound = self.service.inbound
         if self.role is Role.MX and inbound is not None:
@@ -452,7 +435,7 @@ class _Session:
             self.user, len(txn.recipients) + 1
         ):
             log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="recipients"))
-            return TOO_MANY_RECIPIENTS
+            return R.SENDING_LIMIT_RECIPIENTS
         if not domain.startswith("[") and await self.store.is_local_domain(domain):
             resolution = await resolve(self.store, address, domain_is_local=True)
             if not resolution.found:
@@ -485,7 +468,7 @@ class _Session:
                 "smtp.harvesting",
                 extra=fields(peer=self.conn.peer_host, unknown=self.unknown_recipients, last=address),
             )
-            return HARVESTING
+            return R.HARVESTING
         return R.NO_SUCH_USER
 
     async def _postmaster(self) -> str | None:
@@ -574,7 +557,7 @@ class _Session:
         if self.role is Role.MX and self.service.inbound is not None:
             disposition = await self._authenticate_message(txn, spool)
             if disposition is Disposition.REJECT:
-                return DMARC_REJECT  # RFC 7489 §6.6.4 / §10.3: refuse in the SMTP session
+                return R.DMARC_REJECT  # RFC 7489 §6.6.4 / §10.3: refuse in the SMTP session
             if disposition is Disposition.QUARANTINE:
                 txn.local = {
                     key: MailboxTarget(target.account_id, "Junk", target.flags)
@@ -601,6 +584,8 @@ class _Session:
             internal_date=datetime.now(UTC),
             local=tuple(txn.local.values()),
             remote=remote,
+            # the store computes info only for messages that come another way (APPEND, imports)
+            info=await spool.message_info() if txn.local else None,
         )
         # From here the staged blob belongs to the store, whatever happens (even cancellation).
         txn.spool = None
@@ -608,7 +593,7 @@ class _Session:
         if txn.success_notices and txn.sender:
             await self._notify_success(txn, delivery, result)
         if result.queue_id:
-            return Reply(250, "2.0.0", f"Message accepted, queued as {result.queue_id}")
+            return R.queued_as(result.queue_id)
         return R.QUEUED
 
     async def _check_from(self, spool: Spool) -> Reply | None:
@@ -617,14 +602,14 @@ class _Session:
         assert self.user is not None
         header = spool.header
         if header is None or header.truncated:
-            return FROM_MISSING  # a header section too long to read: its From cannot be checked
+            return R.FROM_MISSING  # a header section too long to read: its From cannot be checked
         values = header.values(b"from")
         if len(values) != 1:
             # RFC 5322 §3.6: exactly one From field. With two, readers disagree on the author.
-            return FROM_MISSING if not values else FROM_NOT_SINGLE
+            return R.FROM_MISSING if not values else R.FROM_NOT_SINGLE
         author = mailboxes(values[0])
         if not author.clean:
-            return FROM_UNREADABLE  # guessing the author of a field we cannot parse would let one forge it
+            return R.FROM_UNREADABLE  # guessing the author of a field we cannot parse would let one forge it
         for address in author.addr_specs:
             if not await owns(self.store, self.user, address.lower()):
                 return R.FROM_NOT_OWNED  # issue 2: 550 5.7.1 at the end of DATA
@@ -639,7 +624,9 @@ class _Session:
         domain = txn.sender.rpartition("@")[2].lower()
         message = await spool.message()
         try:
-            return await self.service.signing_keys.sign(message, domain, datetime.now(UTC))
+            return await self.service.signing_keys.sign(
+                message, domain, datetime.now(UTC), spool.sent_header()
+            )
         except (DkimError, OSError):
             log.exception("smtp.dkim_failed", extra=fields(domain=domain))
             return b""
@@ -694,14 +681,17 @@ class _Session:
         assert inbound is not None
         message = await spool.message()
         spf, txn.spf = txn.spf, None
-        verdict = await inbound.evaluate(spf, message)
+        header = spool.sent_header()
+        verdict = await inbound.evaluate(spf, message, header)
         txn.auth_log = verdict.log_fields
         if verdict.disposition is not Disposition.REJECT:
             # RFC 8601 §5: remove fields claiming our authserv-id, then add ours on top of the
             # message as received (under our own Received:, where Postfix puts milter results too)
             prefix = return_path(txn.sender) + txn.received + verdict.header
             cleaned = inbound.strip_forged(message)
-            await spool.rewrite(prefix, cleaned)
+            # a field removed: the header read at the end of DATA is no longer the message's
+            kept_header = header if cleaned is message else None
+            await spool.rewrite(prefix, cleaned, kept_header)
             txn.size = spool.size
         return verdict.disposition
 
@@ -723,7 +713,7 @@ class _Session:
     async def _auth_start(self, event: AuthStart) -> Reply:
         if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
             log.info("smtp.auth", extra=fields(peer=self.conn.peer_host, result="blocked"))
-            return AUTH_BLOCKED
+            return R.AUTH_BLOCKED
         self.sasl = sasl.server_mechanism(
             event.mechanism,
             secret=self.service.scram_secret,
@@ -811,7 +801,7 @@ class _Session:
         # RFC 4954 §4 leaves the delay to us: slow down password guessing.
         await asyncio.sleep(self.config.limits.auth_failure_delay)
         if self.auth_failures >= MAX_AUTH_FAILURES:
-            return TOO_MANY_AUTH_FAILURES
+            return R.TOO_MANY_AUTH_FAILURES
         return R.AUTH_FAILED
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from surat.store.messageinfo import MessageInfo
+from surat.message.info import MessageInfo
 
 # The six mailboxes every new account gets, with their RFC 6154 special-use attribute.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (

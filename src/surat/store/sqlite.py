@@ -62,6 +62,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from surat.message.info import MessageInfo, compute_message_info
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
@@ -101,7 +102,6 @@ from surat.store.base import (
 from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
-from surat.store.messageinfo import MessageInfo, compute_message_info
 from surat.store.schema import migrate
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """ENVELOPE and BODY/BODYSTRUCTURE serialisation (RFC 9051 §7.5.2) from precomputed message data.
 
-The data comes from ``surat.store.messageinfo`` (Envelope, Address, BodyPart), which this sans-IO layer
+The data comes from ``surat.message`` (Envelope, Address, BodyPart), which this sans-IO layer
 may not import; the Protocols below name exactly the attributes used, and those classes satisfy them.
 Raw header text arrives as ``str`` decoded with ``surrogateescape``; it is written back as the original
 octets (a literal when they are not valid UTF-8 or the client does not accept UTF-8).

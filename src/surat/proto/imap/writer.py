@@ -162,7 +162,7 @@ class Code:
 
 
 def _as_bytes(value: str | bytes) -> bytes:
-    # surrogateescape: raw header octets kept in a str (store.messageinfo) go back out unchanged.
+    # surrogateescape: raw header octets kept in a str (surat.message.mime) go back out unchanged.
     return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
 
 

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from surat.proto.smtp import replies as R
 from surat.proto.smtp.address import Address
 from surat.proto.smtp.replies import Reply
 
@@ -269,21 +270,6 @@ class EngineError(RuntimeError):
 
 class ReplyError(ValueError):
     """The server sent something that is not an SMTP reply, or one past the bounds."""
-
-
-# Locally generated outcomes.
-CONNECTION_LOST = Reply(451, "4.4.2", "Connection lost")
-TIMED_OUT = Reply(451, "4.4.2", "Timeout waiting for the server")
-BAD_REPLY = Reply(451, "4.5.0", "Malformed reply from the server")
-TLS_FAILED = Reply(451, "4.7.5", "TLS handshake failed")
-TLS_NOT_OFFERED = Reply(451, "4.7.10", "TLS required but not offered by the server")
-AUTH_NEEDS_TLS = Reply(451, "4.7.10", "Not sending credentials without TLS")
-AUTH_NOT_OFFERED = Reply(451, "4.7.0", "No usable AUTH mechanism offered by the server")
-NEEDS_SMTPUTF8 = Reply(550, "5.6.7", "Message needs SMTPUTF8, which the server does not support")
-ADDRESS_NEEDS_SMTPUTF8 = Reply(
-    553, "5.6.7", "Non-ASCII address needs SMTPUTF8, which the server does not support"
-)
-NEEDS_8BITMIME = Reply(554, "5.6.3", "8-bit message, and the server does not support 8BITMIME")
 
 
 # ----------------------------------------------------------------------------------- reply parsing
@@ -523,7 +509,7 @@ class SMTPClientEngine:
                 try:
                     reply = self._parser.next_reply()
                 except ReplyError:
-                    self._abort(BAD_REPLY)
+                    self._abort(R.BAD_REPLY)
                     continue
                 if reply is None:
                     return NEED_DATA
@@ -554,13 +540,11 @@ class SMTPClientEngine:
         ext = self.extensions
         problem: Reply | None = None
         if ext.size and envelope.size > ext.size:
-            problem = Reply(
-                552, "5.3.4", f"Message size {envelope.size} exceeds the server's limit of {ext.size}"
-            )
+            problem = R.too_big_for_server(envelope.size, ext.size)
         elif self._needs_utf8(envelope) and not ext.smtputf8:
-            problem = NEEDS_SMTPUTF8
+            problem = R.NEEDS_SMTPUTF8
         elif envelope.eight_bit and not ext.eight_bit_mime:
-            problem = NEEDS_8BITMIME
+            problem = R.NEEDS_8BITMIME
         if problem is not None:
             for index in range(len(envelope.recipients)):
                 self._decide(index, problem, remote=False)
@@ -568,7 +552,7 @@ class SMTPClientEngine:
             return
         for index, recipient in enumerate(envelope.recipients):
             if not recipient.address.is_ascii and not ext.smtputf8:
-                self._decide(index, ADDRESS_NEEDS_SMTPUTF8, remote=False)
+                self._decide(index, R.ADDRESS_NEEDS_SMTPUTF8, remote=False)
             else:
                 self._rcpt_order.append(index)
         if not self._rcpt_order:
@@ -631,7 +615,7 @@ class SMTPClientEngine:
 
     def tls_failed(self) -> None:
         """The TLS handshake after StartTLS failed; the shell closes (and may retry in clear)."""
-        self._abort(TLS_FAILED)
+        self._abort(R.TLS_FAILED)
 
     def abort(self, reply: Reply) -> None:
         """Give up on the connection with a locally generated `reply` (e.g. shutting down)."""
@@ -639,11 +623,11 @@ class SMTPClientEngine:
 
     def connection_lost(self) -> None:
         """The server closed the connection (EOF or reset)."""
-        self._abort(CONNECTION_LOST)
+        self._abort(R.CONNECTION_LOST)
 
     def timed_out(self) -> None:
         """The shell's timer for the current phase expired; the shell closes the connection."""
-        self._abort(Reply(TIMED_OUT.code, TIMED_OUT.enhanced, f"Timeout in phase {self.phase.value}"))
+        self._abort(R.timed_out_in(self.phase.value))
 
     # ------------------------------------------------------------------------------ replies
 
@@ -697,12 +681,12 @@ class SMTPClientEngine:
                 self._command(_Cmd.STARTTLS, "STARTTLS")
                 return
             if self.settings.require_tls:
-                self._session_failed(TLS_NOT_OFFERED, Phase.STARTTLS, remote=False)
+                self._session_failed(R.TLS_NOT_OFFERED, Phase.STARTTLS, remote=False)
                 return
         credentials = self.settings.credentials
         if credentials is not None and not self.authenticated:
             if not self.tls and not self.settings.auth_without_tls:
-                self._session_failed(AUTH_NEEDS_TLS, Phase.AUTH, remote=False)
+                self._session_failed(R.AUTH_NEEDS_TLS, Phase.AUTH, remote=False)
                 return
             if "PLAIN" in ext.auth:
                 self._auth_mechanism = "PLAIN"
@@ -712,7 +696,7 @@ class SMTPClientEngine:
                 self._auth_mechanism = "LOGIN"
                 self._command(_Cmd.AUTH, "AUTH LOGIN")
             else:
-                self._session_failed(AUTH_NOT_OFFERED, Phase.AUTH, remote=False)
+                self._session_failed(R.AUTH_NOT_OFFERED, Phase.AUTH, remote=False)
             return
         self._state = _State.READY
         self._events.append(Ready(ext, self.tls, self.authenticated))
@@ -890,7 +874,9 @@ class SMTPClientEngine:
         assert envelope is not None
         for index in range(len(envelope.recipients)):
             # Everyone not decided yet was refused with MAIL (or never got an answer).
-            self._decide(index, self._mail_failure or CONNECTION_LOST, remote=self._mail_failure is not None)
+            self._decide(
+                index, self._mail_failure or R.CONNECTION_LOST, remote=self._mail_failure is not None
+            )
         result = TransactionResult(
             recipients=tuple(self._results[i] for i in range(len(envelope.recipients))),
             final=final,
@@ -904,6 +890,10 @@ class SMTPClientEngine:
         self._events.append(TransactionDone(result))
 
     def _session_failed(self, reply: Reply, phase: Phase, *, remote: bool) -> None:
+        if reply.code < 400:
+            # A positive reply where the step needed another (a 250 greeting, a 220 to EHLO) is a
+            # protocol error (RFC 3463 X.5.0), not a reason: a DSN quoting it would read as success.
+            reply, remote = R.unexpected_reply(reply.code), False
         self._events.append(SessionFailed(reply, phase, remote))
         self._quit()
 

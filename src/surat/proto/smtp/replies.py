@@ -1,7 +1,9 @@
 """SMTP replies (RFC 5321 §4.2) with enhanced status codes (RFC 2034, RFC 3463).
 
-Every reply the server sends is a `Reply`; the ones used in more than one place are named here so
-that the engine, the shell and the tests agree on them byte for byte.
+The SMTP vocabulary in one place: every reply the server sends, every outcome the outbound client and
+the queue record for a recipient (and quote in DSNs), is a `Reply` named or made here, so that the
+engines, the shells, the queue and the tests agree on them byte for byte. Only replies parsed off the
+wire (`proto.smtp.client`) are built elsewhere.
 """
 
 from __future__ import annotations
@@ -107,3 +109,145 @@ NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by authenticated user")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header address not owned by authenticated user")
+
+
+# Submission and MX sessions (smtpd)
+FROM_MISSING = Reply(550, "5.7.1", "Message has no usable From: header")
+FROM_NOT_SINGLE = Reply(550, "5.7.1", "Message must have exactly one From: header field")
+FROM_UNREADABLE = Reply(550, "5.7.1", "From: header field cannot be parsed")
+TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0", "Too many authentication failures")
+# RFC 4954 §6: 454 4.7.0 temporary authentication failure; the client's address is refused for now.
+AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed authentication attempts from your address, try later")
+# RFC 5321 §3.1: a server may answer the connection with 554 instead of its greeting.
+EARLY_TALKER = Reply(554, "5.5.0", "Protocol error: client sent data before the greeting")
+# The session reached [limits] smtp_session_deadline (RFC 5321 §4.2.5: 421 closes the channel).
+SESSION_TOO_LONG = Reply(421, "4.4.2", "Session time limit reached, closing connection")
+HARVESTING = Reply(421, "4.7.0", "Too many unknown recipients, closing connection")
+INVALID_HELO = Reply(501, "5.5.2", "Invalid domain name in EHLO/HELO")
+
+
+# Inbound authentication (smtpd)
+DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
+
+
+# Store errors at the end of DATA (smtpd)
+# Temporary: the user can make room, and the sender retries meanwhile (issue 3: 452 4.2.2).
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full, try again later")
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
+
+
+# Sending limits (smtpd)
+# RFC 3463 X.7.1: delivery not authorized; 4yz: try again later.
+SENDING_LIMIT_MESSAGES = Reply(
+    451, "4.7.1", "Sending limit reached: too many messages in the last hour, try later"
+)
+SENDING_LIMIT_RECIPIENTS = Reply(
+    451, "4.7.1", "Sending limit reached: too many recipients in the last hour, try later"
+)
+
+
+# Outcomes the outbound client records itself (never sent: each stands for a reply the server did
+# not give), per recipient in the queue and quoted in DSNs.
+CONNECTION_LOST = Reply(451, "4.4.2", "Connection lost")
+TIMED_OUT = Reply(451, "4.4.2", "Timeout waiting for the server")
+BAD_REPLY = Reply(451, "4.5.0", "Malformed reply from the server")
+TLS_FAILED = Reply(451, "4.7.5", "TLS handshake failed")
+TLS_NOT_OFFERED = Reply(451, "4.7.10", "TLS required but not offered by the server")
+AUTH_NEEDS_TLS = Reply(451, "4.7.10", "Not sending credentials without TLS")
+AUTH_NOT_OFFERED = Reply(451, "4.7.0", "No usable AUTH mechanism offered by the server")
+NEEDS_SMTPUTF8 = Reply(550, "5.6.7", "Message needs SMTPUTF8, which the server does not support")
+ADDRESS_NEEDS_SMTPUTF8 = Reply(
+    553, "5.6.7", "Non-ASCII address needs SMTPUTF8, which the server does not support"
+)
+NEEDS_8BITMIME = Reply(554, "5.6.3", "8-bit message, and the server does not support 8BITMIME")
+CLOSED_BEFORE_TRANSACTION = Reply(451, "4.4.2", "Connection closed before the transaction")
+
+
+# Routing outbound mail (delivery.mx): recorded per recipient, quoted in DSNs
+# RFC 7505 §4.2 / RFC 7504: 556 + X.1.10 for a domain that publishes a null MX.
+NULL_MX = Reply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
+DOMAIN_NOT_FOUND = Reply(550, "5.1.2", "Recipient domain does not exist")
+DNS_TEMPORARY = Reply(451, "4.4.3", "Temporary DNS failure looking up the recipient domain")
+MAIL_LOOP = Reply(550, "5.4.6", "Mail for this domain loops back to this server")
+NO_ADDRESS = Reply(550, "5.4.4", "No address found for the recipient domain's mail servers")
+# RFC 3463 §3.5 X.4.4 "Unable to route". Permanent, like Postfix's "mail for ... loops back to myself"
+# (5.4.6) for an MX that resolves to one of its own addresses: an address literal never changes, and
+# an MX pointing at private space is not a passing failure either. Retrying would keep the bounce of
+# a forged sender (the review's "[IPv6:::1]") in the queue for days for nothing.
+REFUSED_DESTINATION = Reply(
+    550, "5.4.4", "Recipient domain's mail servers are at private, loopback or this server's addresses"
+)
+
+
+# The queue's local outcomes (delivery.queue)
+LOCAL_LOOP = Reply(550, "5.4.6", "Too many Received header fields: mail loop")
+NO_SUCH_LOCAL_USER = Reply(550, "5.1.1", "No such local recipient")
+LOCAL_MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Local error in processing")
+DELIVERED_LOCALLY = Reply(250, "2.0.0", "Delivered locally")
+
+
+# Replies with variable text, made where they are needed (the text is client- or DNS-controlled in
+# places: Reply.to_bytes refuses line breaks in it).
+
+
+def greeting(hostname: str) -> Reply:
+    """RFC 5321 §4.2: the 220 greeting (no enhanced code: RFC 2034 §3)."""
+    return Reply(220, None, f"{hostname} ESMTP Surat")
+
+
+def ehlo(lines: tuple[str, ...]) -> Reply:
+    """RFC 5321 §4.1.1.1: the EHLO (our name, then the keywords) or HELO (our name) answer."""
+    return Reply(250, None, lines if len(lines) > 1 else lines[0])
+
+
+def closing(hostname: str) -> Reply:
+    """RFC 5321 §4.1.1.10: the answer to QUIT."""
+    return Reply(221, "2.0.0", f"{hostname} closing connection")
+
+
+def chunk_received(size: int) -> Reply:
+    """RFC 3030 §2: the answer to a BDAT chunk that is not the last."""
+    return Reply(250, "2.0.0", f"{size} octets received")
+
+
+def queued_as(queue_id: str) -> Reply:
+    return Reply(250, "2.0.0", f"Message accepted, queued as {queue_id}")
+
+
+def dnsbl_listed(peer: str, zone: str) -> Reply:
+    """RFC 5321 §3.1: 554 instead of the greeting, naming the list (as Postfix and Exim do)."""
+    return Reply(554, "5.7.1", f"Service unavailable; client [{peer}] blocked using {zone}")
+
+
+def too_big_for_server(size: int, limit: int) -> Reply:
+    """RFC 1870 §6: the server announced SIZE below the message's size (outbound client)."""
+    return Reply(552, "5.3.4", f"Message size {size} exceeds the server's limit of {limit}")
+
+
+def unexpected_reply(code: int) -> Reply:
+    """A positive reply the outbound session could not go on with (RFC 3463 X.5.0: protocol error)."""
+    return Reply(BAD_REPLY.code, BAD_REPLY.enhanced, f"Unexpected reply {code} from the server")
+
+
+def timed_out_in(phase: str) -> Reply:
+    """TIMED_OUT, naming the phase of the outbound session that timed out."""
+    return Reply(TIMED_OUT.code, TIMED_OUT.enhanced, f"Timeout in phase {phase}")
+
+
+def cannot_connect(where: str, reason: str) -> Reply:
+    """RFC 3463 X.4.1: no answer from the host (outbound)."""
+    return Reply(451, "4.4.1", f"Cannot connect to {where}: {reason}")
+
+
+def connection_lost(reason: str) -> Reply:
+    return Reply(CONNECTION_LOST.code, CONNECTION_LOST.enhanced, f"Connection lost: {reason}")
+
+
+def no_address_for_host(kind: str, host: str) -> Reply:
+    """RFC 3463 X.4.4: a mail server's name has no address (yet: temporary)."""
+    return Reply(451, "4.4.4", f"No address for the {kind} host {host}")
+
+
+def bad_address_literal(literal: str) -> Reply:
+    return Reply(550, "5.1.2", f"Bad address literal {literal}")

@@ -288,12 +288,12 @@ class SMTPServerEngine:
         return self.settings.starttls and not self.tls
 
     def greeting(self) -> Reply:
-        return Reply(220, None, f"{self.settings.hostname} ESMTP Surat")
+        return R.greeting(self.settings.hostname)
 
     def ehlo_reply(self, hello: Hello) -> Reply:
         """The positive answer to `hello`, with the EHLO keywords that apply right now."""
         if not hello.extended:
-            return Reply(250, None, self.settings.hostname)
+            return R.ehlo((self.settings.hostname,))
         lines = [
             self.settings.hostname,
             "PIPELINING",
@@ -311,7 +311,7 @@ class SMTPServerEngine:
             lines.append("STARTTLS")
         if self.auth_available and not self.authenticated:
             lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
-        return Reply(250, None, tuple(lines))
+        return R.ehlo(tuple(lines))
 
     def send(self, reply: Reply) -> None:
         """Queue an unsolicited reply: the greeting, or a 421 before closing (timeout, shutdown)."""
@@ -626,7 +626,7 @@ class SMTPServerEngine:
     def _quit(self, arg: str) -> Event | None:
         if arg:
             return self._error(R.SYNTAX_ERROR)
-        self._reply(Reply(221, "2.0.0", f"{self.settings.hostname} closing connection"))
+        self._reply(R.closing(self.settings.hostname))
         self.state = State.CLOSED
         return Quit()
 

@@ -1,48 +1,42 @@
-"""Parse a message once, at delivery, into what IMAP asks for again and again (ARCHITECTURE decision 5).
+"""The MIME scanner (RFC 2045, RFC 2046): one pass over a message, the BODYSTRUCTURE tree out.
 
-`compute_message_info` streams the message through a line-based, boundary-aware MIME scanner with
-bounded memory (it reads in chunks; one header line and one header block are capped), and records:
-
-- the RFC 9051 §7.5.2 ENVELOPE, with header values kept raw (RFC 2047 encoded words are NOT
-  decoded there, as IMAP requires);
-- the BODYSTRUCTURE tree, with the byte offsets of every part in the file (`header_start`,
-  `body_start`, `end`), so that BODY[1.2.MIME], BODY[2.TEXT] or BINARY[3] are served by reading a
-  byte range, never by parsing again;
-- decoded (RFC 2047, Unicode) values of the fields SEARCH, SORT and THREAD need.
+`scan_message` streams a message through a line-based, boundary-aware scanner with bounded memory (it
+reads in chunks; one header line and one header block are capped), and gives the root entity
+(`BodyPart`, with the byte offsets of every part: `header_start`, `body_start`, `end`, so that
+BODY[1.2.MIME], BODY[2.TEXT] or BINARY[3] are served by reading a byte range, never by parsing again)
+and the first value of each of its header fields. Embedded messages (message/rfc822, message/global)
+carry their RFC 9051 §7.5.2 ENVELOPE, with header values kept raw (RFC 2047 encoded words are NOT
+decoded there, as IMAP requires).
 
 Raw header text is bytes in the message; it is kept here as `str` decoded from UTF-8 with
 `surrogateescape`, so `value.encode("utf-8", "surrogateescape")` gives back the exact octets.
 
 Malformed input never raises: a missing closing boundary ends the parts at end of file, a header
 block without its empty line ends at the first line that is not a header field, and so on, much
-like Dovecot and mox degrade.
+like Dovecot and mox degrade. Pure: it reads the binary file object it is given, nothing else.
+
+Bounds (the work is linear in the message): MAX_LINE octets of a line kept, MAX_HEADER octets of a
+header block kept, MAX_DEPTH levels of nesting, MAX_PARTS entities; beyond those, parts are opaque.
 """
 
 from __future__ import annotations
 
-import calendar
-import email.utils
-import json
 import re
-from dataclasses import FrozenInstanceError, dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from dataclasses import dataclass
+from typing import BinaryIO
 
-# Address, the MISSING_* spellings and decode_encoded_words live in surat.message; re-exported for the
-# store's callers until MessageInfo moves there too.
-from surat.message.address import GROUP_END, MISSING_DOMAIN, MISSING_MAILBOX, Address, parse_address_list
-from surat.message.encoded_words import decode_encoded_words
+from surat.message.address import Address, parse_address_list
 from surat.message.headers import FieldCollector, Header, read_header, unfold
 
 __all__ = [
-    "GROUP_END",
-    "MISSING_DOMAIN",
-    "MISSING_MAILBOX",
-    "Address",
+    "MAX_DEPTH",
+    "MAX_HEADER",
+    "MAX_LINE",
+    "MAX_PARTS",
     "BodyPart",
     "Envelope",
-    "MessageInfo",
-    "compute_message_info",
-    "decode_encoded_words",
+    "envelope_of",
+    "scan_message",
 ]
 
 _CHUNK = 64 * 1024
@@ -50,9 +44,6 @@ MAX_LINE = 64 * 1024  # octets of one line kept; longer lines are scanned but no
 MAX_HEADER = 256 * 1024  # octets of one header block kept
 MAX_DEPTH = 32  # nesting of multipart and message/rfc822 parts
 MAX_PARTS = 5000  # beyond this, multiparts are treated as opaque leaves
-
-
-_JSON_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------- values
@@ -130,303 +121,6 @@ class BodyPart:
         return node
 
 
-_FIELDS = (
-    "envelope",
-    "body",
-    "subject",
-    "from_",
-    "to",
-    "cc",
-    "bcc",
-    "date",
-    "message_id",
-    "in_reply_to",
-    "references",
-)
-# What ``to_json`` writes starts so; other texts (hand-written or damaged) are decoded and checked at once.
-_JSON_PREFIX = f"[{_JSON_VERSION},["
-_ENVELOPE_AT = len(_JSON_PREFIX) - 1
-_DECODER = json.JSONDecoder()
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-class MessageInfo:
-    """What IMAP needs of one message, computed once at delivery. Immutable, compared by value.
-
-    ``from_json`` decodes lazily, and only the part of the text a field needs: a FETCH of FLAGS or of
-    header fields never parses it, a FETCH ENVELOPE parses the envelope but not the body tree (most
-    of the text, and most of the objects the garbage collector would then walk), a cached ENVELOPE
-    nothing. The text is ``[version, envelope, body, subject, ..., references]``: ``envelope`` is
-    decoded from its start, ``body`` after it, the decoded header values after that. Once decoded,
-    a field is a plain slot read.
-    """
-
-    __slots__ = ("_text", "_after_envelope", "_after_body", *_FIELDS)
-
-    envelope: Envelope
-    body: BodyPart  # the whole message: header_start 0, end = size
-    # Decoded values (RFC 2047 words decoded, whitespace unfolded) for SEARCH, SORT and THREAD.
-    subject: str | None
-    from_: str | None
-    to: str | None
-    cc: str | None
-    bcc: str | None
-    date: float | None  # Date: as a UTC timestamp
-    message_id: str | None  # "<id>" form
-    in_reply_to: str | None  # the first "<id>" of In-Reply-To
-    references: tuple[str, ...]
-    _text: str | None  # the JSON text of a lazily decoded instance
-    _after_envelope: int  # offsets in _text just after the envelope and the body, -1 until known
-    _after_body: int
-
-    def __init__(
-        self,
-        envelope: Envelope,
-        body: BodyPart,
-        subject: str | None,
-        from_: str | None,
-        to: str | None,
-        cc: str | None,
-        bcc: str | None,
-        date: float | None,
-        message_id: str | None,
-        in_reply_to: str | None,
-        references: tuple[str, ...],
-    ) -> None:
-        values = (envelope, body, subject, from_, to, cc, bcc, date, message_id, in_reply_to, references)
-        for name, value in zip(_FIELDS, values, strict=True):
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "_text", None)
-
-    @classmethod
-    def _lazy(cls, text: str) -> MessageInfo:
-        info = cls.__new__(cls)
-        object.__setattr__(info, "_text", text)
-        object.__setattr__(info, "_after_envelope", -1)
-        object.__setattr__(info, "_after_body", -1)
-        return info
-
-    if not TYPE_CHECKING:  # hidden from mypy, so that a misspelt attribute stays an error
-
-        def __getattr__(self, name: str) -> Any:
-            # Called only for a slot not set yet: a field of a lazily decoded instance.
-            if name not in _FIELDS or self._text is None:
-                raise AttributeError(name)
-            try:
-                self._decode(name)
-            except (IndexError, KeyError, TypeError) as exc:  # valid JSON, but not our layout
-                raise ValueError("damaged MessageInfo encoding") from exc
-            return object.__getattribute__(self, name)
-
-    def _decode(self, name: str) -> None:
-        # Safe if two threads decode the same instance: the text never changes, and each step sets
-        # whole values (at worst both do the same work).
-        setter = object.__setattr__
-        text = self._text
-        assert text is not None
-        if name == "envelope":
-            raw, end = _DECODER.raw_decode(text, _ENVELOPE_AT)
-            setter(self, "envelope", _envelope_from_obj(raw))
-            setter(self, "_after_envelope", end)
-            return
-        after_envelope = self._after_envelope
-        if after_envelope < 0:
-            after_envelope = _DECODER.raw_decode(text, _ENVELOPE_AT)[1]
-            setter(self, "_after_envelope", after_envelope)
-        after_body = self._after_body
-        if name == "body" or after_body < 0:
-            # Header values come after the body: decoding them decodes the body on the way.
-            raw, after_body = _DECODER.raw_decode(text, _after_comma(text, after_envelope))
-            setter(self, "body", _part_from_obj(raw))
-            setter(self, "_after_body", after_body)
-            if name == "body":
-                return
-        tail = json.loads("[" + text[_after_comma(text, after_body) :])
-        if not isinstance(tail, list) or len(tail) != 9:
-            raise ValueError("unknown MessageInfo encoding")
-        for field, value in zip(_FIELDS[2:10], tail[:8], strict=True):
-            setter(self, field, value)
-        setter(self, "references", tuple(tail[8]))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, MessageInfo)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
-        return f"MessageInfo({fields})"
-
-    @property
-    def size(self) -> int:
-        return self.body.end
-
-    def to_json(self) -> str:
-        if self._text is not None:
-            return self._text  # the text it was decoded from says it all
-        obj = [
-            _JSON_VERSION,
-            _envelope_to_obj(self.envelope),
-            _part_to_obj(self.body),
-            self.subject,
-            self.from_,
-            self.to,
-            self.cc,
-            self.bcc,
-            self.date,
-            self.message_id,
-            self.in_reply_to,
-            list(self.references),
-        ]
-        # ensure_ascii keeps surrogate escapes (raw 8-bit header octets) representable.
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> MessageInfo:
-        """Decode ``to_json`` output. Text in its usual form is decoded on first use of each field (a
-        damaged one then raises ValueError from that use); any other form is decoded and checked here."""
-        if text.startswith(_JSON_PREFIX):
-            return cls._lazy(text)
-        obj = json.loads(text)
-        if not isinstance(obj, list) or len(obj) != 12 or obj[0] != _JSON_VERSION:
-            raise ValueError("unknown MessageInfo encoding")
-        return cls(
-            envelope=_envelope_from_obj(obj[1]),
-            body=_part_from_obj(obj[2]),
-            subject=obj[3],
-            from_=obj[4],
-            to=obj[5],
-            cc=obj[6],
-            bcc=obj[7],
-            date=obj[8],
-            message_id=obj[9],
-            in_reply_to=obj[10],
-            references=tuple(obj[11]),
-        )
-
-
-def _after_comma(text: str, pos: int) -> int:
-    """The offset of the JSON value that follows the comma at ``pos`` (whitespace allowed around it)."""
-    match = _WHITESPACE.match(text, pos)
-    assert match is not None  # the pattern matches the empty string
-    pos = match.end()
-    if text[pos : pos + 1] != ",":
-        raise ValueError("unknown MessageInfo encoding")
-    match = _WHITESPACE.match(text, pos + 1)
-    assert match is not None
-    return match.end()
-
-
-# ----------------------------------------------------------------------------------------- JSON
-
-
-def _addresses_to_obj(addresses: tuple[Address, ...]) -> list[list[str | None]]:
-    return [[a.name, a.adl, a.mailbox, a.host] for a in addresses]
-
-
-def _addresses_from_obj(obj: list[list[str | None]]) -> tuple[Address, ...]:
-    if not obj:
-        return ()
-    return tuple([Address(a[0], a[1], a[2], a[3]) for a in obj])
-
-
-def _envelope_to_obj(env: Envelope) -> list[Any]:
-    return [
-        env.date,
-        env.subject,
-        _addresses_to_obj(env.from_),
-        _addresses_to_obj(env.sender),
-        _addresses_to_obj(env.reply_to),
-        _addresses_to_obj(env.to),
-        _addresses_to_obj(env.cc),
-        _addresses_to_obj(env.bcc),
-        env.in_reply_to,
-        env.message_id,
-    ]
-
-
-def _envelope_from_obj(obj: list[Any]) -> Envelope:
-    from_ = _addresses_from_obj(obj[2])
-    # Sender and Reply-To are most often From's copies (RFC 9051 §7.5.2): one tuple serves all three.
-    return Envelope(
-        date=obj[0],
-        subject=obj[1],
-        from_=from_,
-        sender=from_ if obj[3] == obj[2] else _addresses_from_obj(obj[3]),
-        reply_to=from_ if obj[4] == obj[2] else _addresses_from_obj(obj[4]),
-        to=_addresses_from_obj(obj[5]),
-        cc=_addresses_from_obj(obj[6]),
-        bcc=_addresses_from_obj(obj[7]),
-        in_reply_to=obj[8],
-        message_id=obj[9],
-    )
-
-
-def _part_to_obj(part: BodyPart) -> list[Any]:
-    return [
-        part.type,
-        part.subtype,
-        [list(p) for p in part.params],
-        part.id,
-        part.description,
-        part.encoding,
-        part.size,
-        part.lines,
-        part.disposition,
-        [list(p) for p in part.disposition_params],
-        list(part.language),
-        part.location,
-        part.header_start,
-        part.body_start,
-        part.end,
-        [_part_to_obj(p) for p in part.parts],
-        _envelope_to_obj(part.envelope) if part.envelope is not None else None,
-        _part_to_obj(part.message) if part.message is not None else None,
-    ]
-
-
-def _pairs_from_obj(obj: list[list[str]]) -> tuple[tuple[str, str], ...]:
-    return tuple([(p[0], p[1]) for p in obj]) if obj else ()
-
-
-def _part_from_obj(obj: list[Any]) -> BodyPart:
-    # Positional and with fast paths for the usual empty lists: FETCH BODYSTRUCTURE of a whole
-    # mailbox decodes one of these per part.
-    return BodyPart(
-        obj[0],
-        obj[1],
-        _pairs_from_obj(obj[2]),
-        obj[3],
-        obj[4],
-        obj[5],
-        obj[6],
-        obj[7],
-        obj[8],
-        _pairs_from_obj(obj[9]),
-        tuple(obj[10]) if obj[10] else (),
-        obj[11],
-        obj[12],
-        obj[13],
-        obj[14],
-        tuple([_part_from_obj(p) for p in obj[15]]) if obj[15] else (),
-        _envelope_from_obj(obj[16]) if obj[16] is not None else None,
-        _part_from_obj(obj[17]) if obj[17] is not None else None,
-    )
-
-
 # ----------------------------------------------------------------------------------------- reader
 
 
@@ -458,14 +152,16 @@ class _Term:
 class _Reader:
     """Buffered reading over a binary file, counting LFs and remembering the last octets read."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, base: int = 0, last: bytes = b"") -> None:
+        """`base`: the message offset of the file's current position (the body, when the header was
+        read before); `last`: the octets just before it."""
         self._file = file
         self._buf = b""
         self._pos = 0
-        self._base = 0  # file offset of _buf[0]
+        self._base = base  # message offset of _buf[0]
         self._eof = False
-        self.newlines = 0
-        self.last = b""  # up to 4 octets most recently consumed
+        self.newlines = 0  # counted from `base`: only differences are used
+        self.last = last  # up to 4 octets most recently consumed
 
     @property
     def offset(self) -> int:
@@ -739,58 +435,14 @@ def _content_type(
     return default[0], default[1], ()
 
 
-# ----------------------------------------------------------------------------------------- decoding
-
-
-def _text(value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        # Unlabelled 8-bit header octets that are not UTF-8: most often Latin-1 or CP1252.
-        return value.decode("cp1252", "replace")
-
-
-def _decoded(value: bytes | None) -> str | None:
-    """RFC 2047 encoded words decoded (RFC 6532: raw UTF-8 accepted), whitespace unfolded."""
-    if value is None:
-        return None
-    text = _text(value)
-    if "=?" in text:
-        text = " ".join(decode_encoded_words(text).split())
-    return text
-
-
-_MSGID = re.compile(r"<[^<>\s]*>")
-
-
-def _first_msgid(value: bytes | None) -> str | None:
-    if value is None:
-        return None
-    found = _MSGID.search(_text(value))
-    return found.group(0) if found else None
-
-
-def _timestamp(value: bytes | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(_text(value))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed is None:
-        return None
-    try:
-        # RFC 5322 §3.3: "-0000" (parsed as None) means UTC with no local information.
-        return float(calendar.timegm((*parsed[:6], 0, 1, -1)) - (parsed[9] or 0))
-    except (TypeError, ValueError, OverflowError):
-        return None
+# ----------------------------------------------------------------------------------------- envelope
 
 
 def _raw_or_none(value: bytes | None) -> str | None:
     return _raw(value) if value is not None else None
 
 
-def _envelope(first: dict[str, bytes]) -> Envelope:
+def envelope_of(first: dict[str, bytes]) -> Envelope:
     from_ = parse_address_list(first.get("from"))
     sender = parse_address_list(first.get("sender"))
     reply_to = parse_address_list(first.get("reply-to"))
@@ -826,8 +478,13 @@ def _split_header_block(block: bytes) -> _Headers | None:
 
 
 class _Scanner:
-    def __init__(self, file: BinaryIO) -> None:
-        self.reader = _Reader(file)
+    def __init__(self, file: BinaryIO, header: Header | None = None) -> None:
+        # With `header` (the root's header section, read already), the file is at the root's body.
+        self.header = header
+        if header is None:
+            self.reader = _Reader(file)
+        else:
+            self.reader = _Reader(file, header.body_start, _EMPTY_LINE if header.keys else _EMPTY_LINE[2:])
         self.parts = 0
 
     def _read_header(self, start: int, stack: list[bytes]) -> tuple[_Headers, int, _Term | None]:
@@ -872,7 +529,11 @@ class _Scanner:
     ) -> tuple[BodyPart, _Term, dict[str, bytes]]:
         reader = self.reader
         self.parts += 1
-        headers, body_start, term = self._read_header(start, stack)
+        given, self.header = self.header, None  # the root's, read before: not read again
+        if given is not None:
+            headers, body_start, term = _pairs(given), given.body_start, None
+        else:
+            headers, body_start, term = self._read_header(start, stack)
         first = _first_values(headers)
         nl_body = reader.newlines
         if term is None and body_start < reader.offset:
@@ -898,12 +559,16 @@ class _Scanner:
         ):
             # RFC 9051 §7.5.2: the embedded message's envelope and structure are part of ours.
             message, term, inner_headers = self.entity(body_start, stack, ("text", "plain"), depth + 1)
-            envelope = _envelope(inner_headers)
+            envelope = envelope_of(inner_headers)
         else:
             term = reader.skip_to_boundary(stack, at_line_start=True)
         end, lines = _span(body_start, nl_body, term)
         if kind == "multipart" and parts:
             lines = 0  # RFC 9051 §7.5.2 has no line count for multiparts
+            # RFC 2046 §5.1.1: the CRLF before a delimiter belongs to it, so a multipart ends before the
+            # CRLF of the outer delimiter; but an empty last part right after its own delimiter line
+            # ("--inner CRLF --outer") starts after that very CRLF: the multipart holds its parts.
+            end = max(end, parts[-1].end)
         disposition_value = first.get("content-disposition")
         disposition: str | None = None
         disposition_params: tuple[tuple[str, str], ...] = ()
@@ -955,20 +620,41 @@ class _Scanner:
         return tuple(children), reader.skip_to_boundary(stack)  # the epilogue
 
 
-def compute_message_info(file: BinaryIO) -> MessageInfo:
-    """Scan a message from the file's current position (offsets count from there)."""
-    scanner = _Scanner(file)
-    body, _term, first = scanner.entity(0, [], ("text", "plain"), 0)
-    return MessageInfo(
-        envelope=_envelope(first),
-        body=body,
-        subject=_decoded(first.get("subject")),
-        from_=_decoded(first.get("from")),
-        to=_decoded(first.get("to")),
-        cc=_decoded(first.get("cc")),
-        bcc=_decoded(first.get("bcc")),
-        date=_timestamp(first.get("date")),
-        message_id=_first_msgid(first.get("message-id")),
-        in_reply_to=_first_msgid(first.get("in-reply-to")),
-        references=tuple(_MSGID.findall(_text(first.get("references") or b""))),
-    )
+_EMPTY_LINE = b"\r\n\r\n"  # what ends a header section (with the CRLF of its last field)
+
+
+def scan_message(file: BinaryIO, header: Header | None = None) -> tuple[BodyPart, dict[str, bytes]]:
+    """Scan a message from the file's current position (offsets count from there): the root entity
+    and the first value of each of its header fields (lower-cased name -> unfolded raw value).
+
+    `header` is the message's header section as `read_header` read it (the end of DATA reads it once
+    and hands it on): the scan then starts at its body, so the header is not read twice. It is used
+    only when it is what the scanner would read itself: no defect, not cut short, ended by its empty
+    line (checked in the file: a seek and at most 4 octets), within the first MAX_LINE octets (beyond
+    that the scanner reads a section line by line, keeping MAX_LINE octets of each). Otherwise the file
+    is scanned from the start, so the result is always that of `scan_message(file)`. The file must be
+    seekable when `header` is given.
+    """
+    if header is not None and _header_is_usable(file, header):
+        body, _term, first = _Scanner(file, header).entity(0, [], ("text", "plain"), 0)
+    else:
+        body, _term, first = _Scanner(file).entity(0, [], ("text", "plain"), 0)
+    return body, first
+
+
+def _header_is_usable(file: BinaryIO, header: Header) -> bool:
+    """Whether `header` is what the scanner would read (see scan_message); leaves the file at the body
+    if so, where it was if not."""
+    start = file.tell()
+    body_start = header.body_start
+    if header.defect is not None or header.truncated or not 2 <= body_start <= MAX_LINE:
+        return False
+    # RFC 5322 §2.1: the section ends with an empty line (after the CRLF of the last field, if any)
+    ending = _EMPTY_LINE if header.keys else _EMPTY_LINE[2:]
+    if body_start < len(ending) or (not header.keys and body_start != 2):
+        return False
+    file.seek(start + body_start - len(ending))
+    if file.read(len(ending)) != ending:
+        file.seek(start)
+        return False
+    return True

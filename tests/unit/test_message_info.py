@@ -12,14 +12,10 @@ import tracemalloc
 
 import pytest
 
-from surat.store.messageinfo import (
-    MISSING_DOMAIN,
-    Address,
-    BodyPart,
-    MessageInfo,
-    compute_message_info,
-    decode_encoded_words,
-)
+from surat.message.address import MISSING_DOMAIN, Address
+from surat.message.encoded_words import decode_encoded_words
+from surat.message.info import MessageInfo, compute_message_info
+from surat.message.mime import BodyPart
 
 
 class Trickle(io.RawIOBase):
@@ -301,6 +297,23 @@ def test_outer_boundary_closes_inner_multipart() -> None:
     info = info_of(data)
     inner, last = info.body.parts
     assert len(inner.parts) == 1 and body(data, inner.parts[0]) == b"unclosed"
+    assert body(data, last) == b"last"
+
+
+def test_empty_last_part_before_an_outer_delimiter_stays_inside_its_multipart() -> None:
+    # found by the multipart fuzz test: "--in CRLF --out": the inner multipart ended before the CRLF
+    # (which belongs to "--out", RFC 2046 §5.1.1) while its empty last part started after it
+    data = (
+        b"Content-Type: multipart/mixed; boundary=out\r\n\r\n"
+        b"--out\r\nContent-Type: multipart/alternative; boundary=in\r\n\r\n"
+        b"--in\r\n\r\nfirst\r\n--in\r\n"
+        b"--out\r\nContent-Type: text/plain\r\n\r\nlast\r\n--out--\r\n"
+    )
+    info = info_of(data)  # check_offsets: every part inside its parent
+    inner, last = info.body.parts
+    first, empty = inner.parts
+    assert body(data, first) == b"first" and empty.size == 0
+    assert empty.header_start == inner.end == data.index(b"--out\r\nContent-Type: text")
     assert body(data, last) == b"last"
 
 
