@@ -1,10 +1,8 @@
 """The store contract suite: every test here runs against each backend in BACKENDS, through the
 `Store` Protocol only (surat.store.base), so that every backend keeps the same promises.
 
-Adding a backend: append its name to BACKENDS and a branch to `open_store` that makes its store. For "postgresql"
-(issue 12) that is a PostgreSQL store on a new database of the tests' private cluster: import the
-`pg_cluster` and `pg_database` fixtures from tests/pg_cluster.py here (as tests/unit/conftest.py does)
-and build the store from `pg_cluster.dsn(request.getfixturevalue("pg_database"))`.
+Adding a backend: append its name to BACKENDS and a branch to `open_store` that makes its store.
+"postgresql" runs on a new database of the tests' private cluster (tests/pg_cluster.py) per test.
 """
 
 from __future__ import annotations
@@ -12,13 +10,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from pg_cluster import PostgresCluster, pg_cluster, pg_database
 from surat.store.base import Account, Credentials, ScramCredentials, Store
+from surat.store.postgres import schema as postgres_schema
+from surat.store.postgres.store import PostgresStore
 from surat.store.sqlite import SQLiteStore
 
-# The backends the contract runs against; "postgresql" joins when surat.store.postgres has a Store.
-BACKENDS: tuple[str, ...] = ("sqlite",)
+__all__ = ["pg_cluster", "pg_database"]  # the PostgreSQL fixtures, imported so that pytest finds them
+
+# The backends the contract runs against.
+BACKENDS: tuple[str, ...] = ("sqlite", "postgresql")
 
 CREDS = Credentials(
     "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA", ScramCredentials(b"salt", 4096, b"s" * 32, b"k" * 32)
@@ -35,13 +39,25 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens stores of `backend` over one test's data; all are closed at the end of the test."""
+async def open_store(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[StoreFactory]:
+    """Opens stores of `backend` over one test's data; all are closed at the end of the test. For
+    "postgresql", a new database of the tests' private cluster, its schema made as `surat store init`
+    makes it, shared by every store the test opens (several processes or nodes on one database)."""
     opened: list[Store] = []
+    dsn = ""
+    if backend == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+        dsn = cluster.dsn(request.getfixturevalue("pg_database"))
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await postgres_schema.migrate(conn)
 
     async def open_one() -> Store:
         if backend == "sqlite":
             new: Store = SQLiteStore(tmp_path / "data")
+        elif backend == "postgresql":
+            new = PostgresStore(dsn)
         else:
             raise AssertionError(f"no store for backend {backend!r}")
         await new.open()
