@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from pg_cluster import PostgresCluster, pg_cluster, pg_database
 from surat.store.base import Account, Credentials, ScramCredentials, Store
@@ -79,3 +80,27 @@ async def alice(store: Store) -> Account:
     """alice@example.test (given as Alice@Example.TEST), in the domain example.test, with SCRAM keys."""
     await store.add_domain("example.test")
     return await store.add_account("Alice@Example.TEST", CREDS)
+
+
+async def stored_blob_count(store: Store) -> int:
+    """How many message bodies the backend holds (blob lifetime checks: copies share one, the last
+    expunge removes it)."""
+    if isinstance(store, SQLiteStore):
+        return sum(1 for path in store.blob_dir.rglob("*") if path.is_file())
+    assert isinstance(store, PostgresStore)
+
+    async def count(conn: psycopg.AsyncConnection[TupleRow]) -> int:
+        cursor = await conn.execute("SELECT count(*) FROM blobs")
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return await store.with_connection(count)
+
+
+def staged_leftovers(store: Store) -> list[str]:
+    """What staged messages left behind outside the store's rows: SQLite's spool files; PostgreSQL
+    stages in memory or an anonymous temporary file, so nothing can be left (see postgres/blobs.py)."""
+    if isinstance(store, SQLiteStore):
+        return [path.name for path in store.spool_dir.iterdir()]
+    return []
