@@ -15,6 +15,7 @@ import pytest
 
 from old_schema import account_database_at
 from staging import staged
+from store_contract.test_messages import deliver, inbox_id, message
 from surat.store import schema
 from surat.store.base import (
     Account,
@@ -38,40 +39,10 @@ CREDS = Credentials(
 WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 
 
-def message(n: int = 0, extra: bytes = b"") -> bytes:
-    return (
-        b"Return-Path: <sender@example.org>\r\n"
-        b"From: Sender <sender@example.org>\r\n"
-        b"To: alice@example.test\r\n"
-        b"Subject: message " + str(n).encode() + b"\r\n"
-        b"Message-ID: <" + str(n).encode() + b"@example.org>\r\n"
-        b"\r\n"
-        b"Hello " + str(n).encode() + b"\r\n" + extra
-    )
-
-
 @pytest.fixture
 async def alice(store: SQLiteStore) -> Account:
     await store.add_domain("example.test")
     return await store.add_account("Alice@Example.TEST", CREDS)
-
-
-async def deliver(store: SQLiteStore, account: Account, data: bytes, mailbox: str = "INBOX") -> int:
-    result = await store.deliver(
-        Delivery(
-            await staged(store.blobs, data), len(data), WHEN, local=(MailboxTarget(account.id, mailbox),)
-        )
-    )
-    assert result.queue_id is None
-    ((account_id, _mailbox_id, uid),) = result.local
-    assert account_id == account.id
-    return uid
-
-
-async def inbox_id(store: SQLiteStore, account: Account) -> int:
-    box = await store.get_mailbox(account.id, "INBOX")
-    assert box is not None
-    return box.id
 
 
 def blob_files(store: SQLiteStore) -> list[Path]:

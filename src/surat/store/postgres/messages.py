@@ -528,14 +528,7 @@ class MessagesStore(PooledStore):
             info = await self._parse(body)
 
             async def fn(conn: Connection) -> tuple[tuple[int, int], list[Change]]:
-                cursor = await conn.execute(
-                    f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = %s AND account_id = %s".encode(),
-                    (mailbox_id, account_id),
-                )
-                row = await cursor.fetchone()
-                if row is None:
-                    raise NotFound(f"mailbox {mailbox_id}")
-                mailbox = mailbox_of(row)
+                mailbox = await mailbox_by_id(conn, mailbox_id, account_id=account_id)
                 blob_id = new_blob_id()
                 await write_blob(conn, blob_id, body.size, body.source)
                 result, changes = await self._insert_copies(

@@ -39,11 +39,16 @@ def mailbox_of(row: tuple[Any, ...]) -> Mailbox:
     )
 
 
-async def mailbox_by_id(conn: Connection, mailbox_id: int, *, lock: bool = False) -> Mailbox:
-    """The mailbox; with `lock`, its row stays locked until the transaction ends."""
+async def mailbox_by_id(
+    conn: Connection, mailbox_id: int, *, lock: bool = False, account_id: int | None = None
+) -> Mailbox:
+    """The mailbox (of `account_id`, if given); with `lock`, its row stays locked until the
+    transaction ends."""
     suffix = " FOR UPDATE" if lock else ""
     cursor = await conn.execute(
-        f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = %s{suffix}".encode(), (mailbox_id,)
+        f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = %s AND account_id = coalesce(%s, account_id)"
+        f"{suffix}".encode(),
+        (mailbox_id, account_id),
     )
     row = await cursor.fetchone()
     if row is None:

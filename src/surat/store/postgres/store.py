@@ -19,19 +19,20 @@ blobs.py), and the expunge that removes the last reference removes the blob in i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import NoReturn
 
 from psycopg_pool import PoolTimeout
 
-from surat.store.base import ChangeFeed, QueueEntry, RecipientUpdate
+from surat.store.base import QueueEntry, RecipientUpdate
 from surat.store.postgres import schema
 from surat.store.postgres.blobs import PostgresBlobStore
 from surat.store.postgres.directory import DirectoryStore
 from surat.store.postgres.mailboxes import MailboxesStore
 from surat.store.postgres.messages import MessagesStore
-from surat.store.postgres.pool import CONNECT_TIMEOUT, DEFAULT_POOL_SIZE
+from surat.store.postgres.pool import CONNECT_TIMEOUT
 from surat.store.setup import SchemaStatus, StoreUnavailable
 
 
@@ -42,16 +43,9 @@ def _queue_not_yet() -> NoReturn:
 class PostgresStore(MessagesStore, MailboxesStore, DirectoryStore):
     """`Store` over PostgreSQL. `await open()` before use, `await close()` after."""
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        password: str | None = None,
-        feed: ChangeFeed | None = None,
-        pool_size: int = DEFAULT_POOL_SIZE,
-    ) -> None:
-        super().__init__(dsn, password=password, feed=feed, pool_size=pool_size)
-        self.blobs = PostgresBlobStore(self)
+    @functools.cached_property
+    def blobs(self) -> PostgresBlobStore:
+        return PostgresBlobStore(self)
 
     async def open(self) -> None:
         if self._open:
