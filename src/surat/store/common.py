@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import Any
 
-from surat.store.base import HIERARCHY_DELIMITER, MAX_MAILBOX_NAME_OCTETS, InvalidName
+from surat.store.base import HIERARCHY_DELIMITER, MAX_MAILBOX_NAME_OCTETS, InvalidName, Mailbox
 from surat.store.messageinfo import MessageInfo
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
@@ -99,3 +100,18 @@ def message_info(text: str) -> MessageInfo:
     """MessageInfo is immutable, and clients FETCH the same recent messages again and again: each
     JSON text is decoded once (~25 µs) while it stays among the recently used (~3 KiB each)."""
     return MessageInfo.from_json(text)
+
+
+def mailbox_from_row(row: tuple[Any, ...]) -> Mailbox:
+    """A Mailbox from the columns id, account_id, name, uidvalidity, uidnext, highestmodseq,
+    special_use, subscribed: the order both backends select them in."""
+    return Mailbox(
+        id=row[0],
+        account_id=row[1],
+        name=row[2],
+        uidvalidity=row[3],
+        uidnext=row[4],
+        highestmodseq=row[5],
+        special_use=row[6],
+        subscribed=bool(row[7]),
+    )

@@ -100,6 +100,7 @@ from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.common import (
     flags_of,
     flags_text,
+    mailbox_from_row,
     message_info,
     normalize_address,
     normalize_domain,
@@ -1048,18 +1049,7 @@ class SQLiteStore:
         " subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
     )
 
-    @staticmethod
-    def _mailbox(row: tuple[Any, ...]) -> Mailbox:
-        return Mailbox(
-            id=row[0],
-            account_id=row[1],
-            name=row[2],
-            uidvalidity=row[3],
-            uidnext=row[4],
-            highestmodseq=row[5],
-            special_use=row[6],
-            subscribed=bool(row[7]),
-        )
+    _mailbox = staticmethod(mailbox_from_row)
 
     @staticmethod
     def _next_uidvalidity(conn: sqlite3.Connection) -> int:

@@ -17,7 +17,7 @@ from surat.store.base import (
     MailboxStatus,
     NotFound,
 )
-from surat.store.common import normalize_mailbox_name
+from surat.store.common import mailbox_from_row, normalize_mailbox_name
 from surat.store.postgres.messages import copy_rows, expunge_rows
 from surat.store.postgres.pool import Connection, PooledStore
 from surat.store.postgres.rows import (
@@ -25,7 +25,6 @@ from surat.store.postgres.rows import (
     delete_unreferenced_blobs,
     lock_mailboxes,
     mailbox_by_name,
-    mailbox_of,
 )
 
 _UIDVALIDITY_MAX = 2**32 - 1  # RFC 9051 §2.3.1.1: a non-zero 32-bit number
@@ -101,7 +100,7 @@ class MailboxesStore(PooledStore):
             f'SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = %s ORDER BY name COLLATE "C"',
             (account_id,),
         )
-        return [mailbox_of(row) for row in rows]
+        return [mailbox_from_row(row) for row in rows]
 
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
         try:
@@ -112,7 +111,7 @@ class MailboxesStore(PooledStore):
             f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = %s AND name = %s",
             (account_id, normalized),
         )
-        return mailbox_of(row) if row is not None else None
+        return mailbox_from_row(row) if row is not None else None
 
     async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
         normalized = normalize_mailbox_name(name)
@@ -252,7 +251,7 @@ class MailboxesStore(PooledStore):
         if row is None:
             raise NotFound(f"mailbox {mailbox_id}")
         return MailboxStatus(
-            mailbox_of(row[:8]),
+            mailbox_from_row(row[:8]),
             messages=int(row[8]),
             unseen=int(row[9]),
             size=int(row[10]),

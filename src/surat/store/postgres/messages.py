@@ -44,7 +44,14 @@ from surat.store.base import (
     StoreFlagsResult,
 )
 from surat.store.blobs import new_blob_id
-from surat.store.common import flags_of, flags_text, message_info, normalize_flags, normalize_mailbox_name
+from surat.store.common import (
+    flags_of,
+    flags_text,
+    mailbox_from_row,
+    message_info,
+    normalize_flags,
+    normalize_mailbox_name,
+)
 from surat.store.messageinfo import MessageInfo, compute_message_info
 from surat.store.postgres.blobs import StagedSpool, blob_tail, write_blob
 from surat.store.postgres.pool import Connection, PooledStore
@@ -58,7 +65,6 @@ from surat.store.postgres.rows import (
     joined_date,
     lock_mailboxes,
     mailbox_by_id,
-    mailbox_of,
     message_row,
 )
 
@@ -406,7 +412,7 @@ class MessagesStore(PooledStore):
             row = await cursor.fetchone()
             if row is None:
                 raise NotFound(f"account {local.account_id}")
-            targets.append((mailbox_of(row), normalize_flags(local.flags)))
+            targets.append((mailbox_from_row(row), normalize_flags(local.flags)))
         remote = delivery.remote
         queued = remote is not None and bool(remote.recipients)
         if not targets and not queued:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from surat.store.base import Mailbox, NotFound, QuotaExceeded
-from surat.store.common import flags_text
+from surat.store.common import flags_text, mailbox_from_row
 from surat.store.postgres.pool import Connection
 
 MAILBOX_COLUMNS = (
@@ -24,19 +24,6 @@ MAILBOX_COLUMNS = (
 )
 
 MESSAGE_INSERT_COLUMNS = "mailbox_id, uid, modseq, flags, seen, deleted, internal_date, internal_tz, size, blob_id, info, ends_crlf"
-
-
-def mailbox_of(row: tuple[Any, ...]) -> Mailbox:
-    return Mailbox(
-        id=row[0],
-        account_id=row[1],
-        name=row[2],
-        uidvalidity=row[3],
-        uidnext=row[4],
-        highestmodseq=row[5],
-        special_use=row[6],
-        subscribed=bool(row[7]),
-    )
 
 
 async def mailbox_by_id(
@@ -53,7 +40,7 @@ async def mailbox_by_id(
     row = await cursor.fetchone()
     if row is None:
         raise NotFound(f"mailbox {mailbox_id}")
-    return mailbox_of(row)
+    return mailbox_from_row(row)
 
 
 async def mailbox_by_name(conn: Connection, account_id: int, name: str) -> Mailbox:
@@ -64,7 +51,7 @@ async def mailbox_by_name(conn: Connection, account_id: int, name: str) -> Mailb
     row = await cursor.fetchone()
     if row is None:
         raise NotFound(f"mailbox {name}")
-    return mailbox_of(row)
+    return mailbox_from_row(row)
 
 
 async def lock_mailboxes(conn: Connection, mailbox_ids: Iterable[int]) -> dict[int, Mailbox]:
@@ -78,7 +65,7 @@ async def lock_mailboxes(conn: Connection, mailbox_ids: Iterable[int]) -> dict[i
         (wanted,),
     )
     for row in await cursor.fetchall():
-        found[row[0]] = mailbox_of(row)
+        found[row[0]] = mailbox_from_row(row)
     missing = [mailbox_id for mailbox_id in wanted if mailbox_id not in found]
     if missing:
         raise NotFound(f"mailbox {missing[0]}")
