@@ -183,8 +183,6 @@ class ProxyConfig:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d
         return any(address in network for network in self.trusted)
-
-
 STORE_BACKENDS = ("sqlite", "postgresql")
 
 
