@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from store_contract.test_messages import deliver, inbox_id, message
 from surat.store import sqlite
 from surat.store.base import Account, FlagMode
 from surat.store.sqlite import SQLiteStore
-from unit.test_store_sqlite import deliver, inbox_id, message
 
 SRC = Path(sqlite.__file__).parents[2]
 
@@ -92,7 +92,7 @@ def test_a_flag_change_survives_the_process_dying_at_once(tmp_path: Path) -> Non
         from surat.store import sqlite
         from surat.store.base import FlagMode
         from unit.conftest import UNUSED_CREDENTIALS
-        from unit.test_store_sqlite import deliver, inbox_id, message
+        from store_contract.test_messages import deliver, inbox_id, message
 
         sqlite.FLAG_SYNC_DELAY = 3600.0
 

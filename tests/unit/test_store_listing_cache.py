@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from store_contract.test_messages import deliver, inbox_id, message
 from surat.store import sqlite
 from surat.store.base import Account, FlagMode, MessageSummary
 from surat.store.sqlite import SQLiteStore
-from unit.test_store_sqlite import deliver, inbox_id, message
 
 
 async def fresh(store: SQLiteStore, mailbox_id: int) -> list[MessageSummary]:

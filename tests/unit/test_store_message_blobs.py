@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-
-import pytest
 
 from staging import staged
 from surat.store.base import Account, Credentials, Delivery, MailboxTarget
@@ -45,45 +42,6 @@ def blob_files(store: SQLiteStore) -> list[Path]:
 def column(store: SQLiteStore) -> list[int | None]:
     with sqlite3.connect(store.data_dir / INDEX_FILE) as conn:
         return [r[0] for r in conn.execute("SELECT ends_crlf FROM messages ORDER BY mailbox_id, uid")]
-
-
-# ----------------------------------------------------------------------------------------- recording
-
-
-@pytest.mark.parametrize("via", [deliver_file, deliver_memory], ids=["spool-file", "in-memory"])
-async def test_delivery_records_whether_the_last_line_ends_with_crlf(
-    store: SQLiteStore, alice: Account, via: Callable[[SQLiteStore, Account, bytes], Awaitable[int]]
-) -> None:
-    messages = [TERMINATED, UNTERMINATED, BARE_LF, b"", b"x"]
-    uids = [await via(store, alice, m) for m in messages]
-    blobs = await store.list_message_blobs(await inbox(store, alice))
-    assert [b.uid for b in blobs] == sorted(uids)
-    assert [b.size for b in blobs] == [len(m) for m in messages]
-    # An empty message has no unterminated line.
-    assert [b.ends_with_crlf for b in blobs] == [True, False, False, True, False]
-    assert column(store) == [1, 0, 0, 1, 0]
-    records = await store.get_messages(await inbox(store, alice), uids)
-    assert [b.blob_id for b in blobs] == [r.blob_id for r in records]
-    for blob, message in zip(blobs, messages, strict=True):
-        assert (await store.blobs.read(blob.blob_id)) == message
-
-
-async def test_append_and_copy_keep_the_flag(store: SQLiteStore, alice: Account) -> None:
-    box = await inbox(store, alice)
-    _, first = await store.append(alice.id, box, await staged(store.blobs, UNTERMINATED), frozenset(), WHEN)
-    _, second = await store.append(alice.id, box, await staged(store.blobs, TERMINATED), frozenset(), WHEN)
-    archive = await store.get_mailbox(alice.id, "Archive")
-    trash = await store.get_mailbox(alice.id, "Trash")
-    assert archive is not None and trash is not None
-    await store.copy(box, [first, second], archive.id)
-    await store.move(archive.id, [1], trash.id)
-    assert [b.ends_with_crlf for b in await store.list_message_blobs(box)] == [False, True]
-    assert [b.ends_with_crlf for b in await store.list_message_blobs(archive.id)] == [True]
-    assert None not in column(store)
-
-
-async def test_empty_mailbox(store: SQLiteStore, alice: Account) -> None:
-    assert await store.list_message_blobs(await inbox(store, alice)) == []
 
 
 # ----------------------------------------------------------------------------------------- old rows

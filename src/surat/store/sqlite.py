@@ -66,7 +66,6 @@ from surat.message.info import MessageInfo, compute_message_info
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
-    MAX_MAILBOX_NAME_OCTETS,
     Account,
     Alias,
     AlreadyExists,
@@ -100,6 +99,16 @@ from surat.store.base import (
     StoreFlagsResult,
 )
 from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
+from surat.store.common import (
+    flags_of,
+    flags_text,
+    mailbox_from_row,
+    message_info,
+    normalize_address,
+    normalize_domain,
+    normalize_flags,
+    normalize_mailbox_name,
+)
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 from surat.store.schema import migrate
@@ -126,9 +135,6 @@ LISTING_CACHE_MESSAGES = 100_000
 CHANGES_CACHE_MAILBOXES = 256
 COLLECT_PARALLEL_MIN = 16  # unreferenced blobs from which unlinks run on several threads
 
-# RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
-_SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
-
 
 class SyncMode:
     """How a group commit makes its new files durable before the index commit.
@@ -146,93 +152,6 @@ class SyncMode:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-@functools.lru_cache(maxsize=4096)  # every RCPT asks for the same few domains, several times
-def normalize_domain(name: str) -> str:
-    """Lower-case A-label form (IDNA), without a trailing dot."""
-    text = name.strip().rstrip(".").lower()
-    if not text:
-        raise InvalidName("empty domain")
-    if not text.isascii():
-        try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise InvalidName(f"invalid domain {name!r}") from None
-    labels = text.split(".")
-    if any(not label or len(label) > 63 for label in labels) or len(text) > 253:
-        raise InvalidName(f"invalid domain {name!r}")
-    if any(not (c.isalnum() or c in "-_") for c in text.replace(".", "")):
-        raise InvalidName(f"invalid domain {name!r}")
-    return text
-
-
-@functools.lru_cache(maxsize=4096)  # a pure function of its arguments: invalid ones raise, uncached
-def normalize_address(address: str, allow_catchall: bool = False) -> str:
-    """ "local@domain" lower-cased with the domain in A-label form; "@domain" if allowed."""
-    text = address.strip()
-    local, at, domain = text.rpartition("@")
-    if not at or (not local and not allow_catchall):
-        raise InvalidName(f"invalid address {address!r}")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in local) or len(local) > 64:
-        raise InvalidName(f"invalid address {address!r}")
-    return f"{local.lower()}@{normalize_domain(domain)}"
-
-
-def normalize_mailbox_name(name: str) -> str:
-    """Validate a mailbox name; "INBOX" (any case) as first component is spelled "INBOX".
-
-    Names are never used as paths, but odd ones are refused anyway: they make LIST patterns and
-    clients misbehave.
-    """
-    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_MAILBOX_NAME_OCTETS:
-        raise InvalidName("mailbox name empty or too long")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "*%" for c in name):
-        raise InvalidName("mailbox name has control or wildcard characters")
-    parts = name.split(HIERARCHY_DELIMITER)
-    if any(part in ("", ".", "..") for part in parts):
-        raise InvalidName("mailbox name has an empty, '.' or '..' component")
-    if parts[0].upper() == "INBOX":  # RFC 9051 §5.1: INBOX is case-insensitive
-        parts[0] = "INBOX"
-    return HIERARCHY_DELIMITER.join(parts)
-
-
-def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
-    out: set[str] = set()
-    for flag in flags:
-        if flag.startswith("\\"):
-            canonical = _SYSTEM_FLAGS.get(flag.lower())
-            if canonical is not None:
-                out.add(canonical)
-            # \Recent is not stored (RFC 9051 removed it); other \-names are not flags.
-        elif flag:
-            out.add(flag)
-    return frozenset(out)
-
-
-def _flags_text(flags: frozenset[str]) -> str:
-    return " ".join(sorted(flags))
-
-
-_FLAG_SETS: dict[str, frozenset[str]] = {}
-
-
-def _flags_of(text: str) -> frozenset[str]:
-    # A mailbox holds few distinct flag strings: one shared set per string keeps a 10 000-message
-    # listing (IMAP SELECT) from building 10 000 sets. Bounded, as keywords are client-chosen.
-    flags = _FLAG_SETS.get(text)
-    if flags is None:
-        flags = frozenset(text.split()) if text else frozenset()
-        if len(_FLAG_SETS) < 4096:
-            _FLAG_SETS[text] = flags
-    return flags
-
-
-@functools.lru_cache(maxsize=2048)
-def _message_info(text: str) -> MessageInfo:
-    """MessageInfo is immutable, and clients FETCH the same recent messages again and again: each
-    JSON text is decoded once (~25 µs) while it stays among the recently used (~3 KiB each)."""
-    return MessageInfo.from_json(text)
 
 
 def _timestamp(moment: datetime) -> tuple[float, int]:
@@ -1156,18 +1075,7 @@ class SQLiteStore:
         " subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
     )
 
-    @staticmethod
-    def _mailbox(row: tuple[Any, ...]) -> Mailbox:
-        return Mailbox(
-            id=row[0],
-            account_id=row[1],
-            name=row[2],
-            uidvalidity=row[3],
-            uidnext=row[4],
-            highestmodseq=row[5],
-            special_use=row[6],
-            subscribed=bool(row[7]),
-        )
+    _mailbox = staticmethod(mailbox_from_row)
 
     @staticmethod
     def _next_uidvalidity(conn: sqlite3.Connection) -> int:
@@ -1406,7 +1314,7 @@ class SQLiteStore:
         return MessageSummary(
             uid=row[0],
             modseq=row[1],
-            flags=_flags_of(row[2]),
+            flags=flags_of(row[2]),
             size=row[3],
             internal_date=_datetime(row[4], row[5]),
         )
@@ -1431,10 +1339,10 @@ class SQLiteStore:
                 (mailbox_id,),
             )
             # IMAP SELECT of a large mailbox: the per-row work inlined (a third faster than _summary).
-            summary, flags_of, from_ts = MessageSummary, _flags_of, datetime.fromtimestamp
+            summary, flags_from, from_ts = MessageSummary, flags_of, datetime.fromtimestamp
             messages = {
                 uid: summary(
-                    uid, modseq, flags_of(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC)
+                    uid, modseq, flags_from(flags), size, _datetime(ts, tz) if tz else from_ts(ts, UTC)
                 )
                 for uid, modseq, flags, size, ts, tz in rows
             }
@@ -1521,11 +1429,11 @@ class SQLiteStore:
                             mailbox_id=mailbox_id,
                             uid=r[0],
                             modseq=r[1],
-                            flags=_flags_of(r[2]),
+                            flags=flags_of(r[2]),
                             size=r[3],
                             internal_date=_datetime(r[4], r[5]),
                             blob_id=r[6],
-                            info=_message_info(r[7]),
+                            info=message_info(r[7]),
                         )
                     )
             return out
@@ -1590,7 +1498,7 @@ class SQLiteStore:
                 mailbox_id,
                 uid,
                 modseq,
-                _flags_text(flags),
+                flags_text(flags),
                 int("\\Seen" in flags),
                 int("\\Deleted" in flags),
                 internal_date[0],
@@ -1660,7 +1568,7 @@ class SQLiteStore:
                 if unchanged_since is not None and old_modseq > unchanged_since:
                     modified.append(uid)  # RFC 7162 §3.1.3
                     continue
-                old = _flags_of(text)
+                old = flags_of(text)
                 if mode is FlagMode.SET:
                     new = given
                 elif mode is FlagMode.ADD:
@@ -1676,7 +1584,7 @@ class SQLiteStore:
                     "UPDATE messages SET flags = ?, seen = ?, deleted = ?, modseq = ?"
                     " WHERE mailbox_id = ? AND uid = ?",
                     (
-                        _flags_text(new),
+                        flags_text(new),
                         int("\\Seen" in new),
                         int("\\Deleted" in new),
                         modseq,
@@ -1774,7 +1682,7 @@ class SQLiteStore:
                 dest.id,
                 first + offset,
                 modseq,
-                flags=_flags_of(flags),
+                flags=flags_of(flags),
                 internal_date=(date, tz),
                 size=size,
                 blob_id=blob_id,
@@ -2142,7 +2050,7 @@ class SQLiteStore:
                         target.id,
                         uid,
                         allocated[target.id][1],
-                        _flags_text(flags),
+                        flags_text(flags),
                         int("\\Seen" in flags),
                         int("\\Deleted" in flags),
                         date[0],

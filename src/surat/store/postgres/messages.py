@@ -1,0 +1,547 @@
+"""The PostgreSQL store's messages: deliver and append (blob and rows in one transaction, UIDs and
+MODSEQs from the row-locked mailbox UPDATE), listings, flags, expunge, copy, move, QRESYNC changes and
+\\Recent claims.
+
+Every transaction that adds, changes or removes messages locks the mailboxes it writes first, in
+ascending id order (rows.py), and holds the locks until COMMIT: so the numbers it allocates are above
+those of every transaction that committed before it in that mailbox, and below those of every one
+that commits after (issue 12: UIDs and MODSEQs strictly increase in commit order, on every node).
+A delivery writes its blob before it takes any mailbox lock, so the lock is held only for a few short
+statements, whatever the message's size.
+"""
+
+# ruff: noqa: S608 -- SQL text is built only from constant column lists and "%s" placeholders.
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any, BinaryIO, cast
+
+from surat.message.info import MessageInfo, compute_message_info
+from surat.store.base import (
+    Change,
+    ChangeKind,
+    CopyResult,
+    Delivery,
+    DeliveryResult,
+    FlagMode,
+    FlagUpdate,
+    InvalidName,
+    Mailbox,
+    MailboxChanges,
+    MessageBlob,
+    MessageRecord,
+    MessageSummary,
+    NotFound,
+    RecipientState,
+    StagedBlob,
+    StoreError,
+    StoreFlagsResult,
+)
+from surat.store.blobs import new_blob_id
+from surat.store.common import (
+    flags_of,
+    flags_text,
+    mailbox_from_row,
+    message_info,
+    normalize_flags,
+    normalize_mailbox_name,
+)
+from surat.store.postgres.blobs import StagedSpool, blob_tail, write_blob
+from surat.store.postgres.pool import Connection, PooledStore
+from surat.store.postgres.rows import (
+    MAILBOX_COLUMNS,
+    MESSAGE_INSERT_COLUMNS,
+    allocate,
+    bump_modseq,
+    charge,
+    delete_unreferenced_blobs,
+    joined_date,
+    lock_mailboxes,
+    mailbox_by_id,
+    message_row,
+)
+
+# Messages up to this size are parsed (MessageInfo) on the event loop; larger ones in a thread.
+INLINE_PARSE_BYTES = 64 * 1024
+_SUMMARY_COLUMNS = "uid, modseq, flags, size, internal_date, internal_tz"
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+).encode()
+
+
+def _summary(row: tuple[Any, ...]) -> MessageSummary:
+    return MessageSummary(
+        uid=row[0],
+        modseq=row[1],
+        flags=flags_of(row[2]),
+        size=row[3],
+        internal_date=joined_date(row[4], row[5]),
+    )
+
+
+def _new_queue_id() -> str:
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(4)}"
+
+
+async def expunge_rows(
+    conn: Connection, mailbox: Mailbox, uids: Sequence[int], only_deleted: bool = False
+) -> tuple[list[int], list[Change]]:
+    """Remove messages of a mailbox the caller has locked; returns the UIDs removed and the change."""
+    deleted = b" AND deleted" if only_deleted else b""
+    cursor = await conn.execute(
+        b"DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
+        + deleted
+        + b" RETURNING uid, size, blob_id",
+        (mailbox.id, sorted(set(uids))),
+    )
+    rows = await cursor.fetchall()
+    if not rows:
+        return [], []
+    modseq = await bump_modseq(conn, mailbox.id)
+    removed = sorted(row[0] for row in rows)
+    # RFC 7162 §3.2.7: remember expunged UIDs with their MODSEQ for VANISHED (EARLIER).
+    await conn.execute(
+        b"INSERT INTO expunged (mailbox_id, uid, modseq) SELECT %s, uid, %s FROM unnest(%s::bigint[]) AS uid"
+        b" ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq",
+        (mailbox.id, modseq, removed),
+    )
+    await conn.execute(
+        b"UPDATE accounts SET used_bytes = used_bytes - %s WHERE id = %s",
+        (sum(row[1] for row in rows), mailbox.account_id),
+    )
+    await delete_unreferenced_blobs(conn, (row[2] for row in rows))
+    return removed, [
+        Change(ChangeKind.MESSAGES_EXPUNGED, mailbox.account_id, mailbox.id, tuple(removed), modseq)
+    ]
+
+
+async def copy_rows(
+    conn: Connection, source: Mailbox, uids: Sequence[int], dest: Mailbox, *, check_quota: bool = True
+) -> tuple[CopyResult, list[Change]]:
+    """Copy messages between two mailboxes the caller has locked (both, in id order). The copies
+    share the blob; they get new UIDs in the source's UID order (RFC 4315 COPYUID pairs them)."""
+    cursor = await conn.execute(
+        b"SELECT uid, size FROM messages WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid",
+        (source.id, sorted(set(uids))),
+    )
+    rows = await cursor.fetchall()
+    if not rows:
+        return CopyResult(dest.uidvalidity, []), []
+    await charge(conn, dest.account_id, sum(row[1] for row in rows), check_quota=check_quota)
+    first, modseq = await allocate(conn, dest.id, len(rows))
+    old_uids = [row[0] for row in rows]
+    new_uids = list(range(first, first + len(rows)))
+    await conn.execute(
+        f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) SELECT %s, u.new_uid, %s, m.flags, m.seen, m.deleted,"
+        " m.internal_date, m.internal_tz, m.size, m.blob_id, m.info, m.ends_crlf FROM messages m"
+        " JOIN unnest(%s::bigint[], %s::bigint[]) AS u(old_uid, new_uid) ON m.uid = u.old_uid"
+        " WHERE m.mailbox_id = %s".encode(),
+        (dest.id, modseq, old_uids, new_uids, source.id),
+    )
+    change = Change(ChangeKind.MESSAGES_ADDED, dest.account_id, dest.id, tuple(new_uids), modseq)
+    return CopyResult(dest.uidvalidity, list(zip(old_uids, new_uids, strict=True))), [change]
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A message taken over from its caller: in memory, or a spool (StagedSpool.take())."""
+
+    source: bytes | IO[bytes]
+    size: int
+    ends_crlf: bool
+
+    def close(self) -> None:
+        if not isinstance(self.source, bytes):
+            self.source.close()
+
+
+class MessagesStore(PooledStore):
+    # ------------------------------------------------------------------------------ reads
+
+    async def list_messages(self, mailbox_id: int) -> list[MessageSummary]:
+        async def fn(conn: Connection) -> list[MessageSummary]:
+            await mailbox_by_id(conn, mailbox_id)  # NotFound
+            cursor = await conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM messages WHERE mailbox_id = %s ORDER BY uid".encode(),
+                (mailbox_id,),
+            )
+            return [_summary(row) for row in await cursor.fetchall()]
+
+        return await self.with_connection(fn)
+
+    async def list_message_blobs(self, mailbox_id: int) -> list[MessageBlob]:
+        async def fn(conn: Connection) -> list[MessageBlob]:
+            cursor = await conn.execute(
+                b"SELECT uid, size, blob_id, ends_crlf FROM messages WHERE mailbox_id = %s ORDER BY uid",
+                (mailbox_id,),
+            )
+            out = []
+            for uid, size, blob_id, recorded in await cursor.fetchall():
+                ends = recorded
+                if ends is None:  # a row copied in without it: look at the blob (RFC 1939 §3 sizes)
+                    tail = await blob_tail(conn, blob_id, size)
+                    ends = size == 0 or tail == b"\r\n" or len(tail) < min(2, size)
+                out.append(MessageBlob(uid, size, blob_id, bool(ends)))
+            return out
+
+        return await self.with_connection(fn)
+
+    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRecord]:
+        rows = await self._fetchall(
+            f"SELECT {_SUMMARY_COLUMNS}, blob_id, info FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
+            " ORDER BY uid",
+            (mailbox_id, sorted(set(uids))),
+        )
+        return [
+            MessageRecord(
+                mailbox_id=mailbox_id,
+                uid=row[0],
+                modseq=row[1],
+                flags=flags_of(row[2]),
+                size=row[3],
+                internal_date=joined_date(row[4], row[5]),
+                blob_id=row[6],
+                info=message_info(row[7]),
+            )
+            for row in rows
+        ]
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        async def fn(conn: Connection) -> MailboxChanges:
+            # The mailbox first: a change committed between these statements then shows in the rows
+            # and raises HIGHESTMODSEQ beyond what is reported, so the client asks again later and
+            # misses nothing (the other order could report a HIGHESTMODSEQ past unseen changes).
+            mailbox = await mailbox_by_id(conn, mailbox_id)
+            cursor = await conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM messages WHERE mailbox_id = %s AND modseq > %s"
+                " ORDER BY uid".encode(),
+                (mailbox_id, modseq),
+            )
+            changed = [_summary(row) for row in await cursor.fetchall()]
+            cursor = await conn.execute(
+                b"SELECT uid FROM expunged WHERE mailbox_id = %s AND modseq > %s ORDER BY uid",
+                (mailbox_id, modseq),
+            )
+            vanished = [row[0] for row in await cursor.fetchall()]
+            return MailboxChanges(changed=changed, vanished=vanished, highestmodseq=mailbox.highestmodseq)
+
+        return await self.with_connection(fn)
+
+    # ------------------------------------------------------------------------------ flags and recent
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: FlagMode,
+        flags: frozenset[str],
+        unchanged_since: int | None = None,
+    ) -> StoreFlagsResult:
+        """`updated` lists every existing message the command applied to, with its flags after the
+        command; only those whose flags changed get the new MODSEQ (the others keep theirs)."""
+        given = normalize_flags(flags)
+        wanted = sorted(set(uids))
+
+        async def fn(conn: Connection) -> tuple[StoreFlagsResult, list[Change]]:
+            mailbox = await mailbox_by_id(conn, mailbox_id, lock=True)
+            cursor = await conn.execute(
+                b"SELECT uid, modseq, flags FROM messages WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid",
+                (mailbox_id, wanted),
+            )
+            updated: list[FlagUpdate] = []
+            modified: list[int] = []
+            changed: list[tuple[int, str, bool, bool]] = []
+            modseq = 0
+            for uid, old_modseq, text in await cursor.fetchall():
+                if unchanged_since is not None and old_modseq > unchanged_since:
+                    modified.append(uid)  # RFC 7162 §3.1.3
+                    continue
+                old = flags_of(text)
+                new = given if mode is FlagMode.SET else old | given if mode is FlagMode.ADD else old - given
+                if new == old:
+                    updated.append(FlagUpdate(uid, old, old_modseq))
+                    continue
+                if not modseq:
+                    modseq = await bump_modseq(conn, mailbox_id)
+                changed.append((uid, flags_text(new), "\\Seen" in new, "\\Deleted" in new))
+                updated.append(FlagUpdate(uid, new, modseq))
+            if not changed:
+                return StoreFlagsResult(updated=updated, modified=modified), []
+            # One statement for every changed message.
+            await conn.execute(
+                b"UPDATE messages m SET flags = u.flags, seen = u.seen, deleted = u.deleted, modseq = %s"
+                b" FROM unnest(%s::bigint[], %s::text[], %s::boolean[], %s::boolean[])"
+                b" AS u(uid, flags, seen, deleted) WHERE m.mailbox_id = %s AND m.uid = u.uid",
+                (
+                    modseq,
+                    [c[0] for c in changed],
+                    [c[1] for c in changed],
+                    [c[2] for c in changed],
+                    [c[3] for c in changed],
+                    mailbox_id,
+                ),
+            )
+            change = Change(
+                ChangeKind.FLAGS_CHANGED, mailbox.account_id, mailbox_id, tuple(c[0] for c in changed), modseq
+            )
+            return StoreFlagsResult(updated=updated, modified=modified), [change]
+
+        return await self._transaction(fn)
+
+    async def claim_recent(self, mailbox_id: int, up_to_uid: int, *, peek: bool = False) -> tuple[int, int]:
+        if not peek:
+            # RFC 3501 §2.3.2: one statement reads and advances recent_uid under the row's lock, so two
+            # sessions, on any node, never both claim a UID.
+            claimed = await self._fetchone(
+                "UPDATE mailboxes m SET recent_uid = %s + 1 FROM (SELECT id, recent_uid FROM mailboxes"
+                " WHERE id = %s FOR UPDATE) AS before WHERE m.id = before.id AND before.recent_uid <= %s"
+                " RETURNING before.recent_uid",
+                (up_to_uid, mailbox_id, up_to_uid),
+            )
+            if claimed is not None:
+                return int(claimed[0]), up_to_uid
+        row = await self._fetchone("SELECT recent_uid FROM mailboxes WHERE id = %s", (mailbox_id,))
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id}")
+        first = int(row[0])
+        if peek:
+            return first, up_to_uid
+        return first, first - 1  # nothing left to claim up to up_to_uid
+
+    # ------------------------------------------------------------------------------ expunge, copy, move
+
+    async def expunge(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        files_in_background: bool = False,
+        only_deleted: bool = False,
+    ) -> list[int]:
+        # files_in_background has nothing to defer here: the blobs go in the same transaction.
+        async def fn(conn: Connection) -> tuple[list[int], list[Change]]:
+            mailbox = await mailbox_by_id(conn, mailbox_id, lock=True)
+            return await expunge_rows(conn, mailbox, uids, only_deleted)
+
+        return await self._transaction(fn)
+
+    async def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+        async def fn(conn: Connection) -> tuple[CopyResult, list[Change]]:
+            locked = await lock_mailboxes(conn, [mailbox_id, dest_mailbox_id])
+            return await copy_rows(conn, locked[mailbox_id], uids, locked[dest_mailbox_id])
+
+        return await self._transaction(fn)
+
+    async def move(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+        async def fn(conn: Connection) -> tuple[CopyResult, list[Change]]:
+            locked = await lock_mailboxes(conn, [mailbox_id, dest_mailbox_id])
+            source, dest = locked[mailbox_id], locked[dest_mailbox_id]
+            # RFC 6851 §3.3: a move within one account does not change usage, so no quota check.
+            result, changes = await copy_rows(
+                conn, source, uids, dest, check_quota=source.account_id != dest.account_id
+            )
+            expunge_changes = (await expunge_rows(conn, source, [pair[0] for pair in result.pairs]))[1]
+            return result, changes + expunge_changes
+
+        return await self._transaction(fn)
+
+    # ------------------------------------------------------------------------------ deliver and append
+
+    def _take(self, staged: StagedBlob) -> _Body:
+        """Own a staged blob from now on (before any await: a caller cancelled meanwhile can no longer
+        abort it); only this backend's staged blobs are accepted."""
+        if not isinstance(staged, StagedSpool):
+            staged.abort()
+            raise StoreError("a staged blob of another store")
+        size = staged.size
+        spool = staged.take()
+        spool.seek(max(0, size - 2))
+        tail = spool.read(2)
+        return _Body(spool, size, size == 0 or tail == b"\r\n")
+
+    @staticmethod
+    async def _parse(body: _Body) -> MessageInfo:
+        if isinstance(body.source, bytes):
+            return compute_message_info(io.BytesIO(body.source))
+        spool = body.source
+
+        def parse() -> MessageInfo:
+            spool.seek(0)
+            return compute_message_info(cast(BinaryIO, spool))
+
+        if body.size <= INLINE_PARSE_BYTES:
+            return parse()
+        return await asyncio.to_thread(parse)
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        if delivery.staged is not None:
+            body = self._take(delivery.staged)
+        elif delivery.content is not None:
+            content = delivery.content
+            body = _Body(content, len(content), not content or content.endswith(b"\r\n"))
+        else:
+            raise StoreError("a delivery needs content or a staged blob")
+        try:
+            info = delivery.info if delivery.info is not None else await self._parse(body)
+            return await self._transaction(lambda conn: self._deliver_rows(conn, delivery, body, info))
+        finally:
+            body.close()
+
+    async def _deliver_rows(
+        self, conn: Connection, delivery: Delivery, body: _Body, info: MessageInfo
+    ) -> tuple[DeliveryResult, list[Change]]:
+        # Resolve the targets before any lock: a missing mailbox falls back to INBOX (as SQLite does).
+        targets: list[tuple[Mailbox, frozenset[str]]] = []
+        for local in delivery.local:
+            try:
+                name = normalize_mailbox_name(local.mailbox)
+            except InvalidName:
+                name = "INBOX"
+            cursor = await conn.execute(
+                f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = %s AND name = ANY(%s)"
+                " ORDER BY name = 'INBOX' LIMIT 1".encode(),
+                (local.account_id, [name, "INBOX"]),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                raise NotFound(f"account {local.account_id}")
+            targets.append((mailbox_from_row(row), normalize_flags(local.flags)))
+        remote = delivery.remote
+        queued = remote is not None and bool(remote.recipients)
+        if not targets and not queued:
+            return DeliveryResult(local=[], queue_id=None), []
+        blob_id = new_blob_id()
+        await write_blob(conn, blob_id, body.size, body.source)
+        result, changes = await self._insert_copies(
+            conn, targets, body, blob_id, info, delivery.internal_date
+        )
+        queue_id = None
+        if queued:
+            assert remote is not None
+            queue_id = _new_queue_id()
+            now = datetime.now(UTC)
+            await conn.execute(
+                b"INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
+                b" envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature)"
+                b" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    queue_id,
+                    remote.sender,
+                    body.size,
+                    blob_id,
+                    remote.body_offset,
+                    now,
+                    now,
+                    remote.envid,
+                    remote.ret,
+                    remote.smtputf8,
+                    remote.eight_bit,
+                    remote.authenticated_user,
+                    remote.dkim_signature,
+                ),
+            )
+            cursor = conn.cursor()
+            await cursor.executemany(
+                b"INSERT INTO queue_recipients (queue_id, position, address, state, notify, orcpt)"
+                b" VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (queue_id, i, r.address, RecipientState.PENDING.value, " ".join(r.notify), r.orcpt)
+                    for i, r in enumerate(remote.recipients)
+                ],
+            )
+            changes.append(Change(ChangeKind.QUEUE_CHANGED, 0))
+        return DeliveryResult(local=result, queue_id=queue_id), changes
+
+    async def _insert_copies(
+        self,
+        conn: Connection,
+        targets: list[tuple[Mailbox, frozenset[str]]],
+        body: _Body,
+        blob_id: str,
+        info: MessageInfo,
+        internal_date: datetime,
+    ) -> tuple[list[tuple[int, int, int]], list[Change]]:
+        """One message row per target, in the targets' order; the mailboxes are locked here (id
+        order), then the accounts charged (RFC 9208 §5.1 quota), then the UIDs allocated."""
+        if not targets:
+            return [], []
+        locked = await lock_mailboxes(conn, (mailbox.id for mailbox, _ in targets))
+        needed: dict[int, int] = {}
+        counts: dict[int, int] = {}
+        for mailbox, _ in targets:
+            needed[mailbox.account_id] = needed.get(mailbox.account_id, 0) + body.size
+            counts[mailbox.id] = counts.get(mailbox.id, 0) + 1
+        for account_id in sorted(needed):
+            await charge(conn, account_id, needed[account_id])
+        allocated = {
+            mailbox_id: await allocate(conn, mailbox_id, counts[mailbox_id]) for mailbox_id in sorted(counts)
+        }
+        next_uid = {mailbox_id: first for mailbox_id, (first, _) in allocated.items()}
+        info_json = info.to_json()
+        rows: list[tuple[Any, ...]] = []
+        result: list[tuple[int, int, int]] = []
+        added: dict[int, list[int]] = {}
+        for mailbox, flags in targets:
+            uid = next_uid[mailbox.id]
+            next_uid[mailbox.id] = uid + 1
+            modseq = allocated[mailbox.id][1]
+            rows.append(
+                message_row(
+                    mailbox.id,
+                    uid,
+                    modseq,
+                    flags,
+                    internal_date,
+                    body.size,
+                    blob_id,
+                    info_json,
+                    body.ends_crlf,
+                )
+            )
+            result.append((mailbox.account_id, mailbox.id, uid))
+            added.setdefault(mailbox.id, []).append(uid)
+        cursor = conn.cursor()
+        await cursor.executemany(_INSERT_MESSAGE, rows)
+        changes = [
+            Change(
+                ChangeKind.MESSAGES_ADDED,
+                locked[mailbox_id].account_id,
+                mailbox_id,
+                tuple(uids),
+                allocated[mailbox_id][1],
+            )
+            for mailbox_id, uids in added.items()
+        ]
+        return result, changes
+
+    async def append(
+        self,
+        account_id: int,
+        mailbox_id: int,
+        staged: StagedBlob,
+        flags: frozenset[str],
+        internal_date: datetime,
+    ) -> tuple[int, int]:
+        body = self._take(staged)
+        try:
+            info = await self._parse(body)
+
+            async def fn(conn: Connection) -> tuple[tuple[int, int], list[Change]]:
+                mailbox = await mailbox_by_id(conn, mailbox_id, account_id=account_id)
+                blob_id = new_blob_id()
+                await write_blob(conn, blob_id, body.size, body.source)
+                result, changes = await self._insert_copies(
+                    conn, [(mailbox, normalize_flags(flags))], body, blob_id, info, internal_date
+                )
+                return (mailbox.uidvalidity, result[0][2]), changes
+
+            return await self._transaction(fn)
+        finally:
+            body.close()

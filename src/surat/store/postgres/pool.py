@@ -1,0 +1,128 @@
+"""The PostgreSQL store's connections: one `AsyncConnectionPool` per store, transactions with a bounded
+retry of serialization failures and deadlocks, and the change feed published only after commit.
+
+Every connection of the pool is configured once (`_configure`): `synchronous_commit = on`, whatever the
+server's default, because a delivery is acknowledged (SMTP 250, IMAP APPEND OK) as soon as COMMIT
+returns (ARCHITECTURE decision 4, issue 12 "Durability"); and the session time zone UTC, so that
+`timestamptz` values come back in one zone and the store converts them itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from surat.store.base import Change, ChangeFeed, StoreError
+from surat.store.feed import InProcessChangeFeed
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[TupleRow]
+
+# Seconds to wait for the server (connect, or a free pool connection) before giving up.
+CONNECT_TIMEOUT = 10.0
+# Attempts of one transaction that PostgreSQL aborted as a deadlock or a serialization failure. The
+# store takes row locks in a fixed order (mailboxes by id, then accounts), so these are rare; the
+# bound keeps a pathological case from looping, and the backoff (up to RETRY_BACKOFF seconds, random)
+# keeps two retrying nodes from colliding again in step.
+TRANSACTION_ATTEMPTS = 5
+RETRY_BACKOFF = 0.05
+DEFAULT_POOL_SIZE = 8
+
+
+class TransactionRetriesExhausted(StoreError):
+    """A transaction kept failing on deadlocks or serialization failures; nothing of it was committed."""
+
+
+async def _configure(conn: Connection) -> None:
+    # Two SETs in one simple query (no parameters): one round trip per new connection.
+    await conn.execute(b"SET synchronous_commit = on; SET TIME ZONE 'UTC'")
+
+
+class PooledStore:
+    """Connections, transactions and publishing for the PostgreSQL store's role modules."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        password: str | None = None,
+        feed: ChangeFeed | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> None:
+        self.dsn = dsn
+        self.changes: ChangeFeed = feed if feed is not None else InProcessChangeFeed()
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
+        if password is not None:  # else libpq's own sources: the dsn, PGPASSWORD, ~/.pgpass
+            kwargs["password"] = password
+        self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            dsn,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            configure=_configure,
+            timeout=CONNECT_TIMEOUT,
+            name="surat-store",
+        )
+        self._open = False
+
+    def _require_open(self) -> AsyncConnectionPool[Connection]:
+        if not self._open:
+            raise StoreError("store is not open")
+        return self._pool
+
+    async def with_connection(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run reads on a pooled connection in autocommit: each statement sees what was committed
+        before it started (callers that need one snapshot use one statement)."""
+        pool = self._require_open()
+        try:
+            async with pool.connection() as conn:
+                return await fn(conn)
+        except PoolTimeout:
+            raise StoreError("no database connection available") from None
+
+    async def _fetchone(self, query: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        async def fn(conn: Connection) -> tuple[Any, ...] | None:
+            cursor = await conn.execute(query.encode(), params)
+            return await cursor.fetchone()
+
+        return await self.with_connection(fn)
+
+    async def _fetchall(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        async def fn(conn: Connection) -> list[tuple[Any, ...]]:
+            cursor = await conn.execute(query.encode(), params)
+            return await cursor.fetchall()
+
+        return await self.with_connection(fn)
+
+    async def _transaction(self, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]]) -> T:
+        """Run `fn` in one transaction, committed before this returns; then publish its changes.
+
+        `fn` may run again (up to TRANSACTION_ATTEMPTS times) when PostgreSQL aborts the transaction
+        as a deadlock or a serialization failure, so it must not have effects outside the database.
+        An exception from `fn` rolls everything back."""
+        pool = self._require_open()
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    result, changes = await fn(conn)
+                break
+            except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
+                if attempt == TRANSACTION_ATTEMPTS:
+                    raise TransactionRetriesExhausted(
+                        f"transaction failed {attempt} times: {type(exc).__name__}"
+                    ) from exc
+                await asyncio.sleep(random.uniform(0, RETRY_BACKOFF * attempt))
+            except PoolTimeout:
+                raise StoreError("no database connection available") from None
+        # After COMMIT returned: a subscriber that reads the store on this change sees it.
+        if changes:
+            self.changes.publish(changes)
+        return result
