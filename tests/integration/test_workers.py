@@ -41,7 +41,8 @@ MESSAGE_ID = re.compile(rb"^Message-ID: <(workers-\d+)@test>", re.MULTILINE | re
 
 
 class HasSocket(Protocol):
-    sock: socket.socket
+    @property
+    def sock(self) -> Any: ...  # imaplib, poplib and smtplib clients all have one
 
 
 Client = TypeVar("Client", bound=HasSocket)

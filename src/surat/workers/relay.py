@@ -83,7 +83,8 @@ def decode_line(line: bytes) -> list[Change] | bytes:
             raise RelayProtocolError("expected [kind, account_id, mailbox_id, modseq]")
         kind, account_id, mailbox_id, modseq = row
         if (
-            kind not in _KINDS
+            not isinstance(kind, str)
+            or kind not in _KINDS
             or not _is_count(account_id)
             or not (mailbox_id is None or _is_count(mailbox_id))
             or not _is_count(modseq)
