@@ -43,7 +43,7 @@ def _check(line: bytes) -> None:
 @fuzz_settings()
 @given(st.lists(_CHANGE, max_size=600))
 def test_encoded_changes_decode_to_themselves(changes: list[Change]) -> None:
-    decoded = [change for line in encode_changes(changes) for change in decode_line(line)]  # type: ignore[union-attr]
+    decoded = [change for line in encode_changes(changes) for change in decode_line(line)]
     assert decoded == changes
 
 

@@ -44,7 +44,7 @@ def test_many_changes_are_split_into_lines_under_the_limit() -> None:
     lines = encode_changes(changes)
     assert len(lines) == 3
     assert all(len(line) < MAX_LINE for line in lines)
-    decoded = [change for line in lines for change in decode_line(line)]  # type: ignore[union-attr]
+    decoded = [change for line in lines for change in decode_line(line)]
     assert decoded == changes
 
 
