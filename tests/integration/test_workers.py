@@ -35,7 +35,7 @@ __all__ = ["remote"]  # the fixture, imported so that pytest finds it here
 pytestmark = pytest.mark.slow
 
 FORWARD = "fwd@example.test"  # an alias of bob@remote.test: mail to it is relayed
-ROLES = ("smtp", "imaps", "pop3s")
+ROLES = ("smtp", "submissions", "imaps", "pop3s")
 STARTED = re.compile(rb"worker\.started index=(\d+) pid=(\d+)")
 MESSAGE_ID = re.compile(rb"^Message-ID: <(workers-\d+)@test>", re.MULTILINE | re.IGNORECASE)
 
@@ -140,6 +140,15 @@ class Workers:
     def smtp(self) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.ports["smtp"], local_hostname="client.test", timeout=10)
 
+    def submissions(self) -> smtplib.SMTP_SSL:
+        return smtplib.SMTP_SSL(
+            "127.0.0.1",
+            self.ports["submissions"],
+            local_hostname="client.test",
+            context=self.tls(),
+            timeout=10,
+        )
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -189,7 +198,8 @@ async def _stored_message_ids(data_dir: Path) -> list[str]:
 
 
 def message(n: int, size: int = 500) -> bytes:
-    return f"Message-ID: <workers-{n}@test>\r\nSubject: {n}\r\n\r\n".encode() + b"x" * size + b"\r\n"
+    head = f"From: {USER}\r\nMessage-ID: <workers-{n}@test>\r\nSubject: {n}\r\n\r\n"
+    return head.encode() + b"x" * size + b"\r\n"
 
 
 def read_until(client: imaplib.IMAP4, pattern: bytes, timeout: float) -> float:
@@ -214,7 +224,7 @@ def logged_in(client: Any) -> Any:
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
-    running = Workers(tmp_path, limits="auth_max_failures = 3\n")
+    running = Workers(tmp_path, limits="auth_max_failures = 3\nmessages_per_hour = 2\n")
     try:
         yield running
     finally:
@@ -276,6 +286,18 @@ def test_a_login_block_made_through_one_worker_refuses_on_the_other(workers: Wor
     with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
         client.login(USER, PASSWORD)
     client.logout()
+
+
+def test_a_sending_limit_reached_through_one_worker_holds_on_the_other(workers: Workers) -> None:
+    first, second = workers.pids()
+    with logged_in(workers.on_worker(first, workers.submissions)) as client:
+        for n in range(2):  # messages_per_hour = 2, both through the first worker
+            assert client.sendmail(USER, [USER], message(n)) == {}
+    with logged_in(workers.on_worker(second, workers.submissions)) as client:
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail(USER, [USER], message(2))
+        assert refused.value.smtp_code == 451
+        assert refused.value.smtp_error.startswith(b"4.7.1 Sending limit reached: too many messages")
 
 
 def test_kill_9_of_a_worker_under_load_loses_nothing_acknowledged_and_it_is_restarted(
