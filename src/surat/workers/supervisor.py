@@ -144,7 +144,15 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         delay = RESTART_DELAY_MIN
         while not self._stopping.is_set():
-            proc, link = await self._spawn(index)
+            try:
+                proc, link = await self._spawn(index)
+            except OSError as exc:  # no processes or descriptors left: as a worker that died at once
+                log.error("worker.spawn_failed", extra=fields(index=index, error=str(exc)))
+                if not first_ready.done():
+                    first_ready.set_result(False)
+                    return
+                delay = await self._pause(delay)
+                continue
             started_at = loop.time()
             relay = asyncio.create_task(self._relay(index, link, first_ready), name=f"relay-{index}")
             code = await proc.wait()
@@ -160,9 +168,13 @@ class Supervisor:
             if loop.time() - started_at >= STABLE_AFTER:
                 delay = RESTART_DELAY_MIN
             log.warning("worker.died", extra=fields(index=index, pid=proc.pid, code=code, restart_in=delay))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            delay = min(delay * 2, RESTART_DELAY_MAX)
+            delay = await self._pause(delay)
+
+    async def _pause(self, delay: float) -> float:
+        """Wait `delay` seconds before a restart (less if the supervisor stops); the next delay."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        return min(delay * 2, RESTART_DELAY_MAX)
 
     async def _spawn(self, index: int) -> tuple[asyncio.subprocess.Process, RelayLink]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -176,6 +188,9 @@ class Supervisor:
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(), *(fd for fds in listening.values() for fd in fds)),
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()  # the child has its copy
         assert proc.stdin is not None
