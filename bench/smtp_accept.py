@@ -6,6 +6,8 @@ Prints messages/s and p50/p99 acceptance latency (MAIL FROM sent -> 250 after th
     .venv/bin/python bench/smtp_accept.py --peer postfix       # also a private Postfix (bench/peers.py), same load
     .venv/bin/python bench/smtp_accept.py --target 127.0.0.1:2525 --rcpt test@example.test
     .venv/bin/python bench/smtp_accept.py --signed --checks   # issue 6: cost of SPF/DKIM/DMARC checks
+    .venv/bin/python bench/smtp_accept.py --new-connections --sessions 16 --workers 1 2 --peer postfix
+                                                               # issue 12: [server] workers = 1, then 2
 
 --signed DKIM-signs the message (RSA 2048, relaxed/relaxed) for the --sender domain, whose SPF, DKIM key and
 DMARC (p=reject) records a DNS server inside this script serves on 127.0.0.1; Surat is pointed at it.
@@ -17,6 +19,9 @@ cost is also printed per round (each checked run against the unchecked run just 
 
 Every server first gets --warmup untimed messages (default 500, counted in the log-line totals), so that
 neither run pays for first use (DNS and key caches filling, the first parse of the DKIM key).
+
+--workers N [N ...] runs Surat once per count (`[server] workers = N`), one after the other, and prints
+the ratio of each to the peer; server_cpu_ms_per_msg then sums the supervisor and its workers.
 
 Bounded: at most --messages messages and --timeout seconds per target.
 """
@@ -255,7 +260,14 @@ class SuratProcess:
     """Surat in a subprocess with a fresh data dir and the MX listener on a free port."""
 
     def __init__(
-        self, workdir: Path, domain: str, rcpt: str, *, mail_auth: bool = False, dns_port: int | None = None
+        self,
+        workdir: Path,
+        domain: str,
+        rcpt: str,
+        *,
+        mail_auth: bool = False,
+        dns_port: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         config = single_listener_setup(workdir, domain, "smtp", self.port)
@@ -271,6 +283,8 @@ class SuratProcess:
             lines = ["mail_auth = true" if ln.startswith("mail_auth ") else ln for ln in lines]
             if "mail_auth = true" not in lines:
                 raise RuntimeError("quickstart config has no mail_auth line to switch on")
+        if workers != 1:
+            lines += ["[server]", f"workers = {workers}"]
         config.write_text("\n".join(lines) + "\n")
         self.server_log = workdir / "server.log"
         env = surat_env(config)
@@ -278,17 +292,24 @@ class SuratProcess:
         self.log = self.server_log.open("w")
         self.proc = subprocess.Popen([*SURAT, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
+        if workers != 1:  # the port answers once the first worker is up: wait for all of them
+            deadline = time.monotonic() + 60
+            while self.server_log.read_text(errors="replace").count("worker.started") < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the workers did not start")
+                time.sleep(0.1)
         # Let the server see the probe connection close: it counts toward the 20-per-IP limit.
         time.sleep(0.5)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux /proc; 0 elsewhere)."""
+        """User + system CPU time of the server process and its live children (workers) so far
+        (Linux /proc; 0 elsewhere)."""
+        pid = self.proc.pid
         try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+            children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except OSError:
-            return 0.0
-        ticks = stat.rpartition(")")[2].split()
-        return (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: proc(5)
+            children = []
+        return sum((_cpu_seconds(process) for process in [pid, *children]), 0.0)
 
     def log_count(self, check: str, result: str) -> int:
         """Transaction log lines whose `check` field starts with `result` (values with spaces are quoted)."""
@@ -300,6 +321,15 @@ class SuratProcess:
     def stop(self) -> None:
         stop_server(self.proc)
         self.log.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    ticks = stat.rpartition(")")[2].split()
+    return (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: proc(5)
 
 
 def count_files(directory: Path) -> int:
@@ -346,12 +376,22 @@ async def main_async(args: argparse.Namespace) -> None:
                 if args.checks
                 else [("surat", False)]
             )
+            if args.workers != [1]:
+                if args.checks:
+                    raise SystemExit("--workers and --checks: one at a time")
+                runs = [(f"surat-w{count}", False) for count in args.workers]
             best: dict[bool, Result] = {}
             round_costs: list[float] = []
             previous: Result | None = None
+            by_count: list[Result] = []  # --workers: one result per count
             for index, (name, mail_auth) in enumerate(runs):
                 surat = SuratProcess(
-                    workdir / f"{name}-{index}", domain, args.rcpt, mail_auth=mail_auth, dns_port=dns_port
+                    workdir / f"{name}-{index}",
+                    domain,
+                    args.rcpt,
+                    mail_auth=mail_auth,
+                    dns_port=dns_port,
+                    workers=args.workers[index] if args.workers != [1] else 1,
                 )
                 try:
                     await warm_up("127.0.0.1", surat.port, args, message)
@@ -365,6 +405,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 if mail_auth and previous is not None and previous.rate():
                     round_costs.append(1 - result.rate() / previous.rate())  # the run just before, unchecked
                 previous = result
+                by_count.append(result)
                 if mail_auth not in best or result.rate() > best[mail_auth].rate():
                     best[mail_auth] = result
                 if mail_auth:
@@ -374,7 +415,10 @@ async def main_async(args: argparse.Namespace) -> None:
                         f"dkim=pass {surat.log_count('dkim', 'pass')}, dmarc=pass {surat.log_count('dmarc', 'pass')}"
                         + (f"; DNS queries answered {local_dns.queries}" if local_dns is not None else "")
                     )
-            results.extend(best[mode] for mode in (False, True) if mode in best)
+            if args.workers != [1]:
+                results.extend(by_count)
+            else:
+                results.extend(best[mode] for mode in (False, True) if mode in best)
             if len(round_costs) > 1:
                 # each round's pair ran minutes apart at most, under the same conditions
                 costs = ", ".join(f"{100 * cost:.0f}%" for cost in round_costs)
@@ -424,9 +468,9 @@ async def main_async(args: argparse.Namespace) -> None:
             f"of the throughput (cost {100 * (1 - with_checks / without):.0f}%)"
         )
         results = [results[0], *results[2:]]  # compare the peer with Surat as configured by default
-    if len(results) == 2 and results[1].seconds and results[0].seconds:
-        ratio = (results[0].messages / results[0].seconds) / (results[1].messages / results[1].seconds)
-        print(f"ratio {results[0].name}/{results[1].name} = {ratio:.2f}x")
+    if args.peer and len(results) >= 2 and results[-1].rate():
+        for result in results[:-1]:  # each Surat run against the peer, run last
+            print(f"ratio {result.name}/{results[-1].name} = {result.rate() / results[-1].rate():.2f}x")
 
 
 def main() -> None:
@@ -458,6 +502,13 @@ def main() -> None:
         type=int,
         default=1,
         help="with --checks: alternate off/on this often, report the best of each",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="[server] workers for Surat; several counts run one after the other (e.g. --workers 1 2)",
     )
     args = parser.parse_args()
     asyncio.run(main_async(args))

@@ -7,8 +7,9 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import dns.exception
@@ -23,6 +24,7 @@ from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
 from surat.net.tls import TLSSetupError, client_context, server_context
+from surat.pop3d.locks import FileMaildropLocks
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
@@ -49,9 +51,20 @@ def _system_resolver(config: Config) -> Resolver:
 
 class SuratServer:
     def __init__(
-        self, config: Config, store: Store | None = None, *, resolver: Resolver | None = None
+        self,
+        config: Config,
+        store: Store | None = None,
+        *,
+        resolver: Resolver | None = None,
+        listening: Mapping[str, Sequence[socket.socket]] | None = None,
+        run_queue: bool = True,
     ) -> None:
+        """`listening`: sockets bound already, by role, served instead of binding [listen] (a worker
+        of `workers = N`). `run_queue=False`: no outbound queue runner in this process (another
+        worker runs it)."""
         self.config = config
+        self._listening = listening
+        self._run_queue = run_queue
         # Tests inject a FakeResolver; the server asks the configured nameservers.
         self.resolver: Resolver = resolver or _system_resolver(config)
         self._own_store = store is None
@@ -86,8 +99,18 @@ class SuratServer:
             trusted_arc_sealers=config.limits.trusted_arc_sealers,
             signing_keys=signing_keys,
         )
+        # Several processes: the maildrop lock must hold across them (RFC 1939 §8, one session per
+        # maildrop), so it lives outside any one process's memory.
+        maildrop_locks = (
+            FileMaildropLocks(config.data_dir / "locks" / "pop3") if config.server.workers > 1 else None
+        )
         pop3 = POP3Service(
-            config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
+            config,
+            self.store,
+            self.tls_context,
+            scram_secret=secret,
+            auth_limiter=auth_limiter,
+            locks=maildrop_locks,
         )
         imap = IMAPService(
             config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
@@ -117,11 +140,14 @@ class SuratServer:
                     max_per_ip=config.limits.connections_per_ip,
                     max_total=config.limits.connections_total,
                     proxy=config.proxy,
+                    sockets=tuple(self._listening.get(role, ())) if self._listening is not None else (),
                 )
                 await self._listeners.start(spec)
         except OSError as exc:
             await self.stop()
             raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None
+        if not self._run_queue:
+            return
         # The outbound queue; STARTTLS to peers is opportunistic, certificates unchecked (RFC 7435).
         self.queue = QueueRunner(
             self.store,
@@ -173,14 +199,20 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     return secret
 
 
-async def _serve(config: Config) -> None:
-    server = SuratServer(config)
-    await server.start()
-    log.info("started", extra=fields(hostname=config.hostname, data_dir=config.data_dir))
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (on the running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(config: Config) -> None:
+    server = SuratServer(config)
+    await server.start()
+    log.info("started", extra=fields(hostname=config.hostname, data_dir=config.data_dir))
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:
@@ -192,6 +224,10 @@ async def _serve(config: Config) -> None:
 def run(config: Config) -> int:
     """`surat serve`: run until SIGINT/SIGTERM. Returns the process exit code."""
     setup_logging()
+    if config.server.workers > 1:
+        from surat.workers.supervisor import supervise  # noqa: PLC0415 (it imports this module)
+
+        return supervise(config)
     try:
         asyncio.run(_serve(config))
     except StartupError as exc:

@@ -205,7 +205,9 @@ def _with_store(data_dir: Path, action: Callable[[Store], Awaitable[int]]) -> in
     async def run() -> int:
         store = SQLiteStore(data_dir)
         try:
-            await store.open()
+            # No crash recovery: a running server's staged files would look like leftovers; `serve`
+            # recovers at its start.
+            await store.open(recover=False)
         except (OSError, StoreError, sqlite3.Error) as exc:
             raise CliError(f"cannot open the store in {data_dir}: {exc}") from None
         try:

@@ -216,6 +216,16 @@ def redacted_dsn(dsn: str) -> str:
     return make_conninfo("", **params)
 
 
+MAX_WORKERS = 64  # [server] workers: more processes than this is a typo, not a deployment
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    # Processes serving the listeners and the store together (docs/workers.md); 1: one process, no
+    # supervisor, as before.
+    workers: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     hostname: str
@@ -228,6 +238,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     proxy: ProxyConfig = ProxyConfig()
     store: StoreConfig = StoreConfig()
+    server: ServerConfig = ServerConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -407,6 +418,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     store_table = reader.table("store")
     store = _store_config(store_table, base_dir)
     store_table.finish()
+    server_table = reader.table("server")
+    server = ServerConfig(workers=_workers(server_table))
+    server_table.finish()
     reader.finish()
 
     config = Config(
@@ -420,10 +434,18 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         auth=auth,
         proxy=proxy,
         store=store,
+        server=server,
         path=path,
     )
     _check_tls_files(config)
     return config
+
+
+def _workers(table: _Table) -> int:
+    value = table.number("workers", ServerConfig().workers, minimum=1)
+    if not isinstance(value, int) or value > MAX_WORKERS:
+        raise ConfigError("server.workers", f"expected a whole number from 1 to {MAX_WORKERS}, got {value!r}")
+    return value
 
 
 def _store_config(table: _Table, base_dir: Path) -> StoreConfig:

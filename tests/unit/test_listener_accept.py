@@ -39,7 +39,7 @@ async def test_accept_error_pauses_the_listener_then_it_accepts_again(
     listening.bind(("127.0.0.1", 0))
     listening.listen(8)
     listening.setblocking(False)
-    monkeypatch.setattr(listener_module, "_bind", lambda address: [listening])
+    monkeypatch.setattr(listener_module, "bind", lambda address: [listening])
     listeners = Listeners()
     await listeners.start(ListenerSpec("smtp", (HostPort("127.0.0.1", 0),), handler))
     try:

@@ -63,3 +63,15 @@ async def test_closed_subscription_receives_nothing() -> None:
         pass
     feed.publish([added(3, 1)])
     assert sub.pending() == []
+
+
+async def test_overflow_all_tells_every_subscriber_to_resynchronise_once() -> None:
+    feed = InProcessChangeFeed()
+    one, two, other = feed.subscribe(1), feed.subscribe(1), feed.subscribe(2)
+    feed.publish([added(1, 1)])
+    feed.overflow_all()
+    feed.overflow_all()  # one marker covers both losses
+    assert one.pending() == two.pending() == [Change(ChangeKind.OVERFLOW, 1)]
+    assert other.pending() == [Change(ChangeKind.OVERFLOW, 2)]
+    feed.publish([added(1, 2)])  # after the marker was taken, changes arrive again
+    assert one.pending() == [added(1, 2)]

@@ -166,6 +166,32 @@ async def test_reopen_removes_orphans_and_keeps_messages(tmp_path: Path) -> None
         await reopened.close()
 
 
+async def test_open_without_recovery_leaves_another_process_deliveries_alone(tmp_path: Path) -> None:
+    # A worker of `workers = N` (or an admin command) opening the store beside a process that is
+    # delivering: that process's staged file and its blob not yet committed are not leftovers.
+    data_dir = tmp_path / "data"
+    delivering = SQLiteStore(data_dir)
+    await delivering.open()
+    try:
+        await delivering.add_domain("example.test")
+        alice = await delivering.add_account("alice@example.test", CREDS)
+        staging = await staged(delivering.blobs, message(1))
+        uncommitted_id = new_blob_id()
+        uncommitted = data_dir / "blobs" / uncommitted_id[10:12] / uncommitted_id
+        uncommitted.write_bytes(b"moved, its row not committed yet")
+        beside = SQLiteStore(data_dir)
+        await beside.open(recover=False)
+        await beside.close()
+        assert uncommitted.exists() and len(list(delivering.spool_dir.iterdir())) == 1
+        result = await delivering.deliver(
+            Delivery(staging, len(message(1)), WHEN, local=(MailboxTarget(alice.id, "INBOX"),))
+        )
+        (record,) = await delivering.get_messages(result.local[0][1], [1])
+        assert await delivering.blobs.read(record.blob_id) == message(1)
+    finally:
+        await delivering.close()
+
+
 CHILD = textwrap.dedent(
     """
     import asyncio, sys

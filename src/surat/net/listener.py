@@ -39,6 +39,9 @@ class ListenerSpec:
     max_total: int = 1000
     # Who may send a PROXY header first (and then must); see surat.net.proxyheader.
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    # Listening sockets bound already (by the supervisor of `workers = N`, see surat.workers), served
+    # instead of binding `addresses`.
+    sockets: tuple[socket.socket, ...] = ()
 
 
 class Listeners:
@@ -54,8 +57,9 @@ class Listeners:
         # before any (TLS) transport owns it (see surat.net.proxyheader). Like asyncio's server, a
         # reader callback on the listening socket accepts what is pending and starts a task for each.
         loop = asyncio.get_running_loop()
-        for address in spec.addresses:
-            for listening in _bind(address):
+        groups = [list(spec.sockets)] if spec.sockets else (bind(address) for address in spec.addresses)
+        for group in groups:
+            for listening in group:
                 self._sockets.append((spec.role, listening))
                 log.info("listening", extra=fields(role=spec.role, address=_format(listening.getsockname())))
                 loop.add_reader(listening.fileno(), self._accept, spec, listening)
@@ -205,7 +209,7 @@ class Listeners:
                 await asyncio.wait(pending, timeout=grace)
 
 
-def _bind(address: HostPort) -> list[socket.socket]:
+def bind(address: HostPort) -> list[socket.socket]:
     """Listening sockets for every address ``address.host`` resolves to (as asyncio.start_server
     binds them): SO_REUSEADDR, and IPv6 sockets IPv6-only so that "[::]" and "0.0.0.0" can coexist."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET

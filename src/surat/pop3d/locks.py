@@ -1,12 +1,17 @@
 """The POP3 maildrop lock (RFC 1939 §8: one session per maildrop; RFC 2449 §8.1.2 [IN-USE]).
 
 An interface, so that several nodes can later share the lock through the database; the
-in-process implementation serves a single node.
+in-process implementation serves a single process, the file one the processes of `workers = N`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
 from typing import Protocol
+
+from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 
 
 class MaildropLease(Protocol):
@@ -45,3 +50,48 @@ class InProcessMaildropLocks:
 
     def held(self, account_id: int) -> bool:
         return account_id in self._held
+
+
+class _FileLease:
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    async def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the descriptor drops the flock
+
+
+class FileMaildropLocks:
+    """The maildrop lock across the processes of one machine (`[server] workers = N`): an exclusive
+    flock(2) on `<directory>/<account id>.lock`.
+
+    flock rather than fcntl record locks: a flock belongs to the open file description, so two
+    sessions of the same process exclude each other as well as sessions of two processes (POSIX
+    record locks never conflict within one process). The kernel drops the lock when the holder's
+    descriptor closes, including when its process is killed, so a worker killed with kill -9 leaves
+    no maildrop locked and no expiry is needed. Lock files are kept (one per account that used POP3):
+    removing one while another session opens it would let two sessions lock two different files.
+    Several machines on PostgreSQL need a lock in the database instead (an advisory lock held by the
+    session's connection has the same release-on-death property); it implements `MaildropLocks` too.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def acquire(self, account_id: int) -> MaildropLease | None:
+        # Both calls are non-blocking (LOCK_NB) and touch one small local file: no thread hop needed.
+        make_private_dir(self.directory, parents=True)
+        path = self.directory / f"{account_id}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return _FileLease(fd)

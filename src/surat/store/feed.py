@@ -42,6 +42,14 @@ class InProcessSubscription:
             self._queue.append(change)
         self._event.set()
 
+    def _push_overflow(self) -> None:
+        if self._closed or self._overflowed:
+            return  # an OVERFLOW is already waiting: it covers this loss too
+        self._queue.clear()
+        self._queue.append(Change(ChangeKind.OVERFLOW, self.account_id))
+        self._overflowed = True
+        self._event.set()
+
     def pending(self) -> list[Change]:
         changes = list(self._queue)
         self._queue.clear()
@@ -91,6 +99,13 @@ class InProcessChangeFeed:
         for change in changes:
             for subscription in tuple(self._subscribers.get(change.account_id, ())):
                 subscription._push(change)
+
+    def overflow_all(self) -> None:
+        """Tell every subscriber that changes may have been missed (the cross-process relay lost some,
+        see surat.workers.relay): each resynchronises from the store, as after its own overflow."""
+        for subscribers in tuple(self._subscribers.values()):
+            for subscription in tuple(subscribers):
+                subscription._push_overflow()
 
     def subscriber_count(self, account_id: int) -> int:
         return len(self._subscribers.get(account_id, ()))

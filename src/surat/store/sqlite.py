@@ -33,7 +33,7 @@ Threads:
 Crash safety: a message becomes visible only with its committed row, and its file is durable
 before that commit. `open()` removes files left in `tmp/` and blob files no row refers to (a crash
 between the file move and the commit, or between a commit that dropped the last reference and the
-unlink).
+unlink); `open(recover=False)` does not, for processes beside the one that owns the directory.
 
 Changes are published on the feed from the writer, in commit order, via the event loop.
 """
@@ -387,7 +387,11 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------------------ lifecycle
 
-    async def open(self) -> None:
+    async def open(self, *, recover: bool = True) -> None:
+        """`recover=False`: leave `tmp/` and unreferenced blobs alone. Only the one process that owns
+        the data directory may recover: while another process (a `surat serve` worker, an admin
+        command beside a running server) is delivering, its staged files and its blobs not yet
+        committed look exactly like a crash's leftovers (docs/workers.md)."""
         if self._open:
             return
         self._loop = asyncio.get_running_loop()
@@ -401,7 +405,7 @@ class SQLiteStore:
                 max_workers=PARALLEL_SYNCS, thread_name_prefix="surat-store-sync"
             )
         try:
-            await self._loop.run_in_executor(self._writer, self._open_writer)
+            await self._loop.run_in_executor(self._writer, self._open_writer, recover)
             self._ro = self._connect_ro()
         except BaseException:
             self._writer.shutdown(wait=False)
@@ -410,7 +414,7 @@ class SQLiteStore:
             raise
         self._open = True
 
-    def _open_writer(self) -> None:
+    def _open_writer(self, recover: bool) -> None:
         # Owner-only, whatever the umask (issue 11 item 12): the index holds password hashes and SCRAM
         # keys, the blobs hold mail. Modes are set when we create; `surat check` reports looser ones.
         make_private_dir(self.data_dir, parents=True)
@@ -437,7 +441,8 @@ class SQLiteStore:
         conn.execute("PRAGMA busy_timeout = 10000")
         self._conn = conn
         migrate(conn)
-        self._recover()
+        if recover:
+            self._recover()
 
     def _connect_ro(self) -> sqlite3.Connection:
         path = (self.data_dir / INDEX_FILE).resolve()

@@ -1,0 +1,82 @@
+"""One worker of `[server] workers = N`: started by the supervisor as `python -m surat.workers`,
+its `WorkerSpec` pickled on standard input (the supervisor is our parent and the only writer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import sys
+from dataclasses import dataclass
+
+from surat.app import StartupError, SuratServer, stop_on_signals
+from surat.config import Config
+from surat.log import fields, setup_logging
+from surat.store.sqlite import SQLiteStore
+from surat.workers.relay import READY, RelayedChangeFeed, open_link
+
+log = logging.getLogger(__name__)
+
+QUEUE_WORKER = 0  # the worker that runs the outbound queue (docs/workers.md: why only one)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    config: Config
+    index: int
+    relay_fd: int  # our end of a socketpair with the supervisor
+    listening: dict[str, list[int]]  # role -> inherited listening socket descriptors
+
+
+async def serve_worker(spec: WorkerSpec) -> None:
+    config = spec.config
+    link = await open_link(socket.socket(fileno=spec.relay_fd))
+    sender = asyncio.create_task(link.run(), name="relay-send")
+    feed = RelayedChangeFeed(link)
+    # Never recovery here: the supervisor ran it before any worker started, and now the other
+    # workers' staged files and uncommitted blobs would look like a crash's leftovers.
+    store = SQLiteStore(config.data_dir, feed=feed)
+    listening = {role: [socket.socket(fileno=fd) for fd in fds] for role, fds in spec.listening.items()}
+    server = SuratServer(config, store, listening=listening, run_queue=spec.index == QUEUE_WORKER)
+    follower: asyncio.Task[None] | None = None
+    try:
+        await store.open(recover=False)
+        await server.start()
+        stop = stop_on_signals()
+        follower = asyncio.create_task(feed.follow(), name="relay-follow")
+        # The relay ends only when the supervisor is gone: nobody would restart this worker or carry
+        # its changes to the others any more, so it stops too.
+        follower.add_done_callback(lambda _: stop.set())
+        link.send([READY])
+        log.info(
+            "worker.started",
+            extra=fields(index=spec.index, pid=os.getpid(), queue=spec.index == QUEUE_WORKER),
+        )
+        await stop.wait()
+        log.info("worker.stopping", extra=fields(index=spec.index, pid=os.getpid()))
+    finally:
+        await server.stop()
+        await store.close()
+        link.close()
+        for task in (sender, follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def main() -> int:
+    setup_logging()
+    spec = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent, the supervisor
+    if not isinstance(spec, WorkerSpec):
+        log.error("worker.bad_spec")
+        return 2
+    try:
+        asyncio.run(serve_worker(spec))
+    except StartupError as exc:
+        log.error("startup.failed", extra=fields(reason=str(exc), index=spec.index))
+        return 1
+    return 0
