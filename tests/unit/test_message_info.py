@@ -317,6 +317,25 @@ def test_empty_last_part_before_an_outer_delimiter_stays_inside_its_multipart() 
     assert body(data, last) == b"last"
 
 
+def test_empty_last_part_of_an_attached_message_stays_inside_its_part() -> None:
+    # found by `make fuzz` (test_mutated_multiparts_give_message_info): the same "--in CRLF --out",
+    # inside a message/rfc822 part: the attached message's empty last part started after the CRLF
+    # that ends the message/rfc822 part, so the part ended before its own message
+    data = (
+        b"Content-Type: multipart/mixed; boundary=out\r\n\r\n"
+        b"--out\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"Subject: in\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n--in\r\n"
+        b"--out\r\nContent-Type: text/plain\r\n\r\nlast\r\n--out--\r\n"
+    )
+    info = info_of(data)  # check_offsets: every part inside its parent
+    attached, last = info.body.parts
+    assert attached.message is not None
+    (empty,) = attached.message.parts
+    assert empty.size == 0 and attached.message.end <= attached.end
+    assert attached.end == empty.end == data.index(b"--out\r\nContent-Type: text")
+    assert body(data, last) == b"last"
+
+
 def test_no_headers() -> None:
     data = b"\r\njust a body\r\n"
     info = info_of(data)

@@ -569,6 +569,11 @@ class _Scanner:
             # CRLF of the outer delimiter; but an empty last part right after its own delimiter line
             # ("--inner CRLF --outer") starts after that very CRLF: the multipart holds its parts.
             end = max(end, parts[-1].end)
+        elif message is not None and message.end > end:
+            # The same within a message/rfc822 part whose message ends with such an empty part
+            # ("--inner CRLF --outer"): the part holds its message. The octets added are that line
+            # end, which ends a line already counted, so `lines` stays.
+            end = message.end
         disposition_value = first.get("content-disposition")
         disposition: str | None = None
         disposition_params: tuple[tuple[str, str], ...] = ()
