@@ -78,16 +78,21 @@ def new_store_id() -> str:
     return secrets.token_hex(8)
 
 
-def encode_payload(store_id: str, changes: Iterable[Change]) -> str:
-    """The one payload that carries `changes` (OVERFLOW markers are never sent): in full once they
-    are collapsed (see the module docstring), else the `"overflow"` summary."""
+def encode_payload(store_id: str, changes: Iterable[Change]) -> str | None:
+    """The one payload that carries `changes`: in full once they are collapsed (see the module
+    docstring), else the `"overflow"` summary; None when there is nothing to send (a subscriber's
+    own OVERFLOW marker is never sent)."""
     collapsed: dict[tuple[ChangeKind, int, int | None], Change] = {}
     for change in changes:
+        if change.kind is ChangeKind.OVERFLOW:
+            continue
         key = (change.kind, change.account_id, change.mailbox_id)
         seen = collapsed.get(key)
         if seen is None or change.modseq > seen.modseq:
             # The first position keeps the commit order of the kinds; the highest MODSEQ is kept.
             collapsed[key] = Change(change.kind, change.account_id, change.mailbox_id, (), change.modseq)
+    if not collapsed:
+        return None
     prefix = store_id + " "
     lines = encode_changes(list(collapsed.values()))
     if len(lines) == 1:
@@ -124,7 +129,9 @@ async def notify_changes(
 ) -> None:
     """Send `changes` to the other stores, inside the caller's transaction: delivered at its COMMIT,
     never if it rolls back (so a retried transaction notifies once)."""
-    await conn.execute(b"SELECT pg_notify(%s, %s)", (CHANNEL, encode_payload(store_id, changes)))
+    payload = encode_payload(store_id, changes)
+    if payload is not None:
+        await conn.execute(b"SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
 
 class ChangeListener:
