@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
@@ -101,39 +102,61 @@ async def _quiet(dsn: str, b: PostgresStore, subscription: Subscription) -> None
     subscription.pending()
 
 
-async def test_a_delivery_on_one_node_reaches_the_other_within_a_second(
-    dsn: str, nodes: tuple[PostgresStore, PostgresStore]
-) -> None:
-    a, b = nodes
-    alice = await _alice(a)
-    with a.changes.subscribe(alice.id) as on_a, b.changes.subscribe(alice.id) as on_b:
-        await _quiet(dsn, b, on_b)
-        on_a.pending()
-        started = time.monotonic()
-        ((_, inbox, uid),) = await _deliver(a, MailboxTarget(alice.id))
-        heard = await _next(aiter(on_b))
-        elapsed = time.monotonic() - started
-        (local,) = on_a.pending()
-    assert local == Change(ChangeKind.MESSAGES_ADDED, alice.id, inbox, (uid,), local.modseq)
-    # UIDs stay home: B re-reads the mailbox since its MODSEQ.
-    assert heard == Change(ChangeKind.MESSAGES_ADDED, alice.id, inbox, (), local.modseq)
-    assert elapsed < DEADLINE
+@dataclass
+class Watched:
+    """alice, made on node A, and a subscription to her account on node B that heard nothing yet."""
+
+    a: PostgresStore
+    b: PostgresStore
+    alice: Account
+    on_b: Subscription
+    changes: AsyncIterator[Change]
 
 
-async def test_flags_and_expunges_reach_the_other_node(
-    dsn: str, nodes: tuple[PostgresStore, PostgresStore]
-) -> None:
+@pytest.fixture
+async def watched(dsn: str, nodes: tuple[PostgresStore, PostgresStore]) -> AsyncIterator[Watched]:
     a, b = nodes
     alice = await _alice(a)
-    ((_, inbox, uid),) = await _deliver(a, MailboxTarget(alice.id))
     with b.changes.subscribe(alice.id) as on_b:
         await _quiet(dsn, b, on_b)
-        changes = aiter(on_b)
-        flagged = await a.store_flags(inbox, [uid], FlagMode.ADD, frozenset({"\\Deleted"}))
-        (update,) = flagged.updated
-        assert await _next(changes) == Change(ChangeKind.FLAGS_CHANGED, alice.id, inbox, (), update.modseq)
-        assert await a.expunge(inbox, [uid]) == [uid]
-        expunged = await _next(changes)
+        yield Watched(a, b, alice, on_b, aiter(on_b))
+
+
+async def _b_hears_a_delivery_on_a(watched: Watched) -> Change:
+    """Deliver to alice on A; what B's subscription hears (within DEADLINE), checked and returned."""
+    ((_, inbox, _uid),) = await _deliver(watched.a, MailboxTarget(watched.alice.id))
+    heard = await _next(watched.changes)
+    assert (heard.kind, heard.account_id, heard.mailbox_id) == (
+        ChangeKind.MESSAGES_ADDED,
+        watched.alice.id,
+        inbox,
+    )
+    return heard
+
+
+async def test_a_delivery_on_one_node_reaches_the_other_within_a_second(watched: Watched) -> None:
+    with watched.a.changes.subscribe(watched.alice.id) as on_a:
+        started = time.monotonic()
+        heard = await _b_hears_a_delivery_on_a(watched)
+        elapsed = time.monotonic() - started
+        (local,) = on_a.pending()
+    assert elapsed < DEADLINE
+    assert local.kind is ChangeKind.MESSAGES_ADDED and len(local.uids) == 1
+    # UIDs stay home: B re-reads the mailbox since its MODSEQ.
+    assert heard == Change(ChangeKind.MESSAGES_ADDED, watched.alice.id, local.mailbox_id, (), local.modseq)
+
+
+async def test_flags_and_expunges_reach_the_other_node(watched: Watched) -> None:
+    a, alice, changes = watched.a, watched.alice, watched.changes
+    added = await _b_hears_a_delivery_on_a(watched)
+    inbox = added.mailbox_id
+    assert inbox is not None
+    (message,) = await a.list_messages(inbox)
+    flagged = await a.store_flags(inbox, [message.uid], FlagMode.ADD, frozenset({"\\Deleted"}))
+    (update,) = flagged.updated
+    assert await _next(changes) == Change(ChangeKind.FLAGS_CHANGED, alice.id, inbox, (), update.modseq)
+    assert await a.expunge(inbox, [message.uid]) == [message.uid]
+    expunged = await _next(changes)
     assert (expunged.kind, expunged.account_id, expunged.mailbox_id) == (
         ChangeKind.MESSAGES_EXPUNGED,
         alice.id,
@@ -170,26 +193,20 @@ async def test_one_transaction_is_one_notification_in_full_or_as_a_summary(
 
 
 async def test_a_lost_listen_connection_makes_subscribers_reread_then_hear_again(
-    dsn: str, nodes: tuple[PostgresStore, PostgresStore]
+    dsn: str, watched: Watched
 ) -> None:
-    a, b = nodes
-    alice = await _alice(a)
-    with b.changes.subscribe(alice.id) as on_b:
-        await _quiet(dsn, b, on_b)
-        changes = aiter(on_b)
-        lost = b._listener.backend_pid
-        assert lost is not None
-        await _sql(dsn, "SELECT pg_terminate_backend(%s)", (lost,))
-        assert await _next(changes) == Change(ChangeKind.OVERFLOW, alice.id)
-        deadline = time.monotonic() + RECONNECT_WAIT
-        while b._listener.backend_pid in (None, lost):
-            assert time.monotonic() < deadline, "the listener did not reconnect"
-            await asyncio.sleep(0.02)
-        # Listening again: one more re-read covers what was committed while nobody listened.
-        assert on_b.pending() == [Change(ChangeKind.OVERFLOW, alice.id)]
-        ((_, inbox, _uid),) = await _deliver(a, MailboxTarget(alice.id))
-        heard = await _next(changes)
-    assert (heard.kind, heard.account_id, heard.mailbox_id) == (ChangeKind.MESSAGES_ADDED, alice.id, inbox)
+    listener, alice = watched.b._listener, watched.alice
+    lost = listener.backend_pid
+    assert lost is not None
+    await _sql(dsn, "SELECT pg_terminate_backend(%s)", (lost,))
+    assert await _next(watched.changes) == Change(ChangeKind.OVERFLOW, alice.id)
+    deadline = time.monotonic() + RECONNECT_WAIT
+    while listener.backend_pid in (None, lost):
+        assert time.monotonic() < deadline, "the listener did not reconnect"
+        await asyncio.sleep(0.02)
+    # Listening again: one more re-read covers what was committed while nobody listened.
+    assert watched.on_b.pending() == [Change(ChangeKind.OVERFLOW, alice.id)]
+    await _b_hears_a_delivery_on_a(watched)
 
 
 async def test_a_store_does_not_hear_its_own_changes_twice(
@@ -213,18 +230,11 @@ async def test_a_store_does_not_hear_its_own_changes_twice(
 
 
 async def test_a_foreign_notification_on_the_channel_makes_subscribers_reread(
-    dsn: str, nodes: tuple[PostgresStore, PostgresStore]
+    dsn: str, watched: Watched
 ) -> None:
-    a, b = nodes
-    alice = await _alice(a)
-    with b.changes.subscribe(alice.id) as on_b:
-        await _quiet(dsn, b, on_b)
-        changes = aiter(on_b)
-        await _sql(dsn, "SELECT pg_notify(%s, %s)", (CHANNEL, "not a surat payload"))
-        assert await _next(changes) == Change(ChangeKind.OVERFLOW, alice.id)
-        ((_, inbox, _uid),) = await _deliver(a, MailboxTarget(alice.id))
-        heard = await _next(changes)
-    assert (heard.kind, heard.mailbox_id) == (ChangeKind.MESSAGES_ADDED, inbox)
+    await _sql(dsn, "SELECT pg_notify(%s, %s)", (CHANNEL, "not a surat payload"))
+    assert await _next(watched.changes) == Change(ChangeKind.OVERFLOW, watched.alice.id)
+    await _b_hears_a_delivery_on_a(watched)  # and it still listens
 
 
 # ------------------------------------------------------------------------------------ the payload
