@@ -6,6 +6,8 @@ store never hears its own changes twice. The payload codec is tested without a d
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from surat.store.base import (
     MailboxTarget,
     Subscription,
 )
-from surat.store.postgres import schema
+from surat.store.postgres import feed, schema
 from surat.store.postgres.feed import (
     CHANNEL,
     MAX_PAYLOAD,
@@ -205,6 +207,33 @@ async def test_a_lost_listen_connection_makes_subscribers_reread_then_hear_again
         assert time.monotonic() < deadline, "the listener did not reconnect"
         await asyncio.sleep(0.02)
     # Listening again: one more re-read covers what was committed while nobody listened.
+    assert watched.on_b.pending() == [Change(ChangeKind.OVERFLOW, alice.id)]
+    await _b_hears_a_delivery_on_a(watched)
+
+
+@pytest.fixture
+def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat every 0.2 s, given up after 0.5 s, for the stores opened after this fixture."""
+    monkeypatch.setattr(feed, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(feed, "HEARTBEAT_TIMEOUT", 0.5)
+
+
+async def test_a_listen_connection_whose_server_stops_answering_is_replaced(
+    quick_heartbeat: None, watched: Watched
+) -> None:
+    listener, alice = watched.b._listener, watched.alice
+    hung = listener.backend_pid
+    assert hung is not None
+    os.kill(hung, signal.SIGSTOP)  # the server process stops answering and keeps the connection open
+    try:
+        overflow = await _next(watched.changes, 0.2 + 0.5 + feed.PSYCOPG_CANCEL_BOUND + 1.0)
+        assert overflow == Change(ChangeKind.OVERFLOW, alice.id)
+        deadline = time.monotonic() + RECONNECT_WAIT
+        while listener.backend_pid in (None, hung):
+            assert time.monotonic() < deadline, "the listener did not reconnect"
+            await asyncio.sleep(0.02)
+    finally:
+        os.kill(hung, signal.SIGCONT)
     assert watched.on_b.pending() == [Change(ChangeKind.OVERFLOW, alice.id)]
     await _b_hears_a_delivery_on_a(watched)
 

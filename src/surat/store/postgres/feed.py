@@ -61,10 +61,13 @@ MAX_PAYLOAD = 7999
 # Seconds between two reconnection attempts: doubled after each failure, from the first to the last.
 RECONNECT_BACKOFF_FIRST = 0.1
 RECONNECT_BACKOFF_LAST = 5.0
-# A listening connection that has been quiet this many seconds runs a query: a peer that vanished
-# without closing the connection (no FIN, no RST) is found within HEARTBEAT_SECONDS + HEARTBEAT_TIMEOUT.
+# The listening connection runs a query every HEARTBEAT_SECONDS: a server that vanished without
+# closing the connection (no FIN, no RST) is found within HEARTBEAT_SECONDS + HEARTBEAT_TIMEOUT +
+# PSYCOPG_CANCEL_BOUND (psycopg, interrupted, sends the server a cancel request and waits up to 5 s
+# for it and 5 s more for the query's end before it gives the connection up).
 HEARTBEAT_SECONDS = 30.0
 HEARTBEAT_TIMEOUT = 10.0
+PSYCOPG_CANCEL_BOUND = 10.0
 
 _SUMMARY = OVERFLOW.rstrip(b"\n").decode()
 
@@ -197,6 +200,9 @@ class ChangeListener:
                     await self._follow(conn)
                 except (psycopg.Error, OSError, TimeoutError) as exc:
                     log.warning("store.feed.disconnected", extra=fields(error=first_line(exc)))
+                except Exception:
+                    # A bug must not silence the feed for good: start over on a new connection.
+                    log.exception("store.feed.failed")
                 await self._close_connection()
                 # What was notified while nobody listened is lost: subscribers re-read the store.
                 self._feed.overflow_all()
@@ -211,7 +217,7 @@ class ChangeListener:
             async for notification in conn.notifies(timeout=HEARTBEAT_SECONDS):
                 if notification.channel == CHANNEL:
                     self._receive(notification.payload)
-            # Quiet for HEARTBEAT_SECONDS: make sure the server is still there.
+            # Every HEARTBEAT_SECONDS: make sure the server is still there.
             async with asyncio.timeout(HEARTBEAT_TIMEOUT):
                 await conn.execute(b"SELECT 1")
 
