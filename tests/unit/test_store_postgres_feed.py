@@ -194,23 +194,6 @@ async def test_one_transaction_is_one_notification_in_full_or_as_a_summary(
         assert on_alice.pending() == [] and on_bob.pending() == []
 
 
-async def test_a_lost_listen_connection_makes_subscribers_reread_then_hear_again(
-    dsn: str, watched: Watched
-) -> None:
-    listener, alice = watched.b._listener, watched.alice
-    lost = listener.backend_pid
-    assert lost is not None
-    await _sql(dsn, "SELECT pg_terminate_backend(%s)", (lost,))
-    assert await _next(watched.changes) == Change(ChangeKind.OVERFLOW, alice.id)
-    deadline = time.monotonic() + RECONNECT_WAIT
-    while listener.backend_pid in (None, lost):
-        assert time.monotonic() < deadline, "the listener did not reconnect"
-        await asyncio.sleep(0.02)
-    # Listening again: one more re-read covers what was committed while nobody listened.
-    assert watched.on_b.pending() == [Change(ChangeKind.OVERFLOW, alice.id)]
-    await _b_hears_a_delivery_on_a(watched)
-
-
 @pytest.fixture
 def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     """A heartbeat every 0.2 s, given up after 0.5 s, for the stores opened after this fixture."""
@@ -218,22 +201,30 @@ def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(feed, "HEARTBEAT_TIMEOUT", 0.5)
 
 
-async def test_a_listen_connection_whose_server_stops_answering_is_replaced(
-    quick_heartbeat: None, watched: Watched
+@pytest.mark.parametrize("failure", ["terminated", "stops answering"])
+async def test_a_lost_listen_connection_makes_subscribers_reread_then_hear_again(
+    dsn: str, quick_heartbeat: None, watched: Watched, failure: str
 ) -> None:
-    listener, alice = watched.b._listener, watched.alice
-    hung = listener.backend_pid
-    assert hung is not None
-    os.kill(hung, signal.SIGSTOP)  # the server process stops answering and keeps the connection open
+    alice = watched.alice
+    lost = watched.b._listener.backend_pid
+    assert lost is not None
+    if failure == "terminated":
+        await _sql(dsn, "SELECT pg_terminate_backend(%s)", (lost,))
+        noticed_within = DEADLINE
+    else:
+        # The server process stops answering and keeps the connection open: the heartbeat finds it.
+        os.kill(lost, signal.SIGSTOP)
+        noticed_within = 0.2 + 0.5 + feed.PSYCOPG_CANCEL_BOUND + 1.0
     try:
-        overflow = await _next(watched.changes, 0.2 + 0.5 + feed.PSYCOPG_CANCEL_BOUND + 1.0)
-        assert overflow == Change(ChangeKind.OVERFLOW, alice.id)
+        assert await _next(watched.changes, noticed_within) == Change(ChangeKind.OVERFLOW, alice.id)
         deadline = time.monotonic() + RECONNECT_WAIT
-        while listener.backend_pid in (None, hung):
+        while watched.b._listener.backend_pid in (None, lost):
             assert time.monotonic() < deadline, "the listener did not reconnect"
             await asyncio.sleep(0.02)
     finally:
-        os.kill(hung, signal.SIGCONT)
+        if failure != "terminated":
+            os.kill(lost, signal.SIGCONT)
+    # Listening again: one more re-read covers what was committed while nobody listened.
     assert watched.on_b.pending() == [Change(ChangeKind.OVERFLOW, alice.id)]
     await _b_hears_a_delivery_on_a(watched)
 
