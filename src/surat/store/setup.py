@@ -147,14 +147,15 @@ async def _connected(config: Config) -> AsyncIterator[psycopg.AsyncConnection[Tu
         )
     except psycopg.OperationalError as exc:
         # libpq's message names host and user, never the password.
-        raise StoreUnavailable(f"cannot connect to {store.describe()}: {_first_line(exc)}") from None
+        raise StoreUnavailable(f"cannot connect to {store.describe()}: {first_line(exc)}") from None
     try:
         async with conn:
             yield conn
     except psycopg.Error as exc:
-        raise StoreUnavailable(f"{store.describe()}: {_first_line(exc)}") from None
+        raise StoreUnavailable(f"{store.describe()}: {first_line(exc)}") from None
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (psycopg's carry a DETAIL/HINT after it), for one log line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -1,5 +1,7 @@
 """The PostgreSQL store's connections: one `AsyncConnectionPool` per store, transactions with a bounded
-retry of serialization failures and deadlocks, and the change feed published only after commit.
+retry of serialization failures and deadlocks, and the change feed: published on this process's feed
+only after commit, and sent to the other stores on the database by a NOTIFY inside the transaction
+(feed.py, which also holds the listener that receives theirs).
 
 Every connection of the pool is configured once (`_configure`): `synchronous_commit = on`, whatever the
 server's default, because a delivery is acknowledged (SMTP 250, IMAP APPEND OK) as soon as COMMIT
@@ -19,8 +21,9 @@ from psycopg import errors
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from surat.store.base import Change, ChangeFeed, StoreError
+from surat.store.base import Change, StoreError
 from surat.store.feed import InProcessChangeFeed
+from surat.store.postgres.feed import ChangeListener, new_store_id, notify_changes
 
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
@@ -53,11 +56,14 @@ class PooledStore:
         dsn: str,
         *,
         password: str | None = None,
-        feed: ChangeFeed | None = None,
+        feed: InProcessChangeFeed | None = None,
         pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.dsn = dsn
-        self.changes: ChangeFeed = feed if feed is not None else InProcessChangeFeed()
+        # The feed must publish locally only (not a workers' RelayedChangeFeed): the database carries
+        # the changes to the other processes and nodes, and the listener publishes theirs on it.
+        self.changes: InProcessChangeFeed = feed if feed is not None else InProcessChangeFeed()
+        self.store_id = new_store_id()
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
         if password is not None:  # else libpq's own sources: the dsn, PGPASSWORD, ~/.pgpass
             kwargs["password"] = password
@@ -71,6 +77,7 @@ class PooledStore:
             timeout=CONNECT_TIMEOUT,
             name="surat-store",
         )
+        self._listener = ChangeListener(dsn, kwargs, self.changes, self.store_id)
         self._open = False
 
     def _require_open(self) -> AsyncConnectionPool[Connection]:
@@ -113,6 +120,8 @@ class PooledStore:
             try:
                 async with pool.connection() as conn, conn.transaction():
                     result, changes = await fn(conn)
+                    if changes:  # one notification per transaction, delivered by its COMMIT
+                        await notify_changes(conn, self.store_id, changes)
                 break
             except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
                 if attempt == TRANSACTION_ATTEMPTS:

@@ -7,9 +7,9 @@ Implemented here: every Protocol method of the directory (domains, accounts, cre
 aliases, auth_clients, sent_messages), mailboxes and subscriptions, messages (deliver, append, list,
 get, flags, expunge, copy, move, changes_since, claim_recent, mailbox_status) and the blob store.
 Not yet: the outbound queue's methods (list_queue ... recover_queue; `deliver` does insert the queue
-rows of remote recipients), a change feed across nodes (the feed is in-process: LISTEN/NOTIFY is the
-next step), and node ids/leases. They raise NotImplementedError, so `surat serve` keeps refusing
-PostgreSQL (POSTGRESQL_NOT_YET in cli.py).
+rows of remote recipients) and node ids/leases. They raise NotImplementedError, so `surat serve`
+keeps refusing PostgreSQL (POSTGRESQL_NOT_YET in cli.py). The change feed crosses nodes with
+LISTEN/NOTIFY (feed.py).
 
 `open()` does not create or upgrade the schema: that is `surat store init` (docs/store.md). It
 refuses a database without the schema, or with another version, with the one line setup.py words.
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NoReturn
 
+import psycopg
 from psycopg_pool import PoolTimeout
 
 from surat.store.base import QueueEntry, RecipientUpdate
@@ -33,7 +34,7 @@ from surat.store.postgres.directory import DirectoryStore
 from surat.store.postgres.mailboxes import MailboxesStore
 from surat.store.postgres.messages import MessagesStore
 from surat.store.postgres.pool import CONNECT_TIMEOUT
-from surat.store.setup import SchemaStatus, StoreUnavailable
+from surat.store.setup import SchemaStatus, StoreUnavailable, first_line
 
 
 def _queue_not_yet() -> NoReturn:
@@ -65,12 +66,18 @@ class PostgresStore(MessagesStore, MailboxesStore, DirectoryStore):
         if refusal is not None:
             await self._pool.close()
             raise StoreUnavailable(refusal)
+        try:
+            await self._listener.start()  # the change feed from the other nodes (feed.py)
+        except (psycopg.Error, OSError) as exc:
+            await self._pool.close()
+            raise StoreUnavailable(f"cannot listen for changes: {first_line(exc)}") from None
         self._open = True
 
     async def close(self) -> None:
         if not self._open:
             return
         self._open = False  # new calls fail at once; those running finish on their connections
+        await self._listener.stop()
         await self._pool.close()
 
     # ------------------------------------------------------------------------------ not yet: the queue
