@@ -51,9 +51,14 @@ from surat.store.base import (
     QueueAttempt,
     QueueEntry,
     QueueRecipient,
-    RecipientState,
     RecipientUpdate,
     StoreError,
+)
+from surat.store.common import (
+    QUEUE_ENTRY_COLUMNS,
+    QUEUE_RECIPIENT_COLUMNS,
+    queue_entry_from_row,
+    queue_recipient_from_row,
 )
 from surat.store.postgres.pool import Connection, PooledStore
 from surat.store.postgres.rows import delete_unreferenced_blobs
@@ -70,10 +75,6 @@ LEASE = timedelta(minutes=30)
 # What start-up recovery, a takeover and a clean close write into an attempt cut short.
 INTERRUPTED = "interrupted"
 
-_ENTRY_COLUMNS = (
-    "id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret, smtputf8,"
-    " eight_bit, authenticated_user, dkim_signature"
-)
 # A lease that does not keep the entry from node %s: none, its own, or expired.
 _CLAIMABLE = "(lease_owner IS NULL OR lease_owner = %s OR lease_expires_at <= now())"
 
@@ -88,7 +89,7 @@ def new_node_id() -> str:
 
 
 async def _entries(conn: Connection, where: str, params: tuple[Any, ...]) -> list[QueueEntry]:
-    cursor = await conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM queue {where}".encode(), params)
+    cursor = await conn.execute(f"SELECT {QUEUE_ENTRY_COLUMNS} FROM queue {where}".encode(), params)
     rows = await cursor.fetchall()
     ids = [row[0] for row in rows]
     # Recipients and attempts of all rows in two queries, not two per row: the runner reads up to a
@@ -97,21 +98,12 @@ async def _entries(conn: Connection, where: str, params: tuple[Any, ...]) -> lis
     attempts_of: dict[str, list[QueueAttempt]] = {}
     if ids:
         cursor = await conn.execute(
-            b"SELECT queue_id, address, state, notify, orcpt, last_reply, delay_notified"
-            b" FROM queue_recipients WHERE queue_id = ANY(%s) ORDER BY queue_id, position",
+            f"SELECT {QUEUE_RECIPIENT_COLUMNS} FROM queue_recipients WHERE queue_id = ANY(%s)"
+            " ORDER BY queue_id, position".encode(),
             (ids,),
         )
         for q in await cursor.fetchall():
-            recipients_of.setdefault(q[0], []).append(
-                QueueRecipient(
-                    address=q[1],
-                    state=RecipientState(q[2]),
-                    notify=tuple(q[3].split()),
-                    orcpt=q[4],
-                    last_reply=q[5],
-                    delay_notified=q[6],
-                )
-            )
+            recipients_of.setdefault(q[0], []).append(queue_recipient_from_row(q))
         cursor = await conn.execute(
             b"SELECT queue_id, number, started_at, host, result FROM queue_attempts"
             b" WHERE queue_id = ANY(%s) ORDER BY queue_id, number",
@@ -122,22 +114,8 @@ async def _entries(conn: Connection, where: str, params: tuple[Any, ...]) -> lis
                 QueueAttempt(number=a[1], started_at=a[2], host=a[3], result=a[4])
             )
     return [
-        QueueEntry(
-            id=r[0],
-            sender=r[1],
-            recipients=tuple(recipients_of.get(r[0], ())),
-            size=r[2],
-            blob_id=r[3],
-            body_offset=r[4],
-            created_at=r[5],
-            next_attempt_at=r[6],
-            attempts=tuple(attempts_of.get(r[0], ())),
-            envid=r[7],
-            ret=r[8],
-            smtputf8=r[9],
-            eight_bit=r[10],
-            authenticated_user=r[11],
-            dkim_signature=None if r[12] is None else bytes(r[12]),
+        queue_entry_from_row(
+            r, recipients_of.get(r[0], ()), attempts_of.get(r[0], ()), created_at=r[5], next_attempt_at=r[6]
         )
         for r in rows
     ]
