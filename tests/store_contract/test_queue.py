@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,9 @@ from surat.store.base import (
 )
 from surat.store.postgres.queue import LeaseLost
 from surat.store.postgres.store import PostgresStore
+from unit.test_queue_runner import Clock, enqueue, inbox, runner
 
-from .conftest import StoreFactory, stored_blob_count
+from .conftest import CREDS, StoreFactory, stored_blob_count
 from .test_messages import inbox_id, message
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -310,3 +312,21 @@ async def test_a_node_that_closes_hands_its_entries_back(backend: str, open_stor
     await a.close()
     (taken,) = await b.due_queue_entries(NOW + LEASE, 10)
     assert taken.id == queue_id and [x.result for x in taken.attempts] == ["interrupted"]
+
+
+async def test_two_runners_on_two_nodes_attempt_each_entry_once(
+    backend: str, open_store: StoreFactory, tmp_path: Path
+) -> None:
+    """The queue runner, unchanged, on two nodes: each entry is attempted (here: bounced, null MX
+    RFC 7505) by exactly one of them."""
+    a, b = await two_nodes(backend, open_store)
+    await a.add_domain("example.test")
+    alice = await a.add_account("alice@example.test", CREDS)
+    queued = [await enqueue(a, [OutboundRecipient("x@null.test")]) for _ in range(20)]
+    clock = Clock(datetime.now(UTC) + timedelta(seconds=1))
+    runners = [runner(node, tmp_path / node.node_id, clock) for node in (a, b)]
+    started = await asyncio.gather(*(each.run_once() for _ in range(3) for each in runners))
+    assert sum(started) == len(queued)
+    await asyncio.gather(*(each.idle() for each in runners))
+    assert await b.list_queue() == []
+    assert len(await inbox(b, alice)) == len(queued)  # one bounce each, none twice
