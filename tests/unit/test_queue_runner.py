@@ -28,6 +28,7 @@ from surat.store.base import (
     OutboundRecipient,
     QueueEntry,
     RecipientState,
+    Store,
 )
 from surat.store.sqlite import SQLiteStore
 
@@ -53,15 +54,13 @@ def dns() -> FakeResolver:
     )
 
 
-def runner(
-    store: SQLiteStore, tmp_path: Path, clock: Clock, resolver: FakeResolver | None = None
-) -> QueueRunner:
+def runner(store: Store, tmp_path: Path, clock: Clock, resolver: FakeResolver | None = None) -> QueueRunner:
     settings = RunnerSettings(hostname="mail.example.test", schedule=SCHEDULE)
     return QueueRunner(store, resolver or dns(), settings, data_dir=tmp_path / "data", clock=clock)
 
 
 async def enqueue(
-    store: SQLiteStore,
+    store: Store,
     recipients: list[OutboundRecipient],
     sender: str = "alice@example.test",
     headers: bytes = b"",
@@ -78,7 +77,7 @@ async def enqueue(
     return entry
 
 
-async def inbox(store: SQLiteStore, account: Account) -> list[bytes]:
+async def inbox(store: Store, account: Account) -> list[bytes]:
     mailbox = await store.get_mailbox(account.id, "INBOX")
     assert mailbox is not None
     out = []

@@ -112,8 +112,3 @@ async def test_retries_are_bounded(store: PostgresStore) -> None:
     with pytest.raises(TransactionRetriesExhausted):
         await store._transaction(fn)
     assert calls == TRANSACTION_ATTEMPTS
-
-
-async def test_queue_methods_say_they_are_not_there_yet(store: PostgresStore) -> None:
-    with pytest.raises(NotImplementedError):
-        await store.list_queue()

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,15 +19,10 @@ from store_contract.test_messages import deliver, inbox_id, message
 from surat.store import schema
 from surat.store.base import (
     Account,
-    Change,
     ChangeKind,
     Credentials,
     Delivery,
     MailboxTarget,
-    NotFound,
-    OutboundMessage,
-    OutboundRecipient,
-    RecipientState,
     ScramCredentials,
 )
 from surat.store.blobs import new_blob_id
@@ -67,74 +62,6 @@ async def test_concurrent_deliveries_share_commits(store: SQLiteStore, alice: Ac
     # The feed tells the commits in order: MODSEQs never go down.
     assert [c.modseq for c in published] == sorted(c.modseq for c in published)
     assert len(blob_files(store)) == calls
-
-
-# ----------------------------------------------------------------------------------------- queue
-
-
-async def queue_one(store: SQLiteStore, local: tuple[MailboxTarget, ...] = ()) -> str:
-    data = message(7)
-    remote = OutboundMessage(
-        sender="alice@example.test",
-        recipients=(
-            OutboundRecipient(
-                "bob@example.net", notify=("SUCCESS", "FAILURE"), orcpt="rfc822;bob@example.net"
-            ),
-            OutboundRecipient("carol@example.org"),
-        ),
-        envid="env-1",
-        ret="HDRS",
-        smtputf8=True,
-        eight_bit=True,
-        authenticated_user="alice@example.test",
-        body_offset=35,
-    )
-    result = await store.deliver(
-        Delivery(await staged(store.blobs, data), len(data), WHEN, local=local, remote=remote)
-    )
-    assert result.queue_id is not None
-    return result.queue_id
-
-
-async def test_queue(store: SQLiteStore, alice: Account) -> None:
-    sub = store.changes.subscribe(0)
-    queue_id = await queue_one(store)
-    assert sub.pending() == [Change(ChangeKind.QUEUE_CHANGED, 0)]
-    entry = await store.get_queue_entry(queue_id)
-    assert entry is not None
-    assert entry.sender == "alice@example.test" and entry.size == len(message(7))
-    assert [(r.address, r.state, r.notify, r.orcpt) for r in entry.recipients] == [
-        ("bob@example.net", RecipientState.PENDING, ("SUCCESS", "FAILURE"), "rfc822;bob@example.net"),
-        ("carol@example.org", RecipientState.PENDING, (), None),
-    ]
-    assert (entry.envid, entry.ret, entry.smtputf8, entry.eight_bit) == ("env-1", "HDRS", True, True)
-    assert entry.authenticated_user == "alice@example.test" and entry.body_offset == 35
-    assert (await store.blobs.read(entry.blob_id)) == message(7)
-    now = datetime.now(UTC)
-    assert [e.id for e in await store.due_queue_entries(now + timedelta(seconds=1), 10)] == [queue_id]
-    later = now + timedelta(hours=1)
-    await store.reschedule(queue_id, later)
-    assert await store.due_queue_entries(now + timedelta(seconds=1), 10) == []
-    rescheduled = await store.get_queue_entry(queue_id)
-    assert rescheduled is not None and abs(rescheduled.next_attempt_at - later) < timedelta(milliseconds=1)
-    second = await queue_one(store, local=(MailboxTarget(alice.id),))
-    assert [e.id for e in await store.list_queue()] == [queue_id, second]
-    assert await store.flush_queue(now) == 2
-    assert len(await store.due_queue_entries(now, 10)) == 2
-    assert len(await store.due_queue_entries(now, 1)) == 1
-    await store.drop_queue_entry(queue_id)
-    assert await store.get_queue_entry(queue_id) is None
-    with pytest.raises(NotFound):
-        await store.drop_queue_entry(queue_id)
-    with pytest.raises(NotFound):
-        await store.reschedule(queue_id, now)
-    assert len(blob_files(store)) == 1
-    # The second entry's file is shared with the local copy: dropping the entry keeps it.
-    await store.drop_queue_entry(second)
-    assert len(blob_files(store)) == 1
-    await store.expunge(await inbox_id(store, alice), [1])
-    await store.sync()  # expunged files are unlinked once the expunge is synced
-    assert blob_files(store) == []
 
 
 # ----------------------------------------------------------------------------------------- recovery

@@ -6,10 +6,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from surat.message.info import MessageInfo
-from surat.store.base import HIERARCHY_DELIMITER, MAX_MAILBOX_NAME_OCTETS, InvalidName, Mailbox
+from surat.store.base import (
+    HIERARCHY_DELIMITER,
+    MAX_MAILBOX_NAME_OCTETS,
+    InvalidName,
+    Mailbox,
+    QueueAttempt,
+    QueueEntry,
+    QueueRecipient,
+    RecipientState,
+)
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
 _SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
@@ -114,4 +124,51 @@ def mailbox_from_row(row: tuple[Any, ...]) -> Mailbox:
         highestmodseq=row[5],
         special_use=row[6],
         subscribed=bool(row[7]),
+    )
+
+
+# The queue's columns, in the order both backends select them in (see the *_from_row functions).
+QUEUE_ENTRY_COLUMNS = (
+    "id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret, smtputf8,"
+    " eight_bit, authenticated_user, dkim_signature"
+)
+QUEUE_RECIPIENT_COLUMNS = "queue_id, address, state, notify, orcpt, last_reply, delay_notified"
+
+
+def queue_recipient_from_row(row: tuple[Any, ...]) -> QueueRecipient:
+    """A QueueRecipient from the QUEUE_RECIPIENT_COLUMNS (notify: space-separated, "" for none)."""
+    return QueueRecipient(
+        address=row[1],
+        state=RecipientState(row[2]),
+        notify=tuple(row[3].split()),
+        orcpt=row[4],
+        last_reply=row[5],
+        delay_notified=bool(row[6]),
+    )
+
+
+def queue_entry_from_row(
+    row: tuple[Any, ...],
+    recipients: Iterable[QueueRecipient],
+    attempts: Iterable[QueueAttempt],
+    created_at: datetime,
+    next_attempt_at: datetime,
+) -> QueueEntry:
+    """A QueueEntry from the QUEUE_ENTRY_COLUMNS; its times as the backend converted them."""
+    return QueueEntry(
+        id=row[0],
+        sender=row[1],
+        recipients=tuple(recipients),
+        size=row[2],
+        blob_id=row[3],
+        body_offset=row[4],
+        created_at=created_at,
+        next_attempt_at=next_attempt_at,
+        attempts=tuple(attempts),
+        envid=row[7],
+        ret=row[8],
+        smtputf8=bool(row[9]),
+        eight_bit=bool(row[10]),
+        authenticated_user=row[11],
+        dkim_signature=None if row[12] is None else bytes(row[12]),
     )

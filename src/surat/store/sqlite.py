@@ -100,6 +100,8 @@ from surat.store.base import (
 )
 from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.common import (
+    QUEUE_ENTRY_COLUMNS,
+    QUEUE_RECIPIENT_COLUMNS,
     flags_of,
     flags_text,
     mailbox_from_row,
@@ -108,6 +110,8 @@ from surat.store.common import (
     normalize_domain,
     normalize_flags,
     normalize_mailbox_name,
+    queue_entry_from_row,
+    queue_recipient_from_row,
 )
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
@@ -2141,8 +2145,7 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...]
     ) -> list[QueueEntry]:
         rows = conn.execute(
-            "SELECT id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret,"
-            f" smtputf8, eight_bit, authenticated_user, dkim_signature FROM queue {where}",
+            f"SELECT {QUEUE_ENTRY_COLUMNS} FROM queue {where}",
             params,
         ).fetchall()
         # Recipients and attempts of all rows in two queries per chunk, not two per row: the runner
@@ -2154,20 +2157,11 @@ class SQLiteStore:
             chunk = ids[start : start + 500]
             marks = _marks(len(chunk))
             for q in conn.execute(
-                "SELECT queue_id, address, state, notify, orcpt, last_reply, delay_notified"
-                f" FROM queue_recipients WHERE queue_id IN ({marks}) ORDER BY queue_id, position",
+                f"SELECT {QUEUE_RECIPIENT_COLUMNS} FROM queue_recipients WHERE queue_id IN ({marks})"
+                " ORDER BY queue_id, position",
                 chunk,
             ):
-                recipients_of.setdefault(q[0], []).append(
-                    QueueRecipient(
-                        address=q[1],
-                        state=RecipientState(q[2]),
-                        notify=tuple(q[3].split()) if q[3] else (),
-                        orcpt=q[4],
-                        last_reply=q[5],
-                        delay_notified=bool(q[6]),
-                    )
-                )
+                recipients_of.setdefault(q[0], []).append(queue_recipient_from_row(q))
             for a in conn.execute(
                 "SELECT queue_id, number, started_at, host, result FROM queue_attempts"
                 f" WHERE queue_id IN ({marks}) ORDER BY queue_id, number",
@@ -2176,30 +2170,16 @@ class SQLiteStore:
                 attempts_of.setdefault(a[0], []).append(
                     QueueAttempt(number=a[1], started_at=_datetime(a[2]), host=a[3], result=a[4])
                 )
-        entries = []
-        for r in rows:
-            recipients = tuple(recipients_of.get(r[0], ()))
-            attempts = tuple(attempts_of.get(r[0], ()))
-            entries.append(
-                QueueEntry(
-                    id=r[0],
-                    sender=r[1],
-                    recipients=recipients,
-                    size=r[2],
-                    blob_id=r[3],
-                    body_offset=r[4],
-                    created_at=_datetime(r[5]),
-                    next_attempt_at=_datetime(r[6]),
-                    attempts=attempts,
-                    envid=r[7],
-                    ret=r[8],
-                    smtputf8=bool(r[9]),
-                    eight_bit=bool(r[10]),
-                    authenticated_user=r[11],
-                    dkim_signature=r[12],
-                )
+        return [
+            queue_entry_from_row(
+                r,
+                recipients_of.get(r[0], ()),
+                attempts_of.get(r[0], ()),
+                created_at=_datetime(r[5]),
+                next_attempt_at=_datetime(r[6]),
             )
-        return entries
+            for r in rows
+        ]
 
     def _read_txn(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
         def wrapped(conn: sqlite3.Connection) -> T:

@@ -5,11 +5,9 @@ and the lock order).
 
 Implemented here: every Protocol method of the directory (domains, accounts, credentials, quotas,
 aliases, auth_clients, sent_messages), mailboxes and subscriptions, messages (deliver, append, list,
-get, flags, expunge, copy, move, changes_since, claim_recent, mailbox_status) and the blob store.
-Not yet: the outbound queue's methods (list_queue ... recover_queue; `deliver` does insert the queue
-rows of remote recipients) and node ids/leases. They raise NotImplementedError, so `surat serve`
-keeps refusing PostgreSQL (POSTGRESQL_NOT_YET in cli.py). The change feed crosses nodes with
-LISTEN/NOTIFY (feed.py).
+get, flags, expunge, copy, move, changes_since, claim_recent, mailbox_status), the blob store, and
+the outbound queue with node ids and leases (queue.py). The change feed crosses nodes with
+LISTEN/NOTIFY (feed.py). `surat serve` still refuses PostgreSQL (POSTGRESQL_NOT_YET in cli.py).
 
 `open()` does not create or upgrade the schema: that is `surat store init` (docs/store.md). It
 refuses a database without the schema, or with another version, with the one line setup.py words.
@@ -20,28 +18,21 @@ blobs.py), and the expunge that removes the last reference removes the blob in i
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from datetime import datetime
-from typing import NoReturn
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from surat.store.base import QueueEntry, RecipientUpdate
 from surat.store.postgres import schema
 from surat.store.postgres.blobs import PostgresBlobStore
 from surat.store.postgres.directory import DirectoryStore
 from surat.store.postgres.mailboxes import MailboxesStore
 from surat.store.postgres.messages import MessagesStore
 from surat.store.postgres.pool import CONNECT_TIMEOUT
+from surat.store.postgres.queue import QueueStore
 from surat.store.setup import SchemaStatus, StoreUnavailable, first_line
 
 
-def _queue_not_yet() -> NoReturn:
-    raise NotImplementedError("the outbound queue on PostgreSQL is not implemented yet (issue 12)")
-
-
-class PostgresStore(MessagesStore, MailboxesStore, DirectoryStore):
+class PostgresStore(QueueStore, MessagesStore, MailboxesStore, DirectoryStore):
     """`Store` over PostgreSQL. `await open()` before use, `await close()` after."""
 
     @functools.cached_property
@@ -72,54 +63,12 @@ class PostgresStore(MessagesStore, MailboxesStore, DirectoryStore):
             await self._pool.close()
             raise StoreUnavailable(f"cannot listen for changes: {first_line(exc)}") from None
         self._open = True
+        await self.register_node()
 
     async def close(self) -> None:
         if not self._open:
             return
+        await self.retire_node()  # its leases back to the other nodes at once (queue.py)
         self._open = False  # new calls fail at once; those running finish on their connections
         await self._listener.stop()
         await self._pool.close()
-
-    # ------------------------------------------------------------------------------ not yet: the queue
-
-    async def list_queue(self) -> list[QueueEntry]:
-        _queue_not_yet()
-
-    async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
-        _queue_not_yet()
-
-    async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]:
-        _queue_not_yet()
-
-    async def reschedule(self, queue_id: str, next_attempt_at: datetime) -> None:
-        _queue_not_yet()
-
-    async def drop_queue_entry(self, queue_id: str) -> None:
-        _queue_not_yet()
-
-    async def flush_queue(self, now: datetime) -> int:
-        _queue_not_yet()
-
-    async def record_attempt(
-        self,
-        queue_id: str,
-        started_at: datetime,
-        host: str | None,
-        lease_until: datetime,
-        dkim_signature: bytes | None = None,
-    ) -> int:
-        _queue_not_yet()
-
-    async def finish_attempt(
-        self,
-        queue_id: str,
-        number: int,
-        result: str,
-        updates: Sequence[RecipientUpdate],
-        next_attempt_at: datetime | None,
-        host: str | None = None,
-    ) -> None:
-        _queue_not_yet()
-
-    async def recover_queue(self, now: datetime) -> int:
-        _queue_not_yet()
