@@ -13,7 +13,6 @@ from surat.imapd.sections import (
     binary_part,
     filter_header,
     locate,
-    read_range,
 )
 from surat.message.info import compute_message_info
 from surat.message.transfer import (
@@ -41,7 +40,7 @@ INFO = compute_message_info(io.BytesIO(MESSAGE))
 def text(section: Section) -> bytes:
     where = locate(INFO, section)
     assert isinstance(where, ByteRange)
-    return read_range(io.BytesIO(MESSAGE), where)
+    return MESSAGE[where.start : where.end]
 
 
 @pytest.mark.parametrize(
@@ -67,7 +66,7 @@ def test_locate(section: Section, expected: bytes) -> None:
 def test_header_fields_and_not() -> None:
     where = locate(INFO, Section((), "HEADER.FIELDS", ("X-FOLDED", "SUBJECT")))
     assert isinstance(where, HeaderFields)
-    block = read_range(io.BytesIO(MESSAGE), where.header)
+    block = MESSAGE[where.header.start : where.header.end]
     assert filter_header(block, where.fields, exclude=False) == b"Subject: outer\r\nX-Folded: a\r\n b\r\n\r\n"
     assert filter_header(block, where.fields, exclude=True) == (
         b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
@@ -80,7 +79,7 @@ def test_binary_part_decodes_transfer_encoding() -> None:
     located = binary_part(INFO, (3,))
     assert located is not None
     rng, encoding = located
-    raw = read_range(io.BytesIO(MESSAGE), rng)
+    raw = MESSAGE[rng.start : rng.end]
     assert decode_transfer_encoding(raw, encoding) == b"\x00\xffdata"
     assert binary_part(INFO, (7,)) is None
     whole = binary_part(INFO, ())
@@ -189,7 +188,7 @@ WRAPPER = b"Subject: wrapper\r\nContent-Type: message/rfc822\r\n\r\nSubject: wra
 def test_part_numbering(message: bytes, section: Section, expected: bytes) -> None:
     where = locate(compute_message_info(io.BytesIO(message)), section)
     assert isinstance(where, ByteRange)
-    assert read_range(io.BytesIO(message), where) == expected
+    assert message[where.start : where.end] == expected
 
 
 def test_unscanned_message_rfc822_keeps_the_body_type_msg_grammar() -> None:
@@ -207,6 +206,6 @@ def test_unscanned_message_rfc822_keeps_the_body_type_msg_grammar() -> None:
     )
     located = binary_part(info, (1,))
     assert located is not None
-    assert decode_transfer_encoding(read_range(io.BytesIO(message), located[0]), located[1]) == (
+    assert decode_transfer_encoding(message[located[0].start : located[0].end], located[1]) == (
         b"Subject: hidden\r\n\r\nx\r\n"
     )

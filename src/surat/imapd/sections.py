@@ -15,7 +15,6 @@ path, and Dovecot answers the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from surat.message.headers import read_header
 from surat.message.info import MessageInfo
@@ -28,7 +27,6 @@ __all__ = [
     "HeaderFields",
     "filter_header",
     "locate",
-    "read_range",
 ]
 
 MAX_HEADER_READ = 1024 * 1024  # a header block larger than this is cut (surat.message.mime keeps 256 KiB)
@@ -95,14 +93,6 @@ def locate(info: MessageInfo, section: Section) -> ByteRange | HeaderFields:
     if text == "HEADER":
         return header
     return HeaderFields(header, frozenset(f.lower() for f in section.fields), text == "HEADER.FIELDS.NOT")
-
-
-def read_range(file: BinaryIO, r: ByteRange, limit: int | None = None) -> bytes:
-    size = r.size if limit is None else min(r.size, limit)
-    if size <= 0:
-        return b""
-    file.seek(r.start)
-    return file.read(size)
 
 
 def filter_header(block: bytes, fields: frozenset[str], *, exclude: bool) -> bytes:
