@@ -1927,7 +1927,7 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                _, changes = self._insert_batch(conn, batch)
+                changes = self._insert_batch(conn, batch)
                 conn.execute("COMMIT")
                 self._synced_by_commit()
             except BaseException:
@@ -1967,13 +1967,12 @@ class SQLiteStore:
         for directory in {path.parent for path in paths}:
             _fsync_path(directory, directory=True)
 
-    def _insert_batch(
-        self, conn: sqlite3.Connection, batch: list[_Pending]
-    ) -> tuple[list[_Pending], list[Change]]:
+    def _insert_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[Change]:
         """Validate every item, allocate UIDs once per mailbox, insert all rows with executemany.
 
         Few statements per batch rather than several per message: each statement is a GIL
-        round-trip for the writer thread. Returns the items that need their file, and the changes.
+        round-trip for the writer thread. Marks the items whose file a row refers to (`keep`); returns
+        the changes.
         """
         mailboxes: dict[tuple[int, str | int], Mailbox | None] = {}
         usage: dict[int, tuple[int | None, int]] = {}  # account id -> (quota, used)
@@ -2137,7 +2136,7 @@ class SQLiteStore:
         ]
         if queue_rows:
             changes.append(Change(ChangeKind.QUEUE_CHANGED, 0))
-        return [item for item in accepted if item.keep], changes
+        return changes
 
     # ------------------------------------------------------------------------------ outbound queue
 
