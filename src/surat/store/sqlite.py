@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import functools
 import io
 import logging
@@ -123,6 +124,13 @@ T = TypeVar("T")
 Item = TypeVar("Item")  # what a _Coalescer queues
 
 INDEX_FILE = "index.sqlite3"
+# Writers of every process on this data directory (`[server] workers = N`, admin commands) take an
+# exclusive flock on this file around each write transaction. SQLite's own lock makes a second
+# writer retry on a timer (its busy handler sleeps 1, 2, 5, ... 100 ms between tries), so under
+# contention a commit waited for the next wake-up after the lock came free; the kernel hands a
+# flock to the next waiter as it is released. SQLite's lock stays the rule for correctness: the
+# flock only orders the writers that take it, and busy_timeout still covers any that do not.
+WRITE_LOCK_FILE = "write.lock"
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
 FLAG_SYNC_DELAY = 1.0  # seconds: the longest a committed flag change waits for its WAL sync
@@ -365,6 +373,7 @@ class SQLiteStore:
         self._sync_pool: ThreadPoolExecutor | None = None
         self._workers: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # writer thread only
+        self._write_lock_fd: int | None = None  # WRITE_LOCK_FILE, writer thread only
         self._wal_unsynced = False  # writer thread only: a flag change committed without its WAL sync
         self._blobs_after_sync: set[str] = set()  # writer thread only: expunged, unlinked once synced
         self._wal_sync_timer: asyncio.TimerHandle | None = None  # event loop thread only
@@ -438,6 +447,9 @@ class SQLiteStore:
         # SQLite creates the -wal and -shm files with the mode of the database file, so creating that
         # one 0600 first makes all three private.
         os.close(os.open(index, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+        self._write_lock_fd = os.open(
+            self.data_dir / WRITE_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE
+        )
         conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'NORMAL' if self._sync == SyncMode.NONE else 'FULL'}")
@@ -512,6 +524,20 @@ class SQLiteStore:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._conn.close()
             self._conn = None
+        if self._write_lock_fd is not None:
+            os.close(self._write_lock_fd)
+            self._write_lock_fd = None
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Writer thread: hold WRITE_LOCK_FILE's flock for one write transaction (see there)."""
+        fd = self._write_lock_fd
+        assert fd is not None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only this thread, never the event loop
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def commit_stats(self) -> CommitStats:
         """How many group commits carried how many deliveries/appends (for tests and benchmarks)."""
@@ -561,15 +587,16 @@ class SQLiteStore:
             conn = self._conn
             assert conn is not None
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result, changes, blobs = fn(conn)
-                    conn.execute("COMMIT")
-                    self._synced_by_commit()
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
+                with self._write_lock():
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result, changes, blobs = fn(conn)
+                        conn.execute("COMMIT")
+                        self._synced_by_commit()
+                    except BaseException:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                        raise
             except BaseException as exc:
                 loop.call_soon_threadsafe(_settle, future, None, exc, None, None)
                 return
@@ -616,30 +643,31 @@ class SQLiteStore:
         if deferred:
             conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for item in group:
-                    fn, future = item.fn, item.future
-                    conn.execute("SAVEPOINT grouped_write")
-                    try:
-                        result, fn_changes, fn_blobs = fn(conn)
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO grouped_write")
+            with self._write_lock():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for item in group:
+                        fn, future = item.fn, item.future
+                        conn.execute("SAVEPOINT grouped_write")
+                        try:
+                            result, fn_changes, fn_blobs = fn(conn)
+                        except Exception as exc:
+                            conn.execute("ROLLBACK TO grouped_write")
+                            conn.execute("RELEASE grouped_write")
+                            settled.append((future, None, exc))
+                            continue
                         conn.execute("RELEASE grouped_write")
-                        settled.append((future, None, exc))
-                        continue
-                    conn.execute("RELEASE grouped_write")
-                    settled.append((future, result, None))
-                    changes.extend(fn_changes)
-                    blobs.update(fn_blobs)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            finally:
-                if deferred:
-                    conn.execute("PRAGMA synchronous = FULL")
+                        settled.append((future, result, None))
+                        changes.extend(fn_changes)
+                        blobs.update(fn_blobs)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    if deferred:
+                        conn.execute("PRAGMA synchronous = FULL")
         except BaseException as exc:
             for item in group:
                 loop.call_soon_threadsafe(_settle, item.future, None, exc, None, None)
@@ -1925,15 +1953,16 @@ class SQLiteStore:
         assert conn is not None and loop is not None
         changes: list[Change] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                changes = self._insert_batch(conn, batch)
-                conn.execute("COMMIT")
-                self._synced_by_commit()
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+            with self._write_lock():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    changes = self._insert_batch(conn, batch)
+                    conn.execute("COMMIT")
+                    self._synced_by_commit()
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
         except BaseException as exc:
             log.exception("store.commit_failed items=%d", len(batch))
             for item in batch:
