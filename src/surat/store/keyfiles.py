@@ -133,8 +133,8 @@ def _locked(directory: Path) -> Iterator[None]:
 def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
     """`path` written whole and durable (0600 from its creation) or not at all. replace=False: a file
     already at `path` stays and FileExistsError is raised."""
-    # A name of this process's own: two processes writing at once never share a temporary file.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A name of its own: two processes (or two threads of one) writing at once never share one.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     # O_EXCL with the mode given at creation: the data is never readable by others, not even between
     # open and chmod.
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
