@@ -141,7 +141,7 @@ async def surat_phase(
     store = SQLiteStore(data)
     await store.open()
     meter = SigningMeter() if signed != "none" else None
-    signing_keys = SigningKeys(data, in_thread=not sign_inline)
+    signing_keys = SigningKeys(store.keys, in_thread=not sign_inline)
     lags: list[float] = []
     lag_task = asyncio.create_task(loop_lag(lags))
     try:

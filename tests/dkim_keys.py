@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from surat.delivery import dkim
+from surat.store.keyfiles import FileKeyStore
 
 
 class RSAKey:
@@ -41,3 +46,20 @@ def count_signatures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(dkim, "sign", counting_sign)
     return calls
+
+
+# A SQLite store's DKIM keys are files in its data directory (surat.store.keyfiles); these read and
+# write them there, from tests that run no event loop of their own (the server runs in a thread).
+
+
+def data_dir_keys(data_dir: Path, domain: str) -> tuple[dkim.DkimKey, ...]:
+    """The newest key per algorithm that `<data_dir>/dkim/<domain>/` holds."""
+    return asyncio.run(dkim.load_keys(FileKeyStore(data_dir), domain))
+
+
+def ensure_data_dir_keys(data_dir: Path, domain: str, now: datetime) -> tuple[dkim.DkimKey, ...]:
+    return asyncio.run(dkim.ensure_keys(FileKeyStore(data_dir), domain, now))
+
+
+def save_data_dir_keys(data_dir: Path, keys: Iterable[dkim.DkimKey], now: datetime) -> None:
+    asyncio.run(dkim.save_keys(FileKeyStore(data_dir), keys, now))

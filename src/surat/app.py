@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import signal
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import dns.exception
 
@@ -28,7 +25,6 @@ from surat.pop3d.locks import FileMaildropLocks
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
-from surat.store.filemodes import make_private_dir
 from surat.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -84,11 +80,12 @@ class SuratServer:
         if self._own_store:
             await self.store.open()
         self._started = True
-        secret = load_or_create_secret(config.data_dir)
+        # From the store, so that every process and node has the same one (issue 12).
+        secret = await self.store.keys.installation_secret()
         # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
         auth_limiter = StoreAuthLimiter(self.store, BlockPolicy.from_config(config.limits))
         # DKIM keys read and parsed once, for signing at submission and for the queue's fallback
-        signing_keys = SigningKeys(config.data_dir)
+        signing_keys = SigningKeys(self.store.keys)
         smtp = SMTPService(
             config,
             self.store,
@@ -171,32 +168,6 @@ class SuratServer:
         if self._own_store and self._started:
             await self.store.close()
             self._started = False
-
-
-def load_or_create_secret(data_dir: Path) -> bytes:
-    """A per-installation secret that survives restarts.
-
-    SASL uses it to derive stable fake SCRAM salts for unknown users, so that probing names cannot tell
-    which accounts exist (the answer for a name must not change between restarts either).
-    """
-    path = data_dir / "server.secret"
-    try:
-        secret = path.read_bytes()
-        if len(secret) >= 32:
-            return secret
-    except FileNotFoundError:
-        pass
-    make_private_dir(data_dir, parents=True)
-    secret = secrets.token_bytes(32)
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    return secret
 
 
 def stop_on_signals() -> asyncio.Event:

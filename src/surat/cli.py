@@ -430,14 +430,17 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         credentials = make_credentials(password)  # a new config: the default count
         postmaster = f"postmaster@{domain}"
 
+        keys: tuple[dkim.DkimKey, ...] = ()
+
         async def populate(store: Store) -> int:
+            nonlocal keys
             await store.add_domain(domain)
             await store.add_account(postmaster, credentials)
+            keys = await _ensure_dkim_keys(store, domain)
             return 0
 
         data_dir.mkdir(mode=0o700, exist_ok=True)
         _with_store(data_dir, populate)
-        keys = _ensure_dkim_keys(data_dir, domain)
 
         def relative(path: Path) -> str:
             return os.path.relpath(path.resolve(), directory.resolve())
@@ -617,18 +620,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return _with_store(config.data_dir, inspect)
 
 
-def _ensure_dkim_keys(data_dir: Path, domain: str) -> tuple[dkim.DkimKey, ...]:
-    """The domain's DKIM keys (RSA-2048 and Ed25519), created when missing."""
+async def _ensure_dkim_keys(store: Store, domain: str) -> tuple[dkim.DkimKey, ...]:
+    """The domain's DKIM keys (RSA-2048 and Ed25519), created in the store when missing."""
     try:
-        return dkim.ensure_keys(data_dir, domain, datetime.now(UTC))
-    except (dkim.DkimError, OSError) as exc:
+        return await dkim.ensure_keys(store.keys, domain, datetime.now(UTC))
+    except (dkim.DkimError, StoreError, OSError) as exc:
         raise CliError(f"DKIM keys for {domain}: {exc}") from None
 
 
-def _load_dkim_keys(data_dir: Path, domain: str) -> tuple[dkim.DkimKey, ...]:
+async def _load_dkim_keys(store: Store, domain: str) -> tuple[dkim.DkimKey, ...]:
     try:
-        return dkim.load_keys(data_dir, domain)
-    except (dkim.DkimError, OSError) as exc:
+        return await dkim.load_keys(store.keys, domain)
+    except (dkim.DkimError, StoreError, OSError) as exc:
         raise CliError(f"DKIM keys for {domain}: {exc}") from None
 
 
@@ -649,17 +652,20 @@ def cmd_dns(args: argparse.Namespace) -> int:
         config = _load(args)
         hostname = config.hostname
         ports = _client_ports(config.listen)
-    if config is not None and not args.force:
+    keys: tuple[dkim.DkimKey, ...] | None = None
+    if config is not None:
+        # The DKIM keys are in the store (files in the data directory, or the database).
+        async def read_keys(store: Store) -> int:
+            nonlocal keys
+            if not args.force and not await store.is_local_domain(domain):
+                raise CliError(
+                    f"{domain} is not a local domain: add it with `{command_prefix(args.config)} domain add {domain}` first, "
+                    "or pass --force to print its records anyway"
+                )
+            keys = await _load_dkim_keys(store, domain)
+            return 0
 
-        async def is_local(store: Store) -> int:
-            return int(await store.is_local_domain(domain))
-
-        if not _with_configured_store(args, config, is_local):
-            raise CliError(
-                f"{domain} is not a local domain: add it with `{command_prefix(args.config)} domain add {domain}` first, "
-                "or pass --force to print its records anyway"
-            )
-    keys = _load_dkim_keys(config.data_dir, domain) if config is not None else None
+        _with_configured_store(args, config, read_keys)
     print(format_records(records_for(domain, hostname, ports, dkim_keys=keys)), end="")
     return 0
 
@@ -681,11 +687,11 @@ def cmd_domain(args: argparse.Namespace) -> int:
             if await store.is_local_domain(domain):
                 raise CliError(f"domain {domain} already exists")
             await store.add_domain(domain)
-            keys = _ensure_dkim_keys(config.data_dir, domain)
+            keys = await _ensure_dkim_keys(store, domain)
             print(f"added domain {domain}")
             print(
                 f"DKIM keys (selectors {', '.join(key.selector for key in keys)}) are in "
-                f"{dkim.key_dir(config.data_dir, domain)}; publish them: {command_prefix(args.config)} dns {domain}"
+                f"{store.keys.dkim_location(domain)}; publish them: {command_prefix(args.config)} dns {domain}"
             )
         else:
             if not await store.is_local_domain(domain):
@@ -700,11 +706,11 @@ def cmd_domain(args: argparse.Namespace) -> int:
                 await store.delete_alias(alias.source, alias.target)
             await store.delete_domain(domain)
             print(f"deleted domain {domain}")
-            directory = dkim.key_dir(config.data_dir, domain)
-            if directory.is_dir():
+            if await store.keys.dkim_keys(domain):
                 # Kept: re-adding the domain signs with the key DNS may still publish, and a
                 # private key is the operator's to destroy.
-                print(f"note: its DKIM keys stay in {directory}; delete them yourself", file=sys.stderr)
+                location = store.keys.dkim_location(domain)
+                print(f"note: its DKIM keys stay in {location}; delete them yourself", file=sys.stderr)
         return 0
 
     return _with_configured_store(args, config, act)

@@ -75,8 +75,8 @@ def records_for(
     `domain` and `hostname` must already be in A-label (IDNA) form. `ports` maps listener roles
     (as in `[listen]`) to the port clients should use; a role that is missing is not advertised.
     `sts_id` is the MTA-STS policy id (RFC 8461 §3.1): change it whenever the policy changes.
-    `dkim_keys` are the domain's signing keys (`delivery.dkim.load_keys`); None when no data
-    directory was at hand to read them from, () when the domain has none.
+    `dkim_keys` are the domain's signing keys (`delivery.dkim.load_keys`); None when no store
+    was at hand to read them from, () when the domain has none.
     """
     ports = PRODUCTION_PORTS if ports is None else ports
     zone = fqdn(domain)
@@ -112,14 +112,15 @@ def records_for(
             f"DKIM (RFC 6376): Surat signs outbound mail from {zone.rstrip('.')} with {algorithms}",
             "(RFC 8463); publish every record below. Verifiers join a TXT record's strings without",
             "separators (RFC 6376 §3.6.2.2): a 2048-bit RSA key does not fit one 255-octet string.",
-            "Keys live in the data directory (dkim/); a newer key gets a new dated selector, so",
-            "keep the old record until mail signed with it has been read.",
+            "Keys live in the store (SQLite: the data directory's dkim/; PostgreSQL: the database), one",
+            "per algorithm for every node; a newer key gets a new dated selector, so keep the old",
+            "record until mail signed with it has been read.",
         ]
         for key in dkim_keys:
             add(key.record_name, "TXT", _txt(key.txt_record), "DKIM")
     elif dkim_keys is None:
         notes["DKIM"] = [
-            "DKIM: the signing keys are in the server's data directory; run `surat dns` with the",
+            "DKIM: the signing keys are in the server's store; run `surat dns` with the",
             "server's config (without --hostname, or with --config) to print their records.",
         ]
     else:

@@ -19,7 +19,7 @@ import pytest
 from conftest import PASSWORD, ROLES, RunningServer, dev_certificates, free_port, inbox, queue
 from postfix_instance import postfix_peer
 
-from dkim_keys import count_signatures
+from dkim_keys import count_signatures, data_dir_keys, ensure_data_dir_keys, save_data_dir_keys
 from dsn_reports import dsn_parts
 from surat.app import SuratServer
 from surat.config import Config, parse_config
@@ -127,7 +127,7 @@ def remote(tmp_path: Path) -> Iterator[Peer]:
 
 
 def publish_dkim_keys(sender: Peer, resolver: FakeResolver) -> None:
-    keys = dkim.ensure_keys(sender.config.data_dir, "example.test", datetime.now(UTC))
+    keys = ensure_data_dir_keys(sender.config.data_dir, "example.test", datetime.now(UTC))
     for key in keys:
         resolver.set(key.record_name, "TXT", ["".join(key.txt_strings)])
 
@@ -314,7 +314,7 @@ def test_a_message_deferred_many_times_is_signed_once_when_submitted(
             assert calls == ["example.test"]  # at submission, before any attempt
             (delivered,) = wait_for(lambda: peer.messages)
             wait_for(lambda: not queue(sender))
-            keys = dkim.load_keys(sender.config.data_dir, "example.test")
+            keys = data_dir_keys(sender.config.data_dir, "example.test")
         finally:
             sender.stop()
     assert peer.sessions == 4  # three deferrals, then the delivery
@@ -339,13 +339,15 @@ def test_a_key_rotated_while_the_message_waits_does_not_resign_it(
             submit(sender, ["user@grey.test"], subject="rotated")
             wait_for(lambda: refusing.sessions >= 1)
             (entry,) = queue(sender)
-            old_selectors = [key.selector for key in dkim.load_keys(sender.config.data_dir, "example.test")]
+            old_selectors = [key.selector for key in data_dir_keys(sender.config.data_dir, "example.test")]
         finally:
             sender.stop()
     # The operator rotates: newer keys are what `load_keys` (and so a restarted server) signs with.
     data_dir = sender.config.data_dir
-    dkim.save_keys(data_dir, dkim.generate_keys("example.test", datetime(2099, 1, 1, tzinfo=UTC)))
-    assert [k.selector for k in dkim.load_keys(data_dir, "example.test")] == ["s20990101r", "s20990101e"]
+    rotated = datetime(2099, 1, 1, tzinfo=UTC)
+    save_data_dir_keys(data_dir, dkim.generate_keys("example.test", rotated), rotated)
+    assert [k.selector for k in data_dir_keys(data_dir, "example.test")] == ["s20990101r", "s20990101e"]
+    assert (data_dir / "dkim" / "example.test" / "s20990101e.pem").is_file()  # files where they were
     calls = count_signatures(monkeypatch)
     with ScriptedPeer() as peer:
         restarted = restart_sender(tmp_path, {"grey.test": f"127.0.0.1:{peer.port}"})

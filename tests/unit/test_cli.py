@@ -19,6 +19,7 @@ import dns.zone
 import pytest
 from cryptography import x509
 
+from dkim_keys import data_dir_keys
 from staging import staged
 from surat import cli
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
@@ -696,9 +697,12 @@ MESSAGE = (
 
 def test_quickstart_creates_dkim_keys_and_prints_their_records(dev: Setup) -> None:
     config = dev.config()
-    keys = dkim.load_keys(config.data_dir, DOMAIN)
+    keys = data_dir_keys(config.data_dir, DOMAIN)
     assert [k.algorithm for k in keys] == [dkim.DkimAlgorithm.RSA, dkim.DkimAlgorithm.ED25519]
-    for path in dkim.key_dir(config.data_dir, DOMAIN).glob("*.pem"):
+    # where a single-node install has always kept them
+    paths = sorted((config.data_dir / "dkim" / DOMAIN).glob("*.pem"))
+    assert [path.stem for path in paths] == sorted(key.selector for key in keys)
+    for path in paths:
         assert (path.stat().st_mode & 0o077) == 0  # private keys: owner only
     records = _published_txt(dev.output[dev.output.index("; DNS records") :], DOMAIN)
     for key in keys:
@@ -709,7 +713,7 @@ def test_dns_prints_dkim_records_that_verify_a_signed_message(surat: Callable[..
     result = surat("--config", str(dev.config_file), "dns", DOMAIN)
     assert result.code == 0, result.err
     records = _published_txt(result.out, DOMAIN)
-    keys = dkim.load_keys(dev.config().data_dir, DOMAIN)
+    keys = data_dir_keys(dev.config().data_dir, DOMAIN)
     assert {k.record_name.encode() for k in keys} <= records.keys()
     signed = dkim.sign(MESSAGE, DOMAIN, keys) + MESSAGE
     assert _verify_with(records, signed) == [True, True]  # RSA and Ed25519
@@ -736,7 +740,7 @@ def test_domain_add_creates_dkim_keys_and_del_keeps_them(surat: Callable[..., Ru
     data_dir = dev.config().data_dir
     added = surat("--config", c, "domain", "add", "other.test")
     assert added.code == 0, added.err
-    keys = dkim.load_keys(data_dir, "other.test")
+    keys = data_dir_keys(data_dir, "other.test")
     assert len(keys) == 2
     for key in keys:
         assert key.selector in added.out
@@ -746,11 +750,11 @@ def test_domain_add_creates_dkim_keys_and_del_keeps_them(surat: Callable[..., Ru
     assert _verify_with(records, dkim.sign(message, "other.test", keys) + message) == [True, True]
     deleted = surat("--config", c, "domain", "del", "other.test")
     assert deleted.code == 0
-    assert "DKIM keys stay" in deleted.err and str(dkim.key_dir(data_dir, "other.test")) in deleted.err
-    assert dkim.load_keys(data_dir, "other.test") == keys  # still on disk
+    assert "DKIM keys stay" in deleted.err and str(data_dir / "dkim" / "other.test") in deleted.err
+    assert data_dir_keys(data_dir, "other.test") == keys  # still on disk
     # Added again: the same keys, so records already published keep verifying.
     assert surat("--config", c, "domain", "add", "other.test").code == 0
-    assert dkim.load_keys(data_dir, "other.test") == keys
+    assert data_dir_keys(data_dir, "other.test") == keys
 
 
 # ----------------------------------------------------------------------------------------- check

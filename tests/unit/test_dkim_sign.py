@@ -29,7 +29,6 @@ from surat.delivery.dkim import (
     generate_key,
     generate_keys,
     headers_to_sign,
-    key_dir,
     key_from_pem,
     load_keys,
     normalize_domain,
@@ -41,6 +40,7 @@ from surat.delivery.dkim import (
 from surat.dns.fake import FakeResolver
 from surat.mailauth.dkim_canon import MessageFormatError, parse_message
 from surat.mailauth.dkim_verify import DKIMStatus, verify_dkim
+from surat.store.keyfiles import FileKeyStore
 
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
@@ -143,55 +143,67 @@ def test_key_from_pem_detects_algorithm_and_rejects_others(keys: tuple[DkimKey, 
         )
 
 
-# ----------------------------------------------------------------------------------------- files
+# ----------------------------------------------------------------------------------------- key files
+# A SQLite store keeps the keys as files in its data directory (surat.store.keyfiles); the same
+# promises on every backend are in tests/store_contract/test_keys.py.
 
 
-def test_save_and_load_with_private_permissions(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
-    paths = save_keys(tmp_path, keys)
-    directory = key_dir(tmp_path, "example.com")
-    assert directory == tmp_path / "dkim" / "example.com"
-    assert sorted(p.name for p in paths) == ["s20261126e.pem", "s20261126r.pem"]
+async def test_save_and_load_with_private_permissions(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+    store = FileKeyStore(tmp_path)
+    await save_keys(store, keys, NOW)
+    directory = tmp_path / "dkim" / "example.com"
+    assert store.dkim_location("EXAMPLE.com") == str(directory)
     assert sorted(p.name for p in directory.iterdir()) == ["s20261126e.pem", "s20261126r.pem"]
-    for path in paths:
+    for path in directory.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_bytes() in (keys[0].private_pem, keys[1].private_pem)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert load_keys(tmp_path, "EXAMPLE.com") == keys
-    assert load_keys(tmp_path, "other.example") == ()
+    assert stat.S_IMODE(directory.parent.stat().st_mode) == 0o700
+    assert await load_keys(store, "EXAMPLE.com") == keys
+    assert await load_keys(store, "other.example") == ()
 
 
-def test_save_never_overwrites(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
-    save_keys(tmp_path, keys[:1])
-    before = (key_dir(tmp_path, "example.com") / "s20261126r.pem").read_bytes()
+async def test_save_never_overwrites(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+    store = FileKeyStore(tmp_path)
+    await save_keys(store, keys[:1], NOW)
+    path = tmp_path / "dkim" / "example.com" / "s20261126r.pem"
+    before = path.read_bytes()
     with pytest.raises(DkimError, match="already exists"):
-        save_keys(tmp_path, [generate_key("example.com", DkimAlgorithm.ED25519, NOW, "s20261126r")])
-    assert (key_dir(tmp_path, "example.com") / "s20261126r.pem").read_bytes() == before
-    assert [p.name for p in key_dir(tmp_path, "example.com").iterdir()] == ["s20261126r.pem"]
+        await save_keys(store, [generate_key("example.com", DkimAlgorithm.ED25519, NOW, "s20261126r")], NOW)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["s20261126r.pem"]  # no temporary left either
 
 
-def test_load_picks_the_newest_key_per_algorithm(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+async def test_load_picks_the_newest_key_per_algorithm(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
+    store = FileKeyStore(tmp_path)
     newer_ed = generate_key("example.com", DkimAlgorithm.ED25519, datetime(2027, 3, 1, tzinfo=UTC))
     same_day_ed = generate_key("example.com", DkimAlgorithm.ED25519, NOW, "s20261126e2")
-    save_keys(tmp_path, [*keys, same_day_ed])
-    assert load_keys(tmp_path, "example.com") == (keys[0], same_day_ed)
-    save_keys(tmp_path, [newer_ed])
-    (key_dir(tmp_path, "example.com") / "notes.pem").write_text("not a key")
-    assert load_keys(tmp_path, "example.com") == (keys[0], newer_ed)
+    await save_keys(store, [*keys, same_day_ed], NOW)
+    assert await load_keys(store, "example.com") == (keys[0], same_day_ed)
+    await save_keys(store, [newer_ed], NOW)
+    (tmp_path / "dkim" / "example.com" / "notes.pem").write_text("not a key")  # not a selector: ignored
+    assert await load_keys(store, "example.com") == (keys[0], newer_ed)
 
 
-def test_ensure_keys_creates_what_is_missing_once(tmp_path: Path, keys: tuple[DkimKey, DkimKey]) -> None:
-    save_keys(tmp_path, keys[:1])  # RSA only: Ed25519 is missing
-    ensured = ensure_keys(tmp_path, "example.com", NOW)
+async def test_ensure_keys_creates_what_is_missing_once(
+    tmp_path: Path, keys: tuple[DkimKey, DkimKey]
+) -> None:
+    store = FileKeyStore(tmp_path)
+    await save_keys(store, keys[:1], NOW)  # RSA only: Ed25519 is missing
+    ensured = await ensure_keys(store, "example.com", NOW)
     assert ensured[0] == keys[0]
     # Same day, but the Ed25519 selector is free: it gets the plain dated name.
     assert ensured[1].algorithm is DkimAlgorithm.ED25519
     assert ensured[1].selector == "s20261126e"
-    assert ensure_keys(tmp_path, "example.com", NOW) == ensured
-    # A selector whose name is taken (here by a stray directory) is never reused: a suffix is added.
-    other_dir = tmp_path / "other"
-    key_dir(other_dir, "example.com").mkdir(parents=True)
-    (key_dir(other_dir, "example.com") / "s20261126e.pem").mkdir()
-    fresh = ensure_keys(other_dir, "example.com", NOW)
-    assert [key.selector for key in fresh] == ["s20261126r", "s20261126e2"]
+    assert await ensure_keys(store, "example.com", NOW) == ensured
+    # A selector that is taken (here by an RSA key under an Ed25519-looking name) is never reused:
+    # a suffix is added.
+    other = FileKeyStore(tmp_path / "other")
+    odd = generate_key("example.com", DkimAlgorithm.RSA, NOW, "s20261126e")
+    await save_keys(other, [odd], NOW)
+    fresh = await ensure_keys(other, "example.com", NOW)
+    assert [key.selector for key in fresh] == ["s20261126e", "s20261126e2"]
+    assert [key.algorithm for key in fresh] == [DkimAlgorithm.RSA, DkimAlgorithm.ED25519]
 
 
 # ----------------------------------------------------------------------------------------- signing
@@ -362,8 +374,10 @@ def test_unsplittable_header_is_a_dkim_error(keys: tuple[DkimKey, DkimKey]) -> N
 
 
 def test_signing_keys_load_once_and_sign_in_a_thread_or_inline(tmp_path: Path) -> None:
+    store = FileKeyStore(tmp_path)
+
     async def run(in_thread: bool) -> bytes:
-        signing_keys = SigningKeys(tmp_path, in_thread=in_thread)
+        signing_keys = SigningKeys(store, in_thread=in_thread)
         first = await signing_keys.get("example.com", NOW)
         assert await signing_keys.get("example.com", NOW) is first  # kept, not read again
         return await signing_keys.sign(MESSAGE, "example.com", NOW)
@@ -371,7 +385,8 @@ def test_signing_keys_load_once_and_sign_in_a_thread_or_inline(tmp_path: Path) -
     for in_thread in (True, False):
         signature = asyncio.run(run(in_thread))
         assert [_tags(field)["t"] for field in _fields(signature)] == [str(int(NOW.timestamp()))] * 2
-        assert _verify_all(signature + MESSAGE, txt_lookup(load_keys(tmp_path, "example.com"))) == [
+        published = asyncio.run(load_keys(store, "example.com"))
+        assert _verify_all(signature + MESSAGE, txt_lookup(published)) == [
             True,
             True,
         ]
@@ -412,12 +427,12 @@ def test_fuzz_signatures_verify_or_are_refused(
 
 def test_concurrent_first_uses_of_a_domain_create_its_keys_once(tmp_path: Path) -> None:
     async def run() -> list[tuple[SigningKey, ...]]:
-        signing_keys = SigningKeys(tmp_path)
+        signing_keys = SigningKeys(FileKeyStore(tmp_path))
         return await asyncio.gather(*(signing_keys.get("example.com", NOW) for _ in range(4)))
 
     first, *others = asyncio.run(run())
     assert all(keys is first for keys in others)
-    assert sorted(p.name for p in key_dir(tmp_path, "example.com").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "dkim" / "example.com").iterdir()) == [
         "s20261126e.pem",
         "s20261126r.pem",
     ]

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from surat.config import parse_config
+from surat.delivery.dkim import SigningKeys
 from surat.net.connection import OUTPUT_HIGH_WATER, TLSInfo
 from surat.smtpd.service import Role, SMTPService
+from surat.store.keyfiles import FileKeyStore
 
 
 class FloodConnection:
@@ -41,7 +43,7 @@ async def test_pipelined_ehlo_flood_is_written_in_bounded_pieces(tmp_path: Path)
         {"hostname": "mail.example.test", "limits": {"greet_pause": 0, "mail_auth": False}}, base_dir=tmp_path
     )
     store: Any = None  # EHLO touches no store
-    service = SMTPService(config, store, None)
+    service = SMTPService(config, store, None, signing_keys=SigningKeys(FileKeyStore(tmp_path)))
     commands = 65536 // len(b"EHLO client.example\r\n")  # one read's worth: ~3 000 commands
     conn = FloodConnection(b"EHLO client.example\r\n" * commands)
     await service.handle(conn, Role.MX)  # type: ignore[arg-type]

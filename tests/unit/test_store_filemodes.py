@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from surat.app import load_or_create_secret
 from surat.passwords import make_credentials
 from surat.smtpd.message import Spool
 from surat.store.base import Delivery, MailboxTarget, OutboundMessage, OutboundRecipient
@@ -61,7 +60,7 @@ async def test_store_creates_everything_owner_only(tmp_path: Path) -> None:
         await store.deliver(
             Delivery(spool.staged, spool.size, WHEN, local=(MailboxTarget(account.id),), remote=outbound)
         )
-        load_or_create_secret(data)
+        await store.keys.installation_secret()
         index = data / INDEX_FILE
         wal, shm = (index.with_name(index.name + suffix) for suffix in ("-wal", "-shm"))
         assert wal.exists() and shm.exists()

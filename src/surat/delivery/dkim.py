@@ -5,11 +5,12 @@ signatures: Ed25519 is short and fast but not every verifier knows it yet (RFC 8
 signers to keep an RSA signature alongside), and a verifier ignores a signature whose algorithm
 it does not know (RFC 6376 §6.1.1), so two signatures never hurt.
 
-Keys live in files, `<data_dir>/dkim/<domain>/<selector>.pem` (directory 0700, file 0600), not in
-the store: a private key is a secret like the TLS key next to it, and the message database is
-copied, backed up and read by more people and tools than the key should be. Generation itself is
-pure (`generate_keys` returns PEM in a `DkimKey`), so a later multi-node key store can keep the
-same values elsewhere without touching the signing code.
+Keys are kept by the store's `KeyStore` role (store/base.py), which every node of an installation
+shares (issue 12): the SQLite store keeps them as files, `<data_dir>/dkim/<domain>/<selector>.pem`
+(directory 0700, file 0600; store/keyfiles.py), the PostgreSQL store in its `dkim_keys` table, so
+that every node signs with the one key a domain publishes. Generation itself is pure
+(`generate_keys` returns PEM in a `DkimKey`); this module reads and adds keys only through the
+store.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import base64
 import enum
 import functools
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,12 +40,11 @@ from surat.mailauth.dkim_canon import (
     signature_field_data,
 )
 from surat.message.headers import Header
-from surat.store.filemodes import make_private_dir
+from surat.store.base import DKIM_SELECTOR_RE, AlreadyExists, KeyStore, StoredDkimKey
 
 log = logging.getLogger(__name__)
 
 RSA_BITS = 2048  # RFC 8301 §3.2: at least 1024, SHOULD be 2048 bits
-KEY_DIR = "dkim"
 _TXT_STRING_MAX = 255  # RFC 1035 §3.3.14: one character-string is at most 255 octets
 
 # RFC 6376 §5.4.1's recommended list, plus the fields that decide how the signed body is shown
@@ -85,7 +83,6 @@ OVERSIGNED_HEADERS: tuple[str, ...] = ("from", "to", "subject", "date", "message
 _DOMAIN_RE = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
-_SELECTOR_RE = re.compile(r"^s(\d{8})([re])(\d*)$")
 
 
 class DkimError(Exception):
@@ -202,95 +199,83 @@ def key_from_pem(domain: str, selector: str, pem: bytes) -> DkimKey:
     return DkimKey(normalize_domain(domain), selector, algorithm, _public_key_b64(private), pem)
 
 
-# ----------------------------------------------------------------------------------------- files
+# ----------------------------------------------------------------------------------------- the store
 
 
-def key_dir(data_dir: Path, domain: str) -> Path:
-    return data_dir / KEY_DIR / normalize_domain(domain)
+def _stored(key: DkimKey, now: datetime) -> StoredDkimKey:
+    return StoredDkimKey(key.domain, key.selector, key.algorithm.value, key.private_pem, now)
 
 
-def save_keys(data_dir: Path, keys: Iterable[DkimKey]) -> list[Path]:
-    """Write each key to `<data_dir>/dkim/<domain>/<selector>.pem` (0600, atomically).
-
-    An existing file for the same selector is never overwritten: its public half may already be
-    published, and replacing it would break every signature until DNS catches up.
-    """
-    written: list[Path] = []
+async def save_keys(store: KeyStore, keys: Iterable[DkimKey], now: datetime) -> None:
+    """Add each key to the store. An existing selector is never replaced (DkimError): its public half
+    may already be published, and replacing it would break every signature until DNS catches up."""
     for key in keys:
-        directory = key_dir(data_dir, key.domain)
-        make_private_dir(directory.parent, parents=True)  # <data_dir>/dkim too, not only the domain's
-        make_private_dir(directory)
-        path = directory / f"{key.selector}.pem"
-        if path.exists():
-            raise DkimError(f"DKIM key {path} already exists")
-        tmp = directory / f".{key.selector}.pem.tmp"
-        # O_EXCL with the mode given at creation: the key is never readable by others, not even
-        # between open and chmod.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(key.private_pem)
-                file.flush()
-                os.fsync(file.fileno())
-            os.link(tmp, path)  # fails instead of replacing if the selector appeared meanwhile
-        except FileExistsError:
-            raise DkimError(f"DKIM key {path} already exists") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        written.append(path)
-    return written
+            await store.add_dkim_key(_stored(key, now))
+        except AlreadyExists:
+            raise DkimError(f"DKIM key {key.selector} for {key.domain} already exists") from None
 
 
-def load_keys(data_dir: Path, domain: str) -> tuple[DkimKey, ...]:
-    """The newest key per algorithm for `domain` (RSA first); () when the domain has none.
-
-    Selectors carry their date, so the newest is the greatest name. Older keys stay on disk (and
-    in DNS) until messages signed with them have been verified; removing them is the operator's.
-    """
-    directory = key_dir(data_dir, domain)
-    if not directory.is_dir():
-        return ()
+def _newest(domain: str, stored: Sequence[StoredDkimKey]) -> tuple[DkimKey, ...]:
     newest: dict[DkimAlgorithm, DkimKey] = {}
-    for path in sorted(directory.glob("*.pem")):
-        selector = path.stem
-        if not _SELECTOR_RE.match(selector) or not path.is_file():
+    for item in stored:
+        if not DKIM_SELECTOR_RE.match(item.selector):
             continue
-        key = key_from_pem(domain, selector, path.read_bytes())
+        key = key_from_pem(domain, item.selector, item.private_pem)
         current = newest.get(key.algorithm)
-        if current is None or _selector_order(selector) > _selector_order(current.selector):
+        if current is None or _selector_order(item.selector) > _selector_order(current.selector):
             newest[key.algorithm] = key
     return tuple(newest[algorithm] for algorithm in DkimAlgorithm if algorithm in newest)
 
 
+async def load_keys(store: KeyStore, domain: str) -> tuple[DkimKey, ...]:
+    """The newest key per algorithm for `domain` (RSA first); () when the domain has none.
+
+    Selectors carry their date, so the newest is the greatest name. Older keys stay in the store (and
+    in DNS) until messages signed with them have been verified; removing them is the operator's.
+    The keys are parsed in a thread: an RSA key's checks take milliseconds.
+    """
+    domain = normalize_domain(domain)
+    stored = await store.dkim_keys(domain)
+    return await asyncio.to_thread(_newest, domain, stored)
+
+
 def _selector_order(selector: str) -> tuple[str, int]:
-    match = _SELECTOR_RE.match(selector)
+    match = DKIM_SELECTOR_RE.match(selector)
     assert match is not None
     return match.group(1), int(match.group(3) or 0)
 
 
-def ensure_keys(data_dir: Path, domain: str, now: datetime) -> tuple[DkimKey, ...]:
-    """The domain's keys, generating and saving whichever algorithm is missing (for `domain add`).
+async def ensure_keys(store: KeyStore, domain: str, now: datetime) -> tuple[DkimKey, ...]:
+    """The domain's keys, generating and adding whichever algorithm is missing (`domain add`, the
+    first message of a new domain).
 
-    When the dated selector's file name is already taken, a numeric suffix is added
-    (`s20261126r2`): an existing file is never replaced.
+    Several processes or nodes may do this at once for one domain: each adds its new key only if the
+    domain still has none of that algorithm (`only_first_of_algorithm`, atomic in the store), and
+    all of them then read the same keys back, so one key per algorithm is published and used.
+    When the dated selector is already taken, a numeric suffix is added (`s20261126r2`): an existing
+    selector is never replaced.
     """
-    existing = {key.algorithm: key for key in load_keys(data_dir, domain)}
-    directory = key_dir(data_dir, domain)
-    for algorithm in DkimAlgorithm:
-        if algorithm in existing:
-            continue
+    domain = normalize_domain(domain)
+    existing = await load_keys(store, domain)
+    present = {key.algorithm for key in existing}
+    missing = [algorithm for algorithm in DkimAlgorithm if algorithm not in present]
+    if not missing:
+        return existing
+    taken = {item.selector for item in await store.dkim_keys(domain)}
+    for algorithm in missing:
         base = selector_for(algorithm, now)
         selector, counter = base, 1
-        while (directory / f"{selector}.pem").exists():
+        while selector in taken:
             counter += 1
             selector = f"{base}{counter}"
-        save_keys(data_dir, [generate_key(domain, algorithm, now, selector)])
-    return load_keys(data_dir, domain)
+        # RSA-2048 generation takes a tenth of a second or more: not on the event loop.
+        key = await asyncio.to_thread(generate_key, domain, algorithm, now, selector)
+        try:
+            await store.add_dkim_key(_stored(key, now), only_first_of_algorithm=True)
+        except AlreadyExists:
+            raise DkimError(f"DKIM key {selector} for {domain} already exists") from None
+    return await load_keys(store, domain)
 
 
 # ----------------------------------------------------------------------------------------- signing
@@ -450,36 +435,37 @@ def sign(
 class SigningKeys:
     """Each domain's signing keys, read and parsed once, for the submission service and the queue.
 
-    A key added on disk while the server runs (a rotation) is picked up at the next start; what was
-    queued before is delivered with the signature it got when it was queued (issue 18).
+    A key added to the store while the server runs (a rotation) is picked up at the next start; what
+    was queued before is delivered with the signature it got when it was queued (issue 18).
     """
 
-    def __init__(self, data_dir: Path, *, in_thread: bool = True) -> None:
-        self.data_dir = data_dir
+    def __init__(self, store: KeyStore, *, in_thread: bool = True) -> None:
+        self.store = store
         # Sign in the default executor: OpenSSL's RSA step lets go of the GIL, so the event loop
         # goes on meanwhile (see docs/performance.md, issue 18, for the figures); off: sign on
         # the loop, messages up to INLINE_SIGN_LIMIT.
         self.in_thread = in_thread
         self._keys: dict[str, tuple[SigningKey, ...]] = {}
-        # One load at a time: two first messages of a new domain must not both create its keys
-        # (the second `save_keys` would find the selector taken and the message go out unsigned).
+        # One load at a time in this process: two first messages of a new domain need not both make
+        # keys (the store would keep only one of each algorithm anyway, see ensure_keys).
         self._loading = asyncio.Lock()
 
-    def load(self, domain: str, now: datetime) -> tuple[SigningKey, ...]:
-        """The domain's keys, created when missing (file I/O: call it in a thread)."""
+    async def load(self, domain: str, now: datetime) -> tuple[SigningKey, ...]:
+        """The domain's keys, created in the store when missing, read again from it."""
         domain = normalize_domain(domain)
-        keys = tuple(SigningKey.from_key(key) for key in ensure_keys(self.data_dir, domain, now))
+        stored = await ensure_keys(self.store, domain, now)
+        keys = await asyncio.to_thread(lambda: tuple(SigningKey.from_key(key) for key in stored))
         self._keys[domain] = keys
         return keys
 
     async def get(self, domain: str, now: datetime) -> tuple[SigningKey, ...]:
-        """The domain's keys (`domain` lower case), loaded in a thread the first time."""
+        """The domain's keys (`domain` lower case), loaded the first time."""
         keys = self._keys.get(domain)
         if keys is None:
             async with self._loading:
                 keys = self._keys.get(domain)
                 if keys is None:
-                    keys = await asyncio.get_running_loop().run_in_executor(None, self.load, domain, now)
+                    keys = await self.load(domain, now)
         return keys
 
     async def sign(self, message: bytes, domain: str, now: datetime, header: Header | None = None) -> bytes:

@@ -258,7 +258,7 @@ class QueueRunner:
         self._per_domain: dict[str, asyncio.Semaphore] = {}
         self._domain_users: dict[str, int] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self.signing_keys = signing_keys or dkim.SigningKeys(data_dir)
+        self.signing_keys = signing_keys or dkim.SigningKeys(store.keys)
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
         self._subscription: Subscription | None = None

@@ -138,7 +138,7 @@ class SMTPService:
         self.sending_limiter: SendingLimiter = sending_limiter or StoreSendingLimiter.from_config(
             store, config.limits
         )
-        self.signing_keys = signing_keys or SigningKeys(config.data_dir)
+        self.signing_keys = signing_keys or SigningKeys(store.keys)
 
     def settings(self, role: Role) -> ServerSettings:
         limits = self.config.limits

@@ -14,6 +14,7 @@ can later live in PostgreSQL or an object store while metadata stays relational.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -436,6 +437,56 @@ class BlobStore(Protocol):
         ...
 
 
+# ----------------------------------------------------------------------------------------- shared keys
+
+
+# The length of a new installation secret; a stored one shorter than this is not used.
+INSTALLATION_SECRET_BYTES = 32
+# The DKIM selectors a store keeps: `s` + creation date + `r` (RSA) or `e` (Ed25519) + an optional
+# counter (surat.delivery.dkim.selector_for): one DNS label (RFC 6376 §3.1), dated so that the newest
+# key is the greatest, and safe as a file name.
+DKIM_SELECTOR_RE = re.compile(r"^s(\d{8})([re])(\d*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDkimKey:
+    """A DKIM signing key as the store keeps it; `surat.delivery.dkim` makes and parses them."""
+
+    domain: str  # A-label, lower case, no trailing dot
+    selector: str
+    algorithm: str  # "rsa" or "ed25519" (DkimAlgorithm's values)
+    private_pem: bytes = field(repr=False)  # PKCS#1 (RSA) or PKCS#8 (Ed25519), unencrypted
+    created_at: datetime  # when it was made; a key file reports its modification time
+
+
+class KeyStore(Protocol):
+    """What every node of one installation must hold alike (issue 12): the installation secret and
+    the DKIM signing keys. Each backend keeps them where its other data is: the SQLite store in files
+    of the data directory, the PostgreSQL store in the database every node shares."""
+
+    async def installation_secret(self) -> bytes:
+        """The installation's secret (at least INSTALLATION_SECRET_BYTES), created at the first call.
+        Two processes or nodes calling at once get the same one: SCRAM's fake salts for unknown users
+        derive from it, and two secrets would tell which users exist."""
+        ...
+
+    async def dkim_keys(self, domain: str) -> list[StoredDkimKey]:
+        """Every key of `domain` (A-label), in selector order; [] when it has none."""
+        ...
+
+    async def add_dkim_key(self, key: StoredDkimKey, *, only_first_of_algorithm: bool = False) -> bool:
+        """Store `key`. A selector of the domain is never
+        replaced: its public half may be published already (AlreadyExists). With
+        `only_first_of_algorithm`, nothing is stored when the domain has a key of that algorithm
+        already (False is returned), atomically across processes and nodes: two nodes making a new
+        domain's keys at once end with one key per algorithm."""
+        ...
+
+    def dkim_location(self, domain: str) -> str:
+        """Where `domain`'s keys are kept, for the operator (a directory, or the database)."""
+        ...
+
+
 # ----------------------------------------------------------------------------------------- the store
 
 
@@ -445,6 +496,9 @@ class Store(Protocol):
 
     @property
     def changes(self) -> ChangeFeed: ...
+
+    @property
+    def keys(self) -> KeyStore: ...
 
     async def open(self) -> None:
         """Create or migrate the schema, recover from a crash (staged leftovers and blobs no row

@@ -116,6 +116,7 @@ from surat.store.common import (
 )
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
+from surat.store.keyfiles import FileKeyStore
 from surat.store.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -357,6 +358,8 @@ class SQLiteStore:
         self.spool_dir = self.data_dir / "tmp"
         self.blob_dir = self.data_dir / "blobs"
         self.blobs = FileBlobStore(self.blob_dir, self.spool_dir)
+        # The installation secret and DKIM keys stay files in the data directory (keyfiles.py).
+        self.keys = FileKeyStore(self.data_dir)
         self.changes: ChangeFeed = feed if feed is not None else InProcessChangeFeed()
         if sync not in (SyncMode.AUTO, SyncMode.FSYNC, SyncMode.SYNCFS, SyncMode.NONE):
             raise ValueError(f"unknown sync mode {sync!r}")

@@ -12,8 +12,8 @@ than each worker binding its own with SO_REUSEPORT). Why:
 
 Start-up: crash recovery of the store (`SQLiteStore.open()` removes staged files and blobs without
 a row) runs here, once, before any worker exists; the workers open the store without it. The
-per-installation secret and the domains' DKIM keys are made here too, so that the workers do not
-race to create different ones.
+per-installation secret and the domains' DKIM keys are made here too (through the store, which makes
+them atomically anyway: store/keyfiles.py), so that no worker waits for a key at its first message.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import socket
 import sys
 from datetime import UTC, datetime
 
-from surat.app import StartupError, load_or_create_secret, stop_on_signals
+from surat.app import StartupError, stop_on_signals
 from surat.config import Config
 from surat.delivery.dkim import SigningKeys
 from surat.log import fields
@@ -82,14 +82,13 @@ class Supervisor:
         store = SQLiteStore(config.data_dir)
         await store.open()  # with recovery: no worker exists yet
         try:
-            domains = await store.list_domains()
+            await store.keys.installation_secret()
+            keys = SigningKeys(store.keys)
+            now = datetime.now(UTC)
+            for domain in await store.list_domains():
+                await keys.load(domain, now)
         finally:
             await store.close()
-        load_or_create_secret(config.data_dir)
-        keys = SigningKeys(config.data_dir)
-        now = datetime.now(UTC)
-        for domain in domains:
-            keys.load(domain, now)
 
     def _bind(self) -> None:
         try:

@@ -2,7 +2,8 @@
 
 The table `schema_version` holds one row per applied migration; the schema's version is the highest.
 Version 1 is the whole schema of the SQLite store at its migration 7 (src/surat/store/schema.py), in
-PostgreSQL types, plus what several nodes on one database need: queue leases and node ids. Never edit
+PostgreSQL types, plus what several nodes on one database need: queue leases and node ids. Version 2
+adds the installation secret and the DKIM keys, files in a SQLite store's data directory. Never edit
 a released migration: append a new one.
 
 Types: UIDs are 32-bit unsigned (RFC 9051 §2.3.1.1) and UIDVALIDITY too (§2.3.1.1), so both are
@@ -203,6 +204,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX sent_messages_user ON sent_messages("user", sent_at);
     CREATE INDEX sent_messages_sent_at ON sent_messages(sent_at)
+    """,
+    # 2: what every node must hold alike (issue 12), which the SQLite store keeps as files in the data
+    # directory: the installation secret and the DKIM signing keys (postgres/keys.py). Whoever reads
+    # these tables reads the private keys, as with the password hashes in `accounts`.
+    """
+    CREATE TABLE shared_secrets (
+        name text PRIMARY KEY,
+        value bytea NOT NULL CHECK (octet_length(value) >= 32)
+    );
+
+    -- No reference to `domains`: a deleted domain's keys stay (re-adding it signs with the key DNS
+    -- may still publish, and a private key is the operator's to destroy).
+    CREATE TABLE dkim_keys (
+        domain text NOT NULL,
+        selector text NOT NULL,
+        algorithm text NOT NULL CHECK (algorithm IN ('rsa', 'ed25519')),
+        private_pem bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (domain, selector)
+    )
     """,
 )
 

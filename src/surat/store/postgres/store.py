@@ -4,9 +4,9 @@ mailboxes.py, messages.py, blobs.py (message bodies in `blobs`/`blob_chunks`), r
 and the lock order).
 
 Implemented here: every Protocol method of the directory (domains, accounts, credentials, quotas,
-aliases, auth_clients, sent_messages), mailboxes and subscriptions, messages (deliver, append, list,
-get, flags, expunge, copy, move, changes_since, claim_recent, mailbox_status), the blob store, and
-the outbound queue with node ids and leases (queue.py). The change feed crosses nodes with
+aliases, auth_clients, sent_messages), the installation secret and DKIM keys (keys.py), mailboxes and
+subscriptions, messages (deliver, append, list, get, flags, expunge, copy, move, changes_since,
+claim_recent, mailbox_status), the blob store, and the outbound queue with node ids and leases (queue.py). The change feed crosses nodes with
 LISTEN/NOTIFY (feed.py). `surat serve` still refuses PostgreSQL (POSTGRESQL_NOT_YET in cli.py).
 
 `open()` does not create or upgrade the schema: that is `surat store init` (docs/store.md). It
@@ -25,6 +25,7 @@ from psycopg_pool import PoolTimeout
 from surat.store.postgres import schema
 from surat.store.postgres.blobs import PostgresBlobStore
 from surat.store.postgres.directory import DirectoryStore
+from surat.store.postgres.keys import PostgresKeyStore
 from surat.store.postgres.mailboxes import MailboxesStore
 from surat.store.postgres.messages import MessagesStore
 from surat.store.postgres.pool import CONNECT_TIMEOUT
@@ -38,6 +39,10 @@ class PostgresStore(QueueStore, MessagesStore, MailboxesStore, DirectoryStore):
     @functools.cached_property
     def blobs(self) -> PostgresBlobStore:
         return PostgresBlobStore(self)
+
+    @functools.cached_property
+    def keys(self) -> PostgresKeyStore:
+        return PostgresKeyStore(self)
 
     async def open(self) -> None:
         if self._open:
