@@ -123,6 +123,8 @@ T = TypeVar("T")
 Item = TypeVar("Item")  # what a _Coalescer queues
 
 INDEX_FILE = "index.sqlite3"
+BLOB_DIR = "blobs"  # message bodies, under data_dir (blobs.py)
+SPOOL_DIR = "tmp"  # staged messages, under data_dir
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
 FLAG_SYNC_DELAY = 1.0  # seconds: the longest a committed flag change waits for its WAL sync
@@ -346,8 +348,8 @@ class SQLiteStore:
         workers: int = 3,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.spool_dir = self.data_dir / "tmp"
-        self.blob_dir = self.data_dir / "blobs"
+        self.spool_dir = self.data_dir / SPOOL_DIR
+        self.blob_dir = self.data_dir / BLOB_DIR
         self.blobs = FileBlobStore(self.blob_dir, self.spool_dir)
         self.changes: ChangeFeed = feed if feed is not None else InProcessChangeFeed()
         if sync not in (SyncMode.AUTO, SyncMode.FSYNC, SyncMode.SYNCFS, SyncMode.NONE):
