@@ -14,7 +14,6 @@ import smtplib
 import sqlite3
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import DOMAIN, PASSWORD, USER, RunningServer, dev_certificates, make_config
+from test_store_init import surat
 
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
@@ -153,16 +153,6 @@ async def pop3_uidls(store: Store, address: str) -> list[bytes]:
     inbox = await store.get_mailbox(account.id, "INBOX")
     assert inbox is not None
     return [f"{inbox.uidvalidity}.{blob.uid}".encode() for blob in await store.list_message_blobs(inbox.id)]
-
-
-def surat(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "surat", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def migrate(config: Path, cluster: PostgresCluster, database: str) -> subprocess.CompletedProcess[str]:

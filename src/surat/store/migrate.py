@@ -306,6 +306,9 @@ class _Source:
         try:
             # Read-only: migrate never changes the source.
             self.conn = sqlite3.connect(f"file:{index.resolve()}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise MigrationRefused(f"cannot read the store in {data_dir}: {exc}") from None
+        try:
             self.conn.execute("PRAGMA busy_timeout = 10000")
             self.conn.execute("BEGIN")
             # The first read starts the snapshot; every later read in this transaction sees it.
@@ -313,6 +316,7 @@ class _Source:
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             self._data_version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error as exc:
+            self.conn.close()
             raise MigrationRefused(f"cannot read the store in {data_dir}: {exc}") from None
         expected = len(sqlite_schema.MIGRATIONS)
         if found != expected:
