@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
 from surat.config import postgresql_store
 from surat.passwords import make_credentials
 from surat.store import migrate as migrate_module
-from surat.store.base import Store
+from surat.store.base import Mailbox, Store
 from surat.store.migrate import MigrationFailed, Progress, migrate_to_postgresql
 from surat.store.postgres.schema import BLOB_CHUNK_SIZE
 from surat.store.postgres.store import PostgresStore
@@ -289,28 +290,38 @@ def test_migrate_copies_everything_clients_see(
     assert any(len(body) > 2 * BLOB_CHUNK_SIZE for body in source[f"{USER} INBOX bodies"])
 
 
-def test_ids_continue_after_the_copied_ones(
+def test_ids_and_uidvalidities_continue_after_the_copied_ones(
     filled: Filled, pg_cluster: PostgresCluster, pg_database: str
 ) -> None:
     assert migrate(filled.config, pg_cluster, pg_database).returncode == 0
+    with sqlite3.connect(filled.data_dir / INDEX_FILE) as conn:
+        max_account, max_mailbox, max_message, last_uidvalidity = conn.execute(
+            "SELECT (SELECT max(id) FROM accounts), (SELECT max(id) FROM mailboxes),"
+            " (SELECT max(id) FROM messages), (SELECT value FROM meta WHERE key = 'uidvalidity')"
+        ).fetchone()
 
-    async def add() -> tuple[int, int]:
+    async def add() -> tuple[int, Mailbox]:
         store = PostgresStore(pg_cluster.dsn(pg_database))
         await store.open()
         try:
             account = await store.add_account(f"erin@{DOMAIN}", make_credentials(PASSWORD))
-            mailbox = await store.create_mailbox(account.id, "Later")
-            return account.id, mailbox.id
+            alice = await store.get_account(USER)
+            assert alice is not None
+            # A name alice had and deleted: RFC 9051 §2.3.1.1, it must not get an old UIDVALIDITY.
+            recreated = await store.create_mailbox(alice.id, "Gone")
+            staged = store.blobs.stage()
+            await staged.write(message("after the move"))
+            await store.append(alice.id, recreated.id, staged, frozenset(), datetime.now(UTC))
+            return account.id, recreated
         finally:
             await store.close()
 
-    account_id, mailbox_id = asyncio.run(add())
-    with sqlite3.connect(filled.data_dir / INDEX_FILE) as conn:
-        max_account, max_mailbox = conn.execute(
-            "SELECT (SELECT max(id) FROM accounts), (SELECT max(id) FROM mailboxes)"
-        ).fetchone()
+    account_id, recreated = asyncio.run(add())
+    with psycopg.connect(pg_cluster.dsn(pg_database)) as target:
+        assert target.execute("SELECT max(id) FROM messages").fetchone() == (max_message + 1,)
     assert account_id == max_account + 1
-    assert mailbox_id > max_mailbox
+    assert recreated.id == max_mailbox + 1 + 6  # erin's six default mailboxes came first
+    assert recreated.uidvalidity > last_uidvalidity
 
 
 def test_a_target_with_data_is_refused_and_left_alone(

@@ -163,14 +163,9 @@ def _sent(row: tuple[Any, ...]) -> tuple[Any, ...]:
 @dataclass(frozen=True, slots=True)
 class _Table:
     name: str
-    source_columns: str  # selected from SQLite, in this order
+    columns: str  # spelled alike in both schemas, selected and copied in this order
     convert: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # a SQLite row -> the target's values
-    target_columns: str = ""  # the same columns in PostgreSQL (when spelled otherwise)
     order: str = ""  # SQLite ORDER BY: the copy goes in key order (the target's indexes like it)
-
-    @property
-    def columns(self) -> str:
-        return self.target_columns or self.source_columns
 
 
 # In the order of the target's foreign keys; blobs (and their chunks) go between subscriptions and
@@ -327,7 +322,7 @@ class _Source:
 
     def rows(self, table: _Table) -> sqlite3.Cursor:
         order = f" ORDER BY {table.order}" if table.order else ""
-        return self.conn.execute(f"SELECT {table.source_columns} FROM {table.name}{order}")
+        return self.conn.execute(f"SELECT {table.columns} FROM {table.name}{order}")
 
     def bodies(self) -> sqlite3.Cursor:
         """(blob id, size recorded, how many rows disagree on the size) of every body referred to, in
@@ -336,13 +331,6 @@ class _Source:
             "SELECT blob_id, max(size), count(DISTINCT size) FROM"
             " (SELECT blob_id, size FROM messages UNION ALL SELECT blob_id, size FROM queue)"
             " GROUP BY blob_id ORDER BY blob_id"
-        )
-
-    def body_count(self) -> int:
-        return int(
-            self.conn.execute(
-                "SELECT count(*) FROM (SELECT blob_id FROM messages UNION SELECT blob_id FROM queue)"
-            ).fetchone()[0]
         )
 
     def changed(self) -> bool:
