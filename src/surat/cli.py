@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
-from surat.config import Config, ConfigError, HostPort, ListenConfig, config_path, load_config
+from surat.config import (
+    Config,
+    ConfigError,
+    HostPort,
+    ListenConfig,
+    config_path,
+    load_config,
+    postgresql_store,
+    redacted_dsn,
+)
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
@@ -542,6 +551,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_store(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.action == "migrate":
+        return _store_migrate(args, config)
     location = store_location(config)
     try:
         found, now = asyncio.run(init_schema(config))
@@ -554,6 +565,65 @@ def cmd_store(args: argparse.Namespace) -> int:
         print(f"store: {location}: created schema version {now}")
     else:
         print(f"store: {location}: upgraded schema from version {found} to {now}")
+    return 0
+
+
+def _store_migrate(args: argparse.Namespace, config: Config) -> int:
+    """`surat store migrate --to DSN`: the configured SQLite store into an empty PostgreSQL database
+    (surat.store.migrate does the copying and the checks; this reads options and prints)."""
+    from surat.store.migrate import MigrationReport, Progress, migrate_to_postgresql  # noqa: PLC0415 (psycopg)
+
+    if config.store.backend != "sqlite":
+        raise CliError(
+            f"store migrate: the configured store is {config.store.backend} already; it copies from sqlite"
+        )
+    password_file = Path(args.password_file) if args.password_file else None
+    try:
+        target = postgresql_store(args.to, password_file, dsn_key="--to", file_key="--password-file")
+    except ConfigError as exc:
+        raise CliError(f"store migrate: {exc}", 2) from None
+    print(f"store migrate: {store_location(config)} -> {target.describe()}", flush=True)
+    show_progress = sys.stderr.isatty()
+
+    def progress(step: Progress) -> None:
+        if show_progress:
+            end = "\n" if step.bodies_done == step.bodies_total else ""
+            megabytes = step.bodies_done and step.bytes_done / 1e6
+            print(
+                f"\r  bodies {step.bodies_done}/{step.bodies_total}, {megabytes:.1f} MB",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        report: MigrationReport = asyncio.run(
+            migrate_to_postgresql(
+                config.data_dir,
+                target,
+                init_command=f"{command_prefix(args.config)} store init",
+                progress=progress,
+            )
+        )
+    except SchemaTooNew as exc:
+        raise CliError(f"store migrate: target {exc}") from None
+    except StoreError as exc:
+        raise CliError(f"store migrate: {exc}") from None
+    for table, rows in report.tables:
+        print(f"  {table:<17} {rows:>9} rows")
+    rate = report.messages / report.seconds if report.seconds > 0 else 0.0
+    print(
+        f"  {'message bodies':<17} {report.bodies:>9} ({report.body_bytes / 1e6:.1f} MB), SHA-256 verified\n"
+        f"copied and verified in {report.seconds:.1f} s: {report.messages} messages, {rate:.0f} messages/s"
+    )
+    password_line = (
+        f'\n  dsn_password_file = "{password_file.resolve()}"' if password_file is not None else ""
+    )
+    print(
+        "next: stop surat (if it runs), set in the config\n"
+        f'  [store]\n  backend = "postgresql"\n  dsn = "{redacted_dsn(target.dsn or "")}"{password_line}\n'
+        "then start surat"
+    )
     return 0
 
 
@@ -1052,6 +1122,17 @@ def build_parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="the store's schema")
     store_actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
     store_actions.add_parser("init", help="create or upgrade the schema of the configured store")
+    migrate = store_actions.add_parser(
+        "migrate", help="copy the configured SQLite store into an empty PostgreSQL database, verified"
+    )
+    migrate.add_argument(
+        "--to", required=True, metavar="DSN", help="the target database (libpq URL or key=value)"
+    )
+    migrate.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="a file holding the target database's password (as [store] dsn_password_file)",
+    )
     store.set_defaults(handler=cmd_store)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")

@@ -469,6 +469,19 @@ def _store_config(table: _Table, base_dir: Path) -> StoreConfig:
             "store.dsn",
             'missing: backend = "postgresql" needs the database, e.g. "postgresql://surat@db.example.com:5432/surat"',
         )
+    return postgresql_store(dsn, password_file)
+
+
+def postgresql_store(
+    dsn: str,
+    password_file: Path | None,
+    *,
+    dsn_key: str = "store.dsn",
+    file_key: str = "store.dsn_password_file",
+) -> StoreConfig:
+    """A postgresql StoreConfig for `dsn`, its password read from `password_file` (first line) if
+    given. Errors name `dsn_key`/`file_key`: the config's keys, or a command's options (`surat
+    store migrate --to DSN --password-file PATH` checks its target the same way)."""
     from psycopg import ProgrammingError  # noqa: PLC0415 (loaded only when the backend is used)
     from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
 
@@ -477,19 +490,19 @@ def _store_config(table: _Table, base_dir: Path) -> StoreConfig:
     except ProgrammingError:
         # psycopg's message quotes the string, which may hold a password: say only what is wrong.
         raise ConfigError(
-            "store.dsn", "not a libpq connection string (postgresql://user@host:port/database)"
+            dsn_key, "not a libpq connection string (postgresql://user@host:port/database)"
         ) from None
     password = None
     if password_file is not None:
         if "password" in params:
-            raise ConfigError("store.dsn_password_file", "the dsn holds a password already; keep one of them")
+            raise ConfigError(file_key, "the dsn holds a password already; keep one of them")
         try:
             password = password_file.read_text("utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("store.dsn_password_file", f"cannot read {password_file}: {exc}") from None
+            raise ConfigError(file_key, f"cannot read {password_file}: {exc}") from None
         if not password:
-            raise ConfigError("store.dsn_password_file", f"{password_file} is empty")
-    return StoreConfig(backend, dsn, password)
+            raise ConfigError(file_key, f"{password_file} is empty")
+    return StoreConfig("postgresql", dsn, password)
 
 
 SMTP_TIMEOUT_PHASES = (

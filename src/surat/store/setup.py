@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from surat.config import Config
+from surat.config import Config, StoreConfig
 from surat.store import schema as sqlite_schema
 from surat.store.base import StoreError
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
@@ -81,7 +81,7 @@ async def schema_status(config: Config) -> SchemaStatus:
         )
     from surat.store.postgres import schema as postgres_schema  # noqa: PLC0415
 
-    async with _connected(config) as conn:
+    async with connected(config.store) as conn:
         found = await postgres_schema.schema_version(conn)
     return SchemaStatus(config.store.backend, found, postgres_schema.SCHEMA_VERSION)
 
@@ -93,7 +93,7 @@ async def init_schema(config: Config) -> tuple[int, int]:
         return _init_sqlite(config.data_dir)
     from surat.store.postgres import schema as postgres_schema  # noqa: PLC0415
 
-    async with _connected(config) as conn:
+    async with connected(config.store) as conn:
         found = await postgres_schema.schema_version(conn)
         return found, await postgres_schema.migrate(conn)
 
@@ -133,12 +133,12 @@ def _init_sqlite(data_dir: Path) -> tuple[int, int]:
 
 
 @contextlib.asynccontextmanager
-async def _connected(config: Config) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
-    """An autocommit connection to the configured database; PostgreSQL's errors (cannot connect, no
-    right to create tables...) become one StoreUnavailable line naming the database."""
+async def connected(store: StoreConfig) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+    """An autocommit connection to the database of a postgresql store (the configured one, or the
+    target of `surat store migrate`); PostgreSQL's errors (cannot connect, no right to create
+    tables...) become one StoreUnavailable line naming the database."""
     import psycopg  # noqa: PLC0415
 
-    store = config.store
     assert store.dsn is not None  # config validation: postgresql has a dsn
     try:
         # password=None adds nothing: libpq then looks in the dsn, PGPASSWORD or ~/.pgpass

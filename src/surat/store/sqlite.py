@@ -132,6 +132,8 @@ INDEX_FILE = "index.sqlite3"
 # flock to the next waiter as it is released. SQLite's lock stays the rule for correctness: the
 # flock only orders the writers that take it, and busy_timeout still covers any that do not.
 WRITE_LOCK_FILE = "write.lock"
+BLOB_DIR = "blobs"  # message bodies, under data_dir (blobs.py)
+SPOOL_DIR = "tmp"  # staged messages, under data_dir
 _CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 PARALLEL_SYNCS = 8  # threads that fsync one batch's files concurrently (1: one after the other)
 FLAG_SYNC_DELAY = 1.0  # seconds: the longest a committed flag change waits for its WAL sync
@@ -355,8 +357,8 @@ class SQLiteStore:
         workers: int = 3,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.spool_dir = self.data_dir / "tmp"
-        self.blob_dir = self.data_dir / "blobs"
+        self.spool_dir = self.data_dir / SPOOL_DIR
+        self.blob_dir = self.data_dir / BLOB_DIR
         self.blobs = FileBlobStore(self.blob_dir, self.spool_dir)
         # The installation secret and DKIM keys stay files in the data directory (keyfiles.py).
         self.keys = FileKeyStore(self.data_dir)
