@@ -177,7 +177,11 @@ async def snapshot(store: Store) -> dict[str, Any]:
             for c in await store.list_auth_clients(0)
         ],
         "sending": await store.sending_totals(USER, 0),
+        # What every node shares (docs/shared-keys.md): files on SQLite, rows on PostgreSQL.
+        "secret": await store.keys.installation_secret(),
     }
+    for domain in out["domains"]:
+        out[f"dkim {domain}"] = await store.keys.dkim_keys(domain)
     for account in out["accounts"]:
         out[f"credentials {account.address}"] = await store.get_credentials(account.address)
         out[f"subscriptions {account.address}"] = await store.list_subscriptions(account.id)
@@ -247,12 +251,14 @@ def test_migrate_copies_everything_clients_see(
         "queue_attempts": 1,
         "auth_clients": 1,
         "sent_messages": 1,
+        "shared_secrets": 1,
+        "dkim_keys": 2,  # RSA and Ed25519, made when alice's submission was signed
     }
     assert lines[0] == f"store migrate: sqlite {filled.data_dir} -> postgresql {target}"
-    assert lines[1:15] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
-    assert lines[15] == "  message bodies            7 (0.6 MB), SHA-256 verified"
-    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[16])
-    assert lines[17:] == [
+    assert lines[1:17] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
+    assert lines[17] == "  message bodies            7 (0.6 MB), SHA-256 verified"
+    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[18])
+    assert lines[19:] == [
         "next: stop surat (if it runs), set in the config",
         "  [store]",
         '  backend = "postgresql"',
@@ -268,6 +274,8 @@ def test_migrate_copies_everything_clients_see(
     # What the fill made is there (a comparison of two empty stores would pass too).
     assert [a.address for a in source["accounts"]] == [f"alice@{DOMAIN}", BOB]
     assert source["aliases"][0].source == ALIAS
+    assert len(source["secret"]) >= 32
+    assert sorted(k.algorithm for k in source[f"dkim {DOMAIN}"]) == ["ed25519", "rsa"]
     assert source["blocks"] and source["blocks"][0][1] == "127.0.0.1"
     assert len(source["queue"]) == 1 and source["queue"][0].attempts
     assert source[f"uidl {USER}"] == filled.uidl and len(filled.uidl) == 5
@@ -334,7 +342,8 @@ def test_a_target_with_data_is_refused_and_left_alone(
     assert again.stderr == (
         "surat: store migrate: the target database holds Surat data already (meta, domains, accounts, aliases,"
         " mailboxes, subscriptions, blobs, blob_chunks, messages, expunged, queue, queue_recipients,"
-        " queue_attempts, auth_clients, sent_messages); migrate copies into an empty database only, never into"
+        " queue_attempts, auth_clients, sent_messages, shared_secrets, dkim_keys); migrate copies into an empty"
+        " database only, never into"
         " one in use\n"
     )
     assert target_rows(pg_cluster, pg_database) == before

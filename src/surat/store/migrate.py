@@ -6,8 +6,10 @@ quotas, usage), aliases, mailboxes (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the \\R
 `recent_uid`, special-use), subscriptions, messages (UID, MODSEQ, flags and keywords, internal date
 and zone, size, MessageInfo, `ends_crlf`), expunged UIDs with their MODSEQ (QRESYNC's VANISHED and
 `changes_since`), the queue (entries, recipients, attempts; no leases: no node holds one yet),
-login-failure records, sending records, the `meta` counters (the next UIDVALIDITY), and every message
-and queue body. POP3 UIDLs are "<uidvalidity>.<uid>" (pop3d/service.py), so they stay the same, as
+login-failure records, sending records, the `meta` counters (the next UIDVALIDITY), every message
+and queue body, and what every node must share (docs/shared-keys.md): the installation secret
+(`server.secret`) and every DKIM key (`dkim/<domain>/<selector>.pem`, all selectors, the algorithm
+read from the key, `created_at` from the file's time). POP3 UIDLs are "<uidvalidity>.<uid>" (pop3d/service.py), so they stay the same, as
 IMAP's UIDVALIDITY and UIDs do: clients notice nothing. Identity sequences are set past the copied ids.
 
 Type conversions (the PostgreSQL schema's types): epoch-second REALs become `timestamptz` at the
@@ -61,9 +63,11 @@ from psycopg.rows import TupleRow
 
 from surat.config import StoreConfig
 from surat.store import schema as sqlite_schema
-from surat.store.base import StoreError
+from surat.store.base import StoredDkimKey, StoreError
 from surat.store.blobs import FileBlobReader, FileBlobStore
+from surat.store.keyfiles import KEY_DIR, SECRET_FILE, read_keys
 from surat.store.postgres import schema as postgres_schema
+from surat.store.postgres.keys import INSTALLATION_SECRET_NAME
 from surat.store.postgres.schema import BLOB_CHUNK_SIZE
 from surat.store.setup import SchemaStatus, connected
 from surat.store.sqlite import BLOB_DIR, INDEX_FILE, SPOOL_DIR
@@ -222,6 +226,11 @@ _TABLES_AFTER_BODIES = (
     ),
     _Table("sent_messages", '"user", sent_at, recipients', _sent),
 )
+# The shared keys (files in the SQLite data directory, rows on PostgreSQL), copied by _copy_keys.
+_KEY_TABLES = (
+    _Table("shared_secrets", "name, value", _same),
+    _Table("dkim_keys", "domain, selector, algorithm, private_pem, created_at", _same),
+)
 # The blobs table as a row table for counts and digests (its rows are written by _copy_bodies).
 _BLOBS = _Table("blobs", "id, size", _same)
 # Every table of the target that holds data: all must be empty before the copy. `nodes` too: a row
@@ -231,6 +240,7 @@ _TARGET_TABLES = (
     "blobs",
     "blob_chunks",
     *(t.name for t in _TABLES_AFTER_BODIES),
+    *(t.name for t in _KEY_TABLES),
     "nodes",
 )
 # Tables whose `id` is an identity column: their sequences must continue after the copied ids.
@@ -319,6 +329,22 @@ class _Source:
             refusal = SchemaStatus("sqlite", found, expected).refusal(init_command)
             raise MigrationRefused(refusal or f"no Surat store in {data_dir} (an index without a schema)")
         self.blobs = FileBlobStore(data_dir / BLOB_DIR, data_dir / SPOOL_DIR)
+        self.data_dir = data_dir
+
+    def secret(self) -> bytes | None:
+        """The installation secret, or None before the server's first start made one (the target
+        then makes its own at its first start: no client has seen one yet)."""
+        try:
+            return (self.data_dir / SECRET_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def dkim_keys(self) -> list[StoredDkimKey]:
+        keys_dir = self.data_dir / KEY_DIR
+        if not keys_dir.is_dir():
+            return []
+        domains = sorted(entry.name for entry in keys_dir.iterdir() if entry.is_dir())
+        return [key for domain in domains for key in read_keys(self.data_dir, domain)]
 
     def rows(self, table: _Table) -> sqlite3.Cursor:
         order = f" ORDER BY {table.order}" if table.order else ""
@@ -425,7 +451,30 @@ async def _copy(
     digests["blobs"], body_digests, body_bytes = await _copy_bodies(source, conn, progress)
     for table in _TABLES_AFTER_BODIES:
         digests[table.name] = await _copy_table(source, conn, table)
+    digests.update(await _copy_keys(source, conn))
     return digests, body_digests, body_bytes
+
+
+async def _copy_keys(source: _Source, conn: Connection) -> dict[str, _Digest]:
+    """The installation secret and the DKIM keys, from their files into their tables."""
+    secret = source.secret()
+    secret_rows: list[tuple[Any, ...]] = [] if secret is None else [(INSTALLATION_SECRET_NAME, secret)]
+    try:
+        keys = source.dkim_keys()
+    except (OSError, StoreError) as exc:
+        raise MigrationFailed(f"cannot read the DKIM keys: {exc}") from None
+    key_rows: list[tuple[Any, ...]] = [
+        (k.domain, k.selector, k.algorithm, k.private_pem, k.created_at) for k in keys
+    ]
+    digests: dict[str, _Digest] = {}
+    for table, rows in zip(_KEY_TABLES, (secret_rows, key_rows), strict=True):
+        digest = digests[table.name] = _Digest()
+        cursor = conn.cursor()
+        async with cursor.copy(f"COPY {table.name} ({table.columns}) FROM STDIN".encode()) as copy:
+            for row in rows:
+                digest.add(row)
+                await copy.write_row(row)
+    return digests
 
 
 async def _copy_bodies(
@@ -517,7 +566,7 @@ async def _read_back(conn: Connection, table: _Table) -> _Digest:
 
 
 async def _verify(conn: Connection, digests: dict[str, _Digest], body_digests: bytearray) -> None:
-    tables = {t.name: t for t in (*_TABLES_BEFORE_BODIES, _BLOBS, *_TABLES_AFTER_BODIES)}
+    tables = {t.name: t for t in (*_TABLES_BEFORE_BODIES, _BLOBS, *_TABLES_AFTER_BODIES, *_KEY_TABLES)}
     for name, copied in digests.items():
         stored = await _read_back(conn, tables[name])
         if stored.rows != copied.rows:

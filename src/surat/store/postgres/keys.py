@@ -24,7 +24,7 @@ from surat.store.base import (
 from surat.store.common import normalize_domain
 from surat.store.postgres.pool import Connection, PooledStore
 
-_INSTALLATION = "installation"  # the row of shared_secrets that holds the installation secret
+INSTALLATION_SECRET_NAME = "installation"  # noqa: S105 - the name of its row in shared_secrets, not a secret
 # Two-key advisory locks (pg_advisory_xact_lock(class, key)) on a domain's keys live in their own class,
 # apart from the login limiter's and the migration's.
 _DKIM_LOCK_CLASS = 0x5375446B  # "SuDk"
@@ -45,9 +45,11 @@ class PostgresKeyStore:
         async def get_or_create(conn: Connection) -> bytes:
             await conn.execute(
                 b"INSERT INTO shared_secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-                (_INSTALLATION, candidate),
+                (INSTALLATION_SECRET_NAME, candidate),
             )
-            cursor = await conn.execute(b"SELECT value FROM shared_secrets WHERE name = %s", (_INSTALLATION,))
+            cursor = await conn.execute(
+                b"SELECT value FROM shared_secrets WHERE name = %s", (INSTALLATION_SECRET_NAME,)
+            )
             row = await cursor.fetchone()
             if row is None:  # deleted between the two statements by hand
                 raise StoreError("the installation secret disappeared while it was read")
