@@ -29,7 +29,7 @@ from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
 from surat.store.filemodes import make_private_dir
-from surat.store.sqlite import SQLiteStore
+from surat.store.setup import ConfiguredStore, StoreUnavailable, configured_store
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,15 @@ def _system_resolver(config: Config) -> Resolver:
         raise StartupError(
             f"dns.nameservers: the system resolver cannot be used ({exc}); set [dns] nameservers"
         ) from None
+
+
+async def open_store(store: ConfiguredStore, *, recover: bool = True) -> None:
+    """Open the server's store; one that cannot be reached (PostgreSQL down, a schema this Surat does
+    not know) is a StartupError with the store's one line."""
+    try:
+        await store.open(recover=recover)
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc)) from None
 
 
 class SuratServer:
@@ -67,8 +76,11 @@ class SuratServer:
         self._run_queue = run_queue
         # Tests inject a FakeResolver; the server asks the configured nameservers.
         self.resolver: Resolver = resolver or _system_resolver(config)
-        self._own_store = store is None
-        self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
+        # The store this server opens and closes itself; None when the caller passed one in.
+        self._own_store: ConfiguredStore | None = None
+        if store is None:
+            store = self._own_store = configured_store(config)
+        self.store: Store = store
         self.tls_context: ssl.SSLContext | None = None
         self._listeners = Listeners()
         self._started = False
@@ -81,8 +93,8 @@ class SuratServer:
                 self.tls_context = server_context(config.tls.cert, config.tls.key)
             except TLSSetupError as exc:
                 raise StartupError(str(exc)) from None
-        if self._own_store:
-            await self.store.open()
+        if self._own_store is not None:
+            await open_store(self._own_store)
         self._started = True
         secret = load_or_create_secret(config.data_dir)
         # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
@@ -168,7 +180,7 @@ class SuratServer:
             await self.queue.stop()
             self.queue = None
         await self._listeners.stop()
-        if self._own_store and self._started:
+        if self._own_store is not None and self._started:
             await self.store.close()
             self._started = False
 
