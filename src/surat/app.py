@@ -24,7 +24,7 @@ from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
 from surat.net.tls import TLSSetupError, client_context, server_context
-from surat.pop3d.locks import FileMaildropLocks
+from surat.pop3d.locks import FileMaildropLocks, MaildropLocks
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
@@ -83,6 +83,7 @@ class SuratServer:
         self.store: Store = store
         self.tls_context: ssl.SSLContext | None = None
         self._listeners = Listeners()
+        self._maildrop_locks: MaildropLocks | None = None
         self._started = False
         self.queue: QueueRunner | None = None
 
@@ -111,11 +112,7 @@ class SuratServer:
             trusted_arc_sealers=config.limits.trusted_arc_sealers,
             signing_keys=signing_keys,
         )
-        # Several processes: the maildrop lock must hold across them (RFC 1939 §8, one session per
-        # maildrop), so it lives outside any one process's memory.
-        maildrop_locks = (
-            FileMaildropLocks(config.data_dir / "locks" / "pop3") if config.server.workers > 1 else None
-        )
+        maildrop_locks = self._maildrop_locks = maildrop_locks_for(config)
         pop3 = POP3Service(
             config,
             self.store,
@@ -180,9 +177,28 @@ class SuratServer:
             await self.queue.stop()
             self.queue = None
         await self._listeners.stop()
+        if self._maildrop_locks is not None:
+            await self._maildrop_locks.close()  # after the sessions: their leases end with it
+        self._maildrop_locks = None
         if self._own_store is not None and self._started:
             await self.store.close()
             self._started = False
+
+
+def maildrop_locks_for(config: Config) -> MaildropLocks | None:
+    """The POP3 maildrop lock that holds across everything serving this store (RFC 1939 §8: one
+    session per maildrop); None: the POP3 service's in-process lock (one process on SQLite)."""
+    if config.store.backend == "postgresql":
+        # Every process and node on the database: an advisory lock in the database itself.
+        from surat.store.postgres.locks import PostgresMaildropLocks  # noqa: PLC0415 (psycopg)
+        from surat.store.postgres.pool import connect_options  # noqa: PLC0415
+
+        assert config.store.dsn is not None  # config validation: postgresql has a dsn
+        return PostgresMaildropLocks(config.store.dsn, connect_options(config.store.dsn_password))
+    if config.server.workers > 1:
+        # The processes of one machine: a file lock outside any one process's memory.
+        return FileMaildropLocks(config.data_dir / "locks" / "pop3")
+    return None
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:

@@ -382,12 +382,20 @@ class POP3Session:
             await lease.release()
             raise
         self._lease = lease
+        lease.on_lost(self._maildrop_lock_lost)
         self._account = account
         self._mailbox = mailbox
         self._messages = messages
         count, octets = self._totals()
         log.info("pop3.login", extra=fields(user=account.address, method=method, messages=count))
         engine.ok(f"maildrop has {count} messages ({octets} octets)")
+
+    def _maildrop_lock_lost(self) -> None:
+        """The maildrop lock went away under this session (its database connection failed): another
+        session, on any node, may lock the maildrop now. RFC 1939 §8 allows one session per maildrop,
+        so this one ends, without entering UPDATE: nothing marked is deleted."""
+        log.warning("pop3.lock_lost", extra=fields(user=self._user_for_log()))
+        self.conn.writer.close()  # the pending read returns end of stream; the loop ends the session
 
     # ----------------------------------------------------------------------------- the maildrop
 
@@ -437,6 +445,12 @@ class POP3Session:
             return
         # RFC 1939 §6: in UPDATE, remove the messages marked deleted, then reply.
         assert self._mailbox is not None
+        assert self._lease is not None
+        if self._deleted and not await self._lease.held():
+            # §8: deletions only under the exclusive lock; lost, another session may be reading.
+            log.warning("pop3.lock_lost", extra=fields(user=self._user_for_log()))
+            engine.err("maildrop lock lost, nothing deleted", RespCode.SYS_TEMP)
+            return
         uids = [self._messages[n - 1].uid for n in sorted(self._deleted)]
         try:
             # Committed is durable (RFC 1939 §6): the reply need not wait for the files to be
