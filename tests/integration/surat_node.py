@@ -48,6 +48,7 @@ class SuratNode:
         self, base: Path, *, workers: int = 1, store: str = "", delivery: str = "", limits: str = ""
     ) -> None:
         self.workers = workers
+        base.mkdir(parents=True, exist_ok=True)
         tls = dev_certificates(base.parent)
         self.ca = tls.ca
         self.ports = {role: free_port() for role in ROLES}
