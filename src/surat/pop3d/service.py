@@ -54,7 +54,7 @@ from surat.proto.pop3 import (
     Utf8,
     retr_size,
 )
-from surat.store.base import Account, Mailbox, NotFound, Store
+from surat.store.base import Account, Mailbox, NotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,12 @@ class POP3Session:
         if mailbox is None:
             engine.err("no INBOX for this account", RespCode.SYS_PERM)
             return
-        lease = await self.service.locks.acquire(account.id)
+        try:
+            lease = await self.service.locks.acquire(account.id)
+        except StoreError as exc:  # the lock's database connection cannot be made
+            log.warning("pop3.lock_unavailable", extra=fields(user=account.address, error=str(exc)))
+            engine.err("maildrop cannot be locked now, try again later", RespCode.SYS_TEMP)
+            return
         if lease is None:
             log.info("pop3.in_use", extra=fields(user=account.address))
             engine.err("maildrop is in use by another session", RespCode.IN_USE)
