@@ -29,7 +29,7 @@ from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
 from surat.store.filemodes import make_private_dir
-from surat.store.setup import ConfiguredStore, StoreUnavailable, configured_store
+from surat.store.setup import ConfiguredStore, StoreUnavailable, configured_store, store_location
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,10 @@ def stop_on_signals() -> asyncio.Event:
 async def _serve(config: Config) -> None:
     server = SuratServer(config)
     await server.start()
-    log.info("started", extra=fields(hostname=config.hostname, data_dir=config.data_dir))
+    log.info(
+        "started",
+        extra=fields(hostname=config.hostname, data_dir=config.data_dir, store=store_location(config)),
+    )
     stop = stop_on_signals()
     try:
         await stop.wait()

@@ -27,6 +27,8 @@ from conftest import PASSWORD, USER, dev_certificates, free_port, serve_in_subpr
 
 ROLES = ("smtp", "submissions", "imaps", "pop3s")
 STARTED = re.compile(rb"worker\.started index=(\d+) pid=(\d+)")
+# The line `surat serve` logs once it serves: the process itself, or the supervisor of N workers.
+SERVING = re.compile(rb" conn=- started hostname=")
 
 
 class HasSocket(Protocol):
@@ -72,6 +74,15 @@ class SuratNode:
             wait_listening(port, self.proc, self.config)
         if workers > 1:
             self.wait_workers()
+        self.wait_log(SERVING)  # listeners, store and queue runner(s) up; SIGTERM now stops it cleanly
+
+    def wait_log(self, pattern: re.Pattern[bytes], timeout: float = 30) -> None:
+        """Until the node's log has a line matching `pattern`."""
+        deadline = time.monotonic() + timeout
+        while not pattern.search(self.log.read_bytes()):
+            assert self.proc.poll() is None, self.log.read_bytes()[-2000:]
+            assert time.monotonic() < deadline, f"not in the log: {pattern.pattern!r}"
+            time.sleep(0.05)
 
     def started(self) -> dict[int, int]:
         """Worker index -> pid, from the latest worker.started line of each."""

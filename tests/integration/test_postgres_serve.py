@@ -185,9 +185,11 @@ def two_nodes(
 
 @pytest.mark.slow
 def test_pop3_maildrop_held_on_one_node_is_in_use_on_the_other(
-    two_nodes: tuple[SuratNode, SuratNode],
+    two_nodes: tuple[SuratNode, SuratNode], pg_database: str
 ) -> None:
     first, second = two_nodes
+    for node in two_nodes:  # the operator sees which store each node serves
+        assert f'store="postgresql user=surat dbname={pg_database} '.encode() in node.log.read_bytes()
     holder = logged_in(first.pop3())
     other = second.pop3()
     other.user(USER)
