@@ -21,11 +21,11 @@ from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
 from surat.net.tls import TLSSetupError, client_context, server_context
-from surat.pop3d.locks import FileMaildropLocks
+from surat.pop3d.locks import FileMaildropLocks, MaildropLocks
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
-from surat.store.sqlite import SQLiteStore
+from surat.store.setup import ConfiguredStore, StoreUnavailable, configured_store, store_location
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,15 @@ def _system_resolver(config: Config) -> Resolver:
         raise StartupError(
             f"dns.nameservers: the system resolver cannot be used ({exc}); set [dns] nameservers"
         ) from None
+
+
+async def open_store(store: ConfiguredStore, *, recover: bool = True) -> None:
+    """Open the server's store; one that cannot be reached (PostgreSQL down, a schema this Surat does
+    not know) is a StartupError with the store's one line."""
+    try:
+        await store.open(recover=recover)
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc)) from None
 
 
 class SuratServer:
@@ -63,10 +72,14 @@ class SuratServer:
         self._run_queue = run_queue
         # Tests inject a FakeResolver; the server asks the configured nameservers.
         self.resolver: Resolver = resolver or _system_resolver(config)
-        self._own_store = store is None
-        self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
+        # The store this server opens and closes itself; None when the caller passed one in.
+        self._own_store: ConfiguredStore | None = None
+        if store is None:
+            store = self._own_store = configured_store(config)
+        self.store: Store = store
         self.tls_context: ssl.SSLContext | None = None
         self._listeners = Listeners()
+        self._maildrop_locks: MaildropLocks | None = None
         self._started = False
         self.queue: QueueRunner | None = None
 
@@ -77,8 +90,8 @@ class SuratServer:
                 self.tls_context = server_context(config.tls.cert, config.tls.key)
             except TLSSetupError as exc:
                 raise StartupError(str(exc)) from None
-        if self._own_store:
-            await self.store.open()
+        if self._own_store is not None:
+            await open_store(self._own_store)
         self._started = True
         # From the store, so that every process and node has the same one (issue 12).
         secret = await self.store.keys.installation_secret()
@@ -96,11 +109,7 @@ class SuratServer:
             trusted_arc_sealers=config.limits.trusted_arc_sealers,
             signing_keys=signing_keys,
         )
-        # Several processes: the maildrop lock must hold across them (RFC 1939 §8, one session per
-        # maildrop), so it lives outside any one process's memory.
-        maildrop_locks = (
-            FileMaildropLocks(config.data_dir / "locks" / "pop3") if config.server.workers > 1 else None
-        )
+        maildrop_locks = self._maildrop_locks = maildrop_locks_for(config)
         pop3 = POP3Service(
             config,
             self.store,
@@ -165,9 +174,28 @@ class SuratServer:
             await self.queue.stop()
             self.queue = None
         await self._listeners.stop()
-        if self._own_store and self._started:
+        if self._maildrop_locks is not None:
+            await self._maildrop_locks.close()  # after the sessions: their leases end with it
+        self._maildrop_locks = None
+        if self._own_store is not None and self._started:
             await self.store.close()
             self._started = False
+
+
+def maildrop_locks_for(config: Config) -> MaildropLocks | None:
+    """The POP3 maildrop lock that holds across everything serving this store (RFC 1939 §8: one
+    session per maildrop); None: the POP3 service's in-process lock (one process on SQLite)."""
+    if config.store.backend == "postgresql":
+        # Every process and node on the database: an advisory lock in the database itself.
+        from surat.store.postgres.locks import PostgresMaildropLocks  # noqa: PLC0415 (psycopg)
+        from surat.store.postgres.pool import connect_options  # noqa: PLC0415
+
+        assert config.store.dsn is not None  # config validation: postgresql has a dsn
+        return PostgresMaildropLocks(config.store.dsn, connect_options(config.store.dsn_password))
+    if config.server.workers > 1:
+        # The processes of one machine: a file lock outside any one process's memory.
+        return FileMaildropLocks(config.data_dir / "locks" / "pop3")
+    return None
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -182,7 +210,10 @@ def stop_on_signals() -> asyncio.Event:
 async def _serve(config: Config) -> None:
     server = SuratServer(config)
     await server.start()
-    log.info("started", extra=fields(hostname=config.hostname, data_dir=config.data_dir))
+    log.info(
+        "started",
+        extra=fields(hostname=config.hostname, data_dir=config.data_dir, store=store_location(config)),
+    )
     stop = stop_on_signals()
     try:
         await stop.wait()

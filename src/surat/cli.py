@@ -44,7 +44,14 @@ from surat.proto.smtp.address import terminal_safe
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
 from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
 from surat.store.schema import SchemaTooNew
-from surat.store.setup import SchemaStatus, init_schema, schema_status, store_location
+from surat.store.setup import (
+    ConfiguredStore,
+    SchemaStatus,
+    configured_store,
+    init_schema,
+    schema_status,
+    store_location,
+)
 from surat.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -210,28 +217,20 @@ def _load(args: argparse.Namespace) -> Config:
         raise CliError(f"config: {exc}", 2) from None
 
 
-def _with_store(data_dir: Path, action: Callable[[Store], Awaitable[int]]) -> int:
+def _with_store(store: ConfiguredStore, location: str, action: Callable[[Store], Awaitable[int]]) -> int:
     async def run() -> int:
-        store = SQLiteStore(data_dir)
         try:
             # No crash recovery: a running server's staged files would look like leftovers; `serve`
             # recovers at its start.
             await store.open(recover=False)
         except (OSError, StoreError, sqlite3.Error) as exc:
-            raise CliError(f"cannot open the store in {data_dir}: {exc}") from None
+            raise CliError(f"cannot open the store {location}: {exc}") from None
         try:
             return await action(store)
         finally:
             await store.close()
 
     return asyncio.run(run())
-
-
-# Until the PostgreSQL backend lands (issue 12), only `store init` and `check` work on it.
-POSTGRESQL_NOT_YET = (
-    'store.backend: "postgresql" can be prepared (`surat store init`) and checked, not yet served '
-    "or administered by this version"
-)
 
 
 def _schema_status(config: Config) -> SchemaStatus:
@@ -248,19 +247,13 @@ def _usable_schema(args: argparse.Namespace, config: Config) -> SchemaStatus:
     return status
 
 
-def _require_servable_store(args: argparse.Namespace, config: Config) -> None:
-    """A store this version can run on: this Surat's schema, on a backend it can serve."""
-    _usable_schema(args, config)
-    if config.store.backend != "sqlite":
-        raise CliError(POSTGRESQL_NOT_YET)
-
-
 def _with_configured_store(
     args: argparse.Namespace, config: Config, action: Callable[[Store], Awaitable[int]]
 ) -> int:
-    """`action` on the configured store, once its schema is known to be this Surat's."""
-    _require_servable_store(args, config)
-    return _with_store(config.data_dir, action)
+    """`action` on the configured store (store.setup picks the backend), once its schema is known to
+    be this Surat's."""
+    _usable_schema(args, config)
+    return _with_store(configured_store(config), store_location(config), action)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -449,7 +442,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             return 0
 
         data_dir.mkdir(mode=0o700, exist_ok=True)
-        _with_store(data_dir, populate)
+        _with_store(SQLiteStore(data_dir), f"sqlite {data_dir}", populate)  # quickstart writes SQLite
 
         def relative(path: Path) -> str:
             return os.path.relpath(path.resolve(), directory.resolve())
@@ -545,7 +538,7 @@ def run_server(config: Config) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     _check_tls(config)  # one clear line and exit 2 rather than a failed start
-    _require_servable_store(args, config)  # an unknown or old schema: one line naming `surat store init`
+    _usable_schema(args, config)  # an unknown or old schema: one line naming `surat store init`
     return run_server(config)
 
 
@@ -676,10 +669,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         return 0
 
-    if config.store.backend != "sqlite":
-        # Reached and its schema current; what it holds is counted once the backend can read it.
-        return report(None, has_domains=True)
-
     async def inspect(store: Store) -> int:
         domains = await store.list_domains()
         accounts = await store.list_accounts()
@@ -687,7 +676,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         contents = f"{len(domains)} domain(s), {len(accounts)} account(s), {len(queue)} queued message(s)"
         return report(contents, has_domains=bool(domains))
 
-    return _with_store(config.data_dir, inspect)
+    return _with_store(configured_store(config), store_location(config), inspect)
 
 
 async def _ensure_dkim_keys(store: Store, domain: str) -> tuple[dkim.DkimKey, ...]:

@@ -16,7 +16,6 @@ from psycopg import sql
 
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
-from surat.cli import POSTGRESQL_NOT_YET
 from surat.store import schema as sqlite_schema
 from surat.store.sqlite import INDEX_FILE
 
@@ -40,9 +39,10 @@ def postgresql_config(directory: Path, cluster: PostgresCluster, database: str) 
     )
 
 
-def surat(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def surat(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "surat", "--config", str(config), *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -98,13 +98,24 @@ def test_postgresql_check_shows_the_store_without_the_password(
     assert result.stdout.endswith("OK\n")
 
 
-def test_serve_on_a_current_postgresql_schema_says_the_backend_is_not_served_yet(
+def test_admin_commands_work_on_postgresql_and_never_touch_data_dir(
     pg_cluster: PostgresCluster, pg_database: str, tmp_path: Path
 ) -> None:
     config = postgresql_config(tmp_path, pg_cluster, pg_database)
     assert surat(config, "store", "init").returncode == 0
-    assert_one_line_error(surat(config, "serve"), POSTGRESQL_NOT_YET)
-    assert_one_line_error(surat(config, "domain", "list"), POSTGRESQL_NOT_YET)  # not SQLite in data_dir
+    added = surat(config, "domain", "add", "example.test")
+    assert (added.returncode, added.stderr) == (0, "")
+    assert added.stdout.startswith("added domain example.test\n")
+    user = surat(config, "user", "add", "bob@example.test", "--password-stdin", stdin="a long password\n")
+    assert (user.returncode, user.stdout, user.stderr) == (0, "added account bob@example.test\n", "")
+    listed = surat(config, "domain", "list")
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, "example.test\n", "")
+    with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:  # in the database, not in a SQLite file
+        assert conn.execute("SELECT address FROM accounts").fetchall() == [("bob@example.test",)]
+    assert not (tmp_path / "data" / INDEX_FILE).exists()
+    check = surat(config, "check")
+    assert check.returncode == 0, check.stderr
+    assert "1 domain(s), 1 account(s), 0 queued message(s)" in check.stdout
 
 
 def test_serve_refuses_a_postgresql_schema_newer_than_the_code(

@@ -1,10 +1,5 @@
-"""`[server] workers = 2` (issue 12): `surat serve` as real processes, driven over real sockets.
-
-Which worker serves a connection is up to the kernel (both accept on the same sockets), so the tests
-find out: the server side of a loopback connection is the /proc/net/tcp entry with the two ports
-swapped, and the worker is the child process holding that socket's inode. A test that needs a session
-on a given worker connects until it lands there.
-"""
+"""`[server] workers = 2` (issue 12): `surat serve` as real processes, driven over real sockets
+(surat_node.SuratNode: how a test finds the worker that serves a connection)."""
 
 from __future__ import annotations
 
@@ -15,17 +10,14 @@ import poplib
 import re
 import signal
 import smtplib
-import socket
-import ssl
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
 
 import pytest
-from conftest import PASSWORD, USER, dev_certificates, free_port, inbox, serve_in_subprocess, wait_listening
+from conftest import PASSWORD, USER, inbox
+from surat_node import SuratNode, logged_in, message, read_until
 from test_relay import BOB, Peer, remote
 
 from surat.passwords import make_credentials
@@ -35,137 +27,15 @@ __all__ = ["remote"]  # the fixture, imported so that pytest finds it here
 pytestmark = pytest.mark.slow
 
 FORWARD = "fwd@example.test"  # an alias of bob@remote.test: mail to it is relayed
-ROLES = ("smtp", "submissions", "imaps", "pop3s")
-STARTED = re.compile(rb"worker\.started index=(\d+) pid=(\d+)")
 MESSAGE_ID = re.compile(rb"^Message-ID: <(workers-\d+)@test>", re.MULTILINE | re.IGNORECASE)
 
 
-class HasSocket(Protocol):
-    @property
-    def sock(self) -> Any: ...  # imaplib, poplib and smtplib clients all have one
-
-
-Client = TypeVar("Client", bound=HasSocket)
-
-
-class Workers:
-    """`surat serve` with two workers on loopback ports, its log in server.log beside the config."""
+class Workers(SuratNode):
+    """`surat serve` with two workers on SQLite: alice, and an alias relayed to bob@remote.test."""
 
     def __init__(self, base: Path, delivery: str = "", limits: str = "") -> None:
-        tls = dev_certificates(base.parent)
-        self.ca = tls.ca
-        self.ports = {role: free_port() for role in ROLES}
-        self.config = base / "surat.toml"
-        self.log = base / "server.log"
-        listen = "".join(
-            f'{role} = ["127.0.0.1:{self.ports[role]}"]\n' if role in self.ports else f"{role} = []\n"
-            for role in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-        )
-        self.config.write_text(
-            'hostname = "mail.example.test"\ndata_dir = "data"\n'
-            f'[tls]\ncert = "{tls.cert}"\nkey = "{tls.key}"\n'
-            f"[listen]\n{listen}"
-            f"[limits]\nmail_auth = false\ngreet_pause = 0\nauth_failure_delay = 0.05\n{limits}"
-            f"[delivery]\n{delivery}"
-            "[server]\nworkers = 2\n"
-        )
         asyncio.run(_prepare(base / "data"))
-        self.proc = serve_in_subprocess(self.config)
-        for port in self.ports.values():
-            wait_listening(port, self.proc, self.config)
-        self.wait_workers()
-
-    def started(self) -> dict[int, int]:
-        """Worker index -> pid, from the latest worker.started line of each."""
-        return {int(i): int(pid) for i, pid in STARTED.findall(self.log.read_bytes())}
-
-    def pids(self) -> list[int]:
-        """The live workers: the supervisor's child processes."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        return [int(pid) for pid in children.split()]
-
-    def wait_workers(self, without: int | None = None) -> dict[int, int]:
-        """Until both workers have started (and `without` is not one of them)."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            started = self.started()
-            if (
-                len(started) == 2
-                and without not in started.values()
-                and set(started.values()) == set(self.pids())
-            ):
-                return started
-            assert self.proc.poll() is None, self.log.read_bytes()[-2000:]
-            time.sleep(0.05)
-        raise AssertionError(f"workers did not start: {self.log.read_bytes()[-2000:]!r}")
-
-    def owner(self, client: socket.socket) -> int:
-        """The pid of the worker serving the server side of `client`."""
-        local, remote_end = client.getsockname(), client.getpeername()
-        wanted = (f"0100007F:{remote_end[1]:04X}", f"0100007F:{local[1]:04X}")
-        inode = None
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            parts = line.split()
-            if (parts[1], parts[2]) == wanted:
-                inode = parts[9]
-        assert inode is not None, "no server side for this connection"
-        for pid in self.pids():
-            with _suppress_gone():
-                for fd in os.listdir(f"/proc/{pid}/fd"):
-                    with _suppress_gone():
-                        if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                            return pid
-        raise AssertionError("no worker holds this connection")
-
-    def on_worker(self, pid: int, connect: Callable[[], Client]) -> Client:
-        """A client whose connection the worker `pid` serves (connects until one lands there)."""
-        for _ in range(200):
-            client = connect()
-            if self.owner(client.sock) == pid:
-                return client
-            client.sock.close()
-        raise AssertionError(f"no connection landed on worker {pid}")
-
-    def tls(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.check_hostname = False
-        return context
-
-    def imap(self) -> imaplib.IMAP4_SSL:
-        return imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=self.tls(), timeout=10)
-
-    def pop3(self) -> poplib.POP3_SSL:
-        return poplib.POP3_SSL("127.0.0.1", self.ports["pop3s"], context=self.tls(), timeout=10)
-
-    def smtp(self) -> smtplib.SMTP:
-        return smtplib.SMTP("127.0.0.1", self.ports["smtp"], local_hostname="client.test", timeout=10)
-
-    def submissions(self) -> smtplib.SMTP_SSL:
-        return smtplib.SMTP_SSL(
-            "127.0.0.1",
-            self.ports["submissions"],
-            local_hostname="client.test",
-            context=self.tls(),
-            timeout=10,
-        )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            assert self.proc.wait(40) == 0
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-
-class _suppress_gone:
-    """/proc entries of a descriptor or process that went away while we looked."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, FileNotFoundError | ProcessLookupError)
+        super().__init__(base, workers=2, delivery=delivery, limits=limits)
 
 
 async def _prepare(data_dir: Path) -> None:
@@ -195,31 +65,6 @@ async def _stored_message_ids(data_dir: Path) -> list[str]:
         return ids
     finally:
         await store.close()
-
-
-def message(n: int, size: int = 500) -> bytes:
-    head = f"From: {USER}\r\nMessage-ID: <workers-{n}@test>\r\nSubject: {n}\r\n\r\n"
-    return head.encode() + b"x" * size + b"\r\n"
-
-
-def read_until(client: imaplib.IMAP4, pattern: bytes, timeout: float) -> float:
-    """Read IDLE's untagged lines until one matches `pattern`; the seconds it took."""
-    start = time.monotonic()
-    client.sock.settimeout(timeout)
-    while True:
-        line = client.readline()
-        assert line, "connection closed"
-        if re.search(pattern, line):
-            return time.monotonic() - start
-
-
-def logged_in(client: Any) -> Any:
-    if isinstance(client, poplib.POP3):
-        client.user(USER)
-        client.pass_(PASSWORD)
-    else:
-        client.login(USER, PASSWORD)
-    return client
 
 
 @pytest.fixture

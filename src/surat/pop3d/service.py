@@ -54,7 +54,7 @@ from surat.proto.pop3 import (
     Utf8,
     retr_size,
 )
-from surat.store.base import Account, Mailbox, NotFound, Store
+from surat.store.base import Account, Mailbox, NotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,12 @@ class POP3Session:
         if mailbox is None:
             engine.err("no INBOX for this account", RespCode.SYS_PERM)
             return
-        lease = await self.service.locks.acquire(account.id)
+        try:
+            lease = await self.service.locks.acquire(account.id)
+        except StoreError as exc:  # the lock's database connection cannot be made
+            log.warning("pop3.lock_unavailable", extra=fields(user=account.address, error=str(exc)))
+            engine.err("maildrop cannot be locked now, try again later", RespCode.SYS_TEMP)
+            return
         if lease is None:
             log.info("pop3.in_use", extra=fields(user=account.address))
             engine.err("maildrop is in use by another session", RespCode.IN_USE)
@@ -382,12 +387,20 @@ class POP3Session:
             await lease.release()
             raise
         self._lease = lease
+        lease.on_lost(self._maildrop_lock_lost)
         self._account = account
         self._mailbox = mailbox
         self._messages = messages
         count, octets = self._totals()
         log.info("pop3.login", extra=fields(user=account.address, method=method, messages=count))
         engine.ok(f"maildrop has {count} messages ({octets} octets)")
+
+    def _maildrop_lock_lost(self) -> None:
+        """The maildrop lock went away under this session (its database connection failed): another
+        session, on any node, may lock the maildrop now. RFC 1939 §8 allows one session per maildrop,
+        so this one ends, without entering UPDATE: nothing marked is deleted."""
+        log.warning("pop3.lock_lost", extra=fields(user=self._user_for_log()))
+        self.conn.writer.close()  # the pending read returns end of stream; the loop ends the session
 
     # ----------------------------------------------------------------------------- the maildrop
 
@@ -437,6 +450,12 @@ class POP3Session:
             return
         # RFC 1939 §6: in UPDATE, remove the messages marked deleted, then reply.
         assert self._mailbox is not None
+        assert self._lease is not None
+        if self._deleted and not await self._lease.held():
+            # §8: deletions only under the exclusive lock; lost, another session may be reading.
+            log.warning("pop3.lock_lost", extra=fields(user=self._user_for_log()))
+            engine.err("maildrop lock lost, nothing deleted", RespCode.SYS_TEMP)
+            return
         uids = [self._messages[n - 1].uid for n in sorted(self._deleted)]
         try:
             # Committed is durable (RFC 1939 §6): the reply need not wait for the files to be

@@ -20,13 +20,14 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from surat.config import Config, StoreConfig
 from surat.store import schema as sqlite_schema
-from surat.store.base import StoreError
+from surat.store.base import Store, StoreError
+from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
-from surat.store.sqlite import INDEX_FILE
+from surat.store.sqlite import INDEX_FILE, SQLiteStore
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,6 +42,28 @@ CONNECT_TIMEOUT = 10
 
 class StoreUnavailable(StoreError):
     """The configured store cannot be reached or read; the message is one line for the operator."""
+
+
+class ConfiguredStore(Store, Protocol):
+    async def open(self, *, recover: bool = True) -> None:
+        """`recover=False`: leave what looks like a crash's leftovers alone, because another process
+        (a worker, a running server beside an admin command) may be writing them. Only SQLite has
+        such leftovers (staged files, blob files without a row); PostgreSQL has none."""
+        ...
+
+
+def configured_store(config: Config, *, feed: InProcessChangeFeed | None = None) -> ConfiguredStore:
+    """The store `[store] backend` names, not opened yet: the one place that picks a backend, for
+    `surat serve`, its workers and every admin command.
+
+    `feed`: the in-process change feed the store publishes on (a worker's relayed feed on SQLite;
+    on PostgreSQL the database carries the changes between processes, so a local feed only)."""
+    if config.store.backend == "sqlite":
+        return SQLiteStore(config.data_dir, feed=feed)
+    from surat.store.postgres.store import PostgresStore  # noqa: PLC0415 (psycopg: postgresql only)
+
+    assert config.store.dsn is not None  # config validation: postgresql has a dsn
+    return PostgresStore(config.store.dsn, password=config.store.dsn_password, feed=feed)
 
 
 @dataclass(frozen=True, slots=True)

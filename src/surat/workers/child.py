@@ -12,15 +12,17 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from surat.app import StartupError, SuratServer, stop_on_signals
+from surat.app import StartupError, SuratServer, open_store, stop_on_signals
 from surat.config import Config
 from surat.log import fields, setup_logging
-from surat.store.sqlite import SQLiteStore
-from surat.workers.relay import READY, RelayedChangeFeed, open_link
+from surat.store.setup import configured_store
+from surat.workers.relay import READY, RelayedChangeFeed, RelayLink, RelayProtocolError, open_link
 
 log = logging.getLogger(__name__)
 
-QUEUE_WORKER = 0  # the worker that runs the outbound queue (docs/workers.md: why only one)
+# The worker that runs the outbound queue on SQLite (docs/workers.md: why only one there). On
+# PostgreSQL every worker runs it: each is a queue node with its own leases.
+QUEUE_WORKER = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,25 +37,31 @@ async def serve_worker(spec: WorkerSpec) -> None:
     config = spec.config
     link = await open_link(socket.socket(fileno=spec.relay_fd))
     sender = asyncio.create_task(link.run(), name="relay-send")
-    feed = RelayedChangeFeed(link)
-    # Never recovery here: the supervisor ran it before any worker started, and now the other
-    # workers' staged files and uncommitted blobs would look like a crash's leftovers.
-    store = SQLiteStore(config.data_dir, feed=feed)
+    on_postgresql = config.store.backend == "postgresql"
+    # SQLite: the relay carries this worker's changes to the others and theirs to it. PostgreSQL:
+    # the database does (LISTEN/NOTIFY, one connection per store), so the store keeps a local feed
+    # and the relay carries only READY and the supervisor's liveness.
+    feed = None if on_postgresql else RelayedChangeFeed(link)
+    store = configured_store(config, feed=feed)
     listening = {role: [socket.socket(fileno=fd) for fd in fds] for role, fds in spec.listening.items()}
-    server = SuratServer(config, store, listening=listening, run_queue=spec.index == QUEUE_WORKER)
+    run_queue = on_postgresql or spec.index == QUEUE_WORKER
+    server = SuratServer(config, store, listening=listening, run_queue=run_queue)
     follower: asyncio.Task[None] | None = None
     try:
-        await store.open(recover=False)
+        # Never recovery here: the supervisor ran it before any worker started, and now the other
+        # workers' staged files and uncommitted blobs would look like a crash's leftovers.
+        await open_store(store, recover=False)
         await server.start()
         stop = stop_on_signals()
-        follower = asyncio.create_task(feed.follow(), name="relay-follow")
+        following = feed.follow() if feed is not None else _until_relay_ends(link)
+        follower = asyncio.create_task(following, name="relay-follow")
         # The relay ends only when the supervisor is gone: nobody would restart this worker or carry
         # its changes to the others any more, so it stops too.
         follower.add_done_callback(lambda _: stop.set())
         link.send([READY])
         log.info(
             "worker.started",
-            extra=fields(index=spec.index, pid=os.getpid(), queue=spec.index == QUEUE_WORKER),
+            extra=fields(index=spec.index, pid=os.getpid(), queue=run_queue),
         )
         await stop.wait()
         log.info("worker.stopping", extra=fields(index=spec.index, pid=os.getpid()))
@@ -66,6 +74,16 @@ async def serve_worker(spec: WorkerSpec) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+async def _until_relay_ends(link: RelayLink) -> None:
+    """Return when the supervisor is gone. On PostgreSQL nothing it relays matters: the database
+    carries every change, and a worker that dies notifies nothing it did not commit."""
+    try:
+        async for _ in link.lines():
+            pass
+    except RelayProtocolError as exc:
+        log.error("relay.protocol_error", extra=fields(error=str(exc)))
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ than each worker binding its own with SO_REUSEPORT). Why:
   means the same port for all.
 
 Start-up: crash recovery of the store (`SQLiteStore.open()` removes staged files and blobs without
-a row) runs here, once, before any worker exists; the workers open the store without it. The
+a row; PostgreSQL has nothing to recover) runs here, once, before any worker exists; the workers open the store without it. The
 per-installation secret and the domains' DKIM keys are made here too (through the store, which makes
 them atomically anyway: store/keyfiles.py), so that no worker waits for a key at its first message.
 """
@@ -28,12 +28,12 @@ import socket
 import sys
 from datetime import UTC, datetime
 
-from surat.app import StartupError, stop_on_signals
+from surat.app import StartupError, open_store, stop_on_signals
 from surat.config import Config
 from surat.delivery.dkim import SigningKeys
 from surat.log import fields
 from surat.net.listener import bind
-from surat.store.sqlite import SQLiteStore
+from surat.store.setup import configured_store
 from surat.workers.child import WorkerSpec
 from surat.workers.relay import OVERFLOW, READY, RelayLink, RelayProtocolError, decode_line, open_link
 
@@ -79,8 +79,8 @@ class Supervisor:
 
     async def _prepare(self) -> None:
         config = self.config
-        store = SQLiteStore(config.data_dir)
-        await store.open()  # with recovery: no worker exists yet
+        store = configured_store(config)
+        await open_store(store)  # with recovery (SQLite's staged files): no worker exists yet
         try:
             await store.keys.installation_secret()
             keys = SigningKeys(store.keys)

@@ -48,6 +48,14 @@ async def _configure(conn: Connection) -> None:
     await conn.execute(b"SET synchronous_commit = on; SET TIME ZONE 'UTC'")
 
 
+def connect_options(password: str | None) -> dict[str, Any]:
+    """psycopg's connect() options for every connection of a store (pool, LISTEN, POP3 locks)."""
+    options: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
+    if password is not None:  # else libpq's own sources: the dsn, PGPASSWORD, ~/.pgpass
+        options["password"] = password
+    return options
+
+
 class PooledStore:
     """Connections, transactions and publishing for the PostgreSQL store's role modules."""
 
@@ -64,9 +72,7 @@ class PooledStore:
         # the changes to the other processes and nodes, and the listener publishes theirs on it.
         self.changes: InProcessChangeFeed = feed if feed is not None else InProcessChangeFeed()
         self.store_id = new_store_id()
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
-        if password is not None:  # else libpq's own sources: the dsn, PGPASSWORD, ~/.pgpass
-            kwargs["password"] = password
+        kwargs = connect_options(password)
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             dsn,
             kwargs=kwargs,

@@ -7,7 +7,7 @@ Implemented here: every Protocol method of the directory (domains, accounts, cre
 aliases, auth_clients, sent_messages), the installation secret and DKIM keys (keys.py), mailboxes and
 subscriptions, messages (deliver, append, list, get, flags, expunge, copy, move, changes_since,
 claim_recent, mailbox_status), the blob store, and the outbound queue with node ids and leases (queue.py). The change feed crosses nodes with
-LISTEN/NOTIFY (feed.py). `surat serve` still refuses PostgreSQL (POSTGRESQL_NOT_YET in cli.py).
+LISTEN/NOTIFY (feed.py). `surat.store.setup.configured_store` builds it from `[store]`.
 
 `open()` does not create or upgrade the schema: that is `surat store init` (docs/store.md). It
 refuses a database without the schema, or with another version, with the one line setup.py words.
@@ -44,7 +44,9 @@ class PostgresStore(QueueStore, MessagesStore, MailboxesStore, DirectoryStore):
     def keys(self) -> PostgresKeyStore:
         return PostgresKeyStore(self)
 
-    async def open(self) -> None:
+    async def open(self, *, recover: bool = True) -> None:
+        """`recover` is accepted so that callers open either backend alike (store.setup): there is
+        nothing to recover here (see the module docstring)."""
         if self._open:
             return
         try:
