@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,15 @@ from surat.store.base import (
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
 _SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    """What a store's group commit did (both backends' `commit_stats()`, for tests and benchmarks)."""
+
+    batches: int  # group commits done
+    items: int  # deliveries and appends committed by them
+    largest: int  # the most items one commit carried
 
 
 @functools.lru_cache(maxsize=4096)  # every RCPT asks for the same few domains, several times

@@ -102,6 +102,7 @@ from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.common import (
     QUEUE_ENTRY_COLUMNS,
     QUEUE_RECIPIENT_COLUMNS,
+    CommitStats,
     flags_of,
     flags_text,
     mailbox_from_row,
@@ -282,13 +283,6 @@ class _Pending:
     content: bytes | None = None
     result: Any = None
     error: BaseException | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommitStats:
-    batches: int  # group commits done
-    items: int  # deliveries and appends committed by them
-    largest: int  # the most items one commit carried
 
 
 # ----------------------------------------------------------------------------------------- the store

@@ -117,7 +117,13 @@ class PooledStore:
         `fn` may run again (up to TRANSACTION_ATTEMPTS times) when PostgreSQL aborts the transaction
         as a deadlock or a serialization failure, so it must not have effects outside the database.
         An exception from `fn` rolls everything back."""
-        pool = self._require_open()
+        self._require_open()
+        return await self._attempts(fn)
+
+    async def _attempts(self, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]]) -> T:
+        """`_transaction` without the open check: for the group commit's writer, which finishes the
+        writes accepted before `close()` (deliveries.py)."""
+        pool = self._pool
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
                 async with pool.connection() as conn:
