@@ -389,10 +389,12 @@ class GroupCommit:
                 batch = take_batch(self._waiting)
                 try:
                     await self._run_batch(batch)
-                except Exception as exc:  # settled here; the next batch must still run
+                except Exception as exc:  # a bug: settled here, and the next batch must still run
                     log.exception("store.group_commit_failed items=%d", len(batch))
                     for item in batch:
-                        _settle(item, exc)
+                        refusal = StoreError(f"commit failed: {type(exc).__name__}")
+                        refusal.__cause__ = exc  # one exception each: callers re-raise it
+                        _settle(item, refusal)
         except BaseException:
             # Cancelled (the event loop is shutting down): nobody may wait for ever.
             for item in [*batch, *self._waiting]:
