@@ -45,7 +45,6 @@ from typing import IO, Any
 from surat.message.info import MessageInfo
 from surat.store.base import (
     Change,
-    ChangeKind,
     Delivery,
     DeliveryResult,
     InvalidName,
@@ -56,7 +55,13 @@ from surat.store.base import (
     StoreError,
 )
 from surat.store.blobs import new_blob_id
-from surat.store.common import CommitStats, mailbox_from_row, normalize_flags, normalize_mailbox_name
+from surat.store.common import (
+    CommitStats,
+    added_changes,
+    mailbox_from_row,
+    normalize_flags,
+    normalize_mailbox_name,
+)
 from surat.store.postgres.blobs import write_blobs
 from surat.store.postgres.pool import Connection
 from surat.store.postgres.rows import (
@@ -314,19 +319,9 @@ async def write_batch(conn: Connection, batch: list[PendingWrite]) -> tuple[list
             b" VALUES (%s, %s, %s, %s, %s, %s)",
             recipient_rows,
         )
-    changes = [
-        Change(
-            ChangeKind.MESSAGES_ADDED,
-            locked[mailbox_id].account_id,
-            mailbox_id,
-            tuple(uids),
-            allocated[mailbox_id][1],
-        )
-        for mailbox_id, uids in added.items()
-    ]
-    if queue_rows:
-        changes.append(Change(ChangeKind.QUEUE_CHANGED, 0))
-    return outcomes, changes
+    owners = {mailbox_id: locked[mailbox_id].account_id for mailbox_id in added}
+    modseqs = {mailbox_id: modseq for mailbox_id, (_, modseq) in allocated.items()}
+    return outcomes, added_changes(added, owners, modseqs, bool(queue_rows))
 
 
 def take_batch(waiting: deque[PendingWrite]) -> list[PendingWrite]:
