@@ -5,7 +5,8 @@ SQL: the SQLite and PostgreSQL stores both import them, so a name valid on one i
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,8 @@ from surat.message.info import MessageInfo
 from surat.store.base import (
     HIERARCHY_DELIMITER,
     MAX_MAILBOX_NAME_OCTETS,
+    Change,
+    ChangeKind,
     InvalidName,
     Mailbox,
     QueueAttempt,
@@ -23,6 +26,32 @@ from surat.store.base import (
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
 _SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    """What a store's group commit did (both backends' `commit_stats()`, for tests and benchmarks)."""
+
+    batches: int  # group commits done
+    items: int  # deliveries and appends committed by them
+    largest: int  # the most items one commit carried
+
+
+def added_changes(
+    added: Mapping[int, Sequence[int]],
+    owners: Mapping[int, int],
+    modseqs: Mapping[int, int],
+    queued: bool,
+) -> list[Change]:
+    """A group commit's changes: MESSAGES_ADDED per mailbox (its UIDs, its account from `owners`, the
+    commit's MODSEQ from `modseqs`), and QUEUE_CHANGED when it queued something."""
+    changes = [
+        Change(ChangeKind.MESSAGES_ADDED, owners[mailbox_id], mailbox_id, tuple(uids), modseqs[mailbox_id])
+        for mailbox_id, uids in added.items()
+    ]
+    if queued:
+        changes.append(Change(ChangeKind.QUEUE_CHANGED, 0))
+    return changes
 
 
 @functools.lru_cache(maxsize=4096)  # every RCPT asks for the same few domains, several times

@@ -103,6 +103,8 @@ from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.common import (
     QUEUE_ENTRY_COLUMNS,
     QUEUE_RECIPIENT_COLUMNS,
+    CommitStats,
+    added_changes,
     flags_of,
     flags_text,
     mailbox_from_row,
@@ -293,13 +295,6 @@ class _Pending:
     content: bytes | None = None
     result: Any = None
     error: BaseException | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommitStats:
-    batches: int  # group commits done
-    items: int  # deliveries and appends committed by them
-    largest: int  # the most items one commit carried
 
 
 # ----------------------------------------------------------------------------------------- the store
@@ -2158,19 +2153,8 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 recipient_rows,
             )
-        changes = [
-            Change(
-                ChangeKind.MESSAGES_ADDED,
-                owners[mailbox_id],
-                mailbox_id,
-                tuple(uids),
-                allocated[mailbox_id][1],
-            )
-            for mailbox_id, uids in added.items()
-        ]
-        if queue_rows:
-            changes.append(Change(ChangeKind.QUEUE_CHANGED, 0))
-        return changes
+        modseqs = {mailbox_id: modseq for mailbox_id, (_, modseq) in allocated.items()}
+        return added_changes(added, owners, modseqs, bool(queue_rows))
 
     # ------------------------------------------------------------------------------ outbound queue
 

@@ -3,7 +3,7 @@ octets, the last one shorter), the `BlobStore` Protocol of store/base.py.
 
 Staging (`stage()`): a `StagedSpool` buffers in memory up to STAGE_MEMORY_BYTES and spills to an
 anonymous temporary file beyond (`tempfile.SpooledTemporaryFile`); the rows are written only inside
-the transaction that inserts the message's rows (`write_blob`). Why not chunk rows as the message
+the transaction that inserts the message's rows (`write_blobs`). Why not chunk rows as the message
 arrives: those rows would have to be committed before the message is (a transaction per SMTP
 session would hold a connection for the whole DATA), and then a node's `open()` could not tell a crash
 leftover from another live node's message in transfer, so nothing could ever be collected safely.
@@ -85,23 +85,30 @@ class StagedSpool:
             file.close()
 
 
-async def write_blob(conn: Connection, blob_id: str, size: int, source: bytes | IO[bytes]) -> None:
-    """Insert a blob and its chunks in the caller's transaction, with COPY: one round trip for the
-    whole body, streamed piece by piece (at most BLOB_CHUNK_SIZE octets of a spooled message in memory
-    at a time). A spooled file is read on the event loop: its pieces come from the page cache
-    (or memory), ~50 µs per 256 KiB, and the message size limit bounds their number."""
-    await conn.execute(b"INSERT INTO blobs (id, size) VALUES (%s, %s)", (blob_id, size))
+async def write_blobs(conn: Connection, blobs: Sequence[tuple[str, int, bytes | IO[bytes]]]) -> None:
+    """Insert blobs (id, size, body) and their chunks in the caller's transaction: one INSERT for the
+    `blobs` rows and one COPY for every chunk of all of them (a group commit's batch), streamed piece
+    by piece (at most BLOB_CHUNK_SIZE octets of a spooled message in memory at a time). A spooled file
+    is read on the event loop: its pieces come from the page cache (or memory), ~50 µs per 256 KiB,
+    and the message size limit and the batch bound (deliveries.py) bound their number."""
+    if not blobs:
+        return
+    await conn.execute(
+        b"INSERT INTO blobs (id, size) SELECT * FROM unnest(%s::text[], %s::bigint[])",
+        ([blob_id for blob_id, _, _ in blobs], [size for _, size, _ in blobs]),
+    )
     cursor = conn.cursor()
     async with cursor.copy(b"COPY blob_chunks (blob_id, position, data) FROM STDIN") as copy:
-        if isinstance(source, bytes):
-            for position, start in enumerate(range(0, len(source), BLOB_CHUNK_SIZE)):
-                await copy.write_row((blob_id, position, source[start : start + BLOB_CHUNK_SIZE]))
-            return
-        source.seek(0)
-        position = 0
-        while piece := source.read(BLOB_CHUNK_SIZE):
-            await copy.write_row((blob_id, position, piece))
-            position += 1
+        for blob_id, _, source in blobs:
+            if isinstance(source, bytes):
+                for position, start in enumerate(range(0, len(source), BLOB_CHUNK_SIZE)):
+                    await copy.write_row((blob_id, position, source[start : start + BLOB_CHUNK_SIZE]))
+                continue
+            source.seek(0)
+            position = 0
+            while piece := source.read(BLOB_CHUNK_SIZE):
+                await copy.write_row((blob_id, position, piece))
+                position += 1
 
 
 async def blob_tail(conn: Connection, blob_id: str, size: int) -> bytes:

@@ -2,8 +2,9 @@
 feed"): LISTEN/NOTIFY on one channel of the database.
 
 Sending: every transaction that produced changes sends ONE notification, with `pg_notify` inside that
-transaction (`notify_changes`, called by pool.py). PostgreSQL delivers a notification when, and only
-when, its transaction commits, and notifications of different transactions in commit order
+transaction (`notify_statement`; pool.py sends it in one round trip with the COMMIT, and a group
+commit of many deliveries is one transaction, so one notification). PostgreSQL delivers a
+notification when, and only when, its transaction commits, and notifications of different transactions in commit order
 (PostgreSQL docs, NOTIFY): a listener that reads the store on a notification sees the commit.
 
 Payload (text, ASCII): `<store id> SP <body>`, where the body is one line of the workers' relay
@@ -127,14 +128,14 @@ def decode_payload(payload: str) -> tuple[str, list[Change] | None]:
     return store_id, decoded
 
 
-async def notify_changes(
-    conn: psycopg.AsyncConnection[TupleRow], store_id: str, changes: Iterable[Change]
-) -> None:
-    """Send `changes` to the other stores, inside the caller's transaction: delivered at its COMMIT,
-    never if it rolls back (so a retried transaction notifies once)."""
+def notify_statement(store_id: str, changes: Iterable[Change]) -> tuple[bytes, tuple[str, str]] | None:
+    """The statement that sends `changes` to the other stores, for the caller's transaction (pool.py
+    sends it with the COMMIT): delivered at its COMMIT, never if it rolls back (so a retried
+    transaction notifies once). None when there is nothing to send."""
     payload = encode_payload(store_id, changes)
-    if payload is not None:
-        await conn.execute(b"SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+    if payload is None:
+        return None
+    return b"SELECT pg_notify(%s, %s)", (CHANNEL, payload)
 
 
 class ChangeListener:

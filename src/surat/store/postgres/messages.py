@@ -1,12 +1,12 @@
-"""The PostgreSQL store's messages: deliver and append (blob and rows in one transaction, UIDs and
-MODSEQs from the row-locked mailbox UPDATE), listings, flags, expunge, copy, move, QRESYNC changes and
+"""The PostgreSQL store's messages: deliver and append (group commit: many of them, blobs and rows, in
+one transaction, UIDs and MODSEQs from the row-locked mailbox UPDATE; deliveries.py), listings, flags, expunge, copy, move, QRESYNC changes and
 \\Recent claims.
 
 Every transaction that adds, changes or removes messages locks the mailboxes it writes first, in
 ascending id order (rows.py), and holds the locks until COMMIT: so the numbers it allocates are above
 those of every transaction that committed before it in that mailbox, and below those of every one
 that commits after (issue 12: UIDs and MODSEQs strictly increase in commit order, on every node).
-A delivery writes its blob before it takes any mailbox lock, so the lock is held only for a few short
+A delivery (deliveries.py) writes its blob before it takes any mailbox lock, so the lock is held only for a few short
 statements, whatever the message's size.
 """
 
@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import secrets
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import IO, Any, BinaryIO, cast
+from datetime import datetime
+from typing import Any, BinaryIO, cast
 
 from surat.message.info import MessageInfo, compute_message_info
 from surat.store.base import (
@@ -32,31 +29,27 @@ from surat.store.base import (
     DeliveryResult,
     FlagMode,
     FlagUpdate,
-    InvalidName,
     Mailbox,
     MailboxChanges,
     MessageBlob,
     MessageRecord,
     MessageSummary,
     NotFound,
-    RecipientState,
     StagedBlob,
     StoreError,
     StoreFlagsResult,
 )
-from surat.store.blobs import new_blob_id
 from surat.store.common import (
+    CommitStats,
     flags_of,
     flags_text,
-    mailbox_from_row,
     message_info,
     normalize_flags,
-    normalize_mailbox_name,
 )
-from surat.store.postgres.blobs import StagedSpool, blob_tail, write_blob
+from surat.store.postgres.blobs import StagedSpool, blob_tail
+from surat.store.postgres.deliveries import GroupCommit, PendingWrite, TakenBody, write_batch
 from surat.store.postgres.pool import Connection, PooledStore
 from surat.store.postgres.rows import (
-    MAILBOX_COLUMNS,
     MESSAGE_INSERT_COLUMNS,
     allocate,
     bump_modseq,
@@ -65,15 +58,11 @@ from surat.store.postgres.rows import (
     joined_date,
     lock_mailboxes,
     mailbox_by_id,
-    message_row,
 )
 
 # Messages up to this size are parsed (MessageInfo) on the event loop; larger ones in a thread.
 INLINE_PARSE_BYTES = 64 * 1024
 _SUMMARY_COLUMNS = "uid, modseq, flags, size, internal_date, internal_tz"
-_INSERT_MESSAGE = (
-    f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-).encode()
 
 
 def _summary(row: tuple[Any, ...]) -> MessageSummary:
@@ -84,10 +73,6 @@ def _summary(row: tuple[Any, ...]) -> MessageSummary:
         size=row[3],
         internal_date=joined_date(row[4], row[5]),
     )
-
-
-def _new_queue_id() -> str:
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(4)}"
 
 
 async def expunge_rows(
@@ -147,19 +132,6 @@ async def copy_rows(
     )
     change = Change(ChangeKind.MESSAGES_ADDED, dest.account_id, dest.id, tuple(new_uids), modseq)
     return CopyResult(dest.uidvalidity, list(zip(old_uids, new_uids, strict=True))), [change]
-
-
-@dataclass(frozen=True, slots=True)
-class _Body:
-    """A message taken over from its caller: in memory, or a spool (StagedSpool.take())."""
-
-    source: bytes | IO[bytes]
-    size: int
-    ends_crlf: bool
-
-    def close(self) -> None:
-        if not isinstance(self.source, bytes):
-            self.source.close()
 
 
 class MessagesStore(PooledStore):
@@ -354,7 +326,19 @@ class MessagesStore(PooledStore):
 
     # ------------------------------------------------------------------------------ deliver and append
 
-    def _take(self, staged: StagedBlob) -> _Body:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Deliveries and APPENDs go through one writer per store (deliveries.py).
+        self._writes = GroupCommit(self._commit_writes)
+
+    def commit_stats(self) -> CommitStats:
+        """How many group commits carried how many deliveries/appends (for tests and benchmarks)."""
+        return self._writes.stats()
+
+    async def _commit_writes(self, batch: list[PendingWrite]) -> list[Any]:
+        return await self._attempts(lambda conn: write_batch(conn, batch))
+
+    def _take(self, staged: StagedBlob) -> TakenBody:
         """Own a staged blob from now on (before any await: a caller cancelled meanwhile can no longer
         abort it); only this backend's staged blobs are accepted."""
         if not isinstance(staged, StagedSpool):
@@ -364,10 +348,10 @@ class MessagesStore(PooledStore):
         spool = staged.take()
         spool.seek(max(0, size - 2))
         tail = spool.read(2)
-        return _Body(spool, size, size == 0 or tail == b"\r\n")
+        return TakenBody(spool, size, size == 0 or tail == b"\r\n")
 
     @staticmethod
-    async def _parse(body: _Body) -> MessageInfo:
+    async def _parse(body: TakenBody) -> MessageInfo:
         if isinstance(body.source, bytes):
             return compute_message_info(io.BytesIO(body.source))
         spool = body.source
@@ -380,146 +364,29 @@ class MessagesStore(PooledStore):
             return parse()
         return await asyncio.to_thread(parse)
 
+    async def _parsed(self, body: TakenBody, info: MessageInfo | None) -> MessageInfo:
+        """The message's MessageInfo, parsed here when the caller has none; closes `body` on failure
+        (from the group commit's submit on, the writer owns and closes it)."""
+        try:
+            self._require_open()
+            return info if info is not None else await self._parse(body)
+        except BaseException:
+            body.close()
+            raise
+
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
         if delivery.staged is not None:
             body = self._take(delivery.staged)
         elif delivery.content is not None:
             content = delivery.content
-            body = _Body(content, len(content), not content or content.endswith(b"\r\n"))
+            body = TakenBody(content, len(content), not content or content.endswith(b"\r\n"))
         else:
             raise StoreError("a delivery needs content or a staged blob")
-        try:
-            info = delivery.info if delivery.info is not None else await self._parse(body)
-            return await self._transaction(lambda conn: self._deliver_rows(conn, delivery, body, info))
-        finally:
-            body.close()
-
-    async def _deliver_rows(
-        self, conn: Connection, delivery: Delivery, body: _Body, info: MessageInfo
-    ) -> tuple[DeliveryResult, list[Change]]:
-        # Resolve the targets before any lock: a missing mailbox falls back to INBOX (as SQLite does).
-        targets: list[tuple[Mailbox, frozenset[str]]] = []
-        for local in delivery.local:
-            try:
-                name = normalize_mailbox_name(local.mailbox)
-            except InvalidName:
-                name = "INBOX"
-            cursor = await conn.execute(
-                f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = %s AND name = ANY(%s)"
-                " ORDER BY name = 'INBOX' LIMIT 1".encode(),
-                (local.account_id, [name, "INBOX"]),
-            )
-            row = await cursor.fetchone()
-            if row is None:
-                raise NotFound(f"account {local.account_id}")
-            targets.append((mailbox_from_row(row), normalize_flags(local.flags)))
-        remote = delivery.remote
-        queued = remote is not None and bool(remote.recipients)
-        if not targets and not queued:
-            return DeliveryResult(local=[], queue_id=None), []
-        blob_id = new_blob_id()
-        await write_blob(conn, blob_id, body.size, body.source)
-        result, changes = await self._insert_copies(
-            conn, targets, body, blob_id, info, delivery.internal_date
+        info = await self._parsed(body, delivery.info)
+        result: DeliveryResult = await self._writes.submit(
+            PendingWrite(body, info, delivery.internal_date, delivery=delivery)
         )
-        queue_id = None
-        if queued:
-            assert remote is not None
-            queue_id = _new_queue_id()
-            now = datetime.now(UTC)
-            await conn.execute(
-                b"INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
-                b" envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature)"
-                b" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    queue_id,
-                    remote.sender,
-                    body.size,
-                    blob_id,
-                    remote.body_offset,
-                    now,
-                    now,
-                    remote.envid,
-                    remote.ret,
-                    remote.smtputf8,
-                    remote.eight_bit,
-                    remote.authenticated_user,
-                    remote.dkim_signature,
-                ),
-            )
-            cursor = conn.cursor()
-            await cursor.executemany(
-                b"INSERT INTO queue_recipients (queue_id, position, address, state, notify, orcpt)"
-                b" VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (queue_id, i, r.address, RecipientState.PENDING.value, " ".join(r.notify), r.orcpt)
-                    for i, r in enumerate(remote.recipients)
-                ],
-            )
-            changes.append(Change(ChangeKind.QUEUE_CHANGED, 0))
-        return DeliveryResult(local=result, queue_id=queue_id), changes
-
-    async def _insert_copies(
-        self,
-        conn: Connection,
-        targets: list[tuple[Mailbox, frozenset[str]]],
-        body: _Body,
-        blob_id: str,
-        info: MessageInfo,
-        internal_date: datetime,
-    ) -> tuple[list[tuple[int, int, int]], list[Change]]:
-        """One message row per target, in the targets' order; the mailboxes are locked here (id
-        order), then the accounts charged (RFC 9208 §5.1 quota), then the UIDs allocated."""
-        if not targets:
-            return [], []
-        locked = await lock_mailboxes(conn, (mailbox.id for mailbox, _ in targets))
-        needed: dict[int, int] = {}
-        counts: dict[int, int] = {}
-        for mailbox, _ in targets:
-            needed[mailbox.account_id] = needed.get(mailbox.account_id, 0) + body.size
-            counts[mailbox.id] = counts.get(mailbox.id, 0) + 1
-        for account_id in sorted(needed):
-            await charge(conn, account_id, needed[account_id])
-        allocated = {
-            mailbox_id: await allocate(conn, mailbox_id, counts[mailbox_id]) for mailbox_id in sorted(counts)
-        }
-        next_uid = {mailbox_id: first for mailbox_id, (first, _) in allocated.items()}
-        info_json = info.to_json()
-        rows: list[tuple[Any, ...]] = []
-        result: list[tuple[int, int, int]] = []
-        added: dict[int, list[int]] = {}
-        for mailbox, flags in targets:
-            uid = next_uid[mailbox.id]
-            next_uid[mailbox.id] = uid + 1
-            modseq = allocated[mailbox.id][1]
-            rows.append(
-                message_row(
-                    mailbox.id,
-                    uid,
-                    modseq,
-                    flags,
-                    internal_date,
-                    body.size,
-                    blob_id,
-                    info_json,
-                    body.ends_crlf,
-                )
-            )
-            result.append((mailbox.account_id, mailbox.id, uid))
-            added.setdefault(mailbox.id, []).append(uid)
-        cursor = conn.cursor()
-        await cursor.executemany(_INSERT_MESSAGE, rows)
-        changes = [
-            Change(
-                ChangeKind.MESSAGES_ADDED,
-                locked[mailbox_id].account_id,
-                mailbox_id,
-                tuple(uids),
-                allocated[mailbox_id][1],
-            )
-            for mailbox_id, uids in added.items()
-        ]
-        return result, changes
+        return result
 
     async def append(
         self,
@@ -530,18 +397,8 @@ class MessagesStore(PooledStore):
         internal_date: datetime,
     ) -> tuple[int, int]:
         body = self._take(staged)
-        try:
-            info = await self._parse(body)
-
-            async def fn(conn: Connection) -> tuple[tuple[int, int], list[Change]]:
-                mailbox = await mailbox_by_id(conn, mailbox_id, account_id=account_id)
-                blob_id = new_blob_id()
-                await write_blob(conn, blob_id, body.size, body.source)
-                result, changes = await self._insert_copies(
-                    conn, [(mailbox, normalize_flags(flags))], body, blob_id, info, internal_date
-                )
-                return (mailbox.uidvalidity, result[0][2]), changes
-
-            return await self._transaction(fn)
-        finally:
-            body.close()
+        info = await self._parsed(body, None)
+        result: tuple[int, int] = await self._writes.submit(
+            PendingWrite(body, info, internal_date, account_id=account_id, mailbox_id=mailbox_id, flags=flags)
+        )
+        return result

@@ -12,18 +12,20 @@ returns (ARCHITECTURE decision 4, issue 12 "Durability"); and the session time z
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from surat.store.base import Change, StoreError
 from surat.store.feed import InProcessChangeFeed
-from surat.store.postgres.feed import ChangeListener, new_store_id, notify_changes
+from surat.store.postgres.feed import ChangeListener, new_store_id, notify_statement
 
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
@@ -121,13 +123,17 @@ class PooledStore:
         `fn` may run again (up to TRANSACTION_ATTEMPTS times) when PostgreSQL aborts the transaction
         as a deadlock or a serialization failure, so it must not have effects outside the database.
         An exception from `fn` rolls everything back."""
-        pool = self._require_open()
+        self._require_open()
+        return await self._attempts(fn)
+
+    async def _attempts(self, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]]) -> T:
+        """`_transaction` without the open check: for the group commit's writer, which finishes the
+        writes accepted before `close()` (deliveries.py)."""
+        pool = self._pool
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
-                async with pool.connection() as conn, conn.transaction():
-                    result, changes = await fn(conn)
-                    if changes:  # one notification per transaction, delivered by its COMMIT
-                        await notify_changes(conn, self.store_id, changes)
+                async with pool.connection() as conn:
+                    result, changes = await self._run_transaction(conn, fn)
                 break
             except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
                 if attempt == TRANSACTION_ATTEMPTS:
@@ -141,3 +147,28 @@ class PooledStore:
         if changes:
             self.changes.publish(changes)
         return result
+
+    async def _run_transaction(
+        self, conn: Connection, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]]
+    ) -> tuple[T, list[Change]]:
+        """BEGIN, `fn`, then its one NOTIFY and the COMMIT sent together (psycopg's pipeline mode):
+        one round trip for both, where a NOTIFY statement of its own cost one more (issue 12, "one
+        NOTIFY per group commit, in the commit's round trip"). The NOTIFY is delivered by that COMMIT,
+        never if the transaction rolls back. Nested `conn.transaction()` blocks inside `fn` are
+        savepoints (psycopg makes one when a transaction is already open)."""
+        await conn.execute(b"BEGIN")
+        try:
+            result, changes = await fn(conn)
+            notify = notify_statement(self.store_id, changes)
+            async with conn.pipeline():
+                if notify is not None:
+                    await conn.execute(*notify)
+                await conn.execute(b"COMMIT")
+        except BaseException:
+            # A failed COMMIT has ended the transaction already; anything else is rolled back here
+            # (the pool would do it too, with a warning, on the connection's return).
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await conn.execute(b"ROLLBACK")
+            raise
+        return result, changes

@@ -58,18 +58,22 @@ async def lock_mailboxes(conn: Connection, mailbox_ids: Iterable[int]) -> dict[i
     """Lock the mailboxes' rows in ascending id order (the store's fixed lock order); NotFound if one
     of them does not exist. Returns them as they are under the lock."""
     wanted = sorted(set(mailbox_ids))
-    found: dict[int, Mailbox] = {}
-    # One statement: PostgreSQL locks the rows in the order the ORDER BY produces them.
-    cursor = await conn.execute(
-        f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = ANY(%s) ORDER BY id FOR UPDATE".encode(),
-        (wanted,),
-    )
-    for row in await cursor.fetchall():
-        found[row[0]] = mailbox_from_row(row)
+    found = await lock_existing_mailboxes(conn, wanted)
     missing = [mailbox_id for mailbox_id in wanted if mailbox_id not in found]
     if missing:
         raise NotFound(f"mailbox {missing[0]}")
     return found
+
+
+async def lock_existing_mailboxes(conn: Connection, mailbox_ids: Iterable[int]) -> dict[int, Mailbox]:
+    """Lock those of the mailboxes' rows that exist, in ascending id order; returns them as they are
+    under the lock (the caller decides what a missing one means)."""
+    # One statement: PostgreSQL locks the rows in the order the ORDER BY produces them.
+    cursor = await conn.execute(
+        f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = ANY(%s) ORDER BY id FOR UPDATE".encode(),
+        (sorted(set(mailbox_ids)),),
+    )
+    return {row[0]: mailbox_from_row(row) for row in await cursor.fetchall()}
 
 
 async def allocate(conn: Connection, mailbox_id: int, count: int = 1) -> tuple[int, int]:
@@ -89,6 +93,25 @@ async def allocate(conn: Connection, mailbox_id: int, count: int = 1) -> tuple[i
     if row is None:
         raise NotFound(f"mailbox {mailbox_id}")
     return int(row[0]), int(row[1])
+
+
+async def allocate_many(conn: Connection, counts: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """`allocate` for several mailboxes in one statement: mailbox id -> (first uid, modseq) for
+    `counts[id]` new UIDs each. The caller holds the mailboxes' row locks already (lock_mailboxes),
+    so the order in which this UPDATE visits the rows cannot deadlock."""
+    if not counts:
+        return {}
+    cursor = await conn.execute(
+        b"UPDATE mailboxes m SET uidnext = m.uidnext + c.n, highestmodseq = m.highestmodseq + 1"
+        b" FROM unnest(%s::bigint[], %s::bigint[]) AS c(id, n) WHERE m.id = c.id"
+        b" RETURNING m.id, m.uidnext - c.n, m.highestmodseq",
+        (list(counts), list(counts.values())),
+    )
+    allocated = {int(row[0]): (int(row[1]), int(row[2])) for row in await cursor.fetchall()}
+    missing = [mailbox_id for mailbox_id in counts if mailbox_id not in allocated]
+    if missing:
+        raise NotFound(f"mailbox {missing[0]}")
+    return allocated
 
 
 async def bump_modseq(conn: Connection, mailbox_id: int) -> int:
