@@ -393,8 +393,8 @@ class _Run:
         self.log.append(f"line {line}: {note}")
 
     def reject_conflict(self, what: str, line: int) -> None:
-        """RFC 5429 §2.1: reject/ereject cannot be combined with keep, fileinto, vacation, redirect or
-        another reject (the message is either refused or delivered)."""
+        """RFC 5429 §2.4: reject MUST NOT meet a second reject or vacation, and meeting keep, fileinto or
+        redirect is NOT RECOMMENDED (a message is either refused or delivered): all are errors here."""
         if any(isinstance(a, Reject) for a in self.actions):
             raise SieveRuntimeError(f"{what} cannot be combined with reject", line)
 
@@ -447,12 +447,9 @@ class _Run:
 
     def do_reject(self, command: Command, scope: _Scope) -> None:
         reason = self.string(command, 0, scope)
-        if any(
-            isinstance(a, Reject | Keep | FileInto | Vacation) or (isinstance(a, Redirect) and not a.copy)
-            for a in self.actions
-        ):
+        if any(isinstance(a, Reject | Keep | FileInto | Vacation | Redirect) for a in self.actions):
             raise SieveRuntimeError(f"{command.name} cannot be combined with earlier actions", command.line)
-        self.implicit_keep = False  # RFC 5429 §2.1: reject cancels the implicit keep
+        self.implicit_keep = False  # RFC 5429 §2.4: reject cancels the implicit keep
         self.add(Reject(reason, command.name == "ereject"), command.line, command.name)
 
     def do_vacation(self, command: Command, scope: _Scope) -> None:

@@ -73,7 +73,8 @@ class _Lexer:
                 self.tokens.append(Token(Kind.PUNCT, char, 0, self.line, column))
                 self.pos += 1
             elif char == '"':
-                self.tokens.append(Token(Kind.STRING, self.quoted(), 0, self.line, column))
+                line = self.line  # the string may span lines: its token is where it starts
+                self.tokens.append(Token(Kind.STRING, self.quoted(), 0, line, column))
             elif char == ":":
                 match = _IDENTIFIER.match(text, self.pos + 1)
                 if match is None:
@@ -123,18 +124,19 @@ class _Lexer:
             self.line_start = newline + 1
 
     def number(self) -> int:
+        start = self.pos
         match = _DIGITS.match(self.text, self.pos)
         assert match is not None
         digits = match.group()
         self.pos = match.end()
         if len(digits) > 19:  # MAX_NUMBER has 19 digits: refuse before converting a huge run
-            raise self.error("number is too large")
+            raise self.error("number is too large", start)
         value = int(digits)
         if self.pos < len(self.text) and self.text[self.pos].lower() in _QUANTIFIERS:
             value *= _QUANTIFIERS[self.text[self.pos].lower()]
             self.pos += 1
         if value > MAX_NUMBER:
-            raise self.error("number is too large")
+            raise self.error("number is too large", start)
         return value
 
     def quoted(self) -> str:

@@ -173,7 +173,7 @@ class _Parser:
         arguments = self.arguments()
         test: Test | None = None
         if signature.tests is Arity.ONE:
-            test = self.test(depth + 1)
+            test = self.test(1)  # tests nest in a count of their own, apart from blocks
         tags, positional = check(
             "command", name, signature, arguments, frozenset(self.capabilities), token.line
         )
