@@ -235,7 +235,10 @@ class _Run:
                     if comparator.fold(key) in comparator.fold(value):
                         return True
                 elif "matches" in test.tags:
-                    captures = glob_match(comparator, value, key, self.budget)
+                    try:
+                        captures = glob_match(comparator, value, key, self.budget)
+                    except SieveRuntimeError as error:
+                        raise SieveRuntimeError(error.message, test.line) from None
                     if captures is not None:
                         if scope.has_variables:  # RFC 5229 §3.2: set only by a successful :matches
                             scope.match = [value, *captures][:MAX_MATCH_VARIABLES]
@@ -353,12 +356,9 @@ class _Run:
         keys = self.strings(test.string_list(2), scope)
         values: list[str] = []
         for raw in self.indexed(test, [v.decode("utf-8", "replace") for v in self.view.raw_values(name)]):
-            try:
-                moment = parsedate_to_datetime(raw)
-            except (TypeError, ValueError, IndexError):
+            moment = _parse_date(raw)
+            if moment is None:
                 continue  # RFC 5260 §4: a field that is not a date does not match
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)  # "-0000": UTC, origin unknown
             zone = self.zone_of(test, scope)
             values.append(_date_part(moment if zone is None else moment.astimezone(zone), part, test.line))
         return self.match(test, values, keys, scope)
@@ -583,6 +583,18 @@ def _add_flags(current: list[str], strings: list[str]) -> list[str]:
                 seen.add(flag.lower())
                 out.append(flag)
     return out
+
+
+def _parse_date(value: str) -> datetime | None:
+    """An RFC 5322 §3.3 date-time; for fields such as Received, the one after the last ";"
+    (RFC 5260 §4 names Received among the fields whose date the test reads)."""
+    for text in (value, value.rpartition(";")[2]):
+        try:
+            moment = parsedate_to_datetime(text.strip())
+        except (TypeError, ValueError, IndexError):
+            continue
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # "-0000": UTC
+    return None
 
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

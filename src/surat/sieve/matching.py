@@ -36,6 +36,10 @@ class Budget:
 
     spent: int = 0
 
+    @property
+    def remaining(self) -> int:
+        return MAX_MATCH_WORK - self.spent
+
     def charge(self, steps: int) -> None:
         self.spent += steps
         if self.spent > MAX_MATCH_WORK:
@@ -81,8 +85,11 @@ def glob_match(comparator: Comparator, value: str, pattern: str, budget: Budget)
     star_p = -1  # pattern index of the last "*" passed, and where its text begins and now ends
     star_start = star_end = 0
     steps = 0
+    allowance = budget.remaining  # checked in the loop: the bound holds inside one long match too
     while t < size:
         steps += 1
+        if steps > allowance:
+            budget.charge(steps)  # raises
         token = tokens[p] if p < len(tokens) else None
         if token == _STAR:
             star_p, star_start, star_end = p, t, t
