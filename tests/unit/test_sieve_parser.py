@@ -252,6 +252,10 @@ def test_encoded_character_needs_require() -> None:
             'require "imap4flags";\nsetflag "v" "\\\\Seen";',
             'line 2: "setflag" with a variable name needs require "variables"',
         ),
+        (
+            'if address "subject" "x" {}',
+            'line 1: "subject" is not an address header: the address test cannot use it',
+        ),
         ('require "envelope";\nif envelope "auth" "x" {}', 'line 2: unknown envelope part "auth"'),
         ("if not (true) {}", 'line 1, column 8: expected a test, found "("'),
         ("if allof true {}", 'line 1, column 10: expected "(" after "allof", found "true"'),

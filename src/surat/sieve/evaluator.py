@@ -35,6 +35,7 @@ from surat.sieve.limits import (
 from surat.sieve.matching import Budget, Comparator, equals, glob_match, relational
 from surat.sieve.message_view import MessageContext, MessageView
 from surat.sieve.nodes import Command, Number, Script, StringList, Test
+from surat.sieve.parser import ADDRESS_HEADERS
 
 __all__ = ["IncludeResolver", "MailboxExists", "MessageContext", "SieveResult", "evaluate"]
 
@@ -278,6 +279,8 @@ class _Run:
     def test_address(self, test: Test, scope: _Scope) -> bool:
         values: list[str] = []
         for name in self.strings(test.string_list(0), scope):
+            if name.lower() not in ADDRESS_HEADERS:
+                continue  # a name from a variable that is no address header: RFC 5228 §5.1
             fields = self.indexed(test, [v.decode("utf-8", "replace") for v in self.view.raw_values(name)])
             for value in fields:
                 for local, domain in self.view.addresses(value.encode("utf-8", "surrogateescape")):

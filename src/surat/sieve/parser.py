@@ -70,6 +70,17 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # RFC 5228 §2.4.2.4 encoded-character: "${hex:" hex-pair-seq "}" / "${unicode:" unicode-hex-seq "}".
 # The class holds neither "$" nor "}", so each run is scanned once: linear.
 _ENCODED = re.compile(r"\$\{(hex|unicode):([ \t\r\n0-9A-Fa-f]*)\}", re.IGNORECASE)
+# RFC 5228 §5.1: "Implementations MUST restrict the address test to headers that contain addresses";
+# these are the RFC 5322 §3.6.2-3.6.7 address fields and common ones of later RFCs (RFC 8098 MDN, RFC
+# 9228 Delivered-To, RFC 5536 Approved).
+ADDRESS_HEADERS = frozenset(
+    {
+        "from", "sender", "reply-to", "to", "cc", "bcc",
+        "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc",
+        "return-path", "disposition-notification-to", "delivered-to", "approved", "errors-to",
+        "envelope-to", "x-original-to", "mail-followup-to", "mail-reply-to",
+    }
+)  # fmt: skip
 _ZONE = re.compile(r"[+-][0-9]{4}")  # RFC 5260 §4.1 :zone "+hhmm" / "-hhmm"
 
 
@@ -335,6 +346,12 @@ class _Parser:
                 raise SieveSyntaxError(f'unknown date part "{part}"', line)
         if test.name == "hasflag" and len(test.positional) == 2 and "variables" not in self.capabilities:
             raise SieveSyntaxError('"hasflag" with variable names needs require "variables"', line)
+        if test.name == "address":
+            for name in test.string_list(0):
+                if name.lower() not in ADDRESS_HEADERS and "${" not in name:
+                    raise SieveSyntaxError(
+                        f'"{name}" is not an address header: the address test cannot use it', line
+                    )
         if test.name == "envelope":
             for part in test.string_list(0):
                 if part.lower() not in ("from", "to") and "${" not in part:
