@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 from surat.message.address import mailboxes
 from surat.sieve.actions import Action, Discard, FileInto, Keep, Redirect, Reject, Vacation
@@ -43,6 +44,8 @@ __all__ = ["IncludeResolver", "MailboxExists", "MessageContext", "SieveResult", 
 # A script that does not parse raises SieveSyntaxError from the resolver.
 IncludeResolver = Callable[[str, str], Script | None]
 MailboxExists = Callable[[str], bool]
+
+_Value = TypeVar("_Value", str, bytes)
 
 DAY = 86_400
 DEFAULT_VACATION_DAYS = 7  # RFC 5230 §4.1
@@ -253,7 +256,7 @@ class _Run:
         self.step(test.line)
         return _TEST_HANDLERS[test.name](self, test, scope)
 
-    def indexed(self, test: Test, values: list[str]) -> list[str]:
+    def indexed(self, test: Test, values: list[_Value]) -> list[_Value]:
         """RFC 5260 §6 :index N [:last]: only the Nth field of a name (counted from the bottom)."""
         index = test.tags.get("index")
         if not isinstance(index, Number):
@@ -276,17 +279,17 @@ class _Run:
             return detail if separator else None
         return f"{local}@{domain}" if domain else local
 
+    def address_parts(self, test: Test, addresses: list[tuple[str, str]]) -> list[str]:
+        parts = (self.address_part(test, local, domain) for local, domain in addresses)
+        return [part for part in parts if part is not None]
+
     def test_address(self, test: Test, scope: _Scope) -> bool:
         values: list[str] = []
         for name in self.strings(test.string_list(0), scope):
             if name.lower() not in ADDRESS_HEADERS:
                 continue  # a name from a variable that is no address header: RFC 5228 §5.1
-            fields = self.indexed(test, [v.decode("utf-8", "replace") for v in self.view.raw_values(name)])
-            for value in fields:
-                for local, domain in self.view.addresses(value.encode("utf-8", "surrogateescape")):
-                    part = self.address_part(test, local, domain)
-                    if part is not None:
-                        values.append(part)
+            for value in self.indexed(test, self.view.raw_values(name)):
+                values += self.address_parts(test, self.view.addresses(value))
         return self.match(test, values, self.strings(test.string_list(1), scope), scope)
 
     def test_envelope(self, test: Test, scope: _Scope) -> bool:
@@ -300,9 +303,7 @@ class _Run:
                 values.append("")  # RFC 5228 §5.4: <> is the empty string whatever the address part
                 continue
             local, _at, domain = address.rpartition("@") if "@" in address else (address, "", "")
-            part = self.address_part(test, local, domain)
-            if part is not None:
-                values.append(part)
+            values += self.address_parts(test, [(local, domain)])
         return self.match(test, values, self.strings(test.string_list(1), scope), scope)
 
     def test_header(self, test: Test, scope: _Scope) -> bool:
@@ -358,8 +359,8 @@ class _Run:
         part = self.string(test, 1, scope).lower()
         keys = self.strings(test.string_list(2), scope)
         values: list[str] = []
-        for raw in self.indexed(test, [v.decode("utf-8", "replace") for v in self.view.raw_values(name)]):
-            moment = _parse_date(raw)
+        for raw in self.indexed(test, self.view.raw_values(name)):
+            moment = _parse_date(raw.decode("utf-8", "replace"))
             if moment is None:
                 continue  # RFC 5260 §4: a field that is not a date does not match
             zone = self.zone_of(test, scope)

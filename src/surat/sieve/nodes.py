@@ -41,33 +41,36 @@ class Tag:
 Argument = StringList | Number | Tag
 
 
+class _Node:
+    """What commands and tests share: positional arguments, read by index."""
+
+    __slots__ = ()
+    positional: tuple[Argument, ...]
+
+    def string_list(self, index: int) -> tuple[str, ...]:
+        """The strings of positional argument `index` (the signature made sure it is a string list)."""
+        argument = self.positional[index]
+        assert isinstance(argument, StringList)
+        return argument.values
+
+
 @dataclass(frozen=True, slots=True)
-class Test:
+class Test(_Node):
     name: str
     tags: dict[str, Argument | None]
     positional: tuple[Argument, ...]
     tests: tuple[Test, ...]
     line: int
 
-    def string_list(self, index: int) -> tuple[str, ...]:
-        argument = self.positional[index]
-        assert isinstance(argument, StringList)
-        return argument.values
-
 
 @dataclass(frozen=True, slots=True)
-class Command:
+class Command(_Node):
     name: str
     tags: dict[str, Argument | None]
     positional: tuple[Argument, ...]
     test: Test | None  # the condition of if/elsif
     block: tuple[Command, ...] | None
     line: int
-
-    def string_list(self, index: int) -> tuple[str, ...]:
-        argument = self.positional[index]
-        assert isinstance(argument, StringList)
-        return argument.values
 
 
 @dataclass(frozen=True, slots=True)
