@@ -3,6 +3,7 @@ implicit keep with a runtime error, within the step bounds (tests/fuzzing.py's C
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_settings
 from surat.sieve import Keep, MessageContext, Script, SieveResult, SieveSyntaxError, evaluate, parse_script
+from surat.sieve.matching import Budget, Comparator, glob_match
 from surat.sieve.parser import SUPPORTED_CAPABILITIES
 
 pytestmark = pytest.mark.fuzz
@@ -220,3 +222,44 @@ def test_generated_scripts_evaluate_to_actions_or_a_limit(commands: list[str], m
     _check_result(result)
     for error in result.errors:
         assert error.startswith("line "), error  # every runtime error names its line
+
+
+def _reference_glob(value: str, pattern: str) -> list[str] | None:
+    """The definition, by brute force: each wildcard, left to right, takes the fewest characters that
+    let the rest match (RFC 5229 §3.2); exponential in general, fine for the short inputs here."""
+    tokens: list[str] = []
+    escaped = False
+    for char in pattern:
+        if escaped:
+            tokens.append("=" + char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            tokens.append(char if char in "*?" else "=" + char)
+
+    @functools.cache
+    def rest(p: int, t: int) -> list[str] | None:
+        if p == len(tokens):
+            return [] if t == len(value) else None
+        token = tokens[p]
+        if token == "*":
+            for end in range(t, len(value) + 1):
+                tail = rest(p + 1, end)
+                if tail is not None:
+                    return [value[t:end], *tail]
+            return None
+        if t == len(value):
+            return None
+        if token == "?":
+            tail = rest(p + 1, t + 1)
+            return None if tail is None else [value[t], *tail]
+        return rest(p + 1, t + 1) if token[1] == value[t] else None
+
+    return rest(0, 0)
+
+
+@fuzz_settings()
+@given(st.text("ab*", max_size=12), st.text("ab*?\\", max_size=8))
+def test_glob_equals_the_definition(value: str, pattern: str) -> None:
+    assert glob_match(Comparator.OCTET, value, pattern, Budget()) == _reference_glob(value, pattern)

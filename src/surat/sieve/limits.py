@@ -15,9 +15,11 @@ MAX_NUMBER = 2**63 - 1  # a number with its K/M/G quantifier applied; beyond is 
 
 # --- running a script for one message (evaluator)
 MAX_STEPS = 10_000  # commands and tests executed, includes counted
-MAX_MATCH_WORK = 500_000  # character steps of :matches globs for one message (~0.12 s of CPU at worst)
+MAX_MATCH_WORK = 10_000_000  # worst-case character steps of :matches searches per message (C code: ~0.1 s)
 MAX_REDIRECTS = 4  # redirect actions per message (Pigeonhole's default)
-MAX_VACATIONS = 1  # vacation replies per message (RFC 5230 §4.? allows one per run)
+MAX_VACATIONS = (
+    1  # vacation replies per message: one auto-reply per message (Pigeonhole refuses a second too)
+)
 MAX_INCLUDE_DEPTH = 10  # nested include (RFC 6609 §3.2 asks for a limit; Pigeonhole uses 10)
 MAX_INCLUDED_SCRIPTS = 32  # distinct scripts included in one run
 MAX_VARIABLES = 256  # variables per script scope (RFC 5229 §6 lets an implementation bound them)

@@ -1,14 +1,15 @@
 """Comparators and match types (RFC 5228 §2.7, RFC 4790 §9, RFC 5231): how a value meets a key.
 
-`:matches` is a glob ("*" any run, "?" one character, "\\" quotes the next) matched by the standard
-two-pointer algorithm with one backtrack point (the last "*"), not a regex: it never backtracks
-exponentially. Its work is at most len(value) * len(pattern) character steps, counted in a `Budget`
-the caller bounds (MAX_MATCH_WORK per message).
+`:matches` is a glob ("*" any run, "?" one character, "\\" quotes the next): its segments between
+stars are placed leftmost one after the other, never a backtracking regex over the whole pattern, so
+the work is at most len(value) * len(pattern) character steps (in C), counted in a `Budget` the caller
+bounds (MAX_MATCH_WORK per message).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from surat.sieve.errors import SieveRuntimeError
@@ -46,77 +47,100 @@ class Budget:
             raise SieveRuntimeError(f":matches work for this message exceeds {MAX_MATCH_WORK} steps")
 
 
-_STAR = -1
-_ANY = -2
+_ANY = object()  # "?" in a compiled segment
 
 
-def _compile(pattern: str) -> list[int | str]:
-    """The pattern as a list of literal characters, _STAR and _ANY (RFC 5228 §2.7.1: "\\" quotes)."""
-    out: list[int | str] = []
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """The part of a pattern between two "*": literal characters and "?" (RFC 5228 §2.7.1)."""
+
+    length: int
+    literal: str | None  # the text when the segment has no "?": matched with str.find, in C
+    regex: re.Pattern[str] | None  # otherwise: literals and "." (no quantifier, so no backtracking)
+    anys: tuple[int, ...]  # offsets of the "?" in the segment
+
+
+def _segments(pattern: str) -> list[_Segment]:
+    """The pattern split at its "*" ("\\" quotes the next character), one segment more than stars."""
+    segments: list[_Segment] = []
+    current: list[object] = []
     escaped = False
+
+    def close() -> None:
+        anys = tuple(i for i, item in enumerate(current) if item is _ANY)
+        if anys:
+            source = "".join("." if item is _ANY else re.escape(str(item)) for item in current)
+            segments.append(_Segment(len(current), None, re.compile(source, re.DOTALL), anys))
+        else:
+            segments.append(_Segment(len(current), "".join(map(str, current)), None, ()))
+        current.clear()
+
     for char in pattern:
         if escaped:
-            out.append(char)
+            current.append(char)
             escaped = False
         elif char == "\\":
             escaped = True
         elif char == "*":
-            out.append(_STAR)
+            close()
         elif char == "?":
-            out.append(_ANY)
+            current.append(_ANY)
         else:
-            out.append(char)
-    return out
+            current.append(char)
+    close()
+    return segments
+
+
+def _at(segment: _Segment, text: str, position: int) -> bool:
+    if segment.literal is not None:
+        return text.startswith(segment.literal, position)
+    assert segment.regex is not None
+    return segment.regex.match(text, position, position + segment.length) is not None
+
+
+def _find(segment: _Segment, text: str, start: int, end: int) -> int:
+    """The leftmost place in [start, end) where the segment lies wholly inside, or -1."""
+    if segment.literal is not None:
+        return text.find(segment.literal, start, end)
+    assert segment.regex is not None
+    found = segment.regex.search(text, start, end)
+    return -1 if found is None else found.start()
 
 
 def glob_match(comparator: Comparator, value: str, pattern: str, budget: Budget) -> list[str] | None:
     """The texts each wildcard matched, in order (RFC 5229 §3.2 match variables ${1}...), or None.
     Characters are compared folded by the comparator; the texts returned are those of `value`.
 
-    Each "*" takes the fewest characters that let the rest match, scanning left to right; so in
-    "[*] *" against "[a] [b] c" the first "*" is "a" and the last takes the rest (RFC 5229 §3.2 example).
+    The pattern is cut at its "*" into segments: the first must lie at the start, the last at the end,
+    and each one between is placed leftmost (str.find or a quantifier-free regex, both in C). Leftmost
+    placement is right: if any placement matches, the leftmost does too, and it gives each "*" the
+    fewest characters, as RFC 5229 §3.2's example wants ("[*] *" on "[a] [b] c" gives "a", "[b] c").
+    A search costs at most (characters searched) x (segment length) steps; that bound is charged to
+    the budget before each search, so a hostile pattern stops at MAX_MATCH_WORK.
     """
-    folded = comparator.fold(value)  # i;ascii-casemap maps one character to one: offsets stay
-    tokens = _compile(comparator.fold(pattern))
-    wildcards = [i for i, token in enumerate(tokens) if token in (_STAR, _ANY)]
-    spans: dict[int, tuple[int, int]] = {}
-    size = len(value)
-    p = t = 0
-    star_p = -1  # pattern index of the last "*" passed, and where its text begins and now ends
-    star_start = star_end = 0
-    steps = 0
-    allowance = budget.remaining  # checked in the loop: the bound holds inside one long match too
-    while t < size:
-        steps += 1
-        if steps > allowance:
-            budget.charge(steps)  # raises
-        token = tokens[p] if p < len(tokens) else None
-        if token == _STAR:
-            star_p, star_start, star_end = p, t, t
-            spans[p] = (t, t)
-            p += 1
-        elif token == _ANY:
-            spans[p] = (t, t + 1)
-            p += 1
-            t += 1
-        elif token is not None and token == folded[t]:
-            p += 1
-            t += 1
-        elif star_p >= 0:
-            # Backtrack: the last "*" takes one more character; everything after it is matched again.
-            star_end += 1
-            spans[star_p] = (star_start, star_end)
-            p, t = star_p + 1, star_end
-        else:
-            budget.charge(steps)
-            return None
-    budget.charge(steps)
-    while p < len(tokens) and tokens[p] == _STAR:
-        spans[p] = (size, size)
-        p += 1
-    if p != len(tokens):
+    text = comparator.fold(value)  # i;ascii-casemap maps one character to one: offsets stay
+    segments = _segments(comparator.fold(pattern))
+    first, last = segments[0], segments[-1]
+    size = len(text)
+    budget.charge(first.length + last.length + 1)
+    if len(segments) == 1:
+        return [value[i] for i in first.anys] if size == first.length and _at(first, text, 0) else None
+    last_start = size - last.length
+    if last_start < first.length or not _at(first, text, 0) or not _at(last, text, last_start):
         return None
-    return [value[spans[i][0] : spans[i][1]] for i in wildcards]
+    captures = [value[i] for i in first.anys]
+    position = first.length
+    for segment in segments[1:-1]:
+        budget.charge((last_start - position + 1) * max(segment.length, 1))
+        found = _find(segment, text, position, last_start)
+        if found < 0:
+            return None
+        captures.append(value[position:found])  # the "*" before this segment
+        captures += [value[found + i] for i in segment.anys]
+        position = found + segment.length
+    captures.append(value[position:last_start])  # the last "*"
+    captures += [value[last_start + i] for i in last.anys]
+    return captures
 
 
 def numeric_key(text: str) -> int | None:
