@@ -39,9 +39,7 @@ HOSTILE = (
     'require "variables";\nset "v" "'
     + "a" * 3900
     + '";\n'
-    + 'if string :matches "${v}" "*'
-    + "a" * 1000
-    + 'b" { discard; }\n'
+    + ('if string :matches "${v}" "*' + "a?" * 500 + 'b*" { discard; }\n') * 4
 )
 
 

@@ -43,6 +43,10 @@ class MessageView:
     context: MessageContext
     header: Header = field(init=False)
     _body_parts: list[tuple[str, str, str]] | None = None  # (type, subtype, decoded text) of leaves
+    # Scripts test the same few fields again and again (Subject, From): each is decoded once per message.
+    # Callers never change the lists handed out.
+    _decoded: dict[str, list[str]] = field(default_factory=dict)
+    _addresses: dict[bytes, list[tuple[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.header = self.context.header or read_header(self.context.message)
@@ -60,20 +64,16 @@ class MessageView:
 
     def decoded_values(self, name: str) -> list[str]:
         """RFC 5228 §2.7.2: header values compared after RFC 2047 decoding, as UTF-8 text."""
-        return [decode_encoded_words(value.decode("utf-8", "replace")) for value in self.raw_values(name)]
+        key = name.lower()
+        if key not in self._decoded:
+            values = self.raw_values(key)
+            self._decoded[key] = [decode_encoded_words(value.decode("utf-8", "replace")) for value in values]
+        return self._decoded[key]
 
-    @staticmethod
-    def addresses(value: bytes) -> list[tuple[str, str]]:
-        """(local part, domain) of each address in an address-list value; groups are opened, and a
-        missing local part or domain is "" (RFC 5228 §5.1 lets such addresses match only :all)."""
-        out: list[tuple[str, str]] = []
-        for address in parse_address_list(value):
-            if address.host is None or address == GROUP_END:
-                continue  # a group's start or end: not an address
-            local = "" if address.mailbox in (None, MISSING_MAILBOX) else str(address.mailbox)
-            domain = "" if address.host == MISSING_DOMAIN else address.host
-            out.append((local, domain))
-        return out
+    def addresses(self, value: bytes) -> list[tuple[str, str]]:
+        if value not in self._addresses:
+            self._addresses[value] = _parse_addresses(value)
+        return self._addresses[value]
 
     def body_raw(self) -> str:
         """RFC 5173 §5.1 :raw: the body as it is, undecoded (bounded by MAX_BODY_TEXT)."""
@@ -97,6 +97,19 @@ class MessageView:
         except LookupError:
             text = data.decode("utf-8", "replace")
         return text[:MAX_BODY_TEXT]
+
+
+def _parse_addresses(value: bytes) -> list[tuple[str, str]]:
+    """(local part, domain) of each address in an address-list value; groups are opened, and a
+    missing local part or domain is "" (RFC 5228 §5.1 lets such addresses match only :all)."""
+    out: list[tuple[str, str]] = []
+    for address in parse_address_list(value):
+        if address.host is None or address == GROUP_END:
+            continue  # a group's start or end: not an address
+        local = "" if address.mailbox in (None, MISSING_MAILBOX) else str(address.mailbox)
+        domain = "" if address.host == MISSING_DOMAIN else address.host
+        out.append((local, domain))
+    return out
 
 
 def _leaves(part: BodyPart) -> Iterator[BodyPart]:
