@@ -346,3 +346,49 @@ def test_lines_are_counted_through_comments_and_strings() -> None:
     with pytest.raises(SieveSyntaxError) as later:
         parse_script('/* one\ntwo */ keep;\nredirect "a\n\nb";\n# c\nredirect text:\nx\n.\n;\nfrob;')
     assert (later.value.line, later.value.column) == (11, 1)
+
+
+@pytest.mark.parametrize("script", RFC_EXAMPLES)
+def test_crlf_and_lf_scripts_parse_alike(script: str) -> None:
+    """Scripts come from Unix editors (LF) and from ManageSieve clients (CRLF): the same AST."""
+    assert parse_script(script.replace("\n", "\r\n")) == parse_script(script)
+
+
+@pytest.mark.parametrize("script", RFC_EXAMPLES)
+def test_a_comment_may_stand_for_any_blank(script: str) -> None:
+    """RFC 5228 §2.3: a bracket comment is white space; in place of any blank between tokens, the same AST."""
+    parsed = parse_script(script)
+    for index, char in enumerate(script):
+        if char == " " and not _inside_string(script, index):
+            assert parse_script(script[:index] + "/**/" + script[index + 1 :]) == parsed
+
+
+def _inside_string(script: str, index: int) -> bool:
+    """Whether `index` lies in a quoted string, a multi-line string or a comment (good enough for the
+    RFC examples: no escaped quotes)."""
+    in_quotes = False
+    position = 0
+    while position < index:
+        if script.startswith("text:", position) and not in_quotes:
+            end = script.find("\n.\n", position)
+            if end < 0 or index <= end + 2:
+                return True
+            position = end + 3
+            continue
+        char = script[position]
+        if char == "#" and not in_quotes:
+            newline = script.find("\n", position)
+            if newline < 0 or index < newline:
+                return True
+            position = newline
+            continue
+        if script.startswith("/*", position) and not in_quotes:
+            end = script.find("*/", position)
+            if index < end + 2:
+                return True
+            position = end + 2
+            continue
+        if char == '"':
+            in_quotes = not in_quotes
+        position += 1
+    return in_quotes
