@@ -425,9 +425,9 @@ def test_redirect_limit() -> None:
 
 
 def test_step_limit() -> None:
-    # 1024 header names x 10 keys compared: more steps than MAX_STEPS in one test
-    names = ", ".join(['"X-Nope"'] * 1000 + ['"subject"'] * 24)
-    keys = ", ".join(f'"k{i}"' for i in range(MAX_STEPS // 48 + 1))
+    # 2048 values (the two Subject fields named 1024 times) x enough keys: more steps than MAX_STEPS
+    names = ", ".join(['"subject"'] * 1024)
+    keys = ", ".join(f'"k{i}"' for i in range(MAX_STEPS // 2048 + 1))
     result = run(f"if header :is [{names}] [{keys}] {{ discard; }}")
     assert result.errors == (f"line 1: script ran more than {MAX_STEPS} steps",)
 
@@ -447,7 +447,20 @@ def test_glob_is_bounded_and_not_exponential() -> None:
         + f'if string :matches "${{v}}" "{pattern}" {{ discard; }}\n' * 3
     )
     result = run(hostile)
-    assert result.errors == (f"line 5: :matches work for this message exceeds {MAX_MATCH_WORK} steps",)
+    assert result.errors == (f"line 5: matching work for this message exceeds {MAX_MATCH_WORK} steps",)
+
+
+def test_contains_reads_are_charged() -> None:
+    # 1024 keys against a 10 000-character value: 10 M characters read, over the budget
+    keys = ", ".join(f'"k{i}"' for i in range(1024))
+    script = (
+        'require "variables";\nset "v" "'
+        + "a" * 3990
+        + '";\n'
+        + f'if string :contains ["${{v}}", "${{v}}", "${{v}}"] [{keys}] {{ discard; }}'
+    )
+    result = run(script)
+    assert result.errors == (f"line 3: matching work for this message exceeds {MAX_MATCH_WORK} steps",)
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ MAX_STRING_LIST = 1024  # strings in one string list
 MAX_NUMBER = 2**63 - 1  # a number with its K/M/G quantifier applied; beyond is refused
 
 # --- running a script for one message (evaluator)
-MAX_STEPS = 10_000  # commands and tests executed, includes counted
-MAX_MATCH_WORK = 10_000_000  # worst-case character steps of :matches searches per message (C code: ~0.1 s)
+MAX_STEPS = 50_000  # commands, tests and value-key comparisons per message (~0.1 s at worst)
+MAX_MATCH_WORK = 10_000_000  # character steps of comparisons per message, :matches at its worst (C: ~20 ms)
 MAX_REDIRECTS = 4  # redirect actions per message (Pigeonhole's default)
 MAX_VACATIONS = (
     1  # vacation replies per message: one auto-reply per message (Pigeonhole refuses a second too)

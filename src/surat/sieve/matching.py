@@ -33,7 +33,8 @@ class Comparator(enum.Enum):
 
 @dataclass(slots=True)
 class Budget:
-    """Character steps spent by :matches for one message; over MAX_MATCH_WORK is a runtime error."""
+    """Character steps spent comparing for one message (:matches searches at their worst case,
+    :contains by the characters read); over MAX_MATCH_WORK is a runtime error."""
 
     spent: int = 0
 
@@ -44,7 +45,7 @@ class Budget:
     def charge(self, steps: int) -> None:
         self.spent += steps
         if self.spent > MAX_MATCH_WORK:
-            raise SieveRuntimeError(f":matches work for this message exceeds {MAX_MATCH_WORK} steps")
+            raise SieveRuntimeError(f"matching work for this message exceeds {MAX_MATCH_WORK} steps")
 
 
 _ANY = object()  # "?" in a compiled segment
