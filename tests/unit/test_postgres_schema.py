@@ -40,7 +40,7 @@ async def test_migrate_creates_the_schema_once(pg_cluster: PostgresCluster, pg_d
         assert set(await columns(conn)) == {
             "schema_version", "meta", "nodes", "domains", "accounts", "aliases", "mailboxes",
             "subscriptions", "blobs", "blob_chunks", "messages", "expunged", "queue",
-            "queue_recipients", "queue_attempts", "auth_clients", "sent_messages",
+            "queue_recipients", "queue_attempts", "auth_clients", "sent_messages", "sts_policies",
         }  # fmt: skip
 
 

@@ -202,7 +202,17 @@ MIGRATIONS: tuple[str, ...] = (
         recipients integer NOT NULL CHECK (recipients >= 0)
     );
     CREATE INDEX sent_messages_user ON sent_messages("user", sent_at);
-    CREATE INDEX sent_messages_sent_at ON sent_messages(sent_at)
+    CREATE INDEX sent_messages_sent_at ON sent_messages(sent_at);
+
+    -- The MTA-STS policy cache (SQLite migration 9), shared by every node.
+    CREATE TABLE sts_policies (
+        domain text PRIMARY KEY,
+        policy_id text NOT NULL,
+        policy text NOT NULL,
+        fetched_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX sts_policies_expires_at ON sts_policies(expires_at)
     """,
 )
 
