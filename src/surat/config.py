@@ -155,6 +155,10 @@ class DeliveryConfig:
     # Deliver to loopback, private, link-local... addresses when DNS or an address literal names them
     # (tests with a fake DNS on 127.0.0.1, a lab network). `routes` and `smarthost` are always trusted.
     allow_private_destinations: bool = False
+    # Static transport security policy (issue 15): mail to these domains goes only over STARTTLS with a
+    # certificate valid for the next hop's host name (the MX host), else it waits and finally bounces.
+    # A domain's MTA-STS policy, when it publishes one, takes precedence. Lower-case A-labels.
+    require_tls_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +404,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smtp_timeouts=_smtp_timeouts(delivery_table.table("smtp_timeouts")),
         allow_private_destinations=delivery_table.boolean(
             "allow_private_destinations", delivery_defaults.allow_private_destinations
+        ),
+        require_tls_domains=_domain_names(
+            delivery_table._get("require_tls_domains"), "delivery.require_tls_domains", "domains"
         ),
     )
     delivery_table.finish()
