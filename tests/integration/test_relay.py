@@ -4,6 +4,7 @@ or to scripted peers, all on 127.0.0.1 through `[delivery] routes`; no public ad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import socketserver
 import ssl
@@ -113,10 +114,9 @@ def restart_sender(tmp_path: Path, routes: dict[str, str], **extra: Any) -> Peer
     return Peer(config, FakeResolver())
 
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[Peer]:
+@contextlib.contextmanager
+def remote_peer(config: Config) -> Iterator[Peer]:
     """Server B: remote.test with bob, resolving through a fake DNS that will carry A's DKIM keys."""
-    config = peer_config(tmp_path / "b", "mx.remote.test")
     running = Peer(config, FakeResolver({("remote.test", "MX"): []}))
     try:
         running.add_domain("remote.test")
@@ -124,6 +124,12 @@ def remote(tmp_path: Path) -> Iterator[Peer]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[Peer]:
+    with remote_peer(peer_config(tmp_path / "b", "mx.remote.test")) as running:
+        yield running
 
 
 def publish_dkim_keys(sender: Peer, resolver: FakeResolver) -> None:

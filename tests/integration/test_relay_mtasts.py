@@ -10,14 +10,14 @@ import dataclasses
 import http.server
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ROLES, RunningServer, inbox, queue
 from dns_server import DNSServer
-from test_relay import ALICE, BOB, Peer, fast_delivery, peer_config, submit, wait_for
+from test_relay import ALICE, BOB, Peer, fast_delivery, peer_config, remote_peer, submit, wait_for
 
 from surat.app import SuratServer
 from surat.certs import CertificatePaths, write_dev_certificates
@@ -103,36 +103,39 @@ def dns_records(
     return records
 
 
+DNSFactory = Callable[[dict[tuple[str, str], list[str]]], DNSServer]
+
+
 @pytest.fixture
-def dns_server() -> Iterator[DNSServer]:
-    server = DNSServer(dns_records())
-    try:
-        yield server
-    finally:
+def make_dns() -> Iterator[DNSFactory]:
+    """DNS servers on 127.0.0.1 with the records given, all closed at the end of the test."""
+    servers: list[DNSServer] = []
+
+    def make(records: dict[tuple[str, str], list[str]]) -> DNSServer:
+        servers.append(DNSServer(records))
+        return servers[-1]
+
+    yield make
+    for server in servers:
         server.close()
+
+
+@pytest.fixture
+def dns_server(make_dns: DNSFactory) -> DNSServer:
+    return make_dns(dns_records())
 
 
 @pytest.fixture
 def mx(tmp_path: Path, sts_tls: CertificatePaths) -> Iterator[Peer]:
     """Server B, remote.test's MX, with the certificate for mx.remote.test."""
-    config = peer_config(
-        tmp_path / "b",
-        "mx.remote.test",
-        tls={"cert": str(sts_tls.cert), "key": str(sts_tls.key), "ca": str(sts_tls.ca)},
-    )
-    running = Peer(config, FakeResolver({("remote.test", "MX"): []}))
-    try:
-        running.add_domain("remote.test")
-        running.add_user(BOB)
+    tls = {"cert": str(sts_tls.cert), "key": str(sts_tls.key), "ca": str(sts_tls.ca)}
+    with remote_peer(peer_config(tmp_path / "b", "mx.remote.test", tls=tls)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
 def mx_without_tls(tmp_path: Path) -> Iterator[Peer]:
     """Server B without a certificate: no STARTTLS in its EHLO reply (what a stripping attacker shows)."""
-    base = tmp_path / "b-plain"
     config = parse_config(
         {
             "hostname": "mx.remote.test",
@@ -140,15 +143,10 @@ def mx_without_tls(tmp_path: Path) -> Iterator[Peer]:
             "listen": {role: ["127.0.0.1:0"] if role == "smtp" else [] for role in ROLES},
             "limits": {"greet_pause": 0},
         },
-        base_dir=base,
+        base_dir=tmp_path / "b-plain",
     )
-    running = Peer(config, FakeResolver({("remote.test", "MX"): []}))
-    try:
-        running.add_domain("remote.test")
-        running.add_user(BOB)
+    with remote_peer(config) as running:
         yield running
-    finally:
-        running.stop()
 
 
 class Reports:
@@ -204,17 +202,28 @@ def start_sender(
     return Sender(tmp_path / "a", dns.port, mx.port("smtp"), policy.port, sts_tls.ca, **delivery)
 
 
-def deferred_reply(sender: Sender) -> str:
-    """The reply the first queued recipient waits with, once its first attempt is recorded."""
+def submit_and_wait(
+    tmp_path: Path, dns: DNSServer, mx: Peer, policy: PolicyServer, sts_tls: CertificatePaths, **delivery: Any
+) -> tuple[Sender, str | None]:
+    """Start A, submit a message to bob@remote.test and wait until it is delivered (None) or deferred
+    (the reply it waits with); A is stopped again."""
+    sender = start_sender(tmp_path, dns, mx, policy, sts_tls, **delivery)
+    try:
+        submit(sender, [BOB])
 
-    def find() -> str | None:
-        for entry in queue(sender):
-            if entry.attempts and entry.recipients[0].last_reply:
-                assert entry.recipients[0].state is RecipientState.PENDING
-                return str(entry.recipients[0].last_reply)
-        return None
+        def settled() -> tuple[str | None] | None:
+            if inbox(mx, BOB) and not queue(sender):
+                return (None,)
+            for entry in queue(sender):
+                if entry.attempts and entry.recipients[0].last_reply:
+                    assert entry.recipients[0].state is RecipientState.PENDING
+                    return (str(entry.recipients[0].last_reply),)
+            return None
 
-    return str(wait_for(find))
+        (reply,) = wait_for(settled)
+    finally:
+        sender.stop()
+    return sender, reply
 
 
 def test_enforce_with_matching_mx_and_certificate_delivers(
@@ -236,18 +245,12 @@ def test_enforce_with_matching_mx_and_certificate_delivers(
 
 
 def test_enforce_with_a_certificate_for_another_name_defers(
-    tmp_path: Path, mx: Peer, policy_server: PolicyServer, sts_tls: CertificatePaths
+    tmp_path: Path, make_dns: DNSFactory, mx: Peer, policy_server: PolicyServer, sts_tls: CertificatePaths
 ) -> None:
     # other.remote.test matches the policy's *.remote.test, but B's certificate does not name it.
-    dns = DNSServer(dns_records(mx_host="other.remote.test"))
-    sender = start_sender(tmp_path, dns, mx, policy_server, sts_tls)
-    try:
-        submit(sender, [BOB])
-        reply = deferred_reply(sender)
-    finally:
-        sender.stop()
-        dns.close()
-    assert reply.startswith(
+    dns = make_dns(dns_records(mx_host="other.remote.test"))
+    sender, reply = submit_and_wait(tmp_path, dns, mx, policy_server, sts_tls)
+    assert reply is not None and reply.startswith(
         "451 4.7.5 MTA-STS policy (enforce) of remote.test not satisfied by other.remote.test[127.0.0.1]:"
     )
     assert "certificate verify failed: Hostname mismatch" in reply
@@ -261,12 +264,7 @@ def test_enforce_with_an_mx_the_policy_does_not_name_defers(
     tmp_path: Path, dns_server: DNSServer, mx: Peer, policy_server: PolicyServer, sts_tls: CertificatePaths
 ) -> None:
     policy_server.body = b"version: STSv1\nmode: enforce\nmx: mail.remote.test\nmax_age: 86400\n"
-    sender = start_sender(tmp_path, dns_server, mx, policy_server, sts_tls)
-    try:
-        submit(sender, [BOB])
-        reply = deferred_reply(sender)
-    finally:
-        sender.stop()
+    _, reply = submit_and_wait(tmp_path, dns_server, mx, policy_server, sts_tls)
     assert reply == (
         "451 4.7.5 MTA-STS policy (enforce) of remote.test not satisfied by mx.remote.test:"
         " MX host not listed in the policy"
@@ -281,12 +279,7 @@ def test_enforce_with_a_peer_without_starttls_defers(
     policy_server: PolicyServer,
     sts_tls: CertificatePaths,
 ) -> None:
-    sender = start_sender(tmp_path, dns_server, mx_without_tls, policy_server, sts_tls)
-    try:
-        submit(sender, [BOB])
-        reply = deferred_reply(sender)
-    finally:
-        sender.stop()
+    sender, reply = submit_and_wait(tmp_path, dns_server, mx_without_tls, policy_server, sts_tls)
     assert reply == (
         "451 4.7.5 MTA-STS policy (enforce) of remote.test not satisfied by mx.remote.test[127.0.0.1]:"
         f"{mx_without_tls.port('smtp')}: TLS required but not offered by the server"
@@ -296,18 +289,12 @@ def test_enforce_with_a_peer_without_starttls_defers(
 
 
 def test_testing_mode_delivers_and_records_the_failure(
-    tmp_path: Path, mx: Peer, policy_server: PolicyServer, sts_tls: CertificatePaths
+    tmp_path: Path, make_dns: DNSFactory, mx: Peer, policy_server: PolicyServer, sts_tls: CertificatePaths
 ) -> None:
     policy_server.body = ENFORCE.replace("enforce", "testing").encode()
-    dns = DNSServer(dns_records(mx_host="other.remote.test"))
-    sender = start_sender(tmp_path, dns, mx, policy_server, sts_tls)
-    try:
-        submit(sender, [BOB])
-        wait_for(lambda: inbox(mx, BOB))
-        wait_for(lambda: not queue(sender))
-    finally:
-        sender.stop()
-        dns.close()
+    dns = make_dns(dns_records(mx_host="other.remote.test"))
+    sender, reply = submit_and_wait(tmp_path, dns, mx, policy_server, sts_tls)
+    assert reply is None  # delivered
     assert [f[:3] for f in sender.reports.failures] == [
         ("remote.test", "other.remote.test", "certificate-host-mismatch")
     ]
@@ -315,27 +302,27 @@ def test_testing_mode_delivers_and_records_the_failure(
 
 @pytest.mark.parametrize("mx_host", ["other.remote.test", "mx.remote.test"])
 def test_require_tls_domains_without_mta_sts(
-    tmp_path: Path, mx: Peer, policy_server: PolicyServer, sts_tls: CertificatePaths, mx_host: str
+    tmp_path: Path,
+    make_dns: DNSFactory,
+    mx: Peer,
+    policy_server: PolicyServer,
+    sts_tls: CertificatePaths,
+    mx_host: str,
 ) -> None:
     # No _mta-sts record: the static policy applies; the certificate names mx.remote.test only.
-    dns = DNSServer(dns_records(mx_host=mx_host, sts_id=None))
-    sender = start_sender(tmp_path, dns, mx, policy_server, sts_tls, require_tls_domains=["remote.test"])
-    try:
-        submit(sender, [BOB])
-        if mx_host == "mx.remote.test":
-            wait_for(lambda: inbox(mx, BOB))
-            wait_for(lambda: not queue(sender))
-            assert sender.reports.successes == [("remote.test", "mx.remote.test")]
-        else:
-            reply = deferred_reply(sender)
-            assert reply.startswith(
-                "451 4.7.5 require_tls_domains (remote.test) not satisfied by other.remote.test[127.0.0.1]:"
-            )
-            assert "certificate verify failed: Hostname mismatch" in reply
-            assert inbox(mx, BOB) == []
-    finally:
-        sender.stop()
-        dns.close()
+    dns = make_dns(dns_records(mx_host=mx_host, sts_id=None))
+    sender, reply = submit_and_wait(
+        tmp_path, dns, mx, policy_server, sts_tls, require_tls_domains=["remote.test"]
+    )
+    if mx_host == "mx.remote.test":
+        assert reply is None
+        assert sender.reports.successes == [("remote.test", "mx.remote.test")]
+    else:
+        assert reply is not None and reply.startswith(
+            "451 4.7.5 require_tls_domains (remote.test) not satisfied by other.remote.test[127.0.0.1]:"
+        )
+        assert "certificate verify failed: Hostname mismatch" in reply
+        assert inbox(mx, BOB) == []
     assert policy_server.paths == []
 
 
