@@ -167,12 +167,19 @@ class Sender(RunningServer):
     """Server A: real DNS through the test's DNS server, MX hosts on `mx_port`, the test CA trusted."""
 
     def __init__(
-        self, base: Path, dns_port: int, mx_port: int, https_port: int, ca: Path, **delivery: Any
+        self,
+        base: Path,
+        dns_port: int,
+        mx_port: int,
+        https_port: int,
+        ca: Path,
+        dnssec_trusted: bool = False,
+        **delivery: Any,
     ) -> None:
         self.config = peer_config(
             base,
             "mail.example.test",
-            dns={"nameservers": [f"127.0.0.1:{dns_port}"]},
+            dns={"nameservers": [f"127.0.0.1:{dns_port}"], "dnssec_trusted": dnssec_trusted},
             delivery=fast_delivery({}, allow_private_destinations=True, **delivery),
         )
         self.loop = asyncio.new_event_loop()

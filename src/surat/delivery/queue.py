@@ -58,6 +58,7 @@ from pathlib import Path
 
 from surat.config import Config, HostPort, ListenConfig
 from surat.delivery import dkim
+from surat.delivery.dane import DaneHost, certificate_matches, usable_records
 from surat.delivery.dsn import (
     Action,
     DsnReport,
@@ -77,18 +78,20 @@ from surat.delivery.schedule import (
     expires_at,
     next_attempt,
 )
-from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
+from surat.delivery.smtp_client import Session, SessionOutcome, TlsCheck, send_transaction
 from surat.delivery.stspolicies import StsPolicies
 from surat.delivery.tlspolicy import (
+    DNSSEC_INVALID,
     OPPORTUNISTIC,
     REQUIRE_TLS,
     VALIDATION_FAILURE,
     LoggingTlsReporter,
     TlsPolicy,
+    TlsPolicyKind,
     TlsReporter,
     from_sts,
 )
-from surat.dns.base import Resolver
+from surat.dns.base import DNSError, DnssecResolver, Resolver, TLSARecord
 from surat.log import fields
 from surat.message.headers import read_header
 from surat.net.tls import client_context
@@ -224,6 +227,13 @@ class _Outcome:
     dsn_passed: bool = False
 
 
+def _dane_check(records: Sequence[TLSARecord], certificate: bytes) -> str | None:
+    """RFC 7672 §3.1.1: the server's certificate must match one of the host's DANE-EE records."""
+    if certificate_matches(records, certificate):
+        return None
+    return "certificate matches none of the TLSA records"
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -265,11 +275,14 @@ class QueueRunner:
         verify_tls_context: ssl.SSLContext | None = None,
         sts_policies: StsPolicies | None = None,
         tls_reporter: TlsReporter | None = None,
+        dane_resolver: DnssecResolver | None = None,
     ) -> None:
         """`signing_keys`: shared with the submission service (one parsed copy of each key).
         `verify_tls_context`: checks certificates for MTA-STS and require_tls_domains (default: the
         system's trust store; tests give their CA); it also fetches MTA-STS policies unless
-        `sts_policies` is given. `tls_reporter`: where policy failures go (default: logged)."""
+        `sts_policies` is given. `tls_reporter`: where policy failures go (default: logged).
+        `dane_resolver`: a validating resolver whose AD bit is trusted (`[dns] dnssec_trusted`);
+        None: no DANE."""
         self.store = store
         self.resolver = resolver
         self.settings = settings
@@ -288,6 +301,9 @@ class QueueRunner:
             clock=lambda: self.clock().timestamp(),
         )
         self.tls_reporter: TlsReporter = tls_reporter or LoggingTlsReporter()
+        self.dane_resolver = dane_resolver
+        # DANE sessions authenticate through TLSA, not WebPKI: the handshake itself verifies nothing.
+        self._dane_tls_context = client_context(verify=False)
         self._wake = asyncio.Event()
         self._connections = asyncio.Semaphore(settings.max_connections)
         self._per_domain: dict[str, asyncio.Semaphore] = {}
@@ -583,11 +599,12 @@ class QueueRunner:
         profile = "smarthost" if smarthost else ""
         for target in route.targets:
             outcome: SessionOutcome | None = None
-            if policy.verifies:
+            host_policy = policy.for_host(target.host)
+            if host_policy.verifies:
                 outcome, unmet = await self._send_verified(
-                    route.domain, policy, target, envelope, message, held
+                    route.domain, host_policy, target, envelope, message, held
                 )
-                if unmet is not None and policy.enforce:
+                if unmet is not None and host_policy.enforce:
                     last_failure, last_host = unmet, target.host
                     continue
             if outcome is None:
@@ -635,6 +652,11 @@ class QueueRunner:
         """A session to `target` that must meet `policy`: (its outcome, None), or (None, the reply
         saying why the policy was not met), the failure reported either way."""
         where = f"{target.host}[{target.address}]:{target.port}"
+        dane = policy.dane.get(target.host)
+        if dane is not None and dane.lookup_failed is not None:
+            # RFC 7672 §2.2: a TLSA lookup that fails in a signed zone makes the host unusable.
+            self.tls_reporter.failure(domain, policy, target.host, DNSSEC_INVALID, dane.lookup_failed)
+            return None, R.tls_policy_unmet(policy.describe(domain), target.host, dane.lookup_failed)
         if not policy.allows_host(target.host):
             # RFC 8461 §4.1: an MX host the policy does not name is not a candidate.
             self.tls_reporter.failure(
@@ -645,11 +667,17 @@ class QueueRunner:
             )
         # RFC 8461 §4.2 (and require_tls_domains alike): STARTTLS required, no clear-text fallback,
         # the certificate verified against the MX host name (Session sends it as server_hostname).
+        # DANE (RFC 7672 §3.1.1): DANE-EE pins the key; no name or date check, so no WebPKI either.
         settings = ClientSettings(
             hostname=self.settings.hostname, timeouts=self.settings.timeouts, require_tls=True
         )
+        context, profile, check = self.verify_tls_context, "verified", None
+        if dane is not None:
+            context, profile = self._dane_tls_context, "dane" if dane.usable else "tls-required"
+            if dane.usable:
+                check = functools.partial(_dane_check, dane.usable)
         outcome = await self._send_cached(
-            (target, "verified"), envelope, message, settings, self.verify_tls_context, False, held
+            (target, profile), envelope, message, settings, context, False, held, tls_check=check
         )
         if outcome.results is None and outcome.tls_failure is not None:
             assert outcome.failure is not None
@@ -661,9 +689,37 @@ class QueueRunner:
         return outcome, None
 
     async def _tls_policy(self, domain: str, route: Route) -> TlsPolicy:
-        """The transport security for `route` (surat.delivery.tlspolicy: MTA-STS over
-        require_tls_domains over opportunistic). MTA-STS applies to MX delivery only: a configured
-        route or smarthost is the operator's choice, not the domain's MX (RFC 8461 §4)."""
+        """The transport security for `route` (surat.delivery.tlspolicy: DANE over MTA-STS over
+        require_tls_domains over opportunistic). DANE and MTA-STS apply to MX delivery only: a
+        configured route or smarthost is the operator's choice, not the domain's MX (RFC 8461 §4)."""
+        fallback = await self._webpki_policy(domain, route)
+        if route.kind is RouteKind.MX and self.dane_resolver is not None:
+            dane = await self._dane_hosts(domain, route, self.dane_resolver)
+            if dane:
+                return TlsPolicy(TlsPolicyKind.DANE, enforce=True, dane=dane, fallback=fallback)
+        return fallback
+
+    async def _dane_hosts(self, domain: str, route: Route, resolver: DnssecResolver) -> dict[str, DaneHost]:
+        """The route's MX hosts with DNSSEC-authenticated TLSA records (RFC 7672 §2.2)."""
+        try:
+            _records, authentic = await resolver.secure_mx(domain)
+        except DNSError:
+            return {}  # the route came from the same resolver just now: a flap; no DANE this time
+        if not authentic:
+            return {}  # RFC 7672 §2.2.1: an insecure MX RRset: no DANE for any of its hosts
+        hosts: dict[str, DaneHost] = {}
+        for host in route.hosts:
+            try:
+                # RFC 7672 §3: the TLSA base domain is the MX host name, port 25 over TCP.
+                records, secure = await resolver.tlsa(f"_25._tcp.{host.name}")
+            except DNSError as exc:
+                hosts[host.name] = DaneHost((), lookup_failed=f"TLSA lookup failed: {exc}")
+                continue
+            if secure and records:
+                hosts[host.name] = DaneHost(usable_records(records))
+        return hosts
+
+    async def _webpki_policy(self, domain: str, route: Route) -> TlsPolicy:
         if route.kind is RouteKind.SMARTHOST:
             return OPPORTUNISTIC  # the smarthost's own TLS and AUTH rules (_client_settings) apply
         if route.kind in (RouteKind.MX, RouteKind.IMPLICIT_MX):
@@ -726,6 +782,7 @@ class QueueRunner:
         tls_context: ssl.SSLContext | None,
         implicit_tls: bool,
         held: contextlib.AsyncExitStack,
+        tls_check: TlsCheck | None = None,
     ) -> SessionOutcome:
         """One transaction to `key`'s target over an idle cached session, else a new one.
 
@@ -743,6 +800,7 @@ class QueueRunner:
                     tls_context=tls_context,
                     connect_timeout=self.settings.connect_timeout,
                     implicit_tls=implicit_tls,
+                    tls_check=tls_check,
                 )
                 opened = loop.time()
                 failure = await session.open()

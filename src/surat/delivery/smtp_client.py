@@ -13,10 +13,16 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from surat.delivery.mx import Target
-from surat.delivery.tlspolicy import STARTTLS_NOT_SUPPORTED, classify_tls_error, describe_tls_error
+from surat.delivery.tlspolicy import (
+    STARTTLS_NOT_SUPPORTED,
+    VALIDATION_FAILURE,
+    classify_tls_error,
+    describe_tls_error,
+)
 from surat.log import fields
 from surat.proto.smtp import replies as R
 from surat.proto.smtp.client import (
@@ -36,6 +42,9 @@ from surat.proto.smtp.client import (
 from surat.proto.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
+
+# Checks the server's certificate (DER) after the handshake: None if accepted, else the reason.
+TlsCheck = Callable[[bytes], str | None]
 
 READ_SIZE = 65536
 WRITE_CHUNK = 256 * 1024  # message text is written in pieces so each gets the data-block timeout
@@ -106,7 +115,10 @@ class Session:
         tls_context: ssl.SSLContext | None,
         connect_timeout: float,
         implicit_tls: bool = False,
+        tls_check: TlsCheck | None = None,
     ) -> None:
+        """`tls_check`: called with the server's certificate (DER) once STARTTLS is up; a reason
+        (str) fails the session as a failed handshake would (DANE, RFC 7672 §3)."""
         if tls_context is None:
             settings = replace(settings, starttls=False)
         self.target = target
@@ -114,6 +126,7 @@ class Session:
         self.tls_context = tls_context
         self.connect_timeout = connect_timeout
         self.implicit_tls = implicit_tls
+        self.tls_check = tls_check
         self.engine = SMTPClientEngine(settings)
         self.transactions = 0  # completed with the peer's replies
         self.tls_failed = False
@@ -289,6 +302,18 @@ class Session:
             self._tls_failure = classify_tls_error(exc)
             self.engine.tls_failed(R.tls_failed_because(describe_tls_error(exc)))
             return
+        if self.tls_check is not None:
+            ssl_object = writer.get_extra_info("ssl_object")
+            certificate = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            reason = self.tls_check(certificate or b"")
+            if reason is not None:
+                log.info(
+                    "queue.tls_failed", extra=fields(target=f"{target.host}:{target.port}", error=reason)
+                )
+                self.tls_failed = True
+                self._tls_failure = VALIDATION_FAILURE
+                self.engine.tls_failed(R.tls_failed_because(reason))
+                return
         self.engine.tls_started()
 
 

@@ -1,8 +1,9 @@
 """Which transport security a delivery needs, and where its failures are recorded.
 
-Precedence for a destination domain (issue 15): DANE (RFC 7672, when the DNS answers are authentic;
-not yet implemented) over MTA-STS (RFC 8461) over `[delivery] require_tls_domains`, else
-opportunistic STARTTLS (RFC 3207, RFC 7435) as before. A policy that requires authentication makes
+Precedence for a destination domain (issue 15): DANE (RFC 7672, when the DNS answers are authentic,
+per MX host: a host without TLSA records falls back to what follows; RFC 8461 §2 lets DANE take
+precedence) over MTA-STS (RFC 8461) over `[delivery] require_tls_domains`, else opportunistic
+STARTTLS (RFC 3207, RFC 7435) as before. A policy that requires authentication makes
 the session use STARTTLS with a certificate verified against the next hop's host name (RFC 8461
 §4.2: the MX host name, not the recipient domain) and never fall back to clear text.
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 import enum
 import logging
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from surat.delivery.dane import DaneHost
 from surat.log import fields
 from surat.mailauth.mtasts import StsMode, StsPolicy
 
@@ -28,6 +31,7 @@ class TlsPolicyKind(enum.Enum):
     OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, unverified; clear text otherwise
     MTA_STS = "mta-sts"
     STATIC = "require_tls_domains"
+    DANE = "dane"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,15 @@ class TlsPolicy:
     kind: TlsPolicyKind
     enforce: bool = False  # False with MTA_STS: testing mode, deliver anyway and report (§5)
     sts: StsPolicy | None = None
+    # DANE: the MX hosts with authenticated TLSA records; the others use `fallback`.
+    dane: Mapping[str, DaneHost] = field(default_factory=dict)
+    fallback: TlsPolicy | None = None
+
+    def for_host(self, host: str) -> TlsPolicy:
+        """The policy for one MX host: a DANE policy applies to the hosts with TLSA records only."""
+        if self.kind is TlsPolicyKind.DANE and host not in self.dane:
+            return self.fallback or OPPORTUNISTIC
+        return self
 
     @property
     def verifies(self) -> bool:
@@ -50,6 +63,8 @@ class TlsPolicy:
             return f"MTA-STS policy ({'enforce' if self.enforce else 'testing'}) of {domain}"
         if self.kind is TlsPolicyKind.STATIC:
             return f"require_tls_domains ({domain})"
+        if self.kind is TlsPolicyKind.DANE:
+            return f"DANE (TLSA) of {domain}'s MX host"
         return "opportunistic TLS"
 
 
@@ -70,6 +85,7 @@ CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
 CERTIFICATE_EXPIRED = "certificate-expired"
 CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
 VALIDATION_FAILURE = "validation-failure"
+DNSSEC_INVALID = "dnssec-invalid"
 
 # OpenSSL's X509_V_ERR_* codes (x509_vfy.h) for the result types above.
 _X509_CERT_HAS_EXPIRED = 10
