@@ -84,11 +84,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
         time.sleep(0.05)
 
 
-def submit(server: RunningServer, recipients: list[str], subject: str = "hello") -> None:
+def submit(
+    server: RunningServer, recipients: list[str], subject: str = "hello", extra: dict[str, str] | None = None
+) -> None:
     msg = EmailMessage()
     msg["From"] = ALICE
     msg["To"] = ", ".join(recipients)
     msg["Subject"] = subject
+    for name, value in (extra or {}).items():
+        msg[name] = value
     msg.set_content("Hi there.\n")
     context = ssl.create_default_context(cafile=str(server.ca_file))
     context.check_hostname = False

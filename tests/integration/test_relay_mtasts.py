@@ -210,13 +210,19 @@ def start_sender(
 
 
 def submit_and_wait(
-    tmp_path: Path, dns: DNSServer, mx: Peer, policy: PolicyServer, sts_tls: CertificatePaths, **delivery: Any
+    tmp_path: Path,
+    dns: DNSServer,
+    mx: Peer,
+    policy: PolicyServer,
+    sts_tls: CertificatePaths,
+    extra: dict[str, str] | None = None,
+    **delivery: Any,
 ) -> tuple[Sender, str | None]:
-    """Start A, submit a message to bob@remote.test and wait until it is delivered (None) or deferred
-    (the reply it waits with); A is stopped again."""
+    """Start A, submit a message to bob@remote.test (with `extra` header fields) and wait until it is
+    delivered (None) or deferred (the reply it waits with); A is stopped again."""
     sender = start_sender(tmp_path, dns, mx, policy, sts_tls, **delivery)
     try:
-        submit(sender, [BOB])
+        submit(sender, [BOB], extra=extra)
 
         def settled() -> tuple[str | None] | None:
             if inbox(mx, BOB) and not queue(sender):
@@ -433,3 +439,34 @@ async def test_cached_policy_is_kept_across_restarts_and_lookup_failures(
     now[0] += 86401  # past max_age, and the record gone: no policy
     resolver.set("_mta-sts.remote.test", "TXT", [])
     assert await policy_after_restart() is None
+
+
+@pytest.mark.parametrize("require_tls_domains", [[], ["remote.test"]])
+def test_tls_required_no_waives_the_recipient_policy_only(
+    tmp_path: Path,
+    make_dns: DNSFactory,
+    mx: Peer,
+    policy_server: PolicyServer,
+    sts_tls: CertificatePaths,
+    require_tls_domains: list[str],
+) -> None:
+    """RFC 8689 §5: "TLS-Required: No" delivers despite the domain's MTA-STS policy (the failure is
+    still reported); our own require_tls_domains is not the recipient's policy and still holds."""
+    sts_id = None if require_tls_domains else "one"
+    dns = make_dns(dns_records(mx_host="other.remote.test", sts_id=sts_id))
+    sender, reply = submit_and_wait(
+        tmp_path,
+        dns,
+        mx,
+        policy_server,
+        sts_tls,
+        extra={"TLS-Required": "No"},
+        require_tls_domains=require_tls_domains,
+    )
+    assert [f[2] for f in sender.reports.failures][:1] == ["certificate-host-mismatch"]
+    if require_tls_domains:
+        assert reply is not None and "require_tls_domains (remote.test) not satisfied" in reply
+    else:
+        assert reply is None
+        (received,) = inbox(mx, BOB)
+        assert b"TLS-Required: No" in received

@@ -93,7 +93,7 @@ from surat.delivery.tlspolicy import (
 )
 from surat.dns.base import DNSError, DnssecResolver, Resolver, TLSARecord
 from surat.log import fields
-from surat.message.headers import read_header
+from surat.message.headers import Header, read_header
 from surat.net.tls import client_context
 from surat.proto.smtp import replies as R
 from surat.proto.smtp.address import Address, SMTPSyntaxError, UnsafeText, parse_path
@@ -254,9 +254,13 @@ def _address(text: str) -> Address:
     return parsed
 
 
-def _count_received(message: bytes) -> int:
-    """Received fields, as surat.message reads the header (RFC 5321 §6.3 loop detection counts them)."""
-    return read_header(message).keys.count(b"received")
+# The recipient domain's own policies, which a sender may waive with "TLS-Required: No" (RFC 8689 §5).
+_RECIPIENT_POLICIES = frozenset({TlsPolicyKind.MTA_STS, TlsPolicyKind.DANE})
+
+
+def _tls_optional(header: Header) -> bool:
+    """RFC 8689 §5: a "TLS-Required: No" field (the value is case-insensitive)."""
+    return any(value.strip().lower() == b"no" for value in header.values(b"tls-required"))
 
 
 class QueueRunner:
@@ -436,7 +440,8 @@ class QueueRunner:
             if recipient.state is RecipientState.PENDING:
                 remote.setdefault(_domain_of(recipient.address), []).append(index)
 
-        if remote and _count_received(original) > MAX_RECEIVED:
+        header = read_header(original) if remote else None
+        if header is not None and header.keys.count(b"received") > MAX_RECEIVED:
             for indexes in remote.values():
                 for index in indexes:
                     outcomes[index] = _Outcome(RecipientState.FAILED, R.LOCAL_LOOP)
@@ -455,7 +460,15 @@ class QueueRunner:
                     outcomes[index] = _Outcome(state, route.reply)
             else:
                 routes[domain] = route
-                policies[domain] = await self._tls_policy(domain, route)
+                policy = await self._tls_policy(domain, route)
+                if header is not None and policy.kind in _RECIPIENT_POLICIES and _tls_optional(header):
+                    # RFC 8689 §5: "TLS-Required: No" asks to deliver even when the recipient
+                    # domain's policy fails; TLS is still tried and the failure still reported.
+                    # Our own require_tls_domains is the operator's rule and stays.
+                    policy = replace(policy, enforce=False)
+                    if policy.fallback is not None and policy.fallback.kind in _RECIPIENT_POLICIES:
+                        policy = replace(policy, fallback=replace(policy.fallback, enforce=False))
+                policies[domain] = policy
 
         signature = entry.dkim_signature
         made = None  # a signature made now, stored with the attempt record
