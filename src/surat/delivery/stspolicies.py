@@ -41,6 +41,8 @@ MAX_RESPONSE_HEAD = 16 * 1024
 # A chunk-size line of a chunked body: hex digits, maybe extensions.
 MAX_CHUNK_LINE = 1024
 POLICY_PATH = "/.well-known/mta-sts.txt"
+# Parsed cached policies kept in memory (one per domain mailed recently), cleared when full.
+PARSED_MEMO_SIZE = 1000
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -72,6 +74,8 @@ class StsPolicies:
         self.clock = clock
         # Concurrent deliveries to one domain share one discovery (TXT lookup and maybe a fetch).
         self._inflight: dict[str, asyncio.Task[StsPolicy | None]] = {}
+        # Cached policies as parsed, so an attempt does not parse the text again (up to 64 KiB).
+        self._parsed: dict[tuple[str, str, float], StsPolicy | None] = {}
 
     async def policy_for(self, domain: str) -> StsPolicy | None:
         domain = domain.rstrip(".").lower()
@@ -90,7 +94,7 @@ class StsPolicies:
         cached = await self.store.get_sts_policy(domain)
         if cached is not None and cached.expires_at <= now:
             cached = None
-        usable = _parse_cached(cached)
+        usable = self._parse_cached(cached)
         try:
             record = parse_record(await self.resolver.txt(f"_mta-sts.{domain}"))
         except (DNSError, PolicyError) as exc:
@@ -116,6 +120,21 @@ class StsPolicies:
             "sts.policy",
             extra=fields(domain=domain, id=record.id, mode=policy.mode.value, max_age=policy.max_age),
         )
+        return policy
+
+    def _parse_cached(self, cached: CachedStsPolicy | None) -> StsPolicy | None:
+        if cached is None:
+            return None
+        key = (cached.domain, cached.policy_id, cached.fetched_at)
+        if key in self._parsed:
+            return self._parsed[key]
+        try:
+            policy: StsPolicy | None = parse_policy(cached.policy.encode("utf-8"))
+        except PolicyError:
+            policy = None  # stored by a Surat whose parser was more lenient: fetched again
+        if len(self._parsed) >= PARSED_MEMO_SIZE:
+            self._parsed.clear()
+        self._parsed[key] = policy
         return policy
 
     async def fetch(self, domain: str) -> bytes:
@@ -229,12 +248,3 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         body += await reader.readexactly(size)
         if await reader.readexactly(2) != b"\r\n":
             raise FetchError("chunk not followed by CRLF")
-
-
-def _parse_cached(cached: CachedStsPolicy | None) -> StsPolicy | None:
-    if cached is None:
-        return None
-    try:
-        return parse_policy(cached.policy.encode("utf-8"))
-    except PolicyError:
-        return None  # stored by a Surat whose parser was more lenient: fetched again
