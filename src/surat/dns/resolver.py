@@ -125,16 +125,9 @@ class DnsResolver:
             resolver.use_edns(0, dns.flags.DO, 1232)
             resolver.flags = dns.flags.RD | dns.flags.AD
         try:
-            answer = await resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
-        except dns.resolver.NXDOMAIN as exc:
-            responses: dict[Any, dns.message.Message] = exc.kwargs.get("responses") or {}
-            return None, bool(responses) and all(r.flags & dns.flags.AD for r in responses.values())
-        except dns.resolver.LifetimeTimeout:
-            raise DNSError(DNSErrorKind.TEMPORARY, name, "timeout") from None
-        except dns.resolver.NoNameservers:
-            raise DNSError(DNSErrorKind.TEMPORARY, name, "server failure") from None
-        except (dns.exception.DNSException, OSError, ValueError) as exc:
-            raise DNSError(DNSErrorKind.TEMPORARY, name, type(exc).__name__) from None
+            answer = await self._resolve(name, rdtype, name, resolver)
+        except _NXDomain as exc:
+            return None, exc.authentic  # an authenticated denial of existence, or not
         return answer.rrset, bool(answer.response.flags & dns.flags.AD)
 
     # ------------------------------------------------------------------------------ internals
@@ -204,14 +197,23 @@ class DnsResolver:
             qname = canonical
         raise DNSError(DNSErrorKind.TEMPORARY, name, "CNAME chain too long")
 
-    async def _resolve(self, qname: str, rdtype: dns.rdatatype.RdataType, name: str) -> Any:
+    async def _resolve(
+        self,
+        qname: str,
+        rdtype: dns.rdatatype.RdataType,
+        name: str,
+        resolver: dns.asyncresolver.Resolver | None = None,
+    ) -> Any:
         try:
-            return await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
+            return await (resolver or self._resolver).resolve(
+                qname, rdtype, raise_on_no_answer=False, search=False
+            )
         except dns.resolver.NXDOMAIN as exc:
             responses: dict[Any, dns.message.Message] = exc.kwargs.get("responses") or {}
             negatives = [_negative_ttl(r) for r in responses.values()]
             known = [ttl for ttl in negatives if ttl is not None]
-            raise _NXDomain(min(known) if known else None) from None
+            authentic = bool(responses) and all(r.flags & dns.flags.AD for r in responses.values())
+            raise _NXDomain(min(known) if known else None, authentic) from None
         except dns.resolver.LifetimeTimeout:
             raise DNSError(DNSErrorKind.TEMPORARY, name, "timeout") from None
         except dns.resolver.NoNameservers:
@@ -222,9 +224,10 @@ class DnsResolver:
 
 
 class _NXDomain(Exception):
-    def __init__(self, ttl: float | None) -> None:
+    def __init__(self, ttl: float | None, authentic: bool = False) -> None:
         super().__init__("NXDOMAIN")
         self.ttl = ttl
+        self.authentic = authentic  # every response had the AD bit (DnssecResolver)
 
 
 def _negative_ttl(response: dns.message.Message) -> float | None:
