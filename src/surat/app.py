@@ -15,7 +15,7 @@ from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.dkim import SigningKeys
 from surat.delivery.queue import QueueRunner, RunnerSettings
-from surat.dns.base import Resolver
+from surat.dns.base import DnssecResolver, Resolver
 from surat.dns.resolver import DnsResolver
 from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
@@ -163,6 +163,12 @@ class SuratServer:
             tls_context=client_context(verify=False),
             smarthost_tls_context=client_context(verify=True),  # it gets our AUTH credentials
             signing_keys=signing_keys,
+            # DANE only when the operator vouches for the resolver's AD bit (config.py checks loopback).
+            dane_resolver=(
+                self.resolver
+                if config.dns.dnssec_trusted and isinstance(self.resolver, DnssecResolver)
+                else None
+            ),
         )
         await self.queue.start()
 

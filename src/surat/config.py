@@ -86,6 +86,10 @@ class ListenConfig:
 class DnsConfig:
     nameservers: tuple[HostPort, ...] = ()
     timeout: float = 5.0
+    # DANE (RFC 7672) for outbound mail: trust the AD bit of the nameservers' answers. Only for a
+    # validating resolver on this machine (e.g. unbound on 127.0.0.1): the bit is not protected on
+    # the way from anywhere else (RFC 6698 §4.1), so the nameservers must all be loopback addresses.
+    dnssec_trusted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,10 @@ class DeliveryConfig:
     # Deliver to loopback, private, link-local... addresses when DNS or an address literal names them
     # (tests with a fake DNS on 127.0.0.1, a lab network). `routes` and `smarthost` are always trusted.
     allow_private_destinations: bool = False
+    # Static transport security policy (issue 15): mail to these domains goes only over STARTTLS with a
+    # certificate valid for the next hop's host name (the MX host), else it waits and finally bounces.
+    # A domain's MTA-STS policy, when it publishes one, takes precedence. Lower-case A-labels.
+    require_tls_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +298,16 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     dns = DnsConfig(
         nameservers=dns_table.host_ports("nameservers"),
         timeout=dns_table.number("timeout", DnsConfig().timeout, minimum=0.1),
+        dnssec_trusted=dns_table.boolean("dnssec_trusted", DnsConfig().dnssec_trusted),
     )
     dns_table.finish()
+    if dns.dnssec_trusted and not (
+        dns.nameservers and all(_is_loopback(server.host) for server in dns.nameservers)
+    ):
+        raise ConfigError(
+            "dns.dnssec_trusted",
+            "needs [dns] nameservers on loopback (a validating resolver on this machine, e.g. 127.0.0.1:53)",
+        )
 
     limits_table = reader.table("limits")
     defaults = LimitsConfig()
@@ -400,6 +416,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         smtp_timeouts=_smtp_timeouts(delivery_table.table("smtp_timeouts")),
         allow_private_destinations=delivery_table.boolean(
             "allow_private_destinations", delivery_defaults.allow_private_destinations
+        ),
+        require_tls_domains=_domain_names(
+            delivery_table._get("require_tls_domains"), "delivery.require_tls_domains", "domains"
         ),
     )
     delivery_table.finish()
@@ -556,6 +575,13 @@ def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
             # strict: "10.0.0.1/8" has host bits set, most likely a typo for one host or the network
             raise ConfigError(key, f"{item!r} is not a CIDR: {exc}") from None
     return tuple(networks)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _domain_names(value: Any, key: str, what: str) -> tuple[str, ...]:

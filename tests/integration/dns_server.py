@@ -14,11 +14,13 @@ import dns.rrset
 
 
 class DNSServer:
-    """records: {(name with trailing dot, "MX"|"A"|"TXT"...): [rdata text, ...]}; unknown names: NXDOMAIN."""
+    """records: {(name with trailing dot, "MX"|"A"|"TXT"|"TLSA"...): [rdata text, ...]}; unknown names: NXDOMAIN."""
 
     def __init__(self, records: dict[tuple[str, str], list[str]]) -> None:
         self.records = {(name.lower(), rdtype): values for (name, rdtype), values in records.items()}
         self.queries: list[tuple[str, str]] = []
+        # Answer as a validating resolver would for a signed zone: the AD bit set (DANE tests).
+        self.authentic = False
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.settimeout(0.2)
@@ -35,6 +37,8 @@ class DNSServer:
         self.queries.append((name, rdtype))
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        if self.authentic:
+            response.flags |= dns.flags.AD
         values = self.records.get((name, rdtype))
         if values:
             response.answer.append(dns.rrset.from_text(name, 60, "IN", rdtype, *values))

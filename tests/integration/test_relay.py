@@ -4,6 +4,7 @@ or to scripted peers, all on 127.0.0.1 through `[delivery] routes`; no public ad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import socketserver
 import ssl
@@ -83,11 +84,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
         time.sleep(0.05)
 
 
-def submit(server: RunningServer, recipients: list[str], subject: str = "hello") -> None:
+def submit(
+    server: RunningServer, recipients: list[str], subject: str = "hello", extra: dict[str, str] | None = None
+) -> None:
     msg = EmailMessage()
     msg["From"] = ALICE
     msg["To"] = ", ".join(recipients)
     msg["Subject"] = subject
+    for name, value in (extra or {}).items():
+        msg[name] = value
     msg.set_content("Hi there.\n")
     context = ssl.create_default_context(cafile=str(server.ca_file))
     context.check_hostname = False
@@ -113,10 +118,9 @@ def restart_sender(tmp_path: Path, routes: dict[str, str], **extra: Any) -> Peer
     return Peer(config, FakeResolver())
 
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[Peer]:
+@contextlib.contextmanager
+def remote_peer(config: Config) -> Iterator[Peer]:
     """Server B: remote.test with bob, resolving through a fake DNS that will carry A's DKIM keys."""
-    config = peer_config(tmp_path / "b", "mx.remote.test")
     running = Peer(config, FakeResolver({("remote.test", "MX"): []}))
     try:
         running.add_domain("remote.test")
@@ -124,6 +128,12 @@ def remote(tmp_path: Path) -> Iterator[Peer]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[Peer]:
+    with remote_peer(peer_config(tmp_path / "b", "mx.remote.test")) as running:
+        yield running
 
 
 def publish_dkim_keys(sender: Peer, resolver: FakeResolver) -> None:

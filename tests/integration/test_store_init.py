@@ -17,9 +17,11 @@ from psycopg import sql
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
 from surat.store import schema as sqlite_schema
+from surat.store.postgres import schema as postgres_schema
 from surat.store.sqlite import INDEX_FILE
 
 SQLITE_VERSION = len(sqlite_schema.MIGRATIONS)
+POSTGRESQL_VERSION = len(postgres_schema.MIGRATIONS)
 
 
 def write_config(directory: Path, store: str = "", listen: str = "") -> Path:
@@ -67,18 +69,24 @@ def test_postgresql_init_creates_the_schema_then_does_nothing(
     config = postgresql_config(tmp_path, pg_cluster, pg_database)
     first = surat(config, "store", "init")
     assert (first.returncode, first.stderr) == (0, "")
-    assert first.stdout == f"store: {location(pg_cluster, pg_database)}: created schema version 2\n"
+    assert (
+        first.stdout
+        == f"store: {location(pg_cluster, pg_database)}: created schema version {POSTGRESQL_VERSION}\n"
+    )
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
         tables = {
             row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
         applied = conn.execute("SELECT version, applied_at FROM schema_version ORDER BY version").fetchall()
     assert {"accounts", "mailboxes", "messages", "queue", "blob_chunks", "schema_version"} <= tables
-    assert [version for version, _ in applied] == [1, 2]
+    assert [version for version, _ in applied] == list(range(1, POSTGRESQL_VERSION + 1))
 
     second = surat(config, "store", "init")
     assert (second.returncode, second.stderr) == (0, "")
-    assert second.stdout == f"store: {location(pg_cluster, pg_database)}: schema version 2, up to date\n"
+    assert (
+        second.stdout
+        == f"store: {location(pg_cluster, pg_database)}: schema version {POSTGRESQL_VERSION}, up to date\n"
+    )
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
         assert (
             conn.execute("SELECT version, applied_at FROM schema_version ORDER BY version").fetchall()
@@ -93,7 +101,10 @@ def test_postgresql_check_shows_the_store_without_the_password(
     assert surat(config, "store", "init").returncode == 0
     result = surat(config, "check")
     assert (result.returncode, result.stderr) == (0, "")
-    assert f"store:    {location(pg_cluster, pg_database)}, schema version 2\n" in result.stdout
+    assert (
+        f"store:    {location(pg_cluster, pg_database)}, schema version {POSTGRESQL_VERSION}\n"
+        in result.stdout
+    )
     assert SUPERUSER_PASSWORD not in result.stdout
     assert result.stdout.endswith("OK\n")
 

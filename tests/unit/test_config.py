@@ -178,6 +178,25 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("listen list is a number", {**BASE, "listen": {"imap": 143}}, "listen.imap", "list"),
     ("bad nameserver", {**BASE, "dns": {"nameservers": ["8.8.8.8"]}}, "dns.nameservers", "host:port"),
     ("dns timeout too small", {**BASE, "dns": {"timeout": 0}}, "dns.timeout", "at least"),
+    # DANE trusts the AD bit only from a resolver on this machine (issue 15)
+    (
+        "dnssec_trusted, system resolver",
+        {**BASE, "dns": {"dnssec_trusted": True}},
+        "dns.dnssec_trusted",
+        "loopback",
+    ),
+    (
+        "dnssec_trusted, remote resolver",
+        {**BASE, "dns": {"dnssec_trusted": True, "nameservers": ["127.0.0.1:53", "192.0.2.53:53"]}},
+        "dns.dnssec_trusted",
+        "loopback",
+    ),
+    (
+        "require_tls_domains not a list",
+        {**BASE, "delivery": {"require_tls_domains": "example.com"}},
+        "delivery.require_tls_domains",
+        "list",
+    ),
     ("message_size a string", {**BASE, "limits": {"message_size": "50M"}}, "limits.message_size", "number"),
     ("message_size a bool", {**BASE, "limits": {"message_size": True}}, "limits.message_size", "number"),
     ("message_size too small", {**BASE, "limits": {"message_size": 10}}, "limits.message_size", "at least"),
@@ -624,3 +643,17 @@ def test_bad_proxy_trusted(tmp_path: Path, proxy: dict[str, Any], key: str, prob
         parse_config({**BASE, "proxy": proxy}, tmp_path)
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_dnssec_trusted_and_require_tls_domains(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            **BASE,
+            "dns": {"nameservers": ["127.0.0.1:53", "[::1]:53"], "dnssec_trusted": True},
+            "delivery": {"require_tls_domains": ["Example.COM.", "bücher.example"]},
+        },
+        base_dir=tmp_path,
+    )
+    assert config.dns.dnssec_trusted is True
+    assert config.delivery.require_tls_domains == ("example.com", "xn--bcher-kva.example")
+    assert parse_config(BASE, base_dir=tmp_path).dns.dnssec_trusted is False

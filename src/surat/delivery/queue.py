@@ -58,6 +58,7 @@ from pathlib import Path
 
 from surat.config import Config, HostPort, ListenConfig
 from surat.delivery import dkim
+from surat.delivery.dane import DaneHost, certificate_matches, usable_records
 from surat.delivery.dsn import (
     Action,
     DsnReport,
@@ -77,10 +78,23 @@ from surat.delivery.schedule import (
     expires_at,
     next_attempt,
 )
-from surat.delivery.smtp_client import Session, SessionOutcome, send_transaction
-from surat.dns.base import Resolver
+from surat.delivery.smtp_client import Session, SessionOutcome, TlsCheck, send_transaction
+from surat.delivery.stspolicies import StsPolicies
+from surat.delivery.tlspolicy import (
+    DNSSEC_INVALID,
+    OPPORTUNISTIC,
+    REQUIRE_TLS,
+    VALIDATION_FAILURE,
+    LoggingTlsReporter,
+    TlsPolicy,
+    TlsPolicyKind,
+    TlsReporter,
+    from_sts,
+)
+from surat.dns.base import DNSError, DnssecResolver, Resolver, TLSARecord
 from surat.log import fields
-from surat.message.headers import read_header
+from surat.message.headers import Header, read_header
+from surat.net.tls import client_context
 from surat.proto.smtp import replies as R
 from surat.proto.smtp.address import Address, SMTPSyntaxError, UnsafeText, parse_path
 from surat.proto.smtp.client import (
@@ -154,6 +168,9 @@ class RunnerSettings:
     # issue 11 item 11: addresses from DNS or a literal must be public and not ours (mx.refuse_private)
     allow_private_destinations: bool = False
     own_addresses: frozenset[str] = frozenset()
+    # Domains whose mail goes only over TLS with a certificate verified against the next hop's name
+    # (a static policy, like Postfix's smtp_tls_policy_maps "secure"); see surat.delivery.tlspolicy.
+    require_tls_domains: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config) -> RunnerSettings:
@@ -177,6 +194,7 @@ class RunnerSettings:
             timeouts=replace(Timeouts(), **delivery.smtp_timeouts),
             allow_private_destinations=delivery.allow_private_destinations,
             own_addresses=_listening_addresses(config.listen),
+            require_tls_domains=frozenset(delivery.require_tls_domains),
         )
 
 
@@ -194,6 +212,11 @@ def _listening_addresses(listen: ListenConfig) -> frozenset[str]:
     return frozenset(found)
 
 
+# An idle session is reused only for the same target and profile: "" (opportunistic), "smarthost",
+# "verified" (STARTTLS with a verified certificate, for MTA-STS and require_tls_domains).
+_SessionKey = tuple[Target, str]
+
+
 @dataclass(slots=True)
 class _Outcome:
     """What happened to one recipient in this attempt."""
@@ -202,6 +225,13 @@ class _Outcome:
     reply: Reply
     remote_mta: str | None = None
     dsn_passed: bool = False
+
+
+def _dane_check(records: Sequence[TLSARecord], certificate: bytes) -> str | None:
+    """RFC 7672 §3.1.1: the server's certificate must match one of the host's DANE-EE records."""
+    if certificate_matches(records, certificate):
+        return None
+    return "certificate matches none of the TLSA records"
 
 
 def _utc_now() -> datetime:
@@ -224,9 +254,13 @@ def _address(text: str) -> Address:
     return parsed
 
 
-def _count_received(message: bytes) -> int:
-    """Received fields, as surat.message reads the header (RFC 5321 §6.3 loop detection counts them)."""
-    return read_header(message).keys.count(b"received")
+# The recipient domain's own policies, which a sender may waive with "TLS-Required: No" (RFC 8689 §5).
+_RECIPIENT_POLICIES = frozenset({TlsPolicyKind.MTA_STS, TlsPolicyKind.DANE})
+
+
+def _tls_optional(header: Header) -> bool:
+    """RFC 8689 §5: a "TLS-Required: No" field (the value is case-insensitive)."""
+    return any(value.strip().lower() == b"no" for value in header.values(b"tls-required"))
 
 
 class QueueRunner:
@@ -242,8 +276,17 @@ class QueueRunner:
         clock: Callable[[], datetime] = _utc_now,
         local_hostnames: Collection[str] = (),
         signing_keys: dkim.SigningKeys | None = None,
+        verify_tls_context: ssl.SSLContext | None = None,
+        sts_policies: StsPolicies | None = None,
+        tls_reporter: TlsReporter | None = None,
+        dane_resolver: DnssecResolver | None = None,
     ) -> None:
-        """`signing_keys`: shared with the submission service (one parsed copy of each key)."""
+        """`signing_keys`: shared with the submission service (one parsed copy of each key).
+        `verify_tls_context`: checks certificates for MTA-STS and require_tls_domains (default: the
+        system's trust store; tests give their CA); it also fetches MTA-STS policies unless
+        `sts_policies` is given. `tls_reporter`: where policy failures go (default: logged).
+        `dane_resolver`: a validating resolver whose AD bit is trusted (`[dns] dnssec_trusted`);
+        None: no DANE."""
         self.store = store
         self.resolver = resolver
         self.settings = settings
@@ -253,6 +296,18 @@ class QueueRunner:
         self.smarthost_tls_context = smarthost_tls_context
         self.clock = clock
         self.local_hostnames = {settings.hostname, *local_hostnames}
+        self.verify_tls_context = verify_tls_context or client_context(verify=True)
+        self.sts_policies = sts_policies or StsPolicies(
+            store,
+            resolver,
+            self.verify_tls_context,
+            allow_private=settings.allow_private_destinations,
+            clock=lambda: self.clock().timestamp(),
+        )
+        self.tls_reporter: TlsReporter = tls_reporter or LoggingTlsReporter()
+        self.dane_resolver = dane_resolver
+        # DANE sessions authenticate through TLSA, not WebPKI: the handshake itself verifies nothing.
+        self._dane_tls_context = client_context(verify=False)
         self._wake = asyncio.Event()
         self._connections = asyncio.Semaphore(settings.max_connections)
         self._per_domain: dict[str, asyncio.Semaphore] = {}
@@ -262,8 +317,9 @@ class QueueRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
         self._subscription: Subscription | None = None
-        # (target, smarthost?) -> idle sessions with the loop time they went idle and were opened
-        self._idle: dict[tuple[Target, bool], list[tuple[Session, float, float]]] = {}
+        # (target, profile) -> idle sessions with the loop time they went idle and were opened; the
+        # profile keeps sessions of different security apart (see _SessionKey)
+        self._idle: dict[_SessionKey, list[tuple[Session, float, float]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._saturated = False  # the last run_once got as many due entries as it asked for
         # domain -> (reuse until, resolved at, lookup): see _route
@@ -384,7 +440,8 @@ class QueueRunner:
             if recipient.state is RecipientState.PENDING:
                 remote.setdefault(_domain_of(recipient.address), []).append(index)
 
-        if remote and _count_received(original) > MAX_RECEIVED:
+        header = read_header(original) if remote else None
+        if header is not None and header.keys.count(b"received") > MAX_RECEIVED:
             for indexes in remote.values():
                 for index in indexes:
                     outcomes[index] = _Outcome(RecipientState.FAILED, R.LOCAL_LOOP)
@@ -394,6 +451,7 @@ class QueueRunner:
         local = [i for d in list(remote) if await self._is_local_domain(d) for i in remote.pop(d)]
 
         routes: dict[str, Route] = {}
+        policies: dict[str, TlsPolicy] = {}
         for domain, indexes in remote.items():
             route = await self._route(domain)
             if isinstance(route, RouteFailure):
@@ -402,6 +460,15 @@ class QueueRunner:
                     outcomes[index] = _Outcome(state, route.reply)
             else:
                 routes[domain] = route
+                policy = await self._tls_policy(domain, route)
+                if header is not None and policy.kind in _RECIPIENT_POLICIES and _tls_optional(header):
+                    # RFC 8689 §5: "TLS-Required: No" asks to deliver even when the recipient
+                    # domain's policy fails; TLS is still tried and the failure still reported.
+                    # Our own require_tls_domains is the operator's rule and stays.
+                    policy = replace(policy, enforce=False)
+                    if policy.fallback is not None and policy.fallback.kind in _RECIPIENT_POLICIES:
+                        policy = replace(policy, fallback=replace(policy.fallback, enforce=False))
+                policies[domain] = policy
 
         signature = entry.dkim_signature
         made = None  # a signature made now, stored with the attempt record
@@ -424,7 +491,7 @@ class QueueRunner:
                 message = signature + original if signature else original
                 results = await asyncio.gather(
                     *(
-                        self._deliver_domain(entry, route, remote[domain], message, held)
+                        self._deliver_domain(entry, route, remote[domain], message, held, policies[domain])
                         for domain, route in routes.items()
                     )
                 )
@@ -509,8 +576,13 @@ class QueueRunner:
         indexes: Sequence[int],
         message: bytes,
         held: contextlib.AsyncExitStack,
+        policy: TlsPolicy = OPPORTUNISTIC,
     ) -> dict[int, _Outcome]:
         """One transaction for `indexes` to the first of the route's hosts that takes it.
+
+        Under a `policy` that verifies, each host is first tried with STARTTLS and a verified
+        certificate; a host that fails it is skipped when the policy is enforced (the failure is
+        what the recipients wait with), or given the mail as without a policy in testing mode.
 
         The connection slot, and the session when it stays open for reuse, are handed to `held`:
         they are released (the session back into the idle cache first) when the caller unwinds it,
@@ -537,10 +609,21 @@ class QueueRunner:
         last_host: str | None = None
         smarthost = route.kind is RouteKind.SMARTHOST
         await held.enter_async_context(self._connection_slot(route.domain))
+        profile = "smarthost" if smarthost else ""
         for target in route.targets:
-            outcome = await self._send_cached(
-                (target, smarthost), envelope, message, settings, tls_context, implicit_tls, held
-            )
+            outcome: SessionOutcome | None = None
+            host_policy = policy.for_host(target.host)
+            if host_policy.verifies:
+                outcome, unmet = await self._send_verified(
+                    route.domain, host_policy, target, envelope, message, held
+                )
+                if unmet is not None and host_policy.enforce:
+                    last_failure, last_host = unmet, target.host
+                    continue
+            if outcome is None:
+                outcome = await self._send_cached(
+                    (target, profile), envelope, message, settings, tls_context, implicit_tls, held
+                )
             if outcome.results is None and outcome.tls_failed and not settings.require_tls:
                 # Opportunistic TLS: a peer whose TLS is broken still gets the mail in clear.
                 outcome = await send_transaction(
@@ -569,6 +652,96 @@ class QueueRunner:
         # RFC 5321 §4.5.4.1: no host took the mail. Like the engine's AUTH note says, a session that
         # could not be set up (even with a 5xx greeting) is retried, not bounced.
         return {i: _Outcome(RecipientState.PENDING, last_failure, last_host) for i in indexes}
+
+    async def _send_verified(
+        self,
+        domain: str,
+        policy: TlsPolicy,
+        target: Target,
+        envelope: Envelope,
+        message: bytes,
+        held: contextlib.AsyncExitStack,
+    ) -> tuple[SessionOutcome | None, Reply | None]:
+        """A session to `target` that must meet `policy`: (its outcome, None), or (None, the reply
+        saying why the policy was not met), the failure reported either way."""
+        where = f"{target.host}[{target.address}]:{target.port}"
+        dane = policy.dane.get(target.host)
+        if dane is not None and dane.lookup_failed is not None:
+            # RFC 7672 §2.2: a TLSA lookup that fails in a signed zone makes the host unusable.
+            self.tls_reporter.failure(domain, policy, target.host, DNSSEC_INVALID, dane.lookup_failed)
+            return None, R.tls_policy_unmet(policy.describe(domain), target.host, dane.lookup_failed)
+        if not policy.allows_host(target.host):
+            # RFC 8461 §4.1: an MX host the policy does not name is not a candidate.
+            self.tls_reporter.failure(
+                domain, policy, target.host, VALIDATION_FAILURE, "MX host not listed in the policy"
+            )
+            return None, R.tls_policy_unmet(
+                policy.describe(domain), target.host, "MX host not listed in the policy"
+            )
+        # RFC 8461 §4.2 (and require_tls_domains alike): STARTTLS required, no clear-text fallback,
+        # the certificate verified against the MX host name (Session sends it as server_hostname).
+        # DANE (RFC 7672 §3.1.1): DANE-EE pins the key; no name or date check, so no WebPKI either.
+        settings = ClientSettings(
+            hostname=self.settings.hostname, timeouts=self.settings.timeouts, require_tls=True
+        )
+        context, profile, check = self.verify_tls_context, "verified", None
+        if dane is not None:
+            context, profile = self._dane_tls_context, "dane" if dane.usable else "tls-required"
+            if dane.usable:
+                check = functools.partial(_dane_check, dane.usable)
+        outcome = await self._send_cached(
+            (target, profile), envelope, message, settings, context, False, held, tls_check=check
+        )
+        if outcome.results is None and outcome.tls_failure is not None:
+            assert outcome.failure is not None
+            reason = " ".join(outcome.failure.lines)
+            self.tls_reporter.failure(domain, policy, target.host, outcome.tls_failure, reason)
+            return None, R.tls_policy_unmet(policy.describe(domain), where, reason)
+        if outcome.tls:
+            self.tls_reporter.success(domain, policy, target.host)
+        return outcome, None
+
+    async def _tls_policy(self, domain: str, route: Route) -> TlsPolicy:
+        """The transport security for `route` (surat.delivery.tlspolicy: DANE over MTA-STS over
+        require_tls_domains over opportunistic). DANE and MTA-STS apply to MX delivery only: a
+        configured route or smarthost is the operator's choice, not the domain's MX (RFC 8461 §4)."""
+        fallback = await self._webpki_policy(domain, route)
+        if route.kind is RouteKind.MX and self.dane_resolver is not None:
+            dane = await self._dane_hosts(domain, route, self.dane_resolver)
+            if dane:
+                return TlsPolicy(TlsPolicyKind.DANE, enforce=True, dane=dane, fallback=fallback)
+        return fallback
+
+    async def _dane_hosts(self, domain: str, route: Route, resolver: DnssecResolver) -> dict[str, DaneHost]:
+        """The route's MX hosts with DNSSEC-authenticated TLSA records (RFC 7672 §2.2)."""
+        try:
+            _records, authentic = await resolver.secure_mx(domain)
+        except DNSError:
+            return {}  # the route came from the same resolver just now: a flap; no DANE this time
+        if not authentic:
+            return {}  # RFC 7672 §2.2.1: an insecure MX RRset: no DANE for any of its hosts
+        hosts: dict[str, DaneHost] = {}
+        for host in route.hosts:
+            try:
+                # RFC 7672 §3: the TLSA base domain is the MX host name, port 25 over TCP.
+                records, secure = await resolver.tlsa(f"_25._tcp.{host.name}")
+            except DNSError as exc:
+                hosts[host.name] = DaneHost((), lookup_failed=f"TLSA lookup failed: {exc}")
+                continue
+            if secure and records:
+                hosts[host.name] = DaneHost(usable_records(records))
+        return hosts
+
+    async def _webpki_policy(self, domain: str, route: Route) -> TlsPolicy:
+        if route.kind is RouteKind.SMARTHOST:
+            return OPPORTUNISTIC  # the smarthost's own TLS and AUTH rules (_client_settings) apply
+        if route.kind in (RouteKind.MX, RouteKind.IMPLICIT_MX):
+            policy = from_sts(await self.sts_policies.policy_for(domain))
+            if policy is not None:
+                return policy
+        if domain in self.settings.require_tls_domains:
+            return REQUIRE_TLS
+        return OPPORTUNISTIC
 
     async def _resolve(self, domain: str) -> Route | RouteFailure:
         route = await resolve_targets(
@@ -615,13 +788,14 @@ class QueueRunner:
 
     async def _send_cached(
         self,
-        key: tuple[Target, bool],
+        key: _SessionKey,
         envelope: Envelope,
         message: bytes,
         settings: ClientSettings,
         tls_context: ssl.SSLContext | None,
         implicit_tls: bool,
         held: contextlib.AsyncExitStack,
+        tls_check: TlsCheck | None = None,
     ) -> SessionOutcome:
         """One transaction to `key`'s target over an idle cached session, else a new one.
 
@@ -639,6 +813,7 @@ class QueueRunner:
                     tls_context=tls_context,
                     connect_timeout=self.settings.connect_timeout,
                     implicit_tls=implicit_tls,
+                    tls_check=tls_check,
                 )
                 opened = loop.time()
                 failure = await session.open()
@@ -664,7 +839,7 @@ class QueueRunner:
             return outcome
         raise AssertionError("unreachable: the second pass uses a new session")
 
-    async def _take_idle(self, key: tuple[Target, bool]) -> tuple[Session, float] | None:
+    async def _take_idle(self, key: _SessionKey) -> tuple[Session, float] | None:
         sessions = self._idle.get(key)
         while sessions:
             session, _idle_since, opened = sessions.pop()  # the most recently used: least likely stale
@@ -675,7 +850,7 @@ class QueueRunner:
             await session.close()  # the peer hung up meanwhile: nothing to QUIT, just the socket
         return None
 
-    def _put_idle(self, key: tuple[Target, bool], session: Session, opened: float) -> None:
+    def _put_idle(self, key: _SessionKey, session: Session, opened: float) -> None:
         self._idle.setdefault(key, []).append((session, asyncio.get_running_loop().time(), opened))
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap(), name="queue-idle-sessions")

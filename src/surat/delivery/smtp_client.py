@@ -13,9 +13,16 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from surat.delivery.mx import Target
+from surat.delivery.tlspolicy import (
+    STARTTLS_NOT_SUPPORTED,
+    VALIDATION_FAILURE,
+    classify_tls_error,
+    describe_tls_error,
+)
 from surat.log import fields
 from surat.proto.smtp import replies as R
 from surat.proto.smtp.client import (
@@ -36,6 +43,9 @@ from surat.proto.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
 
+# Checks the server's certificate (DER) after the handshake: None if accepted, else the reason.
+TlsCheck = Callable[[bytes], str | None]
+
 READ_SIZE = 65536
 WRITE_CHUNK = 256 * 1024  # message text is written in pieces so each gets the data-block timeout
 
@@ -48,6 +58,10 @@ class SessionOutcome:
     tls: bool
     tls_failed: bool = False  # the STARTTLS handshake failed: the caller may retry without TLS
     dsn_passed: bool = False  # the peer took NOTIFY/ORCPT: it sends the DSNs from here on
+    # Why TLS did not come up, as an RFC 8460 §4.3 result type (surat.delivery.tlspolicy), when the
+    # session failed for it: the handshake (or certificate check) failed, or STARTTLS was missing or
+    # refused while TLS was required. None otherwise.
+    tls_failure: str | None = None
 
     @property
     def describe(self) -> str:
@@ -101,7 +115,10 @@ class Session:
         tls_context: ssl.SSLContext | None,
         connect_timeout: float,
         implicit_tls: bool = False,
+        tls_check: TlsCheck | None = None,
     ) -> None:
+        """`tls_check`: called with the server's certificate (DER) once STARTTLS is up; a reason
+        (str) fails the session as a failed handshake would (DANE, RFC 7672 §3)."""
         if tls_context is None:
             settings = replace(settings, starttls=False)
         self.target = target
@@ -109,6 +126,7 @@ class Session:
         self.tls_context = tls_context
         self.connect_timeout = connect_timeout
         self.implicit_tls = implicit_tls
+        self.tls_check = tls_check
         self.engine = SMTPClientEngine(settings)
         self.transactions = 0  # completed with the peer's replies
         self.tls_failed = False
@@ -118,6 +136,7 @@ class Session:
         self._results: tuple[RecipientResult, ...] | None = None
         self._dsn_passed = False
         self._received = 0  # bytes read from the peer since the current transaction began
+        self._tls_failure: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -142,7 +161,14 @@ class Session:
         return self._results is None or not any(r.remote for r in self._results)
 
     def failed(self, failure: Reply) -> SessionOutcome:
-        return SessionOutcome(self.target, None, failure, tls=self.engine.tls, tls_failed=self.tls_failed)
+        return SessionOutcome(
+            self.target,
+            None,
+            failure,
+            tls=self.engine.tls,
+            tls_failed=self.tls_failed,
+            tls_failure=self._tls_failure,
+        )
 
     async def open(self) -> Reply | None:
         """Connect and run the session up to the first Ready; the failure reply, or None."""
@@ -183,6 +209,7 @@ class Session:
             tls=self.engine.tls,
             tls_failed=self.tls_failed,
             dsn_passed=self._dsn_passed,
+            tls_failure=self._tls_failure,
         )
 
     async def close(self, quit_timeout: float | None = None) -> None:
@@ -246,6 +273,8 @@ class Session:
                         return
                 elif isinstance(event, SessionFailed):
                     self._failure = event.reply
+                    if event.phase is Phase.STARTTLS and self._tls_failure is None:
+                        self._tls_failure = STARTTLS_NOT_SUPPORTED  # missing or refused, TLS required
                 elif isinstance(event, Closed):
                     return
         except OSError as exc:
@@ -258,8 +287,8 @@ class Session:
         assert self.tls_context is not None
         target = self.target
         try:
-            # RFC 3207 §4: opportunistic; the peer's certificate is not verified here
-            # (the context decides), as by every MTA without MTA-STS or DANE.
+            # RFC 3207 §4: the context decides whether the certificate is verified: not for
+            # opportunistic TLS, against the MX host name under MTA-STS (RFC 8461 §4.2).
             await asyncio.wait_for(
                 writer.start_tls(self.tls_context, server_hostname=target.host),
                 self.settings.timeouts.starttls,
@@ -270,8 +299,21 @@ class Session:
                 extra=fields(target=f"{target.host}:{target.port}", error=str(exc)),
             )
             self.tls_failed = True
-            self.engine.tls_failed()
+            self._tls_failure = classify_tls_error(exc)
+            self.engine.tls_failed(R.tls_failed_because(describe_tls_error(exc)))
             return
+        if self.tls_check is not None:
+            ssl_object = writer.get_extra_info("ssl_object")
+            certificate = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            reason = self.tls_check(certificate or b"")
+            if reason is not None:
+                log.info(
+                    "queue.tls_failed", extra=fields(target=f"{target.host}:{target.port}", error=reason)
+                )
+                self.tls_failed = True
+                self._tls_failure = VALIDATION_FAILURE
+                self.engine.tls_failed(R.tls_failed_because(reason))
+                return
         self.engine.tls_started()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class DNSErrorKind(enum.Enum):
@@ -27,6 +27,31 @@ class DNSError(Exception):
 class MXRecord:
     preference: int
     exchange: str  # lower-case, no trailing dot; "" for a null MX (RFC 7505: "0 .")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSARecord:
+    """RFC 6698 §2.1: certificate usage, selector, matching type, certificate association data."""
+
+    usage: int
+    selector: int
+    matching_type: int
+    data: bytes
+
+
+@runtime_checkable
+class DnssecResolver(Protocol):
+    """Lookups that also say whether the answer is authentic (the AD bit, RFC 4035 §3.2.3, RFC 6840
+    §5.7), for DANE (RFC 7672). Only meaningful from a validating resolver the server trusts, on
+    loopback: `[dns] dnssec_trusted`. Not cached: a DANE decision is made per delivery attempt.
+
+    Both return (records, authentic); NXDOMAIN and NODATA are ([], authentic) (an authenticated
+    denial, RFC 7672 §2.2.1); a failure (SERVFAIL, which is also what a bogus answer gets) raises
+    DNSError(TEMPORARY)."""
+
+    async def secure_mx(self, name: str) -> tuple[list[MXRecord], bool]: ...
+
+    async def tlsa(self, name: str) -> tuple[list[TLSARecord], bool]: ...
 
 
 class Resolver(Protocol):

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from surat.dns.base import DNSError, DNSErrorKind, MXRecord
+from surat.dns.base import DNSError, DNSErrorKind, MXRecord, TLSARecord
 
-FakeValue = Sequence[MXRecord] | Sequence[str] | str | DNSErrorKind
+FakeValue = Sequence[MXRecord] | Sequence[TLSARecord] | Sequence[str] | str | DNSErrorKind
 
-_TYPES = frozenset({"MX", "A", "AAAA", "TXT", "PTR", "CNAME"})
+_TYPES = frozenset({"MX", "A", "AAAA", "TXT", "PTR", "CNAME", "TLSA"})
 
 
 class FakeResolver:
-    def __init__(self, records: Mapping[tuple[str, str], FakeValue] | None = None) -> None:
+    def __init__(
+        self, records: Mapping[tuple[str, str], FakeValue] | None = None, *, authentic: bool = False
+    ) -> None:
+        """`authentic`: what `secure_mx` and `tlsa` say of every answer (the AD bit)."""
+        self.authentic = authentic
         self._records: dict[tuple[str, str], FakeValue] = {}
         self.queries: list[tuple[str, str]] = []  # every lookup made, in order: (name, type)
         for (name, rtype), value in (records or {}).items():
@@ -49,6 +53,26 @@ class FakeResolver:
         normalised = [MXRecord(r.preference, _key(r.exchange)) for r in records]
         return sorted(normalised, key=lambda r: r.preference)
 
+    async def secure_mx(self, name: str) -> tuple[list[MXRecord], bool]:
+        try:
+            return await self.mx(name), self.authentic
+        except DNSError as exc:
+            if exc.kind is DNSErrorKind.NXDOMAIN:
+                return [], self.authentic
+            raise
+
+    async def tlsa(self, name: str) -> tuple[list[TLSARecord], bool]:
+        try:
+            values = self._lookup(name, "TLSA")
+        except DNSError as exc:
+            if exc.kind is DNSErrorKind.NXDOMAIN:
+                return [], self.authentic
+            raise
+        records = [v for v in values if isinstance(v, TLSARecord)]
+        if len(records) != len(values):
+            raise TypeError(f"TLSA records for {name} must be TLSARecord values")
+        return records, self.authentic
+
     async def a(self, name: str) -> list[str]:
         return self._strings(name, "A")
 
@@ -68,7 +92,7 @@ class FakeResolver:
             raise TypeError(f"{rtype} records for {name} must be strings")
         return strings
 
-    def _lookup(self, name: str, rtype: str) -> list[MXRecord | str]:
+    def _lookup(self, name: str, rtype: str) -> list[MXRecord | TLSARecord | str]:
         self.queries.append((_key(name), rtype))
         current = _key(name)
         for _ in range(8):

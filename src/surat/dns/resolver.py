@@ -18,6 +18,7 @@ from typing import Any
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.nameserver
@@ -27,10 +28,11 @@ import dns.reversename
 from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.ANY.SOA import SOA
+from dns.rdtypes.ANY.TLSA import TLSA
 from dns.rdtypes.ANY.TXT import TXT
 
 from surat.config import HostPort
-from surat.dns.base import DNSError, DNSErrorKind, MXRecord
+from surat.dns.base import DNSError, DNSErrorKind, MXRecord, TLSARecord
 
 # A CNAME chain longer than this is treated as a loop (temporary: the zone may be fixed).
 MAX_CNAME_DEPTH = 8
@@ -69,6 +71,7 @@ class DnsResolver:
         self._inflight: dict[tuple[str, int], asyncio.Future[tuple[_Records, float | None]]] = {}
         self._max_ttl = max_ttl
         self._clock = clock
+        self._secure_resolver: dns.asyncresolver.Resolver | None = None
 
     # ------------------------------------------------------------------------------ Resolver
 
@@ -94,6 +97,38 @@ class DnsResolver:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    # ------------------------------------------------------------------------------ DnssecResolver
+
+    async def secure_mx(self, name: str) -> tuple[list[MXRecord], bool]:
+        rrset, authentic = await self._secure(name, dns.rdatatype.MX)
+        records = [r for r in _convert(rrset) if isinstance(r, MXRecord)] if rrset is not None else []
+        return records, authentic
+
+    async def tlsa(self, name: str) -> tuple[list[TLSARecord], bool]:
+        rrset, authentic = await self._secure(name, dns.rdatatype.TLSA)
+        records = [
+            TLSARecord(r.usage, r.selector, r.mtype, bytes(r.cert))
+            for r in rrset or ()
+            if isinstance(r, TLSA)
+        ]
+        return records, authentic
+
+    async def _secure(self, name: str, rdtype: dns.rdatatype.RdataType) -> tuple[Any, bool]:
+        """(answer RRset or None, AD bit of the response). RFC 6840 §5.7: the query sets AD to ask
+        for it; DO (RFC 3225) so that a validating resolver validates for us."""
+        resolver = self._secure_resolver
+        if resolver is None:
+            resolver = self._secure_resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = self._resolver.nameservers
+            resolver.lifetime, resolver.timeout = self._resolver.lifetime, self._resolver.timeout
+            resolver.use_edns(0, dns.flags.DO, 1232)
+            resolver.flags = dns.flags.RD | dns.flags.AD
+        try:
+            answer = await self._resolve(name, rdtype, name, resolver)
+        except _NXDomain as exc:
+            return None, exc.authentic  # an authenticated denial of existence, or not
+        return answer.rrset, bool(answer.response.flags & dns.flags.AD)
 
     # ------------------------------------------------------------------------------ internals
 
@@ -162,14 +197,23 @@ class DnsResolver:
             qname = canonical
         raise DNSError(DNSErrorKind.TEMPORARY, name, "CNAME chain too long")
 
-    async def _resolve(self, qname: str, rdtype: dns.rdatatype.RdataType, name: str) -> Any:
+    async def _resolve(
+        self,
+        qname: str,
+        rdtype: dns.rdatatype.RdataType,
+        name: str,
+        resolver: dns.asyncresolver.Resolver | None = None,
+    ) -> Any:
         try:
-            return await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
+            return await (resolver or self._resolver).resolve(
+                qname, rdtype, raise_on_no_answer=False, search=False
+            )
         except dns.resolver.NXDOMAIN as exc:
             responses: dict[Any, dns.message.Message] = exc.kwargs.get("responses") or {}
             negatives = [_negative_ttl(r) for r in responses.values()]
             known = [ttl for ttl in negatives if ttl is not None]
-            raise _NXDomain(min(known) if known else None) from None
+            authentic = bool(responses) and all(r.flags & dns.flags.AD for r in responses.values())
+            raise _NXDomain(min(known) if known else None, authentic) from None
         except dns.resolver.LifetimeTimeout:
             raise DNSError(DNSErrorKind.TEMPORARY, name, "timeout") from None
         except dns.resolver.NoNameservers:
@@ -180,9 +224,10 @@ class DnsResolver:
 
 
 class _NXDomain(Exception):
-    def __init__(self, ttl: float | None) -> None:
+    def __init__(self, ttl: float | None, authentic: bool = False) -> None:
         super().__init__("NXDOMAIN")
         self.ttl = ttl
+        self.authentic = authentic  # every response had the AD bit (DnssecResolver)
 
 
 def _negative_ttl(response: dns.message.Message) -> float | None:

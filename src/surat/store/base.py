@@ -68,6 +68,20 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class CachedStsPolicy:
+    """An MTA-STS policy as fetched (RFC 8461 §5.1), kept so that it outlives restarts: an attacker who
+    blocks the TXT lookup or the HTTPS fetch later cannot downgrade a policy still in its max_age.
+
+    Times are epoch seconds, so that every process and node reads them alike."""
+
+    domain: str  # the policy domain, lower-case
+    policy_id: str  # the TXT record's id= when the policy was fetched
+    policy: str  # the policy file as fetched (parsed again by surat.mailauth.mtasts on use)
+    fetched_at: float
+    expires_at: float  # fetched_at + max_age
+
+
+@dataclass(frozen=True, slots=True)
 class AuthClientState:
     """What the login-failure limiter (surat.authlimit) remembers of one client (an IP, or an IPv6 /64).
 
@@ -551,6 +565,16 @@ class Store(Protocol):
     async def record_sending(self, user: str, at: float, recipients: int, *, forget_before: float) -> None:
         """Record one message of `user` to `recipients` recipients at `at`, and forget every user's
         messages sent before `forget_before`, in one transaction."""
+        ...
+
+    # -- the MTA-STS policy cache (surat.delivery.stspolicies), shared by every process using this store
+    async def get_sts_policy(self, domain: str) -> CachedStsPolicy | None:
+        """The cached policy of `domain` (expired or not), None when none was cached."""
+        ...
+
+    async def put_sts_policy(self, policy: CachedStsPolicy, *, forget_before: float) -> None:
+        """Cache `policy` in place of the domain's previous one, and forget every domain's policy
+        that expired before `forget_before`, in one transaction."""
         ...
 
     # -- aliases

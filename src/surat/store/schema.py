@@ -181,6 +181,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sent_messages_user ON sent_messages(user, sent_at);
     CREATE INDEX sent_messages_sent_at ON sent_messages(sent_at)
     """,
+    # 9: the MTA-STS policy cache (RFC 8461 §5.1, surat.delivery.stspolicies): one row per policy
+    # domain, replaced on refetch, in the store so that a policy outlives restarts.
+    """
+    CREATE TABLE sts_policies (
+        domain TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        fetched_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sts_policies_expires_at ON sts_policies(expires_at)
+    """,
 )
 
 

@@ -71,6 +71,7 @@ from surat.store.base import (
     Alias,
     AlreadyExists,
     AuthClientState,
+    CachedStsPolicy,
     Change,
     ChangeFeed,
     ChangeKind,
@@ -1040,6 +1041,40 @@ class SQLiteStore:
             )
             # Bounds the table by one window's messages of all users.
             conn.execute("DELETE FROM sent_messages WHERE sent_at < ?", (forget_before,))
+            return None, [], set()
+
+        await self._write(fn)
+
+    # ------------------------------------------------------------------------------ MTA-STS cache
+
+    async def get_sts_policy(self, domain: str) -> CachedStsPolicy | None:
+        row = (
+            self._read()
+            .execute(
+                "SELECT domain, policy_id, policy, fetched_at, expires_at FROM sts_policies WHERE domain = ?",
+                (domain.lower(),),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return CachedStsPolicy(row[0], row[1], row[2], float(row[3]), float(row[4]))
+
+    async def put_sts_policy(self, policy: CachedStsPolicy, *, forget_before: float) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            conn.execute(
+                "INSERT OR REPLACE INTO sts_policies (domain, policy_id, policy, fetched_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    policy.domain.lower(),
+                    policy.policy_id,
+                    policy.policy,
+                    policy.fetched_at,
+                    policy.expires_at,
+                ),
+            )
+            # Bounds the table by the domains mailed within one max_age (a year at most).
+            conn.execute("DELETE FROM sts_policies WHERE expires_at < ?", (forget_before,))
             return None, [], set()
 
         await self._write(fn)

@@ -613,9 +613,10 @@ class SMTPClientEngine:
             raise EngineError(f"quit() in state {self._state.value}")
         self._quit()
 
-    def tls_failed(self) -> None:
-        """The TLS handshake after StartTLS failed; the shell closes (and may retry in clear)."""
-        self._abort(R.TLS_FAILED)
+    def tls_failed(self, reply: Reply = R.TLS_FAILED) -> None:
+        """The TLS handshake after StartTLS failed; the shell closes (and may retry in clear).
+        `reply`: what to record, e.g. with the reason a certificate was not accepted."""
+        self._abort(reply)
 
     def abort(self, reply: Reply) -> None:
         """Give up on the connection with a locally generated `reply` (e.g. shutting down)."""

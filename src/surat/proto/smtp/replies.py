@@ -235,6 +235,17 @@ def timed_out_in(phase: str) -> Reply:
     return Reply(TIMED_OUT.code, TIMED_OUT.enhanced, f"Timeout in phase {phase}")
 
 
+def tls_failed_because(reason: str) -> Reply:
+    """RFC 3463 X.7.5 cryptographic failure: the handshake failed or the certificate was refused."""
+    return Reply(451, "4.7.5", f"TLS handshake failed: {reason}")
+
+
+def tls_policy_unmet(policy: str, where: str, reason: str) -> Reply:
+    """A transport security policy (MTA-STS RFC 8461 §5, DANE RFC 7672, require_tls_domains) was not
+    met: the mail waits (RFC 3463 X.7.5) and bounces with this text if it never is."""
+    return Reply(451, "4.7.5", f"{policy} not satisfied by {where}: {reason}")
+
+
 def cannot_connect(where: str, reason: str) -> Reply:
     """RFC 3463 X.4.1: no answer from the host (outbound)."""
     return Reply(451, "4.4.1", f"Cannot connect to {where}: {reason}")

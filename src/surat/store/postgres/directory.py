@@ -20,6 +20,7 @@ from surat.store.base import (
     Alias,
     AlreadyExists,
     AuthClientState,
+    CachedStsPolicy,
     Change,
     ChangeKind,
     Credentials,
@@ -320,6 +321,37 @@ class DirectoryStore(PooledStore):
             )
             # Bounds the table by one window's messages of all users.
             await conn.execute(b"DELETE FROM sent_messages WHERE sent_at < %s", (_moment(forget_before),))
+            return None, []
+
+        await self._transaction(fn)
+
+    # ------------------------------------------------------------------------------ MTA-STS cache
+
+    async def get_sts_policy(self, domain: str) -> CachedStsPolicy | None:
+        row = await self._fetchone(
+            "SELECT domain, policy_id, policy, fetched_at, expires_at FROM sts_policies WHERE domain = %s",
+            (domain.lower(),),
+        )
+        if row is None:
+            return None
+        return CachedStsPolicy(row[0], row[1], row[2], row[3].timestamp(), row[4].timestamp())
+
+    async def put_sts_policy(self, policy: CachedStsPolicy, *, forget_before: float) -> None:
+        async def fn(conn: Connection) -> tuple[None, list[Change]]:
+            await conn.execute(
+                b"INSERT INTO sts_policies (domain, policy_id, policy, fetched_at, expires_at)"
+                b" VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain) DO UPDATE SET policy_id = excluded.policy_id,"
+                b" policy = excluded.policy, fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+                (
+                    policy.domain.lower(),
+                    policy.policy_id,
+                    policy.policy,
+                    _moment(policy.fetched_at),
+                    _moment(policy.expires_at),
+                ),
+            )
+            # Bounds the table by the domains mailed within one max_age (a year at most).
+            await conn.execute(b"DELETE FROM sts_policies WHERE expires_at < %s", (_moment(forget_before),))
             return None, []
 
         await self._transaction(fn)

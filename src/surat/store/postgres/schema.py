@@ -225,6 +225,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (domain, selector)
     )
     """,
+    # 3: the MTA-STS policy cache (RFC 8461 §5.1; SQLite migration 9), shared by every node so that a
+    # policy fetched by one node is enforced by all (delivery/stspolicies.py).
+    """
+    CREATE TABLE sts_policies (
+        domain text PRIMARY KEY,
+        policy_id text NOT NULL,
+        policy text NOT NULL,
+        fetched_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX sts_policies_expires_at ON sts_policies(expires_at)
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
