@@ -135,12 +135,15 @@ def test_serve_refuses_a_postgresql_schema_newer_than_the_code(
     config = postgresql_config(tmp_path, pg_cluster, pg_database)
     assert surat(config, "store", "init").returncode == 0
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
-        conn.execute("INSERT INTO schema_version (version) VALUES (3)")
-    line = "store: schema version 3 is newer than this Surat knows (2); run the newer Surat that wrote it"
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (POSTGRESQL_VERSION + 1,))
+    line = (
+        f"store: schema version {POSTGRESQL_VERSION + 1} is newer than this Surat knows ({POSTGRESQL_VERSION});"
+        " run the newer Surat that wrote it"
+    )
     assert_one_line_error(surat(config, "serve"), line)
     assert_one_line_error(surat(config, "store", "init"), line)  # and init leaves it alone
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (POSTGRESQL_VERSION + 1,)
 
 
 def test_serve_refuses_an_empty_postgresql_database(

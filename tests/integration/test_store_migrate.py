@@ -30,6 +30,7 @@ from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
 from surat.config import postgresql_store
 from surat.passwords import make_credentials
 from surat.store import migrate as migrate_module
+from surat.store import schema as sqlite_schema
 from surat.store.base import Mailbox, Store
 from surat.store.migrate import MigrationFailed, Progress, migrate_to_postgresql
 from surat.store.postgres.schema import BLOB_CHUNK_SIZE
@@ -455,7 +456,7 @@ def test_a_source_with_an_older_schema_is_refused(
     result = migrate(config, pg_cluster, pg_database)
     assert (result.returncode, result.stderr) == (
         1,
-        f"surat: store migrate: store: schema version 7 is older than this Surat's (8); run `surat --config {config}"
+        f"surat: store migrate: store: schema version 7 is older than this Surat's ({len(sqlite_schema.MIGRATIONS)}); run `surat --config {config}"
         " store init` to upgrade it\n",
     )
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:  # refused before touching the target
