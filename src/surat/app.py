@@ -23,7 +23,8 @@ from surat.dns.resolver import DnsResolver
 from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
-from surat.net.tls import TLSSetupError, client_context, server_context
+from surat.net.tls import TLSSetupError, client_context
+from surat.net.tlscontexts import TlsContexts
 from surat.pop3d.locks import FileMaildropLocks
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
@@ -69,7 +70,8 @@ class SuratServer:
         self.resolver: Resolver = resolver or _system_resolver(config)
         self._own_store = store is None
         self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
-        self.tls_context: ssl.SSLContext | None = None
+        # Read at every handshake, swapped by reload_certificates (surat.net.tlscontexts).
+        self.tls: TlsContexts | None = None
         self._listeners = Listeners()
         self._started = False
         self.queue: QueueRunner | None = None
@@ -78,7 +80,7 @@ class SuratServer:
         config = self.config
         if config.tls.cert is not None and config.tls.key is not None:
             try:
-                self.tls_context = server_context(config.tls.cert, config.tls.key)
+                self.tls = TlsContexts(config.tls)
             except TLSSetupError as exc:
                 raise StartupError(str(exc)) from None
         if self._own_store:
@@ -92,7 +94,7 @@ class SuratServer:
         smtp = SMTPService(
             config,
             self.store,
-            self.tls_context,
+            self.tls,
             scram_secret=secret,
             resolver=self.resolver,
             auth_limiter=auth_limiter,
@@ -107,14 +109,12 @@ class SuratServer:
         pop3 = POP3Service(
             config,
             self.store,
-            self.tls_context,
+            self.tls,
             scram_secret=secret,
             auth_limiter=auth_limiter,
             locks=maildrop_locks,
         )
-        imap = IMAPService(
-            config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
-        )
+        imap = IMAPService(config, self.store, self.tls, scram_secret=secret, auth_limiter=auth_limiter)
         roles: list[tuple[str, Callable[[], Handler], bool, bytes]] = [
             ("smtp", lambda: smtp.handler("smtp"), False, b"421 4.7.0 Too many connections, try later\r\n"),
             ("submission", lambda: smtp.handler("submission"), False, b"421 4.7.0 Too many connections\r\n"),
@@ -129,13 +129,13 @@ class SuratServer:
                 addresses = getattr(config.listen, role)
                 if not addresses:
                     continue
-                if implicit_tls and self.tls_context is None:
+                if implicit_tls and self.tls is None:
                     raise StartupError(f"tls.cert: listener {role} needs a TLS certificate")
                 spec = ListenerSpec(
                     role=role,
                     addresses=addresses,
                     handler=make_handler(),
-                    implicit_tls=self.tls_context if implicit_tls else None,
+                    implicit_tls=self.tls if implicit_tls else None,
                     refusal=refusal,
                     max_per_ip=config.limits.connections_per_ip,
                     max_total=config.limits.connections_total,
@@ -159,6 +159,29 @@ class SuratServer:
             signing_keys=signing_keys,
         )
         await self.queue.start()
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server context for a handshake starting now."""
+        return self.tls.current if self.tls is not None else None
+
+    def reload_certificates(self) -> bool:
+        """Re-read the certificate and key files (SIGHUP, `surat reload`, an ACME renewal): new
+        handshakes get the new certificates, connections already encrypted are untouched. A pair
+        that cannot be used is refused with one log line, and the old certificates stay. Whether
+        the new ones are served."""
+        if self.tls is None:
+            log.info("tls.reload_skipped", extra=fields(reason="no [tls] certificate configured"))
+            return False
+        try:
+            self.tls.reload()
+        except TLSSetupError as exc:
+            log.error(
+                "tls.reload_failed", extra=fields(setting=exc.setting, reason=str(exc), pid=os.getpid())
+            )
+            return False
+        log.info("tls.reloaded", extra=fields(pid=os.getpid(), **self.tls.describe()))
+        return True
 
     def bound(self, role: str) -> list[tuple[str, int]]:
         return self._listeners.bound(role)
