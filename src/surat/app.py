@@ -25,6 +25,7 @@ from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
 from surat.net.tls import TLSSetupError, client_context
 from surat.net.tlscontexts import TlsContexts
+from surat.pidfile import AlreadyRunning, ServerPidFile
 from surat.pop3d.locks import FileMaildropLocks
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
@@ -231,8 +232,26 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def hold_pid_file(config: Config) -> ServerPidFile:
+    """`surat serve` holds data_dir/surat.pid (surat.pidfile) for `surat reload` to find it, taken
+    before anything touches the store: a second server's crash recovery would delete this one's
+    staged files. Until the event loop handles SIGHUP, SIGHUP is ignored (its default action would
+    kill the process): the certificates are read after that, so they are the newest anyway."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    pid_file = ServerPidFile(config.data_dir)
+    try:
+        pid_file.acquire()
+    except AlreadyRunning as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"data_dir: cannot write {pid_file.path}: {exc.strerror or exc}") from None
+    return pid_file
+
+
 async def _serve(config: Config) -> None:
     server = SuratServer(config)
+    # Before start, which reads the certificates: a SIGHUP from here on is never lost.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_certificates)
     await server.start()
     log.info("started", extra=fields(hostname=config.hostname, data_dir=config.data_dir))
     stop = stop_on_signals()
@@ -245,15 +264,24 @@ async def _serve(config: Config) -> None:
 
 
 def run(config: Config) -> int:
-    """`surat serve`: run until SIGINT/SIGTERM. Returns the process exit code."""
+    """`surat serve`: run until SIGINT/SIGTERM, re-reading the certificates on SIGHUP. Returns the
+    process exit code."""
     setup_logging()
-    if config.server.workers > 1:
-        from surat.workers.supervisor import supervise  # noqa: PLC0415 (it imports this module)
-
-        return supervise(config)
     try:
-        asyncio.run(_serve(config))
+        pid_file = hold_pid_file(config)
     except StartupError as exc:
         log.error("startup.failed", extra=fields(reason=str(exc)))
         return 1
-    return 0
+    try:
+        if config.server.workers > 1:
+            from surat.workers.supervisor import supervise  # noqa: PLC0415 (it imports this module)
+
+            return supervise(config)
+        try:
+            asyncio.run(_serve(config))
+        except StartupError as exc:
+            log.error("startup.failed", extra=fields(reason=str(exc)))
+            return 1
+        return 0
+    finally:
+        pid_file.release()

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ async def serve_worker(spec: WorkerSpec) -> None:
     follower: asyncio.Task[None] | None = None
     try:
         await store.open(recover=False)
+        # Before start reads the certificates; the supervisor sends SIGHUP only once we are ready.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_certificates)
         await server.start()
         stop = stop_on_signals()
         follower = asyncio.create_task(feed.follow(), name="relay-follow")
