@@ -27,7 +27,7 @@ from surat.config import TLSConfig
 from surat.log import fields
 from surat.net.tls import TLSSetupError, dns_names, load_server_certificate
 
-__all__ = ["CertificateInfo", "TlsContexts"]
+__all__ = ["CertificateInfo", "TlsContexts", "certificate_lines"]
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,218 @@
+"""surat.net.tlscontexts (SNI name index, certificate sets), the [[tls.certificates]] config, the pid
+file, and `surat check` / `surat reload` on the command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from surat import cli
+from surat.config import CertificatePair, ConfigError, TLSConfig, parse_config
+from surat.net.tls import TLSSetupError
+from surat.net.tlscontexts import TlsContexts, _NameIndex, certificate_lines
+from surat.pidfile import PID_FILE_NAME, AlreadyRunning, ServerPidFile, running_server_pid
+from tls_certs import IssuedCertificate, make_certificate
+
+
+def write_pair(directory: Path, label: str, certificate: IssuedCertificate) -> CertificatePair:
+    pair = CertificatePair(directory / f"{label}.pem", directory / f"{label}.key")
+    certificate.install(pair.cert, pair.key)
+    return pair
+
+
+# ------------------------------------------------------------------------------------- name index
+
+ONE, TWO = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+
+@pytest.fixture
+def index() -> _NameIndex:
+    names = _NameIndex()
+    owners: dict[str, str] = {}
+    names.add("mail.one.test", ONE, "tls.certificates[0]", owners)
+    names.add("*.two.test", TWO, "tls.certificates[1]", owners)
+    names.add("Exact.Two.Test.", ONE, "tls.certificates[0]", owners)  # an exact name beats the wildcard
+    return names
+
+
+@pytest.mark.parametrize(
+    ("server_name", "expected"),
+    [
+        ("mail.one.test", ONE),
+        ("MAIL.ONE.TEST", ONE),  # RFC 4343: DNS names compare case-insensitively
+        ("mail.one.test.", ONE),  # a trailing dot names the same host
+        ("x.two.test", TWO),
+        ("exact.two.test", ONE),
+        ("two.test", None),  # RFC 6125 §6.4.3: the wildcard stands for one label, not none...
+        ("a.b.two.test", None),  # ...nor several
+        ("*.two.test", TWO),  # the literal name a client should never send still finds only its label
+        ("one.test", None),
+        ("", None),
+        (".", None),
+        ("x" * 300, None),
+    ],
+)
+def test_server_names_find_their_certificate(
+    index: _NameIndex, server_name: str, expected: ssl.SSLContext | None
+) -> None:
+    assert index.find(server_name) is expected
+
+
+def test_partial_label_wildcards_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    names = _NameIndex()
+    with caplog.at_level(logging.WARNING, logger="surat"):
+        names.add("m*.example.test", ONE, "tls.certificates[0]", {})
+    assert [record.getMessage() for record in caplog.records] == ["tls.name_ignored"]
+    assert names.find("mail.example.test") is None
+    assert names.find("m*.example.test") is None
+
+
+# ------------------------------------------------------------------------------------ certificate sets
+
+
+def test_certificates_describe_what_is_served(tmp_path: Path) -> None:
+    default, other = make_certificate(["mail.example.test"]), make_certificate(["a.test", "*.b.test"])
+    tls = TLSConfig(
+        cert=(pair := write_pair(tmp_path, "default", default)).cert,
+        key=pair.key,
+        certificates=(write_pair(tmp_path, "other", other),),
+    )
+    contexts = TlsContexts(tls)
+    first, second = contexts.certificates
+    assert (first.setting, first.names, first.sha256) == ("tls", ("mail.example.test",), default.sha256)
+    assert (second.setting, second.names, second.sha256) == ("tls.certificates[0]", ("a.test", "*.b.test"), other.sha256)  # fmt: skip
+    assert first.subject == "CN=mail.example.test"
+    assert contexts.current.sni_callback is not None
+    assert contexts.describe()["sni_certificates"] == 1
+    assert certificate_lines(contexts.certificates) == [
+        f"  tls: mail.example.test, not after {first.not_after:%Y-%m-%d %H:%M} UTC",
+        f"  tls.certificates[0]: a.test, *.b.test, not after {second.not_after:%Y-%m-%d %H:%M} UTC",
+    ]
+
+
+def test_without_sni_certificates_no_callback_is_set(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
+    assert TlsContexts(TLSConfig(cert=pair.cert, key=pair.key)).current.sni_callback is None
+
+
+def test_two_certificates_for_one_name_are_refused(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
+    first = write_pair(tmp_path, "first", make_certificate(["a.test", "*.b.test"]))
+    second = write_pair(tmp_path, "second", make_certificate(["*.B.test"]))
+    with pytest.raises(TLSSetupError) as info:
+        TlsContexts(TLSConfig(cert=pair.cert, key=pair.key, certificates=(first, second)))
+    assert str(info.value) == "tls.certificates[1]: name *.b.test is also served by tls.certificates[0]"
+    assert info.value.setting == "tls.certificates[1].cert"
+
+
+def test_a_bad_sni_pair_names_its_own_setting(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
+    other = write_pair(tmp_path, "other", make_certificate(["a.test"]))
+    other.key.write_bytes(make_certificate(["a.test"]).key_pem)
+    with pytest.raises(TLSSetupError) as info:
+        TlsContexts(TLSConfig(cert=pair.cert, key=pair.key, certificates=(other,)))
+    assert info.value.setting == "tls.certificates[0].key"
+    assert str(info.value) == f"TLS private key {other.key} does not match the certificate {other.cert}"
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+@pytest.fixture
+def tls_dir(tmp_path: Path) -> Path:
+    for name in ("cert.pem", "key.pem", "one.pem", "one.key"):
+        (tmp_path / name).write_text("only the files' existence is the loader's business")
+    return tmp_path
+
+
+BASE: dict[str, Any] = {"hostname": "mail.example.test", "tls": {"cert": "cert.pem", "key": "key.pem"}}
+
+
+def test_tls_certificates_are_read_relative_to_the_config(tls_dir: Path) -> None:
+    config = parse_config(
+        {**BASE, "tls": {**BASE["tls"], "certificates": [{"cert": "one.pem", "key": "one.key"}]}}, tls_dir
+    )
+    assert config.tls.certificates == (CertificatePair(tls_dir / "one.pem", tls_dir / "one.key"),)
+    assert parse_config(BASE, tls_dir).tls.certificates == ()
+
+
+@pytest.mark.parametrize(
+    ("tls", "key", "problem"),
+    [
+        ({**BASE["tls"], "certificates": {"cert": "one.pem"}}, "tls.certificates", "array of tables"),
+        ({**BASE["tls"], "certificates": ["one.pem"]}, "tls.certificates[0]", "expected a table"),
+        ({**BASE["tls"], "certificates": [{"cert": "one.pem"}]}, "tls.certificates[0].key", "missing"),
+        (
+            {**BASE["tls"], "certificates": [{"cert": "one.pem", "key": "one.key", "names": ["a"]}]},
+            "tls.certificates[0].names",
+            "unknown setting",
+        ),
+        (
+            {**BASE["tls"], "certificates": [{"cert": "one.pem", "key": "one.key"}, {"cert": "two.pem", "key": "one.key"}]},
+            "tls.certificates[1].cert",
+            "does not exist",
+        ),
+        ({"certificates": [{"cert": "one.pem", "key": "one.key"}]}, "tls.cert", "need a default certificate"),
+    ],
+)  # fmt: skip
+def test_bad_tls_certificates_name_the_key(
+    tls_dir: Path, tls: dict[str, Any], key: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "tls": tls}, tls_dir)
+    assert info.value.key == key
+    assert problem in info.value.problem
+
+
+# ----------------------------------------------------------------------------------------- pid file
+
+
+def test_the_pid_file_is_held_while_the_server_runs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert running_server_pid(data_dir) is None
+    held = ServerPidFile(data_dir)
+    held.acquire()
+    path = data_dir / PID_FILE_NAME
+    assert path.read_text() == f"{os.getpid()}\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert running_server_pid(data_dir) == os.getpid()
+    with pytest.raises(AlreadyRunning) as info:
+        ServerPidFile(data_dir).acquire()  # flock: another open file, even in this process, conflicts
+    assert str(info.value) == f"another surat serve (pid {os.getpid()}) is running with data_dir {data_dir}"
+    held.release()
+    assert not path.exists()
+    assert running_server_pid(data_dir) is None
+
+
+def test_a_pid_file_left_by_a_dead_server_is_not_believed(tmp_path: Path) -> None:
+    # kill -9 leaves the file but not the lock: its pid may belong to some other process by now.
+    (tmp_path / PID_FILE_NAME).write_text("1\n")
+    assert running_server_pid(tmp_path) is None
+    taken = ServerPidFile(tmp_path)
+    taken.acquire()  # a new server takes it over
+    assert running_server_pid(tmp_path) == os.getpid()
+    taken.release()
+
+
+# ----------------------------------------------------------------------------------- surat check
+
+
+def test_check_lists_every_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    default = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
+    other = write_pair(tmp_path, "other", make_certificate(["mail.other.test"]))
+    config = tmp_path / "surat.toml"
+    config.write_text(
+        'hostname = "mail.example.test"\n'
+        f'[tls]\ncert = "{default.cert}"\nkey = "{default.key}"\n'
+        f'[[tls.certificates]]\ncert = "{other.cert}"\nkey = "{other.key}"\n'
+        "[listen]\nsmtp = []\nsubmission = []\nsubmissions = []\nimap = []\nimaps = []\npop3 = []\npop3s = []\n"
+    )
+    assert cli.main(["--config", str(config), "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"\ntls:      {default.cert}\n  tls: mail.example.test, not after " in out
+    assert "\n  tls.certificates[0]: mail.other.test, not after " in out
