@@ -33,12 +33,20 @@ class IssuedCertificate:
 
 
 def make_certificate(
-    names: Sequence[str], *, valid_for: timedelta = timedelta(days=90), expired: bool = False
+    names: Sequence[str],
+    *,
+    expired: bool = False,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
 ) -> IssuedCertificate:
-    """A self-signed certificate naming `names` (subjectAltName DNS), with a fresh key."""
+    """A self-signed certificate naming `names` (subjectAltName DNS), with a fresh key; valid for 90
+    days from now, or expired yesterday, unless the dates are given."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    not_before, not_after = (now - 2 * valid_for, now - valid_for) if expired else (now, now + valid_for)
+    if not_before is None:
+        not_before = now - timedelta(days=180 if expired else 0, minutes=5)
+    if not_after is None:
+        not_after = now + timedelta(days=-1 if expired else 90)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     cert = (
         x509.CertificateBuilder()
@@ -46,7 +54,7 @@ def make_certificate(
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before - timedelta(minutes=5))
+        .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
         .sign(key, hashes.SHA256())

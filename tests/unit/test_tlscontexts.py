@@ -7,12 +7,11 @@ import logging
 import os
 import ssl
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from surat import cli
-from surat.config import CertificatePair, ConfigError, TLSConfig, parse_config
+from surat.config import CertificatePair, TLSConfig
 from surat.net.tls import TLSSetupError
 from surat.net.tlscontexts import TlsContexts, _NameIndex, certificate_lines
 from surat.pidfile import PID_FILE_NAME, AlreadyRunning, ServerPidFile, running_server_pid
@@ -118,55 +117,6 @@ def test_a_bad_sni_pair_names_its_own_setting(tmp_path: Path) -> None:
         TlsContexts(TLSConfig(cert=pair.cert, key=pair.key, certificates=(other,)))
     assert info.value.setting == "tls.certificates[0].key"
     assert str(info.value) == f"TLS private key {other.key} does not match the certificate {other.cert}"
-
-
-# ------------------------------------------------------------------------------------------- config
-
-
-@pytest.fixture
-def tls_dir(tmp_path: Path) -> Path:
-    for name in ("cert.pem", "key.pem", "one.pem", "one.key"):
-        (tmp_path / name).write_text("only the files' existence is the loader's business")
-    return tmp_path
-
-
-BASE: dict[str, Any] = {"hostname": "mail.example.test", "tls": {"cert": "cert.pem", "key": "key.pem"}}
-
-
-def test_tls_certificates_are_read_relative_to_the_config(tls_dir: Path) -> None:
-    config = parse_config(
-        {**BASE, "tls": {**BASE["tls"], "certificates": [{"cert": "one.pem", "key": "one.key"}]}}, tls_dir
-    )
-    assert config.tls.certificates == (CertificatePair(tls_dir / "one.pem", tls_dir / "one.key"),)
-    assert parse_config(BASE, tls_dir).tls.certificates == ()
-
-
-@pytest.mark.parametrize(
-    ("tls", "key", "problem"),
-    [
-        ({**BASE["tls"], "certificates": {"cert": "one.pem"}}, "tls.certificates", "array of tables"),
-        ({**BASE["tls"], "certificates": ["one.pem"]}, "tls.certificates[0]", "expected a table"),
-        ({**BASE["tls"], "certificates": [{"cert": "one.pem"}]}, "tls.certificates[0].key", "missing"),
-        (
-            {**BASE["tls"], "certificates": [{"cert": "one.pem", "key": "one.key", "names": ["a"]}]},
-            "tls.certificates[0].names",
-            "unknown setting",
-        ),
-        (
-            {**BASE["tls"], "certificates": [{"cert": "one.pem", "key": "one.key"}, {"cert": "two.pem", "key": "one.key"}]},
-            "tls.certificates[1].cert",
-            "does not exist",
-        ),
-        ({"certificates": [{"cert": "one.pem", "key": "one.key"}]}, "tls.cert", "need a default certificate"),
-    ],
-)  # fmt: skip
-def test_bad_tls_certificates_name_the_key(
-    tls_dir: Path, tls: dict[str, Any], key: str, problem: str
-) -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_config({**BASE, "tls": tls}, tls_dir)
-    assert info.value.key == key
-    assert problem in info.value.problem
 
 
 # ----------------------------------------------------------------------------------------- pid file
