@@ -99,6 +99,13 @@ def test_without_sni_certificates_no_callback_is_set(tmp_path: Path) -> None:
     assert TlsContexts(TLSConfig(cert=pair.cert, key=pair.key)).current.sni_callback is None
 
 
+def test_a_name_repeated_in_one_certificate_is_fine(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
+    other = write_pair(tmp_path, "other", make_certificate(["a.test", "A.test."]))
+    contexts = TlsContexts(TLSConfig(cert=pair.cert, key=pair.key, certificates=(other,)))
+    assert contexts.certificates[1].names == ("a.test", "A.test.")
+
+
 def test_two_certificates_for_one_name_are_refused(tmp_path: Path) -> None:
     pair = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
     first = write_pair(tmp_path, "first", make_certificate(["a.test", "*.b.test"]))

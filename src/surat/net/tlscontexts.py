@@ -89,7 +89,7 @@ class _NameIndex:
             return
         else:
             table, key = self.exact, name
-        if name in owners:
+        if owners.get(name, setting) != setting:
             # Two certificates for one name: which one a client gets would depend on the file order.
             raise TLSSetupError(f"{setting}: name {name} is also served by {owners[name]}", f"{setting}.cert")
         owners[name] = setting
