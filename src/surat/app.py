@@ -84,6 +84,7 @@ class SuratServer:
                 self.tls = TlsContexts(config.tls)
             except TLSSetupError as exc:
                 raise StartupError(str(exc)) from None
+            self._log_ignored_names(self.tls)
         if self._own_store:
             await self.store.open()
         self._started = True
@@ -182,7 +183,13 @@ class SuratServer:
             )
             return False
         log.info("tls.reloaded", extra=fields(pid=os.getpid(), **self.tls.describe()))
+        self._log_ignored_names(self.tls)
         return True
+
+    @staticmethod
+    def _log_ignored_names(tls: TlsContexts) -> None:
+        for note in tls.ignored_names:
+            log.warning("tls.name_ignored", extra=fields(reason=note))
 
     def bound(self, role: str) -> list[tuple[str, int]]:
         return self._listeners.bound(role)

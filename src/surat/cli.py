@@ -31,7 +31,7 @@ from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.net.tls import TLSSetupError, certificate_warnings
-from surat.net.tlscontexts import CertificateInfo, TlsContexts, certificate_lines
+from surat.net.tlscontexts import TlsContexts, certificate_lines
 from surat.passwords import SASLprepError, generate_password, make_credentials
 from surat.pidfile import PID_FILE_NAME, running_server_pid
 from surat.proto.smtp.address import terminal_safe
@@ -557,12 +557,12 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_tls(config: Config) -> tuple[CertificateInfo, ...]:
+def _check_tls(config: Config) -> TlsContexts | None:
     """The certificates the server would serve, each checked as it would check them."""
     if config.tls.cert is None or config.tls.key is None:
-        return ()
+        return None
     try:
-        return TlsContexts(config.tls).certificates
+        return TlsContexts(config.tls)
     except TLSSetupError as exc:
         raise CliError(f"config: {exc.setting}: {exc}", 2) from None
 
@@ -593,7 +593,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
-    certificates = _check_tls(config)
+    tls = _check_tls(config)
     status = _usable_schema(args, config)
 
     def report(contents: str | None, has_domains: bool) -> int:
@@ -601,7 +601,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"config:   {config.path}",
             f"hostname: {config.hostname}",
             f"tls:      {config.tls.cert or '(none)'}",
-            *certificate_lines(certificates),
+            *certificate_lines(tls.certificates if tls is not None else ()),
             f"store:    {store_location(config)}, schema version {status.found}"
             + ("" if status.found else f" (version {status.expected} is created at the first start)"),
             f"data_dir: {config.data_dir}" + (f": {contents}" if contents else ""),
@@ -620,6 +620,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"warning: tls.cert: {text}"
                 for text in certificate_warnings(config.tls.cert, config.hostname, datetime.now(UTC))
             ]
+        if tls is not None:
+            warnings += [f"warning: {note}" for note in tls.ignored_names]
         # mail and password hashes: nobody but the server's user may read them (issue 11 item 12)
         for path, mode in loose_modes(config.data_dir):
             wanted = PRIVATE_DIR_MODE if path.is_dir() else PRIVATE_FILE_MODE

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.fuzz
 
 EXACT, WILDCARD = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 INDEX = _NameIndex()
-INDEX.add("mail.one.test", EXACT, "tls.certificates[0]", {})
-INDEX.add("*.two.test", WILDCARD, "tls.certificates[1]", {})
+INDEX.add("mail.one.test", EXACT, "tls.certificates[0]")
+INDEX.add("*.two.test", WILDCARD, "tls.certificates[1]")
 
 _PIECES = st.sampled_from(
     ["mail", "one", "two", "test", ".", "*", "", "MAIL", "xn--bcher-kva", "\x00", "é", "-"]

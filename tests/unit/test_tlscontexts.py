@@ -3,7 +3,6 @@ file, and `surat check` / `surat reload` on the command line."""
 
 from __future__ import annotations
 
-import logging
 import os
 import ssl
 from pathlib import Path
@@ -32,10 +31,9 @@ ONE, TWO = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.SSLContext(ssl.PROTOCOL_
 @pytest.fixture
 def index() -> _NameIndex:
     names = _NameIndex()
-    owners: dict[str, str] = {}
-    names.add("mail.one.test", ONE, "tls.certificates[0]", owners)
-    names.add("*.two.test", TWO, "tls.certificates[1]", owners)
-    names.add("Exact.Two.Test.", ONE, "tls.certificates[0]", owners)  # an exact name beats the wildcard
+    assert names.add("mail.one.test", ONE, "tls.certificates[0]") is None
+    assert names.add("*.two.test", TWO, "tls.certificates[1]") is None
+    assert names.add("Exact.Two.Test.", ONE, "tls.certificates[0]") is None  # beats the wildcard
     return names
 
 
@@ -62,11 +60,11 @@ def test_server_names_find_their_certificate(
     assert index.find(server_name) is expected
 
 
-def test_partial_label_wildcards_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_partial_label_wildcards_are_ignored_and_said_so() -> None:
     names = _NameIndex()
-    with caplog.at_level(logging.WARNING, logger="surat"):
-        names.add("m*.example.test", ONE, "tls.certificates[0]", {})
-    assert [record.getMessage() for record in caplog.records] == ["tls.name_ignored"]
+    assert names.add("m*.example.test", ONE, "tls.certificates[0]") == (
+        "tls.certificates[0]: name m*.example.test ignored: a wildcard must be a whole left-most label"
+    )
     assert names.find("mail.example.test") is None
     assert names.find("m*.example.test") is None
 
@@ -106,14 +104,29 @@ def test_a_name_repeated_in_one_certificate_is_fine(tmp_path: Path) -> None:
     assert contexts.certificates[1].names == ("a.test", "A.test.")
 
 
-def test_two_certificates_for_one_name_are_refused(tmp_path: Path) -> None:
+def test_a_name_in_two_certificates_stays_with_the_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pair = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
     first = write_pair(tmp_path, "first", make_certificate(["a.test", "*.b.test"]))
-    second = write_pair(tmp_path, "second", make_certificate(["*.B.test"]))
-    with pytest.raises(TLSSetupError) as info:
-        TlsContexts(TLSConfig(cert=pair.cert, key=pair.key, certificates=(first, second)))
-    assert str(info.value) == "tls.certificates[1]: name *.b.test is also served by tls.certificates[0]"
-    assert info.value.setting == "tls.certificates[1].cert"
+    second = write_pair(tmp_path, "second", make_certificate(["*.B.test", "c.test"]))
+    contexts = TlsContexts(TLSConfig(cert=pair.cert, key=pair.key, certificates=(first, second)))
+    assert contexts.ignored_names == (
+        "tls.certificates[1]: name *.b.test ignored: tls.certificates[0] serves it",
+    )
+    choose = contexts.current.sni_callback
+    assert choose is not None
+
+    class Connection:  # what the callback sees of an ssl.SSLObject: a settable context
+        context: ssl.SSLContext | None = None
+
+    chosen = {}
+    for name in ("x.b.test", "c.test", "a.test"):
+        connection = Connection()
+        choose(connection, name, contexts.current)  # type: ignore[arg-type]
+        chosen[name] = connection.context
+    assert chosen["x.b.test"] is chosen["a.test"] is not None
+    assert chosen["c.test"] is not None and chosen["c.test"] is not chosen["a.test"]
 
 
 def test_a_bad_sni_pair_names_its_own_setting(tmp_path: Path) -> None:
@@ -162,14 +175,22 @@ def test_a_pid_file_left_by_a_dead_server_is_not_believed(tmp_path: Path) -> Non
 def test_check_lists_every_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     default = write_pair(tmp_path, "default", make_certificate(["mail.example.test"]))
     other = write_pair(tmp_path, "other", make_certificate(["mail.other.test"]))
+    overlapping = write_pair(tmp_path, "overlapping", make_certificate(["mail.other.test", "mx.other.test"]))
     config = tmp_path / "surat.toml"
     config.write_text(
         'hostname = "mail.example.test"\n'
         f'[tls]\ncert = "{default.cert}"\nkey = "{default.key}"\n'
         f'[[tls.certificates]]\ncert = "{other.cert}"\nkey = "{other.key}"\n'
+        f'[[tls.certificates]]\ncert = "{overlapping.cert}"\nkey = "{overlapping.key}"\n'
         "[listen]\nsmtp = []\nsubmission = []\nsubmissions = []\nimap = []\nimaps = []\npop3 = []\npop3s = []\n"
     )
     assert cli.main(["--config", str(config), "check"]) == 0
     out = capsys.readouterr().out
     assert f"\ntls:      {default.cert}\n  tls: mail.example.test, not after " in out
     assert "\n  tls.certificates[0]: mail.other.test, not after " in out
+    assert "\n  tls.certificates[1]: mail.other.test, mx.other.test, not after " in out
+    warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert warnings[1:] == [  # after the default's "self-signed" one
+        "warning: tls.certificates[1]: name mail.other.test ignored: tls.certificates[0] serves it"
+    ]
+    assert out.endswith("\nOK, with 2 warning(s)\n")

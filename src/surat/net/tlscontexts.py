@@ -24,8 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from surat.config import TLSConfig
-from surat.log import fields
-from surat.net.tls import TLSSetupError, dns_names, load_server_certificate
+from surat.net.tls import dns_names, load_server_certificate
 
 __all__ = ["CertificateInfo", "TlsContexts", "certificate_lines"]
 
@@ -63,6 +62,7 @@ class _Loaded:
 
     default: ssl.SSLContext
     certificates: tuple[CertificateInfo, ...]  # the default first, then [[tls.certificates]] in order
+    ignored_names: tuple[str, ...]  # "tls.certificates[1]: name ... ignored: why", for the operator
 
 
 class _NameIndex:
@@ -77,23 +77,24 @@ class _NameIndex:
     def __init__(self) -> None:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcard: dict[str, ssl.SSLContext] = {}  # "example.com" for "*.example.com"
+        self._owners: dict[str, str] = {}  # name -> the setting whose certificate serves it
 
-    def add(self, name: str, context: ssl.SSLContext, setting: str, owners: dict[str, str]) -> None:
+    def add(self, name: str, context: ssl.SSLContext, setting: str) -> str | None:
+        """Serve `name` with `context`, unless an earlier certificate has it; why not, if not."""
         name = name.lower().rstrip(".")
         if name.startswith("*."):
             table, key = self.wildcard, name[2:]
         elif "*" in name:
-            log.warning(
-                "tls.name_ignored", extra=fields(setting=setting, name=name, reason="partial wildcard")
-            )
-            return
+            return f"{setting}: name {name} ignored: a wildcard must be a whole left-most label"
         else:
             table, key = self.exact, name
-        if owners.get(name, setting) != setting:
-            # Two certificates for one name: which one a client gets would depend on the file order.
-            raise TLSSetupError(f"{setting}: name {name} is also served by {owners[name]}", f"{setting}.cert")
-        owners[name] = setting
+        owner = self._owners.setdefault(name, setting)
+        if owner != setting:
+            # Two certificates for one name (a renewal that added a name, certificates migrating):
+            # the first in the file keeps it, as the order is the operator's to choose.
+            return f"{setting}: name {name} ignored: {owner} serves it"
         table[key] = context
+        return None
 
     def find(self, server_name: str) -> ssl.SSLContext | None:
         name = server_name.lower().rstrip(".")
@@ -104,20 +105,22 @@ class _NameIndex:
         return found
 
 
-def _build(tls: TLSConfig) -> _Loaded:
-    """Every context checked and built, or TLSSetupError for the first pair that cannot be used."""
+def _build(tls: TLSConfig, *, full_key_check: bool) -> _Loaded:
+    """Every context checked and built, or TLSSetupError for the first pair that cannot be used.
+    Runs on the event loop (SSLContext building and key parsing hold the GIL, so a thread would not
+    free the loop): bounded by the number of configured certificates, about 1.5 ms each without the
+    full key check (see load_server_certificate)."""
     assert tls.cert is not None and tls.key is not None
-    default, leaf = load_server_certificate(tls.cert, tls.key, DEFAULT_SETTING)
+    default, leaf = load_server_certificate(tls.cert, tls.key, DEFAULT_SETTING, full_key_check=full_key_check)
     certificates = [CertificateInfo.of(DEFAULT_SETTING, tls.cert, leaf)]
     index = _NameIndex()
-    owners: dict[str, str] = {}
+    ignored: list[str] = []
     for position, pair in enumerate(tls.certificates):
         setting = f"tls.certificates[{position}]"
-        context, leaf = load_server_certificate(pair.cert, pair.key, setting)
+        context, leaf = load_server_certificate(pair.cert, pair.key, setting, full_key_check=full_key_check)
         info = CertificateInfo.of(setting, pair.cert, leaf)
         certificates.append(info)
-        for name in info.names:
-            index.add(name, context, setting, owners)
+        ignored += filter(None, (index.add(name, context, setting) for name in info.names))
     if tls.certificates:
 
         def choose(
@@ -131,7 +134,7 @@ def _build(tls: TLSConfig) -> _Loaded:
             # Returning None continues the handshake (with the default when nothing matched).
 
         default.sni_callback = choose
-    return _Loaded(default, tuple(certificates))
+    return _Loaded(default, tuple(certificates), tuple(ignored))
 
 
 class TlsContexts:
@@ -140,7 +143,7 @@ class TlsContexts:
     def __init__(self, tls: TLSConfig) -> None:
         """Loads `tls.cert`/`tls.key` and `tls.certificates`; TLSSetupError if any cannot be used."""
         self._tls = tls
-        self._loaded = _build(tls)
+        self._loaded = _build(tls, full_key_check=True)
 
     @property
     def current(self) -> ssl.SSLContext:
@@ -152,11 +155,17 @@ class TlsContexts:
         """The certificates served now: the default first."""
         return self._loaded.certificates
 
+    @property
+    def ignored_names(self) -> tuple[str, ...]:
+        """Names of [[tls.certificates]] that choose no certificate, each with the reason."""
+        return self._loaded.ignored_names
+
     def reload(self) -> tuple[CertificateInfo, ...]:
         """Re-read every certificate and key file named by the config (the config file itself is not
         re-read). All or nothing: TLSSetupError, and the old contexts stay, if any pair is refused.
         Connections already encrypted keep their session; handshakes from now on use the new files."""
-        self._loaded = _build(self._tls)  # one assignment: a handshake sees all old or all new
+        # One assignment: a handshake sees all old or all new.
+        self._loaded = _build(self._tls, full_key_check=False)
         return self._loaded.certificates
 
     def describe(self) -> Mapping[str, object]:
