@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -20,7 +21,9 @@ from surat.dns.resolver import DnsResolver
 from surat.imapd.session import IMAPService
 from surat.log import fields, setup_logging
 from surat.net.listener import Handler, Listeners, ListenerSpec
-from surat.net.tls import TLSSetupError, client_context, server_context
+from surat.net.tls import TLSSetupError, client_context
+from surat.net.tlscontexts import TlsContexts
+from surat.pidfile import AlreadyRunning, ServerPidFile
 from surat.pop3d.locks import FileMaildropLocks, MaildropLocks
 from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
@@ -77,7 +80,8 @@ class SuratServer:
         if store is None:
             store = self._own_store = configured_store(config)
         self.store: Store = store
-        self.tls_context: ssl.SSLContext | None = None
+        # Read at every handshake, swapped by reload_certificates (surat.net.tlscontexts).
+        self.tls: TlsContexts | None = None
         self._listeners = Listeners()
         self._maildrop_locks: MaildropLocks | None = None
         self._started = False
@@ -87,9 +91,10 @@ class SuratServer:
         config = self.config
         if config.tls.cert is not None and config.tls.key is not None:
             try:
-                self.tls_context = server_context(config.tls.cert, config.tls.key)
+                self.tls = TlsContexts(config.tls)
             except TLSSetupError as exc:
                 raise StartupError(str(exc)) from None
+            self._log_ignored_names(self.tls)
         if self._own_store is not None:
             await open_store(self._own_store)
         self._started = True
@@ -102,7 +107,7 @@ class SuratServer:
         smtp = SMTPService(
             config,
             self.store,
-            self.tls_context,
+            self.tls,
             scram_secret=secret,
             resolver=self.resolver,
             auth_limiter=auth_limiter,
@@ -113,14 +118,12 @@ class SuratServer:
         pop3 = POP3Service(
             config,
             self.store,
-            self.tls_context,
+            self.tls,
             scram_secret=secret,
             auth_limiter=auth_limiter,
             locks=maildrop_locks,
         )
-        imap = IMAPService(
-            config, self.store, self.tls_context, scram_secret=secret, auth_limiter=auth_limiter
-        )
+        imap = IMAPService(config, self.store, self.tls, scram_secret=secret, auth_limiter=auth_limiter)
         roles: list[tuple[str, Callable[[], Handler], bool, bytes]] = [
             ("smtp", lambda: smtp.handler("smtp"), False, b"421 4.7.0 Too many connections, try later\r\n"),
             ("submission", lambda: smtp.handler("submission"), False, b"421 4.7.0 Too many connections\r\n"),
@@ -135,13 +138,13 @@ class SuratServer:
                 addresses = getattr(config.listen, role)
                 if not addresses:
                     continue
-                if implicit_tls and self.tls_context is None:
+                if implicit_tls and self.tls is None:
                     raise StartupError(f"tls.cert: listener {role} needs a TLS certificate")
                 spec = ListenerSpec(
                     role=role,
                     addresses=addresses,
                     handler=make_handler(),
-                    implicit_tls=self.tls_context if implicit_tls else None,
+                    implicit_tls=self.tls if implicit_tls else None,
                     refusal=refusal,
                     max_per_ip=config.limits.connections_per_ip,
                     max_total=config.limits.connections_total,
@@ -171,6 +174,35 @@ class SuratServer:
             ),
         )
         await self.queue.start()
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server context for a handshake starting now."""
+        return self.tls.current if self.tls is not None else None
+
+    def reload_certificates(self) -> bool:
+        """Re-read the certificate and key files (SIGHUP, `surat reload`, an ACME renewal): new
+        handshakes get the new certificates, connections already encrypted are untouched. A pair
+        that cannot be used is refused with one log line, and the old certificates stay. Whether
+        the new ones are served."""
+        if self.tls is None:
+            log.info("tls.reload_skipped", extra=fields(reason="no [tls] certificate configured"))
+            return False
+        try:
+            self.tls.reload()
+        except TLSSetupError as exc:
+            log.error(
+                "tls.reload_failed", extra=fields(setting=exc.setting, reason=str(exc), pid=os.getpid())
+            )
+            return False
+        log.info("tls.reloaded", extra=fields(pid=os.getpid(), **self.tls.describe()))
+        self._log_ignored_names(self.tls)
+        return True
+
+    @staticmethod
+    def _log_ignored_names(tls: TlsContexts) -> None:
+        for note in tls.ignored_names:
+            log.warning("tls.name_ignored", extra=fields(reason=note))
 
     def bound(self, role: str) -> list[tuple[str, int]]:
         return self._listeners.bound(role)
@@ -213,8 +245,26 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def hold_pid_file(config: Config) -> ServerPidFile:
+    """`surat serve` holds data_dir/surat.pid (surat.pidfile) for `surat reload` to find it, taken
+    before anything touches the store: a second server's crash recovery would delete this one's
+    staged files. Until the event loop handles SIGHUP, SIGHUP is ignored (its default action would
+    kill the process): the certificates are read after that, so they are the newest anyway."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    pid_file = ServerPidFile(config.data_dir)
+    try:
+        pid_file.acquire()
+    except AlreadyRunning as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"data_dir: cannot write {pid_file.path}: {exc.strerror or exc}") from None
+    return pid_file
+
+
 async def _serve(config: Config) -> None:
     server = SuratServer(config)
+    # Before start, which reads the certificates: a SIGHUP from here on is never lost.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_certificates)
     await server.start()
     log.info(
         "started",
@@ -230,15 +280,24 @@ async def _serve(config: Config) -> None:
 
 
 def run(config: Config) -> int:
-    """`surat serve`: run until SIGINT/SIGTERM. Returns the process exit code."""
+    """`surat serve`: run until SIGINT/SIGTERM, re-reading the certificates on SIGHUP. Returns the
+    process exit code."""
     setup_logging()
-    if config.server.workers > 1:
-        from surat.workers.supervisor import supervise  # noqa: PLC0415 (it imports this module)
-
-        return supervise(config)
     try:
-        asyncio.run(_serve(config))
+        pid_file = hold_pid_file(config)
     except StartupError as exc:
         log.error("startup.failed", extra=fields(reason=str(exc)))
         return 1
-    return 0
+    try:
+        if config.server.workers > 1:
+            from surat.workers.supervisor import supervise  # noqa: PLC0415 (it imports this module)
+
+            return supervise(config)
+        try:
+            asyncio.run(_serve(config))
+        except StartupError as exc:
+            log.error("startup.failed", extra=fields(reason=str(exc)))
+            return 1
+        return 0
+    finally:
+        pid_file.release()

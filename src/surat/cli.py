@@ -1,4 +1,4 @@
-"""The `surat` command: quickstart, serve, domain, user, alias, queue, blocks, dns, check.
+"""The `surat` command: quickstart, serve, reload, domain, user, alias, queue, blocks, dns, check.
 
 Every failure ends as one line on stderr (`surat: ...`) and a non-zero exit status: 2 for usage
 and configuration errors, 1 for everything else. Passwords are never taken from the command line
@@ -13,6 +13,7 @@ import getpass
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import sys
@@ -38,8 +39,10 @@ from surat.config import (
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
-from surat.net.tls import TLSSetupError, certificate_warnings, server_context
+from surat.net.tls import TLSSetupError, certificate_warnings
+from surat.net.tlscontexts import TlsContexts, certificate_lines
 from surat.passwords import SASLprepError, generate_password, make_credentials
+from surat.pidfile import PID_FILE_NAME, running_server_pid
 from surat.proto.smtp.address import terminal_safe
 from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
 from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
@@ -620,18 +623,43 @@ def _store_migrate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _check_tls(config: Config) -> None:
+def _check_tls(config: Config) -> TlsContexts | None:
+    """The certificates the server would serve, each checked as it would check them."""
     if config.tls.cert is None or config.tls.key is None:
-        return
+        return None
     try:
-        server_context(config.tls.cert, config.tls.key)
+        return TlsContexts(config.tls)
     except TLSSetupError as exc:
         raise CliError(f"config: {exc.setting}: {exc}", 2) from None
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running `surat serve` to re-read its certificates (as SIGHUP does)."""
+    config = _load(args)
+    # The server would refuse these too (and keep its old ones): say why here, where it is seen.
+    _check_tls(config)
+    pid = running_server_pid(config.data_dir)
+    if pid is None:
+        raise CliError(
+            f"reload: no surat serve is running with data_dir {config.data_dir} "
+            f"(it holds {PID_FILE_NAME} there while it runs)"
+        )
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CliError(f"reload: surat serve (pid {pid}) has just stopped") from None
+    except PermissionError:
+        raise CliError(f"reload: not allowed to signal surat serve (pid {pid}); run as its user") from None
+    print(
+        f"reload: asked surat serve (pid {pid}) to re-read its certificates; "
+        "its log says tls.reloaded, or tls.reload_failed (then it keeps the old ones)"
+    )
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
-    _check_tls(config)
+    tls = _check_tls(config)
     status = _usable_schema(args, config)
 
     def report(contents: str | None, has_domains: bool) -> int:
@@ -639,6 +667,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"config:   {config.path}",
             f"hostname: {config.hostname}",
             f"tls:      {config.tls.cert or '(none)'}",
+            *certificate_lines(tls.certificates if tls is not None else ()),
             f"store:    {store_location(config)}, schema version {status.found}"
             + ("" if status.found else f" (version {status.expected} is created at the first start)"),
             f"data_dir: {config.data_dir}" + (f": {contents}" if contents else ""),
@@ -657,6 +686,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"warning: tls.cert: {text}"
                 for text in certificate_warnings(config.tls.cert, config.hostname, datetime.now(UTC))
             ]
+        if tls is not None:
+            warnings += [f"warning: {note}" for note in tls.ignored_names]
         # mail and password hashes: nobody but the server's user may read them (issue 11 item 12)
         for path, mode in loose_modes(config.data_dir):
             wanted = PRIVATE_DIR_MODE if path.is_dir() else PRIVATE_FILE_MODE
@@ -1123,6 +1154,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file holding the target database's password (as [store] dsn_password_file)",
     )
     store.set_defaults(handler=cmd_store)
+
+    reload = commands.add_parser(
+        "reload", help="make the running server re-read its TLS certificates and keys (as SIGHUP does)"
+    )
+    reload.set_defaults(handler=cmd_reload)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")
     check.set_defaults(handler=cmd_check)

@@ -60,10 +60,21 @@ class HostPort:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificatePair:
+    """One `[[tls.certificates]]` entry: a certificate served to clients asking for one of its names."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
 class TLSConfig:
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None  # informational: the dev CA that signed `cert`, printed by quickstart
+    # More certificates, chosen by the name a client sends (SNI, RFC 6066 §3) among each one's DNS
+    # names; `cert` above serves every other name and clients sending none.
+    certificates: tuple[CertificatePair, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +293,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         cert=_opt_path(tls_table.string("cert"), base_dir),
         key=_opt_path(tls_table.string("key"), base_dir),
         ca=_opt_path(tls_table.string("ca"), base_dir),
+        certificates=tuple(_certificate_pair(entry, base_dir) for entry in tls_table.tables("certificates")),
     )
     tls_table.finish()
 
@@ -554,7 +566,15 @@ def _check_tls_files(config: Config) -> None:
     tls = config.tls
     if config.listen.tls_needed() and (tls.cert is None or tls.key is None):
         raise ConfigError("tls.cert", "a certificate and key are required by the TLS listeners")
-    for key, file in (("tls.cert", tls.cert), ("tls.key", tls.key)):
+    if tls.certificates and tls.cert is None:
+        raise ConfigError("tls.cert", "[[tls.certificates]] need a default certificate for other names")
+    files = [("tls.cert", tls.cert), ("tls.key", tls.key)]
+    for index, pair in enumerate(tls.certificates):
+        files += [
+            (f"tls.certificates[{index}].cert", pair.cert),
+            (f"tls.certificates[{index}].key", pair.key),
+        ]
+    for key, file in files:
         if file is not None and not file.is_file():
             raise ConfigError(key, f"file {file} does not exist")
 
@@ -621,6 +641,14 @@ def _opt_path(text: str | None, base_dir: Path) -> Path | None:
     return None if text is None else base_dir / text
 
 
+def _certificate_pair(entry: _Table, base_dir: Path) -> CertificatePair:
+    pair = CertificatePair(
+        cert=base_dir / entry.string("cert", required=True), key=base_dir / entry.string("key", required=True)
+    )
+    entry.finish()
+    return pair
+
+
 class _Table:
     """Reads one TOML table, tracking consumed keys so that unknown keys are errors."""
 
@@ -680,6 +708,15 @@ class _Table:
     def table(self, name: str) -> _Table:
         value = self._get(name)
         return _Table(value if value is not None else {}, self._key(name) + ".")
+
+    def tables(self, name: str) -> list[_Table]:
+        """An array of tables (`[[name]]`), each read as `name[i].`."""
+        value = self._get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(self._key(name), f"expected an array of tables ([[{self._key(name)}]])")
+        return [_Table(item, f"{self._key(name)}[{index}].") for index, item in enumerate(value)]
 
     def items(self) -> list[tuple[str, Any]]:
         self._seen.update(self._data)

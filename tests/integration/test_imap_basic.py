@@ -572,7 +572,7 @@ def test_autologout(server: RunningServer) -> None:
     from surat.imapd.session import IMAPService
 
     # A service with a short autologout, on its own listener.
-    service = IMAPService(server.config, server.store, server.server.tls_context, autologout=0.3)
+    service = IMAPService(server.config, server.store, server.server.tls, autologout=0.3)
 
     async def start() -> tuple[asyncio.Server, int]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

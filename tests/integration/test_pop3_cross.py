@@ -136,15 +136,15 @@ def test_pop3_idle_timeout_closes_without_deleting(server: RunningServer) -> Non
     assert isinstance(default, float | int) and default >= 600
 
     deliver(server, [SIMPLE])
-    tls_context = server.server.tls_context
-    assert tls_context is not None
-    service = POP3Service(server.config, server.store, tls_context, idle_timeout=0.5)
+    tls = server.server.tls
+    assert tls is not None
+    service = POP3Service(server.config, server.store, tls, idle_timeout=0.5)
     listeners = Listeners()
     spec = ListenerSpec(
         role="pop3s",
         addresses=(HostPort("127.0.0.1", 0),),
         handler=service.handler("pop3s"),
-        implicit_tls=tls_context,
+        implicit_tls=tls,
     )
     server.call(listeners.start(spec))
     try:

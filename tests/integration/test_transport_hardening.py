@@ -248,11 +248,11 @@ def test_smtp_slow_drip_line_ends_at_the_idle_timeout(
 
 @pytest.mark.parametrize("role", ["pop3", "imap"])
 def test_pop3_and_imap_slow_drip_line_ends_at_the_idle_timeout(server: RunningServer, role: str) -> None:
-    tls_context = server.server.tls_context
+    tls = server.server.tls
     service: POP3Service | IMAPService = (
-        POP3Service(server.config, server.store, tls_context, idle_timeout=1.0)
+        POP3Service(server.config, server.store, tls, idle_timeout=1.0)
         if role == "pop3"
-        else IMAPService(server.config, server.store, tls_context, autologout=1.0)
+        else IMAPService(server.config, server.store, tls, autologout=1.0)
     )
     listeners, port = serve(server, role, service.handler(role))
     try:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from surat.config import (
+    CertificatePair,
     Config,
     ConfigError,
     HostPort,
@@ -325,7 +326,56 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("bad smarthost", {**BASE, "delivery": {"smarthost": "provider"}}, "delivery.smarthost", "host:port"),
     ("data_dir not a string", {**BASE, "data_dir": 1}, "data_dir", "string"),
+    (
+        "tls.certificates a table",
+        {**BASE, "tls": {**WITH_TLS["tls"], "certificates": {"cert": "tls/cert.pem"}}},
+        "tls.certificates",
+        "array of tables",
+    ),
+    (
+        "tls.certificates of strings",
+        {**BASE, "tls": {**WITH_TLS["tls"], "certificates": ["tls/cert.pem"]}},
+        "tls.certificates[0]",
+        "expected a table",
+    ),
+    (
+        "tls.certificates without key",
+        {**BASE, "tls": {**WITH_TLS["tls"], "certificates": [{"cert": "tls/cert.pem"}]}},
+        "tls.certificates[0].key",
+        "missing",
+    ),
+    (
+        "tls.certificates unknown key",
+        {**BASE, "tls": {**WITH_TLS["tls"], "certificates": [{**WITH_TLS["tls"], "names": ["a"]}]}},
+        "tls.certificates[0].names",
+        "unknown setting",
+    ),
+    (
+        "tls.certificates file missing",
+        {
+            **BASE,
+            "tls": {
+                **WITH_TLS["tls"],
+                "certificates": [WITH_TLS["tls"], {**WITH_TLS["tls"], "cert": "two.pem"}],
+            },
+        },
+        "tls.certificates[1].cert",
+        "does not exist",
+    ),
+    (
+        "tls.certificates without a default",
+        {**BASE, "tls": {"certificates": [WITH_TLS["tls"]]}},
+        "tls.cert",
+        "need a default certificate",
+    ),
 ]
+
+
+def test_tls_certificates_are_read_relative_to_the_config(tls_dir: Path) -> None:
+    pair = {"cert": "tls/cert.pem", "key": "tls/key.pem"}  # the loader checks only that files exist
+    config = parse_config({**WITH_TLS, "tls": {**WITH_TLS["tls"], "certificates": [pair]}}, tls_dir)
+    assert config.tls.certificates == (CertificatePair(tls_dir / "tls/cert.pem", tls_dir / "tls/key.pem"),)
+    assert parse_config(WITH_TLS, tls_dir).tls.certificates == ()
 
 
 @pytest.mark.parametrize(("document", "key", "problem"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])

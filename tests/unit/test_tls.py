@@ -11,13 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from surat.certs import CertificatePaths, write_dev_certificates, write_self_signed_certificate
 from surat.net.tls import TLSSetupError, client_context, server_context
+from tls_certs import make_certificate
 
 
 @pytest.fixture(scope="module")
@@ -130,25 +128,10 @@ def test_context_settings(dev: CertificatePaths) -> None:
 def write_cert(
     tmp_path: Path, not_before: datetime, not_after: datetime, name: str = "cert.pem"
 ) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.example.test")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .sign(key, hashes.SHA256())
-    )
+    issued = make_certificate(["mail.example.test"], not_before=not_before, not_after=not_after)
     cert_path, key_path = tmp_path / name, tmp_path / f"key-{name}"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_path.write_bytes(issued.cert_pem)
+    key_path.write_bytes(issued.key_pem)
     return cert_path, key_path
 
 

@@ -83,8 +83,8 @@ async def starttls(s: Session, cmd: c.StartTLS) -> Done:
         # Compressed input read before the handshake would be inflated after it, as if it had come over
         # TLS. COMPRESS is refused before login (see ``compress``), so this only guards that rule.
         raise CommandError("STARTTLS is not allowed while COMPRESS is active")
-    context = s.service.tls_context
-    assert context is not None
+    assert s.service.tls is not None
+    context = s.service.tls.current  # the certificates of this moment (a reload swaps them)
     # RFC 9051 §6.2.1: stop reading before the tagged OK, so that nothing sent after STARTTLS is read
     # as plaintext; ``start_tls`` discards what was already read.
     s.conn.stop_reading()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from surat.log import fields
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
+from surat.net.tlscontexts import TlsContexts
 from surat.passwords import authenticate
 from surat.proto.imap import commands as c
 from surat.proto.imap import mutf7
@@ -147,7 +147,7 @@ class IMAPService:
         self,
         config: Config,
         store: Store,
-        tls_context: ssl.SSLContext | None,
+        tls: TlsContexts | None,
         *,
         scram_secret: bytes | None = None,
         autologout: float = AUTOLOGOUT,
@@ -158,7 +158,7 @@ class IMAPService:
             store, BlockPolicy.from_config(config.limits)
         )
         self.store = store
-        self.tls_context = tls_context
+        self.tls = tls  # read at each STARTTLS: a reload applies to the next one
         self.scram_secret = scram_secret
         self.autologout = autologout
         self.fetch_cache = FetchCache()
@@ -180,7 +180,7 @@ class Session:
         self.store = service.store
         self.conn = conn
         self.tls = implicit_tls
-        self.starttls_available = not implicit_tls and service.tls_context is not None
+        self.starttls_available = not implicit_tls and service.tls is not None
         self.state = State.NOT_AUTHENTICATED
         self.reader = self._new_reader()
         self.account: Account | None = None

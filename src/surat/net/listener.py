@@ -16,6 +16,7 @@ from surat.log import connection_id, fields, new_connection_id
 from surat.net import proxyheader
 from surat.net.connection import Connection
 from surat.net.proxyheader import ProxyHeaderError, read_proxy_header
+from surat.net.tlscontexts import TlsContexts
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ class ListenerSpec:
     role: str  # "smtp", "submission", "imaps", ... (the [listen] key)
     addresses: tuple[HostPort, ...]
     handler: Handler
-    implicit_tls: ssl.SSLContext | None = None
+    # Implicit TLS: the context is taken from the holder at each accept, so a reload applies at once.
+    implicit_tls: TlsContexts | None = None
     # What to write to a client refused for too many connections, in the protocol's own words.
     refusal: bytes = b""
     max_per_ip: int = 20
@@ -134,6 +136,7 @@ class Listeners:
             if header.addresses is not None:
                 real_peer = (header.addresses.source_host, header.addresses.source_port)
         loop = asyncio.get_running_loop()
+        context = spec.implicit_tls.current if spec.implicit_tls is not None else None
         opened: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
         # With a connected-callback the protocol counts as the server side, which StreamWriter.start_tls
@@ -145,8 +148,8 @@ class Listeners:
             await loop.connect_accepted_socket(
                 lambda: protocol,
                 client,
-                ssl=spec.implicit_tls,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if spec.implicit_tls else None,
+                ssl=context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             log.info(

@@ -17,7 +17,14 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-__all__ = ["TLSSetupError", "certificate_warnings", "client_context", "server_context"]
+__all__ = [
+    "TLSSetupError",
+    "certificate_warnings",
+    "client_context",
+    "dns_names",
+    "load_server_certificate",
+    "server_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +53,25 @@ def _read(path: Path, what: str, setting: str) -> bytes:
         raise TLSSetupError(f"cannot read TLS {what} {path}: {exc.strerror or exc}", setting) from None
 
 
-def _check_pair(cert_path: Path, key_path: Path, now: datetime) -> None:
+def _check_pair(
+    cert_path: Path, key_path: Path, now: datetime, setting: str, full_key_check: bool
+) -> x509.Certificate:
+    """The leaf certificate, once the pair is known to work; `setting` names the pair in errors
+    ("tls", "tls.certificates[0]"). `full_key_check=False` skips checking that an RSA key's private
+    numbers are consistent (see load_server_certificate)."""
+    cert_setting, key_setting = f"{setting}.cert", f"{setting}.key"
     try:
-        chain = x509.load_pem_x509_certificates(_read(cert_path, "certificate", "tls.cert"))
+        chain = x509.load_pem_x509_certificates(_read(cert_path, "certificate", cert_setting))
     except ValueError:
-        raise TLSSetupError(f"TLS certificate {cert_path} contains no valid PEM certificate") from None
+        raise TLSSetupError(
+            f"TLS certificate {cert_path} contains no valid PEM certificate", cert_setting
+        ) from None
     leaf = chain[0]  # a PEM chain starts with the server's own certificate
     not_after = leaf.not_valid_after_utc
     if not_after <= now:
-        raise TLSSetupError(f"TLS certificate {cert_path} expired on {not_after:%Y-%m-%d %H:%M} UTC")
+        raise TLSSetupError(
+            f"TLS certificate {cert_path} expired on {not_after:%Y-%m-%d %H:%M} UTC", cert_setting
+        )
     if leaf.not_valid_before_utc > now:
         # A clock slightly behind the CA's is not worth refusing to start over; clients may object.
         log.warning(
@@ -64,29 +81,34 @@ def _check_pair(cert_path: Path, key_path: Path, now: datetime) -> None:
         log.warning("event=tls_cert_expires_soon cert=%s not_after=%s", cert_path, not_after)
 
     try:
-        key = serialization.load_pem_private_key(_read(key_path, "private key", "tls.key"), password=None)
+        key = serialization.load_pem_private_key(
+            _read(key_path, "private key", key_setting),
+            password=None,
+            unsafe_skip_rsa_key_validation=not full_key_check,
+        )
     except TypeError:
         raise TLSSetupError(
-            f"TLS private key {key_path} is encrypted; Surat needs it without a passphrase", "tls.key"
+            f"TLS private key {key_path} is encrypted; Surat needs it without a passphrase", key_setting
         ) from None
     except ValueError:
         raise TLSSetupError(
-            f"TLS private key {key_path} contains no valid PEM private key", "tls.key"
+            f"TLS private key {key_path} contains no valid PEM private key", key_setting
         ) from None
     except UnsupportedAlgorithm:
         raise TLSSetupError(
-            f"TLS private key {key_path} is of a type this system does not support", "tls.key"
+            f"TLS private key {key_path} is of a type this system does not support", key_setting
         ) from None
     if not isinstance(key, _SIGNING_KEYS):
         raise TLSSetupError(
-            f"TLS private key {key_path} is not a signing key (RSA, ECDSA or EdDSA)", "tls.key"
+            f"TLS private key {key_path} is not a signing key (RSA, ECDSA or EdDSA)", key_setting
         )
 
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
         raise TLSSetupError(
-            f"TLS private key {key_path} does not match the certificate {cert_path}", "tls.key"
+            f"TLS private key {key_path} does not match the certificate {cert_path}", key_setting
         )
+    return leaf
 
 
 def _name_matches(pattern: str, hostname: str) -> bool:
@@ -96,6 +118,16 @@ def _name_matches(pattern: str, hostname: str) -> bool:
         head, _, rest = hostname.partition(".")
         return bool(head) and rest == pattern[2:]
     return pattern == hostname
+
+
+def dns_names(leaf: x509.Certificate) -> list[str]:
+    """The DNS names of the certificate's subjectAltName (RFC 6125 §6.4.4: clients no longer look
+    at the subject's CN when there is one, so neither do we)."""
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(names.get_values_for_type(x509.DNSName))
 
 
 def certificate_warnings(cert_path: Path, hostname: str, now: datetime) -> list[str]:
@@ -112,13 +144,9 @@ def certificate_warnings(cert_path: Path, hostname: str, now: datetime) -> list[
             f"{cert_path} is self-signed: other mail servers and clients will not trust it; install one "
             'from a CA (e.g. Let\'s Encrypt, README "Production")'
         )
-    try:
-        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns_names = names.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        dns_names = []
-    if not any(_name_matches(name, hostname) for name in dns_names):
-        shown = ", ".join(dns_names) or "no DNS names"
+    names = dns_names(leaf)
+    if not any(_name_matches(name, hostname) for name in names):
+        shown = ", ".join(names) or "no DNS names"
         warnings.append(f"{cert_path} does not cover hostname {hostname} (it names {shown})")
     not_after = leaf.not_valid_after_utc
     if not_after - now < EXPIRY_WARNING:
@@ -133,7 +161,21 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     Raises TLSSetupError when a file is unreadable or not PEM, the certificate has expired, or the
     key does not belong to the certificate.
     """
-    _check_pair(cert, key, datetime.now(UTC))
+    return load_server_certificate(cert, key)[0]
+
+
+def load_server_certificate(
+    cert: Path, key: Path, setting: str = "tls", *, full_key_check: bool = True
+) -> tuple[ssl.SSLContext, x509.Certificate]:
+    """`server_context`, and the leaf certificate it serves; `setting` is the config table the pair
+    comes from, named in errors.
+
+    `full_key_check=False` is for a reload inside the running server: checking an RSA-2048 key's
+    private numbers takes ~40 ms of CPU holding the GIL (measured; a thread does not help), during
+    which no session is served, per certificate. Without it a pair costs ~1.5 ms, and a key that
+    does not belong to the certificate is still refused (its public half is compared here, and
+    OpenSSL compares them again). Start-up, `surat check` and `surat reload` check fully."""
+    leaf = _check_pair(cert, key, datetime.now(UTC), setting, full_key_check)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8996, RFC 9325 §3.1.1
     # No compression (CRIME, RFC 9325 §3.3); client-initiated renegotiation costs us CPU for nothing.
@@ -141,8 +183,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
-        raise TLSSetupError(f"TLS certificate {cert} and key {key} were refused by OpenSSL: {exc}") from None
-    return context
+        raise TLSSetupError(
+            f"TLS certificate {cert} and key {key} were refused by OpenSSL: {exc}", f"{setting}.cert"
+        ) from None
+    return context, leaf
 
 
 def client_context(verify: bool, ca_file: Path | None = None) -> ssl.SSLContext:

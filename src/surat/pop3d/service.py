@@ -24,6 +24,7 @@ from surat.log import fields
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
+from surat.net.tlscontexts import TlsContexts
 from surat.passwords import authenticate
 from surat.pop3d.locks import InProcessMaildropLocks, MaildropLease, MaildropLocks
 from surat.proto import sasl
@@ -79,7 +80,7 @@ class POP3Service:
         self,
         config: Config,
         store: Store,
-        tls_context: ssl.SSLContext | None,
+        tls: TlsContexts | None,
         *,
         locks: MaildropLocks | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
@@ -91,7 +92,7 @@ class POP3Service:
             store, BlockPolicy.from_config(config.limits)
         )
         self.store = store
-        self.tls_context = tls_context
+        self.tls = tls  # read at each STARTTLS: a reload applies to the next one
         self.locks: MaildropLocks = locks if locks is not None else InProcessMaildropLocks()
         self.idle_timeout = idle_timeout
         self.scram_secret = scram_secret
@@ -115,7 +116,7 @@ class POP3Session:
         self.engine = POP3ServerEngine(
             POP3Settings(
                 implicit_tls=implicit_tls,
-                stls_available=not implicit_tls and service.tls_context is not None,
+                stls_available=not implicit_tls and service.tls is not None,
                 sasl_mechanisms=POP3_MECHANISMS,
                 max_errors=service.config.limits.bad_commands,
                 max_junk_commands=service.config.limits.junk_commands,
@@ -186,8 +187,8 @@ class POP3Session:
                     await self.conn.drain()
 
     async def _start_tls(self) -> bool:
-        context = self.service.tls_context
-        assert context is not None
+        assert self.service.tls is not None
+        context = self.service.tls.current
         self.conn.stop_reading()  # before the +OK: nothing sent after STLS is read as plaintext (RFC 2595 §4)
         self._flush()
         try:
@@ -474,9 +475,7 @@ class POP3Session:
         engine.ok(f"bye ({left} messages left)")
 
 
-def pop3_handlers(
-    config: Config, store: Store, tls_context: ssl.SSLContext | None
-) -> dict[str, Callable[[], Handler]]:
+def pop3_handlers(config: Config, store: Store, tls: TlsContexts | None) -> dict[str, Callable[[], Handler]]:
     """The handler factories for app.py, by listener role."""
-    service = POP3Service(config, store, tls_context)
+    service = POP3Service(config, store, tls)
     return {"pop3": lambda: service.handler("pop3"), "pop3s": lambda: service.handler("pop3s")}

@@ -31,6 +31,7 @@ from surat.log import connection_id, fields
 from surat.message.address import mailboxes
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
+from surat.net.tlscontexts import TlsContexts
 from surat.passwords import authenticate
 from surat.proto import sasl
 from surat.proto.smtp import replies as R
@@ -108,7 +109,7 @@ class SMTPService:
         self,
         config: Config,
         store: Store,
-        tls_context: ssl.SSLContext | None,
+        tls: TlsContexts | None,
         *,
         scram_secret: bytes | None = None,
         resolver: Resolver | None = None,
@@ -121,7 +122,7 @@ class SMTPService:
         `signing_keys` is shared with the queue runner (one parsed copy of each DKIM key)."""
         self.config = config
         self.store = store
-        self.tls_context = tls_context
+        self.tls = tls  # read at each STARTTLS: a reload applies to the next one
         # Stable across restarts when the app passes its installation secret (see proto.sasl).
         self.scram_secret = scram_secret
         self.resolver = resolver
@@ -149,7 +150,7 @@ class SMTPService:
             max_recipients=limits.recipients,
             max_bad_commands=limits.bad_commands,
             max_junk_commands=limits.junk_commands,
-            starttls=self.tls_context is not None and role is not Role.SUBMISSIONS,
+            starttls=self.tls is not None and role is not Role.SUBMISSIONS,
             tls_active=role is Role.SUBMISSIONS,
             auth_mechanisms=sasl.MECHANISMS if submission else (),
             auth_requires_tls=True,
@@ -326,8 +327,8 @@ class _Session:
         return True  # data, or the client already went away
 
     async def _start_tls(self) -> bool:
-        context = self.service.tls_context
-        assert context is not None  # the engine offers STARTTLS only with a context
+        assert self.service.tls is not None  # the engine offers STARTTLS only with certificates
+        context = self.service.tls.current
         self.conn.stop_reading()  # before the 220: nothing sent after STARTTLS is read as plaintext
         self.conn.write(self.engine.data_to_send())
         try:

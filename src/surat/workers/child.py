@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ async def serve_worker(spec: WorkerSpec) -> None:
         # Never recovery here: the supervisor ran it before any worker started, and now the other
         # workers' staged files and uncommitted blobs would look like a crash's leftovers.
         await open_store(store, recover=False)
+        # Before start reads the certificates; the supervisor sends SIGHUP only once we are ready.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_certificates)
         await server.start()
         stop = stop_on_signals()
         following = feed.follow() if feed is not None else _until_relay_ends(link)

@@ -66,6 +66,11 @@ class Supervisor:
         self._links: dict[int, RelayLink] = {}
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
+        # SIGHUP (certificate reload) goes to workers that reported ready: they handle it by then. A
+        # worker still starting may have read the certificates before they changed, so it gets the
+        # signal when it reports ready (before that, SIGHUP's default action would kill it).
+        self._ready: set[int] = set()
+        self._reload_pending: set[int] = set()
 
     async def run(self) -> int:
         await self._prepare()
@@ -104,6 +109,7 @@ class Supervisor:
     async def _supervise(self) -> int:
         loop = asyncio.get_running_loop()
         stop = stop_on_signals()
+        loop.add_signal_handler(signal.SIGHUP, self.forward_reload)
         ready = [loop.create_future() for _ in range(self.count)]
         slots = [asyncio.create_task(self._slot(i, ready[i]), name=f"worker-{i}") for i in range(self.count)]
         started = asyncio.ensure_future(asyncio.gather(*ready))
@@ -155,6 +161,7 @@ class Supervisor:
             started_at = loop.time()
             relay = asyncio.create_task(self._relay(index, link, first_ready), name=f"relay-{index}")
             code = await proc.wait()
+            self._ready.discard(index)
             link.close()
             await relay
             self._procs.pop(index, None)
@@ -168,6 +175,23 @@ class Supervisor:
                 delay = RESTART_DELAY_MIN
             log.warning("worker.died", extra=fields(index=index, pid=proc.pid, code=code, restart_in=delay))
             delay = await self._pause(delay)
+
+    def forward_reload(self) -> None:
+        """SIGHUP: every worker re-reads the certificates itself (and logs tls.reloaded or
+        tls.reload_failed); the supervisor holds none."""
+        log.info("reload.forwarded", extra=fields(workers=len(self._procs)))
+        for index in list(self._procs):
+            if index in self._ready:
+                self._signal_reload(index)
+            else:
+                self._reload_pending.add(index)
+
+    def _signal_reload(self, index: int) -> None:
+        self._reload_pending.discard(index)
+        proc = self._procs.get(index)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGHUP)
 
     async def _pause(self, delay: float) -> float:
         """Wait `delay` seconds before a restart (less if the supervisor stops); the next delay."""
@@ -211,6 +235,9 @@ class Supervisor:
                 if message == READY:
                     if not first_ready.done():
                         first_ready.set_result(True)
+                    self._ready.add(index)
+                    if index in self._reload_pending:
+                        self._signal_reload(index)
                     continue
                 for other, other_link in self._links.items():
                     if other != index:
