@@ -433,6 +433,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         async def populate(store: Store) -> int:
             await store.add_domain(domain)
             await store.add_account(postmaster, credentials)
+            await store.set_admin(postmaster, True)  # issue 13: the first account runs the admin console
             return 0
 
         data_dir.mkdir(mode=0o700, exist_ok=True)
@@ -716,7 +717,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     config = _load(args)
     action: str = args.action
-    address = normalize_address(args.address) if action in ("add", "passwd", "del", "quota") else ""
+    address = normalize_address(args.address) if action in ("add", "passwd", "del", "quota", "admin") else ""
     quota: int | None = None
     if action == "quota":
         quota = None if args.bytes.strip().lower() in ("none", "unlimited") else parse_size(args.bytes)
@@ -759,7 +760,8 @@ def cmd_user(args: argparse.Namespace) -> int:
             domain = normalize_domain(args.domain) if args.domain else None
             for account in sorted(await store.list_accounts(domain), key=lambda a: a.address):
                 used = await store.account_usage(account.id)
-                print(f"{account.address}  quota={format_size(account.quota_bytes)}  used={used}")
+                admin = "  admin" if account.is_admin else ""
+                print(f"{account.address}  quota={format_size(account.quota_bytes)}  used={used}{admin}")
         elif action == "add":
             assert credentials is not None
             if not await store.is_local_domain(domain_of(address)):
@@ -782,6 +784,11 @@ def cmd_user(args: argparse.Namespace) -> int:
             dangling = await store.aliases_of(address)
             if dangling:
                 print(f"note: aliases still point to it: {', '.join(sorted(dangling))}", file=sys.stderr)
+        elif action == "admin":
+            if await store.get_account(address) is None:
+                raise CliError(f"account {address} does not exist")
+            await store.set_admin(address, args.state == "on")
+            print(f"{address} is {'now' if args.state == 'on' else 'no longer'} an administrator")
         else:
             if await store.get_account(address) is None:
                 raise CliError(f"account {address} does not exist")
@@ -1004,6 +1011,9 @@ def build_parser() -> argparse.ArgumentParser:
     user_quota = user_actions.add_parser("quota", help="set an account's quota")
     user_quota.add_argument("address", metavar="ADDRESS")
     user_quota.add_argument("bytes", metavar="BYTES|none", help="e.g. 1073741824, 500M, 2G, or none")
+    user_admin = user_actions.add_parser("admin", help="let an account use the admin console, or stop it")
+    user_admin.add_argument("address", metavar="ADDRESS")
+    user_admin.add_argument("state", choices=("on", "off"), help="on: administrator; off: not")
     user.set_defaults(handler=cmd_user)
 
     alias = commands.add_parser("alias", help="aliases; SOURCE may be @domain (catch-all)")

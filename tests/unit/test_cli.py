@@ -383,6 +383,28 @@ def test_user_round_trip(surat: Callable[..., Run], dev: Setup) -> None:
     _one_line_error(surat("--config", c, "user", "quota", f"alice@{DOMAIN}", "1G"), 1, "does not exist")
 
 
+def test_user_admin_on_and_off(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    # quickstart's postmaster runs the admin console (issue 13)
+    assert surat("--config", c, "user", "list").out.rstrip("\n").endswith("  admin")
+    assert (
+        surat("--config", c, "user", "add", f"bob@{DOMAIN}", "--password-stdin", stdin="secret pw\n").code
+        == 0
+    )
+    listing = surat("--config", c, "user", "list").out.splitlines()
+    assert [line.endswith("  admin") for line in listing] == [False, True]
+    result = surat("--config", c, "user", "admin", f"Bob@{DOMAIN}", "on")
+    assert (result.code, result.out) == (0, f"bob@{DOMAIN} is now an administrator\n")
+    account = _in_store(dev.config(), lambda store: store.get_account(f"bob@{DOMAIN}"))
+    assert getattr(account, "is_admin", None) is True
+    result = surat("--config", c, "user", "admin", f"bob@{DOMAIN}", "off")
+    assert (result.code, result.out) == (0, f"bob@{DOMAIN} is no longer an administrator\n")
+    account = _in_store(dev.config(), lambda store: store.get_account(f"bob@{DOMAIN}"))
+    assert getattr(account, "is_admin", None) is False
+    _one_line_error(surat("--config", c, "user", "admin", f"nobody@{DOMAIN}", "on"), 1, "does not exist")
+    _one_line_error(surat("--config", c, "user", "admin", f"bob@{DOMAIN}", "yes"), 2, "invalid choice")
+
+
 def test_user_add_with_quota(surat: Callable[..., Run], dev: Setup) -> None:
     c = str(dev.config_file)
     result = surat(

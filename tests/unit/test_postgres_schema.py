@@ -33,10 +33,10 @@ async def columns(conn: psycopg.AsyncConnection[TupleRow]) -> dict[str, set[str]
 async def test_migrate_creates_the_schema_once(pg_cluster: PostgresCluster, pg_database: str) -> None:
     async with await connect(pg_cluster, pg_database) as conn:
         assert await schema.schema_version(conn) == 0
-        assert await schema.migrate(conn) == schema.SCHEMA_VERSION == 1
-        assert await schema.migrate(conn) == 1  # a second run is a no-op
-        cursor = await conn.execute("SELECT version FROM schema_version")
-        assert await cursor.fetchall() == [(1,)]
+        assert await schema.migrate(conn) == schema.SCHEMA_VERSION == 2
+        assert await schema.migrate(conn) == 2  # a second run is a no-op
+        cursor = await conn.execute("SELECT version FROM schema_version ORDER BY version")
+        assert await cursor.fetchall() == [(1,), (2,)]
         assert set(await columns(conn)) == {
             "schema_version", "meta", "nodes", "domains", "accounts", "aliases", "mailboxes",
             "subscriptions", "blobs", "blob_chunks", "messages", "expunged", "queue",
@@ -74,16 +74,16 @@ async def test_a_newer_schema_is_refused(pg_cluster: PostgresCluster, pg_databas
     async with await connect(pg_cluster, pg_database) as conn:
         await schema.migrate(conn)
         await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (schema.SCHEMA_VERSION + 1,))
-        with pytest.raises(SchemaTooNew, match=r"version 2 is newer than this Surat \(1\)"):
+        with pytest.raises(SchemaTooNew, match=r"version 3 is newer than this Surat \(2\)"):
             await schema.migrate(conn)
 
 
 async def test_concurrent_migrations_apply_once(pg_cluster: PostgresCluster, pg_database: str) -> None:
     first, second = await connect(pg_cluster, pg_database), await connect(pg_cluster, pg_database)
     async with first, second:
-        assert list(await asyncio.gather(schema.migrate(first), schema.migrate(second))) == [1, 1]
+        assert list(await asyncio.gather(schema.migrate(first), schema.migrate(second))) == [2, 2]
         cursor = await first.execute("SELECT count(*) FROM schema_version")
-        assert await cursor.fetchone() == (1,)
+        assert await cursor.fetchone() == (2,)
 
 
 async def test_a_failed_migration_leaves_nothing(pg_cluster: PostgresCluster, pg_database: str) -> None:

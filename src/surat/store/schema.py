@@ -181,6 +181,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sent_messages_user ON sent_messages(user, sent_at);
     CREATE INDEX sent_messages_sent_at ON sent_messages(sent_at)
     """,
+    # 9: administrators (issue 13): accounts that may log into the admin console (`surat user admin`).
+    """
+    ALTER TABLE accounts ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 

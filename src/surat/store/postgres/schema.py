@@ -204,6 +204,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sent_messages_user ON sent_messages("user", sent_at);
     CREATE INDEX sent_messages_sent_at ON sent_messages(sent_at)
     """,
+    # 2: administrators (SQLite migration 9, issue 13): accounts that may log into the admin console.
+    """
+    ALTER TABLE accounts ADD COLUMN is_admin boolean NOT NULL DEFAULT false
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
