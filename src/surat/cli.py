@@ -25,10 +25,20 @@ from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
-from surat.config import Config, ConfigError, HostPort, ListenConfig, config_path, load_config
+from surat.config import (
+    LISTEN_ROLES,
+    Config,
+    ConfigError,
+    HostPort,
+    ListenConfig,
+    MtaStsConfig,
+    config_path,
+    load_config,
+)
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
+from surat.mtasts import Policy, configured_policy, policy_id
 from surat.net.tls import TLSSetupError, certificate_warnings, server_context
 from surat.passwords import SASLprepError, generate_password, make_credentials
 from surat.proto.smtp.address import terminal_safe
@@ -42,7 +52,6 @@ if TYPE_CHECKING:
     from surat.store.base import Store
 
 MIN_PASSWORD_LENGTH = 8
-LISTEN_ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 
 DEV_PORTS = {
     "smtp": 2525,
@@ -52,7 +61,15 @@ DEV_PORTS = {
     "imaps": 9930,
     "pop3": 1100,
     "pop3s": 9950,
+    "https": 4443,
+    "http": 8000,
+    "admin": 8081,
 }
+# The web roles quickstart writes for production (the mail ones are dnsrecords.PRODUCTION_PORTS).
+WEB_PRODUCTION_PORTS = {"https": 443, "http": 80, "admin": 8080}
+# The admin console and /metrics listen on loopback only: reach them over SSH or a VPN, or put a
+# reverse proxy with its own authentication in front (issue 13).
+ADMIN_HOST = "127.0.0.1"
 ROLE_DESCRIPTIONS = {
     "smtp": "MX: mail from the internet for local domains (STARTTLS offered, no AUTH)",
     "submission": "mail clients sending: STARTTLS, AUTH required",
@@ -61,6 +78,9 @@ ROLE_DESCRIPTIONS = {
     "imaps": "IMAP, implicit TLS",
     "pop3": "POP3, STLS",
     "pop3s": "POP3, implicit TLS",
+    "https": "web: client autoconfiguration, MTA-STS policy, account pages (TLS)",
+    "http": "web: redirects to https",
+    "admin": "web: admin console and /metrics (keep it on loopback)",
 }
 
 
@@ -286,6 +306,15 @@ def _client_ports(listen: ListenConfig) -> dict[str, int]:
     return {role: getattr(listen, role)[0].port for role in LISTEN_ROLES if getattr(listen, role)}
 
 
+def admin_url(listen: ListenConfig) -> str | None:
+    """Where the admin console is, for people: the first admin listener, a wildcard host as loopback."""
+    if not listen.admin:
+        return None
+    address = listen.admin[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)  # noqa: S104
+    return f"http://{HostPort(host, address.port)}/"
+
+
 # ----------------------------------------------------------------------------------------- quickstart
 
 _CONFIG_TEMPLATE = """\
@@ -309,6 +338,9 @@ imap        = {imap}  # STARTTLS
 imaps       = {imaps}  # implicit TLS
 pop3        = {pop3}  # STLS
 pop3s       = {pop3s}  # implicit TLS
+https       = {https}  # autoconfig, autodiscover, MTA-STS policy, account pages
+http        = {http}  # redirects to https
+admin       = {admin}  # admin console and /metrics: loopback only
 
 [dns]
 nameservers = []  # [] = the system resolver; e.g. ["127.0.0.1:53"]
@@ -321,6 +353,10 @@ message_size = 52428800  # bytes (50 MiB); announced with SIZE (RFC 1870)
 # bad_commands = 10  # bad commands in a row before 421 and close
 # auth_failure_delay = 1.0  # seconds before answering a failed AUTH
 {mail_auth_line}
+
+[mta_sts]  # the RFC 8461 policy served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt
+mode = "testing"  # testing (report only), enforce (once TLS reports are clean) or none
+# max_age = 604800  # seconds senders may cache the policy (one week)
 
 [delivery]
 # routes = {{ "example.net" = "127.0.0.1:2526" }}  # static next hop per domain (transport map)
@@ -352,7 +388,9 @@ def render_config(
     values = {
         role: "[" + ", ".join(f'"{HostPort(host, ports[role])}"' for host in hosts) + "]"
         for role in LISTEN_ROLES
+        if role != "admin"
     }
+    values["admin"] = f'["{HostPort(ADMIN_HOST, ports["admin"])}"]'
     ca_line = (
         f'ca   = "{ca}"  # the dev CA that signed cert: give it to test clients'
         if ca
@@ -389,6 +427,12 @@ def production_hosts() -> list[str]:
     return hosts
 
 
+def web_hostnames(domain: str) -> list[str]:
+    """The names the https listener answers for a domain, which its certificate must cover: the
+    MTA-STS policy host (RFC 8461 §3.3) and the clients' autoconfiguration hosts."""
+    return [f"{prefix}.{domain}" for prefix in ("mta-sts", "autoconfig", "autodiscover")]
+
+
 @dataclass(frozen=True, slots=True)
 class _Setup:
     config_file: Path
@@ -423,9 +467,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         tls_dir.mkdir(mode=0o700, exist_ok=True)
         if args.dev:
             # Clients of a dev server connect to localhost, so the certificate names it too.
-            paths = certs.write_dev_certificates(tls_dir, [hostname, "localhost"])
+            paths = certs.write_dev_certificates(tls_dir, [hostname, "localhost", *web_hostnames(domain)])
         else:
-            paths = certs.write_self_signed_certificate(tls_dir, [hostname])
+            paths = certs.write_self_signed_certificate(tls_dir, [hostname, *web_hostnames(domain)])
         password = generate_password()
         credentials = make_credentials(password)  # a new config: the default count
         postmaster = f"postmaster@{domain}"
@@ -446,7 +490,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         text = render_config(
             hostname,
             hosts=["127.0.0.1"] if args.dev else production_hosts(),
-            ports=DEV_PORTS if args.dev else PRODUCTION_PORTS,
+            ports=DEV_PORTS if args.dev else {**PRODUCTION_PORTS, **WEB_PRODUCTION_PORTS},
             cert=relative(paths.cert),
             key=relative(paths.key),
             ca=relative(paths.ca) if paths.ca else None,
@@ -485,6 +529,9 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
         *_listener_lines(config.listen),
         "",
     ]
+    url = admin_url(config.listen)
+    if url is not None:
+        out += [f"Admin console and metrics: {url} (metrics: {url}metrics)", ""]
     if args.dev and setup.ca is not None:
         ca = setup.ca
         out += [
@@ -501,7 +548,8 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
         out += [
             f"TLS: {config.tls.cert} is a self-signed placeholder. Install a real certificate for",
             f"{config.hostname}, e.g. from Let's Encrypt:",
-            f"    certbot certonly --standalone -d {config.hostname}",
+            "    certbot certonly --standalone "
+            + " ".join(f"-d {name}" for name in [config.hostname, *web_hostnames(domain)]),
             "then point [tls] cert at fullchain.pem and key at privkey.pem (readable by the surat user)",
             "and restart surat (it reads the certificate at start).",
             "",
@@ -515,7 +563,13 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
         f"    {surat} serve",
         "",
         format_records(
-            records_for(domain, config.hostname, _client_ports(config.listen), dkim_keys=setup.dkim_keys)
+            records_for(
+                domain,
+                config.hostname,
+                _client_ports(config.listen),
+                sts_id=policy_id(configured_policy(config)),
+                dkim_keys=setup.dkim_keys,
+            )
         ).rstrip("\n"),
     ]
     print("\n".join(out))
@@ -661,7 +715,13 @@ def cmd_dns(args: argparse.Namespace) -> int:
                 "or pass --force to print its records anyway"
             )
     keys = _load_dkim_keys(config.data_dir, domain) if config is not None else None
-    print(format_records(records_for(domain, hostname, ports, dkim_keys=keys)), end="")
+    # Without a config (--hostname alone) the policy is the default [mta_sts] one for that host.
+    policy = (
+        configured_policy(config)
+        if config is not None and config.hostname == hostname
+        else Policy(MtaStsConfig().mode, MtaStsConfig().max_age, (hostname,))
+    )
+    print(format_records(records_for(domain, hostname, ports, policy_id(policy), dkim_keys=keys)), end="")
     return 0
 
 

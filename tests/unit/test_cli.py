@@ -810,7 +810,8 @@ def test_check_warns_about_a_certificate_for_another_name(surat: Callable[..., R
     result = surat("--config", str(dev.config_file), "check")
     assert result.code == 0, result.err
     assert (
-        "does not cover hostname mx.elsewhere.example (it names mail.example.test, localhost)" in result.out
+        "does not cover hostname mx.elsewhere.example (it names mail.example.test, localhost, mta-sts.example.test, autoconfig.example.test, autodiscover.example.test)"
+        in result.out
     )
     assert result.out.endswith("OK, with 1 warning(s)\n")
 
@@ -1046,3 +1047,36 @@ def test_check_warns_about_loose_modes(surat: Callable[..., Run], dev: Setup) ->
     ]
     # and SQLite's -wal/-shm files, made with the mode of the index file while the check had it open
     assert all(line.startswith(f"warning: {data / INDEX_FILE}-") for line in warnings[2:])
+
+
+def test_quickstart_writes_the_web_listeners(dev: Setup, surat: Callable[..., Run], tmp_path: Path) -> None:
+    config = dev.config()
+    assert config.listen.https == (HostPort("127.0.0.1", 4443),)
+    assert config.listen.http == (HostPort("127.0.0.1", 8000),)
+    assert config.listen.admin == (HostPort("127.0.0.1", 8081),)
+    assert config.mta_sts.mode == "testing" and config.mta_sts.max_age == 604800
+    assert "Admin console and metrics: http://127.0.0.1:8081/" in dev.output
+    directory = tmp_path / "prod"
+    assert surat("quickstart", "--domain", "example.com", "--dir", str(directory)).code == 0
+    production = load_config(directory / "surat.toml")
+    assert production.listen.https[0] == HostPort("0.0.0.0", 443)
+    assert production.listen.http[0] == HostPort("0.0.0.0", 80)
+    assert production.listen.admin == (HostPort("127.0.0.1", 8080),)  # loopback only, however many hosts
+
+
+def test_dns_sts_id_follows_the_configured_policy(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+
+    def sts_id() -> str:
+        out = surat("--config", c, "dns", DOMAIN).out
+        match = re.search(r'"v=STSv1; id=([A-Za-z0-9]+)"', out)
+        assert match is not None, out
+        assert f"mta-sts.{DOMAIN}." in out
+        return match[1]
+
+    testing = sts_id()
+    assert sts_id() == testing
+    text = dev.config_file.read_text()
+    dev.config_file.write_text(text.replace('mode = "testing"', 'mode = "enforce"'))
+    assert dev.config().mta_sts.mode == "enforce"
+    assert sts_id() != testing

@@ -624,3 +624,22 @@ def test_bad_proxy_trusted(tmp_path: Path, proxy: dict[str, Any], key: str, prob
         parse_config({**BASE, "proxy": proxy}, tmp_path)
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_mta_sts_and_web_listeners() -> None:
+    config = parse_config(
+        {**BASE, "listen": {"admin": ["127.0.0.1:8080"]}, "mta_sts": {"mode": "enforce", "max_age": 86400}},
+        base_dir=Path("/srv"),
+    )
+    assert config.listen.admin == (HostPort("127.0.0.1", 8080),)
+    assert (config.mta_sts.mode, config.mta_sts.max_age) == ("enforce", 86400)
+    assert parse_config(BASE, base_dir=Path("/srv")).mta_sts.mode == "testing"
+    for bad, key in (
+        ({"mode": "strict"}, "mta_sts.mode"),
+        ({"max_age": 31557601}, "mta_sts.max_age"),
+        ({"max_age": 1.5}, "mta_sts.max_age"),
+        ({"mod": "none"}, "mta_sts.mod"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config({**BASE, "mta_sts": bad}, base_dir=Path("/srv"))
+        assert info.value.key == key
