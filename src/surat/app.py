@@ -10,12 +10,13 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import dns.exception
 
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
-from surat.config import Config
+from surat.config import MAIL_ROLES, WEB_ROLES, Config, HostPort, admin_url
 from surat.delivery.dkim import SigningKeys
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.dns.base import Resolver
@@ -30,6 +31,7 @@ from surat.smtpd.service import SMTPService
 from surat.store.base import Store
 from surat.store.filemodes import make_private_dir
 from surat.store.sqlite import SQLiteStore
+from surat.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class SuratServer:
         self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
         self.tls_context: ssl.SSLContext | None = None
         self._listeners = Listeners()
+        self.web: WebServer | None = None
         self._started = False
         self.queue: QueueRunner | None = None
 
@@ -143,6 +146,7 @@ class SuratServer:
                     sockets=tuple(self._listening.get(role, ())) if self._listening is not None else (),
                 )
                 await self._listeners.start(spec)
+            await self._start_web()
         except OSError as exc:
             await self.stop()
             raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None
@@ -160,13 +164,36 @@ class SuratServer:
         )
         await self.queue.start()
 
+    async def _start_web(self) -> None:
+        """The web listeners (surat.web), after the mail ones: autoconfiguration advertises the ports
+        those are bound to."""
+        config = self.config
+        if not any(getattr(config.listen, role) for role in WEB_ROLES):
+            return
+        if config.listen.https and self.tls_context is None:
+            raise StartupError("tls.cert: listener https needs a TLS certificate")
+        client_ports = {role: bound[0][1] for role in MAIL_ROLES if (bound := self._listeners.bound(role))}
+        self.web = WebServer(config, self.store, self.tls_context, client_ports, listening=self._listening)
+        await self.web.start()
+        if self.web.bound("admin"):
+            host, port = self.web.bound("admin")[0]
+            log.info(
+                "admin.console",
+                extra=fields(url=admin_url(replace(config.listen, admin=(HostPort(host, port),)))),
+            )
+
     def bound(self, role: str) -> list[tuple[str, int]]:
+        if role in WEB_ROLES:
+            return self.web.bound(role) if self.web is not None else []
         return self._listeners.bound(role)
 
     async def stop(self) -> None:
         if self.queue is not None:
             await self.queue.stop()
             self.queue = None
+        if self.web is not None:
+            await self.web.stop()
+            self.web = None
         await self._listeners.stop()
         if self._own_store and self._started:
             await self.store.close()

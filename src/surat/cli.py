@@ -32,6 +32,7 @@ from surat.config import (
     HostPort,
     ListenConfig,
     MtaStsConfig,
+    admin_url,
     config_path,
     load_config,
 )
@@ -304,15 +305,6 @@ def _listener_lines(listen: ListenConfig) -> list[str]:
 def _client_ports(listen: ListenConfig) -> dict[str, int]:
     """The port clients should use per role: the first listener's, for DNS SRV records."""
     return {role: getattr(listen, role)[0].port for role in LISTEN_ROLES if getattr(listen, role)}
-
-
-def admin_url(listen: ListenConfig) -> str | None:
-    """Where the admin console is, for people: the first admin listener, a wildcard host as loopback."""
-    if not listen.admin:
-        return None
-    address = listen.admin[0]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)  # noqa: S104
-    return f"http://{HostPort(host, address.port)}/"
 
 
 # ----------------------------------------------------------------------------------------- quickstart

@@ -95,6 +95,15 @@ class ListenConfig:
         )
 
 
+def admin_url(listen: ListenConfig) -> str | None:
+    """Where the admin console is, for people: the first admin listener, a wildcard host as loopback."""
+    if not listen.admin:
+        return None
+    address = listen.admin[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)  # noqa: S104
+    return f"http://{HostPort(host, address.port)}/"
+
+
 @dataclass(frozen=True, slots=True)
 class DnsConfig:
     nameservers: tuple[HostPort, ...] = ()

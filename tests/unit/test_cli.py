@@ -23,7 +23,7 @@ from staging import staged
 from surat import cli
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
-from surat.config import Config, HostPort, load_config
+from surat.config import LISTEN_ROLES, Config, HostPort, load_config
 from surat.delivery import dkim
 from surat.net import tls as tls_module
 from surat.net.tls import certificate_warnings, server_context
@@ -144,7 +144,7 @@ def test_quickstart_dev_writes_a_working_setup(dev: Setup) -> None:
     config = dev.config()
     assert config.hostname == f"mail.{DOMAIN}"
     assert config.data_dir == dev.dir.resolve() / "data"
-    ports = {role: [str(hp) for hp in getattr(config.listen, role)] for role in cli.LISTEN_ROLES}
+    ports = {role: [str(hp) for hp in getattr(config.listen, role)] for role in LISTEN_ROLES}
     assert ports == {role: [f"127.0.0.1:{port}"] for role, port in cli.DEV_PORTS.items()}
     assert ports["smtp"] == ["127.0.0.1:2525"]
     assert ports["pop3s"] == ["127.0.0.1:9950"]

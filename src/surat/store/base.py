@@ -68,6 +68,12 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSummary:
+    entries: int
+    oldest: datetime | None  # created_at of the oldest entry; None when the queue is empty
+
+
+@dataclass(frozen=True, slots=True)
 class AuthClientState:
     """What the login-failure limiter (surat.authlimit) remembers of one client (an IP, or an IPv6 /64).
 
@@ -599,6 +605,11 @@ class Store(Protocol):
 
     # -- outbound queue
     async def list_queue(self) -> list[QueueEntry]: ...
+    async def queue_summary(self) -> QueueSummary:
+        """How many entries the queue holds and when the oldest was queued (for /metrics): one
+        aggregate query, whatever the queue's size."""
+        ...
+
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
     async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]: ...
     async def reschedule(self, queue_id: str, next_attempt_at: datetime) -> None: ...

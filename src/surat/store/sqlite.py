@@ -90,6 +90,7 @@ from surat.store.base import (
     QueueAttempt,
     QueueEntry,
     QueueRecipient,
+    QueueSummary,
     QuotaExceeded,
     RecipientState,
     RecipientUpdate,
@@ -2205,6 +2206,10 @@ class SQLiteStore:
         return await self._in_worker(
             self._read_txn(lambda conn: self._queue_entries(conn, "ORDER BY created_at, id", ()))
         )
+
+    async def queue_summary(self) -> QueueSummary:
+        row = self._read().execute("SELECT count(*), min(created_at) FROM queue").fetchone()
+        return QueueSummary(row[0], _datetime(row[1]) if row[1] is not None else None)
 
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
         entries = await self._in_worker(
