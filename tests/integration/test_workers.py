@@ -9,6 +9,7 @@ on a given worker connects until it lands there.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import imaplib
 import os
 import poplib
@@ -26,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 from conftest import PASSWORD, USER, dev_certificates, free_port, inbox, serve_in_subprocess, wait_listening
+from prometheus_client.parser import text_string_to_metric_families
 from test_relay import BOB, Peer, remote
 
 from surat.passwords import make_credentials
@@ -35,7 +37,7 @@ __all__ = ["remote"]  # the fixture, imported so that pytest finds it here
 pytestmark = pytest.mark.slow
 
 FORWARD = "fwd@example.test"  # an alias of bob@remote.test: mail to it is relayed
-ROLES = ("smtp", "submissions", "imaps", "pop3s")
+ROLES = ("smtp", "submissions", "imaps", "pop3s", "admin")
 STARTED = re.compile(rb"worker\.started index=(\d+) pid=(\d+)")
 MESSAGE_ID = re.compile(rb"^Message-ID: <(workers-\d+)@test>", re.MULTILINE | re.IGNORECASE)
 
@@ -59,7 +61,7 @@ class Workers:
         self.log = base / "server.log"
         listen = "".join(
             f'{role} = ["127.0.0.1:{self.ports[role]}"]\n' if role in self.ports else f"{role} = []\n"
-            for role in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+            for role in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "admin")
         )
         self.config.write_text(
             'hostname = "mail.example.test"\ndata_dir = "data"\n'
@@ -148,6 +150,11 @@ class Workers:
             context=self.tls(),
             timeout=10,
         )
+
+    def admin(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["admin"], timeout=10)
+        conn.connect()
+        return conn
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -286,6 +293,30 @@ def test_a_login_block_made_through_one_worker_refuses_on_the_other(workers: Wor
     with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
         client.login(USER, PASSWORD)
     client.logout()
+
+
+def test_metrics_answered_by_either_worker_count_both(workers: Workers) -> None:
+    """Both workers share the admin socket: whichever answers a scrape reports the counts of both
+    (prometheus_client's multiprocess files in data/metrics, set up by the supervisor)."""
+    pids = workers.pids()
+    for n, pid in enumerate(pids):
+        with workers.on_worker(pid, workers.smtp) as client:
+            assert client.sendmail("someone@outside.test", [USER], message(n)) == {}
+    for pid in pids:
+        conn = workers.on_worker(pid, workers.admin)
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        text = response.read().decode()
+        conn.close()
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        assert samples[("surat_smtp_transactions_total", (("reply", "2xx"), ("role", "smtp")))] == 2, pid
+        assert samples[("surat_deliveries_total", (("kind", "local"), ("result", "delivered")))] == 2, pid
+        assert samples[("surat_queue_messages", ())] == 0
 
 
 def test_a_sending_limit_reached_through_one_worker_holds_on_the_other(workers: Workers) -> None:
