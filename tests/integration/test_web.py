@@ -10,7 +10,6 @@ import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from conftest import DOMAIN, PASSWORD, USER, RunningServer, dev_certificates, make_config, require_tool
 from prometheus_client.parser import text_string_to_metric_families
 
+from surat.config import Config
 from surat.mtasts import Policy, configured_policy, parse_policy, policy_id
 from surat.web import security
 from surat.web.autoconfig import AUTODISCOVER_RESPONSE_NS, OUTLOOK_SCHEMA
@@ -39,15 +39,10 @@ class Answer:
 
 
 @pytest.fixture
-def web(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server_config(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """conftest's `server` with the web listeners as well."""
     dev_certificates(tmp_path_factory.getbasetemp())
-    running = RunningServer(make_config(tmp_path, listen=WEB))
-    try:
-        running.add_domain(DOMAIN)
-        running.add_user(USER)
-        yield running
-    finally:
-        running.stop()
+    return make_config(tmp_path, listen=WEB)
 
 
 def request(
@@ -95,9 +90,9 @@ def _thunderbird(answer: Answer) -> ET.Element:
     return root
 
 
-def test_thunderbird_autoconfig_field_by_field(web: RunningServer) -> None:
+def test_thunderbird_autoconfig_field_by_field(server: RunningServer) -> None:
     root = _thunderbird(
-        request(web, "https", "GET", f"/mail/config-v1.1.xml?emailaddress={USER}", f"autoconfig.{DOMAIN}")
+        request(server, "https", "GET", f"/mail/config-v1.1.xml?emailaddress={USER}", f"autoconfig.{DOMAIN}")
     )
     (provider,) = root
     assert (provider.tag, provider.attrib) == ("emailProvider", {"id": DOMAIN})
@@ -126,15 +121,15 @@ def test_thunderbird_autoconfig_field_by_field(web: RunningServer) -> None:
 
     # The ports the listeners are bound to (port 0 in the config), implicit TLS first.
     assert servers == [
-        ("incomingServer", "imap", fields(web.port("imaps"), "SSL")),
-        ("incomingServer", "pop3", fields(web.port("pop3s"), "SSL")),
-        ("outgoingServer", "smtp", fields(web.port("submissions"), "SSL")),
-        ("outgoingServer", "smtp", fields(web.port("submission"), "STARTTLS")),
+        ("incomingServer", "imap", fields(server.port("imaps"), "SSL")),
+        ("incomingServer", "pop3", fields(server.port("pop3s"), "SSL")),
+        ("outgoingServer", "smtp", fields(server.port("submissions"), "SSL")),
+        ("outgoingServer", "smtp", fields(server.port("submission"), "STARTTLS")),
     ]
 
 
-def test_thunderbird_well_known_on_the_domain_itself(web: RunningServer) -> None:
-    answer = request(web, "https", "GET", "/.well-known/autoconfig/mail/config-v1.1.xml", DOMAIN)
+def test_thunderbird_well_known_on_the_domain_itself(server: RunningServer) -> None:
+    answer = request(server, "https", "GET", "/.well-known/autoconfig/mail/config-v1.1.xml", DOMAIN)
     assert _thunderbird(answer).find("emailProvider/domain").text == DOMAIN  # type: ignore[union-attr]
 
 
@@ -148,8 +143,8 @@ def test_thunderbird_well_known_on_the_domain_itself(web: RunningServer) -> None
         ("/.well-known/autoconfig/mail/config-v1.1.xml", "other.test"),
     ],
 )
-def test_thunderbird_answers_only_for_local_domains(web: RunningServer, path: str, host: str) -> None:
-    assert request(web, "https", "GET", path, host).status == 404
+def test_thunderbird_answers_only_for_local_domains(server: RunningServer, path: str, host: str) -> None:
+    assert request(server, "https", "GET", path, host).status == 404
 
 
 # ----------------------------------------------------------------------------------------- Autodiscover
@@ -165,11 +160,11 @@ def autodiscover_request(address: str) -> bytes:
     ).encode()
 
 
-def test_autodiscover_pox_field_by_field(web: RunningServer) -> None:
+def test_autodiscover_pox_field_by_field(server: RunningServer) -> None:
     # An address with an XML special character, escaped in the request: echoed as the same address.
     address = f"o&amp;brien@{DOMAIN}"
     answer = request(
-        web,
+        server,
         "https",
         "POST",
         "/autodiscover/autodiscover.xml",
@@ -198,13 +193,13 @@ def test_autodiscover_pox_field_by_field(web: RunningServer) -> None:
         "AuthRequired": "on",
     }
     assert protocols == [
-        {"Type": "IMAP", "Port": str(web.port("imaps")), **common},
-        {"Type": "POP3", "Port": str(web.port("pop3s")), **common},
-        {"Type": "SMTP", "Port": str(web.port("submissions")), **common},
+        {"Type": "IMAP", "Port": str(server.port("imaps")), **common},
+        {"Type": "POP3", "Port": str(server.port("pop3s")), **common},
+        {"Type": "SMTP", "Port": str(server.port("submissions")), **common},
     ]
     # Outlook's capitalisation of the path works too.
     again = request(
-        web, "https", "POST", "/Autodiscover/Autodiscover.xml", HOSTNAME, autodiscover_request(USER)
+        server, "https", "POST", "/Autodiscover/Autodiscover.xml", HOSTNAME, autodiscover_request(USER)
     )
     assert again.status == 200 and f"<LoginName>{USER}</LoginName>".encode() in again.body
 
@@ -251,15 +246,17 @@ EXTERNAL = (
     ],
 )
 def test_autodiscover_refuses_bad_requests_cleanly(
-    web: RunningServer, body: bytes, status: int, reason: bytes
+    server: RunningServer, body: bytes, status: int, reason: bytes
 ) -> None:
-    answer = request(web, "https", "POST", "/autodiscover/autodiscover.xml", f"autodiscover.{DOMAIN}", body)
+    answer = request(
+        server, "https", "POST", "/autodiscover/autodiscover.xml", f"autodiscover.{DOMAIN}", body
+    )
     assert answer.status == status, answer
     assert reason in answer.body
     # and the server goes on serving
     assert (
         request(
-            web, "https", "POST", "/autodiscover/autodiscover.xml", HOSTNAME, autodiscover_request(USER)
+            server, "https", "POST", "/autodiscover/autodiscover.xml", HOSTNAME, autodiscover_request(USER)
         ).status
         == 200
     )
@@ -268,20 +265,20 @@ def test_autodiscover_refuses_bad_requests_cleanly(
 # ----------------------------------------------------------------------------------------- MTA-STS
 
 
-def test_mta_sts_policy_parses_strictly(web: RunningServer) -> None:
-    answer = request(web, "https", "GET", "/.well-known/mta-sts.txt", f"mta-sts.{DOMAIN}")
+def test_mta_sts_policy_parses_strictly(server: RunningServer) -> None:
+    answer = request(server, "https", "GET", "/.well-known/mta-sts.txt", f"mta-sts.{DOMAIN}")
     assert answer.status == 200, answer
     assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"  # RFC 8461 §3.2
     policy = parse_policy(answer.text)
     assert policy == Policy("testing", 604800, (HOSTNAME,))
     assert answer.text == "version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n"
     # The id `surat dns` publishes is this policy's.
-    assert policy_id(policy) == policy_id(configured_policy(web.config))
+    assert policy_id(policy) == policy_id(configured_policy(server.config))
 
 
 @pytest.mark.parametrize("host", ["mta-sts.other.test", DOMAIN, HOSTNAME, f"autoconfig.{DOMAIN}", ""])
-def test_mta_sts_policy_only_on_the_policy_host_of_a_local_domain(web: RunningServer, host: str) -> None:
-    assert request(web, "https", "GET", "/.well-known/mta-sts.txt", host).status == 404
+def test_mta_sts_policy_only_on_the_policy_host_of_a_local_domain(server: RunningServer, host: str) -> None:
+    assert request(server, "https", "GET", "/.well-known/mta-sts.txt", host).status == 404
 
 
 def test_mta_sts_mode_from_config(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -302,45 +299,45 @@ def test_mta_sts_mode_from_config(tmp_path: Path, tmp_path_factory: pytest.TempP
 # ----------------------------------------------------------------------------------------- http, headers
 
 
-def test_http_redirects_to_https(web: RunningServer) -> None:
+def test_http_redirects_to_https(server: RunningServer) -> None:
     answer = request(
-        web, "http", "GET", "/mail/config-v1.1.xml?emailaddress=a@b&x=y%20z", f"autoconfig.{DOMAIN}"
+        server, "http", "GET", "/mail/config-v1.1.xml?emailaddress=a@b&x=y%20z", f"autoconfig.{DOMAIN}"
     )
     assert answer.status == 301
-    port = web.port("https")
+    port = server.port("https")
     assert (
         answer.headers["Location"]
         == f"https://autoconfig.{DOMAIN}:{port}/mail/config-v1.1.xml?emailaddress=a@b&x=y%20z"
     )
     assert "Strict-Transport-Security" not in answer.headers  # RFC 6797 §7.2: never over plain HTTP
-    post = request(web, "http", "POST", "/autodiscover/autodiscover.xml", "", b"x")
+    post = request(server, "http", "POST", "/autodiscover/autodiscover.xml", "", b"x")
     assert (
         post.status == 301
         and post.headers["Location"] == f"https://{HOSTNAME}:{port}/autodiscover/autodiscover.xml"
     )
 
 
-def test_acme_challenge_hook_answers_404_for_now(web: RunningServer) -> None:
-    answer = request(web, "http", "GET", "/.well-known/acme-challenge/some-token", DOMAIN)
+def test_acme_challenge_hook_answers_404_for_now(server: RunningServer) -> None:
+    answer = request(server, "http", "GET", "/.well-known/acme-challenge/some-token", DOMAIN)
     assert (answer.status, answer.body) == (404, b"no such ACME challenge\n")
 
 
 @pytest.mark.parametrize(
     "path", ["/metrics", "/", "/static/surat.css", "/admin", "/.well-known/acme-challenge/x"]
 )
-def test_nothing_of_admin_on_https(web: RunningServer, path: str) -> None:
-    assert request(web, "https", "GET", path, HOSTNAME).status == 404
-    assert request(web, "https", "GET", path, f"autoconfig.{DOMAIN}").status == 404
+def test_nothing_of_admin_on_https(server: RunningServer, path: str) -> None:
+    assert request(server, "https", "GET", path, HOSTNAME).status == 404
+    assert request(server, "https", "GET", path, f"autoconfig.{DOMAIN}").status == 404
 
 
-def test_security_headers(web: RunningServer) -> None:
+def test_security_headers(server: RunningServer) -> None:
     for role, path, host in (
         ("https", "/.well-known/mta-sts.txt", f"mta-sts.{DOMAIN}"),
         ("https", "/nothing", HOSTNAME),  # errors too
         ("admin", "/", "127.0.0.1"),
         ("http", "/", DOMAIN),
     ):
-        headers = request(web, role, "GET", path, host).headers
+        headers = request(server, role, "GET", path, host).headers
         assert headers["Content-Security-Policy"] == security.CONTENT_SECURITY_POLICY
         assert "'unsafe-inline'" not in headers["Content-Security-Policy"]
         assert headers["X-Content-Type-Options"] == "nosniff"
@@ -349,12 +346,12 @@ def test_security_headers(web: RunningServer) -> None:
         assert (headers["Strict-Transport-Security"] is not None) == (role == "https")
 
 
-def test_admin_index_page_escapes_what_it_shows(web: RunningServer) -> None:
-    answer = request(web, "admin", "GET", "/", "127.0.0.1")
+def test_admin_index_page_escapes_what_it_shows(server: RunningServer) -> None:
+    answer = request(server, "admin", "GET", "/", "127.0.0.1")
     assert answer.status == 200 and answer.headers["Content-Type"] == "text/html; charset=utf-8"
     assert f"<li>{DOMAIN}</li>" in answer.text
     assert "<script" not in answer.text
-    css = request(web, "admin", "GET", "/static/surat.css", "127.0.0.1")
+    css = request(server, "admin", "GET", "/static/surat.css", "127.0.0.1")
     assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
 
 
@@ -390,8 +387,8 @@ def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]
     return samples
 
 
-def test_metrics_after_real_traffic(web: RunningServer) -> None:
-    before = scrape(web)
+def test_metrics_after_real_traffic(server: RunningServer) -> None:
+    before = scrape(server)
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
@@ -402,22 +399,24 @@ def test_metrics_after_real_traffic(web: RunningServer) -> None:
     message["To"] = USER
     message["Subject"] = "metrics"
     message.set_content("counted")
-    with smtplib.SMTP("127.0.0.1", web.port("smtp"), timeout=10) as smtp:
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as smtp:
         smtp.send_message(message)
         # a refused transaction: 550 for an unknown local user is at RCPT; 5xx at DATA needs a rejected body
-    with smtplib.SMTP("127.0.0.1", web.port("submission"), timeout=10) as smtp:
-        smtp.starttls(context=web.client_tls())
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10) as smtp:
+        smtp.starttls(context=server.client_tls())
         with pytest.raises(smtplib.SMTPAuthenticationError):
             smtp.login(USER, "wrong password")
         smtp.login(USER, PASSWORD)
-    with imaplib.IMAP4_SSL("127.0.0.1", web.port("imaps"), ssl_context=web.client_tls(), timeout=10) as imap:
+    with imaplib.IMAP4_SSL(
+        "127.0.0.1", server.port("imaps"), ssl_context=server.client_tls(), timeout=10
+    ) as imap:
         with pytest.raises(imaplib.IMAP4.error):
             imap.login(USER, "wrong password")
         imap.login(USER, PASSWORD)
         imap.select("INBOX")
         imap.fetch("1", "(FLAGS)")
         imap.logout()
-    after = scrape(web)
+    after = scrape(server)
 
     assert delta("surat_connections_total", listener="smtp", result="accepted") == 1
     assert delta("surat_connections_total", listener="imaps", result="accepted") == 1
@@ -442,22 +441,22 @@ def test_metrics_after_real_traffic(web: RunningServer) -> None:
     assert not [key for key in after if any(USER in value for _, value in key[1])]
 
 
-def test_metrics_read_the_queue_and_blocks_at_scrape_time(web: RunningServer) -> None:
-    with smtplib.SMTP("127.0.0.1", web.port("submission"), timeout=10) as smtp:
-        smtp.starttls(context=web.client_tls())
+def test_metrics_read_the_queue_and_blocks_at_scrape_time(server: RunningServer) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10) as smtp:
+        smtp.starttls(context=server.client_tls())
         smtp.login(USER, PASSWORD)
         smtp.sendmail(
             USER, ["someone@remote.example"], b"From: " + USER.encode() + b"\r\nSubject: q\r\n\r\nx\r\n"
         )
-    for _ in range(web.config.limits.auth_max_failures):
+    for _ in range(server.config.limits.auth_max_failures):
         with (
             imaplib.IMAP4_SSL(
-                "127.0.0.1", web.port("imaps"), ssl_context=web.client_tls(), timeout=10
+                "127.0.0.1", server.port("imaps"), ssl_context=server.client_tls(), timeout=10
             ) as imap,
             pytest.raises(imaplib.IMAP4.error),
         ):
             imap.login(USER, "wrong password")
-    samples = scrape(web)
+    samples = scrape(server)
     assert samples[("surat_queue_messages", ())] == 1
     assert 0 < samples[("surat_queue_oldest_age_seconds", ())] < 60
     assert samples[("surat_blocked_clients", ())] == 1
@@ -466,11 +465,11 @@ def test_metrics_read_the_queue_and_blocks_at_scrape_time(web: RunningServer) ->
 # ----------------------------------------------------------------------------------------- curl
 
 
-def test_curl_fetches_the_policy(web: RunningServer) -> None:
+def test_curl_fetches_the_policy(server: RunningServer) -> None:
     curl = require_tool("curl")
-    port = web.port("https")
+    port = server.port("https")
     result = subprocess.run(
-        [curl, "-sS", "--cacert", str(web.ca_file), "--resolve", f"{HOSTNAME}:{port}:127.0.0.1",
+        [curl, "-sS", "--cacert", str(server.ca_file), "--resolve", f"{HOSTNAME}:{port}:127.0.0.1",
          "-H", f"Host: mta-sts.{DOMAIN}", f"https://{HOSTNAME}:{port}/.well-known/mta-sts.txt"],
         capture_output=True, timeout=30, check=False,
     )  # fmt: skip

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from surat import metrics
+from surat.log import fields
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -57,6 +61,11 @@ def middleware(listener: str, *, tls: bool) -> Middleware:  # aiohttp's middlewa
             raise
         except TimeoutError:
             response = web.Response(status=408, text="request timeout\n")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: logged with its traceback, the client told no more than that
+            log.exception("web.error", extra=fields(listener=listener, path=request.path))
+            response = web.Response(status=500, text="internal error\n")
         _decorate(response, tls)
         metrics.http_request(listener, response.status)
         return response
