@@ -152,8 +152,13 @@ class Workers:
         )
 
     def admin(self) -> http.client.HTTPConnection:
+        """A keep-alive connection to the admin listener, accepted by a worker: connect() returns
+        before any worker accepts, so one request is answered first."""
         conn = http.client.HTTPConnection("127.0.0.1", self.ports["admin"], timeout=10)
-        conn.connect()
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 200
+        response.read()
         return conn
 
     def stop(self) -> None:
