@@ -74,6 +74,7 @@ class SuratServer:
         self.tls_context: ssl.SSLContext | None = None
         self._listeners = Listeners()
         self.web: WebServer | None = None
+        self._auth_limiter: StoreAuthLimiter | None = None
         self._started = False
         self.queue: QueueRunner | None = None
 
@@ -90,6 +91,7 @@ class SuratServer:
         secret = load_or_create_secret(config.data_dir)
         # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
         auth_limiter = StoreAuthLimiter(self.store, BlockPolicy.from_config(config.limits))
+        self._auth_limiter = auth_limiter
         # DKIM keys read and parsed once, for signing at submission and for the queue's fallback
         signing_keys = SigningKeys(config.data_dir)
         smtp = SMTPService(
@@ -172,8 +174,11 @@ class SuratServer:
             return
         if config.listen.https and self.tls_context is None:
             raise StartupError("tls.cert: listener https needs a TLS certificate")
+        assert self._auth_limiter is not None  # made by start() before the listeners
         client_ports = {role: bound[0][1] for role in MAIL_ROLES if (bound := self._listeners.bound(role))}
-        self.web = WebServer(config, self.store, self.tls_context, client_ports, listening=self._listening)
+        self.web = WebServer(
+            config, self.store, self.tls_context, client_ports, self._auth_limiter, listening=self._listening
+        )
         await self.web.start()
         if self.web.bound("admin"):
             host, port = self.web.bound("admin")[0]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from surat.authlimit import AuthLimiter
 from surat.config import Config
 from surat.store.base import Store
 
@@ -18,6 +19,8 @@ class WebContext:
     # The port clients should use per mail role, from the listeners as bound (so a test's port 0
     # becomes the real port); a role without a listener is missing and is not advertised.
     client_ports: Mapping[str, int]
+    # The login-failure limiter the mail protocols use: the web login counts failures with them.
+    auth_limiter: AuthLimiter
     # Where the http listener redirects to: the https listener's port (None: 443, the default).
     https_port: int | None = None
 

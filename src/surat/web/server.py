@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
+from surat.authlimit import AuthLimiter
 from surat.config import WEB_ROLES, Config
 from surat.log import fields
 from surat.net.listener import BACKLOG, bind, format_address
@@ -49,6 +50,7 @@ class WebServer:
         store: Store,
         tls_context: ssl.SSLContext | None,
         client_ports: Mapping[str, int],
+        auth_limiter: AuthLimiter,
         *,
         listening: Mapping[str, Sequence[socket.socket]] | None = None,
     ) -> None:
@@ -58,6 +60,7 @@ class WebServer:
         self.store = store
         self.tls_context = tls_context
         self.client_ports = dict(client_ports)
+        self.auth_limiter = auth_limiter
         self._listening = listening
         self._runners: list[web.AppRunner] = []
         self._sockets: list[tuple[str, socket.socket]] = []
@@ -79,6 +82,7 @@ class WebServer:
             self.config,
             self.store,
             self.client_ports,
+            self.auth_limiter,
             https_port=https[0].getsockname()[1] if https else None,
         )
         for role, sockets in by_role.items():
