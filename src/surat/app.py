@@ -9,11 +9,12 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import dns.exception
 
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
-from surat.config import Config
+from surat.config import MAIL_ROLES, WEB_ROLES, Config, HostPort, admin_url
 from surat.delivery.dkim import SigningKeys
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.dns.base import DnssecResolver, Resolver
@@ -29,6 +30,7 @@ from surat.pop3d.service import POP3Service
 from surat.smtpd.service import SMTPService
 from surat.store.base import Store
 from surat.store.setup import ConfiguredStore, StoreUnavailable, configured_store, store_location
+from surat.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ class SuratServer:
         self.tls: TlsContexts | None = None
         self._listeners = Listeners()
         self._maildrop_locks: MaildropLocks | None = None
+        self.web: WebServer | None = None
+        self._auth_limiter: StoreAuthLimiter | None = None
         self._started = False
         self.queue: QueueRunner | None = None
 
@@ -102,6 +106,7 @@ class SuratServer:
         secret = await self.store.keys.installation_secret()
         # One limiter for SMTP AUTH, IMAP and POP3: failures on any of them count together.
         auth_limiter = StoreAuthLimiter(self.store, BlockPolicy.from_config(config.limits))
+        self._auth_limiter = auth_limiter
         # DKIM keys read and parsed once, for signing at submission and for the queue's fallback
         signing_keys = SigningKeys(self.store.keys)
         smtp = SMTPService(
@@ -152,6 +157,7 @@ class SuratServer:
                     sockets=tuple(self._listening.get(role, ())) if self._listening is not None else (),
                 )
                 await self._listeners.start(spec)
+            await self._start_web()
         except OSError as exc:
             await self.stop()
             raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None
@@ -204,13 +210,39 @@ class SuratServer:
         for note in tls.ignored_names:
             log.warning("tls.name_ignored", extra=fields(reason=note))
 
+    async def _start_web(self) -> None:
+        """The web listeners (surat.web), after the mail ones: autoconfiguration advertises the ports
+        those are bound to."""
+        config = self.config
+        if not any(getattr(config.listen, role) for role in WEB_ROLES):
+            return
+        if config.listen.https and self.tls_context is None:
+            raise StartupError("tls.cert: listener https needs a TLS certificate")
+        assert self._auth_limiter is not None  # made by start() before the listeners
+        client_ports = {role: bound[0][1] for role in MAIL_ROLES if (bound := self._listeners.bound(role))}
+        self.web = WebServer(
+            config, self.store, self.tls_context, client_ports, self._auth_limiter, listening=self._listening
+        )
+        await self.web.start()
+        if self.web.bound("admin"):
+            host, port = self.web.bound("admin")[0]
+            log.info(
+                "admin.console",
+                extra=fields(url=admin_url(replace(config.listen, admin=(HostPort(host, port),)))),
+            )
+
     def bound(self, role: str) -> list[tuple[str, int]]:
+        if role in WEB_ROLES:
+            return self.web.bound(role) if self.web is not None else []
         return self._listeners.bound(role)
 
     async def stop(self) -> None:
         if self.queue is not None:
             await self.queue.stop()
             self.queue = None
+        if self.web is not None:
+            await self.web.stop()
+            self.web = None
         await self._listeners.stop()
         if self._maildrop_locks is not None:
             await self._maildrop_locks.close()  # after the sessions: their leases end with it

@@ -27,10 +27,13 @@ from typing import TYPE_CHECKING, NoReturn
 from surat import __version__, certs
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import (
+    LISTEN_ROLES,
     Config,
     ConfigError,
     HostPort,
     ListenConfig,
+    MtaStsConfig,
+    admin_url,
     config_path,
     load_config,
     postgresql_store,
@@ -39,6 +42,7 @@ from surat.config import (
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
+from surat.mailauth.mtasts import policy_id, published_policy
 from surat.net.tls import TLSSetupError, certificate_warnings
 from surat.net.tlscontexts import TlsContexts, certificate_lines
 from surat.passwords import SASLprepError, generate_password, make_credentials
@@ -61,7 +65,6 @@ if TYPE_CHECKING:
     from surat.store.base import Store
 
 MIN_PASSWORD_LENGTH = 8
-LISTEN_ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 
 DEV_PORTS = {
     "smtp": 2525,
@@ -71,7 +74,15 @@ DEV_PORTS = {
     "imaps": 9930,
     "pop3": 1100,
     "pop3s": 9950,
+    "https": 4443,
+    "http": 8000,
+    "admin": 8081,
 }
+# The web roles quickstart writes for production (the mail ones are dnsrecords.PRODUCTION_PORTS).
+WEB_PRODUCTION_PORTS = {"https": 443, "http": 80, "admin": 8080}
+# The admin console and /metrics listen on loopback only: reach them over SSH or a VPN, or put a
+# reverse proxy with its own authentication in front (issue 13).
+ADMIN_HOST = "127.0.0.1"
 ROLE_DESCRIPTIONS = {
     "smtp": "MX: mail from the internet for local domains (STARTTLS offered, no AUTH)",
     "submission": "mail clients sending: STARTTLS, AUTH required",
@@ -80,6 +91,9 @@ ROLE_DESCRIPTIONS = {
     "imaps": "IMAP, implicit TLS",
     "pop3": "POP3, STLS",
     "pop3s": "POP3, implicit TLS",
+    "https": "web: client autoconfiguration, MTA-STS policy, account pages (TLS)",
+    "http": "web: redirects to https",
+    "admin": "web: admin console and /metrics (keep it on loopback)",
 }
 
 
@@ -314,6 +328,9 @@ imap        = {imap}  # STARTTLS
 imaps       = {imaps}  # implicit TLS
 pop3        = {pop3}  # STLS
 pop3s       = {pop3s}  # implicit TLS
+https       = {https}  # autoconfig, autodiscover, MTA-STS policy, account pages
+http        = {http}  # redirects to https
+admin       = {admin}  # admin console and /metrics: loopback only
 
 [dns]
 nameservers = []  # [] = the system resolver; e.g. ["127.0.0.1:53"]
@@ -326,6 +343,10 @@ message_size = 52428800  # bytes (50 MiB); announced with SIZE (RFC 1870)
 # bad_commands = 10  # bad commands in a row before 421 and close
 # auth_failure_delay = 1.0  # seconds before answering a failed AUTH
 {mail_auth_line}
+
+[mta_sts]  # the RFC 8461 policy served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt
+mode = "testing"  # testing (report only), enforce (once TLS reports are clean) or none
+# max_age = 604800  # seconds senders may cache the policy (one week)
 
 [delivery]
 # routes = {{ "example.net" = "127.0.0.1:2526" }}  # static next hop per domain (transport map)
@@ -357,7 +378,9 @@ def render_config(
     values = {
         role: "[" + ", ".join(f'"{HostPort(host, ports[role])}"' for host in hosts) + "]"
         for role in LISTEN_ROLES
+        if role != "admin"
     }
+    values["admin"] = f'["{HostPort(ADMIN_HOST, ports["admin"])}"]'
     ca_line = (
         f'ca   = "{ca}"  # the dev CA that signed cert: give it to test clients'
         if ca
@@ -394,6 +417,12 @@ def production_hosts() -> list[str]:
     return hosts
 
 
+def web_hostnames(domain: str) -> list[str]:
+    """The names the https listener answers for a domain, which its certificate must cover: the
+    MTA-STS policy host (RFC 8461 §3.3) and the clients' autoconfiguration hosts."""
+    return [f"{prefix}.{domain}" for prefix in ("mta-sts", "autoconfig", "autodiscover")]
+
+
 @dataclass(frozen=True, slots=True)
 class _Setup:
     config_file: Path
@@ -428,9 +457,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         tls_dir.mkdir(mode=0o700, exist_ok=True)
         if args.dev:
             # Clients of a dev server connect to localhost, so the certificate names it too.
-            paths = certs.write_dev_certificates(tls_dir, [hostname, "localhost"])
+            paths = certs.write_dev_certificates(tls_dir, [hostname, "localhost", *web_hostnames(domain)])
         else:
-            paths = certs.write_self_signed_certificate(tls_dir, [hostname])
+            paths = certs.write_self_signed_certificate(tls_dir, [hostname, *web_hostnames(domain)])
         password = generate_password()
         credentials = make_credentials(password)  # a new config: the default count
         postmaster = f"postmaster@{domain}"
@@ -442,6 +471,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             await store.add_domain(domain)
             await store.add_account(postmaster, credentials)
             keys = await _ensure_dkim_keys(store, domain)
+            await store.set_admin(postmaster, True)  # issue 13: the first account runs the admin console
             return 0
 
         data_dir.mkdir(mode=0o700, exist_ok=True)
@@ -453,7 +483,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         text = render_config(
             hostname,
             hosts=["127.0.0.1"] if args.dev else production_hosts(),
-            ports=DEV_PORTS if args.dev else PRODUCTION_PORTS,
+            ports=DEV_PORTS if args.dev else {**PRODUCTION_PORTS, **WEB_PRODUCTION_PORTS},
             cert=relative(paths.cert),
             key=relative(paths.key),
             ca=relative(paths.ca) if paths.ca else None,
@@ -492,6 +522,9 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
         *_listener_lines(config.listen),
         "",
     ]
+    url = admin_url(config.listen)
+    if url is not None:
+        out += [f"Admin console and metrics: {url} (metrics: {url}metrics)", ""]
     if args.dev and setup.ca is not None:
         ca = setup.ca
         out += [
@@ -508,7 +541,8 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
         out += [
             f"TLS: {config.tls.cert} is a self-signed placeholder. Install a real certificate for",
             f"{config.hostname}, e.g. from Let's Encrypt:",
-            f"    certbot certonly --standalone -d {config.hostname}",
+            "    certbot certonly --standalone "
+            + " ".join(f"-d {name}" for name in [config.hostname, *web_hostnames(domain)]),
             "then point [tls] cert at fullchain.pem and key at privkey.pem (readable by the surat user)",
             "and restart surat (it reads the certificate at start).",
             "",
@@ -522,7 +556,15 @@ def _print_quickstart(args: argparse.Namespace, config: Config, setup: _Setup, p
         f"    {surat} serve",
         "",
         format_records(
-            records_for(domain, config.hostname, _client_ports(config.listen), dkim_keys=setup.dkim_keys)
+            records_for(
+                domain,
+                config.hostname,
+                _client_ports(config.listen),
+                sts_id=policy_id(
+                    published_policy(config.mta_sts.mode, config.mta_sts.max_age, config.hostname)
+                ),
+                dkim_keys=setup.dkim_keys,
+            )
         ).rstrip("\n"),
     ]
     print("\n".join(out))
@@ -756,7 +798,13 @@ def cmd_dns(args: argparse.Namespace) -> int:
             return 0
 
         _with_configured_store(args, config, read_keys)
-    print(format_records(records_for(domain, hostname, ports, dkim_keys=keys)), end="")
+    # Without a config (--hostname alone) the policy is the default [mta_sts] one for that host.
+    policy = (
+        published_policy(config.mta_sts.mode, config.mta_sts.max_age, hostname)
+        if config is not None and config.hostname == hostname
+        else published_policy(MtaStsConfig().mode, MtaStsConfig().max_age, hostname)
+    )
+    print(format_records(records_for(domain, hostname, ports, policy_id(policy), dkim_keys=keys)), end="")
     return 0
 
 
@@ -812,7 +860,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     config = _load(args)
     action: str = args.action
-    address = normalize_address(args.address) if action in ("add", "passwd", "del", "quota") else ""
+    address = normalize_address(args.address) if action in ("add", "passwd", "del", "quota", "admin") else ""
     quota: int | None = None
     if action == "quota":
         quota = None if args.bytes.strip().lower() in ("none", "unlimited") else parse_size(args.bytes)
@@ -855,7 +903,8 @@ def cmd_user(args: argparse.Namespace) -> int:
             domain = normalize_domain(args.domain) if args.domain else None
             for account in sorted(await store.list_accounts(domain), key=lambda a: a.address):
                 used = await store.account_usage(account.id)
-                print(f"{account.address}  quota={format_size(account.quota_bytes)}  used={used}")
+                admin = "  admin" if account.is_admin else ""
+                print(f"{account.address}  quota={format_size(account.quota_bytes)}  used={used}{admin}")
         elif action == "add":
             assert credentials is not None
             if not await store.is_local_domain(domain_of(address)):
@@ -878,6 +927,11 @@ def cmd_user(args: argparse.Namespace) -> int:
             dangling = await store.aliases_of(address)
             if dangling:
                 print(f"note: aliases still point to it: {', '.join(sorted(dangling))}", file=sys.stderr)
+        elif action == "admin":
+            if await store.get_account(address) is None:
+                raise CliError(f"account {address} does not exist")
+            await store.set_admin(address, args.state == "on")
+            print(f"{address} is {'now' if args.state == 'on' else 'no longer'} an administrator")
         else:
             if await store.get_account(address) is None:
                 raise CliError(f"account {address} does not exist")
@@ -1100,6 +1154,9 @@ def build_parser() -> argparse.ArgumentParser:
     user_quota = user_actions.add_parser("quota", help="set an account's quota")
     user_quota.add_argument("address", metavar="ADDRESS")
     user_quota.add_argument("bytes", metavar="BYTES|none", help="e.g. 1073741824, 500M, 2G, or none")
+    user_admin = user_actions.add_parser("admin", help="let an account use the admin console, or stop it")
+    user_admin.add_argument("address", metavar="ADDRESS")
+    user_admin.add_argument("state", choices=("on", "off"), help="on: administrator; off: not")
     user.set_defaults(handler=cmd_user)
 
     alias = commands.add_parser("alias", help="aliases; SOURCE may be @domain (catch-all)")

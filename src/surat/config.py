@@ -19,6 +19,11 @@ from surat.proto.sasl import SCRAM_ITERATIONS, SCRAM_MIN_ITERATIONS
 
 DEFAULT_CONFIG_NAME = "surat.toml"
 
+# The [listen] roles: the mail protocols, then the web server's (surat.web).
+MAIL_ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+WEB_ROLES = ("https", "http", "admin")
+LISTEN_ROLES = MAIL_ROLES + WEB_ROLES
+
 
 class ConfigError(Exception):
     """A bad configuration: `key` names the offending setting."""
@@ -86,11 +91,28 @@ class ListenConfig:
     imaps: tuple[HostPort, ...] = ()
     pop3: tuple[HostPort, ...] = ()
     pop3s: tuple[HostPort, ...] = ()
+    # The embedded web server (surat.web, issue 13): account pages, client autoconfiguration and the
+    # MTA-STS policy over TLS; plain HTTP that redirects there (and answers ACME challenges); the admin
+    # console and /metrics, loopback by default.
+    https: tuple[HostPort, ...] = ()
+    http: tuple[HostPort, ...] = ()
+    admin: tuple[HostPort, ...] = ()
 
     def tls_needed(self) -> bool:
-        # Port 25 works without TLS (STARTTLS is then not offered); every other role logs users in,
-        # which is only allowed under TLS, so it needs a certificate.
-        return any((self.submission, self.submissions, self.imap, self.imaps, self.pop3, self.pop3s))
+        # Port 25 works without TLS (STARTTLS is then not offered); every other mail role logs users
+        # in, which is only allowed under TLS, so it needs a certificate; so does https.
+        return any(
+            (self.submission, self.submissions, self.imap, self.imaps, self.pop3, self.pop3s, self.https)
+        )
+
+
+def admin_url(listen: ListenConfig) -> str | None:
+    """Where the admin console is, for people: the first admin listener, a wildcard host as loopback."""
+    if not listen.admin:
+        return None
+    address = listen.admin[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)  # noqa: S104
+    return f"http://{HostPort(host, address.port)}/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +257,20 @@ def redacted_dsn(dsn: str) -> str:
     return make_conninfo("", **params)
 
 
+MTA_STS_MODES = ("testing", "enforce", "none")
+# RFC 8461 §3.2: max_age is at most 31557600 seconds (about a year); the RFC recommends weeks.
+MTA_STS_MAX_AGE_LIMIT = 31557600
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsConfig:
+    # RFC 8461 §5: "testing" lets senders deliver when the policy fails and only report (TLS-RPT);
+    # the default, because a new setup's certificate is often a placeholder and "enforce" would then
+    # make every MTA-STS sender queue our mail. "enforce" once the TLS reports are clean.
+    mode: str = "testing"
+    max_age: int = 604800  # one week, in seconds
+
+
 MAX_WORKERS = 64  # [server] workers: more processes than this is a typo, not a deployment
 
 
@@ -258,6 +294,7 @@ class Config:
     proxy: ProxyConfig = ProxyConfig()
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
+    mta_sts: MtaStsConfig = MtaStsConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -298,12 +335,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     tls_table.finish()
 
     listen_table = reader.table("listen")
-    listen = ListenConfig(
-        **{
-            name: listen_table.host_ports(name)
-            for name in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-        }
-    )
+    listen = ListenConfig(**{name: listen_table.host_ports(name) for name in LISTEN_ROLES})
     listen_table.finish()
 
     dns_table = reader.table("dns")
@@ -452,6 +484,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     server_table = reader.table("server")
     server = ServerConfig(workers=_workers(server_table))
     server_table.finish()
+    mta_sts_table = reader.table("mta_sts")
+    mta_sts = _mta_sts_config(mta_sts_table)
+    mta_sts_table.finish()
     reader.finish()
 
     config = Config(
@@ -466,10 +501,25 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         proxy=proxy,
         store=store,
         server=server,
+        mta_sts=mta_sts,
         path=path,
     )
     _check_tls_files(config)
     return config
+
+
+def _mta_sts_config(table: _Table) -> MtaStsConfig:
+    defaults = MtaStsConfig()
+    mode = table.string("mode", default=defaults.mode)
+    if mode not in MTA_STS_MODES:
+        raise ConfigError("mta_sts.mode", f"expected one of {', '.join(MTA_STS_MODES)}, got {mode!r}")
+    max_age = table.number("max_age", defaults.max_age, minimum=1)
+    if not isinstance(max_age, int) or max_age > MTA_STS_MAX_AGE_LIMIT:
+        raise ConfigError(
+            "mta_sts.max_age",
+            f"expected whole seconds up to {MTA_STS_MAX_AGE_LIMIT} (RFC 8461 §3.2), got {max_age!r}",
+        )
+    return MtaStsConfig(mode, max_age)
 
 
 def _workers(table: _Table) -> int:

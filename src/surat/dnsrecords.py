@@ -33,6 +33,7 @@ PRODUCTION_PORTS: Mapping[str, int] = {
     "imaps": 993,
     "pop3": 110,
     "pop3s": 995,
+    "https": 443,
 }
 
 
@@ -138,37 +139,54 @@ def records_for(
     ]
     add(f"_dmarc.{zone}", "TXT", _txt(f"v=DMARC1; p=quarantine; rua=mailto:{postmaster}"), "DMARC")
 
+    web = bool(ports.get("https"))
     notes["Client autoconfiguration"] = [
         "SRV records (RFC 6186, RFC 8314 §5.1) let mail clients find the servers from the address",
         "alone. Lower priority is preferred: implicit TLS first, then STARTTLS; IMAP before POP3.",
-        "(Thunderbird's autoconfig and Outlook's autodiscover need an HTTPS server; Surat has none yet.)",
     ]
     for service, role, priority in _SRV_SERVICES:
         port = ports.get(role)
         if port:
             add(f"{service}._tcp.{zone}", "SRV", f"{priority} 1 {port} {host}", "Client autoconfiguration")
+    if web:
+        notes["Client autoconfiguration"] += [
+            f"Thunderbird asks https://autoconfig.{zone.rstrip('.')}/ and Outlook",
+            f"https://autodiscover.{zone.rstrip('.')}/ (or the _autodiscover SRV record): both names",
+            f"point at {host.rstrip('.')}, whose certificate must cover them.",
+        ]
+        for prefix in ("autoconfig", "autodiscover"):
+            add(f"{prefix}.{zone}", "CNAME", host, "Client autoconfiguration")
+        add(f"_autodiscover._tcp.{zone}", "SRV", f"0 1 {ports['https']} {host}", "Client autoconfiguration")
+    else:
+        notes["Client autoconfiguration"] += [
+            "(Thunderbird's autoconfig and Outlook's autodiscover need the https listener: [listen] https.)"
+        ]
 
-    notes["MTA-STS and TLS reporting (optional)"] = [
-        "MTA-STS (RFC 8461) tells senders to insist on TLS with a valid certificate for your MX. It",
-        f"needs a web server (not part of Surat) for https://mta-sts.{zone.rstrip('.')}/ serving",
-        "/.well-known/mta-sts.txt with:",
-        "    version: STSv1",
-        "    mode: testing        (enforce, once the TLS reports are clean)",
-        f"    mx: {host.rstrip('.')}",
-        "    max_age: 604800",
-        "Change the id whenever the policy changes. TLS-RPT (RFC 8460) sends daily reports on TLS",
-        f"failures to {postmaster}.",
-    ]
-    add(
-        f"_mta-sts.{zone}", "TXT", _txt(f"v=STSv1; id={sts_id}"), "MTA-STS and TLS reporting (optional)", True
-    )
-    add(
-        f"_smtp._tls.{zone}",
-        "TXT",
-        _txt(f"v=TLSRPTv1; rua=mailto:{postmaster}"),
-        "MTA-STS and TLS reporting (optional)",
-        True,
-    )
+    section = "MTA-STS and TLS reporting (optional)"
+    if web:
+        notes[section] = [
+            "MTA-STS (RFC 8461) tells senders to insist on TLS with a valid certificate for your MX.",
+            f"Surat serves the policy at https://mta-sts.{zone.rstrip('.')}/.well-known/mta-sts.txt",
+            "([mta_sts] mode in the config: testing first, enforce once the TLS reports are clean);",
+            f"mta-sts.{zone.rstrip('.')} points at {host.rstrip('.')}, whose certificate must cover it.",
+            "The id changes whenever the policy does: publish the record again after changing [mta_sts]",
+            f"or the hostname. TLS-RPT (RFC 8460) sends daily reports on TLS failures to {postmaster}.",
+        ]
+        add(f"mta-sts.{zone}", "CNAME", host, section, True)
+    else:
+        notes[section] = [
+            "MTA-STS (RFC 8461) tells senders to insist on TLS with a valid certificate for your MX. It",
+            f"needs https://mta-sts.{zone.rstrip('.')}/.well-known/mta-sts.txt: enable [listen] https, or serve",
+            "it from another web server with:",
+            "    version: STSv1",
+            "    mode: testing        (enforce, once the TLS reports are clean)",
+            f"    mx: {host.rstrip('.')}",
+            "    max_age: 604800",
+            "Change the id whenever the policy changes. TLS-RPT (RFC 8460) sends daily reports on TLS",
+            f"failures to {postmaster}.",
+        ]
+    add(f"_mta-sts.{zone}", "TXT", _txt(f"v=STSv1; id={sts_id}"), section, True)
+    add(f"_smtp._tls.{zone}", "TXT", _txt(f"v=TLSRPTv1; rua=mailto:{postmaster}"), section, True)
     return RecordSet(zone.rstrip("."), host.rstrip("."), tuple(records), notes)
 
 

@@ -10,6 +10,7 @@ that needs a session on a given worker connects until it lands there (`on_worker
 
 from __future__ import annotations
 
+import http.client
 import imaplib
 import os
 import poplib
@@ -25,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from conftest import PASSWORD, USER, dev_certificates, free_port, serve_in_subprocess, wait_listening
 
-ROLES = ("smtp", "submissions", "imaps", "pop3s")
+ROLES = ("smtp", "submissions", "imaps", "pop3s", "admin")
 STARTED = re.compile(rb"worker\.started index=(\d+) pid=(\d+)")
 # The line `surat serve` logs once it serves: the process itself, or the supervisor of N workers.
 SERVING = re.compile(rb" conn=- started hostname=")
@@ -58,7 +59,7 @@ class SuratNode:
         self.log = base / "server.log"
         listen = "".join(
             f'{role} = ["127.0.0.1:{self.ports[role]}"]\n' if role in self.ports else f"{role} = []\n"
-            for role in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+            for role in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "admin")
         )
         self.config.write_text(
             'hostname = "mail.example.test"\ndata_dir = "data"\n'
@@ -148,6 +149,16 @@ class SuratNode:
 
     def smtp(self) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.ports["smtp"], local_hostname="client.test", timeout=10)
+
+    def admin(self) -> http.client.HTTPConnection:
+        """A keep-alive connection to the admin listener, accepted by a worker: connect() returns
+        before any worker accepts, so one request is answered first."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["admin"], timeout=10)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 200
+        response.read()
+        return conn
 
     def submissions(self) -> smtplib.SMTP_SSL:
         return smtplib.SMTP_SSL(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, USER, inbox
+from prometheus_client.parser import text_string_to_metric_families
 from surat_node import SuratNode, logged_in, message, read_until
 from test_relay import BOB, Peer, remote
 
@@ -131,6 +132,30 @@ def test_a_login_block_made_through_one_worker_refuses_on_the_other(workers: Wor
     with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
         client.login(USER, PASSWORD)
     client.logout()
+
+
+def test_metrics_answered_by_either_worker_count_both(workers: Workers) -> None:
+    """Both workers share the admin socket: whichever answers a scrape reports the counts of both
+    (prometheus_client's multiprocess files in data/metrics, set up by the supervisor)."""
+    pids = workers.pids()
+    for n, pid in enumerate(pids):
+        with workers.on_worker(pid, workers.smtp) as client:
+            assert client.sendmail("someone@outside.test", [USER], message(n)) == {}
+    for pid in pids:
+        conn = workers.on_worker(pid, workers.admin)
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        text = response.read().decode()
+        conn.close()
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        assert samples[("surat_smtp_transactions_total", (("reply", "2xx"), ("role", "smtp")))] == 2, pid
+        assert samples[("surat_deliveries_total", (("kind", "local"), ("result", "delivered")))] == 2, pid
+        assert samples[("surat_queue_messages", ())] == 0
 
 
 def test_a_sending_limit_reached_through_one_worker_holds_on_the_other(workers: Workers) -> None:

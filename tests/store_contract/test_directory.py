@@ -152,3 +152,18 @@ async def test_closed_store_refuses_work(open_store: StoreFactory) -> None:
     await store.close()
     with pytest.raises(StoreError):
         await store.add_domain("example.test")
+
+
+async def test_admin_flag(store: Store, alice: Account) -> None:
+    assert not alice.is_admin
+    await store.set_admin("ALICE@example.test", True)
+    promoted = await store.get_account("alice@example.test")
+    assert promoted is not None and promoted.is_admin
+    assert await store.get_account_by_id(alice.id) == promoted
+    assert [a.is_admin for a in await store.list_accounts("example.test")] == [True]
+    found = await store.get_credentials("alice@example.test")
+    assert found is not None and found[0].is_admin and found[1] == CREDS
+    await store.set_admin("alice@example.test", False)
+    assert await store.get_account("alice@example.test") == alice
+    with pytest.raises(NotFound):
+        await store.set_admin("nobody@example.test", True)

@@ -21,6 +21,7 @@ from surat.store.base import (
     NotFound,
     OutboundMessage,
     OutboundRecipient,
+    QueueSummary,
     RecipientState,
     RecipientUpdate,
     Store,
@@ -116,6 +117,22 @@ async def test_queue(store: Store, alice: Account) -> None:
     assert await stored_blob_count(store) == 1
     await store.expunge(await inbox_id(store, alice), [1])
     assert await stored_blob_count(store) == 0
+
+
+async def test_queue_summary_counts_entries_and_finds_the_oldest(store: Store) -> None:
+    assert await store.queue_summary() == QueueSummary(0, None)
+    first = await queue_one(store)
+    await asyncio.sleep(0.01)
+    second = await queue_two(store)
+    entries = {e.id: e for e in await store.list_queue()}
+    summary = await store.queue_summary()
+    assert summary.entries == 2
+    assert summary.oldest is not None
+    assert abs(summary.oldest - entries[first].created_at) < timedelta(milliseconds=1)
+    await store.drop_queue_entry(first)
+    later = await store.queue_summary()
+    assert later.entries == 1 and later.oldest is not None
+    assert abs(later.oldest - entries[second].created_at) < timedelta(milliseconds=1)
 
 
 async def test_attempt_claims_the_entry_and_records_results(store: Store) -> None:

@@ -24,7 +24,7 @@ from staging import staged
 from surat import cli
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
-from surat.config import Config, HostPort, load_config
+from surat.config import LISTEN_ROLES, Config, HostPort, load_config
 from surat.delivery import dkim
 from surat.net import tls as tls_module
 from surat.net.tls import certificate_warnings, server_context
@@ -145,7 +145,7 @@ def test_quickstart_dev_writes_a_working_setup(dev: Setup) -> None:
     config = dev.config()
     assert config.hostname == f"mail.{DOMAIN}"
     assert config.data_dir == dev.dir.resolve() / "data"
-    ports = {role: [str(hp) for hp in getattr(config.listen, role)] for role in cli.LISTEN_ROLES}
+    ports = {role: [str(hp) for hp in getattr(config.listen, role)] for role in LISTEN_ROLES}
     assert ports == {role: [f"127.0.0.1:{port}"] for role, port in cli.DEV_PORTS.items()}
     assert ports["smtp"] == ["127.0.0.1:2525"]
     assert ports["pop3s"] == ["127.0.0.1:9950"]
@@ -382,6 +382,28 @@ def test_user_round_trip(surat: Callable[..., Run], dev: Setup) -> None:
     assert surat("--config", c, "user", "list").out.split()[0] == POSTMASTER
     _one_line_error(surat("--config", c, "user", "del", f"alice@{DOMAIN}"), 1, "does not exist")
     _one_line_error(surat("--config", c, "user", "quota", f"alice@{DOMAIN}", "1G"), 1, "does not exist")
+
+
+def test_user_admin_on_and_off(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    # quickstart's postmaster runs the admin console (issue 13)
+    assert surat("--config", c, "user", "list").out.rstrip("\n").endswith("  admin")
+    assert (
+        surat("--config", c, "user", "add", f"bob@{DOMAIN}", "--password-stdin", stdin="secret pw\n").code
+        == 0
+    )
+    listing = surat("--config", c, "user", "list").out.splitlines()
+    assert [line.endswith("  admin") for line in listing] == [False, True]
+    result = surat("--config", c, "user", "admin", f"Bob@{DOMAIN}", "on")
+    assert (result.code, result.out) == (0, f"bob@{DOMAIN} is now an administrator\n")
+    account = _in_store(dev.config(), lambda store: store.get_account(f"bob@{DOMAIN}"))
+    assert getattr(account, "is_admin", None) is True
+    result = surat("--config", c, "user", "admin", f"bob@{DOMAIN}", "off")
+    assert (result.code, result.out) == (0, f"bob@{DOMAIN} is no longer an administrator\n")
+    account = _in_store(dev.config(), lambda store: store.get_account(f"bob@{DOMAIN}"))
+    assert getattr(account, "is_admin", None) is False
+    _one_line_error(surat("--config", c, "user", "admin", f"nobody@{DOMAIN}", "on"), 1, "does not exist")
+    _one_line_error(surat("--config", c, "user", "admin", f"bob@{DOMAIN}", "yes"), 2, "invalid choice")
 
 
 def test_user_add_with_quota(surat: Callable[..., Run], dev: Setup) -> None:
@@ -792,7 +814,8 @@ def test_check_warns_about_a_certificate_for_another_name(surat: Callable[..., R
     result = surat("--config", str(dev.config_file), "check")
     assert result.code == 0, result.err
     assert (
-        "does not cover hostname mx.elsewhere.example (it names mail.example.test, localhost)" in result.out
+        "does not cover hostname mx.elsewhere.example (it names mail.example.test, localhost, mta-sts.example.test, autoconfig.example.test, autodiscover.example.test)"
+        in result.out
     )
     assert result.out.endswith("OK, with 1 warning(s)\n")
 
@@ -1028,3 +1051,36 @@ def test_check_warns_about_loose_modes(surat: Callable[..., Run], dev: Setup) ->
     ]
     # and SQLite's -wal/-shm files, made with the mode of the index file while the check had it open
     assert all(line.startswith(f"warning: {data / INDEX_FILE}-") for line in warnings[2:])
+
+
+def test_quickstart_writes_the_web_listeners(dev: Setup, surat: Callable[..., Run], tmp_path: Path) -> None:
+    config = dev.config()
+    assert config.listen.https == (HostPort("127.0.0.1", 4443),)
+    assert config.listen.http == (HostPort("127.0.0.1", 8000),)
+    assert config.listen.admin == (HostPort("127.0.0.1", 8081),)
+    assert config.mta_sts.mode == "testing" and config.mta_sts.max_age == 604800
+    assert "Admin console and metrics: http://127.0.0.1:8081/" in dev.output
+    directory = tmp_path / "prod"
+    assert surat("quickstart", "--domain", "example.com", "--dir", str(directory)).code == 0
+    production = load_config(directory / "surat.toml")
+    assert production.listen.https[0] == HostPort("0.0.0.0", 443)
+    assert production.listen.http[0] == HostPort("0.0.0.0", 80)
+    assert production.listen.admin == (HostPort("127.0.0.1", 8080),)  # loopback only, however many hosts
+
+
+def test_dns_sts_id_follows_the_configured_policy(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+
+    def sts_id() -> str:
+        out = surat("--config", c, "dns", DOMAIN).out
+        match = re.search(r'"v=STSv1; id=([A-Za-z0-9]+)"', out)
+        assert match is not None, out
+        assert f"mta-sts.{DOMAIN}." in out
+        return match[1]
+
+    testing = sts_id()
+    assert sts_id() == testing
+    text = dev.config_file.read_text()
+    dev.config_file.write_text(text.replace('mode = "testing"', 'mode = "enforce"'))
+    assert dev.config().mta_sts.mode == "enforce"
+    assert sts_id() != testing

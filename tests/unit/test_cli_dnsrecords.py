@@ -36,7 +36,22 @@ def test_mx_spf_dmarc_values() -> None:
     ]
     assert _by(rs.records, "_mta-sts.example.com.", "TXT") == ['"v=STSv1; id=1"']
     optional = {r.name for r in rs.records if r.optional}
-    assert optional == {"_mta-sts.example.com.", "_smtp._tls.example.com."}
+    assert optional == {"mta-sts.example.com.", "_mta-sts.example.com.", "_smtp._tls.example.com."}
+
+
+def test_web_host_records_need_the_https_listener() -> None:
+    rs = records_for("example.com", "mail.example.com", {**PRODUCTION_PORTS, "https": 4443})
+    cnames = {r.name: r.value for r in rs.records if r.type == "CNAME"}
+    assert cnames == {
+        "autoconfig.example.com.": "mail.example.com.",
+        "autodiscover.example.com.": "mail.example.com.",
+        "mta-sts.example.com.": "mail.example.com.",
+    }
+    assert _by(rs.records, "_autodiscover._tcp.example.com.", "SRV") == ["0 1 4443 mail.example.com."]
+    assert "Surat serves the policy" in " ".join(rs.notes["MTA-STS and TLS reporting (optional)"])
+    without = records_for("example.com", "mail.example.com", {"smtp": 25, "imaps": 993})
+    assert not [r for r in without.records if r.type == "CNAME" or "autodiscover" in r.name]
+    assert "[listen] https" in " ".join(without.notes["Client autoconfiguration"])
 
 
 def test_dmarc_note_says_why_quarantine() -> None:
@@ -62,6 +77,7 @@ def test_srv_records_prefer_implicit_tls_and_imap() -> None:
         "_imap._tcp.example.com.": "10 1 143 mail.example.com.",
         "_pop3s._tcp.example.com.": "20 1 995 mail.example.com.",
         "_pop3._tcp.example.com.": "30 1 110 mail.example.com.",
+        "_autodiscover._tcp.example.com.": "0 1 443 mail.example.com.",  # Outlook, on https
     }
 
 

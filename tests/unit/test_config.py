@@ -707,3 +707,22 @@ def test_dnssec_trusted_and_require_tls_domains(tmp_path: Path) -> None:
     assert config.dns.dnssec_trusted is True
     assert config.delivery.require_tls_domains == ("example.com", "xn--bcher-kva.example")
     assert parse_config(BASE, base_dir=tmp_path).dns.dnssec_trusted is False
+
+
+def test_mta_sts_and_web_listeners() -> None:
+    config = parse_config(
+        {**BASE, "listen": {"admin": ["127.0.0.1:8080"]}, "mta_sts": {"mode": "enforce", "max_age": 86400}},
+        base_dir=Path("/srv"),
+    )
+    assert config.listen.admin == (HostPort("127.0.0.1", 8080),)
+    assert (config.mta_sts.mode, config.mta_sts.max_age) == ("enforce", 86400)
+    assert parse_config(BASE, base_dir=Path("/srv")).mta_sts.mode == "testing"
+    for bad, key in (
+        ({"mode": "strict"}, "mta_sts.mode"),
+        ({"max_age": 31557601}, "mta_sts.max_age"),
+        ({"max_age": 1.5}, "mta_sts.max_age"),
+        ({"mod": "none"}, "mta_sts.mod"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config({**BASE, "mta_sts": bad}, base_dir=Path("/srv"))
+        assert info.value.key == key

@@ -56,6 +56,7 @@ from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from surat import metrics
 from surat.config import Config, HostPort, ListenConfig
 from surat.delivery import dkim
 from surat.delivery.dane import DaneHost, certificate_matches, usable_records
@@ -948,6 +949,12 @@ class QueueRunner:
             when if not expired else None,
             host=", ".join(hosts) or None,
         )
+        states = [o.state for o in outcomes.values()]
+        metrics.deliveries(
+            "relay", "delivered", sum(s in (RecipientState.DELIVERED, RecipientState.RELAYED) for s in states)
+        )
+        metrics.deliveries("relay", "failed", states.count(RecipientState.FAILED))
+        metrics.deliveries("relay", "deferred", 0 if expired else len(still))
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "queue.attempt",
@@ -1004,6 +1011,7 @@ class QueueRunner:
         if not reported:
             return
         to = await self._report(entry, original, reported, now)
+        metrics.dsn_sent("report")
         log.info(
             "queue.dsn",
             extra=fields(id=entry.id, to=to, recipients=len(reported), expired=expired),
@@ -1058,6 +1066,7 @@ class QueueRunner:
                 )
             )
         recipient_address = await self._report(entry, original, reported, now)
+        metrics.dsn_sent("delay")
         log.info("queue.delay_dsn", extra=fields(id=entry.id, to=recipient_address, recipients=len(due)))
         return set(due)
 

@@ -7,9 +7,11 @@ once, before any handler code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from surat import metrics
 from surat.imapd import auth, fetch, mailboxes, messages
 from surat.imapd.errors import Disconnect, error_reply
 from surat.imapd.state import ANY_STATE, AUTHENTICATED_STATES, SELECTED_ONLY, Done, State
@@ -110,10 +112,14 @@ async def dispatch(s: Session, cmd: c.Command) -> None:
         return
     if not isinstance(cmd, _JUNK):
         s.junk.refill()  # it does work, in a state that allows it: the NOOPs before it were no flood
+    # `name` comes from COMMANDS, so the histogram's label set is bounded. IDLE lasts as long as the
+    # client likes: its time would say nothing about the server.
+    timing = metrics.imap_command(name) if not isinstance(cmd, c.Idle) else contextlib.nullcontext()
     try:
-        done = await handler(s, cmd)
-        if _sends_updates(cmd):
-            await s.notify(allow_expunge=_allow_expunge(cmd))
+        with timing:
+            done = await handler(s, cmd)
+            if _sends_updates(cmd):
+                await s.notify(allow_expunge=_allow_expunge(cmd))
     except (asyncio.CancelledError, Disconnect):
         raise
     except Exception as exc:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from surat import metrics
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.imapd.compress import Deflate
@@ -713,9 +714,11 @@ class Session:
         """Too many failures from this address (surat.authlimit): refuse without checking."""
         if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
             self.auth_failures += 1  # spends the connection's budget like a failed login
+            metrics.auth_attempt("imap", "blocked")
             raise UserError("too many failed logins from your address, try later", Code.UNAVAILABLE)
 
     async def login_failed(self, user: str | None, mechanism: str) -> UserError:
+        metrics.auth_attempt("imap", "failed")
         await self.service.auth_limiter.failure(self.conn.peer_host, user, "imap")
         self.auth_failures += 1
         log.info(
@@ -732,6 +735,7 @@ class Session:
         self.state = State.AUTHENTICATED
         self.subscription = self.store.changes.subscribe(account.id)
         log.info("imap.login", extra=fields(user=account.address, method=method))
+        metrics.auth_attempt("imap", "ok")
         return Done(f"{method} completed", ResponseCode.capability(self.capabilities()))
 
     def refuse_plaintext(self) -> None:

@@ -1,6 +1,9 @@
-"""MTA-STS (RFC 8461): the `_mta-sts` TXT record, the policy file, and MX host matching.
+"""MTA-STS (RFC 8461): the `_mta-sts` TXT record, the policy file, and MX host matching; and the
+policy this server publishes for its own domains (`published_policy`, `render_policy`, `policy_id`).
 
-Pure functions, no I/O: the fetch and the cache live in `surat.delivery.mtasts_fetch`.
+Pure functions, no I/O: the fetch and the cache of other domains' policies live in
+`surat.delivery.stspolicies`; the web server serves ours (`surat.web.policy`) and `surat dns`
+prints the TXT record with its id.
 
 Strict where the RFC gives a grammar (RFC 8461 §3.1, §3.2 ABNF), lenient only where leniency cannot
 weaken a policy: unknown keys are ignored (§3.2 "extension" fields), blank lines are skipped, and
@@ -15,6 +18,7 @@ Work is linear in the input, and the input is bounded: `MAX_POLICY_SIZE` bytes f
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -203,3 +207,29 @@ def _check_extension_name(name: str) -> None:
         or not set(name) <= _EXTENSION_NAME_CHARS
     ):
         raise PolicyError(f"bad field name {name[:40]!r}")
+
+
+# ------------------------------------------------------------------------------------ publishing
+
+MEDIA_TYPE = "text/plain"  # RFC 8461 §3.2: "This resource ... has the media type text/plain"
+
+
+def published_policy(mode: str, max_age: int, hostname: str) -> StsPolicy:
+    """The policy of every local domain: they all receive mail at this server's hostname (the MX
+    record `surat dns` prints); `[mta_sts]` says the mode and lifetime."""
+    return StsPolicy(StsMode(mode), max_age, (hostname.lower(),))
+
+
+def render_policy(policy: StsPolicy) -> str:
+    """The policy body (RFC 8461 §3.2): CRLF-terminated `key: value` lines, version first."""
+    lines = ["version: STSv1", f"mode: {policy.mode.value}"]
+    lines += [f"mx: {mx}" for mx in policy.mx]
+    lines.append(f"max_age: {policy.max_age}")
+    return "".join(line + "\r\n" for line in lines)
+
+
+def policy_id(policy: StsPolicy) -> str:
+    """The `id` of the `_mta-sts` TXT record (RFC 8461 §3.1: senders re-fetch the policy when it
+    changes): derived from the policy's text, so it changes exactly when the policy does and every
+    process and node computes the same one. 20 hex digits, within the 32 alphanumerics allowed."""
+    return hashlib.sha256(render_policy(policy).encode("ascii")).hexdigest()[:20]

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from surat import metrics
 from surat.config import HostPort, ProxyConfig
 from surat.log import connection_id, fields, new_connection_id
 from surat.net import proxyheader
@@ -63,7 +64,9 @@ class Listeners:
         for group in groups:
             for listening in group:
                 self._sockets.append((spec.role, listening))
-                log.info("listening", extra=fields(role=spec.role, address=_format(listening.getsockname())))
+                log.info(
+                    "listening", extra=fields(role=spec.role, address=format_address(listening.getsockname()))
+                )
                 loop.add_reader(listening.fileno(), self._accept, spec, listening)
 
     def bound(self, role: str) -> list[tuple[str, int]]:
@@ -131,6 +134,7 @@ class Listeners:
                     "proxy.refused",
                     extra=fields(role=spec.role, proxy=socket_peer[0], reason=reason),
                 )
+                metrics.connection(spec.role, "proxy_refused")
                 client.close()
                 return None
             if header.addresses is not None:
@@ -155,6 +159,7 @@ class Listeners:
             log.info(
                 "tls.handshake_failed", extra=fields(role=spec.role, peer=socket_peer[0], error=str(exc))
             )
+            metrics.connection(spec.role, "tls_failed")
             client.close()
             return None
         stream_reader, writer = await opened
@@ -176,9 +181,11 @@ class Listeners:
             log.warning(
                 "connection.refused", extra=fields(role=spec.role, peer=conn.peer_host, reason="limit")
             )
+            metrics.connection(spec.role, "refused")
             conn.write(spec.refusal)
             await conn.close()
             return
+        metrics.connection(spec.role, "accepted")
         self._per_ip[key] += 1
         self._per_role[spec.role] += 1
         try:
@@ -243,6 +250,6 @@ def _peer(client: socket.socket) -> tuple[str, int]:
     return str(peer[0]), int(peer[1])
 
 
-def _format(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
+def format_address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from surat import metrics
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.log import fields
@@ -348,10 +349,12 @@ class POP3Session:
         """Too many failures from this address (surat.authlimit): refuse without checking."""
         if await self.service.auth_limiter.retry_after(self.conn.peer_host) <= 0:
             return False
+        metrics.auth_attempt("pop3", "blocked")
         self.engine.login_failed("too many failed logins from your address, try later", RespCode.SYS_TEMP)
         return True
 
     async def _login_failed(self, user: str | None) -> None:
+        metrics.auth_attempt("pop3", "failed")
         await self.service.auth_limiter.failure(self.conn.peer_host, user, "pop3")
         self._failures += 1
         log.info("pop3.login_failed", extra=fields(user=user or "-", failures=self._failures))
@@ -362,6 +365,7 @@ class POP3Session:
         self.engine.login_failed()
 
     async def _login(self, account: Account, method: str) -> None:
+        metrics.auth_attempt("pop3", "ok")  # the credentials are right (a busy maildrop is another matter)
         engine = self.engine
         mailbox = await self.store.get_mailbox(account.id, "INBOX")
         if mailbox is None:

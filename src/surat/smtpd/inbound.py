@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from surat import metrics
 from surat.dns.base import Resolver
 from surat.log import fields
 from surat.mailauth.dkim_canon import MessageFormatError, ParsedMessage, parse_message
@@ -195,6 +196,13 @@ class InboundChecks:
         }
         if arc is not None and arc.status is ARCStatus.PASS:
             summary["arc"] += f" (sealers {','.join(arc.sealers)})"
+        # Enum values only (bounded label sets); "none": the check could not run.
+        metrics.mail_auth("spf", spf.result.value if spf else "none")
+        for result in dkim or ():
+            metrics.mail_auth("dkim", result.status.value)
+        if not dkim:
+            metrics.mail_auth("dkim", "none")
+        metrics.mail_auth("dmarc", dmarc.status.value if dmarc else "none")
         return Verdict(header, disposition, summary, spf, dkim, dmarc, arc)
 
     def _trusted_arc_pass(self, arc: ARCResult | None, message: bytes, parsed: ParsedMessage | None) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from surat import metrics
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.dkim import DkimError, SigningKeys
@@ -537,6 +538,7 @@ class _Session:
                 **txn.auth_log,
             ),
         )
+        metrics.smtp_transaction(self.role.value, reply.code)
         if reply.is_positive and self.user is not None:
             await self.service.sending_limiter.sent(self.user, len(txn.recipients))
         self.txn = None
@@ -591,6 +593,7 @@ class _Session:
         # From here the staged blob belongs to the store, whatever happens (even cancellation).
         txn.spool = None
         result = await self.store.deliver(delivery)
+        metrics.deliveries("local", "delivered", len(txn.local))
         if txn.success_notices and txn.sender:
             await self._notify_success(txn, delivery, result)
         if result.queue_id:
@@ -714,6 +717,7 @@ class _Session:
     async def _auth_start(self, event: AuthStart) -> Reply:
         if await self.service.auth_limiter.retry_after(self.conn.peer_host) > 0:
             log.info("smtp.auth", extra=fields(peer=self.conn.peer_host, result="blocked"))
+            metrics.auth_attempt(self.role.value, "blocked")
             return R.AUTH_BLOCKED
         self.sasl = sasl.server_mechanism(
             event.mechanism,
@@ -782,11 +786,13 @@ class _Session:
         self.user = self.sasl_account or success.authcid.lower()
         self.sasl = None
         log.info("smtp.auth", extra=fields(peer=self.conn.peer_host, user=self.user, result="ok"))
+        metrics.auth_attempt(self.role.value, "ok")
         return R.AUTH_OK
 
     async def _auth_failed(self, reason: str) -> Reply:
         self.sasl = None
         self.auth_failures += 1
+        metrics.auth_attempt(self.role.value, "failed")
         user = self.sasl_account or self.sasl_authcid
         log.info(
             "smtp.auth",

@@ -65,6 +65,13 @@ class Account:
     id: int
     address: str  # lower-cased local@domain, domain in A-label (IDNA) form
     quota_bytes: int | None = None  # None: unlimited
+    is_admin: bool = False  # may log into the admin console (`surat user admin`)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    entries: int
+    oldest: datetime | None  # created_at of the oldest entry; None when the queue is empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +543,7 @@ class Store(Protocol):
     async def get_credentials(self, address: str) -> tuple[Account, Credentials] | None: ...
     async def set_credentials(self, address: str, credentials: Credentials) -> None: ...
     async def set_quota(self, address: str, quota_bytes: int | None) -> None: ...
+    async def set_admin(self, address: str, is_admin: bool) -> None: ...
     async def account_usage(self, account_id: int) -> int:
         """Bytes used by all messages of the account (RFC 9208 STORAGE)."""
         ...
@@ -675,6 +683,11 @@ class Store(Protocol):
 
     # -- outbound queue
     async def list_queue(self) -> list[QueueEntry]: ...
+    async def queue_summary(self) -> QueueSummary:
+        """How many entries the queue holds and when the oldest was queued (for /metrics): one
+        aggregate query, whatever the queue's size."""
+        ...
+
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
     async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]: ...
     async def reschedule(self, queue_id: str, next_attempt_at: datetime) -> None: ...

@@ -193,6 +193,10 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX sts_policies_expires_at ON sts_policies(expires_at)
     """,
+    # 10: administrators (issue 13): accounts that may log into the admin console (`surat user admin`).
+    """
+    ALTER TABLE accounts ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 

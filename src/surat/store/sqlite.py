@@ -92,6 +92,7 @@ from surat.store.base import (
     QueueAttempt,
     QueueEntry,
     QueueRecipient,
+    QueueSummary,
     QuotaExceeded,
     RecipientState,
     RecipientUpdate,
@@ -807,11 +808,11 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------------------ accounts
 
-    _ACCOUNT_COLUMNS = "id, address, quota_bytes"
+    _ACCOUNT_COLUMNS = "id, address, quota_bytes, is_admin"
 
     @staticmethod
     def _account(row: sqlite3.Row | tuple[Any, ...]) -> Account:
-        return Account(id=row[0], address=row[1], quota_bytes=row[2])
+        return Account(id=row[0], address=row[1], quota_bytes=row[2], is_admin=bool(row[3]))
 
     async def add_account(self, address: str, credentials: Credentials) -> Account:
         addr = normalize_address(address)
@@ -905,7 +906,7 @@ class SQLiteStore:
         row = (
             self._read()
             .execute(
-                "SELECT id, address, quota_bytes, password_hash, scram_salt, scram_iterations,"
+                "SELECT id, address, quota_bytes, is_admin, password_hash, scram_salt, scram_iterations,"
                 " scram_stored_key, scram_server_key FROM accounts WHERE address = ?",
                 (addr,),
             )
@@ -914,9 +915,9 @@ class SQLiteStore:
         if row is None:
             return None
         scram = None
-        if row[4] is not None:
-            scram = ScramCredentials(salt=row[4], iterations=row[5], stored_key=row[6], server_key=row[7])
-        return self._account(row), Credentials(password_hash=row[3], scram_sha256=scram)
+        if row[5] is not None:
+            scram = ScramCredentials(salt=row[5], iterations=row[6], stored_key=row[7], server_key=row[8])
+        return self._account(row), Credentials(password_hash=row[4], scram_sha256=scram)
 
     async def set_credentials(self, address: str, credentials: Credentials) -> None:
         addr = normalize_address(address)
@@ -948,6 +949,17 @@ class SQLiteStore:
 
         def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
             cur = conn.execute("UPDATE accounts SET quota_bytes = ? WHERE address = ?", (quota_bytes, addr))
+            if cur.rowcount == 0:
+                raise NotFound(f"account {addr}")
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def set_admin(self, address: str, is_admin: bool) -> None:
+        addr = normalize_address(address)
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            cur = conn.execute("UPDATE accounts SET is_admin = ? WHERE address = ?", (int(is_admin), addr))
             if cur.rowcount == 0:
                 raise NotFound(f"account {addr}")
             return None, [], set()
@@ -2247,6 +2259,10 @@ class SQLiteStore:
         return await self._in_worker(
             self._read_txn(lambda conn: self._queue_entries(conn, "ORDER BY created_at, id", ()))
         )
+
+    async def queue_summary(self) -> QueueSummary:
+        row = self._read().execute("SELECT count(*), min(created_at) FROM queue").fetchone()
+        return QueueSummary(row[0], _datetime(row[1]) if row[1] is not None else None)
 
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
         entries = await self._in_worker(

@@ -28,8 +28,9 @@ import socket
 import sys
 from datetime import UTC, datetime
 
+from surat import metrics
 from surat.app import StartupError, open_store, stop_on_signals
-from surat.config import Config
+from surat.config import LISTEN_ROLES, Config
 from surat.delivery.dkim import SigningKeys
 from surat.log import fields
 from surat.net.listener import bind
@@ -39,7 +40,7 @@ from surat.workers.relay import OVERFLOW, READY, RelayLink, RelayProtocolError, 
 
 log = logging.getLogger(__name__)
 
-ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+ROLES = LISTEN_ROLES  # the web listeners too: every worker serves them on the same sockets
 # A worker that dies is restarted after RESTART_DELAY_MIN seconds, doubling up to RESTART_DELAY_MAX
 # while it keeps dying; one that ran STABLE_AFTER seconds starts from the minimum again.
 RESTART_DELAY_MIN = 0.5
@@ -71,6 +72,7 @@ class Supervisor:
         # signal when it reports ready (before that, SIGHUP's default action would kill it).
         self._ready: set[int] = set()
         self._reload_pending: set[int] = set()
+        self._metrics_dir: str | None = None
 
     async def run(self) -> int:
         await self._prepare()
@@ -94,6 +96,8 @@ class Supervisor:
                 await keys.load(domain, now)
         finally:
             await store.close()
+        # Any worker answers /metrics: they count in shared files (surat.metrics explains).
+        self._metrics_dir = str(metrics.prepare_multiprocess_dir(config.data_dir))
 
     def _bind(self) -> None:
         try:
@@ -209,6 +213,7 @@ class Supervisor:
                 "-m",
                 "surat.workers",
                 stdin=asyncio.subprocess.PIPE,
+                env={**os.environ, metrics.MULTIPROCESS_ENV: self._metrics_dir or ""},
                 pass_fds=(theirs.fileno(), *(fd for fds in listening.values() for fd in fds)),
             )
         except BaseException:

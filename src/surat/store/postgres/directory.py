@@ -34,7 +34,7 @@ from surat.store.postgres.mailboxes import insert_mailbox
 from surat.store.postgres.pool import Connection, PooledStore
 from surat.store.postgres.rows import delete_unreferenced_blobs
 
-_ACCOUNT_COLUMNS = "id, address, quota_bytes"
+_ACCOUNT_COLUMNS = "id, address, quota_bytes, is_admin"
 _AUTH_COLUMNS = "key, ip, failures, blocked_until, strikes, last_failure"
 # Advisory lock keys of update_auth_client live in their own 32-bit class (the two-key form of
 # pg_advisory_xact_lock), apart from the schema migration's 64-bit key.
@@ -42,7 +42,7 @@ _AUTH_LOCK_CLASS = 0x53754175  # "SuAu"
 
 
 def _account(row: tuple[Any, ...]) -> Account:
-    return Account(id=row[0], address=row[1], quota_bytes=row[2])
+    return Account(id=row[0], address=row[1], quota_bytes=row[2], is_admin=bool(row[3]))
 
 
 def _moment(epoch: float) -> datetime:
@@ -193,18 +193,18 @@ class DirectoryStore(PooledStore):
         except InvalidName:
             return None
         row = await self._fetchone(
-            "SELECT id, address, quota_bytes, password_hash, scram_salt, scram_iterations,"
+            "SELECT id, address, quota_bytes, is_admin, password_hash, scram_salt, scram_iterations,"
             " scram_stored_key, scram_server_key FROM accounts WHERE address = %s",
             (addr,),
         )
         if row is None:
             return None
         scram = None
-        if row[4] is not None:
+        if row[5] is not None:
             scram = ScramCredentials(
-                salt=bytes(row[4]), iterations=row[5], stored_key=bytes(row[6]), server_key=bytes(row[7])
+                salt=bytes(row[5]), iterations=row[6], stored_key=bytes(row[7]), server_key=bytes(row[8])
             )
-        return _account(row), Credentials(password_hash=row[3], scram_sha256=scram)
+        return _account(row), Credentials(password_hash=row[4], scram_sha256=scram)
 
     async def set_credentials(self, address: str, credentials: Credentials) -> None:
         addr = normalize_address(address)
@@ -214,6 +214,19 @@ class DirectoryStore(PooledStore):
                 b"UPDATE accounts SET password_hash = %s, scram_salt = %s, scram_iterations = %s,"
                 b" scram_stored_key = %s, scram_server_key = %s WHERE address = %s",
                 (*_scram_values(credentials), addr),
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"account {addr}")
+            return None, []
+
+        await self._transaction(fn)
+
+    async def set_admin(self, address: str, is_admin: bool) -> None:
+        addr = normalize_address(address)
+
+        async def fn(conn: Connection) -> tuple[None, list[Change]]:
+            cursor = await conn.execute(
+                b"UPDATE accounts SET is_admin = %s WHERE address = %s", (is_admin, addr)
             )
             if cursor.rowcount == 0:
                 raise NotFound(f"account {addr}")

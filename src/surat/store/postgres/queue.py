@@ -51,6 +51,7 @@ from surat.store.base import (
     QueueAttempt,
     QueueEntry,
     QueueRecipient,
+    QueueSummary,
     RecipientUpdate,
     StoreError,
 )
@@ -178,6 +179,11 @@ class QueueStore(PooledStore):
 
     async def list_queue(self) -> list[QueueEntry]:
         return await self.with_connection(lambda conn: _entries(conn, "ORDER BY created_at, id", ()))
+
+    async def queue_summary(self) -> QueueSummary:
+        row = await self._fetchone("SELECT count(*), min(created_at) FROM queue")
+        assert row is not None
+        return QueueSummary(int(row[0]), row[1])
 
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
         entries = await self.with_connection(lambda conn: _entries(conn, "WHERE id = %s", (queue_id,)))

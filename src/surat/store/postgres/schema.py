@@ -237,6 +237,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX sts_policies_expires_at ON sts_policies(expires_at)
     """,
+    # 4: administrators (SQLite migration 10, issue 13): accounts that may log into the admin console.
+    """
+    ALTER TABLE accounts ADD COLUMN is_admin boolean NOT NULL DEFAULT false
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
