@@ -116,6 +116,10 @@ def _same(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return row
 
 
+def _account(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*row[:-1], bool(row[-1]))  # is_admin: 0/1 -> boolean
+
+
 def _message(row: tuple[Any, ...]) -> tuple[Any, ...]:
     # id, mailbox_id, uid, modseq, flags, seen, deleted, internal_date, internal_tz, size, blob_id,
     # info, ends_crlf
@@ -180,8 +184,8 @@ _TABLES_BEFORE_BODIES = (
     _Table(
         "accounts",
         "id, address, domain, password_hash, scram_salt, scram_iterations, scram_stored_key,"
-        " scram_server_key, quota_bytes, used_bytes",
-        _same,
+        " scram_server_key, quota_bytes, used_bytes, is_admin",
+        _account,
         order="id",
     ),
     _Table("aliases", "source, target, domain", _same, order="source, target"),
