@@ -220,8 +220,11 @@ class SuratServer:
             raise StartupError("tls.cert: listener https needs a TLS certificate")
         assert self._auth_limiter is not None  # made by start() before the listeners
         client_ports = {role: bound[0][1] for role in MAIL_ROLES if (bound := self._listeners.bound(role))}
+        # aiohttp keeps the context it is given: a front context hands each handshake to the current
+        # certificates, so SIGHUP/ACME reloads reach https too (TlsContexts.front_context).
+        front = self.tls.front_context() if self.tls is not None else None
         self.web = WebServer(
-            config, self.store, self.tls_context, client_ports, self._auth_limiter, listening=self._listening
+            config, self.store, front, client_ports, self._auth_limiter, listening=self._listening
         )
         await self.web.start()
         if self.web.bound("admin"):

@@ -47,7 +47,8 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def start(tmp_path: Path, tls: Mapping[str, object]) -> RunningServer:
-    running = RunningServer(make_config(tmp_path, tls=dict(tls)))
+    # The https listener too: aiohttp keeps the context it was given (TlsContexts.front_context).
+    running = RunningServer(make_config(tmp_path, tls=dict(tls), listen={"https": ["127.0.0.1:0"]}))
     running.add_domain(DOMAIN)
     running.add_user(USER)
     return running
@@ -147,6 +148,7 @@ def test_reload_serves_the_new_certificate_to_new_connections_and_leaves_open_on
         assert implicit_tls_fingerprint(server.port("imaps")) == second.sha256
         assert implicit_tls_fingerprint(server.port("submissions")) == second.sha256
         assert implicit_tls_fingerprint(server.port("pop3s")) == second.sha256
+        assert implicit_tls_fingerprint(server.port("https")) == second.sha256
         assert submission_starttls_fingerprint(server.port("submission")) == second.sha256
         assert imap_starttls_fingerprint(server.port("imap")) == second.sha256
         pop3 = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=10)
@@ -302,6 +304,7 @@ def test_sni_chooses_the_certificate_on_implicit_tls_and_starttls(
     wanted = certificates[expected].sha256
     assert implicit_tls_fingerprint(server.port("imaps"), server_name) == wanted
     assert implicit_tls_fingerprint(server.port("pop3s"), server_name) == wanted
+    assert implicit_tls_fingerprint(server.port("https"), server_name) == wanted
     assert submission_starttls_fingerprint(server.port("submission"), server_name) == wanted
 
 

@@ -63,6 +63,12 @@ class _Loaded:
     default: ssl.SSLContext
     certificates: tuple[CertificateInfo, ...]  # the default first, then [[tls.certificates]] in order
     ignored_names: tuple[str, ...]  # "tls.certificates[1]: name ... ignored: why", for the operator
+    index: _NameIndex
+
+    def choose(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for a ClientHello naming `server_name` (None: the client sent no SNI)."""
+        chosen = self.index.find(server_name) if server_name else None
+        return chosen if chosen is not None else self.default
 
 
 class _NameIndex:
@@ -134,7 +140,7 @@ def _build(tls: TLSConfig, *, full_key_check: bool) -> _Loaded:
             # Returning None continues the handshake (with the default when nothing matched).
 
         default.sni_callback = choose
-    return _Loaded(default, tuple(certificates), tuple(ignored))
+    return _Loaded(default, tuple(certificates), tuple(ignored), index)
 
 
 class TlsContexts:
@@ -149,6 +155,26 @@ class TlsContexts:
     def current(self) -> ssl.SSLContext:
         """The context for a handshake starting now (it picks the SNI certificate itself)."""
         return self._loaded.default
+
+    def front_context(self) -> ssl.SSLContext:
+        """A context for a server that takes one context when it starts and keeps it (aiohttp's
+        sites, the `https` listener): each of its handshakes is handed, from the SNI callback, to
+        the context `current` would choose at that moment, so reloads and SNI apply there too.
+        OpenSSL calls the callback for every ClientHello (server_name None without SNI); the
+        front's own certificate (the default at this call) only stands in until then, and its
+        protocol settings are those of every context here (surat.net.tls.server_context)."""
+        assert self._tls.cert is not None and self._tls.key is not None
+        front, _ = load_server_certificate(
+            self._tls.cert, self._tls.key, DEFAULT_SETTING, full_key_check=False
+        )
+
+        def hand_over(
+            connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+        ) -> None:
+            connection.context = self._loaded.choose(server_name)
+
+        front.sni_callback = hand_over
+        return front
 
     @property
     def certificates(self) -> tuple[CertificateInfo, ...]:
