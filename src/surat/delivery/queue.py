@@ -325,7 +325,10 @@ class QueueRunner:
             self._wake.clear()
             try:
                 await self.run_once()
-            except (StoreError, OSError):
+            except Exception:
+                # Whatever failed (a store error, a database driver's error when PostgreSQL restarts
+                # or fails over), the loop must live on: a dead loop would stop this node's queue for
+                # good while the node keeps accepting mail. The next wake-up or poll tries again.
                 log.exception("queue.dispatch_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
