@@ -192,19 +192,23 @@ def test_concurrent_deliveries_on_two_nodes_keep_uids_in_commit_order(tmp_path: 
             ),
         )
         senders.start()
-        deadline = time.monotonic() + 120
         seen: set[int] = set()
-        while len(seen) < 200 and time.monotonic() < deadline:
+        settle_until = None  # once the senders are done: a few seconds for the last changes to arrive
+        while len(seen) < 200 and not violations:
+            if settle_until is None and not senders.is_alive():
+                settle_until = time.monotonic() + 5
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
             assert reader.noop()[0] == "OK"
-            uids = uid_search(reader)
-            new = set(uids) - seen
+            new = set(uid_search(reader)) - seen
             if new and min(new) < highest_seen:
                 violations.append(f"UID {min(new)} appeared after UID {highest_seen} had been seen")
             seen |= new
             highest_seen = max(seen, default=0)
-        senders.join(120)
+        senders.join(60)
         assert not violations, violations
-        assert len(seen) == 200
+        # A message whose UID is below one the session saw before it committed may also stay unseen.
+        assert len(seen) == 200, f"the session saw {len(seen)} of 200 messages"
 
         # Every message once, UIDs ascending with the sequence numbers. RFC 3501 §2.3.1.1 allows gaps;
         # there are none, because a UID is allocated inside the transaction that stores the message,
