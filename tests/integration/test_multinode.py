@@ -306,6 +306,9 @@ def test_a_node_killed_mid_delivery_leaves_its_entries_to_the_other_after_the_le
     )
     took = time.monotonic() - killed_at
     print(f"kill -9 of A -> all of A's entries delivered by B: {took:.1f} s (lease {LEASE_SECONDS} s)")
+    # A renewed last at most a third of a lease before it died: B cannot have taken its entries
+    # over sooner than two thirds of a lease after the kill (less the test's own polling slack).
+    assert took > LEASE_SECONDS * 2 / 3 - 0.5, took
     received = received_ids(sink)
     twice = {tag for tag, count in received.items() if count > 1}
     assert set(received) == set(tags)

@@ -6,7 +6,9 @@ over only once its lease expired, and start-up recovery leaves another node's li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from surat.store.base import (
     NotFound,
     OutboundMessage,
     OutboundRecipient,
+    QueueEntry,
     RecipientState,
     RecipientUpdate,
     Store,
@@ -270,9 +273,21 @@ class _SilentPeer:
         self.server.close()
 
 
-def _lease_runner(store: Store, tmp_path: Path, hop: HostPort, lease: timedelta) -> QueueRunner:
-    settings = RunnerSettings(hostname="mail.example.test", routes={"slow.test": hop}, lease=lease)
-    return QueueRunner(store, FakeResolver(), settings, data_dir=tmp_path / "data")
+@contextlib.asynccontextmanager
+async def _attempt_in_flight(store: Store, tmp_path: Path) -> AsyncIterator[QueueEntry]:
+    """An entry for slow.test queued on `store` and a runner with a 0.6 s lease attempting it to a
+    `_SilentPeer`: the attempt stays in flight until the runner stops at the end."""
+    async with _SilentPeer() as hop:
+        entry = await enqueue(store, [OutboundRecipient("x@slow.test")])
+        settings = RunnerSettings(
+            hostname="mail.example.test", routes={"slow.test": hop}, lease=timedelta(seconds=0.6)
+        )
+        queue_runner = QueueRunner(store, FakeResolver(), settings, data_dir=tmp_path / "data")
+        await queue_runner.start()
+        try:
+            yield entry
+        finally:
+            await queue_runner.stop()
 
 
 async def test_the_runner_renews_the_lease_of_a_long_attempt(
@@ -281,21 +296,14 @@ async def test_the_runner_renews_the_lease_of_a_long_attempt(
     """An attempt that lasts several leases keeps its entry: not due again on this node (SQLite), not
     claimable by another node (PostgreSQL), because the heartbeat renews it every third of a lease."""
     store = await open_store()
-    lease = timedelta(seconds=0.6)
-    async with _SilentPeer() as hop:
-        entry = await enqueue(store, [OutboundRecipient("x@slow.test")])
-        queue_runner = _lease_runner(store, tmp_path, hop, lease)
-        await queue_runner.start()
-        try:
-            await asyncio.sleep(2.0)  # more than three leases
-            in_flight = await store.get_queue_entry(entry.id)
-            assert in_flight is not None and [x.result for x in in_flight.attempts] == [None]
-            assert in_flight.next_attempt_at > datetime.now(UTC)
-            if backend == "postgresql":
-                other = await open_store()
-                assert await other.due_queue_entries(datetime.now(UTC) + timedelta(days=1), 10) == []
-        finally:
-            await queue_runner.stop()
+    async with _attempt_in_flight(store, tmp_path) as entry:
+        await asyncio.sleep(2.0)  # more than three leases
+        in_flight = await store.get_queue_entry(entry.id)
+        assert in_flight is not None and [x.result for x in in_flight.attempts] == [None]
+        assert in_flight.next_attempt_at > datetime.now(UTC)
+        if backend == "postgresql":
+            other = await open_store()
+            assert await other.due_queue_entries(datetime.now(UTC) + timedelta(days=1), 10) == []
 
 
 # ----------------------------------------------------------------------------------------- leases (PostgreSQL)
@@ -407,25 +415,18 @@ async def test_the_heartbeat_logs_an_entry_another_node_took_over(
     backend: str, open_store: StoreFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = await two_nodes(backend, open_store)
-    lease = timedelta(seconds=0.6)
-    async with _SilentPeer() as hop:
-        entry = await enqueue(a, [OutboundRecipient("x@slow.test")])
-        queue_runner = _lease_runner(a, tmp_path, hop, lease)
-        await queue_runner.start()
-        try:
-            await wait_until_attempted(a, entry.id)
-            # A stalls past its lease (simulated: the lease ends now, as if no beat got through)
-            # and B takes the entry over at its next claim.
-            async with await psycopg.AsyncConnection.connect(a.dsn, autocommit=True) as conn:
-                await conn.execute("UPDATE queue SET lease_expires_at = now() WHERE id = %s", (entry.id,))
-            assert [e.id for e in await b.due_queue_entries(datetime.now(UTC) + timedelta(days=1), 10)] == [
-                entry.id
-            ]
-            with caplog.at_level(logging.WARNING, logger="surat.delivery.queue"):
-                await asyncio.sleep(0.5)  # more than one beat (0.2 s)
-            assert any(r.getMessage() == "queue.lease_lost" for r in caplog.records), caplog.text
-        finally:
-            await queue_runner.stop()
+    async with _attempt_in_flight(a, tmp_path) as entry:
+        await wait_until_attempted(a, entry.id)
+        # A stalls past its lease (simulated: the lease ends now, as if no beat got through)
+        # and B takes the entry over at its next claim.
+        async with await psycopg.AsyncConnection.connect(a.dsn, autocommit=True) as conn:
+            await conn.execute("UPDATE queue SET lease_expires_at = now() WHERE id = %s", (entry.id,))
+        assert [e.id for e in await b.due_queue_entries(datetime.now(UTC) + timedelta(days=1), 10)] == [
+            entry.id
+        ]
+        with caplog.at_level(logging.WARNING, logger="surat.delivery.queue"):
+            await asyncio.sleep(0.5)  # more than one beat (0.2 s)
+        assert any(r.getMessage() == "queue.lease_lost" for r in caplog.records), caplog.text
 
 
 async def wait_until_attempted(store: Store, queue_id: str) -> None:

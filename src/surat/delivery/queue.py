@@ -28,6 +28,11 @@ A task:
 A `[delivery] smarthost` with credentials gets AUTH only under verified TLS (STARTTLS required,
 or implicit TLS on port 465), never retried in clear.
 
+Leases: an entry is claimed for `RunnerSettings.lease` (`[delivery] queue_lease`, 2 minutes), and
+a heartbeat renews the claims of the entries in flight every third of it (`Store.renew_leases`), so
+an attempt may last as long as the SMTP timeouts allow while a node that dies (kill -9) holds its
+entries for at most one lease on PostgreSQL (docs/queue-leases.md).
+
 Crash safety: attempts left in flight (result NULL) are marked interrupted and made due by
 `Store.recover_queue` when the runner starts. A connection and its slot carry no further
 transaction until the results of the one they carried are committed, so a crash repeats at most
