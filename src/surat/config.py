@@ -170,6 +170,14 @@ class LimitsConfig:
     trusted_arc_sealers: tuple[str, ...] = ()
 
 
+# [delivery] queue_lease bounds, in seconds. Below 10 s the heartbeat (a third of the lease) would
+# have to get through every 3 s, and a database pause that short would hand live entries to another
+# node (a duplicate delivery); above an hour a node that died holds mail longer than the first
+# retries of the schedule wait.
+QUEUE_LEASE_MIN = 10.0
+QUEUE_LEASE_MAX = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     routes: Mapping[str, HostPort] = field(default_factory=dict)
@@ -181,6 +189,9 @@ class DeliveryConfig:
     max_connections: int = 100  # outbound SMTP connections at once, all domains together
     max_connections_per_domain: int = 10  # ... and to one destination domain
     queue_poll_interval: float = 5.0  # also see `surat queue retry/flush` run by another process
+    # Seconds a queue entry's claim lasts without renewal (surat.delivery.queue.LEASE: the runner
+    # renews every third of it while delivering): how long a node that died keeps its entries.
+    queue_lease: float = 120.0
     connect_timeout: float = 30.0
     # RFC 5321 §4.5.3.2 client timeouts, in seconds, overriding the defaults by phase name
     # (greeting, ehlo, starttls, auth, rset, mail, rcpt, data_init, data_block, data_end, quit).
@@ -454,6 +465,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         ),
         connect_timeout=delivery_table.number(
             "connect_timeout", delivery_defaults.connect_timeout, minimum=0.1
+        ),
+        queue_lease=delivery_table.number(
+            "queue_lease", delivery_defaults.queue_lease, minimum=QUEUE_LEASE_MIN, maximum=QUEUE_LEASE_MAX
         ),
         smarthost_user=smarthost_user,
         smarthost_password=smarthost_password,
@@ -735,7 +749,7 @@ class _Table:
             raise ConfigError(self._key(name), f"expected true or false, got {value!r}")
         return value
 
-    def number(self, name: str, default: float, minimum: float) -> Any:
+    def number(self, name: str, default: float, minimum: float, maximum: float | None = None) -> Any:
         value = self._get(name)
         if value is None:
             return default
@@ -743,6 +757,8 @@ class _Table:
             raise ConfigError(self._key(name), f"expected a number, got {value!r}")
         if value < minimum:
             raise ConfigError(self._key(name), f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(self._key(name), f"must be at most {maximum}, got {value}")
         return value
 
     def host_ports(self, name: str) -> tuple[HostPort, ...]:

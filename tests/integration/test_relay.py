@@ -210,7 +210,10 @@ class ScriptedPeer(socketserver.ThreadingTCPServer):
 
     `greylist`: the RCPT of the first `greylist` sessions gets 451, later sessions accept. `broken_tls`: STARTTLS is
     offered and answered 220, then the connection is dropped (a failed handshake). `greeting_delay`
-    holds each session open a while, so concurrent sessions overlap and can be counted.
+    holds each session open a while, so concurrent sessions overlap and can be counted. `data_delay`
+    (changeable while serving) holds the reply to the final dot of each message, which is recorded
+    when its dot arrives and listed in `unanswered` until its reply is sent: the client is then
+    mid-transaction, and the peer has the message the client does not know it delivered.
     """
 
     daemon_threads = True
@@ -221,6 +224,8 @@ class ScriptedPeer(socketserver.ThreadingTCPServer):
         self.greylist = greylist
         self.broken_tls = broken_tls
         self.greeting_delay = greeting_delay
+        self.data_delay = 0.0
+        self.unanswered: list[bytes] = []
         self.sessions = 0
         self.active = 0
         self.max_active = 0
@@ -281,6 +286,12 @@ class _ScriptedHandler(socketserver.StreamRequestHandler):
                     data += chunk
                 with peer.lock:
                     peer.messages.append(data)
+                    peer.unanswered.append(data)
+                started = time.monotonic()
+                while time.monotonic() - started < peer.data_delay:
+                    time.sleep(0.05)
+                with peer.lock:
+                    peer.unanswered.remove(data)
                 self.wfile.write(b"250 2.0.0 queued\r\n")
             elif verb == b"QUIT":
                 self.wfile.write(b"221 2.0.0 bye\r\n")

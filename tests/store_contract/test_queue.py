@@ -6,12 +6,19 @@ over only once its lease expired, and start-up recovery leaves another node's li
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from staging import staged
+from surat.config import HostPort
+from surat.delivery.queue import QueueRunner, RunnerSettings
+from surat.dns.fake import FakeResolver
 from surat.store.base import (
     Account,
     Change,
@@ -21,6 +28,7 @@ from surat.store.base import (
     NotFound,
     OutboundMessage,
     OutboundRecipient,
+    QueueEntry,
     QueueSummary,
     RecipientState,
     RecipientUpdate,
@@ -237,6 +245,84 @@ async def test_dkim_signature_is_stored_at_queueing_or_once_with_an_attempt(stor
     assert later is not None and later.dkim_signature == b"DKIM-Signature: made\r\n"
 
 
+async def test_renewal_moves_only_attempts_in_flight(store: Store) -> None:
+    """The runner's heartbeat (`renew_leases`): an attempt in flight stays not due for `lease` from
+    the renewal; an entry whose attempt finished keeps the next attempt its result set; on one node
+    nothing is ever reported taken over."""
+    in_flight, finished = await queue_two(store), await queue_two(store)
+    await store.record_attempt(in_flight, NOW, "h", NOW + LEASE)
+    number = await store.record_attempt(finished, NOW, "h", NOW + LEASE)
+    retry_at = NOW + timedelta(minutes=5)
+    await store.finish_attempt(finished, number, "451 later", [], retry_at)
+    renewed_at = NOW + timedelta(minutes=20)
+    assert await store.renew_leases([in_flight, finished], renewed_at, LEASE) == []
+    entry, other = await store.get_queue_entry(in_flight), await store.get_queue_entry(finished)
+    assert entry is not None and other is not None
+    assert entry.next_attempt_at == renewed_at + LEASE
+    assert other.next_attempt_at == retry_at
+    assert [e.id for e in await store.due_queue_entries(renewed_at + LEASE - timedelta(seconds=1), 10)] == [
+        finished
+    ]
+    assert await store.renew_leases([], renewed_at, LEASE) == []
+    await store.drop_queue_entry(in_flight)
+    assert await store.renew_leases([in_flight], renewed_at, LEASE) == []  # gone: not "taken over"
+
+
+class _SilentPeer:
+    """A next hop on loopback that accepts and never greets: an attempt to it stays in flight (the
+    client's greeting timeout is 5 minutes) for as long as the test needs."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> HostPort:
+        async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        return HostPort("127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *_: object) -> None:
+        for writer in self.writers:
+            writer.close()
+        assert self.server is not None
+        self.server.close()
+
+
+@contextlib.asynccontextmanager
+async def _attempt_in_flight(store: Store, tmp_path: Path) -> AsyncIterator[QueueEntry]:
+    """An entry for slow.test queued on `store` and a runner with a 0.6 s lease attempting it to a
+    `_SilentPeer`: the attempt stays in flight until the runner stops at the end."""
+    async with _SilentPeer() as hop:
+        entry = await enqueue(store, [OutboundRecipient("x@slow.test")])
+        settings = RunnerSettings(
+            hostname="mail.example.test", routes={"slow.test": hop}, lease=timedelta(seconds=0.6)
+        )
+        queue_runner = QueueRunner(store, FakeResolver(), settings, data_dir=tmp_path / "data")
+        await queue_runner.start()
+        try:
+            yield entry
+        finally:
+            await queue_runner.stop()
+
+
+async def test_the_runner_renews_the_lease_of_a_long_attempt(
+    backend: str, open_store: StoreFactory, tmp_path: Path
+) -> None:
+    """An attempt that lasts several leases keeps its entry: not due again on this node (SQLite), not
+    claimable by another node (PostgreSQL), because the heartbeat renews it every third of a lease."""
+    store = await open_store()
+    async with _attempt_in_flight(store, tmp_path) as entry:
+        await asyncio.sleep(2.0)  # more than three leases
+        in_flight = await store.get_queue_entry(entry.id)
+        assert in_flight is not None and [x.result for x in in_flight.attempts] == [None]
+        assert in_flight.next_attempt_at > datetime.now(UTC)
+        if backend == "postgresql":
+            other = await open_store()
+            assert await other.due_queue_entries(datetime.now(UTC) + timedelta(days=1), 10) == []
+
+
 # ----------------------------------------------------------------------------------------- leases (PostgreSQL)
 
 
@@ -319,6 +405,54 @@ async def test_retry_of_an_entry_in_flight_on_another_node_keeps_its_lease(
     assert [e.id for e in await a.due_queue_entries(NOW, 10)] == [queue_id]
     await a.reschedule(queue_id, NOW)  # the owner's own reschedule releases the entry
     assert [e.id for e in await b.due_queue_entries(NOW, 10)] == [queue_id]
+
+
+async def test_renewal_keeps_live_leases_and_reports_the_entries_taken_over(
+    backend: str, open_store: StoreFactory
+) -> None:
+    a, b = await two_nodes(backend, open_store)
+    kept, lost = await queue_two(a), await queue_two(a)
+    due, far = datetime.now(UTC) + timedelta(seconds=1), datetime.now(UTC) + timedelta(days=1)
+    short = timedelta(seconds=1)
+    assert {e.id for e in await a.due_queue_entries(due, 10, short)} == {kept, lost}
+    await a.record_attempt(kept, due, "h", due + short)
+    await a.record_attempt(lost, due, "h", due + short)
+    # A renews `kept` only (say, `lost` is stuck behind a stalled heartbeat): B takes `lost` over.
+    assert await a.renew_leases([kept], datetime.now(UTC), timedelta(seconds=30)) == []
+    await asyncio.sleep(1.2)
+    assert [e.id for e in await b.due_queue_entries(far, 10, LEASE)] == [lost]
+    # A's next beat finds it: B's now, reported; `kept` renewed again; nothing moved to A.
+    assert await a.renew_leases([kept, lost], datetime.now(UTC), timedelta(seconds=30)) == [lost]
+    assert [e.id for e in await b.due_queue_entries(far, 10)] == [lost]  # its own again, never `kept`
+    with pytest.raises(LeaseLost):
+        await a.record_attempt(lost, due, None, due + LEASE)
+
+
+async def test_the_heartbeat_logs_an_entry_another_node_took_over(
+    backend: str, open_store: StoreFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await two_nodes(backend, open_store)
+    async with _attempt_in_flight(a, tmp_path) as entry:
+        await wait_until_attempted(a, entry.id)
+        # A stalls past its lease (simulated: the lease ends now, as if no beat got through)
+        # and B takes the entry over at its next claim.
+        async with await psycopg.AsyncConnection.connect(a.dsn, autocommit=True) as conn:
+            await conn.execute("UPDATE queue SET lease_expires_at = now() WHERE id = %s", (entry.id,))
+        assert [e.id for e in await b.due_queue_entries(datetime.now(UTC) + timedelta(days=1), 10)] == [
+            entry.id
+        ]
+        with caplog.at_level(logging.WARNING, logger="surat.delivery.queue"):
+            await asyncio.sleep(0.5)  # more than one beat (0.2 s)
+        assert any(r.getMessage() == "queue.lease_lost" for r in caplog.records), caplog.text
+
+
+async def wait_until_attempted(store: Store, queue_id: str) -> None:
+    for _ in range(100):
+        entry = await store.get_queue_entry(queue_id)
+        if entry is not None and entry.attempts:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no attempt recorded")
 
 
 async def test_a_node_that_closes_hands_its_entries_back(backend: str, open_store: StoreFactory) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from surat.config import (
     load_config,
     parse_config,
 )
+from surat.delivery.queue import RunnerSettings
 
 
 @pytest.fixture
@@ -534,6 +536,14 @@ def test_delivery_queue_settings(tmp_path: Path) -> None:
     assert (config.queue_poll_interval, config.connect_timeout) == (0.5, 3)
 
 
+def test_queue_lease_default_and_runner_setting(tmp_path: Path) -> None:
+    assert parse_config(BASE, tmp_path).delivery.queue_lease == 120.0
+    config = parse_config({**BASE, "delivery": {"queue_lease": 10}}, tmp_path)
+    assert config.delivery.queue_lease == 10
+    assert RunnerSettings.from_config(config).lease == timedelta(seconds=10)
+    assert parse_config({**BASE, "delivery": {"queue_lease": 3600}}, tmp_path).delivery.queue_lease == 3600
+
+
 @pytest.mark.parametrize(
     ("delivery", "key", "problem"),
     [
@@ -546,6 +556,9 @@ def test_delivery_queue_settings(tmp_path: Path) -> None:
         ({"max_connections_per_domain": "2"}, "delivery.max_connections_per_domain", "number"),
         ({"queue_poll_interval": 0}, "delivery.queue_poll_interval", "at least"),
         ({"connect_timeout": -1}, "delivery.connect_timeout", "at least"),
+        ({"queue_lease": 9.5}, "delivery.queue_lease", "must be at least 10.0, got 9.5"),
+        ({"queue_lease": 3601}, "delivery.queue_lease", "must be at most 3600.0, got 3601"),
+        ({"queue_lease": "120"}, "delivery.queue_lease", "expected a number"),
     ],
 )
 def test_bad_delivery_queue_settings(

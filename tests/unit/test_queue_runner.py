@@ -246,6 +246,37 @@ async def test_run_once_claims_each_due_entry_once(
         assert entry is not None and len(entry.attempts) == 1
 
 
+async def test_the_run_loop_survives_any_error_of_a_claim(
+    store: SQLiteStore, alice: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that fails with something other than StoreError (a database driver's error when
+    PostgreSQL restarts) is logged and retried at the next poll; the loop must not die with it."""
+    entry = await enqueue(store, [OutboundRecipient("x@null.test")])
+    real = store.due_queue_entries
+    calls = 0
+
+    async def failing_once(now: datetime, limit: int, lease: timedelta | None = None) -> list[QueueEntry]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("server closed the connection unexpectedly")
+        return await real(now, limit, lease)
+
+    monkeypatch.setattr(store, "due_queue_entries", failing_once)
+    settings = RunnerSettings(hostname="mail.example.test", schedule=SCHEDULE, poll_interval=0.05)
+    queue = QueueRunner(store, dns(), settings, data_dir=tmp_path / "data")
+    await queue.start()
+    try:
+        for _ in range(100):
+            if await store.get_queue_entry(entry.id) is None:
+                break
+            await asyncio.sleep(0.02)
+        assert await store.get_queue_entry(entry.id) is None  # bounced (null MX) by a later run
+        assert calls >= 2
+    finally:
+        await queue.stop()
+
+
 async def test_late_quota_failure_is_retried_then_bounced(
     store: SQLiteStore, alice: Account, tmp_path: Path
 ) -> None:

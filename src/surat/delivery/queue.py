@@ -28,6 +28,11 @@ A task:
 A `[delivery] smarthost` with credentials gets AUTH only under verified TLS (STARTTLS required,
 or implicit TLS on port 465), never retried in clear.
 
+Leases: an entry is claimed for `RunnerSettings.lease` (`[delivery] queue_lease`, 2 minutes), and
+a heartbeat renews the claims of the entries in flight every third of it (`Store.renew_leases`), so
+an attempt may last as long as the SMTP timeouts allow while a node that dies (kill -9) holds its
+entries for at most one lease on PostgreSQL (docs/queue-leases.md).
+
 Crash safety: attempts left in flight (result NULL) are marked interrupted and made due by
 `Store.recover_queue` when the runner starts. A connection and its slot carry no further
 transaction until the results of the one they carried are committed, so a crash repeats at most
@@ -125,9 +130,15 @@ log = logging.getLogger(__name__)
 # RFC 5321 §6.3: a message with more Received fields than this is looping (Postfix: 50, the RFC
 # suggests at least 100).
 MAX_RECEIVED = 100
-# How long a claim (a recorded attempt) holds an entry: longer than a transaction can take with
-# the RFC 5321 §4.5.3.2 timeouts on a big message, so no second runner takes it meanwhile.
-LEASE = timedelta(minutes=30)
+# How long a claim (a recorded attempt) holds an entry without renewal (`[delivery] queue_lease`).
+# The heartbeat renews the leases of the entries in flight every LEASE / HEARTBEATS_PER_LEASE, so an
+# attempt may take far longer than the lease (the RFC 5321 §4.5.3.2 timeouts allow 10 minutes after
+# the final dot alone); the lease only bounds how long a node killed with kill -9 keeps its entries.
+# 2 minutes: a live node renews every 40 s, so a lease survives two failed renewals in a row (a
+# database restart, a failover of the usual 30 s); shorter would trade that margin for a faster
+# takeover, longer delays mail after a crash for no gain.
+LEASE = timedelta(minutes=2)
+HEARTBEATS_PER_LEASE = 3
 
 SUBMISSIONS_PORT = 465
 # Connection cache (Postfix: smtp_connection_cache_time_limit = 2s, reuse_time_limit = 300s):
@@ -191,6 +202,7 @@ class RunnerSettings:
             max_connections=delivery.max_connections,
             max_connections_per_domain=delivery.max_connections_per_domain,
             poll_interval=delivery.queue_poll_interval,
+            lease=timedelta(seconds=delivery.queue_lease),
             connect_timeout=delivery.connect_timeout,
             timeouts=replace(Timeouts(), **delivery.smtp_timeouts),
             allow_private_destinations=delivery.allow_private_destinations,
@@ -341,6 +353,7 @@ class QueueRunner:
         self._tasks = [
             asyncio.create_task(self._watch(subscription), name="queue-watch"),
             asyncio.create_task(self._run(), name="queue-run"),
+            asyncio.create_task(self._heartbeat(), name="queue-heartbeat"),
         ]
 
     async def stop(self) -> None:
@@ -374,16 +387,43 @@ class QueueRunner:
             self._wake.clear()
             try:
                 await self.run_once()
-            except (StoreError, OSError):
+            except Exception:
+                # Whatever failed (a store error, a database driver's error when PostgreSQL restarts
+                # or fails over), the loop must live on: a dead loop would stop this node's queue for
+                # good while the node keeps accepting mail. The next wake-up or poll tries again.
                 log.exception("queue.dispatch_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the entries in flight every third of the lease, in one store call.
+
+        An entry that another node holds now was taken over after this node could not renew for a
+        whole lease: logged, and its attempt still runs to its end, its result recorded as usual
+        (docs/queue-leases.md "Lease lost": the message may go out twice, RFC 5321 §6.1's
+        at-least-once, never not at all)."""
+        interval = self.settings.lease.total_seconds() / HEARTBEATS_PER_LEASE
+        while True:
+            await asyncio.sleep(interval)
+            in_flight = list(self._in_flight)
+            if not in_flight:
+                continue
+            try:
+                lost = await self.store.renew_leases(in_flight, self.clock(), self.settings.lease)
+            except Exception as exc:  # the next beat retries; a lease lasts three of them
+                log.warning(
+                    "queue.lease_renewal_failed", extra=fields(entries=len(in_flight), error=str(exc))
+                )
+                continue
+            for queue_id in lost:
+                if queue_id in self._in_flight:
+                    log.warning("queue.lease_lost", extra=fields(id=queue_id))
 
     async def run_once(self) -> int:
         """Start a task for every due entry not already in flight; returns how many were started."""
         limit = self.settings.batch + len(self._in_flight)
         started = 0
-        entries = await self.store.due_queue_entries(self.clock(), limit)
+        entries = await self.store.due_queue_entries(self.clock(), limit, self.settings.lease)
         self._saturated = len(entries) >= limit
         fresh = [e for e in entries if e.id not in self._in_flight]
         small = [e for e in fresh if e.size <= INLINE_READ]

@@ -17,7 +17,7 @@ import enum
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from surat.message.info import MessageInfo
@@ -689,7 +689,13 @@ class Store(Protocol):
         ...
 
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
-    async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]: ...
+    async def due_queue_entries(
+        self, now: datetime, limit: int, lease: timedelta | None = None
+    ) -> list[QueueEntry]:
+        """Up to `limit` entries due at `now`. A store shared by several nodes claims them for this
+        node for `lease` (None: the store's default); a single-node store ignores it."""
+        ...
+
     async def reschedule(self, queue_id: str, next_attempt_at: datetime) -> None: ...
     async def drop_queue_entry(self, queue_id: str) -> None: ...
     async def flush_queue(self, now: datetime) -> int:
@@ -723,6 +729,14 @@ class Store(Protocol):
         schedule the next attempt or, with `next_attempt_at` None, remove the finished entry.
         `host`, when given, replaces the host recorded at the start. A recipient's
         `delay_notified` mark is only ever set by an update, never cleared."""
+        ...
+
+    async def renew_leases(self, queue_ids: Sequence[str], now: datetime, lease: timedelta) -> list[str]:
+        """The runner's heartbeat: extend this node's claim on the entries it has in flight by `lease`
+        from now (their next attempt moves to `now + lease`, as `record_attempt` moved it), so a live
+        node keeps them with a short lease. Returns the ids among `queue_ids` that another node holds
+        now (it took them over after this node's lease expired); an entry finished or dropped is
+        neither renewed nor returned."""
         ...
 
     async def recover_queue(self, now: datetime) -> int:

@@ -49,6 +49,7 @@ import ctypes.util
 import fcntl
 import functools
 import io
+import json
 import logging
 import os
 import secrets
@@ -2270,7 +2271,10 @@ class SQLiteStore:
         )
         return entries[0] if entries else None
 
-    async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]:
+    async def due_queue_entries(
+        self, now: datetime, limit: int, lease: timedelta | None = None
+    ) -> list[QueueEntry]:
+        # One process runs the queue on SQLite: nothing to claim against, `lease` does not apply.
         ts = _timestamp(now)[0]
         return await self._in_worker(
             self._read_txn(
@@ -2373,6 +2377,26 @@ class SQLiteStore:
             return None, [], {blob_id}
 
         await self._write_grouped(fn)
+
+    async def renew_leases(self, queue_ids: Sequence[str], now: datetime, lease: timedelta) -> list[str]:
+        """One runner per SQLite store: no other node can take an entry over, so nothing is ever
+        returned; the renewal only keeps an attempt in flight from looking due (`surat queue list`,
+        the runner's own due query). Only entries with an attempt in flight (result NULL) move: an
+        entry whose attempt finished meanwhile keeps the next attempt time its result set."""
+        until = _timestamp(now + lease)[0]
+        ids = json.dumps(list(queue_ids))
+
+        def fn(conn: sqlite3.Connection) -> tuple[list[str], list[Change], set[str]]:
+            conn.execute(
+                "UPDATE queue SET next_attempt_at = ? WHERE id IN (SELECT value FROM json_each(?))"
+                " AND id IN (SELECT queue_id FROM queue_attempts WHERE result IS NULL)",
+                (until, ids),
+            )
+            return [], [], set()
+
+        if not queue_ids:
+            return []
+        return await self._write(fn)
 
     async def recover_queue(self, now: datetime) -> int:
         ts = _timestamp(now)[0]

@@ -16,6 +16,9 @@ Leases (columns `queue.lease_owner`, `queue.lease_expires_at`):
 - `record_attempt` renews the lease to the caller's `lease_until` (as a duration from `started_at`,
   measured on the database's clock); it refuses (LeaseLost) an entry another node holds a live lease
   on, because our claim expired and that node took it over.
+- `renew_leases` (the runner's heartbeat, every third of the lease) extends this node's leases on
+  the entries it has in flight in one UPDATE, so a live node keeps them however long an attempt
+  takes, and the lease can be short (2 minutes by default): what a node killed with kill -9 holds.
 - `finish_attempt` and `reschedule` clear this node's lease; `reschedule` and `flush_queue` (`surat
   queue retry/flush`) leave another node's live lease alone: that node finishes the attempt in
   flight and schedules the next one itself.
@@ -66,13 +69,11 @@ from surat.store.postgres.rows import delete_unreferenced_blobs
 
 log = logging.getLogger(__name__)
 
-# How long a claim by `due_queue_entries` holds an entry before another node may take it over. The
-# runner records the attempt (renewing the lease to its own `RunnerSettings.lease`, also 30 minutes)
-# within seconds of the claim (a blob read, DNS lookups, DKIM signing), so the claim needs to cover
-# only that; it is as long as the runner's lease because a node must never lose an entry it is about
-# to deliver, and that lease is itself longer than one attempt can take under the RFC 5321 §4.5.3.2
-# timeouts (5 min greeting, MAIL, RCPT; 2 + 3 per block for DATA; 10 min after the final dot).
-LEASE = timedelta(minutes=30)
+# How long a claim holds an entry when the runner names no lease (`due_queue_entries(lease=None)`,
+# admin reads): the runner passes its own `RunnerSettings.lease` (`[delivery] queue_lease`, the same
+# default), renews it every third of it while the entry is in flight (`renew_leases`), and a node
+# killed with kill -9 therefore holds its entries for at most this long (docs/queue-leases.md).
+LEASE = timedelta(minutes=2)
 # What start-up recovery, a takeover and a clean close write into an attempt cut short.
 INTERRUPTED = "interrupted"
 
@@ -189,8 +190,11 @@ class QueueStore(PooledStore):
         entries = await self.with_connection(lambda conn: _entries(conn, "WHERE id = %s", (queue_id,)))
         return entries[0] if entries else None
 
-    async def due_queue_entries(self, now: datetime, limit: int) -> list[QueueEntry]:
+    async def due_queue_entries(
+        self, now: datetime, limit: int, lease: timedelta | None = None
+    ) -> list[QueueEntry]:
         """The due entries this node may deliver, claimed with a lease (see the module's text)."""
+        claim = self.lease if lease is None else lease
 
         async def fn(conn: Connection) -> tuple[list[QueueEntry], list[Change]]:
             # One statement locks and leases: `claimable` locks the rows (skipping those another
@@ -200,7 +204,7 @@ class QueueStore(PooledStore):
                 f" FROM (SELECT id, lease_owner FROM queue WHERE next_attempt_at <= %s AND {_CLAIMABLE}"
                 f" ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) AS claimable"
                 f" WHERE q.id = claimable.id RETURNING q.id, claimable.lease_owner".encode(),
-                (self.node_id, self.lease, now, self.node_id, limit),
+                (self.node_id, claim, now, self.node_id, limit),
             )
             claimed = await cursor.fetchall()
             # Another node's expired lease: that node died (or stalled past the lease) mid-attempt.
@@ -330,6 +334,37 @@ class QueueStore(PooledStore):
             return None, []
 
         await self._transaction(fn)
+
+    async def renew_leases(self, queue_ids: Sequence[str], now: datetime, lease: timedelta) -> list[str]:
+        """The runner's heartbeat: one UPDATE extends every lease this node still holds among
+        `queue_ids` to `lease` from now (the database's clock, as every lease); returns those that
+        another node holds now. Such an entry was taken over after this node failed to renew for a
+        whole lease (the database unreachable, the process stalled): the runner logs it and lets its
+        attempt finish (docs/queue-leases.md "Lease lost": a duplicate is possible, a loss is not)."""
+        if not queue_ids:
+            return []
+        wanted = list(queue_ids)
+
+        async def fn(conn: Connection) -> tuple[list[str], list[Change]]:
+            # next_attempt_at follows as in record_attempt: what `surat queue list` shows is when
+            # the entry is attempted again should this node die now.
+            cursor = await conn.execute(
+                b"UPDATE queue SET lease_expires_at = now() + %s, next_attempt_at = %s"
+                b" WHERE id = ANY(%s) AND lease_owner = %s RETURNING id",
+                (lease, now + lease, wanted, self.node_id),
+            )
+            renewed = {row[0] for row in await cursor.fetchall()}
+            missing = [queue_id for queue_id in wanted if queue_id not in renewed]
+            if not missing:
+                return [], []
+            # Rare: finished (lease cleared), dropped (row gone) or taken over (another owner).
+            cursor = await conn.execute(
+                b"SELECT id FROM queue WHERE id = ANY(%s) AND lease_owner IS NOT NULL AND lease_owner <> %s",
+                (missing, self.node_id),
+            )
+            return [row[0] for row in await cursor.fetchall()], []
+
+        return await self._transaction(fn)
 
     async def recover_queue(self, now: datetime) -> int:
         """Attempts left in flight under this node's lease, an expired lease or none are marked
