@@ -15,7 +15,6 @@ taken while Surat's pool connections are open is complete only after they have b
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import SURAT, cpu_seconds, surat_env
+from common import cpu_seconds
 
 from pg_cluster import PostgresCluster
 
@@ -105,15 +104,3 @@ class BenchCluster:
         if settled:
             return await settled_counters(self.admin_dsn, database)
         return await pg_counters(self.admin_dsn, database)
-
-
-def use_postgresql(config: Path, dsn: str, domain: str) -> None:
-    """Point `config` (a `surat quickstart` file) at `dsn`, create the schema there (`surat store init`,
-    as an operator does) and the local `domain` (quickstart made it in SQLite only)."""
-    with config.open("a") as file:
-        file.write(f'\n[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
-    env = surat_env(config)
-    for command in (["store", "init"], ["domain", "add", domain]):
-        result = subprocess.run([*SURAT, *command], env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0 and "exists" not in result.stderr:
-            raise RuntimeError(f"surat {' '.join(command)}: {result.stderr.strip()}")

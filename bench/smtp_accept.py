@@ -54,9 +54,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import SURAT, add_user, free_port, single_listener_setup, stop_server, surat_env, wait_port
+from common import (
+    SURAT,
+    add_user,
+    free_port,
+    single_listener_setup,
+    stop_server,
+    surat_env,
+    use_postgresql,
+    wait_port,
+)
 from peers import Postfix, missing_program
-from pg_common import STATS_IDLE_FLUSH_SECONDS, BenchCluster, Counters, use_postgresql
+from pg_common import STATS_IDLE_FLUSH_SECONDS, BenchCluster, Counters
 
 
 @dataclass
