@@ -474,8 +474,10 @@ async def main_async(args: argparse.Namespace) -> None:
                         result.database_counters = (
                             await cluster.counters(database, settled=True) - counters_before
                         )
-                    if len(runs) > 2:
+                    if args.checks and len(runs) > 2:
                         print(f"round {index // 2 + 1}: {result.line()}", flush=True)
+                    elif len(runs) > 1:
+                        print(result.line(), flush=True)  # as it comes: the whole invocation takes minutes
                     if mail_auth and previous is not None and previous.rate():
                         round_costs.append(
                             1 - result.rate() / previous.rate()
