@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from surat.config import load_config
-from surat.store.base import Delivery, MailboxTarget
-from surat.store.sqlite import SQLiteStore
+from surat.store.base import Delivery, MailboxTarget, Store
+from surat.store.setup import configured_store
 
 SURAT = [sys.executable, "-m", "surat"]
 ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
@@ -73,6 +73,7 @@ class LoadFigures:
     seconds: float = 0.0
     client_cpu: float = 0.0
     server_cpu: float = 0.0
+    database_cpu: float | None = None  # PostgreSQL's processes, when Surat runs on them
 
     @property
     def ops(self) -> int:
@@ -150,6 +151,19 @@ def add_user(config: Path, address: str, password: str) -> None:
         raise RuntimeError(result.stderr)
 
 
+def use_postgresql(config: Path, dsn: str, domain: str) -> None:
+    """Point `config` (a `surat quickstart` file) at the empty PostgreSQL database `dsn`, create the
+    schema there (`surat store init`, as an operator does) and the local `domain` (quickstart made it
+    in SQLite only)."""
+    with config.open("a") as file:
+        file.write(f'\n[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
+    env = surat_env(config)
+    for command in (["store", "init"], ["domain", "add", domain]):
+        result = subprocess.run([*SURAT, *command], env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0 and "exists" not in result.stderr:
+            raise RuntimeError(f"surat {' '.join(command)}: {result.stderr.strip()}")
+
+
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (Surat shuts down cleanly), then SIGKILL if it takes over 20 s."""
     proc.send_signal(signal.SIGTERM)
@@ -163,17 +177,51 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 class ListenerSurat:
     """Surat in a subprocess: a fresh data dir, one user, and only the `role` listener, on a free port.
 
+    `dsn`: on that empty PostgreSQL database instead of SQLite, with `nodes` `surat serve` processes
+    on it (issue 12: several nodes on one database), each listening on a port of its own (`ports`;
+    `port` is the first node's). Their configs differ only in that port, and share the TLS files.
+
     The benchmarks' subclasses fill the store (while it is stopped) their own way."""
 
-    def __init__(self, workdir: Path, domain: str, role: str, user: str, password: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        domain: str,
+        role: str,
+        user: str,
+        password: str,
+        *,
+        dsn: str | None = None,
+        nodes: int = 1,
+    ) -> None:
+        if nodes != 1 and dsn is None:
+            raise ValueError("several nodes share a PostgreSQL database: give its dsn")
         self.workdir = workdir
         self.user = user
         self.port = free_port()
         self.config_file = single_listener_setup(workdir, domain, role, self.port)
+        if dsn is not None:
+            use_postgresql(self.config_file, dsn, domain)
+        self.ports = [self.port]
+        self.node_configs = [self.config_file]
+        text = self.config_file.read_text()
+        for index in range(1, nodes):
+            port = free_port()
+            node_config = workdir / f"surat-node{index + 1}.toml"  # beside the first: same relative paths
+            node_config.write_text(
+                text.replace(f'{role} = ["127.0.0.1:{self.port}"]', f'{role} = ["127.0.0.1:{port}"]')
+            )
+            self.ports.append(port)
+            self.node_configs.append(node_config)
         self.env = surat_env(self.config_file)
         add_user(self.config_file, user, password)
         self.config = load_config(self.config_file)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The first node's process while running."""
+        return self.procs[0] if self.procs else None
 
     def tls(self) -> ssl.SSLContext:
         """A client context trusting the dev CA that `quickstart --dev` made."""
@@ -181,24 +229,29 @@ class ListenerSurat:
         return ssl.create_default_context(cafile=str(self.config.tls.ca))
 
     def start(self) -> None:
-        self.log = (self.workdir / "server.log").open("a")
-        self.proc = subprocess.Popen(
-            [*SURAT, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        wait_port(self.port)
+        self.log = (self.workdir / "server.log").open("a")  # every node's lines, each with its pid
+        for config in self.node_configs:
+            self.procs.append(
+                subprocess.Popen(
+                    [*SURAT, "serve"], env=surat_env(config), stdout=self.log, stderr=subprocess.STDOUT
+                )
+            )
+        for port in self.ports:
+            wait_port(port)
 
     def stop(self) -> None:
-        if self.proc is None:
+        if not self.procs:
             return
-        stop_server(self.proc)
-        self.proc = None
+        for proc in self.procs:
+            stop_server(proc)
+        self.procs = []
         self.log.close()
 
     def fill_inbox(self, messages: Iterable[bytes]) -> None:
         """Deliver `messages` straight into the user's INBOX while the server is stopped."""
 
         async def run() -> None:
-            store = SQLiteStore(self.config.data_dir)
+            store = configured_store(self.config)
             await store.open()
             try:
                 account = await store.get_account(self.user)
@@ -210,7 +263,7 @@ class ListenerSurat:
         asyncio.run(run())
 
 
-async def deliver_all(store: SQLiteStore, account_id: int, messages: Iterable[bytes]) -> None:
+async def deliver_all(store: Store, account_id: int, messages: Iterable[bytes]) -> None:
     """Deliver `messages` into an account's INBOX, 200 at a time in flight so that the store groups them
     into few commits."""
     target = (MailboxTarget(account_id),)

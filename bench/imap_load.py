@@ -106,6 +106,7 @@ from imap_client import PER_SOURCE, Client, IMAPError, session, source_address
 from imap_shared import SHARED_MIX, SharedLoad, compare_shared, prepare_shared, report_shared, run_shared
 from mailgen import cached_messages
 from peers import Dovecot, dovecot_missing
+from pg_common import BenchCluster
 
 from surat.passwords import make_credentials
 
@@ -183,14 +184,18 @@ async def run_client(
 
 
 async def run_load(
-    port: int, user: str, password: str, tls: ssl.SSLContext, clients: int, duration: float
+    ports: list[int], user: str, password: str, tls: ssl.SSLContext, clients: int, duration: float
 ) -> Load:
+    """`clients` sessions, spread evenly over the nodes' `ports`."""
     load = Load({kind: [] for kind in KINDS})
     cpu0 = time.process_time()
     start = time.perf_counter()
     stop_at = start + duration
     await asyncio.gather(
-        *(run_client(n, port, user, password, tls, load, stop_at, seed=n) for n in range(clients))
+        *(
+            run_client(n, ports[n % len(ports)], user, password, tls, load, stop_at, seed=n)
+            for n in range(clients)
+        )
     )
     load.seconds = time.perf_counter() - start
     load.client_cpu = time.process_time() - cpu0
@@ -253,21 +258,28 @@ async def close_all(clients: list[Client]) -> None:
 
 
 class SuratProcess(ListenerSurat):
-    """Surat in a subprocess with a fresh data dir and only the imap listener, on a free port."""
+    """Surat in a subprocess with a fresh data dir and only the imap listener, on a free port; with a
+    `cluster`, `nodes` processes on a new database of it (issue 12), each on its own port."""
 
-    name = "surat"
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, DOMAIN, "imap", USER, PASSWORD)
+    def __init__(self, workdir: Path, name: str, cluster: BenchCluster | None = None, nodes: int = 1) -> None:
+        dsn = cluster.new_database()[1] if cluster is not None else None
+        super().__init__(workdir, DOMAIN, "imap", USER, PASSWORD, dsn=dsn, nodes=nodes)
+        self.name = name
         self.password = PASSWORD
+        self.cluster = cluster
 
     def memory_kib(self) -> int:
-        assert self.proc is not None
-        return rss_kib(self.proc.pid)
+        assert self.procs
+        return sum(rss_kib(proc.pid) for proc in self.procs)
 
     def cpu(self) -> float:
-        assert self.proc is not None
-        return cpu_seconds(self.proc.pid)
+        """Every node's CPU time (PostgreSQL's apart: database_cpu)."""
+        assert self.procs
+        return sum(cpu_seconds(proc.pid) for proc in self.procs)
+
+    def database_cpu(self) -> float | None:
+        """The CPU time of PostgreSQL's processes so far; None on SQLite."""
+        return self.cluster.cpu_seconds() if self.cluster is not None else None
 
 
 class DovecotProcess(Dovecot):
@@ -286,6 +298,15 @@ class DovecotProcess(Dovecot):
         )
         self.user = "bench"
         self.password = PASSWORD
+        self.ports = [self.port]
+
+
+def database_cpu(server: SuratProcess | DovecotProcess) -> float | None:
+    return server.database_cpu() if isinstance(server, SuratProcess) else None
+
+
+def cpu_since(now: float | None, before: float | None) -> float | None:
+    return now - before if now is not None and before is not None else None
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -302,11 +323,13 @@ async def measure(
         time_envelopes(port, user, password, tls), args.timeout
     )
     profiler = start_profiler(server, args)
-    cpu0 = server.cpu()
+    cpu0, database_cpu0 = server.cpu(), database_cpu(server)
     load = await asyncio.wait_for(
-        run_load(port, user, password, tls, args.clients, args.duration), args.duration + args.timeout
+        run_load(server.ports, user, password, tls, args.clients, args.duration),
+        args.duration + args.timeout,
     )
     load.server_cpu = server.cpu() - cpu0
+    load.database_cpu = cpu_since(database_cpu(server), database_cpu0)
     if profiler is not None:
         profiler.wait(30)
     result = Result(server.name, load, first, envelope_ms, envelope_again_ms, envelope_octets)
@@ -334,6 +357,11 @@ def report(result: Result, duration: float) -> None:
         f"server CPU {load.server_cpu / load.seconds * 100:.0f}% and client CPU "
         f"{load.client_cpu / load.seconds * 100:.0f}% of a core, "
         f"{load.octets / load.seconds / 1e6:.1f} MB/s of FETCH responses"
+        + (
+            f", PostgreSQL CPU {load.database_cpu / load.seconds * 100:.0f}%"
+            if load.database_cpu is not None
+            else ""
+        )
     )
     for line in load.latency_lines():
         print(line)
@@ -369,7 +397,24 @@ def main() -> None:
     )
     parser.add_argument("--peer", choices=["dovecot"], help="also run the same load against this peer")
     parser.add_argument("--timeout", type=float, default=300, help="seconds for any phase but the load")
-    parser.add_argument("--profile", metavar="FILE", help="py-spy Surat during the load (collapsed stacks)")
+    parser.add_argument(
+        "--backend",
+        choices=["sqlite", "postgresql"],
+        nargs="+",
+        default=["sqlite"],
+        help="Surat's store; several run one after the other on the same load (--backend sqlite postgresql)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="with --backend postgresql: surat serve processes on the one database, clients split evenly",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy Surat (its first node) during the load (collapsed stacks; FILE.NAME per run if several)",
+    )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/probe/bin/py-spy")
     args = parser.parse_args()
     if args.messages is None:
@@ -378,6 +423,8 @@ def main() -> None:
         parser.error("--clients must be 1..200 and --duration 1..600")
     if not 100 < args.messages <= 100_000 or not 0 <= args.idle <= 1000:
         parser.error("--messages must be 101..100000 and --idle 0..1000")
+    if not 1 <= args.nodes <= 4 or (args.nodes > 1 and "postgresql" not in args.backend):
+        parser.error("--nodes must be 1..4, and more than 1 only with --backend postgresql")
     # Enough descriptors for the idle connections and the load sessions.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
@@ -394,48 +441,73 @@ def main() -> None:
         )
     results: list[Result] = []
     shared: list[SharedLoad] = []
-    with tempfile.TemporaryDirectory(prefix="surat-bench-imap-") as tmp:
-        workdir = Path(tmp)
-        # Dovecot's unprivileged processes must reach their Maildir under this directory.
-        workdir.chmod(0o755)
-        surat = SuratProcess(workdir / "surat")
-        tls = surat.tls()
-        t0 = time.perf_counter()
-        surat.fill_inbox(cached_messages(args.messages))
-        print(f"surat: filled in {time.perf_counter() - t0:.1f} s", flush=True)
-        servers: list[SuratProcess | DovecotProcess] = [surat]
-        if args.peer == "dovecot":
-            if missing := dovecot_missing():
-                print(missing)
-            else:
-                cert, key = surat.config.tls.cert, surat.config.tls.key
-                assert cert is not None and key is not None
-                password_hash = make_credentials(PASSWORD).password_hash
-                dovecot = DovecotProcess(workdir, cert, key, password_hash)
-                dovecot.fill(dovecot.user, cached_messages(args.messages))
-                servers.append(dovecot)
-        for server in servers:
-            server.start()
-            try:
-                if args.shared:
-                    load = asyncio.run(measure_shared(server, tls, args))
-                    report_shared(load)
-                    shared.append(load)
+    cluster: BenchCluster | None = None
+    if "postgresql" in args.backend:
+        cluster = BenchCluster()
+        cluster.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="surat-bench-imap-") as tmp:
+            workdir = Path(tmp)
+            # Dovecot's unprivileged processes must reach their Maildir under this directory.
+            workdir.chmod(0o755)
+            servers: list[SuratProcess | DovecotProcess] = []
+            for backend in args.backend:
+                if backend == "postgresql":
+                    name = f"pg-{args.nodes}node" + ("s" if args.nodes > 1 else "")
+                    surat = SuratProcess(workdir / name, name, cluster, args.nodes)
                 else:
-                    result = asyncio.run(measure(server, tls, args))
-                    report(result, args.duration)
-                    results.append(result)
-            finally:
-                server.stop()
-    if len(shared) == 2:
-        compare_shared(*shared)
-    if len(results) == 2:
-        mine, peer = results
-        print(
-            f"ratio {mine.name}/{peer.name}: ops/s {mine.load.rate / peer.load.rate:.2f}x, "
-            f"FETCH ENVELOPE time first {mine.envelope_ms / peer.envelope_ms:.2f}x, "
-            f"again {mine.envelope_again_ms / peer.envelope_again_ms:.2f}x"
-        )
+                    name = "sqlite" if len(args.backend) > 1 else "surat"
+                    surat = SuratProcess(workdir / name, name)
+                t0 = time.perf_counter()
+                surat.fill_inbox(cached_messages(args.messages))
+                print(f"{name}: filled in {time.perf_counter() - t0:.1f} s", flush=True)
+                servers.append(surat)
+            first = servers[0]
+            assert isinstance(first, SuratProcess)
+            if args.peer == "dovecot":
+                if missing := dovecot_missing():
+                    print(missing)
+                else:
+                    cert, key = first.config.tls.cert, first.config.tls.key
+                    assert cert is not None and key is not None
+                    password_hash = make_credentials(PASSWORD).password_hash
+                    dovecot = DovecotProcess(workdir, cert, key, password_hash)
+                    dovecot.fill(dovecot.user, cached_messages(args.messages))
+                    servers.append(dovecot)
+            for server in servers:
+                # Dovecot has the first Surat's certificate
+                tls = server.tls() if isinstance(server, SuratProcess) else first.tls()
+                server.start()
+                try:
+                    if args.shared:
+                        load = asyncio.run(measure_shared(server, tls, args))
+                        report_shared(load)
+                        shared.append(load)
+                    else:
+                        result = asyncio.run(measure(server, tls, args))
+                        report(result, args.duration)
+                        results.append(result)
+                finally:
+                    server.stop()
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    compare_all(shared, results, surat_runs=len(args.backend))
+
+
+def compare_all(shared: list[SharedLoad], results: list[Result], surat_runs: int) -> None:
+    """Each Surat run against the peer (run last), and each later Surat run against the first."""
+    pairs = [(i, surat_runs) for i in range(surat_runs)] + [(i, 0) for i in range(1, surat_runs)]
+    for mine, peer in pairs:
+        if peer < len(shared):
+            compare_shared(shared[mine], shared[peer])
+        if peer < len(results):
+            a, b = results[mine], results[peer]
+            print(
+                f"ratio {a.name}/{b.name}: ops/s {a.load.rate / b.load.rate:.2f}x, "
+                f"FETCH ENVELOPE time first {a.envelope_ms / b.envelope_ms:.2f}x, "
+                f"again {a.envelope_again_ms / b.envelope_again_ms:.2f}x"
+            )
 
 
 def start_profiler(
@@ -444,9 +516,10 @@ def start_profiler(
     """py-spy on Surat for the load phase (--profile), or None."""
     if not (args.profile and isinstance(server, SuratProcess)):
         return None
-    assert server.proc is not None
+    assert server.proc is not None  # the first node
+    output = args.profile if len(args.backend) == 1 else f"{args.profile}.{server.name}"
     command = [args.py_spy, "record", "--pid", str(server.proc.pid), "--duration", str(int(args.duration))]
-    command += ["--format", "raw", "--output", args.profile, "--rate", "200", "--nonblocking"]
+    command += ["--format", "raw", "--output", output, "--rate", "200", "--nonblocking"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -457,9 +530,11 @@ async def measure_shared(
     if total != args.messages:
         print(f"  {server.name}: INBOX holds {total} messages, not {args.messages}", file=sys.stderr)
     profiler = start_profiler(server, args)
+    database_cpu0 = database_cpu(server)
     load = await asyncio.wait_for(
         run_shared(server, tls, args.clients, args.duration), args.duration + args.timeout
     )
+    load.database_cpu = cpu_since(database_cpu(server), database_cpu0)
     if profiler is not None:
         profiler.wait(30)
     return load

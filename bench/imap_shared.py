@@ -51,6 +51,7 @@ class Server(Protocol):
     user: str
     password: str
     port: int
+    ports: list[int]  # every node's, `port` among them: the sessions are spread over them
 
     def cpu(self) -> float: ...
 
@@ -201,7 +202,8 @@ async def shared_session(
     while perf() < stop_at:
         try:
             async with asyncio.timeout(COMMAND_SECONDS):
-                client = await SharedClient.connect(server.port, tls, source_address(n))
+                port = server.ports[n % len(server.ports)]  # half the sessions on each of two nodes
+                client = await SharedClient.connect(port, tls, source_address(n))
                 await client.login(server.user, server.password)
         except (IMAPError, OSError, TimeoutError, asyncio.IncompleteReadError):
             load.connect_failures += 1
@@ -267,6 +269,11 @@ def report_shared(load: SharedLoad) -> None:
         f"{load.name}: {load.ops} commands in {load.seconds:.1f} s = {load.rate:.0f} commands/s, "
         f"violations={sum(violations.values())}, server CPU {load.server_cpu / load.seconds * 100:.0f}% "
         f"and client CPU {load.client_cpu / load.seconds * 100:.0f}% of a core"
+        + (
+            f", PostgreSQL CPU {load.database_cpu / load.seconds * 100:.0f}%"
+            if load.database_cpu is not None
+            else ""
+        )
     )
     for line in load.latency_lines():
         print(line)

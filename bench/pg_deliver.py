@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
 from common import percentile_ms
+from pg_common import settled_counters
 
 from pg_cluster import PostgresCluster
 from surat.store.base import Credentials, Delivery, MailboxTarget, Store
@@ -115,33 +112,6 @@ async def make_accounts(store: Store) -> list[int]:
 # ------------------------------------------------------------------------------ PostgreSQL
 
 
-async def pg_counters(admin_dsn: str, database: str) -> tuple[int, int]:
-    """(xact_commit of the database, wal_sync of the cluster), read from another database so that the
-    reading adds no transaction to the one measured."""
-    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
-        cursor = await conn.execute(
-            "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = %s),"
-            " (SELECT wal_sync FROM pg_stat_wal)",
-            (database,),
-        )
-        row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0] or 0), int(row[1] or 0)
-
-
-async def settled_counters(admin_dsn: str, database: str) -> tuple[int, int]:
-    """The counters once the closed store's server processes have exited and reported them (a backend
-    reports its statistics at exit; idle ones only every few seconds)."""
-    last = await pg_counters(admin_dsn, database)
-    for _ in range(50):
-        await asyncio.sleep(0.2)
-        now = await pg_counters(admin_dsn, database)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
 async def bench_postgresql(args: argparse.Namespace) -> list[Figures]:
     cluster = PostgresCluster()
     cluster.start()
@@ -169,7 +139,7 @@ async def bench_postgresql(args: argparse.Namespace) -> list[Figures]:
             finally:
                 await store.close()
             after = await settled_counters(admin, database)
-            return outcome, after[0] - before[0], after[1] - before[1]
+            return outcome, after.commits - before.commits, after.wal_syncs - before.wal_syncs
 
         async def nothing(_: PostgresStore) -> tuple[int, float, list[float]]:
             return 0, 0.0, []

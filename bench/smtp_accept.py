@@ -23,6 +23,18 @@ neither run pays for first use (DNS and key caches filling, the first parse of t
 --workers N [N ...] runs Surat once per count (`[server] workers = N`), one after the other, and prints
 the ratio of each to the peer; server_cpu_ms_per_msg then sums the supervisor and its workers.
 
+--backend sqlite postgresql (issue 12) runs each --workers count on each store, one after the other:
+postgresql starts a private cluster (bench/pg_common.py; fsync and synchronous_commit on), gives each
+run a new database (`surat store init`, `surat domain add`, `surat user add`, as an operator does) and
+stops the cluster at the end. For those runs it also prints postgres_cpu_ms_per_msg (every process of
+the cluster), commits_per_msg (`pg_stat_database.xact_commit` of the run's database) and
+wal_flushes_per_msg (`pg_stat_wal.wal_sync`), counted from the end of the warm-up to the stop of the
+server (so a clean stop's few transactions are in; the warm-up's are published first by waiting
+STATS_IDLE_FLUSH_SECONDS).
+
+    PYTHONPATH=src .venv/bin/python bench/smtp_accept.py --new-connections --sessions 16 --messages 4000 \
+        --backend sqlite postgresql --workers 1 2 --peer postfix
+
 Bounded: at most --messages messages and --timeout seconds per target.
 """
 
@@ -42,8 +54,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import SURAT, add_user, free_port, single_listener_setup, stop_server, surat_env, wait_port
+from common import (
+    SURAT,
+    add_user,
+    free_port,
+    single_listener_setup,
+    stop_server,
+    surat_env,
+    use_postgresql,
+    wait_port,
+)
 from peers import Postfix, missing_program
+from pg_common import STATS_IDLE_FLUSH_SECONDS, BenchCluster, Counters
 
 
 @dataclass
@@ -54,6 +76,8 @@ class Result:
     latencies: list[float]
     errors: int
     cpu_seconds: float | None = None  # the server process's CPU time during the load, when known
+    database_cpu_seconds: float | None = None  # PostgreSQL's processes, with --backend postgresql
+    database_counters: Counters | None = None  # commits and WAL flushes during the load (PostgreSQL)
 
     def rate(self) -> float:
         return self.messages / self.seconds if self.seconds else 0.0
@@ -71,6 +95,17 @@ class Result:
                 if self.cpu_seconds is not None and self.messages
                 else ""
             )
+            + (
+                f" postgres_cpu_ms_per_msg={1000 * self.database_cpu_seconds / self.messages:.2f}"
+                if self.database_cpu_seconds is not None and self.messages
+                else ""
+            )
+            + (
+                f" commits_per_msg={self.database_counters.commits / self.messages:.3f}"
+                f" wal_flushes_per_msg={self.database_counters.wal_syncs / self.messages:.3f}"
+                if self.database_counters is not None and self.messages
+                else ""
+            )
         )
 
 
@@ -82,6 +117,12 @@ def make_message(size: int, sender: str, rcpt: str) -> bytes:
 
 
 DKIM_SELECTOR = "bench"
+
+
+def setup_name(backend: str, workers: int, args: argparse.Namespace) -> str:
+    """The name a run is reported under: `surat-w2`, `pg-w1` (backend named once several are run)."""
+    prefix = "pg" if backend == "postgresql" else ("sqlite" if len(args.backend) > 1 else "surat")
+    return f"{prefix}-w{workers}" if len(args.workers) > 1 or workers != 1 else prefix
 
 
 def sign_message(message: bytes, domain: str) -> tuple[bytes, str]:
@@ -268,7 +309,9 @@ class SuratProcess:
         mail_auth: bool = False,
         dns_port: int | None = None,
         workers: int = 1,
+        dsn: str | None = None,
     ) -> None:
+        """`dsn`: serve from that PostgreSQL database (empty: `surat store init` is run on it)."""
         self.port = free_port()
         config = single_listener_setup(workdir, domain, "smtp", self.port)
         text = config.read_text()
@@ -286,6 +329,8 @@ class SuratProcess:
         if workers != 1:
             lines += ["[server]", f"workers = {workers}"]
         config.write_text("\n".join(lines) + "\n")
+        if dsn is not None:
+            use_postgresql(config, dsn, domain)
         self.server_log = workdir / "server.log"
         env = surat_env(config)
         add_user(config, rcpt, "bench-password")
@@ -376,49 +421,85 @@ async def main_async(args: argparse.Namespace) -> None:
                 if args.checks
                 else [("surat", False)]
             )
-            if args.workers != [1]:
+            # (backend, workers) of each run; several when --backend or --workers name several
+            setups = [(backend, count) for backend in args.backend for count in args.workers]
+            if len(setups) > 1 or setups != [("sqlite", 1)]:
                 if args.checks:
-                    raise SystemExit("--workers and --checks: one at a time")
-                runs = [(f"surat-w{count}", False) for count in args.workers]
+                    raise SystemExit("--workers or --backend postgresql, and --checks: one at a time")
+                runs = [(setup_name(backend, count, args), False) for backend, count in setups]
+            else:
+                setups = setups * len(runs)
+            cluster: BenchCluster | None = None
+            if "postgresql" in args.backend:
+                cluster = BenchCluster()
+                cluster.start()
             best: dict[bool, Result] = {}
             round_costs: list[float] = []
             previous: Result | None = None
-            by_count: list[Result] = []  # --workers: one result per count
-            for index, (name, mail_auth) in enumerate(runs):
-                surat = SuratProcess(
-                    workdir / f"{name}-{index}",
-                    domain,
-                    args.rcpt,
-                    mail_auth=mail_auth,
-                    dns_port=dns_port,
-                    workers=args.workers[index] if args.workers != [1] else 1,
-                )
-                try:
-                    await warm_up("127.0.0.1", surat.port, args, message)
-                    cpu_before = surat.cpu_seconds()
-                    result = await run_load(name, "127.0.0.1", surat.port, args, message)
-                    result.cpu_seconds = surat.cpu_seconds() - cpu_before
-                finally:
-                    surat.stop()
-                if len(runs) > 2:
-                    print(f"round {index // 2 + 1}: {result.line()}")
-                if mail_auth and previous is not None and previous.rate():
-                    round_costs.append(1 - result.rate() / previous.rate())  # the run just before, unchecked
-                previous = result
-                by_count.append(result)
-                if mail_auth not in best or result.rate() > best[mail_auth].rate():
-                    best[mail_auth] = result
-                if mail_auth:
-                    # the per-transaction log line carries the checks' results
-                    print(
-                        f"{name}: log lines with spf=pass {surat.log_count('spf', 'pass')}, "
-                        f"dkim=pass {surat.log_count('dkim', 'pass')}, dmarc=pass {surat.log_count('dmarc', 'pass')}"
-                        + (f"; DNS queries answered {local_dns.queries}" if local_dns is not None else "")
+            by_count: list[Result] = []  # --workers/--backend: one result per setup
+            try:
+                for index, ((name, mail_auth), (backend, workers)) in enumerate(
+                    zip(runs, setups, strict=True)
+                ):
+                    database, dsn = (
+                        cluster.new_database() if cluster and backend == "postgresql" else ("", None)
                     )
-            if args.workers != [1]:
-                results.extend(by_count)
-            else:
+                    surat = SuratProcess(
+                        workdir / f"{name}-{index}",
+                        domain,
+                        args.rcpt,
+                        mail_auth=mail_auth,
+                        dns_port=dns_port,
+                        workers=workers,
+                        dsn=dsn,
+                    )
+                    counters_before: Counters | None = None
+                    try:
+                        await warm_up("127.0.0.1", surat.port, args, message)
+                        if cluster is not None and dsn is not None:
+                            # the warm-up's commits must be published before the first reading
+                            await asyncio.sleep(STATS_IDLE_FLUSH_SECONDS)
+                            counters_before = await cluster.counters(database)
+                        database_cpu_before = cluster.cpu_seconds() if cluster is not None else 0.0
+                        cpu_before = surat.cpu_seconds()
+                        result = await run_load(name, "127.0.0.1", surat.port, args, message)
+                        result.cpu_seconds = surat.cpu_seconds() - cpu_before
+                        if cluster is not None and dsn is not None:
+                            result.database_cpu_seconds = cluster.cpu_seconds() - database_cpu_before
+                    finally:
+                        surat.stop()
+                    if cluster is not None and counters_before is not None:
+                        # stopped: every connection closed and published its counts (plus the few
+                        # transactions of a clean stop)
+                        result.database_counters = (
+                            await cluster.counters(database, settled=True) - counters_before
+                        )
+                    if args.checks and len(runs) > 2:
+                        print(f"round {index // 2 + 1}: {result.line()}", flush=True)
+                    elif len(runs) > 1:
+                        print(result.line(), flush=True)  # as it comes: the whole invocation takes minutes
+                    if mail_auth and previous is not None and previous.rate():
+                        round_costs.append(
+                            1 - result.rate() / previous.rate()
+                        )  # the run just before, unchecked
+                    previous = result
+                    by_count.append(result)
+                    if mail_auth not in best or result.rate() > best[mail_auth].rate():
+                        best[mail_auth] = result
+                    if mail_auth:
+                        # the per-transaction log line carries the checks' results
+                        print(
+                            f"{name}: log lines with spf=pass {surat.log_count('spf', 'pass')}, "
+                            f"dkim=pass {surat.log_count('dkim', 'pass')}, dmarc=pass {surat.log_count('dmarc', 'pass')}"
+                            + (f"; DNS queries answered {local_dns.queries}" if local_dns is not None else "")
+                        )
+            finally:
+                if cluster is not None:
+                    cluster.stop()
+            if args.checks:
                 results.extend(best[mode] for mode in (False, True) if mode in best)
+            else:
+                results.extend(by_count)  # one run, or one per --backend/--workers setup
             if len(round_costs) > 1:
                 # each round's pair ran minutes apart at most, under the same conditions
                 costs = ", ".join(f"{100 * cost:.0f}%" for cost in round_costs)
@@ -502,6 +583,14 @@ def main() -> None:
         type=int,
         default=1,
         help="with --checks: alternate off/on this often, report the best of each",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["sqlite", "postgresql"],
+        nargs="+",
+        default=["sqlite"],
+        help="Surat's store; postgresql: a private cluster started here, a new database per run; "
+        "several run one after the other (e.g. --backend sqlite postgresql)",
     )
     parser.add_argument(
         "--workers",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import psycopg
@@ -17,7 +17,15 @@ from psycopg import errors
 
 from pg_cluster import PostgresCluster
 from surat.message.info import compute_message_info
-from surat.store.base import Change, Credentials, Delivery, MailboxTarget, OutboundMessage, OutboundRecipient
+from surat.store.base import (
+    Change,
+    Credentials,
+    Delivery,
+    FlagMode,
+    MailboxTarget,
+    OutboundMessage,
+    OutboundRecipient,
+)
 from surat.store.postgres import schema
 from surat.store.postgres.deliveries import (
     MAX_BATCH_BYTES,
@@ -214,3 +222,109 @@ async def test_a_batch_is_bounded_in_writes_and_octets() -> None:
     assert [w.body.size for w in take_batch(waiting)] == [half, half]  # the next would pass the bound
     assert [w.body.size for w in take_batch(waiting)] == [1]
     assert [w.body.size for w in take_batch(waiting)] == [MAX_BATCH_BYTES * 3]  # the first always goes
+
+
+# ------------------------------------------------------------------------------ round trips
+
+# What the delayed link adds to every answer from PostgreSQL: far above this machine's own latency
+# (well under a millisecond per round trip), so that elapsed time counts round trips.
+LINK_DELAY = 0.1
+
+
+class DelayedLink:
+    """A TCP relay on loopback to PostgreSQL that holds every chunk the server sends for LINK_DELAY
+    seconds (in order): a database one network round trip away, as from another machine."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+            loop = asyncio.get_running_loop()
+            due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def deliver() -> None:
+                while True:
+                    at, data = await due.get()
+                    await asyncio.sleep(max(0.0, at - loop.time()))
+                    if not data:
+                        writer.close()
+                        return
+                    writer.write(data)
+
+            sender = asyncio.ensure_future(deliver())
+            self.tasks.add(sender)
+            while data := await reader.read(65536):
+                await due.put((loop.time() + delay, data))
+            await due.put((loop.time() + delay, b""))
+
+        for task in (
+            asyncio.ensure_future(pump(client_reader, server_writer, 0.0)),
+            asyncio.ensure_future(pump(server_reader, client_writer, LINK_DELAY)),
+        ):
+            self.tasks.add(task)
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _fastest(call: Callable[[], Awaitable[object]], times: int = 3) -> float:
+    """The shortest of `times` calls, in seconds: psycopg prepares a statement at its fifth use, which
+    costs that call one more round trip."""
+    loop = asyncio.get_running_loop()
+    fastest = float("inf")
+    for _ in range(times):
+        start = loop.time()
+        await call()
+        fastest = min(fastest, loop.time() - start)
+    return fastest
+
+
+async def test_sync_and_flag_changes_take_few_round_trips(dsn: str, pg_cluster: PostgresCluster) -> None:
+    """Over a link with LINK_DELAY per answer: `changes_since` (asked before most IMAP replies) is one
+    round trip, its three reads pipelined; a STORE is four (BEGIN, lock + read, the two UPDATEs,
+    NOTIFY + COMMIT), of which three hold the mailbox's row lock that every writer of the mailbox on
+    every node waits for. They were three and six, each round trip a network latency in a deployment
+    with PostgreSQL on another machine, and the lock's hold time on one machine."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await schema.migrate(conn)
+    link = DelayedLink(pg_cluster.port)
+    delayed_dsn = dsn.replace(f":{pg_cluster.port}/", f":{await link.start()}/")
+    store = PostgresStore(delayed_dsn)
+    await store.open()
+    try:
+        account_id = await _account(store, "alice@example.test")
+        for n in range(3):
+            await store.deliver(_delivery(account_id, n))
+        inbox = await store.get_mailbox(account_id, "INBOX")
+        assert inbox is not None
+        # The pool's connection is open and warm: what follows is the statements' round trips alone.
+        first = await store.changes_since(inbox.id, 0)
+        assert [m.uid for m in first.changed] == [1, 2, 3]
+        seconds = await _fastest(lambda: store.changes_since(inbox.id, first.highestmodseq))
+        assert LINK_DELAY <= seconds < 2 * LINK_DELAY
+        flagged = frozenset({"\\Flagged"})
+        modes = iter([FlagMode.ADD, FlagMode.REMOVE, FlagMode.ADD])
+        seconds = await _fastest(lambda: store.store_flags(inbox.id, [2], next(modes), flagged))
+        assert 4 * LINK_DELAY <= seconds < 5 * LINK_DELAY
+        # Three changes, each with the next MODSEQ; the last one set \Flagged again.
+        changes = await store.changes_since(inbox.id, first.highestmodseq)
+        assert [(m.uid, m.flags, m.modseq) for m in changes.changed] == [
+            (2, flagged, first.highestmodseq + 3)
+        ]
+        assert changes.highestmodseq == first.highestmodseq + 3
+    finally:
+        await store.close()
+        await link.close()

@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from psycopg import AsyncCursor
+from psycopg.rows import TupleRow
+
 from surat.store.base import Mailbox, NotFound, QuotaExceeded
 from surat.store.common import flags_text, mailbox_from_row
 from surat.store.postgres.pool import Connection
@@ -21,6 +24,10 @@ from surat.store.postgres.pool import Connection
 MAILBOX_COLUMNS = (
     "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, EXISTS (SELECT 1 FROM"
     " subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
+)
+# Parameters: the mailbox id, and its account id or None for any account.
+MAILBOX_BY_ID = (
+    f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = %s AND account_id = coalesce(%s, account_id)"
 )
 
 MESSAGE_INSERT_COLUMNS = "mailbox_id, uid, modseq, flags, seen, deleted, internal_date, internal_tz, size, blob_id, info, ends_crlf"
@@ -32,11 +39,12 @@ async def mailbox_by_id(
     """The mailbox (of `account_id`, if given); with `lock`, its row stays locked until the
     transaction ends."""
     suffix = " FOR UPDATE" if lock else ""
-    cursor = await conn.execute(
-        f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = %s AND account_id = coalesce(%s, account_id)"
-        f"{suffix}".encode(),
-        (mailbox_id, account_id),
-    )
+    cursor = await conn.execute(f"{MAILBOX_BY_ID}{suffix}".encode(), (mailbox_id, account_id))
+    return await mailbox_found(cursor, mailbox_id)
+
+
+async def mailbox_found(cursor: AsyncCursor[TupleRow], mailbox_id: int) -> Mailbox:
+    """The mailbox that MAILBOX_BY_ID returned (its cursor, maybe from a pipeline); NotFound if none."""
     row = await cursor.fetchone()
     if row is None:
         raise NotFound(f"mailbox {mailbox_id}")
