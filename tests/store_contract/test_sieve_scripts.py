@@ -46,7 +46,7 @@ async def test_put_get_list_replace(store: Store, alice: Account) -> None:
 async def test_a_script_that_does_not_parse_is_refused_with_the_line(store: Store, alice: Account) -> None:
     with pytest.raises(InvalidScript, match=r"^line 2, column \d+: "):
         await store.put_sieve_script(alice.id, "bad", 'keep;\nfileinto "x";\n')  # fileinto not required
-    with pytest.raises(InvalidScript, match="^line 1"):
+    with pytest.raises(InvalidScript, match=r"^line 1"):
         await store.put_sieve_script(alice.id, "bad", 'require "no-such-extension";')
     assert await store.list_sieve_scripts(alice.id) == []
 
@@ -130,7 +130,9 @@ async def test_vacation_memory_is_pruned_and_shared(open_store: StoreFactory, al
     assert not await second.claim_vacation_reply(alice.id, "old@example.net", "h", t + 10, DAY)
     assert await second.claim_vacation_reply(alice.id, "new@example.net", "h", later, DAY)
     # The old row was pruned: even a period longer than the memory keeps no trace of it.
-    assert await first.claim_vacation_reply(alice.id, "old@example.net", "h", later, 10 * MAX_VACATION_MEMORY_SECONDS)
+    assert await first.claim_vacation_reply(
+        alice.id, "old@example.net", "h", later, 10 * MAX_VACATION_MEMORY_SECONDS
+    )
 
 
 async def test_concurrent_vacation_claims_reply_once(store: Store, alice: Account) -> None:

@@ -12,12 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from surat.message.info import MessageInfo
+from surat.sieve import SieveSyntaxError, parse_script
 from surat.store.base import (
     HIERARCHY_DELIMITER,
     MAX_MAILBOX_NAME_OCTETS,
+    MAX_SIEVE_SCRIPT_NAME,
     Change,
     ChangeKind,
-    MAX_SIEVE_SCRIPT_NAME,
     InvalidName,
     InvalidScript,
     Mailbox,
@@ -211,8 +212,6 @@ def check_sieve_script(name: str, text: str) -> None:
     control characters, at most MAX_SIEVE_SCRIPT_NAME characters) and that the text parses (the
     parser's "line L, column C: why" in InvalidScript), so that a broken script is refused when it is
     uploaded, not found out at a delivery."""
-    from surat.sieve import SieveSyntaxError, parse_script  # pure; imported here to keep the store light
-
     if not name or len(name) > MAX_SIEVE_SCRIPT_NAME:
         raise InvalidName(f"a script name is 1 to {MAX_SIEVE_SCRIPT_NAME} characters")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in name):

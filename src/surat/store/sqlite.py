@@ -104,16 +104,16 @@ from surat.store.base import (
 )
 from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.common import (
-    check_sieve_script,
-    new_script_version,
     QUEUE_ENTRY_COLUMNS,
     QUEUE_RECIPIENT_COLUMNS,
     CommitStats,
     added_changes,
+    check_sieve_script,
     flags_of,
     flags_text,
     mailbox_from_row,
     message_info,
+    new_script_version,
     normalize_address,
     normalize_domain,
     normalize_flags,
@@ -1114,7 +1114,8 @@ class SQLiteStore:
             conn.execute("UPDATE sieve_scripts SET active = 0 WHERE account_id = ? AND active", (account_id,))
             if name is not None:
                 conn.execute(
-                    "UPDATE sieve_scripts SET active = 1 WHERE account_id = ? AND name = ?", (account_id, name)
+                    "UPDATE sieve_scripts SET active = 1 WHERE account_id = ? AND name = ?",
+                    (account_id, name),
                 )
             return None, [], set()
 

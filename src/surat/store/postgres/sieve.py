@@ -1,6 +1,8 @@
 """Sieve scripts and the vacation memory (issue 14) in PostgreSQL: the same promises as the SQLite
 store's (surat.store.base `Store`), shared by every node."""
 
+# ruff: noqa: S608 -- SQL text is built only from the constant column list and %s placeholders.
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
