@@ -1135,16 +1135,29 @@ class SQLiteStore:
 
         await self._write(fn)
 
+    def _replied_within(
+        self, account_id: int, sender: str, handle: str, since: float, conn: sqlite3.Connection | None = None
+    ) -> bool:
+        row = (
+            (conn or self._read())
+            .execute(
+                "SELECT replied_at FROM vacation_replies WHERE account_id = ? AND sender = ? AND handle = ?",
+                (account_id, sender, handle),
+            )
+            .fetchone()
+        )
+        return row is not None and row[0] > since
+
     async def claim_vacation_reply(
         self, account_id: int, sender: str, handle: str, now: float, period: float
     ) -> bool:
+        if self._replied_within(account_id, sender, handle, now - period):
+            # Most messages to a user on vacation come from senders already answered: a read, no write.
+            return False
+
         def fn(conn: sqlite3.Connection) -> tuple[bool, list[Change], set[str]]:
-            row = conn.execute(
-                "SELECT replied_at FROM vacation_replies WHERE account_id = ? AND sender = ? AND handle = ?",
-                (account_id, sender, handle),
-            ).fetchone()
-            if row is not None and row[0] > now - period:
-                return False, [], set()
+            if self._replied_within(account_id, sender, handle, now - period, conn):
+                return False, [], set()  # another delivery claimed it since the read above
             conn.execute(
                 "INSERT OR REPLACE INTO vacation_replies (account_id, sender, handle, replied_at)"
                 " VALUES (?, ?, ?, ?)",

@@ -102,6 +102,14 @@ class SieveStore(PooledStore):
         self, account_id: int, sender: str, handle: str, now: float, period: float
     ) -> bool:
         moment = datetime.fromtimestamp(now, UTC)
+        recent = await self._fetchone(
+            "SELECT 1 FROM vacation_replies WHERE account_id = %s AND sender = %s AND handle = %s"
+            " AND replied_at > %s",
+            (account_id, sender, handle, moment - timedelta(seconds=period)),
+        )
+        if recent is not None:
+            # Most messages to a user on vacation come from senders already answered: a read, no write.
+            return False
 
         async def fn(conn: Connection) -> tuple[bool, list[Change]]:
             # One statement: the row is written only when no reply went within the period, so two
