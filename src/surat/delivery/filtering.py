@@ -173,7 +173,11 @@ class SieveFilter:
             plan.targets.append(recipient.target)
             plan.log.append(f"script {active.name} does not parse ({exc}): implicit keep")
             return plan
-        mailboxes = {mailbox.name for mailbox in await self.store.list_mailboxes(recipient.account_id)}
+        # The account's mailbox names: read before the run only when a `mailboxexists` test may ask
+        # (the callback is synchronous), else at the first fileinto.
+        mailboxes: set[str] | None = None
+        if {"mailbox", "include"} & parsed.capabilities:
+            mailboxes = await self._mailbox_names(recipient.account_id)
 
         def include(name: str, location: str) -> Script | None:
             # RFC 6609 §3.2: :personal names another script of the same account; there are no
@@ -183,7 +187,12 @@ class SieveFilter:
 
         context = MessageContext(message, envelope_from, recipient.rcpt, now, header)
         # The run is bounded by surat.sieve.limits (MAX_STEPS, MAX_MATCH_WORK: ~10-20 ms at worst).
-        result = evaluate(parsed, context, include_resolver=include, mailbox_exists=mailboxes.__contains__)
+        result = evaluate(
+            parsed,
+            context,
+            include_resolver=include,
+            mailbox_exists=mailboxes.__contains__ if mailboxes is not None else None,
+        )
         plan.log.extend(result.log)
         for error in result.errors:
             log.warning(
@@ -195,6 +204,8 @@ class SieveFilter:
                 case Keep():
                     self._add(plan, recipient, recipient.target.mailbox, action.flags)
                 case FileInto():
+                    if mailboxes is None:
+                        mailboxes = await self._mailbox_names(recipient.account_id)
                     mailbox = await self._mailbox_for(plan, recipient, action, mailboxes)
                     self._add(plan, recipient, mailbox, action.flags)
                 case Discard():
@@ -206,6 +217,9 @@ class SieveFilter:
                 case Reject():
                     plan.reject = action
         return plan
+
+    async def _mailbox_names(self, account_id: int) -> set[str]:
+        return {mailbox.name for mailbox in await self.store.list_mailboxes(account_id)}
 
     @staticmethod
     def _add(plan: Plan, recipient: Recipient, mailbox: str, flags: Sequence[str]) -> None:
@@ -270,8 +284,10 @@ class SieveFilter:
     ) -> AutoReply | None:
         header = _header(context)
         sender = context.envelope_from
-        own = await owned_addresses(self.store, recipient.address)
-        refusal = _no_reply_reason(sender, header, own, action.addresses)
+        refusal = _automatic_or_list(sender, header)
+        if refusal is None:
+            own = await owned_addresses(self.store, recipient.address)
+            refusal = _own_or_not_addressed(sender, header, own, action.addresses)
         if refusal is not None:
             plan.log.append(f"vacation: no reply ({refusal})")
             return None
@@ -337,16 +353,12 @@ def _encoded(text: str) -> str:
     return text if text.isascii() else EncodedHeader(text, "utf-8").encode()
 
 
-def _no_reply_reason(
-    sender: str, header: Header, own: set[str], extra_addresses: Sequence[str]
-) -> str | None:
-    """Why RFC 5230 forbids a vacation reply to this message, or None when one may go."""
+def _automatic_or_list(sender: str, header: Header) -> str | None:
+    """Why RFC 5230 §4.6/§5 forbid a vacation reply to this message (the checks that need no store
+    read), or None."""
     if not sender:
         return "null sender"  # RFC 5230 §4.6: never to <>
-    lowered = sender.lower()
-    local = lowered.rpartition("@")[0]
-    if lowered in own or base_address(lowered) in own:
-        return "own address"  # RFC 5230 §4.6
+    local = sender.lower().rpartition("@")[0]
     if local in _AUTOMATIC_LOCALPARTS or local.startswith("owner-") or local.endswith("-request"):
         return "automatic sender"
     auto = header.first(b"auto-submitted")
@@ -357,6 +369,16 @@ def _no_reply_reason(
         return "Precedence"
     if any(key in header.keys for key in _LIST_FIELDS):
         return "mailing list"
+    return None
+
+
+def _own_or_not_addressed(
+    sender: str, header: Header, own: set[str], extra_addresses: Sequence[str]
+) -> str | None:
+    """Why no reply goes, given the user's own addresses (the account and its aliases), or None."""
+    lowered = sender.lower()
+    if lowered in own or base_address(lowered) in own:
+        return "own address"  # RFC 5230 §4.6
     addressed = {
         spec.lower()
         for key in _RECIPIENT_FIELDS
