@@ -17,9 +17,11 @@ from psycopg import sql
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
 from surat.store import schema as sqlite_schema
+from surat.store.postgres import schema as postgres_schema
 from surat.store.sqlite import INDEX_FILE
 
 SQLITE_VERSION = len(sqlite_schema.MIGRATIONS)
+PG_VERSION = postgres_schema.SCHEMA_VERSION
 
 
 def write_config(directory: Path, store: str = "", listen: str = "") -> Path:
@@ -67,18 +69,23 @@ def test_postgresql_init_creates_the_schema_then_does_nothing(
     config = postgresql_config(tmp_path, pg_cluster, pg_database)
     first = surat(config, "store", "init")
     assert (first.returncode, first.stderr) == (0, "")
-    assert first.stdout == f"store: {location(pg_cluster, pg_database)}: created schema version 2\n"
+    assert (
+        first.stdout == f"store: {location(pg_cluster, pg_database)}: created schema version {PG_VERSION}\n"
+    )
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
         tables = {
             row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
         applied = conn.execute("SELECT version, applied_at FROM schema_version ORDER BY version").fetchall()
     assert {"accounts", "mailboxes", "messages", "queue", "blob_chunks", "schema_version"} <= tables
-    assert [version for version, _ in applied] == [1, 2]
+    assert [version for version, _ in applied] == list(range(1, PG_VERSION + 1))
 
     second = surat(config, "store", "init")
     assert (second.returncode, second.stderr) == (0, "")
-    assert second.stdout == f"store: {location(pg_cluster, pg_database)}: schema version 2, up to date\n"
+    assert (
+        second.stdout
+        == f"store: {location(pg_cluster, pg_database)}: schema version {PG_VERSION}, up to date\n"
+    )
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
         assert (
             conn.execute("SELECT version, applied_at FROM schema_version ORDER BY version").fetchall()
@@ -93,7 +100,7 @@ def test_postgresql_check_shows_the_store_without_the_password(
     assert surat(config, "store", "init").returncode == 0
     result = surat(config, "check")
     assert (result.returncode, result.stderr) == (0, "")
-    assert f"store:    {location(pg_cluster, pg_database)}, schema version 2\n" in result.stdout
+    assert f"store:    {location(pg_cluster, pg_database)}, schema version {PG_VERSION}\n" in result.stdout
     assert SUPERUSER_PASSWORD not in result.stdout
     assert result.stdout.endswith("OK\n")
 
@@ -124,12 +131,15 @@ def test_serve_refuses_a_postgresql_schema_newer_than_the_code(
     config = postgresql_config(tmp_path, pg_cluster, pg_database)
     assert surat(config, "store", "init").returncode == 0
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
-        conn.execute("INSERT INTO schema_version (version) VALUES (3)")
-    line = "store: schema version 3 is newer than this Surat knows (2); run the newer Surat that wrote it"
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (PG_VERSION + 1,))
+    line = (
+        f"store: schema version {PG_VERSION + 1} is newer than this Surat knows ({PG_VERSION});"
+        " run the newer Surat that wrote it"
+    )
     assert_one_line_error(surat(config, "serve"), line)
     assert_one_line_error(surat(config, "store", "init"), line)  # and init leaves it alone
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (PG_VERSION + 1,)
 
 
 def test_serve_refuses_an_empty_postgresql_database(
