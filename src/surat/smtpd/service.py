@@ -721,10 +721,9 @@ class _Session:
     ) -> None:
         now = datetime.now(UTC)
         try:
-            report = DsnReport(
-                reporting_mta=self.config.hostname,
-                sender=txn.sender,
-                recipients=tuple(
+            report = self._dsn_report(
+                txn,
+                [
                     ReportedRecipient(
                         address=txn.rcpt_of.get(account_id, ""),
                         orcpt=None,
@@ -734,10 +733,8 @@ class _Session:
                         last_attempt=now,
                     )
                     for account_id, reject in rejected
-                ),
-                arrival_date=arrival,
-                envid=txn.params.envid,
-                smtputf8=txn.params.smtputf8,
+                ],
+                arrival,
             )
             dsn = build_dsn(report, io.BytesIO(txn.filtered_header), now=now)
             await submit_dsn(self.store, dsn, now)
@@ -784,6 +781,25 @@ class _Session:
             log.exception("smtp.dkim_failed", extra=fields(domain=domain))
             return b""
 
+    def _dsn_report(
+        self,
+        txn: _Transaction,
+        recipients: list[ReportedRecipient],
+        arrival: datetime,
+        *,
+        ret: Ret | None = None,
+    ) -> DsnReport:
+        """A DSN about this transaction's message (RFC 3464), to its envelope sender."""
+        return DsnReport(
+            reporting_mta=self.config.hostname,
+            sender=txn.sender,
+            recipients=tuple(recipients),
+            arrival_date=arrival,
+            envid=txn.params.envid,
+            ret=ret,
+            smtputf8=txn.params.smtputf8,
+        )
+
     async def _notify_success(self, txn: _Transaction, delivery: Delivery, result: DeliveryResult) -> None:
         """RFC 3461 §6.2.2: the final MTA reports a successful delivery when NOTIFY=SUCCESS asked for it.
 
@@ -791,10 +807,9 @@ class _Session:
         turned into an error reply."""
         now = datetime.now(UTC)
         try:
-            report = DsnReport(
-                reporting_mta=self.config.hostname,
-                sender=txn.sender,
-                recipients=tuple(
+            report = self._dsn_report(
+                txn,
+                [
                     ReportedRecipient(
                         address=address,
                         orcpt=orcpt,
@@ -804,11 +819,9 @@ class _Session:
                         last_attempt=now,
                     )
                     for address, orcpt in txn.success_notices
-                ),
-                arrival_date=delivery.internal_date,
-                envid=txn.params.envid,
+                ],
+                delivery.internal_date,
                 ret=Ret.FULL if (txn.params.ret or "").upper() == "FULL" else None,
-                smtputf8=txn.params.smtputf8,
             )
             # The stored copy starts with our Return-Path; the DSN quotes the message as received.
             skip = len(return_path(txn.sender))
