@@ -8,6 +8,8 @@ Prints messages/s and p50/p99 acceptance latency (MAIL FROM sent -> 250 after th
     .venv/bin/python bench/smtp_accept.py --signed --checks   # issue 6: cost of SPF/DKIM/DMARC checks
     .venv/bin/python bench/smtp_accept.py --new-connections --sessions 16 --workers 1 2 --peer postfix
                                                                # issue 12: [server] workers = 1, then 2
+    .venv/bin/python bench/smtp_accept.py --sieve typical --rounds 3
+                                                               # issue 14: cost of a Sieve script at delivery
 
 --signed DKIM-signs the message (RSA 2048, relaxed/relaxed) for the --sender domain, whose SPF, DKIM key and
 DMARC (p=reject) records a DNS server inside this script serves on 127.0.0.1; Surat is pointed at it.
@@ -16,6 +18,9 @@ their ratio (--rounds N: N times each, alternating, the best of each reported, f
 With both, every message passes SPF, DKIM and DMARC (counted from the server log). server_cpu_ms_per_msg is
 the Surat process's CPU time per message, steadier than msgs/s on a shared machine. With --rounds N > 1 the
 cost is also printed per round (each checked run against the unchecked run just before it) with its median.
+
+--sieve FILE runs Surat twice on the same load like --checks: without a script, then with FILE (or
+"typical": bench/sieve_eval.py's 20-rule script) stored and active for --rcpt, and prints the ratio.
 
 Every server first gets --warmup untimed messages (default 500, counted in the log-line totals), so that
 neither run pays for first use (DNS and key caches filling, the first parse of the DKIM key).
@@ -66,6 +71,7 @@ from common import (
 )
 from peers import Postfix, missing_program
 from pg_common import STATS_IDLE_FLUSH_SECONDS, BenchCluster, Counters
+from sieve_eval import TYPICAL
 
 
 @dataclass
@@ -310,8 +316,10 @@ class SuratProcess:
         dns_port: int | None = None,
         workers: int = 1,
         dsn: str | None = None,
+        sieve: str | None = None,
     ) -> None:
-        """`dsn`: serve from that PostgreSQL database (empty: `surat store init` is run on it)."""
+        """`dsn`: serve from that PostgreSQL database (empty: `surat store init` is run on it).
+        `sieve`: a script stored and active for `rcpt`."""
         self.port = free_port()
         config = single_listener_setup(workdir, domain, "smtp", self.port)
         text = config.read_text()
@@ -334,6 +342,11 @@ class SuratProcess:
         self.server_log = workdir / "server.log"
         env = surat_env(config)
         add_user(config, rcpt, "bench-password")
+        if sieve is not None:
+            for command in (["sieve", "put", rcpt, "bench", "-"], ["sieve", "activate", rcpt, "bench"]):
+                subprocess.run(
+                    [*SURAT, *command], input=sieve, text=True, check=True, env=env, capture_output=True
+                )
         self.log = self.server_log.open("w")
         self.proc = subprocess.Popen([*SURAT, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
@@ -406,6 +419,11 @@ async def main_async(args: argparse.Namespace) -> None:
             + f"SPF/DKIM/DMARC records for {sender_domain} served by DNS on 127.0.0.1:{local_dns.port}"
         )
     dns_port = local_dns.port if local_dns is not None else None
+    sieve: str | None = None
+    if args.sieve:
+        sieve = TYPICAL if args.sieve == "typical" else Path(args.sieve).read_text()
+        if args.checks:
+            raise SystemExit("--sieve and --checks: one at a time")
     with tempfile.TemporaryDirectory(prefix="surat-bench-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # Postfix's unprivileged daemons must reach their queue below it
@@ -416,16 +434,17 @@ async def main_async(args: argparse.Namespace) -> None:
         else:
             # --checks: off and on alternately, --rounds times; the best round of each counts, as the
             # one least disturbed by whatever else the machine was doing
-            runs = (
-                [("surat", False), ("surat+checks", True)] * args.rounds
-                if args.checks
-                else [("surat", False)]
-            )
+            # --sieve likewise: without a script, then with it (the bool is "the second of a pair")
+            runs = [("surat", False)]
+            if args.checks:
+                runs = [("surat", False), ("surat+checks", True)] * args.rounds
+            elif sieve is not None:
+                runs = [("surat", False), ("surat+sieve", True)] * args.rounds
             # (backend, workers) of each run; several when --backend or --workers name several
             setups = [(backend, count) for backend in args.backend for count in args.workers]
             if len(setups) > 1 or setups != [("sqlite", 1)]:
-                if args.checks:
-                    raise SystemExit("--workers or --backend postgresql, and --checks: one at a time")
+                if args.checks or sieve is not None:
+                    raise SystemExit("--workers or --backend postgresql, and --checks/--sieve: one at a time")
                 runs = [(setup_name(backend, count, args), False) for backend, count in setups]
             else:
                 setups = setups * len(runs)
@@ -448,10 +467,11 @@ async def main_async(args: argparse.Namespace) -> None:
                         workdir / f"{name}-{index}",
                         domain,
                         args.rcpt,
-                        mail_auth=mail_auth,
+                        mail_auth=mail_auth and args.checks,
                         dns_port=dns_port,
                         workers=workers,
                         dsn=dsn,
+                        sieve=sieve if mail_auth else None,
                     )
                     counters_before: Counters | None = None
                     try:
@@ -474,7 +494,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         result.database_counters = (
                             await cluster.counters(database, settled=True) - counters_before
                         )
-                    if args.checks and len(runs) > 2:
+                    if (args.checks or sieve is not None) and len(runs) > 2:
                         print(f"round {index // 2 + 1}: {result.line()}", flush=True)
                     elif len(runs) > 1:
                         print(result.line(), flush=True)  # as it comes: the whole invocation takes minutes
@@ -486,7 +506,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     by_count.append(result)
                     if mail_auth not in best or result.rate() > best[mail_auth].rate():
                         best[mail_auth] = result
-                    if mail_auth:
+                    if mail_auth and args.checks:
                         # the per-transaction log line carries the checks' results
                         print(
                             f"{name}: log lines with spf=pass {surat.log_count('spf', 'pass')}, "
@@ -496,14 +516,16 @@ async def main_async(args: argparse.Namespace) -> None:
             finally:
                 if cluster is not None:
                     cluster.stop()
-            if args.checks:
+            if args.checks or sieve is not None:
                 results.extend(best[mode] for mode in (False, True) if mode in best)
             else:
                 results.extend(by_count)  # one run, or one per --backend/--workers setup
             if len(round_costs) > 1:
                 # each round's pair ran minutes apart at most, under the same conditions
                 costs = ", ".join(f"{100 * cost:.0f}%" for cost in round_costs)
-                print(f"checks cost per round: {costs}; median {100 * statistics.median(round_costs):.0f}%")
+                print(
+                    f"{'sieve' if sieve else 'checks'} cost per round: {costs}; median {100 * statistics.median(round_costs):.0f}%"
+                )
         if args.peer == "postfix":
             missing = missing_program("postfix")
             if missing:
@@ -541,12 +563,14 @@ async def main_async(args: argparse.Namespace) -> None:
         local_dns.close()
     for result in results:
         print(result.line())
-    if args.checks and len(results) >= 2 and results[0].messages and results[1].messages:
+    if (args.checks or sieve) and len(results) >= 2 and results[0].messages and results[1].messages:
         without = results[0].messages / results[0].seconds
         with_checks = results[1].messages / results[1].seconds
+        cpu = [(r.cpu_seconds or 0.0) * 1000 / r.messages for r in results[:2]]
         print(
-            f"checks: {with_checks:.0f} msgs/s with, {without:.0f} without = {with_checks / without:.2f} "
-            f"of the throughput (cost {100 * (1 - with_checks / without):.0f}%)"
+            f"{'sieve' if sieve else 'checks'}: {with_checks:.0f} msgs/s with, {without:.0f} without ="
+            f" {with_checks / without:.2f} of the throughput (cost {100 * (1 - with_checks / without):.0f}%);"
+            f" server CPU {cpu[1]:.2f} ms/msg with, {cpu[0]:.2f} without"
         )
         results = [results[0], *results[2:]]  # compare the peer with Surat as configured by default
     if args.peer and len(results) >= 2 and results[-1].rate():
@@ -583,6 +607,11 @@ def main() -> None:
         type=int,
         default=1,
         help="with --checks: alternate off/on this often, report the best of each",
+    )
+    parser.add_argument(
+        "--sieve",
+        metavar="FILE",
+        help='a Sieve script for --rcpt ("typical": 20 rules); runs without, then with',
     )
     parser.add_argument(
         "--backend",

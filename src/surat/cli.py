@@ -48,7 +48,17 @@ from surat.net.tlscontexts import TlsContexts, certificate_lines
 from surat.passwords import SASLprepError, generate_password, make_credentials
 from surat.pidfile import PID_FILE_NAME, running_server_pid
 from surat.proto.smtp.address import terminal_safe
-from surat.store.base import AlreadyExists, NotFound, QueueEntry, StoreError
+from surat.sieve import SieveSyntaxError, parse_script
+from surat.sieve.generated import (
+    FORWARD_SCRIPT,
+    GENERATED_SCRIPTS,
+    VACATION_SCRIPT,
+    forward_script,
+    next_script,
+    relink,
+    vacation_script,
+)
+from surat.store.base import AlreadyExists, InvalidScript, NotFound, QueueEntry, ScriptActive, StoreError
 from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
 from surat.store.schema import SchemaTooNew
 from surat.store.setup import (
@@ -860,6 +870,8 @@ def cmd_domain(args: argparse.Namespace) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     config = _load(args)
     action: str = args.action
+    if action in ("vacation", "forward"):
+        return _user_sieve(args, config, normalize_address(args.address))
     address = normalize_address(args.address) if action in ("add", "passwd", "del", "quota", "admin") else ""
     quota: int | None = None
     if action == "quota":
@@ -983,6 +995,145 @@ def cmd_alias(args: argparse.Namespace) -> int:
                 raise CliError(f"alias {shown} does not exist")
             await store.delete_alias(source, target)
             print(f"deleted alias {source}" + (f" -> {target}" if target else ""))
+        return 0
+
+    return _with_configured_store(args, config, act)
+
+
+# ----------------------------------------------------------------------------------------- sieve
+
+
+def _read_script_file(name: str) -> str:
+    """A script from FILE, or from stdin for "-"; UTF-8 (RFC 5228 §2.1)."""
+    if name == "-":
+        return sys.stdin.read()
+    data = Path(name).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{name}: not UTF-8 text (octet {exc.start})") from None
+
+
+async def _account_id(store: Store, address: str) -> int:
+    account = await store.get_account(address)
+    if account is None:
+        raise CliError(f"account {address} does not exist")
+    return account.id
+
+
+def cmd_sieve(args: argparse.Namespace) -> int:
+    action: str = args.action
+    if action == "check":
+        # Parse only, no config or store: usable on any machine before `put`.
+        try:
+            parse_script(_read_script_file(args.file))
+        except SieveSyntaxError as exc:
+            raise CliError(f"{args.file}: {exc}") from None
+        print(f"{args.file}: ok")
+        return 0
+    config = _load(args)
+    address = normalize_address(args.address)
+    text = _read_script_file(args.file) if action == "put" else ""
+
+    async def act(store: Store) -> int:
+        account_id = await _account_id(store, address)
+        if action == "put":
+            try:
+                script = await store.put_sieve_script(account_id, args.name, text)
+            except InvalidScript as exc:
+                raise CliError(f"script {args.name}: {exc}") from None
+            state = "active" if script.active else f"not active; {command_prefix(args.config)} sieve activate"
+            print(f"stored script {args.name} of {address} ({state})")
+        elif action == "get":
+            found = await store.get_sieve_script(account_id, args.name)
+            if found is None:
+                raise CliError(f"{address} has no script {args.name}")
+            sys.stdout.write(found.text)
+        elif action == "list":
+            for script in await store.list_sieve_scripts(account_id):
+                print(f"{script.name}{'  (active)' if script.active else ''}")
+        elif action == "activate":
+            await store.activate_sieve_script(account_id, args.name)
+            print(f"script {args.name} of {address} is active")
+        elif action == "deactivate":
+            await store.activate_sieve_script(account_id, None)
+            print(f"no script of {address} is active")
+        else:
+            try:
+                await store.delete_sieve_script(account_id, args.name)
+            except ScriptActive:
+                raise CliError(
+                    f"script {args.name} is active; deactivate it or activate another first (RFC 5804 §2.10)"
+                ) from None
+            print(f"deleted script {args.name} of {address}")
+        return 0
+
+    return _with_configured_store(args, config, act)
+
+
+async def set_generated_script(
+    store: Store, account_id: int, name: str, build: Callable[[str | None], str] | None
+) -> str | None:
+    """Write (`build(next)`) or remove (None) the generated script `name` and re-link the chain
+    (surat.sieve.generated): vacation, then forward, then the user's own script, the first active.
+    Returns the name of the script now active."""
+    scripts = {script.name: script for script in await store.list_sieve_scripts(account_id)}
+    active = next((script.name for script in scripts.values() if script.active), None)
+    # The user's own script: the active one, or the one the chain of generated scripts hands on to.
+    own = active
+    for _ in GENERATED_SCRIPTS:  # bounded: the chain has at most one step per generated script
+        if own is None or own not in GENERATED_SCRIPTS or own not in scripts:
+            break
+        own = next_script(scripts[own].text)
+    if own in GENERATED_SCRIPTS or (own is not None and own not in scripts):
+        own = None
+    present = [
+        n for n in GENERATED_SCRIPTS if (n == name and build is not None) or (n != name and n in scripts)
+    ]
+    for index, generated in enumerate(present):
+        then = present[index + 1] if index + 1 < len(present) else own
+        if generated == name:
+            assert build is not None
+            text = build(then)
+        else:
+            text = relink(scripts[generated].text, then)
+        if generated == name or text != scripts[generated].text:
+            await store.put_sieve_script(account_id, generated, text)
+    head = present[0] if present else own
+    if head != active:
+        await store.activate_sieve_script(account_id, head)
+    if build is None and name in scripts:
+        await store.delete_sieve_script(account_id, name)
+    return head
+
+
+def _user_sieve(args: argparse.Namespace, config: Config, address: str) -> int:
+    """`surat user vacation ...` and `surat user forward ...`: generated scripts."""
+    action: str = args.action
+    build: Callable[[str | None], str] | None = None
+    if action == "vacation":
+        name = VACATION_SCRIPT
+        if args.state == "on":
+            body = sys.stdin.read()
+            if not body.strip():
+                raise UsageError("user vacation: the reply's text comes on stdin (< body.txt)")
+            subject: str = args.subject
+            days: int = args.days
+            if days < 1:
+                raise UsageError("user vacation: --days is at least 1 (RFC 5230 §4.1)")
+            build = lambda then: vacation_script(subject, days, body, then)  # noqa: E731
+    else:
+        name = FORWARD_SCRIPT
+        if args.target.lower() != "off":
+            target = normalize_address(args.target, "forward target")
+            keep: bool = args.keep
+            build = lambda then: forward_script(target, keep, then)  # noqa: E731
+
+    async def act(store: Store) -> int:
+        account_id = await _account_id(store, address)
+        head = await set_generated_script(store, account_id, name, build)
+        what = "on" if build is not None else "off"
+        print(f"{action} of {address} is {what}; active script: {head or 'none'}")
         return 0
 
     return _with_configured_store(args, config, act)
@@ -1158,6 +1309,43 @@ def build_parser() -> argparse.ArgumentParser:
     user_admin.add_argument("address", metavar="ADDRESS")
     user_admin.add_argument("state", choices=("on", "off"), help="on: administrator; off: not")
     user.set_defaults(handler=cmd_user)
+
+    vacation = user_actions.add_parser(
+        "vacation", help="an out-of-office reply (a generated Sieve script; the text on stdin)"
+    )
+    vacation.add_argument("address", metavar="ADDRESS")
+    vacation.add_argument("state", choices=("on", "off"))
+    vacation.add_argument("--subject", default="Out of office")
+    vacation.add_argument("--days", type=int, default=7, help="at most one reply per sender in N days")
+    forward = user_actions.add_parser(
+        "forward", help="forward every message to TARGET, or 'off' (a generated Sieve script)"
+    )
+    forward.add_argument("address", metavar="ADDRESS")
+    forward.add_argument("target", metavar="TARGET|off")
+    forward.add_argument("--keep", action="store_true", help="keep a copy here too")
+
+    sieve = commands.add_parser("sieve", help="Sieve filter scripts of an account (one active)")
+    sieve_actions = sieve.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sieve_put = sieve_actions.add_parser("put", help="store a script from FILE ('-': stdin), checked first")
+    sieve_put.add_argument("address", metavar="ADDRESS")
+    sieve_put.add_argument("name", metavar="NAME")
+    sieve_put.add_argument("file", metavar="FILE")
+    for name, text in (
+        ("get", "print a script"),
+        ("activate", "make a script the active one"),
+        ("del", "delete a script (not the active one)"),
+    ):
+        one = sieve_actions.add_parser(name, help=text)
+        one.add_argument("address", metavar="ADDRESS")
+        one.add_argument("name", metavar="NAME")
+    sieve_actions.add_parser("list", help="list the scripts, marking the active one").add_argument(
+        "address", metavar="ADDRESS"
+    )
+    sieve_actions.add_parser("deactivate", help="no script active").add_argument("address", metavar="ADDRESS")
+    sieve_actions.add_parser("check", help="check a script's syntax ('-': stdin)").add_argument(
+        "file", metavar="FILE"
+    )
+    sieve.set_defaults(handler=cmd_sieve)
 
     alias = commands.add_parser("alias", help="aliases; SOURCE may be @domain (catch-all)")
     alias_actions = alias.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -23,14 +23,13 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import DOMAIN, PASSWORD, USER, RunningServer, dev_certificates, make_config
-from test_store_init import surat
+from test_store_init import SQLITE_VERSION, surat
 
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
 from surat.config import postgresql_store
 from surat.passwords import make_credentials
 from surat.store import migrate as migrate_module
-from surat.store import schema as sqlite_schema
 from surat.store.base import Mailbox, Store
 from surat.store.migrate import MigrationFailed, Progress, migrate_to_postgresql
 from surat.store.postgres.schema import BLOB_CHUNK_SIZE
@@ -130,12 +129,26 @@ def fill(tmp_path: Path, factory: pytest.TempPathFactory) -> Filled:
                 refused.shutdown()  # else the server's stop waits for the connection to time out
         wait_for_attempt(server)
         assert server.call(server.store.list_auth_clients(time.time())), "the client was not blocked"
+        server.call(sieve_data(server.store))
     finally:
         server.stop()
     # The config `surat` reads: the server's data directory, nothing else needed by migrate.
     config_file = tmp_path / "surat.toml"
     config_file.write_text(f'hostname = "mail.example.test"\ndata_dir = "{config.data_dir}"\n')
     return Filled(config.data_dir, config_file, uidl)
+
+
+VACATION_SENDER = "carol@sender.example"
+
+
+async def sieve_data(store: Store) -> None:
+    """A Sieve script (active) and a vacation reply remembered: made after the deliveries above, which
+    they would otherwise change."""
+    alice = await store.get_account(USER)
+    assert alice is not None
+    await store.put_sieve_script(alice.id, "filters", 'require "fileinto";\nfileinto "Projects";\n')
+    await store.activate_sieve_script(alice.id, "filters")
+    assert await store.claim_vacation_reply(alice.id, VACATION_SENDER, "away", time.time(), 86400)
 
 
 def wait_for_attempt(server: RunningServer) -> None:
@@ -181,6 +194,12 @@ async def snapshot(store: Store) -> dict[str, Any]:
         # What every node shares (docs/shared-keys.md): files on SQLite, rows on PostgreSQL.
         "secret": await store.keys.installation_secret(),
     }
+    for account in out["accounts"]:
+        out[f"sieve {account.address}"] = await store.list_sieve_scripts(account.id)
+        # False without a write when the reply is remembered (copied); a missing row would claim it.
+        out[f"vacation {account.address}"] = await store.claim_vacation_reply(
+            account.id, VACATION_SENDER, "away", time.time(), 10 * 366 * 86400
+        )
     for domain in out["domains"]:
         out[f"dkim {domain}"] = await store.keys.dkim_keys(domain)
     for account in out["accounts"]:
@@ -252,14 +271,16 @@ def test_migrate_copies_everything_clients_see(
         "queue_attempts": 1,
         "auth_clients": 1,
         "sent_messages": 1,
+        "sieve_scripts": 1,
+        "vacation_replies": 1,
         "shared_secrets": 1,
         "dkim_keys": 2,  # RSA and Ed25519, made when alice's submission was signed
     }
     assert lines[0] == f"store migrate: sqlite {filled.data_dir} -> postgresql {target}"
-    assert lines[1:17] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
-    assert lines[17] == "  message bodies            7 (0.6 MB), SHA-256 verified"
-    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[18])
-    assert lines[19:] == [
+    assert lines[1:19] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
+    assert lines[19] == "  message bodies            7 (0.6 MB), SHA-256 verified"
+    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[20])
+    assert lines[21:] == [
         "next: stop surat (if it runs), set in the config",
         "  [store]",
         '  backend = "postgresql"',
@@ -343,7 +364,8 @@ def test_a_target_with_data_is_refused_and_left_alone(
     assert again.stderr == (
         "surat: store migrate: the target database holds Surat data already (meta, domains, accounts, aliases,"
         " mailboxes, subscriptions, blobs, blob_chunks, messages, expunged, queue, queue_recipients,"
-        " queue_attempts, auth_clients, sent_messages, shared_secrets, dkim_keys); migrate copies into an empty"
+        " queue_attempts, auth_clients, sent_messages, sieve_scripts, vacation_replies, shared_secrets,"
+        " dkim_keys); migrate copies into an empty"
         " database only, never into"
         " one in use\n"
     )
@@ -456,7 +478,7 @@ def test_a_source_with_an_older_schema_is_refused(
     result = migrate(config, pg_cluster, pg_database)
     assert (result.returncode, result.stderr) == (
         1,
-        f"surat: store migrate: store: schema version 7 is older than this Surat's ({len(sqlite_schema.MIGRATIONS)}); run `surat --config {config}"
+        f"surat: store migrate: store: schema version 7 is older than this Surat's ({SQLITE_VERSION}); run `surat --config {config}"
         " store init` to upgrade it\n",
     )
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:  # refused before touching the target

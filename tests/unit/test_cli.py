@@ -1084,3 +1084,92 @@ def test_dns_sts_id_follows_the_configured_policy(surat: Callable[..., Run], dev
     dev.config_file.write_text(text.replace('mode = "testing"', 'mode = "enforce"'))
     assert dev.config().mta_sts.mode == "enforce"
     assert sts_id() != testing
+
+
+def _scripts(config: Config, address: str) -> dict[str, tuple[bool, str]]:
+    async def read(store: Store) -> dict[str, tuple[bool, str]]:
+        account = await store.get_account(address)
+        assert account is not None
+        return {s.name: (s.active, s.text) for s in await store.list_sieve_scripts(account.id)}
+
+    result = _in_store(config, read)
+    assert isinstance(result, dict)
+    return result
+
+
+def test_sieve_put_get_list_activate_del(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    script = dev.dir / "filters.sieve"
+    script.write_text('require "fileinto";\nif header :contains "subject" "[list]" { fileinto "Lists"; }\n')
+    assert surat("--config", c, "sieve", "put", POSTMASTER, "filters", str(script)).code == 0
+    assert surat("--config", c, "sieve", "put", POSTMASTER, "other", "-", stdin="keep;\n").code == 0
+    assert surat("--config", c, "sieve", "list", POSTMASTER).out == "filters\nother\n"
+    assert surat("--config", c, "sieve", "activate", POSTMASTER, "filters").code == 0
+    assert surat("--config", c, "sieve", "list", POSTMASTER).out == "filters  (active)\nother\n"
+    assert surat("--config", c, "sieve", "get", POSTMASTER, "filters").out == script.read_text()
+    # RFC 5804 §2.10: the active script is not deleted.
+    _one_line_error(surat("--config", c, "sieve", "del", POSTMASTER, "filters"), 1, "filters is active")
+    assert surat("--config", c, "sieve", "del", POSTMASTER, "other").code == 0
+    assert surat("--config", c, "sieve", "deactivate", POSTMASTER).code == 0
+    assert surat("--config", c, "sieve", "del", POSTMASTER, "filters").code == 0
+    assert surat("--config", c, "sieve", "list", POSTMASTER).out == ""
+    _one_line_error(surat("--config", c, "sieve", "get", POSTMASTER, "filters"), 1, "no script filters")
+    _one_line_error(surat("--config", c, "sieve", "activate", POSTMASTER, "nope"), 1, "nope")
+    _one_line_error(surat("--config", c, "sieve", "list", "nobody@example.test"), 1, "does not exist")
+
+
+def test_sieve_put_and_check_refuse_a_broken_script_with_its_line(
+    surat: Callable[..., Run], dev: Setup, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.sieve"
+    bad.write_text('keep;\nrequire "fileinto";\n')  # require after another command
+    result = surat("sieve", "check", str(bad))
+    _one_line_error(result, 1, "line 2")
+    good = tmp_path / "good.sieve"
+    good.write_text("keep;\n")
+    assert surat("sieve", "check", str(good)).out == f"{good}: ok\n"
+    result = surat("--config", str(dev.config_file), "sieve", "put", POSTMASTER, "bad", str(bad))
+    _one_line_error(result, 1, "script bad: line 2")
+    assert _scripts(dev.config(), POSTMASTER) == {}
+
+
+def test_user_vacation_and_forward_chain_with_the_users_script(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    assert surat("--config", c, "sieve", "put", POSTMASTER, "mine", "-", stdin="keep;\n").code == 0
+    assert surat("--config", c, "sieve", "activate", POSTMASTER, "mine").code == 0
+    on = surat(
+        "--config",
+        c,
+        "user",
+        "vacation",
+        POSTMASTER,
+        "on",
+        "--subject",
+        "Away",
+        "--days",
+        "3",
+        stdin="Back soon.\n",
+    )
+    assert on.out == f"vacation of {POSTMASTER} is on; active script: surat-vacation\n"
+    scripts = _scripts(dev.config(), POSTMASTER)
+    active, text = scripts["surat-vacation"]
+    assert active
+    assert 'vacation :days 3 :subject "Away" text:\nBack soon.\n.\n;\n' in text
+    assert text.endswith('include :personal :optional "mine";\n')
+    forward = surat("--config", c, "user", "forward", POSTMASTER, "Friend@Example.NET", "--keep")
+    assert forward.out == f"forward of {POSTMASTER} is on; active script: surat-vacation\n"
+    scripts = _scripts(dev.config(), POSTMASTER)
+    assert scripts["surat-vacation"][1].endswith('include :personal :optional "surat-forward";\n')
+    assert 'redirect :copy "friend@example.net";\n' in scripts["surat-forward"][1]
+    assert scripts["surat-forward"][1].endswith('include :personal :optional "mine";\n')
+    assert surat("--config", c, "user", "vacation", POSTMASTER, "off").out.endswith(
+        "active script: surat-forward\n"
+    )
+    assert set(_scripts(dev.config(), POSTMASTER)) == {"mine", "surat-forward"}
+    assert surat("--config", c, "user", "forward", POSTMASTER, "off").out.endswith("active script: mine\n")
+    assert _scripts(dev.config(), POSTMASTER) == {"mine": (True, "keep;\n")}
+    # Without a script of one's own, turning the last generated one off leaves none active.
+    assert surat("--config", c, "sieve", "deactivate", POSTMASTER).code == 0
+    assert surat("--config", c, "user", "forward", POSTMASTER, "x@example.net").code == 0
+    assert surat("--config", c, "user", "forward", POSTMASTER, "off").out.endswith("active script: none\n")
+    _one_line_error(surat("--config", c, "user", "vacation", POSTMASTER, "on", stdin=""), 2, "stdin")

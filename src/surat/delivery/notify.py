@@ -19,25 +19,34 @@ NULL_RETURN_PATH = b"Return-Path: <>\r\n"
 async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
     """RFC 3461 §6.2: a DSN goes out from the null reverse-path; local senders get it in their INBOX,
     others through the queue. A DSN that cannot be delivered is dropped, never bounced (no loops)."""
-    domain = dsn.recipient.rpartition("@")[2]
+    await submit_from_null(
+        store, dsn.recipient, dsn.message, now, smtputf8=dsn.smtputf8, eight_bit=dsn.eight_bit
+    )
+
+
+async def submit_from_null(
+    store: Store, recipient: str, message: bytes, now: datetime, *, smtputf8: bool, eight_bit: bool
+) -> None:
+    """Send a message we made (a DSN, a Sieve vacation reply or rejection notice) from the null
+    reverse-path <>: to a local recipient's mailbox directly, else through the queue. Durable when
+    this returns. Undeliverable locally: logged and dropped, never bounced (no loops)."""
+    domain = recipient.rpartition("@")[2]
     if await store.is_local_domain(domain):
-        resolution = await resolve_local(store, dsn.recipient)
+        resolution = await resolve_local(store, recipient)
         if not resolution.local and not resolution.remote:
             if resolution.loop:
-                log.error(
-                    "dsn.alias_loop", extra=fields(to=dsn.recipient, cycle=" -> ".join(resolution.loop))
-                )
+                log.error("dsn.alias_loop", extra=fields(to=recipient, cycle=" -> ".join(resolution.loop)))
             else:
-                log.warning("dsn.undeliverable", extra=fields(to=dsn.recipient, reason="no such local user"))
+                log.warning("dsn.undeliverable", extra=fields(to=recipient, reason="no such local user"))
             return
-        content = NULL_RETURN_PATH + dsn.message
+        content = NULL_RETURN_PATH + message
         remote = None
         if resolution.remote:
             remote = OutboundMessage(
                 sender="",
                 recipients=tuple(OutboundRecipient(a) for a in resolution.remote),
-                smtputf8=dsn.smtputf8,
-                eight_bit=dsn.eight_bit,
+                smtputf8=smtputf8,
+                eight_bit=eight_bit,
                 body_offset=len(NULL_RETURN_PATH),
             )
         await store.deliver(
@@ -46,8 +55,8 @@ async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
         return
     outbound = OutboundMessage(
         sender="",
-        recipients=(OutboundRecipient(dsn.recipient),),
-        smtputf8=dsn.smtputf8,
-        eight_bit=dsn.eight_bit,
+        recipients=(OutboundRecipient(recipient),),
+        smtputf8=smtputf8,
+        eight_bit=eight_bit,
     )
-    await store.deliver(Delivery(None, len(dsn.message), now, remote=outbound, content=dsn.message))
+    await store.deliver(Delivery(None, len(message), now, remote=outbound, content=message))

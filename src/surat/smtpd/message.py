@@ -193,6 +193,21 @@ class Spool:
         content = await self.staged.read()
         return await asyncio.to_thread(compute_message_info, io.BytesIO(content), header)
 
+    async def stored(self) -> bytes:
+        """The whole content as the store will keep it, our prefix first (after finish()); a staged
+        message is read back, bounded by the message size limit as `message()` is."""
+        if self._memory is not None:
+            return bytes(self._memory)
+        assert self.staged is not None
+        return await self.staged.read()
+
+    async def add_trace_fields(self, fields: bytes) -> None:
+        """Put `fields` (whole lines) right below the Return-Path, above our Received: e.g. the
+        Delivered-To of an account that forwards the message (loop prevention)."""
+        end = self._prefix.index(b"\r\n") + 2  # the prefix starts with the Return-Path line
+        message = await self.message()  # with any fields added below the prefix (submission)
+        await self.rewrite(self._prefix[:end] + fields + self._prefix[end:], message, self.sent_header())
+
     async def rewrite(self, prefix: bytes, message: bytes, header: Header | None = None) -> None:
         """Replace the content with `prefix` + `message` (after finish(); MX only, where no header
         field is added after the prefix). `header`: the header section of `message`, or None if it is

@@ -25,11 +25,13 @@ from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.dkim import DkimError, SigningKeys
 from surat.delivery.dsn import FULL_LIMIT, HEADER_LIMIT, Action, DsnReport, ReportedRecipient, Ret, build_dsn
+from surat.delivery.filtering import Plan, Recipient, SieveFilter, forward_sender
 from surat.delivery.local import owns, resolve
-from surat.delivery.notify import submit_dsn
+from surat.delivery.notify import submit_dsn, submit_from_null
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
 from surat.message.address import mailboxes
+from surat.message.headers import read_header
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
 from surat.net.tlscontexts import TlsContexts
@@ -59,6 +61,7 @@ from surat.proto.smtp.server import (
     StartTLS,
     State,
 )
+from surat.sieve import Reject
 from surat.smtpd.dnsbl import listing_zone
 from surat.smtpd.errors import SMTPPolicyError, reply_for
 from surat.smtpd.inbound import Disposition, InboundChecks, PendingSPF
@@ -141,6 +144,7 @@ class SMTPService:
             store, config.limits
         )
         self.signing_keys = signing_keys or SigningKeys(store.keys)
+        self.sieve = SieveFilter(store, config.hostname)  # one script cache for every session
 
     def settings(self, role: Role) -> ServerSettings:
         limits = self.config.limits
@@ -177,6 +181,7 @@ class _Transaction:
     params: MailParams
     recipients: list[str] = field(default_factory=list)
     local: dict[int, MailboxTarget] = field(default_factory=dict)
+    rcpt_of: dict[int, str] = field(default_factory=dict)  # account id -> the first RCPT that led to it
     remote: dict[str, OutboundRecipient] = field(default_factory=dict)
     spool: Spool | None = None
     failure: Reply | None = None  # a local error while spooling, answered at the end
@@ -184,6 +189,8 @@ class _Transaction:
     received: bytes = b""  # our Received: field
     spf: PendingSPF | None = None  # MX: started at MAIL FROM, awaited at the end of DATA
     auth_log: dict[str, str] = field(default_factory=dict)  # the checks' results, for the log line
+    sieve_log: dict[str, str] = field(default_factory=dict)  # the Sieve actions taken, for the log line
+    filtered_header: bytes = b""  # the header section the scripts saw, quoted by a rejection notice
     # Local recipients that asked for NOTIFY=SUCCESS: (address, ORCPT) for the "delivered" DSN.
     success_notices: list[tuple[str, str | None]] = field(default_factory=list)
 
@@ -449,6 +456,7 @@ class _Session:
                 return self._unknown_recipient(address)
             for target in resolution.local:
                 txn.local.setdefault(target.account_id, target)
+                txn.rcpt_of.setdefault(target.account_id, address)
             if resolution.local and "SUCCESS" in notify:
                 txn.success_notices.append((address, orcpt))
             for remote in resolution.remote:
@@ -536,6 +544,7 @@ class _Session:
                 size=txn.size,
                 result=f"{reply.code} {reply.enhanced or ''}".strip(),
                 **txn.auth_log,
+                **txn.sieve_log,
             ),
         )
         metrics.smtp_transaction(self.role.value, reply.code)
@@ -566,12 +575,39 @@ class _Session:
                     key: MailboxTarget(target.account_id, "Junk", target.flags)
                     for key, target in txn.local.items()
                 }
+        local_targets = tuple(txn.local.values())
+        plans = await self._filter(txn, spool) if txn.local else {}
+        rejecting = [plan.reject for plan in plans.values() if plan.reject is not None]
+        if rejecting and len(rejecting) == len(plans) and not txn.remote:
+            # RFC 5429 §2.1/§2.2: refused while the session is open, with the (first) script's reason.
+            return R.sieve_rejected(rejecting[0].reason)
+        forwards = _forwarded_remote(txn, plans)
+        if forwards:
+            # Loop prevention: the copy that leaves carries the forwarding accounts' Delivered-To; a
+            # message that comes back with it is kept, not forwarded again (surat.delivery.filtering).
+            marks = "".join(f"Delivered-To: {address}\r\n" for address in _forwarding_accounts(plans))
+            await spool.add_trace_fields(marks.encode("utf-8"))
+            txn.size = spool.size
+        if plans:
+            local_targets = _filtered_targets(plans)
+        relayed = dict(txn.remote)
+        sender = txn.sender
+        separate_forwards: dict[str, OutboundRecipient] = {}
+        if forwards and relayed and forward_sender(txn.sender) != txn.sender:
+            separate_forwards = forwards  # another envelope sender: a queue entry of its own
+        elif forwards:
+            # The same envelope sender: one queue entry, in the delivery's own transaction.
+            sender = txn.sender if relayed else forward_sender(txn.sender)
+            for address, recipient in forwards.items():
+                relayed.setdefault(address, recipient)
         remote = None
-        if txn.remote:
-            signature = await self._dkim_signature(txn, spool) if self.role is not Role.MX else None
+        if relayed:
+            signature = (
+                await self._dkim_signature(txn, spool) if txn.remote and self.role is not Role.MX else None
+            )
             remote = OutboundMessage(
-                sender=txn.sender,
-                recipients=tuple(txn.remote.values()),
+                sender=sender,
+                recipients=tuple(relayed.values()),
                 envid=txn.params.envid,
                 ret=txn.params.ret,
                 smtputf8=txn.params.smtputf8,
@@ -585,20 +621,134 @@ class _Session:
             content=spool.content,
             size=spool.size,
             internal_date=datetime.now(UTC),
-            local=tuple(txn.local.values()),
+            local=local_targets,
             remote=remote,
             # the store computes info only for messages that come another way (APPEND, imports)
-            info=await spool.message_info() if txn.local else None,
+            info=await spool.message_info() if local_targets else None,
         )
+        if separate_forwards:
+            # Queued before the delivery: once the 250 goes, every copy is durable. A crash between
+            # the two commits means no 250, so the client sends again (a duplicate, never a loss).
+            await self._queue_forwards(txn, separate_forwards, await spool.stored())
         # From here the staged blob belongs to the store, whatever happens (even cancellation).
         txn.spool = None
         result = await self.store.deliver(delivery)
         metrics.deliveries("local", "delivered", len(txn.local))
-        if txn.success_notices and txn.sender:
+        if plans:
+            await self._after_filters(txn, plans, delivery.internal_date)
+        if txn.success_notices and txn.sender and result.local:
             await self._notify_success(txn, delivery, result)
         if result.queue_id:
             return R.queued_as(result.queue_id)
         return R.QUEUED
+
+    async def _filter(self, txn: _Transaction, spool: Spool) -> dict[int, Plan]:
+        """Each local account's Sieve script, run on the message as it will be stored (issue 14).
+        A failure of the filtering itself (not of a script: those are the evaluator's implicit keep)
+        keeps the message where it would have gone without a script, and is logged."""
+        content = await spool.stored()
+        header = spool.stored_header() or read_header(content)
+        txn.filtered_header = content[len(return_path(txn.sender)) : header.body_start]
+        now = datetime.now(UTC).astimezone()  # scripts' `currentdate` reads the server's zone
+        plans: dict[int, Plan] = {}
+        for account_id, target in txn.local.items():
+            account = await self.store.get_account_by_id(account_id)
+            if account is None:
+                plans[account_id] = Plan(targets=[target])  # deleted meanwhile: the store says so
+                continue
+            recipient = Recipient(
+                account_id, account.address, txn.rcpt_of.get(account_id, account.address), target
+            )
+            try:
+                plans[account_id] = await self.service.sieve.plan(recipient, content, header, txn.sender, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("smtp.sieve_failed", extra=fields(account=account.address))
+                plans[account_id] = Plan(targets=[target], log=["filtering failed: implicit keep"])
+            if plans[account_id].log:
+                txn.sieve_log[f"sieve.{account.address}"] = "; ".join(plans[account_id].log)
+        return plans
+
+    async def _queue_forwards(
+        self, txn: _Transaction, forwards: dict[str, OutboundRecipient], content: bytes
+    ) -> None:
+        """Redirected copies whose envelope sender differs from the transaction's (forward_sender)."""
+        outbound = OutboundMessage(
+            sender=forward_sender(txn.sender),
+            recipients=tuple(forwards.values()),
+            smtputf8=txn.params.smtputf8,
+            eight_bit=txn.params.body == "8BITMIME",
+            body_offset=len(return_path(txn.sender)),
+        )
+        await self.store.deliver(
+            Delivery(None, len(content), datetime.now(UTC), remote=outbound, content=content)
+        )
+
+    async def _after_filters(self, txn: _Transaction, plans: dict[int, Plan], arrival: datetime) -> None:
+        """Once the delivery is durable: vacation replies (RFC 5230, at most one per period per sender
+        and handle, remembered in the store) and rejection notices for the recipients whose script
+        rejected a message others accepted (RFC 5429 §2.1: a DSN, RFC 3464). Sent from <> before the
+        250; a failure here is logged and loses no mail (the message itself is stored)."""
+        now = datetime.now(UTC)
+        for plan in plans.values():
+            reply = plan.reply
+            if reply is None:
+                continue
+            try:
+                if not await self.store.claim_vacation_reply(
+                    reply.account_id, reply.recipient.lower(), reply.handle, now.timestamp(), reply.seconds
+                ):
+                    txn.sieve_log[f"vacation.{reply.account_id}"] = "already replied in this period"
+                    continue
+                await submit_from_null(
+                    self.store,
+                    reply.recipient,
+                    reply.message,
+                    now,
+                    smtputf8=not reply.recipient.isascii(),
+                    eight_bit=not reply.message.isascii(),
+                )
+                txn.sieve_log[f"vacation.{reply.account_id}"] = f"replied to {reply.recipient}"
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("smtp.vacation_failed", extra=fields(to=reply.recipient))
+        rejected = [
+            (account_id, plan.reject) for account_id, plan in plans.items() if plan.reject is not None
+        ]
+        if rejected and txn.sender:
+            await self._notify_rejected(txn, rejected, arrival)
+
+    async def _notify_rejected(
+        self, txn: _Transaction, rejected: list[tuple[int, Reject]], arrival: datetime
+    ) -> None:
+        now = datetime.now(UTC)
+        try:
+            report = self._dsn_report(
+                txn,
+                [
+                    ReportedRecipient(
+                        address=txn.rcpt_of.get(account_id, ""),
+                        orcpt=None,
+                        action=Action.FAILED,
+                        status="5.7.1",
+                        diagnostic=str(R.sieve_rejected(reject.reason)),
+                        last_attempt=now,
+                    )
+                    for account_id, reject in rejected
+                ],
+                arrival,
+            )
+            dsn = build_dsn(report, io.BytesIO(txn.filtered_header), now=now)
+            await submit_dsn(self.store, dsn, now)
+            txn.sieve_log["rejected"] = ",".join(
+                txn.rcpt_of.get(account_id, "") for account_id, _ in rejected
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("smtp.reject_notice_failed")
 
     async def _check_from(self, spool: Spool) -> Reply | None:
         """Submission: the author must be the authenticated user (issue 2), read as every other part of
@@ -635,6 +785,25 @@ class _Session:
             log.exception("smtp.dkim_failed", extra=fields(domain=domain))
             return b""
 
+    def _dsn_report(
+        self,
+        txn: _Transaction,
+        recipients: list[ReportedRecipient],
+        arrival: datetime,
+        *,
+        ret: Ret | None = None,
+    ) -> DsnReport:
+        """A DSN about this transaction's message (RFC 3464), to its envelope sender."""
+        return DsnReport(
+            reporting_mta=self.config.hostname,
+            sender=txn.sender,
+            recipients=tuple(recipients),
+            arrival_date=arrival,
+            envid=txn.params.envid,
+            ret=ret,
+            smtputf8=txn.params.smtputf8,
+        )
+
     async def _notify_success(self, txn: _Transaction, delivery: Delivery, result: DeliveryResult) -> None:
         """RFC 3461 §6.2.2: the final MTA reports a successful delivery when NOTIFY=SUCCESS asked for it.
 
@@ -642,10 +811,9 @@ class _Session:
         turned into an error reply."""
         now = datetime.now(UTC)
         try:
-            report = DsnReport(
-                reporting_mta=self.config.hostname,
-                sender=txn.sender,
-                recipients=tuple(
+            report = self._dsn_report(
+                txn,
+                [
                     ReportedRecipient(
                         address=address,
                         orcpt=orcpt,
@@ -655,11 +823,9 @@ class _Session:
                         last_attempt=now,
                     )
                     for address, orcpt in txn.success_notices
-                ),
-                arrival_date=delivery.internal_date,
-                envid=txn.params.envid,
+                ],
+                delivery.internal_date,
                 ret=Ret.FULL if (txn.params.ret or "").upper() == "FULL" else None,
-                smtputf8=txn.params.smtputf8,
             )
             # The stored copy starts with our Return-Path; the DSN quotes the message as received.
             skip = len(return_path(txn.sender))
@@ -845,3 +1011,27 @@ def valid_helo(domain: str) -> bool:
     if not name or len(name) > 255:
         return False
     return all(_HELO_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def _forwarded_remote(txn: _Transaction, plans: dict[int, Plan]) -> dict[str, OutboundRecipient]:
+    """The remote addresses the scripts redirect to, as queue recipients; ORCPT names the recipient
+    whose script forwarded (RFC 3461 §4.2), for a DSN that comes back."""
+    forwards: dict[str, OutboundRecipient] = {}
+    for account_id, plan in plans.items():
+        original = f"rfc822;{xtext_encode(txn.rcpt_of.get(account_id, ''))}"
+        for address in plan.forwarded_remote:
+            forwards.setdefault(address.lower(), OutboundRecipient(address, (), original))
+    return forwards
+
+
+def _forwarding_accounts(plans: dict[int, Plan]) -> list[str]:
+    return [plan.address for plan in plans.values() if plan.forwarded_remote and plan.address]
+
+
+def _filtered_targets(plans: dict[int, Plan]) -> tuple[MailboxTarget, ...]:
+    """Every local copy the scripts asked for, one per (account, mailbox)."""
+    targets: dict[tuple[int, str], MailboxTarget] = {}
+    for plan in plans.values():
+        for target in (*plan.targets, *plan.forwarded_local):
+            targets.setdefault((target.account_id, target.mailbox), target)
+    return tuple(targets.values())

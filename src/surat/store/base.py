@@ -57,6 +57,14 @@ class QuotaExceeded(StoreError):
     """Delivering or appending would exceed the account's quota (RFC 9208)."""
 
 
+class InvalidScript(StoreError):
+    """A Sieve script that does not parse; the message is the parser's "line L, column C: why"."""
+
+
+class ScriptActive(StoreError):
+    """Deleting the active Sieve script (RFC 5804 §2.10: deactivate it first)."""
+
+
 # ----------------------------------------------------------------------------------------- directory
 
 
@@ -342,6 +350,29 @@ class QueueEntry:
     dkim_signature: bytes | None = None  # see OutboundMessage.dkim_signature
 
 
+# ----------------------------------------------------------------------------------------- sieve
+
+# RFC 5804 §1.6: a script name is at least one character, no control characters; ManageSieve servers
+# accept at least 128. Longer names are refused (InvalidName), so a name never grows a row unbounded.
+MAX_SIEVE_SCRIPT_NAME = 128
+# The longest vacation period a script can ask for (surat.sieve: at most a year, RFC 5230 §4.1 lets the
+# site bound it): vacation memory older than this can never suppress a reply and is pruned.
+MAX_VACATION_MEMORY_SECONDS = 366 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class SieveScript:
+    """One of an account's named Sieve scripts (RFC 5228; RFC 5804's model: one active at most)."""
+
+    name: str
+    text: str
+    active: bool
+    # Changes at every put, never reused: a delivery caches the parsed script by (account, name, version).
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
 # ----------------------------------------------------------------------------------------- change feed
 
 
@@ -583,6 +614,35 @@ class Store(Protocol):
     async def put_sts_policy(self, policy: CachedStsPolicy, *, forget_before: float) -> None:
         """Cache `policy` in place of the domain's previous one, and forget every domain's policy
         that expired before `forget_before`, in one transaction."""
+        ...
+
+    # -- Sieve scripts (surat.delivery.sieve runs the active one at final delivery)
+    async def put_sieve_script(self, account_id: int, name: str, text: str) -> SieveScript:
+        """Create or replace the script `name` of the account, keeping whether it is active. The text is
+        parsed first: InvalidScript with the parser's message when it does not parse; InvalidName for a
+        bad name; NotFound without such an account."""
+        ...
+
+    async def get_sieve_script(self, account_id: int, name: str) -> SieveScript | None: ...
+    async def list_sieve_scripts(self, account_id: int) -> list[SieveScript]:
+        """Every script of the account, by name."""
+        ...
+
+    async def activate_sieve_script(self, account_id: int, name: str | None) -> None:
+        """Make `name` the account's one active script (None: no script active). NotFound."""
+        ...
+
+    async def delete_sieve_script(self, account_id: int, name: str) -> None:
+        """NotFound; ScriptActive for the active script (RFC 5804 §2.10)."""
+        ...
+
+    async def claim_vacation_reply(
+        self, account_id: int, sender: str, handle: str, now: float, period: float
+    ) -> bool:
+        """RFC 5230 §4.2: whether a vacation reply to `sender` for `handle` may go now (none went in
+        the last `period` seconds), recording it as sent at `now` when it may, in one transaction (two
+        deliveries on two nodes never both reply). Forgets replies older than
+        MAX_VACATION_MEMORY_SECONDS in the same transaction."""
         ...
 
     # -- aliases

@@ -5,18 +5,22 @@ SQL: the SQLite and PostgreSQL stores both import them, so a name valid on one i
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from surat.message.info import MessageInfo
+from surat.sieve import SieveSyntaxError, parse_script
 from surat.store.base import (
     HIERARCHY_DELIMITER,
     MAX_MAILBOX_NAME_OCTETS,
+    MAX_SIEVE_SCRIPT_NAME,
     Change,
     ChangeKind,
     InvalidName,
+    InvalidScript,
     Mailbox,
     QueueAttempt,
     QueueEntry,
@@ -201,3 +205,24 @@ def queue_entry_from_row(
         authenticated_user=row[11],
         dkim_signature=None if row[12] is None else bytes(row[12]),
     )
+
+
+def check_sieve_script(name: str, text: str) -> None:
+    """What both backends check before storing a Sieve script: the name (RFC 5804 §1.6: not empty, no
+    control characters, at most MAX_SIEVE_SCRIPT_NAME characters) and that the text parses (the
+    parser's "line L, column C: why" in InvalidScript), so that a broken script is refused when it is
+    uploaded, not found out at a delivery."""
+    if not name or len(name) > MAX_SIEVE_SCRIPT_NAME:
+        raise InvalidName(f"a script name is 1 to {MAX_SIEVE_SCRIPT_NAME} characters")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in name):
+        raise InvalidName("a script name has no control characters (RFC 5804 §1.6)")
+    try:
+        parse_script(text)
+    except SieveSyntaxError as exc:
+        raise InvalidScript(str(exc)) from None
+
+
+def new_script_version() -> int:
+    """A script's version: random, so a script deleted and put again never gets a version a cache
+    (in any process or node) still holds for the old text. 62 bits fit both backends' integers."""
+    return secrets.randbits(62)

@@ -168,6 +168,15 @@ def _sent(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (row[0], _moment(row[1]), row[2])
 
 
+def _sieve_script(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # account_id, name, text, active, version, created_at, updated_at
+    return (*row[:3], bool(row[3]), row[4], _moment(row[5]), _moment(row[6]))
+
+
+def _vacation_reply(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*row[:3], _moment(row[3]))
+
+
 @dataclass(frozen=True, slots=True)
 class _Table:
     name: str
@@ -229,6 +238,18 @@ _TABLES_AFTER_BODIES = (
         "auth_clients", "key, ip, failures, blocked_until, strikes, last_failure", _auth_client, order="key"
     ),
     _Table("sent_messages", '"user", sent_at, recipients', _sent),
+    _Table(
+        "sieve_scripts",
+        "account_id, name, text, active, version, created_at, updated_at",
+        _sieve_script,
+        order="account_id, name",
+    ),
+    _Table(
+        "vacation_replies",
+        "account_id, sender, handle, replied_at",
+        _vacation_reply,
+        order="account_id, sender, handle",
+    ),
 )
 # The shared keys (files in the SQLite data directory, rows on PostgreSQL), copied by _copy_keys.
 _KEY_TABLES = (

@@ -197,6 +197,31 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0
     """,
+    # 11: Sieve (issue 14): each account's named scripts, at most one active (the partial unique
+    # index), and the vacation memory: when a reply last went to a sender for a :handle (RFC 5230 §4.2).
+    # Rows older than the longest period are pruned as new ones are written.
+    """
+    CREATE TABLE sieve_scripts (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX sieve_scripts_active ON sieve_scripts(account_id) WHERE active;
+
+    CREATE TABLE vacation_replies (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        sender TEXT NOT NULL,
+        handle TEXT NOT NULL,
+        replied_at REAL NOT NULL,
+        PRIMARY KEY (account_id, sender, handle)
+    ) WITHOUT ROWID;
+    CREATE INDEX vacation_replies_replied_at ON vacation_replies(replied_at)
+    """,
 )
 
 

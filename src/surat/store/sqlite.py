@@ -68,6 +68,7 @@ from surat.message.info import MessageInfo, compute_message_info
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
+    MAX_VACATION_MEMORY_SECONDS,
     Account,
     Alias,
     AlreadyExists,
@@ -98,6 +99,8 @@ from surat.store.base import (
     RecipientState,
     RecipientUpdate,
     ScramCredentials,
+    ScriptActive,
+    SieveScript,
     StagedBlob,
     StoreError,
     StoreFlagsResult,
@@ -108,10 +111,12 @@ from surat.store.common import (
     QUEUE_RECIPIENT_COLUMNS,
     CommitStats,
     added_changes,
+    check_sieve_script,
     flags_of,
     flags_text,
     mailbox_from_row,
     message_info,
+    new_script_version,
     normalize_address,
     normalize_domain,
     normalize_flags,
@@ -1091,6 +1096,128 @@ class SQLiteStore:
             return None, [], set()
 
         await self._write(fn)
+
+    # ------------------------------------------------------------------------------ sieve scripts
+
+    _SCRIPT_COLUMNS = "name, text, active, version, created_at, updated_at"
+
+    @staticmethod
+    def _script(row: tuple[Any, ...]) -> SieveScript:
+        return SieveScript(row[0], row[1], bool(row[2]), row[3], _datetime(row[4]), _datetime(row[5]))
+
+    async def put_sieve_script(self, account_id: int, name: str, text: str) -> SieveScript:
+        check_sieve_script(name, text)
+        version = new_script_version()
+        now = time.time()
+
+        def fn(conn: sqlite3.Connection) -> tuple[SieveScript, list[Change], set[str]]:
+            if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise NotFound(f"account {account_id}")
+            conn.execute(
+                "INSERT INTO sieve_scripts (account_id, name, text, version, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, name) DO UPDATE"
+                " SET text = excluded.text, version = excluded.version, updated_at = excluded.updated_at",
+                (account_id, name, text, version, now, now),
+            )
+            row = conn.execute(
+                f"SELECT {self._SCRIPT_COLUMNS} FROM sieve_scripts WHERE account_id = ? AND name = ?",
+                (account_id, name),
+            ).fetchone()
+            return self._script(row), [], set()
+
+        return await self._write(fn)
+
+    async def get_sieve_script(self, account_id: int, name: str) -> SieveScript | None:
+        row = (
+            self._read()
+            .execute(
+                f"SELECT {self._SCRIPT_COLUMNS} FROM sieve_scripts WHERE account_id = ? AND name = ?",
+                (account_id, name),
+            )
+            .fetchone()
+        )
+        return self._script(row) if row else None
+
+    async def list_sieve_scripts(self, account_id: int) -> list[SieveScript]:
+        rows = (
+            self._read()
+            .execute(
+                f"SELECT {self._SCRIPT_COLUMNS} FROM sieve_scripts WHERE account_id = ? ORDER BY name",
+                (account_id,),
+            )
+            .fetchall()
+        )
+        return [self._script(row) for row in rows]
+
+    async def activate_sieve_script(self, account_id: int, name: str | None) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            if name is not None and (
+                conn.execute(
+                    "SELECT 1 FROM sieve_scripts WHERE account_id = ? AND name = ?", (account_id, name)
+                ).fetchone()
+                is None
+            ):
+                raise NotFound(f"script {name}")
+            # RFC 5804 §2.8: activating one script deactivates the one active before, in one step.
+            conn.execute("UPDATE sieve_scripts SET active = 0 WHERE account_id = ? AND active", (account_id,))
+            if name is not None:
+                conn.execute(
+                    "UPDATE sieve_scripts SET active = 1 WHERE account_id = ? AND name = ?",
+                    (account_id, name),
+                )
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def delete_sieve_script(self, account_id: int, name: str) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            row = conn.execute(
+                "SELECT active FROM sieve_scripts WHERE account_id = ? AND name = ?", (account_id, name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"script {name}")
+            if row[0]:
+                raise ScriptActive(f"script {name} is active")  # RFC 5804 §2.10
+            conn.execute("DELETE FROM sieve_scripts WHERE account_id = ? AND name = ?", (account_id, name))
+            return None, [], set()
+
+        await self._write(fn)
+
+    def _replied_within(
+        self, account_id: int, sender: str, handle: str, since: float, conn: sqlite3.Connection | None = None
+    ) -> bool:
+        row = (
+            (conn or self._read())
+            .execute(
+                "SELECT replied_at FROM vacation_replies WHERE account_id = ? AND sender = ? AND handle = ?",
+                (account_id, sender, handle),
+            )
+            .fetchone()
+        )
+        return row is not None and row[0] > since
+
+    async def claim_vacation_reply(
+        self, account_id: int, sender: str, handle: str, now: float, period: float
+    ) -> bool:
+        if self._replied_within(account_id, sender, handle, now - period):
+            # Most messages to a user on vacation come from senders already answered: a read, no write.
+            return False
+
+        def fn(conn: sqlite3.Connection) -> tuple[bool, list[Change], set[str]]:
+            if self._replied_within(account_id, sender, handle, now - period, conn):
+                return False, [], set()  # another delivery claimed it since the read above
+            conn.execute(
+                "INSERT OR REPLACE INTO vacation_replies (account_id, sender, handle, replied_at)"
+                " VALUES (?, ?, ?, ?)",
+                (account_id, sender, handle, now),
+            )
+            # Bounds the table by one longest period's replies of all users.
+            conn.execute(
+                "DELETE FROM vacation_replies WHERE replied_at < ?", (now - MAX_VACATION_MEMORY_SECONDS,)
+            )
+            return True, [], set()
+
+        return await self._write(fn)
 
     # ------------------------------------------------------------------------------ aliases
 

@@ -220,6 +220,24 @@ def dnsbl_listed(peer: str, zone: str) -> Reply:
     return Reply(554, "5.7.1", f"Service unavailable; client [{peer}] blocked using {zone}")
 
 
+# The longest Sieve reject reason quoted in a reply (RFC 5321 §4.5.3.1.5: a reply line is at most 512
+# octets with its code; the rest of a longer reason is cut).
+MAX_REJECT_REASON = 200
+
+
+def sieve_rejected(reason: str) -> Reply:
+    """RFC 5429 §2.1/§2.2: the recipient's Sieve script refused the message (reject/ereject) while the
+    session is open: 550 5.7.1 with its reason, as one line of printable ASCII (a reply is ASCII,
+    RFC 5321 §2.4; other characters become "?"), at most MAX_REJECT_REASON characters."""
+    words = " ".join(reason.split())
+    text = "".join(c if " " <= c <= "~" else "?" for c in words)[:MAX_REJECT_REASON].rstrip()
+    return Reply(
+        550,
+        "5.7.1",
+        f"Rejected by the recipient's filter: {text}" if text else "Rejected by the recipient's filter",
+    )
+
+
 def too_big_for_server(size: int, limit: int) -> Reply:
     """RFC 1870 §6: the server announced SIZE below the message's size (outbound client)."""
     return Reply(552, "5.3.4", f"Message size {size} exceeds the server's limit of {limit}")

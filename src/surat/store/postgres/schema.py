@@ -241,6 +241,30 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN is_admin boolean NOT NULL DEFAULT false
     """,
+    # 5: Sieve (issue 14; SQLite migration 11): each account's named scripts, at most one active, and the
+    # vacation memory per (account, sender, :handle) (RFC 5230 §4.2), pruned as rows are written.
+    """
+    CREATE TABLE sieve_scripts (
+        account_id bigint NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name text NOT NULL,
+        text text NOT NULL,
+        active boolean NOT NULL DEFAULT false,
+        version bigint NOT NULL,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (account_id, name)
+    );
+    CREATE UNIQUE INDEX sieve_scripts_active ON sieve_scripts(account_id) WHERE active;
+
+    CREATE TABLE vacation_replies (
+        account_id bigint NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        sender text NOT NULL,
+        handle text NOT NULL,
+        replied_at timestamptz NOT NULL,
+        PRIMARY KEY (account_id, sender, handle)
+    );
+    CREATE INDEX vacation_replies_replied_at ON vacation_replies(replied_at)
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
