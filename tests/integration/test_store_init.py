@@ -67,7 +67,7 @@ def test_postgresql_init_creates_the_schema_then_does_nothing(
     config = postgresql_config(tmp_path, pg_cluster, pg_database)
     first = surat(config, "store", "init")
     assert (first.returncode, first.stderr) == (0, "")
-    assert first.stdout == f"store: {location(pg_cluster, pg_database)}: created schema version 2\n"
+    assert first.stdout == f"store: {location(pg_cluster, pg_database)}: created schema version 3\n"
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
         tables = {
             row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -78,7 +78,7 @@ def test_postgresql_init_creates_the_schema_then_does_nothing(
 
     second = surat(config, "store", "init")
     assert (second.returncode, second.stderr) == (0, "")
-    assert second.stdout == f"store: {location(pg_cluster, pg_database)}: schema version 2, up to date\n"
+    assert second.stdout == f"store: {location(pg_cluster, pg_database)}: schema version 3, up to date\n"
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
         assert (
             conn.execute("SELECT version, applied_at FROM schema_version ORDER BY version").fetchall()
@@ -93,7 +93,7 @@ def test_postgresql_check_shows_the_store_without_the_password(
     assert surat(config, "store", "init").returncode == 0
     result = surat(config, "check")
     assert (result.returncode, result.stderr) == (0, "")
-    assert f"store:    {location(pg_cluster, pg_database)}, schema version 2\n" in result.stdout
+    assert f"store:    {location(pg_cluster, pg_database)}, schema version 3\n" in result.stdout
     assert SUPERUSER_PASSWORD not in result.stdout
     assert result.stdout.endswith("OK\n")
 
@@ -124,12 +124,12 @@ def test_serve_refuses_a_postgresql_schema_newer_than_the_code(
     config = postgresql_config(tmp_path, pg_cluster, pg_database)
     assert surat(config, "store", "init").returncode == 0
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
-        conn.execute("INSERT INTO schema_version (version) VALUES (3)")
-    line = "store: schema version 3 is newer than this Surat knows (2); run the newer Surat that wrote it"
+        conn.execute("INSERT INTO schema_version (version) VALUES (4)")
+    line = "store: schema version 4 is newer than this Surat knows (3); run the newer Surat that wrote it"
     assert_one_line_error(surat(config, "serve"), line)
     assert_one_line_error(surat(config, "store", "init"), line)  # and init leaves it alone
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
 
 
 def test_serve_refuses_an_empty_postgresql_database(

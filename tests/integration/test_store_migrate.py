@@ -251,14 +251,15 @@ def test_migrate_copies_everything_clients_see(
         "queue_attempts": 1,
         "auth_clients": 1,
         "sent_messages": 1,
+        "imported_messages": 0,
         "shared_secrets": 1,
         "dkim_keys": 2,  # RSA and Ed25519, made when alice's submission was signed
     }
     assert lines[0] == f"store migrate: sqlite {filled.data_dir} -> postgresql {target}"
-    assert lines[1:17] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
-    assert lines[17] == "  message bodies            7 (0.6 MB), SHA-256 verified"
-    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[18])
-    assert lines[19:] == [
+    assert lines[1:18] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
+    assert lines[18] == "  message bodies            7 (0.6 MB), SHA-256 verified"
+    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[19])
+    assert lines[20:] == [
         "next: stop surat (if it runs), set in the config",
         "  [store]",
         '  backend = "postgresql"',
@@ -342,7 +343,7 @@ def test_a_target_with_data_is_refused_and_left_alone(
     assert again.stderr == (
         "surat: store migrate: the target database holds Surat data already (meta, domains, accounts, aliases,"
         " mailboxes, subscriptions, blobs, blob_chunks, messages, expunged, queue, queue_recipients,"
-        " queue_attempts, auth_clients, sent_messages, shared_secrets, dkim_keys); migrate copies into an empty"
+        " queue_attempts, auth_clients, sent_messages, imported_messages, shared_secrets, dkim_keys); migrate copies into an empty"
         " database only, never into"
         " one in use\n"
     )
@@ -455,7 +456,7 @@ def test_a_source_with_an_older_schema_is_refused(
     result = migrate(config, pg_cluster, pg_database)
     assert (result.returncode, result.stderr) == (
         1,
-        f"surat: store migrate: store: schema version 7 is older than this Surat's (8); run `surat --config {config}"
+        f"surat: store migrate: store: schema version 7 is older than this Surat's (9); run `surat --config {config}"
         " store init` to upgrade it\n",
     )
     with psycopg.connect(pg_cluster.dsn(pg_database)) as conn:  # refused before touching the target

@@ -33,15 +33,15 @@ async def columns(conn: psycopg.AsyncConnection[TupleRow]) -> dict[str, set[str]
 async def test_migrate_creates_the_schema_once(pg_cluster: PostgresCluster, pg_database: str) -> None:
     async with await connect(pg_cluster, pg_database) as conn:
         assert await schema.schema_version(conn) == 0
-        assert await schema.migrate(conn) == schema.SCHEMA_VERSION == 2
-        assert await schema.migrate(conn) == 2  # a second run is a no-op
+        assert await schema.migrate(conn) == schema.SCHEMA_VERSION == 3
+        assert await schema.migrate(conn) == 3  # a second run is a no-op
         cursor = await conn.execute("SELECT version FROM schema_version ORDER BY version")
-        assert await cursor.fetchall() == [(1,), (2,)]
+        assert await cursor.fetchall() == [(1,), (2,), (3,)]
         assert set(await columns(conn)) == {
             "schema_version", "meta", "nodes", "domains", "accounts", "aliases", "mailboxes",
             "subscriptions", "blobs", "blob_chunks", "messages", "expunged", "queue",
             "queue_recipients", "queue_attempts", "auth_clients", "sent_messages",
-            "shared_secrets", "dkim_keys",
+            "shared_secrets", "dkim_keys", "imported_messages",
         }  # fmt: skip
 
 
@@ -53,7 +53,7 @@ async def test_version_1_is_upgraded_with_the_shared_keys(
         assert await schema.migrate(conn, target=1) == 1
         assert "dkim_keys" not in await columns(conn)
         await conn.execute("INSERT INTO domains (name) VALUES ('example.test')")  # data survives
-        assert await schema.migrate(conn) == 2
+        assert await schema.migrate(conn) == 3
         tables = await columns(conn)
         assert tables["shared_secrets"] == {"name", "value"}
         assert tables["dkim_keys"] == {"domain", "selector", "algorithm", "private_pem", "created_at"}

@@ -225,6 +225,7 @@ _TABLES_AFTER_BODIES = (
         "auth_clients", "key, ip, failures, blocked_until, strikes, last_failure", _auth_client, order="key"
     ),
     _Table("sent_messages", '"user", sent_at, recipients', _sent),
+    _Table("imported_messages", "mailbox_id, digest, uid", _same, order="mailbox_id, digest"),
 )
 # The shared keys (files in the SQLite data directory, rows on PostgreSQL), copied by _copy_keys.
 _KEY_TABLES = (
