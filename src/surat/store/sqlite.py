@@ -2513,7 +2513,6 @@ class SQLiteStore:
                 report.repaired.append(f"removed body {name}")
 
 
-
 # ------------------------------------------------------------------------------------ loop-side callbacks
 
 
@@ -2564,7 +2563,9 @@ def _settle_batch(batch: list[_Pending], feed: ChangeFeed, changes: list[Change]
 
 def _body_check(row: tuple[Any, ...]) -> BodyCheck:
     blob_id, size, digest, address, mailbox, uid = row
-    return BodyCheck(blob_id, size, bytes(digest) if digest is not None else None, f"{address} {mailbox} uid {uid}")
+    return BodyCheck(
+        blob_id, size, bytes(digest) if digest is not None else None, f"{address} {mailbox} uid {uid}"
+    )
 
 
 def _is_blob_id(name: str) -> bool:

@@ -57,7 +57,9 @@ _ORPHANS_SQL = b"""
 
 class TransferStore(PooledStore):
     async def imported_digests(self, mailbox_id: int) -> set[bytes]:
-        rows = await self._fetchall("SELECT digest FROM imported_messages WHERE mailbox_id = %s", (mailbox_id,))
+        rows = await self._fetchall(
+            "SELECT digest FROM imported_messages WHERE mailbox_id = %s", (mailbox_id,)
+        )
         return {bytes(row[0]) for row in rows}
 
     async def record_imported(self, mailbox_id: int, imported: Sequence[tuple[bytes, int]]) -> None:
@@ -80,7 +82,12 @@ class TransferStore(PooledStore):
         for blob_id, recorded_size, digest, address, mailbox, uid in rows:
             bodies.setdefault(
                 blob_id,
-                BodyCheck(blob_id, recorded_size, bytes(digest) if digest else None, f"{address} {mailbox} uid {uid}"),
+                BodyCheck(
+                    blob_id,
+                    recorded_size,
+                    bytes(digest) if digest else None,
+                    f"{address} {mailbox} uid {uid}",
+                ),
             )
         report.bodies = len(bodies)
         report.problems += [
