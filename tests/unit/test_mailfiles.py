@@ -71,7 +71,11 @@ def test_a_crlf_mbox_and_a_message_not_followed_by_an_empty_line() -> None:
         b"From b Sat Jan  3 01:05:35 1996\r\nB: 2\r\n\r\ny\r\n"
         b"From c Sat Jan  3 01:05:36 1996\r\nC: 3\r\n\r\nz"  # unterminated last line
     )
-    assert [body for _, body in read_all(data)] == [b"A: 1\r\n\r\nx\r\n", b"B: 2\r\n\r\ny\r\n", b"C: 3\r\n\r\nz"]
+    assert [body for _, body in read_all(data)] == [
+        b"A: 1\r\n\r\nx\r\n",
+        b"B: 2\r\n\r\ny\r\n",
+        b"C: 3\r\n\r\nz",
+    ]
 
 
 def test_unread_messages_are_skipped_and_empty_input_has_none() -> None:
@@ -143,7 +147,15 @@ def test_mbox_flag_headers_are_read_and_taken_out_of_the_header_only() -> None:
     assert out == (
         b"From: a@example.net\r\nDate: Mon, 5 Jan 1998 10:00:00 +0100\r\n\r\nStatus: in the body stays\r\n"
     )
-    assert normaliser.flags() == {"\\Seen", "\\Answered", "\\Flagged", "\\Draft", "\\Deleted", "$Label1", "work"}
+    assert normaliser.flags() == {
+        "\\Seen",
+        "\\Answered",
+        "\\Flagged",
+        "\\Draft",
+        "\\Deleted",
+        "$Label1",
+        "work",
+    }
     assert normaliser.date() == datetime.fromisoformat("1998-01-05T10:00:00+01:00")
     kept, plain = normalise(lines, False)  # not an mbox: they are content
     assert kept == b"".join(line.replace(b"\n", b"\r\n") for line in lines)
@@ -188,7 +200,12 @@ def test_maildir_flags_and_keyword_letters(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("mailbox", "folder"),
-    [("INBOX", ""), ("Sent", ".Sent"), ("Projects/2026", ".Projects.2026"), ("Entwürfe/Ä", ".Entw&APw-rfe.&AMQ-")],
+    [
+        ("INBOX", ""),
+        ("Sent", ".Sent"),
+        ("Projects/2026", ".Projects.2026"),
+        ("Entwürfe/Ä", ".Entw&APw-rfe.&AMQ-"),
+    ],
 )
 def test_maildir_plus_plus_folder_names(mailbox: str, folder: str) -> None:
     assert maildir.folder_of_mailbox(mailbox) == folder
