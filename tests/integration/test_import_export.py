@@ -8,14 +8,11 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import os
-import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 from test_store_init import postgresql_config, surat, write_config
 
@@ -23,8 +20,6 @@ from pg_cluster import PostgresCluster
 from surat.config import load_config
 from surat.mailfiles import maildir
 from surat.store.setup import configured_store
-from surat.store.sqlite import BLOB_DIR, INDEX_FILE
-from surat.store.transfer import ORPHAN_MIN_AGE
 
 DOMAIN = "example.test"
 ALICE, BOB, CAROL = (f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol"))
