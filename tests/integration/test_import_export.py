@@ -8,18 +8,24 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import os
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 from test_store_init import postgresql_config, surat, write_config
 
 from pg_cluster import PostgresCluster
 from surat.config import load_config
 from surat.mailfiles import maildir
+from surat.store.blobs import FileBlobStore
 from surat.store.setup import configured_store
+from surat.store.sqlite import BLOB_DIR, INDEX_FILE
+from surat.store.transfer import ORPHAN_MIN_AGE
 
 DOMAIN = "example.test"
 ALICE, BOB, CAROL = (f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol"))
@@ -230,3 +236,187 @@ def test_exports_are_read_by_python_mailbox(config: Path, tmp_path: Path) -> Non
     assert (tmp_path / "md" / maildir.KEYWORDS_FILE).read_text() == "0 $Label2\n1 todo\n"
     dates = sorted(int(m.get_date()) for m in tree)
     assert dates == [int(EPOCH_2020), int(EPOCH_2020) + 60, int(EPOCH_2020) + 120]
+
+
+# ----------------------------------------------------------------------------------------- broken input
+
+
+def test_broken_messages_are_reported_with_their_position_and_skipped(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "server", "[limits]\nmessage_size = 1024\n")
+    run_ok(config, "domain", "add", DOMAIN)
+    assert (
+        surat(config, "user", "add", ALICE, "--password-stdin", stdin="long enough password\n").returncode
+        == 0
+    )
+    big = b"Subject: big\n\n" + (b"y" * 60 + b"\n") * 17  # 1 052 octets with CRLF: over the limit
+    source = tmp_path / "in.mbox"
+    first = b"From a Sat Jan  3 01:05:34 1996\nSubject: fine\n\nok\n\n"
+    second = b"From b Sat Jan  3 01:05:35 1996\n" + big + b"\n"
+    third = b"From c Sat Jan  3 01:05:36 1996\n\n"  # empty
+    fourth = b"From d Sat Jan  3 01:05:37 1996\nSubject: also fine\n\nok\n"
+    source.write_bytes(first + second + third + fourth)
+    result = surat(config, "import", ALICE, str(source))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"skipped {source}: message 2 at byte {len(first)}: larger than the message size limit (1024 bytes)\n"
+        f"skipped {source}: message 3 at byte {len(first + second)}: empty message\n"
+    )
+    assert result.stdout.startswith("  INBOX: 2\nimported 2 message(s)")
+    assert result.stdout.endswith("; 0 already imported, 2 skipped as broken\n")
+    assert sorted(m[0] for m in snapshot(config, ALICE)["INBOX"]) == [
+        b"Subject: also fine\r\n\r\nok\r\n",
+        b"Subject: fine\r\n\r\nok\r\n",
+    ]
+
+
+def test_the_quota_stops_the_run_cleanly_and_a_rerun_goes_on(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "server")
+    run_ok(config, "domain", "add", DOMAIN)
+    assert (
+        surat(config, "user", "add", ALICE, "--password-stdin", stdin="long enough password\n").returncode
+        == 0
+    )
+    write_mbox(tmp_path / "old.mbox")
+    size = len(MBOX_MESSAGES[0][0])
+    run_ok(config, "user", "quota", ALICE, str(size + size // 2))  # room for one message
+    result = surat(config, "import", ALICE, str(tmp_path / "old.mbox"))
+    assert result.returncode == 1
+    assert result.stdout.startswith("  INBOX: 1\nimported 1 message(s)")
+    assert result.stderr.startswith(f"surat: import stopped at {tmp_path / 'old.mbox'}: message ")
+    assert result.stderr.endswith("; run it again once there is room\n")
+    run_ok(config, "user", "quota", ALICE, "none")
+    again = run_ok(config, "import", ALICE, str(tmp_path / "old.mbox"))
+    assert again.stdout.startswith("  INBOX: 2\nimported 2 message(s)")
+    assert again.stdout.endswith("; 1 already imported, 0 skipped as broken\n")
+    assert sorted(m[0] for m in snapshot(config, ALICE)["INBOX"]) == sorted(m[0] for m in MBOX_MESSAGES)
+
+
+def test_a_directory_of_eml_files_with_lf_lines(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "server")
+    run_ok(config, "domain", "add", DOMAIN)
+    assert (
+        surat(config, "user", "add", ALICE, "--password-stdin", stdin="long enough password\n").returncode
+        == 0
+    )
+    emls = tmp_path / "emls"
+    (emls / "sub").mkdir(parents=True)
+    (emls / "a.eml").write_bytes(b"Subject: a\nDate: Tue, 1 Jul 2003 10:52:37 +0200\n\nbody\n")
+    (emls / "sub" / "b.eml").write_bytes(b"Subject: b\n\nbody\n")
+    (emls / "notes.txt").write_bytes(b"not mail\n")
+    os.utime(emls / "a.eml", (EPOCH_2020, EPOCH_2020))
+    os.utime(emls / "sub" / "b.eml", (EPOCH_2020 + 1, EPOCH_2020 + 1))
+    result = run_ok(config, "import", ALICE, str(emls), "--mailbox", "Saved")
+    assert result.stdout.startswith("  Saved: 1\n  Saved/sub: 1\nimported 2 message(s)")
+    assert snapshot(config, ALICE) == {
+        "Saved": [
+            (
+                b"Subject: a\r\nDate: Tue, 1 Jul 2003 10:52:37 +0200\r\n\r\nbody\r\n",
+                frozenset(),
+                int(EPOCH_2020),
+            )
+        ],
+        "Saved/sub": [(b"Subject: b\r\n\r\nbody\r\n", frozenset(), int(EPOCH_2020) + 1)],
+    }
+
+
+# ----------------------------------------------------------------------------------------- store verify
+
+
+def message_rows(config: Path, address: str) -> list[tuple[str, int, str, int]]:
+    """(mailbox, uid, blob id, size) of every message of the account."""
+
+    async def read() -> list[tuple[str, int, str, int]]:
+        store = configured_store(load_config(config))
+        await store.open(recover=False)
+        try:
+            account = await store.get_account(address)
+            assert account is not None
+            rows = []
+            for box in await store.list_mailboxes(account.id):
+                rows += [(box.name, b.uid, b.blob_id, b.size) for b in await store.list_message_blobs(box.id)]
+            return sorted(rows)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+ORPHAN = "00000000000000000000000000"
+
+
+def corrupt(config: Path, grown: str, gone: str, changed: str) -> None:
+    """One body a byte longer, one body gone, one changed in place; alice's usage off by 1000; an old
+    orphan body."""
+    loaded = load_config(config)
+    if loaded.store.backend == "sqlite":
+        blobs = FileBlobStore(loaded.data_dir / BLOB_DIR, loaded.data_dir / "tmp")
+        with blobs.path(grown).open("ab") as file:
+            file.write(b"x")
+        blobs.path(gone).unlink()
+        octets = bytearray(blobs.path(changed).read_bytes())
+        octets[5] ^= 0x20
+        blobs.path(changed).write_bytes(bytes(octets))
+        orphan = loaded.data_dir / BLOB_DIR / "00" / ORPHAN
+        orphan.write_bytes(b"left behind")
+        old = time.time() - ORPHAN_MIN_AGE - 60
+        os.utime(orphan, (old, old))
+        with sqlite3.connect(loaded.data_dir / INDEX_FILE) as conn:
+            conn.execute("UPDATE accounts SET used_bytes = used_bytes + 1000 WHERE address = ?", (ALICE,))
+        return
+    assert loaded.store.dsn is not None
+    with psycopg.connect(loaded.store.dsn, password=loaded.store.dsn_password, autocommit=True) as conn:
+        conn.execute("UPDATE blob_chunks SET data = data || 'x' WHERE blob_id = %s", (grown,))
+        conn.execute("DELETE FROM blob_chunks WHERE blob_id = %s", (gone,))
+        conn.execute(
+            "UPDATE blob_chunks SET data = overlay(data PLACING 'X' FROM 6 FOR 1) WHERE blob_id = %s",
+            (changed,),
+        )
+        conn.execute(
+            "INSERT INTO blobs (id, size, created_at) VALUES (%s, 0, now() - make_interval(secs => %s))",
+            (ORPHAN, ORPHAN_MIN_AGE + 60),
+        )
+        conn.execute("UPDATE accounts SET used_bytes = used_bytes + 1000 WHERE address = %s", (ALICE,))
+
+
+def test_verify_finds_damaged_bodies_usage_and_orphans_and_repair_fixes_what_is_safe(
+    config: Path, tmp_path: Path
+) -> None:
+    import_both(config, tmp_path)
+    clean = run_ok(config, "store", "verify")
+    assert (
+        clean.stdout == "store verify: 8 message(s), 8 bodies (0.0 MB), 8 checked by SHA-256; 0 problem(s)\n"
+    )
+    rows = message_rows(config, ALICE)
+    (box1, uid1, grown, size1), (box2, uid2, gone, size2), (box3, uid3, changed, _) = rows[:3]
+    corrupt(config, grown, gone, changed)
+    usage = sum(row[3] for row in rows)
+    sqlite = load_config(config).store.backend == "sqlite"
+    body_lines = [
+        f"problem: {ALICE} {box1} uid {uid1}: body {grown} "
+        + (
+            f"holds {size1 + 1} bytes, the message {size1}"
+            if sqlite
+            else f"has {size1 + 1} bytes in its chunks, its record says {size1}"
+        ),
+        f"problem: {ALICE} {box2} uid {uid2}: body {gone} "
+        + ("is missing" if sqlite else f"has 0 bytes in its chunks, its record says {size2}"),
+        f"problem: {ALICE} {box3} uid {uid3}: body {changed} differs from what was imported (SHA-256)",
+    ]
+    found = surat(config, "store", "verify")
+    assert found.returncode == 1
+    lines = found.stdout.splitlines()
+    assert sorted(lines[:-1]) == sorted([
+        *body_lines,
+        f"problem: {ALICE}: quota usage {usage + 1000} bytes recorded, its messages hold {usage}",
+        f"problem: body {ORPHAN} is not referenced by any message",
+    ])  # fmt: skip
+    assert lines[-1].endswith("; 5 problem(s)")
+    repaired = run_ok(config, "store", "verify", "--repair")
+    assert [line for line in repaired.stdout.splitlines() if line.startswith("repaired: ")] == [
+        f"repaired: {ALICE}: quota usage set to {usage} bytes",
+        f"repaired: removed body {ORPHAN}",
+    ]
+    after = surat(config, "store", "verify")
+    assert after.returncode == 1
+    assert sorted(after.stdout.splitlines()[:-1]) == sorted(body_lines)  # messages are never removed
+    assert len(message_rows(config, ALICE)) == 8
