@@ -64,12 +64,27 @@ def test_messages_written_with_mboxrd_escaping_read_back_exactly(messages: list[
 @given(st.lists(_LINE, max_size=12))
 def test_normalised_lines_end_in_crlf_and_keep_their_content(lines: list[bytes]) -> None:
     normaliser = Normaliser(mbox_headers=False)
-    out = b"".join(normaliser.feed(line) for line in lines)
+    out = b"".join(normaliser.feed(line) for line in lines) + normaliser.finish()
     assert out.count(b"\n") == out.count(b"\r\n") == len(lines)
     assert out.replace(b"\r\n", b"\n") == b"".join(
         line.removesuffix(b"\r\n") + b"\n" if line.endswith(b"\r\n") else line for line in lines
     )
     mbox = Normaliser(mbox_headers=True)
-    dropped = b"".join(mbox.feed(line) for line in lines)
+    dropped = b"".join(mbox.feed(line) for line in lines) + mbox.finish()
     assert dropped.count(b"\n") == dropped.count(b"\r\n")
     assert len(dropped) <= len(out)
+
+
+@fuzz_settings()
+@given(st.lists(_TOKENS, max_size=60).map(b"".join), st.lists(st.integers(0, 400), max_size=8), st.booleans())
+def test_the_normaliser_gives_the_same_however_its_input_is_cut(
+    data: bytes, cuts: list[int], mbox: bool
+) -> None:
+    def run(parts: list[bytes]) -> tuple[bytes, frozenset[str]]:
+        normaliser = Normaliser(mbox_headers=mbox)
+        out = b"".join(normaliser.feed(part) for part in parts) + normaliser.finish()
+        return out, normaliser.flags()
+
+    points = sorted({min(cut, len(data)) for cut in cuts})
+    parts = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert run(parts) == run([data])

@@ -87,20 +87,42 @@ def test_unread_messages_are_skipped_and_empty_input_has_none() -> None:
     assert read_all(b"no separator at all\n") == []
 
 
-def test_a_line_longer_than_the_bound_comes_in_pieces_and_is_not_a_separator(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(mbox, "LINE_BOUND", 64)
-    long_line = b"x" * 100 + b"From a Sat Jan  3 01:05:34 1996\n"  # a separator only at a piece's start
-    data = b"From a Sat Jan  3 01:05:34 1996\nA: 1\n\n" + long_line + b">From b\n"
-    reader = MboxReader(io.BytesIO(data))
-    messages = list(reader)
-    assert len(messages) == 1
+SAMPLE = (
+    b"junk before\nFrom a Sat Jan  3 01:05:34 1996\nA: 1\n\n>From x\n>>From y\nFrom no date\n\n\n"
+    b"From b Sat Jan  3 01:05:35 1996\r\nB: 2\r\n\r\n"
+    + b"z"
+    * 300
+    + b"From c Sat Jan  3 01:05:36 1996\r\n\r\n"
+    b"From d Sat Jan  3 01:05:37 1996\n\nFrom e Sat Jan  3 01:05:38 1996\nE: 5\n\nend"
+)
+SAMPLE_MESSAGES = [
+    b"A: 1\n\nFrom x\n>From y\nFrom no date\n\n",
+    b"B: 2\r\n\r\n" + b"z" * 300 + b"From c Sat Jan  3 01:05:36 1996\r\n",  # mid-line: no separator
+    b"",
+    b"E: 5\n\nend",
+]
+
+
+@pytest.mark.parametrize("chunk", [*range(1, 70), 299, 300, 301, 1000])
+def test_every_read_size_gives_the_same_messages(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """The file read in pieces of every size: separators, escapes and empty lines cut anywhere."""
+    monkeypatch.setattr(mbox, "READ_CHUNK", chunk)
+    reader = MboxReader(io.BytesIO(SAMPLE))
+    found = [(message.offset, b"".join(reader.lines())) for message in reader]
+    assert [body for _, body in found] == SAMPLE_MESSAGES
+    assert [offset for offset, _ in found] == [SAMPLE.index(b"From " + n) for n in (b"a", b"b", b"d", b"e")]
+
+
+def test_a_long_message_comes_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mbox, "READ_CHUNK", 16)
+    body = b"".join(b">From %d\n" % n for n in range(200)) + b"x" * 500 + b"\n"
+    data = b"From a Sat Jan  3 01:05:34 1996\n" + body + b"\nFrom b Sat Jan  3 01:05:35 1996\nB\n"
     reader = MboxReader(io.BytesIO(data))
     next(iter(reader))
-    pieces = list(reader.lines())
-    assert all(len(piece) <= 64 for piece in pieces)
-    assert b"".join(pieces) == b"A: 1\n\n" + long_line + b"From b\n"
+    blocks = list(reader.lines())
+    assert len(blocks) > 10
+    assert all(len(block) <= 3 * 16 + mbox.LINE_BOUND for block in blocks)
+    assert b"".join(blocks) == body.replace(b">From", b"From")
 
 
 def test_python_mailbox_reads_what_the_writer_conventions_give(tmp_path: Path) -> None:
@@ -119,7 +141,31 @@ def test_python_mailbox_reads_what_the_writer_conventions_give(tmp_path: Path) -
 
 def normalise(lines: list[bytes], mbox_headers: bool) -> tuple[bytes, Normaliser]:
     normaliser = Normaliser(mbox_headers)
-    return b"".join(normaliser.feed(line) for line in lines), normaliser
+    return b"".join(normaliser.feed(line) for line in lines) + normaliser.finish(), normaliser
+
+
+MBOX_MESSAGE = (
+    b"From: a@example.net\nStatus: RO\nX-Keywords: $Label1,\n  work\r\nx-status: AFTD\n"
+    b"Date: Mon, 5 Jan 1998 10:00:00 +0100\n\nStatus: body\r\nline\n\nend"
+)
+
+
+@pytest.mark.parametrize("mbox_headers", [True, False])
+def test_the_normaliser_gives_the_same_for_input_split_at_every_offset(mbox_headers: bool) -> None:
+    whole, reference = normalise([MBOX_MESSAGE], mbox_headers)
+    expected = (
+        b"From: a@example.net\r\n"
+        + (b"" if mbox_headers else b"Status: RO\r\nX-Keywords: $Label1,\r\n  work\r\nx-status: AFTD\r\n")
+        + b"Date: Mon, 5 Jan 1998 10:00:00 +0100\r\n\r\nStatus: body\r\nline\r\n\r\nend"
+    )
+    assert whole == expected
+    for cut in range(len(MBOX_MESSAGE) + 1):
+        for second_cut in (cut, min(cut + 1, len(MBOX_MESSAGE)), min(cut + 7, len(MBOX_MESSAGE))):
+            parts = [MBOX_MESSAGE[:cut], MBOX_MESSAGE[cut:second_cut], MBOX_MESSAGE[second_cut:]]
+            out, normaliser = normalise(parts, mbox_headers)
+            assert out == expected, (cut, second_cut)
+            assert normaliser.flags() == reference.flags()
+            assert normaliser.date() == reference.date()
 
 
 def test_lf_lines_get_crlf_and_crlf_lines_stay() -> None:
@@ -128,8 +174,8 @@ def test_lf_lines_get_crlf_and_crlf_lines_stay() -> None:
 
 
 def test_a_crlf_cut_between_pieces_is_not_doubled() -> None:
-    out, _ = normalise([b"A: 1\r", b"\n", b"\n", b"x" * 10, b"y\n"], False)
-    assert out == b"A: 1\r\n\r\n" + b"x" * 10 + b"y\r\n"
+    out, _ = normalise([b"A: 1\r", b"\n", b"\n", b"x" * 10, b"y\r", b"\nz\n"], False)
+    assert out == b"A: 1\r\n\r\n" + b"x" * 10 + b"y\r\nz\r\n"
 
 
 def test_mbox_flag_headers_are_read_and_taken_out_of_the_header_only() -> None:

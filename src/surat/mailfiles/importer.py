@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import itertools
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from surat.mailfiles import maildir
-from surat.mailfiles.mbox import LINE_BOUND, MboxReader, separator_date
+from surat.mailfiles.mbox import LINE_BOUND, READ_CHUNK, MboxReader, separator_date
 from surat.store.base import Account, InvalidName, Mailbox, QuotaExceeded, StagedBlob, StoreError
 from surat.store.common import normalize_mailbox_name
 from surat.store.transfer import TransferStore
@@ -49,6 +51,8 @@ WRITE_CHUNK = 64 * 1024
 HEADER_VALUE_BOUND = 4096
 # mbox headers that carry flags (as mutt and Dovecot write them): read into flags, not stored.
 MBOX_FLAG_HEADERS = frozenset((b"status", b"x-status", b"x-keywords"))
+# A LF not preceded by CR (RFC 5322 §2.1: lines end in CRLF).
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 # RFC 9051 §4: atom-specials may not be in a keyword (flag-keyword = atom).
 _ATOM_SPECIALS = frozenset('(){ %*"\\]')
 
@@ -111,22 +115,58 @@ def mbox_flags(status: bytes, x_status: bytes, x_keywords: bytes) -> frozenset[s
 
 
 class Normaliser:
-    """Pieces of a message's lines (as read) -> the octets to store: CRLF line ends, and in an mbox
-    the flag headers taken out (and read). Keeps the Date: value for the internal date's fallback."""
+    """A message as read (blocks of any size, cut anywhere) -> the octets to store: CRLF line ends,
+    and in an mbox the flag headers taken out (and read). Keeps the Date: value for the internal
+    date's fallback. Header lines are looked at whole (up to LINE_BOUND octets); the body is
+    converted a block at a time by one regular-expression pass (linear: a fixed pattern)."""
 
     def __init__(self, mbox_headers: bool) -> None:
         self._mbox_headers = mbox_headers
         self._in_header = True
         self._at_line_start = True
-        self._after_cr = False  # the previous piece ended with CR (a CRLF cut by LINE_BOUND)
+        self._after_cr = False  # the previous octets ended with CR (a CRLF cut between blocks)
+        self._partial = b""  # a header line not whole yet
         self._field: bytes | None = None  # the lower-case name of the field being read
         self._dropping = False  # the field being read is a flag header
         self.values: dict[bytes, bytes] = {}
 
-    def feed(self, piece: bytes) -> bytes:
-        if self._in_header and self._at_line_start:
+    def feed(self, block: bytes) -> bytes:
+        out = []
+        position = 0
+        while self._in_header and position < len(block):
+            end = block.find(b"\n", position)
+            if end < 0:
+                self._partial += block[position:]
+                position = len(block)
+                if len(self._partial) > LINE_BOUND:  # a line too long to wait for: in parts
+                    out.append(self._piece(self._partial))
+                    self._partial = b""
+                break
+            out.append(self._piece(self._partial + block[position : end + 1]))
+            self._partial = b""
+            position = end + 1
+        if position < len(block):
+            out.append(self._body(block[position:] if position else block))
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """What is still held: an unterminated last header line."""
+        partial, self._partial = self._partial, b""
+        return self._piece(partial) if partial else b""
+
+    def _body(self, data: bytes) -> bytes:
+        if self._after_cr and data.startswith(b"\n"):
+            converted = b"\n" + _BARE_LF.sub(b"\r\n", data[1:])
+        else:
+            converted = _BARE_LF.sub(b"\r\n", data)
+        self._after_cr = data.endswith(b"\r")
+        return converted
+
+    def _piece(self, piece: bytes) -> bytes:
+        """One header line, or a part of one (the start of a line when _at_line_start)."""
+        if self._at_line_start:
             self._header_line(piece)
-        elif self._in_header and self._field is not None:
+        elif self._field is not None:
             self._keep_value(self._field, piece)
         dropped = self._dropping and self._in_header
         line_end = piece.endswith(b"\n")
@@ -178,7 +218,7 @@ class Normaliser:
 
 def _file_pieces(path: Path) -> Iterator[bytes]:
     with path.open("rb") as file:
-        while piece := file.readline(LINE_BOUND):
+        while piece := file.read(READ_CHUNK):
             yield piece
 
 
@@ -269,6 +309,39 @@ def _candidates(sources: list[_Source]) -> Iterator[_Candidate]:
                 )
 
 
+class _Staging:
+    """A message on its way to a staged blob: the blob is made only once WRITE_CHUNK octets are
+    there, so that a small message found in the ledger (a re-run) costs no file at all."""
+
+    def __init__(self, store: TransferStore) -> None:
+        self._store = store
+        self._pending = bytearray()
+        self._staged: StagedBlob | None = None
+
+    async def add(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) >= WRITE_CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._staged is None:
+            self._staged = self._store.blobs.stage()
+        await self._staged.write(bytes(self._pending))
+        self._pending.clear()
+
+    async def complete(self) -> StagedBlob:
+        """The staged blob with everything; from now on the caller owns it."""
+        await self._flush()
+        staged, self._staged = self._staged, None
+        assert staged is not None
+        return staged
+
+    def abort(self) -> None:
+        if self._staged is not None:
+            self._staged.abort()
+            self._staged = None
+
+
 class Importer:
     """One run of `surat import` into one account."""
 
@@ -336,17 +409,16 @@ class Importer:
             return
         mailbox, known = target
         normaliser = Normaliser(candidate.mbox_headers)
-        staged = self._store.blobs.stage()
+        staging = _Staging(self._store)
         try:
-            digest = await self._stage(candidate, normaliser, staged)
-        except BaseException:
-            staged.abort()
-            raise
-        if digest is None or digest in known:
-            staged.abort()
-            self.summary.skipped += digest is not None
-            self._show()
-            return
+            digest = await self._stage(candidate, normaliser, staging)
+            if digest is None or digest in known:
+                self.summary.skipped += digest is not None
+                self._show()
+                return
+            staged = await staging.complete()
+        finally:
+            staging.abort()  # nothing once complete() handed the staged blob on
         known.add(digest)
         moment = candidate.internal_date or normaliser.date() or datetime.now(UTC)
         flags = candidate.flags | normaliser.flags()
@@ -355,14 +427,16 @@ class Importer:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _stage(self, candidate: _Candidate, normaliser: Normaliser, staged: StagedBlob) -> bytes | None:
-        """Write the message into `staged`; its digest, or None when it is broken (reported)."""
+    async def _stage(self, candidate: _Candidate, normaliser: Normaliser, staging: _Staging) -> bytes | None:
+        """Normalise the message into `staging`; its digest, or None when it is broken (reported)."""
         digest = hashlib.sha256()
-        pending = bytearray()
         size = 0
-        for piece in candidate.pieces:
-            self._bytes_read += len(piece)
-            out = normaliser.feed(piece)
+        for piece in itertools.chain(candidate.pieces, (None,)):
+            if piece is None:
+                out = normaliser.finish()
+            else:
+                self._bytes_read += len(piece)
+                out = normaliser.feed(piece)
             size += len(out)
             if size > self._size_limit:
                 self._broken(
@@ -371,15 +445,10 @@ class Importer:
                 self._drain(candidate)
                 return None
             digest.update(out)
-            pending += out
-            if len(pending) >= WRITE_CHUNK:
-                await staged.write(bytes(pending))
-                pending.clear()
+            await staging.add(out)
         if size == 0:
             self._broken(candidate.position, "empty message")
             return None
-        if pending:
-            await staged.write(bytes(pending))
         return digest.digest()
 
     def _drain(self, candidate: _Candidate) -> None:

@@ -19,14 +19,16 @@ break and an empty line; separators are "From MAILER-DAEMON <asctime in UTC>".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-# The longest piece read at once; a separator line is far shorter (RFC 4155 separators are one
-# address and a date), so only a line's first piece is examined.
+# The longest separator line looked at; RFC 4155 separators are one address and a date, far shorter.
 LINE_BOUND = 64 * 1024
+# Octets read from the file at once.
+READ_CHUNK = 256 * 1024
 
 _MONTHS = {name: n for n, name in enumerate((b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul",
                                               b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), start=1)}  # fmt: skip
@@ -94,26 +96,68 @@ class MboxMessage:
 
 
 class MboxReader:
-    """Messages of an mbox file, streamed: `for message in reader: for piece in reader.lines(): ...`.
+    """Messages of an mbox file, streamed: `for message in reader: for block in reader.lines(): ...`.
 
-    `lines()` yields pieces of the message's lines (each ending with its line break, unless the line
-    was longer than LINE_BOUND and is continued by the next piece), unescaped (mboxrd), without the
-    empty line that precedes the next separator. Line endings are left as they are in the file."""
+    The file is read READ_CHUNK octets at a time and searched for separators with bytes.find, so
+    that the per-line work of a large mbox is done in C, not per line in Python. `lines()` yields
+    blocks of the message (at most about READ_CHUNK + LINE_BOUND octets each; a block may end inside
+    a line, the next one continues it), unescaped (mboxrd), without the empty line that precedes the
+    next separator. Line endings are left as they are in the file."""
 
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
-        self._offset = 0
+        self._buffer = b""
+        self._base = 0  # the file offset of _buffer[0]
+        self._at_line_start = True  # _buffer[0] starts a line
+        self._eof = False
         self._number = 0
-        self._next: tuple[int, bytes] | None = None  # a separator read ahead: (offset, line)
         self._in_message = False
         self._started = False
 
-    def _read(self) -> tuple[int, bytes]:
-        """(offset, piece): at most LINE_BOUND octets, up to and with the next line break."""
-        start = self._offset
-        piece = self._file.readline(LINE_BOUND)
-        self._offset += len(piece)
-        return start, piece
+    def _fill(self) -> bool:
+        """Read more; False at the end of the file."""
+        if self._eof:
+            return False
+        data = self._file.read(READ_CHUNK)
+        if not data:
+            self._eof = True
+            return False
+        self._buffer += data
+        return True
+
+    def _separator_at_start(self) -> datetime | None:
+        """The date of the separator line at _buffer[0] (read whole first, up to LINE_BOUND), if any."""
+        while b"\n" not in self._buffer[:LINE_BOUND] and len(self._buffer) < LINE_BOUND and self._fill():
+            pass
+        if not self._at_line_start or not self._buffer.startswith(b"From "):
+            return None
+        return separator_date(self._buffer[: self._buffer.find(b"\n", 0, LINE_BOUND) + 1 or LINE_BOUND])
+
+    def _find_separator(self, *, at_start: bool = False) -> int | None:
+        """The index of the first separator line in _buffer (read whole), from position 0 with
+        `at_start` (when _buffer[0] starts a line), else after it; None when the buffer holds none
+        (more data may bring one)."""
+        if at_start and self._at_line_start and self._buffer[:5] == b"From " and self._separator_at_start():
+            return 0
+        position = 0
+        while True:
+            candidate = self._buffer.find(b"\nFrom ", position)
+            if candidate < 0:
+                return None
+            end = self._buffer.find(b"\n", candidate + 1, candidate + 1 + LINE_BOUND)
+            if end < 0 and len(self._buffer) - candidate <= LINE_BOUND and not self._eof:
+                return None  # the line is not whole yet; the caller reads more and searches again
+            line = self._buffer[candidate + 1 : end + 1 if end >= 0 else candidate + 1 + LINE_BOUND]
+            if separator_date(line) is not None:
+                return candidate + 1
+            position = candidate + 1
+
+    def _take(self, length: int) -> bytes:
+        block = self._buffer[:length]
+        self._buffer = self._buffer[length:]
+        self._base += length
+        self._at_line_start = block.endswith(b"\n") if block else self._at_line_start
+        return block
 
     def __iter__(self) -> Iterator[MboxMessage]:
         while True:
@@ -122,52 +166,72 @@ class MboxReader:
                     pass
             if not self._started:
                 self._started = True
-                self._find_first_separator()
-            if self._next is None:
+                # Text before the first separator is not a message (RFC 4155 §2: a file starts with one).
+                self._fill()
+                while self._separator_at_start() is None:
+                    found = self._find_separator()
+                    if found is not None:
+                        self._take(found)
+                        break
+                    # keep the last line, a separator may be cut by the read
+                    keep = self._buffer.rfind(b"\n")
+                    self._take(
+                        keep if keep > 0 else len(self._buffer) if len(self._buffer) > LINE_BOUND else 0
+                    )
+                    if not self._fill():
+                        if self._separator_at_start() is None:
+                            return
+                        break
+            date = self._separator_at_start()
+            if date is None:
                 return
-            offset, line = self._next
-            self._next = None
+            offset = self._base
+            end = self._buffer.find(b"\n", 0, LINE_BOUND)
+            self._take(end + 1 if end >= 0 else min(len(self._buffer), LINE_BOUND))
             self._number += 1
             self._in_message = True
-            yield MboxMessage(offset, self._number, separator_date(line))
-
-    def _find_first_separator(self) -> None:
-        # Text before the first separator is not a message (RFC 4155 §2: a file starts with one).
-        at_line_start = True
-        while True:
-            offset, piece = self._read()
-            if not piece:
-                return
-            if at_line_start and separator_date(piece) is not None:
-                self._next = (offset, piece)
-                return
-            at_line_start = piece.endswith(b"\n")
+            yield MboxMessage(offset, self._number, date)
 
     def lines(self) -> Iterator[bytes]:
         if not self._in_message:
             return
-        held: bytes | None = None  # the last full line, held back: it may be the empty one to drop
-        at_line_start = True
         while True:
-            offset, piece = self._read()
-            if not piece:
-                break
-            if at_line_start and separator_date(piece) is not None:
-                self._next = (offset, piece)
-                if held is not None and held not in (b"\n", b"\r\n"):
-                    yield held
-                self._in_message = False
-                return
-            if at_line_start and piece.startswith(b">") and is_escaped_from(piece):
-                piece = piece[1:]  # mboxrd: one ">" less
-            if held is not None:
-                yield held
-                held = None
-            at_line_start = piece.endswith(b"\n")
-            if at_line_start:
-                held = piece
-            else:
-                yield piece
-        if held is not None and held not in (b"\n", b"\r\n"):
-            yield held
-        self._in_message = False
+            found = self._find_separator(at_start=True)
+            if found is None and not self._eof:
+                if len(self._buffer) > 2 * READ_CHUNK:
+                    # A long message: hand on what lies before its last complete line (it may be the
+                    # empty line before a separator that the next read completes).
+                    last = self._buffer.rfind(b"\n")
+                    cut = self._buffer.rfind(b"\n", 0, last) + 1 if last > 0 else 0
+                    if cut <= 0 and len(self._buffer) > 2 * READ_CHUNK + 2 * LINE_BOUND:
+                        cut = len(self._buffer) - LINE_BOUND - 2  # no line break in sight: a very long line
+                    if cut > 0:
+                        starts_a_line = self._at_line_start
+                        yield _unescape(self._take(cut), starts_a_line)
+                self._fill()
+                continue
+            starts_a_line = self._at_line_start
+            block = self._take(found if found is not None else len(self._buffer))
+            # RFC 4155 §2: the empty line after a message belongs to the mbox
+            if block.endswith((b"\n\n", b"\n\r\n")) or (starts_a_line and block in (b"\n", b"\r\n")):
+                block = block[: -2 if block.endswith(b"\r\n") else -1]
+            if block:
+                yield _unescape(block, starts_a_line)
+            self._in_message = False
+            self._at_line_start = True  # at the separator found, or at the end
+            return
+
+
+_ESCAPED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
+
+
+def _unescape(block: bytes, starts_a_line: bool) -> bytes:
+    """mboxrd: one ">" less on every ">+From " line (linear: `>*` then a fixed string, per line)."""
+    if b">" not in block:
+        return block
+    if starts_a_line:
+        return _ESCAPED_FROM.sub(rb"\1", block)
+    head = block.find(b"\n") + 1  # the block continues a line: its start is no line start
+    if head == 0:
+        return block
+    return block[:head] + _ESCAPED_FROM.sub(rb"\1", block[head:])
