@@ -4,8 +4,11 @@ Streamed: a message goes from the file to a staged blob LINE_BOUND octets at a t
 a whole file, nor a whole message, in memory. Lines that end in a bare LF get CRLF (RFC 5322 §2.1:
 CRLF ends a line; the store keeps messages as IMAP and POP3 serve them).
 
-Stored through `Store.append`, up to IMPORT_CONCURRENCY at once, so that the store's group commit puts
-many messages in one commit (the SQLite store) or the pool's connections work in parallel (PostgreSQL).
+Stored up to IMPORT_CONCURRENCY at once, so that the store's group commit puts many messages in one
+commit (the SQLite store) or the pool's connections work in parallel (PostgreSQL): a message under
+WRITE_CHUNK octets as a local delivery with its content (`Store.deliver`: the store writes the file in
+its batch, and on SQLite these keep the source's order in UIDs), a larger one staged and appended
+(`Store.append`).
 
 Resumable: every message is recognised by the SHA-256 of its stored form, recorded per mailbox in the
 store's import ledger (surat.store.transfer). A message whose digest the mailbox's ledger holds is
@@ -34,7 +37,16 @@ from pathlib import Path
 
 from surat.mailfiles import maildir
 from surat.mailfiles.mbox import LINE_BOUND, READ_CHUNK, MboxReader, separator_date
-from surat.store.base import Account, InvalidName, Mailbox, QuotaExceeded, StagedBlob, StoreError
+from surat.store.base import (
+    Account,
+    Delivery,
+    InvalidName,
+    Mailbox,
+    MailboxTarget,
+    QuotaExceeded,
+    StagedBlob,
+    StoreError,
+)
 from surat.store.common import normalize_mailbox_name
 from surat.store.transfer import TransferStore
 
@@ -310,8 +322,10 @@ def _candidates(sources: list[_Source]) -> Iterator[_Candidate]:
 
 
 class _Staging:
-    """A message on its way to a staged blob: the blob is made only once WRITE_CHUNK octets are
-    there, so that a small message found in the ledger (a re-run) costs no file at all."""
+    """A message on its way to the store: held in memory up to WRITE_CHUNK octets, in a staged blob
+    beyond. A small message found in the ledger (a re-run) costs no file, and a small new one goes to
+    the store as content (`Delivery.content`): the store writes its file in its own batch (SQLite:
+    the group commit's file stage), not one file per message made on this event loop."""
 
     def __init__(self, store: TransferStore) -> None:
         self._store = store
@@ -329,11 +343,13 @@ class _Staging:
         await self._staged.write(bytes(self._pending))
         self._pending.clear()
 
-    async def complete(self) -> StagedBlob:
-        """The staged blob with everything; from now on the caller owns it."""
+    async def complete(self) -> StagedBlob | bytes:
+        """The message: in memory when it is small, else the staged blob, which the caller owns from
+        now on."""
+        if self._staged is None:
+            return bytes(self._pending)
         await self._flush()
         staged, self._staged = self._staged, None
-        assert staged is not None
         return staged
 
     def abort(self) -> None:
@@ -416,14 +432,14 @@ class Importer:
                 self.summary.skipped += digest is not None
                 self._show()
                 return
-            staged = await staging.complete()
+            message = await staging.complete()
         finally:
             staging.abort()  # nothing once complete() handed the staged blob on
         known.add(digest)
         moment = candidate.internal_date or normaliser.date() or datetime.now(UTC)
         flags = candidate.flags | normaliser.flags()
         await self._slots.acquire()
-        task = asyncio.create_task(self._append(candidate.position, mailbox, staged, flags, moment, digest))
+        task = asyncio.create_task(self._append(candidate.position, mailbox, message, flags, moment, digest))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
@@ -459,14 +475,23 @@ class Importer:
         self,
         position: str,
         mailbox: Mailbox,
-        staged: StagedBlob,
+        message: StagedBlob | bytes,
         flags: frozenset[str],
         moment: datetime,
         digest: bytes,
     ) -> None:
         try:
-            size = staged.size
-            _, uid = await self._store.append(self._account.id, mailbox.id, staged, flags, moment)
+            if isinstance(message, bytes):
+                size = len(message)
+                # A local delivery into the one mailbox: what SMTP's accepted mail takes in the store.
+                target = MailboxTarget(self._account.id, mailbox.name, flags)
+                delivered = await self._store.deliver(
+                    Delivery(staged=None, size=size, internal_date=moment, local=(target,), content=message)
+                )
+                uid = delivered.local[0][2]
+            else:
+                size = message.size
+                _, uid = await self._store.append(self._account.id, mailbox.id, message, flags, moment)
         except QuotaExceeded as exc:
             if self.summary.stopped is None:
                 self.summary.stopped = f"{position}: the account's quota is reached ({exc})"
