@@ -41,22 +41,16 @@ def write_mbox(path: Path, count: int, max_kb: int) -> int:
     return path.stat().st_size
 
 
-def surat(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "surat", "--config", str(config), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-
-
 def run_once(workdir: Path, count: int, max_kb: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "surat.toml"
     config.write_text('hostname = "mail.example.test"\ndata_dir = "data"\n')
-    surat(config, "domain", "add", "example.test")
-    surat(config, "user", "add", ADDRESS, "--password-stdin", stdin="bench password\n")
+    program = [sys.executable, "-m", "surat", "--config", str(config)]
+    for command, stdin in (
+        (["domain", "add", "example.test"], None),
+        (["user", "add", ADDRESS, "--password-stdin"], "bench password\n"),
+    ):
+        subprocess.run([*program, *command], input=stdin, capture_output=True, text=True, check=True)
     mbox = workdir / "in.mbox"
     size = write_mbox(mbox, count, max_kb)
     print(f"{count} messages, mbox {size / 1e6:.1f} MB ({mbox})")
@@ -64,7 +58,7 @@ def run_once(workdir: Path, count: int, max_kb: int) -> None:
         started = time.perf_counter()
         with tempfile.TemporaryFile() as out:
             child = subprocess.Popen(
-                [sys.executable, "-m", "surat", "--config", str(config), "import", ADDRESS, str(mbox)],
+                [*program, "import", ADDRESS, str(mbox)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

@@ -35,8 +35,8 @@ EPOCH_2020 = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
 Snapshot = dict[str, list[tuple[bytes, frozenset[str], int]]]
 
 
-def run_ok(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = surat(config, *args)
+def run_ok(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    result = surat(config, *args, stdin=stdin)
     assert result.returncode == 0, (result.stdout, result.stderr)
     return result
 
@@ -241,13 +241,16 @@ def test_exports_are_read_by_python_mailbox(config: Path, tmp_path: Path) -> Non
 # ----------------------------------------------------------------------------------------- broken input
 
 
-def test_broken_messages_are_reported_with_their_position_and_skipped(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "server", "[limits]\nmessage_size = 1024\n")
+def sqlite_server(tmp_path: Path, extra: str = "") -> Path:
+    """A SQLite store with the domain and alice (for what does not depend on the backend)."""
+    config = write_config(tmp_path / "server", extra)
     run_ok(config, "domain", "add", DOMAIN)
-    assert (
-        surat(config, "user", "add", ALICE, "--password-stdin", stdin="long enough password\n").returncode
-        == 0
-    )
+    run_ok(config, "user", "add", ALICE, "--password-stdin", stdin="long enough password\n")
+    return config
+
+
+def test_broken_messages_are_reported_with_their_position_and_skipped(tmp_path: Path) -> None:
+    config = sqlite_server(tmp_path, "[limits]\nmessage_size = 1024\n")
     big = b"Subject: big\n\n" + (b"y" * 60 + b"\n") * 17  # 1 052 octets with CRLF: over the limit
     source = tmp_path / "in.mbox"
     first = b"From a Sat Jan  3 01:05:34 1996\nSubject: fine\n\nok\n\n"
@@ -270,12 +273,7 @@ def test_broken_messages_are_reported_with_their_position_and_skipped(tmp_path: 
 
 
 def test_the_quota_stops_the_run_cleanly_and_a_rerun_goes_on(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "server")
-    run_ok(config, "domain", "add", DOMAIN)
-    assert (
-        surat(config, "user", "add", ALICE, "--password-stdin", stdin="long enough password\n").returncode
-        == 0
-    )
+    config = sqlite_server(tmp_path)
     write_mbox(tmp_path / "old.mbox")
     size = len(MBOX_MESSAGES[0][0])
     run_ok(config, "user", "quota", ALICE, str(size + size // 2))  # room for one message
@@ -292,12 +290,7 @@ def test_the_quota_stops_the_run_cleanly_and_a_rerun_goes_on(tmp_path: Path) -> 
 
 
 def test_a_directory_of_eml_files_with_lf_lines(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "server")
-    run_ok(config, "domain", "add", DOMAIN)
-    assert (
-        surat(config, "user", "add", ALICE, "--password-stdin", stdin="long enough password\n").returncode
-        == 0
-    )
+    config = sqlite_server(tmp_path)
     emls = tmp_path / "emls"
     (emls / "sub").mkdir(parents=True)
     (emls / "a.eml").write_bytes(b"Subject: a\nDate: Tue, 1 Jul 2003 10:52:37 +0200\n\nbody\n")

@@ -4,7 +4,7 @@ Bodies are `blobs` rows with their `blob_chunks`: a body is whole when its chunk
 and their lengths add up to the `blobs.size` and to the size its messages record. Orphans are `blobs`
 rows no message or queue entry refers to; a body is written in the transaction that inserts its
 message (blobs.py), so a committed orphan is never a delivery in flight, but verify still spares
-those younger than ORPHAN_MIN_AGE, like the SQLite store.
+those younger than transfer.ORPHAN_MIN_AGE, like the SQLite store.
 """
 
 from __future__ import annotations
@@ -12,20 +12,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from surat.store import transfer
 from surat.store.base import Change
 from surat.store.postgres.pool import Connection, PooledStore
-from surat.store.transfer import (
-    ACCOUNT_USAGE_SQL,
-    MAILBOX_COUNTERS_SQL,
-    ORPHAN_MIN_AGE,
-    RECOUNTED_USAGE_SQL,
-    BodyCheck,
-    VerifyProgress,
-    VerifyReport,
-    body_problem,
-    mailbox_counter_problem,
-    usage_problem,
-)
+from surat.store.transfer import BodyCheck, VerifyProgress, VerifyReport
 
 # Bodies whose chunks are summed per query of `verify` (the digests are read one body at a time).
 _VERIFY_SLICE = 500
@@ -91,7 +81,8 @@ class TransferStore(PooledStore):
             )
         report.bodies = len(bodies)
         report.problems += [
-            mailbox_counter_problem(*row) for row in await self._fetchall(MAILBOX_COUNTERS_SQL)
+            transfer.mailbox_counter_problem(*row)
+            for row in await self._fetchall(transfer.MAILBOX_COUNTERS_SQL)
         ]
         checks = list(bodies.values())
         for start in range(0, len(checks), _VERIFY_SLICE):
@@ -118,14 +109,14 @@ class TransferStore(PooledStore):
                     if check.digest is not None and size == check.size:
                         matches = await self._digest_of(check.blob_id) == check.digest
                         report.digests_checked += 1
-                line = body_problem(check, size, matches)
+                line = transfer.body_problem(check, size, matches)
                 if line is not None:
                     report.problems.append(line)
             if progress is not None:
                 progress(min(start + _VERIFY_SLICE, len(checks)), len(checks))
-        usage = await self._fetchall(ACCOUNT_USAGE_SQL)
-        report.problems += [usage_problem(row[1], row[2], row[3]) for row in usage]
-        orphans = [row[0] for row in await self._fetchall(_ORPHANS_SQL.decode(), (ORPHAN_MIN_AGE,))]
+        usage = await self._fetchall(transfer.ACCOUNT_USAGE_SQL)
+        report.problems += [transfer.usage_problem(row[1], row[2], row[3]) for row in usage]
+        orphans = [row[0] for row in await self._fetchall(_ORPHANS_SQL.decode(), (transfer.ORPHAN_MIN_AGE,))]
         report.orphans = len(orphans)
         report.problems += [f"body {blob_id} is not referenced by any message" for blob_id in orphans]
         if repair:
@@ -154,7 +145,9 @@ class TransferStore(PooledStore):
                 # Recounted inside this transaction, the account row locked: deliveries that commit
                 # meanwhile wait for it, and are counted by their own update after.
                 await conn.execute(b"SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
-                cursor = await conn.execute(RECOUNTED_USAGE_SQL.format(mark="%s").encode(), (account_id,))
+                cursor = await conn.execute(
+                    transfer.RECOUNTED_USAGE_SQL.format(mark="%s").encode(), (account_id,)
+                )
                 row = await cursor.fetchone()
                 used = int(row[0]) if row is not None else 0
                 cursor = await conn.execute(
