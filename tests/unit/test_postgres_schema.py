@@ -98,16 +98,16 @@ async def test_a_newer_schema_is_refused(pg_cluster: PostgresCluster, pg_databas
     async with await connect(pg_cluster, pg_database) as conn:
         await schema.migrate(conn)
         await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (schema.SCHEMA_VERSION + 1,))
-        with pytest.raises(SchemaTooNew, match=r"version 3 is newer than this Surat \(2\)"):
+        with pytest.raises(SchemaTooNew, match=r"version 4 is newer than this Surat \(3\)"):
             await schema.migrate(conn)
 
 
 async def test_concurrent_migrations_apply_once(pg_cluster: PostgresCluster, pg_database: str) -> None:
     first, second = await connect(pg_cluster, pg_database), await connect(pg_cluster, pg_database)
     async with first, second:
-        assert list(await asyncio.gather(schema.migrate(first), schema.migrate(second))) == [2, 2]
+        assert list(await asyncio.gather(schema.migrate(first), schema.migrate(second))) == [3, 3]
         cursor = await first.execute("SELECT count(*) FROM schema_version")
-        assert await cursor.fetchone() == (2,)
+        assert await cursor.fetchone() == (3,)
 
 
 async def test_a_failed_migration_leaves_nothing(pg_cluster: PostgresCluster, pg_database: str) -> None:
