@@ -74,7 +74,7 @@ def test_postgresql_init_creates_the_schema_then_does_nothing(
         }
         applied = conn.execute("SELECT version, applied_at FROM schema_version ORDER BY version").fetchall()
     assert {"accounts", "mailboxes", "messages", "queue", "blob_chunks", "schema_version"} <= tables
-    assert [version for version, _ in applied] == [1, 2]
+    assert [version for version, _ in applied] == [1, 2, 3]
 
     second = surat(config, "store", "init")
     assert (second.returncode, second.stderr) == (0, "")

@@ -343,7 +343,7 @@ def test_a_target_with_data_is_refused_and_left_alone(
     assert again.stderr == (
         "surat: store migrate: the target database holds Surat data already (meta, domains, accounts, aliases,"
         " mailboxes, subscriptions, blobs, blob_chunks, messages, expunged, queue, queue_recipients,"
-        " queue_attempts, auth_clients, sent_messages, imported_messages, shared_secrets, dkim_keys); migrate copies into an empty"
+        " queue_attempts, auth_clients, sent_messages, shared_secrets, dkim_keys); migrate copies into an empty"
         " database only, never into"
         " one in use\n"
     )
