@@ -1,4 +1,4 @@
-"""The `surat` command: quickstart, serve, reload, domain, user, alias, queue, blocks, dns, check.
+"""The `surat` command: quickstart, serve, reload, domain, user, alias, queue, blocks, dns, store, import, export, check.
 
 Every failure ends as one line on stderr (`surat: ...`) and a non-zero exit status: 2 for usage
 and configuration errors, 1 for everything else. Passwords are never taken from the command line
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, cast
 
 from surat import __version__, certs
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
@@ -43,6 +43,8 @@ from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.mailauth.mtasts import policy_id, published_policy
+from surat.mailfiles.exporter import FORMATS, Exporter
+from surat.mailfiles.importer import Importer, ImportProgress
 from surat.net.tls import TLSSetupError, certificate_warnings
 from surat.net.tlscontexts import TlsContexts, certificate_lines
 from surat.passwords import SASLprepError, generate_password, make_credentials
@@ -73,6 +75,7 @@ from surat.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from surat.store.base import Store
+    from surat.store.transfer import TransferStore
 
 MIN_PASSWORD_LENGTH = 8
 
@@ -601,6 +604,8 @@ def cmd_store(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.action == "migrate":
         return _store_migrate(args, config)
+    if args.action == "verify":
+        return _store_verify(args, config)
     location = store_location(config)
     try:
         found, now = asyncio.run(init_schema(config))
@@ -707,6 +712,133 @@ def cmd_reload(args: argparse.Namespace) -> int:
         "its log says tls.reloaded, or tls.reload_failed (then it keeps the old ones)"
     )
     return 0
+
+
+def _transfer(store: Store) -> TransferStore:
+    # Both backends implement TransferStore (store.setup.ConfiguredStore says so to mypy).
+    return cast("TransferStore", store)
+
+
+class _ProgressLine:
+    """One line on stderr, rewritten at most every PROGRESS_INTERVAL seconds, when it is a terminal."""
+
+    PROGRESS_INTERVAL = 0.2
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._shown = 0.0
+        self._dirty = False
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.enabled and (force or now - self._shown >= self.PROGRESS_INTERVAL):
+            print(f"\r{text}\033[K", end="", file=sys.stderr, flush=True)
+            self._shown, self._dirty = now, True
+
+    def done(self) -> None:
+        if self._dirty:
+            print(file=sys.stderr, flush=True)
+            self._dirty = False
+
+
+def _import_progress_text(step: ImportProgress) -> str:
+    megabytes = step.bytes_read / 1e6
+    text = f"  {step.messages} imported, {step.skipped} already there, {step.broken} broken, {megabytes:.1f}"
+    text += f" of {step.bytes_total / 1e6:.1f} MB"
+    if 0 < step.bytes_read < step.bytes_total and step.seconds > 1:
+        left = step.seconds * (step.bytes_total - step.bytes_read) / step.bytes_read
+        text += f", ETA {int(left) // 60}:{int(left) % 60:02d}"
+    return text
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`surat import ADDRESS PATH [--mailbox NAME]` (surat.mailfiles.importer does the work)."""
+    config = _load(args)
+    address = normalize_address(args.address)
+    path = Path(args.path)
+    if not path.exists():
+        raise CliError(f"import: {path}: no such file or directory")
+    line = _ProgressLine()
+
+    async def act(store: Store) -> int:
+        account = await store.get_account(address)
+        if account is None:
+            raise CliError(f"account {address} does not exist")
+        importer = Importer(
+            _transfer(store),
+            account,
+            size_limit=config.limits.message_size,
+            progress=lambda step: line.show(_import_progress_text(step)),
+        )
+        try:
+            summary = await importer.run(path, args.mailbox)
+        finally:
+            line.done()
+        for broken in summary.broken:
+            print(f"skipped {terminal_safe(broken)}", file=sys.stderr)
+        rate = summary.imported / summary.seconds if summary.seconds > 0 else 0.0
+        for name, count in sorted(summary.mailboxes.items()):
+            print(f"  {terminal_safe(name)}: {count}")
+        print(
+            f"imported {summary.imported} message(s) ({summary.imported_bytes / 1e6:.1f} MB) into {address}"
+            f" in {summary.seconds:.1f} s ({rate:.0f} messages/s); {summary.skipped} already imported,"
+            f" {len(summary.broken)} skipped as broken"
+        )
+        if summary.stopped is not None:
+            raise CliError(
+                f"import stopped at {terminal_safe(summary.stopped)}; run it again once there is room"
+            )
+        return 0
+
+    return _with_configured_store(args, config, act)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`surat export ADDRESS DIR [--format maildir|mbox]` (surat.mailfiles.exporter)."""
+    config = _load(args)
+    address = normalize_address(args.address)
+
+    async def act(store: Store) -> int:
+        account = await store.get_account(address)
+        if account is None:
+            raise CliError(f"account {address} does not exist")
+        try:
+            summary = await Exporter(store, account, Path(args.dir), args.format).run()
+        except FileExistsError as exc:
+            raise CliError(f"export: {exc}") from None
+        for warning in summary.warnings:
+            print(f"warning: {terminal_safe(warning)}", file=sys.stderr)
+        print(
+            f"exported {summary.messages} message(s) ({summary.bytes / 1e6:.1f} MB) in {summary.mailboxes}"
+            f" mailbox(es) of {address} to {args.dir} ({args.format})"
+        )
+        return 0
+
+    return _with_configured_store(args, config, act)
+
+
+def _store_verify(args: argparse.Namespace, config: Config) -> int:
+    """`surat store verify [--repair]`: the checks are the store's (surat.store.transfer)."""
+    line = _ProgressLine()
+
+    async def act(store: Store) -> int:
+        try:
+            report = await _transfer(store).verify(
+                repair=args.repair, progress=lambda done, total: line.show(f"  bodies {done}/{total}")
+            )
+        finally:
+            line.done()
+        for problem in report.problems:
+            print(f"problem: {terminal_safe(problem)}")
+        for repaired in report.repaired:
+            print(f"repaired: {terminal_safe(repaired)}")
+        print(
+            f"store verify: {report.messages} message(s), {report.bodies} bodies ({report.body_bytes / 1e6:.1f} MB),"
+            f" {report.digests_checked} checked by SHA-256; {len(report.problems)} problem(s)"
+        )
+        return 1 if report.problems and not args.repair else 0
+
+    return _with_configured_store(args, config, act)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -1398,12 +1530,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a file holding the target database's password (as [store] dsn_password_file)",
     )
+    verify = store_actions.add_parser(
+        "verify", help="check every body, the mailbox counters and quota usage; report orphan bodies"
+    )
+    verify.add_argument(
+        "--repair", action="store_true", help="recount quota usage and remove orphan bodies (never a message)"
+    )
     store.set_defaults(handler=cmd_store)
 
     reload = commands.add_parser(
         "reload", help="make the running server re-read its TLS certificates and keys (as SIGHUP does)"
     )
     reload.set_defaults(handler=cmd_reload)
+
+    imports = commands.add_parser(
+        "import", help="bring mail in: an mbox file, a Maildir(++) tree, .eml files"
+    )
+    imports.add_argument("address", metavar="ADDRESS")
+    imports.add_argument("path", metavar="PATH")
+    imports.add_argument("--mailbox", metavar="NAME", help="the mailbox for the top level (default: INBOX)")
+    imports.set_defaults(handler=cmd_import)
+
+    export = commands.add_parser("export", help="write every mailbox of an account as Maildir++ or mbox")
+    export.add_argument("address", metavar="ADDRESS")
+    export.add_argument("dir", metavar="DIR", help="an empty or new directory")
+    export.add_argument("--format", choices=FORMATS, default="maildir", help="default: maildir")
+    export.set_defaults(handler=cmd_export)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")
     check.set_defaults(handler=cmd_check)

@@ -273,14 +273,15 @@ def test_migrate_copies_everything_clients_see(
         "sent_messages": 1,
         "sieve_scripts": 1,
         "vacation_replies": 1,
+        "imported_messages": 0,
         "shared_secrets": 1,
         "dkim_keys": 2,  # RSA and Ed25519, made when alice's submission was signed
     }
     assert lines[0] == f"store migrate: sqlite {filled.data_dir} -> postgresql {target}"
-    assert lines[1:19] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
-    assert lines[19] == "  message bodies            7 (0.6 MB), SHA-256 verified"
-    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[20])
-    assert lines[21:] == [
+    assert lines[1:20] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
+    assert lines[20] == "  message bodies            7 (0.6 MB), SHA-256 verified"
+    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[21])
+    assert lines[22:] == [
         "next: stop surat (if it runs), set in the config",
         "  [store]",
         '  backend = "postgresql"',

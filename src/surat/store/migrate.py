@@ -250,6 +250,7 @@ _TABLES_AFTER_BODIES = (
         _vacation_reply,
         order="account_id, sender, handle",
     ),
+    _Table("imported_messages", "mailbox_id, digest, uid", _same, order="mailbox_id, digest"),
 )
 # The shared keys (files in the SQLite data directory, rows on PostgreSQL), copied by _copy_keys.
 _KEY_TABLES = (

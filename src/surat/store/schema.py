@@ -222,6 +222,19 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX vacation_replies_replied_at ON vacation_replies(replied_at)
     """,
+    # 12 (issue 16): what `surat import` brought into a mailbox, by the SHA-256 of
+    # the message as stored (CRLF line endings), so that a second run skips what the first imported.
+    # The uid is the message it became: `surat store verify` checks that body against the digest. Rows
+    # stay when the message is expunged (a re-run must not bring back what the user deleted); they go
+    # with the mailbox.
+    """
+    CREATE TABLE imported_messages (
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        digest BLOB NOT NULL,
+        uid INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, digest)
+    ) WITHOUT ROWID
+    """,
 )
 
 

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from surat.config import Config, StoreConfig
 from surat.store import schema as sqlite_schema
-from surat.store.base import Store, StoreError
+from surat.store.base import StoreError
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 from surat.store.sqlite import INDEX_FILE, SQLiteStore
+from surat.store.transfer import TransferStore
 
 if TYPE_CHECKING:
     import psycopg
@@ -44,7 +45,7 @@ class StoreUnavailable(StoreError):
     """The configured store cannot be reached or read; the message is one line for the operator."""
 
 
-class ConfiguredStore(Store, Protocol):
+class ConfiguredStore(TransferStore, Protocol):
     async def open(self, *, recover: bool = True) -> None:
         """`recover=False`: leave what looks like a crash's leftovers alone, because another process
         (a worker, a running server beside an admin command) may be writing them. Only SQLite has

@@ -48,6 +48,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -128,6 +129,18 @@ from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
 from surat.store.keyfiles import FileKeyStore
 from surat.store.schema import migrate
+from surat.store.transfer import (
+    ACCOUNT_USAGE_SQL,
+    MAILBOX_COUNTERS_SQL,
+    ORPHAN_MIN_AGE,
+    RECOUNTED_USAGE_SQL,
+    BodyCheck,
+    VerifyProgress,
+    VerifyReport,
+    body_problem,
+    mailbox_counter_problem,
+    usage_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +172,7 @@ CHANGES_CACHE_SINCES = 16
 LISTING_CACHE_MESSAGES = 100_000
 CHANGES_CACHE_MAILBOXES = 256
 COLLECT_PARALLEL_MIN = 16  # unreferenced blobs from which unlinks run on several threads
+_VERIFY_SLICE = 256  # bodies per worker-thread job of `verify`
 
 
 class SyncMode:
@@ -2537,6 +2551,153 @@ class SQLiteStore:
 
         return await self._write(fn)
 
+    # ------------------------------------------------------------------------------ import ledger, verify
+
+    async def imported_digests(self, mailbox_id: int) -> set[bytes]:
+        def fn(conn: sqlite3.Connection) -> set[bytes]:
+            rows = conn.execute("SELECT digest FROM imported_messages WHERE mailbox_id = ?", (mailbox_id,))
+            return {bytes(row[0]) for row in rows}
+
+        return await self._in_worker(fn)
+
+    async def record_imported(self, mailbox_id: int, imported: Sequence[tuple[bytes, int]]) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            conn.executemany(
+                "INSERT OR IGNORE INTO imported_messages (mailbox_id, digest, uid) VALUES (?, ?, ?)",
+                [(mailbox_id, digest, uid) for digest, uid in imported],
+            )
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def verify(self, *, repair: bool = False, progress: VerifyProgress | None = None) -> VerifyReport:
+        """See transfer.TransferStore.verify. The rows are read in one read transaction; the files
+        are checked after it, so a problem found is confirmed against the rows again (a message
+        expunged meanwhile took its file with it, and is no problem)."""
+        if self._workers is None or self._loop is None:
+            raise StoreError("store is not open")
+        report = VerifyReport()
+
+        def read(conn: sqlite3.Connection) -> tuple[list[BodyCheck], list[str], int]:
+            rows = conn.execute(
+                "SELECT m.blob_id, m.size, i.digest, a.address, mb.name, m.uid FROM messages m"
+                " JOIN mailboxes mb ON mb.id = m.mailbox_id JOIN accounts a ON a.id = mb.account_id"
+                " LEFT JOIN imported_messages i ON i.mailbox_id = m.mailbox_id AND i.uid = m.uid"
+                " ORDER BY m.blob_id"
+            ).fetchall()
+            report.problems += [mailbox_counter_problem(*row) for row in conn.execute(MAILBOX_COUNTERS_SQL)]
+            queued = [row[0] for row in conn.execute("SELECT blob_id FROM queue")]
+            return [_body_check(row) for row in rows], queued, len(rows)
+
+        checks, queued, report.messages = await self._in_worker(self._read_txn(read))
+        bodies = {check.blob_id: check for check in checks}  # a copy shares its original's body
+        report.bodies = len(bodies)
+        suspects: list[tuple[BodyCheck, str]] = []
+        pending = list(bodies.values())
+        # Files are checked in slices on a worker thread, so that progress shows between them.
+        for start in range(0, len(pending), _VERIFY_SLICE):
+            part = pending[start : start + _VERIFY_SLICE]
+            found = await self._loop.run_in_executor(self._workers, self._check_bodies, part)
+            for check, (size, matches) in zip(part, found, strict=True):
+                report.body_bytes += size or 0
+                report.digests_checked += check.digest is not None and size == check.size
+                line = body_problem(check, size, matches)
+                if line is not None:
+                    suspects.append((check, line))
+            if progress is not None:
+                progress(min(start + _VERIFY_SLICE, len(pending)), len(pending))
+        missing_queued = [
+            blob_id
+            for blob_id in queued
+            if not await self._loop.run_in_executor(self._workers, self.blobs.path(blob_id).is_file)
+        ]
+
+        def confirm(conn: sqlite3.Connection) -> tuple[set[str], set[str], list[tuple[Any, ...]]]:
+            still = {
+                check.blob_id
+                for check, _ in suspects
+                if conn.execute("SELECT 1 FROM messages WHERE blob_id = ?", (check.blob_id,)).fetchone()
+            }
+            queue_still = {
+                blob_id
+                for blob_id in missing_queued
+                if conn.execute("SELECT 1 FROM queue WHERE blob_id = ?", (blob_id,)).fetchone()
+            }
+            return still, queue_still, conn.execute(ACCOUNT_USAGE_SQL).fetchall()
+
+        # The files first, then the rows: a body committed between the two is referenced by then.
+        unreferenced = await self._loop.run_in_executor(self._workers, self._old_blob_files)
+        still, queue_still, usage = await self._in_worker(self._read_txn(confirm))
+        report.problems += [line for check, line in suspects if check.blob_id in still]
+        report.problems += [f"queue: body {blob_id} is missing" for blob_id in sorted(queue_still)]
+        report.problems += [usage_problem(row[1], row[2], row[3]) for row in usage]
+
+        def referenced(conn: sqlite3.Connection) -> set[str]:
+            return {
+                row[0]
+                for blob_id in unreferenced
+                for row in conn.execute(
+                    "SELECT blob_id FROM messages WHERE blob_id = ? UNION SELECT blob_id FROM queue"
+                    " WHERE blob_id = ?",
+                    (blob_id, blob_id),
+                )
+            }
+
+        in_use = await self._in_worker(self._read_txn(referenced))
+        orphans = sorted(name for name in unreferenced if name not in in_use)
+        report.orphans = len(orphans)
+        report.problems += [f"body {name} is not referenced by any message" for name in orphans]
+        if repair:
+            await self._repair(report, [int(row[0]) for row in usage], orphans)
+        return report
+
+    def _check_bodies(self, checks: Sequence[BodyCheck]) -> list[tuple[int | None, bool]]:
+        """(size on disk or None when missing, whether the ledger's digest matches) per body."""
+        found: list[tuple[int | None, bool]] = []
+        for check in checks:
+            try:
+                size = self.blobs.path(check.blob_id).stat().st_size
+            except (FileNotFoundError, NotFound):
+                found.append((None, True))
+                continue
+            matches = True
+            if check.digest is not None and size == check.size:
+                with self.blobs.path(check.blob_id).open("rb") as file:
+                    matches = hashlib.file_digest(file, "sha256").digest() == check.digest
+            found.append((size, matches))
+        return found
+
+    def _old_blob_files(self) -> list[str]:
+        """Names in the blob area older than ORPHAN_MIN_AGE (blob ids; a stray name is kept as it is)."""
+        cutoff = time.time() - ORPHAN_MIN_AGE
+        names = []
+        for blob_id, path in self.blobs.scan():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    names.append(blob_id or path.name)
+        return names
+
+    async def _repair(self, report: VerifyReport, accounts: list[int], orphans: list[str]) -> None:
+        def recount(conn: sqlite3.Connection) -> tuple[list[str], list[Change], set[str]]:
+            lines = []
+            for account_id in accounts:
+                # Recounted inside the writing transaction: deliveries meanwhile are counted.
+                (used,) = conn.execute(RECOUNTED_USAGE_SQL.format(mark="?"), (account_id,)).fetchone()
+                row = conn.execute(
+                    "UPDATE accounts SET used_bytes = ? WHERE id = ? RETURNING address", (used, account_id)
+                ).fetchone()
+                if row is not None:
+                    lines.append(f"{row[0]}: quota usage set to {used} bytes")
+            # _write's collection deletes the bodies that are still unreferenced after this commit.
+            return lines, [], {name for name in orphans if _is_blob_id(name)}
+
+        report.repaired += await self._write(recount)
+        for name in orphans:
+            if not _is_blob_id(name):
+                report.repaired.append(f"left {name} alone: not a body's name")
+            elif not self.blobs.path(name).exists():
+                report.repaired.append(f"removed body {name}")
+
 
 # ------------------------------------------------------------------------------------ loop-side callbacks
 
@@ -2584,3 +2745,14 @@ def _settle_batch(batch: list[_Pending], feed: ChangeFeed, changes: list[Change]
             item.future.set_exception(item.error)
         else:
             item.future.set_result(item.result)
+
+
+def _body_check(row: tuple[Any, ...]) -> BodyCheck:
+    blob_id, size, digest, address, mailbox, uid = row
+    return BodyCheck(
+        blob_id, size, bytes(digest) if digest is not None else None, f"{address} {mailbox} uid {uid}"
+    )
+
+
+def _is_blob_id(name: str) -> bool:
+    return len(name) == 26 and all(c in "0123456789abcdef" for c in name)

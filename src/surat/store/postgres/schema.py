@@ -265,6 +265,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX vacation_replies_replied_at ON vacation_replies(replied_at)
     """,
+    # 6 (issue 16; SQLite migration 12): what `surat import` brought into a
+    # mailbox, by the SHA-256 of the message as stored, and the uid it became (store verify checks
+    # the body against it). Kept when the message is expunged, removed with the mailbox.
+    """
+    CREATE TABLE imported_messages (
+        mailbox_id bigint NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        digest bytea NOT NULL CHECK (octet_length(digest) = 32),
+        uid bigint NOT NULL,
+        PRIMARY KEY (mailbox_id, digest)
+    )
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,7 +6,7 @@ and the lock order).
 Implemented here: every Protocol method of the directory (domains, accounts, credentials, quotas,
 aliases, auth_clients, sent_messages), Sieve scripts and vacation memory (sieve.py), the installation secret and DKIM keys (keys.py), mailboxes and
 subscriptions, messages (deliver, append, list, get, flags, expunge, copy, move, changes_since,
-claim_recent, mailbox_status), the blob store, and the outbound queue with node ids and leases (queue.py). The change feed crosses nodes with
+claim_recent, mailbox_status), the import ledger and `store verify` (transfer.py), the blob store, and the outbound queue with node ids and leases (queue.py). The change feed crosses nodes with
 LISTEN/NOTIFY (feed.py). `surat.store.setup.configured_store` builds it from `[store]`.
 
 `open()` does not create or upgrade the schema: that is `surat store init` (docs/store.md). It
@@ -31,10 +31,11 @@ from surat.store.postgres.messages import MessagesStore
 from surat.store.postgres.pool import CONNECT_TIMEOUT
 from surat.store.postgres.queue import QueueStore
 from surat.store.postgres.sieve import SieveStore
+from surat.store.postgres.transfer import TransferStore
 from surat.store.setup import SchemaStatus, StoreUnavailable, first_line
 
 
-class PostgresStore(SieveStore, QueueStore, MessagesStore, MailboxesStore, DirectoryStore):
+class PostgresStore(TransferStore, SieveStore, QueueStore, MessagesStore, MailboxesStore, DirectoryStore):
     """`Store` over PostgreSQL. `await open()` before use, `await close()` after."""
 
     @functools.cached_property
