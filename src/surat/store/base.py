@@ -89,6 +89,31 @@ class CachedStsPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsResultKey:
+    """What TLS-RPT (RFC 8460 §4.4) counts sessions by: one policy of one policy domain on one UTC day,
+    and for a failure its failure-details fields. A successful session has `result_type` "" and no
+    details. Aggregation (§4.4: identical failure details are one entry with a count) is the store's
+    sum over equal keys, so that every process and node adds to the same counts."""
+
+    day: str  # "YYYY-MM-DD", UTC
+    policy_domain: str  # lower-case
+    policy_type: str  # "sts", "tlsa" or "no-policy-found" (RFC 8460 §4.4 policy-type)
+    policy_string: str  # the policy's lines (§4.4 policy-string), joined with "\n"
+    mx_host: str  # the policy's MX patterns (§4.4 mx-host), joined with "\n"
+    result_type: str = ""  # "": success; else an RFC 8460 §4.3 result type
+    sending_mta_ip: str = ""
+    receiving_mx_hostname: str = ""
+    receiving_ip: str = ""
+    additional_info: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsResultCount:
+    key: TlsResultKey
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuthClientState:
     """What the login-failure limiter (surat.authlimit) remembers of one client (an IP, or an IPv6 /64).
 
@@ -583,6 +608,21 @@ class Store(Protocol):
     async def put_sts_policy(self, policy: CachedStsPolicy, *, forget_before: float) -> None:
         """Cache `policy` in place of the domain's previous one, and forget every domain's policy
         that expired before `forget_before`, in one transaction."""
+        ...
+
+    # -- TLS-RPT (RFC 8460) session counts and daily report claims (surat.delivery.tlsrpt)
+    async def add_tls_results(self, counts: Sequence[TlsResultCount]) -> None:
+        """Add each count to its key's running total, in one transaction."""
+        ...
+
+    async def tls_results(self, day: str) -> list[TlsResultCount]:
+        """Every key of `day` with its total."""
+        ...
+
+    async def claim_tls_report(self, policy_domain: str, day: str, *, forget_before: str) -> bool:
+        """Claim the report of `policy_domain` for `day`: True for the first caller only, on any
+        process or node. Forgets the counts and claims of the days before `forget_before` in the same
+        transaction."""
         ...
 
     # -- aliases

@@ -22,6 +22,8 @@ from surat.store.base import (
     QueueEntry,
     QueueRecipient,
     RecipientState,
+    TlsResultCount,
+    TlsResultKey,
 )
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
@@ -201,3 +203,47 @@ def queue_entry_from_row(
         authenticated_user=row[11],
         dkim_signature=None if row[12] is None else bytes(row[12]),
     )
+
+
+# TLS-RPT counts (RFC 8460, Store.add_tls_results): the key columns in TlsResultKey's field order,
+# and the statements both backends run, with "?" placeholders (PostgreSQL: `postgres_placeholders`).
+TLS_RESULT_KEY_COLUMNS = (
+    "day, policy_domain, policy_type, policy_string, mx_host, result_type,"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info"
+)
+ADD_TLS_RESULT = (  # noqa: S608 -- built from the constant column list only
+    f"INSERT INTO tls_results ({TLS_RESULT_KEY_COLUMNS}, sessions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f" ON CONFLICT ({TLS_RESULT_KEY_COLUMNS}) DO UPDATE SET sessions = tls_results.sessions + excluded.sessions"
+)
+SELECT_TLS_RESULTS = (  # noqa: S608 -- built from the constant column list only
+    f"SELECT {TLS_RESULT_KEY_COLUMNS}, sessions FROM tls_results WHERE day = ?"
+    f" ORDER BY {TLS_RESULT_KEY_COLUMNS}"
+)
+CLAIM_TLS_REPORT = "INSERT INTO tls_reports (policy_domain, day) VALUES (?, ?) ON CONFLICT DO NOTHING"
+FORGET_TLS_RESULTS = ("DELETE FROM tls_results WHERE day < ?", "DELETE FROM tls_reports WHERE day < ?")
+
+
+def postgres_placeholders(statement: str) -> bytes:
+    """A statement above with psycopg's placeholders (the texts hold no other "?")."""
+    return statement.replace("?", "%s").encode()
+
+
+def tls_result_row(count: TlsResultCount) -> tuple[str | int, ...]:
+    key = count.key
+    return (
+        key.day,
+        key.policy_domain.lower(),
+        key.policy_type,
+        key.policy_string,
+        key.mx_host,
+        key.result_type,
+        key.sending_mta_ip,
+        key.receiving_mx_hostname,
+        key.receiving_ip,
+        key.additional_info,
+        count.sessions,
+    )
+
+
+def tls_result_count(row: Sequence[Any]) -> TlsResultCount:
+    return TlsResultCount(TlsResultKey(*(str(value) for value in row[:10])), int(row[10]))

@@ -241,6 +241,30 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN is_admin boolean NOT NULL DEFAULT false
     """,
+    # 5: TLS-RPT counts and report claims (SQLite migration 11, surat.delivery.tlsrpt): every node adds
+    # to the same counts, and the (policy_domain, day) key lets one node only send a day's report.
+    """
+    CREATE TABLE tls_results (
+        day text NOT NULL,
+        policy_domain text NOT NULL,
+        policy_type text NOT NULL,
+        policy_string text NOT NULL,
+        mx_host text NOT NULL,
+        result_type text NOT NULL,
+        sending_mta_ip text NOT NULL,
+        receiving_mx_hostname text NOT NULL,
+        receiving_ip text NOT NULL,
+        additional_info text NOT NULL,
+        sessions bigint NOT NULL,
+        PRIMARY KEY (day, policy_domain, policy_type, policy_string, mx_host, result_type,
+                     sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info)
+    );
+    CREATE TABLE tls_reports (
+        policy_domain text NOT NULL,
+        day text NOT NULL,
+        PRIMARY KEY (policy_domain, day)
+    )
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
