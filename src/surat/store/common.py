@@ -205,19 +205,20 @@ def queue_entry_from_row(
     )
 
 
-# TLS-RPT counts (RFC 8460, Store.add_tls_results): the key columns in TlsResultKey's field order,
-# and the statements both backends run, with "?" placeholders (PostgreSQL: `postgres_placeholders`).
-TLS_RESULT_KEY_COLUMNS = (
-    "day, policy_domain, policy_type, policy_string, mx_host, result_type,"
-    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info"
+# TLS-RPT counts (RFC 8460, Store.add_tls_results): the statements both backends run (key columns
+# in TlsResultKey's field order), with "?" placeholders (PostgreSQL: `postgres_placeholders`).
+ADD_TLS_RESULT = (
+    "INSERT INTO tls_results (day, policy_domain, policy_type, policy_string, mx_host, result_type,"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info, sessions)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (day, policy_domain, policy_type, policy_string, mx_host, result_type,"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info)"
+    " DO UPDATE SET sessions = tls_results.sessions + excluded.sessions"
 )
-ADD_TLS_RESULT = (  # noqa: S608 -- built from the constant column list only
-    f"INSERT INTO tls_results ({TLS_RESULT_KEY_COLUMNS}, sessions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    f" ON CONFLICT ({TLS_RESULT_KEY_COLUMNS}) DO UPDATE SET sessions = tls_results.sessions + excluded.sessions"
-)
-SELECT_TLS_RESULTS = (  # noqa: S608 -- built from the constant column list only
-    f"SELECT {TLS_RESULT_KEY_COLUMNS}, sessions FROM tls_results WHERE day = ?"
-    f" ORDER BY {TLS_RESULT_KEY_COLUMNS}"
+SELECT_TLS_RESULTS = (
+    "SELECT day, policy_domain, policy_type, policy_string, mx_host, result_type,"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info, sessions"
+    " FROM tls_results WHERE day = ? ORDER BY policy_domain, policy_type, policy_string, result_type"
 )
 CLAIM_TLS_REPORT = "INSERT INTO tls_reports (policy_domain, day) VALUES (?, ?) ON CONFLICT DO NOTHING"
 FORGET_TLS_RESULTS = ("DELETE FROM tls_results WHERE day < ?", "DELETE FROM tls_reports WHERE day < ?")
