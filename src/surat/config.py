@@ -271,6 +271,20 @@ class MtaStsConfig:
     max_age: int = 604800  # one week, in seconds
 
 
+@dataclass(frozen=True, slots=True)
+class TlsReportsConfig:
+    # Daily RFC 8460 aggregate reports to the domains that publish a TLS-RPT record. Off by default:
+    # they are mail to third parties from this server's domain, which must have its DKIM record
+    # published first (RFC 8460 §5.3: reports are DKIM-signed). Counting goes on either way, so a
+    # report can be sent for the days (up to a week) counted before it was turned on.
+    enabled: bool = False
+    organization: str | None = None  # report organization-name (default: the submitter domain)
+    contact: str | None = None  # report contact-info (default: the From address)
+    # From address (default: noreply-smtp-tls-reporting@ the submitter domain); its domain must be
+    # local, with a DKIM key
+    sender: str | None = None
+
+
 MAX_WORKERS = 64  # [server] workers: more processes than this is a typo, not a deployment
 
 
@@ -295,6 +309,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
     mta_sts: MtaStsConfig = MtaStsConfig()
+    tls_reports: TlsReportsConfig = TlsReportsConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -487,6 +502,14 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     mta_sts_table = reader.table("mta_sts")
     mta_sts = _mta_sts_config(mta_sts_table)
     mta_sts_table.finish()
+    tls_reports_table = reader.table("tls_reports")
+    tls_reports = TlsReportsConfig(
+        enabled=tls_reports_table.boolean("enabled", TlsReportsConfig().enabled),
+        organization=tls_reports_table.string("organization"),
+        contact=tls_reports_table.string("contact"),
+        sender=tls_reports_table.string("sender"),
+    )
+    tls_reports_table.finish()
     reader.finish()
 
     config = Config(
@@ -502,6 +525,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         store=store,
         server=server,
         mta_sts=mta_sts,
+        tls_reports=tls_reports,
         path=path,
     )
     _check_tls_files(config)

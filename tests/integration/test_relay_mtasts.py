@@ -156,7 +156,17 @@ class Reports:
         self.failures: list[tuple[str, str, str, str]] = []
         self.successes: list[tuple[str, str]] = []
 
-    def failure(self, domain: str, policy: TlsPolicy, host: str, result_type: str, detail: str) -> None:
+    def failure(
+        self,
+        domain: str,
+        policy: TlsPolicy,
+        host: str,
+        result_type: str,
+        detail: str,
+        *,
+        receiving_ip: str = "",
+        sending_ip: str = "",
+    ) -> None:
         self.failures.append((domain, host, result_type, detail))
 
     def success(self, domain: str, policy: TlsPolicy, host: str) -> None:

@@ -23,7 +23,7 @@ FAILURE = replace(
     result_type="certificate-host-mismatch",
     receiving_mx_hostname="mx.example.net",
     receiving_ip="192.0.2.1",
-    additional_info="certificate verify failed: Hostname mismatch",
+    failure_reason_code="certificate verify failed: Hostname mismatch",
 )
 
 

@@ -669,12 +669,19 @@ class QueueRunner:
         dane = policy.dane.get(target.host)
         if dane is not None and dane.lookup_failed is not None:
             # RFC 7672 §2.2: a TLSA lookup that fails in a signed zone makes the host unusable.
-            self.tls_reporter.failure(domain, policy, target.host, DNSSEC_INVALID, dane.lookup_failed)
+            self.tls_reporter.failure(
+                domain, policy, target.host, DNSSEC_INVALID, dane.lookup_failed, receiving_ip=target.address
+            )
             return None, R.tls_policy_unmet(policy.describe(domain), target.host, dane.lookup_failed)
         if not policy.allows_host(target.host):
             # RFC 8461 §4.1: an MX host the policy does not name is not a candidate.
             self.tls_reporter.failure(
-                domain, policy, target.host, VALIDATION_FAILURE, "MX host not listed in the policy"
+                domain,
+                policy,
+                target.host,
+                VALIDATION_FAILURE,
+                "MX host not listed in the policy",
+                receiving_ip=target.address,
             )
             return None, R.tls_policy_unmet(
                 policy.describe(domain), target.host, "MX host not listed in the policy"
@@ -696,7 +703,15 @@ class QueueRunner:
         if outcome.results is None and outcome.tls_failure is not None:
             assert outcome.failure is not None
             reason = " ".join(outcome.failure.lines)
-            self.tls_reporter.failure(domain, policy, target.host, outcome.tls_failure, reason)
+            self.tls_reporter.failure(
+                domain,
+                policy,
+                target.host,
+                outcome.tls_failure,
+                reason,
+                receiving_ip=target.address,
+                sending_ip=outcome.local_address or "",
+            )
             return None, R.tls_policy_unmet(policy.describe(domain), where, reason)
         if outcome.tls:
             self.tls_reporter.success(domain, policy, target.host)

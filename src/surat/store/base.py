@@ -104,7 +104,7 @@ class TlsResultKey:
     sending_mta_ip: str = ""
     receiving_mx_hostname: str = ""
     receiving_ip: str = ""
-    additional_info: str = ""
+    failure_reason_code: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,15 +209,15 @@ def queue_entry_from_row(
 # in TlsResultKey's field order), with "?" placeholders (PostgreSQL: `postgres_placeholders`).
 ADD_TLS_RESULT = (
     "INSERT INTO tls_results (day, policy_domain, policy_type, policy_string, mx_host, result_type,"
-    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info, sessions)"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code, sessions)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (day, policy_domain, policy_type, policy_string, mx_host, result_type,"
-    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info)"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code)"
     " DO UPDATE SET sessions = tls_results.sessions + excluded.sessions"
 )
 SELECT_TLS_RESULTS = (
     "SELECT day, policy_domain, policy_type, policy_string, mx_host, result_type,"
-    " sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info, sessions"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code, sessions"
     " FROM tls_results WHERE day = ? ORDER BY policy_domain, policy_type, policy_string, result_type"
 )
 CLAIM_TLS_REPORT = "INSERT INTO tls_reports (policy_domain, day) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -241,7 +241,7 @@ def tls_result_row(count: TlsResultCount) -> tuple[str | int, ...]:
         key.sending_mta_ip,
         key.receiving_mx_hostname,
         key.receiving_ip,
-        key.additional_info,
+        key.failure_reason_code,
         count.sessions,
     )
 

@@ -211,10 +211,10 @@ MIGRATIONS: tuple[str, ...] = (
         sending_mta_ip TEXT NOT NULL,
         receiving_mx_hostname TEXT NOT NULL,
         receiving_ip TEXT NOT NULL,
-        additional_info TEXT NOT NULL,
+        failure_reason_code TEXT NOT NULL,
         sessions INTEGER NOT NULL,
         PRIMARY KEY (day, policy_domain, policy_type, policy_string, mx_host, result_type,
-                     sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info)
+                     sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code)
     ) WITHOUT ROWID;
     CREATE TABLE tls_reports (
         policy_domain TEXT NOT NULL,

@@ -254,10 +254,10 @@ MIGRATIONS: tuple[str, ...] = (
         sending_mta_ip text NOT NULL,
         receiving_mx_hostname text NOT NULL,
         receiving_ip text NOT NULL,
-        additional_info text NOT NULL,
+        failure_reason_code text NOT NULL,
         sessions bigint NOT NULL,
         PRIMARY KEY (day, policy_domain, policy_type, policy_string, mx_host, result_type,
-                     sending_mta_ip, receiving_mx_hostname, receiving_ip, additional_info)
+                     sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code)
     );
     CREATE TABLE tls_reports (
         policy_domain text NOT NULL,
