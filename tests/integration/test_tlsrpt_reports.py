@@ -19,8 +19,9 @@ import dkim as dkimpy
 import dns.message
 import dns.query
 import dns.rdatatype
+from conftest import inbox, queue
 from dns_server import DNSServer
-from test_relay import BOB, Peer, inbox, queue, submit, wait_for
+from test_relay import BOB, Peer, submit, wait_for
 from test_relay_mtasts import (
     DNSFactory,
     PolicyServer,
