@@ -283,6 +283,9 @@ class OutboundMessage:
     # DKIM-Signature fields to put on top of the message at every attempt (b"": none); None: not
     # signed yet, the queue runner decides at the first attempt.
     dkim_signature: bytes | None = None
+    # RFC 8689 REQUIRETLS: received with MAIL FROM ... REQUIRETLS (over TLS); relayed only over
+    # verified TLS to a next hop that takes REQUIRETLS too (surat.delivery.queue)
+    requiretls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +368,7 @@ class QueueEntry:
     eight_bit: bool = False
     authenticated_user: str | None = None
     dkim_signature: bytes | None = None  # see OutboundMessage.dkim_signature
+    requiretls: bool = False  # see OutboundMessage.requiretls
 
 
 # ----------------------------------------------------------------------------------------- change feed

@@ -161,7 +161,7 @@ def mailbox_from_row(row: tuple[Any, ...]) -> Mailbox:
 # The queue's columns, in the order both backends select them in (see the *_from_row functions).
 QUEUE_ENTRY_COLUMNS = (
     "id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret, smtputf8,"
-    " eight_bit, authenticated_user, dkim_signature"
+    " eight_bit, authenticated_user, dkim_signature, requiretls"
 )
 QUEUE_RECIPIENT_COLUMNS = "queue_id, address, state, notify, orcpt, last_reply, delay_notified"
 
@@ -202,6 +202,7 @@ def queue_entry_from_row(
         eight_bit=bool(row[10]),
         authenticated_user=row[11],
         dkim_signature=None if row[12] is None else bytes(row[12]),
+        requiretls=bool(row[13]),
     )
 
 

@@ -222,6 +222,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (policy_domain, day)
     ) WITHOUT ROWID
     """,
+    # 12: REQUIRETLS (RFC 8689 §4.1): the MAIL FROM parameter, kept with the queue entry, so that the
+    # relay honours it at every attempt.
+    """
+    ALTER TABLE queue ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 

@@ -2203,6 +2203,7 @@ class SQLiteStore:
                         int(remote.eight_bit),
                         remote.authenticated_user,
                         remote.dkim_signature,
+                        int(remote.requiretls),
                     )
                 )
                 recipient_rows += [
@@ -2223,8 +2224,8 @@ class SQLiteStore:
         if queue_rows:
             conn.executemany(
                 "INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
-                " envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature, requiretls)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 queue_rows,
             )
             conn.executemany(

@@ -265,6 +265,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (policy_domain, day)
     )
     """,
+    # 6: REQUIRETLS (RFC 8689 §4.1) kept with the queue entry (SQLite migration 12).
+    """
+    ALTER TABLE queue ADD COLUMN requiretls boolean NOT NULL DEFAULT false
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
