@@ -16,9 +16,11 @@ log = logging.getLogger(__name__)
 NULL_RETURN_PATH = b"Return-Path: <>\r\n"
 
 
-async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
+async def submit_dsn(store: Store, dsn: Dsn, now: datetime, *, requiretls: bool = False) -> None:
     """RFC 3461 §6.2: a DSN goes out from the null reverse-path; local senders get it in their INBOX,
-    others through the queue. A DSN that cannot be delivered is dropped, never bounced (no loops)."""
+    others through the queue. A DSN that cannot be delivered is dropped, never bounced (no loops).
+    `requiretls`: the DSN is about a REQUIRETLS message and is relayed with REQUIRETLS too
+    (RFC 8689 §4.3)."""
     domain = dsn.recipient.rpartition("@")[2]
     if await store.is_local_domain(domain):
         resolution = await resolve_local(store, dsn.recipient)
@@ -39,6 +41,7 @@ async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
                 smtputf8=dsn.smtputf8,
                 eight_bit=dsn.eight_bit,
                 body_offset=len(NULL_RETURN_PATH),
+                requiretls=requiretls,
             )
         await store.deliver(
             Delivery(None, len(content), now, local=resolution.local, remote=remote, content=content)
@@ -49,5 +52,6 @@ async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
         recipients=(OutboundRecipient(dsn.recipient),),
         smtputf8=dsn.smtputf8,
         eight_bit=dsn.eight_bit,
+        requiretls=requiretls,
     )
     await store.deliver(Delivery(None, len(dsn.message), now, remote=outbound, content=dsn.message))

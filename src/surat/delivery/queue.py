@@ -460,15 +460,23 @@ class QueueRunner:
                 for index in indexes:
                     outcomes[index] = _Outcome(state, route.reply)
             else:
-                routes[domain] = route
                 policy = await self._tls_policy(domain, route)
-                if header is not None and policy.kind in _RECIPIENT_POLICIES and _tls_optional(header):
+                if entry.requiretls:
+                    # RFC 8689 §4.1: with REQUIRETLS a TLS-Required header field is ignored.
+                    required = await self._requiretls_policy(domain, route, policy)
+                    if isinstance(required, Reply):
+                        for index in indexes:
+                            outcomes[index] = _Outcome(RecipientState.FAILED, required)
+                        continue
+                    policy = required
+                elif header is not None and policy.kind in _RECIPIENT_POLICIES and _tls_optional(header):
                     # RFC 8689 §5: "TLS-Required: No" asks to deliver even when the recipient
                     # domain's policy fails; TLS is still tried and the failure still reported.
                     # Our own require_tls_domains is the operator's rule and stays.
                     policy = replace(policy, enforce=False)
                     if policy.fallback is not None and policy.fallback.kind in _RECIPIENT_POLICIES:
                         policy = replace(policy, fallback=replace(policy.fallback, enforce=False))
+                routes[domain] = route
                 policies[domain] = policy
 
         signature = entry.dkim_signature
@@ -604,6 +612,7 @@ class QueueRunner:
             smtputf8=entry.smtputf8,
             ret=entry.ret,
             envid=entry.envid,
+            requiretls=entry.requiretls,
         )
         settings, tls_context, implicit_tls = self._client_settings(route)
         last_failure = R.INTERNAL_ERROR
@@ -727,6 +736,35 @@ class QueueRunner:
             if dane:
                 return TlsPolicy(TlsPolicyKind.DANE, enforce=True, dane=dane, fallback=fallback)
         return fallback
+
+    async def _requiretls_policy(self, domain: str, route: Route, policy: TlsPolicy) -> TlsPolicy | Reply:
+        """The policy a REQUIRETLS message goes under (RFC 8689 §4.2.1), or the reply it is returned
+        with. The MX records must be DNSSEC-validated or an MTA-STS policy must apply; every host
+        then needs STARTTLS with a verified certificate (DANE, or the MX host name), enforced even
+        in MTA-STS testing mode; the engine then sends REQUIRETLS only to a server offering it.
+        A configured route or smarthost is the operator's choice of next hop: verified TLS to it."""
+        if route.kind is RouteKind.SMARTHOST and self.settings.smarthost_credentials is not None:
+            return policy  # verified TLS already: it gets our credentials (_client_settings)
+        if route.kind not in (RouteKind.MX, RouteKind.IMPLICIT_MX):
+            return REQUIRE_TLS
+        if policy.kind is TlsPolicyKind.DANE:
+            # DANE implies an authentic MX RRset; its hosts without TLSA get a name check instead.
+            return replace(policy, fallback=self._enforced(policy.fallback))
+        if policy.kind is TlsPolicyKind.MTA_STS:
+            return replace(policy, enforce=True)
+        if self.dane_resolver is not None:
+            with contextlib.suppress(DNSError):
+                _records, authentic = await self.dane_resolver.secure_mx(domain)
+                if authentic:
+                    return REQUIRE_TLS
+        return R.requiretls_unmet(domain, "no DNSSEC-validated MX records and no MTA-STS policy")
+
+    @staticmethod
+    def _enforced(policy: TlsPolicy | None) -> TlsPolicy:
+        """`policy` enforced; opportunistic TLS becomes verified TLS (RFC 8689 §4.2.1)."""
+        if policy is None or not policy.verifies:
+            return REQUIRE_TLS
+        return replace(policy, enforce=True)
 
     async def _dane_hosts(self, domain: str, route: Route, resolver: DnssecResolver) -> dict[str, DaneHost]:
         """The route's MX hosts with DNSSEC-authenticated TLSA records (RFC 7672 §2.2)."""
@@ -1095,7 +1133,9 @@ class QueueRunner:
             recipients=tuple(reported),
             arrival_date=entry.created_at,
             envid=entry.envid,
-            ret=Ret.FULL if (entry.ret or "").upper() == "FULL" else None,
+            # RFC 8689 §4.3: a report on a REQUIRETLS message quotes its header only, and goes with
+            # REQUIRETLS itself (submit_dsn)
+            ret=Ret.FULL if (entry.ret or "").upper() == "FULL" and not entry.requiretls else None,
             smtputf8=entry.smtputf8,
         )
         try:
@@ -1105,5 +1145,5 @@ class QueueRunner:
             # (issue 11 item 6); such an address was refused at MAIL FROM, so this is old or forged data.
             log.warning("queue.dsn_unaddressable", extra=fields(id=entry.id, reason=str(exc)))
             return "-"
-        await submit_dsn(self.store, dsn, self.clock())
+        await submit_dsn(self.store, dsn, self.clock(), requiretls=entry.requiretls)
         return dsn.recipient

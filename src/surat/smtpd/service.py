@@ -579,6 +579,7 @@ class _Session:
                 authenticated_user=self.user,
                 body_offset=len(return_path(txn.sender)),
                 dkim_signature=signature,
+                requiretls=txn.params.requiretls,  # RFC 8689 §4.1: the message is tagged
             )
         delivery = Delivery(
             staged=spool.staged,
@@ -658,7 +659,10 @@ class _Session:
                 ),
                 arrival_date=delivery.internal_date,
                 envid=txn.params.envid,
-                ret=Ret.FULL if (txn.params.ret or "").upper() == "FULL" else None,
+                # RFC 8689 §4.3: a report on a REQUIRETLS message quotes its header only
+                ret=Ret.FULL
+                if (txn.params.ret or "").upper() == "FULL" and not txn.params.requiretls
+                else None,
                 smtputf8=txn.params.smtputf8,
             )
             # The stored copy starts with our Return-Path; the DSN quotes the message as received.
@@ -672,7 +676,7 @@ class _Session:
                 limit = FULL_LIMIT + 1 if report.ret is Ret.FULL else HEADER_LIMIT
                 quoted = await self.store.blobs.read(record.blob_id, skip, limit)
                 dsn = build_dsn(report, io.BytesIO(quoted), now=now)
-            await submit_dsn(self.store, dsn, now)
+            await submit_dsn(self.store, dsn, now, requiretls=txn.params.requiretls)
             log.info("smtp.success_dsn", extra=fields(to=dsn.recipient, recipients=len(txn.success_notices)))
         except asyncio.CancelledError:
             raise
