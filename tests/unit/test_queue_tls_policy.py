@@ -12,7 +12,7 @@ from surat.delivery.schedule import RetrySchedule
 from surat.dns.base import MXRecord
 from surat.dns.fake import FakeResolver
 from surat.mailauth.mtasts import StsMode, StsPolicy
-from surat.store.base import Account, OutboundRecipient, RecipientState
+from surat.store.base import Account, Delivery, OutboundMessage, OutboundRecipient, QueueEntry, RecipientState
 from surat.store.sqlite import SQLiteStore
 
 from .test_queue_runner import Clock, enqueue, inbox
@@ -88,3 +88,64 @@ async def test_mode_none_is_no_policy(store: SQLiteStore, alice: Account, tmp_pa
     assert waiting is not None
     reply = waiting.recipients[0].last_reply or ""
     assert reply.startswith("451 4.4.1 Cannot connect to mx.sts.test[127.0.0.1]:1")
+
+
+async def _enqueue_requiretls(store: SQLiteStore, sender: str, recipient: str) -> QueueEntry:
+    prefix = f"Return-Path: <{sender}>\r\n".encode()
+    content = prefix + b"From: alice@example.test\r\nTLS-Required: No\r\nSubject: s\r\n\r\nbody\r\n"
+    remote = OutboundMessage(
+        sender=sender,
+        recipients=(OutboundRecipient(recipient),),
+        body_offset=len(prefix),
+        requiretls=True,
+        ret="FULL",
+    )
+    result = await store.deliver(
+        Delivery(None, len(content), datetime.now(UTC), remote=remote, content=content)
+    )
+    assert result.queue_id is not None
+    entry = await store.get_queue_entry(result.queue_id)
+    assert entry is not None and entry.requiretls
+    return entry
+
+
+async def test_requiretls_without_dnssec_or_mta_sts_bounces_at_once(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    """RFC 8689 §4.2.1: no DNSSEC-validated MX and no MTA-STS policy: returned with 5.7.30, not
+    retried; "TLS-Required: No" does not weaken REQUIRETLS (§4.1)."""
+    entry = await _enqueue_requiretls(store, "alice@example.test", "x@sts.test")
+    policies = FixedPolicies(StsPolicy(StsMode.NONE, 86400, ()))
+    await sts_runner(store, tmp_path, Clock(datetime.now(UTC)), policies).process(entry)
+    assert await store.get_queue_entry(entry.id) is None
+    (dsn,) = await inbox(store, alice)
+    (block,) = recipient_blocks(dsn)
+    assert (block["Action"], block["Status"]) == ("failed", "5.7.30")
+    assert " ".join(block["Diagnostic-Code"].split()) == (
+        "smtp; 550 5.7.30 REQUIRETLS support required: sts.test: no DNSSEC-validated MX records and no MTA-STS policy"
+    )
+    assert b"\r\n\r\nbody\r\n" not in dsn  # RFC 8689 §4.3: the header only, although RET=FULL
+
+
+async def test_requiretls_dsn_to_a_remote_sender_goes_with_requiretls(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    entry = await _enqueue_requiretls(store, "someone@elsewhere.test", "x@sts.test")
+    policies = FixedPolicies(StsPolicy(StsMode.NONE, 86400, ()))
+    await sts_runner(store, tmp_path, Clock(datetime.now(UTC)), policies).process(entry)
+    (dsn_entry,) = await store.list_queue()
+    assert (dsn_entry.sender, dsn_entry.recipients[0].address) == ("", "someone@elsewhere.test")
+    assert dsn_entry.requiretls  # RFC 8689 §4.3
+
+
+async def test_requiretls_enforces_an_mta_sts_policy_in_testing_mode(
+    store: SQLiteStore, alice: Account, tmp_path: Path
+) -> None:
+    """Testing mode would deliver to an unlisted MX; a REQUIRETLS message waits instead."""
+    entry = await _enqueue_requiretls(store, "alice@example.test", "x@sts.test")
+    policies = FixedPolicies(StsPolicy(StsMode.TESTING, 86400, ("*.elsewhere.test",)))
+    await sts_runner(store, tmp_path, Clock(datetime.now(UTC)), policies).process(entry)
+    waiting = await store.get_queue_entry(entry.id)
+    assert waiting is not None
+    assert waiting.recipients[0].state is RecipientState.PENDING
+    assert waiting.recipients[0].last_reply == REASON
