@@ -80,6 +80,9 @@ class TLSConfig:
     # More certificates, chosen by the name a client sends (SNI, RFC 6066 §3) among each one's DNS
     # names; `cert` above serves every other name and clients sending none.
     certificates: tuple[CertificatePair, ...] = ()
+    # Offer REQUIRETLS (RFC 8689) in TLS sessions on the SMTP listeners: the relay then passes such
+    # mail on only over verified TLS to next hops that offer it too, else returns it (5.7.30).
+    requiretls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +349,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         key=_opt_path(tls_table.string("key"), base_dir),
         ca=_opt_path(tls_table.string("ca"), base_dir),
         certificates=tuple(_certificate_pair(entry, base_dir) for entry in tls_table.tables("certificates")),
+        requiretls=tls_table.boolean("requiretls", TLSConfig().requiretls),
     )
     tls_table.finish()
 

@@ -156,6 +156,7 @@ class SMTPService:
             auth_mechanisms=sasl.MECHANISMS if submission else (),
             auth_requires_tls=True,
             auth_required=submission,
+            requiretls=self.config.tls.requiretls,
         )
 
     def handler(self, role: str | Role) -> Handler:
