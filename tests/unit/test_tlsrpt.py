@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from surat.delivery.dane import DaneHost
-from surat.delivery.tlspolicy import REQUIRE_TLS, TlsPolicy, TlsPolicyKind, from_sts
+from surat.delivery.tlspolicy import REQUIRE_TLS, TlsFailure, TlsPolicy, TlsPolicyKind, from_sts
 from surat.delivery.tlsrpt import (
     ReportSettings,
     StoreTlsReporter,
@@ -280,10 +280,11 @@ async def test_reporter_aggregates_equal_sessions_per_day() -> None:
     reporter.success("example.net", sts, "mx.example.net")
     for _ in range(3):
         reporter.failure(
-            "example.net", sts, "MX.example.net", "certificate-host-mismatch", "x" * 1000,
-            receiving_ip="192.0.2.1", sending_ip="192.0.2.9",
-        )  # fmt: skip
-    reporter.failure("example.net", REQUIRE_TLS, "mx.example.net", "starttls-not-supported", "no")
+            "example.net",
+            sts,
+            TlsFailure("MX.example.net", "certificate-host-mismatch", "x" * 1000, "192.0.2.1", "192.0.2.9"),
+        )
+    reporter.failure("example.net", REQUIRE_TLS, TlsFailure("mx.example.net", "starttls-not-supported", "no"))
     now[0] = datetime(2026, 12, 8, 0, 1, tzinfo=UTC)  # the next UTC day: a new key
     reporter.success("example.net", sts, "mx.example.net")
     await reporter.flush()

@@ -87,6 +87,7 @@ from surat.delivery.tlspolicy import (
     REQUIRE_TLS,
     VALIDATION_FAILURE,
     LoggingTlsReporter,
+    TlsFailure,
     TlsPolicy,
     TlsPolicyKind,
     TlsReporter,
@@ -679,7 +680,7 @@ class QueueRunner:
         if dane is not None and dane.lookup_failed is not None:
             # RFC 7672 §2.2: a TLSA lookup that fails in a signed zone makes the host unusable.
             self.tls_reporter.failure(
-                domain, policy, target.host, DNSSEC_INVALID, dane.lookup_failed, receiving_ip=target.address
+                domain, policy, TlsFailure(target.host, DNSSEC_INVALID, dane.lookup_failed, target.address)
             )
             return None, R.tls_policy_unmet(policy.describe(domain), target.host, dane.lookup_failed)
         if not policy.allows_host(target.host):
@@ -687,10 +688,9 @@ class QueueRunner:
             self.tls_reporter.failure(
                 domain,
                 policy,
-                target.host,
-                VALIDATION_FAILURE,
-                "MX host not listed in the policy",
-                receiving_ip=target.address,
+                TlsFailure(
+                    target.host, VALIDATION_FAILURE, "MX host not listed in the policy", target.address
+                ),
             )
             return None, R.tls_policy_unmet(
                 policy.describe(domain), target.host, "MX host not listed in the policy"
@@ -715,11 +715,9 @@ class QueueRunner:
             self.tls_reporter.failure(
                 domain,
                 policy,
-                target.host,
-                outcome.tls_failure,
-                reason,
-                receiving_ip=target.address,
-                sending_ip=outcome.local_address or "",
+                TlsFailure(
+                    target.host, outcome.tls_failure, reason, target.address, outcome.local_address or ""
+                ),
             )
             return None, R.tls_policy_unmet(policy.describe(domain), where, reason)
         if outcome.tls:

@@ -111,20 +111,20 @@ def describe_tls_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFailure:
+    """One session that did not meet its policy, with what RFC 8460 §4.4 failure details record."""
+
+    host: str  # the MX host (receiving-mx-hostname)
+    result_type: str  # RFC 8460 §4.3
+    detail: str  # why, for people (failure-reason-code)
+    receiving_ip: str = ""  # "" when no connection was made
+    sending_ip: str = ""  # this end of the connection (sending-mta-ip)
+
+
 class TlsReporter(Protocol):
-    def failure(
-        self,
-        domain: str,
-        policy: TlsPolicy,
-        host: str,
-        result_type: str,
-        detail: str,
-        *,
-        receiving_ip: str = "",
-        sending_ip: str = "",
-    ) -> None:
-        """A session to `host` for `domain` did not meet `policy` (delivered anyway in testing mode).
-        The addresses, when known, are RFC 8460 §4.4's receiving-ip and sending-mta-ip."""
+    def failure(self, domain: str, policy: TlsPolicy, failure: TlsFailure) -> None:
+        """A session for `domain` did not meet `policy` (delivered anyway in testing mode)."""
         ...
 
     def success(self, domain: str, policy: TlsPolicy, host: str) -> None:
@@ -135,26 +135,16 @@ class TlsReporter(Protocol):
 class LoggingTlsReporter:
     """Logs every result (StoreTlsReporter logs through it and counts)."""
 
-    def failure(
-        self,
-        domain: str,
-        policy: TlsPolicy,
-        host: str,
-        result_type: str,
-        detail: str,
-        *,
-        receiving_ip: str = "",
-        sending_ip: str = "",
-    ) -> None:
+    def failure(self, domain: str, policy: TlsPolicy, failure: TlsFailure) -> None:
         log.warning(
             "queue.tls_policy_failure",
             extra=fields(
                 domain=domain,
                 policy=policy.kind.value,
                 mode="enforce" if policy.enforce else "testing",
-                host=host,
-                result=result_type,
-                detail=detail[:300],
+                host=failure.host,
+                result=failure.result_type,
+                detail=failure.detail[:300],
             ),
         )
 

@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from surat.delivery.dkim import DkimError, SigningKeys
-from surat.delivery.tlspolicy import LoggingTlsReporter, TlsPolicy, TlsPolicyKind
+from surat.delivery.tlspolicy import LoggingTlsReporter, TlsFailure, TlsPolicy, TlsPolicyKind
 from surat.dns.base import DNSError, Resolver, TLSARecord
 from surat.log import fields
 from surat.mailauth.mtasts import PolicyError, StsPolicy
@@ -122,27 +122,17 @@ class StoreTlsReporter:
         self._task: asyncio.Task[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
 
-    def failure(
-        self,
-        domain: str,
-        policy: TlsPolicy,
-        host: str,
-        result_type: str,
-        detail: str,
-        *,
-        receiving_ip: str = "",
-        sending_ip: str = "",
-    ) -> None:
-        self._log.failure(domain, policy, host, result_type, detail)
-        key = policy_key(utc_day(self.clock()), domain, policy, host)
+    def failure(self, domain: str, policy: TlsPolicy, failure: TlsFailure) -> None:
+        self._log.failure(domain, policy, failure)
+        key = policy_key(utc_day(self.clock()), domain, policy, failure.host)
         self._add(
             replace(
                 key,
-                result_type=result_type,
-                sending_mta_ip=sending_ip,
-                receiving_mx_hostname=host.lower(),
-                receiving_ip=receiving_ip,
-                failure_reason_code=detail[:MAX_REASON],
+                result_type=failure.result_type,
+                sending_mta_ip=failure.sending_ip,
+                receiving_mx_hostname=failure.host.lower(),
+                receiving_ip=failure.receiving_ip,
+                failure_reason_code=failure.detail[:MAX_REASON],
             )
         )
 
@@ -178,13 +168,17 @@ class StoreTlsReporter:
             await self.flush()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # ------------------------------------------------------------------------------------ the report
@@ -334,11 +328,8 @@ class TlsReportSender:
         self._task = asyncio.create_task(self._run(), name="tlsrpt-daily")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
