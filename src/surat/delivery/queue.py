@@ -746,8 +746,10 @@ class QueueRunner:
         if route.kind not in (RouteKind.MX, RouteKind.IMPLICIT_MX):
             return REQUIRE_TLS
         if policy.kind is TlsPolicyKind.DANE:
-            # DANE implies an authentic MX RRset; its hosts without TLSA get a name check instead.
-            return replace(policy, fallback=self._enforced(policy.fallback))
+            # DANE implies an authentic MX RRset. Hosts whose TLSA records are all unusable would get
+            # TLS without authentication: they, and the hosts without TLSA, get the fallback, enforced.
+            dane = {host: d for host, d in policy.dane.items() if d.usable or d.lookup_failed is not None}
+            return replace(policy, dane=dane, fallback=self._enforced(policy.fallback))
         if policy.kind is TlsPolicyKind.MTA_STS:
             return replace(policy, enforce=True)
         if self.dane_resolver is not None:

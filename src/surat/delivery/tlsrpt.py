@@ -59,8 +59,10 @@ FLUSH_INTERVAL = 10.0
 MAX_PENDING_KEYS = 10_000
 # failure-reason-code text kept per failure (it is part of the aggregation key).
 MAX_REASON = 300
-# Reports go out this long after 00:00 UTC at most (a random delay: RFC 8460 §4.1 asks senders not
-# to all send at midnight).
+# Reports go out SETTLE seconds after 00:00 UTC (every process has flushed yesterday's last counts,
+# FLUSH_INTERVAL) plus a random delay of at most MAX_JITTER seconds, so that senders do not all
+# send at midnight.
+SETTLE = 60.0
 MAX_JITTER = 3600.0
 # Days before yesterday still reported when their report was not claimed (the server was down).
 CATCH_UP_DAYS = 2
@@ -332,6 +334,10 @@ class TlsReportSender:
         self._task = None
 
     async def _run(self) -> None:
+        # At start, the reports still owed (a server down at midnight); not before SETTLE.
+        now = self.clock()
+        since_midnight = now - datetime.combine(now.astimezone(UTC).date(), datetime.min.time(), UTC)
+        await asyncio.sleep(max(0.0, SETTLE - since_midnight.total_seconds()))
         while True:
             try:
                 await self.send_due()
@@ -341,7 +347,7 @@ class TlsReportSender:
             midnight = datetime.combine(
                 now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
             )
-            await asyncio.sleep((midnight - now).total_seconds() + self._rng.uniform(0, MAX_JITTER))
+            await asyncio.sleep((midnight - now).total_seconds() + SETTLE + self._rng.uniform(0, MAX_JITTER))
 
     async def send_due(self) -> int:
         """Claim and send the reports of yesterday and the `CATCH_UP_DAYS` before; returns how many
