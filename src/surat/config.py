@@ -514,6 +514,10 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         sender=tls_reports_table.string("sender"),
     )
     tls_reports_table.finish()
+    if tls_reports.sender is not None and not _is_address(tls_reports.sender):
+        raise ConfigError(
+            "tls_reports.sender", f"expected an address local@domain, got {tls_reports.sender!r}"
+        )
     reader.finish()
 
     config = Config(
@@ -548,6 +552,11 @@ def _mta_sts_config(table: _Table) -> MtaStsConfig:
             f"expected whole seconds up to {MTA_STS_MAX_AGE_LIMIT} (RFC 8461 §3.2), got {max_age!r}",
         )
     return MtaStsConfig(mode, max_age)
+
+
+def _is_address(text: str) -> bool:
+    local, at, domain = text.rpartition("@")
+    return bool(at and local and domain and "." in domain) and all(0x20 < ord(c) < 0x7F for c in text)
 
 
 def _workers(table: _Table) -> int:
