@@ -3,13 +3,17 @@ allow is never contacted; the mail waits with the reason and bounces with it at 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dsn_reports import recipient_blocks
+from surat.delivery.dane import DaneHost
+from surat.delivery.mx import Host, Route, RouteKind
 from surat.delivery.queue import QueueRunner, RunnerSettings
 from surat.delivery.schedule import RetrySchedule
-from surat.dns.base import MXRecord
+from surat.delivery.tlspolicy import REQUIRE_TLS, TlsPolicy, TlsPolicyKind, from_sts
+from surat.dns.base import MXRecord, TLSARecord
 from surat.dns.fake import FakeResolver
 from surat.mailauth.mtasts import StsMode, StsPolicy
 from surat.store.base import Account, Delivery, OutboundMessage, OutboundRecipient, QueueEntry, RecipientState
@@ -149,3 +153,29 @@ async def test_requiretls_enforces_an_mta_sts_policy_in_testing_mode(
     assert waiting is not None
     assert waiting.recipients[0].state is RecipientState.PENDING
     assert waiting.recipients[0].last_reply == REASON
+
+
+async def test_requiretls_under_dane_never_settles_for_unauthenticated_tls(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """RFC 8689 §4.2.1: a host whose TLSA records are all unusable would get TLS without
+    authentication under DANE; for REQUIRETLS it gets the fallback, a verified name, enforced."""
+    runner = sts_runner(
+        store, tmp_path, Clock(datetime.now(UTC)), FixedPolicies(StsPolicy(StsMode.NONE, 1, ()))
+    )
+    route = Route("sts.test", RouteKind.MX, (Host("mx.sts.test", 25, ("127.0.0.1",)),))
+    usable = DaneHost((TLSARecord(3, 1, 1, bytes(32)),))
+    dane = TlsPolicy(
+        TlsPolicyKind.DANE,
+        enforce=True,
+        dane={"a.sts.test": usable, "b.sts.test": DaneHost(())},
+        fallback=None,
+    )
+    policy = await runner._requiretls_policy("sts.test", route, dane)
+    assert isinstance(policy, TlsPolicy)
+    assert policy.for_host("a.sts.test") is policy  # DANE-EE pins the key
+    assert policy.for_host("b.sts.test") == REQUIRE_TLS  # not "TLS without authentication"
+    assert policy.for_host("c.sts.test") == REQUIRE_TLS  # no TLSA: the MX is authentic, verify the name
+    testing = from_sts(StsPolicy(StsMode.TESTING, 1, ("*.sts.test",)))
+    assert testing is not None
+    assert await runner._requiretls_policy("sts.test", route, testing) == replace(testing, enforce=True)
