@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import dns.exception
 
@@ -17,6 +18,7 @@ from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.config import MAIL_ROLES, WEB_ROLES, Config, HostPort, admin_url
 from surat.delivery.dkim import SigningKeys
 from surat.delivery.queue import QueueRunner, RunnerSettings
+from surat.delivery.tlsrpt import StoreTlsReporter, TlsReportSender, report_settings
 from surat.dns.base import DnssecResolver, Resolver
 from surat.dns.resolver import DnsResolver
 from surat.imapd.session import IMAPService
@@ -90,6 +92,8 @@ class SuratServer:
         self._auth_limiter: StoreAuthLimiter | None = None
         self._started = False
         self.queue: QueueRunner | None = None
+        self.tls_reporter: StoreTlsReporter | None = None
+        self.tls_reports: TlsReportSender | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -164,6 +168,9 @@ class SuratServer:
         if not self._run_queue:
             return
         # The outbound queue; STARTTLS to peers is opportunistic, certificates unchecked (RFC 7435).
+        # TLS-RPT (RFC 8460): every policy-checked session is counted in the store; the daily
+        # reports go out only with [tls_reports] enabled.
+        self.tls_reporter = StoreTlsReporter(self.store, _utc_now)
         self.queue = QueueRunner(
             self.store,
             self.resolver,
@@ -172,6 +179,7 @@ class SuratServer:
             tls_context=client_context(verify=False),
             smarthost_tls_context=client_context(verify=True),  # it gets our AUTH credentials
             signing_keys=signing_keys,
+            tls_reporter=self.tls_reporter,
             # DANE only when the operator vouches for the resolver's AD bit (config.py checks loopback).
             dane_resolver=(
                 self.resolver
@@ -180,6 +188,18 @@ class SuratServer:
             ),
         )
         await self.queue.start()
+        self.tls_reporter.start()
+        reports = config.tls_reports
+        if reports.enabled:
+            self.tls_reports = TlsReportSender(
+                self.store,
+                self.resolver,
+                report_settings(config.hostname, reports.organization, reports.contact, reports.sender),
+                signing_keys,
+                clock=_utc_now,
+                wake_queue=self.queue.wake,
+            )
+            self.tls_reports.start()
 
     @property
     def tls_context(self) -> ssl.SSLContext | None:
@@ -240,9 +260,15 @@ class SuratServer:
         return self._listeners.bound(role)
 
     async def stop(self) -> None:
+        if self.tls_reports is not None:
+            await self.tls_reports.stop()
+            self.tls_reports = None
         if self.queue is not None:
             await self.queue.stop()
             self.queue = None
+        if self.tls_reporter is not None:
+            await self.tls_reporter.stop()  # after the queue: its last counts are written
+            self.tls_reporter = None
         if self.web is not None:
             await self.web.stop()
             self.web = None
@@ -253,6 +279,10 @@ class SuratServer:
         if self._own_store is not None and self._started:
             await self.store.close()
             self._started = False
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def maildrop_locks_for(config: Config) -> MaildropLocks | None:

@@ -80,6 +80,9 @@ class TLSConfig:
     # More certificates, chosen by the name a client sends (SNI, RFC 6066 §3) among each one's DNS
     # names; `cert` above serves every other name and clients sending none.
     certificates: tuple[CertificatePair, ...] = ()
+    # Offer REQUIRETLS (RFC 8689) in TLS sessions on the SMTP listeners: the relay then passes such
+    # mail on only over verified TLS to next hops that offer it too, else returns it (5.7.30).
+    requiretls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +285,20 @@ class MtaStsConfig:
     max_age: int = 604800  # one week, in seconds
 
 
+@dataclass(frozen=True, slots=True)
+class TlsReportsConfig:
+    # Daily RFC 8460 aggregate reports to the domains that publish a TLS-RPT record. Off by default:
+    # they are mail to third parties from this server's domain, which must have its DKIM record
+    # published first (RFC 8460 §5.3: reports are DKIM-signed). Counting goes on either way, so a
+    # report can be sent for the days (up to a week) counted before it was turned on.
+    enabled: bool = False
+    organization: str | None = None  # report organization-name (default: the submitter domain)
+    contact: str | None = None  # report contact-info (default: the From address)
+    # From address (default: noreply-smtp-tls-reporting@ the submitter domain); its domain must be
+    # local, with a DKIM key
+    sender: str | None = None
+
+
 MAX_WORKERS = 64  # [server] workers: more processes than this is a typo, not a deployment
 
 
@@ -306,6 +323,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
     mta_sts: MtaStsConfig = MtaStsConfig()
+    tls_reports: TlsReportsConfig = TlsReportsConfig()
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -342,6 +360,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         key=_opt_path(tls_table.string("key"), base_dir),
         ca=_opt_path(tls_table.string("ca"), base_dir),
         certificates=tuple(_certificate_pair(entry, base_dir) for entry in tls_table.tables("certificates")),
+        requiretls=tls_table.boolean("requiretls", TLSConfig().requiretls),
     )
     tls_table.finish()
 
@@ -501,6 +520,18 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     mta_sts_table = reader.table("mta_sts")
     mta_sts = _mta_sts_config(mta_sts_table)
     mta_sts_table.finish()
+    tls_reports_table = reader.table("tls_reports")
+    tls_reports = TlsReportsConfig(
+        enabled=tls_reports_table.boolean("enabled", TlsReportsConfig().enabled),
+        organization=tls_reports_table.string("organization"),
+        contact=tls_reports_table.string("contact"),
+        sender=tls_reports_table.string("sender"),
+    )
+    tls_reports_table.finish()
+    if tls_reports.sender is not None and not _is_address(tls_reports.sender):
+        raise ConfigError(
+            "tls_reports.sender", f"expected an address local@domain, got {tls_reports.sender!r}"
+        )
     reader.finish()
 
     config = Config(
@@ -516,6 +547,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         store=store,
         server=server,
         mta_sts=mta_sts,
+        tls_reports=tls_reports,
         path=path,
     )
     _check_tls_files(config)
@@ -534,6 +566,11 @@ def _mta_sts_config(table: _Table) -> MtaStsConfig:
             f"expected whole seconds up to {MTA_STS_MAX_AGE_LIMIT} (RFC 8461 §3.2), got {max_age!r}",
         )
     return MtaStsConfig(mode, max_age)
+
+
+def _is_address(text: str) -> bool:
+    local, at, domain = text.rpartition("@")
+    return bool(at and local and domain and "." in domain) and all(0x20 < ord(c) < 0x7F for c in text)
 
 
 def _workers(table: _Table) -> int:

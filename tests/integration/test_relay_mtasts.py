@@ -23,7 +23,7 @@ from surat.app import SuratServer
 from surat.certs import CertificatePaths, write_dev_certificates
 from surat.config import parse_config
 from surat.delivery.stspolicies import StsPolicies
-from surat.delivery.tlspolicy import TlsPolicy
+from surat.delivery.tlspolicy import TlsFailure, TlsPolicy
 from surat.dns.fake import FakeResolver
 from surat.dns.resolver import DnsResolver
 from surat.mailauth.mtasts import StsMode
@@ -156,8 +156,8 @@ class Reports:
         self.failures: list[tuple[str, str, str, str]] = []
         self.successes: list[tuple[str, str]] = []
 
-    def failure(self, domain: str, policy: TlsPolicy, host: str, result_type: str, detail: str) -> None:
-        self.failures.append((domain, host, result_type, detail))
+    def failure(self, domain: str, policy: TlsPolicy, failure: TlsFailure) -> None:
+        self.failures.append((domain, failure.host, failure.result_type, failure.detail))
 
     def success(self, domain: str, policy: TlsPolicy, host: str) -> None:
         self.successes.append((domain, host))

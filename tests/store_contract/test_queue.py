@@ -64,6 +64,7 @@ async def queue_one(store: Store, local: tuple[MailboxTarget, ...] = ()) -> str:
         eight_bit=True,
         authenticated_user="alice@example.test",
         body_offset=35,
+        requiretls=True,
     )
     result = await store.deliver(
         Delivery(await staged(store.blobs, data), len(data), WHEN, local=local, remote=remote)
@@ -99,6 +100,7 @@ async def test_queue(store: Store, alice: Account) -> None:
         ("carol@example.org", RecipientState.PENDING, (), None),
     ]
     assert (entry.envid, entry.ret, entry.smtputf8, entry.eight_bit) == ("env-1", "HDRS", True, True)
+    assert entry.requiretls  # RFC 8689 §4.1: kept with the entry
     assert entry.authenticated_user == "alice@example.test" and entry.body_offset == 35
     assert (await store.blobs.read(entry.blob_id)) == message(7)
     now = datetime.now(UTC)
@@ -125,6 +127,11 @@ async def test_queue(store: Store, alice: Account) -> None:
     assert await stored_blob_count(store) == 1
     await store.expunge(await inbox_id(store, alice), [1])
     assert await stored_blob_count(store) == 0
+
+
+async def test_requiretls_is_false_unless_given(store: Store) -> None:
+    entry = await store.get_queue_entry(await queue_two(store))
+    assert entry is not None and not entry.requiretls
 
 
 async def test_queue_summary_counts_entries_and_finds_the_oldest(store: Store) -> None:

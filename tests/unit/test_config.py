@@ -15,6 +15,7 @@ from surat.config import (
     ConfigError,
     HostPort,
     LimitsConfig,
+    TlsReportsConfig,
     config_path,
     load_config,
     parse_config,
@@ -738,4 +739,33 @@ def test_mta_sts_and_web_listeners() -> None:
     ):
         with pytest.raises(ConfigError) as info:
             parse_config({**BASE, "mta_sts": bad}, base_dir=Path("/srv"))
+        assert info.value.key == key
+
+
+def test_tls_reports_and_requiretls() -> None:
+    default = parse_config(BASE, base_dir=Path("/srv"))
+    assert not default.tls_reports.enabled and default.tls.requiretls
+    config = parse_config(
+        {
+            **BASE,
+            "tls": {"requiretls": False},
+            "tls_reports": {
+                "enabled": True,
+                "organization": "Org",
+                "contact": "ops@example.com",
+                "sender": "r@example.com",
+            },
+        },
+        base_dir=Path("/srv"),
+    )
+    assert not config.tls.requiretls
+    assert config.tls_reports == TlsReportsConfig(True, "Org", "ops@example.com", "r@example.com")
+    for bad, key in (
+        ({"sender": "nobody"}, "tls_reports.sender"),
+        ({"sender": "a b@example.com"}, "tls_reports.sender"),
+        ({"enabled": "yes"}, "tls_reports.enabled"),
+        ({"enable": True}, "tls_reports.enable"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config({**BASE, "tls_reports": bad}, base_dir=Path("/srv"))
         assert info.value.key == key

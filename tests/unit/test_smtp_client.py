@@ -798,3 +798,48 @@ def test_engine_misuse_is_an_error() -> None:
 )
 def test_extensions_parse(lines: list[str], expected: Extensions) -> None:
     assert Extensions.parse(lines) == expected
+
+
+# ------------------------------------------------------------------------------ REQUIRETLS (RFC 8689)
+
+EHLO_REQUIRETLS = b"250-mx.example.net\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n"
+
+
+def test_requiretls_is_passed_on_over_tls_to_a_server_offering_it() -> None:
+    """RFC 8689 §4.2.1: MAIL FROM carries REQUIRETLS to the next hop."""
+    r = check(
+        [
+            GREETING,
+            EHLO_TLS,
+            b"220 2.0.0 Ready\r\n",
+            EHLO_REQUIRETLS,
+            OK_MAIL,
+            OK_RCPT,
+            GO_AHEAD,
+            QUEUED,
+            BYE,
+        ],
+        [envelope(requiretls=True)],
+    )
+    assert r.writes[4].startswith(b"MAIL FROM:<alice@example.org> REQUIRETLS\r\n")
+    assert codes(r.results[0]) == [(250, "2.0.0")]
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        # TLS, and no REQUIRETLS offered
+        [GREETING, EHLO_TLS, b"220 2.0.0 Ready\r\n", EHLO_FULL, BYE],
+        # REQUIRETLS offered in clear (a server that should not): not TLS, so not enough
+        [GREETING, EHLO_REQUIRETLS, BYE],
+    ],
+)
+def test_requiretls_message_is_not_sent_without_it(segments: list[bytes]) -> None:
+    r = check(segments, [envelope(requiretls=True)])
+    assert b"MAIL FROM" not in r.output
+    [recipient] = r.results[0].recipients
+    assert (recipient.reply.code, recipient.reply.enhanced, recipient.remote) == (550, "5.7.30", False)
+
+
+def test_requiretls_keyword_is_parsed() -> None:
+    assert Extensions.parse(["REQUIRETLS"]) == Extensions(requiretls=True)

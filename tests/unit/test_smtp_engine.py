@@ -774,3 +774,56 @@ def test_control_characters_in_a_command_line_are_refused(line: bytes) -> None:
 
 def test_tab_in_a_command_line_is_not_a_control_character_error() -> None:
     assert check_splits(HELLO + b"NOOP x\ty\r\n").codes[1:] == ["250 2.0.0"]
+
+
+# ------------------------------------------------------------------------------------- REQUIRETLS
+
+
+MX_TLS = replace(MX, starttls=False, tls_active=True)
+
+
+def test_requiretls_is_offered_in_tls_sessions_only() -> None:
+    """RFC 8689 §4.1: the EHLO keyword only where the session is TLS."""
+    assert (
+        "250-REQUIRETLS" not in feed([HELLO], MX).replies
+        and "250 REQUIRETLS" not in feed([HELLO], MX).replies
+    )
+    assert feed([HELLO], MX_TLS).replies[-1] == "250 REQUIRETLS"
+    assert "250-REQUIRETLS" in feed([HELLO], SUBMISSION_TLS).replies
+    assert not any("REQUIRETLS" in line for line in feed([HELLO], replace(MX_TLS, requiretls=False)).replies)
+
+
+def test_requiretls_parameter_over_tls_reaches_the_event() -> None:
+    data = HELLO + b"MAIL FROM:<a@example.org> REQUIRETLS\r\nRCPT TO:<b@example.test>\r\n"
+    run = check_splits(data, MX_TLS)
+    assert run.of(MailFrom) == [MailFrom(Address("a", "example.org"), MailParams(requiretls=True))]
+    assert run.replies[-2:] == ["250 2.1.0 Sender OK", "250 2.1.5 Recipient OK"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "line", "reply"),
+    [
+        # RFC 8689 §4.1: not in a plain session
+        (
+            MX,
+            b"MAIL FROM:<a@example.org> REQUIRETLS",
+            "530 5.7.10 REQUIRETLS needs a TLS session: STARTTLS first",
+        ),
+        # not offered at all: an unknown parameter (RFC 5321 §4.1.1.11)
+        (
+            replace(MX_TLS, requiretls=False),
+            b"MAIL FROM:<a@example.org> REQUIRETLS",
+            "555 5.5.4 Unsupported MAIL/RCPT parameter",
+        ),
+        # RFC 8689 §3: no value
+        (
+            MX_TLS,
+            b"MAIL FROM:<a@example.org> REQUIRETLS=YES",
+            "501 5.5.4 Syntax error in parameters or arguments",
+        ),
+    ],
+)
+def test_requiretls_refused(settings: ServerSettings, line: bytes, reply: str) -> None:
+    run = check_splits(HELLO + line + b"\r\nRCPT TO:<b@example.test>\r\n", settings)
+    assert run.of(MailFrom) == []
+    assert run.replies[-2:] == [reply, "503 5.5.1 Bad sequence of commands"]

@@ -74,6 +74,9 @@ SIGNED_HEADERS: tuple[str, ...] = (
     "list-post",
     "list-owner",
     "list-archive",
+    # RFC 8460 §5.3: a TLS report's domain and submitter are part of what its signature vouches for
+    "tls-report-domain",
+    "tls-report-submitter",
 )
 # RFC 6376 §8.15: naming a field once more than it occurs signs its absence, so nobody can add a
 # second From above the signed one (the one most mail readers display), nor a To, Subject, Date

@@ -16,16 +16,31 @@ log = logging.getLogger(__name__)
 NULL_RETURN_PATH = b"Return-Path: <>\r\n"
 
 
-async def submit_dsn(store: Store, dsn: Dsn, now: datetime) -> None:
+async def submit_dsn(store: Store, dsn: Dsn, now: datetime, *, requiretls: bool = False) -> None:
     """RFC 3461 §6.2: a DSN goes out from the null reverse-path; local senders get it in their INBOX,
-    others through the queue. A DSN that cannot be delivered is dropped, never bounced (no loops)."""
+    others through the queue. A DSN that cannot be delivered is dropped, never bounced (no loops).
+    `requiretls`: the DSN is about a REQUIRETLS message and is relayed with REQUIRETLS too
+    (RFC 8689 §4.3)."""
     await submit_from_null(
-        store, dsn.recipient, dsn.message, now, smtputf8=dsn.smtputf8, eight_bit=dsn.eight_bit
+        store,
+        dsn.recipient,
+        dsn.message,
+        now,
+        smtputf8=dsn.smtputf8,
+        eight_bit=dsn.eight_bit,
+        requiretls=requiretls,
     )
 
 
 async def submit_from_null(
-    store: Store, recipient: str, message: bytes, now: datetime, *, smtputf8: bool, eight_bit: bool
+    store: Store,
+    recipient: str,
+    message: bytes,
+    now: datetime,
+    *,
+    smtputf8: bool,
+    eight_bit: bool,
+    requiretls: bool = False,
 ) -> None:
     """Send a message we made (a DSN, a Sieve vacation reply or rejection notice) from the null
     reverse-path <>: to a local recipient's mailbox directly, else through the queue. Durable when
@@ -48,6 +63,7 @@ async def submit_from_null(
                 smtputf8=smtputf8,
                 eight_bit=eight_bit,
                 body_offset=len(NULL_RETURN_PATH),
+                requiretls=requiretls,
             )
         await store.deliver(
             Delivery(None, len(content), now, local=resolution.local, remote=remote, content=content)
@@ -58,5 +74,6 @@ async def submit_from_null(
         recipients=(OutboundRecipient(recipient),),
         smtputf8=smtputf8,
         eight_bit=eight_bit,
+        requiretls=requiretls,
     )
     await store.deliver(Delivery(None, len(message), now, remote=outbound, content=message))

@@ -92,6 +92,7 @@ from surat.delivery.tlspolicy import (
     REQUIRE_TLS,
     VALIDATION_FAILURE,
     LoggingTlsReporter,
+    TlsFailure,
     TlsPolicy,
     TlsPolicyKind,
     TlsReporter,
@@ -500,15 +501,23 @@ class QueueRunner:
                 for index in indexes:
                     outcomes[index] = _Outcome(state, route.reply)
             else:
-                routes[domain] = route
                 policy = await self._tls_policy(domain, route)
-                if header is not None and policy.kind in _RECIPIENT_POLICIES and _tls_optional(header):
+                if entry.requiretls:
+                    # RFC 8689 §4.1: with REQUIRETLS a TLS-Required header field is ignored.
+                    required = await self._requiretls_policy(domain, route, policy)
+                    if isinstance(required, Reply):
+                        for index in indexes:
+                            outcomes[index] = _Outcome(RecipientState.FAILED, required)
+                        continue
+                    policy = required
+                elif header is not None and policy.kind in _RECIPIENT_POLICIES and _tls_optional(header):
                     # RFC 8689 §5: "TLS-Required: No" asks to deliver even when the recipient
                     # domain's policy fails; TLS is still tried and the failure still reported.
                     # Our own require_tls_domains is the operator's rule and stays.
                     policy = replace(policy, enforce=False)
                     if policy.fallback is not None and policy.fallback.kind in _RECIPIENT_POLICIES:
                         policy = replace(policy, fallback=replace(policy.fallback, enforce=False))
+                routes[domain] = route
                 policies[domain] = policy
 
         signature = entry.dkim_signature
@@ -644,6 +653,7 @@ class QueueRunner:
             smtputf8=entry.smtputf8,
             ret=entry.ret,
             envid=entry.envid,
+            requiretls=entry.requiretls,
         )
         settings, tls_context, implicit_tls = self._client_settings(route)
         last_failure = R.INTERNAL_ERROR
@@ -709,12 +719,18 @@ class QueueRunner:
         dane = policy.dane.get(target.host)
         if dane is not None and dane.lookup_failed is not None:
             # RFC 7672 §2.2: a TLSA lookup that fails in a signed zone makes the host unusable.
-            self.tls_reporter.failure(domain, policy, target.host, DNSSEC_INVALID, dane.lookup_failed)
+            self.tls_reporter.failure(
+                domain, policy, TlsFailure(target.host, DNSSEC_INVALID, dane.lookup_failed, target.address)
+            )
             return None, R.tls_policy_unmet(policy.describe(domain), target.host, dane.lookup_failed)
         if not policy.allows_host(target.host):
             # RFC 8461 §4.1: an MX host the policy does not name is not a candidate.
             self.tls_reporter.failure(
-                domain, policy, target.host, VALIDATION_FAILURE, "MX host not listed in the policy"
+                domain,
+                policy,
+                TlsFailure(
+                    target.host, VALIDATION_FAILURE, "MX host not listed in the policy", target.address
+                ),
             )
             return None, R.tls_policy_unmet(
                 policy.describe(domain), target.host, "MX host not listed in the policy"
@@ -736,7 +752,13 @@ class QueueRunner:
         if outcome.results is None and outcome.tls_failure is not None:
             assert outcome.failure is not None
             reason = " ".join(outcome.failure.lines)
-            self.tls_reporter.failure(domain, policy, target.host, outcome.tls_failure, reason)
+            self.tls_reporter.failure(
+                domain,
+                policy,
+                TlsFailure(
+                    target.host, outcome.tls_failure, reason, target.address, outcome.local_address or ""
+                ),
+            )
             return None, R.tls_policy_unmet(policy.describe(domain), where, reason)
         if outcome.tls:
             self.tls_reporter.success(domain, policy, target.host)
@@ -752,6 +774,37 @@ class QueueRunner:
             if dane:
                 return TlsPolicy(TlsPolicyKind.DANE, enforce=True, dane=dane, fallback=fallback)
         return fallback
+
+    async def _requiretls_policy(self, domain: str, route: Route, policy: TlsPolicy) -> TlsPolicy | Reply:
+        """The policy a REQUIRETLS message goes under (RFC 8689 §4.2.1), or the reply it is returned
+        with. The MX records must be DNSSEC-validated or an MTA-STS policy must apply; every host
+        then needs STARTTLS with a verified certificate (DANE, or the MX host name), enforced even
+        in MTA-STS testing mode; the engine then sends REQUIRETLS only to a server offering it.
+        A configured route or smarthost is the operator's choice of next hop: verified TLS to it."""
+        if route.kind is RouteKind.SMARTHOST and self.settings.smarthost_credentials is not None:
+            return policy  # verified TLS already: it gets our credentials (_client_settings)
+        if route.kind not in (RouteKind.MX, RouteKind.IMPLICIT_MX):
+            return REQUIRE_TLS
+        if policy.kind is TlsPolicyKind.DANE:
+            # DANE implies an authentic MX RRset. Hosts whose TLSA records are all unusable would get
+            # TLS without authentication: they, and the hosts without TLSA, get the fallback, enforced.
+            dane = {host: d for host, d in policy.dane.items() if d.usable or d.lookup_failed is not None}
+            return replace(policy, dane=dane, fallback=self._enforced(policy.fallback))
+        if policy.kind is TlsPolicyKind.MTA_STS:
+            return replace(policy, enforce=True)
+        if self.dane_resolver is not None:
+            with contextlib.suppress(DNSError):
+                _records, authentic = await self.dane_resolver.secure_mx(domain)
+                if authentic:
+                    return REQUIRE_TLS
+        return R.requiretls_unmet(domain, "no DNSSEC-validated MX records and no MTA-STS policy")
+
+    @staticmethod
+    def _enforced(policy: TlsPolicy | None) -> TlsPolicy:
+        """`policy` enforced; opportunistic TLS becomes verified TLS (RFC 8689 §4.2.1)."""
+        if policy is None or not policy.verifies:
+            return REQUIRE_TLS
+        return replace(policy, enforce=True)
 
     async def _dane_hosts(self, domain: str, route: Route, resolver: DnssecResolver) -> dict[str, DaneHost]:
         """The route's MX hosts with DNSSEC-authenticated TLSA records (RFC 7672 §2.2)."""
@@ -1120,7 +1173,9 @@ class QueueRunner:
             recipients=tuple(reported),
             arrival_date=entry.created_at,
             envid=entry.envid,
-            ret=Ret.FULL if (entry.ret or "").upper() == "FULL" else None,
+            # RFC 8689 §4.3: a report on a REQUIRETLS message quotes its header only, and goes with
+            # REQUIRETLS itself (submit_dsn)
+            ret=Ret.FULL if (entry.ret or "").upper() == "FULL" and not entry.requiretls else None,
             smtputf8=entry.smtputf8,
         )
         try:
@@ -1130,5 +1185,5 @@ class QueueRunner:
             # (issue 11 item 6); such an address was refused at MAIL FROM, so this is old or forged data.
             log.warning("queue.dsn_unaddressable", extra=fields(id=entry.id, reason=str(exc)))
             return "-"
-        await submit_dsn(self.store, dsn, self.clock())
+        await submit_dsn(self.store, dsn, self.clock(), requiretls=entry.requiretls)
         return dsn.recipient

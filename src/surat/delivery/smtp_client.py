@@ -62,6 +62,9 @@ class SessionOutcome:
     # session failed for it: the handshake (or certificate check) failed, or STARTTLS was missing or
     # refused while TLS was required. None otherwise.
     tls_failure: str | None = None
+    # This end's address of the connection (TLS-RPT's sending-mta-ip, RFC 8460 §4.4); None before
+    # a connection was made.
+    local_address: str | None = None
 
     @property
     def describe(self) -> str:
@@ -137,6 +140,7 @@ class Session:
         self._dsn_passed = False
         self._received = 0  # bytes read from the peer since the current transaction began
         self._tls_failure: str | None = None
+        self.local_address: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -168,6 +172,7 @@ class Session:
             tls=self.engine.tls,
             tls_failed=self.tls_failed,
             tls_failure=self._tls_failure,
+            local_address=self.local_address,
         )
 
     async def open(self) -> Reply | None:
@@ -184,6 +189,8 @@ class Session:
             self._reader, self._writer = await asyncio.wait_for(connection, self.connect_timeout)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             return connect_failure(target, exc)
+        sockname = self._writer.get_extra_info("sockname") if self._writer is not None else None
+        self.local_address = str(sockname[0]) if isinstance(sockname, tuple) and sockname else None
         await self._pump(None, b"")
         if self.engine.phase is Phase.READY and not self.engine.closed:
             return None
@@ -210,6 +217,7 @@ class Session:
             tls_failed=self.tls_failed,
             dsn_passed=self._dsn_passed,
             tls_failure=self._tls_failure,
+            local_address=self.local_address,
         )
 
     async def close(self, quit_timeout: float | None = None) -> None:

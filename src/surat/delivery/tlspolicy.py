@@ -7,8 +7,8 @@ STARTTLS (RFC 3207, RFC 7435) as before. A policy that requires authentication m
 the session use STARTTLS with a certificate verified against the next hop's host name (RFC 8461
 §4.2: the MX host name, not the recipient domain) and never fall back to clear text.
 
-Failures are handed to a `TlsReporter` with the RFC 8460 §4.3 result type: the recording point for
-TLS-RPT aggregate reports (issue 15, not yet written); the default reporter logs them.
+Failures are handed to a `TlsReporter` with the RFC 8460 §4.3 result type: the default reporter logs
+them, `surat.delivery.tlsrpt.StoreTlsReporter` also counts them for TLS-RPT aggregate reports.
 """
 
 from __future__ import annotations
@@ -111,9 +111,20 @@ def describe_tls_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFailure:
+    """One session that did not meet its policy, with what RFC 8460 §4.4 failure details record."""
+
+    host: str  # the MX host (receiving-mx-hostname)
+    result_type: str  # RFC 8460 §4.3
+    detail: str  # why, for people (failure-reason-code)
+    receiving_ip: str = ""  # "" when no connection was made
+    sending_ip: str = ""  # this end of the connection (sending-mta-ip)
+
+
 class TlsReporter(Protocol):
-    def failure(self, domain: str, policy: TlsPolicy, host: str, result_type: str, detail: str) -> None:
-        """A session to `host` for `domain` did not meet `policy` (delivered anyway in testing mode)."""
+    def failure(self, domain: str, policy: TlsPolicy, failure: TlsFailure) -> None:
+        """A session for `domain` did not meet `policy` (delivered anyway in testing mode)."""
         ...
 
     def success(self, domain: str, policy: TlsPolicy, host: str) -> None:
@@ -122,18 +133,18 @@ class TlsReporter(Protocol):
 
 
 class LoggingTlsReporter:
-    """Logs every result; TLS-RPT (RFC 8460) aggregation will replace or wrap it."""
+    """Logs every result (StoreTlsReporter logs through it and counts)."""
 
-    def failure(self, domain: str, policy: TlsPolicy, host: str, result_type: str, detail: str) -> None:
+    def failure(self, domain: str, policy: TlsPolicy, failure: TlsFailure) -> None:
         log.warning(
             "queue.tls_policy_failure",
             extra=fields(
                 domain=domain,
                 policy=policy.kind.value,
                 mode="enforce" if policy.enforce else "testing",
-                host=host,
-                result=result_type,
-                detail=detail[:300],
+                host=failure.host,
+                result=failure.result_type,
+                detail=failure.detail[:300],
             ),
         )
 

@@ -113,10 +113,7 @@ def parse_record(texts: Iterable[str]) -> StsRecord | None:
                 raise PolicyError(f"id must be 1 to {MAX_ID_LENGTH} letters or digits: {value[:40]!r}")
             record_id = value
         else:
-            _check_extension_name(name)
-            # sts-ext-value = 1*(%x21-3A / %x3C / %x3E-7E): visible ASCII except ";" and "=".
-            if not value or any(not 0x21 <= ord(c) <= 0x7E or c == "=" for c in value):
-                raise PolicyError(f"bad value for {name!r}")
+            check_record_extension(name, value)
     if record_id is None:
         raise PolicyError("no id field")
     return StsRecord(record_id)
@@ -198,6 +195,15 @@ def _mx_pattern(value: str, number: int) -> str:
         ):
             raise PolicyError(f"line {number}: bad mx pattern {value[:60]!r}")
     return pattern
+
+
+def check_record_extension(name: str, value: str) -> None:
+    """An extension field of a TXT record: RFC 8461 §3.1 sts-extension, and the same grammar in
+    RFC 8460 §3 tlsrpt-extension; `PolicyError` when it does not follow it."""
+    _check_extension_name(name)
+    # ext-value = 1*(%x21-3A / %x3C / %x3E-7E): visible ASCII except ";" and "=".
+    if not value or any(not 0x21 <= ord(c) <= 0x7E or c == "=" for c in value):
+        raise PolicyError(f"bad value for {name!r}")
 
 
 def _check_extension_name(name: str) -> None:

@@ -160,6 +160,7 @@ class SMTPService:
             auth_mechanisms=sasl.MECHANISMS if submission else (),
             auth_requires_tls=True,
             auth_required=submission,
+            requiretls=self.config.tls.requiretls,
         )
 
     def handler(self, role: str | Role) -> Handler:
@@ -615,6 +616,7 @@ class _Session:
                 authenticated_user=self.user,
                 body_offset=len(return_path(txn.sender)),
                 dkim_signature=signature,
+                requiretls=txn.params.requiretls,  # RFC 8689 §4.1: the message is tagged
             )
         delivery = Delivery(
             staged=spool.staged,
@@ -741,7 +743,7 @@ class _Session:
                 arrival,
             )
             dsn = build_dsn(report, io.BytesIO(txn.filtered_header), now=now)
-            await submit_dsn(self.store, dsn, now)
+            await submit_dsn(self.store, dsn, now, requiretls=txn.params.requiretls)
             txn.sieve_log["rejected"] = ",".join(
                 txn.rcpt_of.get(account_id, "") for account_id, _ in rejected
             )
@@ -825,7 +827,10 @@ class _Session:
                     for address, orcpt in txn.success_notices
                 ],
                 delivery.internal_date,
-                ret=Ret.FULL if (txn.params.ret or "").upper() == "FULL" else None,
+                # RFC 8689 §4.3: a report on a REQUIRETLS message quotes its header only
+                ret=Ret.FULL
+                if (txn.params.ret or "").upper() == "FULL" and not txn.params.requiretls
+                else None,
             )
             # The stored copy starts with our Return-Path; the DSN quotes the message as received.
             skip = len(return_path(txn.sender))
@@ -838,7 +843,7 @@ class _Session:
                 limit = FULL_LIMIT + 1 if report.ret is Ret.FULL else HEADER_LIMIT
                 quoted = await self.store.blobs.read(record.blob_id, skip, limit)
                 dsn = build_dsn(report, io.BytesIO(quoted), now=now)
-            await submit_dsn(self.store, dsn, now)
+            await submit_dsn(self.store, dsn, now, requiretls=txn.params.requiretls)
             log.info("smtp.success_dsn", extra=fields(to=dsn.recipient, recipients=len(txn.success_notices)))
         except asyncio.CancelledError:
             raise

@@ -97,6 +97,31 @@ class CachedStsPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsResultKey:
+    """What TLS-RPT (RFC 8460 §4.4) counts sessions by: one policy of one policy domain on one UTC day,
+    and for a failure its failure-details fields. A successful session has `result_type` "" and no
+    details. Aggregation (§4.4: identical failure details are one entry with a count) is the store's
+    sum over equal keys, so that every process and node adds to the same counts."""
+
+    day: str  # "YYYY-MM-DD", UTC
+    policy_domain: str  # lower-case
+    policy_type: str  # "sts", "tlsa" or "no-policy-found" (RFC 8460 §4.4 policy-type)
+    policy_string: str  # the policy's lines (§4.4 policy-string), joined with "\n"
+    mx_host: str  # the policy's MX patterns (§4.4 mx-host), joined with "\n"
+    result_type: str = ""  # "": success; else an RFC 8460 §4.3 result type
+    sending_mta_ip: str = ""
+    receiving_mx_hostname: str = ""
+    receiving_ip: str = ""
+    failure_reason_code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsResultCount:
+    key: TlsResultKey
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuthClientState:
     """What the login-failure limiter (surat.authlimit) remembers of one client (an IP, or an IPv6 /64).
 
@@ -266,6 +291,9 @@ class OutboundMessage:
     # DKIM-Signature fields to put on top of the message at every attempt (b"": none); None: not
     # signed yet, the queue runner decides at the first attempt.
     dkim_signature: bytes | None = None
+    # RFC 8689 REQUIRETLS: received with MAIL FROM ... REQUIRETLS (over TLS); relayed only over
+    # verified TLS to a next hop that takes REQUIRETLS too (surat.delivery.queue)
+    requiretls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +376,7 @@ class QueueEntry:
     eight_bit: bool = False
     authenticated_user: str | None = None
     dkim_signature: bytes | None = None  # see OutboundMessage.dkim_signature
+    requiretls: bool = False  # see OutboundMessage.requiretls
 
 
 # ----------------------------------------------------------------------------------------- sieve
@@ -643,6 +672,21 @@ class Store(Protocol):
         the last `period` seconds), recording it as sent at `now` when it may, in one transaction (two
         deliveries on two nodes never both reply). Forgets replies older than
         MAX_VACATION_MEMORY_SECONDS in the same transaction."""
+        ...
+
+    # -- TLS-RPT (RFC 8460) session counts and daily report claims (surat.delivery.tlsrpt)
+    async def add_tls_results(self, counts: Sequence[TlsResultCount]) -> None:
+        """Add each count to its key's running total, in one transaction."""
+        ...
+
+    async def tls_results(self, day: str) -> list[TlsResultCount]:
+        """Every key of `day` with its total."""
+        ...
+
+    async def claim_tls_report(self, policy_domain: str, day: str, *, forget_before: str) -> bool:
+        """Claim the report of `policy_domain` for `day`: True for the first caller only, on any
+        process or node. Forgets the counts and claims of the days before `forget_before` in the same
+        transaction."""
         ...
 
     # -- aliases

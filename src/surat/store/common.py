@@ -26,6 +26,8 @@ from surat.store.base import (
     QueueEntry,
     QueueRecipient,
     RecipientState,
+    TlsResultCount,
+    TlsResultKey,
 )
 
 # RFC 9051 §2.3.2 system flags; matched case-insensitively, stored in this spelling.
@@ -163,7 +165,7 @@ def mailbox_from_row(row: tuple[Any, ...]) -> Mailbox:
 # The queue's columns, in the order both backends select them in (see the *_from_row functions).
 QUEUE_ENTRY_COLUMNS = (
     "id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret, smtputf8,"
-    " eight_bit, authenticated_user, dkim_signature"
+    " eight_bit, authenticated_user, dkim_signature, requiretls"
 )
 QUEUE_RECIPIENT_COLUMNS = "queue_id, address, state, notify, orcpt, last_reply, delay_notified"
 
@@ -204,6 +206,7 @@ def queue_entry_from_row(
         eight_bit=bool(row[10]),
         authenticated_user=row[11],
         dkim_signature=None if row[12] is None else bytes(row[12]),
+        requiretls=bool(row[13]),
     )
 
 
@@ -226,3 +229,48 @@ def new_script_version() -> int:
     """A script's version: random, so a script deleted and put again never gets a version a cache
     (in any process or node) still holds for the old text. 62 bits fit both backends' integers."""
     return secrets.randbits(62)
+
+
+# TLS-RPT counts (RFC 8460, Store.add_tls_results): the statements both backends run (key columns
+# in TlsResultKey's field order), with "?" placeholders (PostgreSQL: `postgres_placeholders`).
+ADD_TLS_RESULT = (
+    "INSERT INTO tls_results (day, policy_domain, policy_type, policy_string, mx_host, result_type,"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code, sessions)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (day, policy_domain, policy_type, policy_string, mx_host, result_type,"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code)"
+    " DO UPDATE SET sessions = tls_results.sessions + excluded.sessions"
+)
+SELECT_TLS_RESULTS = (
+    "SELECT day, policy_domain, policy_type, policy_string, mx_host, result_type,"
+    " sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code, sessions"
+    " FROM tls_results WHERE day = ? ORDER BY policy_domain, policy_type, policy_string, result_type"
+)
+CLAIM_TLS_REPORT = "INSERT INTO tls_reports (policy_domain, day) VALUES (?, ?) ON CONFLICT DO NOTHING"
+FORGET_TLS_RESULTS = ("DELETE FROM tls_results WHERE day < ?", "DELETE FROM tls_reports WHERE day < ?")
+
+
+def postgres_placeholders(statement: str) -> bytes:
+    """A statement above with psycopg's placeholders (the texts hold no other "?")."""
+    return statement.replace("?", "%s").encode()
+
+
+def tls_result_row(count: TlsResultCount) -> tuple[str | int, ...]:
+    key = count.key
+    return (
+        key.day,
+        key.policy_domain.lower(),
+        key.policy_type,
+        key.policy_string,
+        key.mx_host,
+        key.result_type,
+        key.sending_mta_ip,
+        key.receiving_mx_hostname,
+        key.receiving_ip,
+        key.failure_reason_code,
+        count.sessions,
+    )
+
+
+def tls_result_count(row: Sequence[Any]) -> TlsResultCount:
+    return TlsResultCount(TlsResultKey(*(str(value) for value in row[:10])), int(row[10]))

@@ -136,7 +136,7 @@ def _message(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _queue_entry(row: tuple[Any, ...]) -> tuple[Any, ...]:
     # id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret, smtputf8,
-    # eight_bit, authenticated_user, dkim_signature
+    # eight_bit, authenticated_user, dkim_signature, requiretls
     return (
         *row[:5],
         _moment(row[5]),
@@ -147,6 +147,7 @@ def _queue_entry(row: tuple[Any, ...]) -> tuple[Any, ...]:
         bool(row[10]),
         row[11],
         row[12],
+        bool(row[13]),
     )
 
 
@@ -218,7 +219,7 @@ _TABLES_AFTER_BODIES = (
     _Table(
         "queue",
         "id, sender, size, blob_id, body_offset, created_at, next_attempt_at, envid, ret, smtputf8,"
-        " eight_bit, authenticated_user, dkim_signature",
+        " eight_bit, authenticated_user, dkim_signature, requiretls",
         _queue_entry,
         order="id",
     ),

@@ -235,6 +235,36 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (mailbox_id, digest)
     ) WITHOUT ROWID
     """,
+    # 13: TLS-RPT (RFC 8460, surat.delivery.tlsrpt): session counts per policy domain, day, policy and
+    # failure details (the key of the §4.4 aggregation), and one claim per (domain, day) report so that
+    # only one process or node sends it. Days older than a week are deleted as reports are claimed.
+    """
+    CREATE TABLE tls_results (
+        day TEXT NOT NULL,
+        policy_domain TEXT NOT NULL,
+        policy_type TEXT NOT NULL,
+        policy_string TEXT NOT NULL,
+        mx_host TEXT NOT NULL,
+        result_type TEXT NOT NULL,
+        sending_mta_ip TEXT NOT NULL,
+        receiving_mx_hostname TEXT NOT NULL,
+        receiving_ip TEXT NOT NULL,
+        failure_reason_code TEXT NOT NULL,
+        sessions INTEGER NOT NULL,
+        PRIMARY KEY (day, policy_domain, policy_type, policy_string, mx_host, result_type,
+                     sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code)
+    ) WITHOUT ROWID;
+    CREATE TABLE tls_reports (
+        policy_domain TEXT NOT NULL,
+        day TEXT NOT NULL,
+        PRIMARY KEY (policy_domain, day)
+    ) WITHOUT ROWID
+    """,
+    # 14: REQUIRETLS (RFC 8689 §4.1): the MAIL FROM parameter, kept with the queue entry, so that the
+    # relay honours it at every attempt.
+    """
+    ALTER TABLE queue ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 

@@ -105,11 +105,16 @@ from surat.store.base import (
     StagedBlob,
     StoreError,
     StoreFlagsResult,
+    TlsResultCount,
 )
 from surat.store.blobs import FileBlobStore, StagedFile, new_blob_id
 from surat.store.common import (
+    ADD_TLS_RESULT,
+    CLAIM_TLS_REPORT,
+    FORGET_TLS_RESULTS,
     QUEUE_ENTRY_COLUMNS,
     QUEUE_RECIPIENT_COLUMNS,
+    SELECT_TLS_RESULTS,
     CommitStats,
     added_changes,
     check_sieve_script,
@@ -124,6 +129,8 @@ from surat.store.common import (
     normalize_mailbox_name,
     queue_entry_from_row,
     queue_recipient_from_row,
+    tls_result_count,
+    tls_result_row,
 )
 from surat.store.feed import InProcessChangeFeed
 from surat.store.filemodes import PRIVATE_FILE_MODE, make_private_dir
@@ -1233,6 +1240,31 @@ class SQLiteStore:
 
         return await self._write(fn)
 
+    # ------------------------------------------------------------------------------ TLS-RPT
+
+    async def add_tls_results(self, counts: Sequence[TlsResultCount]) -> None:
+        rows = [tls_result_row(count) for count in counts]
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            conn.executemany(ADD_TLS_RESULT, rows)
+            return None, [], set()
+
+        if rows:
+            await self._write(fn)
+
+    async def tls_results(self, day: str) -> list[TlsResultCount]:
+        rows = self._read().execute(SELECT_TLS_RESULTS, (day,)).fetchall()
+        return [tls_result_count(row) for row in rows]
+
+    async def claim_tls_report(self, policy_domain: str, day: str, *, forget_before: str) -> bool:
+        def fn(conn: sqlite3.Connection) -> tuple[bool, list[Change], set[str]]:
+            for statement in FORGET_TLS_RESULTS:
+                conn.execute(statement, (forget_before,))
+            claimed = conn.execute(CLAIM_TLS_REPORT, (policy_domain.lower(), day)).rowcount == 1
+            return claimed, [], set()
+
+        return await self._write(fn)
+
     # ------------------------------------------------------------------------------ aliases
 
     async def add_alias(self, source: str, target: str) -> None:
@@ -2313,6 +2345,7 @@ class SQLiteStore:
                         int(remote.eight_bit),
                         remote.authenticated_user,
                         remote.dkim_signature,
+                        int(remote.requiretls),
                     )
                 )
                 recipient_rows += [
@@ -2333,8 +2366,8 @@ class SQLiteStore:
         if queue_rows:
             conn.executemany(
                 "INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
-                " envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature, requiretls)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 queue_rows,
             )
             conn.executemany(

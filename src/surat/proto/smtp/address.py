@@ -293,6 +293,7 @@ class MailParams:
     ret: str | None = None  # RFC 3461 §4.3: "FULL" or "HDRS"
     envid: str | None = None  # RFC 3461 §4.4, kept xtext-encoded as received (it is re-sent so)
     auth: str | None = None  # RFC 4954 §5, decoded; "<>" when the submitter is unknown
+    requiretls: bool = False  # RFC 8689 §3
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +362,7 @@ def parse_mail_params(text: str, *, dsn: bool = True, smtputf8: bool = True) -> 
     ret: str | None = None
     envid: str | None = None
     auth: str | None = None
+    requiretls = False
     for keyword, value in _split_params(text):
         if keyword == "SIZE":
             digits = _need_value(keyword, value)
@@ -393,9 +395,16 @@ def parse_mail_params(text: str, *, dsn: bool = True, smtputf8: bool = True) -> 
                 auth = xtext_decode(_need_value(keyword, value))
             except ValueError:
                 raise SMTPSyntaxError(SYNTAX_ERROR, "bad AUTH") from None
+        elif keyword == "REQUIRETLS":
+            # RFC 8689 §3: no value. Whether the session allows it (TLS) is the engine's check.
+            if value is not None:
+                raise SMTPSyntaxError(SYNTAX_ERROR, "REQUIRETLS takes no value")
+            requiretls = True
         else:
             raise SMTPSyntaxError(UNKNOWN_PARAMETER, f"unknown MAIL parameter {keyword}")
-    return MailParams(size=size, body=body, smtputf8=utf8, ret=ret, envid=envid, auth=auth)
+    return MailParams(
+        size=size, body=body, smtputf8=utf8, ret=ret, envid=envid, auth=auth, requiretls=requiretls
+    )
 
 
 _NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})

@@ -136,6 +136,7 @@ class Extensions:
     dsn: bool = False  # RFC 3461
     chunking: bool = False  # RFC 3030
     enhanced_status_codes: bool = False  # RFC 2034
+    requiretls: bool = False  # RFC 8689
     auth: frozenset[str] = frozenset()  # RFC 4954 mechanisms, upper-case
 
     @classmethod
@@ -168,6 +169,7 @@ _FLAGS = {
     "DSN": "dsn",
     "CHUNKING": "chunking",
     "ENHANCEDSTATUSCODES": "enhanced_status_codes",
+    "REQUIRETLS": "requiretls",
 }
 
 
@@ -190,6 +192,7 @@ class Envelope:
     smtputf8: bool = False  # the message needs SMTPUTF8 (UTF-8 header fields or addresses)
     ret: str | None = None  # RFC 3461 §4.3 "FULL" / "HDRS"
     envid: str | None = None  # RFC 3461 §4.4, xtext-encoded as received
+    requiretls: bool = False  # RFC 8689: MAIL FROM ... REQUIRETLS, over TLS to a server offering it
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,6 +548,10 @@ class SMTPClientEngine:
             problem = R.NEEDS_SMTPUTF8
         elif envelope.eight_bit and not ext.eight_bit_mime:
             problem = R.NEEDS_8BITMIME
+        elif envelope.requiretls and not (self.tls and ext.requiretls):
+            # RFC 8689 §4.2.1: the next hop must offer REQUIRETLS (after STARTTLS, where it is
+            # offered at all); otherwise the message is not sent and is returned (5.7.30).
+            problem = R.REQUIRETLS_NOT_OFFERED
         if problem is not None:
             for index in range(len(envelope.recipients)):
                 self._decide(index, problem, remote=False)
@@ -823,6 +830,8 @@ class SMTPClientEngine:
             parts.append("BODY=8BITMIME")  # RFC 6152 §3; send_mail checked the peer has it
         if ext.smtputf8 and (self._needs_utf8(envelope) or self._utf8_recipients(envelope)):
             parts.append("SMTPUTF8")  # RFC 6531 §3.4
+        if envelope.requiretls:
+            parts.append("REQUIRETLS")  # RFC 8689 §4.2.1: passed on; send_mail checked the peer has it
         if ext.dsn:
             if envelope.ret:
                 parts.append(f"RET={envelope.ret}")  # RFC 3461 §4.3

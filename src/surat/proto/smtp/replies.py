@@ -102,6 +102,9 @@ NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 # -- permanent: policy
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+# RFC 8689 §4.1: REQUIRETLS may only be given in a TLS session (RFC 3463/5248 X.7.10: encryption
+# needed); it is not even advertised before STARTTLS.
+REQUIRETLS_NEEDS_TLS = Reply(530, "5.7.10", "REQUIRETLS needs a TLS session: STARTTLS first")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
@@ -161,6 +164,9 @@ ADDRESS_NEEDS_SMTPUTF8 = Reply(
 )
 NEEDS_8BITMIME = Reply(554, "5.6.3", "8-bit message, and the server does not support 8BITMIME")
 CLOSED_BEFORE_TRANSACTION = Reply(451, "4.4.2", "Connection closed before the transaction")
+# RFC 8689 §4.2 and §6: a REQUIRETLS message is never handed to a next hop that does not take
+# REQUIRETLS; X.7.30 "REQUIRETLS support required", permanent (it bounces at once).
+REQUIRETLS_NOT_OFFERED = Reply(550, "5.7.30", "REQUIRETLS support required, and the server does not offer it")
 
 
 # Routing outbound mail (delivery.mx): recorded per recipient, quoted in DSNs
@@ -262,6 +268,12 @@ def tls_policy_unmet(policy: str, where: str, reason: str) -> Reply:
     """A transport security policy (MTA-STS RFC 8461 §5, DANE RFC 7672, require_tls_domains) was not
     met: the mail waits (RFC 3463 X.7.5) and bounces with this text if it never is."""
     return Reply(451, "4.7.5", f"{policy} not satisfied by {where}: {reason}")
+
+
+def requiretls_unmet(domain: str, reason: str) -> Reply:
+    """RFC 8689 §4.2.1: a REQUIRETLS message whose destination cannot be reached with the required
+    security (no DNSSEC-validated MX and no MTA-STS policy) is returned (X.7.30)."""
+    return Reply(550, "5.7.30", f"REQUIRETLS support required: {domain}: {reason}")
 
 
 def cannot_connect(where: str, reason: str) -> Reply:

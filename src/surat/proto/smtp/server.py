@@ -69,6 +69,7 @@ class ServerSettings:
     chunking: bool = True
     dsn: bool = True
     smtputf8: bool = True
+    requiretls: bool = True  # RFC 8689: offered once the session is TLS
 
 
 class State(enum.Enum):
@@ -309,6 +310,8 @@ class SMTPServerEngine:
             lines.append("DSN")
         if self.starttls_available:
             lines.append("STARTTLS")
+        if self.settings.requiretls and self.tls:
+            lines.append("REQUIRETLS")  # RFC 8689 §4.1: only in a TLS session
         if self.auth_available and not self.authenticated:
             lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
         return R.ehlo(tuple(lines))
@@ -553,6 +556,10 @@ class SMTPServerEngine:
             return None
         if params.size is not None and params.size > self.settings.max_message_size:
             self._reply(R.MESSAGE_TOO_BIG)  # RFC 1870 §6.1
+            return None
+        if params.requiretls and not (self.settings.requiretls and self.tls):
+            # RFC 8689 §4.1: the session itself must be TLS (and only then is REQUIRETLS offered).
+            self._reply(R.REQUIRETLS_NEEDS_TLS if self.settings.requiretls else R.UNKNOWN_PARAMETER)
             return None
         return MailFrom(path, params)
 

@@ -295,6 +295,7 @@ async def write_batch(conn: Connection, batch: list[PendingWrite]) -> tuple[list
                     remote.eight_bit,
                     remote.authenticated_user,
                     remote.dkim_signature,
+                    remote.requiretls,
                 )
             )
             recipient_rows += [
@@ -310,8 +311,8 @@ async def write_batch(conn: Connection, batch: list[PendingWrite]) -> tuple[list
     if queue_rows:
         await cursor.executemany(
             b"INSERT INTO queue (id, sender, size, blob_id, body_offset, created_at, next_attempt_at,"
-            b" envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature)"
-            b" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            b" envid, ret, smtputf8, eight_bit, authenticated_user, dkim_signature, requiretls)"
+            b" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             queue_rows,
         )
         await cursor.executemany(

@@ -8,7 +8,7 @@ the SQLite store does (surat.store.common), so both backends accept and refuse t
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,8 +28,19 @@ from surat.store.base import (
     NotFound,
     ScramCredentials,
     StoreError,
+    TlsResultCount,
 )
-from surat.store.common import normalize_address, normalize_domain
+from surat.store.common import (
+    ADD_TLS_RESULT,
+    CLAIM_TLS_REPORT,
+    FORGET_TLS_RESULTS,
+    SELECT_TLS_RESULTS,
+    normalize_address,
+    normalize_domain,
+    postgres_placeholders,
+    tls_result_count,
+    tls_result_row,
+)
 from surat.store.postgres.mailboxes import insert_mailbox
 from surat.store.postgres.pool import Connection, PooledStore
 from surat.store.postgres.rows import delete_unreferenced_blobs
@@ -368,6 +379,32 @@ class DirectoryStore(PooledStore):
             return None, []
 
         await self._transaction(fn)
+
+    # ------------------------------------------------------------------------------ TLS-RPT
+
+    async def add_tls_results(self, counts: Sequence[TlsResultCount]) -> None:
+        rows = [tls_result_row(count) for count in counts]
+
+        async def fn(conn: Connection) -> tuple[None, list[Change]]:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(postgres_placeholders(ADD_TLS_RESULT), rows)
+            return None, []
+
+        if rows:
+            await self._transaction(fn)
+
+    async def tls_results(self, day: str) -> list[TlsResultCount]:
+        rows = await self._fetchall(postgres_placeholders(SELECT_TLS_RESULTS).decode(), (day,))
+        return [tls_result_count(row) for row in rows]
+
+    async def claim_tls_report(self, policy_domain: str, day: str, *, forget_before: str) -> bool:
+        async def fn(conn: Connection) -> tuple[bool, list[Change]]:
+            for statement in FORGET_TLS_RESULTS:
+                await conn.execute(postgres_placeholders(statement), (forget_before,))
+            cursor = await conn.execute(postgres_placeholders(CLAIM_TLS_REPORT), (policy_domain.lower(), day))
+            return cursor.rowcount == 1, []
+
+        return await self._transaction(fn)
 
     # ------------------------------------------------------------------------------ aliases
 

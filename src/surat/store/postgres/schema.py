@@ -276,6 +276,34 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (mailbox_id, digest)
     )
     """,
+    # 7: TLS-RPT counts and report claims (SQLite migration 13, surat.delivery.tlsrpt): every node adds
+    # to the same counts, and the (policy_domain, day) key lets one node only send a day's report.
+    """
+    CREATE TABLE tls_results (
+        day text NOT NULL,
+        policy_domain text NOT NULL,
+        policy_type text NOT NULL,
+        policy_string text NOT NULL,
+        mx_host text NOT NULL,
+        result_type text NOT NULL,
+        sending_mta_ip text NOT NULL,
+        receiving_mx_hostname text NOT NULL,
+        receiving_ip text NOT NULL,
+        failure_reason_code text NOT NULL,
+        sessions bigint NOT NULL,
+        PRIMARY KEY (day, policy_domain, policy_type, policy_string, mx_host, result_type,
+                     sending_mta_ip, receiving_mx_hostname, receiving_ip, failure_reason_code)
+    );
+    CREATE TABLE tls_reports (
+        policy_domain text NOT NULL,
+        day text NOT NULL,
+        PRIMARY KEY (policy_domain, day)
+    )
+    """,
+    # 8: REQUIRETLS (RFC 8689 §4.1) kept with the queue entry (SQLite migration 14).
+    """
+    ALTER TABLE queue ADD COLUMN requiretls boolean NOT NULL DEFAULT false
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
