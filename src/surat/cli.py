@@ -44,6 +44,8 @@ from surat.config import (
 )
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
+from surat.dns.resolver import DnsResolver
+from surat.dnscheck import check_records, format_checks
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.mailauth.mtasts import policy_id, published_policy
 from surat.net.tls import TLSSetupError, certificate_warnings
@@ -812,7 +814,19 @@ def cmd_dns(args: argparse.Namespace) -> int:
         if config is not None and config.hostname == hostname
         else published_policy(MtaStsConfig().mode, MtaStsConfig().max_age, hostname)
     )
-    print(format_records(records_for(domain, hostname, ports, policy_id(policy), dkim_keys=keys)), end="")
+    record_set = records_for(domain, hostname, ports, policy_id(policy), dkim_keys=keys)
+    if not args.check:
+        print(format_records(record_set), end="")
+        return 0
+    # --check: each record against the live DNS, through [dns] nameservers (the system's without a
+    # config), as the admin console shows it (surat.dnscheck).
+    resolver = DnsResolver(config.dns.nameservers if config is not None else ())
+    checks = asyncio.run(check_records(record_set, resolver))
+    print(format_checks(checks), end="")
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        print(f"{len(failed)} of {len(checks)} records are not published as expected", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -1256,6 +1270,12 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("domain", metavar="DOMAIN")
     dns.add_argument("--hostname", help="the MX host name (default: hostname from the config)")
     dns.add_argument("--force", action="store_true", help="print the records of a domain that is not local")
+    dns.add_argument(
+        "--check",
+        action="store_true",
+        help="look each record up in the live DNS ([dns] nameservers) and print ok/missing/different;"
+        " exit status 1 unless all are ok (optional ones may be missing)",
+    )
     dns.set_defaults(handler=cmd_dns)
 
     store = commands.add_parser("store", help="the store's schema")
