@@ -158,10 +158,26 @@ def test_a_cross_origin_login_is_refused(browser: Browser) -> None:
         "/account/login", {"address": USER, "password": PASSWORD}, {"Origin": "https://evil.example"}
     )
     assert evil.status == 403 and browser.cookie is None
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site", "Origin": "null"},
+        {"Sec-Fetch-Site": "same-site", "Origin": f"https://www.{DOMAIN}"},
+    ):
+        refused = browser.post("/account/login", {"address": USER, "password": PASSWORD}, headers)
+        assert refused.status == 403 and browser.cookie is None
+    # what browsers send for a form of the page itself (Origin is "null" under no-referrer)
     same = browser.post(
-        "/account/login", {"address": USER, "password": PASSWORD}, {"Origin": f"https://{HOSTNAME}"}
+        "/account/login",
+        {"address": USER, "password": PASSWORD},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "null"},
     )
     assert same.status == 303 and browser.cookie is not None
+    old = Browser(browser.server)  # a browser without Fetch Metadata: Origin alone
+    assert (
+        old.post(
+            "/account/login", {"address": USER, "password": PASSWORD}, {"Origin": f"https://{HOSTNAME}"}
+        ).status
+        == 303
+    )
 
 
 def test_pages_answer_only_for_local_hosts(server: RunningServer) -> None:

@@ -10,9 +10,8 @@ only on the admin listener).
   are and the account's password hash is the one it was issued for, so changing the password (here
   or with `surat user passwd`) ends every session of the account; this browser gets a new one.
 - Every state-changing request is a POST carrying the session's CSRF token in a hidden field
-  (sessions.CSRF_FIELD). The login form has no session yet: it and every other POST must come
-  without an Origin header (a non-browser client) or with this page's own origin (RFC 6454 §7.3:
-  browsers send Origin with every cross-origin and every POST request).
+  (sessions.CSRF_FIELD). The login form has no session yet: it and every other POST must not come
+  from another site's page (`_check_origin`: Fetch Metadata, else Origin).
 - Every value shown goes through jinja2's autoescaping (surat.web.templating).
 """
 
@@ -76,8 +75,19 @@ async def _require_host(request: web.Request) -> WebContext:
 
 
 def _check_origin(request: web.Request) -> None:
+    """Refuse a form another site's page made the browser send. Browsers say where a request comes
+    from in `Sec-Fetch-Site` (W3C Fetch Metadata Request Headers §2.4: same-origin, same-site,
+    cross-site, or none for one the user typed); older ones only in `Origin` (RFC 6454 §7), which is
+    "null" under our `Referrer-Policy: no-referrer` and so says nothing then. Without either (not a
+    browser, or a very old one) the request passes: the CSRF token still guards every form but the
+    login."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site not in ("same-origin", "none"):
+            raise web.HTTPForbidden(text="cross-origin form refused\n")
+        return
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"https://{request.host}":
+    if origin not in (None, "null", f"https://{request.host}"):
         raise web.HTTPForbidden(text="cross-origin form refused\n")
 
 
@@ -291,6 +301,12 @@ async def profile(request: web.Request) -> web.Response:
     return response
 
 
+async def favicon(request: web.Request) -> web.Response:
+    # Browsers ask for it on every site; "nothing" is an answer, a 404 would be an error in their console.
+    await _require_host(request)
+    return web.Response(status=204)
+
+
 async def stylesheet(request: web.Request) -> web.FileResponse:
     await _require_host(request)
     return web.FileResponse(STATIC_DIR / "surat.css")
@@ -300,6 +316,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get(PAGE, overview),
         web.get(f"{PAGE}/surat.css", stylesheet),
+        web.get("/favicon.ico", favicon),
         web.post(f"{PAGE}/login", login),
         web.post(f"{PAGE}/logout", logout),
         web.post(f"{PAGE}/password", change_password),
