@@ -34,12 +34,11 @@ def _playwright() -> Any:
         from playwright.sync_api import sync_playwright
     except ImportError:
         missing.append("the playwright module")
-        sync_playwright = None
     if missing:
         if os.environ.get("CI") == "true":
             pytest.fail(f"browser tests need {' and '.join(missing)} under CI")
         pytest.skip(f"{' and '.join(missing)} not installed")
-    return sync_playwright
+    return sync_playwright  # pytest.skip/fail raise: reached only when the import worked
 
 
 def test_user_changes_password_and_syncs_with_an_app_password(server: RunningServer, tmp_path: Path) -> None:
@@ -58,15 +57,19 @@ def test_user_changes_password_and_syncs_with_an_app_password(server: RunningSer
         try:
             context = browser.new_context(ignore_https_errors=True)  # the dev CA is not in Chromium's store
             page = context.new_page()
-            page.on("console", lambda message: message.type == "error" and problems.append(message.text))
-            page.on("pageerror", lambda error: problems.append(str(error)))
+
+            def console(message: Any) -> None:
+                if message.type == "error":
+                    problems.append(f"console: {message.text}")
+
+            def response(answer: Any) -> None:
+                if answer.status >= 400:
+                    problems.append(f"{answer.status} {answer.url}")
+
+            page.on("console", console)
+            page.on("response", response)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
             page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
-            page.on(
-                "response",
-                lambda response: (
-                    response.status >= 400 and problems.append(f"{response.status} {response.url}")
-                ),
-            )
 
             page.goto(f"{base}/account")
             page.screenshot(path=shots / "account-login.png", full_page=True)
