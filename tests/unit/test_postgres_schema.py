@@ -41,7 +41,7 @@ async def test_migrate_creates_the_schema_once(pg_cluster: PostgresCluster, pg_d
             "schema_version", "meta", "nodes", "domains", "accounts", "aliases", "mailboxes",
             "subscriptions", "blobs", "blob_chunks", "messages", "expunged", "queue",
             "queue_recipients", "queue_attempts", "auth_clients", "sent_messages",
-            "shared_secrets", "dkim_keys", "sts_policies",
+            "shared_secrets", "dkim_keys", "sts_policies", "app_passwords",
         }  # fmt: skip
 
 
