@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, cast
 
 from surat import __version__, certs
+from surat.apppasswords import AppPasswordNameError
+from surat.apppasswords import create as create_app_password
+from surat.apppasswords import revoke as revoke_app_password
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import (
     LISTEN_ROLES,
@@ -41,13 +44,21 @@ from surat.config import (
 )
 from surat.delivery import dkim
 from surat.delivery.local import alias_cycle
+from surat.dns.resolver import DnsResolver
+from surat.dnscheck import check_records, format_checks
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
 from surat.mailauth.mtasts import policy_id, published_policy
 from surat.mailfiles.exporter import FORMATS, Exporter
 from surat.mailfiles.importer import Importer, ImportProgress
 from surat.net.tls import TLSSetupError, certificate_warnings
 from surat.net.tlscontexts import TlsContexts, certificate_lines
-from surat.passwords import SASLprepError, generate_password, make_credentials
+from surat.passwords import (
+    MIN_PASSWORD_LENGTH,
+    SASLprepError,
+    generate_password,
+    make_credentials,
+    set_password,
+)
 from surat.pidfile import PID_FILE_NAME, running_server_pid
 from surat.proto.smtp.address import terminal_safe
 from surat.sieve import SieveSyntaxError, parse_script
@@ -60,7 +71,15 @@ from surat.sieve.generated import (
     relink,
     vacation_script,
 )
-from surat.store.base import AlreadyExists, InvalidScript, NotFound, QueueEntry, ScriptActive, StoreError
+from surat.store.base import (
+    AlreadyExists,
+    InvalidScript,
+    LimitReached,
+    NotFound,
+    QueueEntry,
+    ScriptActive,
+    StoreError,
+)
 from surat.store.filemodes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, loose_modes
 from surat.store.schema import SchemaTooNew
 from surat.store.setup import (
@@ -77,7 +96,6 @@ if TYPE_CHECKING:
     from surat.store.base import Store
     from surat.store.transfer import TransferStore
 
-MIN_PASSWORD_LENGTH = 8
 
 DEV_PORTS = {
     "smtp": 2525,
@@ -946,7 +964,19 @@ def cmd_dns(args: argparse.Namespace) -> int:
         if config is not None and config.hostname == hostname
         else published_policy(MtaStsConfig().mode, MtaStsConfig().max_age, hostname)
     )
-    print(format_records(records_for(domain, hostname, ports, policy_id(policy), dkim_keys=keys)), end="")
+    record_set = records_for(domain, hostname, ports, policy_id(policy), dkim_keys=keys)
+    if not args.check:
+        print(format_records(record_set), end="")
+        return 0
+    # --check: each record against the live DNS, through [dns] nameservers (the system's without a
+    # config), as the admin console shows it (surat.dnscheck).
+    resolver = DnsResolver(config.dns.nameservers if config is not None else ())
+    checks = asyncio.run(check_records(record_set, resolver))
+    print(format_checks(checks), end="")
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        print(f"{len(failed)} of {len(checks)} records are not published as expected", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -1004,6 +1034,8 @@ def cmd_user(args: argparse.Namespace) -> int:
     action: str = args.action
     if action in ("vacation", "forward"):
         return _user_sieve(args, config, normalize_address(args.address))
+    if action == "app-password":
+        return _app_password(args, config)
     address = normalize_address(args.address) if action in ("add", "passwd", "del", "quota", "admin") else ""
     quota: int | None = None
     if action == "quota":
@@ -1035,12 +1067,12 @@ def cmd_user(args: argparse.Namespace) -> int:
             return check
 
         _with_configured_store(args, config, precheck(action == "passwd"))
-        try:
-            credentials = make_credentials(
-                _read_password(args), scram_iterations=config.auth.scram_iterations
-            )
-        except SASLprepError as exc:
-            raise CliError(str(exc)) from None
+        password = _read_password(args)
+        if action == "add":
+            try:
+                credentials = make_credentials(password, scram_iterations=config.auth.scram_iterations)
+            except SASLprepError as exc:
+                raise CliError(str(exc)) from None
 
     async def act(store: Store) -> int:
         if action == "list":
@@ -1060,8 +1092,10 @@ def cmd_user(args: argparse.Namespace) -> int:
                 await store.set_quota(address, quota)
             print(f"added account {address}")
         elif action == "passwd":
-            assert credentials is not None
-            await store.set_credentials(address, credentials)
+            try:  # the account pages change passwords through the same function
+                await set_password(store, address, password, scram_iterations=config.auth.scram_iterations)
+            except SASLprepError as exc:
+                raise CliError(str(exc)) from None
             print(f"changed the password of {address}")
         elif action == "del":
             if await store.get_account(address) is None:
@@ -1081,6 +1115,44 @@ def cmd_user(args: argparse.Namespace) -> int:
                 raise CliError(f"account {address} does not exist")
             await store.set_quota(address, quota)
             print(f"quota of {address}: {format_size(quota)}")
+        return 0
+
+    return _with_configured_store(args, config, act)
+
+
+def _app_password(args: argparse.Namespace, config: Config) -> int:
+    """`surat user app-password ADDRESS add NAME | list | revoke NAME` (issue 13)."""
+    address = normalize_address(args.address)
+    action: str = args.app_action
+
+    async def act(store: Store) -> int:
+        account = await store.get_account(address)
+        if account is None:
+            raise CliError(f"account {address} does not exist")
+        if action == "list":
+            for entry in await store.list_app_passwords(account.id):
+                used = entry.last_used.isoformat(timespec="seconds") if entry.last_used else "never"
+                created = entry.created_at.isoformat(timespec="seconds")
+                print(f"{terminal_safe(entry.name)}  created={created}  last_used={used}")
+        elif action == "add":
+            try:
+                _, password = await create_app_password(store, account, args.name)
+            except AppPasswordNameError as exc:
+                raise CliError(f"app password name: {exc}") from None
+            except AlreadyExists:
+                raise CliError(
+                    f"{address} has an app password named {terminal_safe(args.name)} already"
+                ) from None
+            except LimitReached as exc:
+                raise CliError(str(exc)) from None
+            print(f"app password {terminal_safe(args.name.strip())} for {address} (shown only now):")
+            print(password)
+        else:
+            try:
+                await revoke_app_password(store, account, args.name)
+            except NotFound:
+                raise CliError(f"{address} has no app password named {terminal_safe(args.name)}") from None
+            print(f"revoked app password {terminal_safe(args.name)} of {address}")
         return 0
 
     return _with_configured_store(args, config, act)
@@ -1440,6 +1512,18 @@ def build_parser() -> argparse.ArgumentParser:
     user_admin = user_actions.add_parser("admin", help="let an account use the admin console, or stop it")
     user_admin.add_argument("address", metavar="ADDRESS")
     user_admin.add_argument("state", choices=("on", "off"), help="on: administrator; off: not")
+    user_app = user_actions.add_parser(
+        "app-password", help="passwords for mail clients (IMAP, POP3, SMTP), never for the web login"
+    )
+    user_app.add_argument("address", metavar="ADDRESS")
+    app_actions = user_app.add_subparsers(dest="app_action", required=True, metavar="ACTION")
+    app_actions.add_parser("add", help="make one and print it (only this once)").add_argument(
+        "name", metavar="NAME", help="what it is for, e.g. phone"
+    )
+    app_actions.add_parser("list", help="names, creation and last use")
+    app_actions.add_parser("revoke", help="delete one: clients using it can no longer log in").add_argument(
+        "name", metavar="NAME"
+    )
     user.set_defaults(handler=cmd_user)
 
     vacation = user_actions.add_parser(
@@ -1514,6 +1598,12 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("domain", metavar="DOMAIN")
     dns.add_argument("--hostname", help="the MX host name (default: hostname from the config)")
     dns.add_argument("--force", action="store_true", help="print the records of a domain that is not local")
+    dns.add_argument(
+        "--check",
+        action="store_true",
+        help="look each record up in the live DNS ([dns] nameservers) and print ok/missing/different;"
+        " exit status 1 unless all are ok (optional ones may be missing)",
+    )
     dns.set_defaults(handler=cmd_dns)
 
     store = commands.add_parser("store", help="the store's schema")

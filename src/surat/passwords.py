@@ -26,11 +26,13 @@ __all__ = [
     "ARGON2_MEMORY_KIB",
     "ARGON2_PARALLELISM",
     "ARGON2_TIME_COST",
+    "MIN_PASSWORD_LENGTH",
     "SASLprepError",
     "generate_password",
     "make_credentials",
     "needs_rehash",
     "saslprep",
+    "set_password",
     "verify_nonexistent",
     "verify_password",
 ]
@@ -56,6 +58,8 @@ _HASHER = PasswordHasher(
 # password survives shells, config files and URL encoding untouched. 55 symbols ** 20 ≈ 2**115.
 _PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # noqa: S105
 _PASSWORD_LENGTH = 20
+# The shortest account password `surat user passwd` and the account pages accept.
+MIN_PASSWORD_LENGTH = 8
 
 
 class SASLprepError(ValueError):
@@ -216,3 +220,21 @@ async def _rederive(store: Store, account: Account, password: str, scram_iterati
         log.exception("auth.rederive_failed", extra=fields(user=account.address))
         return
     log.info("auth.rederived", extra=fields(user=account.address, scram_iterations=scram_iterations))
+
+
+async def set_password(
+    store: Store, address: str, password: str, *, scram_iterations: int = SCRAM_ITERATIONS
+) -> None:
+    """Give `address` the password `password`: a new Argon2 hash and SCRAM-SHA-256 keys with a new
+    salt (RFC 5802 §3), derived in an executor. The one code path of `surat user passwd` and the
+    account pages. The password hash changes, so every web session of the account ends
+    (surat.web.sessions). SASLprepError (a ValueError) for a password that is too short or not
+    allowed; NotFound for a missing account."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise SASLprepError(f"the password is too short (at least {MIN_PASSWORD_LENGTH} characters)")
+    loop = asyncio.get_running_loop()
+    credentials = await loop.run_in_executor(
+        None, functools.partial(make_credentials, password, scram_iterations=scram_iterations)
+    )
+    await store.set_credentials(address, credentials)
+    log.info("auth.password_changed", extra=fields(user=address))

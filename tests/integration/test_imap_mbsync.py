@@ -9,18 +9,21 @@ from conftest import PASSWORD, USER, RunningServer, require_tool
 from test_imap_basic import SIMPLE, deliver, login
 
 
-def _config(server: RunningServer, maildir: Path) -> Path:
+def _config(
+    server: RunningServer, maildir: Path, password: str = PASSWORD, mechanism: str = "SCRAM-SHA-256"
+) -> Path:
     # SCRAM-SHA-256 through Cyrus SASL, which mbsync uses: a real third-party SCRAM client (it refuses
-    # iteration counts above 65536, which is why Surat's count stays below that).
+    # iteration counts above 65536, which is why Surat's count stays below that). App passwords go
+    # with PLAIN (surat.apppasswords: not SCRAM).
     config = maildir.parent / "mbsyncrc"
     config.write_text(
         f"""IMAPAccount surat
 Host localhost
 Port {server.port("imaps")}
 User {USER}
-Pass "{PASSWORD}"
+Pass "{password}"
 SSLType IMAPS
-AuthMechs SCRAM-SHA-256
+AuthMechs {mechanism}
 CertificateFile {server.ca_file}
 
 IMAPStore remote

@@ -27,6 +27,7 @@ from test_store_init import SQLITE_VERSION, surat
 
 from old_schema import account_database_at
 from pg_cluster import SUPERUSER_PASSWORD, PostgresCluster
+from surat import apppasswords
 from surat.config import postgresql_store
 from surat.passwords import make_credentials
 from surat.store import migrate as migrate_module
@@ -78,6 +79,9 @@ def fill(tmp_path: Path, factory: pytest.TempPathFactory) -> Filled:
         server.add_user(USER)
         server.add_user(BOB)
         server.add_alias(ALIAS, USER)
+        alice = server.call(server.store.get_account(USER))
+        _, app_password = server.call(apppasswords.create(server.store, alice, "phone"))
+        server.call(apppasswords.create(server.store, alice, "never used"))
         with smtplib.SMTP(
             "127.0.0.1", server.port("smtp"), local_hostname="client.example", timeout=10
         ) as smtp:
@@ -111,7 +115,7 @@ def fill(tmp_path: Path, factory: pytest.TempPathFactory) -> Filled:
             "127.0.0.1", server.port("submission"), local_hostname="client.example", timeout=10
         ) as smtp:
             smtp.starttls(context=tls(server))
-            smtp.login(USER, PASSWORD)
+            smtp.login(USER, app_password)  # an app password, so that it has a last use to copy
             smtp.sendmail(USER, ["dave@remote.example"], message("to the relay", sender=USER))
         pop = poplib.POP3_SSL("127.0.0.1", server.port("pop3s"), context=tls(server), timeout=10)
         pop.user(USER)
@@ -205,6 +209,7 @@ async def snapshot(store: Store) -> dict[str, Any]:
     for account in out["accounts"]:
         out[f"credentials {account.address}"] = await store.get_credentials(account.address)
         out[f"subscriptions {account.address}"] = await store.list_subscriptions(account.id)
+        out[f"app passwords {account.address}"] = await store.list_app_passwords(account.id)
         out[f"usage {account.address}"] = await store.account_usage(account.id)
         out[f"uidl {account.address}"] = await pop3_uidls(store, account.address)
         for mailbox in await store.list_mailboxes(account.id):
@@ -263,6 +268,7 @@ def test_migrate_copies_everything_clients_see(
         "aliases": 1,
         "mailboxes": 15,  # six each, Projects, Projects/2026, Unsubscribed
         "subscriptions": 15,  # bob's six, alice's nine: Gone stays, Unsubscribed is not
+        "app_passwords": 2,
         "blobs": 7,  # 4 + 1 delivered (one expunged, one shared by the alias and bob), 2 appended, 1 relayed; the copy shares
         "messages": 8,
         "expunged": 1,
@@ -278,10 +284,10 @@ def test_migrate_copies_everything_clients_see(
         "dkim_keys": 2,  # RSA and Ed25519, made when alice's submission was signed
     }
     assert lines[0] == f"store migrate: sqlite {filled.data_dir} -> postgresql {target}"
-    assert lines[1:20] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
-    assert lines[20] == "  message bodies            7 (0.6 MB), SHA-256 verified"
-    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[21])
-    assert lines[22:] == [
+    assert lines[1:21] == [f"  {table:<17} {rows:>9} rows" for table, rows in counts.items()]
+    assert lines[21] == "  message bodies            7 (0.6 MB), SHA-256 verified"
+    assert re.fullmatch(r"copied and verified in \d+\.\d s: 8 messages, \d+ messages/s", lines[22])
+    assert lines[23:] == [
         "next: stop surat (if it runs), set in the config",
         "  [store]",
         '  backend = "postgresql"',
@@ -297,6 +303,9 @@ def test_migrate_copies_everything_clients_see(
     # What the fill made is there (a comparison of two empty stores would pass too).
     assert [a.address for a in source["accounts"]] == [f"alice@{DOMAIN}", BOB]
     assert source["aliases"][0].source == ALIAS
+    phone, never = sorted(source[f"app passwords {USER}"], key=lambda entry: entry.name != "phone")
+    assert (phone.name, never.name, never.last_used) == ("phone", "never used", None)
+    assert phone.last_used is not None
     assert len(source["secret"]) >= 32
     assert sorted(k.algorithm for k in source[f"dkim {DOMAIN}"]) == ["ed25519", "rsa"]
     assert source["blocks"] and source["blocks"][0][1] == "127.0.0.1"

@@ -22,6 +22,7 @@ from cryptography import x509
 from dkim_keys import data_dir_keys
 from staging import staged
 from surat import cli
+from surat.apppasswords import authenticate_mail
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.cli import main, normalize_address, normalize_domain, parse_size
 from surat.config import LISTEN_ROLES, Config, HostPort, load_config
@@ -404,6 +405,38 @@ def test_user_admin_on_and_off(surat: Callable[..., Run], dev: Setup) -> None:
     assert getattr(account, "is_admin", None) is False
     _one_line_error(surat("--config", c, "user", "admin", f"nobody@{DOMAIN}", "on"), 1, "does not exist")
     _one_line_error(surat("--config", c, "user", "admin", f"bob@{DOMAIN}", "yes"), 2, "invalid choice")
+
+
+def test_user_app_password(surat: Callable[..., Run], dev: Setup) -> None:
+    c = str(dev.config_file)
+    config = dev.config()
+    result = surat("--config", c, "user", "app-password", POSTMASTER.upper(), "add", "phone")
+    assert result.code == 0, result.err
+    heading, password = result.out.splitlines()
+    assert heading == f"app password phone for {POSTMASTER} (shown only now):"
+    assert len(password) == 20 and password.isalnum()
+    listing = surat("--config", c, "user", "app-password", POSTMASTER, "list").out
+    assert re.fullmatch(r"phone  created=\S+  last_used=never\n", listing), listing
+
+    async def login(store: Store, secret: str) -> object:
+        return await authenticate_mail(store, POSTMASTER, secret, scram_iterations=4096)
+
+    assert getattr(_in_store(config, lambda store: login(store, password)), "address", None) == POSTMASTER
+    assert "last_used=never" not in surat("--config", c, "user", "app-password", POSTMASTER, "list").out
+    _one_line_error(surat("--config", c, "user", "app-password", POSTMASTER, "add", "phone"), 1, "already")
+    _one_line_error(surat("--config", c, "user", "app-password", POSTMASTER, "add", " "), 1, "empty")
+    _one_line_error(
+        surat("--config", c, "user", "app-password", f"nobody@{DOMAIN}", "list"), 1, "does not exist"
+    )
+    result = surat("--config", c, "user", "app-password", POSTMASTER, "revoke", "phone")
+    assert (result.code, result.out) == (0, f"revoked app password phone of {POSTMASTER}\n")
+    assert _in_store(config, lambda store: login(store, password)) is None
+    assert surat("--config", c, "user", "app-password", POSTMASTER, "list").out == ""
+    _one_line_error(
+        surat("--config", c, "user", "app-password", POSTMASTER, "revoke", "phone"), 1, "no app password"
+    )
+    # the account password still works: the app password was only ever an addition
+    assert getattr(_in_store(config, lambda store: login(store, dev.password)), "address", None) == POSTMASTER
 
 
 def test_user_add_with_quota(surat: Callable[..., Run], dev: Setup) -> None:

@@ -42,7 +42,7 @@ async def test_migrate_creates_the_schema_once(pg_cluster: PostgresCluster, pg_d
             "subscriptions", "blobs", "blob_chunks", "messages", "expunged", "queue",
             "queue_recipients", "queue_attempts", "auth_clients", "sent_messages",
             "shared_secrets", "dkim_keys", "sts_policies", "sieve_scripts", "vacation_replies", "imported_messages",
-            "tls_results", "tls_reports",
+            "tls_results", "tls_reports", "app_passwords",
         }  # fmt: skip
 
 

@@ -95,6 +95,16 @@ class DnsResolver:
             raise DNSError(DNSErrorKind.NXDOMAIN, address, "not an IP address") from None
         return _strings(await self._lookup(reverse, dns.rdatatype.PTR))
 
+    async def presentation(self, name: str, rdtype: str) -> list[str]:
+        """The records of type `rdtype` ("MX", "TXT", "SRV", "CNAME"...) at `name` in presentation
+        format, as published now: not cached, for `surat dns --check` (surat.dnscheck). [] for NODATA;
+        DNSError(NXDOMAIN) for a name that does not exist, DNSError(TEMPORARY) for failures."""
+        try:
+            answer = await self._resolve(name, dns.rdatatype.from_text(rdtype), name)
+        except _NXDomain:
+            raise DNSError(DNSErrorKind.NXDOMAIN, name.rstrip(".")) from None
+        return [rdata.to_text() for rdata in answer.rrset] if answer.rrset is not None else []
+
     def clear_cache(self) -> None:
         self._cache.clear()
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from surat import metrics
+from surat.apppasswords import authenticate_mail
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.imapd.compress import Deflate
@@ -32,7 +33,6 @@ from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeou
 from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
 from surat.net.tlscontexts import TlsContexts
-from surat.passwords import authenticate
 from surat.proto.imap import commands as c
 from surat.proto.imap import mutf7
 from surat.proto.imap.parser import SEARCH_CHARSETS
@@ -706,7 +706,7 @@ class Session:
     # ------------------------------------------------------------------------------ authentication
 
     async def check_password(self, address: str, password: str) -> Account | None:
-        return await authenticate(
+        return await authenticate_mail(
             self.store, address, password, scram_iterations=self.config.auth.scram_iterations
         )
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from surat import metrics
+from surat.apppasswords import authenticate_mail
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.log import fields
@@ -26,7 +27,6 @@ from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeou
 from surat.net.deadline import SessionClock
 from surat.net.listener import Handler
 from surat.net.tlscontexts import TlsContexts
-from surat.passwords import authenticate
 from surat.pop3d.locks import InProcessMaildropLocks, MaildropLease, MaildropLocks
 from surat.proto import sasl
 from surat.proto.pop3 import (
@@ -284,7 +284,7 @@ class POP3Session:
     # ----------------------------------------------------------------------------- authentication
 
     async def _check_password(self, address: str, password: str) -> Account | None:
-        return await authenticate(
+        return await authenticate_mail(
             self.store, address, password, scram_iterations=self.service.config.auth.scram_iterations
         )
 

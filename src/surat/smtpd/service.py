@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from surat import metrics
+from surat.apppasswords import authenticate_mail
 from surat.authlimit import AuthLimiter, BlockPolicy, StoreAuthLimiter
 from surat.config import Config
 from surat.delivery.dkim import DkimError, SigningKeys
@@ -35,7 +36,6 @@ from surat.message.headers import read_header
 from surat.net.connection import OUTPUT_HIGH_WATER, Connection, ConnectionTimeout
 from surat.net.deadline import SessionClock
 from surat.net.tlscontexts import TlsContexts
-from surat.passwords import authenticate
 from surat.proto import sasl
 from surat.proto.smtp import replies as R
 from surat.proto.smtp.address import MailParams, xtext_encode
@@ -924,7 +924,7 @@ class _Session:
                     return R.auth_challenge(step.data)
                 case sasl.VerifyPassword():
                     self.sasl_authcid = step.authcid
-                    account = await authenticate(
+                    account = await authenticate_mail(
                         self.store,
                         step.authcid,
                         step.password,

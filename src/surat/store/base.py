@@ -151,6 +151,27 @@ class Credentials:
     scram_sha256: ScramCredentials | None = None
 
 
+# At most this many app passwords per account: bounds the list pages and the rows a user can make.
+MAX_APP_PASSWORDS = 50
+MAX_APP_PASSWORD_NAME = 64  # characters of an app password's name
+
+
+class LimitReached(StoreError):
+    """Creating one more of something whose number is bounded (MAX_APP_PASSWORDS)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppPassword:
+    """A named secret an account's mail clients log in with (IMAP, POP3, SMTP AUTH PLAIN/LOGIN),
+    never the web login; revoked by deleting it. The secret itself is not here (surat.apppasswords)."""
+
+    id: int
+    account_id: int
+    name: str
+    created_at: datetime
+    last_used: datetime | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Alias:
     source: str  # "user@domain" or "@domain" (catch-all)
@@ -606,6 +627,28 @@ class Store(Protocol):
     async def set_admin(self, address: str, is_admin: bool) -> None: ...
     async def account_usage(self, account_id: int) -> int:
         """Bytes used by all messages of the account (RFC 9208 STORAGE)."""
+        ...
+
+    # -- app passwords (surat.apppasswords makes and checks the secrets; the store keeps digests)
+    async def add_app_password(self, account_id: int, name: str, digest: str) -> AppPassword:
+        """NotFound for a missing account, AlreadyExists for a name the account uses already,
+        LimitReached beyond MAX_APP_PASSWORDS."""
+        ...
+
+    async def list_app_passwords(self, account_id: int) -> list[AppPassword]:
+        """By name."""
+        ...
+
+    async def delete_app_password(self, account_id: int, name: str) -> None:
+        """NotFound if the account has no app password of that name."""
+        ...
+
+    async def find_app_password(self, address: str, digest: str) -> tuple[Account, AppPassword] | None:
+        """The account `address` and its app password with `digest`, if any."""
+        ...
+
+    async def app_password_used(self, app_password_id: int, when: datetime) -> None:
+        """Record a login with it (nothing happens if it was revoked meanwhile)."""
         ...
 
     # -- login-failure limiting (surat.authlimit), shared by every process using this store

@@ -2,7 +2,7 @@
 empty PostgreSQL database and verify the copy (issue 12). The operator then switches `[store]`.
 
 What is copied, with every id and counter unchanged: domains, accounts (password hashes, SCRAM keys,
-quotas, usage), aliases, mailboxes (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the \\Recent mark
+quotas, usage), app passwords (digests, times), aliases, mailboxes (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the \\Recent mark
 `recent_uid`, special-use), subscriptions, messages (UID, MODSEQ, flags and keywords, internal date
 and zone, size, MessageInfo, `ends_crlf`), expunged UIDs with their MODSEQ (QRESYNC's VANISHED and
 `changes_since`), the queue (entries, recipients, attempts; no leases: no node holds one yet),
@@ -120,6 +120,11 @@ def _account(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (*row[:-1], bool(row[-1]))  # is_admin: 0/1 -> boolean
 
 
+def _app_password(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # id, account_id, name, digest, created_at, last_used
+    return (*row[:4], _moment(row[4]), None if row[5] is None else _moment(row[5]))
+
+
 def _message(row: tuple[Any, ...]) -> tuple[Any, ...]:
     # id, mailbox_id, uid, modseq, flags, seen, deleted, internal_date, internal_tz, size, blob_id,
     # info, ends_crlf
@@ -206,6 +211,7 @@ _TABLES_BEFORE_BODIES = (
         order="id",
     ),
     _Table("subscriptions", "account_id, name", _same, order="account_id, name"),
+    _Table("app_passwords", "id, account_id, name, digest, created_at, last_used", _app_password, order="id"),
 )
 _TABLES_AFTER_BODIES = (
     _Table(
@@ -271,7 +277,7 @@ _TARGET_TABLES = (
     "nodes",
 )
 # Tables whose `id` is an identity column: their sequences must continue after the copied ids.
-_IDENTITY_TABLES = ("accounts", "mailboxes", "messages")
+_IDENTITY_TABLES = ("accounts", "mailboxes", "messages", "app_passwords")
 
 
 def _canonical(value: Any) -> Any:

@@ -265,6 +265,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queue ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0
     """,
+    # 15: app passwords (issue 13): named per-account secrets for IMAP/POP3/SMTP, never the web login.
+    # `digest` is SHA-256 of a server-generated password (surat.apppasswords explains why no Argon2);
+    # times are epoch seconds.
+    """
+    CREATE TABLE app_passwords (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used REAL,
+        UNIQUE (account_id, name)
+    );
+    CREATE INDEX app_passwords_digest ON app_passwords(digest)
+    """,
 )
 
 

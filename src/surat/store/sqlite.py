@@ -69,10 +69,12 @@ from surat.message.info import MessageInfo, compute_message_info
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
+    MAX_APP_PASSWORDS,
     MAX_VACATION_MEMORY_SECONDS,
     Account,
     Alias,
     AlreadyExists,
+    AppPassword,
     AuthClientState,
     CachedStsPolicy,
     Change,
@@ -85,6 +87,7 @@ from surat.store.base import (
     FlagMode,
     FlagUpdate,
     InvalidName,
+    LimitReached,
     Mailbox,
     MailboxChanges,
     MailboxStatus,
@@ -998,6 +1001,81 @@ class SQLiteStore:
         if row is None:
             raise NotFound(f"account {account_id}")
         return int(row[0])
+
+    # ------------------------------------------------------------------------------ app passwords
+
+    _APP_PASSWORD_COLUMNS = "p.id, p.account_id, p.name, p.created_at, p.last_used"  # noqa: S105
+
+    @staticmethod
+    def _app_password(row: Sequence[Any]) -> AppPassword:
+        last_used = datetime.fromtimestamp(row[4], UTC) if row[4] is not None else None
+        return AppPassword(row[0], row[1], row[2], datetime.fromtimestamp(row[3], UTC), last_used)
+
+    async def add_app_password(self, account_id: int, name: str, digest: str) -> AppPassword:
+        def fn(conn: sqlite3.Connection) -> tuple[AppPassword, list[Change], set[str]]:
+            if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise NotFound(f"account {account_id}")
+            (count,) = conn.execute(
+                "SELECT count(*) FROM app_passwords WHERE account_id = ?", (account_id,)
+            ).fetchone()
+            if count >= MAX_APP_PASSWORDS:
+                raise LimitReached(f"at most {MAX_APP_PASSWORDS} app passwords per account")
+            now = time.time()
+            try:
+                cur = conn.execute(
+                    "INSERT INTO app_passwords (account_id, name, digest, created_at) VALUES (?, ?, ?, ?)",
+                    (account_id, name, digest, now),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"app password {name}") from None
+            assert cur.lastrowid is not None
+            return self._app_password((cur.lastrowid, account_id, name, now, None)), [], set()
+
+        return await self._write(fn)
+
+    async def list_app_passwords(self, account_id: int) -> list[AppPassword]:
+        rows = self._read().execute(
+            f"SELECT {self._APP_PASSWORD_COLUMNS} FROM app_passwords p WHERE p.account_id = ? ORDER BY p.name",
+            (account_id,),
+        )
+        return [self._app_password(row) for row in rows]
+
+    async def delete_app_password(self, account_id: int, name: str) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            cur = conn.execute(
+                "DELETE FROM app_passwords WHERE account_id = ? AND name = ?", (account_id, name)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"app password {name}")
+            return None, [], set()
+
+        await self._write(fn)
+
+    async def find_app_password(self, address: str, digest: str) -> tuple[Account, AppPassword] | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        row = (
+            self._read()
+            .execute(
+                f"SELECT a.id, a.address, a.quota_bytes, a.is_admin, {self._APP_PASSWORD_COLUMNS}"
+                " FROM app_passwords p JOIN accounts a ON a.id = p.account_id"
+                " WHERE p.digest = ? AND a.address = ?",
+                (digest, addr),
+            )
+            .fetchone()
+        )
+        return (self._account(row[:4]), self._app_password(row[4:])) if row else None
+
+    async def app_password_used(self, app_password_id: int, when: datetime) -> None:
+        def fn(conn: sqlite3.Connection) -> tuple[None, list[Change], set[str]]:
+            conn.execute(
+                "UPDATE app_passwords SET last_used = ? WHERE id = ?", (when.timestamp(), app_password_id)
+            )
+            return None, [], set()
+
+        await self._write(fn)
 
     # ------------------------------------------------------------------------------ login failures
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from surat.authlimit import AuthLimiter
 from surat.config import Config
 from surat.store.base import Store
+from surat.web.sessions import SessionSigner
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,8 @@ class WebContext:
     auth_limiter: AuthLimiter
     # Where the http listener redirects to: the https listener's port (None: 443, the default).
     https_port: int | None = None
+    # Signs and checks the login sessions' cookies, keyed by the installation secret (set at start).
+    sessions: SessionSigner | None = None
 
 
 CONTEXT = web.AppKey("context", WebContext)

@@ -15,8 +15,9 @@ from surat.config import WEB_ROLES, Config
 from surat.log import fields
 from surat.net.listener import BACKLOG, bind, format_address
 from surat.store.base import Store
-from surat.web import admin, autoconfig, policy, redirect, security
+from surat.web import account, admin, autoconfig, policy, redirect, security
 from surat.web.context import CONTEXT, WebContext
+from surat.web.sessions import SessionSigner
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def make_application(role: str, context: WebContext) -> web.Application:
     )
     app[CONTEXT] = context
     if role == "https":
-        app.add_routes([*autoconfig.routes(), *policy.routes()])
+        app.add_routes([*autoconfig.routes(), *policy.routes(), *account.routes()])
     elif role == "http":
         app.add_routes(redirect.routes())
     elif role == "admin":
@@ -84,6 +85,8 @@ class WebServer:
             self.client_ports,
             self.auth_limiter,
             https_port=https[0].getsockname()[1] if https else None,
+            # From the store's installation secret: any worker or node verifies any session.
+            sessions=SessionSigner(await self.store.keys.installation_secret()),
         )
         for role, sockets in by_role.items():
             if not sockets:

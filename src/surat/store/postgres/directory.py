@@ -16,15 +16,18 @@ from psycopg import errors
 
 from surat.store.base import (
     DEFAULT_MAILBOXES,
+    MAX_APP_PASSWORDS,
     Account,
     Alias,
     AlreadyExists,
+    AppPassword,
     AuthClientState,
     CachedStsPolicy,
     Change,
     ChangeKind,
     Credentials,
     InvalidName,
+    LimitReached,
     NotFound,
     ScramCredentials,
     StoreError,
@@ -54,6 +57,13 @@ _AUTH_LOCK_CLASS = 0x53754175  # "SuAu"
 
 def _account(row: tuple[Any, ...]) -> Account:
     return Account(id=row[0], address=row[1], quota_bytes=row[2], is_admin=bool(row[3]))
+
+
+_APP_PASSWORD_COLUMNS = "id, account_id, name, created_at, last_used"  # noqa: S105
+
+
+def _app_password(row: tuple[Any, ...]) -> AppPassword:
+    return AppPassword(id=row[0], account_id=row[1], name=row[2], created_at=row[3], last_used=row[4])
 
 
 def _moment(epoch: float) -> datetime:
@@ -265,6 +275,74 @@ class DirectoryStore(PooledStore):
         if row is None:
             raise NotFound(f"account {account_id}")
         return int(row[0])
+
+    # ------------------------------------------------------------------------------ app passwords
+
+    async def add_app_password(self, account_id: int, name: str, digest: str) -> AppPassword:
+        async def fn(conn: Connection) -> tuple[AppPassword, list[Change]]:
+            # The account row locked: two nodes adding at once cannot both pass the count.
+            cursor = await conn.execute(b"SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
+            if await cursor.fetchone() is None:
+                raise NotFound(f"account {account_id}")
+            cursor = await conn.execute(
+                b"SELECT count(*) FROM app_passwords WHERE account_id = %s", (account_id,)
+            )
+            count = await cursor.fetchone()
+            if count is not None and count[0] >= MAX_APP_PASSWORDS:
+                raise LimitReached(f"at most {MAX_APP_PASSWORDS} app passwords per account")
+            try:
+                cursor = await conn.execute(
+                    b"INSERT INTO app_passwords (account_id, name, digest, created_at)"
+                    b" VALUES (%s, %s, %s, now()) RETURNING " + _APP_PASSWORD_COLUMNS.encode(),
+                    (account_id, name, digest),
+                )
+            except errors.UniqueViolation:
+                raise AlreadyExists(f"app password {name}") from None
+            row = await cursor.fetchone()
+            assert row is not None
+            return _app_password(row), []
+
+        return await self._transaction(fn)
+
+    async def list_app_passwords(self, account_id: int) -> list[AppPassword]:
+        rows = await self._fetchall(
+            f"SELECT {_APP_PASSWORD_COLUMNS} FROM app_passwords WHERE account_id = %s ORDER BY name",
+            (account_id,),
+        )
+        return [_app_password(row) for row in rows]
+
+    async def delete_app_password(self, account_id: int, name: str) -> None:
+        async def fn(conn: Connection) -> tuple[None, list[Change]]:
+            cursor = await conn.execute(
+                b"DELETE FROM app_passwords WHERE account_id = %s AND name = %s", (account_id, name)
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"app password {name}")
+            return None, []
+
+        await self._transaction(fn)
+
+    async def find_app_password(self, address: str, digest: str) -> tuple[Account, AppPassword] | None:
+        try:
+            addr = normalize_address(address)
+        except InvalidName:
+            return None
+        row = await self._fetchone(
+            "SELECT a.id, a.address, a.quota_bytes, a.is_admin, p.id, p.account_id, p.name, p.created_at,"
+            " p.last_used FROM app_passwords p JOIN accounts a ON a.id = p.account_id"
+            " WHERE p.digest = %s AND a.address = %s",
+            (digest, addr),
+        )
+        return (_account(row[:4]), _app_password(row[4:])) if row else None
+
+    async def app_password_used(self, app_password_id: int, when: datetime) -> None:
+        async def fn(conn: Connection) -> tuple[None, list[Change]]:
+            await conn.execute(
+                b"UPDATE app_passwords SET last_used = %s WHERE id = %s", (when, app_password_id)
+            )
+            return None, []
+
+        await self._transaction(fn)
 
     # ------------------------------------------------------------------------------ login failures
 

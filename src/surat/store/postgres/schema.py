@@ -304,6 +304,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queue ADD COLUMN requiretls boolean NOT NULL DEFAULT false
     """,
+    # 9: app passwords (SQLite migration 15, issue 13): named per-account secrets for IMAP/POP3/SMTP,
+    # never the web login; `digest` is SHA-256 of a server-generated password (surat.apppasswords).
+    """
+    CREATE TABLE app_passwords (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account_id bigint NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name text NOT NULL,
+        digest text NOT NULL,
+        created_at timestamptz NOT NULL,
+        last_used timestamptz,
+        UNIQUE (account_id, name)
+    );
+    CREATE INDEX app_passwords_digest ON app_passwords(digest)
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
