@@ -373,7 +373,7 @@ def test_a_target_with_data_is_refused_and_left_alone(
     assert (again.returncode, again.stdout.count("\n")) == (1, 1)  # the first line says what and where
     assert again.stderr == (
         "surat: store migrate: the target database holds Surat data already (meta, domains, accounts, aliases,"
-        " mailboxes, subscriptions, blobs, blob_chunks, messages, expunged, queue, queue_recipients,"
+        " mailboxes, subscriptions, app_passwords, blobs, blob_chunks, messages, expunged, queue, queue_recipients,"
         " queue_attempts, auth_clients, sent_messages, sieve_scripts, vacation_replies, shared_secrets,"
         " dkim_keys); migrate copies into an empty"
         " database only, never into"
