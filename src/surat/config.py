@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +271,30 @@ class MtaStsConfig:
     max_age: int = 604800  # one week, in seconds
 
 
+# RFC 8555 §7.1.1: the directory object every ACME client starts from. Let's Encrypt production.
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+# With [acme], the certificate and key it obtains are the served [tls] pair, at these places under
+# data_dir (surat.acme.files writes them; docs/acme.md).
+ACME_DIR = "acme"
+ACME_CERT = "cert.pem"
+ACME_KEY = "key.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """[acme]: certificates obtained and renewed by Surat itself (RFC 8555, HTTP-01). Off unless the
+    table is present."""
+
+    directory: str = LETS_ENCRYPT_DIRECTORY
+    email: str | None = None  # the account's contact (RFC 8555 §7.3), for the CA's expiry notices
+    # The names of the certificate; () = the hostname, plus mta-sts./autoconfig./autodiscover. of each
+    # local domain when the https listener is on (computed from the store at each order).
+    hostnames: tuple[str, ...] = ()
+    # A CA bundle to trust for the ACME server's own HTTPS (a private CA such as Pebble's test CA);
+    # added trust, never "no verification".
+    ca_file: Path | None = None
+
+
 MAX_WORKERS = 64  # [server] workers: more processes than this is a typo, not a deployment
 
 
@@ -295,6 +319,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
     mta_sts: MtaStsConfig = MtaStsConfig()
+    acme: AcmeConfig | None = None
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -487,6 +512,12 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     mta_sts_table = reader.table("mta_sts")
     mta_sts = _mta_sts_config(mta_sts_table)
     mta_sts_table.finish()
+    acme = None
+    if "acme" in data:
+        acme_table = reader.table("acme")
+        acme = _acme_config(acme_table, base_dir)
+        acme_table.finish()
+        tls = _acme_tls(tls, data_dir)
     reader.finish()
 
     config = Config(
@@ -502,6 +533,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         store=store,
         server=server,
         mta_sts=mta_sts,
+        acme=acme,
         path=path,
     )
     _check_tls_files(config)
@@ -520,6 +552,33 @@ def _mta_sts_config(table: _Table) -> MtaStsConfig:
             f"expected whole seconds up to {MTA_STS_MAX_AGE_LIMIT} (RFC 8461 §3.2), got {max_age!r}",
         )
     return MtaStsConfig(mode, max_age)
+
+
+def _acme_config(table: _Table, base_dir: Path) -> AcmeConfig:
+    directory = table.string("directory", default=LETS_ENCRYPT_DIRECTORY)
+    # RFC 8555 §6.1: all ACME communication is over HTTPS.
+    if not directory.startswith("https://"):
+        raise ConfigError("acme.directory", f"expected an https:// URL, got {directory!r}")
+    email = table.string("email")
+    if email is not None and ("@" not in email or any(c.isspace() for c in email)):
+        raise ConfigError("acme.email", f"expected an email address, got {email!r}")
+    ca_file = _opt_path(table.string("ca_file"), base_dir)
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError("acme.ca_file", f"file {ca_file} does not exist")
+    hostnames = _domain_names(table._get("hostnames"), "acme.hostnames", "host names")
+    return AcmeConfig(directory=directory, email=email, hostnames=hostnames, ca_file=ca_file)
+
+
+def _acme_tls(tls: TLSConfig, data_dir: Path) -> TLSConfig:
+    """With [acme], the served default certificate is the one ACME obtains: data_dir/acme/. A [tls]
+    cert/key as well would leave it unclear which one clients get, so that is refused;
+    [[tls.certificates]] for other names stay as they are."""
+    if tls.cert is not None or tls.key is not None:
+        raise ConfigError(
+            "tls.cert" if tls.cert is not None else "tls.key",
+            "with [acme] the certificate is the one ACME obtains (data_dir/acme/); remove tls.cert and tls.key",
+        )
+    return replace(tls, cert=data_dir / ACME_DIR / ACME_CERT, key=data_dir / ACME_DIR / ACME_KEY)
 
 
 def _workers(table: _Table) -> int:
@@ -618,7 +677,9 @@ def _check_tls_files(config: Config) -> None:
         raise ConfigError("tls.cert", "a certificate and key are required by the TLS listeners")
     if tls.certificates and tls.cert is None:
         raise ConfigError("tls.cert", "[[tls.certificates]] need a default certificate for other names")
-    files = [("tls.cert", tls.cert), ("tls.key", tls.key)]
+    # With [acme] the default pair may not exist yet: the server writes a placeholder at start
+    # (surat.acme.files) until the first certificate is issued.
+    files = [] if config.acme is not None else [("tls.cert", tls.cert), ("tls.key", tls.key)]
     for index, pair in enumerate(tls.certificates):
         files += [
             (f"tls.certificates[{index}].cert", pair.cert),

@@ -1,0 +1,177 @@
+"""When to order a certificate, and what follows: the new files installed and every process told
+to reload them; failures retried with exponential backoff while the old certificate stays served.
+
+Exactly one process per data_dir runs this (the single server, or worker 0 of `workers = N`); the
+http listener of every worker answers the CA from the files it writes (surat.acme.files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from surat import metrics
+from surat.acme.files import AcmeFiles
+from surat.acme.issue import issue
+from surat.config import AcmeConfig, Config
+from surat.log import fields
+from surat.net.tls import dns_names
+from surat.store.base import Store
+
+log = logging.getLogger(__name__)
+
+# Checked at start and every 12 hours (sooner when a short-lived certificate is due before that).
+CHECK_INTERVAL = 12 * 3600.0
+# Renewed 30 days before expiry (Let's Encrypt's 90-day certificates: at 60 days), or when a third of
+# the lifetime is left if that is sooner (certificates of a few days, e.g. Pebble's or short-lived
+# profiles), so there is time to retry before the old one expires.
+RENEW_BEFORE = timedelta(days=30)
+# Backoff after the n-th consecutive failure: FIRST_RETRY * 2**(n-1), at most MAX_RETRY (well within
+# Let's Encrypt's failed-validation limit of 5 an hour per account and name).
+FIRST_RETRY = 300.0
+MAX_RETRY = CHECK_INTERVAL
+# The shortest wait between two checks, so that a clock or certificate oddity cannot spin the loop.
+MIN_WAIT = 10.0
+# What the web layer adds for each local domain when the https listener is on (docs/web.md).
+WEB_PREFIXES = ("mta-sts", "autoconfig", "autodiscover")
+
+
+def renewal_reason(cert_file: Path, hostnames: Sequence[str], now: datetime) -> str | None:
+    """Why a certificate should be ordered now, or None while the one in `cert_file` is good."""
+    try:
+        leaf = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        return "no usable certificate"
+    if leaf.issuer == leaf.subject:
+        return "placeholder certificate (self-signed)"
+    if {name.lower() for name in dns_names(leaf)} != set(hostnames):
+        return "host names changed"
+    if now >= renewal_time(leaf):
+        return "expires soon"
+    return None
+
+
+def renewal_time(leaf: x509.Certificate) -> datetime:
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    return leaf.not_valid_after_utc - min(RENEW_BEFORE, lifetime / 3)
+
+
+def retry_delay(consecutive_failures: int) -> float:
+    return min(MAX_RETRY, FIRST_RETRY * 2.0 ** min(consecutive_failures - 1, 32))
+
+
+async def certificate_names(config: Config, store: Store) -> list[str]:
+    """[acme] hostnames, else the hostname plus the web layer's names of every local domain when the
+    https listener serves them. Sorted, lower-case, without duplicates."""
+    assert config.acme is not None
+    if config.acme.hostnames:
+        return sorted(set(config.acme.hostnames))
+    names = {config.hostname}
+    if config.listen.https:
+        for domain in await store.list_domains():
+            names.update(f"{prefix}.{domain}" for prefix in WEB_PREFIXES)
+    return sorted(names)
+
+
+class AcmeRenewal:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        reload: Callable[[], object],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`reload`: make every process serve the new files (SuratServer.reload_certificates, or a
+        SIGHUP to the supervisor, which forwards it to every worker)."""
+        assert config.acme is not None
+        self.acme: AcmeConfig = config.acme
+        self.config = config
+        self.store = store
+        self.files = AcmeFiles(config.data_dir)
+        self._reload = reload
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one order at a time (the timer and a test's explicit call)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="acme-renewal")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            wait = await self.check()
+            await asyncio.sleep(wait)
+
+    async def check(self) -> float:
+        """Order a certificate if one is due; the seconds until the next check."""
+        async with self._lock:
+            now = self._clock()
+            hostnames = await certificate_names(self.config, self.store)
+            reason = renewal_reason(self.files.cert, hostnames, datetime.fromtimestamp(now, UTC))
+            if reason is None:
+                wait = min(CHECK_INTERVAL, max(MIN_WAIT, self._due_in(now)))
+                self.files.write_status(replace(self.files.read_status(), next_attempt=now + wait))
+                return wait
+            return await self._order(hostnames, reason, now)
+
+    def _due_in(self, now: float) -> float:
+        leaf = x509.load_pem_x509_certificate(self.files.cert.read_bytes())
+        return renewal_time(leaf).timestamp() - now
+
+    async def _order(self, hostnames: list[str], reason: str, now: float) -> float:
+        log.info("acme.ordering", extra=fields(names=",".join(hostnames), reason=reason))
+        try:
+            # The library is blocking (HTTP requests, polling): a thread, never the event loop.
+            issued = await asyncio.to_thread(issue, self.acme, hostnames, self.files)
+            await asyncio.to_thread(self.files.install, issued.fullchain_pem, issued.key_pem)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status = self.files.read_status()
+            failures = status.consecutive_failures + 1
+            wait = retry_delay(failures)
+            error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+            self.files.write_status(
+                replace(
+                    status,
+                    last_failure=now,
+                    last_error=error,
+                    consecutive_failures=failures,
+                    next_attempt=now + wait,
+                )
+            )
+            metrics.acme_order("failed")
+            log.error(
+                "acme.order_failed",
+                extra=fields(
+                    names=",".join(hostnames), failures=failures, retry_in=round(wait), reason=error
+                ),
+            )
+            return wait
+        metrics.acme_order("issued")
+        self._reload()
+        wait = min(CHECK_INTERVAL, max(MIN_WAIT, self._due_in(now)))
+        self.files.write_status(
+            replace(
+                self.files.read_status(),
+                last_success=now,
+                last_error=None,
+                consecutive_failures=0,
+                next_attempt=now + wait,
+            )
+        )
+        log.info("acme.issued", extra=fields(names=",".join(hostnames), next_check_in=round(wait)))
+        return wait
