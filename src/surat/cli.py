@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
+from surat.acme.files import AcmeFiles, status_lines
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import (
     LISTEN_ROLES,
@@ -669,6 +670,8 @@ def _check_tls(config: Config) -> TlsContexts | None:
     """The certificates the server would serve, each checked as it would check them."""
     if config.tls.cert is None or config.tls.key is None:
         return None
+    if config.acme is not None and not config.tls.cert.exists():
+        return None  # [acme] before the first start: the server writes a placeholder, then orders
     try:
         return TlsContexts(config.tls)
     except TLSSetupError as exc:
@@ -705,11 +708,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     status = _usable_schema(args, config)
 
     def report(contents: str | None, has_domains: bool) -> int:
+        acme_lines: list[str] = []
+        acme_warnings: list[str] = []
+        if config.acme is not None:
+            acme_lines, acme_warnings = status_lines(AcmeFiles(config.data_dir), config.acme.directory)
         lines = [
             f"config:   {config.path}",
             f"hostname: {config.hostname}",
             f"tls:      {config.tls.cert or '(none)'}",
             *certificate_lines(tls.certificates if tls is not None else ()),
+            *acme_lines,
             f"store:    {store_location(config)}, schema version {status.found}"
             + ("" if status.found else f" (version {status.expected} is created at the first start)"),
             f"data_dir: {config.data_dir}" + (f": {contents}" if contents else ""),
@@ -723,13 +731,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"note: no local domains yet; add one with `{command_prefix(args.config)} domain add DOMAIN`"
             )
         warnings = []
-        if config.tls.cert is not None:
+        if config.tls.cert is not None and config.tls.cert.exists():
             warnings = [
                 f"warning: tls.cert: {text}"
                 for text in certificate_warnings(config.tls.cert, config.hostname, datetime.now(UTC))
             ]
         if tls is not None:
             warnings += [f"warning: {note}" for note in tls.ignored_names]
+        warnings += acme_warnings
         # mail and password hashes: nobody but the server's user may read them (issue 11 item 12)
         for path, mode in loose_modes(config.data_dir):
             wanted = PRIVATE_DIR_MODE if path.is_dir() else PRIVATE_FILE_MODE

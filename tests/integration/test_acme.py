@@ -15,8 +15,11 @@ import pytest
 from conftest import RunningServer, free_port
 from cryptography import x509
 from pebble import Pebble, pebble
+from prometheus_client.parser import text_string_to_metric_families
+from test_web import request
 
 from surat.acme.files import AcmeFiles, RenewalStatus
+from surat.acme.renewal import FIRST_RETRY
 from surat.config import Config, parse_config
 from surat.net.tls import dns_names
 
@@ -99,8 +102,12 @@ def metrics_text(server: RunningServer) -> str:
 
 def metric_values(text: str) -> dict[str, float]:
     """The unlabelled samples of a Prometheus text exposition."""
-    samples = (line.split(" ") for line in text.splitlines() if line and not line.startswith("#"))
-    return {sample[0]: float(sample[1]) for sample in samples if len(sample) == 2 and "{" not in sample[0]}
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 def test_issues_and_serves_the_certificate(running: tuple[RunningServer, Pebble]) -> None:
@@ -121,3 +128,74 @@ def test_issues_and_serves_the_certificate(running: tuple[RunningServer, Pebble]
     assert (
         gauges["surat_acme_certificate_not_after_timestamp_seconds"] == leaf.not_valid_after_utc.timestamp()
     )
+
+
+# Pebble's certificates last 30 s here: the server renews with a third of that left, by itself.
+SHORT_VALIDITY = 30
+
+
+@pytest.mark.parametrize("running", [(HOSTNAMES, HOSTNAMES, SHORT_VALIDITY)], indirect=True)
+def test_renews_a_short_lived_certificate_before_it_expires(running: tuple[RunningServer, Pebble]) -> None:
+    server, ca = running
+    wait_for(lambda: status(server).last_success is not None, "certificate issued", ca)
+    first = served_certificate(server, trusting(ca))
+    lifetime = first.not_valid_after_utc - first.not_valid_before_utc
+    assert lifetime.total_seconds() <= SHORT_VALIDITY + 1
+    wait_for(lambda: installed(server).serial_number != first.serial_number, "renewal", ca)
+    # The renewal reloaded the listeners: new handshakes get the new certificate, before the old
+    # one expires (the renewal time is 1/3 of the lifetime before it).
+    wait_for(lambda: served_certificate(server, trusting(ca)) != first, "renewed certificate served", ca)
+    renewed = served_certificate(server, trusting(ca))
+    assert renewed.serial_number == installed(server).serial_number
+    assert renewed.not_valid_after_utc > first.not_valid_after_utc
+    assert status(server).consecutive_failures == 0
+
+
+@pytest.mark.parametrize("running", [([*HOSTNAMES, "unknown.example.test"], HOSTNAMES, None)], indirect=True)
+def test_a_failed_order_keeps_the_certificate_and_backs_off(running: tuple[RunningServer, Pebble]) -> None:
+    server, ca = running
+    wait_for(lambda: status(server).consecutive_failures == 1, "failure recorded", ca)
+    recorded = status(server)
+    assert recorded.last_success is None
+    assert recorded.last_error is not None and "unknown.example.test" in recorded.last_error
+    assert recorded.last_failure is not None and recorded.next_attempt is not None
+    assert recorded.next_attempt - recorded.last_failure == FIRST_RETRY
+    # Still serving: the self-signed placeholder (nothing better was ever issued).
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    placeholder = served_certificate(server, unverified)
+    assert placeholder.issuer == placeholder.subject
+    assert placeholder.serial_number == installed(server).serial_number
+    gauges = metric_values(metrics_text(server))
+    assert gauges["surat_acme_consecutive_failures"] == 1
+    assert gauges["surat_acme_certificate_not_after_timestamp_seconds"] == 0
+    assert 'surat_acme_orders_total{result="failed"}' in metrics_text(server)
+
+
+def test_http_listener_answers_the_challenges_any_worker_wrote(tmp_path: Path) -> None:
+    """The answers are files under data_dir/acme/challenges/, so any process's http listener serves
+    what the renewing process wrote (RFC 8555 §8.3: GET /.well-known/acme-challenge/TOKEN)."""
+    ca = Pebble("https://127.0.0.1:1/dir", tmp_path / "ca.pem", "", None, tmp_path / "none")  # type: ignore[arg-type]
+    ca.ca_file.write_text("unused: nothing listens on port 1, so the order fails at once\n")
+    server = RunningServer(acme_config(tmp_path, ca, 0, HOSTNAMES))
+    try:
+        token = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+        AcmeFiles(server.config.data_dir).put_challenge(
+            token, f"{token}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
+        )
+        answer = request(
+            server, "http", "GET", f"/.well-known/acme-challenge/{token}", "mta-sts.example.test"
+        )
+        assert (answer.status, answer.headers["Content-Type"], answer.body) == (
+            200,
+            "application/octet-stream",
+            f"{token}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI".encode(),
+        )
+        for unknown in ("other-token", "..%2Fstatus.json", "a.b"):
+            answer = request(
+                server, "http", "GET", f"/.well-known/acme-challenge/{unknown}", "mail.example.test"
+            )
+            assert (answer.status, answer.body) == (404, b"no such ACME challenge\n")
+    finally:
+        server.stop()

@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from surat import certs
@@ -123,3 +124,26 @@ class AcmeFiles:
     def write_status(self, status: RenewalStatus) -> None:
         self.prepare()
         certs.replace_file(self.status_file, json.dumps(asdict(status)).encode("utf-8"))
+
+
+def status_lines(files: AcmeFiles, directory: str) -> tuple[list[str], list[str]]:
+    """For `surat check`: lines describing the renewal state, and warnings (a failing renewal)."""
+    status = files.read_status()
+
+    def when(timestamp: float | None) -> str:
+        return (
+            "never" if timestamp is None else f"{datetime.fromtimestamp(timestamp, UTC):%Y-%m-%d %H:%M} UTC"
+        )
+
+    lines = [
+        f"acme:     {directory}",
+        f"  acme: last issued {when(status.last_success)}, next check {when(status.next_attempt)}",
+    ]
+    warnings = []
+    if status.consecutive_failures:
+        warnings.append(
+            f"warning: acme: {status.consecutive_failures} order(s) failed in a row, the last at "
+            f"{when(status.last_failure)}: {status.last_error}; the current certificate stays served, "
+            f"next attempt {when(status.next_attempt)}"
+        )
+    return lines, warnings

@@ -8,12 +8,15 @@ http listener of every worker answers the CA from the files it writes (surat.acm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 
@@ -26,6 +29,8 @@ from surat.net.tls import dns_names
 from surat.store.base import Store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Checked at start and every 12 hours (sooner when a short-lived certificate is due before that).
 CHECK_INTERVAL = 12 * 3600.0
@@ -78,6 +83,36 @@ async def certificate_names(config: Config, store: Store) -> list[str]:
         for domain in await store.list_domains():
             names.update(f"{prefix}.{domain}" for prefix in WEB_PREFIXES)
     return sorted(names)
+
+
+async def _in_daemon_thread(work: Callable[[], T]) -> T:
+    """`work()` in a daemon thread of its own. Not the loop's default executor: asyncio.run waits for
+    that at shutdown, and an order polling a slow CA may take up to ORDER_TIMEOUT; a stopping server
+    abandons the order instead (the CA keeps it pending; the next start orders anew)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]  # None only with an error
+
+    def run() -> None:
+        try:
+            outcome = work()
+        except BaseException as exc:  # handed to the awaiting task
+            error: BaseException = exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, None, error)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, outcome, None)
+
+    threading.Thread(target=run, name="acme-order", daemon=True).start()
+    return await done
 
 
 class AcmeRenewal:
@@ -135,7 +170,7 @@ class AcmeRenewal:
         log.info("acme.ordering", extra=fields(names=",".join(hostnames), reason=reason))
         try:
             # The library is blocking (HTTP requests, polling): a thread, never the event loop.
-            issued = await asyncio.to_thread(issue, self.acme, hostnames, self.files)
+            issued = await _in_daemon_thread(lambda: issue(self.acme, hostnames, self.files))
             await asyncio.to_thread(self.files.install, issued.fullchain_pem, issued.key_pem)
         except asyncio.CancelledError:
             raise

@@ -1,0 +1,241 @@
+"""ACME without a CA: the [acme] config, when a certificate is due (RFC 8555 leaves it to the client),
+the backoff, the default names, the challenge files the http listener serves, `surat check`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from surat.acme.files import AcmeFiles, RenewalStatus, status_lines, valid_token
+from surat.acme.renewal import FIRST_RETRY, MAX_RETRY, certificate_names, renewal_reason, retry_delay
+from surat.cli import main
+from surat.config import LETS_ENCRYPT_DIRECTORY, ConfigError, parse_config
+
+NOW = datetime(2027, 1, 1, tzinfo=UTC)
+NAMES = ["mail.example.test", "mta-sts.example.test"]
+
+
+def config(tmp_path: Path, acme: dict[str, Any] | None = None, **top: Any) -> Any:
+    data: dict[str, Any] = {"hostname": "mail.example.test", "acme": acme if acme is not None else {}, **top}
+    return parse_config(data, base_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_acme_defaults_and_the_served_certificate(tmp_path: Path) -> None:
+    loaded = config(tmp_path)
+    assert loaded.acme is not None
+    assert (loaded.acme.directory, loaded.acme.email, loaded.acme.hostnames, loaded.acme.ca_file) == (
+        LETS_ENCRYPT_DIRECTORY,
+        None,
+        (),
+        None,
+    )
+    # The certificate it obtains is the served [tls] pair; it need not exist before the first start.
+    assert loaded.tls.cert == tmp_path / "data" / "acme" / "cert.pem"
+    assert loaded.tls.key == tmp_path / "data" / "acme" / "key.pem"
+
+
+def test_acme_is_off_without_the_table(tmp_path: Path) -> None:
+    assert parse_config({"hostname": "mail.example.test"}, base_dir=tmp_path).acme is None
+
+
+def test_acme_settings(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    loaded = config(
+        tmp_path,
+        {
+            "directory": "https://acme-staging-v02.api.letsencrypt.org/directory",
+            "email": "postmaster@example.test",
+            "hostnames": ["Mail.Example.Test.", "mta-sts.example.test"],
+            "ca_file": "ca.pem",
+        },
+    )
+    assert loaded.acme.hostnames == ("mail.example.test", "mta-sts.example.test")
+    assert loaded.acme.ca_file == tmp_path / "ca.pem"
+    assert loaded.acme.email == "postmaster@example.test"
+
+
+@pytest.mark.parametrize(
+    ("acme", "top", "message"),
+    [
+        ({"directory": "http://ca.example/dir"}, {}, "acme.directory: expected an https:// URL"),
+        ({"email": "postmaster"}, {}, "acme.email: expected an email address"),
+        ({"ca_file": "missing.pem"}, {}, "acme.ca_file: file"),
+        ({"hostnames": ["bad host"]}, {}, "acme.hostnames: 'bad host' is not a valid host name"),
+        ({"hostname": ["x.example"]}, {}, "acme.hostname: unknown setting (did you mean hostnames?)"),
+        ({}, {"tls": {"cert": "c.pem", "key": "k.pem"}}, "tls.cert: with [acme] the certificate is"),
+    ],
+)
+def test_bad_acme_settings(tmp_path: Path, acme: dict[str, Any], top: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config(tmp_path, acme, **top)
+    assert str(raised.value).startswith(message)
+
+
+# -------------------------------------------------------------------------------- when to renew
+
+
+def certificate(
+    path: Path, names: list[str], *, lifetime: timedelta, issued: datetime, self_signed: bool = False
+) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    issuer = subject if self_signed else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(issued)
+        .not_valid_after(issued + lifetime)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+DAY = timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("names", "lifetime", "age", "self_signed", "reason"),
+    [
+        (NAMES, 90 * DAY, 59 * DAY, False, None),  # Let's Encrypt: renewed at 60 days, 30 left
+        (NAMES, 90 * DAY, 61 * DAY, False, "expires soon"),
+        (NAMES, 6 * DAY, 3 * DAY, False, None),  # short-lived: a third of the lifetime left
+        (NAMES, 6 * DAY, 4 * DAY + timedelta(minutes=1), False, "expires soon"),
+        (NAMES, 90 * DAY, DAY, True, "placeholder certificate (self-signed)"),
+        (NAMES[:1], 90 * DAY, DAY, False, "host names changed"),
+    ],
+)
+def test_renewal_reason(
+    tmp_path: Path,
+    names: list[str],
+    lifetime: timedelta,
+    age: timedelta,
+    self_signed: bool,
+    reason: str | None,
+) -> None:
+    cert = certificate(
+        tmp_path / "cert.pem", names, lifetime=lifetime, issued=NOW - age, self_signed=self_signed
+    )
+    assert renewal_reason(cert, NAMES, NOW) == reason
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not PEM"])
+def test_no_usable_certificate_is_due(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "cert.pem"
+    if content is not None:
+        path.write_bytes(content)
+    assert renewal_reason(path, NAMES, NOW) == "no usable certificate"
+
+
+def test_backoff_doubles_up_to_the_check_interval() -> None:
+    assert [retry_delay(n) for n in range(1, 6)] == [FIRST_RETRY * 2**i for i in range(5)]
+    assert (retry_delay(8), retry_delay(9)) == (FIRST_RETRY * 2**7, MAX_RETRY)  # 10.7 h, then 12 h
+    assert retry_delay(10_000) == MAX_RETRY  # no overflow however long it fails
+
+
+class Domains:
+    def __init__(self, *names: str) -> None:
+        self.names = list(names)
+
+    async def list_domains(self) -> list[str]:
+        return self.names
+
+
+async def test_default_names_follow_the_local_domains_when_https_is_on(tmp_path: Path) -> None:
+    store = Domains("example.test", "example.org")
+    with_https = config(tmp_path, listen={"https": ["127.0.0.1:0"]}, tls={})
+    assert await certificate_names(with_https, store) == [  # type: ignore[arg-type]
+        "autoconfig.example.org",
+        "autoconfig.example.test",
+        "autodiscover.example.org",
+        "autodiscover.example.test",
+        "mail.example.test",
+        "mta-sts.example.org",
+        "mta-sts.example.test",
+    ]
+    assert await certificate_names(config(tmp_path), store) == ["mail.example.test"]  # type: ignore[arg-type]
+    explicit = config(tmp_path, {"hostnames": ["b.example.test", "a.example.test"]})
+    assert await certificate_names(explicit, store) == ["a.example.test", "b.example.test"]  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- challenge files
+
+TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"  # RFC 8555 §8.3's example
+
+
+def test_challenge_round_trip(tmp_path: Path) -> None:
+    files = AcmeFiles(tmp_path)
+    assert files.challenge(TOKEN) is None
+    files.put_challenge(TOKEN, f"{TOKEN}.thumbprint")
+    assert files.challenge(TOKEN) == f"{TOKEN}.thumbprint".encode()
+    assert (files.challenges / TOKEN).stat().st_mode & 0o777 == 0o644
+    files.remove_challenge(TOKEN)
+    assert files.challenge(TOKEN) is None
+
+
+@pytest.mark.parametrize("token", ["", "../status.json", "a/b", "a.b", "tok en", "é", "A" * 129, ".lock"])
+def test_only_base64url_tokens_are_looked_up(tmp_path: Path, token: str) -> None:
+    files = AcmeFiles(tmp_path)
+    files.write_status(RenewalStatus())
+    assert not valid_token(token)
+    assert files.challenge(token) is None
+    with pytest.raises(ValueError, match="not an ACME token"):
+        files.put_challenge(token, "x")
+
+
+def test_placeholder_is_written_once(tmp_path: Path) -> None:
+    files = AcmeFiles(tmp_path)
+    assert files.ensure_placeholder(["mail.example.test"])
+    first = files.cert.read_bytes()
+    assert files.key.stat().st_mode & 0o777 == 0o600
+    assert not files.ensure_placeholder(["mail.example.test"])
+    assert files.cert.read_bytes() == first
+    assert renewal_reason(files.cert, ["mail.example.test"], datetime.now(UTC)) == (
+        "placeholder certificate (self-signed)"
+    )
+
+
+# ---------------------------------------------------------------------------------- surat check
+
+
+def test_status_lines_warn_about_failures(tmp_path: Path) -> None:
+    files = AcmeFiles(tmp_path)
+    failed_at = NOW.timestamp()
+    files.write_status(
+        RenewalStatus(
+            last_failure=failed_at,
+            last_error="Error: no route to the CA",
+            consecutive_failures=2,
+            next_attempt=failed_at + 600,
+        )
+    )
+    lines, warnings = status_lines(files, LETS_ENCRYPT_DIRECTORY)
+    assert lines == [
+        f"acme:     {LETS_ENCRYPT_DIRECTORY}",
+        "  acme: last issued never, next check 2027-01-01 00:10 UTC",
+    ]
+    assert warnings == [
+        "warning: acme: 2 order(s) failed in a row, the last at 2027-01-01 00:00 UTC: Error: no route to "
+        "the CA; the current certificate stays served, next attempt 2027-01-01 00:10 UTC"
+    ]
+
+
+def test_check_before_the_first_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "surat.toml").write_text('hostname = "mail.example.test"\n[acme]\nemail = "a@example.test"\n')
+    assert main(["--config", str(tmp_path / "surat.toml"), "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"\nacme:     {LETS_ENCRYPT_DIRECTORY}\n  acme: last issued never, next check never\n" in out
