@@ -210,6 +210,8 @@ class SuratServer:
         handshakes get the new certificates, connections already encrypted are untouched. A pair
         that cannot be used is refused with one log line, and the old certificates stay. Whether
         the new ones are served."""
+        if self.acme is not None:
+            self.acme.wake()  # the operator may have added a domain, or revoked the certificate
         if self.tls is None:
             log.info("tls.reload_skipped", extra=fields(reason="no [tls] certificate configured"))
             return False

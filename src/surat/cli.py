@@ -19,13 +19,13 @@ import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from surat import __version__, certs
-from surat.acme.files import AcmeFiles, status_lines
+from surat.acme.files import REVOCATION_REASONS, AcmeFiles, status_lines
 from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import (
     LISTEN_ROLES,
@@ -683,22 +683,54 @@ def cmd_reload(args: argparse.Namespace) -> int:
     config = _load(args)
     # The server would refuse these too (and keep its old ones): say why here, where it is seen.
     _check_tls(config)
-    pid = running_server_pid(config.data_dir)
+    pid = _send_sighup(config, "reload")
     if pid is None:
         raise CliError(
             f"reload: no surat serve is running with data_dir {config.data_dir} "
             f"(it holds {PID_FILE_NAME} there while it runs)"
         )
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise CliError(f"reload: surat serve (pid {pid}) has just stopped") from None
-    except PermissionError:
-        raise CliError(f"reload: not allowed to signal surat serve (pid {pid}); run as its user") from None
     print(
         f"reload: asked surat serve (pid {pid}) to re-read its certificates; "
         "its log says tls.reloaded, or tls.reload_failed (then it keeps the old ones)"
     )
+    return 0
+
+
+def _send_sighup(config: Config, command: str) -> int | None:
+    """SIGHUP to the `surat serve` of this data_dir: its pid, or None when none runs."""
+    pid = running_server_pid(config.data_dir)
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CliError(f"{command}: surat serve (pid {pid}) has just stopped") from None
+    except PermissionError:
+        raise CliError(f"{command}: not allowed to signal surat serve (pid {pid}); run as its user") from None
+    return pid
+
+
+def cmd_acme(args: argparse.Namespace) -> int:
+    """`surat acme revoke`: revoke the certificate ACME obtained (RFC 8555 §7.6) and have the running
+    server order a new one now."""
+    config = _load(args)
+    if config.acme is None:
+        raise CliError("acme: the config has no [acme] table")
+    from surat.acme.issue import revoke  # noqa: PLC0415 (the acme library, only for this command)
+
+    files = AcmeFiles(config.data_dir)
+    try:
+        revoked = revoke(config.acme, files, args.reason)
+    except Exception as exc:  # the library's errors, network errors: one line, nothing recorded
+        raise CliError(f"acme: revoke failed: {type(exc).__name__}: {exc}") from None
+    # The renewal orders a replacement for this serial at its next check (SIGHUP: now).
+    files.write_status(replace(files.read_status(), revoked_serial=revoked.serial_number))
+    print(f"acme: revoked the certificate with serial {revoked.serial_number:x} ({args.reason})")
+    pid = _send_sighup(config, "acme")
+    if pid is None:
+        print("acme: no surat serve is running; it orders a new certificate when it starts")
+    else:
+        print(f"acme: asked surat serve (pid {pid}) to order a new certificate; its log says acme.issued")
     return 0
 
 
@@ -1225,6 +1257,17 @@ def build_parser() -> argparse.ArgumentParser:
         "reload", help="make the running server re-read its TLS certificates and keys (as SIGHUP does)"
     )
     reload.set_defaults(handler=cmd_reload)
+
+    acme = commands.add_parser("acme", help="the certificate obtained by [acme]")
+    acme_actions = acme.add_subparsers(dest="action", required=True, metavar="ACTION")
+    revoke = acme_actions.add_parser("revoke", help="revoke the served certificate and order a new one now")
+    revoke.add_argument(
+        "--reason",
+        default="unspecified",
+        choices=list(REVOCATION_REASONS),
+        help="the RFC 5280 reason (default: unspecified)",
+    )
+    acme.set_defaults(handler=cmd_acme)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")
     check.set_defaults(handler=cmd_check)

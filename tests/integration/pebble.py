@@ -33,14 +33,15 @@ class Pebble:
     dns: DNSServer
     log: Path
 
-    def _get(self, path: str) -> bytes:
+    def get(self, path: str) -> bytes:
+        """A GET on Pebble's management interface."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
         with urllib.request.urlopen(self.management + path, context=context, timeout=10) as answer:
             return bytes(answer.read())
 
     def root_pem(self) -> bytes:
         """The root that issued certificates chain to (random per Pebble run)."""
-        return self._get("/roots/0")
+        return self.get("/roots/0")
 
 
 @contextlib.contextmanager

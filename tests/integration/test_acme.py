@@ -4,6 +4,7 @@ itself; a name the CA cannot validate leaves the old certificate served and the 
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
@@ -20,33 +21,33 @@ from test_web import request
 
 from surat.acme.files import AcmeFiles, RenewalStatus
 from surat.acme.renewal import FIRST_RETRY
-from surat.config import Config, parse_config
+from surat.cli import main
+from surat.config import Config, load_config
 from surat.net.tls import dns_names
 
 HOSTNAMES = ["mail.example.test", "mta-sts.example.test"]
 ISSUE_TIMEOUT = 60.0
 
 
-def acme_config(base: Path, ca: Pebble, http_port: int, hostnames: list[str]) -> Config:
-    return parse_config(
-        {
-            "hostname": "mail.example.test",
-            "data_dir": "data",
-            "listen": {
-                "http": [f"127.0.0.1:{http_port}"],
-                "imaps": ["127.0.0.1:0"],
-                "admin": ["127.0.0.1:0"],
-            },
-            "limits": {"mail_auth": False},
-            "acme": {
-                "directory": ca.directory,
-                "email": "postmaster@example.test",
-                "hostnames": hostnames,
-                "ca_file": str(ca.ca_file),
-            },
-        },
-        base_dir=base,
+def acme_config(base: Path, directory: str, ca_file: Path, http_port: int, hostnames: list[str]) -> Config:
+    """base/surat.toml (a file, for the `surat acme` command) with [acme] ordering from `directory`."""
+    path = base / "surat.toml"
+    path.write_text(
+        'hostname = "mail.example.test"\n'
+        'data_dir = "data"\n'
+        "[listen]\n"
+        f'http = ["127.0.0.1:{http_port}"]\n'
+        'imaps = ["127.0.0.1:0"]\n'
+        'admin = ["127.0.0.1:0"]\n'
+        "[limits]\n"
+        "mail_auth = false\n"
+        "[acme]\n"
+        f'directory = "{directory}"\n'
+        'email = "postmaster@example.test"\n'
+        f"hostnames = {json.dumps(hostnames)}\n"
+        f'ca_file = "{ca_file}"\n'
     )
+    return load_config(path)
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Ru
     hostnames, resolvable, validity = getattr(request, "param", (HOSTNAMES, HOSTNAMES, None))
     http_port = free_port()
     with pebble(tmp_path, http_port, resolvable, validity=validity) as ca:
-        server = RunningServer(acme_config(tmp_path, ca, http_port, hostnames))
+        server = RunningServer(acme_config(tmp_path, ca.directory, ca.ca_file, http_port, hostnames))
         try:
             yield server, ca
         finally:
@@ -176,9 +177,9 @@ def test_a_failed_order_keeps_the_certificate_and_backs_off(running: tuple[Runni
 def test_http_listener_answers_the_challenges_any_worker_wrote(tmp_path: Path) -> None:
     """The answers are files under data_dir/acme/challenges/, so any process's http listener serves
     what the renewing process wrote (RFC 8555 §8.3: GET /.well-known/acme-challenge/TOKEN)."""
-    ca = Pebble("https://127.0.0.1:1/dir", tmp_path / "ca.pem", "", None, tmp_path / "none")  # type: ignore[arg-type]
-    ca.ca_file.write_text("unused: nothing listens on port 1, so the order fails at once\n")
-    server = RunningServer(acme_config(tmp_path, ca, 0, HOSTNAMES))
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("unused: nothing listens on port 1, so the order fails at once\n")
+    server = RunningServer(acme_config(tmp_path, "https://127.0.0.1:1/dir", ca_file, 0, HOSTNAMES))
     try:
         token = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
         AcmeFiles(server.config.data_dir).put_challenge(
@@ -199,3 +200,23 @@ def test_http_listener_answers_the_challenges_any_worker_wrote(tmp_path: Path) -
             assert (answer.status, answer.body) == (404, b"no such ACME challenge\n")
     finally:
         server.stop()
+
+
+def test_revoke_and_reissue(
+    running: tuple[RunningServer, Pebble], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, ca = running
+    wait_for(lambda: status(server).last_success is not None, "certificate issued", ca)
+    first = installed(server)
+    assert server.config.path is not None
+    assert main(["--config", str(server.config.path), "acme", "revoke", "--reason", "superseded"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"acme: revoked the certificate with serial {first.serial_number:x} (superseded)\n")
+    assert json.loads(ca.get(f"/cert-status-by-serial/{first.serial_number:x}"))["Status"] == "Revoked"
+    # What SIGHUP does (the in-process server has no pid file for the command to find).
+    server.loop.call_soon_threadsafe(server.server.reload_certificates)
+    wait_for(lambda: installed(server).serial_number != first.serial_number, "new certificate", ca)
+    wait_for(
+        lambda: served_certificate(server, trusting(ca)) == installed(server), "new certificate served", ca
+    )
+    assert status(server).revoked_serial == first.serial_number  # kept: it names the revoked one

@@ -13,8 +13,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fake_clock import Clock
 from surat.acme.files import AcmeFiles, RenewalStatus, status_lines, valid_token
-from surat.acme.renewal import FIRST_RETRY, MAX_RETRY, certificate_names, renewal_reason, retry_delay
+from surat.acme.renewal import (
+    CHECK_INTERVAL,
+    FIRST_RETRY,
+    MAX_RETRY,
+    AcmeRenewal,
+    certificate_names,
+    renewal_reason,
+    retry_delay,
+)
 from surat.cli import main
 from surat.config import LETS_ENCRYPT_DIRECTORY, ConfigError, parse_config
 
@@ -239,3 +248,51 @@ def test_check_before_the_first_start(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--config", str(tmp_path / "surat.toml"), "check"]) == 0
     out = capsys.readouterr().out
     assert f"\nacme:     {LETS_ENCRYPT_DIRECTORY}\n  acme: last issued never, next check never\n" in out
+
+
+# --------------------------------------------------------------------------- the renewal's checks
+
+
+def renewal(tmp_path: Path, clock: Clock) -> AcmeRenewal:
+    # Nothing listens on port 1: an order that was started would fail at once, and be counted.
+    loaded = config(tmp_path, {"directory": "https://127.0.0.1:1/dir", "hostnames": NAMES})
+    return AcmeRenewal(loaded, Domains(), lambda: None, clock=clock)  # type: ignore[arg-type]
+
+
+async def test_a_wake_up_within_the_backoff_orders_nothing(tmp_path: Path) -> None:
+    clock = Clock()
+    renewer = renewal(tmp_path, clock)
+    renewer.files.prepare()
+    renewer.files.write_status(
+        RenewalStatus(last_failure=clock.now, consecutive_failures=3, next_attempt=clock.now + 600)
+    )
+    clock.now += 100
+    assert await renewer.check() == 500
+    assert renewer.files.read_status().consecutive_failures == 3  # no order was tried
+    clock.now += 500
+    assert await renewer.check() == retry_delay(4)  # the backoff is over: tried, failed again
+    assert renewer.files.read_status().consecutive_failures == 4
+
+
+async def test_a_good_certificate_clears_old_failures(tmp_path: Path) -> None:
+    clock = Clock()
+    renewer = renewal(tmp_path, clock)
+    renewer.files.prepare()
+    issued = datetime.fromtimestamp(clock.now, UTC)
+    certificate(renewer.files.cert, NAMES, lifetime=90 * DAY, issued=issued)
+    renewer.files.write_status(RenewalStatus(consecutive_failures=2, last_error="x", next_attempt=clock.now))
+    assert await renewer.check() == CHECK_INTERVAL
+    assert renewer.files.read_status() == RenewalStatus(next_attempt=clock.now + CHECK_INTERVAL)
+
+
+async def test_a_revoked_certificate_is_due(tmp_path: Path) -> None:
+    clock = Clock()
+    renewer = renewal(tmp_path, clock)
+    renewer.files.prepare()
+    cert = certificate(
+        renewer.files.cert, NAMES, lifetime=90 * DAY, issued=datetime.fromtimestamp(clock.now, UTC)
+    )
+    serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+    now = datetime.fromtimestamp(clock.now, UTC)
+    assert renewal_reason(cert, NAMES, now, revoked_serial=serial + 1) is None
+    assert renewal_reason(cert, NAMES, now, revoked_serial=serial) == "revoked"

@@ -30,6 +30,8 @@ TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 MAX_TOKEN_LENGTH = 128
 # A key authorization is token "." base64url(SHA-256 thumbprint) (RFC 8555 §8.1): under 200 octets.
 MAX_KEY_AUTHORIZATION = 512
+# RFC 5280 §5.3.1 reason codes an ACME client may give when revoking (RFC 8555 §7.6).
+REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4, "cessationOfOperation": 5}
 
 
 def valid_token(token: str) -> bool:
@@ -45,6 +47,7 @@ class RenewalStatus:
     last_error: str | None = None
     consecutive_failures: int = 0
     next_attempt: float | None = None
+    revoked_serial: int | None = None  # `surat acme revoke`: this certificate is to be replaced
 
 
 class AcmeFiles:

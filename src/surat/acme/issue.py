@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from acme import challenges, crypto_util, errors, messages
 from acme.client import ClientNetwork, ClientV2
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.jwk import JWKRSA
 
 from surat import certs
-from surat.acme.files import AcmeFiles
+from surat.acme.files import REVOCATION_REASONS, AcmeFiles
 from surat.config import AcmeConfig
 from surat.log import fields
 
@@ -122,3 +123,18 @@ def issue(config: AcmeConfig, hostnames: Sequence[str], files: AcmeFiles) -> Iss
     if not order.fullchain_pem:
         raise AcmeError("the CA finalized the order without a certificate")
     return Issued(order.fullchain_pem.encode("ascii"), key_pem)
+
+
+def revoke(config: AcmeConfig, files: AcmeFiles, reason: str) -> x509.Certificate:
+    """Revoke the served certificate with the account that ordered it (RFC 8555 §7.6, signed with
+    the account key); blocking. The revoked certificate, whose serial the caller records."""
+    try:
+        leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise AcmeError(f"{files.cert}: no certificate to revoke ({exc})") from None
+    if leaf.issuer == leaf.subject:
+        raise AcmeError(f"{files.cert} is the self-signed placeholder, not a certificate from the CA")
+    client = _client(config, account_key(files))
+    _register(client, config)
+    client.revoke(leaf, REVOCATION_REASONS[reason])
+    return leaf

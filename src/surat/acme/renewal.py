@@ -42,18 +42,24 @@ RENEW_BEFORE = timedelta(days=30)
 # Let's Encrypt's failed-validation limit of 5 an hour per account and name).
 FIRST_RETRY = 300.0
 MAX_RETRY = CHECK_INTERVAL
+BACKOFF_SLACK = 1.0
 # The shortest wait between two checks, so that a clock or certificate oddity cannot spin the loop.
 MIN_WAIT = 10.0
 # What the web layer adds for each local domain when the https listener is on (docs/web.md).
 WEB_PREFIXES = ("mta-sts", "autoconfig", "autodiscover")
 
 
-def renewal_reason(cert_file: Path, hostnames: Sequence[str], now: datetime) -> str | None:
-    """Why a certificate should be ordered now, or None while the one in `cert_file` is good."""
+def renewal_reason(
+    cert_file: Path, hostnames: Sequence[str], now: datetime, revoked_serial: int | None = None
+) -> str | None:
+    """Why a certificate should be ordered now, or None while the one in `cert_file` is good.
+    `revoked_serial`: the certificate `surat acme revoke` revoked (RFC 8555 §7.6)."""
     try:
         leaf = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError):
         return "no usable certificate"
+    if leaf.serial_number == revoked_serial:
+        return "revoked"
     if leaf.issuer == leaf.subject:
         return "placeholder certificate (self-signed)"
     if {name.lower() for name in dns_names(leaf)} != set(hostnames):
@@ -134,7 +140,8 @@ class AcmeRenewal:
         self._reload = reload
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one order at a time (the timer and a test's explicit call)
+        self._lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()  # one order at a time (the timer and a test's explicit call)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="acme-renewal")
@@ -145,20 +152,40 @@ class AcmeRenewal:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    def wake(self) -> None:
+        """Check now rather than at the next timer (SIGHUP, `surat reload`, `surat acme revoke`): a
+        new local domain or a revocation is acted on at once. Within a failure's backoff nothing is
+        ordered before the backoff ends."""
+        self._wakeup.set()
+
     async def _run(self) -> None:
         while True:
+            self._wakeup.clear()
             wait = await self.check()
-            await asyncio.sleep(wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
 
     async def check(self) -> float:
         """Order a certificate if one is due; the seconds until the next check."""
         async with self._lock:
             now = self._clock()
+            status = self.files.read_status()
+            # A check earlier than the backoff allows (a wake-up) orders nothing; the timer's own
+            # check comes at next_attempt (asyncio may wake it a little early, hence the slack).
+            if status.consecutive_failures and status.next_attempt is not None:
+                backoff_left = status.next_attempt - now
+                if backoff_left > BACKOFF_SLACK:
+                    return backoff_left
             hostnames = await certificate_names(self.config, self.store)
-            reason = renewal_reason(self.files.cert, hostnames, datetime.fromtimestamp(now, UTC))
+            reason = renewal_reason(
+                self.files.cert, hostnames, datetime.fromtimestamp(now, UTC), status.revoked_serial
+            )
             if reason is None:
                 wait = min(CHECK_INTERVAL, max(MIN_WAIT, self._due_in(now)))
-                self.files.write_status(replace(self.files.read_status(), next_attempt=now + wait))
+                # Good as it is (also after failures that a config change made moot): no warning left.
+                self.files.write_status(
+                    replace(status, next_attempt=now + wait, consecutive_failures=0, last_error=None)
+                )
                 return wait
             return await self._order(hostnames, reason, now)
 
