@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, free_port
+from conftest import RunningServer, free_port, serving
 from cryptography import x509
 from pebble import Pebble, pebble
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,15 +29,25 @@ HOSTNAMES = ["mail.example.test", "mta-sts.example.test"]
 ISSUE_TIMEOUT = 60.0
 
 
-def acme_config(base: Path, directory: str, ca_file: Path, http_port: int, hostnames: list[str]) -> Config:
+def acme_config(
+    base: Path,
+    directory: str,
+    ca_file: Path,
+    http_port: int,
+    hostnames: list[str],
+    *,
+    imaps_port: int = 0,
+    workers: int = 1,
+) -> Config:
     """base/surat.toml (a file, for the `surat acme` command) with [acme] ordering from `directory`."""
     path = base / "surat.toml"
     path.write_text(
         'hostname = "mail.example.test"\n'
         'data_dir = "data"\n'
+        f"[server]\nworkers = {workers}\n"
         "[listen]\n"
         f'http = ["127.0.0.1:{http_port}"]\n'
-        'imaps = ["127.0.0.1:0"]\n'
+        f'imaps = ["127.0.0.1:{imaps_port}"]\n'
         'admin = ["127.0.0.1:0"]\n'
         "[limits]\n"
         "mail_auth = false\n"
@@ -76,9 +86,11 @@ def wait_for(condition: Callable[[], bool], what: str, ca: Pebble) -> None:
         time.sleep(0.2)
 
 
-def served_certificate(server: RunningServer, context: ssl.SSLContext) -> x509.Certificate:
+def served_certificate(server: RunningServer | int, context: ssl.SSLContext) -> x509.Certificate:
+    """The certificate the imaps listener (of `server`, or on this port) serves."""
+    port = server if isinstance(server, int) else server.port("imaps")
     with (
-        socket.create_connection(("127.0.0.1", server.port("imaps")), timeout=10) as raw,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname="mail.example.test") as tls,
     ):
         der = tls.getpeercert(binary_form=True)
@@ -91,8 +103,9 @@ def trusting(ca: Pebble) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=ca.root_pem().decode("ascii"))
 
 
-def installed(server: RunningServer) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(AcmeFiles(server.config.data_dir).cert.read_bytes())
+def installed(server: RunningServer | Config) -> x509.Certificate:
+    config = server if isinstance(server, Config) else server.config
+    return x509.load_pem_x509_certificate(AcmeFiles(config.data_dir).cert.read_bytes())
 
 
 def metrics_text(server: RunningServer) -> str:
@@ -220,3 +233,36 @@ def test_revoke_and_reissue(
         lambda: served_certificate(server, trusting(ca)) == installed(server), "new certificate served", ca
     )
     assert status(server).revoked_serial == first.serial_number  # kept: it names the revoked one
+
+
+def test_with_workers_one_orders_and_every_worker_serves_the_certificate(tmp_path: Path) -> None:
+    """`workers = 2`: worker 0 orders; the CA's HTTP-01 requests may reach either worker (they read
+    the answers from data_dir); the SIGHUP worker 0 sends the supervisor reaches both workers."""
+    http_port, imaps_port = free_port(), free_port()
+    with pebble(tmp_path, http_port, HOSTNAMES) as ca:
+        config = acme_config(
+            tmp_path, ca.directory, ca.ca_file, http_port, HOSTNAMES, imaps_port=imaps_port, workers=2
+        )
+        assert config.path is not None
+        with serving(config.path, imaps_port):
+            files = AcmeFiles(config.data_dir)
+            wait_for(lambda: files.read_status().last_success is not None, "certificate issued", ca)
+            serial = installed(config).serial_number
+            log = tmp_path / "server.log"
+            wait_for(lambda: len(reloaded_pids(log.read_text())) == 2, "both workers reloaded", ca)
+            # Many connections, spread by the kernel over both workers: each gets the new certificate.
+            for _ in range(20):
+                assert served_certificate(imaps_port, trusting(ca)).serial_number == serial
+        text = log.read_text()
+        assert text.count("acme.ordering") == 1  # one ACME client for the data_dir
+        assert "reload.forwarded workers=2" in text
+
+
+def reloaded_pids(log: str) -> set[str]:
+    return {
+        field.removeprefix("pid=")
+        for line in log.splitlines()
+        if "tls.reloaded" in line
+        for field in line.split()
+        if field.startswith("pid=")
+    }
