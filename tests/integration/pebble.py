@@ -10,16 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, require_tool
+from conftest import free_port, require_tool, wait_listening
 from dns_server import DNSServer
 
 from surat.certs import write_dev_certificates
@@ -87,7 +85,7 @@ def pebble(
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_listening(port, process, log)
+        wait_listening(port, process, config, log)
         yield Pebble(
             f"https://127.0.0.1:{port}/dir", tls.ca, f"https://127.0.0.1:{management_port}", dns, log
         )
@@ -95,16 +93,3 @@ def pebble(
         process.terminate()
         process.wait(10)
         dns.close()
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"pebble exited: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("pebble did not start")

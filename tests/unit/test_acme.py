@@ -9,9 +9,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fake_clock import Clock
 from surat.acme.files import AcmeFiles, RenewalStatus, status_lines, valid_token
@@ -26,6 +23,7 @@ from surat.acme.renewal import (
 )
 from surat.cli import main
 from surat.config import LETS_ENCRYPT_DIRECTORY, ConfigError, parse_config
+from tls_certs import make_certificate
 
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
 NAMES = ["mail.example.test", "mta-sts.example.test"]
@@ -96,21 +94,10 @@ def test_bad_acme_settings(tmp_path: Path, acme: dict[str, Any], top: dict[str, 
 def certificate(
     path: Path, names: list[str], *, lifetime: timedelta, issued: datetime, self_signed: bool = False
 ) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    issuer = subject if self_signed else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(issued)
-        .not_valid_after(issued + lifetime)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
-        .sign(key, hashes.SHA256())
+    made = make_certificate(
+        names, not_before=issued, not_after=issued + lifetime, issuer=None if self_signed else "Test CA"
     )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(made.cert_pem)
     return path
 
 
