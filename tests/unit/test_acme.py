@@ -3,6 +3,7 @@ the backoff, the default names, the challenge files the http listener serves, `s
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,29 @@ async def test_a_revoked_certificate_is_due(tmp_path: Path) -> None:
     now = datetime.fromtimestamp(clock.now, UTC)
     assert renewal_reason(cert, NAMES, now, revoked_serial=serial + 1) is None
     assert renewal_reason(cert, NAMES, now, revoked_serial=serial) == "revoked"
+
+
+class UnreachableStore:
+    async def list_domains(self) -> list[str]:
+        raise OSError("database unreachable")
+
+
+async def test_a_check_that_fails_outside_an_order_keeps_the_renewal_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = config(
+        tmp_path, {"directory": "https://127.0.0.1:1/dir"}, listen={"https": ["127.0.0.1:0"]}, tls={}
+    )
+    renewer = AcmeRenewal(loaded, UnreachableStore(), lambda: None)  # type: ignore[arg-type]
+    renewer.start()
+    try:
+        for _ in range(100):
+            if any(record.message == "acme.check_failed" for record in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        assert [record.message for record in caplog.records if record.name == "surat.acme.renewal"] == [
+            "acme.check_failed"
+        ]
+        assert renewer._task is not None and not renewer._task.done()
+    finally:
+        await renewer.stop()

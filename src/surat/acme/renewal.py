@@ -161,7 +161,15 @@ class AcmeRenewal:
     async def _run(self) -> None:
         while True:
             self._wakeup.clear()
-            wait = await self.check()
+            try:
+                wait = await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Not an order failure (those are handled in _order): the store unreachable, the
+                # data dir unwritable. Logged with its traceback; the renewal keeps running.
+                log.exception("acme.check_failed")
+                wait = FIRST_RETRY
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
 
