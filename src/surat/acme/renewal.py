@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -98,24 +99,21 @@ async def _in_daemon_thread(work: Callable[[], T]) -> T:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if done.cancelled():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]  # None only with an error
+    def hand_over(settle: Callable[[], None]) -> None:
+        def unless_cancelled() -> None:
+            if not done.cancelled():  # the server stopped: nobody waits for the result
+                settle()
+
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(unless_cancelled)
 
     def run() -> None:
         try:
             outcome = work()
-        except BaseException as exc:  # handed to the awaiting task
-            error: BaseException = exc
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, None, error)
+        except BaseException as exc:  # handed to the awaiting task, which logs it
+            hand_over(functools.partial(done.set_exception, exc))  # bound now: `exc` ends with the block
             return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, outcome, None)
+        hand_over(functools.partial(done.set_result, outcome))
 
     threading.Thread(target=run, name="acme-order", daemon=True).start()
     return await done
@@ -140,8 +138,8 @@ class AcmeRenewal:
         self._reload = reload
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._wakeup = asyncio.Event()  # one order at a time (the timer and a test's explicit call)
+        self._lock = asyncio.Lock()  # one check at a time
+        self._wakeup = asyncio.Event()  # set by wake()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="acme-renewal")
