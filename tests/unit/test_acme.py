@@ -179,7 +179,7 @@ def test_challenge_round_trip(tmp_path: Path) -> None:
     assert files.challenge(TOKEN) is None
     files.put_challenge(TOKEN, f"{TOKEN}.thumbprint")
     assert files.challenge(TOKEN) == f"{TOKEN}.thumbprint".encode()
-    assert (files.challenges / TOKEN).stat().st_mode & 0o777 == 0o644
+    assert (files.challenges / TOKEN).stat().st_mode & 0o777 == 0o600
     files.remove_challenge(TOKEN)
     assert files.challenge(TOKEN) is None
 
@@ -198,7 +198,10 @@ def test_placeholder_is_written_once(tmp_path: Path) -> None:
     files = AcmeFiles(tmp_path)
     assert files.ensure_placeholder(["mail.example.test"])
     first = files.cert.read_bytes()
-    assert files.key.stat().st_mode & 0o777 == 0o600
+    assert {path.stat().st_mode & 0o777 for path in (files.cert, files.key, files.directory)} == {
+        0o600,
+        0o700,
+    }
     assert not files.ensure_placeholder(["mail.example.test"])
     assert files.cert.read_bytes() == first
     assert renewal_reason(files.cert, ["mail.example.test"], datetime.now(UTC)) == (
@@ -236,6 +239,7 @@ def test_check_before_the_first_start(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--config", str(tmp_path / "surat.toml"), "check"]) == 0
     out = capsys.readouterr().out
     assert f"\nacme:     {LETS_ENCRYPT_DIRECTORY}\n  acme: last issued never, next check never\n" in out
+    assert "warning" not in out
 
 
 # --------------------------------------------------------------------------- the renewal's checks

@@ -30,6 +30,10 @@ TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 MAX_TOKEN_LENGTH = 128
 # A key authorization is token "." base64url(SHA-256 thumbprint) (RFC 8555 §8.1): under 200 octets.
 MAX_KEY_AUTHORIZATION = 512
+# Everything under data_dir/acme/ is the server user's alone, as the rest of data_dir (`surat check`
+# warns about anything others may read there); the certificate too, though it is public.
+FILE_MODE = 0o600
+
 # RFC 5280 §5.3.1 reason codes an ACME client may give when revoking (RFC 8555 §7.6).
 REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4, "cessationOfOperation": 5}
 
@@ -83,6 +87,7 @@ class AcmeFiles:
             if self.cert.exists() and self.key.exists():
                 return False
             certs.write_self_signed_certificate(self.directory, hostnames, overwrite=True)
+            self.cert.chmod(FILE_MODE)
             return True
 
     def install(self, fullchain_pem: bytes, key_pem: bytes) -> None:
@@ -92,7 +97,7 @@ class AcmeFiles:
         call sees both."""
         with self.locked():
             certs.replace_file(self.key, key_pem, secret=True)
-            certs.replace_file(self.cert, fullchain_pem)
+            certs.replace_file(self.cert, fullchain_pem, secret=True)
 
     # RFC 8555 §8.3: the CA GETs http://NAME/.well-known/acme-challenge/TOKEN and expects the key
     # authorization as the body.
@@ -100,7 +105,7 @@ class AcmeFiles:
         if not valid_token(token):
             raise ValueError(f"not an ACME token: {token!r}")
         self.prepare()
-        certs.replace_file(self.challenges / token, key_authorization.encode("ascii"))
+        certs.replace_file(self.challenges / token, key_authorization.encode("ascii"), secret=True)
 
     def challenge(self, token: str) -> bytes | None:
         """The key authorization for `token`, or None: unknown, or not token-shaped (then no file
@@ -126,7 +131,7 @@ class AcmeFiles:
 
     def write_status(self, status: RenewalStatus) -> None:
         self.prepare()
-        certs.replace_file(self.status_file, json.dumps(asdict(status)).encode("utf-8"))
+        certs.replace_file(self.status_file, json.dumps(asdict(status)).encode("utf-8"), secret=True)
 
 
 def status_lines(files: AcmeFiles, directory: str) -> tuple[list[str], list[str]]:
