@@ -38,9 +38,11 @@ def make_certificate(
     expired: bool = False,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
+    issuer: str | None = None,
 ) -> IssuedCertificate:
     """A self-signed certificate naming `names` (subjectAltName DNS), with a fresh key; valid for 90
-    days from now, or expired yesterday, unless the dates are given."""
+    days from now, or expired yesterday, unless the dates are given. `issuer`: the issuer's common
+    name, to look like a CA's certificate (still signed by its own key)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     if not_before is None:
@@ -51,7 +53,9 @@ def make_certificate(
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(
+            subject if issuer is None else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
+        )
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)

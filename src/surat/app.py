@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 import dns.exception
 
+from surat.acme.files import AcmeFiles
+from surat.acme.renewal import AcmeRenewal
 from surat.authlimit import BlockPolicy, StoreAuthLimiter
 from surat.config import MAIL_ROLES, WEB_ROLES, Config, HostPort, admin_url
 from surat.delivery.dkim import SigningKeys
@@ -70,13 +72,20 @@ class SuratServer:
         resolver: Resolver | None = None,
         listening: Mapping[str, Sequence[socket.socket]] | None = None,
         run_queue: bool = True,
+        run_acme: bool = True,
+        reload_everywhere: Callable[[], object] | None = None,
     ) -> None:
         """`listening`: sockets bound already, by role, served instead of binding [listen] (a worker
         of `workers = N`). `run_queue=False`: no outbound queue runner in this process (another
-        worker runs it)."""
+        worker runs it). `run_acme=False`: with [acme], another process renews the certificate.
+        `reload_everywhere`: how a renewal makes every process reload (default: this one's
+        reload_certificates; a worker asks the supervisor)."""
         self.config = config
         self._listening = listening
         self._run_queue = run_queue
+        self._run_acme = run_acme
+        self._reload_everywhere = reload_everywhere or self.reload_certificates
+        self.acme: AcmeRenewal | None = None
         # Tests inject a FakeResolver; the server asks the configured nameservers.
         self.resolver: Resolver = resolver or _system_resolver(config)
         # The store this server opens and closes itself; None when the caller passed one in.
@@ -97,6 +106,12 @@ class SuratServer:
 
     async def start(self) -> None:
         config = self.config
+        # [acme]: until the first certificate is issued the listeners serve a self-signed
+        # placeholder, so they can start (the CA's validation needs the http listener up).
+        if config.acme is not None and AcmeFiles(config.data_dir).ensure_placeholder(
+            config.acme.hostnames or [config.hostname]
+        ):
+            log.info("acme.placeholder", extra=fields(cert=config.tls.cert))
         if config.tls.cert is not None and config.tls.key is not None:
             try:
                 self.tls = TlsContexts(config.tls)
@@ -165,6 +180,10 @@ class SuratServer:
         except OSError as exc:
             await self.stop()
             raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None
+        if config.acme is not None and self._run_acme:
+            # After the http listener: the CA validates through it (RFC 8555 §8.3).
+            self.acme = AcmeRenewal(config, self.store, self._reload_everywhere)
+            self.acme.start()
         if not self._run_queue:
             return
         # The outbound queue; STARTTLS to peers is opportunistic, certificates unchecked (RFC 7435).
@@ -211,6 +230,8 @@ class SuratServer:
         handshakes get the new certificates, connections already encrypted are untouched. A pair
         that cannot be used is refused with one log line, and the old certificates stay. Whether
         the new ones are served."""
+        if self.acme is not None:
+            self.acme.wake()  # the operator may have added a domain, or revoked the certificate
         if self.tls is None:
             log.info("tls.reload_skipped", extra=fields(reason="no [tls] certificate configured"))
             return False
@@ -263,6 +284,9 @@ class SuratServer:
         if self.tls_reports is not None:
             await self.tls_reports.stop()
             self.tls_reports = None
+        if self.acme is not None:
+            await self.acme.stop()
+            self.acme = None
         if self.queue is not None:
             await self.queue.stop()
             self.queue = None

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificatePaths", "write_dev_certificates", "write_self_signed_certificate"]
+__all__ = ["CertificatePaths", "replace_file", "write_dev_certificates", "write_self_signed_certificate"]
 
 RSA_BITS = 2048
 # ~2 years, below the 825 days Apple platforms accept for any TLS server certificate.
@@ -241,6 +241,13 @@ def _write(path: Path, data: bytes, *, secret: bool = False, overwrite: bool) ->
             os.fsync(file.fileno())
         os.chmod(path, mode)  # undo the umask, which only ever removes bits
         return
+    replace_file(path, data, secret=secret)
+
+
+def replace_file(path: Path, data: bytes, *, secret: bool = False) -> None:
+    """Replace `path` in one rename, so a reader sees the old content or the new, never a part;
+    0600 from creation for secrets, 0644 otherwise."""
+    mode = 0o600 if secret else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates 0600
     try:
         with os.fdopen(fd, "wb") as file:

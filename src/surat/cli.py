@@ -19,12 +19,13 @@ import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, cast
 
 from surat import __version__, certs
+from surat.acme.files import REVOCATION_REASONS, AcmeFiles, status_lines
 from surat.apppasswords import AppPasswordNameError
 from surat.apppasswords import create as create_app_password
 from surat.apppasswords import revoke as revoke_app_password
@@ -702,6 +703,8 @@ def _check_tls(config: Config) -> TlsContexts | None:
     """The certificates the server would serve, each checked as it would check them."""
     if config.tls.cert is None or config.tls.key is None:
         return None
+    if config.acme is not None and not config.tls.cert.exists():
+        return None  # [acme] before the first start: the server writes a placeholder, then orders
     try:
         return TlsContexts(config.tls)
     except TLSSetupError as exc:
@@ -713,18 +716,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
     config = _load(args)
     # The server would refuse these too (and keep its old ones): say why here, where it is seen.
     _check_tls(config)
-    pid = running_server_pid(config.data_dir)
+    pid = _send_sighup(config, "reload")
     if pid is None:
         raise CliError(
             f"reload: no surat serve is running with data_dir {config.data_dir} "
             f"(it holds {PID_FILE_NAME} there while it runs)"
         )
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise CliError(f"reload: surat serve (pid {pid}) has just stopped") from None
-    except PermissionError:
-        raise CliError(f"reload: not allowed to signal surat serve (pid {pid}); run as its user") from None
     print(
         f"reload: asked surat serve (pid {pid}) to re-read its certificates; "
         "its log says tls.reloaded, or tls.reload_failed (then it keeps the old ones)"
@@ -859,17 +856,60 @@ def _store_verify(args: argparse.Namespace, config: Config) -> int:
     return _with_configured_store(args, config, act)
 
 
+def _send_sighup(config: Config, command: str) -> int | None:
+    """SIGHUP to the `surat serve` of this data_dir: its pid, or None when none runs."""
+    pid = running_server_pid(config.data_dir)
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CliError(f"{command}: surat serve (pid {pid}) has just stopped") from None
+    except PermissionError:
+        raise CliError(f"{command}: not allowed to signal surat serve (pid {pid}); run as its user") from None
+    return pid
+
+
+def cmd_acme(args: argparse.Namespace) -> int:
+    """`surat acme revoke`: revoke the certificate ACME obtained (RFC 8555 §7.6) and have the running
+    server order a new one now."""
+    config = _load(args)
+    if config.acme is None:
+        raise CliError("acme: the config has no [acme] table")
+    from surat.acme.issue import revoke  # noqa: PLC0415 (the acme library, only for this command)
+
+    files = AcmeFiles(config.data_dir)
+    try:
+        revoked = revoke(config.acme, files, args.reason)
+    except Exception as exc:  # the library's errors, network errors: one line, nothing recorded
+        raise CliError(f"acme: revoke failed: {type(exc).__name__}: {exc}") from None
+    # The renewal orders a replacement for this serial at its next check (SIGHUP: now).
+    files.write_status(replace(files.read_status(), revoked_serial=revoked.serial_number))
+    print(f"acme: revoked the certificate with serial {revoked.serial_number:x} ({args.reason})")
+    pid = _send_sighup(config, "acme")
+    if pid is None:
+        print("acme: no surat serve is running; it orders a new certificate when it starts")
+    else:
+        print(f"acme: asked surat serve (pid {pid}) to order a new certificate; its log says acme.issued")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     tls = _check_tls(config)
     status = _usable_schema(args, config)
 
     def report(contents: str | None, has_domains: bool) -> int:
+        acme_lines: list[str] = []
+        acme_warnings: list[str] = []
+        if config.acme is not None:
+            acme_lines, acme_warnings = status_lines(AcmeFiles(config.data_dir), config.acme.directory)
         lines = [
             f"config:   {config.path}",
             f"hostname: {config.hostname}",
             f"tls:      {config.tls.cert or '(none)'}",
             *certificate_lines(tls.certificates if tls is not None else ()),
+            *acme_lines,
             f"store:    {store_location(config)}, schema version {status.found}"
             + ("" if status.found else f" (version {status.expected} is created at the first start)"),
             f"data_dir: {config.data_dir}" + (f": {contents}" if contents else ""),
@@ -883,13 +923,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"note: no local domains yet; add one with `{command_prefix(args.config)} domain add DOMAIN`"
             )
         warnings = []
-        if config.tls.cert is not None:
+        if config.tls.cert is not None and config.tls.cert.exists():
             warnings = [
                 f"warning: tls.cert: {text}"
                 for text in certificate_warnings(config.tls.cert, config.hostname, datetime.now(UTC))
             ]
         if tls is not None:
             warnings += [f"warning: {note}" for note in tls.ignored_names]
+        warnings += acme_warnings
         # mail and password hashes: nobody but the server's user may read them (issue 11 item 12)
         for path, mode in loose_modes(config.data_dir):
             wanted = PRIVATE_DIR_MODE if path.is_dir() else PRIVATE_FILE_MODE
@@ -1646,6 +1687,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("dir", metavar="DIR", help="an empty or new directory")
     export.add_argument("--format", choices=FORMATS, default="maildir", help="default: maildir")
     export.set_defaults(handler=cmd_export)
+
+    acme = commands.add_parser("acme", help="the certificate obtained by [acme]")
+    acme_actions = acme.add_subparsers(dest="action", required=True, metavar="ACTION")
+    revoke = acme_actions.add_parser("revoke", help="revoke the served certificate and order a new one now")
+    revoke.add_argument(
+        "--reason",
+        default="unspecified",
+        choices=list(REVOCATION_REASONS),
+        help="the RFC 5280 reason (default: unspecified)",
+    )
+    acme.set_defaults(handler=cmd_acme)
 
     check = commands.add_parser("check", help="validate the config, the TLS files and the store")
     check.set_defaults(handler=cmd_check)

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +299,30 @@ class TlsReportsConfig:
     sender: str | None = None
 
 
+# RFC 8555 §7.1.1: the directory object every ACME client starts from. Let's Encrypt production.
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+# With [acme], the certificate and key it obtains are the served [tls] pair, at these places under
+# data_dir (surat.acme.files writes them; docs/acme.md).
+ACME_DIR = "acme"
+ACME_CERT = "cert.pem"
+ACME_KEY = "key.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """[acme]: certificates obtained and renewed by Surat itself (RFC 8555, HTTP-01). Off unless the
+    table is present."""
+
+    directory: str = LETS_ENCRYPT_DIRECTORY
+    email: str | None = None  # the account's contact (RFC 8555 §7.3), for the CA's expiry notices
+    # The names of the certificate; () = the hostname, plus mta-sts./autoconfig./autodiscover. of each
+    # local domain when the https listener is on (computed from the store at each order).
+    hostnames: tuple[str, ...] = ()
+    # A CA bundle to trust for the ACME server's own HTTPS (a private CA such as Pebble's test CA);
+    # added trust, never "no verification".
+    ca_file: Path | None = None
+
+
 MAX_WORKERS = 64  # [server] workers: more processes than this is a typo, not a deployment
 
 
@@ -324,6 +348,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     mta_sts: MtaStsConfig = MtaStsConfig()
     tls_reports: TlsReportsConfig = TlsReportsConfig()
+    acme: AcmeConfig | None = None
     path: Path | None = None  # the file this was loaded from, if any
 
 
@@ -532,6 +557,12 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         raise ConfigError(
             "tls_reports.sender", f"expected an address local@domain, got {tls_reports.sender!r}"
         )
+    acme = None
+    if "acme" in data:
+        acme_table = reader.table("acme")
+        acme = _acme_config(acme_table, base_dir)
+        acme_table.finish()
+        tls = _acme_tls(tls, data_dir)
     reader.finish()
 
     config = Config(
@@ -548,6 +579,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         server=server,
         mta_sts=mta_sts,
         tls_reports=tls_reports,
+        acme=acme,
         path=path,
     )
     _check_tls_files(config)
@@ -571,6 +603,33 @@ def _mta_sts_config(table: _Table) -> MtaStsConfig:
 def _is_address(text: str) -> bool:
     local, at, domain = text.rpartition("@")
     return bool(at and local and domain and "." in domain) and all(0x20 < ord(c) < 0x7F for c in text)
+
+
+def _acme_config(table: _Table, base_dir: Path) -> AcmeConfig:
+    directory = table.string("directory", default=LETS_ENCRYPT_DIRECTORY)
+    # RFC 8555 §6.1: all ACME communication is over HTTPS.
+    if not directory.startswith("https://"):
+        raise ConfigError("acme.directory", f"expected an https:// URL, got {directory!r}")
+    email = table.string("email")
+    if email is not None and ("@" not in email or any(c.isspace() for c in email)):
+        raise ConfigError("acme.email", f"expected an email address, got {email!r}")
+    ca_file = _opt_path(table.string("ca_file"), base_dir)
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError("acme.ca_file", f"file {ca_file} does not exist")
+    hostnames = _domain_names(table._get("hostnames"), "acme.hostnames", "host names")
+    return AcmeConfig(directory=directory, email=email, hostnames=hostnames, ca_file=ca_file)
+
+
+def _acme_tls(tls: TLSConfig, data_dir: Path) -> TLSConfig:
+    """With [acme], the served default certificate is the one ACME obtains: data_dir/acme/. A [tls]
+    cert/key as well would leave it unclear which one clients get, so that is refused;
+    [[tls.certificates]] for other names stay as they are."""
+    if tls.cert is not None or tls.key is not None:
+        raise ConfigError(
+            "tls.cert" if tls.cert is not None else "tls.key",
+            "with [acme] the certificate is the one ACME obtains (data_dir/acme/); remove tls.cert and tls.key",
+        )
+    return replace(tls, cert=data_dir / ACME_DIR / ACME_CERT, key=data_dir / ACME_DIR / ACME_KEY)
 
 
 def _workers(table: _Table) -> int:
@@ -669,7 +728,9 @@ def _check_tls_files(config: Config) -> None:
         raise ConfigError("tls.cert", "a certificate and key are required by the TLS listeners")
     if tls.certificates and tls.cert is None:
         raise ConfigError("tls.cert", "[[tls.certificates]] need a default certificate for other names")
-    files = [("tls.cert", tls.cert), ("tls.key", tls.key)]
+    # With [acme] the default pair may not exist yet: the server writes a placeholder at start
+    # (surat.acme.files) until the first certificate is issued.
+    files = [] if config.acme is not None else [("tls.cert", tls.cert), ("tls.key", tls.key)]
     for index, pair in enumerate(tls.certificates):
         files += [
             (f"tls.certificates[{index}].cert", pair.cert),

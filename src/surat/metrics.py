@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -85,6 +86,12 @@ HTTP_REQUESTS = Counter(
     ["listener", "status"],  # status: 2xx, 3xx, 4xx, 5xx
     registry=REGISTRY,
 )
+ACME_ORDERS = Counter(
+    "surat_acme_orders",
+    "ACME certificate orders (surat.acme), by result",
+    ["result"],  # issued, failed
+    registry=REGISTRY,
+)
 
 
 def connection(listener: str, result: str) -> None:
@@ -127,6 +134,10 @@ def imap_command(command: str) -> Iterator[None]:
         IMAP_COMMAND_SECONDS.labels(command).observe(time.perf_counter() - started)
 
 
+def acme_order(result: str) -> None:
+    ACME_ORDERS.labels(result).inc()
+
+
 def reply_class(code: int) -> str:
     return f"{code // 100}xx" if 100 <= code <= 599 else "other"
 
@@ -162,14 +173,52 @@ class _StoreCollector(Collector):
         )
 
 
-async def render(store: Store) -> bytes:
-    """The text exposition of every metric, for one scrape."""
+class _AcmeCollector(Collector):
+    """The ACME renewal's state, from its status file and the served certificate (data_dir/acme/,
+    written by the one process that renews, read by whichever worker is scraped)."""
+
+    def __init__(self, failures: int, not_after: float) -> None:
+        self._values = (failures, not_after)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        failures, not_after = self._values
+        yield GaugeMetricFamily(
+            "surat_acme_consecutive_failures",
+            "ACME orders failed in a row since the last success (0: the last one worked)",
+            value=failures,
+        )
+        yield GaugeMetricFamily(
+            "surat_acme_certificate_not_after_timestamp_seconds",
+            "Expiry of the certificate ACME obtained (0: none yet, a placeholder is served)",
+            value=not_after,
+        )
+
+
+def _acme_collector(data_dir: Path) -> _AcmeCollector:
+    from surat.acme.files import AcmeFiles  # noqa: PLC0415 (only with [acme])
+
+    files = AcmeFiles(data_dir)
+    not_after = 0.0
+    try:
+        leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        if leaf.issuer != leaf.subject:  # not the self-signed placeholder
+            not_after = leaf.not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        pass
+    return _AcmeCollector(files.read_status().consecutive_failures, not_after)
+
+
+async def render(store: Store, acme_data_dir: Path | None = None) -> bytes:
+    """The text exposition of every metric, for one scrape. `acme_data_dir`: with [acme], the
+    data_dir whose ACME state to report."""
     now = time.time()
     summary = await store.queue_summary()
     blocked = await store.list_auth_clients(blocked_after=now)
     oldest_age = max(0.0, now - summary.oldest.timestamp()) if summary.oldest is not None else 0.0
     scraped = CollectorRegistry()
     scraped.register(_StoreCollector(summary.entries, oldest_age, len(blocked)))
+    if acme_data_dir is not None:
+        scraped.register(_acme_collector(acme_data_dir))  # two small files
     if os.environ.get(MULTIPROCESS_ENV):
         counted = CollectorRegistry()
         MultiProcessCollector(counted)  # type: ignore[no-untyped-call]  # reads every worker's files (not a blocking amount: a few)

@@ -265,13 +265,14 @@ def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(10)
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], config: Path) -> None:
-    """Until the child answers on `port`; fails with the end of its log if it exits first."""
+def wait_listening(port: int, proc: subprocess.Popen[bytes], config: Path, log: Path | None = None) -> None:
+    """Until the child answers on `port`; fails with the end of its log (`log`, by default
+    server.log beside `config`) if it exits first."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            log = (config.parent / "server.log").read_bytes()
-            raise AssertionError(f"server exited: {log[-2000:]!r}")
+            output = (log or config.parent / "server.log").read_bytes()
+            raise AssertionError(f"{proc.args!r} exited: {output[-2000:]!r}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return

@@ -80,4 +80,5 @@ def test_alert_rules_use_only_metrics_that_exist() -> None:
         name for metric in metrics.REGISTRY.collect() for name in (metric.name, metric.name + "_total")
     }
     exposed |= {"surat_queue_messages", "surat_queue_oldest_age_seconds", "surat_blocked_clients"}
+    exposed |= {"surat_acme_consecutive_failures", "surat_acme_certificate_not_after_timestamp_seconds"}
     assert used and used <= exposed, used - exposed

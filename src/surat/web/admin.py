@@ -19,7 +19,9 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    body = await metrics.render(context_of(request).store)
+    context = context_of(request)
+    acme_data_dir = context.config.data_dir if context.config.acme is not None else None
+    body = await metrics.render(context.store, acme_data_dir)
     response = web.Response(body=body)
     response.headers["Content-Type"] = metrics.CONTENT_TYPE
     return response

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from surat.acme.files import AcmeFiles
 from surat.web.context import context_of
 from surat.web.hosts import request_host
 
-# RFC 8555 §8.3: the CA fetches http://DOMAIN/.well-known/acme-challenge/TOKEN over plain HTTP. The
-# ACME client (a later step) answers here; until then every token is unknown.
+# RFC 8555 §8.3: the CA fetches http://DOMAIN/.well-known/acme-challenge/TOKEN over plain HTTP (port
+# 80), on whatever name is being validated. It may follow redirects (§8.3), but answering here keeps
+# validation independent of the https listener and of the certificate it serves.
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
 
 async def acme_challenge(request: web.Request) -> web.Response:
+    """The key authorization the ACME client (surat.acme, possibly in another worker process) wrote
+    for this token; 404 for any other token, and always without [acme]."""
+    context = context_of(request)
+    if context.config.acme is not None:
+        # A bounded read of one small file (surat.acme.files.MAX_KEY_AUTHORIZATION); a token that is
+        # not base64url is refused before any file name is built from it.
+        answer = AcmeFiles(context.config.data_dir).challenge(request.match_info["token"])
+        if answer is not None:
+            # RFC 8555 §8.3: the body is the key authorization (the CA ignores trailing white
+            # space; none is added).
+            return web.Response(body=answer, content_type="application/octet-stream")
     raise web.HTTPNotFound(text="no such ACME challenge\n")
 
 

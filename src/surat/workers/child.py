@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # The worker that runs the outbound queue on SQLite (docs/workers.md: why only one there). On
 # PostgreSQL every worker runs it: each is a queue node with its own leases.
 QUEUE_WORKER = 0
+# The worker that runs the ACME renewal, on either backend: one client per data_dir.
+ACME_WORKER = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,16 @@ async def serve_worker(spec: WorkerSpec) -> None:
     store = configured_store(config, feed=feed)
     listening = {role: [socket.socket(fileno=fd) for fd in fds] for role, fds in spec.listening.items()}
     run_queue = on_postgresql or spec.index == QUEUE_WORKER
-    server = SuratServer(config, store, listening=listening, run_queue=run_queue)
+    server = SuratServer(
+        config,
+        store,
+        listening=listening,
+        run_queue=run_queue,
+        # [acme]: one process renews (its files serve every worker); the supervisor forwards the
+        # SIGHUP it then sends to every worker, this one included (docs/acme.md).
+        run_acme=spec.index == ACME_WORKER,
+        reload_everywhere=lambda: os.kill(os.getppid(), signal.SIGHUP),
+    )
     follower: asyncio.Task[None] | None = None
     try:
         # Never recovery here: the supervisor ran it before any worker started, and now the other
