@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -318,7 +319,10 @@ def test_block_forms_and_dashboard(browser: Browser) -> None:
     server = browser.server
     limiter = StoreAuthLimiter(server.store, BlockPolicy(max_failures=1))
     server.call(limiter.failure("192.0.2.7", "someone@example.test", "imap"))
-    assert 'id="blocked">1<' in browser.get("/").text
+    dashboard = browser.get("/").text
+    assert 'id="blocked">1<' in dashboard
+    # this very connection is open on no mail listener; each configured one is listed
+    assert all(f"open connections: {role}</th>" in dashboard for role in ROLES)
     page = browser.get("/blocks")
     assert "192.0.2.7" in page.text
     assert browser.act("/blocks/lift", {"ip": "192.0.2.7"}) == "notice: lifted the block of 192.0.2.7"
@@ -332,3 +336,19 @@ def test_each_change_is_logged_with_who_did_it(browser: Browser, caplog: pytest.
         browser.act("/domains/add", {"domain": "logged.test"})
     (record,) = [r for r in caplog.records if r.getMessage() == "admin.change"]
     assert record.__dict__["kv"] == {"who": ADMIN, "what": "domain.add", "domain": "logged.test"}
+
+
+def test_the_dashboard_counts_open_connections_per_listener(browser: Browser) -> None:
+    def shown(role: str) -> str:
+        match = re.search(rf"open connections: {role}</th><td class=\"num\">(\d+)<", browser.get("/").text)
+        assert match is not None
+        return match.group(1)
+
+    before = int(shown("imap"))
+    with socket.create_connection(("127.0.0.1", browser.server.port("imap")), timeout=10) as imap:
+        assert imap.recv(1024).startswith(b"* OK")
+        assert int(shown("imap")) == before + 1
+    deadline = time.monotonic() + 10
+    while int(shown("imap")) != before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server notices the close on its next read
+    assert int(shown("imap")) == before

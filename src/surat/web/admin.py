@@ -26,6 +26,7 @@ from multidict import MultiDictProxy
 
 from surat import admin_ops, metrics
 from surat.admin_ops import InvalidInput, OperationError
+from surat.config import MAIL_ROLES
 from surat.log import fields
 from surat.passwords import SASLprepError, generate_password, make_credentials
 from surat.store.base import Account, Store
@@ -293,12 +294,11 @@ async def dashboard(request: web.Request, visitor: Visitor) -> web.Response:
         Count("recipients bounced (failed)", total("surat_deliveries_total", result="failed")),
         Count("delivery status notifications sent", total("surat_dsns_sent_total")),
     ]
+    # Every mail listener configured, 0 until its first connection (the gauge has no sample before).
     connections = [
-        Count(listener, round(value))
-        for (name, labels), value in sorted(samples.items())
-        if name == "surat_connections_active"
-        for key, listener in labels
-        if key == "listener"
+        Count(role, total("surat_connections_active", listener=role))
+        for role in MAIL_ROLES
+        if getattr(context.config.listen, role)
     ]
     summary = await context.store.queue_summary()
     blocked = await admin_ops.blocked_clients(context.store, context.config.limits)
@@ -535,6 +535,11 @@ async def _lift(request: web.Request, visitor: Visitor, form: FormData) -> str:
 # ----------------------------------------------------------------------------------------- routes
 
 
+async def no_favicon(request: web.Request) -> web.Response:
+    # Browsers ask for /favicon.ico on their own; an empty answer rather than a 404 in their console.
+    return web.Response(status=204)
+
+
 async def metrics_text(request: web.Request) -> web.Response:
     body = await metrics.render(context_of(request).store)
     response = web.Response(body=body)
@@ -577,6 +582,7 @@ def setup(app: web.Application) -> None:
             web.get("/blocks", _page(blocks_page)),
             *(web.post(path, _action(back, act)) for path, (back, act) in ACTIONS.items()),
             web.get("/metrics", metrics_text),
+            web.get("/favicon.ico", no_favicon),
             web.static("/static", STATIC_DIR),
         ]
     )
