@@ -26,7 +26,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from surat.store.base import Store
@@ -156,6 +156,13 @@ def prepare_multiprocess_dir(data_dir: Path) -> Path:
     for stale in directory.glob("*.db"):
         stale.unlink()
     return directory
+
+
+def worker_exited(pid: int, directory: str | None) -> None:
+    """The supervisor's part when a worker ends: its live gauges (open connections) stop counting;
+    its counters stay, so totals never go down."""
+    if directory:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 class _StoreCollector(Collector):
