@@ -376,8 +376,12 @@ class QueueRunner:
                 await self.run_once()
             except (StoreError, OSError):
                 log.exception("queue.dispatch_failed")
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for loses a cancellation that arrives
+            # as the wake-up event is set (gh-86296), and the runner would go round once more and
+            # hold up stop() for a whole poll interval (seen when a queue flush preceded a stop).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                async with asyncio.timeout(self.settings.poll_interval):
+                    await self._wake.wait()
 
     async def run_once(self) -> int:
         """Start a task for every due entry not already in flight; returns how many were started."""

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.web_request import FileField
 from multidict import MultiDictProxy
 
 from surat import admin_ops, metrics
@@ -29,7 +30,7 @@ from surat.admin_ops import InvalidInput, OperationError
 from surat.config import MAIL_ROLES
 from surat.log import fields
 from surat.passwords import SASLprepError, generate_password, make_credentials
-from surat.store.base import Account, Store
+from surat.store.base import Account, Credentials, Store
 from surat.web.context import context_of
 from surat.web.login import LoginRefusal, LoginRefused, check_login
 from surat.web.sessions import (
@@ -52,7 +53,8 @@ MAX_FIELD = 1024
 # expired anyway, so only more than this many logouts within SESSION_LIFETIME could reach it).
 MAX_REVOKED = 10_000
 
-FormData = MultiDictProxy[str | bytes | Any]
+# What aiohttp's request.post() returns: text fields (bytes or files only in multipart bodies).
+FormData = MultiDictProxy[str | bytes | bytearray | FileField]
 
 
 class Revocations:
@@ -378,7 +380,7 @@ async def accounts_page(request: web.Request, visitor: Visitor) -> web.Response:
     return _page_response(request, visitor, "admin_accounts.html", accounts=rows)
 
 
-async def _new_credentials(request: web.Request) -> tuple[str, Any]:
+async def _new_credentials(request: web.Request) -> tuple[str, Credentials]:
     """A generated password and its credentials; the hashing (Argon2, PBKDF2) runs off the loop."""
     password = generate_password()
     iterations = context_of(request).config.auth.scram_iterations
