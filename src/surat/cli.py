@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import ipaddress
 import os
 import shutil
 import signal
@@ -24,19 +23,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, cast
 
-from surat import __version__, certs
+from surat import __version__, admin_ops, certs
 from surat.acme.files import REVOCATION_REASONS, AcmeFiles, status_lines
 from surat.apppasswords import AppPasswordNameError
 from surat.apppasswords import create as create_app_password
 from surat.apppasswords import revoke as revoke_app_password
-from surat.authlimit import BlockPolicy, StoreAuthLimiter, client_key
 from surat.config import (
     LISTEN_ROLES,
     Config,
     ConfigError,
     HostPort,
     ListenConfig,
-    MtaStsConfig,
     admin_url,
     config_path,
     load_config,
@@ -44,7 +41,6 @@ from surat.config import (
     redacted_dsn,
 )
 from surat.delivery import dkim
-from surat.delivery.local import alias_cycle
 from surat.dns.resolver import DnsResolver
 from surat.dnscheck import check_records, format_checks
 from surat.dnsrecords import PRODUCTION_PORTS, format_records, records_for
@@ -93,6 +89,14 @@ from surat.store.setup import (
 )
 from surat.store.sqlite import SQLiteStore
 
+# Names the CLI shares with the admin console (surat.admin_ops), kept importable from here.
+normalize_domain = admin_ops.normalize_domain
+normalize_address = admin_ops.normalize_address
+normalize_alias_source = admin_ops.normalize_alias_source
+domain_of = admin_ops.domain_of
+parse_size = admin_ops.parse_size
+format_size = admin_ops.format_size
+
 if TYPE_CHECKING:
     from surat.store.base import Store
     from surat.store.transfer import TransferStore
@@ -129,18 +133,9 @@ ROLE_DESCRIPTIONS = {
 }
 
 
-class CliError(Exception):
-    """A failure to report as one line; exit_code 2 for usage/config problems, 1 otherwise."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-
-
-class UsageError(CliError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 2)
+# The refusals of the shared operations are the CLI's own errors: one line, exit status 1 (2: usage).
+CliError = admin_ops.OperationError
+UsageError = admin_ops.InvalidInput
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,89 +143,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog.removeprefix('surat').strip() or 'usage'}: {message} (see --help)")
-
-
-# ----------------------------------------------------------------------------------------- names
-
-
-def normalize_domain(text: str, what: str = "domain") -> str:
-    """Lower-case A-label (IDNA) form of a domain; raises UsageError if it is not a host name."""
-    name = text.strip().rstrip(".")
-    try:
-        # Python's codec implements IDNA 2003 (RFC 3490); it maps U-labels to xn-- A-labels.
-        ascii_name = name.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        raise UsageError(f"{what} {text!r} is not a valid domain name") from None
-    labels = ascii_name.split(".")
-    # RFC 1035 §2.3.1 / RFC 1123 §2.1: letters, digits, hyphens; no hyphen at either end.
-    if (
-        not ascii_name
-        or len(ascii_name) > 253
-        or any(
-            not 1 <= len(label) <= 63
-            or label.startswith("-")
-            or label.endswith("-")
-            or not all(c.isascii() and (c.isalnum() or c == "-") for c in label)
-            for label in labels
-        )
-        or labels[-1].isdigit()
-    ):
-        raise UsageError(f"{what} {text!r} is not a valid domain name")
-    return ascii_name
-
-
-# RFC 5322 §3.2.3 atext; RFC 6531 §3.3 adds any non-ASCII UTF-8 character.
-_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
-
-
-def normalize_address(text: str, what: str = "address") -> str:
-    """`local@domain` with the local part lower-cased and the domain in A-label form."""
-    local, at, domain = text.strip().rpartition("@")
-    if not at or not local:
-        raise UsageError(f"{what} {text!r} is not of the form local@domain")
-    local = local.lower()
-    if (
-        len(local.encode()) > 64  # RFC 5321 §4.5.3.1.1
-        or local.startswith(".")
-        or local.endswith(".")
-        or ".." in local
-        or not all(c in _ATEXT or c == "." or ord(c) > 127 for c in local)
-    ):
-        raise UsageError(f"{what} {text!r}: the local part {local!r} is not a valid dot-atom")
-    return f"{local}@{normalize_domain(domain, what + ' domain')}"
-
-
-def normalize_alias_source(text: str) -> str:
-    """An address, or `@domain` for a catch-all."""
-    if text.strip().startswith("@"):
-        return "@" + normalize_domain(text.strip()[1:], "alias source domain")
-    return normalize_address(text, "alias source")
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2]
-
-
-def parse_size(text: str) -> int:
-    """Bytes, optionally with a binary suffix K, M, G or T (1K = 1024)."""
-    value = text.strip().upper().removesuffix("B")
-    multiplier = 1
-    for suffix, factor in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if value.endswith(suffix):
-            value, multiplier = value[:-1], factor
-            break
-    if not value.isdigit():
-        raise UsageError(f"{text!r} is not a size in bytes (e.g. 1073741824, 500M, 2G)")
-    return int(value) * multiplier
-
-
-def format_size(size: int | None) -> str:
-    if size is None:
-        return "unlimited"
-    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
 
 
 def _format_time(moment: datetime) -> str:
@@ -502,7 +414,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             nonlocal keys
             await store.add_domain(domain)
             await store.add_account(postmaster, credentials)
-            keys = await _ensure_dkim_keys(store, domain)
+            keys = await admin_ops.ensure_dkim_keys(store, domain)
             await store.set_admin(postmaster, True)  # issue 13: the first account runs the admin console
             return 0
 
@@ -953,21 +865,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return _with_store(configured_store(config), store_location(config), inspect)
 
 
-async def _ensure_dkim_keys(store: Store, domain: str) -> tuple[dkim.DkimKey, ...]:
-    """The domain's DKIM keys (RSA-2048 and Ed25519), created in the store when missing."""
-    try:
-        return await dkim.ensure_keys(store.keys, domain, datetime.now(UTC))
-    except (dkim.DkimError, StoreError, OSError) as exc:
-        raise CliError(f"DKIM keys for {domain}: {exc}") from None
-
-
-async def _load_dkim_keys(store: Store, domain: str) -> tuple[dkim.DkimKey, ...]:
-    try:
-        return await dkim.load_keys(store.keys, domain)
-    except (dkim.DkimError, StoreError, OSError) as exc:
-        raise CliError(f"DKIM keys for {domain}: {exc}") from None
-
-
 def cmd_dns(args: argparse.Namespace) -> int:
     domain = normalize_domain(args.domain)
     config: Config | None
@@ -995,17 +892,12 @@ def cmd_dns(args: argparse.Namespace) -> int:
                     f"{domain} is not a local domain: add it with `{command_prefix(args.config)} domain add {domain}` first, "
                     "or pass --force to print its records anyway"
                 )
-            keys = await _load_dkim_keys(store, domain)
+            keys = await admin_ops.load_dkim_keys(store, domain)
             return 0
 
         _with_configured_store(args, config, read_keys)
     # Without a config (--hostname alone) the policy is the default [mta_sts] one for that host.
-    policy = (
-        published_policy(config.mta_sts.mode, config.mta_sts.max_age, hostname)
-        if config is not None and config.hostname == hostname
-        else published_policy(MtaStsConfig().mode, MtaStsConfig().max_age, hostname)
-    )
-    record_set = records_for(domain, hostname, ports, policy_id(policy), dkim_keys=keys)
+    record_set = admin_ops.dns_record_set(domain, hostname, ports, keys, config)
     if not args.check:
         print(format_records(record_set), end="")
         return 0
@@ -1035,33 +927,19 @@ def cmd_domain(args: argparse.Namespace) -> int:
             return 0
         domain = normalize_domain(args.domain)
         if action == "add":
-            if await store.is_local_domain(domain):
-                raise CliError(f"domain {domain} already exists")
-            await store.add_domain(domain)
-            keys = await _ensure_dkim_keys(store, domain)
+            keys = await admin_ops.add_domain(store, domain)
             print(f"added domain {domain}")
             print(
                 f"DKIM keys (selectors {', '.join(key.selector for key in keys)}) are in "
                 f"{store.keys.dkim_location(domain)}; publish them: {command_prefix(args.config)} dns {domain}"
             )
         else:
-            if not await store.is_local_domain(domain):
-                raise CliError(f"domain {domain} does not exist")
-            accounts = await store.list_accounts(domain)
-            if accounts:
-                raise CliError(
-                    f"domain {domain} still has {len(accounts)} account(s); delete them first "
-                    f"({command_prefix(args.config)} user list {domain})"
-                )
-            for alias in await store.list_aliases(domain):
-                await store.delete_alias(alias.source, alias.target)
-            await store.delete_domain(domain)
+            kept = await admin_ops.delete_domain(
+                store, domain, accounts_hint=f" ({command_prefix(args.config)} user list {domain})"
+            )
             print(f"deleted domain {domain}")
-            if await store.keys.dkim_keys(domain):
-                # Kept: re-adding the domain signs with the key DNS may still publish, and a
-                # private key is the operator's to destroy.
-                location = store.keys.dkim_location(domain)
-                print(f"note: its DKIM keys stay in {location}; delete them yourself", file=sys.stderr)
+            if kept is not None:
+                print(f"note: its DKIM keys stay in {kept}; delete them yourself", file=sys.stderr)
         return 0
 
     return _with_configured_store(args, config, act)
@@ -1083,26 +961,19 @@ def cmd_user(args: argparse.Namespace) -> int:
         quota = None if args.bytes.strip().lower() in ("none", "unlimited") else parse_size(args.bytes)
     elif action == "add" and args.quota is not None:
         quota = parse_size(args.quota)
-    if action == "add" and "+" in address.partition("@")[0]:
-        raise UsageError(
-            f"address {address}: '+' is reserved for plus-addressing (user+tag@ delivers to user@)"
-        )
+    if action == "add":
+        admin_ops.check_account_address(address)
 
     credentials = None
     if action in ("add", "passwd"):
         # Check what can be checked before asking for a password nobody will use.
         def precheck(exists_wanted: bool) -> Callable[[Store], Awaitable[int]]:
             async def check(store: Store) -> int:
-                if action == "add" and not await store.is_local_domain(domain_of(address)):
-                    raise CliError(
-                        f"{domain_of(address)} is not a local domain; add it first: "
-                        f"{command_prefix(args.config)} domain add {domain_of(address)}"
-                    )
-                exists = await store.get_account(address) is not None
-                if exists and not exists_wanted:
-                    raise CliError(f"account {address} already exists")
-                if not exists and exists_wanted:
-                    raise CliError(f"account {address} does not exist")
+                if exists_wanted:
+                    await admin_ops.existing_account(store, address)
+                else:
+                    hint = f"; add it first: {command_prefix(args.config)} domain add {domain_of(address)}"
+                    await admin_ops.check_new_account(store, address, domain_hint=hint)
                 return 0
 
             return check
@@ -1124,13 +995,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                 print(f"{account.address}  quota={format_size(account.quota_bytes)}  used={used}{admin}")
         elif action == "add":
             assert credentials is not None
-            if not await store.is_local_domain(domain_of(address)):
-                raise CliError(f"{domain_of(address)} is not a local domain")
-            if await store.alias_targets(address):
-                raise CliError(f"{address} is an alias; delete the alias first")
-            await store.add_account(address, credentials)
-            if quota is not None:
-                await store.set_quota(address, quota)
+            await admin_ops.add_account(store, address, credentials, quota)
             print(f"added account {address}")
         elif action == "passwd":
             try:  # the account pages change passwords through the same function
@@ -1139,22 +1004,15 @@ def cmd_user(args: argparse.Namespace) -> int:
                 raise CliError(str(exc)) from None
             print(f"changed the password of {address}")
         elif action == "del":
-            if await store.get_account(address) is None:
-                raise CliError(f"account {address} does not exist")
-            await store.delete_account(address)
+            dangling = await admin_ops.delete_account(store, address)
             print(f"deleted account {address} and its mail")
-            dangling = await store.aliases_of(address)
             if dangling:
-                print(f"note: aliases still point to it: {', '.join(sorted(dangling))}", file=sys.stderr)
+                print(f"note: aliases still point to it: {', '.join(dangling)}", file=sys.stderr)
         elif action == "admin":
-            if await store.get_account(address) is None:
-                raise CliError(f"account {address} does not exist")
-            await store.set_admin(address, args.state == "on")
+            await admin_ops.set_admin(store, address, args.state == "on")
             print(f"{address} is {'now' if args.state == 'on' else 'no longer'} an administrator")
         else:
-            if await store.get_account(address) is None:
-                raise CliError(f"account {address} does not exist")
-            await store.set_quota(address, quota)
+            await admin_ops.set_quota(store, address, quota)
             print(f"quota of {address}: {format_size(quota)}")
         return 0
 
@@ -1216,29 +1074,10 @@ def cmd_alias(args: argparse.Namespace) -> int:
         target = normalize_address(args.target, "alias target") if args.target else None
         if action == "add":
             assert target is not None
-            if not await store.is_local_domain(domain_of(source)):
-                raise CliError(f"{domain_of(source)} is not a local domain; an alias source must be in one")
-            if await store.get_account(source) is not None:
-                raise CliError(f"{source} is an account; an alias cannot have the same address")
-            if source == target:
-                raise CliError("an alias cannot point to itself")
-            if await store.is_local_domain(domain_of(target)):
-                base = target.partition("+")[0] + "@" + domain_of(target) if "+" in target else target
-                if await store.get_account(base) is None and not await store.alias_targets(base):
-                    raise CliError(f"target {target} is in a local domain but is no account or alias")
-            if target in await store.alias_targets(source):
-                raise CliError(f"alias {source} -> {target} already exists")
-            cycle = await alias_cycle(store, source, target)
-            if cycle is not None:
-                raise CliError(f"alias {source} -> {target} would make a loop: {' -> '.join(cycle)}")
-            await store.add_alias(source, target)
+            await admin_ops.add_alias(store, source, target)
             print(f"added alias {source} -> {target}")
         else:
-            existing = await store.alias_targets(source)
-            if not existing or (target is not None and target not in existing):
-                shown = f"{source} -> {target}" if target else source
-                raise CliError(f"alias {shown} does not exist")
-            await store.delete_alias(source, target)
+            await admin_ops.delete_alias(store, source, target)
             print(f"deleted alias {source}" + (f" -> {target}" if target else ""))
         return 0
 
@@ -1440,20 +1279,17 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(f"{len(entries)} message(s) queued", file=sys.stderr)
             return 0
         if action == "flush":
-            count = await store.flush_queue(now)
+            count = await admin_ops.flush_queue(store, now)
             print(f"{count} message(s) due now")
             return 0
-        entry = await store.get_queue_entry(args.id)
-        if entry is None:
-            raise CliError(f"no queued message {args.id}")
         if action == "show":
-            print("\n".join(map(terminal_safe, _queue_details(entry))))
+            print("\n".join(map(terminal_safe, _queue_details(await admin_ops.queue_entry(store, args.id)))))
         elif action == "retry":
-            await store.reschedule(entry.id, now)
-            print(f"{entry.id} due now")
+            await admin_ops.retry_queue_entry(store, args.id, now)
+            print(f"{args.id} due now")
         else:
-            await store.drop_queue_entry(entry.id)
-            print(f"dropped {entry.id} (no bounce sent)")
+            await admin_ops.drop_queue_entry(store, args.id)
+            print(f"dropped {args.id} (no bounce sent)")
         return 0
 
     return _with_configured_store(args, config, act)
@@ -1468,9 +1304,8 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     action: str = args.action
 
     async def act(store: Store) -> int:
-        limiter = StoreAuthLimiter(store, BlockPolicy.from_config(config.limits))
         if action == "list":
-            blocked = await limiter.blocked()
+            blocked = await admin_ops.blocked_clients(store, config.limits)
             now = time.time()
             for state in blocked:
                 until = datetime.fromtimestamp(state.blocked_until, UTC)
@@ -1479,13 +1314,8 @@ def cmd_blocks(args: argparse.Namespace) -> int:
                 print(f"{shown}  until {_format_time(until)} ({left} min)  blocks {state.strikes}")
             print(f"{len(blocked)} address(es) blocked", file=sys.stderr)
             return 0
-        try:
-            ipaddress.ip_address(args.ip)
-        except ValueError:
-            raise CliError(f"{args.ip!r} is not an IP address", exit_code=2) from None
-        if not await limiter.lift(args.ip):
-            raise CliError(f"{client_key(args.ip)} is not blocked")
-        print(f"lifted the block of {client_key(args.ip)}")
+        key = await admin_ops.lift_block(store, config.limits, args.ip)
+        print(f"lifted the block of {key}")
         return 0
 
     return _with_configured_store(args, config, act)

@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from surat.store.base import Store
@@ -73,6 +73,15 @@ MAIL_AUTH = Counter(
     ["method", "result"],
     registry=REGISTRY,
 )
+# Open now, by listener: with `workers = N` each worker's value is in its own file, and "livesum"
+# adds up those of the workers alive (a dead worker's connections are gone with it).
+ACTIVE_CONNECTIONS = Gauge(
+    "surat_connections_active",
+    "Mail connections open now, by listener role",
+    ["listener"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 IMAP_COMMAND_SECONDS = Histogram(
     "surat_imap_command_duration_seconds",
     "Time to answer IMAP commands, by command (IDLE excluded: it lasts as long as the client wants)",
@@ -96,6 +105,14 @@ ACME_ORDERS = Counter(
 
 def connection(listener: str, result: str) -> None:
     CONNECTIONS.labels(listener, result).inc()
+
+
+def connection_opened(listener: str) -> None:
+    ACTIVE_CONNECTIONS.labels(listener).inc()
+
+
+def connection_closed(listener: str) -> None:
+    ACTIVE_CONNECTIONS.labels(listener).dec()
 
 
 def smtp_transaction(role: str, code: int) -> None:
@@ -150,6 +167,13 @@ def prepare_multiprocess_dir(data_dir: Path) -> Path:
     for stale in directory.glob("*.db"):
         stale.unlink()
     return directory
+
+
+def worker_exited(pid: int, directory: str | None) -> None:
+    """The supervisor's part when a worker ends: its live gauges (open connections) stop counting;
+    its counters stay, so totals never go down."""
+    if directory:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 class _StoreCollector(Collector):
@@ -219,9 +243,22 @@ async def render(store: Store, acme_data_dir: Path | None = None) -> bytes:
     scraped.register(_StoreCollector(summary.entries, oldest_age, len(blocked)))
     if acme_data_dir is not None:
         scraped.register(_acme_collector(acme_data_dir))  # two small files
+    return generate_latest(counted_registry()) + generate_latest(scraped)
+
+
+def counted_registry() -> CollectorRegistry:
+    """The counters of every worker of this machine (multiprocess mode), or of this process."""
     if os.environ.get(MULTIPROCESS_ENV):
         counted = CollectorRegistry()
         MultiProcessCollector(counted)  # type: ignore[no-untyped-call]  # reads every worker's files (not a blocking amount: a few)
-    else:
-        counted = REGISTRY
-    return generate_latest(counted) + generate_latest(scraped)
+        return counted
+    return REGISTRY
+
+
+def sample_values(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of `registry` by name and sorted labels, for pages that show a few of them."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+    }

@@ -154,7 +154,7 @@ class SuratNode:
         """A keep-alive connection to the admin listener, accepted by a worker: connect() returns
         before any worker accepts, so one request is answered first."""
         conn = http.client.HTTPConnection("127.0.0.1", self.ports["admin"], timeout=10)
-        conn.request("GET", "/")
+        conn.request("GET", "/login")  # a page without a session (the console's others redirect here)
         response = conn.getresponse()
         assert response.status == 200
         response.read()

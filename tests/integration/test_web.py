@@ -347,11 +347,13 @@ def test_security_headers(server: RunningServer) -> None:
         assert (headers["Strict-Transport-Security"] is not None) == (role == "https")
 
 
-def test_admin_index_page_escapes_what_it_shows(server: RunningServer) -> None:
+def test_admin_console_asks_for_a_login_and_serves_its_style_sheet(server: RunningServer) -> None:
+    # The pages themselves: tests/integration/test_web_admin.py
     answer = request(server, "admin", "GET", "/", "127.0.0.1")
-    assert answer.status == 200 and answer.headers["Content-Type"] == "text/html; charset=utf-8"
-    assert f"<li>{DOMAIN}</li>" in answer.text
-    assert "<script" not in answer.text
+    assert (answer.status, answer.headers["Location"]) == (303, "/login")
+    login = request(server, "admin", "GET", "/login", "127.0.0.1")
+    assert login.status == 200 and login.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "<script" not in login.text
     css = request(server, "admin", "GET", "/static/surat.css", "127.0.0.1")
     assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
 

@@ -393,8 +393,12 @@ class QueueRunner:
                 # or fails over), the loop must live on: a dead loop would stop this node's queue for
                 # good while the node keeps accepting mail. The next wake-up or poll tries again.
                 log.exception("queue.dispatch_failed")
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for loses a cancellation that arrives
+            # as the wake-up event is set (gh-86296), and the runner would go round once more and
+            # hold up stop() for a whole poll interval (seen when a queue flush preceded a stop).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                async with asyncio.timeout(self.settings.poll_interval):
+                    await self._wake.wait()
 
     async def _heartbeat(self) -> None:
         """Renew the leases of the entries in flight every third of the lease, in one store call.

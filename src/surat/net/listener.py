@@ -188,6 +188,7 @@ class Listeners:
         metrics.connection(spec.role, "accepted")
         self._per_ip[key] += 1
         self._per_role[spec.role] += 1
+        metrics.connection_opened(spec.role)
         try:
             await spec.handler(conn)
         except asyncio.CancelledError:
@@ -199,6 +200,7 @@ class Listeners:
             if self._per_ip[key] <= 0:
                 del self._per_ip[key]
             self._per_role[spec.role] -= 1
+            metrics.connection_closed(spec.role)
             await conn.close()
 
     async def stop(self, grace: float = 5.0) -> None:

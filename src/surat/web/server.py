@@ -38,7 +38,7 @@ def make_application(role: str, context: WebContext) -> web.Application:
     elif role == "http":
         app.add_routes(redirect.routes())
     elif role == "admin":
-        app.add_routes(admin.routes())
+        admin.setup(app)
     else:
         raise ValueError(f"not a web role: {role}")
     return app

@@ -165,6 +165,7 @@ class Supervisor:
             started_at = loop.time()
             relay = asyncio.create_task(self._relay(index, link, first_ready), name=f"relay-{index}")
             code = await proc.wait()
+            metrics.worker_exited(proc.pid, self._metrics_dir)
             self._ready.discard(index)
             link.close()
             await relay
