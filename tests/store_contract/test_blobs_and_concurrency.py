@@ -119,16 +119,28 @@ async def test_concurrent_deliveries_from_two_stores_appear_in_uid_order(
                 return
             await asyncio.sleep(0)
 
-    async def deliver_all(each: Store) -> list[int]:
-        return list(await asyncio.gather(*(deliver(each, alice, message(n)) for n in range(per_store))))
+    async def deliver_round(each: Store, first: int) -> list[int]:
+        return list(
+            await asyncio.gather(*(deliver(each, alice, message(n)) for n in range(first, first + per_round)))
+        )
 
+    # Rounds, each waiting until the watcher has seen the one before: with group commit a whole round
+    # can land in one transaction, and the watcher must see the mailbox grow, not only its end state.
+    rounds, per_round = 5, per_store // 5
+    uids: list[int] = []
     watcher = asyncio.create_task(watch())
     try:
-        results = await asyncio.gather(deliver_all(store), deliver_all(other))
+        for number in range(rounds):
+            both = await asyncio.gather(
+                deliver_round(store, number * per_round), deliver_round(other, number * per_round)
+            )
+            uids += both[0] + both[1]
+            async with asyncio.timeout(10):
+                while not set(uids) <= seen:
+                    await asyncio.sleep(0.01)
     finally:
         done.set()
         await watcher
-    uids = results[0] + results[1]
     assert sorted(uids) == list(range(1, 2 * per_store + 1))  # no duplicates, none lost
     assert seen == set(uids)
     assert observed_rounds > 1  # the watcher saw the mailbox grow, not only its end state
