@@ -193,7 +193,9 @@ class PooledStore:
                     await conn.execute(b"SET LOCAL synchronous_commit = off")
                 result, changes = await fn(conn)
                 notify = notify_statement(self.store_id, changes)
-                async with conn.pipeline():
+                # Pipelined, the outer block's Sync at its end sends them; else a block of their own
+                # (a nested one would cost one more Sync, one more round trip).
+                async with contextlib.nullcontext() if pipelined else conn.pipeline():
                     if notify is not None:
                         await conn.execute(*notify)
                     await conn.execute(b"COMMIT")
