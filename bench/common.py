@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import ssl
@@ -20,7 +21,9 @@ from surat.store.base import Delivery, MailboxTarget, Store
 from surat.store.setup import configured_store
 
 SURAT = [sys.executable, "-m", "surat"]
-ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+# Every listener role quickstart writes: single_listener_setup turns off all but one (the web ones
+# too, or two nodes, or a bench beside a developer's `make run`, fail on the same fixed dev ports).
+ROLES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "https", "http", "admin")
 
 
 def rss_kib(pid: int) -> int:
@@ -208,8 +211,11 @@ class ListenerSurat:
         for index in range(1, nodes):
             port = free_port()
             node_config = workdir / f"surat-node{index + 1}.toml"  # beside the first: same relative paths
+            # A data_dir of its own: `surat serve` refuses one that another running node holds
+            # (pidfile.py); on PostgreSQL the data lives in the database, not there.
+            node_text = text.replace(f'{role} = ["127.0.0.1:{self.port}"]', f'{role} = ["127.0.0.1:{port}"]')
             node_config.write_text(
-                text.replace(f'{role} = ["127.0.0.1:{self.port}"]', f'{role} = ["127.0.0.1:{port}"]')
+                re.sub(r'^data_dir = "([^"]*)"', rf'data_dir = "\1-node{index + 1}"', node_text, flags=re.M)
             )
             self.ports.append(port)
             self.node_configs.append(node_config)

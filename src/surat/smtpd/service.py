@@ -27,7 +27,7 @@ from surat.config import Config
 from surat.delivery.dkim import DkimError, SigningKeys
 from surat.delivery.dsn import FULL_LIMIT, HEADER_LIMIT, Action, DsnReport, ReportedRecipient, Ret, build_dsn
 from surat.delivery.filtering import Plan, Recipient, SieveFilter, forward_sender
-from surat.delivery.local import owns, resolve
+from surat.delivery.local import owns, resolve_recipient
 from surat.delivery.notify import submit_dsn, submit_from_null
 from surat.dns.base import Resolver
 from surat.log import connection_id, fields
@@ -446,8 +446,9 @@ class _Session:
         ):
             log.warning("smtp.sending_limit", extra=fields(user=self.user, limit="recipients"))
             return R.SENDING_LIMIT_RECIPIENTS
-        if not domain.startswith("[") and await self.store.is_local_domain(domain):
-            resolution = await resolve(self.store, address, domain_is_local=True)
+        # A local domain's recipient: domain, aliases and account in one read (issue 12).
+        resolution = None if domain.startswith("[") else await resolve_recipient(self.store, address)
+        if resolution is not None:
             if not resolution.found:
                 if resolution.loop:
                     log.error(

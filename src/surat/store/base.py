@@ -76,6 +76,22 @@ class Account:
     is_admin: bool = False  # may log into the admin console (`surat user admin`)
 
 
+# lookup_recipient's bound on candidates: the address, its base address (without +tag) and the catch-all.
+MAX_LOOKUP_CANDIDATES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientLookup:
+    """What SMTP's RCPT asks of the directory about one address, read at once (`lookup_recipient`;
+    issue 12: one round trip where three separate reads took three on PostgreSQL)."""
+
+    domain_is_local: bool
+    # Of the candidate addresses asked for, as the caller spelled them: their alias targets (as
+    # `alias_targets` returns them; absent when none) and their accounts (absent when none).
+    alias_targets: dict[str, list[str]] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSummary:
     entries: int
@@ -742,6 +758,12 @@ class Store(Protocol):
 
     async def aliases_of(self, target: str) -> list[str]:
         """Sources whose target is `target` (the addresses a user may send as)."""
+        ...
+
+    async def lookup_recipient(self, domain: str, candidates: Sequence[str]) -> RecipientLookup:
+        """`is_local_domain(domain)`, and `alias_targets` and `get_account` of each of `candidates`
+        ("user@domain" or "@domain"), as one read: what RCPT needs for most addresses
+        (surat.delivery.local.resolve_recipient). At most MAX_LOOKUP_CANDIDATES candidates."""
         ...
 
     # -- mailboxes

@@ -7,6 +7,7 @@ the SQLite store does (surat.store.common), so both backends accept and refuse t
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from psycopg import errors
 from surat.store.base import (
     DEFAULT_MAILBOXES,
     MAX_APP_PASSWORDS,
+    MAX_LOOKUP_CANDIDATES,
     Account,
     Alias,
     AlreadyExists,
@@ -29,6 +31,7 @@ from surat.store.base import (
     InvalidName,
     LimitReached,
     NotFound,
+    RecipientLookup,
     ScramCredentials,
     StoreError,
     TlsResultCount,
@@ -538,6 +541,36 @@ class DirectoryStore(PooledStore):
             return []
         rows = await self._fetchall("SELECT target FROM aliases WHERE source = %s ORDER BY target", (src,))
         return [row[0] for row in rows]
+
+    async def lookup_recipient(self, domain: str, candidates: Sequence[str]) -> RecipientLookup:
+        if len(candidates) > MAX_LOOKUP_CANDIDATES:
+            raise ValueError(f"at most {MAX_LOOKUP_CANDIDATES} candidates")
+        try:
+            wanted_domain = normalize_domain(domain)
+        except InvalidName:
+            return RecipientLookup(domain_is_local=False)
+        spelled: dict[str, str] = {}  # stored form -> as the caller spelled it
+        for candidate in candidates:
+            with contextlib.suppress(InvalidName):
+                spelled.setdefault(normalize_address(candidate, allow_catchall=True), candidate)
+        # One statement, one round trip (issue 12: RCPT read the domain, the aliases and the account
+        # in three): kind 0 the domain, 1 an alias target, 2 an account.
+        rows = await self._fetchall(
+            "SELECT 0, NULL, NULL, NULL::bigint, NULL::text, NULL::bigint, NULL::boolean FROM domains"
+            " WHERE name = %s UNION ALL SELECT 1, source, target, NULL, NULL, NULL, NULL FROM aliases"
+            f" WHERE source = ANY(%s) UNION ALL SELECT 2, address, NULL, {_ACCOUNT_COLUMNS} FROM accounts"
+            " WHERE address = ANY(%s) ORDER BY 1, 2, 3",
+            (wanted_domain, list(spelled), list(spelled)),
+        )
+        if not rows or rows[0][0] != 0:
+            return RecipientLookup(domain_is_local=False)
+        found = RecipientLookup(domain_is_local=True)
+        for kind, key, target, *account in rows[1:]:
+            if kind == 1:
+                found.alias_targets.setdefault(spelled[key], []).append(target)
+            else:
+                found.accounts[spelled[key]] = _account(tuple(account))
+        return found
 
     async def aliases_of(self, target: str) -> list[str]:
         try:

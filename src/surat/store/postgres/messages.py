@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, cast
 
@@ -61,6 +61,7 @@ from surat.store.postgres.rows import (
     mailbox_by_id,
     mailbox_found,
 )
+from surat.store.postgres.shared import LockedMailboxes, SharedWrite, SharedWrites, write_shared
 
 # Messages up to this size are parsed (MessageInfo) on the event loop; larger ones in a thread.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -78,9 +79,15 @@ def _summary(row: tuple[Any, ...]) -> MessageSummary:
 
 
 async def expunge_rows(
-    conn: Connection, mailbox: Mailbox, uids: Sequence[int], only_deleted: bool = False
+    conn: Connection,
+    mailbox: Mailbox,
+    uids: Sequence[int],
+    only_deleted: bool = False,
+    next_modseq: Callable[[int], int] | None = None,
 ) -> tuple[list[int], list[Change]]:
-    """Remove messages of a mailbox the caller has locked; returns the UIDs removed and the change."""
+    """Remove messages of a mailbox the caller has locked; returns the UIDs removed and the change.
+    `next_modseq`: the caller hands out the mailbox's MODSEQs itself (shared.py), else an UPDATE does.
+    The statements after the DELETE are never read, so in pipeline mode they ride with the next one."""
     deleted = b" AND deleted" if only_deleted else b""
     cursor = await conn.execute(
         b"DELETE FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
@@ -91,7 +98,7 @@ async def expunge_rows(
     rows = await cursor.fetchall()
     if not rows:
         return [], []
-    modseq = await bump_modseq(conn, mailbox.id)
+    modseq = next_modseq(mailbox.id) if next_modseq is not None else await bump_modseq(conn, mailbox.id)
     removed = sorted(row[0] for row in rows)
     # RFC 7162 §3.2.7: remember expunged UIDs with their MODSEQ for VANISHED (EARLIER).
     await conn.execute(
@@ -225,30 +232,21 @@ class MessagesStore(PooledStore):
         unchanged_since: int | None = None,
     ) -> StoreFlagsResult:
         """`updated` lists every existing message the command applied to, with its flags after the
-        command; only those whose flags changed get the new MODSEQ (the others keep theirs)."""
+        command; only those whose flags changed get the new MODSEQ (the others keep theirs). Runs in a
+        shared transaction (shared.py) without waiting for the WAL flush (pool.py's docstring)."""
         given = normalize_flags(flags)
         wanted = sorted(set(uids))
 
-        async def fn(conn: Connection) -> tuple[StoreFlagsResult, list[Change]]:
-            # Every writer of one mailbox, on every node, waits for this row lock (MODSEQs are
-            # allocated under it), so it is held for as few round trips as the work allows: the lock
-            # and the read go in one (pipeline mode; the server runs them in order, the read under
-            # the lock), the two UPDATEs in a second, the COMMIT in a third.
-            async with conn.pipeline():
-                mailbox_rows = await conn.execute(f"{MAILBOX_BY_ID} FOR UPDATE".encode(), (mailbox_id, None))
-                message_rows = await conn.execute(
-                    b"SELECT uid, modseq, flags FROM messages WHERE mailbox_id = %s AND uid = ANY(%s)"
-                    b" ORDER BY uid",
-                    (mailbox_id, wanted),
-                )
-            mailbox = await mailbox_found(mailbox_rows, mailbox_id)
-            # RFC 7162 §3.1.1: the changed messages share the next MODSEQ. The row is locked, so no
-            # other transaction can raise HIGHESTMODSEQ before this one commits.
-            modseq = mailbox.highestmodseq + 1
+        async def apply(conn: Connection, locked: LockedMailboxes) -> tuple[StoreFlagsResult, list[Change]]:
+            mailbox = locked.mailboxes[mailbox_id]
+            cursor = await conn.execute(
+                b"SELECT uid, modseq, flags FROM messages WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid",
+                (mailbox_id, wanted),
+            )
             updated: list[FlagUpdate] = []
             modified: list[int] = []
-            changed: list[tuple[int, str, bool, bool]] = []
-            for uid, old_modseq, text in await message_rows.fetchall():
+            changed: list[tuple[int, int, str, bool, bool]] = []
+            for uid, old_modseq, text in await cursor.fetchall():
                 if unchanged_since is not None and old_modseq > unchanged_since:
                     modified.append(uid)  # RFC 7162 §3.1.3
                     continue
@@ -257,54 +255,53 @@ class MessagesStore(PooledStore):
                 if new == old:
                     updated.append(FlagUpdate(uid, old, old_modseq))
                     continue
-                changed.append((uid, flags_text(new), "\\Seen" in new, "\\Deleted" in new))
-                updated.append(FlagUpdate(uid, new, modseq))
+                changed.append((len(updated), uid, flags_text(new), "\\Seen" in new, "\\Deleted" in new))
+                updated.append(FlagUpdate(uid, new, 0))
             if not changed:
                 return StoreFlagsResult(updated=updated, modified=modified), []
-            async with conn.pipeline():
-                await conn.execute(
-                    b"UPDATE mailboxes SET highestmodseq = %s WHERE id = %s", (modseq, mailbox_id)
-                )
-                # One statement for every changed message.
-                await conn.execute(
-                    b"UPDATE messages m SET flags = u.flags, seen = u.seen, deleted = u.deleted, modseq = %s"
-                    b" FROM unnest(%s::bigint[], %s::text[], %s::boolean[], %s::boolean[])"
-                    b" AS u(uid, flags, seen, deleted) WHERE m.mailbox_id = %s AND m.uid = u.uid",
-                    (
-                        modseq,
-                        [c[0] for c in changed],
-                        [c[1] for c in changed],
-                        [c[2] for c in changed],
-                        [c[3] for c in changed],
-                        mailbox_id,
-                    ),
-                )
+            # RFC 7162 §3.1.1: the changed messages share the next MODSEQ of the locked mailbox.
+            modseq = locked.next_modseq(mailbox_id)
+            for index, uid, _, _, _ in changed:
+                updated[index] = FlagUpdate(uid, updated[index].flags, modseq)
+            # One statement for every changed message; its result is not read, so it goes with the
+            # next write's read or the COMMIT.
+            await conn.execute(
+                b"UPDATE messages m SET flags = u.flags, seen = u.seen, deleted = u.deleted, modseq = %s"
+                b" FROM unnest(%s::bigint[], %s::text[], %s::boolean[], %s::boolean[])"
+                b" AS u(uid, flags, seen, deleted) WHERE m.mailbox_id = %s AND m.uid = u.uid",
+                (
+                    modseq,
+                    [c[1] for c in changed],
+                    [c[2] for c in changed],
+                    [c[3] for c in changed],
+                    [c[4] for c in changed],
+                    mailbox_id,
+                ),
+            )
             change = Change(
-                ChangeKind.FLAGS_CHANGED, mailbox.account_id, mailbox_id, tuple(c[0] for c in changed), modseq
+                ChangeKind.FLAGS_CHANGED, mailbox.account_id, mailbox_id, tuple(c[1] for c in changed), modseq
             )
             return StoreFlagsResult(updated=updated, modified=modified), [change]
 
-        return await self._transaction(fn)
+        result: StoreFlagsResult = await self._shared_write(SharedWrite(mailbox_id, apply))
+        return result
 
     async def claim_recent(self, mailbox_id: int, up_to_uid: int, *, peek: bool = False) -> tuple[int, int]:
         if not peek:
-            # RFC 3501 §2.3.2: one statement reads and advances recent_uid under the row's lock, so two
-            # sessions, on any node, never both claim a UID.
-            claimed = await self._fetchone(
-                "UPDATE mailboxes m SET recent_uid = %s + 1 FROM (SELECT id, recent_uid FROM mailboxes"
-                " WHERE id = %s FOR UPDATE) AS before WHERE m.id = before.id AND before.recent_uid <= %s"
-                " RETURNING before.recent_uid",
-                (up_to_uid, mailbox_id, up_to_uid),
-            )
-            if claimed is not None:
-                return int(claimed[0]), up_to_uid
+
+            async def apply(
+                conn: Connection, locked: LockedMailboxes
+            ) -> tuple[tuple[int, int], list[Change]]:
+                # RFC 3501 §2.3.2: claimed under the mailbox's row lock, so two sessions, on any
+                # node, never both claim a UID (\\Recent is session state: a shared transaction).
+                return locked.claim_recent(mailbox_id, up_to_uid), []
+
+            claimed: tuple[int, int] = await self._shared_write(SharedWrite(mailbox_id, apply))
+            return claimed
         row = await self._fetchone("SELECT recent_uid FROM mailboxes WHERE id = %s", (mailbox_id,))
         if row is None:
             raise NotFound(f"mailbox {mailbox_id}")
-        first = int(row[0])
-        if peek:
-            return first, up_to_uid
-        return first, first - 1  # nothing left to claim up to up_to_uid
+        return int(row[0]), up_to_uid
 
     # ------------------------------------------------------------------------------ expunge, copy, move
 
@@ -316,12 +313,15 @@ class MessagesStore(PooledStore):
         files_in_background: bool = False,
         only_deleted: bool = False,
     ) -> list[int]:
-        # files_in_background has nothing to defer here: the blobs go in the same transaction.
-        async def fn(conn: Connection) -> tuple[list[int], list[Change]]:
-            mailbox = await mailbox_by_id(conn, mailbox_id, lock=True)
-            return await expunge_rows(conn, mailbox, uids, only_deleted)
+        # files_in_background has nothing to defer here: the blobs go in the same transaction, a
+        # shared one (shared.py) that does not wait for the WAL flush (pool.py's docstring).
+        async def apply(conn: Connection, locked: LockedMailboxes) -> tuple[list[int], list[Change]]:
+            return await expunge_rows(
+                conn, locked.mailboxes[mailbox_id], uids, only_deleted, locked.next_modseq
+            )
 
-        return await self._transaction(fn)
+        removed: list[int] = await self._shared_write(SharedWrite(mailbox_id, apply, locks_account=True))
+        return removed
 
     async def copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
         async def fn(conn: Connection) -> tuple[CopyResult, list[Change]]:
@@ -349,6 +349,17 @@ class MessagesStore(PooledStore):
         super().__init__(*args, **kwargs)
         # Deliveries and APPENDs go through one writer per store (deliveries.py).
         self._writes = GroupCommit(self._commit_writes)
+
+        # IMAP flag changes, \\Recent claims and expunges: shared transactions (shared.py).
+        self._shared = SharedWrites(self._commit_shared)
+
+    async def _commit_shared(self, batch: list[SharedWrite]) -> list[Any]:
+        # synchronous=False: the durability rule for these writes (pool.py's docstring).
+        return await self._attempts(lambda conn: write_shared(conn, batch), pipelined=True, synchronous=False)
+
+    async def _shared_write(self, item: SharedWrite) -> Any:
+        self._require_open()
+        return await self._shared.submit(item)
 
     def commit_stats(self) -> CommitStats:
         """How many group commits carried how many deliveries/appends (for tests and benchmarks)."""

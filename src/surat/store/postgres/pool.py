@@ -7,6 +7,14 @@ Every connection of the pool is configured once (`_configure`): `synchronous_com
 server's default, because a delivery is acknowledged (SMTP 250, IMAP APPEND OK) as soon as COMMIT
 returns (ARCHITECTURE decision 4, issue 12 "Durability"); and the session time zone UTC, so that
 `timestamptz` values come back in one zone and the store converts them itself.
+
+The one exception is per transaction (`_attempts(..., synchronous=False)`): the shared transactions of
+IMAP flag changes, \\Recent claims and IMAP expunges (shared.py) run with `SET LOCAL
+synchronous_commit = off`, the PostgreSQL form of the SQLite store's documented decision (sqlite.py,
+FLAG_SYNC_DELAY): their COMMIT is in PostgreSQL when the client gets its answer, so a crash of Surat
+loses nothing, while a crash of PostgreSQL or power loss may undo the last ~0.6 s (3 x
+wal_writer_delay) of them; mail, COPY/MOVE, APPEND, deliveries and the queue keep the synchronous
+commit.
 """
 
 from __future__ import annotations
@@ -117,23 +125,34 @@ class PooledStore:
 
         return await self.with_connection(fn)
 
-    async def _transaction(self, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]]) -> T:
+    async def _transaction(
+        self, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]], *, pipelined: bool = False
+    ) -> T:
         """Run `fn` in one transaction, committed before this returns; then publish its changes.
 
         `fn` may run again (up to TRANSACTION_ATTEMPTS times) when PostgreSQL aborts the transaction
         as a deadlock or a serialization failure, so it must not have effects outside the database.
-        An exception from `fn` rolls everything back."""
+        An exception from `fn` rolls everything back. `pipelined`: see `_run_transaction`."""
         self._require_open()
-        return await self._attempts(fn)
+        return await self._attempts(fn, pipelined=pipelined)
 
-    async def _attempts(self, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]]) -> T:
-        """`_transaction` without the open check: for the group commit's writer, which finishes the
-        writes accepted before `close()` (deliveries.py)."""
+    async def _attempts(
+        self,
+        fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]],
+        *,
+        pipelined: bool = False,
+        synchronous: bool = True,
+    ) -> T:
+        """`_transaction` without the open check: for the group commits' writers, which finish the
+        writes accepted before `close()` (deliveries.py, shared.py). `synchronous=False` only for
+        the writes the module docstring names."""
         pool = self._pool
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
                 async with pool.connection() as conn:
-                    result, changes = await self._run_transaction(conn, fn)
+                    result, changes = await self._run_transaction(
+                        conn, fn, pipelined=pipelined, synchronous=synchronous
+                    )
                 break
             except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
                 if attempt == TRANSACTION_ATTEMPTS:
@@ -149,21 +168,37 @@ class PooledStore:
         return result
 
     async def _run_transaction(
-        self, conn: Connection, fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]]
+        self,
+        conn: Connection,
+        fn: Callable[[Connection], Awaitable[tuple[T, list[Change]]]],
+        *,
+        pipelined: bool = False,
+        synchronous: bool = True,
     ) -> tuple[T, list[Change]]:
         """BEGIN, `fn`, then its one NOTIFY and the COMMIT sent together (psycopg's pipeline mode):
         one round trip for both, where a NOTIFY statement of its own cost one more (issue 12, "one
         NOTIFY per group commit, in the commit's round trip"). The NOTIFY is delivered by that COMMIT,
         never if the transaction rolls back. Nested `conn.transaction()` blocks inside `fn` are
-        savepoints (psycopg makes one when a transaction is already open)."""
-        await conn.execute(b"BEGIN")
+        savepoints (psycopg makes one when a transaction is already open).
+
+        `pipelined`: the whole transaction runs in pipeline mode, so BEGIN (and the SET LOCAL) go in
+        the round trip of `fn`'s first read, and statements whose results `fn` never fetches go with
+        the next read or the COMMIT (issue 12: round trips per command). Only for `fn`s without COPY,
+        which pipeline mode does not allow."""
         try:
-            result, changes = await fn(conn)
-            notify = notify_statement(self.store_id, changes)
-            async with conn.pipeline():
-                if notify is not None:
-                    await conn.execute(*notify)
-                await conn.execute(b"COMMIT")
+            async with conn.pipeline() if pipelined else contextlib.nullcontext():
+                await conn.execute(b"BEGIN")
+                if not synchronous:
+                    # The flag/expunge/\\Recent durability rule of the module docstring, enforced here.
+                    await conn.execute(b"SET LOCAL synchronous_commit = off")
+                result, changes = await fn(conn)
+                notify = notify_statement(self.store_id, changes)
+                # Pipelined, the outer block's Sync at its end sends them; else a block of their own
+                # (a nested one would cost one more Sync, one more round trip).
+                async with contextlib.nullcontext() if pipelined else conn.pipeline():
+                    if notify is not None:
+                        await conn.execute(*notify)
+                    await conn.execute(b"COMMIT")
         except BaseException:
             # A failed COMMIT has ended the transaction already; anything else is rolled back here
             # (the pool would do it too, with a warning, on the connection's return).

@@ -80,5 +80,6 @@ class PostgresStore(TransferStore, SieveStore, QueueStore, MessagesStore, Mailbo
         await self.retire_node()  # its leases back to the other nodes at once (queue.py)
         self._open = False  # new calls fail at once; those running finish on their connections
         await self._writes.drain()  # deliveries and APPENDs accepted before: committed (or failed)
+        await self._shared.drain()  # flag changes, \\Recent claims and expunges accepted before
         await self._listener.stop()
         await self._pool.close()
