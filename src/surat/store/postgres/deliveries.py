@@ -33,11 +33,10 @@ transaction of its own, so that only the write at fault fails.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -62,6 +61,7 @@ from surat.store.common import (
     normalize_flags,
     normalize_mailbox_name,
 )
+from surat.store.postgres.batches import BatchWriter
 from surat.store.postgres.blobs import write_blobs
 from surat.store.postgres.pool import Connection
 from surat.store.postgres.rows import (
@@ -71,8 +71,6 @@ from surat.store.postgres.rows import (
     lock_existing_mailboxes,
     message_row,
 )
-
-log = logging.getLogger(__name__)
 
 # A batch takes at most this many writes: one transaction's statements carry arrays and row lists of
 # this length, and a caller waits behind at most this many others.
@@ -336,30 +334,12 @@ def take_batch(waiting: deque[PendingWrite]) -> list[PendingWrite]:
     return batch
 
 
-def _settle(item: PendingWrite, outcome: Outcome) -> None:
-    """Hand a write its outcome and let its body go (the writer owns the body until then: a caller
-    cancelled meanwhile must not close what a retry may still read)."""
-    item.body.close()
-    if item.future.done():
-        return
-    if isinstance(outcome, BaseException):
-        item.future.set_exception(outcome)
-    else:
-        item.future.set_result(outcome)
+class GroupCommit(BatchWriter[PendingWrite]):
+    """One store's writer of deliveries and APPENDs (batches.py), batches bounded by `take_batch`;
+    it counts what its batches committed (`stats`)."""
 
-
-class GroupCommit:
-    """One store's writer: `submit` queues a write and returns its outcome once its batch committed.
-
-    `commit(batch)` runs one batch in one transaction (retrying deadlocks, publishing the changes
-    after COMMIT: pool.py) and returns each write's outcome. The writer task exists while there are
-    writes; a caller that is cancelled does not cancel its write (it may be committed already, and
-    the others in its batch must not notice)."""
-
-    def __init__(self, commit: Callable[[list[PendingWrite]], Awaitable[list[Outcome]]]) -> None:
-        self._commit = commit
-        self._waiting: deque[PendingWrite] = deque()
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, commit: Callable[[list[PendingWrite]], Awaitable[Sequence[Outcome]]]) -> None:
+        super().__init__(commit, name="group_commit")
         self._batches = 0
         self._items = 0
         self._largest = 0
@@ -367,56 +347,17 @@ class GroupCommit:
     def stats(self) -> CommitStats:
         return CommitStats(self._batches, self._items, self._largest)
 
-    async def submit(self, item: PendingWrite) -> Outcome:
-        self._waiting.append(item)
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="surat-postgres-group-commit")
-        return await asyncio.shield(item.future)
+    def take(self, waiting: deque[PendingWrite]) -> list[PendingWrite]:
+        return take_batch(waiting)
 
-    async def drain(self) -> None:
-        """Wait until every write submitted so far is settled (the store's close)."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
+    def settle(self, item: PendingWrite, outcome: Outcome) -> None:
+        """Hand a write its outcome and let its body go (the writer owns the body until then: a caller
+        cancelled meanwhile must not close what a retry may still read)."""
+        item.body.close()
+        super().settle(item, outcome)
 
-    async def _run(self) -> None:
-        batch: list[PendingWrite] = []
-        try:
-            while self._waiting:
-                batch = take_batch(self._waiting)
-                try:
-                    await self._run_batch(batch)
-                except Exception as exc:  # a bug: settled here, and the next batch must still run
-                    log.exception("store.group_commit_failed items=%d", len(batch))
-                    for item in batch:
-                        refusal = StoreError(f"commit failed: {type(exc).__name__}")
-                        refusal.__cause__ = exc  # one exception each: callers re-raise it
-                        _settle(item, refusal)
-        except BaseException:
-            # Cancelled (the event loop is shutting down): nobody may wait for ever.
-            for item in [*batch, *self._waiting]:
-                _settle(item, StoreError("store closed"))
-            self._waiting.clear()
-            raise
-        finally:
-            self._task = None
-
-    async def _run_batch(self, batch: list[PendingWrite]) -> None:
-        try:
-            outcomes = await self._commit(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0], exc)
-                return
-            # Something only one write may cause aborted the whole batch: each alone, so that only the
-            # write at fault fails (each is then its own transaction, as before group commit).
-            log.warning("store.group_commit_split items=%d error=%s", len(batch), type(exc).__name__)
-            for item in batch:
-                await self._run_batch([item])
-            return
-        committed = 0
-        for item, outcome in zip(batch, outcomes, strict=True):
-            _settle(item, outcome)
-            committed += not isinstance(outcome, BaseException)
+    def committed(self, batch: list[PendingWrite], outcomes: Sequence[Outcome]) -> None:
+        committed = sum(1 for outcome in outcomes if not isinstance(outcome, BaseException))
         if committed:
             self._batches += 1
             self._items += committed

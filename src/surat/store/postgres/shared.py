@@ -30,18 +30,16 @@ write of the batch in a transaction of its own, so that only the write at fault 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from surat.store.base import Change, Mailbox, NotFound, StoreError
+from surat.store.base import Change, Mailbox, NotFound
 from surat.store.common import mailbox_from_row
+from surat.store.postgres.batches import BatchWriter
 from surat.store.postgres.pool import Connection
 from surat.store.postgres.rows import MAILBOX_COLUMNS
-
-log = logging.getLogger(__name__)
 
 # A transaction takes at most this many writes: a caller waits behind at most one transaction in flight
 # and this many writes before it, and the transaction holds its locks for a bounded number of
@@ -133,65 +131,12 @@ async def write_shared(conn: Connection, batch: list[SharedWrite]) -> tuple[list
     return outcomes, changes
 
 
-def _settle(item: SharedWrite, outcome: Any) -> None:
-    if item.future.done():
-        return
-    if isinstance(outcome, BaseException):
-        item.future.set_exception(outcome)
-    else:
-        item.future.set_result(outcome)
+class SharedWrites(BatchWriter[SharedWrite]):
+    """One store's writer of the shared transactions (batches.py), at most MAX_SHARED_WRITES a batch."""
 
+    def __init__(self, commit: Callable[[list[SharedWrite]], Awaitable[Sequence[Any]]]) -> None:
+        super().__init__(commit, name="shared_writes")
 
-class SharedWrites:
-    """One store's writer of the shared transactions: `submit` queues a write and returns its outcome
-    once its transaction committed. `commit(batch)` runs one batch (pool.py's `_attempts`: retries
-    deadlocks, publishes the changes after COMMIT). A cancelled caller does not cancel its write (the
-    others of its transaction must not notice)."""
-
-    def __init__(self, commit: Callable[[list[SharedWrite]], Awaitable[list[Any]]]) -> None:
-        self._commit = commit
-        self._waiting: deque[SharedWrite] = deque()
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, item: SharedWrite) -> Any:
-        self._waiting.append(item)
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="surat-postgres-shared-writes")
-        return await asyncio.shield(item.future)
-
-    async def drain(self) -> None:
-        """Wait until every write submitted so far is settled (the store's close)."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
-
-    async def _run(self) -> None:
-        batch: list[SharedWrite] = []
-        try:
-            while self._waiting:
-                # Bounded by MAX_SHARED_WRITES, enforced here.
-                count = min(len(self._waiting), MAX_SHARED_WRITES)
-                batch = [self._waiting.popleft() for _ in range(count)]
-                await self._run_batch(batch)
-        except BaseException:
-            # Cancelled (the event loop is shutting down): nobody may wait for ever.
-            for item in [*batch, *self._waiting]:
-                _settle(item, StoreError("store closed"))
-            self._waiting.clear()
-            raise
-        finally:
-            self._task = None
-
-    async def _run_batch(self, batch: list[SharedWrite]) -> None:
-        try:
-            outcomes = await self._commit(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0], exc)
-                return
-            # Something only one write may cause aborted them all: each alone, so only it fails.
-            log.warning("store.shared_writes_split items=%d error=%s", len(batch), type(exc).__name__)
-            for item in batch:
-                await self._run_batch([item])
-            return
-        for item, outcome in zip(batch, outcomes, strict=True):
-            _settle(item, outcome)
+    def take(self, waiting: deque[SharedWrite]) -> list[SharedWrite]:
+        # Bounded by MAX_SHARED_WRITES, enforced here.
+        return [waiting.popleft() for _ in range(min(len(waiting), MAX_SHARED_WRITES))]
